@@ -1,0 +1,140 @@
+"""First-path scoreboard: gpuopt on VNN-COMP 2022 mnist_fc (256x2) and acasxu (props 1-4, nets 1_1..1_9).
+
+Each instance runs as ``gpuopt verify NET VNNLIB --timeout T`` in its own process (as VNN-COMP
+runs a tool), with the official timeout from instances.csv times ``--timeout-scale``. Every result
+is appended to a JSONL file as soon as it is decided, so a killed run resumes with ``--resume``.
+At the end it prints a table (solved counts, wrong answers against the checked reference labels,
+times) and writes a JSON summary.
+
+    python benchmarks/vnncomp_first_path.py [--timeout-scale 1.0] [--results FILE] [--resume]
+
+Reads ../shared/benchmarks (relative to the repository); exits with a clear message if absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO.parent / "shared" / "benchmarks"
+
+SUITES = {
+    "mnist_fc": ("vnncomp2022/mnist_fc", lambda onnx, vnnlib: "mnist-net_256x2" in onnx),
+    "acasxu": ("vnncomp2022/acasxu",
+               lambda onnx, vnnlib: any(f"_1_{j}_batch" in onnx for j in range(1, 10))
+               and Path(vnnlib).stem in {"prop_1", "prop_2", "prop_3", "prop_4"}),
+}
+
+
+def instances(suites):
+    for suite in suites:
+        folder, keep = SUITES[suite]
+        base = BENCH / folder
+        with open(base / "instances.csv") as fh:
+            for row in csv.reader(fh):
+                if len(row) < 3 or not keep(row[0], row[1]):
+                    continue
+                yield suite, base / row[0].strip(), base / row[1].strip(), float(row[2])
+
+
+def reference_labels() -> dict:
+    labels = {}
+    with open(BENCH / "reference" / "vnncomp2022_labels.csv") as fh:
+        for row in csv.DictReader(fh):
+            labels[(row["category"], row["instance"])] = row["reference_label"]
+    return labels
+
+
+def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout)]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        lines = proc.stdout.strip().splitlines()
+        status = lines[-1].strip() if proc.returncode == 0 and lines else "error"
+        detail = lines[-2] if len(lines) >= 2 else proc.stderr.strip()[-300:]
+    except subprocess.TimeoutExpired:
+        status, detail = "timeout", "killed: exceeded timeout + 60 s"
+    return {"status": status, "seconds": time.monotonic() - t0, "detail": detail}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--timeout-scale", type=float, default=1.0)
+    ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
+    ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
+    args = ap.parse_args(argv)
+    if not BENCH.is_dir():
+        print(f"benchmark folder not found: {BENCH} (expected ../shared/benchmarks beside the repo)")
+        return 2
+    labels = reference_labels()
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if args.resume and out.exists():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[(rec["suite"], rec["instance"])] = rec
+    elif out.exists():
+        out.unlink()
+
+    records = list(done.values())
+    todo = [(s, o, v, t) for s, o, v, t in instances(args.suites)
+            if (s, f"{o.stem}-{v.stem}") not in done]
+    for n, (suite, onnx, vnnlib, timeout) in enumerate(todo, 1):
+        name = f"{onnx.stem}-{vnnlib.stem}"
+        t = timeout * args.timeout_scale
+        res = run_one(onnx, vnnlib, t)
+        ref = labels.get((suite, name), "?")
+        wrong = res["status"] in ("sat", "unsat") and ref in ("sat", "unsat") and res["status"] != ref
+        rec = {"suite": suite, "instance": name, "timeout": t, "reference": ref, "wrong": wrong, **res}
+        records.append(rec)
+        with open(out, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        print(f"[{n}/{len(todo)}] {suite:8s} {name:45s} {res['status']:8s} ref={ref:6s} "
+              f"{res['seconds']:7.2f}s{'  WRONG' if wrong else ''}", flush=True)
+
+    summary = {}
+    print()
+    print(f"{'suite':9s} {'n':>3s} {'sat':>4s} {'unsat':>5s} {'unkn':>4s} {'tmout':>5s} {'err':>4s} "
+          f"{'wrong':>5s} {'solved':>6s} {'mean s (solved)':>16s} {'median s':>9s} {'total s':>8s}")
+    for suite in args.suites:
+        rs = [r for r in records if r["suite"] == suite]
+        if not rs:
+            continue
+        count = lambda st: sum(r["status"] == st for r in rs)  # noqa: E731
+        solved = [r for r in rs if r["status"] in ("sat", "unsat") and not r["wrong"]]
+        st = [r["seconds"] for r in solved]
+        row = {
+            "instances": len(rs), "sat": count("sat"), "unsat": count("unsat"), "unknown": count("unknown"),
+            "timeout": count("timeout"), "error": count("error"), "wrong": sum(r["wrong"] for r in rs),
+            "solved": len(solved), "mean_seconds_solved": statistics.mean(st) if st else None,
+            "median_seconds_solved": statistics.median(st) if st else None,
+            "total_seconds": sum(r["seconds"] for r in rs),
+        }
+        summary[suite] = row
+        print(f"{suite:9s} {row['instances']:3d} {row['sat']:4d} {row['unsat']:5d} {row['unknown']:4d} "
+              f"{row['timeout']:5d} {row['error']:4d} {row['wrong']:5d} {row['solved']:6d} "
+              f"{(row['mean_seconds_solved'] or 0):16.2f} {(row['median_seconds_solved'] or 0):9.2f} "
+              f"{row['total_seconds']:8.1f}")
+    summary_path = out.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps({"timeout_scale": args.timeout_scale, "suites": summary}, indent=2))
+    print(f"\nresults: {out}\nsummary: {summary_path}")
+    return 1 if any(r["wrong"] for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

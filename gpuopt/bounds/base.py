@@ -1,0 +1,84 @@
+"""The Bounds result shared by every bound method, and sound spec bounds from output bounds.
+
+Soundness under floating point: a float computation of ``s = sum_j w_j v_j + c`` over ``n``
+terms is within ``gamma_n * (sum_j |w_j||v_j| + |c|)`` of the exact value, with
+``gamma_n = n u / (1 - n u)`` and ``u`` the unit roundoff (Higham, *Accuracy and Stability of
+Numerical Algorithms*, 3.1). :func:`rounding_pad` returns that term with ``n + 4`` terms and
+``2u`` (covering the final additions and the computation of the pad itself); every bound that can
+prove a property is widened by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Bounds", "rounding_pad", "disjunct_lower_bounds", "margin_lower_bound"]
+
+
+def rounding_pad(abs_sum: torch.Tensor, n_terms: int) -> torch.Tensor:
+    """Upper bound on the rounding error of an ``n_terms`` dot product whose |terms| sum to ``abs_sum``."""
+    u = torch.finfo(abs_sum.dtype).eps  # = 2 * unit roundoff
+    g = (n_terms + 4) * u
+    return abs_sum * (g / (1.0 - g))
+
+
+@dataclass(frozen=True, eq=False)
+class Bounds:
+    """Per-ReLU pre-activation bounds and output bounds over a batch of input boxes.
+
+    ``pre_activation[k]`` is ``(lower, upper)``, each ``(batch, n_k)``, for the input of the k-th
+    ReLU layer (flattened); ``output`` is ``(lower, upper)``, each ``(batch, n_out)``.
+    ``method`` names what produced them. Bounds are sound: every reachable value lies inside.
+    """
+
+    pre_activation: tuple
+    output: tuple
+    method: str
+
+    @property
+    def batch_size(self) -> int:
+        return self.output[0].shape[0]
+
+    def to(self, device=None, dtype=None) -> "Bounds":
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        return Bounds(tuple((move(l), move(u)) for l, u in self.pre_activation),
+                      (move(self.output[0]), move(self.output[1])), self.method)
+
+    def n_unstable(self) -> torch.Tensor:
+        """Number of ReLUs whose sign is not fixed by the bounds, per batch item."""
+        total = torch.zeros(self.batch_size, dtype=torch.int64, device=self.output[0].device)
+        for l, u in self.pre_activation:
+            total += ((l < 0) & (u > 0)).sum(dim=1)
+        return total
+
+
+def disjunct_lower_bounds(out_lower: torch.Tensor, out_upper: torch.Tensor, A: torch.Tensor,
+                          b: torch.Tensor) -> torch.Tensor:
+    """Sound lower bounds on each disjunct margin ``max_i (A_k y - b_k)_i`` over the output box.
+
+    ``out_lower``/``out_upper`` are ``(batch, n_out)``; ``A`` is ``(K, M, n_out)`` or
+    ``(batch, K, M, n_out)``, ``b`` likewise without the last axis, padded rows having ``b = +inf``.
+    Each row's minimum over the box is ``a+ . l + a- . u - b`` (less the rounding pad), and a max
+    of row lower bounds lower-bounds the max. Returns ``(batch, K)``; disjunct ``k`` is proven
+    unreachable on an item where its entry is ``> 0``.
+    """
+    if A.dim() == 3:
+        A = A.unsqueeze(0)
+        b = b.unsqueeze(0)
+    l = out_lower[:, None, None, :]
+    u = out_upper[:, None, None, :]
+    Ap, An = A.clamp(min=0), A.clamp(max=0)
+    rows = (Ap * l).sum(-1) + (An * u).sum(-1) - b
+    finite_b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
+    abs_sum = (A.abs() * torch.maximum(l.abs(), u.abs())).sum(-1) + finite_b.abs()
+    rows = rows - rounding_pad(abs_sum, A.shape[-1])
+    return rows.amax(dim=-1)
+
+
+def margin_lower_bound(out_lower: torch.Tensor, out_upper: torch.Tensor, A: torch.Tensor,
+                       b: torch.Tensor) -> torch.Tensor:
+    """Sound lower bound ``(batch,)`` on ``min_k max_i (A_k y - b_k)_i`` over the output box
+    (the minimum over disjuncts of :func:`disjunct_lower_bounds`); ``> 0`` proves the property."""
+    return disjunct_lower_bounds(out_lower, out_upper, A, b).amin(dim=-1)

@@ -1,0 +1,46 @@
+"""Exceptions raised by gpuopt.
+
+Every error a user can trigger derives from :class:`GpuoptError`, so callers can catch one type.
+A timeout or an unproven property is never an exception: it is a :class:`~gpuopt.verdict.Status`.
+"""
+
+from __future__ import annotations
+
+
+class GpuoptError(Exception):
+    """Base class of every gpuopt error."""
+
+
+class InvalidInputError(GpuoptError, ValueError):
+    """A user-supplied input (file, array, option) is malformed or inconsistent.
+
+    ``path`` and ``line`` are set when the problem is located in a file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if line is not None:
+                where += f":{line}"
+            where += ": "
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
+
+
+class UnsupportedLayerError(GpuoptError):
+    """A model contains an operator or layer gpuopt cannot represent exactly."""
+
+    def __init__(self, message: str, *, node: str | None = None, op_type: str | None = None):
+        super().__init__(message)
+        self.node = node
+        self.op_type = op_type
+
+
+class SolverError(GpuoptError):
+    """The LP/MILP solver failed in a way that is not a timeout or an infeasibility."""
+
+
+class MissingDependencyError(GpuoptError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -1,0 +1,1 @@
+"""Readers and writers for external file formats (VNNLIB, ONNX, VNN-COMP results)."""

@@ -1,0 +1,645 @@
+"""Importing sequential ReLU networks from ONNX into the :class:`~gpuopt.network.Network` IR.
+
+The graph must have one non-initializer input (batch-first) and one output, and its nodes must
+form a single data path: every node reads at most one non-constant tensor, the one produced last.
+Nodes that do not contribute to the graph output are ignored. The per-sample input shape is the
+declared input shape without its leading batch dimension (unit dimensions are kept), so flattened
+VNNLIB ``X_i`` indices are the row-major indices of the ONNX input.
+
+Mapping of the supported operators (default domain only):
+
+* ``Gemm`` (``transA=0``, any ``alpha``/``beta``/``transB``) -> ``Dense``;
+* ``MatMul`` ``x @ W`` with a constant 2-D ``W`` of shape ``(in, out)`` -> ``Dense(W.T)``; on an
+  N-D tensor only when every per-sample axis but the last has size 1;
+* ``Conv`` (2-D, ``group=1``, any strides/dilations, explicit pads or ``auto_pad``) -> ``Conv2d``;
+* ``Relu`` -> ``ReLU``;
+* ``Flatten`` (batch kept on axis 0) and ``Reshape`` to ``(batch, -1)``-like shapes -> ``Flatten``;
+  a ``Reshape`` that only adds or removes unit dimensions is a no-op, any other is refused;
+* ``Add``/``Sub``/``Mul``/``Div`` with one constant operand (``x / c`` but not ``c / x``),
+  ``Neg`` and inference ``BatchNormalization`` -> an elementwise affine map ``x * s + t``, folded
+  into the preceding ``Dense`` (any ``s``, ``t``), ``Conv2d`` (per-channel ``s``, ``t``) or
+  ``ElementwiseAffine`` when the previous layer produced the current tensor, otherwise appended
+  as an ``ElementwiseAffine`` (so ``MatMul`` + ``Add`` becomes one ``Dense``);
+* ``Identity``, ``Dropout`` and a float ``Cast`` -> nothing.
+
+Constants are initializers and ``Constant`` nodes; ``Shape``, ``Gather``, ``Unsqueeze``,
+``Squeeze``, ``Concat``, ``Cast``, ``Reshape``, ``Identity`` and arithmetic on constants are
+evaluated (so ``x.view(x.size(0), -1)`` exports work; ``Shape`` reports a batch of 1). Weights are
+converted to float64. A non-flat output is flattened row-major. Anything else raises
+:class:`~gpuopt.errors.UnsupportedLayerError` naming the node and its op type; unreadable or
+malformed models raise :class:`~gpuopt.errors.InvalidInputError`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError, UnsupportedLayerError
+from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+
+__all__ = ["from_onnx"]
+
+
+def _load(path_or_model):
+    """Returns ``(ModelProto, path or None)``; every failure becomes :class:`InvalidInputError`."""
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        model, path = path_or_model, None
+    elif isinstance(path_or_model, (str, Path)):
+        path = str(path_or_model)
+        if not Path(path).is_file():
+            raise InvalidInputError("ONNX file not found", path=path)
+        try:
+            model = onnx.load(path)
+        except Exception as err:  # protobuf DecodeError, missing external data, ...
+            raise InvalidInputError(f"file is not a valid ONNX model: {err}", path=path) from None
+    else:
+        raise InvalidInputError(
+            f"`path_or_model` must be a path or an onnx.ModelProto, got {type(path_or_model).__name__}"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        what = "file" if path is not None else "model"
+        raise InvalidInputError(f"{what} is not a valid ONNX model: {err}", path=path) from None
+    return model, path
+
+
+def _squeeze_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+class _Importer:
+    """Walks the graph once, keeping the constants and the current data tensor."""
+
+    _FLOAT_TYPES = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+    def __init__(self, model, path: str | None, input_shape):
+        self.model = model
+        self.path = path
+        self.graph = model.graph
+        self.consts: dict[str, np.ndarray] = {}
+        self.data: dict[str, tuple[int, ...]] = {}  # data tensor -> ONNX per-sample shape
+        self.layers: list = []
+        self._read_io(input_shape)
+
+    # ------------------------------------------------------------------ helpers
+    def _invalid(self, message: str) -> InvalidInputError:
+        return InvalidInputError(message, path=self.path)
+
+    def _unsupported(self, label: str, op: str, why: str = "") -> UnsupportedLayerError:
+        msg = f"node {label!r} (op {op}) is not supported"
+        if why:
+            msg += f": {why}"
+        return UnsupportedLayerError(msg, node=label, op_type=op)
+
+    def _read_io(self, input_shape):
+        from onnx import numpy_helper
+
+        for init in self.graph.initializer:
+            try:
+                self.consts[init.name] = numpy_helper.to_array(init)
+            except Exception as err:
+                raise self._invalid(f"cannot read initializer {init.name!r}: {err}") from None
+        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise self._invalid(
+                f"the graph must have exactly one non-initializer input, got {len(inputs)} "
+                f"({', '.join(repr(i.name) for i in inputs)})"
+            )
+        if len(self.graph.output) != 1:
+            raise self._invalid(f"the graph must have exactly one output, got {len(self.graph.output)}")
+        inp = inputs[0]
+        self.input_name = inp.name
+        self.output_name = self.graph.output[0].name
+        ttype = inp.type.tensor_type
+        if inp.type.HasField("tensor_type") and ttype.elem_type not in self._FLOAT_TYPES + (0,):
+            raise self._invalid(f"input {inp.name!r} must be a floating-point tensor (elem_type {ttype.elem_type})")
+
+        declared = None  # per-sample dims, None for unknown entries
+        if ttype.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+            if len(dims) < 2:
+                raise self._invalid(
+                    f"input {inp.name!r} has rank {len(dims)}; a leading batch dimension and at least "
+                    "one per-sample dimension are required"
+                )
+            declared = tuple(dims[1:])
+
+        if input_shape is not None:
+            try:
+                nshape = tuple(int(s) for s in input_shape)
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"`input_shape` must be a sequence of integers, got {input_shape!r}") from None
+            if not nshape or min(nshape) < 1:
+                raise InvalidInputError(f"`input_shape` must contain positive sizes, got {input_shape!r}")
+            if declared is None:
+                oshape = nshape
+            elif None not in declared:
+                oshape = tuple(declared)
+                if math.prod(oshape) != math.prod(nshape):
+                    raise InvalidInputError(
+                        f"`input_shape` {nshape} does not have the {math.prod(oshape)} entries of the "
+                        f"declared per-sample input shape {oshape}"
+                    )
+            else:
+                if len(declared) != len(nshape) or any(d is not None and d != n for d, n in zip(declared, nshape)):
+                    raise InvalidInputError(
+                        f"`input_shape` {nshape} does not match the declared per-sample input shape "
+                        f"{tuple('?' if d is None else d for d in declared)}"
+                    )
+                oshape = nshape
+        else:
+            if declared is None or None in declared:
+                shown = "unknown" if declared is None else tuple("?" if d is None else d for d in declared)
+                raise self._invalid(
+                    f"the per-sample shape of input {inp.name!r} is {shown}; pass `input_shape=`"
+                )
+            oshape = nshape = tuple(declared)
+        self.input_shape = nshape  # the Network's input shape
+        self.nshape = nshape  # current per-sample shape in the Network
+        self.oshape = oshape  # current per-sample shape in ONNX (same row-major data)
+        self.current = inp.name
+        self.data[inp.name] = oshape
+
+    # ------------------------------------------------------------------ graph walk
+    def run(self) -> Network:
+        nodes = list(self.graph.node)
+        producer = {}
+        for i, node in enumerate(nodes):
+            for out in node.output:
+                if out:
+                    producer[out] = i
+        needed = set()
+        stack = [self.output_name]
+        seen = set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in producer and producer[name] not in needed:
+                needed.add(producer[name])
+                stack.extend(n for n in nodes[producer[name]].input if n)
+        for i, node in enumerate(nodes):
+            if i in needed:
+                self._visit(node, node.name or f"<unnamed node #{i}>")
+
+        if self.output_name in self.consts:
+            raise self._invalid(f"the graph output {self.output_name!r} does not depend on the input")
+        if self.output_name != self.current:
+            raise self._invalid(
+                f"the graph output {self.output_name!r} is not the end of the data path ({self.current!r})"
+            )
+        if len(self.nshape) != 1 or not self.layers:
+            self.layers.append(Flatten())
+        try:
+            return Network(self.layers, self.input_shape)
+        except InvalidInputError as err:
+            raise self._invalid(f"inconsistent network: {err}") from None
+
+    def _visit(self, node, label: str):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            raise self._unsupported(label, op, f"operator domain {node.domain!r}")
+        attrs = self._attrs(node)
+        ins = list(node.input)
+        data_ins = [n for n in ins if n and n not in self.consts]
+        for n in data_ins:
+            if n not in self.data:
+                raise self._invalid(f"node {label!r} (op {op}) reads undefined tensor {n!r}")
+
+        if op == "Constant":
+            self.consts[node.output[0]] = self._constant_value(node, label, attrs)
+            return
+        if op == "Shape" and data_ins:
+            full = np.array((1,) + self.data[data_ins[0]], dtype=np.int64)
+            self.consts[node.output[0]] = full[attrs.get("start", 0): attrs.get("end", len(full))]
+            return
+        if not data_ins:
+            self.consts[node.output[0]] = self._fold_constant(node, label, op, attrs)
+            return
+        if len(data_ins) > 1:
+            raise self._unsupported(label, op, "more than one non-constant input (branching networks are not supported)")
+        if data_ins[0] != self.current:
+            raise self._unsupported(
+                label, op, f"it reads {data_ins[0]!r}, which is not the latest tensor of the data path "
+                f"({self.current!r}); branching networks are not supported"
+            )
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise self._unsupported(label, op)
+        handler(node, label, attrs)
+        out = node.output[0]
+        self.data[out] = self.oshape
+        self.current = out
+
+    @staticmethod
+    def _attrs(node) -> dict:
+        from onnx import helper
+
+        out = {}
+        for a in node.attribute:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            out[a.name] = v
+        return out
+
+    def _const(self, node, label: str, index: int, *, required: bool = True):
+        """The constant input ``index`` (None when absent and not required)."""
+        name = node.input[index] if index < len(node.input) else ""
+        if not name:
+            if required:
+                raise self._invalid(f"node {label!r} (op {node.op_type}) lacks input #{index}")
+            return None
+        if name not in self.consts:
+            raise self._unsupported(label, node.op_type, f"input #{index} ({name!r}) must be a constant")
+        return self.consts[name]
+
+    def _weight(self, node, label: str, index: int, *, required: bool = True):
+        """A constant input as a finite float64 array."""
+        arr = self._const(node, label, index, required=required)
+        if arr is None:
+            return None
+        try:
+            arr = np.asarray(arr, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise self._invalid(f"node {label!r} (op {node.op_type}): input #{index} is not numeric: {err}") from None
+        if not np.all(np.isfinite(arr)):
+            raise self._invalid(
+                f"node {label!r} (op {node.op_type}): input {node.input[index]!r} contains NaN or infinite values"
+            )
+        return arr
+
+    def _append(self, layer_factory, label: str, op: str):
+        try:
+            layer = layer_factory()
+        except InvalidInputError as err:
+            raise self._invalid(f"node {label!r} (op {op}): {err}") from None
+        return layer
+
+    # ------------------------------------------------------------------ constants
+    def _constant_value(self, node, label: str, attrs: dict) -> np.ndarray:
+        from onnx import numpy_helper
+
+        if "value" in attrs:
+            try:
+                return numpy_helper.to_array(attrs["value"])
+            except Exception as err:
+                raise self._invalid(f"node {label!r} (op Constant): cannot read value: {err}") from None
+        for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                           ("value_int", np.int64), ("value_ints", np.int64)):
+            if key in attrs:
+                return np.array(attrs[key], dtype=dtype)
+        raise self._unsupported(label, "Constant", f"attributes {sorted(attrs)}")
+
+    def _fold_constant(self, node, label: str, op: str, attrs: dict) -> np.ndarray:
+        """Evaluates a node whose inputs are all constants."""
+        from onnx import helper
+
+        vals = [self.consts[n] if n else None for n in node.input]
+        try:
+            if op in ("Identity", "Dropout"):
+                return vals[0]
+            if op == "Shape":
+                full = np.array(vals[0].shape, dtype=np.int64)
+                return full[attrs.get("start", 0): attrs.get("end", len(full))]
+            if op == "Gather":
+                return np.take(vals[0], vals[1].astype(np.int64), axis=attrs.get("axis", 0))
+            if op in ("Unsqueeze", "Squeeze"):
+                axes = attrs.get("axes")
+                if axes is None and len(vals) > 1 and vals[1] is not None:
+                    axes = [int(a) for a in np.asarray(vals[1]).reshape(-1)]
+                x = vals[0]
+                if op == "Squeeze":
+                    return np.squeeze(x) if axes is None else np.squeeze(x, axis=tuple(int(a) for a in axes))
+                rank = x.ndim + len(axes)
+                for a in sorted(int(a) % rank for a in axes):
+                    x = np.expand_dims(x, a)
+                return x
+            if op == "Concat":
+                return np.concatenate([v for v in vals if v is not None], axis=attrs["axis"])
+            if op == "Cast":
+                return vals[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+            if op == "Reshape":
+                target = self._resolve_reshape(vals[0].shape, vals[1], attrs.get("allowzero", 0))
+                return vals[0].reshape(target)
+            if op in ("Add", "Sub", "Mul", "Div"):
+                a, b = vals[0], vals[1]
+                if op == "Add":
+                    return a + b
+                if op == "Sub":
+                    return a - b
+                if op == "Mul":
+                    return a * b
+                if np.issubdtype(np.result_type(a, b), np.integer):
+                    return np.trunc(a / b).astype(np.result_type(a, b))
+                return a / b
+            if op == "Neg":
+                return -vals[0]
+        except (ValueError, IndexError, KeyError, TypeError) as err:
+            raise self._invalid(f"node {label!r} (op {op}) cannot be evaluated on its constant inputs: {err}") from None
+        raise self._unsupported(label, op, "constant folding of this op")
+
+    @staticmethod
+    def _resolve_reshape(in_shape: Sequence[int], target, allowzero: int) -> tuple[int, ...]:
+        target = [int(t) for t in np.asarray(target).reshape(-1)]
+        out = []
+        for i, t in enumerate(target):
+            if t == 0 and not allowzero:
+                if i >= len(in_shape):
+                    raise ValueError(f"Reshape target {target} copies dimension {i} of a rank-{len(in_shape)} tensor")
+                out.append(int(in_shape[i]))
+            else:
+                out.append(t)
+        total = math.prod(in_shape)
+        if out.count(-1) > 1:
+            raise ValueError(f"Reshape target {target} has more than one -1")
+        if -1 in out:
+            rest = math.prod(d for d in out if d != -1)
+            if rest == 0 or total % rest:
+                raise ValueError(f"cannot reshape {tuple(in_shape)} to {target}")
+            out[out.index(-1)] = total // rest
+        if math.prod(out) != total or min(out, default=0) < 0:
+            raise ValueError(f"cannot reshape {tuple(in_shape)} to {target}")
+        return tuple(out)
+
+    # ------------------------------------------------------------------ shape helpers
+    def _ensure_flat(self):
+        """Appends a Flatten layer if the Network tensor is not 1-D yet."""
+        if len(self.nshape) != 1:
+            self.layers.append(Flatten())
+            self.nshape = (math.prod(self.nshape),)
+
+    def _per_sample_const(self, c: np.ndarray, label: str, op: str) -> np.ndarray:
+        """Drops the batch axis of a constant broadcast against ``(batch, *oshape)``."""
+        c = np.asarray(c, dtype=np.float64)
+        rank = len(self.oshape)
+        if c.ndim > rank + 1:
+            raise self._unsupported(label, op, f"constant of shape {c.shape} would change the rank of the data")
+        if c.ndim == rank + 1:
+            if c.shape[0] != 1:
+                raise self._unsupported(label, op, f"constant of shape {c.shape} varies along the batch axis")
+            c = c.reshape(c.shape[1:])
+        try:
+            ok = np.broadcast_shapes(c.shape, self.oshape) == tuple(self.oshape)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise self._unsupported(
+                label, op, f"constant of shape {c.shape} does not broadcast to the per-sample shape {self.oshape}"
+            )
+        return c
+
+    def _to_nshape(self, c: np.ndarray) -> np.ndarray:
+        """A constant broadcastable to ``oshape`` re-expressed for the Network tensor ``nshape``."""
+        if c.size == 1:
+            return c.reshape(())
+        if tuple(self.nshape) == tuple(self.oshape):
+            return c
+        return np.broadcast_to(c, self.oshape).reshape(self.nshape)
+
+    def _affine(self, scale: np.ndarray, shift: np.ndarray, label: str, op: str):
+        """Applies ``x * scale + shift`` (per-sample arrays broadcastable to ``oshape``)."""
+        if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
+            raise self._invalid(f"node {label!r} (op {op}): the elementwise map has NaN or infinite coefficients")
+        s = self._to_nshape(np.asarray(scale, dtype=np.float64))
+        t = self._to_nshape(np.asarray(shift, dtype=np.float64))
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, Dense):
+            n = self.nshape[0]
+            sv, tv = np.broadcast_to(s, (n,)), np.broadcast_to(t, (n,))
+            self.layers[-1] = self._append(lambda: Dense(last.weight * sv[:, None], last.bias * sv + tv), label, op)
+            return
+        if isinstance(last, Conv2d):
+            sf, tf = np.broadcast_to(s, self.nshape), np.broadcast_to(t, self.nshape)
+            sc, tc = sf[:, :1, :1], tf[:, :1, :1]
+            if np.array_equal(sf, np.broadcast_to(sc, self.nshape)) and np.array_equal(tf, np.broadcast_to(tc, self.nshape)):
+                sv, tv = sc.reshape(-1), tc.reshape(-1)
+                self.layers[-1] = self._append(
+                    lambda: Conv2d(last.weight * sv[:, None, None, None], last.bias * sv + tv,
+                                   last.stride, last.padding, last.dilation),
+                    label, op,
+                )
+                return
+        if isinstance(last, ElementwiseAffine):
+            self.layers[-1] = self._append(lambda: ElementwiseAffine(last.scale * s, last.shift * s + t), label, op)
+            return
+        self.layers.append(self._append(lambda: ElementwiseAffine(s, t), label, op))
+
+    # ------------------------------------------------------------------ data-path ops
+    def _op_Identity(self, node, label, attrs):
+        pass
+
+    def _op_Dropout(self, node, label, attrs):
+        pass
+
+    def _op_Cast(self, node, label, attrs):
+        if attrs.get("to") not in self._FLOAT_TYPES:
+            raise self._unsupported(label, "Cast", f"cast of the data to non-float type {attrs.get('to')}")
+
+    def _op_Relu(self, node, label, attrs):
+        self.layers.append(ReLU())
+
+    def _op_Flatten(self, node, label, attrs):
+        rank = len(self.oshape) + 1
+        axis = int(attrs.get("axis", 1))
+        axis = axis + rank if axis < 0 else axis
+        if not 0 <= axis <= rank:
+            raise self._invalid(f"node {label!r} (op Flatten): axis {attrs.get('axis')} out of range")
+        # axis 0 gives (1, batch*n): a flatten of the single sample; axis k >= 2 keeps the batch
+        # separate only when the per-sample axes before k all have size 1.
+        if axis >= 2 and math.prod(self.oshape[: axis - 1]) != 1:
+            raise self._unsupported(label, "Flatten", f"axis={axis} on per-sample shape {self.oshape} mixes samples")
+        if axis == rank:  # output (batch*n, 1)
+            raise self._unsupported(label, "Flatten", f"axis={axis} moves the features into the batch axis")
+        self.oshape = (math.prod(self.oshape),)
+        self._ensure_flat()
+
+    def _op_Reshape(self, node, label, attrs):
+        target = self._const(node, label, 1)
+        try:
+            out = self._resolve_reshape((1,) + tuple(self.oshape), target, attrs.get("allowzero", 0))
+        except ValueError as err:
+            raise self._invalid(f"node {label!r} (op Reshape): {err}") from None
+        if len(out) < 2 or out[0] != 1:
+            raise self._unsupported(
+                label, "Reshape", f"target shape {tuple(out)} does not keep the batch axis (input {(1,) + tuple(self.oshape)})"
+            )
+        rest = tuple(out[1:])
+        if len(rest) == 1:
+            self.oshape = rest
+            self._ensure_flat()
+        elif _squeeze_shape(rest) == _squeeze_shape(self.oshape):
+            self.oshape = rest
+        else:
+            raise self._unsupported(
+                label, "Reshape", f"reshaping per-sample shape {self.oshape} to {rest} is not a flatten"
+            )
+
+    def _dense(self, weight: np.ndarray, bias: np.ndarray, label: str, op: str):
+        self._ensure_flat()
+        self.layers.append(self._append(lambda: Dense(weight, bias), label, op))
+        self.nshape = (weight.shape[0],)
+
+    def _op_Gemm(self, node, label, attrs):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, "Gemm", "the data must be the first operand A")
+        if int(attrs.get("transA", 0)):
+            raise self._unsupported(label, "Gemm", "transA=1 (transposes the batch axis)")
+        if len(self.oshape) != 1:
+            raise self._unsupported(label, "Gemm", f"input must be 2-D (batch, features), per-sample shape is {self.oshape}")
+        b = self._weight(node, label, 1)
+        if b.ndim != 2:
+            raise self._invalid(f"node {label!r} (op Gemm): B must be 2-D, got shape {b.shape}")
+        w = (b if int(attrs.get("transB", 0)) else b.T) * float(attrs.get("alpha", 1.0))  # (out, in)
+        if w.shape[1] != self.oshape[0]:
+            raise self._invalid(f"node {label!r} (op Gemm): B of shape {b.shape} does not fit {self.oshape[0]} inputs")
+        n_out = w.shape[0]
+        c = self._weight(node, label, 2, required=False)
+        if c is None:
+            bias = np.zeros(n_out)
+        else:
+            if c.ndim == 2:
+                if c.shape[0] != 1:
+                    raise self._unsupported(label, "Gemm", f"C of shape {c.shape} varies along the batch axis")
+                c = c[0]
+            try:
+                bias = np.broadcast_to(c, (n_out,)) * float(attrs.get("beta", 1.0))
+            except ValueError:
+                raise self._invalid(f"node {label!r} (op Gemm): C of shape {c.shape} does not broadcast to ({n_out},)") from None
+        self._dense(w, bias, label, "Gemm")
+        self.oshape = (n_out,)
+
+    def _op_MatMul(self, node, label, attrs):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, "MatMul", "the data must be the left operand (x @ W)")
+        w = self._weight(node, label, 1)
+        if w.ndim != 2:
+            raise self._unsupported(label, "MatMul", f"the constant operand must be 2-D, got shape {w.shape}")
+        if self.oshape[-1] != w.shape[0]:
+            raise self._invalid(
+                f"node {label!r} (op MatMul): W of shape {w.shape} does not fit per-sample shape {self.oshape}"
+            )
+        if math.prod(self.oshape[:-1]) != 1:
+            raise self._unsupported(
+                label, "MatMul", f"multiplying the last axis of per-sample shape {self.oshape} (only (..., 1, n) is supported)"
+            )
+        self._dense(w.T, np.zeros(w.shape[1]), label, "MatMul")
+        self.oshape = tuple(self.oshape[:-1]) + (w.shape[1],)
+
+    def _op_Conv(self, node, label, attrs):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, "Conv", "the data must be the first input")
+        w = self._weight(node, label, 1)
+        if w.ndim != 4:
+            raise self._unsupported(label, "Conv", f"only 2-D convolutions are supported (weight shape {w.shape})")
+        if int(attrs.get("group", 1)) != 1:
+            raise self._unsupported(label, "Conv", f"group={attrs.get('group')}")
+        if len(self.oshape) != 3 or self.oshape[0] != w.shape[1]:
+            raise self._invalid(f"node {label!r} (op Conv): weight {w.shape} does not fit per-sample shape {self.oshape}")
+        if tuple(self.nshape) != tuple(self.oshape):
+            raise self._unsupported(label, "Conv", f"input was reshaped from {self.nshape} to {self.oshape}")
+        kh, kw = w.shape[2:]
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
+            raise self._invalid(f"node {label!r} (op Conv): kernel_shape {attrs['kernel_shape']} != weight {w.shape}")
+        b = self._weight(node, label, 2, required=False)
+        if b is None:
+            b = np.zeros(w.shape[0])
+        strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+        dil = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        if auto_pad in ("NOTSET", ""):
+            pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
+        elif auto_pad == "VALID":
+            pads = (0, 0, 0, 0)
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begin, end = [], []
+            for size, k, s, d in zip(self.oshape[1:], (kh, kw), strides, dil):
+                out = -(-size // s)
+                total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+                small, big = total // 2, total - total // 2
+                begin.append(small if auto_pad == "SAME_UPPER" else big)
+                end.append(big if auto_pad == "SAME_UPPER" else small)
+            pads = (begin[0], begin[1], end[0], end[1])
+        else:
+            raise self._unsupported(label, "Conv", f"auto_pad={auto_pad!r}")
+        layer = self._append(lambda: Conv2d(w, b, strides, pads, dil), label, "Conv")
+        try:
+            out_shape = layer.output_shape(tuple(self.oshape))
+        except InvalidInputError as err:
+            raise self._invalid(f"node {label!r} (op Conv): {err}") from None
+        self.layers.append(layer)
+        self.oshape = self.nshape = out_shape
+
+    def _binary(self, node, label, op):
+        """Returns ``(constant, data_is_left)`` for a binary op with one constant operand."""
+        if len(node.input) != 2:
+            raise self._invalid(f"node {label!r} (op {op}) must have two inputs")
+        left = node.input[0] == self.current
+        c = self._weight(node, label, 1 if left else 0)
+        return self._per_sample_const(c, label, op), left
+
+    def _op_Add(self, node, label, attrs):
+        c, _ = self._binary(node, label, "Add")
+        self._affine(np.ones(()), c, label, "Add")
+
+    def _op_Sub(self, node, label, attrs):
+        c, left = self._binary(node, label, "Sub")
+        if left:
+            self._affine(np.ones(()), -c, label, "Sub")
+        else:
+            self._affine(-np.ones(()), c, label, "Sub")
+
+    def _op_Mul(self, node, label, attrs):
+        c, _ = self._binary(node, label, "Mul")
+        self._affine(c, np.zeros(()), label, "Mul")
+
+    def _op_Div(self, node, label, attrs):
+        c, left = self._binary(node, label, "Div")
+        if not left:
+            raise self._unsupported(label, "Div", "division by the data (c / x) is not affine")
+        if np.any(c == 0):
+            raise self._invalid(f"node {label!r} (op Div): division by zero")
+        self._affine(1.0 / c, np.zeros(()), label, "Div")
+
+    def _op_Neg(self, node, label, attrs):
+        self._affine(-np.ones(()), np.zeros(()), label, "Neg")
+
+    def _op_BatchNormalization(self, node, label, attrs):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, "BatchNormalization", "the data must be the first input")
+        if int(attrs.get("training_mode", 0)):
+            raise self._unsupported(label, "BatchNormalization", "training_mode=1")
+        if int(attrs.get("spatial", 1)) != 1:
+            raise self._unsupported(label, "BatchNormalization", "spatial=0")
+        gamma, beta, mean, var = (self._weight(node, label, i) for i in (1, 2, 3, 4))
+        eps = float(attrs.get("epsilon", 1e-5))
+        n_ch = self.oshape[0]
+        for name, arr in (("scale", gamma), ("B", beta), ("mean", mean), ("var", var)):
+            if arr.shape != (n_ch,):
+                raise self._invalid(
+                    f"node {label!r} (op BatchNormalization): {name} has shape {arr.shape}, expected ({n_ch},)"
+                )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        bshape = (n_ch,) + (1,) * (len(self.oshape) - 1)
+        self._affine(scale.reshape(bshape), shift.reshape(bshape), label, "BatchNormalization")
+
+
+def from_onnx(path_or_model, *, input_shape=None) -> Network:
+    """Reads a sequential ReLU network from an ONNX file or ``onnx.ModelProto``.
+
+    ``input_shape`` overrides the per-sample input shape (the declared input shape without its
+    batch axis); it must have the same number of entries, or match the known dimensions when
+    the declared shape has symbolic ones. See the module docstring for the supported operators.
+    """
+    model, path = _load(path_or_model)
+    return _Importer(model, path, input_shape).run()

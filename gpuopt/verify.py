@@ -1,0 +1,266 @@
+"""The verification pipeline: falsify fast, prove exactly.
+
+For a list of Problems sharing one network (a VNNLIB instance may have several input boxes; the
+instance is violated iff any Problem is), :func:`verify_problems` runs
+
+1. **bounds** (IBP, float64, outward-padded): a disjunct whose margin lower bound is ``> 0`` is
+   unreachable; a Problem whose disjuncts are all unreachable holds;
+2. **attack** (batched PGD, float32 on the chosen device): a candidate is re-checked by a float64
+   forward pass from inside the box; ``margin <= 0`` there gives ``sat``;
+3. **MILP** (big-M in HiGHS, per remaining disjunct, seeded with the attack's best point): the
+   disjunct is unreachable iff HiGHS's dual bound exceeds ``threshold``; an improving solution
+   that passes the float64 re-check gives ``sat``.
+
+``unsat`` is only reported when every disjunct of every Problem was proven by stage 1 or 3.
+The MILP threshold is ``milp_threshold_abs + milp_threshold_rel * max(1, max|b|)``: a property
+that holds by less than that is reported ``unknown`` rather than guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .attack import AttackConfig, pgd_attack
+from .bounds import disjunct_lower_bounds, ibp
+from .errors import InvalidInputError
+from .milp.encode import complete_assignment, encode_bigm
+from .milp.highs import MilpStatus, SolverConfig, solve_milp
+from .network import Network
+from .problem import Problem
+from .regions import Box, LinfBall
+from .specs import OutputSpec
+from .verdict import Status, Verdict
+
+__all__ = ["VerifyConfig", "verify", "verify_problems", "verify_instance"]
+
+log = logging.getLogger("gpuopt")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
+    CPU). ``use_attack``/``use_milp`` switch stages off (for ablations and tests)."""
+
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    device: str | None = None
+    use_attack: bool = True
+    use_milp: bool = True
+    milp_threshold_abs: float = 1e-6
+    milp_threshold_rel: float = 1e-5
+
+    def __post_init__(self):
+        if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
+            raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
+
+
+def _attack_device(config: VerifyConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_point(problem: Problem, x) -> tuple[bool, np.ndarray, np.ndarray, float]:
+    """Float64 re-check: clamp ``x`` into the box, run the network, evaluate the spec margin."""
+    box = problem.region
+    x64 = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), box.lower, box.upper)
+    y64 = problem.network.forward64(x64[None])[0]
+    margin = float(problem.spec.margin64(y64[None])[0])
+    return margin <= 0.0, x64, y64, margin
+
+
+def _stacked_spec(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded spec tensors ``(P, K, M, n_out)``/``(P, K, M)``; padding disjuncts never win the min."""
+    K = max(p.spec.n_disjuncts for p in problems)
+    M = max(A.shape[0] for p in problems for A, _ in p.spec.disjuncts)
+    n_out = problems[0].spec.n_outputs
+    A = torch.zeros((len(problems), K, M, n_out), dtype=torch.float64)
+    b = torch.full((len(problems), K, M), math.inf, dtype=torch.float64)
+    for i, p in enumerate(problems):
+        for k in range(K):
+            if k < p.spec.n_disjuncts:
+                Ak, bk = p.spec.disjuncts[k]
+                A[i, k, : Ak.shape[0]] = torch.tensor(Ak)
+                b[i, k, : Ak.shape[0]] = torch.tensor(bk)
+            else:
+                b[i, k, 0] = -math.inf  # row value +inf: this padding disjunct is never the min
+    return A, b
+
+
+def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None,
+                    config: VerifyConfig = VerifyConfig(), start_time: float | None = None) -> Verdict:
+    """Decide the disjunction of ``problems`` (all on one network); see the module docstring.
+
+    ``timeout`` is in seconds from ``start_time`` (default: now); ``None`` means no limit.
+    """
+    t0 = time.monotonic() if start_time is None else start_time
+    if timeout is not None and (not math.isfinite(float(timeout)) or float(timeout) < 0):
+        raise InvalidInputError(f"`timeout` must be a finite number >= 0, got {timeout!r}")
+    deadline = None if timeout is None else t0 + float(timeout)
+    stages: dict[str, float] = {}
+
+    def left() -> float:
+        return math.inf if deadline is None else deadline - time.monotonic()
+
+    def verdict(status: Status, **kw) -> Verdict:
+        return Verdict(status=status, seconds=time.monotonic() - t0, stage_seconds=stages, **kw)
+
+    problems = list(problems)
+    if not problems:
+        return verdict(Status.UNSAT, margin_lower=math.inf, decided_by="spec",
+                       message="the unsafe region is empty")
+    net = problems[0].network
+    for p in problems:
+        if p.network is not net:
+            raise InvalidInputError("all problems must share one network")
+
+    # ---- stage 1: bounds
+    ts = time.monotonic()
+    lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
+    upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
+    bounds = ibp(net, lower, upper)
+    A_all, b_all = _stacked_spec(problems)
+    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all).numpy()
+    open_disjuncts = {(i, k) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
+                      if not disj_lb[i, k] > 0}
+    margin_lower = float(disj_lb.min())
+    stages["bounds"] = time.monotonic() - ts
+    if not open_disjuncts:
+        return verdict(Status.UNSAT, margin_lower=margin_lower, decided_by="ibp",
+                       message="IBP bounds prove every disjunct unreachable")
+    if left() <= 0:
+        return verdict(Status.TIMEOUT, margin_lower=margin_lower)
+
+    # ---- stage 2: attack
+    margin_upper = math.inf
+    best_x: dict[int, np.ndarray] = {}
+    open_problems = sorted({i for i, _ in open_disjuncts})
+    if config.use_attack:
+        ts = time.monotonic()
+        dev = _attack_device(config)
+        cand = pgd_attack(net, lower[open_problems], upper[open_problems], A_all[open_problems],
+                          b_all[open_problems], config=config.attack, device=dev,
+                          deadline=None if deadline is None else deadline)
+        xs = cand.x.detach().to("cpu", torch.float64).numpy()
+        stages["attack"] = time.monotonic() - ts
+        for j, i in enumerate(open_problems):
+            ok, x64, y64, m = _check_point(problems[i], xs[j])
+            best_x[i] = x64
+            margin_upper = min(margin_upper, m)
+            if ok:
+                return verdict(Status.SAT, counterexample=x64, output=y64, margin_lower=margin_lower,
+                               margin_upper=m, decided_by="attack",
+                               message=f"PGD counterexample, float64 margin {m:.6g}")
+    if not config.use_milp:
+        return verdict(Status.TIMEOUT if left() <= 0 else Status.UNKNOWN, margin_lower=margin_lower,
+                       margin_upper=margin_upper)
+    if left() <= 0:
+        return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper)
+
+    # ---- stage 3: exact MILP per open disjunct
+    ts = time.monotonic()
+    blocks = net.affine_blocks()
+    pre = [(l.numpy(), u.numpy()) for l, u in bounds.pre_activation]
+    nodes = 0
+    milp_status = None
+    proven_lb = []
+    # most promising first: smallest attack margin, then smallest bound
+    order = sorted(open_disjuncts, key=lambda ik: (disj_lb[ik[0], ik[1]]))
+    for i, k in order:
+        p = problems[i]
+        Ak, bk = p.spec.disjuncts[k]
+        threshold = config.milp_threshold_abs + config.milp_threshold_rel * max(1.0, float(np.abs(bk).max()))
+        model = encode_bigm(blocks, [(l[i], u[i]) for l, u in pre],
+                            (bounds.output[0][i].numpy(), bounds.output[1][i].numpy()),
+                            p.region.lower, p.region.upper, Ak, bk)
+        start = complete_assignment(model, blocks, best_x[i]) if i in best_x else None
+        found = {}
+
+        def accept(v, p=p, model=model):
+            ok, x64, y64, m = _check_point(p, v[model.x_index])
+            if ok:
+                found.update(x=x64, y=y64, m=m)
+            return ok
+
+        budget = left()
+        if budget <= 0:
+            stages["milp"] = time.monotonic() - ts
+            return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper,
+                           milp_nodes=nodes, milp_status=milp_status)
+        res = solve_milp(model, time_limit=min(budget, 1e7), threshold=threshold, start=start,
+                         accept_solution=accept, config=config.solver)
+        nodes += res.nodes
+        milp_status = res.raw_status
+        log.debug("MILP problem %d disjunct %d: %s dual %.6g obj %.6g", i, k, res.status.value,
+                  res.dual_bound, res.objective)
+        if found:
+            stages["milp"] = time.monotonic() - ts
+            return verdict(Status.SAT, counterexample=found["x"], output=found["y"],
+                           margin_lower=margin_lower, margin_upper=found["m"], decided_by="milp",
+                           milp_nodes=nodes, milp_status=milp_status,
+                           message=f"MILP counterexample, float64 margin {found['m']:.6g}")
+        if res.solution is not None:
+            ok, x64, y64, m = _check_point(p, res.solution[model.x_index])
+            margin_upper = min(margin_upper, m)
+            if ok:
+                stages["milp"] = time.monotonic() - ts
+                return verdict(Status.SAT, counterexample=x64, output=y64, margin_lower=margin_lower,
+                               margin_upper=m, decided_by="milp", milp_nodes=nodes,
+                               milp_status=milp_status, message=f"MILP counterexample, float64 margin {m:.6g}")
+        if res.status in (MilpStatus.DUAL_BOUND_REACHED, MilpStatus.OPTIMAL) and res.dual_bound > threshold:
+            proven_lb.append(res.dual_bound)
+            continue
+        stages["milp"] = time.monotonic() - ts
+        status = Status.TIMEOUT if (res.status is MilpStatus.TIME_LIMIT or left() <= 0) else Status.UNKNOWN
+        return verdict(status, margin_lower=margin_lower, margin_upper=margin_upper, milp_nodes=nodes,
+                       milp_status=milp_status,
+                       message=f"MILP ended {res.status.value} ({res.raw_status}) with dual bound "
+                               f"{res.dual_bound:.6g} (threshold {threshold:.3g})")
+    stages["milp"] = time.monotonic() - ts
+    closed = [float(disj_lb[i, k]) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
+              if (i, k) not in open_disjuncts]
+    return verdict(Status.UNSAT, margin_lower=min(closed + proven_lb), margin_upper=margin_upper,
+                   decided_by="milp", milp_nodes=nodes, milp_status=milp_status,
+                   message="every open disjunct proven unreachable by MILP")
+
+
+def verify(network: Network, region: Box | LinfBall, spec: OutputSpec, *, timeout: float | None = None,
+           config: VerifyConfig = VerifyConfig()) -> Verdict:
+    """Decide whether some ``x`` in ``region`` has ``network(x)`` in the unsafe region ``spec``.
+
+    Returns a :class:`~gpuopt.verdict.Verdict`: ``sat`` with a float64-checked counterexample,
+    ``unsat`` with a sound proof, or ``unknown``/``timeout``.
+    """
+    return verify_problems([Problem(network, region, spec)], timeout=timeout, config=config)
+
+
+def load_instance(onnx_path, vnnlib_path) -> list[Problem]:
+    """Read an ONNX network and a VNNLIB property into a list of Problems."""
+    from .io.onnx import from_onnx
+    from .io.vnnlib import load_vnnlib
+
+    for what, path in (("network", onnx_path), ("property", vnnlib_path)):
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{what} file not found: {path}")
+    net = from_onnx(onnx_path)
+    props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
+    return [Problem(net, box, spec) for box, spec in props]
+
+
+def verify_instance(onnx_path, vnnlib_path, *, timeout: float | None = None,
+                    config: VerifyConfig = VerifyConfig()) -> Verdict:
+    """VNN-COMP style: decide the instance ``(onnx_path, vnnlib_path)``; loading counts toward
+    the timeout."""
+    t0 = time.monotonic()
+    if timeout is not None and (not math.isfinite(float(timeout)) or float(timeout) < 0):
+        raise InvalidInputError(f"`timeout` must be a finite number >= 0, got {timeout!r}")
+    problems = load_instance(onnx_path, vnnlib_path)
+    return verify_problems(problems, timeout=timeout, config=config, start_time=t0)

@@ -1,0 +1,95 @@
+"""Tests of gpuopt.network.from_torch (and the affine view of the networks it builds)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gpuopt.errors import UnsupportedLayerError
+from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, ReLU, from_torch
+
+
+def _randomise_batchnorm(model: nn.Module, gen: torch.Generator):
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen))
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.2)
+            m.weight.data.copy_(torch.randn(n, generator=gen))
+            m.bias.data.copy_(torch.randn(n, generator=gen))
+
+
+def _affine_view_forward(net, x: np.ndarray) -> np.ndarray:
+    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
+    z = x.reshape(len(x), -1).T
+    blocks = net.affine_blocks()
+    for i, blk in enumerate(blocks):
+        z = blk.matrix @ z + blk.bias[:, None]
+        if i < len(blocks) - 1:
+            z = np.maximum(z, 0.0)
+    return z.T
+
+
+def _build():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),  # (3, 8, 10) -> (4, 4, 5)
+        nn.BatchNorm2d(4),  # folded into the Conv2d
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 5, (2, 3), padding=(1, 0), dilation=(1, 2)), nn.ReLU()),  # -> (5, 5, 1)
+        nn.BatchNorm2d(5),  # after a ReLU: an ElementwiseAffine
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(25, 16),
+        nn.BatchNorm1d(16),  # folded into the Linear
+        nn.ReLU(),
+        nn.Identity(),
+        nn.Linear(16, 3),
+    )
+    with torch.no_grad():
+        _randomise_batchnorm(model, torch.Generator().manual_seed(1))
+    return model.double().eval()
+
+
+def test_from_torch_matches_torch_eval_float64():
+    model = _build()
+    mean = np.array([0.4, 0.5, 0.6])
+    std = np.array([0.2, 0.25, 0.3])
+    net = from_torch(model, (3, 8, 10), mean=mean, std=std)
+    assert [type(l) for l in net.layers] == [
+        ElementwiseAffine, Conv2d, ReLU, Conv2d, ReLU, ElementwiseAffine, Flatten, Dense, ReLU, Dense
+    ]
+    x = np.random.default_rng(0).uniform(0, 1, (32, 3, 8, 10))
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        ref = model((xt - torch.as_tensor(mean).view(1, 3, 1, 1)) / torch.as_tensor(std).view(1, 3, 1, 1)).numpy()
+    ours = net.forward64(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_affine_view_forward(net, x), ref, rtol=1e-9, atol=1e-9)
+    # float32 forward agrees loosely, flattened inputs are accepted
+    out32 = net.forward(torch.as_tensor(x.reshape(32, -1), dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(out32, ref, rtol=1e-4, atol=1e-4)
+    # the model was not modified
+    assert not model.training and next(model.parameters()).dtype == torch.float64
+
+
+def test_from_torch_dense_only_with_scalar_normalisation():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)).double().eval()
+    net = from_torch(model, (6,), mean=0.5, std=2.0)
+    x = np.random.default_rng(1).uniform(-1, 1, (10, 6))
+    with torch.no_grad():
+        ref = model((torch.as_tensor(x) - 0.5) / 2.0).numpy()
+    np.testing.assert_allclose(net.forward64(x), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_affine_view_forward(net, x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_from_torch_unsupported_module():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
+    with pytest.raises(UnsupportedLayerError, match=re.escape("module '1' of type Sigmoid is not supported")) as info:
+        from_torch(model, (4,))
+    assert info.value.op_type == "Sigmoid" and info.value.node == "1"

@@ -1,0 +1,370 @@
+"""Tests of gpuopt.io.onnx.from_onnx against onnxruntime."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gpuopt.errors import InvalidInputError, UnsupportedLayerError
+from gpuopt.io.onnx import from_onnx
+from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, ReLU
+
+RTOL = 1e-5
+
+
+# ---------------------------------------------------------------------- helpers
+def _session(model_or_path):
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+
+
+def _ort_outputs(model_or_path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime outputs, one sample at a time (batch dims are often fixed to 1), flattened."""
+    sess = _session(model_or_path)
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: xi[None].astype(np.float32)})[0].reshape(-1) for xi in x]
+    return np.stack(outs).astype(np.float64)
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str = ""):
+    assert ours.shape == ref.shape, (what, ours.shape, ref.shape)
+    for k in range(len(ref)):
+        tol = RTOL * max(1.0, np.abs(ref[k]).max())
+        err = np.abs(ours[k] - ref[k]).max()
+        assert err <= tol, f"{what} sample {k}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def _affine_view_forward(net, x: np.ndarray) -> np.ndarray:
+    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
+    z = x.reshape(len(x), -1).T
+    blocks = net.affine_blocks()
+    for i, blk in enumerate(blocks):
+        z = blk.matrix @ z + blk.bias[:, None]
+        if i < len(blocks) - 1:
+            z = np.maximum(z, 0.0)
+    return z.T
+
+
+def _model(nodes, in_shape, inits=(), *, extra_inputs=(), name="g"):
+    """A float32 model with input ``x`` and output ``y``; ``inits`` maps names to arrays."""
+    inits = dict(inits)
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in extra_inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return onnx.shape_inference.infer_shapes(model)  # fills in the output type the checker requires
+
+
+def _f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _check_model(model, n=20, seed=0, affine=True):
+    net = from_onnx(model)
+    x = np.random.default_rng(seed).uniform(-1, 1, (n,) + net.input_shape)
+    ref = _ort_outputs(model, x)
+    ours = net.forward64(x)
+    _assert_close(ours, ref, "forward64")
+    if affine:
+        _assert_close(_affine_view_forward(net, x), ours, "affine_blocks")
+    return net
+
+
+# ---------------------------------------------------------------------- benchmark networks
+FAMILIES = {
+    # family: (glob under the benchmarks folder, number of nets, input box (lo, hi))
+    "mnist_fc": ("vnncomp2022/mnist_fc/onnx/*.onnx", 3, (0.0, 1.0)),
+    "acasxu": ("vnncomp2022/acasxu/onnx/*.onnx", 45, (-0.5, 0.5)),
+    "oval21": ("vnncomp2021/oval21/nets/*.onnx", 3, (-2.0, 2.0)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_benchmark_networks_match_onnxruntime(benchmarks_dir, family):
+    pattern, count, (lo, hi) = FAMILIES[family]
+    paths = sorted(benchmarks_dir.glob(pattern))
+    assert len(paths) == count
+    rng = np.random.default_rng(1234)
+    for i, path in enumerate(paths):
+        net = from_onnx(path)
+        declared = [d.dim_value for d in onnx.load(path).graph.input[-1].type.tensor_type.shape.dim]
+        assert net.input_shape == tuple(declared[1:]), path.name
+        x = rng.uniform(lo, hi, (100,) + net.input_shape)
+        ref = _ort_outputs(path, x)
+        ours = net.forward64(x)
+        _assert_close(ours, ref, path.name)
+        # flattened inputs (VNNLIB X_i order) give the same result
+        _assert_close(net.forward64(x.reshape(100, -1)), ours, path.name + " (flat input)")
+        if i == 0:  # the affine view (including Conv as a sparse matrix) on one net per family
+            _assert_close(_affine_view_forward(net, x[:5]), ours[:5], path.name + " affine_blocks")
+
+
+def test_benchmark_structures(benchmarks_dir):
+    mnist = from_onnx(benchmarks_dir / "vnncomp2022/mnist_fc/onnx/mnist-net_256x2.onnx")
+    assert mnist.input_shape == (784, 1)
+    assert [type(l) for l in mnist.layers] == [Flatten, Dense, ReLU, Dense, ReLU, Dense]
+    acas = from_onnx(benchmarks_dir / "vnncomp2022/acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx")
+    assert acas.input_shape == (1, 1, 5) and acas.output_size == 5
+    assert isinstance(acas.layers[0], ElementwiseAffine) and isinstance(acas.layers[1], Flatten)
+    assert sum(isinstance(l, Dense) for l in acas.layers) == 7  # each MatMul+Add folded into one Dense
+    oval = from_onnx(benchmarks_dir / "vnncomp2021/oval21/nets/cifar_base_kw.onnx")
+    assert oval.input_shape == (3, 32, 32) and oval.output_size == 10
+    assert isinstance(oval.layers[0], Conv2d) and oval.layers[0].padding == (1, 1, 1, 1)
+    # a ModelProto is accepted as well
+    proto = onnx.load(benchmarks_dir / "vnncomp2021/oval21/nets/cifar_base_kw.onnx")
+    assert [type(l) for l in from_onnx(proto).layers] == [type(l) for l in oval.layers]
+
+
+# ---------------------------------------------------------------------- hand-built models
+def test_gemm_transb0_alpha_beta():
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gemm", ["x", "B", "C"], ["h"], name="g1", alpha=0.5, beta=2.0, transB=0),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "B2"], ["y"], name="g2", alpha=-1.5, transB=1),
+    ]
+    model = _model(nodes, [1, 4], {"B": _f32(rng, 4, 6), "C": _f32(rng, 1, 6), "B2": _f32(rng, 3, 6)})
+    net = _check_model(model)
+    assert [type(l) for l in net.layers] == [Dense, ReLU, Dense]
+
+
+def test_matmul_add_folds_into_dense():
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("MatMul", ["r", "W2"], ["m2"]),
+        helper.make_node("Add", ["b2", "m2"], ["y"]),  # constant on the left
+    ]
+    inits = {"W": _f32(rng, 4, 7), "b": _f32(rng, 7), "W2": _f32(rng, 7, 3), "b2": _f32(rng, 1, 3)}
+    net = _check_model(_model(nodes, ["batch", 4], inits))
+    assert [type(l) for l in net.layers] == [Dense, ReLU, Dense]
+    assert net.input_shape == (4,)
+
+
+def test_matmul_on_nd_tensor_with_unit_dims():
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Sub", ["x", "mu"], ["s"]),
+        helper.make_node("MatMul", ["s", "W"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),  # output (1, 1, 1, 6): flattened at the end
+    ]
+    inits = {"mu": _f32(rng, 1, 1, 1, 5), "W": _f32(rng, 5, 6), "b": _f32(rng, 6)}
+    net = _check_model(_model(nodes, [1, 1, 1, 5], inits))
+    assert net.input_shape == (1, 1, 5)
+    assert [type(l) for l in net.layers] == [ElementwiseAffine, Flatten, Dense, ReLU]
+
+
+def test_sub_div_mul_normalisation():
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0, 1, (1, 3, 1, 1)).astype(np.float32)
+    std = rng.uniform(0.2, 1, (3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["s"]),
+        helper.make_node("Div", ["s", "std"], ["d"]),
+        helper.make_node("Mul", ["k", "d"], ["m"]),
+        helper.make_node("Sub", ["c", "m"], ["n"]),  # c - x
+        helper.make_node("Flatten", ["n"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1),
+    ]
+    inits = {"mean": mean, "std": std, "k": np.float32(1.7), "c": _f32(rng, 4, 4), "W": _f32(rng, 5, 48),
+             "b": _f32(rng, 5)}
+    net = _check_model(_model(nodes, [1, 3, 4, 4], inits))
+    assert [type(l) for l in net.layers] == [ElementwiseAffine, Flatten, Dense]  # one composed affine map
+
+
+def _conv_bn_model(rng, bn_after_relu=True):
+    c = 4
+    bn = lambda p: {f"{p}_g": rng.uniform(0.5, 1.5, c).astype(np.float32), f"{p}_b": _f32(rng, c),
+                    f"{p}_m": _f32(rng, c), f"{p}_v": rng.uniform(0.1, 2, c).astype(np.float32)}
+    inits = {"W": _f32(rng, c, 2, 3, 3, scale=0.5), "B": _f32(rng, c), **bn("bn1"), **bn("bn2"),
+             "G": _f32(rng, 3, c * 3 * 3), "bn3_g": _f32(rng, 3), "bn3_b": _f32(rng, 3), "bn3_m": _f32(rng, 3),
+             "bn3_v": rng.uniform(0.1, 2, 3).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "bn1_g", "bn1_b", "bn1_m", "bn1_v"], ["b1"], epsilon=1e-3),
+        helper.make_node("Relu", ["b1"], ["r"]),
+        helper.make_node("BatchNormalization", ["r", "bn2_g", "bn2_b", "bn2_m", "bn2_v"], ["b2"]),
+        helper.make_node("Flatten", ["b2"], ["f"]),
+        helper.make_node("Gemm", ["f", "G"], ["g"], transB=1),
+        helper.make_node("BatchNormalization", ["g", "bn3_g", "bn3_b", "bn3_m", "bn3_v"], ["y"]),
+    ]
+    return _model(nodes, [1, 2, 6, 6], inits)
+
+
+def test_batchnorm_folded_and_standalone():
+    net = _check_model(_conv_bn_model(np.random.default_rng(4)))
+    # BN after Conv and after Gemm fold; BN after ReLU stays an ElementwiseAffine
+    assert [type(l) for l in net.layers] == [Conv2d, ReLU, ElementwiseAffine, Flatten, Dense]
+    assert net.layers[2].scale.shape == (4, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+        dict(pads=[0, 2, 1, 0], strides=[1, 3]),
+        dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+        dict(auto_pad="SAME_LOWER", strides=[2, 1]),
+        dict(auto_pad="VALID", dilations=[2, 1]),
+    ],
+)
+def test_conv_pads_strides_dilations(attrs):
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **attrs),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2", pads=[1, 1, 0, 0]),  # no bias
+    ]
+    inits = {"W": _f32(rng, 3, 2, 3, 2), "B": _f32(rng, 3), "W2": _f32(rng, 2, 3, 2, 2)}
+    net = _check_model(_model(nodes, [1, 2, 7, 8], inits))
+    assert [type(l) for l in net.layers] == [Conv2d, ReLU, Conv2d, Flatten]
+    if "pads" in attrs:
+        assert net.layers[0].padding == tuple(attrs["pads"])
+
+
+@pytest.mark.parametrize("style", ["const_1_m1", "const_m1_n", "shape_ops", "symbolic_batch"])
+def test_reshape_as_flatten(style):
+    rng = np.random.default_rng(6)
+    inits = {"W": _f32(rng, 2, 1, 2, 2), "G": _f32(rng, 4, 18)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"])]
+    in_shape = [1, 1, 4, 4]
+    if style == "const_1_m1":
+        inits["s"] = np.array([1, -1], dtype=np.int64)
+    elif style == "const_m1_n":
+        inits["s"] = np.array([-1, 18], dtype=np.int64)
+    else:  # x.view(x.size(0), -1) as exported by torch
+        if style == "symbolic_batch":
+            in_shape = ["N", 1, 4, 4]
+        nodes += [
+            helper.make_node("Shape", ["r"], ["shp"]),
+            helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64))),
+            helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
+            helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+            helper.make_node("Constant", [], ["m1"], value_ints=[-1]),
+            helper.make_node("Concat", ["n1", "m1"], ["s"], axis=0),
+        ]
+        inits["ax"] = np.array([0], dtype=np.int64)
+    nodes += [helper.make_node("Reshape", ["r", "s"], ["f"]), helper.make_node("Gemm", ["f", "G"], ["y"], transB=1)]
+    net = _check_model(_model(nodes, in_shape, inits))
+    assert [type(l) for l in net.layers] == [Conv2d, ReLU, Flatten, Dense]
+    assert net.input_shape == (1, 4, 4)
+
+
+def test_identity_dropout_and_dead_nodes_are_ignored():
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Identity", ["x"], ["i"]),
+        helper.make_node("Gemm", ["i", "W"], ["g"], transB=1),
+        helper.make_node("Sigmoid", ["g"], ["unused"]),  # not on the way to the output
+        helper.make_node("Dropout", ["g"], ["y"]),
+    ]
+    net = _check_model(_model(nodes, [1, 3], {"W": _f32(rng, 2, 3)}))
+    assert [type(l) for l in net.layers] == [Dense]
+
+
+def test_input_shape_override():
+    rng = np.random.default_rng(8)
+    model = _model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], ["N", "F"], {"W": _f32(rng, 2, 3)})
+    with pytest.raises(InvalidInputError, match=re.escape("pass `input_shape=`")):
+        from_onnx(model)
+    net = from_onnx(model, input_shape=(3,))
+    assert net.input_shape == (3,)
+    x = rng.uniform(-1, 1, (4, 3))
+    _assert_close(net.forward64(x), _ort_outputs(model, x))
+
+
+# ---------------------------------------------------------------------- errors
+def test_unsupported_op_names_node_and_type():
+    rng = np.random.default_rng(9)
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["g"], name="n1", transB=1),
+        helper.make_node("Relu", ["g"], ["r"], name="n2"),
+        helper.make_node("Sigmoid", ["r"], ["y"], name="n3"),
+    ]
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'n3' (op Sigmoid) is not supported")) as info:
+        from_onnx(_model(nodes, [1, 3], {"W": _f32(rng, 2, 3)}))
+    assert info.value.node == "n3" and info.value.op_type == "Sigmoid"
+
+
+def test_residual_branch_is_unsupported():
+    rng = np.random.default_rng(10)
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["g"], name="fc", transB=1),
+        helper.make_node("Relu", ["g"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "g"], ["y"], name="res"),
+    ]
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'res' (op Add) is not supported")):
+        from_onnx(_model(nodes, [1, 3], {"W": _f32(rng, 3, 3)}))
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.onnx"
+    with pytest.raises(InvalidInputError, match=re.escape(str(path))):
+        from_onnx(path)
+
+
+def test_corrupt_and_truncated_files(tmp_path, benchmarks_dir):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(InvalidInputError, match=re.escape(f"{bad}: file is not a valid ONNX model")):
+        from_onnx(bad)
+    data = (benchmarks_dir / "vnncomp2022/mnist_fc/onnx/mnist-net_256x2.onnx").read_bytes()
+    short = tmp_path / "short.onnx"
+    short.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match=re.escape("is not a valid ONNX model")):
+        from_onnx(short)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidInputError, match=re.escape("is not a valid ONNX model")):
+        from_onnx(str(empty))
+
+
+def test_two_graph_inputs():
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], transB=1), helper.make_node("Add", ["g", "z"], ["y"])]
+    model = _model(nodes, [1, 3], {"W": _f32(rng, 2, 3)}, extra_inputs=[("z", [1, 2])])
+    with pytest.raises(InvalidInputError, match=re.escape("exactly one non-initializer input, got 2")):
+        from_onnx(model)
+
+
+def test_non_flatten_reshape():
+    rng = np.random.default_rng(12)
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["g"], transB=1),
+        helper.make_node("Reshape", ["g", "s"], ["y"], name="r"),
+    ]
+    model = _model(nodes, [1, 3], {"W": _f32(rng, 16, 3), "s": np.array([1, 4, 4], dtype=np.int64)})
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'r' (op Reshape) is not supported")):
+        from_onnx(model)
+
+
+def test_nan_weight_names_node():
+    w = np.ones((2, 3), dtype=np.float32)
+    w[1, 2] = np.nan
+    model = _model([helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", transB=1)], [1, 3], {"W": w})
+    with pytest.raises(InvalidInputError, match=re.escape("node 'fc' (op Gemm)")):
+        from_onnx(model)
+
+
+def test_grouped_conv_and_matmul_on_data_last_axis_are_unsupported():
+    rng = np.random.default_rng(13)
+    conv = _model([helper.make_node("Conv", ["x", "W"], ["y"], name="gc", group=2)], [1, 2, 4, 4],
+                  {"W": _f32(rng, 2, 1, 3, 3)})
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'gc' (op Conv) is not supported: group=2")):
+        from_onnx(conv)
+    mm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [1, 2, 3], {"W": _f32(rng, 3, 4)})
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'mm' (op MatMul) is not supported")):
+        from_onnx(mm)
