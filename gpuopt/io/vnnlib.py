@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from fractions import Fraction
 import re
 
 import numpy as np
@@ -220,6 +221,10 @@ class _Parser:
                     "(each input comparison must bound a single X_i)", node.pos)
             (v, a), = coef.items()
             bound = -const / a + 0.0
+            if math.isfinite(bound) and Fraction(bound) != -Fraction(const) / Fraction(a):
+                # the division rounded: widen outwards by one ulp so the box never excludes a
+                # point of the true set (exact quotients, the usual case, stay as they are)
+                bound = math.nextafter(bound, math.inf if a > 0 else -math.inf)
             if not math.isfinite(bound):
                 raise self.error("an input bound overflows float64", node.pos)
             return [(("X", v[1], a > 0, bound),)]
