@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="attack device, e.g. cpu or cuda (default: cuda if available)")
     v.add_argument("--restarts", type=_positive_int, default=None, help="PGD restarts per input box")
     v.add_argument("--steps", type=_positive_int, default=None, help="PGD steps per restart")
+    v.add_argument("--threads", type=_positive_int, default=1,
+                   help="CPU threads for torch (default 1: the small batched ops here are latency-bound, "
+                        "and extra threads only contend with the MILP)")
 
     d = sub.add_parser("demo", help="run the bundled demo (no downloads): robustness of a small digits classifier")
     d.add_argument("--images", type=_positive_int, default=20, help="number of bundled test images to use")
@@ -67,14 +70,15 @@ def _cmd_verify(args) -> int:
     from .milp.highs import SolverConfig
     from .verify import VerifyConfig, verify_instance
 
+    import torch
+
+    torch.set_num_threads(args.threads)  # the CLI owns its process
     attack = AttackConfig(seed=args.seed)
     if args.restarts is not None:
         attack = replace(attack, restarts=args.restarts)
     if args.steps is not None:
         attack = replace(attack, steps=args.steps)
     if args.device is not None and args.device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise InvalidInputError(f"--device {args.device}: CUDA is not available on this machine")
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed), device=args.device)

@@ -349,6 +349,18 @@ class Network:
             return self.forward(xt).numpy()
 
     # ------------------------------------------------------------------ affine view
+    def dense_blocks(self, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`affine_blocks` as dense ``(matrix, bias)`` tensors on ``device`` in ``dtype``
+        (cached: the network is immutable)."""
+        key = ("dense", str(device), dtype)
+        if key not in self._param_cache:
+            self._param_cache[key] = [
+                (torch.tensor(b.matrix.toarray(), dtype=dtype, device=device),
+                 torch.tensor(b.bias, dtype=dtype, device=device))
+                for b in self.affine_blocks()
+            ]
+        return self._param_cache[key]
+
     def affine_blocks(self) -> list[AffineBlock]:
         """The network as ``A_0, ReLU, A_1, ..., ReLU, A_L`` on flattened vectors (float64).
 

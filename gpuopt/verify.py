@@ -3,15 +3,17 @@
 For a list of Problems sharing one network (a VNNLIB instance may have several input boxes; the
 instance is violated iff any Problem is), :func:`verify_problems` runs
 
-1. **bounds** (IBP, float64, outward-padded): a disjunct whose margin lower bound is ``> 0`` is
-   unreachable; a Problem whose disjuncts are all unreachable holds;
+1. **bounds** (IBP, then CROWN; float64 with outward rounding pads): a disjunct whose margin
+   lower bound is ``> 0`` is unreachable; a Problem whose disjuncts are all unreachable holds;
 2. **attack** (batched PGD, float32 on the chosen device): a candidate is re-checked by a float64
    forward pass from inside the box; ``margin <= 0`` there gives ``sat``;
-3. **MILP** (big-M in HiGHS, per remaining disjunct, seeded with the attack's best point): the
-   disjunct is unreachable iff HiGHS's dual bound exceeds ``threshold``; an improving solution
-   that passes the float64 re-check gives ``sat``.
+3. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
+   ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
+4. **MILP** (big-M in HiGHS with the CROWN bounds, per remaining disjunct, seeded with the
+   attack's best point): the disjunct is unreachable iff HiGHS's dual bound exceeds
+   ``threshold``; an improving solution that passes the float64 re-check gives ``sat``.
 
-``unsat`` is only reported when every disjunct of every Problem was proven by stage 1 or 3.
+``unsat`` is only reported when every open disjunct of every Problem was proven by a sound stage.
 The MILP threshold is ``milp_threshold_abs + milp_threshold_rel * max(1, max|b|)``: a property
 that holds by less than that is reported ``unknown`` rather than guessed.
 """
@@ -29,7 +31,9 @@ import numpy as np
 import torch
 
 from .attack import AttackConfig, pgd_attack
-from .bounds import disjunct_lower_bounds, ibp
+from .bab import SplitConfig, input_split
+from .bounds import crown, crown_linear_lower, disjunct_lower_bounds, ibp
+from .bounds.base import rounding_pad
 from .errors import InvalidInputError
 from .milp.encode import complete_assignment, encode_bigm
 from .milp.highs import MilpStatus, SolverConfig, solve_milp
@@ -47,12 +51,16 @@ log = logging.getLogger("gpuopt")
 @dataclass(frozen=True)
 class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
-    CPU). ``use_attack``/``use_milp`` switch stages off (for ablations and tests)."""
+    CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_milp`` switch stages off (for
+    ablations and tests); ``split`` configures input splitting."""
 
     attack: AttackConfig = field(default_factory=AttackConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     device: str | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    use_crown: bool = True
     use_attack: bool = True
+    use_input_split: bool = True
     use_milp: bool = True
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
@@ -122,20 +130,32 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
         if p.network is not net:
             raise InvalidInputError("all problems must share one network")
 
-    # ---- stage 1: bounds
+    # ---- stage 1: bounds (IBP, then CROWN on what IBP leaves open)
     ts = time.monotonic()
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
-    bounds = ibp(net, lower, upper)
     A_all, b_all = _stacked_spec(problems)
-    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all).numpy()
+    bounds = ibp(net, lower, upper)
+    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all)
+    decided_by = "ibp"
+    if not bool((disj_lb > 0).all()) and config.use_crown:
+        bounds = crown(net, lower, upper)
+        K, M = A_all.shape[1:3]
+        rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(len(problems), K * M, -1), bounds)
+        b_flat = b_all.reshape(len(problems), K * M)
+        finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
+        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
+        disj_lb = torch.maximum(disj_lb, rows.view(len(problems), K, M).amax(-1))
+        disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all))
+        decided_by = "crown"
+    disj_lb = disj_lb.numpy()
     open_disjuncts = {(i, k) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
                       if not disj_lb[i, k] > 0}
-    margin_lower = float(disj_lb.min())
+    margin_lower = float(min(disj_lb[i, k] for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)))
     stages["bounds"] = time.monotonic() - ts
     if not open_disjuncts:
-        return verdict(Status.UNSAT, margin_lower=margin_lower, decided_by="ibp",
-                       message="IBP bounds prove every disjunct unreachable")
+        return verdict(Status.UNSAT, margin_lower=margin_lower, decided_by=decided_by,
+                       message=f"{decided_by.upper()} bounds prove every disjunct unreachable")
     if left() <= 0:
         return verdict(Status.TIMEOUT, margin_lower=margin_lower)
 
@@ -159,20 +179,55 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
                 return verdict(Status.SAT, counterexample=x64, output=y64, margin_lower=margin_lower,
                                margin_upper=m, decided_by="attack",
                                message=f"PGD counterexample, float64 margin {m:.6g}")
-    if not config.use_milp:
-        return verdict(Status.TIMEOUT if left() <= 0 else Status.UNKNOWN, margin_lower=margin_lower,
-                       margin_upper=margin_upper)
     if left() <= 0:
         return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper)
 
-    # ---- stage 3: exact MILP per open disjunct
+    # ---- stage 3: input splitting, for networks with few inputs
+    if config.use_input_split and net.input_size <= config.split.max_input_dim:
+        ts = time.monotonic()
+        split_boxes = 0
+        split_lb: list[float] = []
+        undecided = False
+        for i in open_problems:
+            ks = [k for (j, k) in open_disjuncts if j == i]
+            res = input_split(problems[i], deadline=deadline, config=config.split, open_disjuncts=ks)
+            split_boxes += res.boxes
+            split_lb.append(res.margin_lower)
+            if res.status == "sat":
+                ok, x64, y64, m = _check_point(problems[i], res.counterexample)
+                if ok:
+                    stages["input_split"] = time.monotonic() - ts
+                    return verdict(Status.SAT, counterexample=x64, output=y64, margin_lower=margin_lower,
+                                   margin_upper=m, decided_by="input-split",
+                                   message=f"input-splitting counterexample after {split_boxes} boxes, "
+                                           f"float64 margin {m:.6g}")
+                undecided = True
+            elif res.status == "timeout":
+                stages["input_split"] = time.monotonic() - ts
+                return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper,
+                               message=f"input splitting timed out after {split_boxes} boxes")
+            elif res.status == "unknown":
+                undecided = True
+        stages["input_split"] = time.monotonic() - ts
+        if not undecided:
+            closed = [float(disj_lb[i, k]) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
+                      if (i, k) not in open_disjuncts]
+            return verdict(Status.UNSAT, margin_lower=min(closed + split_lb), margin_upper=margin_upper,
+                           decided_by="input-split",
+                           message=f"input splitting proved every open disjunct on {split_boxes} boxes")
+
+    if not config.use_milp:
+        return verdict(Status.TIMEOUT if left() <= 0 else Status.UNKNOWN, margin_lower=margin_lower,
+                       margin_upper=margin_upper)
+
+    # ---- stage 4: exact MILP per open disjunct
     ts = time.monotonic()
     blocks = net.affine_blocks()
     pre = [(l.numpy(), u.numpy()) for l, u in bounds.pre_activation]
     nodes = 0
     milp_status = None
     proven_lb = []
-    # most promising first: smallest attack margin, then smallest bound
+    # weakest bound first: the disjunct most likely to hold a counterexample
     order = sorted(open_disjuncts, key=lambda ik: (disj_lb[ik[0], ik[1]]))
     for i, k in order:
         p = problems[i]

@@ -1,0 +1,326 @@
+"""Shared test helpers: random network builders, an independent numpy forward pass, and a
+brute-force exact minimiser of the spec margin (enumeration of activation patterns + LPs).
+
+Imported by the test modules as ``from helpers import ...`` (pytest puts ``tests/`` on
+``sys.path`` because the folder has no ``__init__.py``). Nothing here calls gpuopt's bounds,
+attack or MILP code: the reference answers are computed independently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from gpuopt.specs import OutputSpec
+
+__all__ = [
+    "one_torch_thread",
+    "random_dense_network",
+    "random_conv_network",
+    "numpy_forward",
+    "numpy_margin",
+    "dense_weights",
+    "box_points",
+    "to_alternating_dense",
+    "random_spec",
+    "BruteForce",
+    "brute_force_min_margin",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Autouse in every module that imports it: run torch single-threaded. Tiny tensors gain
+    nothing from intra-op threads, and on a busy 2-core machine each multi-threaded op can stall
+    for milliseconds (the default CPU attack on a 10-neuron network then takes seconds)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# ---------------------------------------------------------------------------- networks
+def random_dense_network(rng: np.random.Generator, n_in: int, hidden, n_out: int,
+                         *, bias_scale: float = 0.5) -> Network:
+    """``Dense, ReLU, ..., Dense`` with weights ``N(0, 1/fan_in)`` and biases ``N(0, bias_scale^2)``."""
+    layers = []
+    prev = n_in
+    for width in list(hidden) + [n_out]:
+        layers.append(Dense(rng.normal(size=(width, prev)) / math.sqrt(prev),
+                            bias_scale * rng.normal(size=width)))
+        layers.append(ReLU())
+        prev = width
+    layers.pop()  # no ReLU after the output layer
+    return Network(layers, (n_in,))
+
+
+def random_conv_network(rng: np.random.Generator, in_shape, c_out: int, kernel, stride, padding,
+                        n_hidden: int, n_out: int) -> Network:
+    """``Conv2d, ReLU, Flatten, Dense, ReLU, Dense`` (``n_hidden == 0``: no hidden Dense)."""
+    c_in = in_shape[0]
+    kh, kw = kernel
+    conv = Conv2d(rng.normal(size=(c_out, c_in, kh, kw)) / math.sqrt(c_in * kh * kw),
+                  0.3 * rng.normal(size=c_out), stride, padding)
+    flat = math.prod(conv.output_shape(tuple(in_shape)))
+    layers = [conv, ReLU(), Flatten()]
+    prev = flat
+    if n_hidden:
+        layers += [Dense(rng.normal(size=(n_hidden, prev)) / math.sqrt(prev), 0.3 * rng.normal(size=n_hidden)),
+                   ReLU()]
+        prev = n_hidden
+    layers.append(Dense(rng.normal(size=(n_out, prev)) / math.sqrt(prev), 0.3 * rng.normal(size=n_out)))
+    return Network(layers, tuple(in_shape))
+
+
+def dense_weights(network: Network) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(W_0, b_0), ..., (W_L, b_L)]`` of a strictly alternating ``Dense, ReLU, ..., Dense`` network."""
+    out = []
+    for i, layer in enumerate(network.layers):
+        if i % 2 == 0:
+            assert isinstance(layer, Dense), f"layer {i} should be Dense, got {layer}"
+            out.append((np.array(layer.weight), np.array(layer.bias)))
+        else:
+            assert isinstance(layer, ReLU), f"layer {i} should be ReLU, got {layer}"
+    assert isinstance(network.layers[-1], Dense)
+    return out
+
+
+# ---------------------------------------------------------------------------- forward
+def _conv_numpy(layer: Conv2d, x: np.ndarray) -> np.ndarray:
+    """Cross-correlation on ``(batch, C, H, W)`` by explicit windows (no torch)."""
+    w = np.asarray(layer.weight)
+    c_out, c_in, kh, kw = w.shape
+    pt, pl, pb, pr = layer.padding
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    hp, wp = xp.shape[2], xp.shape[3]
+    ho = (hp - dh * (kh - 1) - 1) // sh + 1
+    wo = (wp - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty((x.shape[0], c_out, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            win = xp[:, :, i * sh: i * sh + dh * (kh - 1) + 1: dh, j * sw: j * sw + dw * (kw - 1) + 1: dw]
+            out[:, :, i, j] = np.einsum("bchw,ochw->bo", win, w)
+    return out + np.asarray(layer.bias)[None, :, None, None]
+
+
+def numpy_forward(network: Network, x, *, absolute: bool = False):
+    """Independent float64 forward pass from ``network.layers``.
+
+    Returns ``(outputs (batch, n_out), [pre-activation (batch, n_k) per ReLU layer])``. With
+    ``absolute=True`` every weight/bias is replaced by its magnitude (and ``x`` by ``|x|``):
+    the result is the scale ``sum |w||h| + |b|`` that rounding errors are relative to.
+    """
+    h = np.asarray(x, dtype=np.float64).reshape(-1, *network.input_shape)
+    if absolute:
+        h = np.abs(h)
+    mag = np.abs if absolute else (lambda a: a)
+    pre = []
+    for layer in network.layers:
+        if isinstance(layer, Dense):
+            h = h @ mag(layer.weight).T + mag(layer.bias)
+        elif isinstance(layer, Conv2d):
+            lay = Conv2d(mag(layer.weight), mag(layer.bias), layer.stride, layer.padding, layer.dilation)
+            h = _conv_numpy(lay, h)
+        elif isinstance(layer, ReLU):
+            pre.append(h.reshape(h.shape[0], -1).copy())
+            h = h if absolute else np.maximum(h, 0.0)
+        elif isinstance(layer, Flatten):
+            h = h.reshape(h.shape[0], -1)
+        elif isinstance(layer, ElementwiseAffine):
+            h = h * mag(layer.scale) + mag(layer.shift)
+        else:  # pragma: no cover
+            raise TypeError(layer)
+    return h.reshape(h.shape[0], -1), pre
+
+
+def _affine_numpy(layers, in_shape, x: np.ndarray) -> np.ndarray:
+    h = x.reshape(-1, *in_shape)
+    for layer in layers:
+        if isinstance(layer, Dense):
+            h = h @ np.asarray(layer.weight).T + np.asarray(layer.bias)
+        elif isinstance(layer, Conv2d):
+            h = _conv_numpy(layer, h)
+        elif isinstance(layer, Flatten):
+            h = h.reshape(h.shape[0], -1)
+        elif isinstance(layer, ElementwiseAffine):
+            h = h * np.asarray(layer.scale) + np.asarray(layer.shift)
+        else:  # pragma: no cover
+            raise TypeError(layer)
+    return h.reshape(h.shape[0], -1)
+
+
+def to_alternating_dense(network: Network) -> Network:
+    """An equivalent ``Dense, ReLU, ..., Dense`` network: each maximal run of affine layers
+    (Dense/Conv2d/Flatten/ElementwiseAffine) becomes one Dense whose matrix is read off by
+    evaluating the run (numpy) on the basis vectors; an empty run (leading/trailing ReLU, two
+    ReLUs in a row) becomes an identity Dense."""
+    runs, current = [], []
+    for layer in network.layers:
+        if isinstance(layer, ReLU):
+            runs.append(current)
+            current = []
+        else:
+            current.append(layer)
+    runs.append(current)
+    layers = []
+    shape_index = 0
+    shapes = network.layer_shapes
+    for r, run in enumerate(runs):
+        in_shape = shapes[shape_index]
+        n = math.prod(in_shape)
+        bias = _affine_numpy(run, in_shape, np.zeros((1, n)))[0]
+        cols = _affine_numpy(run, in_shape, np.eye(n)) - bias[None]
+        layers.append(Dense(cols.T, bias))
+        if r < len(runs) - 1:
+            layers.append(ReLU())
+        shape_index += len(run) + 1
+    return Network(layers, (network.input_size,))
+
+
+def numpy_margin(spec: OutputSpec, y: np.ndarray) -> np.ndarray:
+    """``min_k max_i (A_k y - b_k)_i`` per row of ``y``, by plain numpy (not ``margin64``)."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1, spec.n_outputs)
+    per = np.empty((y.shape[0], spec.n_disjuncts))
+    for k, (A, b) in enumerate(spec.disjuncts):
+        per[:, k] = np.max(np.einsum("mo,bo->bm", A, y) - b[None], axis=1)
+    return per.min(axis=1)
+
+
+def box_points(rng: np.random.Generator, lower, upper, n: int = 200, *, max_corner_dim: int = 6,
+               n_random_vertices: int = 20) -> np.ndarray:
+    """``n`` uniform points in the box, its corners when the dimension is small (else random
+    vertices), and its centre; all exactly inside ``[lower, upper]`` in float64."""
+    lower = np.asarray(lower, dtype=np.float64).reshape(-1)
+    upper = np.asarray(upper, dtype=np.float64).reshape(-1)
+    d = lower.size
+    pts = [lower + (upper - lower) * rng.random((n, d)), (0.5 * (lower + upper))[None]]
+    if d <= max_corner_dim:
+        bits = np.array(list(itertools.product([0, 1], repeat=d)), dtype=bool)
+    else:
+        bits = rng.random((n_random_vertices, d)) < 0.5
+    pts.append(np.where(bits, upper[None], lower[None]))
+    return np.clip(np.concatenate(pts), lower, upper)
+
+
+def random_spec(rng: np.random.Generator, n_out: int, rows_per_disjunct, *, b_scale: float = 0.5) -> OutputSpec:
+    """One disjunct per entry of ``rows_per_disjunct``, with that many random rows."""
+    disj = []
+    for m in rows_per_disjunct:
+        disj.append((rng.normal(size=(m, n_out)), b_scale * rng.normal(size=m)))
+    return OutputSpec(disj, n_out)
+
+
+# ---------------------------------------------------------------------------- brute force
+@dataclass
+class BruteForce:
+    """Exact minimum of each disjunct margin over the box, per ``disjunct`` index; ``argmin``
+    the LP's minimiser for each; ``n_regions`` the number of feasible activation patterns."""
+
+    per_disjunct: np.ndarray
+    argmin: list
+    n_regions: int
+    n_lps: int
+
+    @property
+    def min_margin(self) -> float:
+        return float(self.per_disjunct.min())
+
+
+def _lp(c, A_ub, b_ub, bounds):
+    res = linprog(c, A_ub=A_ub if len(A_ub) else None, b_ub=b_ub if len(b_ub) else None,
+                  bounds=bounds, method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    return res
+
+
+def brute_force_min_margin(network: Network, lower, upper, spec: OutputSpec, *, n_samples: int = 512,
+                           seed: int = 0) -> BruteForce:
+    """``min_{x in box} max_i (A_k f(x) - b_k)_i`` for every disjunct ``k``, exactly (up to LP
+    tolerances), for a ``Dense, ReLU, ..., Dense`` network.
+
+    Activation patterns are enumerated depth-first, one neuron at a time, on the closed linear
+    regions ``{x in box : z_j >= 0 (active), z_j <= 0 (inactive)}``; a partial pattern is kept if
+    a sample point realises it or an LP finds it feasible. On each full pattern the network is
+    affine, and each disjunct's margin is minimised by an LP (an epigraph variable for several
+    rows). The closed regions cover the box and ``f`` agrees with the pattern's affine map on
+    each, so the minimum over regions is the exact minimum.
+    """
+    lower = np.asarray(lower, dtype=np.float64).reshape(-1)
+    upper = np.asarray(upper, dtype=np.float64).reshape(-1)
+    weights = dense_weights(network)
+    n = lower.size
+    box = list(zip(lower, upper))
+    rng = np.random.default_rng(seed)
+    samples = box_points(rng, lower, upper, n_samples)
+    _, sample_pre = numpy_forward(network, samples)
+    K = spec.n_disjuncts
+    best = np.full(K, np.inf)
+    argmin = [None] * K
+    counters = {"regions": 0, "lps": 0}
+
+    def feasible(G, g) -> bool:
+        counters["lps"] += 1
+        res = _lp(np.zeros(n), G, g, box)
+        return res.status == 0
+
+    def leaf(P, q, G, g):
+        """``h = P x + q`` is the last hidden layer's output on this region."""
+        counters["regions"] += 1
+        W, c = weights[-1]
+        Py, qy = W @ P, W @ q + c
+        for k, (A, b) in enumerate(spec.disjuncts):
+            coef, const = A @ Py, A @ qy - b  # row_i(x) = coef_i x + const_i
+            counters["lps"] += 1
+            if A.shape[0] == 1:
+                res = _lp(coef[0], G, g, box)
+                val = None if res.status != 0 else float(res.fun + const[0])
+                x = None if res.status != 0 else res.x
+            else:  # variables (x, t): min t s.t. coef_i x - t <= -const_i
+                G2 = np.hstack([G, np.zeros((len(G), 1))]) if len(G) else np.zeros((0, n + 1))
+                rows = np.hstack([coef, -np.ones((coef.shape[0], 1))])
+                res = _lp(np.r_[np.zeros(n), 1.0], np.vstack([G2, rows]), np.r_[g, -const],
+                          box + [(None, None)])
+                val = None if res.status != 0 else float(res.fun)
+                x = None if res.status != 0 else res.x[:n]
+            if res.status not in (0, 2):
+                raise RuntimeError(f"reference LP failed: {res.message}")
+            if val is not None and val < best[k]:
+                best[k], argmin[k] = val, x
+
+    def layer(depth, P, q, G, g, mask):
+        if depth == len(weights) - 1:
+            leaf(P, q, G, g)
+            return
+        W, c = weights[depth]
+        Pz, qz = W @ P, W @ q + c
+        zs = sample_pre[depth]
+        width = W.shape[0]
+
+        def neuron(j, G, g, mask, active):
+            if j == width:
+                D = np.asarray(active, dtype=np.float64)
+                layer(depth + 1, D[:, None] * Pz, D * qz, G, g, mask)
+                return
+            for is_active in (True, False):
+                # active: z_j >= 0  <=>  -Pz_j x <= qz_j ; inactive: Pz_j x <= -qz_j
+                row = -Pz[j] if is_active else Pz[j]
+                rhs = qz[j] if is_active else -qz[j]
+                G2 = np.vstack([G, row[None]]) if len(G) else row[None]
+                g2 = np.r_[g, rhs]
+                m2 = mask & ((zs[:, j] >= 0) if is_active else (zs[:, j] <= 0))
+                if m2.any() or feasible(G2, g2):
+                    neuron(j + 1, G2, g2, m2, active + [is_active])
+
+        neuron(0, G, g, mask, [])
+
+    layer(0, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0), np.ones(len(samples), dtype=bool))
+    return BruteForce(per_disjunct=best, argmin=argmin, n_regions=counters["regions"], n_lps=counters["lps"])

@@ -1,0 +1,153 @@
+"""PGD attack: finds reachable counterexamples, stays in the box, reports honest margins, is
+deterministic per seed, and never claims success where the bounds prove there is none."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt.attack import AttackConfig, BoxGeometry, pgd_attack
+from gpuopt.bounds import ibp, margin_lower_bound
+from gpuopt.errors import InvalidInputError
+from gpuopt.network import Dense, Network, ReLU
+from gpuopt.specs import OutputSpec, robustness
+
+from helpers import numpy_forward, one_torch_thread, random_dense_network  # noqa: F401 (autouse fixture)
+
+FAST = AttackConfig(restarts=16, steps=40, seed=0)
+
+
+def _easy():
+    """``y = (relu(x0) + relu(x1), relu(x0) - relu(x1))`` on ``[-1, 2]^2``; unsafe: ``y1 >= 1.5``."""
+    net = Network([Dense(np.eye(2), np.zeros(2)), ReLU(), Dense([[1.0, 1.0], [1.0, -1.0]], [0.0, 0.0])], (2,))
+    lo, hi = np.array([-1.0, -1.0]), np.array([2.0, 2.0])
+    spec = OutputSpec([(np.array([[0.0, -1.0]]), np.array([-1.5]))], 2)  # -y1 <= -1.5
+    return net, lo, hi, spec
+
+
+def _margin_of(net, x, spec, dtype):
+    y = net.forward(x.to(dtype))
+    return spec.margin(y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pgd_finds_an_easy_counterexample_inside_the_box(dtype):
+    net, lo, hi, spec = _easy()
+    A, b = spec.padded()
+    cand = pgd_attack(net, lo[None], hi[None], A, b, config=FAST, dtype=dtype)
+    assert cand.x.dtype == dtype and cand.margin.dtype == dtype
+    assert cand.x.shape == (1, 2) and cand.margin.shape == (1,)
+    assert bool(cand.success[0])
+    lo_t, hi_t = torch.as_tensor(lo, dtype=dtype), torch.as_tensor(hi, dtype=dtype)
+    assert torch.all(cand.x >= lo_t) and torch.all(cand.x <= hi_t)
+    torch.testing.assert_close(cand.margin, _margin_of(net, cand.x, spec, dtype))
+    assert float(cand.margin[0]) <= 0
+    # the float64 re-check agrees (the box ends are float32 numbers, so no clamping is needed)
+    y, _ = numpy_forward(net, cand.x.double().numpy())
+    assert spec.margin64(y)[0] <= 0
+    # patterns are those of the returned point
+    _, pat = net.forward(cand.x, return_pattern=True)
+    assert len(cand.patterns) == 1 and torch.equal(cand.patterns[0], pat[0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pgd_batched_items_stay_in_their_boxes_and_margins_are_recomputable(seed):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 3, [8, 8], 3)
+    centres = rng.normal(size=(4, 3))
+    eps = rng.uniform(0.01, 1.0, size=(4, 1))
+    lo, hi = centres - eps, centres + eps
+    label = int(np.argmax(net.forward64(centres[:1])[0]))
+    spec = robustness(label, 3)
+    A, b = spec.padded()
+    cand = pgd_attack(net, lo, hi, A, b, config=AttackConfig(restarts=8, steps=20, seed=seed))
+    lo32, hi32 = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    assert torch.all(cand.x >= lo32) and torch.all(cand.x <= hi32)
+    torch.testing.assert_close(cand.margin, _margin_of(net, cand.x, spec, torch.float32))
+    assert torch.equal(cand.success, cand.margin <= 0)
+    # float64 margin of the returned point is close to the float32 one
+    m64 = spec.margin64(net.forward64(cand.x.double().numpy()))
+    np.testing.assert_allclose(cand.margin.double().numpy(), m64, rtol=1e-4, atol=1e-5)
+    # never worse than the box centre (restart 0 starts there)
+    m_centre = spec.margin(net.forward(torch.as_tensor((lo + hi) / 2, dtype=torch.float32)))
+    assert torch.all(cand.margin <= m_centre + 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pgd_never_succeeds_where_ibp_proves_safety(dtype):
+    """``y = relu(x0) + relu(-x0) + 1 >= 1`` on ``[-3, 3]``: ``y <= 0.5`` is unreachable."""
+    net = Network([Dense([[1.0], [-1.0]], [0.0, 0.0]), ReLU(), Dense([[1.0, 1.0]], [1.0])], (1,))
+    lo, hi = np.array([[-3.0]]), np.array([[3.0]])
+    spec = OutputSpec([(np.array([[1.0]]), np.array([0.5]))], 1)
+    A, b = spec.padded()
+    bounds = ibp(net, torch.as_tensor(lo), torch.as_tensor(hi))
+    assert float(margin_lower_bound(*bounds.output, A, b)[0]) > 0  # proven
+    cand = pgd_attack(net, lo, hi, A, b, config=FAST, dtype=dtype)
+    assert not bool(cand.success[0])
+    assert float(cand.margin[0]) == pytest.approx(0.5, abs=1e-6)  # the minimum, at x = 0
+    assert cand.steps == FAST.steps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pgd_same_seed_same_result(dtype):
+    rng = np.random.default_rng(11)
+    net = random_dense_network(rng, 4, [10, 10], 3)
+    lo = rng.normal(size=(2, 4)) - 0.5
+    hi = lo + 1.0
+    A, b = robustness(0, 3).padded()
+    cfg = AttackConfig(restarts=8, steps=15, seed=123)
+    r1 = pgd_attack(net, lo, hi, A, b, config=cfg, dtype=dtype)
+    r2 = pgd_attack(net, lo, hi, A, b, config=cfg, dtype=dtype)
+    assert torch.equal(r1.x, r2.x) and torch.equal(r1.margin, r2.margin)
+    assert torch.equal(r1.success, r2.success) and r1.steps == r2.steps
+
+
+def test_pgd_zero_steps_and_past_deadline_return_best_start():
+    net, lo, hi, spec = _easy()
+    A, b = spec.padded()
+    for kwargs in (dict(config=AttackConfig(restarts=1, steps=0)),
+                   dict(config=AttackConfig(restarts=1, steps=50), deadline=time.monotonic() - 1.0)):
+        cand = pgd_attack(net, lo[None], hi[None], A, b, **kwargs)
+        assert cand.steps == 0
+        torch.testing.assert_close(cand.x, torch.tensor([[0.5, 0.5]]))  # restart 0 is the centre
+
+
+def test_box_geometry_random_start_and_projection():
+    lo = torch.tensor([[0.0, -2.0], [1.0, 1.0]])
+    hi = torch.tensor([[1.0, 2.0], [1.0, 3.0]])
+    geom = BoxGeometry(lo, hi)
+    x = geom.random_start(5, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 5, 2)
+    assert torch.all(geom.contains(x))
+    torch.testing.assert_close(x[:, 0], (lo + hi) / 2)
+    far = torch.full((2, 5, 2), 10.0)
+    assert torch.all(geom.contains(geom.project(far)))
+    assert torch.equal(geom.project(far), hi[:, None].expand(2, 5, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(restarts=0), "`restarts` must be >= 1, got 0"),
+        (dict(steps=-1), "`steps` must be >= 0, got -1"),
+        (dict(step_size=0.0), "`step_size` must be in (0, 1], got 0.0"),
+        (dict(step_size=1.5), "`step_size` must be in (0, 1], got 1.5"),
+    ],
+)
+def test_attack_config_validation(kwargs, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        AttackConfig(**kwargs)
+
+
+def test_pgd_attack_shape_validation():
+    net, lo, hi, spec = _easy()
+    A, b = spec.padded()
+    with pytest.raises(InvalidInputError, match=re.escape("`lower` and `upper` must have the same shape, got (2, 2) and (1, 2)")):
+        pgd_attack(net, np.stack([lo, lo]), hi[None], A, b, config=FAST)
+    A3 = torch.zeros((1, 1, 3), dtype=torch.float64)
+    with pytest.raises(InvalidInputError, match=re.escape("spec `A` of shape (1, 1, 1, 3) does not match batch 1 and 2 outputs")):
+        pgd_attack(net, lo[None], hi[None], A3, b, config=FAST)
