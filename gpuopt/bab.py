@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from .attack import AttackConfig, pgd_attack
 from .bounds.base import disjunct_lower_bounds, rounding_pad
 from .bounds.crown import crown, crown_linear_lower
 from .errors import InvalidInputError
@@ -37,14 +38,19 @@ __all__ = ["SplitConfig", "SplitResult", "input_split"]
 class SplitConfig:
     """``max_input_dim``: the pipeline uses input splitting only up to this many inputs;
     ``batch_size``: sub-boxes bounded per step; ``max_boxes``: stack size at which the search
-    gives up with ``unknown`` (memory guard)."""
+    gives up with ``unknown`` (memory guard); each step runs PGD (``attack_restarts`` x
+    ``attack_steps``) in the ``attack_boxes`` sub-boxes with the weakest bounds (0 turns it off)."""
 
     max_input_dim: int = 16
     batch_size: int = 256
     max_boxes: int = 1_000_000
+    attack_boxes: int = 16
+    attack_restarts: int = 16
+    attack_steps: int = 20
+    seed: int = 0
 
     def __post_init__(self):
-        for name in ("max_input_dim", "batch_size", "max_boxes"):
+        for name in ("max_input_dim", "batch_size", "max_boxes", "attack_restarts"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"`{name}` must be >= 1, got {getattr(self, name)}")
 
@@ -118,6 +124,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     b_flat = b_pad.reshape(K * M)
     finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
 
+    attack_cfg = AttackConfig(restarts=config.attack_restarts, steps=config.attack_steps, seed=config.seed)
     width0 = torch.tensor(problem.region.upper - problem.region.lower)
     width0 = torch.where(width0 > 0, width0, torch.full_like(width0, math.inf))  # fixed inputs never split
     lo_stack = [torch.tensor(problem.region.lower)[None]]
@@ -167,9 +174,17 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         r_star = k_star * M + m_star
         a = coef[torch.arange(n), r_star]  # (n, n_in)
 
-        # candidate points: centres and the corners minimising the chosen linear bound
+        # candidate points: centres, the corners minimising the chosen linear bound, and a short
+        # PGD run inside the sub-boxes whose bounds are weakest
         corner = torch.where(a > 0, lo, hi)
-        pts = torch.cat([(lo + hi) / 2, corner]).numpy()
+        pts = [(lo + hi) / 2, corner]
+        if config.attack_boxes > 0:
+            weakest = dmask.amin(dim=1).argsort()[: config.attack_boxes]
+            cand = pgd_attack(net, lo[weakest], hi[weakest], A_pad, b_pad, config=attack_cfg,
+                              dtype=torch.float64)
+            attack_cfg = replace(attack_cfg, seed=attack_cfg.seed + 1)
+            pts.append(cand.x)
+        pts = torch.cat(pts).numpy()
         y = net.forward64(pts)
         margins = problem.spec.margin64(y)
         hit = np.flatnonzero(margins <= 0)
