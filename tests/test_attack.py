@@ -151,3 +151,22 @@ def test_pgd_attack_shape_validation():
     A3 = torch.zeros((1, 1, 3), dtype=torch.float64)
     with pytest.raises(InvalidInputError, match=re.escape("spec `A` of shape (1, 1, 1, 3) does not match batch 1 and 2 outputs")):
         pgd_attack(net, lo[None], hi[None], A3, b, config=FAST)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attack_on_cuda_matches_cpu_semantics():
+    """The same attack on CUDA returns points in the box whose margins re-check on the CPU."""
+    from gpuopt.specs import robustness
+
+    rng = np.random.default_rng(7)
+    net = random_dense_network(rng, 6, [32, 32], 4)
+    lo = torch.tensor(rng.uniform(-1, 0, (3, 6)))
+    hi = lo + 1.0
+    A, b = robustness(0, 4).padded()
+    cand = pgd_attack(net, lo, hi, A, b, config=AttackConfig(restarts=256, steps=20), device="cuda")
+    assert cand.x.device.type == "cuda"
+    x = cand.x.double().cpu()
+    assert bool(((x >= lo.float().double()) & (x <= hi.float().double())).all())
+    y = net.forward64(x.numpy())
+    np.testing.assert_allclose(robustness(0, 4).margin64(y), cand.margin.double().cpu().numpy(), atol=1e-4)
