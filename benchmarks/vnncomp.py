@@ -1,4 +1,5 @@
-"""First-path scoreboard: gpuopt on VNN-COMP 2022 mnist_fc (256x2) and acasxu (props 1-4, nets 1_1..1_9).
+"""VNN-COMP scoreboard. By default the first path's set: VNN-COMP 2022 mnist_fc (256x2) and acasxu
+(props 1-4, nets 1_1..1_9); ``--suites mnist_fc_all acasxu_all oval21`` runs every shared instance.
 
 Each instance runs as ``gpuopt verify NET VNNLIB --timeout T`` in its own process (as VNN-COMP
 runs a tool), with the official timeout from instances.csv times ``--timeout-scale``. Every result
@@ -6,7 +7,11 @@ is appended to a JSONL file as soon as it is decided, so a killed run resumes wi
 At the end it prints a table (solved counts, wrong answers against the checked reference labels,
 times) and writes a JSON summary.
 
-    python benchmarks/vnncomp_first_path.py [--timeout-scale 1.0] [--results FILE] [--resume]
+    python benchmarks/vnncomp.py [--suites ...] [--timeout-scale 1.0] [--max-timeout S]
+                                            [--results FILE] [--resume]
+
+A "wrong" answer is a sat/unsat that contradicts the reference label (a disputed
+``conflict_majority_sat`` label counts as sat).
 
 Reads ../shared/benchmarks (relative to the repository); exits with a clear message if absent.
 """
@@ -26,19 +31,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO.parent / "shared" / "benchmarks"
 
+# suite -> (folder, instances.csv name, reference category, instance filter)
 SUITES = {
-    "mnist_fc": ("vnncomp2022/mnist_fc", lambda onnx, vnnlib: "mnist-net_256x2" in onnx),
-    "acasxu": ("vnncomp2022/acasxu",
+    "mnist_fc": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc",
+                 lambda onnx, vnnlib: "mnist-net_256x2" in onnx),
+    "acasxu": ("vnncomp2022/acasxu", "instances.csv", "acasxu",
                lambda onnx, vnnlib: any(f"_1_{j}_batch" in onnx for j in range(1, 10))
                and Path(vnnlib).stem in {"prop_1", "prop_2", "prop_3", "prop_4"}),
+    "mnist_fc_all": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc", lambda onnx, vnnlib: True),
+    "acasxu_all": ("vnncomp2022/acasxu", "instances.csv", "acasxu", lambda onnx, vnnlib: True),
+    "oval21": ("vnncomp2021/oval21", "oval21_instances.csv", "oval21", lambda onnx, vnnlib: True),
 }
+FIRST_PATH = ["mnist_fc", "acasxu"]
 
 
 def instances(suites):
     for suite in suites:
-        folder, keep = SUITES[suite]
+        folder, csv_name, _, keep = SUITES[suite]
         base = BENCH / folder
-        with open(base / "instances.csv") as fh:
+        with open(base / csv_name) as fh:
             for row in csv.reader(fh):
                 if len(row) < 3 or not keep(row[0], row[1]):
                     continue
@@ -46,10 +57,14 @@ def instances(suites):
 
 
 def reference_labels() -> dict:
+    """(category, instance) -> label. The shared oval21 instances are VNN-COMP 2021's, so their
+    labels come from the 2021 file (where ``conflict_majority_sat`` marks disputed instances)."""
     labels = {}
-    with open(BENCH / "reference" / "vnncomp2022_labels.csv") as fh:
-        for row in csv.DictReader(fh):
-            labels[(row["category"], row["instance"])] = row["reference_label"]
+    for name, only in (("vnncomp2022_labels.csv", ("mnist_fc", "acasxu")), ("vnncomp2021_oval21_labels.csv", ("oval21",))):
+        with open(BENCH / "reference" / name) as fh:
+            for row in csv.DictReader(fh):
+                if row["category"] in only:
+                    labels[(row["category"], row["instance"])] = row["reference_label"]
     return labels
 
 
@@ -70,7 +85,8 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--timeout-scale", type=float, default=1.0)
-    ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    ap.add_argument("--max-timeout", type=float, default=None, help="cap on the per-instance timeout (seconds)")
+    ap.add_argument("--suites", nargs="+", default=FIRST_PATH, choices=list(SUITES))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
     args = ap.parse_args(argv)
@@ -95,9 +111,12 @@ def main(argv=None) -> int:
     for n, (suite, onnx, vnnlib, timeout) in enumerate(todo, 1):
         name = f"{onnx.stem}-{vnnlib.stem}"
         t = timeout * args.timeout_scale
+        if args.max_timeout is not None:
+            t = min(t, args.max_timeout)
         res = run_one(onnx, vnnlib, t)
-        ref = labels.get((suite, name), "?")
-        wrong = res["status"] in ("sat", "unsat") and ref in ("sat", "unsat") and res["status"] != ref
+        ref = labels.get((SUITES[suite][2], name), "?")
+        ref_side = "sat" if ref.endswith("sat") and ref != "unsat" else ref  # conflict_majority_sat -> sat
+        wrong = res["status"] in ("sat", "unsat") and ref_side in ("sat", "unsat") and res["status"] != ref_side
         rec = {"suite": suite, "instance": name, "timeout": t, "reference": ref, "wrong": wrong, **res}
         records.append(rec)
         with open(out, "a") as fh:
