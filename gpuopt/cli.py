@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from . import __version__
 from .errors import GpuoptError, InvalidInputError, UnsupportedLayerError
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_verify(args) -> int:
+def _cmd_verify(args, start_time: float) -> int:
     from dataclasses import replace
 
     from .attack import AttackConfig
@@ -82,7 +83,7 @@ def _cmd_verify(args) -> int:
         if not torch.cuda.is_available():
             raise InvalidInputError(f"--device {args.device}: CUDA is not available on this machine")
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed), device=args.device)
-    verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config)
+    verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
     detail = f"decided by {verdict.decided_by}" if verdict.decided_by else "undecided"
@@ -93,6 +94,7 @@ def _cmd_verify(args) -> int:
 
 
 def main(argv=None) -> int:
+    start_time = time.monotonic()  # the timeout covers imports and loading too
     args = _parser().parse_args(argv)
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
         logger.setLevel(logging.DEBUG)
     try:
         if args.command == "verify":
-            return _cmd_verify(args)
+            return _cmd_verify(args, start_time)
         if args.command == "demo":
             from .demo import run_demo
 

@@ -21,6 +21,7 @@ For bound propagation and MILP encoding, :meth:`Network.affine_blocks` rewrites 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -39,6 +40,7 @@ __all__ = [
     "ElementwiseAffine",
     "Layer",
     "AffineBlock",
+    "LinearOp",
     "Network",
     "from_torch",
 ]
@@ -206,6 +208,39 @@ def _conv_as_sparse(layer: Conv2d, input_shape: tuple[int, int, int]) -> sp.csr_
     return mat.tocsr()
 
 
+class LinearOp:
+    """The matrix ``M`` (shape ``(n_out, n_in)``) of an affine block as torch tensors, stored dense
+    or, when at most ``sparse_density`` of it is non-zero (convolutions), as a sparse CSR copy of
+    ``M^T``. :meth:`rmatmul` computes ``A @ M`` for batched row vectors ``A`` ``(..., n_out)``."""
+
+    sparse_density = 0.1
+
+    def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype):
+        self.shape = matrix.shape
+        self.bias = torch.tensor(bias, dtype=dtype, device=device)
+        density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
+        if density <= self.sparse_density and matrix.shape[0] * matrix.shape[1] >= 1 << 16:
+            mt = matrix.T.tocsr()
+            mt.sort_indices()
+            self.dense = None
+            with warnings.catch_warnings():  # torch flags sparse CSR as beta; scoped, not global
+                warnings.simplefilter("ignore", UserWarning)
+                self.sparse_t = torch.sparse_csr_tensor(
+                    torch.tensor(mt.indptr, dtype=torch.int64), torch.tensor(mt.indices, dtype=torch.int64),
+                    torch.tensor(mt.data, dtype=dtype), size=mt.shape, device=device,
+                    check_invariants=True)
+        else:
+            self.dense = torch.tensor(matrix.toarray(), dtype=dtype, device=device)
+            self.sparse_t = None
+
+    def rmatmul(self, A: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return A @ self.dense
+        lead = A.shape[:-1]
+        flat = A.reshape(-1, A.shape[-1])
+        return (self.sparse_t @ flat.T).T.reshape(*lead, self.shape[1])
+
+
 class Network:
     """An immutable feed-forward ReLU network on samples of shape ``input_shape``.
 
@@ -349,16 +384,12 @@ class Network:
             return self.forward(xt).numpy()
 
     # ------------------------------------------------------------------ affine view
-    def dense_blocks(self, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`affine_blocks` as dense ``(matrix, bias)`` tensors on ``device`` in ``dtype``
+    def linear_ops(self, device, dtype) -> list[LinearOp]:
+        """:meth:`affine_blocks` as :class:`LinearOp` (dense or sparse) on ``device`` in ``dtype``
         (cached: the network is immutable)."""
-        key = ("dense", str(device), dtype)
+        key = ("ops", str(device), dtype)
         if key not in self._param_cache:
-            self._param_cache[key] = [
-                (torch.tensor(b.matrix.toarray(), dtype=dtype, device=device),
-                 torch.tensor(b.bias, dtype=dtype, device=device))
-                for b in self.affine_blocks()
-            ]
+            self._param_cache[key] = [LinearOp(b.matrix, b.bias, device, dtype) for b in self.affine_blocks()]
         return self._param_cache[key]
 
     def affine_blocks(self) -> list[AffineBlock]:

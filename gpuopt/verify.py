@@ -138,8 +138,8 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     bounds = ibp(net, lower, upper)
     disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all)
     decided_by = "ibp"
-    if not bool((disj_lb > 0).all()) and config.use_crown:
-        bounds = crown(net, lower, upper)
+    if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
+        bounds = crown(net, lower, upper, deadline=deadline)
         K, M = A_all.shape[1:3]
         rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(len(problems), K * M, -1), bounds)
         b_flat = b_all.reshape(len(problems), K * M)
@@ -311,10 +311,10 @@ def load_instance(onnx_path, vnnlib_path) -> list[Problem]:
 
 
 def verify_instance(onnx_path, vnnlib_path, *, timeout: float | None = None,
-                    config: VerifyConfig = VerifyConfig()) -> Verdict:
+                    config: VerifyConfig = VerifyConfig(), start_time: float | None = None) -> Verdict:
     """VNN-COMP style: decide the instance ``(onnx_path, vnnlib_path)``; loading counts toward
-    the timeout."""
-    t0 = time.monotonic()
+    the timeout, which runs from ``start_time`` (a ``time.monotonic()`` value; default now)."""
+    t0 = time.monotonic() if start_time is None else start_time
     if timeout is not None and (not math.isfinite(float(timeout)) or float(timeout) < 0):
         raise InvalidInputError(f"`timeout` must be a finite number >= 0, got {timeout!r}")
     problems = load_instance(onnx_path, vnnlib_path)

@@ -19,10 +19,12 @@ intersected with IBP's. Safety margin: every bound is widened by
 neurons and inputs as terms; in float64 this is about ``1e-12`` relative.
 
 All tensors are batch-first; the matrices are the network's affine blocks as dense tensors in
-the working dtype and device (:meth:`Network.dense_blocks`).
+the working dtype and device (:meth:`Network.linear_ops`: dense, or sparse for convolutions).
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -45,21 +47,22 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor):
     return alpha, s, intercept
 
 
-def _backward(lam: torch.Tensor, k: int, blocks, relax, x_mid, x_rad, n_terms: int):
-    """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0)."""
-    M, c = blocks[k]
+def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int):
+    """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
+    ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks."""
+    c = ops[k].bias
     const = lam @ c
     abs_acc = lam.abs() @ c.abs()
-    A = lam @ M
+    A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt = relax[j]
         neg = A.clamp(max=0)
         extra = (neg @ icpt[:, :, None]).squeeze(-1)
         coef = A * torch.where(A >= 0, alpha[:, None, :], s[:, None, :])
-        Mj, cj = blocks[j]
+        cj = ops[j].bias
         const = const + extra + coef @ cj
         abs_acc = abs_acc + extra.abs() + coef.abs() @ cj.abs()
-        A = coef @ Mj
+        A = ops[j].rmatmul(coef)
     Aabs = A.abs()
     lower = (A @ x_mid[:, :, None]).squeeze(-1) - (Aabs @ x_rad[:, :, None]).squeeze(-1) + const
     mag = (Aabs @ (x_mid.abs() + x_rad)[:, :, None]).squeeze(-1) + abs_acc
@@ -71,9 +74,9 @@ def _prepare(network: Network, lower, upper):
     base = ibp(network, lo, hi)
     lo = lo.reshape(lo.shape[0], -1)
     hi = hi.reshape(hi.shape[0], -1)
-    blocks = network.dense_blocks(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(M.shape[0] for M, _ in blocks)
-    return lo, hi, base, blocks, n_terms
+    ops = network.linear_ops(lo.device, lo.dtype)
+    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    return lo, hi, base, ops, n_terms
 
 
 def _forward_intermediate(lo, hi, base: Bounds, blocks, n_terms: int) -> Bounds:
@@ -118,37 +121,55 @@ def _forward_intermediate(lo, hi, base: Bounds, blocks, n_terms: int) -> Bounds:
 
 
 @torch.no_grad()
-def crown(network: Network, lower, upper, *, intermediate: str = "backward") -> Bounds:
+def crown(network: Network, lower, upper, *, intermediate: str = "backward",
+          deadline: float | None = None) -> Bounds:
     """CROWN bounds (intersected with IBP) over boxes ``[lower, upper]`` of shape
     ``(batch, *input_shape)`` or ``(batch, input_size)``, in the dtype/device of ``lower``.
 
-    ``intermediate="backward"`` runs a full backward pass per layer (tightest, cost grows with
-    depth squared); ``"forward"`` uses forward-mode linear bounds for every layer (cheap for
-    low-dimensional inputs, as in input splitting).
+    ``intermediate="backward"`` runs a backward pass per layer for the neurons IBP leaves
+    unstable (tightest, cost grows with depth squared); ``"forward"`` uses forward-mode linear
+    bounds for every layer (cheap for low-dimensional inputs, as in input splitting).
+    ``deadline`` (a ``time.monotonic()`` value): once passed, the remaining layers keep their
+    IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
     """
     if intermediate not in ("backward", "forward"):
         raise InvalidInputError(f"`intermediate` must be one of 'backward', 'forward'; got {intermediate!r}")
-    lo, hi, base, blocks, n_terms = _prepare(network, lower, upper)
+    lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
     if intermediate == "forward":
-        return _forward_intermediate(lo, hi, base, blocks, n_terms)
+        dense = [(op.dense if op.dense is not None else op.rmatmul(torch.eye(op.shape[0], dtype=lo.dtype, device=lo.device)),
+                  op.bias) for op in ops]
+        return _forward_intermediate(lo, hi, base, dense, n_terms)
     x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
     pre = [base.pre_activation[0]]  # first affine layer: the interval is already exact
     relax = [_relaxation(*pre[0])]
     B = lo.shape[0]
-    for k in range(1, len(blocks)):
-        n_k = blocks[k][0].shape[0]
-        eye = torch.eye(n_k, dtype=lo.dtype, device=lo.device).expand(B, n_k, n_k)
-        lam = torch.cat([eye, -eye], dim=1)
-        bound, _ = _backward(lam, k, blocks, relax, x_mid, x_rad, n_terms)
-        cl, cu = bound[:, :n_k], -bound[:, n_k:]
-        il, iu = base.pre_activation[k] if k < len(blocks) - 1 else base.output
-        l, u = torch.maximum(cl, il), torch.minimum(cu, iu)
-        if k < len(blocks) - 1:
+    method = "crown"
+    L = len(ops)
+    for k in range(1, L):
+        il, iu = base.pre_activation[k] if k < L - 1 else base.output
+        l, u = il, iu
+        if deadline is not None and time.monotonic() > deadline:
+            method = "crown-partial"
+        else:
+            # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
+            rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else \
+                torch.nonzero(((il < 0) & (iu > 0)).any(dim=0)).flatten()
+            if rows.numel():
+                n_k = ops[k].shape[0]
+                sel = torch.zeros((rows.numel(), n_k), dtype=lo.dtype, device=lo.device)
+                sel[torch.arange(rows.numel(), device=lo.device), rows] = 1.0
+                lam = torch.cat([sel, -sel]).expand(B, 2 * rows.numel(), n_k)
+                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms)
+                m = rows.numel()
+                l, u = il.clone(), iu.clone()
+                l[:, rows] = torch.maximum(bound[:, :m], il[:, rows])
+                u[:, rows] = torch.minimum(-bound[:, m:], iu[:, rows])
+        if k < L - 1:
             pre.append((l, u))
             relax.append(_relaxation(l, u))
         else:
             out = (l, u)
-    return Bounds(tuple(pre), out, "crown")
+    return Bounds(tuple(pre), out, method)
 
 
 @torch.no_grad()
@@ -162,9 +183,9 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1)
     hi = hi.reshape(hi.shape[0], -1)
-    blocks = network.dense_blocks(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(M.shape[0] for M, _ in blocks)
+    ops = network.linear_ops(lo.device, lo.dtype)
+    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
     if C.dim() == 2:
         C = C.expand(lo.shape[0], *C.shape)
     relax = [_relaxation(l, u) for l, u in bounds.pre_activation]
-    return _backward(C.to(lo.dtype), len(blocks) - 1, blocks, relax, (lo + hi) / 2, (hi - lo) / 2, n_terms)
+    return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, (lo + hi) / 2, (hi - lo) / 2, n_terms)
