@@ -21,6 +21,7 @@ from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, R
 from gpuopt.specs import OutputSpec
 
 __all__ = [
+    "affine_view_forward",
     "one_torch_thread",
     "random_dense_network",
     "random_conv_network",
@@ -44,6 +45,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+def affine_view_forward(net, x: np.ndarray) -> np.ndarray:
+    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
+    z = x.reshape(len(x), -1).T
+    blocks = net.affine_blocks()
+    for i, blk in enumerate(blocks):
+        z = blk.matrix @ z + blk.bias[:, None]
+        if i < len(blocks) - 1:
+            z = np.maximum(z, 0.0)
+    return z.T
 
 
 # ---------------------------------------------------------------------------- networks

@@ -11,6 +11,7 @@ from torch import nn
 
 from gpuopt.errors import UnsupportedLayerError
 from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, ReLU, from_torch
+from helpers import affine_view_forward
 
 
 def _randomise_batchnorm(model: nn.Module, gen: torch.Generator):
@@ -21,17 +22,6 @@ def _randomise_batchnorm(model: nn.Module, gen: torch.Generator):
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.2)
             m.weight.data.copy_(torch.randn(n, generator=gen))
             m.bias.data.copy_(torch.randn(n, generator=gen))
-
-
-def _affine_view_forward(net, x: np.ndarray) -> np.ndarray:
-    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
-    z = x.reshape(len(x), -1).T
-    blocks = net.affine_blocks()
-    for i, blk in enumerate(blocks):
-        z = blk.matrix @ z + blk.bias[:, None]
-        if i < len(blocks) - 1:
-            z = np.maximum(z, 0.0)
-    return z.T
 
 
 def _build():
@@ -69,7 +59,7 @@ def test_from_torch_matches_torch_eval_float64():
         ref = model((xt - torch.as_tensor(mean).view(1, 3, 1, 1)) / torch.as_tensor(std).view(1, 3, 1, 1)).numpy()
     ours = net.forward64(x)
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(_affine_view_forward(net, x), ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(affine_view_forward(net, x), ref, rtol=1e-9, atol=1e-9)
     # float32 forward agrees loosely, flattened inputs are accepted
     out32 = net.forward(torch.as_tensor(x.reshape(32, -1), dtype=torch.float32)).numpy()
     np.testing.assert_allclose(out32, ref, rtol=1e-4, atol=1e-4)
@@ -85,7 +75,7 @@ def test_from_torch_dense_only_with_scalar_normalisation():
     with torch.no_grad():
         ref = model((torch.as_tensor(x) - 0.5) / 2.0).numpy()
     np.testing.assert_allclose(net.forward64(x), ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(_affine_view_forward(net, x), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(affine_view_forward(net, x), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_from_torch_unsupported_module():

@@ -6,13 +6,16 @@ import re
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
 from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, ReLU
+from helpers import affine_view_forward
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the `test` extra) is needed to cross-check the importer")
 
 RTOL = 1e-5
 
@@ -37,17 +40,6 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str = ""):
         tol = RTOL * max(1.0, np.abs(ref[k]).max())
         err = np.abs(ours[k] - ref[k]).max()
         assert err <= tol, f"{what} sample {k}: max abs error {err:.3g} > {tol:.3g}"
-
-
-def _affine_view_forward(net, x: np.ndarray) -> np.ndarray:
-    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
-    z = x.reshape(len(x), -1).T
-    blocks = net.affine_blocks()
-    for i, blk in enumerate(blocks):
-        z = blk.matrix @ z + blk.bias[:, None]
-        if i < len(blocks) - 1:
-            z = np.maximum(z, 0.0)
-    return z.T
 
 
 def _model(nodes, in_shape, inits=(), *, extra_inputs=(), name="g"):
@@ -76,7 +68,7 @@ def _check_model(model, n=20, seed=0, affine=True):
     ours = net.forward64(x)
     _assert_close(ours, ref, "forward64")
     if affine:
-        _assert_close(_affine_view_forward(net, x), ours, "affine_blocks")
+        _assert_close(affine_view_forward(net, x), ours, "affine_blocks")
     return net
 
 
@@ -106,7 +98,7 @@ def test_benchmark_networks_match_onnxruntime(benchmarks_dir, family):
         # flattened inputs (VNNLIB X_i order) give the same result
         _assert_close(net.forward64(x.reshape(100, -1)), ours, path.name + " (flat input)")
         if i == 0:  # the affine view (including Conv as a sparse matrix) on one net per family
-            _assert_close(_affine_view_forward(net, x[:5]), ours[:5], path.name + " affine_blocks")
+            _assert_close(affine_view_forward(net, x[:5]), ours[:5], path.name + " affine_blocks")
 
 
 def test_benchmark_structures(benchmarks_dir):
