@@ -229,9 +229,20 @@ class LinearOp:
                     torch.tensor(mt.indptr, dtype=torch.int64), torch.tensor(mt.indices, dtype=torch.int64),
                     torch.tensor(mt.data, dtype=dtype), size=mt.shape, device=device,
                     check_invariants=True)
+                am = abs(matrix).tocsr()
+                am.sort_indices()
+                self.abs_matrix = torch.sparse_csr_tensor(
+                    torch.tensor(am.indptr, dtype=torch.int64), torch.tensor(am.indices, dtype=torch.int64),
+                    torch.tensor(am.data, dtype=dtype), size=am.shape, device=device,
+                    check_invariants=True)
         else:
             self.dense = torch.tensor(matrix.toarray(), dtype=dtype, device=device)
             self.sparse_t = None
+            self.abs_matrix = self.dense.abs()
+
+    def abs_matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
+        return (self.abs_matrix @ v.T).T
 
     def rmatmul(self, A: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:

@@ -14,8 +14,9 @@ instance is violated iff any Problem is), :func:`verify_problems` runs
    ``threshold``; an improving solution that passes the float64 re-check gives ``sat``.
 
 ``unsat`` is only reported when every open disjunct of every Problem was proven by a sound stage.
-The MILP threshold is ``milp_threshold_abs + milp_threshold_rel * max(1, max|b|)``: a property
-that holds by less than that is reported ``unknown`` rather than guessed.
+The MILP threshold is ``milp_threshold_abs + milp_threshold_rel * scale`` where ``scale`` is the
+largest of 1, ``max|b|`` and the objective rows' magnitude over the output bounds: a property that
+holds by less than that is reported ``unknown`` rather than guessed.
 """
 
 from __future__ import annotations
@@ -227,14 +228,17 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     nodes = 0
     milp_status = None
     proven_lb = []
+    undecided: list[str] = []
     # weakest bound first: the disjunct most likely to hold a counterexample
     order = sorted(open_disjuncts, key=lambda ik: (disj_lb[ik[0], ik[1]]))
     for i, k in order:
         p = problems[i]
         Ak, bk = p.spec.disjuncts[k]
-        threshold = config.milp_threshold_abs + config.milp_threshold_rel * max(1.0, float(np.abs(bk).max()))
-        model = encode_bigm(blocks, [(l[i], u[i]) for l, u in pre],
-                            (bounds.output[0][i].numpy(), bounds.output[1][i].numpy()),
+        ly, uy = bounds.output[0][i].numpy(), bounds.output[1][i].numpy()
+        # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
+        scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
+        threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
+        model = encode_bigm(blocks, [(l[i], u[i]) for l, u in pre], (ly, uy),
                             p.region.lower, p.region.upper, Ak, bk)
         start = complete_assignment(model, blocks, best_x[i]) if i in best_x else None
         found = {}
@@ -273,13 +277,17 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
         if res.status in (MilpStatus.DUAL_BOUND_REACHED, MilpStatus.OPTIMAL) and res.dual_bound > threshold:
             proven_lb.append(res.dual_bound)
             continue
-        stages["milp"] = time.monotonic() - ts
-        status = Status.TIMEOUT if (res.status is MilpStatus.TIME_LIMIT or left() <= 0) else Status.UNKNOWN
-        return verdict(status, margin_lower=margin_lower, margin_upper=margin_upper, milp_nodes=nodes,
-                       milp_status=milp_status,
-                       message=f"MILP ended {res.status.value} ({res.raw_status}) with dual bound "
-                               f"{res.dual_bound:.6g} (threshold {threshold:.3g})")
+        note = (f"MILP on problem {i} disjunct {k} ended {res.status.value} ({res.raw_status}) with dual "
+                f"bound {res.dual_bound:.6g} (threshold {threshold:.3g})")
+        if res.status is MilpStatus.TIME_LIMIT or left() <= 0:
+            stages["milp"] = time.monotonic() - ts
+            return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper,
+                           milp_nodes=nodes, milp_status=milp_status, message=note)
+        undecided.append(note)  # another disjunct may still hold a counterexample: go on
     stages["milp"] = time.monotonic() - ts
+    if undecided:
+        return verdict(Status.UNKNOWN, margin_lower=margin_lower, margin_upper=margin_upper, milp_nodes=nodes,
+                       milp_status=milp_status, message="; ".join(undecided))
     closed = [float(disj_lb[i, k]) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
               if (i, k) not in open_disjuncts]
     return verdict(Status.UNSAT, margin_lower=min(closed + proven_lb), margin_upper=margin_upper,

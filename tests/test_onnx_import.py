@@ -360,3 +360,16 @@ def test_grouped_conv_and_matmul_on_data_last_axis_are_unsupported():
     mm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [1, 2, 3], {"W": _f32(rng, 3, 4)})
     with pytest.raises(UnsupportedLayerError, match=re.escape("node 'mm' (op MatMul) is not supported")):
         from_onnx(mm)
+
+
+def test_low_precision_cast_on_the_data_path_is_unsupported():
+    """A cast to float16 rounds the data: dropping it would silently change the network."""
+    w = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    nodes = [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT16, name="to_half"),
+             helper.make_node("Cast", ["c"], ["c2"], to=TensorProto.FLOAT, name="back"),
+             helper.make_node("MatMul", ["c2", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'to_half' (op Cast) is not supported")):
+        from_onnx(model)

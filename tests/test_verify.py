@@ -334,3 +334,24 @@ def test_input_split_does_not_halve_thin_dimensions_to_nothing(seed, shape, true
     assert brute_force_min_margin(net, box.lower, box.upper, spec).min_margin == pytest.approx(true_min, abs=1e-6)
     v = verify(net, box, spec, timeout=30, config=VerifyConfig(use_attack=False, use_milp=False))
     assert v.status is Status.UNSAT and v.decided_by in ("crown", "input-split"), v
+
+
+# ---------------------------------------------------------------------------- review regressions
+def test_crown_pad_covers_cancelling_back_substitution():
+    """y = -x - 2^-60 x + x has a counterexample of margin -4e-19 at x = 2 that float64 rounds
+    away; the bounds' rounding pad must cover the cancelled products, so never `unsat`."""
+    eps = 2.0 ** -60
+    net = Network([Dense(np.array([[1.0], [eps], [1.0]]), np.zeros(3)), ReLU(),
+                   Dense(np.array([[-1.0, -1.0, 1.0]]), np.zeros(1))], (1,))
+    spec = OutputSpec([(np.array([[1.0]]), np.array([-1.5 * eps]))], 1)
+    for config in (VerifyConfig(device="cpu"), VerifyConfig(device="cpu", use_crown=False)):
+        v = verify(net, Box([1.0], [2.0]), spec, config=config)
+        assert v.status is not Status.UNSAT
+
+
+def test_network_without_relu_is_decided_by_crown():
+    net = Network([Dense(np.array([[1.0, 1.0], [1.0, -1.0]]), np.zeros(2))], (2,))
+    # y0 - y1 = 2 x1 >= 0 > -0.5 on the box: safe, though IBP alone cannot see it
+    spec = OutputSpec([(np.array([[1.0, -1.0]]), np.array([-0.5]))], 2)
+    v = verify(net, Box([0, 0], [1, 1]), spec, config=VerifyConfig(device="cpu"))
+    assert v.status is Status.UNSAT and v.decided_by == "crown"

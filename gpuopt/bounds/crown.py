@@ -47,12 +47,17 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor):
     return alpha, s, intercept
 
 
-def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int):
+def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
-    ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks."""
+
+    ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
+    ``|h_j|`` (``relu(u_j)``; ``hmax[-1]`` is ``|x|``'s bound), so that ``|coef| @ |M_j| @ hmax``
+    bounds the magnitude of the products whose rounding the pad must cover, even where the
+    back-substituted coefficients cancel.
+    """
     c = ops[k].bias
     const = lam @ c
-    abs_acc = lam.abs() @ c.abs()
+    abs_acc = lam.abs() @ c.abs() + (lam.abs() @ ops[k].abs_matvec(hmax[k - 1])[:, :, None]).squeeze(-1)
     A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt = relax[j]
@@ -61,12 +66,21 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int)
         coef = A * torch.where(A >= 0, alpha[:, None, :], s[:, None, :])
         cj = ops[j].bias
         const = const + extra + coef @ cj
-        abs_acc = abs_acc + extra.abs() + coef.abs() @ cj.abs()
+        cabs = coef.abs()
+        abs_acc = abs_acc + extra.abs() + cabs @ cj.abs() + (cabs @ ops[j].abs_matvec(hmax[j - 1])[:, :, None]).squeeze(-1)
         A = ops[j].rmatmul(coef)
     Aabs = A.abs()
     lower = (A @ x_mid[:, :, None]).squeeze(-1) - (Aabs @ x_rad[:, :, None]).squeeze(-1) + const
     mag = (Aabs @ (x_mid.abs() + x_rad)[:, :, None]).squeeze(-1) + abs_acc
     return lower - rounding_pad(mag, n_terms), A
+
+
+def _magnitudes(x_mid, x_rad, pre) -> dict:
+    """``hmax[j] = relu(u_j)`` per hidden layer and ``hmax[-1] = |x_mid| + x_rad``."""
+    hmax = {-1: x_mid.abs() + x_rad}
+    for j, (_, u) in enumerate(pre):
+        hmax[j] = u.clamp(min=0)
+    return hmax
 
 
 def _prepare(network: Network, lower, upper):
@@ -140,11 +154,13 @@ def crown(network: Network, lower, upper, *, intermediate: str = "backward",
                   op.bias) for op in ops]
         return _forward_intermediate(lo, hi, base, dense, n_terms)
     x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
+    L = len(ops)
+    if L == 1:  # a purely affine network: the IBP interval of one affine map is already exact
+        return Bounds((), base.output, "crown")
     pre = [base.pre_activation[0]]  # first affine layer: the interval is already exact
     relax = [_relaxation(*pre[0])]
     B = lo.shape[0]
     method = "crown"
-    L = len(ops)
     for k in range(1, L):
         il, iu = base.pre_activation[k] if k < L - 1 else base.output
         l, u = il, iu
@@ -159,7 +175,7 @@ def crown(network: Network, lower, upper, *, intermediate: str = "backward",
                 sel = torch.zeros((rows.numel(), n_k), dtype=lo.dtype, device=lo.device)
                 sel[torch.arange(rows.numel(), device=lo.device), rows] = 1.0
                 lam = torch.cat([sel, -sel]).expand(B, 2 * rows.numel(), n_k)
-                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms)
+                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, _magnitudes(x_mid, x_rad, pre))
                 m = rows.numel()
                 l, u = il.clone(), iu.clone()
                 l[:, rows] = torch.maximum(bound[:, :m], il[:, rows])
@@ -188,4 +204,6 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     if C.dim() == 2:
         C = C.expand(lo.shape[0], *C.shape)
     relax = [_relaxation(l, u) for l, u in bounds.pre_activation]
-    return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, (lo + hi) / 2, (hi - lo) / 2, n_terms)
+    x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
+    return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, x_mid, x_rad, n_terms,
+                     _magnitudes(x_mid, x_rad, bounds.pre_activation))

@@ -441,8 +441,11 @@ class _Importer:
         pass
 
     def _op_Cast(self, node, label, attrs):
-        if attrs.get("to") not in self._FLOAT_TYPES:
-            raise self._unsupported(label, "Cast", f"cast of the data to non-float type {attrs.get('to')}")
+        # only a cast between float32 and float64 is value-preserving enough to drop; a cast to
+        # float16/bfloat16 rounds the data and would silently change the network's function
+        if attrs.get("to") not in (1, 11):
+            raise self._unsupported(label, "Cast", f"cast of the data to type {attrs.get('to')} "
+                                                   "(only float32/float64 casts are supported)")
 
     def _op_Relu(self, node, label, attrs):
         self.layers.append(ReLU())
