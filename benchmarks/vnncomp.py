@@ -68,6 +68,14 @@ def reference_labels() -> dict:
     return labels
 
 
+def published_scores() -> list[dict]:
+    path = BENCH / "reference" / "published_scores.csv"
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
 def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout)]
     t0 = time.monotonic()
@@ -149,6 +157,19 @@ def main(argv=None) -> int:
               f"{row['timeout']:5d} {row['error']:4d} {row['wrong']:5d} {row['solved']:6d} "
               f"{(row['mean_seconds_solved'] or 0):16.2f} {(row['median_seconds_solved'] or 0):9.2f} "
               f"{row['total_seconds']:8.1f}")
+    published = published_scores()
+    for suite in args.suites:
+        name = SUITES[suite][2]
+        if suite not in summary or not suite.endswith("_all") and suite != "oval21":
+            continue  # the published tables cover whole benchmarks, not the first-path subsets
+        rows = [r for r in published if r["benchmark"] == name and int(r["instances"]) == summary[suite]["instances"]]
+        if rows:
+            print(f"\npublished scores, {name} ({summary[suite]['instances']} instances; their machines and timeouts):")
+            print(f"  {'gpuopt (this run)':30s} verified {summary[suite]['unsat']:4d}  falsified {summary[suite]['sat']:4d}  "
+                  f"wrong {summary[suite]['wrong']}")
+            for r in rows:
+                print(f"  {r['competition'] + ' ' + r['tool']:30s} verified {int(r['verified_holds']):4d}  "
+                      f"falsified {int(r['falsified_violated']):4d}  penalties {r['penalties']}")
     summary_path = out.with_suffix(".summary.json")
     summary_path.write_text(json.dumps({"timeout_scale": args.timeout_scale, "suites": summary}, indent=2))
     print(f"\nresults: {out}\nsummary: {summary_path}")
