@@ -3,7 +3,8 @@
 For a list of Problems sharing one network (a VNNLIB instance may have several input boxes; the
 instance is violated iff any Problem is), :func:`verify_problems` runs
 
-1. **bounds** (IBP, then CROWN; float64 with outward rounding pads): a disjunct whose margin
+1. **bounds** (IBP, then CROWN, then alpha-CROWN on the spec rows; float64 with outward
+   rounding pads): a disjunct whose margin
    lower bound is ``> 0`` is unreachable; a Problem whose disjuncts are all unreachable holds;
 2. **attack** (batched PGD, float32 on the chosen device): a candidate is re-checked by a float64
    forward pass from inside the box; ``margin <= 0`` there gives ``sat``;
@@ -33,7 +34,7 @@ import torch
 
 from .attack import AttackConfig, pgd_attack
 from .bab import SplitConfig, input_split
-from .bounds import crown, crown_linear_lower, disjunct_lower_bounds, ibp
+from .bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
 from .bounds.base import rounding_pad
 from .errors import InvalidInputError
 from .milp.encode import complete_assignment, encode_bigm
@@ -53,13 +54,15 @@ log = logging.getLogger("gpuopt")
 class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
     CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_milp`` switch stages off (for
-    ablations and tests); ``split`` configures input splitting."""
+    ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec rows (0: off);
+    ``split`` configures input splitting."""
 
     attack: AttackConfig = field(default_factory=AttackConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     device: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     use_crown: bool = True
+    alpha_steps: int = 20
     use_attack: bool = True
     use_input_split: bool = True
     use_milp: bool = True
@@ -67,6 +70,8 @@ class VerifyConfig:
     milp_threshold_rel: float = 1e-5
 
     def __post_init__(self):
+        if int(self.alpha_steps) < 0:
+            raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
 
@@ -149,6 +154,14 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
         disj_lb = torch.maximum(disj_lb, rows.view(len(problems), K, M).amax(-1))
         disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all))
         decided_by = "crown"
+        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 0:
+            rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(len(problems), K * M, -1), bounds,
+                                            steps=config.alpha_steps, deadline=deadline)
+            rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
+            alpha_lb = rows.view(len(problems), K, M).amax(-1)
+            if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
+                decided_by = "alpha-crown"
+            disj_lb = torch.maximum(disj_lb, alpha_lb)
     disj_lb = disj_lb.numpy()
     open_disjuncts = {(i, k) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts)
                       if not disj_lb[i, k] > 0}

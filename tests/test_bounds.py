@@ -241,3 +241,36 @@ def test_ibp_input_validation(lower, upper, message):
     net = _tiny_net()
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         ibp(net, torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_crown_and_alpha_crown_are_sound_and_ordered(seed):
+    """IBP >= CROWN >= alpha-CROWN in looseness on the spec rows, and all below sampled values."""
+    from gpuopt.bounds import alpha_crown_linear_lower, crown, crown_linear_lower
+
+    rng = np.random.default_rng(1000 + seed)
+    if seed % 3 == 2:
+        net = random_conv_network(rng, (1, 5, 5), 2, (3, 3), (1, 1), (1, 1, 1, 1), 6, 3)
+    else:
+        net = random_dense_network(rng, 3, [8, 8, 6], 3)
+    n = net.input_size
+    lo = rng.uniform(-1, 0, (2, n))
+    hi = lo + rng.uniform(0.1, 1.0, (2, n))
+    C = torch.tensor(rng.normal(size=(4, 3)))
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    b_ibp = ibp(net, lo_t, hi_t)
+    ibp_rows = ((C.clamp(min=0) * b_ibp.output[0][:, None]).sum(-1) + (C.clamp(max=0) * b_ibp.output[1][:, None]).sum(-1))
+    b_crown = crown(net, lo_t, hi_t)
+    crown_rows, _ = crown_linear_lower(net, lo_t, hi_t, C, b_crown)
+    alpha_rows = alpha_crown_linear_lower(net, lo_t, hi_t, C, b_crown, steps=15)
+    assert bool((alpha_rows >= crown_rows).all())
+    # CROWN's intermediate bounds are intersected with IBP's, so each is inside IBP's box
+    for (cl, cu), (il, iu) in zip(b_crown.pre_activation, b_ibp.pre_activation):
+        assert bool((cl >= il).all() and (cu <= iu).all())
+    for i in range(2):
+        x = box_points(rng, lo[i], hi[i], n=300)
+        y, _ = numpy_forward(net, x)
+        true_min = (y @ C.numpy().T).min(axis=0)
+        assert np.all(alpha_rows[i].numpy() <= true_min + 1e-12)
+        assert np.all(crown_rows[i].numpy() <= true_min + 1e-12)
+        assert np.all(ibp_rows[i].numpy() <= true_min + 1e-9)

@@ -31,10 +31,10 @@ CONFIGS = {
 }
 # the stages each configuration may be decided by
 DECIDERS = {
-    "default": {"ibp", "crown", "attack", "input-split", "milp"},
-    "milp": {"ibp", "crown", "milp"},
+    "default": {"ibp", "crown", "alpha-crown", "attack", "input-split", "milp"},
+    "milp": {"ibp", "crown", "alpha-crown", "milp"},
     "milp-ibp-bounds": {"ibp", "milp"},
-    "split": {"ibp", "crown", "input-split"},
+    "split": {"ibp", "crown", "alpha-crown", "input-split"},
 }
 ARCHS = [(2, [4], 3), (3, [3, 3], 2), (2, [5, 3], 3), (1, [6], 2), (4, [4, 2], 4)]
 

@@ -1,7 +1,7 @@
 """Bound propagation: every method returns a :class:`~gpuopt.bounds.base.Bounds`."""
 
 from .base import Bounds, disjunct_lower_bounds, margin_lower_bound
-from .crown import crown, crown_linear_lower
+from .crown import alpha_crown_linear_lower, crown, crown_linear_lower
 from .ibp import ibp
 
-__all__ = ["Bounds", "crown", "crown_linear_lower", "disjunct_lower_bounds", "ibp", "margin_lower_bound"]
+__all__ = ["Bounds", "alpha_crown_linear_lower", "crown", "crown_linear_lower", "disjunct_lower_bounds", "ibp", "margin_lower_bound"]
