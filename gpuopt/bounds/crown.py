@@ -240,16 +240,23 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
         best, _ = _backward(C, len(ops) - 1, ops, relax, x_mid, x_rad, n_terms, hmax)
     if not params or steps <= 0:
         return best
-    opt = torch.optim.Adam(params, lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            if deadline is not None and time.monotonic() > deadline:
-                break
+    # Adam written out: torch.optim's first use imports torch._dynamo (over a second)
+    moment1 = [torch.zeros_like(p) for p in params]
+    moment2 = [torch.zeros_like(p) for p in params]
+    beta1, beta2 = 0.9, 0.999
+    for t in range(1, steps + 1):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        with torch.enable_grad():
             rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
                    for p, unst, (a, s, icpt) in zip(params, unstable, relax)]
             bound, _ = _backward(C, len(ops) - 1, ops, rel, x_mid, x_rad, n_terms, hmax)
-            best = torch.maximum(best, bound.detach())
-            opt.zero_grad()
-            (-bound.sum()).backward()
-            opt.step()
+            grads = torch.autograd.grad(bound.sum(), params)
+        best = torch.maximum(best, bound.detach())
+        with torch.no_grad():
+            for p, g, m1, m2 in zip(params, grads, moment1, moment2):
+                m1.mul_(beta1).add_(g, alpha=1 - beta1)
+                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step = lr * (m1 / (1 - beta1 ** t)) / ((m2 / (1 - beta2 ** t)).sqrt() + 1e-12)
+                p.add_(step).clamp_(0.0, 1.0)  # ascent on the bound, projected onto [0, 1]
     return best
