@@ -3,7 +3,8 @@
 A :class:`Box` is ``{x : lower <= x <= upper}`` (per feature, on the flattened sample). An
 :class:`LinfBall` is ``{x : ||x - center||_inf <= eps}`` intersected with the optional clip box
 ``[clip_lower, clip_upper]``; it is exactly a Box, so :meth:`LinfBall.to_box` is lossless.
-Regions live on the CPU in float64; :meth:`Box.project` clamps tensors on any device.
+Regions live on the CPU in float64; the attack's geometry (:mod:`gpuopt.attack.geometry`)
+works on device tensors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .errors import InvalidInputError
 
@@ -65,20 +65,6 @@ class Box:
         """Mask of rows of ``x`` (``(batch, n)``, float64) that lie in the box up to ``tol``."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, self.size)
         return np.all((x >= self.lower - tol) & (x <= self.upper + tol), axis=1)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Clamp ``x`` (``(..., n)`` on any device) into the box."""
-        lo = torch.as_tensor(self.lower, dtype=x.dtype, device=x.device)
-        hi = torch.as_tensor(self.upper, dtype=x.dtype, device=x.device)
-        return torch.minimum(torch.maximum(x, lo), hi)
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float64,
-               device="cpu") -> torch.Tensor:
-        """``n`` points drawn uniformly from the box, ``(n, size)``."""
-        lo = torch.as_tensor(self.lower, dtype=dtype, device=device)
-        hi = torch.as_tensor(self.upper, dtype=dtype, device=device)
-        u = torch.rand((n, self.size), generator=generator, dtype=dtype, device="cpu" if generator is not None and generator.device.type == "cpu" else device)
-        return lo + (hi - lo) * u.to(device)
 
 
 @dataclass(frozen=True, eq=False)

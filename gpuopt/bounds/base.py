@@ -41,18 +41,6 @@ class Bounds:
     def batch_size(self) -> int:
         return self.output[0].shape[0]
 
-    def to(self, device=None, dtype=None) -> "Bounds":
-        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return Bounds(tuple((move(l), move(u)) for l, u in self.pre_activation),
-                      (move(self.output[0]), move(self.output[1])), self.method)
-
-    def n_unstable(self) -> torch.Tensor:
-        """Number of ReLUs whose sign is not fixed by the bounds, per batch item."""
-        total = torch.zeros(self.batch_size, dtype=torch.int64, device=self.output[0].device)
-        for l, u in self.pre_activation:
-            total += ((l < 0) & (u > 0)).sum(dim=1)
-        return total
-
 
 def disjunct_lower_bounds(out_lower: torch.Tensor, out_upper: torch.Tensor, A: torch.Tensor,
                           b: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ import time
 
 import torch
 
-from ..errors import InvalidInputError
 from ..network import Network
 from .base import Bounds, rounding_pad
 from .ibp import _ibp_iv, ibp
@@ -94,66 +93,17 @@ def _prepare(network: Network, lower, upper):
     return lo, hi, base, ops, n_terms
 
 
-def _forward_intermediate(lo, hi, base: Bounds, blocks, n_terms: int) -> Bounds:
-    """Forward-mode linear bounds ``L x + l_c <= z_k <= U x + u_c`` (symbolic intervals).
-
-    Through a ReLU, ``h >= alpha (L x + l_c)`` and ``h <= s (U x + u_c) - s l`` (``alpha, s >= 0``);
-    through ``z' = M h + c`` the positive part of ``M`` takes the like bound, the negative part
-    the opposite one. Cost ``O(batch * n_k * n_{k-1} * n_0)`` per layer: cheap when the input is
-    low-dimensional, where it replaces the backward pass for intermediate layers.
-    """
-    x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
-    mag_x = (x_mid.abs() + x_rad)[:, :, None]
-    B = lo.shape[0]
-    M0, c0 = blocks[0]
-    L = M0.expand(B, *M0.shape)
-    U = L
-    lc = c0.expand(B, -1)
-    uc = lc
-    lc_abs = uc_abs = c0.abs().expand(B, -1)
-    pre = []
-    for k in range(len(blocks)):
-        l = (L @ x_mid[:, :, None]).squeeze(-1) - (L.abs() @ x_rad[:, :, None]).squeeze(-1) + lc
-        u = (U @ x_mid[:, :, None]).squeeze(-1) + (U.abs() @ x_rad[:, :, None]).squeeze(-1) + uc
-        l = l - rounding_pad((L.abs() @ mag_x).squeeze(-1) + lc_abs, n_terms)
-        u = u + rounding_pad((U.abs() @ mag_x).squeeze(-1) + uc_abs, n_terms)
-        il, iu = base.pre_activation[k] if k < len(blocks) - 1 else base.output
-        l, u = torch.maximum(l, il), torch.minimum(u, iu)
-        if k == len(blocks) - 1:
-            return Bounds(tuple(pre), (l, u), "crown-forward")
-        pre.append((l, u))
-        alpha, s, icpt = _relaxation(l, u)
-        hL, hLc, hLa = alpha[:, :, None] * L, alpha * lc, alpha * lc_abs
-        hU, hUc, hUa = s[:, :, None] * U, s * uc + icpt, s * uc_abs + icpt.abs()
-        Mn, cn = blocks[k + 1]
-        Mp, Mm = Mn.clamp(min=0), Mn.clamp(max=0)
-        L, U = Mp @ hL + Mm @ hU, Mp @ hU + Mm @ hL
-        lc = hLc @ Mp.T + hUc @ Mm.T + cn
-        uc = hUc @ Mp.T + hLc @ Mm.T + cn
-        lc_abs = hLa @ Mp.T - hUa @ Mm.T + cn.abs()
-        uc_abs = hUa @ Mp.T - hLa @ Mm.T + cn.abs()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 @torch.no_grad()
-def crown(network: Network, lower, upper, *, intermediate: str = "backward",
-          deadline: float | None = None) -> Bounds:
+def crown(network: Network, lower, upper, *, deadline: float | None = None) -> Bounds:
     """CROWN bounds (intersected with IBP) over boxes ``[lower, upper]`` of shape
     ``(batch, *input_shape)`` or ``(batch, input_size)``, in the dtype/device of ``lower``.
 
-    ``intermediate="backward"`` runs a backward pass per layer for the neurons IBP leaves
-    unstable (tightest, cost grows with depth squared); ``"forward"`` uses forward-mode linear
-    bounds for every layer (cheap for low-dimensional inputs, as in input splitting).
+    A backward pass runs per layer for the neurons IBP leaves unstable (cost grows with depth
+    squared).
     ``deadline`` (a ``time.monotonic()`` value): once passed, the remaining layers keep their
     IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
     """
-    if intermediate not in ("backward", "forward"):
-        raise InvalidInputError(f"`intermediate` must be one of 'backward', 'forward'; got {intermediate!r}")
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
-    if intermediate == "forward":
-        dense = [(op.dense if op.dense is not None else op.rmatmul(torch.eye(op.shape[0], dtype=lo.dtype, device=lo.device)),
-                  op.bias) for op in ops]
-        return _forward_intermediate(lo, hi, base, dense, n_terms)
     x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
     L = len(ops)
     if L == 1:  # a purely affine network: the IBP interval of one affine map is already exact
