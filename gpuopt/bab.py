@@ -28,6 +28,7 @@ import torch
 from .attack import AttackConfig, pgd_attack
 from .bounds.base import disjunct_lower_bounds, rounding_pad
 from .bounds.crown import crown, crown_linear_lower
+from .check import check_counterexample
 from .errors import InvalidInputError
 from .problem import Problem
 
@@ -187,9 +188,11 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         pts = torch.cat(pts).numpy()
         y = net.forward64(pts)
         margins = problem.spec.margin64(y)
-        hit = np.flatnonzero(margins <= 0)
-        if hit.size:
-            return SplitResult("sat", pts[hit[0]].copy(), boxes, proven)
+        near = np.flatnonzero(margins <= 1e-9 * (1 + np.abs(y).max(axis=1)))
+        for i in near[np.argsort(margins[near])][:16]:  # candidates, best first; decided soundly
+            c = check_counterexample(problem, pts[i])
+            if c.ok:
+                return SplitResult("sat", c.x, boxes, proven)
 
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
         # far narrower (relative to the original box) than another, the looseness lies in the

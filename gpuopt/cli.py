@@ -1,21 +1,74 @@
 """Command line: ``gpuopt verify``, ``gpuopt demo``. A thin layer over the Python API.
 
 Exit codes: 0 when a verdict was printed (whatever it is), 2 for bad input (missing or malformed
-files, unsupported layers, invalid options), 1 for an internal failure. Bad input gives a
-one-line message on stderr, never a traceback.
+files, unsupported layers, invalid options, argparse usage errors), 1 for an internal failure.
+Every error is one line on stderr, ``gpuopt: error: ...`` (an internal failure: ``gpuopt:
+internal error: ...``, with the traceback logged under ``-v``), never a traceback. Options are
+checked before any work. ``--timeout`` counts from the start of the process
+(:func:`process_start_monotonic`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
 from . import __version__
 from .errors import GpuoptError, InvalidInputError, UnsupportedLayerError
 
-__all__ = ["main"]
+__all__ = ["main", "process_start_monotonic"]
+
+_IMPORT_MONOTONIC = time.monotonic()  # the fallback start time where /proc is not available
+_MAX_START_AGE = 60.0  # seconds; an older process start is not a plausible CLI start-up
+_MAX_SEED = 2**32 - 1
+_MAX_THREADS = 4 * (os.cpu_count() or 1)  # torch.set_num_threads(100000) crashes the process
+_MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats several times over
+_MAX_STEPS = 1_000_000
+
+
+def _process_age_seconds() -> float | None:
+    """Seconds since this process started, from Linux's ``/proc`` (None where unreadable)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+        with open("/proc/uptime", "rb") as fh:
+            uptime = float(fh.read().split()[0])
+        # field 2 (comm) is parenthesised and may contain spaces: count fields after its ')'
+        fields = stat[stat.rindex(")") + 2:].split()
+        start_ticks = int(fields[22 - 3])  # field 22: starttime, in clock ticks since boot
+        ticks = os.sysconf("SC_CLK_TCK")
+        if ticks <= 0:
+            return None
+        return uptime - start_ticks / ticks
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def process_start_monotonic() -> float:
+    """The start of this process as a ``time.monotonic()`` timestamp, so that a timeout covers
+    the interpreter's start-up and the imports as well.
+
+    On Linux it is computed from ``/proc/self/stat`` (field 22, ``starttime``, in clock ticks
+    since boot), ``/proc/uptime`` and ``time.monotonic()``: the process is ``uptime - starttime /
+    SC_CLK_TCK`` seconds old. The result is clamped to ``[now - 60 s, now]`` (clock-tick rounding,
+    and processes that ran other work first). Elsewhere it falls back to the time
+    ``gpuopt.cli`` was imported.
+    """
+    now = time.monotonic()
+    age = _process_age_seconds()
+    start = _IMPORT_MONOTONIC if age is None else now - age
+    return min(now, max(now - _MAX_START_AGE, start))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, ``gpuopt: error: ...``,
+    with exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"gpuopt: error: {' '.join(str(message).split())}\n")
 
 
 def _nonneg_float(text: str) -> float:
@@ -38,23 +91,78 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_in(low: int, high: int, note: str = ""):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer between {low} and {high}{note}, got {text!r}")
+        return value
+
+    return parse
+
+
+_seed = _int_in(0, _MAX_SEED)
+_threads = _int_in(1, _MAX_THREADS, " (4 per CPU here)")
+_restarts = _int_in(1, _MAX_RESTARTS, " (memory grows with it)")
+_steps = _int_in(1, _MAX_STEPS)
+
+
+def _check_device(text: str) -> str:
+    """``--device``: "cpu", "cuda" or "cuda:N" for an available device N; InvalidInputError otherwise."""
+    import torch
+
+    expected = "expected cpu, cuda or cuda:N"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidInputError(f"--device {text!r}: not a device ({expected})") from None
+    if dev.type == "cpu" and dev.index in (None, 0):
+        return text
+    if dev.type != "cuda":
+        raise InvalidInputError(f"--device {text!r}: unsupported device ({expected})")
+    if not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {text!r}: CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if dev.index is not None and not 0 <= dev.index < count:
+        raise InvalidInputError(
+            f"--device {text!r}: there is no CUDA device {dev.index} (this machine has {count}: "
+            f"cuda:0 to cuda:{count - 1})"
+        )
+    return text
+
+
+def _check_out(path: str) -> None:
+    """``--out`` must be writable later: refuse a directory or a missing parent folder now,
+    before the work."""
+    if os.path.isdir(path):
+        raise InvalidInputError(f"--out {path!r}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InvalidInputError(f"--out {path!r}: folder {parent!r} does not exist")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuopt", description="Attack and verify trained ReLU networks.")
+    p = _Parser(prog="gpuopt", description="Attack and verify trained ReLU networks.")
     p.add_argument("--version", action="version", version=f"gpuopt {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log pipeline details to stderr")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     v = sub.add_parser("verify", help="decide an ONNX network + VNNLIB property (VNN-COMP style)")
     v.add_argument("onnx", help="network file (.onnx)")
     v.add_argument("vnnlib", help="property file (.vnnlib or .vnnlib.gz); it states the unsafe region")
     v.add_argument("--timeout", type=_nonneg_float, default=None, help="seconds (default: no limit)")
     v.add_argument("--out", default=None, help="write the VNN-COMP result file here")
-    v.add_argument("--seed", type=int, default=0, help="random seed of the attack and of HiGHS")
-    v.add_argument("--device", default=None, help="attack device, e.g. cpu or cuda (default: cuda if available)")
-    v.add_argument("--restarts", type=_positive_int, default=None, help="PGD restarts per input box")
-    v.add_argument("--steps", type=_positive_int, default=None, help="PGD steps per restart")
-    v.add_argument("--threads", type=_positive_int, default=1,
-                   help="CPU threads for torch (default 1: the small batched ops here are latency-bound, "
+    v.add_argument("--seed", type=_seed, default=0, help=f"random seed of the attack and of HiGHS (0 to {_MAX_SEED})")
+    v.add_argument("--device", default=None, help="attack device: cpu, cuda or cuda:N (default: cuda if available)")
+    v.add_argument("--restarts", type=_restarts, default=None, help=f"PGD restarts per input box (1 to {_MAX_RESTARTS})")
+    v.add_argument("--steps", type=_steps, default=None, help=f"PGD steps per restart (1 to {_MAX_STEPS})")
+    v.add_argument("--threads", type=_threads, default=1,
+                   help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default 1: the small batched ops here are latency-bound, "
                         "and extra threads only contend with the MILP)")
 
     d = sub.add_parser("demo", help="run the bundled demo (no downloads): robustness of a small digits classifier")
@@ -79,13 +187,14 @@ def _cmd_verify(args, start_time: float) -> int:
         attack = replace(attack, restarts=args.restarts)
     if args.steps is not None:
         attack = replace(attack, steps=args.steps)
-    if args.device is not None and args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InvalidInputError(f"--device {args.device}: CUDA is not available on this machine")
-    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed), device=args.device)
+    # HiGHS's random_seed option only takes [0, 2**31 - 1] (and keeps its old value otherwise)
+    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
-        write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
+        try:
+            write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
+        except OSError as exc:
+            raise InvalidInputError(f"--out {args.out!r}: cannot write the result file: {exc.strerror or exc}") from None
     detail = f"decided by {verdict.decided_by}" if verdict.decided_by else "undecided"
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in verdict.stage_seconds.items())
     print(f"# {detail} in {verdict.seconds:.2f}s ({stages}); {verdict.message}")
@@ -93,8 +202,37 @@ def _cmd_verify(args, start_time: float) -> int:
     return 0
 
 
+def _check_args(args) -> None:
+    """Checks of the options that argparse's per-argument types cannot do; before any work."""
+    if args.command == "verify":
+        if args.device is not None:
+            _check_device(args.device)
+        if args.out:
+            _check_out(args.out)
+
+
 def main(argv=None) -> int:
-    start_time = time.monotonic()  # the timeout covers imports and loading too
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Run as a program (``argv`` None), ``--timeout`` counts from the start of the process
+    (:func:`process_start_monotonic`), so it covers the interpreter's start-up and the imports;
+    called with an explicit ``argv`` (from Python), it counts from the call.
+    """
+    start_time = process_start_monotonic() if argv is None else time.monotonic()
+    code = _run(argv, start_time)
+    if argv is None and "gpuopt.milp.highs" in sys.modules:
+        from .milp.highs import abandoned_runs
+
+        if abandoned_runs():
+            # a HiGHS run outlived the deadline (its presolve ignores time limits): the verdict
+            # and result file are written, so leave now rather than wait for it at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
+
+
+def _run(argv, start_time: float) -> int:
     args = _parser().parse_args(argv)
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -103,6 +241,7 @@ def main(argv=None) -> int:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     try:
+        _check_args(args)
         if args.command == "verify":
             return _cmd_verify(args, start_time)
         if args.command == "demo":
@@ -110,12 +249,29 @@ def main(argv=None) -> int:
 
             return run_demo(n_images=args.images, timeout=args.timeout)
     except (InvalidInputError, UnsupportedLayerError) as exc:
-        print(f"gpuopt: error: {exc}", file=sys.stderr)
+        print(f"gpuopt: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except GpuoptError as exc:
-        print(f"gpuopt: error: {exc}", file=sys.stderr)
+        print(f"gpuopt: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (OSError, UnicodeDecodeError) as exc:  # an unreadable input file that slipped through
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            text = f"{exc.filename}: {exc.strerror}"
+        else:
+            text = _one_line(exc)
+        print(f"gpuopt: error: {text}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an internal failure: one line, the traceback only with -v
+        if args.verbose:
+            logging.getLogger("gpuopt").exception("internal error")
+        print(f"gpuopt: internal error: {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)",
+              file=sys.stderr)
         return 1
     return 1  # pragma: no cover - argparse enforces a command
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

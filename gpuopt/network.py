@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, UnsupportedLayerError
+from .regions import _real_array
 
 __all__ = [
     "Dense",
@@ -463,7 +464,39 @@ def _fold_batchnorm(prev: Layer | None, bn: torch.nn.Module, shape: tuple[int, .
     return None, ElementwiseAffine(scale.reshape(bshape), shift.reshape(bshape))
 
 
-def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None, std=None) -> Network:
+def _input_shape_iv(input_shape) -> tuple[int, ...]:
+    """``input_shape`` as a non-empty tuple of positive Python ints, or InvalidInputError."""
+    what = f"`input_shape` must be a non-empty sequence of positive integers, got {input_shape!r}"
+    if isinstance(input_shape, (str, bytes)) or input_shape is None:
+        raise InvalidInputError(what)
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, (bool, np.bool_)):
+        input_shape = (input_shape,)
+    try:
+        dims = list(input_shape)
+    except TypeError:
+        raise InvalidInputError(what) from None
+    shape = []
+    for d in dims:
+        if isinstance(d, torch.Tensor) and d.numel() == 1 and not d.is_floating_point() and not d.is_complex():
+            d = d.item()
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise InvalidInputError(what)
+        shape.append(int(d))
+    if not shape or min(shape) < 1:
+        raise InvalidInputError(what)
+    return tuple(shape)
+
+
+def _training_submodule(model: torch.nn.Module) -> str | None:
+    """The name of the first module in training mode (``""`` for ``model`` itself), or None."""
+    for name, module in model.named_modules():
+        if module.training:
+            return name
+    return None
+
+
+def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None, std=None,
+               allow_training_mode: bool = False) -> Network:
     """Convert an ``nn.Sequential``-style model into a :class:`Network`.
 
     Supported modules: Linear, Conv2d (groups=1, zero padding), ReLU, Flatten, BatchNorm1d/2d
@@ -471,12 +504,21 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
     Dropout (identity at inference), and nested Sequential. ``mean``/``std`` describe an input
     normalisation ``(x - mean) / std`` that is prepended (broadcast to ``input_shape``).
     The model is read, never modified or moved.
+
+    The Network is always the eval-mode function of the model. A model (or submodule) in
+    training mode computes something else (BatchNorm uses batch statistics, Dropout is random),
+    so it is refused with :class:`InvalidInputError` unless ``allow_training_mode=True``; the
+    model's mode is never changed.
     """
-    shape = tuple(int(s) for s in input_shape)
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    shape = _input_shape_iv(input_shape)
     layers: list[Layer] = []
     if mean is not None or std is not None:
-        m = np.asarray(0.0 if mean is None else mean, dtype=np.float64)
-        s = np.asarray(1.0 if std is None else std, dtype=np.float64)
+        m = np.zeros(()) if mean is None else _real_array(mean, "mean")
+        s = np.ones(()) if std is None else _real_array(std, "std")
+        if not (np.all(np.isfinite(m)) and np.all(np.isfinite(s))):
+            raise InvalidInputError("`mean` and `std` must be finite")
         if np.any(s == 0):
             raise InvalidInputError("`std` must be non-zero everywhere")
         if m.ndim == 1 and len(shape) == 3:  # per-channel statistics
@@ -536,4 +578,12 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
             )
 
     visit(model, "")
+    # after the walk, so that an unsupported module (which model.eval() would not fix) is reported first
+    training = _training_submodule(model)
+    if training is not None and not allow_training_mode:
+        where = "`model`" if training == "" else f"`model` (submodule {training!r})"
+        raise InvalidInputError(
+            f"{where} is in training mode (BatchNorm uses batch statistics, Dropout is random); call "
+            "model.eval() first, or pass allow_training_mode=True to verify the eval-mode network"
+        )
     return Network(layers, shape)

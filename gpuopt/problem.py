@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import InvalidInputError
 from .network import Network
 from .regions import Box, LinfBall
@@ -19,11 +21,18 @@ __all__ = ["Problem"]
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """``network`` restricted to ``region`` (canonicalised to a Box) with unsafe region ``spec``."""
+    """``network`` restricted to ``region`` (canonicalised to a Box) with unsafe region ``spec``.
+
+    ``inner`` is the set of float64 points that may be reported as counterexamples: the points of
+    the exact input set, when ``region`` is its outward-rounded hull (a VNNLIB bound such as
+    ``3 X_0 <= 1``). It defaults to ``region``; ``None`` means no float64 point lies in the exact
+    set (so no counterexample can be reported, while proofs over ``region`` stay sound).
+    """
 
     network: Network
     region: Box
     spec: OutputSpec
+    inner: Box | None = "region"  # type: ignore[assignment]
 
     def __post_init__(self):
         if not isinstance(self.network, Network):
@@ -41,3 +50,12 @@ class Problem:
             raise InvalidInputError(
                 f"the spec constrains {self.spec.n_outputs} outputs but the network has {self.network.output_size}")
         object.__setattr__(self, "region", box)
+        if isinstance(self.inner, str) and self.inner == "region":
+            object.__setattr__(self, "inner", box)
+        elif self.inner is not None:
+            inner = self.inner.to_box() if isinstance(self.inner, (Box, LinfBall)) else None
+            if inner is None:
+                raise InvalidInputError(f"`inner` must be a Box or None, got {type(self.inner).__name__}")
+            if inner.size != box.size or np.any(inner.lower < box.lower) or np.any(inner.upper > box.upper):
+                raise InvalidInputError("`inner` must lie inside `region`")
+            object.__setattr__(self, "inner", inner)

@@ -9,6 +9,7 @@ works on device tensors.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +19,69 @@ from .errors import InvalidInputError
 __all__ = ["Box", "LinfBall"]
 
 
-def _vector(a, name: str) -> np.ndarray:
-    arr = np.array(a, dtype=np.float64, copy=True).reshape(-1)
+def _describe(a) -> str:
+    if a is None:
+        return "None"
+    text = repr(a)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(a).__name__} {text}"
+
+
+_NOTHING = object()
+
+
+def _real_array(a, name: str, what: str = "an array of real numbers") -> np.ndarray:
+    """``a`` as a new float64 array of the same shape; refuses what is not an array of real
+    numbers (None, strings, ragged sequences, complex values, arbitrary objects) and NaN."""
+    if a is None or isinstance(a, (str, bytes)):
+        raise InvalidInputError(f"`{name}` must be {what}, got {_describe(a)}")
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, on any device
+        if a.is_complex():
+            raise InvalidInputError(f"`{name}` must be real, got a complex tensor")
+        a = a.detach().cpu().double().numpy()
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError):
+        raise InvalidInputError(
+            f"`{name}` must be an array of real numbers with a regular shape, got a ragged sequence"
+        ) from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise InvalidInputError(f"`{name}` must be real, got complex values")
+    if kind == "O":
+        bad = next((v for v in arr.flat if not isinstance(v, numbers.Real)), _NOTHING)
+        if bad is not _NOTHING:
+            if isinstance(bad, (list, tuple, np.ndarray)):
+                raise InvalidInputError(
+                    f"`{name}` must be an array of real numbers with a regular shape, got a ragged sequence"
+                )
+            if isinstance(bad, numbers.Complex):
+                raise InvalidInputError(f"`{name}` must be real, got complex values")
+            raise InvalidInputError(f"`{name}` must be {what}, got an element of type {type(bad).__name__}")
+    elif kind not in "biuf":
+        raise InvalidInputError(f"`{name}` must be {what}, got dtype {arr.dtype}")
+    try:
+        arr = np.array(arr, dtype=np.float64, copy=True)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InvalidInputError(f"`{name}` must be {what}: {err}") from None
     if np.any(np.isnan(arr)):
         raise InvalidInputError(f"`{name}` contains NaN")
     return arr
+
+
+def _vector(a, name: str) -> np.ndarray:
+    return _real_array(a, name).reshape(-1)
+
+
+def _real_scalar(a, name: str) -> float:
+    """``a`` as a Python float; refuses strings, None, bools, complex values and arrays of size > 1."""
+    if isinstance(a, (bool, np.bool_)):
+        raise InvalidInputError(f"`{name}` must be a real number, got {_describe(a)}")
+    arr = _real_array(a, name, "a real number")
+    if arr.size != 1:
+        raise InvalidInputError(f"`{name}` must be a single real number, got an array of shape {arr.shape}")
+    return float(arr.reshape(()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +103,9 @@ class Box:
         bad = np.flatnonzero(lo > hi)
         if bad.size:
             i = int(bad[0])
-            raise InvalidInputError(f"the box is empty: lower[{i}] = {lo[i]!r} > upper[{i}] = {hi[i]!r}")
+            raise InvalidInputError(
+                f"the box is empty: lower[{i}] = {float(lo[i])!r} > upper[{i}] = {float(hi[i])!r}"
+            )
         lo.setflags(write=False)
         hi.setflags(write=False)
         object.__setattr__(self, "lower", lo)
@@ -78,22 +139,38 @@ class LinfBall:
 
     def __post_init__(self):
         c = _vector(self.center, "center")
+        if c.size == 0:
+            raise InvalidInputError("`center` must have at least one entry")
         if not np.all(np.isfinite(c)):
             raise InvalidInputError("`center` must be finite")
-        eps = float(self.eps)
+        eps = _real_scalar(self.eps, "eps")
         if not np.isfinite(eps) or eps < 0:
             raise InvalidInputError(f"`eps` must be a finite number >= 0, got {self.eps!r}")
         object.__setattr__(self, "center", c)
         object.__setattr__(self, "eps", eps)
+        for name in ("clip_lower", "clip_upper"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            clip = _vector(value, name)
+            if clip.size == 1:
+                clip = float(clip[0])
+            elif clip.size != c.size:
+                raise InvalidInputError(
+                    f"`{name}` must be a scalar or have the center's size {c.size}, got size {clip.size}"
+                )
+            else:
+                clip.setflags(write=False)
+            object.__setattr__(self, name, clip)
         self.to_box()  # validates the clip box against the ball
 
     def to_box(self) -> Box:
         lo = self.center - self.eps
         hi = self.center + self.eps
         if self.clip_lower is not None:
-            lo = np.maximum(lo, np.broadcast_to(np.asarray(self.clip_lower, dtype=np.float64).reshape(-1), lo.shape))
+            lo = np.maximum(lo, self.clip_lower)
         if self.clip_upper is not None:
-            hi = np.minimum(hi, np.broadcast_to(np.asarray(self.clip_upper, dtype=np.float64).reshape(-1), hi.shape))
+            hi = np.minimum(hi, self.clip_upper)
         if np.any(lo > hi):
             raise InvalidInputError("`clip_lower`/`clip_upper` leave the ball empty (the center lies outside the clip box by more than eps)")
         return Box(lo, hi)

@@ -6,18 +6,24 @@ instance is violated iff any Problem is), :func:`verify_problems` runs
 1. **bounds** (IBP, then CROWN, then alpha-CROWN on the spec rows; float64 with outward
    rounding pads): a disjunct whose margin
    lower bound is ``> 0`` is unreachable; a Problem whose disjuncts are all unreachable holds;
-2. **attack** (batched PGD, float32 on the chosen device): a candidate is re-checked by a float64
-   forward pass from inside the box; ``margin <= 0`` there gives ``sat``;
+2. **attack** (batched PGD, float32 on the chosen device): a candidate gives ``sat`` only when
+   :func:`gpuopt.check.check_counterexample` proves it: inside the exact input set, and in the
+   unsafe region by more than its float64 error bound, or exactly in rational arithmetic;
 3. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
 4. **MILP** (big-M in HiGHS with the CROWN bounds, per remaining disjunct, seeded with the
-   attack's best point): the disjunct is unreachable iff HiGHS's dual bound exceeds
-   ``threshold``; an improving solution that passes the float64 re-check gives ``sat``.
+   attack's best point, rescaled exactly; see :mod:`gpuopt.milp.highs`): the disjunct is
+   unreachable iff HiGHS's dual bound exceeds ``threshold`` plus the tolerance margin and HiGHS
+   logged no numerical warning; an improving solution that passes the exact check gives ``sat``.
 
 ``unsat`` is only reported when every open disjunct of every Problem was proven by a sound stage.
 The MILP threshold is ``milp_threshold_abs + milp_threshold_rel * scale`` where ``scale`` is the
 largest of 1, ``max|b|`` and the objective rows' magnitude over the output bounds: a property that
 holds by less than that is reported ``unknown`` rather than guessed.
+
+Proofs run on the outer (outward-rounded) input box and on spec rows whose right-hand sides are
+rounded up (:meth:`~gpuopt.specs.OutputSpec.proof_rhs`), strict rows relaxed to non-strict: each
+is a superset of the exact unsafe set, so a proof for it is a proof for the exact property.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .attack import AttackConfig, pgd_attack
 from .bab import SplitConfig, input_split
 from .bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
 from .bounds.base import rounding_pad
+from .check import check_counterexample
 from .errors import InvalidInputError
 from .milp.encode import complete_assignment, encode_bigm
 from .milp.highs import MilpStatus, SolverConfig, solve_milp
@@ -83,12 +90,20 @@ def _attack_device(config: VerifyConfig) -> torch.device:
 
 
 def _check_point(problem: Problem, x) -> tuple[bool, np.ndarray, np.ndarray, float]:
-    """Float64 re-check: clamp ``x`` into the box, run the network, evaluate the spec margin."""
-    box = problem.region
-    x64 = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), box.lower, box.upper)
-    y64 = problem.network.forward64(x64[None])[0]
-    margin = float(problem.spec.margin64(y64[None])[0])
-    return margin <= 0.0, x64, y64, margin
+    """Sound re-check (:func:`gpuopt.check.check_counterexample`): clamp ``x`` into the exact
+    input set; ``ok`` only when the exact output is provably in the unsafe region."""
+    c = check_counterexample(problem, x)
+    return c.ok, c.x, c.y, c.margin
+
+
+def _proof_problem(problem: Problem, y_abs_max: np.ndarray) -> Problem:
+    """``problem`` with right-hand sides that make float proofs sound for inexact coefficients."""
+    spec = problem.spec
+    if spec.coefficients_exact:
+        return problem
+    rhs = spec.proof_rhs(y_abs_max)
+    proof = OutputSpec([(A, b) for (A, _), b in zip(spec.disjuncts, rhs)], spec.n_outputs)
+    return Problem(problem.network, problem.region, proof, inner=problem.inner)
 
 
 def _stacked_spec(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +155,12 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     ts = time.monotonic()
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
-    A_all, b_all = _stacked_spec(problems)
     bounds = ibp(net, lower, upper)
+    # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
+    # counterexamples are always checked against the original problems
+    y_abs = torch.maximum(bounds.output[0].abs(), bounds.output[1].abs()).numpy()
+    proof_problems = [_proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
+    A_all, b_all = _stacked_spec(proof_problems)
     disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all)
     decided_by = "ibp"
     if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
@@ -204,7 +223,7 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
         undecided = False
         for i in open_problems:
             ks = [k for (j, k) in open_disjuncts if j == i]
-            res = input_split(problems[i], deadline=deadline, config=config.split, open_disjuncts=ks)
+            res = input_split(proof_problems[i], deadline=deadline, config=config.split, open_disjuncts=ks)
             split_boxes += res.boxes
             split_lb.append(res.margin_lower)
             if res.status == "sat":
@@ -246,11 +265,16 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     order = sorted(open_disjuncts, key=lambda ik: (disj_lb[ik[0], ik[1]]))
     for i, k in order:
         p = problems[i]
-        Ak, bk = p.spec.disjuncts[k]
+        Ak, bk = proof_problems[i].spec.disjuncts[k]
         ly, uy = bounds.output[0][i].numpy(), bounds.output[1][i].numpy()
         # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
+        if not all(np.all(np.isfinite(l[i])) and np.all(np.isfinite(u[i])) for l, u in pre) or \
+                not (np.all(np.isfinite(ly)) and np.all(np.isfinite(uy))):
+            undecided.append(f"MILP skipped on problem {i} disjunct {k}: the bounds overflow float64, "
+                             "so no big-M constants exist")
+            continue
         model = encode_bigm(blocks, [(l[i], u[i]) for l, u in pre], (ly, uy),
                             p.region.lower, p.region.upper, Ak, bk)
         start = complete_assignment(model, blocks, best_x[i]) if i in best_x else None
@@ -268,7 +292,7 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
             return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper,
                            milp_nodes=nodes, milp_status=milp_status)
         res = solve_milp(model, time_limit=min(budget, 1e7), threshold=threshold, start=start,
-                         accept_solution=accept, config=config.solver)
+                         accept_solution=accept, config=config.solver, deadline=deadline)
         nodes += res.nodes
         milp_status = res.raw_status
         log.debug("MILP problem %d disjunct %d: %s dual %.6g obj %.6g", i, k, res.status.value,
@@ -287,11 +311,13 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
                 return verdict(Status.SAT, counterexample=x64, output=y64, margin_lower=margin_lower,
                                margin_upper=m, decided_by="milp", milp_nodes=nodes,
                                milp_status=milp_status, message=f"MILP counterexample, float64 margin {m:.6g}")
-        if res.status in (MilpStatus.DUAL_BOUND_REACHED, MilpStatus.OPTIMAL) and res.dual_bound > threshold:
-            proven_lb.append(res.dual_bound)
+        if res.proves_above(threshold):
+            proven_lb.append(res.dual_bound - res.proof_margin)
             continue
         note = (f"MILP on problem {i} disjunct {k} ended {res.status.value} ({res.raw_status}) with dual "
-                f"bound {res.dual_bound:.6g} (threshold {threshold:.3g})")
+                f"bound {res.dual_bound:.6g} (threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")
+        if res.warnings:
+            note += f"; not a proof: HiGHS warned: {res.warnings[0]}"
         if res.status is MilpStatus.TIME_LIMIT or left() <= 0:
             stages["milp"] = time.monotonic() - ts
             return verdict(Status.TIMEOUT, margin_lower=margin_lower, margin_upper=margin_upper,
@@ -328,7 +354,7 @@ def load_instance(onnx_path, vnnlib_path) -> list[Problem]:
             raise InvalidInputError(f"{what} file not found: {path}")
     net = from_onnx(onnx_path)
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
-    return [Problem(net, box, spec) for box, spec in props]
+    return [Problem(net, p.box, p.spec, inner=p.inner) for p in props]
 
 
 def verify_instance(onnx_path, vnnlib_path, *, timeout: float | None = None,

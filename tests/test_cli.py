@@ -4,9 +4,12 @@ with a one-line message for every kind of bad input, and known answers on real i
 from __future__ import annotations
 
 import csv
+import importlib
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,12 @@ import torch
 
 from gpuopt import from_onnx
 from gpuopt.cli import main
+from gpuopt.errors import GpuoptError
 from gpuopt.io.vnnlib import load_vnnlib
 from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
+VERIFY_MODULE = importlib.import_module("gpuopt.verify")  # `gpuopt.verify` is also a function
 
 
 def _write_tiny_onnx(path: Path, n_in=2, n_out=2):
@@ -116,8 +121,7 @@ def test_bad_input_exits_2_with_one_line(case, expected, tiny, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert expected in err
-    if "timeout" not in case:  # argparse's own usage errors print the usage line first
-        assert len(err.splitlines()) == 1 and err.startswith("gpuopt: error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("gpuopt: error: ")
 
 
 def _run(argv) -> int:
@@ -126,6 +130,160 @@ def _run(argv) -> int:
         return main(argv)
     except SystemExit as exc:
         return exc.code
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Replaces the pipeline by a recorder: ``calls`` gets the keyword arguments of each call."""
+    calls = []
+
+    def fake_verify_instance(onnx_path, vnnlib_path, **kwargs):
+        calls.append(kwargs)
+        raise GpuoptError("stopped by the test")
+
+    monkeypatch.setattr(VERIFY_MODULE, "verify_instance", fake_verify_instance)
+    return calls
+
+
+def _cuda(monkeypatch, count: int):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("extra, n_cuda, expected", [
+    (["--device", "bogus"], 0, "--device 'bogus': not a device (expected cpu, cuda or cuda:N)"),
+    (["--device", ""], 0, "--device '': not a device (expected cpu, cuda or cuda:N)"),
+    (["--device", "cuda:-1"], 1, "--device 'cuda:-1': not a device (expected cpu, cuda or cuda:N)"),
+    (["--device", "meta"], 0, "--device 'meta': unsupported device (expected cpu, cuda or cuda:N)"),
+    (["--device", "cpu:1"], 0, "--device 'cpu:1': unsupported device (expected cpu, cuda or cuda:N)"),
+    (["--device", "cuda"], 0, "--device 'cuda': CUDA is not available on this machine"),
+    (["--device", "cuda:0"], 0, "--device 'cuda:0': CUDA is not available on this machine"),
+    (["--device", "cuda:99"], 1, "--device 'cuda:99': there is no CUDA device 99 (this machine has 1: cuda:0 to cuda:0)"),
+    (["--seed", "-1"], 0, "argument --seed: must be an integer between 0 and 4294967295, got '-1'"),
+    (["--seed", str(2**32)], 0, "argument --seed: must be an integer between 0 and 4294967295, got '4294967296'"),
+    (["--seed", "1.5"], 0, "argument --seed: must be an integer between 0 and 4294967295, got '1.5'"),
+    (["--threads", "0"], 0, f"argument --threads: must be an integer between 1 and {MAX_THREADS} (4 per CPU here), got '0'"),
+    (["--threads", "100000"], 0,
+     f"argument --threads: must be an integer between 1 and {MAX_THREADS} (4 per CPU here), got '100000'"),
+    (["--restarts", "1000000000"], 0,
+     "argument --restarts: must be an integer between 1 and 10000 (memory grows with it), got '1000000000'"),
+    (["--steps", "0"], 0, "argument --steps: must be an integer between 1 and 1000000, got '0'"),
+    (["--timeout"], 0, "argument --timeout: expected one argument"),
+    (["--timeout", "soon"], 0, "argument --timeout: expected a number, got 'soon'"),
+    (["--bogus"], 0, "unrecognized arguments: --bogus"),
+    (["extra"], 0, "unrecognized arguments: extra"),
+    (["--out", "{tmp}"], 0, "--out '{tmp}': is a directory"),
+    (["--out", "{tmp}/no/r.txt"], 0, "--out '{tmp}/no/r.txt': folder '{tmp}/no' does not exist"),
+])
+def test_bad_options_exit_2_with_one_line_before_any_work(extra, n_cuda, expected, tiny, tmp_path, capsys,
+                                                          monkeypatch, no_work):
+    _cuda(monkeypatch, n_cuda)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    assert _run(["verify", str(tiny), str(spec), *extra]) == 2
+    assert capsys.readouterr().err == f"gpuopt: error: {expected.replace('{tmp}', str(tmp_path))}\n"
+    assert no_work == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "the following arguments are required: command"),
+    (["bogus"], "argument command: invalid choice: 'bogus'"),
+    (["--bogus", "demo"], "unrecognized arguments: --bogus"),
+    (["verify"], "the following arguments are required: onnx, vnnlib"),
+    (["verify", "a.onnx"], "the following arguments are required: vnnlib"),
+    (["demo", "--images", "0"], "argument --images: must be >= 1, got '0'"),
+    (["demo", "--timeout", "-1"], "argument --timeout: must be a finite number >= 0, got '-1'"),
+])
+def test_usage_errors_are_one_line(argv, expected, capsys):
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpuopt: error: {expected}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("device, n_cuda", [("cpu", 0), ("cpu:0", 0), ("cuda", 1), ("cuda:0", 1), ("cuda:1", 2)])
+def test_valid_devices_reach_the_pipeline(device, n_cuda, tiny, tmp_path, monkeypatch, no_work):
+    _cuda(monkeypatch, n_cuda)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    assert _run(["verify", str(tiny), str(spec), "--device", device, "--seed", str(2**32 - 1)]) == 1
+    config = no_work[0]["config"]
+    assert config.device == device
+    assert config.attack.seed == 2**32 - 1 and config.solver.seed == (2**32 - 1) % 2**31  # HiGHS's range
+
+
+@pytest.mark.parametrize("exc, code, expected", [
+    (PermissionError(13, "Permission denied", "net.onnx"), 2, "gpuopt: error: net.onnx: Permission denied"),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2,
+     "gpuopt: error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+    (RuntimeError("boom\nsecond line"), 1,
+     "gpuopt: internal error: RuntimeError: boom second line (run with -v for the traceback)"),
+])
+def test_unexpected_exceptions_are_one_line(exc, code, expected, tiny, tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(VERIFY_MODULE, "verify_instance", fail)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    assert _run(["verify", str(tiny), str(spec)]) == code
+    assert capsys.readouterr().err == expected + "\n"
+
+
+# ---------------------------------------------------------------------- timeout start
+def test_process_start_is_before_the_first_statement():
+    """In a fresh interpreter the start is before its first statement, not at the import of
+    gpuopt.cli one second later (the fallback)."""
+    code = ("import time; t = time.monotonic(); time.sleep(1.0)\n"
+            "from gpuopt.cli import process_start_monotonic as p\n"
+            "print(t, p(), time.monotonic())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, start, now = map(float, proc.stdout.split())
+    assert first - 30 < start < first + 0.05  # /proc has 10 ms resolution
+    assert start <= now - 1.0
+
+
+@pytest.mark.parametrize("age, expected", [
+    (None, -1.5),  # /proc unreadable: the import time of gpuopt.cli (here set to 1.5 s ago)
+    (2.0, -2.0),
+    (1e9, -60.0),  # implausibly old: clamped to 60 s ago
+    (-5.0, 0.0),  # in the future: clamped to now
+])
+def test_process_start_is_clamped_and_has_a_fallback(age, expected, monkeypatch):
+    import gpuopt.cli as cli
+
+    before = time.monotonic()
+    monkeypatch.setattr(cli, "_IMPORT_MONOTONIC", before - 1.5)
+    monkeypatch.setattr(cli, "_process_age_seconds", lambda: age)
+    start = cli.process_start_monotonic()
+    after = time.monotonic()
+    if age is None:
+        assert start == before - 1.5
+    else:
+        assert before + expected - 1e-6 <= start <= after + expected + 1e-6
+
+
+def test_process_age_is_read_from_proc():
+    import gpuopt.cli as cli
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc here")
+    age = cli._process_age_seconds()
+    assert age is not None and 0 <= age < time.monotonic() + 1
+    now = time.monotonic()
+    assert now - 60 <= cli.process_start_monotonic() <= time.monotonic()
+
+
+def test_timeout_counts_from_process_start_when_run_as_a_program(tiny, tmp_path, monkeypatch, no_work):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    monkeypatch.setattr(sys, "argv", ["gpuopt", "verify", str(tiny), str(spec), "--timeout", "5"])
+    entered = time.monotonic()
+    assert main() == 1
+    assert entered - 60 <= no_work[0]["start_time"] < entered
+    entered = time.monotonic()
+    assert main(sys.argv[1:]) == 1  # called from Python: from the call
+    assert no_work[1]["start_time"] >= entered
 
 
 def test_console_entry_point_runs_as_a_process(tiny, tmp_path):

@@ -267,6 +267,20 @@ def test_identity_dropout_and_dead_nodes_are_ignored():
     assert [type(l) for l in net.layers] == [Dense]
 
 
+@pytest.mark.parametrize("training_mode", [None, False])
+def test_inference_dropout_matches_onnxruntime(training_mode):
+    """Dropout with no training_mode input, or a constant False one, is the identity (opset 13)."""
+    rng = np.random.default_rng(11)
+    inits = {"W": _f32(rng, 2, 3), "ratio": np.array(0.5, dtype=np.float32)}
+    inputs = ["g", "ratio"]
+    if training_mode is not None:
+        inits["t"] = np.array(training_mode)
+        inputs.append("t")
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], transB=1), helper.make_node("Dropout", inputs, ["y"])]
+    net = _check_model(_model(nodes, [1, 3], inits))
+    assert [type(l) for l in net.layers] == [Dense]
+
+
 def test_input_shape_override():
     rng = np.random.default_rng(8)
     model = _model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], ["N", "F"], {"W": _f32(rng, 2, 3)})

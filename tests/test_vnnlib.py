@@ -1,6 +1,8 @@
 """Tests of gpuopt.io.vnnlib: parsing VNNLIB into (Box, OutputSpec) pairs and writing results."""
 
 import gzip
+import math
+from fractions import Fraction
 import re
 
 import numpy as np
@@ -18,6 +20,16 @@ def header(n_in: int, n_out: int) -> str:
 
 
 UNIT_BOX = "(assert (and (>= X_0 0) (<= X_0 1)))\n"
+
+
+def _up(q: Fraction) -> float:
+    f = float(q)
+    return f if Fraction(f) >= q else math.nextafter(f, math.inf)
+
+
+def _down(q: Fraction) -> float:
+    f = float(q)
+    return f if Fraction(f) <= q else math.nextafter(f, -math.inf)
 
 
 def disjuncts(spec):
@@ -57,9 +69,41 @@ def test_input_bounds(body, lower, upper):
 
 def test_numbers_are_parsed_exactly():
     text = header(1, 1) + "(assert (>= X_0 0.1)) (assert (<= X_0 3.991125645861615)) (assert (<= Y_0 -.5e1))"
-    lo, hi, dis = one(text)
-    assert lo == [0.1] and hi == [3.991125645861615]
-    assert dis == [([[1.0]], [-5.0])]
+    (prop,) = parse_vnnlib(text)
+    # 0.1 is one tenth: the float 0.1 lies above it, so the outer box starts one ulp lower and the
+    # inner box (float points of the exact set) at 0.1; 3.991125645861615 rounds up as a float
+    assert Fraction(0.1) > Fraction(1, 10) and Fraction(3.991125645861615) > Fraction("3.991125645861615")
+    assert prop.box.lower.tolist() == [math.nextafter(0.1, 0)] and prop.box.upper.tolist() == [3.991125645861615]
+    assert prop.inner.lower.tolist() == [0.1] and prop.inner.upper.tolist() == [math.nextafter(3.991125645861615, 0)]
+    assert disjuncts(prop.spec) == [([[1.0]], [-5.0])]
+
+
+def test_constants_are_summed_exactly():
+    # 0.1 + 0.2 == 0.3 exactly (in floats 0.1 + 0.2 > 0.3): a true constant atom
+    text = header(1, 1) + UNIT_BOX + "(assert (<= (+ 0.1 0.2) 0.3)) (assert (<= Y_0 1))"
+    assert disjuncts(parse_vnnlib(text)[0].spec) == [([[1.0]], [1.0])]
+    text = header(1, 1) + UNIT_BOX + "(assert (< (+ 0.1 0.2) 0.3)) (assert (<= Y_0 1))"
+    assert parse_vnnlib(text) == []
+
+
+@pytest.mark.parametrize("body, lower, upper, inner_lower, inner_upper", [
+    # 3 X_0 <= 1: the outer bound rounds up, the inner one down (3 * inner <= 1 exactly)
+    ("(assert (<= (* 3 X_0) 1)) (assert (>= X_0 0))", [0.0], [_up(Fraction(1, 3))], [0.0], [_down(Fraction(1, 3))]),
+    # strict bounds exclude the bound itself from the inner box only
+    ("(assert (< X_0 1)) (assert (> X_0 0))", [0.0], [1.0], [5e-324], [math.nextafter(1.0, 0)]),
+    ("(assert (<= X_0 0.5)) (assert (>= X_0 0.5))", [0.5], [0.5], [0.5], [0.5]),
+])
+def test_outer_and_inner_boxes(body, lower, upper, inner_lower, inner_upper):
+    (prop,) = parse_vnnlib(header(1, 1) + body + "(assert (<= Y_0 0))")
+    assert prop.box.lower.tolist() == lower and prop.box.upper.tolist() == upper
+    assert prop.inner.lower.tolist() == inner_lower and prop.inner.upper.tolist() == inner_upper
+    assert 3 * Fraction(prop.inner.upper[0]) <= 1 or "3" not in body
+
+
+def test_a_decimal_point_interval_has_no_float_point():
+    # 0.1 <= X_0 <= 0.1: the exact set is {1/10}, which holds no float64: no counterexample can exist
+    (prop,) = parse_vnnlib(header(1, 1) + "(assert (<= X_0 0.1)) (assert (>= X_0 0.1)) (assert (<= Y_0 0))")
+    assert prop.inner is None and prop.box.lower[0] < 0.1 <= prop.box.upper[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,8 +123,12 @@ def test_numbers_are_parsed_exactly():
     ("(<= (+ Y_0 Y_1) (+ Y_1 1))", [1, 0, 0], 1),  # Y_1 cancels
 ])
 def test_output_rows(atom, row, rhs):
-    _, _, dis = one(header(1, 3) + UNIT_BOX + f"(assert {atom})")
-    assert dis == [([[float(r) for r in row]], [float(rhs)])]
+    (prop,) = parse_vnnlib(header(1, 3) + UNIT_BOX + f"(assert {atom})")
+    A, b, strict = prop.spec.exact_rows(0)
+    assert A.tolist() == [[Fraction(r) for r in row]] and b.tolist() == [Fraction(str(rhs))]
+    assert strict.tolist() == [atom.startswith(("(<", "(>")) and not atom.startswith(("(<=", "(>="))]
+    # the float row rounds b up, so that a float proof of A y > b holds for the exact row
+    assert disjuncts(prop.spec) == [([[float(r) for r in row]], [_up(Fraction(str(rhs)))])]
 
 
 Y_ATOMS = {"A": "(<= Y_0 1)", "B": "(<= Y_1 2)", "C": "(<= Y_0 Y_1)", "D": "(>= Y_1 4)", "E": "(<= (+ Y_0 Y_1) 5)"}
@@ -145,10 +193,20 @@ def test_infeasible_terms_are_dropped():
     assert (lo, hi, dis) == ([0.5], [1.0], [([[1.0]], [2.0])])
 
 
+@pytest.mark.parametrize("body, message", [
+    (UNIT_BOX + "(assert (<= X_0 -1))", "the input box is empty: 0 <= X_0 <= -1 has no solution"),
+    (UNIT_BOX + "(assert (or (>= X_0 2) (<= X_0 -2)))", "the input box is empty: 0 <= X_0 <= -2 has no solution"),
+    (UNIT_BOX + "(assert (< X_0 0))", "the input box is empty: 0 <= X_0 < 0 has no solution"),
+])
+def test_contradictory_input_constraints_are_an_error(body, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_vnnlib(header(1, 1) + body)
+
+
 @pytest.mark.parametrize("body", [
-    UNIT_BOX + "(assert (<= X_0 -1))",
-    UNIT_BOX + "(assert (or (>= X_0 2) (<= X_0 -2)))",
     UNIT_BOX + "(assert (<= 1 0))",
+    UNIT_BOX + "(assert (< 0 0))",
+    UNIT_BOX + "(assert (> Y_0 Y_0))",
     UNIT_BOX + "(assert (or (< 2 1) (and (<= Y_0 0) (>= 0 1))))",
 ])
 def test_empty_unsafe_set_gives_no_pairs(body):
@@ -158,7 +216,7 @@ def test_empty_unsafe_set_gives_no_pairs(body):
 @pytest.mark.parametrize("body, expected", [
     ("(assert (or (<= 1 0) (<= Y_0 0)))", [([[1.0]], [0.0])]),
     ("(assert (and (<= 0 1) (<= Y_0 0)))", [([[1.0]], [0.0])]),
-    ("(assert (< 0 0)) (assert (<= Y_0 0))", [([[1.0]], [0.0])]),  # strict read as non-strict
+    ("(assert (<= 0 0)) (assert (<= Y_0 0))", [([[1.0]], [0.0])]),
     ("(assert (<= (* 2 3) (+ 1 5)))", [([[0.0]], [0.0])]),
     ("(assert (<= Y_0 Y_0))", [([[0.0]], [0.0])]),  # Y_0 cancels: a true constant atom
     ("", [([[0.0]], [0.0])]),  # no output constraint: every output is unsafe
@@ -499,15 +557,16 @@ def acas(benchmarks_dir, prop):
 
 def test_acasxu_prop_1(benchmarks_dir):
     ((box, spec),) = acas(benchmarks_dir, 1)
-    assert box.lower.tolist() == [0.6, -0.5, -0.5, 0.45, -0.5]
-    assert box.upper.tolist() == [0.679857769, 0.5, 0.5, 0.5, -0.45]
-    assert disjuncts(spec) == [([[-1.0, 0.0, 0.0, 0.0, 0.0]], [-3.991125645861615])]
+    # outer bounds round the decimals outwards
+    assert box.lower.tolist() == [_down(Fraction(t)) for t in ("0.6", "-0.5", "-0.5", "0.45", "-0.5")]
+    assert box.upper.tolist() == [_up(Fraction(t)) for t in ("0.679857769", "0.5", "0.5", "0.5", "-0.45")]
+    assert disjuncts(spec) == [([[-1.0, 0.0, 0.0, 0.0, 0.0]], [_up(Fraction("-3.991125645861615"))])]
 
 
 def test_acasxu_prop_6(benchmarks_dir):
     pairs = acas(benchmarks_dir, 6)
     assert len(pairs) == 2
-    assert [b.lower[1] for b, _ in pairs] == [0.11140846, -0.499999896]
+    assert [b.lower[1] for b, _ in pairs] == [_down(Fraction("0.11140846")), _down(Fraction("-0.499999896"))]
     for _, spec in pairs:
         assert disjuncts(spec) == [([[-1.0] + [1.0 if k == j else 0.0 for k in range(1, 5)]], [0.0])
                                    for j in range(1, 5)]

@@ -20,7 +20,15 @@ Mapping of the supported operators (default domain only):
   into the preceding ``Dense`` (any ``s``, ``t``), ``Conv2d`` (per-channel ``s``, ``t``) or
   ``ElementwiseAffine`` when the previous layer produced the current tensor, otherwise appended
   as an ``ElementwiseAffine`` (so ``MatMul`` + ``Add`` becomes one ``Dense``);
-* ``Identity``, ``Dropout`` and a float ``Cast`` -> nothing.
+* ``Identity``, inference ``Dropout`` and a float ``Cast`` -> nothing.
+
+Only operators that are fixed functions of their inputs are imported. ``Dropout`` is the identity
+only in inference mode: with no ``training_mode`` input or a constant False one (opset >= 12), or
+with ``is_test=1`` (opsets 1-6, whose default is training). A ``Dropout`` whose ``training_mode``
+is True, is not a constant, or is a graph input (which can be overridden at run time), and the
+random operators (``RandomNormal``, ``RandomUniform``, their ``*Like`` forms, ``Bernoulli``,
+``Multinomial``) raise :class:`~gpuopt.errors.UnsupportedLayerError` wherever they feed the
+output, even on constants.
 
 Constants are initializers and ``Constant`` nodes; ``Shape``, ``Gather``, ``Unsqueeze``,
 ``Squeeze``, ``Concat``, ``Cast``, ``Reshape``, ``Identity`` and arithmetic on constants are
@@ -39,7 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, _input_shape_iv
 
 __all__ = ["from_onnx"]
 
@@ -78,11 +86,18 @@ class _Importer:
     """Walks the graph once, keeping the constants and the current data tensor."""
 
     _FLOAT_TYPES = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    # operators whose output is drawn at random: not a function of their inputs
+    _RANDOM_OPS = frozenset(
+        ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")
+    )
 
     def __init__(self, model, path: str | None, input_shape):
         self.model = model
         self.path = path
         self.graph = model.graph
+        self.opset = next(
+            (int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+        )
         self.consts: dict[str, np.ndarray] = {}
         self.data: dict[str, tuple[int, ...]] = {}  # data tensor -> ONNX per-sample shape
         self.layers: list = []
@@ -132,12 +147,7 @@ class _Importer:
             declared = tuple(dims[1:])
 
         if input_shape is not None:
-            try:
-                nshape = tuple(int(s) for s in input_shape)
-            except (TypeError, ValueError):
-                raise InvalidInputError(f"`input_shape` must be a sequence of integers, got {input_shape!r}") from None
-            if not nshape or min(nshape) < 1:
-                raise InvalidInputError(f"`input_shape` must contain positive sizes, got {input_shape!r}")
+            nshape = _input_shape_iv(input_shape)
             if declared is None:
                 oshape = nshape
             elif None not in declared:
@@ -208,6 +218,7 @@ class _Importer:
         if node.domain not in ("", "ai.onnx"):
             raise self._unsupported(label, op, f"operator domain {node.domain!r}")
         attrs = self._attrs(node)
+        self._check_deterministic(node, label, op, attrs)
         ins = list(node.input)
         data_ins = [n for n in ins if n and n not in self.consts]
         for n in data_ins:
@@ -238,6 +249,36 @@ class _Importer:
         out = node.output[0]
         self.data[out] = self.oshape
         self.current = out
+
+    def _check_deterministic(self, node, label: str, op: str, attrs: dict):
+        """Refuses nodes whose output is random (see the module docstring)."""
+        if op in self._RANDOM_OPS:
+            raise self._unsupported(label, op, "its output is random, not a fixed function of its inputs")
+        if op != "Dropout":
+            return
+        why = "the output is random in training mode; export the model in inference mode (model.eval())"
+        if self.opset is not None and self.opset < 7:
+            if not int(attrs.get("is_test", 0)):
+                raise self._unsupported(label, op, f"is_test=0 (training mode) in opset {self.opset}: {why}")
+            return
+        name = node.input[2] if len(node.input) > 2 else ""
+        if not name:
+            return
+        graph_inputs = {i.name for i in self.graph.input}
+        if name not in self.consts:
+            raise self._unsupported(label, op, f"training_mode input {name!r} is not a constant: {why}")
+        if name in graph_inputs:
+            raise self._unsupported(
+                label, op, f"training_mode input {name!r} is a graph input (its initializer can be "
+                f"overridden at run time): {why}"
+            )
+        value = np.asarray(self.consts[name])
+        if value.size != 1:
+            raise self._invalid(
+                f"node {label!r} (op Dropout): training_mode must be a scalar, got shape {value.shape}"
+            )
+        if bool(value.reshape(())):
+            raise self._unsupported(label, op, f"training_mode is True: {why}")
 
     @staticmethod
     def _attrs(node) -> dict:

@@ -5,21 +5,27 @@ Supported subset (as used by VNN-COMP): ``(declare-const X_i Real)`` for the inp
 ``;`` comments, and ``(assert F)`` where ``F`` is built from ``and``, ``or`` (any nesting) and the
 comparisons ``<=``, ``>=``, ``<``, ``>`` between linear terms: numbers (``3``, ``-0.5``,
 ``1e-3``), declared variables, ``(+ t ...)``, ``(- t)``, ``(- t u ...)`` and ``(* c t)`` with at
-most one non-constant factor. Strict comparisons are read as non-strict (the closure of the set),
-which can only add boundary points to the unsafe set.
+most one non-constant factor. Every number is read exactly (as a :class:`~fractions.Fraction`:
+``0.1`` is one tenth, and ``(+ 0.1 0.2)`` equals ``0.3``), and strict comparisons stay strict.
 
 Semantics: the conjunction of all asserts describes the **unsafe** set (the negation of the
 property). It is expanded into disjunctive normal form; each DNF term is a conjunction of
 
-* input atoms, each a bound on one variable (``X_i <= c``, ``c <= X_i``, possibly scaled, e.g.
-  ``(<= (* 2 X_0) 1)``); they are intersected into a box, which must bound every ``X_i``;
-* output atoms, linear in the ``Y_j``, each written as a row ``a^T y <= b``.
+* input atoms, each a bound on one variable (``X_i <= c``, ``c < X_i``, possibly scaled, e.g.
+  ``(<= (* 3 X_0) 1)``); they are intersected into an exact box, which must bound every ``X_i``.
+  It gives two float64 boxes: the **outer** box (bounds rounded outwards, a superset of the exact
+  set, used by bounds and proofs) and the **inner** box (the float64 points of the exact set,
+  strict bounds excluded; a reported counterexample must lie in it), see :class:`Property`;
+* output atoms, linear in the ``Y_j``, each written as a row ``a^T y <= b`` (or ``<``), kept exactly
+  in the :class:`~gpuopt.specs.OutputSpec`.
 
-Terms with an empty box, or with a constant atom that is false, are dropped. Terms with the same
+Terms with a constant atom that is false (``(< 0 0)``), or an empty exact box, are dropped; a file
+whose every term has an empty input box is refused as contradictory. Terms with the same
 box (exact float equality) are grouped: each group becomes one ``(Box, OutputSpec)`` pair whose
 disjuncts are the output conjunctions of its terms (a term without output atoms means every
 output is unsafe and gets the always-true row ``0 <= 0``). Pairs are returned in order of first
-appearance. An empty list means the unsafe set is empty, so the property holds trivially.
+appearance, as :class:`Property` tuples ``(box, spec)`` that also carry ``.inner``. An empty list
+means the unsafe set is empty, so the property holds trivially.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ..errors import InvalidInputError
 from ..regions import Box
 from ..specs import OutputSpec
 
-__all__ = ["load_vnnlib", "parse_vnnlib", "format_counterexample", "write_counterexample"]
+__all__ = ["Property", "load_vnnlib", "parse_vnnlib", "format_counterexample", "write_counterexample"]
 
 #: DNF expansions beyond this many terms, or this many atoms over all terms, are refused.
 MAX_DNF_TERMS = 100_000
@@ -45,6 +51,53 @@ _TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s();]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)")
 _COMPARISONS = ("<=", ">=", "<", ">")
+_STRICT = ("<", ">")
+
+
+class Property(tuple):
+    """One ``(box, spec)`` pair of a VNNLIB file (it unpacks as a pair), with ``inner``: the
+    float64 box of points that satisfy the exact input constraints (``box`` is its outward-rounded
+    hull), or ``None`` when no float64 point does."""
+
+    def __new__(cls, box: Box, spec: OutputSpec, inner: Box | None):
+        obj = super().__new__(cls, (box, spec))
+        obj.inner = inner
+        return obj
+
+    @property
+    def box(self) -> Box:
+        return self[0]
+
+    @property
+    def spec(self) -> OutputSpec:
+        return self[1]
+
+
+def _fits_float(q: Fraction) -> bool:
+    return abs(q) <= _FLOAT_MAX
+
+
+_FLOAT_MAX = Fraction(np.finfo(np.float64).max)
+
+
+def _compare_float(q: Fraction) -> tuple[float, int]:
+    """The nearest float64 ``f`` to ``q`` and the sign of ``f - q``, in integer arithmetic."""
+    f = float(q)
+    n, d = f.as_integer_ratio()
+    diff = n * q.denominator - q.numerator * d
+    return f, (diff > 0) - (diff < 0)
+
+
+def _float_down(q: Fraction, strict: bool = False) -> float:
+    """The largest float64 ``<= q`` (``< q`` when ``strict``)."""
+    f, sign = _compare_float(q)
+    return math.nextafter(f, -math.inf) if sign > 0 or (strict and sign == 0) else f
+
+
+def _float_up(q: Fraction, strict: bool = False) -> float:
+    """The smallest float64 ``>= q`` (``> q`` when ``strict``)."""
+    f, sign = _compare_float(q)
+    return math.nextafter(f, math.inf) if sign < 0 or (strict and sign == 0) else f
 
 
 class _List:
@@ -121,19 +174,19 @@ class _Parser:
             raise self.error("expected an operator name, got a parenthesised expression", h.pos)
         return h[0]
 
-    def number(self, tok: str, pos: int) -> float:
-        v = float(tok)
-        if not math.isfinite(v):
+    def number(self, tok: str, pos: int) -> Fraction:
+        v = Fraction(tok)
+        if not _fits_float(v):
             raise self.error(f"number '{tok}' is out of the float64 range", pos)
         return v
 
-    def term(self, node) -> tuple[dict, float]:
-        """A linear term as ``(coefficients by variable, constant)``."""
+    def term(self, node) -> tuple[dict, Fraction]:
+        """A linear term as ``(coefficients by variable, constant)``, exactly."""
         if not isinstance(node, _List):
             tok, pos = node
             var = self.declared.get(tok)
             if var is not None:
-                return {var: 1.0}, 0.0
+                return {var: Fraction(1)}, Fraction(0)
             if _NUMBER.fullmatch(tok):
                 return {}, self.number(tok, pos)
             if _VAR_NAME.fullmatch(tok):
@@ -147,11 +200,11 @@ class _Parser:
             if not args:
                 raise self.error("'+' needs at least 1 argument, got 0", node.pos)
             coef: dict = {}
-            const = 0.0
+            const = Fraction(0)
             for a in args:
                 c, k = self.term(a)
                 for v, x in c.items():
-                    coef[v] = coef.get(v, 0.0) + x
+                    coef[v] = coef.get(v, 0) + x
                 const += k
             return coef, const
         if op == "-":
@@ -164,13 +217,13 @@ class _Parser:
             for a in args[1:]:
                 c, k = self.term(a)
                 for v, x in c.items():
-                    coef[v] = coef.get(v, 0.0) - x
+                    coef[v] = coef.get(v, 0) - x
                 const -= k
             return coef, const
         if op == "*":
             if len(args) < 2:
                 raise self.error(f"'*' needs at least 2 arguments, got {len(args)}", node.pos)
-            scale = 1.0
+            scale = Fraction(1)
             linear = None
             for a in args:
                 c, k = self.term(a)
@@ -201,35 +254,32 @@ class _Parser:
         cb, kb = self.term(args[1])
         if op in (">=", ">"):
             ca, ka, cb, kb = cb, kb, ca, ka
-        # lhs - rhs <= 0
+        strict = op in _STRICT
+        # lhs - rhs <= 0 (< 0 when strict), exactly
         coef = dict(ca)
         for v, x in cb.items():
-            coef[v] = coef.get(v, 0.0) - x
+            coef[v] = coef.get(v, 0) - x
         const = ka - kb
-        coef = {v: x for v, x in coef.items() if x != 0.0}
-        if not math.isfinite(const) or not all(math.isfinite(x) for x in coef.values()):
+        coef = {v: x for v, x in coef.items() if x != 0}
+        if not _fits_float(const) or not all(_fits_float(x) for x in coef.values()):
             raise self.error("a coefficient overflows float64", node.pos)
         xs = [v for v in coef if v[0] == "X"]
         if xs and len(xs) != len(coef):
             raise self.error("a comparison mixes inputs X_* and outputs Y_*; unsupported", node.pos)
         if not coef:
-            return [()] if const <= 0.0 else []
+            return [()] if (const < 0 if strict else const <= 0) else []
         if xs:
             if len(xs) > 1:
                 raise self.error(
                     "general linear constraints on inputs are unsupported "
                     "(each input comparison must bound a single X_i)", node.pos)
             (v, a), = coef.items()
-            bound = -const / a + 0.0
-            if math.isfinite(bound) and Fraction(bound) != -Fraction(const) / Fraction(a):
-                # the division rounded: widen outwards by one ulp so the box never excludes a
-                # point of the true set (exact quotients, the usual case, stay as they are)
-                bound = math.nextafter(bound, math.inf if a > 0 else -math.inf)
-            if not math.isfinite(bound):
+            bound = -const / a
+            if not _fits_float(bound):
                 raise self.error("an input bound overflows float64", node.pos)
-            return [(("X", v[1], a > 0, bound),)]
+            return [(("X", v[1], a > 0, bound, strict),)]
         row = tuple(sorted((v[1], x) for v, x in coef.items()))
-        return [(("Y", node.pos, row, -const + 0.0),)]
+        return [(("Y", node.pos, row, -const, strict),)]
 
     def plain_bound(self, op: str, args: list) -> list | None:
         """Fast path for the common ``(op X_i number)`` / ``(op number X_i)``; ``None`` otherwise."""
@@ -242,7 +292,7 @@ class _Parser:
             var, a, b, upper = self.declared.get(b[0]), b, a, not upper
         if var is None or var[0] != "X" or b[0] in self.declared or not _NUMBER.fullmatch(b[0]):
             return None
-        return [(("X", var[1], upper, self.number(*b) + 0.0),)]
+        return [(("X", var[1], upper, self.number(*b), op in _STRICT),)]
 
     def check_size(self, n_terms: int, n_atoms: int, pos: int | None) -> None:
         if n_terms > MAX_DNF_TERMS or n_atoms > MAX_DNF_ATOMS:
@@ -316,7 +366,7 @@ class _Parser:
             raise self.error(f"the VNNLIB declares {n} {what} {kind}_* but the network {has} {int(given)} {what}")
         return n
 
-    def parse(self, n_inputs: int | None, n_outputs: int | None) -> list[tuple[Box, OutputSpec]]:
+    def parse(self, n_inputs: int | None, n_outputs: int | None) -> list[Property]:
         dnfs = []
         for node in self.read():
             cmd = self.head(node, "a command")
@@ -338,50 +388,77 @@ class _Parser:
         terms = self.conjoin(dnfs, None)
         return self.group(terms, n_in, n_out)
 
-    def group(self, terms: list, n_in: int, n_out: int) -> list[tuple[Box, OutputSpec]]:
-        groups: dict[bytes, tuple[np.ndarray, np.ndarray, list]] = {}
+    def group(self, terms: list, n_in: int, n_out: int) -> list[Property]:
+        groups: dict[bytes, tuple[np.ndarray, np.ndarray, Box | None, list]] = {}
+        boxes: dict[tuple, tuple | str] = {}  # input atoms (by identity) -> float boxes, or why empty
+        empty_reason = None
         for term in terms:
-            low = [-math.inf] * n_in
-            high = [math.inf] * n_in
-            out = []
-            for atom in term:
-                if atom[0] == "X":
-                    _, i, is_upper, c = atom
-                    if is_upper:
-                        if c < high[i]:
-                            high[i] = c
-                    elif c > low[i]:
-                        low[i] = c
-                else:
-                    out.append(atom)
-            lo, hi = np.array(low), np.array(high)
-            if np.any(lo > hi):
-                continue  # empty box: infeasible term
-            bad = np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)))
-            if bad.size:
-                i = int(bad[0])
-                side = "lower" if np.isfinite(hi[i]) else "upper" if np.isfinite(lo[i]) else "lower or upper"
-                raise self.error(f"input X_{i} has no {side} bound"
-                                 + (" in one of the disjuncts" if len(terms) > 1 else ""))
+            x_atoms = tuple(a for a in term if a[0] == "X")
+            out = [a for a in term if a[0] != "X"]
+            key_atoms = tuple(map(id, x_atoms))
+            if key_atoms not in boxes:
+                boxes[key_atoms] = self.exact_box(x_atoms, n_in, len(terms))
+            box = boxes[key_atoms]
+            if isinstance(box, str):
+                empty_reason = box
+                continue  # an infeasible term
+            lo, hi, lo_in, hi_in = box
             if out:
                 out.sort(key=lambda a: a[1])  # rows in textual order
-                A = np.zeros((len(out), n_out))
-                b = np.empty(len(out))
-                for r, (_, _, row, rhs) in enumerate(out):
+                # float coefficients unless one is not a float64 number (then exact Fractions)
+                exact_a = all(Fraction(float(x)) == x for atom in out for _, x in atom[2])
+                A = np.zeros((len(out), n_out)) if exact_a else np.full((len(out), n_out), Fraction(0), dtype=object)
+                b = np.empty(len(out), dtype=object)
+                strict = np.zeros(len(out), dtype=bool)
+                for r, (_, _, row, rhs, st) in enumerate(out):
                     for j, x in row:
-                        A[r, j] = x
+                        A[r, j] = float(x) if exact_a else x
                     b[r] = rhs
+                    strict[r] = st
+                disjunct = (A, b, strict)
             else:
-                A, b = np.zeros((1, n_out)), np.zeros(1)  # 0 <= 0: every output is unsafe
-            key = lo.tobytes() + hi.tobytes()
+                disjunct = (np.zeros((1, n_out)), np.zeros(1))  # 0 <= 0: every output is unsafe
+            key = lo.tobytes() + hi.tobytes() + lo_in.tobytes() + hi_in.tobytes()
             if key not in groups:
-                groups[key] = (lo, hi, [])
-            groups[key][2].append((A, b))
-        return [(Box(lo, hi), OutputSpec(disj, n_out)) for lo, hi, disj in groups.values()]
+                inner = Box(lo_in, hi_in) if np.all(lo_in <= hi_in) else None
+                groups[key] = (lo, hi, inner, [])
+            groups[key][3].append(disjunct)
+        if not groups and empty_reason is not None:
+            raise self.error(empty_reason)
+        return [Property(Box(lo, hi), OutputSpec(disj, n_out), inner) for lo, hi, inner, disj in groups.values()]
+
+    def exact_box(self, x_atoms: tuple, n_in: int, n_terms: int) -> tuple | str:
+        """Intersect input atoms exactly: the outer and inner float boxes
+        ``(lo, hi, lo_in, hi_in)``, or a message when the exact box is empty."""
+        low: list = [None] * n_in  # exact bounds (Fraction or None) and whether each is strict
+        high: list = [None] * n_in
+        low_strict = [False] * n_in
+        high_strict = [False] * n_in
+        for _, i, is_upper, c, strict in x_atoms:
+            if is_upper:
+                if high[i] is None or c < high[i] or (c == high[i] and strict):
+                    high[i], high_strict[i] = c, strict
+            elif low[i] is None or c > low[i] or (c == low[i] and strict):
+                low[i], low_strict[i] = c, strict
+        missing = [i for i in range(n_in) if low[i] is None or high[i] is None]
+        if missing:
+            i = missing[0]
+            side = "lower" if high[i] is not None else "upper" if low[i] is not None else "lower or upper"
+            raise self.error(f"input X_{i} has no {side} bound" + (" in one of the disjuncts" if n_terms > 1 else ""))
+        for i in range(n_in):
+            if low[i] > high[i] or (low[i] == high[i] and (low_strict[i] or high_strict[i])):
+                lo_op = "<" if low_strict[i] else "<="
+                hi_op = "<" if high_strict[i] else "<="
+                return f"the input box is empty: {low[i]} {lo_op} X_{i} {hi_op} {high[i]} has no solution"
+        lo = np.array([_float_down(q) for q in low])
+        hi = np.array([_float_up(q) for q in high])
+        lo_in = np.array([_float_up(q, s) for q, s in zip(low, low_strict)])
+        hi_in = np.array([_float_down(q, s) for q, s in zip(high, high_strict)])
+        return lo, hi, lo_in, hi_in
 
 
 def parse_vnnlib(text: str, *, n_inputs: int | None = None, n_outputs: int | None = None,
-                 source: str = "<string>") -> list[tuple[Box, OutputSpec]]:
+                 source: str = "<string>") -> list[Property]:
     """Parse VNNLIB ``text`` into ``[(Box, OutputSpec), ...]`` (see the module docstring).
 
     ``n_inputs``/``n_outputs``, when given, must equal the declared numbers of ``X_*``/``Y_*``.
@@ -391,7 +468,7 @@ def parse_vnnlib(text: str, *, n_inputs: int | None = None, n_outputs: int | Non
 
 
 def load_vnnlib(path, *, n_inputs: int | None = None,
-                n_outputs: int | None = None) -> list[tuple[Box, OutputSpec]]:
+                n_outputs: int | None = None) -> list[Property]:
     """Read a ``.vnnlib`` (or gzip-compressed ``.vnnlib.gz``) file; see :func:`parse_vnnlib`."""
     name = str(path)
     try:

@@ -11,21 +11,41 @@ sign of the optimum is decided:
 HiGHS model statuses map to :class:`MilpStatus` through one table (``_STATUS_TABLE``) with a
 fallback to ``ERROR``. The raw status string, the incumbent, the dual bound and the node count are
 always returned, on a time limit too.
+
+**Numerics: which claims rest on tolerances, and the margin each needs.** Before solving, the
+model is rescaled exactly (every factor a power of two, so no rounding is introduced): each
+continuous column by its bound magnitude (an input ranging over ``[0, 1e7]`` becomes ``[0, 1.2]``),
+then each row by its largest entry, then the objective. An entry still below HiGHS's
+``small_matrix_value`` (``1e-9``, which HiGHS would silently drop) is removed *soundly*: its row's
+bounds are widened by ``sum |a_ij| max|v_j|`` over the removed entries, a relaxation, so a dual
+bound of the relaxed model is a lower bound for the original one. HiGHS solves its LPs to a dual
+feasibility tolerance ``tau_d``; a dual solution violating its constraints by ``tau_d`` can
+overstate the LP bound by up to ``tau_d sum_j (u_j - l_j)`` (Neumaier and Shcherbina 2004: the
+safe bound subtracts exactly that), in scaled units. :attr:`MilpResult.proof_margin` is that
+quantity mapped back to the caller's units, and a dual bound proves ``min > threshold`` only when
+it exceeds ``threshold + proof_margin``. Primal and integrality tolerances only enlarge the
+feasible set (a relaxation), which keeps dual bounds valid; incumbents they admit are never
+trusted as counterexamples (the caller re-checks each point exactly). Any WARNING that HiGHS logs
+(a badly scaled model, coefficients it dropped, numerical trouble) is returned in
+:attr:`MilpResult.warnings`, and the caller must not base a proof on such a run.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import atexit
 import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
 __all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp"]
@@ -52,8 +72,18 @@ class SolverConfig:
     seed: int = 0
     mip_feasibility_tolerance: float = 1e-7
     primal_feasibility_tolerance: float = 1e-8
-    dual_feasibility_tolerance: float = 1e-8
+    dual_feasibility_tolerance: float = 1e-9
     presolve: bool = True
+
+    def __post_init__(self):
+        if not 1 <= int(self.threads) <= 1024:
+            raise InvalidInputError(f"`threads` must be between 1 and 1024, got {self.threads!r}")
+        if not 0 <= int(self.seed) <= 2**31 - 1:
+            raise InvalidInputError(f"`seed` must be an integer in [0, 2**31 - 1] (HiGHS's random_seed), got {self.seed!r}")
+        for name in ("mip_feasibility_tolerance", "primal_feasibility_tolerance", "dual_feasibility_tolerance"):
+            v = float(getattr(self, name))
+            if not 1e-10 <= v <= 1e-3:
+                raise InvalidInputError(f"`{name}` must be in [1e-10, 1e-3], got {v!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +99,14 @@ class MilpResult:
     solution: np.ndarray | None
     nodes: int
     seconds: float
+    proof_margin: float = 0.0
+    warnings: tuple = ()
+
+    def proves_above(self, threshold: float) -> bool:
+        """Whether this run proves ``min > threshold`` soundly: a finished search whose dual bound
+        exceeds ``threshold + proof_margin``, with no numerical warning from HiGHS."""
+        return (self.status in (MilpStatus.DUAL_BOUND_REACHED, MilpStatus.OPTIMAL)
+                and not self.warnings and self.dual_bound > threshold + self.proof_margin)
 
 
 _BANNER_SILENCED = False
@@ -110,17 +148,110 @@ def _status_table(highspy) -> dict:
     }
 
 
+#: warnings that do not affect a dual bound: values that are small relative to others in a row or
+#: column only make the tolerances relatively coarser, a relaxation (see the module docstring)
+_BENIGN_WARNING = re.compile(r"excessively small (bounds|costs)|consider scaling the", re.IGNORECASE)
+_DEADLINE_GRACE = 0.2  # seconds past the deadline before a HiGHS run still in progress is abandoned
+_ABANDONED: list = []  # (Highs, thread) pairs whose run() outlived its deadline
+
+
+def _abandon(h, thread: threading.Thread) -> None:
+    """Keep an overrunning HiGHS run alive (its callbacks interrupt it at their next call), and
+    wait for it at interpreter exit: a thread inside HiGHS while Python finalises aborts the process."""
+    if not _ABANDONED:
+        atexit.register(_join_abandoned)
+    _ABANDONED.append((h, thread))
+
+
+def abandoned_runs() -> int:
+    """How many HiGHS runs outlived their deadline and are still running (a CLI may ``os._exit``)."""
+    return sum(t.is_alive() for _, t in _ABANDONED)
+
+
+def _join_abandoned() -> None:
+    for _, thread in _ABANDONED:
+        thread.join()
+_SMALL_MATRIX_VALUE = 1e-9  # HiGHS's default cut-off below which it drops matrix entries
+
+
+def _pow2(m: np.ndarray) -> np.ndarray:
+    """Powers of two near ``m`` (1 where ``m`` is 0 or not finite): exact scale factors."""
+    m = np.asarray(m, dtype=np.float64)
+    ok = np.isfinite(m) & (m > 0)
+    out = np.ones_like(m)
+    out[ok] = np.exp2(np.round(np.log2(m[ok])))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Scaled:
+    """``v = col_scale * v'``; rows divided by ``row_scale``; objective divided by ``cost_scale``."""
+
+    A: "sp.csc_matrix"
+    c: np.ndarray
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    col_scale: np.ndarray
+    cost_scale: float
+    dropped: int
+
+
+def _scale(model: MilpModel) -> _Scaled:
+    """Exact power-of-two scaling and the sound removal of tiny entries (see the module docstring)."""
+    import scipy.sparse as sp
+
+    lo, hi = model.col_lower, model.col_upper
+    mag = np.maximum(np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0)))
+    col_scale = np.where(model.integrality | ~(np.isfinite(lo) & np.isfinite(hi)), 1.0, _pow2(mag))
+    A = (model.A.tocsr() @ sp.diags(col_scale)).tocsr()
+    row_max = np.zeros(A.shape[0])
+    if A.nnz:
+        row_max = np.maximum.reduceat(np.abs(A.data), A.indptr[:-1]) * (np.diff(A.indptr) > 0)
+    row_scale = _pow2(row_max)
+    A = (sp.diags(1.0 / row_scale) @ A).tocsr()
+    row_lower = model.row_lower / row_scale
+    row_upper = model.row_upper / row_scale
+    col_lower, col_upper = lo / col_scale, hi / col_scale
+    tiny = (np.abs(A.data) < _SMALL_MATRIX_VALUE) & (A.data != 0)
+    dropped = int(tiny.sum())
+    if dropped:
+        rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[tiny]
+        cols = A.indices[tiny]
+        vmax = np.maximum(np.abs(col_lower[cols]), np.abs(col_upper[cols]))
+        slack = np.bincount(rows, weights=np.abs(A.data[tiny]) * vmax, minlength=A.shape[0])
+        slack = slack * (1 + 1e-12) + np.where(slack > 0, 1e-300, 0.0)  # rounded outwards
+        row_lower = row_lower - slack
+        row_upper = row_upper + slack
+        A.data[tiny] = 0.0
+        A.eliminate_zeros()
+    c = model.c * col_scale
+    cost_scale = float(_pow2(np.abs(c).max()) if c.size and np.abs(c).max() > 0 else 1.0)
+    return _Scaled(A=A.tocsc(), c=c / cost_scale, col_lower=col_lower, col_upper=col_upper,
+                   row_lower=row_lower, row_upper=row_upper, col_scale=col_scale, cost_scale=cost_scale,
+                   dropped=dropped)
+
+
 def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
                start: np.ndarray | None = None,
                accept_solution: Callable[[np.ndarray], bool] | None = None,
-               config: SolverConfig = SolverConfig()) -> MilpResult:
-    """Minimise ``model`` for at most ``time_limit`` seconds; see the module docstring."""
+               config: SolverConfig = SolverConfig(), deadline: float | None = None) -> MilpResult:
+    """Minimise ``model`` for at most ``time_limit`` seconds (and not past ``deadline``, a
+    ``time.monotonic()`` value, checked in HiGHS's callbacks); see the module docstring."""
     highspy = _highspy()
     t0 = time.monotonic()
+    sc = _scale(model)
+    finite = np.isfinite(sc.col_lower) & np.isfinite(sc.col_upper)
+    # the Neumaier-Shcherbina correction for dual infeasibilities up to tau_d on bounded columns
+    # (an unbounded column, the epigraph variable, must be dual feasible for HiGHS to finish)
+    width = np.where(finite, sc.col_upper - sc.col_lower, 0.0)
+    proof_margin = float(config.dual_feasibility_tolerance * width.sum() * sc.cost_scale * (1 + 1e-9))
     h = highspy.Highs()
     h.silent()
     for name, value in (
-        ("output_flag", False),
+        ("output_flag", True),
+        ("log_to_console", False),
         ("threads", int(config.threads)),
         ("random_seed", int(config.seed)),
         ("time_limit", max(float(time_limit), 0.01)),
@@ -131,20 +262,29 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
         ("mip_rel_gap", 0.0),
         ("mip_abs_gap", 0.0),
     ):
-        h.setOptionValue(name, value)
+        if h.setOptionValue(name, value) != highspy.HighsStatus.kOk:
+            raise SolverError(f"HiGHS refused the option {name} = {value!r}")
+    warnings_seen: list[str] = []
+
+    def on_log(event):
+        msg = str(getattr(event, "message", "")).strip()
+        if msg.upper().startswith("WARNING") and not _BENIGN_WARNING.search(msg):
+            warnings_seen.append(msg)
+
+    h.cbLogging.subscribe(on_log)
 
     lp = highspy.HighsLp()
     n = model.n_vars
     lp.num_col_ = n
     lp.num_row_ = model.A.shape[0]
-    lp.col_cost_ = np.asarray(model.c, dtype=np.float64)
-    lp.offset_ = float(model.offset)
+    lp.col_cost_ = np.asarray(sc.c, dtype=np.float64)
+    lp.offset_ = 0.0
     inf = highspy.kHighsInf
-    lp.col_lower_ = np.where(np.isfinite(model.col_lower), model.col_lower, -inf)
-    lp.col_upper_ = np.where(np.isfinite(model.col_upper), model.col_upper, inf)
-    lp.row_lower_ = np.where(np.isfinite(model.row_lower), model.row_lower, -inf)
-    lp.row_upper_ = np.where(np.isfinite(model.row_upper), model.row_upper, inf)
-    csc = model.A.tocsc()
+    lp.col_lower_ = np.where(np.isfinite(sc.col_lower), sc.col_lower, -inf)
+    lp.col_upper_ = np.where(np.isfinite(sc.col_upper), sc.col_upper, inf)
+    lp.row_lower_ = np.where(np.isfinite(sc.row_lower), sc.row_lower, -inf)
+    lp.row_upper_ = np.where(np.isfinite(sc.row_upper), sc.row_upper, inf)
+    csc = sc.A
     csc.sort_indices()
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
@@ -157,49 +297,83 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
                            for b in model.integrality]
     h.passModel(lp)
 
+    def unscale_obj(v: float) -> float:
+        return v * sc.cost_scale + float(model.offset)
+
     if start is not None:
         sol = highspy.HighsSolution()
-        sol.col_value = list(np.asarray(start, dtype=np.float64))
+        sol.col_value = list(np.asarray(start, dtype=np.float64) / sc.col_scale)
         sol.value_valid = True
         h.setSolution(sol)
 
     stop = {"why": None, "solution": None, "objective": np.inf}
+    # stop once the dual bound clears the threshold by the proof margin (in scaled units)
+    scaled_threshold = (threshold + proof_margin - float(model.offset)) / sc.cost_scale
 
     def on_interrupt(event):
-        if event.data_out.mip_dual_bound > threshold:
+        if event.data_out.mip_dual_bound > scaled_threshold:
             stop["why"] = MilpStatus.DUAL_BOUND_REACHED
+            event.interrupt()
+        elif deadline is not None and time.monotonic() > deadline:
+            stop["why"] = MilpStatus.TIME_LIMIT
             event.interrupt()
 
     def on_improving(event):
         if accept_solution is None:
             return
-        value = float(event.data_out.objective_function_value)
-        x = np.array(event.data_out.mip_solution, dtype=np.float64, copy=True)[:n]
+        x = np.array(event.data_out.mip_solution, dtype=np.float64, copy=True)[:n] * sc.col_scale
         if accept_solution(x):
             stop["why"] = MilpStatus.SOLUTION_ACCEPTED
-            stop["solution"], stop["objective"] = x, value
+            stop["solution"], stop["objective"] = x, unscale_obj(float(event.data_out.objective_function_value))
+            event.interrupt()
+
+    def on_lp_interrupt(event):
+        # the root LP and the node LPs: HiGHS checks its own time limit too rarely on big models
+        if deadline is not None and time.monotonic() > deadline:
+            stop["why"] = MilpStatus.TIME_LIMIT
             event.interrupt()
 
     h.cbMipInterrupt.subscribe(on_interrupt)
+    h.cbSimplexInterrupt.subscribe(on_lp_interrupt)
+    h.cbIpmInterrupt.subscribe(on_lp_interrupt)
     h.cbMipImprovingSolution.subscribe(on_improving)
-    h.run()
+    # HiGHS checks neither its time limit nor any callback during MIP presolve (15 s on a 540k
+    # nonzero model): run it in a thread (HiGHS releases the GIL) and stop waiting at the deadline.
+    # An abandoned run keeps its thread until HiGHS reaches a callback, which then interrupts it.
+    hard_stop = None if deadline is None else deadline + _DEADLINE_GRACE
+    runner = threading.Thread(target=h.run, name="gpuopt-highs", daemon=True)
+    runner.start()
+    runner.join(None if hard_stop is None else max(hard_stop - time.monotonic(), 0.0))
+    if runner.is_alive():
+        _abandon(h, runner)
+        solution, objective = stop["solution"], stop["objective"]
+        status = MilpStatus.SOLUTION_ACCEPTED if solution is not None else MilpStatus.TIME_LIMIT
+        log.debug("HiGHS did not return by the deadline (presolve ignores time limits); abandoned")
+        return MilpResult(status=status, raw_status="abandoned at the deadline", objective=objective,
+                          dual_bound=-np.inf, solution=solution, nodes=0, seconds=time.monotonic() - t0,
+                          proof_margin=proof_margin, warnings=tuple(warnings_seen))
     raw = h.getModelStatus()
     raw_text = h.modelStatusToString(raw)
     info = h.getInfo()
     status = _status_table(highspy).get(raw, MilpStatus.ERROR)
     if status is MilpStatus.INTERRUPTED and stop["why"] is not None:
         status = stop["why"]
-    dual = float(info.mip_dual_bound) if model.integrality.any() else float(info.objective_function_value)
+    integer = model.integrality.any()
+    dual = float(info.mip_dual_bound) if integer else float(info.objective_function_value)
     if not np.isfinite(dual) and status is not MilpStatus.OPTIMAL:
         dual = -np.inf
+    elif np.isfinite(dual):
+        dual = unscale_obj(dual)
     solution, objective = stop["solution"], stop["objective"]
     if solution is None and info.primal_solution_status == highspy.kSolutionStatusFeasible:
-        solution = np.array(h.getSolution().col_value, dtype=np.float64)
-        objective = float(info.objective_function_value)
-    if status is MilpStatus.OPTIMAL and not model.integrality.any():
-        dual = float(info.objective_function_value)
+        solution = np.array(h.getSolution().col_value, dtype=np.float64) * sc.col_scale
+        objective = unscale_obj(float(info.objective_function_value))
+    if status is MilpStatus.OPTIMAL and not integer:
+        dual = unscale_obj(float(info.objective_function_value))
     nodes = int(getattr(info, "mip_node_count", 0) or 0)
-    log.debug("HiGHS: %s (%s), objective %.6g, dual bound %.6g, %d nodes", status.value, raw_text,
-              objective, dual, nodes)
+    log.debug("HiGHS: %s (%s), objective %.6g, dual bound %.6g, %d nodes, proof margin %.3g, %d entries "
+              "dropped soundly, %d warnings", status.value, raw_text, objective, dual, nodes, proof_margin,
+              sc.dropped, len(warnings_seen))
     return MilpResult(status=status, raw_status=raw_text, objective=objective, dual_bound=dual,
-                      solution=solution, nodes=max(nodes, 0), seconds=time.monotonic() - t0)
+                      solution=solution, nodes=max(nodes, 0), seconds=time.monotonic() - t0,
+                      proof_margin=proof_margin, warnings=tuple(warnings_seen))

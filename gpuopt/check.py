@@ -1,0 +1,189 @@
+"""Deciding a counterexample: is this float64 point in the input set, and does it reach the
+unsafe region, *exactly*?
+
+The network's exact semantics is its layers evaluated in real arithmetic with the stored float64
+parameters read exactly (an ONNX float32 weight is a float64 exactly); the reported input is the
+float64 point itself. A point is a counterexample iff it lies in the exact input set (the inner
+box of :class:`~gpuopt.problem.Problem`) and its exact output lies in the unsafe region, strict
+rows strictly (:meth:`~gpuopt.specs.OutputSpec.exact_unsafe`).
+
+Two steps decide that:
+
+1. **float64 with a proven error bound.** Each affine layer ``z = M h + c`` is computed in float64
+   together with a bound ``e_z >= |z - z_exact|``:
+   ``e_z = |M| e_h + gamma_{n+2} (|M| |h| + |c|) + eta``, where ``n`` is the row's number of
+   terms, ``gamma_k = k u / (1 - k u)`` (Higham, 3.1), ``u = 2^-53`` and ``eta`` covers underflow;
+   ReLU is 1-Lipschitz, so ``e`` passes through it. Each spec row ``r = a^T y - b`` gets
+   ``e_r = |a| e_y + gamma_{m+2} (|a| |y| + |b|) + eta``. Every error term is itself inflated for
+   the rounding of its own computation. If some disjunct has every row ``r + e_r < 0``, the point
+   is unsafe; if every disjunct has a row with ``r - e_r > 0``, it is safe.
+2. **exact rational arithmetic** for a point in the band between. Every float64 is a dyadic
+   rational ``m 2^k``, so each layer is evaluated exactly in Python integers over a common power
+   of two. This costs about a microsecond per weight; networks above ``max_exact_weights`` weights
+   leave the point undecided (it is then not reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import scipy.sparse as sp
+
+from .network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, _conv_as_sparse
+
+__all__ = ["PointCheck", "check_counterexample", "layer_operators"]
+
+_U = 2.0 ** -53
+_ETA = 2.0 ** -1000  # absorbs underflow: far below any margin the pipeline acts on, far above 2^-1074 * n
+
+#: networks with more weights than this are not evaluated exactly (a point in the band is undecided)
+MAX_EXACT_WEIGHTS = 5_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class PointCheck:
+    """Outcome of checking one point: ``ok`` (a counterexample, decided soundly), the float64
+    input ``x`` that was checked (clipped into the exact input set), its float64 output ``y``,
+    the float64 ``margin`` and its error bound ``error``, and ``how`` it was decided
+    (``"float"``, ``"exact"``, ``"outside"`` when no float64 point lies in the input set, or
+    ``"undecided"`` when the band could not be settled)."""
+
+    ok: bool
+    x: np.ndarray
+    y: np.ndarray
+    margin: float
+    error: float
+    how: str
+
+
+def _gamma(n: np.ndarray | int) -> np.ndarray:
+    k = np.asarray(n, dtype=np.float64) + 2.0
+    return k * _U / (1.0 - k * _U)
+
+
+def layer_operators(network: Network) -> list:
+    """The network as a list of ``("affine", M, c)`` (``M`` sparse csr, entries exactly the layer's
+    parameters) and ``("relu",)`` steps, one per layer, not composed (cached on the network)."""
+    cache = network._param_cache
+    if "layer_ops" not in cache:
+        ops = []
+        for layer, shape in zip(network.layers, network.layer_shapes):
+            if isinstance(layer, Dense):
+                ops.append(("affine", sp.csr_matrix(layer.weight), np.asarray(layer.bias)))
+            elif isinstance(layer, Conv2d):
+                out = layer.output_shape(shape)
+                ops.append(("affine", _conv_as_sparse(layer, shape), np.repeat(layer.bias, out[1] * out[2])))
+            elif isinstance(layer, ElementwiseAffine):
+                s = np.broadcast_to(layer.scale, shape).reshape(-1)
+                ops.append(("affine", sp.diags(s, format="csr"),
+                            np.broadcast_to(layer.shift, shape).reshape(-1).copy()))
+            elif isinstance(layer, ReLU):
+                ops.append(("relu",))
+            elif isinstance(layer, Flatten):
+                continue
+            else:  # pragma: no cover - the Network constructor refuses other layers
+                raise TypeError(type(layer).__name__)
+        cache["layer_ops"] = ops
+    return cache["layer_ops"]
+
+
+def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 output of one input and an upper bound on its distance to the exact output."""
+    h = x.astype(np.float64)
+    e = np.zeros_like(h)
+    for op in layer_operators(network):
+        if op[0] == "relu":
+            h = np.maximum(h, 0.0)
+            continue
+        _, M, c = op
+        absM = abs(M)
+        n_terms = np.diff(M.indptr)
+        z = M @ h + c
+        mag = absM @ np.abs(h) + np.abs(c)
+        prop = absM @ e
+        # each term inflated for the rounding of its own computation
+        e = (prop * (1 + _gamma(n_terms)) + _gamma(n_terms) * mag * (1 + 2 * _gamma(n_terms))
+             + _ETA * (n_terms + 2))
+        h = z
+    return h, e
+
+
+def _to_ints(v: np.ndarray) -> tuple[list[int], int]:
+    """Float64 vector ``v`` as integers ``m`` and an exponent ``k`` with ``v = m 2^k`` exactly."""
+    mant, expo = np.frexp(v)
+    m = (mant * 2.0 ** 53).astype(np.int64)  # exact: a float64 mantissa has 53 bits
+    k = expo.astype(np.int64) - 53
+    nz = m != 0
+    if not nz.any():
+        return [0] * v.size, 0
+    base = int(k[nz].min())
+    return [int(mi) << int(ki - base) if mi else 0 for mi, ki in zip(m.tolist(), k.tolist())], base
+
+
+def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fraction] | None:
+    """The exact output (Fractions) of the float64 input ``x``, or ``None`` when the network has
+    more than ``max_weights`` weights."""
+    ops = layer_operators(network)
+    if sum(op[1].nnz for op in ops if op[0] == "affine") > max_weights:
+        return None
+    h, hk = _to_ints(x)
+    for op in ops:
+        if op[0] == "relu":
+            h = [v if v > 0 else 0 for v in h]
+            continue
+        _, M, c = op
+        data, dk = _to_ints(M.data)
+        cb, ck = _to_ints(np.asarray(c, dtype=np.float64))
+        # z = M h + c over the exponent base = min(dk + hk, ck)
+        base = min(dk + hk, ck)
+        sh_p, sh_c = dk + hk - base, ck - base
+        indptr, indices = M.indptr, M.indices
+        z = []
+        for r in range(M.shape[0]):
+            s = 0
+            for j in range(indptr[r], indptr[r + 1]):
+                s += data[j] * h[indices[j]]
+            z.append((s << sh_p) + (cb[r] << sh_c))
+        h, hk = z, base
+    scale = Fraction(2) ** hk
+    return [v * scale for v in h]
+
+
+def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGHTS) -> PointCheck:
+    """Decide soundly whether the float64 point ``x`` (clipped into the problem's exact input set)
+    is a counterexample of ``problem``; see the module docstring."""
+    box = problem.inner
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+    if box is None:
+        return PointCheck(False, x64, np.full(problem.spec.n_outputs, np.nan), np.inf, 0.0, "outside")
+    x64 = np.clip(x64, box.lower, box.upper)
+    y, ey = _forward_with_error(problem.network, x64)
+    spec = problem.spec
+    safe_all, unsafe_any = True, False
+    margin, err_at_margin = np.inf, 0.0
+    for k, (A, b) in enumerate(spec.disjuncts):
+        absA = np.abs(A)
+        m = A.shape[1]
+        r = A @ y - b
+        er = (absA @ ey) * (1 + _gamma(m)) + _gamma(m) * (absA @ np.abs(y) + np.abs(b)) * (1 + 2 * _gamma(m)) \
+            + _ETA * (m + 2)
+        # rows with inexact (rounded) coefficients or right-hand sides add their rounding
+        er = er + spec._coef_err[k] @ np.abs(y) * (1 + 4 * _gamma(m)) + np.spacing(np.abs(b))
+        worst = int(np.argmax(r))
+        if r[worst] < margin:
+            margin, err_at_margin = float(r[worst]), float(er[worst])
+        if np.all(r + er < 0):
+            unsafe_any = True
+        if not np.any(r - er > 0):
+            safe_all = False
+    if unsafe_any:
+        return PointCheck(True, x64, y, margin, err_at_margin, "float")
+    if safe_all:
+        return PointCheck(False, x64, y, margin, err_at_margin, "float")
+    y_exact = _exact_forward(problem.network, x64, max_exact_weights)
+    if y_exact is None:
+        return PointCheck(False, x64, y, margin, err_at_margin, "undecided")
+    unsafe, exact_margin = spec.exact_unsafe(y_exact)
+    return PointCheck(bool(unsafe), x64, y, float(exact_margin), 0.0, "exact")

@@ -1,0 +1,123 @@
+"""Exact decisions at the boundary and MILP numerics (issue: never a wrong answer).
+
+Each test is built so that the float64 shortcut it guards against gives the wrong answer.
+"""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from gpuopt import Box, OutputSpec, Problem, VerifyConfig, verify
+from gpuopt.check import _exact_forward, check_counterexample
+from gpuopt.milp.encode import encode_bigm
+from gpuopt.milp.highs import MilpStatus, _scale, solve_milp
+from gpuopt.network import Dense, Network, ReLU
+
+
+def affine_net(w, b):
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    return Network([Dense(w, np.asarray(b, dtype=np.float64))], input_shape=(w.shape[1],))
+
+
+# ------------------------------------------------------------------------------------------------
+# the counterexample check
+
+
+def test_margin_in_the_rounding_band_is_decided_exactly():
+    # y = 3 x - 0.30000000000000004 at x = 0.1: float64 gives exactly 0.0, the exact value is
+    # 3 * 0.1000000000000000055... - 0.3000000000000000444... = -2.8e-17 < 0
+    net = affine_net([[3.0]], [-0.30000000000000004])
+    x = np.array([0.1])
+    assert float(net.forward64(x[None])[0, 0]) == 0.0
+    (y_exact,) = _exact_forward(net, x, 10**6)
+    assert y_exact == 3 * Fraction(0.1) - Fraction(0.30000000000000004) < 0
+    box = Box(x, x)
+    below = Problem(net, box, OutputSpec([([[1.0]], [0.0])], 1))    # unsafe: y <= 0 (true: y < 0)
+    above = Problem(net, box, OutputSpec([([[-1.0]], [0.0])], 1))   # unsafe: y >= 0 (false)
+    c = check_counterexample(below, x)
+    assert c.ok and c.how == "exact"
+    c = check_counterexample(above, x)
+    assert not c.ok and c.how == "exact"  # the old float check answered sat here
+
+
+@pytest.mark.parametrize("strict, expected", [(False, True), (True, False)])
+def test_strict_rows_need_a_strict_margin(strict, expected):
+    net = affine_net([[1.0]], [0.0])
+    spec = OutputSpec([([[1.0]], [0.0], [strict])], 1)  # y <= 0, or y < 0
+    c = check_counterexample(Problem(net, Box([0.0], [0.0]), spec), np.array([0.0]))
+    assert c.ok is expected
+
+
+def test_point_is_clipped_into_the_exact_input_set():
+    net = affine_net([[1.0]], [0.0])
+    spec = OutputSpec([([[-1.0]], [-0.5])], 1)  # unsafe: y >= 0.5
+    outer, inner = Box([0.0], [0.5]), Box([0.0], [np.nextafter(0.5, 0)])
+    c = check_counterexample(Problem(net, outer, spec, inner=inner), np.array([0.5]))
+    assert c.x[0] == np.nextafter(0.5, 0) and not c.ok
+    assert check_counterexample(Problem(net, outer, spec, inner=None), np.array([0.5])).how == "outside"
+
+
+def test_exact_coefficients_round_the_right_hand_side_up():
+    # unsafe: y <= 1/10 (not the float 0.1): the float row's b is rounded up so proofs stay sound
+    spec = OutputSpec([([[1]], [Fraction(1, 10)], [True])], 1)
+    b = spec.disjuncts[0][1][0]
+    assert Fraction(b) >= Fraction(1, 10)
+    assert spec.exact_unsafe([0.1]) == (False, Fraction(0.1) - Fraction(1, 10))  # 0.1 > 1/10
+
+
+def test_inexact_coefficients_pad_the_proof_rhs():
+    spec = OutputSpec([([[Fraction(1, 10)]], [0])], 1)  # 0.1 as a coefficient is rounded
+    assert not spec.coefficients_exact
+    (b,) = spec.proof_rhs([1e6])
+    assert b[0] >= 1e6 * abs(Fraction(1, 10) - Fraction(0.1))
+
+
+# ------------------------------------------------------------------------------------------------
+# MILP numerics
+
+
+def wide_input_network():
+    """y = relu(1 - 5e-10 x0) + relu(x1) - 1 on x0 in [0, 1e7], x1 in [0, 1]: min y = -0.005 at
+    x0 = 1e7, x1 = 0, reached only through the 5e-10 entry that HiGHS drops below 1e-9."""
+    net = Network([Dense([[-5e-10, 0.0], [0.0, 1.0]], [1.0, 0.0]), ReLU(), Dense([[1.0, 1.0]], [-1.0])],
+                  input_shape=(2,))
+    return net, Box([0.0, 0.0], [1e7, 1.0])
+
+
+def test_milp_keeps_the_tiny_coefficient_of_a_wide_input():
+    net, box = wide_input_network()
+    blocks = net.affine_blocks()
+    pre = [(np.array([0.995, 0.0]) - 1e-9, np.array([1.0, 1.0]))]
+    model = encode_bigm(blocks, pre, (np.array([-0.01]), np.array([1.0])), box.lower, box.upper,
+                        np.array([[1.0]]), np.array([0.0]))
+    res = solve_milp(model, time_limit=10, threshold=1.0)
+    assert res.status is MilpStatus.OPTIMAL
+    assert res.dual_bound == pytest.approx(-0.005, abs=1e-9)
+    assert res.solution[0] == pytest.approx(1e7)
+
+
+def test_verify_finds_the_counterexample_behind_a_tiny_coefficient():
+    net, box = wide_input_network()
+    spec = OutputSpec([([[1.0]], [-0.004])], 1)  # unsafe: y <= -0.004, reached for x0 > 8e6
+    config = VerifyConfig(use_attack=False, use_input_split=False, alpha_steps=0)
+    v = verify(net, box, spec, timeout=30, config=config)
+    assert v.status.value == "sat" and v.counterexample[0] > 8e6
+
+
+def test_scaling_removes_tiny_entries_by_widening_their_rows():
+    from gpuopt.milp.encode import MilpModel
+    import scipy.sparse as sp
+
+    # min v1 s.t. v1 - 1e-12 v0 = 0, v0 in [0, 1], v1 free in [-1, 1]: optimum 0 (v0 = 0)
+    A = sp.csr_matrix(np.array([[-1e-12, 1.0]]))
+    model = MilpModel(c=np.array([0.0, 1.0]), offset=0.0, A=A, row_lower=np.zeros(1), row_upper=np.zeros(1),
+                      col_lower=np.array([0.0, -1.0]), col_upper=np.array([1.0, 1.0]),
+                      integrality=np.zeros(2, dtype=bool), x_index=np.arange(1), y_index=np.arange(1, 2),
+                      t_index=None, layers=(), spec_A=np.ones((1, 1)), spec_b=np.zeros(1))
+    sc = _scale(model)
+    assert sc.dropped == 1 and sc.A.nnz == 1
+    # the row now admits v1 in [-1e-12, 1e-12]: a relaxation, so its optimum is a lower bound
+    assert sc.row_lower[0] * 1.0 <= -1e-12 and sc.row_upper[0] >= 1e-12
+    res = solve_milp(model, time_limit=5, threshold=1.0)
+    assert res.dual_bound <= 0.0 and res.dual_bound >= -2e-12
