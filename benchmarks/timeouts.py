@@ -25,8 +25,8 @@ SHARED = REPO.parent / "shared" / "benchmarks"
 INSTANCES = [
     ("vnncomp2022/mnist_fc", "onnx/mnist-net_256x6.onnx", "vnnlib/prop_2_0.05.vnnlib"),
     ("vnncomp2022/mnist_fc", "onnx/mnist-net_256x6.onnx", "vnnlib/prop_6_0.05.vnnlib"),
-    ("vnncomp2021/oval21", "onnx/cifar_deep_kw.onnx", "vnnlib/cifar_deep_kw-img6430-eps0.025098039215686277.vnnlib"),
-    ("vnncomp2021/oval21", "onnx/cifar_deep_kw.onnx", "vnnlib/cifar_deep_kw-img7479-eps0.03490196078431373.vnnlib"),
+    ("vnncomp2021/oval21", "nets/cifar_deep_kw.onnx", "vnnlib/cifar_deep_kw-img6430-eps0.025098039215686277.vnnlib"),
+    ("vnncomp2021/oval21", "nets/cifar_deep_kw.onnx", "vnnlib/cifar_deep_kw-img7479-eps0.03490196078431373.vnnlib"),
 ]
 
 

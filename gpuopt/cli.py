@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
 from .errors import GpuoptError, InvalidInputError, UnsupportedLayerError
@@ -165,10 +166,93 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default 1: the small batched ops here are latency-bound, "
                         "and extra threads only contend with the MILP)")
 
+    r = sub.add_parser("run", help="bulk run: a VNN-COMP instances CSV, or a dataset at several eps, into a "
+                                   "resumable JSONL results file")
+    r.add_argument("instances", nargs="?", default=None, help="instances CSV (rows onnx,vnnlib,timeout)")
+    r.add_argument("--results", required=True, help="results file (JSONL, one record per item, appended as decided)")
+    r.add_argument("--resume", action="store_true", help="continue an existing results file, skipping what it holds")
+    r.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: cores - 1, at least 1)")
+    r.add_argument("--timeout-scale", type=_positive_float, default=1.0, help="multiply every CSV timeout")
+    r.add_argument("--model", default=None, help="dataset mode: the network (.onnx)")
+    r.add_argument("--data", default=None, help="dataset mode: CSV of `label, features...` rows, or .npz with x, y")
+    r.add_argument("--eps", type=_nonneg_float, nargs="+", default=None, help="dataset mode: L-inf radii")
+    r.add_argument("--norm", choices=["linf"], default="linf", help="dataset mode: the perturbation norm")
+    r.add_argument("--limit", type=_positive_int, default=None, help="dataset mode: the first N samples only")
+    r.add_argument("--timeout", type=_positive_float, default=30.0, help="dataset mode: seconds per item")
+    r.add_argument("--scale", type=_positive_float, default=None,
+                   help="dataset mode: divide the features by this (255 for 0..255 pixels)")
+    r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="dataset mode: valid input range (default 0 1)")
+
+    rp = sub.add_parser("report", help="summary table of a results file (and PNG plots with the plots extra)")
+    rp.add_argument("results", help="results file (JSONL) written by `gpuopt run`")
+    rp.add_argument("--plots", default=None, help="write PNG figures to this folder (needs matplotlib)")
+
     d = sub.add_parser("demo", help="run the bundled demo (no downloads): robustness of a small digits classifier")
     d.add_argument("--images", type=_positive_int, default=20, help="number of bundled test images to use")
     d.add_argument("--timeout", type=_nonneg_float, default=30.0, help="seconds per item")
     return p
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _cmd_run(args) -> int:
+    from .engine.store import ResultStore
+    from .runs import dataset_items, format_summary, load_dataset, read_instances, run_items, summarize
+
+    import torch
+
+    torch.set_num_threads(1)
+    dataset_mode = args.model is not None or args.data is not None or args.eps is not None
+    if dataset_mode:
+        if args.instances is not None:
+            raise InvalidInputError("give either an instances CSV or --model/--data/--eps, not both")
+        missing = [o for o, v in (("--model", args.model), ("--data", args.data), ("--eps", args.eps)) if v is None]
+        if missing:
+            raise InvalidInputError(f"dataset mode needs {', '.join(missing)}")
+        from .io.onnx import from_onnx
+
+        if not Path(args.model).is_file():
+            raise InvalidInputError(f"network file not found: {args.model}")
+        net = from_onnx(args.model)
+        x, y = load_dataset(args.data, scale=args.scale)
+        items = dataset_items(net, x, y, args.eps, timeout=args.timeout, clip=tuple(args.clip),
+                              limit=args.limit, model_ref=str(Path(args.model).resolve()))
+    else:
+        if args.instances is None:
+            raise InvalidInputError("give an instances CSV, or --model, --data and --eps")
+        items = read_instances(args.instances, timeout_scale=args.timeout_scale)
+    with ResultStore(args.results, resume=args.resume) as store:
+        for _ in run_items(items, store, workers=args.workers, progress=True):
+            pass
+        print(format_summary(summarize(store.records())))
+    print(f"results: {args.results}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .engine.store import read_records
+    from .runs import format_summary, summarize
+
+    if not Path(args.results).is_file():
+        raise InvalidInputError(f"results file not found: {args.results}")
+    records = list(read_records(args.results))
+    if not records:
+        raise InvalidInputError(f"no records in {args.results}")
+    summary = summarize(records)
+    print(format_summary(summary))
+    if args.plots:
+        from .plots import plot_summary
+
+        for path in plot_summary(records, args.plots):
+            print(f"wrote {path}")
+    return 0
 
 
 def _cmd_verify(args, start_time: float) -> int:
@@ -220,15 +304,13 @@ def main(argv=None) -> int:
     """
     start_time = process_start_monotonic() if argv is None else time.monotonic()
     code = _run(argv, start_time)
-    if argv is None and "gpuopt.milp.highs" in sys.modules:
-        from .milp.highs import abandoned_runs
-
-        if abandoned_runs():
-            # a HiGHS run outlived the deadline (its presolve ignores time limits): the verdict
-            # and result file are written, so leave now rather than wait for it at exit
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    if argv is None:
+        # run as a program: the verdict is printed and the result file closed, so leave at once.
+        # Interpreter teardown with torch loaded takes about 0.6 s, and a HiGHS run abandoned at
+        # the deadline (its presolve ignores time limits) would be waited for at exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
@@ -244,6 +326,10 @@ def _run(argv, start_time: float) -> int:
         _check_args(args)
         if args.command == "verify":
             return _cmd_verify(args, start_time)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "report":
+            return _cmd_report(args)
         if args.command == "demo":
             from .demo import run_demo
 

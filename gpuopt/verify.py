@@ -41,7 +41,7 @@ import torch
 from .attack import AttackConfig, pgd_attack
 from .bab import SplitConfig, input_split
 from .bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
-from .bounds.base import rounding_pad
+from .bounds.base import rounding_pad, strict_adjust
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .milp.encode import complete_assignment, encode_bigm
@@ -106,6 +106,15 @@ def _proof_problem(problem: Problem, y_abs_max: np.ndarray) -> Problem:
     return Problem(problem.network, problem.region, proof, inner=problem.inner)
 
 
+def _stacked_strict(problems: Sequence[Problem], shape) -> torch.Tensor:
+    """``(P, K, M)`` mask of strict rows (padding rows are not strict)."""
+    S = torch.zeros(shape, dtype=torch.bool)
+    for i, p in enumerate(problems):
+        for k, st in enumerate(p.spec.strict):
+            S[i, k, : st.size] = torch.from_numpy(st.copy())
+    return S
+
+
 def _stacked_spec(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded spec tensors ``(P, K, M, n_out)``/``(P, K, M)``; padding disjuncts never win the min."""
     K = max(p.spec.n_disjuncts for p in problems)
@@ -161,7 +170,8 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     y_abs = torch.maximum(bounds.output[0].abs(), bounds.output[1].abs()).numpy()
     proof_problems = [_proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
     A_all, b_all = _stacked_spec(proof_problems)
-    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all)
+    S_all = _stacked_strict(problems, b_all.shape)
+    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all)
     decided_by = "ibp"
     if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
         bounds = crown(net, lower, upper, deadline=deadline)
@@ -170,14 +180,15 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
         b_flat = b_all.reshape(len(problems), K * M)
         finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-        disj_lb = torch.maximum(disj_lb, rows.view(len(problems), K, M).amax(-1))
-        disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all))
+        disj_lb = torch.maximum(disj_lb, strict_adjust(rows.view(len(problems), K, M), S_all).amax(-1))
+        disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all,
+                                                               S_all))
         decided_by = "crown"
         if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 0:
             rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(len(problems), K * M, -1), bounds,
                                             steps=config.alpha_steps, deadline=deadline)
             rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-            alpha_lb = rows.view(len(problems), K, M).amax(-1)
+            alpha_lb = strict_adjust(rows.view(len(problems), K, M), S_all).amax(-1)
             if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
                 decided_by = "alpha-crown"
             disj_lb = torch.maximum(disj_lb, alpha_lb)

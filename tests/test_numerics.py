@@ -121,3 +121,29 @@ def test_scaling_removes_tiny_entries_by_widening_their_rows():
     assert sc.row_lower[0] * 1.0 <= -1e-12 and sc.row_upper[0] >= 1e-12
     res = solve_milp(model, time_limit=5, threshold=1.0)
     assert res.dual_bound <= 0.0 and res.dual_bound >= -2e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# deadlines
+
+
+def test_a_solver_that_overruns_is_abandoned_at_the_deadline(monkeypatch):
+    """HiGHS's MIP presolve checks neither its time limit nor any callback: a stubbed run() that
+    blocks for 3 s stands in for it. The pipeline must answer at its deadline, not after."""
+    import time
+
+    import highspy
+
+    from gpuopt.milp.highs import _highspy
+
+    _highspy()  # the banner-silencing first Highs() is built with the real class
+    monkeypatch.setattr(highspy.Highs, "run", lambda self: time.sleep(3.0))
+    net, box = wide_input_network()
+    spec = OutputSpec([([[1.0]], [-0.004])], 1)
+    config = VerifyConfig(use_attack=False, use_input_split=False, alpha_steps=0)
+    t0 = time.monotonic()
+    v = verify(net, box, spec, timeout=1.0, config=config)
+    elapsed = time.monotonic() - t0
+    assert v.status.value == "timeout"
+    assert elapsed < 1.0 + 0.5, f"the verdict came {elapsed:.2f} s after the call (timeout 1 s)"
+    assert "abandoned" in (v.milp_status or "")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Bounds", "rounding_pad", "disjunct_lower_bounds", "margin_lower_bound"]
+__all__ = ["Bounds", "rounding_pad", "strict_adjust", "disjunct_lower_bounds", "margin_lower_bound"]
 
 
 def rounding_pad(abs_sum: torch.Tensor, n_terms: int) -> torch.Tensor:
@@ -42,15 +42,26 @@ class Bounds:
         return self.output[0].shape[0]
 
 
+def strict_adjust(rows: torch.Tensor, strict: torch.Tensor | None) -> torch.Tensor:
+    """Row lower bounds with strictness folded in: a strict row ``a^T y < b`` is violated as soon
+    as ``a^T y - b >= 0``, so a lower bound ``>= 0`` on it already proves the disjunct unreachable.
+    Such entries are raised to the smallest positive float, so that ``> 0`` keeps meaning proven."""
+    if strict is None or not bool(strict.any()):
+        return rows
+    tiny = torch.finfo(rows.dtype).tiny * torch.finfo(rows.dtype).eps  # the smallest subnormal
+    return torch.where(strict & (rows >= 0), torch.clamp(rows, min=tiny), rows)
+
+
 def disjunct_lower_bounds(out_lower: torch.Tensor, out_upper: torch.Tensor, A: torch.Tensor,
-                          b: torch.Tensor) -> torch.Tensor:
+                          b: torch.Tensor, strict: torch.Tensor | None = None) -> torch.Tensor:
     """Sound lower bounds on each disjunct margin ``max_i (A_k y - b_k)_i`` over the output box.
 
     ``out_lower``/``out_upper`` are ``(batch, n_out)``; ``A`` is ``(K, M, n_out)`` or
     ``(batch, K, M, n_out)``, ``b`` likewise without the last axis, padded rows having ``b = +inf``.
-    Each row's minimum over the box is ``a+ . l + a- . u - b`` (less the rounding pad), and a max
-    of row lower bounds lower-bounds the max. Returns ``(batch, K)``; disjunct ``k`` is proven
-    unreachable on an item where its entry is ``> 0``.
+    Each row's minimum over the box is ``a+ . l + a- . u - b`` (less the rounding pad of exactly
+    the terms summed), and a max of row lower bounds lower-bounds the max. ``strict`` (shaped like
+    ``b``) marks strict rows (see :func:`strict_adjust`). Returns ``(batch, K)``; disjunct ``k``
+    is proven unreachable on an item where its entry is ``> 0``.
     """
     if A.dim() == 3:
         A = A.unsqueeze(0)
@@ -60,9 +71,9 @@ def disjunct_lower_bounds(out_lower: torch.Tensor, out_upper: torch.Tensor, A: t
     Ap, An = A.clamp(min=0), A.clamp(max=0)
     rows = (Ap * l).sum(-1) + (An * u).sum(-1) - b
     finite_b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
-    abs_sum = (A.abs() * torch.maximum(l.abs(), u.abs())).sum(-1) + finite_b.abs()
+    abs_sum = (Ap * l).abs().sum(-1) + (An * u).abs().sum(-1) + finite_b.abs()
     rows = rows - rounding_pad(abs_sum, A.shape[-1])
-    return rows.amax(dim=-1)
+    return strict_adjust(rows, strict).amax(dim=-1)
 
 
 def margin_lower_bound(out_lower: torch.Tensor, out_upper: torch.Tensor, A: torch.Tensor,

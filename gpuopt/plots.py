@@ -1,0 +1,75 @@
+"""Figures of a results file (matplotlib, Agg backend, PNG files; the ``plots`` extra)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .errors import InvalidInputError, MissingDependencyError
+
+__all__ = ["plot_summary"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError("plots need matplotlib: pip install 'gpuopt[plots]'") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_summary(records: list[dict], folder) -> list[Path]:
+    """Write ``robust_accuracy.png`` (dataset runs: certified and upper robust accuracy against
+    eps), ``decided_by.png`` and ``times.png`` (time per item, by status) into ``folder``."""
+    from .runs import summarize
+
+    plt = _pyplot()
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--plots must be a folder, got the file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    summary = summarize(records)
+    groups = sorted((g for g in summary["groups"] if g["eps"] is not None), key=lambda g: g["eps"])
+    if groups:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        eps = [g["eps"] for g in groups]
+        ax.plot(eps, [g["robust_accuracy_certified"] for g in groups], "o-", label="certified (verified)")
+        ax.plot(eps, [g["robust_accuracy_upper"] for g in groups], "s--", label="upper (not falsified)")
+        ax.plot(eps, [g["clean_accuracy"] for g in groups], ":", color="gray", label="clean")
+        ax.set_xlabel("eps (L-inf)")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.legend()
+        fig.tight_layout()
+        written.append(out / "robust_accuracy.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    decided = Counter(r.get("decided_by") or r.get("status") for r in records)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = [k for k, _ in decided.most_common()]
+    ax.barh(names, [decided[k] for k in names])
+    ax.set_xlabel("items")
+    ax.set_title("decided by (or status when undecided)")
+    fig.tight_layout()
+    written.append(out / "decided_by.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    by_status: dict = {}
+    for r in records:
+        if isinstance(r.get("seconds"), (int, float)) and r.get("status") != "misclassified":
+            by_status.setdefault(r["status"], []).append(float(r["seconds"]))
+    for status, ts in sorted(by_status.items()):
+        ax.hist(ts, bins=30, alpha=0.6, label=f"{status} ({len(ts)})")
+    ax.set_xlabel("seconds per item")
+    ax.set_ylabel("items")
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "times.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written

@@ -1,0 +1,318 @@
+"""Bulk runs: many items through a process pool into a results file that survives a crash.
+
+An *item* is one VNN-COMP instance (a row ``onnx,vnnlib,timeout`` of an instances CSV) or one
+``(sample, eps)`` robustness query of a dataset. Items run as tasks of a
+:class:`~gpuopt.engine.LocalExecutor` (spawned workers, one torch and one HiGHS thread each, so
+items decide side by side on the cores), each under a hard time limit: a worker still running
+``timeout + grace`` seconds after its task started is killed and the item recorded ``timeout``.
+A worker that dies fails only its item, which is retried once and then recorded ``error`` with
+the cause. Every outcome is appended to a :class:`~gpuopt.engine.store.ResultStore` as soon as it
+is known (flushed and fsynced), so ``resume=True`` skips what is on disk and a run killed at any
+moment loses at most the items in flight. A bad row (a missing file) is recorded ``error`` and the
+run goes on.
+
+Records hold ``key``, the item's description, ``status`` (``sat``, ``unsat``, ``unknown``,
+``timeout``, ``error``, ``misclassified``), ``decided_by``, ``seconds``, the margin bracket, stage
+timings and, for ``sat``, the counterexample.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["RunItem", "read_instances", "run_items", "dataset_items", "summarize", "format_summary",
+           "verify_dataset", "load_dataset"]
+
+log = logging.getLogger("gpuopt")
+
+#: seconds a worker may run past an item's timeout (spawning, imports, loading) before it is killed
+HARD_KILL_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """One unit of a bulk run: ``key`` (unique, stable across resumes), the task function and its
+    arguments (picklable), ``timeout`` seconds, and ``info`` copied into the record."""
+
+    key: str
+    fn: Callable
+    args: tuple
+    timeout: float
+    info: dict = field(default_factory=dict)
+    precomputed: dict | None = None  # a record decided without running (misclassified, bad row)
+
+
+def read_instances(csv_path, *, timeout_scale: float = 1.0, config=None) -> list[RunItem]:
+    """Items of a VNN-COMP instances CSV (rows ``onnx,vnnlib,timeout``, paths relative to the CSV
+    or absolute). A row whose files are missing becomes an ``error`` item; a malformed CSV raises."""
+    from .engine.tasks import verify_instance_task
+    from .verify import VerifyConfig
+
+    path = Path(csv_path)
+    if not path.is_file():
+        raise InvalidInputError(f"instances file not found: {path}")
+    if not (math.isfinite(timeout_scale) and timeout_scale > 0):
+        raise InvalidInputError(f"`timeout_scale` must be a finite number > 0, got {timeout_scale!r}")
+    config = config or VerifyConfig(device="cpu")
+    items, seen = [], set()
+    with open(path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or row[0].startswith("#"):
+                continue
+            if len(row) != 3:
+                raise InvalidInputError(f"row must be `onnx,vnnlib,timeout`, got {len(row)} fields",
+                                        path=str(path), line=line_no)
+            onnx, vnnlib, t = row
+            try:
+                timeout = float(t) * timeout_scale
+            except ValueError:
+                raise InvalidInputError(f"timeout must be a number, got {t!r}", path=str(path), line=line_no) from None
+            if not (math.isfinite(timeout) and timeout > 0):
+                raise InvalidInputError(f"timeout must be > 0, got {t!r}", path=str(path), line=line_no)
+            onnx_p = (path.parent / onnx) if not Path(onnx).is_absolute() else Path(onnx)
+            vnn_p = (path.parent / vnnlib) if not Path(vnnlib).is_absolute() else Path(vnnlib)
+            key = f"{onnx}::{vnnlib}"
+            if key in seen:
+                raise InvalidInputError(f"instance {onnx}, {vnnlib} is listed twice", path=str(path), line=line_no)
+            seen.add(key)
+            info = {"onnx": onnx, "vnnlib": vnnlib, "timeout": timeout}
+            missing = [str(p) for p in (onnx_p, vnn_p) if not p.is_file()]
+            pre = None
+            if missing:
+                pre = {"status": "error", "message": f"file not found: {missing[0]}", "seconds": 0.0}
+            items.append(RunItem(key, verify_instance_task, (str(onnx_p), str(vnn_p), timeout, config),
+                                 timeout, info, pre))
+    if not items:
+        raise InvalidInputError(f"no instances in {path}")
+    return items
+
+
+def load_dataset(path, *, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset as ``(x (n, d) float64, y (n,) int64)``: a CSV of rows ``label, features...`` (as
+    MNIST's CSVs) or an ``.npz`` with arrays ``x`` and ``y``. ``scale`` divides the features
+    (255 for 0..255 pixels)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"dataset file not found: {p}")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            if "x" not in z.files or "y" not in z.files:
+                raise InvalidInputError(f"{p}: an .npz dataset needs arrays `x` and `y`, found {z.files}")
+            x, y = np.asarray(z["x"], dtype=np.float64), np.asarray(z["y"])
+        x = x.reshape(len(x), -1)
+    else:
+        try:
+            data = np.loadtxt(p, delimiter=",", ndmin=2)
+        except ValueError as exc:
+            raise InvalidInputError(f"{p}: not a numeric CSV of `label, features...` rows ({exc})") from None
+        y, x = data[:, 0], data[:, 1:]
+    if len(x) != len(y) or len(x) == 0:
+        raise InvalidInputError(f"{p}: the dataset is empty or has {len(x)} inputs for {len(y)} labels")
+    if not np.all(np.isfinite(x)):
+        raise InvalidInputError(f"{p}: the features contain NaN or infinite values")
+    if not np.all(y == np.round(y)):
+        raise InvalidInputError(f"{p}: labels must be integers")
+    if scale is not None:
+        if not (math.isfinite(scale) and scale > 0):
+            raise InvalidInputError(f"`scale` must be a finite number > 0, got {scale!r}")
+        x = x / scale
+    return x, y.astype(np.int64)
+
+
+def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(0.0, 1.0),
+                  limit: int | None = None, config=None, model_ref=None) -> list[RunItem]:
+    """Robustness items ``(sample i, eps)``. A sample the network misclassifies is recorded
+    ``misclassified`` once per eps and never attacked. ``model_ref`` (an ONNX path) is what the
+    workers load; default: the Network itself is sent."""
+    from .engine.tasks import verify_sample_task
+    from .verify import VerifyConfig
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y).reshape(-1)
+    if x.shape[1] != network.input_size:
+        raise InvalidInputError(f"the dataset has {x.shape[1]} features per sample but the network takes "
+                                f"{network.input_size} inputs")
+    if np.any((y < 0) | (y >= network.output_size)):
+        raise InvalidInputError(f"labels must be in [0, {network.output_size})")
+    eps = [float(e) for e in eps]
+    if not eps or any(not (math.isfinite(e) and e >= 0) for e in eps):
+        raise InvalidInputError(f"`eps` must be finite numbers >= 0, got {eps}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidInputError(f"`timeout` must be a finite number > 0, got {timeout!r}")
+    n = len(x) if limit is None else min(int(limit), len(x))
+    pred = network.forward64(x[:n]).argmax(axis=1)
+    config = config or VerifyConfig(device="cpu")
+    ref = model_ref if model_ref is not None else network
+    items = []
+    for e in eps:
+        for i in range(n):
+            info = {"sample": i, "label": int(y[i]), "eps": e, "timeout": timeout}
+            pre = None
+            if pred[i] != y[i]:
+                pre = {"status": "misclassified", "predicted": int(pred[i]), "seconds": 0.0}
+            items.append(RunItem(f"{i}@{e!r}", verify_sample_task,
+                                 (ref, x[i], int(y[i]), e, tuple(clip), timeout, config), timeout, info, pre))
+    return items
+
+
+def _outcome_record(item: RunItem, outcome) -> dict:
+    from .engine import TaskStatus
+
+    rec = {"key": item.key, **item.info}
+    if outcome.status is TaskStatus.OK:
+        rec.update(outcome.value)
+    elif outcome.status is TaskStatus.TIMEOUT:
+        rec.update(status="timeout", seconds=outcome.seconds,
+                   message=f"killed at the hard limit ({outcome.error})")
+    else:
+        rec.update(status="error", seconds=outcome.seconds, message=outcome.error or outcome.status.value,
+                   attempts=outcome.attempts)
+    return rec
+
+
+def run_items(items: Sequence[RunItem], store, *, workers: int | None = None, progress: bool = True,
+              executor=None) -> Iterator[dict]:
+    """Run ``items`` not yet in ``store``; append and yield each record as it is decided.
+
+    At most ``2 * workers`` tasks are queued at once, so a long run keeps little in flight. A
+    ``KeyboardInterrupt`` cancels what is running; what was recorded stays.
+    """
+    from tqdm import tqdm
+
+    from .engine import LocalExecutor, wait_any
+
+    todo = [it for it in items if it.key not in store]
+    counts: Counter = Counter(rec.get("status") for rec in store.records())
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="items", unit="item",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+    def record(rec: dict):
+        store.append(rec)
+        counts[rec["status"]] += 1
+        bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+        bar.update(1)
+        return rec
+
+    pending = [it for it in todo if it.precomputed is None]
+    for it in todo:
+        if it.precomputed is not None:
+            yield record({"key": it.key, **it.info, **it.precomputed})
+    own = executor is None
+    ex = executor if executor is not None else (LocalExecutor(workers) if pending else None)
+    try:
+        in_flight: dict = {}
+        queue = list(reversed(pending))
+        cap = 2 * (ex.n_workers if ex is not None else 1)
+        while queue or in_flight:
+            while queue and len(in_flight) < cap:
+                it = queue.pop()
+                in_flight[ex.submit(it.fn, *it.args, timeout=it.timeout + HARD_KILL_GRACE, retries=1)] = it
+            for h in wait_any(list(in_flight), timeout=1.0):
+                it = in_flight.pop(h)
+                yield record(_outcome_record(it, h.result()))
+    finally:
+        bar.close()
+        if own and ex is not None:
+            ex.close()
+
+
+def verify_dataset(model, x, y, *, eps, timeout: float = 30.0, clip=(0.0, 1.0), limit: int | None = None,
+                   results=None, resume: bool = False, workers: int | None = None, config=None,
+                   progress: bool = False) -> Iterator[dict]:
+    """Robustness of every sample of ``(x, y)`` at each ``eps``; yields one record per item as it
+    is decided (see :func:`run_items`). ``model`` is a Network or a supported torch model (for a
+    torch model, ``x`` gives the input shape). ``results``: a JSONL path to record into (a
+    temporary file when ``None``)."""
+    import tempfile
+
+    from .engine.store import ResultStore
+    from .network import Network, from_torch
+
+    x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+    y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+    if isinstance(model, Network):
+        net = model
+    else:
+        net = from_torch(model, input_shape=x.shape[1:])
+    eps = [eps] if np.isscalar(eps) else list(eps)
+    items = dataset_items(net, x.reshape(len(x), -1), y, eps, timeout=timeout, clip=clip, limit=limit, config=config)
+    tmp = None
+    if results is None:
+        tmp = tempfile.TemporaryDirectory()
+        results = Path(tmp.name) / "results.jsonl"
+    try:
+        with ResultStore(results, resume=resume) as store:
+            yield from run_items(items, store, workers=workers, progress=progress)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------- summaries
+STATUSES = ("unsat", "sat", "unknown", "timeout", "error", "misclassified")
+
+
+def summarize(records: Iterable[dict]) -> dict:
+    """Counts by status (per eps for dataset runs), accuracies, time percentiles, decided-by counts."""
+    records = list(records)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(r.get("eps"), []).append(r)
+    out = {"n": len(records), "groups": []}
+    for eps, rs in groups.items():
+        c = Counter(r.get("status") for r in rs)
+        times = sorted(float(r["seconds"]) for r in rs if isinstance(r.get("seconds"), (int, float))
+                       and r.get("status") not in ("misclassified",))
+        g = {"eps": eps, "n": len(rs), "counts": {s: c.get(s, 0) for s in STATUSES},
+             "decided_by": dict(Counter(r.get("decided_by") for r in rs if r.get("decided_by"))),
+             "seconds": ({"p50": statistics.median(times), "p90": times[int(0.9 * (len(times) - 1))],
+                          "max": times[-1], "total": sum(times)} if times else {})}
+        if eps is not None:
+            g["clean_accuracy"] = 1 - c.get("misclassified", 0) / len(rs)
+            g["robust_accuracy_certified"] = c.get("unsat", 0) / len(rs)
+            g["robust_accuracy_upper"] = (len(rs) - c.get("misclassified", 0) - c.get("sat", 0)) / len(rs)
+        out["groups"].append(g)
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a readable table."""
+    dataset = any(g["eps"] is not None for g in summary["groups"])
+    head = (["eps"] if dataset else []) + ["n", "verified", "falsified", "unknown", "timeout", "error"]
+    if dataset:
+        head += ["misclass.", "clean acc", "robust acc [cert, upper]"]
+    head += ["p50 s", "p90 s", "max s"]
+    rows = []
+    for g in summary["groups"]:
+        c = g["counts"]
+        row = ([f"{g['eps']:g}"] if dataset else []) + [str(g["n"]), str(c["unsat"]), str(c["sat"]),
+                                                         str(c["unknown"]), str(c["timeout"]), str(c["error"])]
+        if dataset:
+            row += [str(c["misclassified"]), f"{g['clean_accuracy']:.3f}",
+                    f"[{g['robust_accuracy_certified']:.3f}, {g['robust_accuracy_upper']:.3f}]"]
+        s = g["seconds"]
+        row += [f"{s['p50']:.2f}", f"{s['p90']:.2f}", f"{s['max']:.2f}"] if s else ["-", "-", "-"]
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    lines = [" | ".join(h.rjust(w) for h, w in zip(head, widths)), "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    decided = Counter()
+    for g in summary["groups"]:
+        decided.update(g["decided_by"])
+    if decided:
+        lines.append("decided by: " + ", ".join(f"{k} {v}" for k, v in decided.most_common()))
+    return "\n".join(lines)
