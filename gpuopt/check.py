@@ -25,6 +25,7 @@ Two steps decide that:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -158,12 +159,18 @@ def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGH
     x64 = np.asarray(x, dtype=np.float64).reshape(-1)
     if box is None:
         return PointCheck(False, x64, np.full(problem.spec.n_outputs, np.nan), np.inf, 0.0, "outside")
+    if x64.size != box.size or not np.all(np.isfinite(x64)):
+        return PointCheck(False, x64, np.full(problem.spec.n_outputs, np.nan), np.inf, 0.0, "undecided")
     x64 = np.clip(x64, box.lower, box.upper)
-    y, ey = _forward_with_error(problem.network, x64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, ey = _forward_with_error(problem.network, x64)
     spec = problem.spec
     safe_all, unsafe_any = True, False
     margin, err_at_margin = np.inf, 0.0
-    for k, (A, b) in enumerate(spec.disjuncts):
+    overflow = not (np.all(np.isfinite(y)) and np.all(np.isfinite(ey)))
+    if overflow:
+        safe_all = False  # float64 overflowed: only exact arithmetic can decide
+    for k, (A, b) in enumerate(() if overflow else spec.disjuncts):
         absA = np.abs(A)
         m = A.shape[1]
         r = A @ y - b
@@ -186,4 +193,8 @@ def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGH
     if y_exact is None:
         return PointCheck(False, x64, y, margin, err_at_margin, "undecided")
     unsafe, exact_margin = spec.exact_unsafe(y_exact)
-    return PointCheck(bool(unsafe), x64, y, float(exact_margin), 0.0, "exact")
+    try:
+        margin = float(exact_margin)
+    except OverflowError:
+        margin = math.copysign(math.inf, exact_margin)
+    return PointCheck(bool(unsafe), x64, y, margin, 0.0, "exact")

@@ -115,25 +115,9 @@ _steps = _int_in(1, _MAX_STEPS)
 
 def _check_device(text: str) -> str:
     """``--device``: "cpu", "cuda" or "cuda:N" for an available device N; InvalidInputError otherwise."""
-    import torch
+    from .devices import check_device
 
-    expected = "expected cpu, cuda or cuda:N"
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise InvalidInputError(f"--device {text!r}: not a device ({expected})") from None
-    if dev.type == "cpu" and dev.index in (None, 0):
-        return text
-    if dev.type != "cuda":
-        raise InvalidInputError(f"--device {text!r}: unsupported device ({expected})")
-    if not torch.cuda.is_available():
-        raise InvalidInputError(f"--device {text!r}: CUDA is not available on this machine")
-    count = torch.cuda.device_count()
-    if dev.index is not None and not 0 <= dev.index < count:
-        raise InvalidInputError(
-            f"--device {text!r}: there is no CUDA device {dev.index} (this machine has {count}: "
-            f"cuda:0 to cuda:{count - 1})"
-        )
+    check_device(text, "--device")
     return text
 
 
@@ -303,15 +287,18 @@ def main(argv=None) -> int:
     called with an explicit ``argv`` (from Python), it counts from the call.
     """
     start_time = process_start_monotonic() if argv is None else time.monotonic()
-    code = _run(argv, start_time)
-    if argv is None:
-        # run as a program: the verdict is printed and the result file closed, so leave at once.
-        # Interpreter teardown with torch loaded takes about 0.6 s, and a HiGHS run abandoned at
-        # the deadline (its presolve ignores time limits) would be waited for at exit.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return _run(argv, start_time)
+
+
+def entry() -> None:
+    """The ``gpuopt`` program (console script and ``python -m gpuopt``): :func:`main`, then exit at
+    once. The verdict is printed and the result file closed by then; interpreter teardown with torch
+    loaded takes about 0.6 s, and a HiGHS run abandoned at the deadline (its presolve ignores time
+    limits) would be waited for at exit, so both are skipped."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run(argv, start_time: float) -> int:
@@ -361,4 +348,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -23,7 +23,6 @@ import logging
 import math
 import statistics
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

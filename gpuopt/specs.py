@@ -229,9 +229,16 @@ class OutputSpec:
         return unsafe, best
 
 
+def _index(value, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidInputError(f"`{name}` must be an integer, got {value!r}") from None
+
+
 def robustness(label: int, n_classes: int) -> OutputSpec:
     """Unsafe iff some other class scores at least as high: ``OR_{j != label} y_label - y_j <= 0``."""
-    label, n_classes = int(label), int(n_classes)
+    label, n_classes = _index(label, "label"), _index(n_classes, "n_classes")
     if n_classes < 2:
         raise InvalidInputError(f"`n_classes` must be >= 2, got {n_classes}")
     if not 0 <= label < n_classes:
@@ -247,7 +254,7 @@ def robustness(label: int, n_classes: int) -> OutputSpec:
 
 def targeted(label: int, target: int, n_classes: int) -> OutputSpec:
     """Unsafe iff ``y_target >= y_label``."""
-    label, target, n_classes = int(label), int(target), int(n_classes)
+    label, target, n_classes = _index(label, "label"), _index(target, "target"), _index(n_classes, "n_classes")
     for name, v in (("label", label), ("target", target)):
         if not 0 <= v < n_classes:
             raise InvalidInputError(f"`{name}` must be in [0, {n_classes}), got {v}")

@@ -41,7 +41,8 @@ class Verdict:
       none); ``margin_upper``: the smallest margin seen at a real point (``+inf`` if none);
     * ``decided_by``: the stage that decided (``"ibp"``, ``"attack"``, ``"milp"``) or ``None``;
     * ``stage_seconds``: wall-clock time per stage; ``milp_nodes``/``milp_status``: solver
-      statistics (``0``/``None`` when no MILP ran); ``message``: a human-readable note.
+      statistics (``0``/``None`` when no MILP ran); ``message``: a human-readable note;
+    * ``events``: one dict per stage that ran (``stage``, wall-clock ``start``/``end``, ``outcome``).
     """
 
     status: Status
@@ -55,6 +56,7 @@ class Verdict:
     milp_nodes: int = 0
     milp_status: str | None = None
     message: str = ""
+    events: tuple = ()
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary (arrays as lists, infinities as strings)."""
@@ -72,4 +74,5 @@ class Verdict:
             "milp_nodes": self.milp_nodes,
             "milp_status": self.milp_status,
             "message": self.message,
+            "events": [dict(e) for e in self.events],
         }

@@ -3,6 +3,7 @@
 Each test is built so that the float64 shortcut it guards against gives the wrong answer.
 """
 
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -147,3 +148,35 @@ def test_a_solver_that_overruns_is_abandoned_at_the_deadline(monkeypatch):
     assert v.status.value == "timeout"
     assert elapsed < 1.0 + 0.5, f"the verdict came {elapsed:.2f} s after the call (timeout 1 s)"
     assert "abandoned" in (v.milp_status or "")
+
+
+# ------------------------------------------------------------------------------------------------
+# errors, not crashes, from the API
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: VerifyConfig(device="bogus"), "`device` 'bogus': not a device (expected cpu, cuda or cuda:N)"),
+    (lambda: VerifyConfig(device="meta"), "`device` 'meta': unsupported device (expected cpu, cuda or cuda:N)"),
+    (lambda: VerifyConfig(device=3), "`device` must be a device name (expected cpu, cuda or cuda:N), got int"),
+    (lambda: VerifyConfig(alpha_steps="20"), "`alpha_steps` must be an integer, got '20'"),
+    (lambda: __import__("gpuopt").robustness("a", 3), "`label` must be an integer, got 'a'"),
+    (lambda: __import__("gpuopt").targeted(0, 1.5, 3), "`target` must be an integer, got 1.5"),
+    (lambda: OutputSpec([([[1.0, 2.0], [3.0]], [0.0, 0.0])], 2), "disjunct 0: `A` must be a rectangular array"),
+    (lambda: OutputSpec([([[1j]], [0.0])], 1), "disjunct 0: `A` must be a rectangular array of real numbers"),
+    (lambda: verify(*wide_input_network(), OutputSpec([([[1.0]], [0.0])], 1), timeout="5"),
+     "`timeout` must be a number of seconds or None, got str"),
+])
+def test_api_misuse_raises_a_precise_error(make, message):
+    from gpuopt import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        make()
+
+
+def test_an_extreme_but_valid_box_gets_a_verdict():
+    rng = np.random.default_rng(0)
+    net = Network([Dense(rng.normal(size=(8, 17)), np.zeros(8)), ReLU(), Dense(rng.normal(size=(2, 8)), np.zeros(2))],
+                  input_shape=(17,))
+    big = np.full(17, 1.7e308)
+    v = verify(net, Box(-big, big), OutputSpec([([[1.0, -1.0]], [0.0])], 2), timeout=10)
+    assert v.status.value in ("sat", "unknown", "timeout")  # the bounds overflow: never an error

@@ -187,7 +187,7 @@ def _pow2(m: np.ndarray) -> np.ndarray:
 class _Scaled:
     """``v = col_scale * v'``; rows divided by ``row_scale``; objective divided by ``cost_scale``."""
 
-    A: "sp.csc_matrix"
+    A: object  # scipy.sparse.csc_matrix
     c: np.ndarray
     col_lower: np.ndarray
     col_upper: np.ndarray
