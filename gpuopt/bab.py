@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .attack import AttackConfig, pgd_attack
-from .bounds.base import disjunct_lower_bounds, rounding_pad
+from .bounds.base import center_radius, disjunct_lower_bounds, rounding_pad
 from .bounds.crown import crown, crown_linear_lower
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -155,7 +155,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         disj = rows.view(take, K, M).amax(-1)
         disj = torch.maximum(disj, disjunct_lower_bounds(bnd.output[0], bnd.output[1], A_pad, b_pad))
         if M > 1:
-            comb, _ = _max_of_affine_lower(rows.view(take, K, M), coef.view(take, K, M, -1), (hi - lo) / 2)
+            comb, _ = _max_of_affine_lower(rows.view(take, K, M), coef.view(take, K, M, -1), center_radius(lo, hi)[1])
             disj = torch.maximum(disj, comb)
         closed_now = disj > 0
         if (closed_now & mask).any():

@@ -196,5 +196,5 @@ def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGH
     try:
         margin = float(exact_margin)
     except OverflowError:
-        margin = math.copysign(math.inf, exact_margin)
+        margin = math.inf if exact_margin > 0 else -math.inf
     return PointCheck(bool(unsafe), x64, y, margin, 0.0, "exact")

@@ -180,3 +180,33 @@ def test_an_extreme_but_valid_box_gets_a_verdict():
     big = np.full(17, 1.7e308)
     v = verify(net, Box(-big, big), OutputSpec([([[1.0, -1.0]], [0.0])], 2), timeout=10)
     assert v.status.value in ("sat", "unknown", "timeout")  # the bounds overflow: never an error
+
+
+# ------------------------------------------------------------------------------------------------
+# underflow and overflow (found by an adversarial review)
+
+
+@pytest.mark.parametrize("net, box, spec", [
+    # y = x on [0, 5e-324], unsafe y > 0: halving the box's width underflowed to a [0, 0] bound
+    (affine_net([[1.0]], [0.0]), Box([0.0], [5e-324]), OutputSpec([([[-1.0]], [0.0], [True])], 1)),
+    # y = x on [0, 2.5e-323], unsafe y >= 2.5e-323
+    (affine_net([[1.0]], [0.0]), Box([0.0], [2.5e-323]), OutputSpec([([[-1.0]], [-2.5e-323])], 1)),
+    # y = 1e-170 relu(1e-160 x), unsafe y > 0: the product underflows to 0 in float64
+    (Network([Dense([[1e-160]], [0.0]), ReLU(), Dense([[1e-170]], [0.0])], input_shape=(1,)), Box([0.0], [1.0]),
+     OutputSpec([([[-1.0]], [0.0], [True])], 1)),
+], ids=["subnormal-box", "subnormal-threshold", "underflowing-product"])
+def test_underflow_never_proves_a_reachable_region(net, box, spec):
+    from gpuopt.bounds import crown, ibp
+    import torch
+
+    v = verify(net, box, spec, timeout=10)
+    assert v.status.value != "unsat"
+    lo, hi = torch.tensor(box.lower[None]), torch.tensor(box.upper[None])
+    for bounds in (ibp(net, lo, hi), crown(net, lo, hi)):
+        assert float(bounds.output[1][0, 0]) >= float(net.forward64(box.upper[None])[0, 0])
+
+
+def test_an_overflowing_forward_pass_gets_a_verdict():
+    net = Network([Dense([[1e200]], [0.0]), ReLU(), Dense([[1e200]], [0.0])], input_shape=(1,))
+    v = verify(net, Box([0.0], [1.0]), OutputSpec([([[1.0]], [-1.0])], 1), timeout=10)  # y <= -1: unreachable
+    assert v.status.value in ("unsat", "unknown", "timeout")

@@ -6,6 +6,13 @@ terms is within ``gamma_n * (sum_j |w_j||v_j| + |c|)`` of the exact value, with
 Numerical Algorithms*, 3.1). :func:`rounding_pad` returns that term with ``n + 4`` terms and
 ``2u`` (covering the final additions and the computation of the pad itself); every bound that can
 prove a property is widened by it.
+
+That model holds for normal numbers only. A product below the normal range (2.2e-308 in float64)
+loses up to half the smallest subnormal ``eta`` absolutely (Higham, 2.1: ``fl(x y) = x y (1 +
+delta) + eta``), and halving a subnormal interval can lose its last bit. So every pad also adds
+``2 eta`` per product that is not exactly zero (a zero factor gives an exact zero: bounds that
+are exactly 0, such as a ReLU's, stay exact), and :func:`center_radius` returns a radius that
+covers the interval whatever the rounding of its centre.
 """
 
 from __future__ import annotations
@@ -14,14 +21,31 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Bounds", "rounding_pad", "strict_adjust", "disjunct_lower_bounds", "margin_lower_bound"]
+__all__ = ["Bounds", "center_radius", "rounding_pad", "strict_adjust", "disjunct_lower_bounds", "margin_lower_bound"]
 
 
-def rounding_pad(abs_sum: torch.Tensor, n_terms: int) -> torch.Tensor:
-    """Upper bound on the rounding error of an ``n_terms`` dot product whose |terms| sum to ``abs_sum``."""
-    u = torch.finfo(abs_sum.dtype).eps  # = 2 * unit roundoff
+def rounding_pad(abs_sum: torch.Tensor, n_terms: int, nonzero_terms: torch.Tensor | None = None) -> torch.Tensor:
+    """Upper bound on the rounding error of an ``n_terms`` dot product whose |terms| sum to
+    ``abs_sum``, underflow included: ``nonzero_terms`` counts the products that are not exactly
+    zero (default: all ``n_terms``, and the 4 final operations)."""
+    fi = torch.finfo(abs_sum.dtype)
+    u = fi.eps  # = 2 * unit roundoff
+    eta = fi.tiny * fi.eps  # the smallest subnormal
     g = (n_terms + 4) * u
-    return abs_sum * (g / (1.0 - g))
+    if nonzero_terms is None:
+        under = 2.0 * eta * (n_terms + 4)
+    else:
+        under = 2.0 * eta * (nonzero_terms + 4.0 * (nonzero_terms > 0))
+    return abs_sum * (g / (1.0 - g)) + under
+
+
+def center_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre ``m`` and radius ``r`` with ``[lo, hi]`` inside ``[m - r, m + r]`` up to the relative
+    rounding that the pads cover (halving a subnormal interval can lose its last bit; subtraction
+    in the subnormal range is exact, so ``r >= hi - m, m - lo`` there exactly)."""
+    mid = (lo + hi) / 2
+    rad = torch.maximum((hi - lo) / 2, torch.maximum(hi - mid, mid - lo))
+    return mid, rad
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +96,8 @@ def disjunct_lower_bounds(out_lower: torch.Tensor, out_upper: torch.Tensor, A: t
     rows = (Ap * l).sum(-1) + (An * u).sum(-1) - b
     finite_b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
     abs_sum = (Ap * l).abs().sum(-1) + (An * u).abs().sum(-1) + finite_b.abs()
-    rows = rows - rounding_pad(abs_sum, A.shape[-1])
+    nonzero = ((Ap != 0) & (l != 0)).sum(-1) + ((An != 0) & (u != 0)).sum(-1) + (finite_b != 0)
+    rows = rows - rounding_pad(abs_sum, A.shape[-1], nonzero.to(rows.dtype))
     return strict_adjust(rows, strict).amax(dim=-1)
 
 

@@ -29,7 +29,7 @@ import time
 import torch
 
 from ..network import Network
-from .base import Bounds, rounding_pad
+from .base import Bounds, center_radius, rounding_pad
 from .ibp import _ibp_iv, ibp
 
 __all__ = ["alpha_crown_linear_lower", "crown", "crown_linear_lower"]
@@ -104,7 +104,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
     IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
-    x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
+    x_mid, x_rad = center_radius(lo, hi)
     L = len(ops)
     if L == 1:  # a purely affine network: the IBP interval of one affine map is already exact
         return Bounds((), base.output, "crown")
@@ -155,7 +155,7 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     if C.dim() == 2:
         C = C.expand(lo.shape[0], *C.shape)
     relax = [_relaxation(l, u) for l, u in bounds.pre_activation]
-    x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
+    x_mid, x_rad = center_radius(lo, hi)
     return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, x_mid, x_rad, n_terms,
                      _magnitudes(x_mid, x_rad, bounds.pre_activation))
 
@@ -180,7 +180,7 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
         C = C.expand(B, *C.shape)
     C = C.to(lo.dtype)
     m = C.shape[1]
-    x_mid, x_rad = (lo + hi) / 2, (hi - lo) / 2
+    x_mid, x_rad = center_radius(lo, hi)
     pre = [(l.detach(), u.detach()) for l, u in bounds.pre_activation]
     relax = [_relaxation(l, u) for l, u in pre]
     hmax = _magnitudes(x_mid, x_rad, pre)

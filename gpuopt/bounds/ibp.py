@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
-from .base import Bounds, rounding_pad
+from .base import Bounds, center_radius, rounding_pad
 
 __all__ = ["ibp"]
 
@@ -52,13 +52,15 @@ def ibp(network: Network, lower, upper) -> Bounds:
         if isinstance(layer, Flatten):
             lo, hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
             continue
-        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        mid, rad = center_radius(lo, hi)
         mag = mid.abs() + rad
+        live = (mag != 0).to(mag.dtype)  # products with a zero factor are exact zeros
         if isinstance(layer, Dense):
             w, c = p
             aw = w.abs()
             mid, rad = F.linear(mid, w, c), F.linear(rad, aw)
-            pad = rounding_pad(F.linear(mag, aw, c.abs()), w.shape[1])
+            nz = 2 * F.linear(live, (w != 0).to(w.dtype), (c != 0).to(c.dtype))  # mid and rad products
+            pad = rounding_pad(F.linear(mag, aw, c.abs()), w.shape[1], nz)
         elif isinstance(layer, Conv2d):
             w, c = p
             aw = w.abs()
@@ -66,11 +68,12 @@ def ibp(network: Network, lower, upper) -> Bounds:
             conv = lambda t, ww, cc: F.conv2d(F.pad(t, (pl, pr, pt, pb)), ww, cc,  # noqa: E731
                                               stride=layer.stride, dilation=layer.dilation)
             mid, rad = conv(mid, w, c), conv(rad, aw, None)
-            pad = rounding_pad(conv(mag, aw, c.abs()), math.prod(w.shape[1:]))
+            nz = 2 * conv(live, (w != 0).to(w.dtype), (c != 0).to(c.dtype))
+            pad = rounding_pad(conv(mag, aw, c.abs()), math.prod(w.shape[1:]), nz)
         elif isinstance(layer, ElementwiseAffine):
             s, t = p
             mid, rad = mid * s + t, rad * s.abs()
-            pad = rounding_pad(mag * s.abs() + t.abs(), 1)
+            pad = rounding_pad(mag * s.abs() + t.abs(), 1, 2 * live * (s != 0) + (t != 0))
         else:  # pragma: no cover - Network rejects other types
             raise InvalidInputError(f"IBP does not support layer {type(layer).__name__}")
         lo, hi = mid - rad - pad, mid + rad + pad
