@@ -13,7 +13,8 @@ A neuron with ``u <= 0`` is fixed to ``h = 0``; one with ``l >= 0`` to ``h = z``
 
 The objective, for one disjunct ``{y : A y <= b}`` of the unsafe region, is the disjunct margin
 ``max_i (A y - b)_i``: with one row it is ``a^T y - b`` directly; with several, an epigraph
-variable ``t`` with ``a_i^T y - t <= b_i`` is minimised. The disjunct is unreachable iff the
+variable ``t`` with ``a_i^T y - t <= b_i`` is minimised; ``t`` is bounded by the rows' ranges over
+the output bounds (its optimum ``max_i (a_i^T y - b_i)`` always lies inside). The disjunct is unreachable iff the
 minimum is ``> 0``.
 
 Variable order: ``x | (z_k, h_k, d_k) for each hidden layer | y | t (if several rows)``.
@@ -171,8 +172,14 @@ def encode_bigm(blocks: list[AffineBlock], pre_bounds, out_bounds, x_lower, x_up
         t_index = n_var
         n_var += 1
         c = np.append(c, 1.0)
-        col_lo.append(np.array([-np.inf]))
-        col_hi.append(np.array([np.inf]))
+        # t = max_i (a_i y - b_i) at the optimum, so t may be bounded by the rows' ranges over the
+        # output box (widened outwards): every y keeps a feasible t, and the model is bounded
+        Ap, An = np.maximum(A_spec, 0), np.minimum(A_spec, 0)
+        t_lo = Ap @ ly + An @ uy - b_spec
+        t_hi = Ap @ uy + An @ ly - b_spec
+        slack = 1e-9 * (np.abs(A_spec) @ np.maximum(np.abs(ly), np.abs(uy)) + np.abs(b_spec)) + 1e-300
+        col_lo.append(np.array([float(np.max(t_lo - slack))]))
+        col_hi.append(np.array([float(np.max(t_hi + slack))]))
         integ.append(np.zeros(1, dtype=bool))
         m = A_spec.shape[0]
         nz_r, nz_c = np.nonzero(A_spec)

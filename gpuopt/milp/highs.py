@@ -20,8 +20,10 @@ then each row by its largest entry, then the objective. An entry still below HiG
 bounds are widened by ``sum |a_ij| max|v_j|`` over the removed entries, a relaxation, so a dual
 bound of the relaxed model is a lower bound for the original one. HiGHS solves its LPs to a dual
 feasibility tolerance ``tau_d``; a dual solution violating its constraints by ``tau_d`` can
-overstate the LP bound by up to ``tau_d sum_j (u_j - l_j)`` (Neumaier and Shcherbina 2004: the
-safe bound subtracts exactly that), in scaled units. :attr:`MilpResult.proof_margin` is that
+overstate the LP bound by up to ``tau_d (sum_j (u_j - l_j) + sum_i range_i)``, over the columns
+and the slacks of the inequality rows (``range_i = sum_j |a_ij| (u_j - l_j)``; an equality row's
+dual is free) (Neumaier and Shcherbina 2004: the safe bound subtracts exactly that), in scaled
+units; every column is bounded (the epigraph variable too, see :mod:`gpuopt.milp.encode`). :attr:`MilpResult.proof_margin` is that
 quantity mapped back to the caller's units, and a dual bound proves ``min > threshold`` only when
 it exceeds ``threshold + proof_margin``. Primal and integrality tolerances only enlarge the
 feasible set (a relaxation), which keeps dual bounds valid; incumbents they admit are never
@@ -242,11 +244,15 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     highspy = _highspy()
     t0 = time.monotonic()
     sc = _scale(model)
+    # the Neumaier-Shcherbina correction for dual infeasibilities up to tau_d: on every column, and
+    # on the slack of every inequality row (an equality row's dual is free), each times its range
     finite = np.isfinite(sc.col_lower) & np.isfinite(sc.col_upper)
-    # the Neumaier-Shcherbina correction for dual infeasibilities up to tau_d on bounded columns
-    # (an unbounded column, the epigraph variable, must be dual feasible for HiGHS to finish)
-    width = np.where(finite, sc.col_upper - sc.col_lower, 0.0)
-    proof_margin = float(config.dual_feasibility_tolerance * width.sum() * sc.cost_scale * (1 + 1e-9))
+    width = np.where(finite, sc.col_upper - sc.col_lower, np.inf)
+    inequality = sc.row_lower != sc.row_upper
+    row_range = abs(sc.A) @ np.where(finite, width, 0.0)
+    unbounded_rows = (abs(sc.A) @ (~finite).astype(np.float64)) > 0
+    total = width.sum() + np.where(inequality, np.where(unbounded_rows, np.inf, row_range), 0.0).sum()
+    proof_margin = float(config.dual_feasibility_tolerance * total * sc.cost_scale * (1 + 1e-9))
     h = highspy.Highs()
     h.silent()
     for name, value in (
