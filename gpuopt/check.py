@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from .network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, _conv_as_sparse
 
-__all__ = ["PointCheck", "check_counterexample", "layer_operators"]
+__all__ = ["PointCheck", "check_counterexample", "layer_operators", "parameter_deviation"]
 
 _U = 2.0 ** -53
 _ETA = 2.0 ** -1000  # absorbs underflow: far below any margin the pipeline acts on, far above 2^-1074 * n
@@ -64,22 +64,39 @@ def _gamma(n: np.ndarray | int) -> np.ndarray:
     return k * _U / (1.0 - k * _U)
 
 
+def _affine_operator(layer, shape) -> tuple:
+    """``(M, c)`` of one affine layer on flattened samples, entries exactly the parameters."""
+    if isinstance(layer, Dense):
+        return sp.csr_matrix(layer.weight), np.asarray(layer.bias)
+    if isinstance(layer, Conv2d):
+        out = layer.output_shape(shape)
+        return _conv_as_sparse(layer, shape), np.repeat(layer.bias, out[1] * out[2])
+    s = np.broadcast_to(layer.scale, shape).reshape(-1)
+    return sp.diags(s, format="csr"), np.broadcast_to(layer.shift, shape).reshape(-1).copy()
+
+
 def layer_operators(network: Network) -> list:
-    """The network as a list of ``("affine", M, c)`` (``M`` sparse csr, entries exactly the layer's
-    parameters) and ``("relu",)`` steps, one per layer, not composed (cached on the network)."""
+    """The network as a list of ``("affine", M, c, E)`` (``M`` sparse csr, entries exactly the
+    layer's parameters; ``E`` is ``None`` or ``(|M - M_exact| bound, |c - c_exact| bound)`` from
+    :attr:`~gpuopt.network.Network.param_errors`) and ``("relu",)`` steps, one per layer, not
+    composed (cached on the network)."""
     cache = network._param_cache
     if "layer_ops" not in cache:
         ops = []
-        for layer, shape in zip(network.layers, network.layer_shapes):
-            if isinstance(layer, Dense):
-                ops.append(("affine", sp.csr_matrix(layer.weight), np.asarray(layer.bias)))
-            elif isinstance(layer, Conv2d):
-                out = layer.output_shape(shape)
-                ops.append(("affine", _conv_as_sparse(layer, shape), np.repeat(layer.bias, out[1] * out[2])))
-            elif isinstance(layer, ElementwiseAffine):
-                s = np.broadcast_to(layer.scale, shape).reshape(-1)
-                ops.append(("affine", sp.diags(s, format="csr"),
-                            np.broadcast_to(layer.shift, shape).reshape(-1).copy()))
+        errors = network.param_errors or (None,) * len(network.layers)
+        for layer, shape, err in zip(network.layers, network.layer_shapes, errors):
+            if isinstance(layer, (Dense, Conv2d, ElementwiseAffine)):
+                M, c = _affine_operator(layer, shape)
+                E = None
+                if err is not None:
+                    if isinstance(layer, ElementwiseAffine):
+                        fake = ElementwiseAffine(err[0], err[1])
+                    elif isinstance(layer, Dense):
+                        fake = Dense(err[0], err[1])
+                    else:
+                        fake = Conv2d(err[0], err[1], layer.stride, layer.padding, layer.dilation)
+                    E = _affine_operator(fake, shape)
+                ops.append(("affine", M, c, E))
             elif isinstance(layer, ReLU):
                 ops.append(("relu",))
             elif isinstance(layer, Flatten):
@@ -98,17 +115,44 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
         if op[0] == "relu":
             h = np.maximum(h, 0.0)
             continue
-        _, M, c = op
+        _, M, c, E = op
         absM = abs(M)
         n_terms = np.diff(M.indptr)
         z = M @ h + c
         mag = absM @ np.abs(h) + np.abs(c)
         prop = absM @ e
+        if E is not None:  # the stored parameters differ from the source model's by at most E
+            prop = prop + E[0] @ (np.abs(h) + e) + E[1]
         # each term inflated for the rounding of its own computation
         e = (prop * (1 + _gamma(n_terms)) + _gamma(n_terms) * mag * (1 + 2 * _gamma(n_terms))
              + _ETA * (n_terms + 2))
         h = z
     return h, e
+
+
+def parameter_deviation(network: Network, lower, upper) -> np.ndarray | None:
+    """``(batch, n_out)`` bounds on ``|f_source(x) - f(x)|`` over each box ``[lower, upper]``, where
+    ``f`` is the network with its stored parameters and ``f_source`` the one whose parameters are
+    within :attr:`~gpuopt.network.Network.param_errors` of them; ``None`` when the parameters are
+    exact. Per affine layer ``e' = |M| e + E_M (|h| + e) + E_c``, with ``|h|`` bounded by an
+    absolute-value forward pass; ReLU is 1-Lipschitz. Every step is inflated for its own rounding."""
+    if network.param_errors is None:
+        return None
+    mag = np.maximum(np.abs(np.asarray(lower, dtype=np.float64)), np.abs(np.asarray(upper, dtype=np.float64)))
+    mag = mag.reshape(mag.shape[0], -1).T  # (n, batch)
+    e = np.zeros_like(mag)
+    for op in layer_operators(network):
+        if op[0] == "relu":
+            continue
+        _, M, c, E = op
+        absM = abs(M)
+        g = _gamma(np.diff(M.indptr))[:, None]
+        new_e = absM @ e
+        if E is not None:
+            new_e = new_e + E[0] @ (mag + e) + E[1][:, None]
+        mag = (absM @ mag + np.abs(c)[:, None]) * (1 + 2 * g) + _ETA
+        e = new_e * (1 + 2 * g) + _ETA
+    return e.T
 
 
 def _to_ints(v: np.ndarray) -> tuple[list[int], int]:
@@ -127,14 +171,14 @@ def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fr
     """The exact output (Fractions) of the float64 input ``x``, or ``None`` when the network has
     more than ``max_weights`` weights."""
     ops = layer_operators(network)
-    if sum(op[1].nnz for op in ops if op[0] == "affine") > max_weights:
-        return None
+    if network.param_errors is not None or sum(op[1].nnz for op in ops if op[0] == "affine") > max_weights:
+        return None  # rounded parameters: exact arithmetic on them would not be exact for the source
     h, hk = _to_ints(x)
     for op in ops:
         if op[0] == "relu":
             h = [v if v > 0 else 0 for v in h]
             continue
-        _, M, c = op
+        _, M, c, _ = op
         data, dk = _to_ints(M.data)
         cb, ck = _to_ints(np.asarray(c, dtype=np.float64))
         # z = M h + c over the exponent base = min(dk + hk, ck)

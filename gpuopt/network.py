@@ -57,6 +57,29 @@ def _frozen_array(a, name: str, ndim: int | None = None) -> np.ndarray:
     return arr
 
 
+def _param_errors_iv(param_errors, layers) -> tuple | None:
+    """Canonical ``param_errors``: ``None`` unless some entry is a pair with a non-zero error."""
+    if param_errors is None:
+        return None
+    param_errors = tuple(param_errors)
+    if len(param_errors) != len(layers):
+        raise InvalidInputError(f"`param_errors` must have one entry per layer ({len(layers)}), got {len(param_errors)}")
+    out = []
+    for i, (layer, pe) in enumerate(zip(layers, param_errors)):
+        if pe is None:
+            out.append(None)
+            continue
+        if not isinstance(layer, (Dense, Conv2d, ElementwiseAffine)) or len(pe) != 2:
+            raise InvalidInputError(f"`param_errors[{i}]` must be None or a pair for an affine layer")
+        first, second = (layer.weight, layer.bias) if not isinstance(layer, ElementwiseAffine) else (layer.scale, layer.shift)
+        e1 = np.broadcast_to(np.abs(np.asarray(pe[0], dtype=np.float64)), first.shape).copy()
+        e2 = np.broadcast_to(np.abs(np.asarray(pe[1], dtype=np.float64)), second.shape).copy()
+        if not (np.all(np.isfinite(e1)) and np.all(np.isfinite(e2))):
+            raise InvalidInputError(f"`param_errors[{i}]` must be finite")
+        out.append((e1, e2) if (e1.any() or e2.any()) else None)
+    return tuple(out) if any(p is not None for p in out) else None
+
+
 @dataclass(frozen=True, eq=False)
 class Dense:
     """``y = W x + b``; ``weight`` is ``(out, in)``, ``bias`` is ``(out,)``."""
@@ -260,7 +283,7 @@ class Network:
     :func:`gpuopt.io.onnx.from_onnx`. Shapes are checked on construction.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int]):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], *, param_errors=None):
         layers = tuple(layers)
         if not layers:
             raise InvalidInputError("`layers` must contain at least one layer")
@@ -282,6 +305,7 @@ class Network:
         self._layers = layers
         self._shapes = tuple(shapes)
         self._param_cache: dict = {}
+        self._param_errors = _param_errors_iv(param_errors, layers)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -313,11 +337,19 @@ class Network:
         names = ", ".join(type(l).__name__ for l in self._layers)
         return f"Network(input_shape={self.input_shape}, layers=[{names}])"
 
+    @property
+    def param_errors(self) -> tuple | None:
+        """Per layer, ``None`` or a pair of arrays bounding how far the stored parameters (weight and
+        bias, or scale and shift) lie from the exact ones of the source model, where an importer
+        had to round (folding ``Div``, ``Add`` chains or BatchNorm into a neighbouring layer);
+        ``None`` when every parameter is exact."""
+        return self._param_errors
+
     def __getstate__(self):
-        return {"layers": self._layers, "input_shape": self.input_shape}
+        return {"layers": self._layers, "input_shape": self.input_shape, "param_errors": self._param_errors}
 
     def __setstate__(self, state):
-        self.__init__(state["layers"], state["input_shape"])
+        self.__init__(state["layers"], state["input_shape"], param_errors=state.get("param_errors"))
 
     # ------------------------------------------------------------------ forward
     def _params(self, device: torch.device, dtype: torch.dtype) -> list:

@@ -210,3 +210,68 @@ def test_an_overflowing_forward_pass_gets_a_verdict():
     net = Network([Dense([[1e200]], [0.0]), ReLU(), Dense([[1e200]], [0.0])], input_shape=(1,))
     v = verify(net, Box([0.0], [1.0]), OutputSpec([([[1.0]], [-1.0])], 1), timeout=10)  # y <= -1: unreachable
     assert v.status.value in ("unsat", "unknown", "timeout")
+
+
+# ------------------------------------------------------------------------------------------------
+# parameters that the ONNX importer had to round when folding (found by an adversarial review)
+
+
+def _onnx_chain(tmp_path, name, nodes, inits):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensors = []
+    for key, value in inits.items():
+        t = numpy_helper.from_array(np.array(value, dtype=np.float32))
+        t.name = key
+        tensors.append(t)
+    graph = helper.make_graph([helper.make_node(*n) for n in nodes], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])], tensors)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+FOLDS = {
+    # y = x / 3 - 1 at x = 3 is exactly 0, so y < 0 is unreachable; fl(1/3) < 1/3 made it "sat"
+    "div": ([("Gemm", ["X", "W", "B"], ["H"]), ("Div", ["H", "c"], ["D"]), ("Sub", ["D", "one"], ["Y"])],
+            {"W": [[1.0]], "B": [0.0], "c": [3.0], "one": [1.0]}, (3.0, 3.0), "(< Y_0 0)", "unsat"),
+    # y = x + 2^30 + 2^-30 at x = -2^30 is 2^-30 > 0: y <= 0 is unreachable; the folded bias lost 2^-30
+    "add": ([("Gemm", ["X", "W", "B"], ["H"]), ("Add", ["H", "t"], ["Y"])],
+            {"W": [[1.0]], "B": [2.0 ** 30], "t": [2.0 ** -30]}, (-2.0 ** 30, -2.0 ** 30), "(<= Y_0 0)", "unsat"),
+    # y = x + 2^60 - 1 - 2^60 = x - 1 in real arithmetic: y <= -0.5 is reached at x = 0; the fold gives y = x
+    "cancel": ([("Gemm", ["X", "W", "B"], ["H"]), ("Add", ["H", "a"], ["H2"]), ("Add", ["H2", "m"], ["H3"]),
+                ("Add", ["H3", "b"], ["Y"])],
+               {"W": [[1.0]], "B": [0.0], "a": [2.0 ** 60], "m": [-1.0], "b": [-2.0 ** 60]}, (0.0, 1.0),
+               "(<= Y_0 -0.5)", "sat"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLDS))
+def test_rounded_folds_never_give_a_wrong_answer(tmp_path, case):
+    import gpuopt
+
+    nodes, inits, (lo, hi), atom, truth = FOLDS[case]
+    onnx_path = _onnx_chain(tmp_path, case, nodes, inits)
+    net = gpuopt.from_onnx(onnx_path)
+    assert net.param_errors is not None  # the importer knows it rounded
+    spec = tmp_path / f"{case}.vnnlib"
+    spec.write_text(f"(declare-const X_0 Real)(declare-const Y_0 Real)(assert (>= X_0 {lo!r}))"
+                    f"(assert (<= X_0 {hi!r}))(assert {atom})")
+    status = gpuopt.verify_instance(onnx_path, spec, timeout=10).status.value
+    assert status in (truth, "unknown", "timeout")
+
+
+def test_exact_folds_keep_exact_parameters(tmp_path):
+    import pickle
+
+    import gpuopt
+
+    nodes = [("Gemm", ["X", "W", "B"], ["H"]), ("Div", ["H", "c"], ["D"]), ("Add", ["D", "t"], ["Y"])]
+    net = gpuopt.from_onnx(_onnx_chain(tmp_path, "exact", nodes, {"W": [[3.0]], "B": [1.0], "c": [4.0], "t": [0.5]}))
+    assert net.param_errors is None and net.layers[0].weight[0, 0] == 0.75 and net.layers[0].bias[0] == 0.75
+    inexact = gpuopt.from_onnx(_onnx_chain(tmp_path, "inexact", nodes, {"W": [[1.0]], "B": [1.0], "c": [3.0], "t": [0.5]}))
+    again = pickle.loads(pickle.dumps(inexact))
+    assert again.param_errors is not None
+    assert np.array_equal(again.param_errors[0][0], inexact.param_errors[0][0])

@@ -29,7 +29,7 @@ from ..attack import pgd_attack
 from ..bab import input_split
 from ..bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
 from ..bounds.base import rounding_pad, strict_adjust
-from ..check import check_counterexample
+from ..check import check_counterexample, parameter_deviation
 from ..milp.encode import complete_assignment, encode_bigm
 from ..milp.highs import MilpStatus, solve_milp
 from ..problem import Problem
@@ -50,12 +50,21 @@ def check_point(problem: Problem, x) -> tuple[bool, np.ndarray, np.ndarray, floa
     return c.ok, c.x, c.y, c.margin
 
 
-def proof_problem(problem: Problem, y_abs_max: np.ndarray) -> Problem:
-    """``problem`` with right-hand sides that make float proofs sound for inexact coefficients."""
+def proof_problem(problem: Problem, y_abs_max: np.ndarray, deviation: np.ndarray | None = None) -> Problem:
+    """``problem`` with right-hand sides that make float proofs sound for inexact coefficients,
+    and for a network whose stored parameters deviate from the source model's by up to
+    ``deviation`` at the outputs (:func:`gpuopt.check.parameter_deviation`): a proof of
+    ``A y - b' > 0`` for the stored network then holds for the source network with ``b``."""
     spec = problem.spec
-    if spec.coefficients_exact:
+    if spec.coefficients_exact and deviation is None:
         return problem
+    if deviation is not None:
+        y_abs_max = y_abs_max + deviation
     rhs = spec.proof_rhs(y_abs_max)
+    if deviation is not None:
+        n = spec.n_outputs
+        rhs = [np.nextafter(b + (np.abs(A) @ deviation) * (1 + 4 * (n + 2) * np.finfo(float).eps), np.inf)
+               for (A, _), b in zip(spec.disjuncts, rhs)]
     proof = OutputSpec([(A, b) for (A, _), b in zip(spec.disjuncts, rhs)], spec.n_outputs)
     return Problem(problem.network, problem.region, proof, inner=problem.inner)
 
@@ -107,7 +116,8 @@ def bounds_stage(item: ItemState) -> str:
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
     # counterexamples are always checked against the original problems
     y_abs = torch.maximum(bounds.output[0].abs(), bounds.output[1].abs()).numpy()
-    item.proof_problems = [proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
+    dev = parameter_deviation(net, lower.numpy(), upper.numpy())
+    item.proof_problems = [proof_problem(p, y_abs[i], None if dev is None else dev[i]) for i, p in enumerate(problems)]
     item.A, item.b = A_all, b_all = stacked_spec(item.proof_problems)
     item.strict = S_all = stacked_strict(problems, b_all.shape)
     disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all)

@@ -33,7 +33,11 @@ output, even on constants.
 Constants are initializers and ``Constant`` nodes; ``Shape``, ``Gather``, ``Unsqueeze``,
 ``Squeeze``, ``Concat``, ``Cast``, ``Reshape``, ``Identity`` and arithmetic on constants are
 evaluated (so ``x.view(x.size(0), -1)`` exports work; ``Shape`` reports a batch of 1). Weights are
-converted to float64. A non-flat output is flattened row-major. Anything else raises
+converted to float64. Folding an elementwise map into the previous layer can round (``Div`` by
+3, a bias plus a shift, BatchNorm's ``gamma / sqrt(var + eps)``, Gemm's alpha and beta): each
+rounding is measured exactly (TwoProduct, TwoSum) and kept, with the errors it propagates, in
+:attr:`~gpuopt.network.Network.param_errors`; exact folds record nothing. (Arithmetic on
+constants is taken as the values it computes.) A non-flat output is flattened row-major. Anything else raises
 :class:`~gpuopt.errors.UnsupportedLayerError` naming the node and its op type; unreadable or
 malformed models raise :class:`~gpuopt.errors.InvalidInputError`.
 """
@@ -78,6 +82,35 @@ def _load(path_or_model):
     return model, path
 
 
+_U = 2.0 ** -53  # unit roundoff of float64
+
+
+def _two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, e)`` with ``p = fl(a b)`` and ``a b = p + e`` exactly (Dekker's product with
+    Veltkamp's split; exact barring overflow and underflow, where ``e`` is then padded by a
+    subnormal-scale term)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    p = a * b
+    with np.errstate(over="ignore", invalid="ignore"):
+        split = 134217729.0  # 2^27 + 1
+        ca, cb = split * a, split * b
+        ah, bh = ca - (ca - a), cb - (cb - b)
+        al, bl = a - ah, b - bh
+        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    bad = ~np.isfinite(e)
+    e = np.where(bad, np.abs(p) * 4 * _U, e) + np.where(p != 0, 2.0 ** -1070, 0.0) * (np.abs(p) < 2.0 ** -960)
+    return p, e
+
+
+def _two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (Knuth's TwoSum)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
 def _squeeze_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
@@ -101,6 +134,7 @@ class _Importer:
         self.consts: dict[str, np.ndarray] = {}
         self.data: dict[str, tuple[int, ...]] = {}  # data tensor -> ONNX per-sample shape
         self.layers: list = []
+        self.errors: dict = {}  # layer index -> (error of weight/scale, error of bias/shift): see _affine
         self._read_io(input_shape)
 
     # ------------------------------------------------------------------ helpers
@@ -208,8 +242,9 @@ class _Importer:
             )
         if len(self.nshape) != 1 or not self.layers:
             self.layers.append(Flatten())
+        errors = [self.errors.get(i) for i in range(len(self.layers))] if self.errors else None
         try:
-            return Network(self.layers, self.input_shape)
+            return Network(self.layers, self.input_shape, param_errors=errors)
         except InvalidInputError as err:
             raise self._invalid(f"inconsistent network: {err}") from None
 
@@ -446,33 +481,63 @@ class _Importer:
             return c
         return np.broadcast_to(c, self.oshape).reshape(self.nshape)
 
-    def _affine(self, scale: np.ndarray, shift: np.ndarray, label: str, op: str):
-        """Applies ``x * scale + shift`` (per-sample arrays broadcastable to ``oshape``)."""
+    def _fold(self, index: int, p1, p2, s1, s2, t, es1, es2, et) -> tuple:
+        """``(p1 * s1, p2 * s2 + t)`` (``s1`` is ``s2`` broadcast to ``p1``) and bounds on their
+        distance to the exact values, given the errors already on ``p1, p2`` (``self.errors[index]``)
+        and ``es, et`` on ``s, t``. The rounding of each product and sum is taken exactly
+        (TwoProduct/TwoSum), so an exact fold adds none."""
+        e1, e2 = self.errors.get(index, (0.0, 0.0))
+        q1, r1 = _two_prod(p1, s1)
+        q2, r2 = _two_prod(p2, s2)
+        n2, r3 = _two_sum(q2, t)
+        grow = 1 + 8 * _U
+        f1 = (np.abs(e1) * np.abs(s1) + np.abs(p1) * es1 + np.abs(r1)) * grow
+        f2 = (np.abs(e2) * np.abs(s2) + np.abs(p2) * es2 + np.abs(r2) + np.abs(r3) + et) * grow
+        if np.any(f1) or np.any(f2):
+            self.errors[index] = (f1, f2)
+        else:
+            self.errors.pop(index, None)
+        return q1, n2
+
+    def _affine(self, scale: np.ndarray, shift: np.ndarray, label: str, op: str, scale_err=0.0, shift_err=0.0):
+        """Applies ``x * scale + shift`` (per-sample arrays broadcastable to ``oshape``);
+        ``scale_err``/``shift_err`` bound how far ``scale``/``shift`` are from the exact values."""
         if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
             raise self._invalid(f"node {label!r} (op {op}): the elementwise map has NaN or infinite coefficients")
         s = self._to_nshape(np.asarray(scale, dtype=np.float64))
         t = self._to_nshape(np.asarray(shift, dtype=np.float64))
+        es = self._to_nshape(np.broadcast_to(np.asarray(scale_err, dtype=np.float64), np.shape(scale)))
+        et = self._to_nshape(np.broadcast_to(np.asarray(shift_err, dtype=np.float64), np.shape(shift)))
         last = self.layers[-1] if self.layers else None
+        i = len(self.layers) - 1
         if isinstance(last, Dense):
             n = self.nshape[0]
             sv, tv = np.broadcast_to(s, (n,)), np.broadcast_to(t, (n,))
-            self.layers[-1] = self._append(lambda: Dense(last.weight * sv[:, None], last.bias * sv + tv), label, op)
+            esv, etv = np.broadcast_to(es, (n,)), np.broadcast_to(et, (n,))
+            w, b = self._fold(i, last.weight, last.bias, sv[:, None], sv, tv, esv[:, None], esv, etv)
+            self.layers[-1] = self._append(lambda: Dense(w, b), label, op)
             return
         if isinstance(last, Conv2d):
             sf, tf = np.broadcast_to(s, self.nshape), np.broadcast_to(t, self.nshape)
             sc, tc = sf[:, :1, :1], tf[:, :1, :1]
-            if np.array_equal(sf, np.broadcast_to(sc, self.nshape)) and np.array_equal(tf, np.broadcast_to(tc, self.nshape)):
+            esf, etf = np.broadcast_to(es, self.nshape), np.broadcast_to(et, self.nshape)
+            if (np.array_equal(sf, np.broadcast_to(sc, self.nshape)) and np.array_equal(tf, np.broadcast_to(tc, self.nshape))
+                    and np.array_equal(esf, np.broadcast_to(esf[:, :1, :1], self.nshape))
+                    and np.array_equal(etf, np.broadcast_to(etf[:, :1, :1], self.nshape))):
                 sv, tv = sc.reshape(-1), tc.reshape(-1)
-                self.layers[-1] = self._append(
-                    lambda: Conv2d(last.weight * sv[:, None, None, None], last.bias * sv + tv,
-                                   last.stride, last.padding, last.dilation),
-                    label, op,
-                )
+                esv, etv = esf[:, :1, :1].reshape(-1), etf[:, :1, :1].reshape(-1)
+                w, b = self._fold(i, last.weight, last.bias, sv[:, None, None, None], sv, tv,
+                                  esv[:, None, None, None], esv, etv)
+                self.layers[-1] = self._append(lambda: Conv2d(w, b, last.stride, last.padding, last.dilation),
+                                               label, op)
                 return
         if isinstance(last, ElementwiseAffine):
-            self.layers[-1] = self._append(lambda: ElementwiseAffine(last.scale * s, last.shift * s + t), label, op)
+            sc_, sh_ = self._fold(i, last.scale, last.shift, s, s, t, es, es, et)
+            self.layers[-1] = self._append(lambda: ElementwiseAffine(sc_, sh_), label, op)
             return
         self.layers.append(self._append(lambda: ElementwiseAffine(s, t), label, op))
+        if np.any(es) or np.any(et):
+            self.errors[len(self.layers) - 1] = (np.abs(es), np.abs(et))
 
     # ------------------------------------------------------------------ data-path ops
     def _op_Identity(self, node, label, attrs):
@@ -558,7 +623,11 @@ class _Importer:
                 bias = np.broadcast_to(c, (n_out,)) * float(attrs.get("beta", 1.0))
             except ValueError:
                 raise self._invalid(f"node {label!r} (op Gemm): C of shape {c.shape} does not broadcast to ({n_out},)") from None
+        _, ew = _two_prod(b if int(attrs.get("transB", 0)) else b.T, float(attrs.get("alpha", 1.0)))
+        eb = 0.0 if c is None else _two_prod(np.broadcast_to(c, (n_out,)), float(attrs.get("beta", 1.0)))[1]
         self._dense(w, bias, label, "Gemm")
+        if np.any(ew) or np.any(eb):  # alpha or beta scaling rounded
+            self.errors[len(self.layers) - 1] = (np.abs(ew), np.abs(np.broadcast_to(eb, (n_out,))))
         self.oshape = (n_out,)
 
     def _op_MatMul(self, node, label, attrs):
@@ -651,7 +720,10 @@ class _Importer:
             raise self._unsupported(label, "Div", "division by the data (c / x) is not affine")
         if np.any(c == 0):
             raise self._invalid(f"node {label!r} (op Div): division by zero")
-        self._affine(1.0 / c, np.zeros(()), label, "Div")
+        r = 1.0 / c
+        q, e = _two_prod(r, c)  # r c = q + e exactly: r is exact iff q == 1 and e == 0
+        exact = (q == 1.0) & (e == 0.0)
+        self._affine(r, np.zeros(()), label, "Div", scale_err=np.where(exact, 0.0, np.spacing(np.abs(r))))
 
     def _op_Neg(self, node, label, attrs):
         self._affine(-np.ones(()), np.zeros(()), label, "Neg")
@@ -675,7 +747,11 @@ class _Importer:
             scale = gamma / np.sqrt(var + eps)
         shift = beta - mean * scale
         bshape = (n_ch,) + (1,) * (len(self.oshape) - 1)
-        self._affine(scale.reshape(bshape), shift.reshape(bshape), label, "BatchNormalization")
+        # a few roundings (add, sqrt, divide; multiply, subtract): bounded by ulps of the results
+        es = 4 * np.spacing(np.abs(scale))
+        et = (np.abs(mean) * es + 2 * np.spacing(np.abs(mean * scale)) + 2 * np.spacing(np.abs(shift))) * (1 + 8 * _U)
+        self._affine(scale.reshape(bshape), shift.reshape(bshape), label, "BatchNormalization",
+                     scale_err=es.reshape(bshape), shift_err=et.reshape(bshape))
 
 
 def from_onnx(path_or_model, *, input_shape=None) -> Network:
