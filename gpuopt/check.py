@@ -131,18 +131,25 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
 
 
 def parameter_deviation(network: Network, lower, upper) -> np.ndarray | None:
-    """``(batch, n_out)`` bounds on ``|f_source(x) - f(x)|`` over each box ``[lower, upper]``, where
-    ``f`` is the network with its stored parameters and ``f_source`` the one whose parameters are
-    within :attr:`~gpuopt.network.Network.param_errors` of them; ``None`` when the parameters are
-    exact. Per affine layer ``e' = |M| e + E_M (|h| + e) + E_c``, with ``|h|`` bounded by an
+    """``(batch, n_out)`` bounds on ``|f_source(x) - f_blocks(x)|`` over each box ``[lower, upper]``:
+    ``f_source`` has the parameters of the source model (within
+    :attr:`~gpuopt.network.Network.param_errors` of the stored ones) evaluated layer by layer, and
+    ``f_blocks`` is :meth:`~gpuopt.network.Network.affine_blocks`, whose float64 composition of
+    consecutive affine layers rounds (CROWN and the MILP use it). ``None`` when both are exact
+    (no rounded parameter, no composed block). Per affine layer ``e' = |M| e + E_M (|h| + e) + E_c``,
+    plus ``gamma_n |L_j| ... |L_1| |h|`` for each composition step, with ``|h|`` bounded by an
     absolute-value forward pass; ReLU is 1-Lipschitz. Every step is inflated for its own rounding."""
-    if network.param_errors is None:
+    ops = layer_operators(network)
+    composed = any(a[0] == "affine" and b[0] == "affine" for a, b in zip(ops, ops[1:]))
+    if network.param_errors is None and not composed:
         return None
     mag = np.maximum(np.abs(np.asarray(lower, dtype=np.float64)), np.abs(np.asarray(upper, dtype=np.float64)))
     mag = mag.reshape(mag.shape[0], -1).T  # (n, batch)
     e = np.zeros_like(mag)
-    for op in layer_operators(network):
+    in_block = False  # whether an affine layer precedes this one in its block (a composition step)
+    for op in ops:
         if op[0] == "relu":
+            in_block = False
             continue
         _, M, c, E = op
         absM = abs(M)
@@ -151,7 +158,10 @@ def parameter_deviation(network: Network, lower, upper) -> np.ndarray | None:
         if E is not None:
             new_e = new_e + E[0] @ (mag + e) + E[1][:, None]
         mag = (absM @ mag + np.abs(c)[:, None]) * (1 + 2 * g) + _ETA
+        if in_block:  # composing this layer onto the previous ones rounds by at most gamma_n of the magnitudes
+            new_e = new_e + g * mag
         e = new_e * (1 + 2 * g) + _ETA
+        in_block = True
     return e.T
 
 
