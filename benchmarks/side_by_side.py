@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vnncomp import BENCH, REPO, SUITES, FIRST_PATH, instances, reference_labels  # noqa: E402
+from vnncomp import (BENCH, REPO, SUITES, FIRST_PATH, instances, open_results, reference_labels,  # noqa: E402
+                     reference_side)
 
 
 def run(root: Path, onnx: Path, vnnlib: Path, timeout: float) -> tuple[str, float]:
@@ -47,32 +48,24 @@ def main() -> int:
     other = Path(args.other).resolve()
     labels = reference_labels()
     out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if args.resume and out.exists():
-        for line in out.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["instance"]] = rec
-    elif out.exists():
-        out.unlink()
+    done = open_results(out, args.resume)
     with open(out, "a") as f:
         for n, (suite, onnx, vnnlib, timeout) in enumerate(instances(args.suites)):
             name = f"{onnx.stem}-{vnnlib.stem}"
-            if name in done:
+            if (suite, name) in done:
                 continue
             if args.max_timeout is not None:
                 timeout = min(timeout, args.max_timeout)
             order = [("this", REPO), ("other", other)]
             if n % 2:
                 order.reverse()
-            ref = labels.get((SUITES[suite][2], name), "?")
-            ref = "sat" if ref.endswith("sat") and ref != "unsat" else ref  # conflict_majority_sat -> sat
+            ref = reference_side(labels.get((SUITES[suite][2], name), "?"))
             rec = {"suite": suite, "instance": name, "reference": ref, "timeout": timeout}
             for who, root in order:
                 rec[who], rec[f"{who}_s"] = run(root, onnx, vnnlib, timeout)
             f.write(json.dumps(rec) + "\n")
             f.flush()
-            done[name] = rec
+            done[(suite, name)] = rec
             print(f"{suite:9s} {name:45s} this {rec['this']:8s} {rec['this_s']:7.2f}s   other {rec['other']:8s} "
                   f"{rec['other_s']:7.2f}s   ref {rec['reference']}", flush=True)
     recs = list(done.values())

@@ -68,6 +68,26 @@ def reference_labels() -> dict:
     return labels
 
 
+def reference_side(label: str) -> str:
+    """``sat``/``unsat``/other for a reference label (a disputed ``conflict_majority_sat`` is sat)."""
+    return "sat" if label.endswith("sat") and label != "unsat" else label
+
+
+def open_results(path: Path, resume: bool) -> dict:
+    """``(suite, instance) -> record`` of a JSONL results file when resuming; otherwise the file
+    is removed (a fresh run). Its folder is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if resume and path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[(rec["suite"], rec["instance"])] = rec
+    elif path.exists():
+        path.unlink()
+    return done
+
+
 def published_scores() -> list[dict]:
     path = BENCH / "reference" / "published_scores.csv"
     if not path.exists():
@@ -103,15 +123,7 @@ def main(argv=None) -> int:
         return 2
     labels = reference_labels()
     out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if args.resume and out.exists():
-        for line in out.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[(rec["suite"], rec["instance"])] = rec
-    elif out.exists():
-        out.unlink()
+    done = open_results(out, args.resume)
 
     records = list(done.values())
     todo = [(s, o, v, t) for s, o, v, t in instances(args.suites)
@@ -123,7 +135,7 @@ def main(argv=None) -> int:
             t = min(t, args.max_timeout)
         res = run_one(onnx, vnnlib, t)
         ref = labels.get((SUITES[suite][2], name), "?")
-        ref_side = "sat" if ref.endswith("sat") and ref != "unsat" else ref  # conflict_majority_sat -> sat
+        ref_side = reference_side(ref)
         wrong = res["status"] in ("sat", "unsat") and ref_side in ("sat", "unsat") and res["status"] != ref_side
         rec = {"suite": suite, "instance": name, "timeout": t, "reference": ref, "wrong": wrong, **res}
         records.append(rec)

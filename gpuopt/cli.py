@@ -190,9 +190,6 @@ def _cmd_run(args) -> int:
     from .engine.store import ResultStore
     from .runs import dataset_items, format_summary, load_dataset, read_instances, run_items, summarize
 
-    import torch
-
-    torch.set_num_threads(1)
     dataset_mode = args.model is not None or args.data is not None or args.eps is not None
     if dataset_mode:
         if args.instances is not None:
@@ -200,6 +197,8 @@ def _cmd_run(args) -> int:
         missing = [o for o, v in (("--model", args.model), ("--data", args.data), ("--eps", args.eps)) if v is None]
         if missing:
             raise InvalidInputError(f"dataset mode needs {', '.join(missing)}")
+        if not args.clip[0] <= args.clip[1]:
+            raise InvalidInputError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: the lower end exceeds the upper end")
         from .io.onnx import from_onnx
 
         if not Path(args.model).is_file():
@@ -212,6 +211,9 @@ def _cmd_run(args) -> int:
         if args.instances is None:
             raise InvalidInputError("give an instances CSV, or --model, --data and --eps")
         items = read_instances(args.instances, timeout_scale=args.timeout_scale)
+    import torch
+
+    torch.set_num_threads(1)  # the main process only orchestrates; the workers do the work
     with ResultStore(args.results, resume=args.resume) as store:
         for _ in run_items(items, store, workers=args.workers, progress=True):
             pass

@@ -49,9 +49,11 @@ class Problem:
         if self.spec.n_outputs != self.network.output_size:
             raise InvalidInputError(
                 f"the spec constrains {self.spec.n_outputs} outputs but the network has {self.network.output_size}")
+        ball = self.region if isinstance(self.region, LinfBall) else None
         object.__setattr__(self, "region", box)
         if isinstance(self.inner, str) and self.inner == "region":
-            object.__setattr__(self, "inner", box)
+            # a ball's box is rounded outwards; its counterexamples must lie in the exact ball
+            object.__setattr__(self, "inner", box if ball is None else ball.inner_box())
         elif self.inner is not None:
             inner = self.inner.to_box() if isinstance(self.inner, (Box, LinfBall)) else None
             if inner is None:

@@ -165,8 +165,21 @@ class LinfBall:
         self.to_box()  # validates the clip box against the ball
 
     def to_box(self) -> Box:
-        lo = self.center - self.eps
-        hi = self.center + self.eps
+        """The ball's box, rounded outwards: it contains every point of the exact ball (``center
+        - eps`` and ``center + eps`` round in float64), so proofs over it hold for the ball."""
+        return self._box(outer=True)
+
+    def inner_box(self) -> Box | None:
+        """The float64 points of the exact ball (bounds rounded inwards): where a counterexample
+        may lie. ``None`` when no float64 point is in it."""
+        try:
+            return self._box(outer=False)
+        except InvalidInputError:
+            return None
+
+    def _box(self, *, outer: bool) -> Box:
+        lo = _rounded_sum(self.center, -self.eps, down=outer)
+        hi = _rounded_sum(self.center, self.eps, down=not outer)
         if self.clip_lower is not None:
             lo = np.maximum(lo, self.clip_lower)
         if self.clip_upper is not None:
@@ -174,3 +187,14 @@ class LinfBall:
         if np.any(lo > hi):
             raise InvalidInputError("`clip_lower`/`clip_upper` leave the ball empty (the center lies outside the clip box by more than eps)")
         return Box(lo, hi)
+
+
+def _rounded_sum(a: np.ndarray, b: float, *, down: bool) -> np.ndarray:
+    """``a + b`` rounded down (or up) to a float64, exactly: Knuth's TwoSum gives the rounding
+    error ``e`` with ``a + b = s + e``, and ``s`` steps one ulp when it lies on the wrong side."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    if down:
+        return np.where(e < 0, np.nextafter(s, -np.inf), s)
+    return np.where(e > 0, np.nextafter(s, np.inf), s)

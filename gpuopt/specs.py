@@ -34,18 +34,33 @@ import torch
 
 from .errors import InvalidInputError
 
-__all__ = ["OutputSpec", "robustness", "targeted"]
+__all__ = ["OutputSpec", "float_down", "float_up", "robustness", "targeted"]
 
 
-def _round_up(q: Fraction) -> float:
-    """The smallest float64 ``>= q``."""
+def _compare_float(q: Fraction) -> tuple[float, int]:
+    """The nearest float64 ``f`` to ``q`` and the sign of ``f - q``, in integer arithmetic."""
     f = float(q)
-    return f if Fraction(f) >= q else math.nextafter(f, math.inf)
+    n, d = f.as_integer_ratio()
+    diff = n * q.denominator - q.numerator * d
+    return f, (diff > 0) - (diff < 0)
 
 
-def _exact_entries(values, name: str, k: int) -> tuple[np.ndarray, list | None]:
+def float_down(q: Fraction, strict: bool = False) -> float:
+    """The largest float64 ``<= q`` (``< q`` when ``strict``)."""
+    f, sign = _compare_float(q)
+    return math.nextafter(f, -math.inf) if sign > 0 or (strict and sign == 0) else f
+
+
+def float_up(q: Fraction, strict: bool = False) -> float:
+    """The smallest float64 ``>= q`` (``> q`` when ``strict``)."""
+    f, sign = _compare_float(q)
+    return math.nextafter(f, math.inf) if sign < 0 or (strict and sign == 0) else f
+
+
+def _exact_entries(values, name: str, k: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``values`` as a float64 array and, when some entry is not a float64 already (a
-    :class:`~fractions.Fraction`, or an ``int`` beyond 2**53), the exact entries as nested lists."""
+    :class:`~fractions.Fraction`, or an ``int`` beyond 2**53), the exact entries as an object
+    array of Fractions."""
     try:
         arr = np.array(values, dtype=object if _has_fraction(values) else np.float64)
     except (TypeError, ValueError) as exc:
@@ -63,6 +78,8 @@ def _exact_entries(values, name: str, k: int) -> tuple[np.ndarray, list | None]:
 def _has_fraction(values) -> bool:
     if isinstance(values, Fraction):
         return True
+    if isinstance(values, int) and not isinstance(values, bool):
+        return abs(values) > 2 ** 53  # not every such integer is a float64
     if isinstance(values, np.ndarray):
         return values.dtype == object and any(isinstance(v, Fraction) for v in values.flat)
     if isinstance(values, (list, tuple)):
@@ -130,10 +147,10 @@ class OutputSpec:
             if A_ex is not None:
                 any_exact = True
                 nz = np.flatnonzero(A_ex != 0)
-                err.flat[nz] = [_round_up(abs(A_ex.flat[j] - Fraction(A.flat[j]))) for j in nz]
+                err.flat[nz] = [float_up(abs(A_ex.flat[j] - Fraction(A.flat[j]))) for j in nz]
             if b_ex is not None:
                 any_exact = True
-                b = np.array([_round_up(q) for q in b_ex], dtype=np.float64)
+                b = np.array([float_up(q) for q in b_ex], dtype=np.float64)
                 if not np.all(np.isfinite(b)):
                     raise InvalidInputError(f"disjunct {k}: `b` overflows float64")
             for arr in (A, b, strict, err):

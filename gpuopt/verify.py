@@ -77,13 +77,12 @@ class VerifyConfig:
             from .devices import check_device
 
             check_device(self.device)
-        for name in ("attack", "solver", "split"):
-            want = {"attack": AttackConfig, "solver": SolverConfig, "split": SplitConfig}[name]
+        for name, want in (("attack", AttackConfig), ("solver", SolverConfig), ("split", SplitConfig)):
             if not isinstance(getattr(self, name), want):
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
-        if int(self.alpha_steps) < 0:
+        if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")

@@ -40,6 +40,20 @@ __all__ = [
 ]
 
 ZERO = Fraction(0)
+
+
+def _eliminate(row: dict, factor, prow: dict) -> None:
+    """``row -= factor * prow`` on sparse rows (dicts), dropping entries that become zero."""
+    if not factor:
+        return
+    for k, v in prow.items():
+        nv = row.get(k, ZERO) - factor * v
+        if nv:
+            row[k] = nv
+        else:
+            row.pop(k, None)
+
+
 ONE = Fraction(1)
 
 
@@ -307,24 +321,9 @@ def lp_minimize(c: Sequence, G: Sequence[Sequence], g: Sequence, lb: Sequence, u
             is_basic[out] = False
             is_basic[j] = True
             for i, row in enumerate(rows):
-                if i == leave_row:
-                    continue
-                f = row.get(j)
-                if f:
-                    for k, v in prow.items():
-                        nv = row.get(k, ZERO) - f * v
-                        if nv:
-                            row[k] = nv
-                        else:
-                            row.pop(k, None)
-            dj = d.get(j)
-            if dj:
-                for k, v in prow.items():
-                    nv = d.get(k, ZERO) - dj * v
-                    if nv:
-                        d[k] = nv
-                    else:
-                        d.pop(k, None)
+                if i != leave_row:
+                    _eliminate(row, row.get(j), prow)
+            _eliminate(d, d.get(j), prow)
             d.pop(j, None)
             for k in list(d):
                 if is_basic[k]:  # pragma: no cover - kept consistent by the elimination above
@@ -980,7 +979,6 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
     labels = ["zero", "ulp-", "ulp+", "rel-7", "rel+7", "rel-3", "rel+3", "rel-1", "rel+1"]
     cols = ["sat", "unsat", "unknown", "timeout", "error", "wrong"]
     lines = [f"{'variant':8s} {'truth':6s} " + " ".join(f"{c:>7s}" for c in cols) + f" {'n':>5s} {'secs':>7s}"]
-    total = {c: 0 for c in cols}
     for lab in labels + ["all"]:
         sel = [o for o in outcomes if lab == "all" or o.label == lab]
         if not sel:

@@ -275,3 +275,20 @@ def test_exact_folds_keep_exact_parameters(tmp_path):
     again = pickle.loads(pickle.dumps(inexact))
     assert again.param_errors is not None
     assert np.array_equal(again.param_errors[0][0], inexact.param_errors[0][0])
+
+
+def test_a_balls_box_contains_the_exact_ball_and_its_inner_box_lies_inside():
+    from gpuopt import LinfBall
+
+    rng = np.random.default_rng(3)
+    center = rng.uniform(-1, 1, 200)
+    eps = 0.1
+    ball = LinfBall(center, eps)
+    outer, inner = ball.to_box(), ball.inner_box()
+    for c, lo, hi, ilo, ihi in zip(center, outer.lower, outer.upper, inner.lower, inner.upper):
+        lo_e, hi_e = Fraction(c) - Fraction(eps), Fraction(c) + Fraction(eps)
+        assert Fraction(lo) <= lo_e <= Fraction(ilo) and Fraction(ihi) <= hi_e <= Fraction(hi)
+    # the plain float sums round inwards somewhere: the old box would have missed part of the ball
+    assert np.any(center - eps > outer.lower) or np.any(center + eps < outer.upper)
+    problem = Problem(affine_net(np.eye(200)[:1], [0.0]), ball, OutputSpec([([[1.0]], [0.0])], 1))
+    assert np.array_equal(problem.inner.lower, inner.lower) and np.array_equal(problem.region.upper, outer.upper)

@@ -496,3 +496,14 @@ def test_verify_dataset_one_record_per_sample_and_eps(tmp_path, demo):
     # without a results file: a temporary one
     again = list(verify_dataset(net, x[2:3], y[2:3], eps=0.1, timeout=5))
     assert [(r["sample"], r["eps"], r["status"]) for r in again] == [(0, 0.1, "misclassified")]
+
+
+def test_an_empty_clip_range_is_refused_before_any_work(tmp_path, capsys):
+    from gpuopt.cli import main
+
+    results = tmp_path / "r.jsonl"
+    code = main(["run", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.csv"), "--eps", "0.1",
+                 "--clip", "1", "0", "--results", str(results)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["gpuopt: error: --clip 1 0: the lower end exceeds the upper end"]
+    assert not results.exists()

@@ -31,7 +31,6 @@ means the unsafe set is empty, so the property holds trivially.
 from __future__ import annotations
 
 import gzip
-import math
 from fractions import Fraction
 import re
 
@@ -39,7 +38,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..regions import Box
-from ..specs import OutputSpec
+from ..specs import OutputSpec, float_down, float_up
 
 __all__ = ["Property", "load_vnnlib", "parse_vnnlib", "format_counterexample", "write_counterexample"]
 
@@ -78,26 +77,6 @@ def _fits_float(q: Fraction) -> bool:
 
 
 _FLOAT_MAX = Fraction(np.finfo(np.float64).max)
-
-
-def _compare_float(q: Fraction) -> tuple[float, int]:
-    """The nearest float64 ``f`` to ``q`` and the sign of ``f - q``, in integer arithmetic."""
-    f = float(q)
-    n, d = f.as_integer_ratio()
-    diff = n * q.denominator - q.numerator * d
-    return f, (diff > 0) - (diff < 0)
-
-
-def _float_down(q: Fraction, strict: bool = False) -> float:
-    """The largest float64 ``<= q`` (``< q`` when ``strict``)."""
-    f, sign = _compare_float(q)
-    return math.nextafter(f, -math.inf) if sign > 0 or (strict and sign == 0) else f
-
-
-def _float_up(q: Fraction, strict: bool = False) -> float:
-    """The smallest float64 ``>= q`` (``> q`` when ``strict``)."""
-    f, sign = _compare_float(q)
-    return math.nextafter(f, math.inf) if sign < 0 or (strict and sign == 0) else f
 
 
 class _List:
@@ -450,10 +429,10 @@ class _Parser:
                 lo_op = "<" if low_strict[i] else "<="
                 hi_op = "<" if high_strict[i] else "<="
                 return f"the input box is empty: {low[i]} {lo_op} X_{i} {hi_op} {high[i]} has no solution"
-        lo = np.array([_float_down(q) for q in low])
-        hi = np.array([_float_up(q) for q in high])
-        lo_in = np.array([_float_up(q, s) for q, s in zip(low, low_strict)])
-        hi_in = np.array([_float_down(q, s) for q, s in zip(high, high_strict)])
+        lo = np.array([float_down(q) for q in low])
+        hi = np.array([float_up(q) for q in high])
+        lo_in = np.array([float_up(q, s) for q, s in zip(low, low_strict)])
+        hi_in = np.array([float_down(q, s) for q, s in zip(high, high_strict)])
         return lo, hi, lo_in, hi_in
 
 

@@ -173,6 +173,8 @@ def abandoned_runs() -> int:
 def _join_abandoned() -> None:
     for _, thread in _ABANDONED:
         thread.join()
+
+
 _SMALL_MATRIX_VALUE = 1e-9  # HiGHS's default cut-off below which it drops matrix entries
 
 
@@ -223,9 +225,10 @@ def _scale(model: MilpModel) -> _Scaled:
         cols = A.indices[tiny]
         vmax = np.maximum(np.abs(col_lower[cols]), np.abs(col_upper[cols]))
         slack = np.bincount(rows, weights=np.abs(A.data[tiny]) * vmax, minlength=A.shape[0])
-        slack = slack * (1 + 1e-12) + np.where(slack > 0, 1e-300, 0.0)  # rounded outwards
-        row_lower = row_lower - slack
-        row_upper = row_upper + slack
+        slack = slack * (1 + 1e-12) + np.where(slack > 0, 1e-300, 0.0)
+        widened = slack > 0  # rounded outwards: the widened row must contain the exact one
+        row_lower = np.where(widened, np.nextafter(row_lower - slack, -np.inf), row_lower)
+        row_upper = np.where(widened, np.nextafter(row_upper + slack, np.inf), row_upper)
         A.data[tiny] = 0.0
         A.eliminate_zeros()
     c = model.c * col_scale
