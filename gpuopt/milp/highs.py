@@ -203,17 +203,31 @@ class _Scaled:
 
 
 def _scale(model: MilpModel) -> _Scaled:
-    """Exact power-of-two scaling and the sound removal of tiny entries (see the module docstring)."""
+    """Exact power-of-two scaling and the sound removal of tiny entries (see the module docstring).
+
+    Scale factors stay within ``2^-1000 .. 2^1000`` (their reciprocals are finite), and a column or
+    row whose scaled entries or bounds would overflow keeps the factor 1: every factor is exact."""
     import scipy.sparse as sp
 
     lo, hi = model.col_lower, model.col_upper
     mag = np.maximum(np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0)))
     col_scale = np.where(model.integrality | ~(np.isfinite(lo) & np.isfinite(hi)), 1.0, _pow2(mag))
-    A = (model.A.tocsr() @ sp.diags(col_scale)).tocsr()
-    row_max = np.zeros(A.shape[0])
-    if A.nnz:
-        row_max = np.maximum.reduceat(np.abs(A.data), A.indptr[:-1]) * (np.diff(A.indptr) > 0)
-    row_scale = _pow2(row_max)
+    col_scale = np.clip(col_scale, 2.0 ** -1000, 2.0 ** 1000)
+    A0 = model.A.tocsr()
+    with np.errstate(over="ignore", invalid="ignore"):
+        A = (A0 @ sp.diags(col_scale)).tocsr()
+        bad_cols = np.unique(A.indices[~np.isfinite(A.data)])
+        if bad_cols.size:
+            col_scale[bad_cols] = 1.0
+            A = (A0 @ sp.diags(col_scale)).tocsr()
+        row_max = np.zeros(A.shape[0])
+        if A.nnz:
+            row_max = np.maximum.reduceat(np.abs(A.data), A.indptr[:-1]) * (np.diff(A.indptr) > 0)
+        row_scale = np.clip(_pow2(row_max), 2.0 ** -1000, 2.0 ** 1000)
+        bounds = np.concatenate([model.row_lower, model.row_upper]).reshape(2, -1)
+        scaled = bounds / row_scale
+        bad_rows = np.any(np.isfinite(bounds) & ~np.isfinite(scaled), axis=0)
+        row_scale[bad_rows] = 1.0
     A = (sp.diags(1.0 / row_scale) @ A).tocsr()
     row_lower = model.row_lower / row_scale
     row_upper = model.row_upper / row_scale
