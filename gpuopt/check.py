@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import scipy.sparse as sp
 
-from .network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, _conv_as_sparse
+from .lowering import network_steps
+from .network import Network
 
-__all__ = ["PointCheck", "check_counterexample", "layer_operators", "parameter_deviation"]
+__all__ = ["PointCheck", "check_counterexample", "parameter_deviation"]
 
 _U = 2.0 ** -53
 _ETA = 2.0 ** -1000  # absorbs underflow: far below any margin the pipeline acts on, far above 2^-1074 * n
@@ -64,105 +64,85 @@ def _gamma(n: np.ndarray | int) -> np.ndarray:
     return k * _U / (1.0 - k * _U)
 
 
-def _affine_operator(layer, shape) -> tuple:
-    """``(M, c)`` of one affine layer on flattened samples, entries exactly the parameters."""
-    if isinstance(layer, Dense):
-        return sp.csr_matrix(layer.weight), np.asarray(layer.bias)
-    if isinstance(layer, Conv2d):
-        out = layer.output_shape(shape)
-        return _conv_as_sparse(layer, shape), np.repeat(layer.bias, out[1] * out[2])
-    s = np.broadcast_to(layer.scale, shape).reshape(-1)
-    return sp.diags(s, format="csr"), np.broadcast_to(layer.shift, shape).reshape(-1).copy()
-
-
-def layer_operators(network: Network) -> list:
-    """The network as a list of ``("affine", M, c, E)`` (``M`` sparse csr, entries exactly the
-    layer's parameters; ``E`` is ``None`` or ``(|M - M_exact| bound, |c - c_exact| bound)`` from
-    :attr:`~gpuopt.network.Network.param_errors`) and ``("relu",)`` steps, one per layer, not
-    composed (cached on the network)."""
-    cache = network._param_cache
-    if "layer_ops" not in cache:
-        ops = []
-        errors = network.param_errors or (None,) * len(network.layers)
-        for layer, shape, err in zip(network.layers, network.layer_shapes, errors):
-            if isinstance(layer, (Dense, Conv2d, ElementwiseAffine)):
-                M, c = _affine_operator(layer, shape)
-                E = None
-                if err is not None:
-                    if isinstance(layer, ElementwiseAffine):
-                        fake = ElementwiseAffine(err[0], err[1])
-                    elif isinstance(layer, Dense):
-                        fake = Dense(err[0], err[1])
-                    else:
-                        fake = Conv2d(err[0], err[1], layer.stride, layer.padding, layer.dilation)
-                    E = _affine_operator(fake, shape)
-                ops.append(("affine", M, c, E))
-            elif isinstance(layer, ReLU):
-                ops.append(("relu",))
-            elif isinstance(layer, Flatten):
-                continue
-            else:  # pragma: no cover - the Network constructor refuses other layers
-                raise TypeError(type(layer).__name__)
-        cache["layer_ops"] = ops
-    return cache["layer_ops"]
+def _row_terms(step) -> np.ndarray:
+    """Terms per output of an affine step: its products plus one addition per input and the bias."""
+    return sum(np.diff(M.indptr) for M in step.matrices) + len(step.matrices)
 
 
 def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 output of one input and an upper bound on its distance to the exact output."""
-    h = x.astype(np.float64)
-    e = np.zeros_like(h)
-    for op in layer_operators(network):
-        if op[0] == "relu":
-            h = np.maximum(h, 0.0)
+    """Float64 output of one input and an upper bound on its distance to the exact output, over
+    the network's steps (:func:`gpuopt.lowering.network_steps`)."""
+    steps, out = network_steps(network)
+    vals = {-1: (x.astype(np.float64), np.zeros(x.size))}
+    for s, st in enumerate(steps):
+        if st.kind == "relu":
+            h, e = vals[st.inputs[0]]
+            vals[s] = (np.maximum(h, 0.0), e)
             continue
-        _, M, c, E = op
-        absM = abs(M)
-        n_terms = np.diff(M.indptr)
-        z = M @ h + c
-        mag = absM @ np.abs(h) + np.abs(c)
-        prop = absM @ e
-        if E is not None:  # the stored parameters differ from the source model's by at most E
-            prop = prop + E[0] @ (np.abs(h) + e) + E[1]
+        n_terms = _row_terms(st)
+        g = _gamma(n_terms)
+        z = st.bias.copy()
+        mag = np.abs(st.bias)
+        prop = np.zeros(st.size)
+        for k, (M, j) in enumerate(zip(st.matrices, st.inputs)):
+            h, e = vals[j]
+            absM = abs(M)
+            z = z + M @ h
+            mag = mag + absM @ np.abs(h)
+            prop = prop + absM @ e
+            if st.errors is not None and st.errors[0] is not None and st.errors[0][k] is not None:
+                # the stored parameters differ from the source model's by at most this
+                prop = prop + st.errors[0][k] @ (np.abs(h) + e)
+        if st.errors is not None and st.errors[1] is not None:
+            prop = prop + st.errors[1]
         # each term inflated for the rounding of its own computation
-        e = (prop * (1 + _gamma(n_terms)) + _gamma(n_terms) * mag * (1 + 2 * _gamma(n_terms))
-             + _ETA * (n_terms + 2))
-        h = z
-    return h, e
+        e = prop * (1 + g) + g * mag * (1 + 2 * g) + _ETA * (n_terms + 2)
+        vals[s] = (z, e)
+    return vals[out]
 
 
 def parameter_deviation(network: Network, lower, upper) -> np.ndarray | None:
     """``(batch, n_out)`` bounds on ``|f_source(x) - f_blocks(x)|`` over each box ``[lower, upper]``:
-    ``f_source`` has the parameters of the source model (within
-    :attr:`~gpuopt.network.Network.param_errors` of the stored ones) evaluated layer by layer, and
-    ``f_blocks`` is :meth:`~gpuopt.network.Network.affine_blocks`, whose float64 composition of
-    consecutive affine layers rounds (CROWN and the MILP use it). ``None`` when both are exact
-    (no rounded parameter, no composed block). Per affine layer ``e' = |M| e + E_M (|h| + e) + E_c``,
-    plus ``gamma_n |L_j| ... |L_1| |h|`` for each composition step, with ``|h|`` bounded by an
-    absolute-value forward pass; ReLU is 1-Lipschitz. Every step is inflated for its own rounding."""
-    ops = layer_operators(network)
-    composed = any(a[0] == "affine" and b[0] == "affine" for a, b in zip(ops, ops[1:]))
-    if network.param_errors is None and not composed:
+    ``f_source`` has the parameters of the source model (within the steps' errors: the
+    :attr:`~gpuopt.network.Network.param_errors` of the stored ones, and entries such as ``1/9``
+    that float64 cannot hold) evaluated step by step, and ``f_blocks`` is
+    :meth:`~gpuopt.network.Network.affine_blocks`, whose float64 composition of affine steps rounds
+    (CROWN and the MILP use it). ``None`` when both are exact (no inexact parameter, no composed
+    step). Per affine step ``e' = sum_i (|M_i| e_i + E_i (|h_i| + e_i)) + E_c``, plus
+    ``gamma_n (sum_i |M_i| |h_i| + |c|)`` where the step is composed onto an affine input (a
+    selection composes exactly), with ``|h|`` bounded by an absolute-value forward pass; ReLU is
+    1-Lipschitz. Every step is inflated for its own rounding."""
+    steps, out = network_steps(network)
+
+    def composed(st):
+        return st.kind == "affine" and not st.selection and any(j >= 0 and steps[j].kind == "affine" for j in st.inputs)
+
+    if all(st.errors is None for st in steps) and not any(composed(st) for st in steps):
         return None
-    mag = np.maximum(np.abs(np.asarray(lower, dtype=np.float64)), np.abs(np.asarray(upper, dtype=np.float64)))
-    mag = mag.reshape(mag.shape[0], -1).T  # (n, batch)
-    e = np.zeros_like(mag)
-    in_block = False  # whether an affine layer precedes this one in its block (a composition step)
-    for op in ops:
-        if op[0] == "relu":
-            in_block = False
+    mag0 = np.maximum(np.abs(np.asarray(lower, dtype=np.float64)), np.abs(np.asarray(upper, dtype=np.float64)))
+    mag0 = mag0.reshape(mag0.shape[0], -1).T  # (n, batch)
+    vals = {-1: (mag0, np.zeros_like(mag0))}
+    for s, st in enumerate(steps):
+        if st.kind == "relu":
+            vals[s] = vals[st.inputs[0]]
             continue
-        _, M, c, E = op
-        absM = abs(M)
-        g = _gamma(np.diff(M.indptr))[:, None]
-        new_e = absM @ e
-        if E is not None:
-            new_e = new_e + E[0] @ (mag + e) + E[1][:, None]
-        mag = (absM @ mag + np.abs(c)[:, None]) * (1 + 2 * g) + _ETA
-        if in_block:  # composing this layer onto the previous ones rounds by at most gamma_n of the magnitudes
+        g = _gamma(_row_terms(st))[:, None]
+        new_e = 0.0
+        mag = np.abs(st.bias)[:, None]
+        for k, (M, j) in enumerate(zip(st.matrices, st.inputs)):
+            mj, ej = vals[j]
+            absM = abs(M)
+            new_e = new_e + absM @ ej
+            if st.errors is not None and st.errors[0] is not None and st.errors[0][k] is not None:
+                new_e = new_e + st.errors[0][k] @ (mj + ej)
+            mag = mag + absM @ mj
+        if st.errors is not None and st.errors[1] is not None:
+            new_e = new_e + st.errors[1][:, None]
+        mag = mag * (1 + 2 * g) + _ETA
+        if composed(st):  # composing this step onto the previous ones rounds by at most gamma_n of the magnitudes
             new_e = new_e + g * mag
-        e = new_e * (1 + 2 * g) + _ETA
-        in_block = True
-    return e.T
+        vals[s] = (mag, new_e * (1 + 2 * g) + _ETA)
+    return np.broadcast_to(vals[out][1], vals[out][0].shape).T.copy()
 
 
 def _to_ints(v: np.ndarray) -> tuple[list[int], int]:
@@ -179,29 +159,35 @@ def _to_ints(v: np.ndarray) -> tuple[list[int], int]:
 
 def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fraction] | None:
     """The exact output (Fractions) of the float64 input ``x``, or ``None`` when the network has
-    more than ``max_weights`` weights."""
-    ops = layer_operators(network)
-    if network.param_errors is not None or sum(op[1].nnz for op in ops if op[0] == "affine") > max_weights:
+    more than ``max_weights`` weights or an inexact parameter."""
+    steps, out = network_steps(network)
+    affine = [st for st in steps if st.kind == "affine"]
+    if any(st.errors is not None for st in affine) or sum(M.nnz for st in affine for M in st.matrices) > max_weights:
         return None  # rounded parameters: exact arithmetic on them would not be exact for the source
-    h, hk = _to_ints(x)
-    for op in ops:
-        if op[0] == "relu":
-            h = [v if v > 0 else 0 for v in h]
+    vals = {-1: _to_ints(x)}
+    for s, st in enumerate(steps):
+        if st.kind == "relu":
+            h, hk = vals[st.inputs[0]]
+            vals[s] = ([v if v > 0 else 0 for v in h], hk)
             continue
-        _, M, c, _ = op
-        data, dk = _to_ints(M.data)
-        cb, ck = _to_ints(np.asarray(c, dtype=np.float64))
-        # z = M h + c over the exponent base = min(dk + hk, ck)
-        base = min(dk + hk, ck)
-        sh_p, sh_c = dk + hk - base, ck - base
-        indptr, indices = M.indptr, M.indices
-        z = []
-        for r in range(M.shape[0]):
-            s = 0
-            for j in range(indptr[r], indptr[r + 1]):
-                s += data[j] * h[indices[j]]
-            z.append((s << sh_p) + (cb[r] << sh_c))
-        h, hk = z, base
+        cb, ck = _to_ints(np.asarray(st.bias, dtype=np.float64))
+        parts = []
+        for M, j in zip(st.matrices, st.inputs):
+            data, dk = _to_ints(M.data)
+            parts.append((M, data, dk + vals[j][1], vals[j][0]))
+        # z = sum_i M_i h_i + c over the exponent base = min over the terms' exponents
+        base = min([ck] + [p[2] for p in parts])
+        z = [v << (ck - base) for v in cb]
+        for M, data, k, h in parts:
+            shift = k - base
+            indptr, indices = M.indptr, M.indices
+            for r in range(M.shape[0]):
+                acc = 0
+                for t in range(indptr[r], indptr[r + 1]):
+                    acc += data[t] * h[indices[t]]
+                z[r] += acc << shift
+        vals[s] = (z, base)
+    h, hk = vals[out]
     scale = Fraction(2) ** hk
     return [v * scale for v in h]
 

@@ -1,21 +1,17 @@
-"""Network IR: a frozen sequence of layers acting on one sample.
+"""Network IR: a frozen graph of layers (:mod:`gpuopt.layers`) acting on one sample.
 
-Notation, used across gpuopt: a sample ``x`` has the per-sample shape ``network.input_shape``
-(for example ``(784,)`` or ``(3, 32, 32)``); batches are batch-first, ``(batch, *input_shape)``.
-Weights follow the torch orientation, stated once here:
-
-* ``Dense``: ``y = W x + b`` with ``W`` of shape ``(out, in)``;
-* ``Conv2d``: torch's ``conv2d`` (cross-correlation) with weight ``(c_out, c_in, kh, kw)``,
-  pads ``(top, left, bottom, right)``, NCHW layout;
-* ``Flatten``: row-major (C, H, W) -> C*H*W, as torch and ONNX do;
-* ``ElementwiseAffine``: ``y = x * scale + shift`` with ``scale``/``shift`` broadcast to the
-  layer's input shape (input normalisation, an unfused BatchNorm);
-* ``ReLU``: ``y = max(x, 0)``.
+A network is a list of layers in topological order; layer ``i`` reads the outputs of the layers
+``inputs[i]`` (``-1`` is the network input) and the last layer's output is the network's output.
+A *chain* (each layer reads the one before) is the common case, and the default when ``inputs``
+is not given; residual ``Add`` and ``Concat`` layers read several tensors.
 
 Parameters are stored as read-only float64 numpy arrays; :meth:`Network.forward` casts them to the
 dtype and device of its input (float32 on a GPU for search, float64 on the CPU for decisions).
-For bound propagation and MILP encoding, :meth:`Network.affine_blocks` rewrites the network as
-``A_0, ReLU, A_1, ReLU, ..., A_L`` where every ``A_k(z) = M_k z + c_k`` is one sparse matrix.
+For bound propagation and MILP encoding, :meth:`Network.affine_blocks` rewrites any network as
+``A_0, act, A_1, act, ..., A_L`` where every ``A_k(z) = M_k z + c_k`` is one sparse matrix and
+``act`` applies ReLU to some coordinates and passes the others through (the values a skip
+connection carries past a ReLU layer; see :mod:`gpuopt.lowering`). For a chain no coordinate
+passes through.
 """
 
 from __future__ import annotations
@@ -23,38 +19,22 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from .errors import InvalidInputError, UnsupportedLayerError
+from .layers import (CHAIN_TYPES, LAYER_TYPES, Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense,  # noqa: F401
+                     ElementwiseAffine, Flatten, Gather, Layer, MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
 from .regions import _real_array
 
 __all__ = [
-    "Dense",
-    "Conv2d",
-    "ReLU",
-    "Flatten",
-    "ElementwiseAffine",
-    "Layer",
-    "AffineBlock",
-    "LinearOp",
-    "Network",
-    "from_torch",
+    "Dense", "Conv2d", "ConvTranspose2d", "ReLU", "Flatten", "Reshape", "ElementwiseAffine", "MaxPool2d",
+    "AvgPool2d", "Add", "Concat", "Pad", "Slice", "Gather", "Transpose", "Layer", "AffineBlock", "LinearOp",
+    "Network", "from_torch",
 ]
-
-
-def _frozen_array(a, name: str, ndim: int | None = None) -> np.ndarray:
-    arr = np.array(a, dtype=np.float64, copy=True)
-    if ndim is not None and arr.ndim != ndim:
-        raise InvalidInputError(f"`{name}` must have {ndim} dimensions, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInputError(f"`{name}` contains NaN or infinite values")
-    arr.setflags(write=False)
-    return arr
 
 
 def _param_errors_iv(param_errors, layers) -> tuple | None:
@@ -81,155 +61,15 @@ def _param_errors_iv(param_errors, layers) -> tuple | None:
 
 
 @dataclass(frozen=True, eq=False)
-class Dense:
-    """``y = W x + b``; ``weight`` is ``(out, in)``, ``bias`` is ``(out,)``."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def __post_init__(self):
-        w = _frozen_array(self.weight, "Dense.weight", 2)
-        b = _frozen_array(self.bias, "Dense.bias", 1)
-        if b.shape[0] != w.shape[0]:
-            raise InvalidInputError(
-                f"`Dense.bias` must have {w.shape[0]} entries to match weight {w.shape}, got {b.shape[0]}"
-            )
-        object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "bias", b)
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if input_shape != (self.weight.shape[1],):
-            raise InvalidInputError(
-                f"Dense layer expects input shape ({self.weight.shape[1]},), got {input_shape}"
-            )
-        return (self.weight.shape[0],)
-
-
-@dataclass(frozen=True, eq=False)
-class Conv2d:
-    """2-D convolution (torch semantics, groups=1); pads are ``(top, left, bottom, right)``."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    def __post_init__(self):
-        w = _frozen_array(self.weight, "Conv2d.weight", 4)
-        b = _frozen_array(self.bias, "Conv2d.bias", 1)
-        if b.shape[0] != w.shape[0]:
-            raise InvalidInputError(
-                f"`Conv2d.bias` must have {w.shape[0]} entries to match weight {w.shape}, got {b.shape[0]}"
-            )
-        stride = tuple(int(s) for s in self.stride)
-        padding = tuple(int(p) for p in self.padding)
-        dilation = tuple(int(d) for d in self.dilation)
-        if len(stride) != 2 or min(stride) < 1:
-            raise InvalidInputError(f"`Conv2d.stride` must be two positive integers, got {self.stride}")
-        if len(padding) != 4 or min(padding) < 0:
-            raise InvalidInputError(
-                f"`Conv2d.padding` must be four non-negative integers (top, left, bottom, right), got {self.padding}"
-            )
-        if len(dilation) != 2 or min(dilation) < 1:
-            raise InvalidInputError(f"`Conv2d.dilation` must be two positive integers, got {self.dilation}")
-        object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "bias", b)
-        object.__setattr__(self, "stride", stride)
-        object.__setattr__(self, "padding", padding)
-        object.__setattr__(self, "dilation", dilation)
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        c_out, c_in, kh, kw = self.weight.shape
-        if len(input_shape) != 3 or input_shape[0] != c_in:
-            raise InvalidInputError(f"Conv2d layer expects input shape ({c_in}, H, W), got {input_shape}")
-        _, h, w = input_shape
-        pt, pl, pb, pr = self.padding
-        ho = (h + pt + pb - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + pl + pr - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        if ho < 1 or wo < 1:
-            raise InvalidInputError(f"Conv2d kernel {kh}x{kw} does not fit input {input_shape}")
-        return (c_out, ho, wo)
-
-
-@dataclass(frozen=True, eq=False)
-class ReLU:
-    """``y = max(x, 0)`` elementwise."""
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return input_shape
-
-
-@dataclass(frozen=True, eq=False)
-class Flatten:
-    """Row-major flattening of the per-sample tensor."""
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (math.prod(input_shape),)
-
-
-@dataclass(frozen=True, eq=False)
-class ElementwiseAffine:
-    """``y = x * scale + shift``, ``scale`` and ``shift`` broadcast to the input shape."""
-
-    scale: np.ndarray
-    shift: np.ndarray
-
-    def __post_init__(self):
-        object.__setattr__(self, "scale", _frozen_array(self.scale, "ElementwiseAffine.scale"))
-        object.__setattr__(self, "shift", _frozen_array(self.shift, "ElementwiseAffine.shift"))
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        for name, arr in (("scale", self.scale), ("shift", self.shift)):
-            try:
-                out = np.broadcast_shapes(arr.shape, input_shape)
-            except ValueError:
-                out = None
-            if out != tuple(input_shape):
-                raise InvalidInputError(
-                    f"ElementwiseAffine.{name} of shape {arr.shape} does not broadcast to input shape {input_shape}"
-                )
-        return input_shape
-
-
-Layer = Union[Dense, Conv2d, ReLU, Flatten, ElementwiseAffine]
-_LAYER_TYPES = (Dense, Conv2d, ReLU, Flatten, ElementwiseAffine)
-
-
-@dataclass(frozen=True, eq=False)
 class AffineBlock:
-    """``z -> matrix @ z + bias`` on flattened samples; ``matrix`` is scipy CSR ``(out, in)``."""
+    """``z -> matrix @ z + bias`` on flattened samples; ``matrix`` is scipy CSR ``(out, in)``.
+    ``passthrough`` (a bool vector over the outputs, or None for none) marks the coordinates that
+    the next activation passes through unchanged instead of applying ReLU (skip connections in a
+    graph network; see :mod:`gpuopt.lowering`)."""
 
     matrix: sp.csr_matrix
     bias: np.ndarray
-
-
-def _conv_as_sparse(layer: Conv2d, input_shape: tuple[int, int, int]) -> sp.csr_matrix:
-    """The convolution (without bias) as a sparse matrix on flattened NCHW samples.
-
-    Built exactly from index bookkeeping: an image holding ``index + 1`` in every pixel is padded
-    with zeros and unfolded, which lists for each output location the input index each kernel
-    tap reads (0 means padding).
-    """
-    c_in, h, w = input_shape
-    c_out, _, kh, kw = layer.weight.shape
-    _, ho, wo = layer.output_shape(input_shape)
-    idx = torch.arange(1, c_in * h * w + 1, dtype=torch.float64).reshape(1, c_in, h, w)
-    pt, pl, pb, pr = layer.padding
-    idx = F.pad(idx, (pl, pr, pt, pb))
-    cols = F.unfold(idx, (kh, kw), dilation=layer.dilation, stride=layer.stride)[0]  # (c_in*kh*kw, L)
-    cols = cols.round().to(torch.int64).numpy()  # exact small integers
-    n_taps, n_loc = cols.shape
-    wflat = layer.weight.reshape(c_out, n_taps)  # tap order matches unfold: (c_in, kh, kw)
-    rows = (np.arange(c_out)[:, None, None] * n_loc + np.arange(n_loc)[None, None, :])
-    rows = np.broadcast_to(rows, (c_out, n_taps, n_loc))
-    colb = np.broadcast_to(cols[None], (c_out, n_taps, n_loc))
-    vals = np.broadcast_to(wflat[:, :, None], (c_out, n_taps, n_loc))
-    keep = (colb > 0) & (vals != 0)
-    mat = sp.coo_matrix(
-        (vals[keep], (rows[keep], colb[keep] - 1)), shape=(c_out * ho * wo, c_in * h * w)
-    )
-    return mat.tocsr()
+    passthrough: np.ndarray | None = None
 
 
 class LinearOp:
@@ -239,30 +79,38 @@ class LinearOp:
 
     sparse_density = 0.1
 
-    def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype):
+    def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None):
         self.shape = matrix.shape
+        self.passthrough = None if passthrough is None else torch.tensor(passthrough, dtype=torch.bool, device=device)
         self.bias = torch.tensor(bias, dtype=dtype, device=device)
+        self._matrix, self._sparse = matrix, None
         density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
         if density <= self.sparse_density and matrix.shape[0] * matrix.shape[1] >= 1 << 16:
-            mt = matrix.T.tocsr()
-            mt.sort_indices()
             self.dense = None
-            with warnings.catch_warnings():  # torch flags sparse CSR as beta; scoped, not global
-                warnings.simplefilter("ignore", UserWarning)
-                self.sparse_t = torch.sparse_csr_tensor(
-                    torch.tensor(mt.indptr, dtype=torch.int64), torch.tensor(mt.indices, dtype=torch.int64),
-                    torch.tensor(mt.data, dtype=dtype), size=mt.shape, device=device,
-                    check_invariants=True)
-                am = abs(matrix).tocsr()
-                am.sort_indices()
-                self.abs_matrix = torch.sparse_csr_tensor(
-                    torch.tensor(am.indptr, dtype=torch.int64), torch.tensor(am.indices, dtype=torch.int64),
-                    torch.tensor(am.data, dtype=dtype), size=am.shape, device=device,
-                    check_invariants=True)
+            self.sparse_t = self._torch_csr(matrix.T, dtype, device)
+            self.abs_matrix = self._torch_csr(abs(matrix), dtype, device)
         else:
             self.dense = torch.tensor(matrix.toarray(), dtype=dtype, device=device)
             self.sparse_t = None
             self.abs_matrix = self.dense.abs()
+
+    @staticmethod
+    def _torch_csr(matrix, dtype, device) -> torch.Tensor:
+        m = sp.csr_matrix(matrix)
+        m.sort_indices()
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta; scoped, not global
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                torch.tensor(m.indptr, dtype=torch.int64), torch.tensor(m.indices, dtype=torch.int64),
+                torch.tensor(m.data, dtype=dtype), size=m.shape, device=device, check_invariants=True)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``M v + c`` for a batch of vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
+        if self.dense is not None:
+            return v @ self.dense.T + self.bias
+        if self._sparse is None:
+            self._sparse = self._torch_csr(self._matrix, self.bias.dtype, self.bias.device)
+        return (self._sparse @ v.T).T + self.bias
 
     def abs_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
@@ -279,31 +127,46 @@ class LinearOp:
 class Network:
     """An immutable feed-forward ReLU network on samples of shape ``input_shape``.
 
-    Build it with ``Network(layers, input_shape)``, :func:`from_torch`, or
+    Build it with ``Network(layers, input_shape)`` (a chain), ``Network(layers, input_shape,
+    inputs=...)`` (a graph: ``inputs[i]`` lists the layers whose outputs layer ``i`` reads, ``-1``
+    for the network input, each earlier than ``i``), :func:`from_torch`, or
     :func:`gpuopt.io.onnx.from_onnx`. Shapes are checked on construction.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], *, param_errors=None):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], *, inputs=None, param_errors=None):
         layers = tuple(layers)
         if not layers:
             raise InvalidInputError("`layers` must contain at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, _LAYER_TYPES):
+            if not isinstance(layer, LAYER_TYPES):
                 raise UnsupportedLayerError(
                     f"layer {i} has unsupported type {type(layer).__name__}", op_type=type(layer).__name__
                 )
         shape = tuple(int(s) for s in input_shape)
         if not shape or min(shape) < 1:
             raise InvalidInputError(f"`input_shape` must be a non-empty tuple of positive sizes, got {input_shape}")
-        shapes = [shape]
-        for layer in layers:
-            shapes.append(tuple(layer.output_shape(shapes[-1])))
-        if len(shapes[-1]) != 1:
+        self._inputs = _inputs_iv(inputs, layers)
+        out_shapes: list[tuple[int, ...]] = []
+        for i, (layer, ins) in enumerate(zip(layers, self._inputs)):
+            in_shapes = [shape if j < 0 else out_shapes[j] for j in ins]
+            try:
+                out_shapes.append(tuple(layer.output_shape(*in_shapes)))
+            except InvalidInputError as err:
+                raise InvalidInputError(f"layer {i} ({type(layer).__name__}): {err}") from None
+        if len(out_shapes[-1]) != 1:
             raise InvalidInputError(
-                f"the network output must be a vector per sample, got shape {shapes[-1]}; add a Flatten"
+                f"the network output must be a vector per sample, got shape {out_shapes[-1]}; add a Flatten"
             )
         self._layers = layers
-        self._shapes = tuple(shapes)
+        self._input_shape = shape
+        self._out_shapes = tuple(out_shapes)
+        self._chain = all(ins == (i - 1,) for i, ins in enumerate(self._inputs))
+        # after its last reader, a layer's output can be freed during the forward pass
+        last_use = {}
+        for i, ins in enumerate(self._inputs):
+            for j in ins:
+                last_use[j] = i
+        self._free_after = tuple(tuple(j for j in set(ins) if last_use[j] == i) for i, ins in enumerate(self._inputs))
         self._param_cache: dict = {}
         self._param_errors = _param_errors_iv(param_errors, layers)
 
@@ -313,29 +176,52 @@ class Network:
         return self._layers
 
     @property
+    def inputs(self) -> tuple[tuple[int, ...], ...]:
+        """Per layer, the layers whose outputs it reads (``-1``: the network input)."""
+        return self._inputs
+
+    @property
+    def is_chain(self) -> bool:
+        """Each layer reads the one before, and all are Dense, Conv2d, ReLU, Flatten or
+        ElementwiseAffine: the layer-by-layer fast paths (IBP) apply."""
+        return self._chain and all(isinstance(l, CHAIN_TYPES) for l in self._layers)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
-        return self._shapes[0]
+        return self._input_shape
 
     @property
     def input_size(self) -> int:
-        return math.prod(self._shapes[0])
+        return math.prod(self._input_shape)
 
     @property
     def output_size(self) -> int:
-        return self._shapes[-1][0]
+        return self._out_shapes[-1][0]
+
+    @property
+    def output_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-sample output shape of every layer."""
+        return self._out_shapes
+
+    def input_shapes(self, i: int) -> tuple[tuple[int, ...], ...]:
+        """Per-sample shapes of the tensors layer ``i`` reads."""
+        return tuple(self._input_shape if j < 0 else self._out_shapes[j] for j in self._inputs[i])
 
     @property
     def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """Per-sample shapes: entry ``i`` is the input shape of layer ``i``; the last is the output."""
-        return self._shapes
+        """Per-sample shapes: entry ``i`` is the (first) input shape of layer ``i``; the last is the output."""
+        return tuple(self.input_shapes(i)[0] for i in range(len(self._layers))) + (self._out_shapes[-1],)
 
     @property
     def n_relus(self) -> int:
-        return sum(math.prod(self._shapes[i]) for i, l in enumerate(self._layers) if isinstance(l, ReLU))
+        """Number of ReLU units of the affine-block form (MaxPool's comparisons included)."""
+        return sum(int(b.matrix.shape[0] if b.passthrough is None else (~b.passthrough).sum())
+                   for b in self.affine_blocks()[:-1])
 
     def __repr__(self) -> str:
         names = ", ".join(type(l).__name__ for l in self._layers)
-        return f"Network(input_shape={self.input_shape}, layers=[{names}])"
+        kind = "" if self._chain else ", graph"
+        return f"Network(input_shape={self.input_shape}, layers=[{names}]{kind})"
 
     @property
     def param_errors(self) -> tuple | None:
@@ -346,34 +232,19 @@ class Network:
         return self._param_errors
 
     def __getstate__(self):
-        return {"layers": self._layers, "input_shape": self.input_shape, "param_errors": self._param_errors}
+        return {"layers": self._layers, "input_shape": self.input_shape, "param_errors": self._param_errors,
+                "inputs": None if self._chain else self._inputs}
 
     def __setstate__(self, state):
-        self.__init__(state["layers"], state["input_shape"], param_errors=state.get("param_errors"))
+        self.__init__(state["layers"], state["input_shape"], inputs=state.get("inputs"),
+                      param_errors=state.get("param_errors"))
 
     # ------------------------------------------------------------------ forward
     def _params(self, device: torch.device, dtype: torch.dtype) -> list:
         key = (str(device), dtype)
         if key not in self._param_cache:
-            params = []
-            for layer in self._layers:
-                if isinstance(layer, (Dense, Conv2d)):
-                    params.append(
-                        (
-                            torch.tensor(layer.weight, dtype=dtype, device=device),
-                            torch.tensor(layer.bias, dtype=dtype, device=device),
-                        )
-                    )
-                elif isinstance(layer, ElementwiseAffine):
-                    params.append(
-                        (
-                            torch.tensor(layer.scale, dtype=dtype, device=device),
-                            torch.tensor(layer.shift, dtype=dtype, device=device),
-                        )
-                    )
-                else:
-                    params.append(None)
-            self._param_cache[key] = params
+            self._param_cache[key] = [tuple(torch.tensor(a, dtype=dtype, device=device) for a in layer.params())
+                                      for layer in self._layers]
         return self._param_cache[key]
 
     def canonical_input(self, x) -> torch.Tensor:
@@ -400,23 +271,21 @@ class Network:
         h = self.canonical_input(x)
         params = self._params(h.device, h.dtype)
         patterns = []
-        for layer, p in zip(self._layers, params):
-            if isinstance(layer, Dense):
-                h = F.linear(h, p[0], p[1])
-            elif isinstance(layer, Conv2d):
-                pt, pl, pb, pr = layer.padding
-                if pt == pb and pl == pr:
-                    h = F.conv2d(h, p[0], p[1], stride=layer.stride, padding=(pt, pl), dilation=layer.dilation)
-                else:
-                    h = F.conv2d(F.pad(h, (pl, pr, pt, pb)), p[0], p[1], stride=layer.stride, dilation=layer.dilation)
-            elif isinstance(layer, ReLU):
-                if return_pattern:
+        if self._chain:
+            for layer, p in zip(self._layers, params):
+                if return_pattern and isinstance(layer, ReLU):
                     patterns.append((h > 0).reshape(h.shape[0], -1))
-                h = torch.relu(h)
-            elif isinstance(layer, Flatten):
-                h = h.reshape(h.shape[0], -1)
-            elif isinstance(layer, ElementwiseAffine):
-                h = h * p[0] + p[1]
+                h = layer.apply(p, h)
+        else:
+            values = {-1: h}
+            for i, (layer, p, ins) in enumerate(zip(self._layers, params, self._inputs)):
+                xs = [values[j] for j in ins]
+                if return_pattern and isinstance(layer, ReLU):
+                    patterns.append((xs[0] > 0).reshape(h.shape[0], -1))
+                values[i] = layer.apply(p, *xs)
+                for j in self._free_after[i]:
+                    del values[j]
+            h = values[len(self._layers) - 1]
         return (h, patterns) if return_pattern else h
 
     __call__ = forward
@@ -433,46 +302,39 @@ class Network:
         (cached: the network is immutable)."""
         key = ("ops", str(device), dtype)
         if key not in self._param_cache:
-            self._param_cache[key] = [LinearOp(b.matrix, b.bias, device, dtype) for b in self.affine_blocks()]
+            self._param_cache[key] = [LinearOp(b.matrix, b.bias, device, dtype, b.passthrough)
+                                      for b in self.affine_blocks()]
         return self._param_cache[key]
 
     def affine_blocks(self) -> list[AffineBlock]:
-        """The network as ``A_0, ReLU, A_1, ..., ReLU, A_L`` on flattened vectors (float64).
+        """The network as ``A_0, act, A_1, ..., act, A_L`` on flattened vectors (float64), built
+        by :func:`gpuopt.lowering.lower` (cached)."""
+        if "blocks" not in self._param_cache:
+            from .lowering import lower
 
-        Consecutive affine layers are composed into one sparse matrix; two ReLUs in a row get an
-        identity block between them, and a trailing ReLU is followed by an identity block.
-        """
-        blocks: list[AffineBlock] = []
-        n0 = self.input_size
-        mat = sp.identity(n0, format="csr", dtype=np.float64)
-        bias = np.zeros(n0)
-        for i, layer in enumerate(self._layers):
-            in_shape = self._shapes[i]
-            n_in = math.prod(in_shape)
-            if isinstance(layer, ReLU):
-                blocks.append(AffineBlock(mat.tocsr(), bias))
-                mat = sp.identity(n_in, format="csr", dtype=np.float64)
-                bias = np.zeros(n_in)
-                continue
-            if isinstance(layer, Flatten):
-                continue
-            if isinstance(layer, Dense):
-                lin = sp.csr_matrix(layer.weight)
-                b = layer.bias
-            elif isinstance(layer, Conv2d):
-                lin = _conv_as_sparse(layer, in_shape)
-                out_shape = self._shapes[i + 1]
-                b = np.repeat(layer.bias, out_shape[1] * out_shape[2])
-            elif isinstance(layer, ElementwiseAffine):
-                s = np.broadcast_to(layer.scale, in_shape).reshape(-1)
-                lin = sp.diags(s, format="csr")
-                b = np.broadcast_to(layer.shift, in_shape).reshape(-1).copy()
-            else:  # pragma: no cover - guarded in __init__
-                raise UnsupportedLayerError(f"layer {i} of type {type(layer).__name__}")
-            mat = (lin @ mat).tocsr()
-            bias = lin @ bias + b
-        blocks.append(AffineBlock(mat.tocsr(), np.asarray(bias, dtype=np.float64)))
-        return blocks
+            self._param_cache["blocks"] = lower(self)
+        return list(self._param_cache["blocks"])
+
+
+def _inputs_iv(inputs, layers) -> tuple[tuple[int, ...], ...]:
+    """Canonical ``inputs``: one tuple of earlier layer indices (or -1) per layer; a chain if None."""
+    if inputs is None:
+        out = tuple((i - 1,) for i in range(len(layers)))
+    else:
+        try:
+            out = tuple(tuple(int(j) for j in ins) for ins in inputs)
+        except (TypeError, ValueError):
+            raise InvalidInputError("`inputs` must be one sequence of layer indices per layer") from None
+        if len(out) != len(layers):
+            raise InvalidInputError(f"`inputs` must have one entry per layer ({len(layers)}), got {len(out)}")
+        for i, ins in enumerate(out):
+            if not ins or any(not -1 <= j < i for j in ins):
+                raise InvalidInputError(f"`inputs[{i}]` must name earlier layers (or -1 for the input), got {ins}")
+    for i, (layer, ins) in enumerate(zip(layers, out)):
+        want = layer.n_inputs
+        if len(ins) != want:
+            raise InvalidInputError(f"layer {i} ({type(layer).__name__}) reads {want} tensor(s), `inputs[{i}]` names {len(ins)}")
+    return out
 
 
 # ---------------------------------------------------------------------- torch import

@@ -13,6 +13,9 @@ A coefficient ``a >= 0`` on ``h`` takes the lower relaxation, ``a < 0`` the uppe
 ``a h >= a (alpha or s) z + [a < 0] a (-s l)``. At the input, ``A x >= A m - |A| r`` with
 ``m``/``r`` the box centre and radius. Upper bounds are lower bounds of ``-Lam z_k``.
 
+In a graph network's blocks some coordinates pass through the activation unchanged (skip
+connections): their relaxation is the identity, exact, and their bounds stay IBP's.
+
 Intermediate bounds are computed layer by layer (each from the bounds of the layers before) and
 intersected with IBP's. Safety margin: every bound is widened by
 :func:`~gpuopt.bounds.base.rounding_pad` of the absolute magnitudes involved, counting all
@@ -35,10 +38,13 @@ from .ibp import _ibp_iv, ibp
 __all__ = ["alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
 
-def _relaxation(l: torch.Tensor, u: torch.Tensor):
-    """Slopes ``(lower_slope, upper_slope, upper_intercept)`` of the ReLU relaxation, each (B, n)."""
-    unstable = (l < 0) & (u > 0)
+def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | None = None):
+    """Slopes ``(lower_slope, upper_slope, upper_intercept)`` of the ReLU relaxation, each (B, n);
+    coordinates that the activation passes through (``passthrough``) are exact: slopes 1, intercept 0."""
     active = l >= 0
+    if passthrough is not None:
+        active = active | passthrough
+    unstable = (l < 0) & (u > 0) & ~active
     denom = torch.where(unstable, u - l, torch.ones_like(u))
     s = torch.where(unstable, u / denom, active.to(u.dtype))
     alpha = torch.where(unstable, (u >= -l).to(u.dtype), active.to(u.dtype))
@@ -75,11 +81,14 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     return lower - rounding_pad(mag, n_terms), A
 
 
-def _magnitudes(x_mid, x_rad, pre) -> dict:
-    """``hmax[j] = relu(u_j)`` per hidden layer and ``hmax[-1] = |x_mid| + x_rad``."""
+def _magnitudes(x_mid, x_rad, pre, ops) -> dict:
+    """``hmax[j] = relu(u_j)`` per hidden layer (``max(|l_j|, |u_j|)`` where the activation passes
+    the coordinate through) and ``hmax[-1] = |x_mid| + x_rad``."""
     hmax = {-1: x_mid.abs() + x_rad}
-    for j, (_, u) in enumerate(pre):
+    for j, (l, u) in enumerate(pre):
         hmax[j] = u.clamp(min=0)
+        if ops[j].passthrough is not None:
+            hmax[j] = torch.where(ops[j].passthrough, torch.maximum(l.abs(), u.abs()), hmax[j])
     return hmax
 
 
@@ -109,7 +118,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
     if L == 1:  # a purely affine network: the IBP interval of one affine map is already exact
         return Bounds((), base.output, "crown")
     pre = [base.pre_activation[0]]  # first affine layer: the interval is already exact
-    relax = [_relaxation(*pre[0])]
+    relax = [_relaxation(*pre[0], ops[0].passthrough)]
     B = lo.shape[0]
     method = "crown"
     for k in range(1, L):
@@ -119,21 +128,24 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
             method = "crown-partial"
         else:
             # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
+            open_sign = (il < 0) & (iu > 0)
+            if k < L - 1 and ops[k].passthrough is not None:
+                open_sign = open_sign & ~ops[k].passthrough  # passed through: no relaxation to tighten
             rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else \
-                torch.nonzero(((il < 0) & (iu > 0)).any(dim=0)).flatten()
+                torch.nonzero(open_sign.any(dim=0)).flatten()
             if rows.numel():
                 n_k = ops[k].shape[0]
                 sel = torch.zeros((rows.numel(), n_k), dtype=lo.dtype, device=lo.device)
                 sel[torch.arange(rows.numel(), device=lo.device), rows] = 1.0
                 lam = torch.cat([sel, -sel]).expand(B, 2 * rows.numel(), n_k)
-                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, _magnitudes(x_mid, x_rad, pre))
+                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, _magnitudes(x_mid, x_rad, pre, ops))
                 m = rows.numel()
                 l, u = il.clone(), iu.clone()
                 l[:, rows] = torch.maximum(bound[:, :m], il[:, rows])
                 u[:, rows] = torch.minimum(-bound[:, m:], iu[:, rows])
         if k < L - 1:
             pre.append((l, u))
-            relax.append(_relaxation(l, u))
+            relax.append(_relaxation(l, u, ops[k].passthrough))
         else:
             out = (l, u)
     return Bounds(tuple(pre), out, method)
@@ -154,10 +166,10 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
     if C.dim() == 2:
         C = C.expand(lo.shape[0], *C.shape)
-    relax = [_relaxation(l, u) for l, u in bounds.pre_activation]
+    relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(bounds.pre_activation, ops)]
     x_mid, x_rad = center_radius(lo, hi)
     return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, x_mid, x_rad, n_terms,
-                     _magnitudes(x_mid, x_rad, bounds.pre_activation))
+                     _magnitudes(x_mid, x_rad, bounds.pre_activation, ops))
 
 
 def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *,
@@ -182,9 +194,10 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     m = C.shape[1]
     x_mid, x_rad = center_radius(lo, hi)
     pre = [(l.detach(), u.detach()) for l, u in bounds.pre_activation]
-    relax = [_relaxation(l, u) for l, u in pre]
-    hmax = _magnitudes(x_mid, x_rad, pre)
-    unstable = [((l < 0) & (u > 0))[:, None, :] for l, u in pre]
+    relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
+    hmax = _magnitudes(x_mid, x_rad, pre, ops)
+    unstable = [((l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough))[:, None, :]
+                for (l, u), op in zip(pre, ops)]
     params = [a[:, None, :].expand(B, m, a.shape[1]).clone().requires_grad_(True) for a, _, _ in relax]
     with torch.no_grad():
         best, _ = _backward(C, len(ops) - 1, ops, relax, x_mid, x_rad, n_terms, hmax)

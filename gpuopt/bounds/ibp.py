@@ -5,6 +5,10 @@ radius ``r = (u - l) / 2``, the exact interval hull is ``W m + c -/+ |W| r``. Re
 ``[relu(l), relu(u)]``. Every affine step is widened by :func:`~gpuopt.bounds.base.rounding_pad`
 so the bounds stay sound in the working dtype (float32 on a GPU, float64 on the CPU).
 Runs batched on whatever device the inputs are on.
+
+A chain (:attr:`~gpuopt.network.Network.is_chain`) is walked layer by layer; any other network
+on its affine blocks (:meth:`~gpuopt.network.Network.affine_blocks`), whose passed-through
+coordinates keep their interval.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def ibp(network: Network, lower, upper) -> Bounds:
     """IBP bounds of ``network`` over the boxes ``[lower, upper]`` (each ``(batch, *input_shape)``
     or ``(batch, input_size)``), in the dtype and on the device of ``lower``."""
     lo, hi = _ibp_iv(network, lower, upper)
+    if not network.is_chain:
+        return _ibp_blocks(network, lo, hi)
     params = network._params(lo.device, lo.dtype)
     pre = []
     for layer, p in zip(network.layers, params):
@@ -78,3 +84,26 @@ def ibp(network: Network, lower, upper) -> Bounds:
             raise InvalidInputError(f"IBP does not support layer {type(layer).__name__}")
         lo, hi = mid - rad - pad, mid + rad + pad
     return Bounds(tuple(pre), (lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)), "ibp")
+
+
+def _ibp_blocks(network: Network, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+    """IBP on the affine blocks: ``z = M h + c`` gives ``M m + c -/+ |M| r`` padded for ``n`` terms
+    (``n`` the number of columns), then ReLU on the ReLU coordinates."""
+    lo, hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+    pre = []
+    ops = network.linear_ops(lo.device, lo.dtype)
+    for k, op in enumerate(ops):
+        if k:
+            l, u = pre[-1]
+            keep = ops[k - 1].passthrough
+            lo, hi = l.clamp(min=0), u.clamp(min=0)
+            if keep is not None:
+                lo, hi = torch.where(keep, l, lo), torch.where(keep, u, hi)
+        mid, rad = center_radius(lo, hi)
+        mag = mid.abs() + rad
+        zmid = op.matvec(mid)
+        zrad = op.abs_matvec(rad)
+        pad = rounding_pad(op.abs_matvec(mag) + op.bias.abs(), op.shape[1] + 1)
+        pre.append((zmid - zrad - pad, zmid + zrad + pad))
+    out = pre.pop()
+    return Bounds(tuple(pre), out, "ibp")

@@ -51,7 +51,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, _input_shape_iv
+from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
+                       MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
 
 __all__ = ["from_onnx"]
 
@@ -134,6 +135,9 @@ class _Importer:
         self.consts: dict[str, np.ndarray] = {}
         self.data: dict[str, tuple[int, ...]] = {}  # data tensor -> ONNX per-sample shape
         self.layers: list = []
+        self.inputs: list = []  # per layer, the layers it reads (-1: the network input)
+        self.cur = -1  # the layer holding the data tensor being read (-1: the network input)
+        self.layer_tensor: dict = {}  # layer -> the ONNX tensor holding its output (for fold checks)
         self.errors: dict = {}  # layer index -> (error of weight/scale, error of bias/shift): see _affine
         self._read_io(input_shape)
 
@@ -209,7 +213,7 @@ class _Importer:
         self.nshape = nshape  # current per-sample shape in the Network
         self.oshape = oshape  # current per-sample shape in ONNX (same row-major data)
         self.current = inp.name
-        self.data[inp.name] = oshape
+        self.data[inp.name] = (-1, nshape, oshape)
 
     # ------------------------------------------------------------------ graph walk
     def run(self) -> Network:
@@ -230,21 +234,20 @@ class _Importer:
             if name in producer and producer[name] not in needed:
                 needed.add(producer[name])
                 stack.extend(n for n in nodes[producer[name]].input if n)
+        self._count_uses([nodes[i] for i in sorted(needed)])
         for i, node in enumerate(nodes):
             if i in needed:
                 self._visit(node, node.name or f"<unnamed node #{i}>")
 
         if self.output_name in self.consts:
             raise self._invalid(f"the graph output {self.output_name!r} does not depend on the input")
-        if self.output_name != self.current:
-            raise self._invalid(
-                f"the graph output {self.output_name!r} is not the end of the data path ({self.current!r})"
-            )
-        if len(self.nshape) != 1 or not self.layers:
-            self.layers.append(Flatten())
+        self.cur, self.nshape, self.oshape = self.data[self.output_name]
+        if len(self.nshape) != 1 or self.cur < 0 or self.cur != len(self.layers) - 1:
+            self._add(Flatten())  # the output layer must come last (and be a vector)
         errors = [self.errors.get(i) for i in range(len(self.layers))] if self.errors else None
+        chain = all(ins == (i - 1,) for i, ins in enumerate(self.inputs))
         try:
-            return Network(self.layers, self.input_shape, param_errors=errors)
+            return Network(self.layers, self.input_shape, inputs=None if chain else self.inputs, param_errors=errors)
         except InvalidInputError as err:
             raise self._invalid(f"inconsistent network: {err}") from None
 
@@ -270,19 +273,25 @@ class _Importer:
         if not data_ins:
             self.consts[node.output[0]] = self._fold_constant(node, label, op, attrs)
             return
-        if len(data_ins) > 1:
-            raise self._unsupported(label, op, "more than one non-constant input (branching networks are not supported)")
-        if data_ins[0] != self.current:
-            raise self._unsupported(
-                label, op, f"it reads {data_ins[0]!r}, which is not the latest tensor of the data path "
-                f"({self.current!r}); branching networks are not supported"
-            )
-        handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            raise self._unsupported(label, op)
-        handler(node, label, attrs)
+        if len(data_ins) > 1 or op in ("Sum", "Concat"):
+            handler = getattr(self, f"_multi_{op}", None)
+            if handler is None:
+                raise self._unsupported(label, op, f"{len(data_ins)} non-constant inputs (only Add, Sub, Sum and "
+                                                   "Concat combine data tensors)")
+            handler(node, label, attrs, data_ins)
+        else:
+            handler = getattr(self, f"_op_{op}", None)
+            if handler is None:
+                raise self._unsupported(label, op)
+            self.current = data_ins[0]
+            self.cur, self.nshape, self.oshape = self.data[data_ins[0]]
+            before = self.cur
+            handler(node, label, attrs)
+            if self.cur != before or (self.cur >= 0 and self.layer_tensor.get(self.cur) == data_ins[0]
+                                      and self._uses(data_ins[0]) == 1):
+                self.layer_tensor[self.cur] = node.output[0]  # the layer's output is now this tensor
         out = node.output[0]
-        self.data[out] = self.oshape
+        self.data[out] = (self.cur, self.nshape, self.oshape)
         self.current = out
 
     def _check_deterministic(self, node, label: str, op: str, attrs: dict):
@@ -446,11 +455,63 @@ class _Importer:
             raise ValueError(f"cannot reshape {tuple(in_shape)} to {target}")
         return tuple(out)
 
+    # ------------------------------------------------------------------ graph helpers
+    #: ops that pass their data input on unchanged (or reshaped): a layer read through them is
+    #: still read once
+    _ALIAS_OPS = frozenset(("Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze", "Unsqueeze"))
+
+    def _count_uses(self, nodes):
+        """How many layers read each tensor, looking through alias ops (see :meth:`_uses`)."""
+        consumers: dict = {}
+        for node in nodes:
+            for name in set(n for n in node.input if n):
+                consumers.setdefault(name, []).append(node)
+        memo: dict = {}
+
+        def uses(name):
+            if name not in memo:
+                memo[name] = int(name == self.output_name) + sum(
+                    uses(n.output[0]) if n.op_type in self._ALIAS_OPS and n.output else 1
+                    for n in consumers.get(name, ()))
+            return memo[name]
+
+        self._uses_memo = memo
+        self._uses_fn = uses
+
+    def _uses(self, name: str) -> int:
+        return self._uses_fn(name)
+
+    def _foldable(self) -> bool:
+        """Whether an elementwise map on the current tensor may be folded into the layer that
+        produced it: that layer's output is read by this node only."""
+        return self.cur >= 0 and self.layer_tensor.get(self.cur) == self.current and self._uses(self.current) == 1
+
+    def _add(self, layer, inputs=None) -> int:
+        """Appends ``layer`` reading ``inputs`` (default: the current layer); it becomes current."""
+        self.layers.append(layer)
+        self.inputs.append(tuple(inputs) if inputs is not None else (self.cur,))
+        self.cur = len(self.layers) - 1
+        return self.cur
+
+    def _materialize(self, label: str = "", op: str = ""):
+        """Makes the Network tensor's shape the ONNX one (a Reshape layer; free in every stage)."""
+        if tuple(self.nshape) != tuple(self.oshape):
+            self._add(self._append(lambda: Reshape(tuple(self.oshape)), label, op))
+            self.nshape = tuple(self.oshape)
+
+    def _data_operand(self, name: str, label: str, op: str) -> int:
+        """The layer holding data tensor ``name`` in its ONNX shape (a Reshape added if needed)."""
+        ref, nshape, oshape = self.data[name]
+        if tuple(nshape) != tuple(oshape):
+            self.cur = ref
+            ref = self._add(self._append(lambda: Reshape(tuple(oshape)), label, op))
+        return ref
+
     # ------------------------------------------------------------------ shape helpers
     def _ensure_flat(self):
         """Appends a Flatten layer if the Network tensor is not 1-D yet."""
         if len(self.nshape) != 1:
-            self.layers.append(Flatten())
+            self._add(Flatten())
             self.nshape = (math.prod(self.nshape),)
 
     def _per_sample_const(self, c: np.ndarray, label: str, op: str) -> np.ndarray:
@@ -508,14 +569,14 @@ class _Importer:
         t = self._to_nshape(np.asarray(shift, dtype=np.float64))
         es = self._to_nshape(np.broadcast_to(np.asarray(scale_err, dtype=np.float64), np.shape(scale)))
         et = self._to_nshape(np.broadcast_to(np.asarray(shift_err, dtype=np.float64), np.shape(shift)))
-        last = self.layers[-1] if self.layers else None
-        i = len(self.layers) - 1
+        i = self.cur
+        last = self.layers[i] if self._foldable() else None
         if isinstance(last, Dense):
             n = self.nshape[0]
             sv, tv = np.broadcast_to(s, (n,)), np.broadcast_to(t, (n,))
             esv, etv = np.broadcast_to(es, (n,)), np.broadcast_to(et, (n,))
             w, b = self._fold(i, last.weight, last.bias, sv[:, None], sv, tv, esv[:, None], esv, etv)
-            self.layers[-1] = self._append(lambda: Dense(w, b), label, op)
+            self.layers[i] = self._append(lambda: Dense(w, b), label, op)
             return
         if isinstance(last, Conv2d):
             sf, tf = np.broadcast_to(s, self.nshape), np.broadcast_to(t, self.nshape)
@@ -528,14 +589,14 @@ class _Importer:
                 esv, etv = esf[:, :1, :1].reshape(-1), etf[:, :1, :1].reshape(-1)
                 w, b = self._fold(i, last.weight, last.bias, sv[:, None, None, None], sv, tv,
                                   esv[:, None, None, None], esv, etv)
-                self.layers[-1] = self._append(lambda: Conv2d(w, b, last.stride, last.padding, last.dilation),
+                self.layers[i] = self._append(lambda: Conv2d(w, b, last.stride, last.padding, last.dilation),
                                                label, op)
                 return
         if isinstance(last, ElementwiseAffine):
             sc_, sh_ = self._fold(i, last.scale, last.shift, s, s, t, es, es, et)
-            self.layers[-1] = self._append(lambda: ElementwiseAffine(sc_, sh_), label, op)
+            self.layers[i] = self._append(lambda: ElementwiseAffine(sc_, sh_), label, op)
             return
-        self.layers.append(self._append(lambda: ElementwiseAffine(s, t), label, op))
+        self._add(self._append(lambda: ElementwiseAffine(s, t), label, op))
         if np.any(es) or np.any(et):
             self.errors[len(self.layers) - 1] = (np.abs(es), np.abs(et))
 
@@ -554,7 +615,7 @@ class _Importer:
                                                    "(only float32/float64 casts are supported)")
 
     def _op_Relu(self, node, label, attrs):
-        self.layers.append(ReLU())
+        self._add(ReLU())
 
     def _op_Flatten(self, node, label, attrs):
         rank = len(self.oshape) + 1
@@ -582,19 +643,13 @@ class _Importer:
                 label, "Reshape", f"target shape {tuple(out)} does not keep the batch axis (input {(1,) + tuple(self.oshape)})"
             )
         rest = tuple(out[1:])
+        self.oshape = rest  # the row-major data is unchanged: layers that need the shape materialise it
         if len(rest) == 1:
-            self.oshape = rest
             self._ensure_flat()
-        elif _squeeze_shape(rest) == _squeeze_shape(self.oshape):
-            self.oshape = rest
-        else:
-            raise self._unsupported(
-                label, "Reshape", f"reshaping per-sample shape {self.oshape} to {rest} is not a flatten"
-            )
 
     def _dense(self, weight: np.ndarray, bias: np.ndarray, label: str, op: str):
         self._ensure_flat()
-        self.layers.append(self._append(lambda: Dense(weight, bias), label, op))
+        self._add(self._append(lambda: Dense(weight, bias), label, op))
         self.nshape = (weight.shape[0],)
 
     def _op_Gemm(self, node, label, attrs):
@@ -657,8 +712,7 @@ class _Importer:
             raise self._unsupported(label, "Conv", f"group={attrs.get('group')}")
         if len(self.oshape) != 3 or self.oshape[0] != w.shape[1]:
             raise self._invalid(f"node {label!r} (op Conv): weight {w.shape} does not fit per-sample shape {self.oshape}")
-        if tuple(self.nshape) != tuple(self.oshape):
-            raise self._unsupported(label, "Conv", f"input was reshaped from {self.nshape} to {self.oshape}")
+        self._materialize(label, "Conv")
         kh, kw = w.shape[2:]
         if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
             raise self._invalid(f"node {label!r} (op Conv): kernel_shape {attrs['kernel_shape']} != weight {w.shape}")
@@ -688,7 +742,7 @@ class _Importer:
             out_shape = layer.output_shape(tuple(self.oshape))
         except InvalidInputError as err:
             raise self._invalid(f"node {label!r} (op Conv): {err}") from None
-        self.layers.append(layer)
+        self._add(layer)
         self.oshape = self.nshape = out_shape
 
     def _binary(self, node, label, op):
@@ -754,6 +808,270 @@ class _Importer:
                      scale_err=es.reshape(bshape), shift_err=et.reshape(bshape))
 
 
+    # ------------------------------------------------------------------ graph and shape ops
+
+    def _op_MaxPool(self, node, label, attrs):
+        if len(node.output) > 1 and node.output[1]:
+            raise self._unsupported(label, "MaxPool", "the Indices output")
+        self._materialize(label, "MaxPool")
+        k, st, pads, dil = _pool_geometry(self, label, "MaxPool", attrs, self.oshape)
+        layer = self._append(lambda: MaxPool2d(k, st, pads, dil), label, "MaxPool")
+        self._shaped_layer(layer, label, "MaxPool")
+
+
+    def _op_AveragePool(self, node, label, attrs):
+        self._materialize(label, "AveragePool")
+        k, st, pads, dil = _pool_geometry(self, label, "AveragePool", attrs, self.oshape)
+        if dil != (1, 1):
+            raise self._unsupported(label, "AveragePool", f"dilations {dil}")
+        include = bool(int(attrs.get("count_include_pad", 0)))
+        layer = self._append(lambda: AvgPool2d(k, st, pads, include), label, "AveragePool")
+        self._shaped_layer(layer, label, "AveragePool")
+
+
+    def _op_GlobalAveragePool(self, node, label, attrs):
+        self._materialize(label, "GlobalAveragePool")
+        if len(self.oshape) != 3:
+            raise self._unsupported(label, "GlobalAveragePool", f"per-sample shape {self.oshape} is not (C, H, W)")
+        layer = self._append(lambda: AvgPool2d(self.oshape[1:], (1, 1)), label, "GlobalAveragePool")
+        self._shaped_layer(layer, label, "GlobalAveragePool")
+
+
+    def _shaped_layer(self, layer, label, op):
+        """Appends a layer that acts on the ONNX shape, which becomes its output shape."""
+        try:
+            out_shape = layer.output_shape(tuple(self.oshape))
+        except InvalidInputError as err:
+            raise self._invalid(f"node {label!r} (op {op}): {err}") from None
+        self._add(layer)
+        self.oshape = self.nshape = tuple(out_shape)
+
+
+    def _axis_of(self, axis: int, label: str, op: str, rank: int | None = None) -> int:
+        """The per-sample axis of ONNX ``axis`` (batch-first, negative from the end)."""
+        rank = len(self.oshape) + 1 if rank is None else rank
+        a = int(axis) + rank if int(axis) < 0 else int(axis)
+        if not 0 <= a < rank:
+            raise self._invalid(f"node {label!r} (op {op}): axis {axis} out of range for rank {rank}")
+        if a == 0:
+            raise self._unsupported(label, op, "it acts on the batch axis")
+        return a - 1
+
+
+    def _op_Pad(self, node, label, attrs):
+        mode = attrs.get("mode", "constant")
+        if mode != "constant":
+            raise self._unsupported(label, "Pad", f"mode={mode!r} (only constant padding is supported)")
+        if self.opset is not None and self.opset < 11:
+            pads, value = list(attrs.get("pads", ())), float(attrs.get("value", 0.0))
+        else:
+            pads = [int(v) for v in np.asarray(self._const(node, label, 1)).reshape(-1)]
+            c = self._weight(node, label, 2, required=False)
+            value = 0.0 if c is None or c.size == 0 else float(c.reshape(-1)[0])
+            if len(node.input) > 3 and node.input[3]:
+                axes = [int(a) for a in np.asarray(self._const(node, label, 3)).reshape(-1)]
+                rank = len(self.oshape) + 1
+                full = [0] * (2 * rank)
+                for k, a in enumerate(axes):
+                    a = a + rank if a < 0 else a
+                    full[a], full[a + rank] = pads[k], pads[k + len(axes)]
+                pads = full
+        rank = len(self.oshape) + 1
+        if len(pads) != 2 * rank:
+            raise self._invalid(f"node {label!r} (op Pad): {len(pads)} pads for a rank-{rank} tensor")
+        if pads[0] or pads[rank]:
+            raise self._unsupported(label, "Pad", "padding along the batch axis")
+        if min(pads) < 0:
+            raise self._unsupported(label, "Pad", f"negative pads {pads} (cropping)")
+        self._materialize(label, "Pad")
+        per_sample = tuple(pads[1:rank]) + tuple(pads[rank + 1:])
+        layer = self._append(lambda: Pad(per_sample, value), label, "Pad")
+        self._shaped_layer(layer, label, "Pad")
+
+
+    def _op_Transpose(self, node, label, attrs):
+        rank = len(self.oshape) + 1
+        perm = [int(p) for p in attrs.get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            raise self._invalid(f"node {label!r} (op Transpose): perm {perm} is not a permutation of 0..{rank - 1}")
+        if perm[0] != 0:
+            raise self._unsupported(label, "Transpose", f"perm {perm} moves the batch axis")
+        self._materialize(label, "Transpose")
+        layer = self._append(lambda: Transpose(tuple(p - 1 for p in perm[1:])), label, "Transpose")
+        self._shaped_layer(layer, label, "Transpose")
+
+
+    def _op_Slice(self, node, label, attrs):
+        if self.opset is not None and self.opset < 10:
+            starts, ends = list(attrs.get("starts", ())), list(attrs.get("ends", ()))
+            axes = list(attrs.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts = [int(v) for v in np.asarray(self._const(node, label, 1)).reshape(-1)]
+            ends = [int(v) for v in np.asarray(self._const(node, label, 2)).reshape(-1)]
+            a = self._const(node, label, 3, required=False)
+            axes = list(range(len(starts))) if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
+            st = self._const(node, label, 4, required=False)
+            steps = [1] * len(starts) if st is None else [int(v) for v in np.asarray(st).reshape(-1)]
+        if not (len(starts) == len(ends) == len(axes) == len(steps)):
+            raise self._invalid(f"node {label!r} (op Slice): starts/ends/axes/steps differ in length")
+        self._materialize(label, "Slice")
+        rank = len(self.oshape) + 1
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            a = axis + rank if axis < 0 else axis
+            if not 0 <= a < rank:
+                raise self._invalid(f"node {label!r} (op Slice): axis {axis} out of range")
+            size = 1 if a == 0 else self.oshape[a - 1]
+            if step < 1:
+                raise self._unsupported(label, "Slice", f"step {step} (only positive steps are supported)")
+            lo = max(0, min(size, start + size if start < 0 else start))
+            hi = max(0, min(size, end + size if end < 0 else end))
+            if a == 0:
+                if (lo, hi) != (0, 1):
+                    raise self._unsupported(label, "Slice", "slicing the batch axis")
+                continue
+            if hi <= lo:
+                raise self._unsupported(label, "Slice", f"the slice {start}:{end} of axis {axis} is empty")
+            if (lo, hi, step) == (0, size, 1):
+                continue
+            layer = self._append(lambda: Slice(a - 1, lo, hi, step), label, "Slice")
+            self._shaped_layer(layer, label, "Slice")
+
+
+    def _op_Gather(self, node, label, attrs):
+        idx = np.asarray(self._const(node, label, 1))
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise self._invalid(f"node {label!r} (op Gather): indices must be integers")
+        axis = self._axis_of(attrs.get("axis", 0), label, "Gather")
+        if idx.ndim > 1:
+            raise self._unsupported(label, "Gather", f"indices of rank {idx.ndim} (only a scalar or a list)")
+        size = self.oshape[axis]
+        flat = [int(i) + size if int(i) < 0 else int(i) for i in idx.reshape(-1)]
+        if any(not 0 <= i < size for i in flat):
+            raise self._invalid(f"node {label!r} (op Gather): index out of range for axis of size {size}")
+        self._materialize(label, "Gather")
+        if idx.ndim == 0 and len(self.oshape) == 1:
+            raise self._unsupported(label, "Gather", "a scalar index on a vector leaves no per-sample axis")
+        indices = flat[0] if idx.ndim == 0 else tuple(flat)
+        layer = self._append(lambda: Gather(axis, indices), label, "Gather")
+        self._shaped_layer(layer, label, "Gather")
+
+
+    def _op_Squeeze(self, node, label, attrs):
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = [int(a) for a in np.asarray(self._const(node, label, 1)).reshape(-1)]
+        full = (1,) + tuple(self.oshape)
+        rank = len(full)
+        if axes is None:
+            axes = [a for a in range(1, rank) if full[a] == 1]
+        axes = {int(a) + rank if int(a) < 0 else int(a) for a in axes}
+        if 0 in axes or any(not 0 <= a < rank or full[a] != 1 for a in axes):
+            raise self._unsupported(label, "Squeeze", f"axes {sorted(axes)} of shape {full}")
+        out = tuple(d for a, d in enumerate(full) if a not in axes)[1:]
+        self.oshape = out or (1,)
+
+
+    def _op_Unsqueeze(self, node, label, attrs):
+        axes = attrs.get("axes")
+        if axes is None:
+            axes = [int(a) for a in np.asarray(self._const(node, label, 1)).reshape(-1)]
+        rank = len(self.oshape) + 1 + len(axes)
+        axes = sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
+        if 0 in axes:
+            raise self._unsupported(label, "Unsqueeze", "a new axis before the batch axis")
+        full = [1] + list(self.oshape)
+        for a in axes:
+            full.insert(a, 1)
+        self.oshape = tuple(full[1:])
+
+
+    def _op_ConvTranspose(self, node, label, attrs):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, "ConvTranspose", "the data must be the first input")
+        w = self._weight(node, label, 1)
+        if w.ndim != 4:
+            raise self._unsupported(label, "ConvTranspose", f"only 2-D transposed convolutions (weight shape {w.shape})")
+        if int(attrs.get("group", 1)) != 1:
+            raise self._unsupported(label, "ConvTranspose", f"group={attrs.get('group')}")
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            raise self._unsupported(label, "ConvTranspose", f"auto_pad={attrs.get('auto_pad')!r}")
+        self._materialize(label, "ConvTranspose")
+        b = self._weight(node, label, 2, required=False)
+        if b is None:
+            b = np.zeros(w.shape[1])
+        strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+        dil = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+        pads = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+        outpad = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
+        layer = self._append(lambda: ConvTranspose2d(w, b, strides, pads, outpad, dil), label, "ConvTranspose")
+        if "output_shape" in attrs:
+            want = tuple(int(v) for v in attrs["output_shape"])[-2:]
+            got = layer.output_shape(tuple(self.oshape))[1:]
+            if want != got:
+                raise self._unsupported(label, "ConvTranspose", f"output_shape {want} (pads give {got})")
+        self._shaped_layer(layer, label, "ConvTranspose")
+
+
+    def _combine(self, node, label, op, data_ins, layer_factory, negate_second=False):
+        """Appends a layer reading several data tensors, each in its ONNX shape."""
+        shapes = [self.data[n][2] for n in data_ins]
+        refs = []
+        for k, name in enumerate(data_ins):
+            ref = self._data_operand(name, label, op)
+            if negate_second and k == 1:
+                self.cur = ref
+                ref = self._add(ElementwiseAffine(-np.ones(()), np.zeros(())))
+            refs.append(ref)
+        layer = self._append(lambda: layer_factory(len(refs)), label, op)
+        try:
+            out_shape = layer.output_shape(*[tuple(sh) for sh in shapes])
+        except InvalidInputError as err:
+            raise self._unsupported(label, op, str(err)) from None
+        self._add(layer, refs)
+        self.oshape = self.nshape = tuple(out_shape)
+        self.current = node.output[0]
+        self.layer_tensor[self.cur] = node.output[0]
+
+
+    def _multi_Add(self, node, label, attrs, data_ins):
+        if len(node.input) != 2 or len(data_ins) != 2:
+            raise self._invalid(f"node {label!r} (op Add) must have two inputs")
+        if tuple(self.data[data_ins[0]][2]) != tuple(self.data[data_ins[1]][2]):
+            raise self._unsupported(label, "Add", f"data tensors of shapes {self.data[data_ins[0]][2]} and "
+                                                  f"{self.data[data_ins[1]][2]} (broadcasting two data tensors)")
+        self._combine(node, label, "Add", list(node.input), lambda n: Add(n))
+
+
+    def _multi_Sum(self, node, label, attrs, data_ins):
+        if len(data_ins) != len([n for n in node.input if n]):
+            raise self._unsupported(label, "Sum", "a constant operand")
+        if len(data_ins) == 1:
+            raise self._unsupported(label, "Sum", "a single operand")
+        self._combine(node, label, "Sum", data_ins, lambda n: Add(n))
+
+
+    def _multi_Sub(self, node, label, attrs, data_ins):
+        if len(node.input) != 2 or len(data_ins) != 2:
+            raise self._invalid(f"node {label!r} (op Sub) must have two inputs")
+        if tuple(self.data[data_ins[0]][2]) != tuple(self.data[data_ins[1]][2]):
+            raise self._unsupported(label, "Sub", "data tensors of different shapes")
+        self._combine(node, label, "Sub", list(node.input), lambda n: Add(n), negate_second=True)
+
+
+    def _multi_Concat(self, node, label, attrs, data_ins):
+        if len(data_ins) != len([n for n in node.input if n]):
+            raise self._unsupported(label, "Concat", "constant operands among data tensors")
+        rank = len(self.data[data_ins[0]][2]) + 1
+        self.oshape = self.data[data_ins[0]][2]
+        axis = self._axis_of(attrs.get("axis", 1), label, "Concat", rank)
+        if len(data_ins) == 1:
+            self.current = data_ins[0]
+            self.cur, self.nshape, self.oshape = self.data[data_ins[0]]
+            return
+        self._combine(node, label, "Concat", data_ins, lambda n: Concat(axis, n))
+
+
 def from_onnx(path_or_model, *, input_shape=None) -> Network:
     """Reads a sequential ReLU network from an ONNX file or ``onnx.ModelProto``.
 
@@ -763,3 +1081,38 @@ def from_onnx(path_or_model, *, input_shape=None) -> Network:
     """
     model, path = _load(path_or_model)
     return _Importer(model, path, input_shape).run()
+
+
+def _pool_geometry(imp, label: str, op: str, attrs: dict, shape) -> tuple:
+    """``(kernel, strides, pads (top, left, bottom, right), dilations)`` of a 2-D pooling node."""
+    if len(shape) != 3:
+        raise imp._unsupported(label, op, f"only 2-D pooling of (C, H, W) data is supported, per-sample shape {shape}")
+    kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
+    if len(kernel) != 2:
+        raise imp._unsupported(label, op, f"kernel_shape {kernel} (only 2-D kernels are supported)")
+    strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+    dil = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+        pads = (p[0], p[1], p[2], p[3])
+    elif auto_pad == "VALID":
+        pads = (0, 0, 0, 0)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, st, d in zip(shape[1:], kernel, strides, dil):
+            total = max(0, (-(-size // st) - 1) * st + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+        pads = (begin[0], begin[1], end[0], end[1])
+    else:
+        raise imp._unsupported(label, op, f"auto_pad={auto_pad!r}")
+    if int(attrs.get("ceil_mode", 0)):
+        # ceil_mode only matters when a partial window would be added at the end
+        for size, k, st, d, pb, pe in zip(shape[1:], kernel, strides, dil, pads[:2], pads[2:]):
+            span = size + pb + pe - d * (k - 1) - 1
+            if span % st:
+                raise imp._unsupported(label, op, "ceil_mode=1 with a partial last window")
+    return kernel, strides, pads, dil
+

@@ -9,7 +9,9 @@ Sound pre-activation bounds ``l_k <= z_k <= u_k`` come from a separate bound pas
 
     h >= z,   h >= 0,   h <= z - l (1 - d),   h <= u d.
 
-A neuron with ``u <= 0`` is fixed to ``h = 0``; one with ``l >= 0`` to ``h = z`` (no binary).
+A neuron with ``u <= 0`` is fixed to ``h = 0``; one with ``l >= 0`` to ``h = z`` (no binary), and so
+is a coordinate that the block's activation passes through (``AffineBlock.passthrough``, the
+carried values of a graph network's skip connections).
 
 The objective, for one disjunct ``{y : A y <= b}`` of the unsafe region, is the disjunct margin
 ``max_i (A y - b)_i``: with one row it is ``a^T y - b`` directly; with several, an epigraph
@@ -121,14 +123,15 @@ def encode_bigm(blocks: list[AffineBlock], pre_bounds, out_bounds, x_lower, x_up
         _check_bounds(f"layer {k} pre-activation", l, u, nk)
         z = np.arange(n_var, n_var + nk)
         h = np.arange(n_var + nk, n_var + 2 * nk)
-        unstable = np.flatnonzero((l < 0) & (u > 0))
+        linear = np.zeros(nk, dtype=bool) if block.passthrough is None else np.asarray(block.passthrough, dtype=bool)
+        unstable = np.flatnonzero((l < 0) & (u > 0) & ~linear)
         d = np.arange(n_var + 2 * nk, n_var + 2 * nk + unstable.size)
         n_var += 2 * nk + unstable.size
-        col_lo += [l, np.maximum(l, 0.0), np.zeros(unstable.size)]
-        col_hi += [u, np.maximum(u, 0.0), np.ones(unstable.size)]
+        col_lo += [l, np.where(linear, l, np.maximum(l, 0.0)), np.zeros(unstable.size)]
+        col_hi += [u, np.where(linear, u, np.maximum(u, 0.0)), np.ones(unstable.size)]
         integ += [np.zeros(2 * nk, dtype=bool), np.ones(unstable.size, dtype=bool)]
         add_affine(block, prev_index, z)
-        active = np.flatnonzero(l >= 0)
+        active = np.flatnonzero((l >= 0) | linear)
         if active.size:  # h - z = 0
             i = np.arange(active.size)
             add_rows(np.concatenate([i, i]), np.concatenate([h[active], z[active]]),
@@ -204,7 +207,7 @@ def complete_assignment(model: MilpModel, blocks: list[AffineBlock], x: np.ndarr
     h = x
     for (z_idx, h_idx, unstable, d_idx), block in zip(model.layers, blocks[:-1]):
         z = block.matrix @ h + block.bias
-        h = np.maximum(z, 0.0)
+        h = np.maximum(z, 0.0) if block.passthrough is None else np.where(block.passthrough, z, np.maximum(z, 0.0))
         v[z_idx] = z
         v[h_idx] = h
         v[d_idx] = (z[unstable] > 0).astype(np.float64)
