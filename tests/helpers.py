@@ -54,7 +54,8 @@ def affine_view_forward(net, x: np.ndarray) -> np.ndarray:
     for i, blk in enumerate(blocks):
         z = blk.matrix @ z + blk.bias[:, None]
         if i < len(blocks) - 1:
-            z = np.maximum(z, 0.0)
+            keep = np.zeros(len(z), dtype=bool) if blk.passthrough is None else blk.passthrough
+            z = np.where(keep[:, None], z, np.maximum(z, 0.0))  # passed-through coordinates stay linear
     return z.T
 
 
