@@ -338,26 +338,6 @@ def _inputs_iv(inputs, layers) -> tuple[tuple[int, ...], ...]:
 
 
 # ---------------------------------------------------------------------- torch import
-def _fold_batchnorm(prev: Layer | None, bn: torch.nn.Module, shape: tuple[int, ...]):
-    """Returns (replacement_for_prev or None, extra_layer or None) for an eval-mode BatchNorm."""
-    mean = bn.running_mean.detach().double().numpy()
-    var = bn.running_var.detach().double().numpy()
-    gamma = bn.weight.detach().double().numpy() if bn.weight is not None else np.ones_like(mean)
-    beta = bn.bias.detach().double().numpy() if bn.bias is not None else np.zeros_like(mean)
-    scale = gamma / np.sqrt(var + bn.eps)
-    shift = beta - mean * scale
-    if isinstance(prev, Dense) and len(shape) == 1:
-        return Dense(prev.weight * scale[:, None], prev.bias * scale + shift), None
-    if isinstance(prev, Conv2d):
-        return (
-            Conv2d(prev.weight * scale[:, None, None, None], prev.bias * scale + shift,
-                   prev.stride, prev.padding, prev.dilation),
-            None,
-        )
-    bshape = (len(scale),) + (1,) * (len(shape) - 1)
-    return None, ElementwiseAffine(scale.reshape(bshape), shift.reshape(bshape))
-
-
 def _input_shape_iv(input_shape) -> tuple[int, ...]:
     """``input_shape`` as a non-empty tuple of positive Python ints, or InvalidInputError."""
     what = f"`input_shape` must be a non-empty sequence of positive integers, got {input_shape!r}"
@@ -391,13 +371,12 @@ def _training_submodule(model: torch.nn.Module) -> str | None:
 
 def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None, std=None,
                allow_training_mode: bool = False) -> Network:
-    """Convert an ``nn.Sequential``-style model into a :class:`Network`.
-
-    Supported modules: Linear, Conv2d (groups=1, zero padding), ReLU, Flatten, BatchNorm1d/2d
-    (eval statistics, folded into the preceding Linear/Conv2d when there is one), Identity,
-    Dropout (identity at inference), and nested Sequential. ``mean``/``std`` describe an input
-    normalisation ``(x - mean) / std`` that is prepended (broadcast to ``input_shape``).
-    The model is read, never modified or moved.
+    """Convert a torch model into a :class:`Network` by tracing it with ``torch.fx``
+    (:mod:`gpuopt.io.fx` lists what is supported: residual blocks, ``torch.cat``, pooling,
+    ``view``/``flatten``, BatchNorm folded into the layer it follows). ``mean``/``std`` describe an
+    input normalisation ``(x - mean) / std`` that is prepended (broadcast to ``input_shape``).
+    The model is read, never modified or moved; the result is checked against the model's own
+    forward pass on random inputs, and refused if they differ beyond rounding.
 
     The Network is always the eval-mode function of the model. A model (or submodule) in
     training mode computes something else (BatchNorm uses batch statistics, Dropout is random),
@@ -421,57 +400,9 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
             s = s.reshape(-1, 1, 1)
         layers.append(ElementwiseAffine(1.0 / s, -m / s))
 
-    def current_shape():
-        sh = shape
-        for l in layers:
-            sh = l.output_shape(sh)
-        return sh
+    from .io.fx import trace_layers
 
-    def visit(module: torch.nn.Module, name: str):
-        nn = torch.nn
-        if isinstance(module, nn.Sequential):
-            for child_name, child in module.named_children():
-                visit(child, f"{name}.{child_name}" if name else child_name)
-        elif isinstance(module, nn.Linear):
-            b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(module.out_features)
-            if len(current_shape()) != 1:
-                layers.append(Flatten())
-            layers.append(Dense(module.weight.detach().double().numpy(), b))
-        elif isinstance(module, nn.Conv2d):
-            if module.groups != 1:
-                raise UnsupportedLayerError(f"module {name!r}: Conv2d with groups={module.groups}", node=name, op_type="Conv2d")
-            if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                raise UnsupportedLayerError(
-                    f"module {name!r}: Conv2d padding {module.padding!r} / mode {module.padding_mode!r}",
-                    node=name, op_type="Conv2d")
-            b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(module.out_channels)
-            ph, pw = module.padding
-            layers.append(Conv2d(module.weight.detach().double().numpy(), b, module.stride, (ph, pw, ph, pw), module.dilation))
-        elif isinstance(module, nn.ReLU):
-            layers.append(ReLU())
-        elif isinstance(module, nn.Flatten):
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise UnsupportedLayerError(f"module {name!r}: Flatten must flatten dims 1..-1", node=name, op_type="Flatten")
-            layers.append(Flatten())
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if module.running_mean is None:
-                raise UnsupportedLayerError(f"module {name!r}: BatchNorm without running statistics", node=name, op_type=type(module).__name__)
-            prev = layers[-1] if layers else None
-            replacement, extra = _fold_batchnorm(prev, module, current_shape())
-            if replacement is not None:
-                layers[-1] = replacement
-            else:
-                layers.append(extra)
-        elif isinstance(module, (nn.Identity, nn.Dropout)):
-            pass
-        else:
-            raise UnsupportedLayerError(
-                f"module {name or '<root>'!r} of type {type(module).__name__} is not supported "
-                "(supported: Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d, Identity, Dropout, Sequential)",
-                node=name, op_type=type(module).__name__,
-            )
-
-    visit(model, "")
+    layers, inputs = trace_layers(model, shape, layers)
     # after the walk, so that an unsupported module (which model.eval() would not fix) is reported first
     training = _training_submodule(model)
     if training is not None and not allow_training_mode:
@@ -480,4 +411,33 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
             f"{where} is in training mode (BatchNorm uses batch statistics, Dropout is random); call "
             "model.eval() first, or pass allow_training_mode=True to verify the eval-mode network"
         )
-    return Network(layers, shape)
+    chain = all(ins == (i - 1,) for i, ins in enumerate(inputs))
+    net = Network(layers, shape, inputs=None if chain else inputs)
+    if training is None:
+        _check_reproduces(model, net, normalise=layers[0] if mean is not None or std is not None else None)
+    return net
+
+
+def _check_reproduces(model: torch.nn.Module, net: Network, normalise=None):
+    """Runs ``model`` (in its own dtype and on its own device) and ``net`` on two random inputs; a
+    difference beyond float32 rounding means the trace missed something (data-dependent Python in
+    ``forward``), and the conversion is refused."""
+    p = next(iter(model.parameters()), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.rand((2, *net.input_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        x_model = x if normalise is None else normalise.apply(tuple(torch.tensor(a) for a in normalise.params()), x)
+        ref = model(x_model.to(device=device, dtype=dtype))
+        if not isinstance(ref, torch.Tensor):
+            raise UnsupportedLayerError("`model` must return one tensor", op_type="output")
+        ref = ref.detach().to("cpu", torch.float64).reshape(2, -1)
+        ours = net.forward(x)
+    if ref.shape != ours.shape:
+        raise UnsupportedLayerError(f"the traced network gives outputs of shape {tuple(ours.shape)}, the model "
+                                    f"{tuple(ref.shape)}", op_type="trace")
+    tol = 1e-4 * (1.0 + ref.abs().max().item()) if dtype != torch.float64 else 1e-9 * (1.0 + ref.abs().max().item())
+    err = (ref - ours).abs().max().item()
+    if not err <= tol:
+        raise UnsupportedLayerError(f"the traced network does not reproduce `model` (max difference {err:.3g}); its "
+                                    "forward may depend on the data in ways tracing cannot see", op_type="trace")

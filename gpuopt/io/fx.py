@@ -1,0 +1,397 @@
+"""Importing torch models into the :class:`~gpuopt.network.Network` graph by tracing them with
+``torch.fx`` (used by :func:`gpuopt.network.from_torch`).
+
+``torch.fx.symbolic_trace`` records the model's forward as a graph of module calls, functions and
+tensor methods; each node becomes zero or more layers, and a node that reads several data tensors
+(``x + self.block(x)``, ``torch.cat``) a graph layer. Supported:
+
+* modules: Linear, Conv2d (groups=1, zero padding), ConvTranspose2d (groups=1), ReLU, Flatten,
+  BatchNorm1d/2d (running statistics; folded into the Linear/Conv2d that feeds only it, else an
+  elementwise map), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d,
+  Identity, Dropout; containers are traced through;
+* functions and methods: relu, add/sub of two data tensors or of a constant, mul/div by a
+  constant, neg, cat, flatten, view/reshape (the batch axis kept, as ``x.size(0)``, ``x.shape[0]``
+  or ``-1``), max_pool2d/avg_pool2d/adaptive_avg_pool2d, pad (constant), dropout (identity at
+  inference), contiguous.
+
+Anything else raises :class:`~gpuopt.errors.UnsupportedLayerError` naming the node. Control flow
+that depends on the data cannot be traced and is refused with the tracer's message.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidInputError, UnsupportedLayerError
+from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, MaxPool2d,
+                      Pad, ReLU, Reshape)
+
+__all__ = ["trace_layers"]
+
+_BATCH = object()  # the value of x.size(0) / x.shape[0]
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class _Tracer:
+    def __init__(self, model, shape, layers):
+        self.model = model
+        self.layers = list(layers)
+        self.inputs = [(i - 1,) for i in range(len(self.layers))]
+        self.env: dict = {}
+        self.shapes: dict = {}  # layer index -> per-sample shape
+        start = len(self.layers) - 1
+        self.shapes[-1] = tuple(shape)
+        sh = tuple(shape)
+        for i, layer in enumerate(self.layers):
+            sh = layer.output_shape(sh)
+            self.shapes[i] = sh
+        self.start = start
+
+    # ------------------------------------------------------------------ helpers
+    def unsupported(self, node, what: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(f"node {node.name!r} ({what}) is not supported", node=node.name, op_type=what)
+
+    def add(self, layer, inputs, node) -> int:
+        shapes = [self.shapes[j] for j in inputs]
+        try:
+            out = tuple(layer.output_shape(*shapes))
+        except InvalidInputError as err:
+            raise UnsupportedLayerError(f"node {node.name!r}: {err}", node=node.name,
+                                        op_type=type(layer).__name__) from None
+        self.layers.append(layer)
+        self.inputs.append(tuple(inputs))
+        i = len(self.layers) - 1
+        self.shapes[i] = out
+        return i
+
+    def data(self, node, value) -> int:
+        if not isinstance(value, tuple) or value[0] != "data":
+            raise self.unsupported(node, "an operation on a non-tensor or constant argument")
+        return value[1]
+
+    def is_data(self, value) -> bool:
+        return isinstance(value, tuple) and len(value) == 2 and value[0] == "data"
+
+    def const_map(self, node, ref, c, kind):
+        """``x * c`` (kind "mul") or ``x + c`` (kind "add") for a constant ``c``: an ElementwiseAffine."""
+        shape = self.shapes[ref]
+        c = np.asarray(c, dtype=np.float64)
+        if c.ndim == len(shape) + 1:
+            if c.shape[0] != 1:
+                raise self.unsupported(node, "a constant that varies along the batch axis")
+            c = c[0]
+        try:
+            if np.broadcast_shapes(c.shape, shape) != tuple(shape):
+                raise ValueError
+        except ValueError:
+            raise self.unsupported(node, f"a constant of shape {c.shape} on data of shape {shape}") from None
+        scale, shift = (c, np.zeros(())) if kind == "mul" else (np.ones(()), c)
+        return ("data", self.add(ElementwiseAffine(scale, shift), (ref,), node))
+
+    def value(self, arg):
+        if isinstance(arg, torch.fx.Node):
+            return self.env[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        try:
+            gm = torch.fx.symbolic_trace(self.model)
+        except Exception as err:  # noqa: BLE001 - the tracer raises many kinds
+            raise UnsupportedLayerError(f"`model` cannot be traced by torch.fx: {type(err).__name__}: {err}",
+                                        op_type="trace") from None
+        modules = dict(gm.named_modules())
+        users = {n: len(n.users) for n in gm.graph.nodes}
+        self.producer: dict = {}  # layer index -> fx node that created it
+        placeholders = 0
+        out = None
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                placeholders += 1
+                if placeholders > 1:
+                    if node.args:  # an argument with a default value is not an input
+                        self.env[node] = node.args[0]
+                        continue
+                    raise UnsupportedLayerError(f"`model.forward` takes more than one input ({node.name!r})",
+                                                node=node.name, op_type="placeholder")
+                self.env[node] = ("data", self.start)
+            elif node.op == "get_attr":
+                obj = gm
+                for part in node.target.split("."):
+                    obj = getattr(obj, part)
+                self.env[node] = _np(obj) if isinstance(obj, torch.Tensor) else obj
+            elif node.op == "call_module":
+                self.env[node] = self.module(node, modules[node.target], users)
+            elif node.op in ("call_function", "call_method"):
+                self.env[node] = self.function(node)
+            elif node.op == "output":
+                out = self.value(node.args[0])
+        if out is None or not self.is_data(out):
+            raise UnsupportedLayerError("`model` must return one tensor computed from its input", op_type="output")
+        ref = out[1]
+        if len(self.shapes[ref]) != 1 or ref != len(self.layers) - 1 or ref < 0:
+            ref = self.add(Flatten(), (ref,), node)
+        return self.layers, self.inputs
+
+    # ------------------------------------------------------------------ modules
+    def module(self, node, mod, users):
+        nn = torch.nn
+        name = node.target
+        x = self.data(node, self.value(node.args[0]))
+        shape = self.shapes[x]
+
+        def refuse(why=""):
+            msg = f"module {name!r} of type {type(mod).__name__} is not supported"
+            raise UnsupportedLayerError(msg + (f": {why}" if why else ""), node=name, op_type=type(mod).__name__)
+
+        if isinstance(mod, nn.Linear):
+            if len(shape) != 1:
+                if math.prod(shape[:-1]) != 1:
+                    refuse(f"Linear on the last axis of per-sample shape {shape}")
+                x = self.add(Flatten(), (x,), node)
+            b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_features)
+            i = self.add(Dense(_np(mod.weight), b), (x,), node)
+            out_shape = tuple(shape[:-1]) + (mod.out_features,) if len(shape) != 1 else None
+            if out_shape is not None:
+                i = self.add(Reshape(out_shape), (i,), node)
+        elif isinstance(mod, nn.Conv2d):
+            if mod.groups != 1:
+                refuse(f"groups={mod.groups}")
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                refuse(f"padding {mod.padding!r} / mode {mod.padding_mode!r}")
+            b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_channels)
+            ph, pw = mod.padding
+            i = self.add(Conv2d(_np(mod.weight), b, mod.stride, (ph, pw, ph, pw), mod.dilation), (x,), node)
+        elif isinstance(mod, nn.ConvTranspose2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros":
+                refuse(f"groups={mod.groups}, mode {mod.padding_mode!r}")
+            b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_channels)
+            ph, pw = mod.padding
+            i = self.add(ConvTranspose2d(_np(mod.weight), b, mod.stride, (ph, pw, ph, pw), mod.output_padding,
+                                         mod.dilation), (x,), node)
+        elif isinstance(mod, nn.ReLU):
+            i = self.add(ReLU(), (x,), node)
+        elif isinstance(mod, nn.Flatten):
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                refuse("Flatten must flatten dims 1..-1")
+            i = self.add(Flatten(), (x,), node)
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if mod.running_mean is None:
+                refuse("BatchNorm without running statistics")
+            i = self.batchnorm(node, mod, x, users)
+        elif isinstance(mod, nn.MaxPool2d):
+            if mod.ceil_mode or mod.return_indices:
+                refuse("ceil_mode / return_indices")
+            ph, pw = _pair(mod.padding)
+            i = self.add(MaxPool2d(_pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), (ph, pw, ph, pw),
+                                   _pair(mod.dilation)), (x,), node)
+        elif isinstance(mod, nn.AvgPool2d):
+            if mod.ceil_mode or mod.divisor_override is not None:
+                refuse("ceil_mode / divisor_override")
+            ph, pw = _pair(mod.padding)
+            i = self.add(AvgPool2d(_pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), (ph, pw, ph, pw),
+                                   mod.count_include_pad), (x,), node)
+        elif isinstance(mod, nn.AdaptiveAvgPool2d):
+            i = self.adaptive_avg(node, x, mod.output_size)
+        elif isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            left, right, top, bottom = mod.padding
+            i = self.add(Pad((0, top, left, 0, bottom, right), float(getattr(mod, "value", 0.0))), (x,), node)
+        elif isinstance(mod, (nn.Identity, nn.Dropout)):
+            i = x
+        else:
+            refuse("(supported: Linear, Conv2d, ConvTranspose2d, ReLU, Flatten, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
+                   "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, and containers)")
+        if i != x:
+            self.producer[i] = node
+        return ("data", i)
+
+    def batchnorm(self, node, bn, x, users):
+        mean, var = _np(bn.running_mean), _np(bn.running_var)
+        gamma = _np(bn.weight) if bn.weight is not None else np.ones_like(mean)
+        beta = _np(bn.bias) if bn.bias is not None else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + bn.eps)
+        shift = beta - mean * scale
+        prev = self.layers[x] if x >= 0 else None
+        src = self.producer.get(x)
+        single = src is not None and users.get(src, 0) == 1 and x == len(self.layers) - 1
+        if single and isinstance(prev, Conv2d):
+            self.layers[x] = Conv2d(prev.weight * scale[:, None, None, None], prev.bias * scale + shift,
+                                    prev.stride, prev.padding, prev.dilation)
+            return x
+        if single and isinstance(prev, Dense) and len(self.shapes[x]) == 1:
+            self.layers[x] = Dense(prev.weight * scale[:, None], prev.bias * scale + shift)
+            return x
+        bshape = (len(scale),) + (1,) * (len(self.shapes[x]) - 1)
+        return self.add(ElementwiseAffine(scale.reshape(bshape), shift.reshape(bshape)), (x,), node)
+
+    def adaptive_avg(self, node, x, size):
+        shape = self.shapes[x]
+        size = _pair(size) if size is not None else shape[1:]
+        if len(shape) != 3 or any(s is None for s in size) or shape[1] % size[0] or shape[2] % size[1]:
+            raise self.unsupported(node, f"adaptive average pooling of {shape} to {size} with unequal windows")
+        k = (shape[1] // size[0], shape[2] // size[1])
+        return self.add(AvgPool2d(k, k), (x,), node)
+
+    # ------------------------------------------------------------------ functions and methods
+    def function(self, node):
+        t = node.target
+        args = [self.value(a) for a in node.args]
+        kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if name in ("size",) and node.op == "call_method":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if dim == 0:
+                return _BATCH
+            if dim is None:
+                return ("size", self.data(node, args[0]))
+            raise self.unsupported(node, f"size({dim})")
+        if t is getattr and args[1] == "shape":
+            return ("size", self.data(node, args[0]))
+        if t is operator.getitem and isinstance(args[0], tuple) and args[0][0] == "size":
+            if args[1] == 0:
+                return _BATCH
+            raise self.unsupported(node, "a per-sample size used as a value")
+        if name in ("relu", "relu_"):
+            return ("data", self.add(ReLU(), (self.data(node, args[0]),), node))
+        if name in ("contiguous", "clone", "detach") or (name == "dropout" and not kwargs.get("training", False)
+                                                          and not (len(args) > 2 and args[2])):
+            return args[0]
+        if t in (operator.add, torch.add) or name in ("add", "add_"):
+            return self.binary(node, args, kwargs, "add")
+        if t in (operator.sub, torch.sub) or name in ("sub",):
+            return self.binary(node, args, kwargs, "sub")
+        if t in (operator.mul, torch.mul) or name == "mul":
+            a, b = args[0], args[1]
+            if self.is_data(a) and self.is_data(b):
+                raise self.unsupported(node, "a product of two data tensors (not affine)")
+            x, c = (a, b) if self.is_data(a) else (b, a)
+            return self.const_map(node, self.data(node, x), c, "mul")
+        if t in (operator.truediv, torch.div) or name == "div":
+            if not self.is_data(args[0]) or self.is_data(args[1]):
+                raise self.unsupported(node, "division by data (not affine)")
+            c = np.asarray(args[1], dtype=np.float64)
+            if np.any(c == 0):
+                raise self.unsupported(node, "division by zero")
+            return self.const_map(node, self.data(node, args[0]), 1.0 / c, "mul")
+        if t in (operator.neg, torch.neg) or name == "neg":
+            return self.const_map(node, self.data(node, args[0]), -1.0, "mul")
+        if t is torch.cat or name in ("cat", "concat"):
+            tensors = args[0]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            refs = [self.data(node, v) for v in tensors]
+            rank = len(self.shapes[refs[0]]) + 1
+            dim = dim + rank if dim < 0 else dim
+            if dim == 0:
+                raise self.unsupported(node, "cat along the batch axis")
+            if len(refs) == 1:
+                return ("data", refs[0])
+            return ("data", self.add(Concat(dim - 1, len(refs)), refs, node))
+        if t is torch.flatten or name == "flatten":
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0 if t is torch.flatten else 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+            if start != 1 or end != -1:
+                raise self.unsupported(node, f"flatten({start}, {end}) (only dims 1..-1)")
+            return ("data", self.add(Flatten(), (self.data(node, args[0]),), node))
+        if name in ("view", "reshape"):
+            return self.reshape(node, args)
+        if t is F.max_pool2d or t is F.avg_pool2d or t is F.adaptive_avg_pool2d or t is F.pad:
+            return self.functional_pool(node, t, args, kwargs)
+        raise self.unsupported(node, f"{node.op} {name}")
+
+    def binary(self, node, args, kwargs, kind):
+        a, b = args[0], args[1]
+        alpha = kwargs.get("alpha", 1)
+        if alpha != 1:
+            raise self.unsupported(node, f"{kind} with alpha={alpha}")
+        if self.is_data(a) and self.is_data(b):
+            ra, rb = a[1], b[1]
+            if kind == "sub":
+                rb = self.add(ElementwiseAffine(-np.ones(()), np.zeros(())), (rb,), node)
+            if self.shapes[ra] != self.shapes[rb]:
+                raise self.unsupported(node, f"{kind} of data tensors of shapes {self.shapes[ra]} and {self.shapes[rb]}")
+            return ("data", self.add(Add(2), (ra, rb), node))
+        if self.is_data(a):
+            c = np.asarray(b, dtype=np.float64)
+            return self.const_map(node, a[1], -c if kind == "sub" else c, "add")
+        x = self.data(node, b)
+        if kind == "sub":  # c - x
+            neg = self.const_map(node, x, -1.0, "mul")[1]
+            return self.const_map(node, neg, np.asarray(a, dtype=np.float64), "add")
+        return self.const_map(node, x, np.asarray(a, dtype=np.float64), "add")
+
+    def reshape(self, node, args):
+        x = self.data(node, args[0])
+        dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+        if not dims or not (dims[0] is _BATCH or dims[0] == -1 or dims[0] == 1):
+            raise self.unsupported(node, "a reshape that does not keep the batch axis first")
+        rest = dims[1:]
+        if any(not isinstance(d, int) for d in rest):
+            raise self.unsupported(node, "a reshape to sizes computed from the data")
+        n = math.prod(self.shapes[x])
+        if dims[0] == -1 and -1 in rest:
+            raise self.unsupported(node, "a reshape with two -1 sizes")
+        if -1 in rest:
+            known = math.prod(d for d in rest if d != -1)
+            if known == 0 or n % known:
+                raise self.unsupported(node, f"reshape of {self.shapes[x]} to {rest}")
+            rest[rest.index(-1)] = n // known
+        if not rest:
+            raise self.unsupported(node, "a reshape that removes every per-sample axis")
+        if math.prod(rest) != n:
+            raise self.unsupported(node, f"reshape of {self.shapes[x]} to {rest}")
+        return ("data", self.add(Reshape(tuple(rest)), (x,), node))
+
+    def functional_pool(self, node, t, args, kwargs):
+        x = self.data(node, args[0])
+        if t is F.pad:
+            pad = list(args[1] if len(args) > 1 else kwargs["pad"])
+            mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+            value = args[3] if len(args) > 3 else kwargs.get("value", 0.0)
+            if mode != "constant":
+                raise self.unsupported(node, f"pad mode {mode!r}")
+            r = len(self.shapes[x])
+            if len(pad) % 2 or len(pad) // 2 > r or min(pad) < 0:
+                raise self.unsupported(node, f"pad {pad}")
+            begin, end = [0] * r, [0] * r
+            for k in range(len(pad) // 2):
+                begin[r - 1 - k], end[r - 1 - k] = pad[2 * k], pad[2 * k + 1]
+            return ("data", self.add(Pad(tuple(begin + end), float(value or 0.0)), (x,), node))
+        if t is F.adaptive_avg_pool2d:
+            return ("data", self.adaptive_avg(node, x, args[1] if len(args) > 1 else kwargs["output_size"]))
+        names = ("kernel_size", "stride", "padding")
+        vals = {n: (args[k + 1] if len(args) > k + 1 else kwargs.get(n)) for k, n in enumerate(names)}
+        kernel = _pair(vals["kernel_size"])
+        stride = _pair(vals["stride"]) if vals["stride"] else kernel
+        ph, pw = _pair(vals["padding"] or 0)
+        if kwargs.get("ceil_mode") or (len(args) > 4 and args[4] if t is F.avg_pool2d else False):
+            raise self.unsupported(node, "ceil_mode")
+        if t is F.max_pool2d:
+            dil = _pair(kwargs.get("dilation", args[4] if len(args) > 4 else 1))
+            if kwargs.get("return_indices"):
+                raise self.unsupported(node, "return_indices")
+            return ("data", self.add(MaxPool2d(kernel, stride, (ph, pw, ph, pw), dil), (x,), node))
+        include = kwargs.get("count_include_pad", args[5] if len(args) > 5 else True)
+        if kwargs.get("divisor_override") is not None:
+            raise self.unsupported(node, "divisor_override")
+        return ("data", self.add(AvgPool2d(kernel, stride, (ph, pw, ph, pw), include), (x,), node))
+
+
+def trace_layers(model: torch.nn.Module, shape: tuple[int, ...], prefix) -> tuple[list, list]:
+    """``(layers, inputs)`` of ``model`` traced on samples of ``shape``, after the ``prefix`` layers
+    (a chain, e.g. an input normalisation) that its input goes through first."""
+    tracer = _Tracer(model, shape, prefix)
+    return tracer.run()
