@@ -1,5 +1,7 @@
 """VNN-COMP scoreboard. By default the first path's set: VNN-COMP 2022 mnist_fc (256x2) and acasxu
-(props 1-4, nets 1_1..1_9); ``--suites mnist_fc_all acasxu_all oval21`` runs every shared instance.
+(props 1-4, nets 1_1..1_9); ``--suites mnist_fc_all acasxu_all oval21`` runs every shared instance, and ``--suites
+sri_resnet_a sri_resnet_b cifar_biasfield yolo`` the graph networks under coverage/
+(``--limit N`` caps each suite at its first N instances).
 
 Each instance runs as ``gpuopt verify NET VNNLIB --timeout T`` in its own process (as VNN-COMP
 runs a tool), with the official timeout from instances.csv times ``--timeout-scale``. Every result
@@ -41,7 +43,14 @@ SUITES = {
     "mnist_fc_all": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc", lambda onnx, vnnlib: True),
     "acasxu_all": ("vnncomp2022/acasxu", "instances.csv", "acasxu", lambda onnx, vnnlib: True),
     "oval21": ("vnncomp2021/oval21", "oval21_instances.csv", "oval21", lambda onnx, vnnlib: True),
+    # graph networks (coverage/): residual adds, pooling, reshapes
+    "sri_resnet_a": ("coverage/vnncomp2022/sri_resnet_a", "instances.csv", "sri_resnet_a", lambda onnx, vnnlib: True),
+    "sri_resnet_b": ("coverage/vnncomp2022/sri_resnet_b", "instances.csv", "sri_resnet_b", lambda onnx, vnnlib: True),
+    "cifar_biasfield": ("coverage/vnncomp2022/cifar_biasfield", "instances.csv", "cifar_biasfield",
+                        lambda onnx, vnnlib: True),
+    "yolo": ("coverage/vnncomp2023/yolo", "instances.csv", "yolo", lambda onnx, vnnlib: True),
 }
+COVERAGE = ["sri_resnet_a", "sri_resnet_b", "cifar_biasfield", "yolo"]
 FIRST_PATH = ["mnist_fc", "acasxu"]
 
 
@@ -60,12 +69,22 @@ def reference_labels() -> dict:
     """(category, instance) -> label. The shared oval21 instances are VNN-COMP 2021's, so their
     labels come from the 2021 file (where ``conflict_majority_sat`` marks disputed instances)."""
     labels = {}
-    for name, only in (("vnncomp2022_labels.csv", ("mnist_fc", "acasxu")), ("vnncomp2021_oval21_labels.csv", ("oval21",))):
+    for name, only in (("vnncomp2022_labels.csv", ("mnist_fc", "acasxu")), ("vnncomp2021_oval21_labels.csv", ("oval21",)),
+                       ("vnncomp2022_more_labels.csv", ("sri_resnet_a", "sri_resnet_b", "cifar_biasfield")),
+                       ("vnncomp2023_labels.csv", ("yolo",))):
         with open(BENCH / "reference" / name) as fh:
             for row in csv.DictReader(fh):
                 if row["category"] in only:
                     labels[(row["category"], row["instance"])] = row["reference_label"]
     return labels
+
+
+def instance_name(onnx: Path, vnnlib: Path) -> str:
+    """``<net stem>-<spec stem>`` as the reference tables name instances (``.vnnlib.gz`` stripped)."""
+    spec = vnnlib.name
+    for suffix in (".gz", ".vnnlib"):
+        spec = spec[: -len(suffix)] if spec.endswith(suffix) else spec
+    return f"{onnx.stem}-{spec}"
 
 
 def reference_side(label: str) -> str:
@@ -115,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--max-timeout", type=float, default=None, help="cap on the per-instance timeout (seconds)")
     ap.add_argument("--suites", nargs="+", default=FIRST_PATH, choices=list(SUITES))
+    ap.add_argument("--limit", type=int, default=None, help="run at most this many instances per suite (a capped run)")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
     args = ap.parse_args(argv)
@@ -126,10 +146,15 @@ def main(argv=None) -> int:
     done = open_results(out, args.resume)
 
     records = list(done.values())
-    todo = [(s, o, v, t) for s, o, v, t in instances(args.suites)
-            if (s, f"{o.stem}-{v.stem}") not in done]
+    todo, per_suite = [], {}
+    for s, o, v, t in instances(args.suites):
+        per_suite[s] = per_suite.get(s, 0) + 1
+        if args.limit is not None and per_suite[s] > args.limit:
+            continue
+        if (s, instance_name(o, v)) not in done:
+            todo.append((s, o, v, t))
     for n, (suite, onnx, vnnlib, timeout) in enumerate(todo, 1):
-        name = f"{onnx.stem}-{vnnlib.stem}"
+        name = instance_name(onnx, vnnlib)
         t = timeout * args.timeout_scale
         if args.max_timeout is not None:
             t = min(t, args.max_timeout)
@@ -143,7 +168,7 @@ def main(argv=None) -> int:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        print(f"[{n}/{len(todo)}] {suite:8s} {name:45s} {res['status']:8s} ref={ref:6s} "
+        print(f"[{n}/{len(todo)}] {suite:8s} {name:60s} {res['status']:8s} ref={ref:6s} "
               f"{res['seconds']:7.2f}s{'  WRONG' if wrong else ''}", flush=True)
 
     summary = {}
