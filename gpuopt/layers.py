@@ -60,16 +60,32 @@ def _frozen_array(a, name: str, ndim: int | None = None) -> np.ndarray:
     return arr
 
 
-def _ints(values, name: str, count: int, minimum: int) -> tuple[int, ...]:
-    """``values`` as ``count`` Python ints ``>= minimum``, or InvalidInputError naming ``name``."""
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _ints(values, name: str, count: int | None, minimum: int) -> tuple[int, ...]:
+    """``values`` as ``count`` (any number if None) Python ints ``>= minimum``, or
+    InvalidInputError naming ``name``."""
+    what = f"`{name}` must be {'a sequence of' if count is None else count} integers >= {minimum}, got {values!r}"
     try:
-        out = tuple(int(v) for v in values)
-        ok = len(out) == count and all(isinstance(v, (int, np.integer)) or float(v) == int(v) for v in values)
-    except (TypeError, ValueError):
-        ok, out = False, ()
-    if not ok or min(out, default=minimum) < minimum:
-        raise InvalidInputError(f"`{name}` must be {count} integers >= {minimum}, got {values!r}")
+        items = tuple(values)
+    except TypeError:
+        raise InvalidInputError(what) from None
+    if (count is not None and len(items) != count) or not all(_is_int(v) for v in items):
+        raise InvalidInputError(what)
+    out = tuple(int(v) for v in items)
+    if min(out, default=minimum) < minimum:
+        raise InvalidInputError(what)
     return out
+
+
+def _check_windows(layer, name: str, shape):
+    """Refuses a pooling geometry with a window that holds padding only (its max is undefined,
+    its average over the image 0/0)."""
+    if not (pool_windows(layer, shape) >= 0).any(axis=1).all():
+        raise InvalidInputError(f"{name} padding {layer.padding} leaves a window with no position inside the "
+                                f"input {shape}")
 
 
 def _axis(axis, rank: int, name: str) -> int:
@@ -362,14 +378,13 @@ class MaxPool2d(_LayerBase):
 
     def __post_init__(self):
         k, s, p, d = _pool_params(self.kernel, self.stride, self.padding, self.dilation, "MaxPool2d")
-        if p[0] >= k[0] * d[0] or p[2] >= k[0] * d[0] or p[1] >= k[1] * d[1] or p[3] >= k[1] * d[1]:
-            raise InvalidInputError(f"`MaxPool2d.padding` {p} must be smaller than the kernel's extent (a window "
-                                    "could hold padding only)")
         for name, v in (("kernel", k), ("stride", s), ("padding", p), ("dilation", d)):
             object.__setattr__(self, name, v)
 
     def output_shape(self, shape):
-        return _pool_output_shape(self, "MaxPool2d", shape)
+        out = _pool_output_shape(self, "MaxPool2d", shape)
+        _check_windows(self, "MaxPool2d", shape)
+        return out
 
     def apply(self, p, x):
         pt, pl, pb, pr = self.padding
@@ -399,7 +414,10 @@ class AvgPool2d(_LayerBase):
         object.__setattr__(self, "count_include_pad", bool(self.count_include_pad))
 
     def output_shape(self, shape):
-        return _pool_output_shape(self, "AvgPool2d", shape)
+        out = _pool_output_shape(self, "AvgPool2d", shape)
+        if not self.count_include_pad:
+            _check_windows(self, "AvgPool2d", shape)
+        return out
 
     def _counts(self, shape) -> np.ndarray:
         win = pool_windows(self, shape)
@@ -507,7 +525,7 @@ class Reshape(_LayerBase):
     shape: tuple[int, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", _ints(self.shape, "Reshape.shape", len(tuple(self.shape)), 1))
+        object.__setattr__(self, "shape", _ints(self.shape, "Reshape.shape", None, 1))
 
     def output_shape(self, shape):
         if math.prod(shape) != math.prod(self.shape):
@@ -525,7 +543,7 @@ class Transpose(_LayerBase):
     perm: tuple[int, ...]
 
     def __post_init__(self):
-        perm = _ints(self.perm, "Transpose.perm", len(tuple(self.perm)), 0)
+        perm = _ints(self.perm, "Transpose.perm", None, 0)
         if sorted(perm) != list(range(len(perm))):
             raise InvalidInputError(f"`Transpose.perm` must be a permutation of 0..{len(perm) - 1}, got {self.perm!r}")
         object.__setattr__(self, "perm", perm)
@@ -548,7 +566,7 @@ class Pad(_LayerBase):
     value: float = 0.0
 
     def __post_init__(self):
-        pads = _ints(self.pads, "Pad.pads", len(tuple(self.pads)), 0)
+        pads = _ints(self.pads, "Pad.pads", None, 0)
         if len(pads) % 2 or not pads:
             raise InvalidInputError(f"`Pad.pads` must list a begin and an end per axis, got {self.pads!r}")
         value = float(self.value)
@@ -617,13 +635,13 @@ class Gather(_LayerBase):
     indices: Union[int, tuple]
 
     def __post_init__(self):
-        if isinstance(self.indices, (int, np.integer)) and not isinstance(self.indices, bool):
+        if _is_int(self.indices):
             object.__setattr__(self, "indices", int(self.indices))
         else:
-            idx = tuple(self.indices)
-            object.__setattr__(self, "indices", _ints(idx, "Gather.indices", len(idx), 0))
+            idx = _ints(self.indices, "Gather.indices", None, 0)
             if not idx:
                 raise InvalidInputError("`Gather.indices` must not be empty")
+            object.__setattr__(self, "indices", idx)
 
     def output_shape(self, shape):
         axis = _axis(self.axis, len(shape), "Gather.axis")
@@ -651,8 +669,9 @@ class Add(_LayerBase):
     n_inputs: int = 2
 
     def __post_init__(self):
-        if not isinstance(self.n_inputs, int) or self.n_inputs < 2:
+        if not _is_int(self.n_inputs) or self.n_inputs < 2:
             raise InvalidInputError(f"`Add.n_inputs` must be an integer >= 2, got {self.n_inputs!r}")
+        object.__setattr__(self, "n_inputs", int(self.n_inputs))
 
     def output_shape(self, *shapes):
         if any(tuple(s) != tuple(shapes[0]) for s in shapes):
@@ -679,8 +698,9 @@ class Concat(_LayerBase):
     n_inputs: int = 2
 
     def __post_init__(self):
-        if not isinstance(self.n_inputs, int) or self.n_inputs < 1:
+        if not _is_int(self.n_inputs) or self.n_inputs < 1:
             raise InvalidInputError(f"`Concat.n_inputs` must be an integer >= 1, got {self.n_inputs!r}")
+        object.__setattr__(self, "n_inputs", int(self.n_inputs))
 
     def output_shape(self, *shapes):
         axis = _axis(self.axis, len(shapes[0]), "Concat.axis")

@@ -427,15 +427,14 @@ def test_nan_weight_names_node():
         from_onnx(model)
 
 
-def test_grouped_conv_and_matmul_on_data_last_axis_are_unsupported():
+def test_grouped_conv_is_unsupported_and_matmul_on_the_last_axis_is_row_wise():
     rng = np.random.default_rng(13)
     conv = _model([helper.make_node("Conv", ["x", "W"], ["y"], name="gc", group=2)], [1, 2, 4, 4],
                   {"W": _f32(rng, 2, 1, 3, 3)})
     with pytest.raises(UnsupportedLayerError, match=re.escape("node 'gc' (op Conv) is not supported: group=2")):
         from_onnx(conv)
     mm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [1, 2, 3], {"W": _f32(rng, 3, 4)})
-    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'mm' (op MatMul) is not supported")):
-        from_onnx(mm)
+    assert [type(l) for l in _check_model(mm).layers] == [Flatten, Dense]  # block-diagonal weight
 
 
 def test_low_precision_cast_on_the_data_path_is_unsupported():
@@ -449,3 +448,28 @@ def test_low_precision_cast_on_the_data_path_is_unsupported():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(UnsupportedLayerError, match=re.escape("node 'to_half' (op Cast) is not supported")):
         from_onnx(model)
+
+
+@pytest.mark.parametrize("shape", [[5], [12, 8]])
+def test_inputs_without_a_batch_axis_are_one_sample(shape):
+    """Rank 1, or a leading dimension fixed above 1: the whole tensor is one sample."""
+    rng = np.random.default_rng(16)
+    if len(shape) == 1:
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+                 helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+        inits = {"W": _f32(rng, 5, 4), "b": _f32(rng, 4), "W2": _f32(rng, 4, 3)}
+    else:  # a row-wise MatMul (block-diagonal), then axes that count from 0 without a batch
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+                 helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]),
+                 helper.make_node("Slice", ["t", "st", "en", "ax"], ["sl"]),
+                 helper.make_node("Reshape", ["sl", "s"], ["f"]), helper.make_node("Gather", ["f", "gi"], ["y"], axis=0)]
+        inits = {"W": _f32(rng, 8, 3), "st": np.array([1], dtype=np.int64), "en": np.array([3], dtype=np.int64),
+                 "ax": np.array([0], dtype=np.int64), "s": np.array([1, -1], dtype=np.int64),
+                 "gi": np.array(0, dtype=np.int64)}
+    model = _model(nodes, shape, inits)
+    net = from_onnx(model)
+    assert net.input_shape == tuple(shape)
+    x = rng.uniform(-1, 1, (10, *shape))
+    sess = _session(model)
+    ref = np.stack([sess.run(None, {"x": xi.astype(np.float32)})[0].reshape(-1) for xi in x]).astype(np.float64)
+    _assert_close(net.forward64(x), ref, "no batch axis")

@@ -1,10 +1,18 @@
-"""Importing sequential ReLU networks from ONNX into the :class:`~gpuopt.network.Network` IR.
+"""Importing ReLU networks from ONNX into the :class:`~gpuopt.network.Network` graph IR.
 
-The graph must have one non-initializer input (batch-first) and one output, and its nodes must
-form a single data path: every node reads at most one non-constant tensor, the one produced last.
-Nodes that do not contribute to the graph output are ignored. The per-sample input shape is the
-declared input shape without its leading batch dimension (unit dimensions are kept), so flattened
-VNNLIB ``X_i`` indices are the row-major indices of the ONNX input.
+The graph must have one non-initializer input and one output. Nodes that do not contribute to the
+graph output are ignored. The per-sample input shape is the declared input shape without its
+leading batch dimension (unit dimensions are kept), so flattened VNNLIB ``X_i`` indices are the
+row-major indices of the ONNX input. An input of rank 1, or whose leading dimension is fixed above
+1 (``[12, 8]``), has no batch axis: the whole tensor is one sample.
+
+Nodes may branch: ``Add``/``Sub``/``Sum`` of data tensors of one shape (residual connections) and
+``Concat`` of data tensors become graph layers; ``MaxPool``, ``AveragePool``,
+``GlobalAveragePool``, ``Pad`` (constant), ``Transpose`` (batch axis kept), ``Slice`` (positive
+steps), ``Gather`` (a constant scalar or list of indices), ``ConvTranspose`` (``group=1``),
+``Squeeze``/``Unsqueeze`` and any ``Reshape`` that keeps the batch axis are supported on the data.
+An elementwise map is folded into the layer that produced its input only when that layer's output
+is read by nothing else (looking through Identity-like nodes).
 
 Mapping of the supported operators (default domain only):
 
@@ -112,10 +120,6 @@ def _two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
     return s, e
 
 
-def _squeeze_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(d for d in shape if d != 1)
-
-
 class _Importer:
     """Walks the graph once, keeping the constants and the current data tensor."""
 
@@ -138,6 +142,7 @@ class _Importer:
         self.inputs: list = []  # per layer, the layers it reads (-1: the network input)
         self.cur = -1  # the layer holding the data tensor being read (-1: the network input)
         self.layer_tensor: dict = {}  # layer -> the ONNX tensor holding its output (for fold checks)
+        self.batched = True  # whether ONNX tensors carry a leading batch axis (see _read_io)
         self.errors: dict = {}  # layer index -> (error of weight/scale, error of bias/shift): see _affine
         self._read_io(input_shape)
 
@@ -177,12 +182,15 @@ class _Importer:
         declared = None  # per-sample dims, None for unknown entries
         if ttype.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
-            if len(dims) < 2:
-                raise self._invalid(
-                    f"input {inp.name!r} has rank {len(dims)}; a leading batch dimension and at least "
-                    "one per-sample dimension are required"
-                )
-            declared = tuple(dims[1:])
+            if not dims:
+                raise self._invalid(f"input {inp.name!r} is a scalar; at least one input dimension is required")
+            # a rank-1 input, or one whose leading dimension is fixed above 1 (``[12, 8]``), has no
+            # batch axis: the whole tensor is one sample
+            if len(dims) == 1 or (dims[0] is not None and dims[0] > 1):
+                self.batched = False
+                declared = tuple(dims)
+            else:
+                declared = tuple(dims[1:])
 
         if input_shape is not None:
             nshape = _input_shape_iv(input_shape)
@@ -267,7 +275,7 @@ class _Importer:
             self.consts[node.output[0]] = self._constant_value(node, label, attrs)
             return
         if op == "Shape" and data_ins:
-            full = np.array((1,) + self.data[data_ins[0]], dtype=np.int64)
+            full = np.array(self._full_shape(self.data[data_ins[0]][2]), dtype=np.int64)
             self.consts[node.output[0]] = full[attrs.get("start", 0): attrs.get("end", len(full))]
             return
         if not data_ins:
@@ -518,9 +526,11 @@ class _Importer:
         """Drops the batch axis of a constant broadcast against ``(batch, *oshape)``."""
         c = np.asarray(c, dtype=np.float64)
         rank = len(self.oshape)
+        if not self.batched and c.ndim > rank:  # no batch axis: the constant is per-sample already
+            raise self._unsupported(label, op, f"constant of shape {c.shape} would change the rank of the data")
         if c.ndim > rank + 1:
             raise self._unsupported(label, op, f"constant of shape {c.shape} would change the rank of the data")
-        if c.ndim == rank + 1:
+        if c.ndim == rank + 1 and self.batched:
             if c.shape[0] != 1:
                 raise self._unsupported(label, op, f"constant of shape {c.shape} varies along the batch axis")
             c = c.reshape(c.shape[1:])
@@ -620,9 +630,12 @@ class _Importer:
     def _op_Flatten(self, node, label, attrs):
         rank = len(self.oshape) + 1
         axis = int(attrs.get("axis", 1))
-        axis = axis + rank if axis < 0 else axis
+        axis = axis + rank - 1 + self.batched if axis < 0 else axis
         if not 0 <= axis <= rank:
             raise self._invalid(f"node {label!r} (op Flatten): axis {attrs.get('axis')} out of range")
+        if not self.batched:  # one sample: the result is the 2-D view (prod before axis, prod after)
+            self.oshape = (math.prod(self.oshape[:axis]), math.prod(self.oshape[axis:]))
+            return
         # axis 0 gives (1, batch*n): a flatten of the single sample; axis k >= 2 keeps the batch
         # separate only when the per-sample axes before k all have size 1.
         if axis >= 2 and math.prod(self.oshape[: axis - 1]) != 1:
@@ -634,6 +647,13 @@ class _Importer:
 
     def _op_Reshape(self, node, label, attrs):
         target = self._const(node, label, 1)
+        if not self.batched:
+            try:
+                out = self._resolve_reshape(tuple(self.oshape), target, attrs.get("allowzero", 0))
+            except ValueError as err:
+                raise self._invalid(f"node {label!r} (op Reshape): {err}") from None
+            self.oshape = tuple(out) or (1,)
+            return
         try:
             out = self._resolve_reshape((1,) + tuple(self.oshape), target, attrs.get("allowzero", 0))
         except ValueError as err:
@@ -657,14 +677,14 @@ class _Importer:
             raise self._unsupported(label, "Gemm", "the data must be the first operand A")
         if int(attrs.get("transA", 0)):
             raise self._unsupported(label, "Gemm", "transA=1 (transposes the batch axis)")
-        if len(self.oshape) != 1:
+        if len(self.oshape) != 1 and (self.batched or len(self.oshape) != 2 or self.oshape[0] != 1):
             raise self._unsupported(label, "Gemm", f"input must be 2-D (batch, features), per-sample shape is {self.oshape}")
         b = self._weight(node, label, 1)
         if b.ndim != 2:
             raise self._invalid(f"node {label!r} (op Gemm): B must be 2-D, got shape {b.shape}")
         w = (b if int(attrs.get("transB", 0)) else b.T) * float(attrs.get("alpha", 1.0))  # (out, in)
-        if w.shape[1] != self.oshape[0]:
-            raise self._invalid(f"node {label!r} (op Gemm): B of shape {b.shape} does not fit {self.oshape[0]} inputs")
+        if w.shape[1] != self.oshape[-1]:
+            raise self._invalid(f"node {label!r} (op Gemm): B of shape {b.shape} does not fit {self.oshape[-1]} inputs")
         n_out = w.shape[0]
         c = self._weight(node, label, 2, required=False)
         if c is None:
@@ -683,7 +703,7 @@ class _Importer:
         self._dense(w, bias, label, "Gemm")
         if np.any(ew) or np.any(eb):  # alpha or beta scaling rounded
             self.errors[len(self.layers) - 1] = (np.abs(ew), np.abs(np.broadcast_to(eb, (n_out,))))
-        self.oshape = (n_out,)
+        self.oshape = (n_out,) if self.batched else (1, n_out)
 
     def _op_MatMul(self, node, label, attrs):
         if node.input[0] != self.current:
@@ -695,11 +715,14 @@ class _Importer:
             raise self._invalid(
                 f"node {label!r} (op MatMul): W of shape {w.shape} does not fit per-sample shape {self.oshape}"
             )
-        if math.prod(self.oshape[:-1]) != 1:
-            raise self._unsupported(
-                label, "MatMul", f"multiplying the last axis of per-sample shape {self.oshape} (only (..., 1, n) is supported)"
-            )
-        self._dense(w.T, np.zeros(w.shape[1]), label, "MatMul")
+        rows = math.prod(self.oshape[:-1])
+        weight = w.T
+        if rows != 1:  # x @ W on every row of the last axis: a block-diagonal Dense (exact: entries W or 0)
+            if rows * rows * w.size > 1 << 24:
+                raise self._unsupported(label, "MatMul", f"multiplying the last axis of per-sample shape {self.oshape} "
+                                                         "(the block-diagonal weight would be too large)")
+            weight = np.kron(np.eye(rows), w.T)
+        self._dense(weight, np.zeros(weight.shape[0]), label, "MatMul")
         self.oshape = tuple(self.oshape[:-1]) + (w.shape[1],)
 
     def _op_Conv(self, node, label, attrs):
@@ -849,16 +872,22 @@ class _Importer:
 
     def _axis_of(self, axis: int, label: str, op: str, rank: int | None = None) -> int:
         """The per-sample axis of ONNX ``axis`` (batch-first, negative from the end)."""
-        rank = len(self.oshape) + 1 if rank is None else rank
+        off = int(self.batched)
+        rank = len(self.oshape) + off if rank is None else rank
         a = int(axis) + rank if int(axis) < 0 else int(axis)
         if not 0 <= a < rank:
             raise self._invalid(f"node {label!r} (op {op}): axis {axis} out of range for rank {rank}")
-        if a == 0:
+        if a == 0 and off:
             raise self._unsupported(label, op, "it acts on the batch axis")
-        return a - 1
+        return a - off
+
+    def _full_shape(self, oshape) -> tuple:
+        """The ONNX shape of a tensor of per-sample shape ``oshape`` (a batch of one)."""
+        return ((1,) if self.batched else ()) + tuple(oshape)
 
 
     def _op_Pad(self, node, label, attrs):
+        off = int(self.batched)  # ONNX axis of the first per-sample axis
         mode = attrs.get("mode", "constant")
         if mode != "constant":
             raise self._unsupported(label, "Pad", f"mode={mode!r} (only constant padding is supported)")
@@ -870,38 +899,40 @@ class _Importer:
             value = 0.0 if c is None or c.size == 0 else float(c.reshape(-1)[0])
             if len(node.input) > 3 and node.input[3]:
                 axes = [int(a) for a in np.asarray(self._const(node, label, 3)).reshape(-1)]
-                rank = len(self.oshape) + 1
+                rank = len(self.oshape) + off
                 full = [0] * (2 * rank)
                 for k, a in enumerate(axes):
                     a = a + rank if a < 0 else a
                     full[a], full[a + rank] = pads[k], pads[k + len(axes)]
                 pads = full
-        rank = len(self.oshape) + 1
+        rank = len(self.oshape) + off
         if len(pads) != 2 * rank:
             raise self._invalid(f"node {label!r} (op Pad): {len(pads)} pads for a rank-{rank} tensor")
-        if pads[0] or pads[rank]:
+        if off and (pads[0] or pads[rank]):
             raise self._unsupported(label, "Pad", "padding along the batch axis")
         if min(pads) < 0:
             raise self._unsupported(label, "Pad", f"negative pads {pads} (cropping)")
         self._materialize(label, "Pad")
-        per_sample = tuple(pads[1:rank]) + tuple(pads[rank + 1:])
+        per_sample = tuple(pads[off:rank]) + tuple(pads[rank + off:])
         layer = self._append(lambda: Pad(per_sample, value), label, "Pad")
         self._shaped_layer(layer, label, "Pad")
 
 
     def _op_Transpose(self, node, label, attrs):
-        rank = len(self.oshape) + 1
+        off = int(self.batched)  # ONNX axis of the first per-sample axis
+        rank = len(self.oshape) + off
         perm = [int(p) for p in attrs.get("perm", range(rank - 1, -1, -1))]
         if sorted(perm) != list(range(rank)):
             raise self._invalid(f"node {label!r} (op Transpose): perm {perm} is not a permutation of 0..{rank - 1}")
-        if perm[0] != 0:
+        if off and perm[0] != 0:
             raise self._unsupported(label, "Transpose", f"perm {perm} moves the batch axis")
         self._materialize(label, "Transpose")
-        layer = self._append(lambda: Transpose(tuple(p - 1 for p in perm[1:])), label, "Transpose")
+        layer = self._append(lambda: Transpose(tuple(p - off for p in perm[off:])), label, "Transpose")
         self._shaped_layer(layer, label, "Transpose")
 
 
     def _op_Slice(self, node, label, attrs):
+        off = int(self.batched)  # ONNX axis of the first per-sample axis
         if self.opset is not None and self.opset < 10:
             starts, ends = list(attrs.get("starts", ())), list(attrs.get("ends", ()))
             axes = list(attrs.get("axes", range(len(starts))))
@@ -916,17 +947,17 @@ class _Importer:
         if not (len(starts) == len(ends) == len(axes) == len(steps)):
             raise self._invalid(f"node {label!r} (op Slice): starts/ends/axes/steps differ in length")
         self._materialize(label, "Slice")
-        rank = len(self.oshape) + 1
+        rank = len(self.oshape) + off
         for start, end, axis, step in zip(starts, ends, axes, steps):
             a = axis + rank if axis < 0 else axis
             if not 0 <= a < rank:
                 raise self._invalid(f"node {label!r} (op Slice): axis {axis} out of range")
-            size = 1 if a == 0 else self.oshape[a - 1]
+            size = 1 if a < off else self.oshape[a - off]
             if step < 1:
                 raise self._unsupported(label, "Slice", f"step {step} (only positive steps are supported)")
             lo = max(0, min(size, start + size if start < 0 else start))
             hi = max(0, min(size, end + size if end < 0 else end))
-            if a == 0:
+            if a < off:
                 if (lo, hi) != (0, 1):
                     raise self._unsupported(label, "Slice", "slicing the batch axis")
                 continue
@@ -934,7 +965,7 @@ class _Importer:
                 raise self._unsupported(label, "Slice", f"the slice {start}:{end} of axis {axis} is empty")
             if (lo, hi, step) == (0, size, 1):
                 continue
-            layer = self._append(lambda: Slice(a - 1, lo, hi, step), label, "Slice")
+            layer = self._append(lambda: Slice(a - off, lo, hi, step), label, "Slice")
             self._shaped_layer(layer, label, "Slice")
 
 
@@ -961,14 +992,15 @@ class _Importer:
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = [int(a) for a in np.asarray(self._const(node, label, 1)).reshape(-1)]
-        full = (1,) + tuple(self.oshape)
+        off = int(self.batched)
+        full = self._full_shape(self.oshape)
         rank = len(full)
         if axes is None:
-            axes = [a for a in range(1, rank) if full[a] == 1]
+            axes = [a for a in range(off, rank) if full[a] == 1]
         axes = {int(a) + rank if int(a) < 0 else int(a) for a in axes}
-        if 0 in axes or any(not 0 <= a < rank or full[a] != 1 for a in axes):
+        if (off and 0 in axes) or any(not 0 <= a < rank or full[a] != 1 for a in axes):
             raise self._unsupported(label, "Squeeze", f"axes {sorted(axes)} of shape {full}")
-        out = tuple(d for a, d in enumerate(full) if a not in axes)[1:]
+        out = tuple(d for a, d in enumerate(full) if a not in axes)[off:]
         self.oshape = out or (1,)
 
 
@@ -976,14 +1008,15 @@ class _Importer:
         axes = attrs.get("axes")
         if axes is None:
             axes = [int(a) for a in np.asarray(self._const(node, label, 1)).reshape(-1)]
-        rank = len(self.oshape) + 1 + len(axes)
+        off = int(self.batched)
+        rank = len(self.oshape) + off + len(axes)
         axes = sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
-        if 0 in axes:
+        if off and 0 in axes:
             raise self._unsupported(label, "Unsqueeze", "a new axis before the batch axis")
-        full = [1] + list(self.oshape)
+        full = list(self._full_shape(self.oshape))
         for a in axes:
             full.insert(a, 1)
-        self.oshape = tuple(full[1:])
+        self.oshape = tuple(full[off:])
 
 
     def _op_ConvTranspose(self, node, label, attrs):
@@ -1062,7 +1095,7 @@ class _Importer:
     def _multi_Concat(self, node, label, attrs, data_ins):
         if len(data_ins) != len([n for n in node.input if n]):
             raise self._unsupported(label, "Concat", "constant operands among data tensors")
-        rank = len(self.data[data_ins[0]][2]) + 1
+        rank = len(self.data[data_ins[0]][2]) + int(self.batched)
         self.oshape = self.data[data_ins[0]][2]
         axis = self._axis_of(attrs.get("axis", 1), label, "Concat", rank)
         if len(data_ins) == 1:
