@@ -37,6 +37,9 @@ from .ibp import _ibp_iv, ibp
 
 __all__ = ["alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
+#: a backward pass handles at most this many coefficients (rows x batch x layer width) at once
+CHUNK_ELEMENTS = 1 << 22
+
 
 def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | None = None):
     """Slopes ``(lower_slope, upper_slope, upper_intercept)`` of the ReLU relaxation, each (B, n);
@@ -109,8 +112,9 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
 
     A backward pass runs per layer for the neurons IBP leaves unstable (cost grows with depth
     squared).
-    ``deadline`` (a ``time.monotonic()`` value): once passed, the remaining layers keep their
-    IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
+    ``deadline`` (a ``time.monotonic()`` value): once passed, the remaining layers (and the rows
+    of the current layer not yet bounded, which run in chunks of :data:`CHUNK_ELEMENTS`) keep
+    their IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
     x_mid, x_rad = center_radius(lo, hi)
@@ -121,10 +125,11 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
     relax = [_relaxation(*pre[0], ops[0].passthrough)]
     B = lo.shape[0]
     method = "crown"
+    last = 0.0  # the time of the last backward chunk: one more must fit before the deadline
     for k in range(1, L):
         il, iu = base.pre_activation[k] if k < L - 1 else base.output
         l, u = il, iu
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() + last > deadline:
             method = "crown-partial"
         else:
             # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
@@ -135,14 +140,26 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None) -> B
                 torch.nonzero(open_sign.any(dim=0)).flatten()
             if rows.numel():
                 n_k = ops[k].shape[0]
-                sel = torch.zeros((rows.numel(), n_k), dtype=lo.dtype, device=lo.device)
-                sel[torch.arange(rows.numel(), device=lo.device), rows] = 1.0
-                lam = torch.cat([sel, -sel]).expand(B, 2 * rows.numel(), n_k)
-                bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, _magnitudes(x_mid, x_rad, pre, ops))
-                m = rows.numel()
                 l, u = il.clone(), iu.clone()
-                l[:, rows] = torch.maximum(bound[:, :m], il[:, rows])
-                u[:, rows] = torch.minimum(-bound[:, m:], iu[:, rows])
+                hmax = _magnitudes(x_mid, x_rad, pre, ops)
+                # rows in chunks, so that the coefficient matrices stay within memory and the
+                # deadline is checked between chunks (rows not reached keep their IBP bounds)
+                width = max(op.shape[1] for op in ops[: k + 1])
+                chunk = max(1, CHUNK_ELEMENTS // (2 * B * width))
+                for start in range(0, rows.numel(), chunk):
+                    t0 = time.monotonic()
+                    if start and deadline is not None and t0 + last > deadline:
+                        method = "crown-partial"
+                        break
+                    part = rows[start:start + chunk]
+                    m = part.numel()
+                    sel = torch.zeros((m, n_k), dtype=lo.dtype, device=lo.device)
+                    sel[torch.arange(m, device=lo.device), part] = 1.0
+                    lam = torch.cat([sel, -sel]).expand(B, 2 * m, n_k)
+                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax)
+                    l[:, part] = torch.maximum(bound[:, :m], il[:, part])
+                    u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
+                    last = time.monotonic() - t0
         if k < L - 1:
             pre.append((l, u))
             relax.append(_relaxation(l, u, ops[k].passthrough))
@@ -207,8 +224,10 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     moment1 = [torch.zeros_like(p) for p in params]
     moment2 = [torch.zeros_like(p) for p in params]
     beta1, beta2 = 0.9, 0.999
+    last = 0.0  # the time of the last step: one more must fit before the deadline
     for t in range(1, steps + 1):
-        if deadline is not None and time.monotonic() > deadline:
+        t0 = time.monotonic()
+        if deadline is not None and t0 + last > deadline:
             break
         with torch.enable_grad():
             rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
@@ -222,4 +241,5 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
                 m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 step = lr * (m1 / (1 - beta1 ** t)) / ((m2 / (1 - beta2 ** t)).sqrt() + 1e-12)
                 p.add_(step).clamp_(0.0, 1.0)  # ascent on the bound, projected onto [0, 1]
+        last = time.monotonic() - t0
     return best

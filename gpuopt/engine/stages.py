@@ -126,7 +126,9 @@ def bounds_stage(item: ItemState) -> str:
     if not bool((disj_lb > 0).all()) and config.use_crown and item.left() > 0:
         bounds = crown(net, lower, upper, deadline=item.deadline)
         K, M = A_all.shape[1:3]
+        t_rows = time.monotonic()
         rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
+        t_rows = time.monotonic() - t_rows  # alpha-CROWN's first pass costs as much: it must fit
         b_flat = b_all.reshape(P, K * M)
         finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
@@ -134,7 +136,7 @@ def bounds_stage(item: ItemState) -> str:
         disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all,
                                                                S_all))
         decided_by = "crown"
-        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and item.left() > 0:
+        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and item.left() > 2 * t_rows:
             rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
                                             steps=config.alpha_steps, deadline=item.deadline)
             rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
