@@ -174,13 +174,16 @@ def lower(network) -> list:
         mat, bias = None, st.bias.copy()
         for M, j in zip(st.matrices, st.inputs):
             Xj, cj = expr[j]
-            part = (M @ Xj).tocsr()
+            if isinstance(Xj, _Selection):  # M @ X for X selecting state columns: re-index M's columns
+                part = sp.csr_matrix((M.data, Xj.columns[M.indices], M.indptr), shape=(M.shape[0], Xj.n_state))
+            else:
+                part = (M @ Xj).tocsr()
+                bias = bias + M @ cj
             mat = part if mat is None else (mat + part).tocsr()
-            bias = bias + M @ cj
         return mat, bias
 
     n0 = network.input_size
-    expr = {-1: (sp.identity(n0, format="csr", dtype=np.float64), np.zeros(n0))}
+    expr = {-1: (_Selection(np.arange(n0), n0), None)}
     for s in by_level[0]:
         if steps[s].kind == "affine":
             expr[s] = compose(s, expr)
@@ -189,8 +192,8 @@ def lower(network) -> list:
         relus = [s for s in by_level[k + 1] if steps[s].kind == "relu"]
         carry = [j for j in sorted(expr) if lv(j) <= k and last_read.get(j, -1) >= k + 1]
         parts = [expr[steps[s].inputs[0]] for s in relus] + [expr[j] for j in carry]
-        mat = sp.vstack([p[0] for p in parts], format="csr")
-        bias = np.concatenate([p[1] for p in parts])
+        mat = sp.vstack([p[0].matrix() if isinstance(p[0], _Selection) else p[0] for p in parts], format="csr")
+        bias = np.concatenate([np.zeros(p[0].columns.size) if isinstance(p[0], _Selection) else p[1] for p in parts])
         mask = np.concatenate([np.zeros(steps[s].size, dtype=bool) for s in relus]
                               + [np.ones(size(j), dtype=bool) for j in carry])
         blocks.append(AffineBlock(mat, bias, mask if mask.any() else None))
@@ -198,13 +201,26 @@ def lower(network) -> list:
         new_expr, offset = {}, 0
         for j in relus + carry:
             n = size(j)
-            sel = sp.csr_matrix((np.ones(n), (np.arange(n), np.arange(offset, offset + n))), shape=(n, n_state))
-            new_expr[j] = (sel, np.zeros(n))
+            new_expr[j] = (_Selection(np.arange(offset, offset + n), n_state), None)
             offset += n
         expr = new_expr
         for s in by_level[k + 1]:
             if steps[s].kind == "affine":
                 expr[s] = compose(s, expr)
     mat, bias = expr[out]
+    if isinstance(mat, _Selection):
+        mat, bias = mat.matrix(), np.zeros(mat.columns.size)
     blocks.append(AffineBlock(mat.tocsr(), np.asarray(bias, dtype=np.float64)))
     return blocks
+
+
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """The value ``state[columns]`` (no bias): a value read straight from the current state."""
+
+    columns: np.ndarray
+    n_state: int
+
+    def matrix(self) -> sp.csr_matrix:
+        n = self.columns.size
+        return sp.csr_matrix((np.ones(n), self.columns, np.arange(n + 1)), shape=(n, self.n_state))
