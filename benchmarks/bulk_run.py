@@ -2,8 +2,10 @@
 
 On the 30 VNN-COMP 2022 mnist_fc instances of ``mnist-net_256x2``, in one invocation:
 
-(a) ``python -m gpuopt run CSV --results R.jsonl --workers W``: all instances through the
-    worker pool (items side by side, each worker single-threaded);
+(a) ``python -m gpuopt run CSV --results R.jsonl --workers W --engine E`` for each engine E in
+    ``--engines`` (default both): ``hybrid`` (bounds and attacks in the main process over groups
+    of items, input splitting and MILPs in the W workers) and ``items`` (each item whole in a
+    worker, items side by side);
 (b) the same instances one after another, each ``python -m gpuopt verify ONNX VNNLIB --timeout
     T`` in a fresh process (as VNN-COMP runs a tool).
 
@@ -57,13 +59,13 @@ def load_instances(limit: int | None, cap: float) -> list[dict]:
     return rows[:limit] if limit is not None else rows
 
 
-def run_bulk(rows: list[dict], workers: int, tmp: Path) -> dict:
+def run_bulk(rows: list[dict], workers: int, tmp: Path, engine: str) -> dict:
     """(a): one ``gpuopt run`` over a CSV of the rows (absolute paths, capped timeouts)."""
-    csv_path, results = tmp / "instances.csv", tmp / "results.jsonl"
+    csv_path, results = tmp / "instances.csv", tmp / f"results_{engine}.jsonl"
     with open(csv_path, "w", newline="") as fh:
         csv.writer(fh).writerows([r["onnx"], r["vnnlib"], repr(r["timeout"])] for r in rows)
     cmd = [sys.executable, "-m", "gpuopt", "run", str(csv_path), "--results", str(results),
-           "--workers", str(workers)]
+           "--workers", str(workers), "--engine", engine]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -79,7 +81,8 @@ def run_bulk(rows: list[dict], workers: int, tmp: Path) -> dict:
     for r in rows:
         rec = by_key.get((r["onnx"], r["vnnlib"]), {})
         per.append({"status": rec.get("status", "missing"), "seconds": rec.get("seconds"),
-                    "decided_by": rec.get("decided_by"), "message": rec.get("message")})
+                    "decided_by": rec.get("decided_by"), "message": rec.get("message"),
+                    "events": rec.get("events", [])})
     return {"wall": wall, "exit_code": proc.returncode, "summary": proc.stdout.strip(),
             "stderr_tail": proc.stderr.strip()[-500:] if proc.returncode else "", "items": per}
 
@@ -100,6 +103,19 @@ def run_sequential(rows: list[dict]) -> dict:
     return {"wall": time.monotonic() - t_all, "items": per}
 
 
+def overlaps(items: list[dict]) -> dict:
+    """How often a batch stage (bounds, attack) of one item ran while a task stage (milp,
+    input_split) of another item ran, from the records' stage events (wall-clock stamps)."""
+    batch = [(i, e) for i, it in enumerate(items) for e in it["events"] if e["stage"] in ("bounds", "attack")]
+    tasks = [(i, e) for i, it in enumerate(items) for e in it["events"] if e["stage"] in ("milp", "input_split")]
+    pairs = [(i, j) for i, a in batch for j, b in tasks
+             if i != j and a["start"] < b["end"] and b["start"] < a["end"]]
+    overlap_s = sum(min(a["end"], b["end"]) - max(a["start"], b["start"]) for i, a in batch for j, b in tasks
+                    if i != j and a["start"] < b["end"] and b["start"] < a["end"])
+    return {"pairs": len(pairs), "items_with_batch_work_during_other_tasks": len({i for i, _ in pairs}),
+            "overlap_seconds": overlap_s}
+
+
 def agreement(a: str, b: str) -> str:
     if a == b or (a in ("timeout", "unknown") and b in ("timeout", "unknown")):
         return "agree"
@@ -113,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="gpuopt run --workers (default 2)")
     ap.add_argument("--timeout-cap", type=float, default=60.0, help="cap each instance's timeout (s, default 60)")
     ap.add_argument("--limit", type=int, default=None, help="the first N instances only")
+    ap.add_argument("--engines", nargs="+", default=["hybrid", "items"], choices=["hybrid", "items"],
+                    help="gpuopt run engines to time (default both)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bulk_run.json"), help="JSON output")
     args = ap.parse_args(argv)
     if args.workers < 1 or args.timeout_cap <= 0 or (args.limit is not None and args.limit < 1):
@@ -127,45 +145,63 @@ def main(argv=None) -> int:
     print(f"{len(rows)} {NET} instances, timeouts capped at {args.timeout_cap:g}s "
           f"(sum {sum(r['timeout'] for r in rows):g}s); {os.cpu_count()} CPUs", flush=True)
 
+    bulks = {}
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"(a) gpuopt run --workers {args.workers} ...", file=sys.stderr, flush=True)
-        bulk = run_bulk(rows, args.workers, Path(tmp))
-    if bulk["exit_code"] != 0:
-        print(f"gpuopt run exited {bulk['exit_code']}: {bulk['stderr_tail']}", file=sys.stderr)
+        for engine in args.engines:
+            print(f"(a) gpuopt run --workers {args.workers} --engine {engine} ...", file=sys.stderr, flush=True)
+            bulks[engine] = run_bulk(rows, args.workers, Path(tmp), engine)
+            if bulks[engine]["exit_code"] != 0:
+                print(f"gpuopt run exited {bulks[engine]['exit_code']}: {bulks[engine]['stderr_tail']}", file=sys.stderr)
     print("(b) one gpuopt verify process per instance ...", file=sys.stderr, flush=True)
     seq = run_sequential(rows)
 
     table = []
-    for r, a, b in zip(rows, bulk["items"], seq["items"]):
-        table.append({**r, "bulk": a, "sequential": b, "agreement": agreement(a["status"], b["status"])})
+    for k, (r, b) in enumerate(zip(rows, seq["items"])):
+        per = {e: bulks[e]["items"][k] for e in args.engines}
+        table.append({**r, "bulk": per, "sequential": b,
+                      "agreement": {e: agreement(per[e]["status"], b["status"]) for e in args.engines}})
     w = max(len("instance"), *(len(t["name"]) for t in table))
-    print(f"\n{'instance':{w}s} {'T':>5s} | {'bulk':>8s} {'s':>7s} | {'sequential':>10s} {'s':>7s} | agreement")
+    head = " | ".join(f"{e:>8s} {'s':>7s}" for e in args.engines)
+    print(f"\n{'instance':{w}s} {'T':>5s} | {head} | {'sequential':>10s} {'s':>7s} | agreement")
     for t in table:
-        a, b = t["bulk"], t["sequential"]
-        a_s = f"{a['seconds']:.2f}" if isinstance(a["seconds"], (int, float)) else "-"
-        print(f"{t['name']:{w}s} {t['timeout']:5.0f} | {a['status']:>8s} {a_s:>7s} | {b['status']:>10s} "
-              f"{b['seconds']:7.2f} | {t['agreement']}")
+        cells = []
+        for e in args.engines:
+            a = t["bulk"][e]
+            a_s = f"{a['seconds']:.2f}" if isinstance(a["seconds"], (int, float)) else "-"
+            cells.append(f"{a['status']:>8s} {a_s:>7s}")
+        b = t["sequential"]
+        agree = ", ".join(f"{e}: {t['agreement'][e]}" for e in args.engines)
+        print(f"{t['name']:{w}s} {t['timeout']:5.0f} | {' | '.join(cells)} | {b['status']:>10s} "
+              f"{b['seconds']:7.2f} | {agree}")
 
     n = len(rows)
-    speedup = seq["wall"] / bulk["wall"] if bulk["wall"] > 0 else float("nan")
-    counts = {k: sum(t["agreement"] == k for t in table) for k in ("agree", "differs", "CONFLICT")}
-    print(f"\n(a) gpuopt run, {args.workers} workers: {bulk['wall']:8.2f} s wall, {n / bulk['wall']:.3f} items/s")
+    summary = {}
+    for e in args.engines:
+        bulk = bulks[e]
+        counts = {k: sum(t["agreement"][e] == k for t in table) for k in ("agree", "differs", "CONFLICT")}
+        summary[e] = {"wall": bulk["wall"], "items_per_s": n / bulk["wall"], "exit_code": bulk["exit_code"],
+                      "speedup": seq["wall"] / bulk["wall"] if bulk["wall"] > 0 else float("nan"),
+                      "agreement": counts, "overlap": overlaps(bulk["items"]), "summary": bulk["summary"]}
+        print(f"\n(a) gpuopt run --engine {e}, {args.workers} workers: {bulk['wall']:8.2f} s wall, "
+              f"{n / bulk['wall']:.3f} items/s, speed-up over (b) {summary[e]['speedup']:.2f}x; verdicts: "
+              f"{counts['agree']} agree, {counts['differs']} differ (decided vs undecided), "
+              f"{counts['CONFLICT']} conflict (sat vs unsat)")
+        ov = summary[e]["overlap"]
+        print(f"    stage events: {ov['pairs']} (batch stage of one item, task of another) pairs overlap, "
+              f"{ov['overlap_seconds']:.1f} s in all, {ov['items_with_batch_work_during_other_tasks']} items "
+              "bounded/attacked while another item's task ran")
     print(f"(b) sequential processes:  {seq['wall']:8.2f} s wall, {n / seq['wall']:.3f} items/s")
-    print(f"speed-up of (a) over (b): {speedup:.2f}x; verdicts: {counts['agree']} agree, "
-          f"{counts['differs']} differ (decided vs undecided), {counts['CONFLICT']} conflict (sat vs unsat)")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "instances": n, "workers": args.workers, "timeout_cap": args.timeout_cap, "cpus": os.cpu_count(),
-        "bulk": {"wall": bulk["wall"], "items_per_s": n / bulk["wall"], "exit_code": bulk["exit_code"],
-                 "summary": bulk["summary"]},
-        "sequential": {"wall": seq["wall"], "items_per_s": n / seq["wall"]},
-        "speedup": speedup, "agreement": counts, "per_instance": table,
+        "bulk": summary, "sequential": {"wall": seq["wall"], "items_per_s": n / seq["wall"]},
+        "per_instance": table,
     }, indent=1))
     print(f"wrote {out}")
-    return 1 if counts["CONFLICT"] or bulk["exit_code"] != 0 else 0
-
+    bad = any(v["agreement"]["CONFLICT"] or v["exit_code"] != 0 for v in summary.values())
+    return 1 if bad else 0
 
 if __name__ == "__main__":
     sys.exit(main())

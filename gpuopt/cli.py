@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes (default: cores - 1, at least 1)")
     r.add_argument("--timeout-scale", type=_positive_float, default=1.0, help="multiply every CSV timeout")
+    r.add_argument("--engine", choices=["hybrid", "items"], default="hybrid",
+                   help="hybrid (default): bounds and attacks in this process over groups of items, input splitting "
+                        "and MILPs in the workers; items: each item whole in a worker")
+    r.add_argument("--device", default="cpu",
+                   help="device of the batch stages (bounds, attack): cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--model", default=None, help="dataset mode: the network (.onnx)")
     r.add_argument("--data", default=None, help="dataset mode: CSV of `label, features...` rows, or .npz with x, y")
     r.add_argument("--eps", type=_nonneg_float, nargs="+", default=None, help="dataset mode: L-inf radii")
@@ -190,6 +195,9 @@ def _cmd_run(args) -> int:
     from .engine.store import ResultStore
     from .runs import dataset_items, format_summary, load_dataset, read_instances, run_items, summarize
 
+    from .verify import VerifyConfig
+
+    config = VerifyConfig(device=args.device)
     dataset_mode = args.model is not None or args.data is not None or args.eps is not None
     if dataset_mode:
         if args.instances is not None:
@@ -206,16 +214,16 @@ def _cmd_run(args) -> int:
         net = from_onnx(args.model)
         x, y = load_dataset(args.data, scale=args.scale)
         items = dataset_items(net, x, y, args.eps, timeout=args.timeout, clip=tuple(args.clip),
-                              limit=args.limit, model_ref=str(Path(args.model).resolve()))
+                              limit=args.limit, model_ref=str(Path(args.model).resolve()), config=config)
     else:
         if args.instances is None:
             raise InvalidInputError("give an instances CSV, or --model, --data and --eps")
-        items = read_instances(args.instances, timeout_scale=args.timeout_scale)
+        items = read_instances(args.instances, timeout_scale=args.timeout_scale, config=config)
     import torch
 
     torch.set_num_threads(1)  # the main process only orchestrates; the workers do the work
     with ResultStore(args.results, resume=args.resume) as store:
-        for _ in run_items(items, store, workers=args.workers, progress=True):
+        for _ in run_items(items, store, workers=args.workers, progress=True, engine=args.engine):
             pass
         print(format_summary(summarize(store.records())))
     print(f"results: {args.results}")
@@ -274,9 +282,10 @@ def _cmd_verify(args, start_time: float) -> int:
 
 def _check_args(args) -> None:
     """Checks of the options that argparse's per-argument types cannot do; before any work."""
-    if args.command == "verify":
+    if args.command in ("verify", "run"):
         if args.device is not None:
             _check_device(args.device)
+    if args.command == "verify":
         if args.out:
             _check_out(args.out)
 

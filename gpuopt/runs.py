@@ -25,6 +25,7 @@ import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -52,6 +53,7 @@ class RunItem:
     timeout: float
     info: dict = field(default_factory=dict)
     precomputed: dict | None = None  # a record decided without running (misclassified, bad row)
+    build: Callable | None = None  # builds the item's ItemState in this process (hybrid engine)
 
 
 def read_instances(csv_path, *, timeout_scale: float = 1.0, config=None) -> list[RunItem]:
@@ -94,7 +96,7 @@ def read_instances(csv_path, *, timeout_scale: float = 1.0, config=None) -> list
             if missing:
                 pre = {"status": "error", "message": f"file not found: {missing[0]}", "seconds": 0.0}
             items.append(RunItem(key, verify_instance_task, (str(onnx_p), str(vnn_p), timeout, config),
-                                 timeout, info, pre))
+                                 timeout, info, pre, partial(_build_instance, str(onnx_p), str(vnn_p), timeout, config)))
     if not items:
         raise InvalidInputError(f"no instances in {path}")
     return items
@@ -156,6 +158,8 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
     pred = network.forward64(x[:n]).argmax(axis=1)
     config = config or VerifyConfig(device="cpu")
     ref = model_ref if model_ref is not None else network
+    if isinstance(model_ref, str):  # hybrid runs: pool tasks load the network from its file
+        _with_task_ref(network, f"onnx:{model_ref}", model_ref)
     items = []
     for e in eps:
         for i in range(n):
@@ -164,8 +168,62 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
             if pred[i] != y[i]:
                 pre = {"status": "misclassified", "predicted": int(pred[i]), "seconds": 0.0}
             items.append(RunItem(f"{i}@{e!r}", verify_sample_task,
-                                 (ref, x[i], int(y[i]), e, tuple(clip), timeout, config), timeout, info, pre))
+                                 (ref, x[i], int(y[i]), e, tuple(clip), timeout, config), timeout, info, pre,
+                                 partial(_build_sample, network, x[i], int(y[i]), e, tuple(clip), timeout, config)))
     return items
+
+
+# ---------------------------------------------------------------------------------- hybrid items
+_MAIN_NETWORKS: dict = {}  # this process: ONNX path -> Network (with its task reference attached)
+
+
+def _with_task_ref(net, key: str, onnx_path: str | None = None):
+    """Attaches how pool tasks find ``net`` (its ONNX file, or its pickle sent once per worker)."""
+    import pickle
+
+    from .engine.tasks import NetworkRef
+
+    if getattr(net, "_task_ref", None) is None:
+        net._task_ref = NetworkRef(key, onnx_path, None if onnx_path else pickle.dumps(net))
+    return net
+
+
+def _build_instance(onnx_path: str, vnnlib_path: str, timeout: float, config):
+    """The ItemState of a VNN-COMP instance; its clock starts here."""
+    import time
+
+    from .engine.item import ItemState
+    from .io.onnx import from_onnx
+    from .io.vnnlib import load_vnnlib
+    from .problem import Problem
+    from .verdict import Status
+
+    t0 = time.monotonic()
+    if onnx_path not in _MAIN_NETWORKS:
+        _MAIN_NETWORKS[onnx_path] = _with_task_ref(from_onnx(onnx_path), f"onnx:{onnx_path}", onnx_path)
+    net = _MAIN_NETWORKS[onnx_path]
+    props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
+    problems = [Problem(net, p.box, p.spec, inner=p.inner) for p in props]
+    item = ItemState(problems=problems, config=config, t0=t0, deadline=t0 + timeout)
+    if not problems:
+        item.decide(Status.UNSAT, margin_lower=math.inf, decided_by="spec", message="the unsafe region is empty")
+    return item
+
+
+def _build_sample(network, x, label: int, eps: float, clip: tuple, timeout: float, config):
+    """The ItemState of one L-inf robustness query; its clock starts here."""
+    import time
+
+    from .engine.item import ItemState
+    from .problem import Problem
+    from .regions import LinfBall
+    from .specs import robustness
+
+    t0 = time.monotonic()
+    net = _with_task_ref(network, f"net:{id(network)}")
+    region = LinfBall(x, eps, clip_lower=clip[0], clip_upper=clip[1])
+    problem = Problem(net, region, robustness(int(label), net.output_size))
+    return ItemState(problems=[problem], config=config, t0=t0, deadline=t0 + timeout)
 
 
 def _outcome_record(item: RunItem, outcome) -> dict:
@@ -183,13 +241,22 @@ def _outcome_record(item: RunItem, outcome) -> dict:
     return rec
 
 
+ENGINES = ("hybrid", "items")
+
+
 def run_items(items: Sequence[RunItem], store, *, workers: int | None = None, progress: bool = True,
-              executor=None) -> Iterator[dict]:
+              executor=None, engine: str = "hybrid") -> Iterator[dict]:
     """Run ``items`` not yet in ``store``; append and yield each record as it is decided.
 
-    At most ``2 * workers`` tasks are queued at once, so a long run keeps little in flight. A
-    ``KeyboardInterrupt`` cancels what is running; what was recorded stays.
+    ``engine="hybrid"`` (:mod:`gpuopt.engine.orchestrator`): this process runs the batch stages
+    (bounds, attack) over groups of items while the pool runs their task stages (input splitting,
+    MILPs); ``"items"``: each item runs whole in a pool worker (also used when an item has no
+    ``build``, i.e. a custom task function). At most ``2 * workers`` tasks are
+    queued at once, so a long run keeps little in flight. A ``KeyboardInterrupt`` cancels what is
+    running; what was recorded stays.
     """
+    if engine not in ENGINES:
+        raise InvalidInputError(f"`engine` must be one of {', '.join(ENGINES)}, got {engine!r}")
     from tqdm import tqdm
 
     from .engine import LocalExecutor, wait_any
@@ -212,6 +279,14 @@ def run_items(items: Sequence[RunItem], store, *, workers: int | None = None, pr
             yield record({"key": it.key, **it.info, **it.precomputed})
     own = executor is None
     ex = executor if executor is not None else (LocalExecutor(workers) if pending else None)
+    if engine == "hybrid" and pending and all(it.build is not None for it in pending):
+        try:
+            yield from (record(rec) for rec in _run_hybrid(pending, ex))
+        finally:
+            bar.close()
+            if own:
+                ex.close()
+        return
     try:
         in_flight: dict = {}
         queue = list(reversed(pending))
@@ -227,6 +302,22 @@ def run_items(items: Sequence[RunItem], store, *, workers: int | None = None, pr
         bar.close()
         if own and ex is not None:
             ex.close()
+
+
+def _run_hybrid(pending: Sequence[RunItem], executor) -> Iterator[dict]:
+    from .engine.orchestrator import ItemSource, run_hybrid
+
+    by_key = {it.key: it for it in pending}
+    sources = [ItemSource(it.key, it.build) for it in pending]
+    for key, state in run_hybrid(sources, executor):
+        it = by_key[key]
+        rec = {"key": key, **it.info}
+        if isinstance(state, BaseException):
+            rec.update(status="error", seconds=0.0, message=f"{type(state).__name__}: {state}")
+        else:
+            rec.update(state.verdict.to_dict())
+            rec["seconds"] = state.verdict.seconds
+        yield rec
 
 
 def verify_dataset(model, x, y, *, eps, timeout: float = 30.0, clip=(0.0, 1.0), limit: int | None = None,

@@ -75,6 +75,20 @@ def _exact_entries(values, name: str, k: int) -> tuple[np.ndarray, np.ndarray | 
     return approx, exact
 
 
+_ZEROS: dict[tuple, np.ndarray] = {}
+
+
+def _read_only_zeros(shape: tuple) -> np.ndarray:
+    """A shared read-only float64 array of zeros of ``shape`` (the coefficient error of exact rows)."""
+    z = _ZEROS.get(shape)
+    if z is None:
+        z = np.zeros(shape)
+        z.setflags(write=False)
+        if len(_ZEROS) < 4096:
+            _ZEROS[shape] = z
+    return z
+
+
 def _has_fraction(values) -> bool:
     if isinstance(values, Fraction):
         return True
@@ -166,6 +180,53 @@ class OutputSpec:
         object.__setattr__(self, "strict", tuple(strict_all))
         object.__setattr__(self, "_exact", tuple(exact) if any_exact else None)
         object.__setattr__(self, "_coef_err", tuple(coef_err))
+
+    @classmethod
+    def _from_exact(cls, disjuncts: Sequence[tuple], n_outputs: int) -> "OutputSpec":
+        """The spec that ``OutputSpec(disjuncts, n_outputs)`` builds, without its checks and
+        copies: a fast path for readers that build many specs (the VNNLIB reader).
+
+        The caller guarantees valid input: ``n_outputs >= 1`` and at least one disjunct, each a
+        triple ``(A, b, strict)`` of numpy arrays, ``A`` of shape ``(m, n_outputs)`` with
+        ``m >= 1`` and ``b``, ``strict`` of ``m`` entries; ``A`` and ``b`` are float64 (exact
+        values) or object arrays of finite :class:`~fractions.Fraction` (``b`` within the float64
+        range); ``strict`` is bool. The arrays are kept (made read-only), so callers may share
+        them between specs; the rounding rules are those of ``__init__``.
+        """
+        canon, exact, strict_all, coef_err = [], [], [], []
+        any_exact = False
+        for A, b, strict in disjuncts:
+            A_ex = b_ex = None
+            if A.dtype.kind == "O":
+                A_ex = A
+                A = np.array([float(q) for q in A_ex.flat], dtype=np.float64).reshape(A_ex.shape)
+                err = np.zeros(A.shape)
+                nz = np.flatnonzero(A_ex != 0)
+                err.flat[nz] = [float_up(abs(A_ex.flat[j] - Fraction(A.flat[j]))) for j in nz]
+                A_ex.setflags(write=False)
+                err.setflags(write=False)
+                any_exact = True
+            else:
+                err = _read_only_zeros(A.shape)
+            A.setflags(write=False)
+            if b.dtype.kind == "O":
+                b_ex = b
+                b = np.array([float_up(q) for q in b_ex.tolist()], dtype=np.float64)
+                b_ex.setflags(write=False)
+                any_exact = True
+            b.setflags(write=False)
+            strict.setflags(write=False)
+            canon.append((A, b))
+            exact.append((A_ex, b_ex))
+            strict_all.append(strict)
+            coef_err.append(err)
+        spec = object.__new__(cls)
+        object.__setattr__(spec, "disjuncts", tuple(canon))
+        object.__setattr__(spec, "n_outputs", n_outputs)
+        object.__setattr__(spec, "strict", tuple(strict_all))
+        object.__setattr__(spec, "_exact", tuple(exact) if any_exact else None)
+        object.__setattr__(spec, "_coef_err", tuple(coef_err))
+        return spec
 
     @property
     def n_disjuncts(self) -> int:

@@ -65,6 +65,11 @@ class Bounds:
     def batch_size(self) -> int:
         return self.output[0].shape[0]
 
+    def select(self, index) -> "Bounds":
+        """The bounds of the boxes ``index`` (a slice or index tensor) of the batch."""
+        return Bounds(tuple((l[index], u[index]) for l, u in self.pre_activation),
+                      (self.output[0][index], self.output[1][index]), self.method)
+
 
 def strict_adjust(rows: torch.Tensor, strict: torch.Tensor | None) -> torch.Tensor:
     """Row lower bounds with strictness folded in: a strict row ``a^T y < b`` is violated as soon

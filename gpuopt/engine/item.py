@@ -44,7 +44,8 @@ class ItemState:
       certified lower bounds per disjunct; ``open``: the (problem, disjunct) pairs not yet proven;
     * ``best_x``: per problem, the best candidate point (a MIP start); ``margin_upper``: the
       smallest exact-checked margin seen;
-    * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics.
+    * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics;
+      ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes).
     """
 
     problems: list
@@ -67,6 +68,7 @@ class ItemState:
     events: list = field(default_factory=list)
     milp_nodes: int = 0
     milp_status: str | None = None
+    stage_notes: dict = field(default_factory=dict)
     verdict: Verdict | None = None
 
     @property

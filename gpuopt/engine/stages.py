@@ -1,10 +1,19 @@
-"""The stage table: each stage reads an :class:`~gpuopt.engine.item.ItemState` and may decide it.
+"""The stage table: each stage reads :class:`~gpuopt.engine.item.ItemState` objects and may decide them.
 
-A stage is ``fn(item) -> str`` returning its outcome word; it decides the item by calling
-``item.decide(...)``. :data:`STAGES` lists ``(name, fn, enabled)`` in order, and
-:func:`run_stages` is the whole orchestration for one item: run each enabled stage until one
-decides, answer ``timeout`` when the deadline passes between stages, and ``unknown`` when every
-stage has run. Adding a stage (LP tightening, an LP walk, activation splitting) is adding a row.
+:data:`STAGES` lists :class:`Stage` rows in order. A *batch* stage works on many items at once
+(``run(items) -> outcomes``; bounds and attack put the problems of all items on one network into
+one tensor on the device). A *task* stage plans independent CPU tasks per item
+(``run(item) -> [TaskSpec]``: one MILP per open disjunct, one input split per open problem); the
+task functions (:mod:`gpuopt.engine.tasks`) are plain picklable module-level functions, so they
+run inline, in a local process pool, or on a cluster, and ``merge`` folds each result back into
+its item, ``finish`` concludes the stage. Adding a stage (LP tightening, an LP walk, activation
+splitting) is adding a row.
+
+Two drivers run the table: :func:`run_stages` decides one item in this process (the tasks of a
+stage one after the other, stopping at the first decision; answers ``timeout`` when the
+deadline passes between stages or tasks, ``unknown`` when every stage has run), and
+:func:`gpuopt.engine.orchestrator.run_hybrid` runs many items with the batch stages here and the
+task stages in a pool.
 
 The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 
@@ -19,25 +28,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..attack import pgd_attack
-from ..bab import input_split
 from ..bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
-from ..milp.encode import complete_assignment, encode_bigm
-from ..milp.highs import MilpStatus, solve_milp
 from ..problem import Problem
 from ..specs import OutputSpec
 from ..verdict import Status
 from .item import ItemState, StageEvent
 
-__all__ = ["STAGES", "run_stages", "check_point"]
+__all__ = ["STAGES", "Stage", "TaskSpec", "run_stages", "check_point", "finalize"]
 
 log = logging.getLogger("gpuopt")
 
@@ -106,25 +112,97 @@ def _open_problems(item: ItemState) -> list[int]:
     return sorted({i for i, _ in item.open})
 
 
-# ---------------------------------------------------------------------------------- stages
-def bounds_stage(item: ItemState) -> str:
-    """IBP, then CROWN on what IBP leaves open, then alpha-CROWN on the spec rows."""
-    net, config, problems = item.network, item.config, item.problems
-    item.lower = lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
-    item.upper = upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
+# ---------------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a task stage: ``fn(*args, budget, submitted)`` runs in a worker (or inline);
+    ``budget`` is the item's time left at submission and ``submitted`` the ``time.time()`` stamp,
+    so a task that waited in a queue knows how much of its budget is gone. ``meta`` tells
+    ``merge`` what the result is about (problem index, disjunct)."""
+
+    fn: Callable
+    args: tuple
+    label: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A row of the table.
+
+    * ``kind="batch"``: ``run(items) -> list[str]`` works on many items at once (one tensor on the
+      device) and returns each item's outcome word (``decided``, ``open``, ``timeout``);
+    * ``kind="task"``: ``run(item) -> list[TaskSpec]`` plans independent CPU tasks (one per
+      disjunct, problem or subdomain); each result goes to ``merge(item, spec, value)``, which may
+      decide the item; once all are merged, ``finish(item) -> str`` concludes the stage;
+    * ``kind="item"``: ``run(item) -> str``, a plain per-item function (a custom row).
+
+    ``enabled(config, item)`` says whether the stage applies.
+    """
+
+    name: str
+    kind: str
+    run: Callable
+    enabled: Callable
+    merge: Callable | None = None
+    finish: Callable | None = None
+
+
+def _as_stage(row) -> Stage:
+    return row if isinstance(row, Stage) else Stage(row[0], "item", row[1], row[2])
+
+
+def network_ref(network):
+    """What a task receives to find the network: the object itself for an inline run; a worker
+    resolves it through :func:`gpuopt.engine.tasks.resolve_network` (see there)."""
+    return getattr(network, "_task_ref", None) or network
+
+
+# ---------------------------------------------------------------------------------- batch stages
+def _groups(items):
+    """Items grouped by network (one tensor per group)."""
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(id(it.network), []).append(it)
+    return list(groups.values())
+
+
+def _deadline(items):
+    ds = [it.deadline for it in items if it.deadline is not None]
+    return min(ds) if ds else None
+
+
+def bounds_stage(items) -> list[str]:
+    """IBP, then CROWN on what IBP leaves open, then alpha-CROWN on the spec rows; the problems of
+    all items on one network are bounded as one batch."""
+    outcome = {}
+    for group in _groups(items):
+        for it, word in zip(group, _bounds_group(group)):
+            outcome[id(it)] = word
+    return [outcome[id(it)] for it in items]
+
+
+def _bounds_group(items) -> list[str]:
+    problems = [p for it in items for p in it.problems]
+    sizes = [len(it.problems) for it in items]
+    net, config = items[0].network, items[0].config
+    deadline = _deadline(items)
+    left = (lambda: math.inf) if deadline is None else (lambda: deadline - time.monotonic())  # noqa: E731
+    lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
+    upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
     bounds = ibp(net, lower, upper)
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
     # counterexamples are always checked against the original problems
     y_abs = torch.maximum(bounds.output[0].abs(), bounds.output[1].abs()).numpy()
     dev = parameter_deviation(net, lower.numpy(), upper.numpy())
-    item.proof_problems = [proof_problem(p, y_abs[i], None if dev is None else dev[i]) for i, p in enumerate(problems)]
-    item.A, item.b = A_all, b_all = stacked_spec(item.proof_problems)
-    item.strict = S_all = stacked_strict(problems, b_all.shape)
+    proof_problems = [proof_problem(p, y_abs[i], None if dev is None else dev[i]) for i, p in enumerate(problems)]
+    A_all, b_all = stacked_spec(proof_problems)
+    S_all = stacked_strict(problems, b_all.shape)
     disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all)
     decided_by = "ibp"
     P = len(problems)
-    if not bool((disj_lb > 0).all()) and config.use_crown and item.left() > 0:
-        bounds = crown(net, lower, upper, deadline=item.deadline)
+    if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
+        bounds = crown(net, lower, upper, deadline=deadline)
         K, M = A_all.shape[1:3]
         t_rows = time.monotonic()
         rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
@@ -136,169 +214,236 @@ def bounds_stage(item: ItemState) -> str:
         disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all,
                                                                S_all))
         decided_by = "crown"
-        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and item.left() > 2 * t_rows:
+        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 2 * t_rows:
             rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
-                                            steps=config.alpha_steps, deadline=item.deadline)
+                                            steps=config.alpha_steps, deadline=deadline)
             rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
             alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
             if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
                 decided_by = "alpha-crown"
             disj_lb = torch.maximum(disj_lb, alpha_lb)
-    item.bounds, item.bounds_method = bounds, decided_by
-    item.disj_lb = disj_lb = disj_lb.numpy()
-    item.open = {(i, k) for i, p in enumerate(problems) for k in range(p.spec.n_disjuncts) if not disj_lb[i, k] > 0}
-    if not item.open:
-        item.decide(Status.UNSAT, decided_by=decided_by,
-                    message=f"{decided_by.upper()} bounds prove every disjunct unreachable")
-        return "decided"
-    return "open"
+    words = []
+    offset = 0
+    for it, n in zip(items, sizes):
+        sl = slice(offset, offset + n)
+        offset += n
+        K_it = max(p.spec.n_disjuncts for p in it.problems)
+        M_it = max(A.shape[0] for p in proof_problems[sl] for A, _ in p.spec.disjuncts)
+        it.lower, it.upper = lower[sl], upper[sl]
+        it.proof_problems = proof_problems[sl]
+        it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
+        it.bounds = bounds.select(sl)
+        lb = disj_lb[sl, :K_it].numpy()
+        it.disj_lb = lb
+        it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts) if not lb[i, k] > 0}
+        # the method that closed the last disjunct of this item (IBP alone may have sufficed)
+        it.bounds_method = decided_by
+        if not it.open:
+            it.decide(Status.UNSAT, decided_by=decided_by,
+                      message=f"{decided_by.upper()} bounds prove every disjunct unreachable")
+            words.append("decided")
+        else:
+            words.append("open")
+    return words
 
 
-def attack_stage(item: ItemState) -> str:
-    """Batched PGD over the open problems; the best point of each is checked exactly."""
-    config, problems = item.config, item.problems
-    open_problems = _open_problems(item)
-    cand = pgd_attack(item.network, item.lower[open_problems], item.upper[open_problems], item.A[open_problems],
-                      item.b[open_problems], config=config.attack, device=attack_device(config),
-                      deadline=item.deadline)
-    xs = cand.x.detach().to("cpu", torch.float64).numpy()
-    for j, i in enumerate(open_problems):
-        ok, x64, y64, m = check_point(problems[i], xs[j])
-        item.best_x[i] = x64
-        item.margin_upper = min(item.margin_upper, m)
-        if ok:
-            item.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
-                        message=f"PGD counterexample, float64 margin {m:.6g}")
-            return "decided"
-    return "open"
-
-
-def input_split_stage(item: ItemState) -> str:
-    """Input-space branch and bound on each open problem."""
-    config, problems = item.config, item.problems
-    split_boxes = 0
-    split_lb: list[float] = []
-    undecided = False
-    for i in _open_problems(item):
-        ks = [k for (j, k) in item.open if j == i]
-        res = input_split(item.proof_problems[i], deadline=item.deadline, config=config.split, open_disjuncts=ks)
-        split_boxes += res.boxes
-        split_lb.append(res.margin_lower)
-        if res.status == "sat":
-            ok, x64, y64, m = check_point(problems[i], res.counterexample)
+def attack_stage(items) -> list[str]:
+    """Batched PGD over the open problems of all items on one network; each item's best point of
+    each problem is checked exactly."""
+    outcome = {}
+    for group in _groups(items):
+        rows = [(it, i) for it in group for i in _open_problems(it)]
+        if not rows:
+            continue
+        config = group[0].config
+        lower = torch.cat([it.lower[[i]] for it, i in rows])
+        upper = torch.cat([it.upper[[i]] for it, i in rows])
+        K = max(it.A.shape[1] for it, _ in rows)
+        M = max(it.A.shape[2] for it, _ in rows)
+        A = torch.zeros((len(rows), K, M, group[0].A.shape[3]), dtype=torch.float64)
+        b = torch.full((len(rows), K, M), math.inf, dtype=torch.float64)
+        for r, (it, i) in enumerate(rows):
+            k, m = it.A.shape[1:3]
+            A[r, :k, :m], b[r, :k, :m] = it.A[i], it.b[i]
+            b[r, k:, 0] = -math.inf  # padding disjuncts never win the min
+        cand = pgd_attack(group[0].network, lower, upper, A, b, config=config.attack, device=attack_device(config),
+                          deadline=_deadline(group))
+        xs = cand.x.detach().to("cpu", torch.float64).numpy()
+        for r, (it, i) in enumerate(rows):
+            if it.verdict is not None:
+                continue
+            ok, x64, y64, m = check_point(it.problems[i], xs[r])
+            it.best_x[i] = x64
+            it.margin_upper = min(it.margin_upper, m)
             if ok:
-                item.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="input-split",
-                            message=f"input-splitting counterexample after {split_boxes} boxes, float64 margin {m:.6g}")
-                return "decided"
-            undecided = True
-        elif res.status == "timeout":
-            item.decide(Status.TIMEOUT, message=f"input splitting timed out after {split_boxes} boxes")
-            return "timeout"
-        elif res.status == "unknown":
-            undecided = True
-    if not undecided:
-        item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds() + split_lb), decided_by="input-split",
-                    message=f"input splitting proved every open disjunct on {split_boxes} boxes")
+                it.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
+                          message=f"PGD counterexample, float64 margin {m:.6g}")
+        for it in group:
+            outcome[id(it)] = "decided" if it.verdict is not None else "open"
+    return [outcome.get(id(it), "open") for it in items]
+
+
+# ---------------------------------------------------------------------------------- task stages
+def _problem_data(problem: Problem) -> tuple:
+    """A Problem without its network: ``(region, spec, inner)``, rebuilt by the task."""
+    return problem.region, problem.spec, problem.inner
+
+
+def _close(item: ItemState, i: int, k: int, lb: float) -> None:
+    """Disjunct ``k`` of problem ``i`` is proven unreachable with certified margin ``>= lb``."""
+    item.open.discard((i, k))
+    item.disj_lb[i, k] = max(float(item.disj_lb[i, k]), float(lb))
+
+
+def plan_input_split(item: ItemState) -> list[TaskSpec]:
+    """One input-splitting task per open problem."""
+    config = item.config
+    specs = []
+    for i in _open_problems(item):
+        ks = sorted(k for (j, k) in item.open if j == i)
+        specs.append(TaskSpec(split_task, (network_ref(item.network), _problem_data(item.problems[i]),
+                                           item.proof_problems[i].spec, ks, config.split),
+                              f"input_split p{i}", {"problem": i, "disjuncts": ks}))
+    return specs
+
+
+def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("input_split", {"boxes": 0, "undecided": False})
+    notes["boxes"] += value["boxes"]
+    if value["kind"] == "sat":
+        item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
+                    decided_by="input-split", message=f"input-splitting counterexample after {notes['boxes']} "
+                                                      f"boxes, float64 margin {value['margin']:.6g}")
+    elif value["kind"] == "timeout":
+        item.decide(Status.TIMEOUT, message=f"input splitting timed out after {notes['boxes']} boxes")
+    elif value["kind"] == "unsat":
+        for k in spec.meta["disjuncts"]:
+            _close(item, spec.meta["problem"], k, value["lb"])
+    else:
+        notes["undecided"] = True
+
+
+def finish_input_split(item: ItemState) -> str:
+    notes = item.stage_notes.get("input_split", {"boxes": 0, "undecided": False})
+    if not notes["undecided"]:
+        item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()),
+                    decided_by="input-split",
+                    message=f"input splitting proved every open disjunct on {notes['boxes']} boxes")
         return "decided"
     return "open"
 
 
-def milp_stage(item: ItemState) -> str:
-    """Big-M MILP per open disjunct, weakest bound first, seeded with the attack's point."""
-    config, problems, bounds = item.config, item.problems, item.bounds
-    blocks = item.network.affine_blocks()
-    pre = [(l.numpy(), u.numpy()) for l, u in bounds.pre_activation]
-    proven_lb = []
-    undecided: list[str] = []
+def plan_milp(item: ItemState) -> list[TaskSpec]:
+    """One big-M MILP task per open disjunct, weakest bound first, seeded with the best point."""
+    config, bounds = item.config, item.bounds
+    pre_all = [(l.numpy(), u.numpy()) for l, u in bounds.pre_activation]
+    specs = []
+    notes = item.stage_notes.setdefault("milp", {"undecided": []})
     # weakest bound first: the disjunct most likely to hold a counterexample
     for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
-        p = problems[i]
         Ak, bk = item.proof_problems[i].spec.disjuncts[k]
         ly, uy = bounds.output[0][i].numpy(), bounds.output[1][i].numpy()
+        pre = [(l[i], u[i]) for l, u in pre_all]
+        if not all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre) or \
+                not (np.all(np.isfinite(ly)) and np.all(np.isfinite(uy))):
+            notes["undecided"].append(f"MILP skipped on problem {i} disjunct {k}: the bounds overflow float64, "
+                                      "so no big-M constants exist")
+            continue
         # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
-        if not all(np.all(np.isfinite(l[i])) and np.all(np.isfinite(u[i])) for l, u in pre) or \
-                not (np.all(np.isfinite(ly)) and np.all(np.isfinite(uy))):
-            undecided.append(f"MILP skipped on problem {i} disjunct {k}: the bounds overflow float64, "
-                             "so no big-M constants exist")
-            continue
-        model = encode_bigm(blocks, [(l[i], u[i]) for l, u in pre], (ly, uy), p.region.lower, p.region.upper, Ak, bk)
-        start = complete_assignment(model, blocks, item.best_x[i]) if i in item.best_x else None
-        found = {}
+        specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, pre,
+                                          (ly, uy), item.best_x.get(i), threshold, config.solver),
+                              f"milp p{i} d{k}", {"problem": i, "disjunct": k}))
+    return specs
 
-        def accept(v, p=p, model=model):
-            ok, x64, y64, m = check_point(p, v[model.x_index])
-            if ok:
-                found.update(x=x64, y=y64, m=m)
-            return ok
 
-        budget = item.left()
-        if budget <= 0:
-            item.decide(Status.TIMEOUT)
-            return "timeout"
-        res = solve_milp(model, time_limit=min(budget, 1e7), threshold=threshold, start=start,
-                         accept_solution=accept, config=config.solver, deadline=item.deadline)
-        item.milp_nodes += res.nodes
-        item.milp_status = res.raw_status
-        log.debug("MILP problem %d disjunct %d: %s dual %.6g obj %.6g", i, k, res.status.value,
-                  res.dual_bound, res.objective)
-        if found:
-            item.decide(Status.SAT, counterexample=found["x"], output=found["y"], margin_upper=found["m"],
-                        decided_by="milp", message=f"MILP counterexample, float64 margin {found['m']:.6g}")
-            return "decided"
-        if res.solution is not None:
-            ok, x64, y64, m = check_point(p, res.solution[model.x_index])
-            item.margin_upper = min(item.margin_upper, m)
-            if ok:
-                item.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="milp",
-                            message=f"MILP counterexample, float64 margin {m:.6g}")
-                return "decided"
-        if res.proves_above(threshold):
-            proven_lb.append(res.dual_bound - res.proof_margin)
-            continue
-        note = (f"MILP on problem {i} disjunct {k} ended {res.status.value} ({res.raw_status}) with dual "
-                f"bound {res.dual_bound:.6g} (threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")
-        if res.warnings:
-            note += f"; not a proof: HiGHS warned: {res.warnings[0]}"
-        if res.status is MilpStatus.TIME_LIMIT or item.left() <= 0:
-            item.decide(Status.TIMEOUT, message=note)
-            return "timeout"
-        undecided.append(note)  # another disjunct may still hold a counterexample: go on
-    if undecided:
-        item.decide(Status.UNKNOWN, message="; ".join(undecided))
+def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("milp", {"undecided": []})
+    item.milp_nodes += value["nodes"]
+    item.milp_status = value["raw_status"]
+    if value.get("margin_upper") is not None:
+        item.margin_upper = min(item.margin_upper, value["margin_upper"])
+    if value["kind"] == "sat":
+        item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
+                    decided_by="milp", message=f"MILP counterexample, float64 margin {value['margin']:.6g}")
+    elif value["kind"] == "proven":
+        _close(item, spec.meta["problem"], spec.meta["disjunct"], value["lb"])
+    elif value["kind"] == "timeout":
+        item.decide(Status.TIMEOUT, message=value["note"])
+    else:  # another disjunct may still hold a counterexample: go on
+        notes["undecided"].append(value["note"])
+
+
+def finish_milp(item: ItemState) -> str:
+    notes = item.stage_notes.get("milp", {"undecided": []})
+    if notes["undecided"]:
+        item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"]))
         return "open"
-    item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds() + proven_lb), decided_by="milp",
+    item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
                 message="every open disjunct proven unreachable by MILP")
     return "decided"
 
 
-#: ``(name, stage, enabled(config, item))`` in the order they run
+#: the stages in the order they run
 STAGES = (
-    ("bounds", bounds_stage, lambda c, it: True),
-    ("attack", attack_stage, lambda c, it: c.use_attack),
-    ("input_split", input_split_stage,
-     lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim),
-    ("milp", milp_stage, lambda c, it: c.use_milp),
+    Stage("bounds", "batch", bounds_stage, lambda c, it: True),
+    Stage("attack", "batch", attack_stage, lambda c, it: c.use_attack),
+    Stage("input_split", "task", plan_input_split,
+          lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
+          merge_input_split, finish_input_split),
+    Stage("milp", "task", plan_milp, lambda c, it: c.use_milp, merge_milp, finish_milp),
 )
 
 
-def run_stages(item: ItemState, stages=STAGES) -> ItemState:
-    """Run the enabled stages in order until one decides ``item``; see the module docstring."""
-    for name, stage, enabled in stages:
-        if item.verdict is not None:
-            break
-        if name != "bounds" and item.left() <= 0:
-            item.decide(Status.TIMEOUT)
-            break
-        if not enabled(item.config, item):
-            continue
-        ts, wall = time.monotonic(), time.time()
-        outcome = stage(item)
-        item.stage_seconds[name] = time.monotonic() - ts
-        item.events.append(StageEvent(name, wall, time.time(), outcome))
+# ---------------------------------------------------------------------------------- one item, inline
+def record_event(item: ItemState, name: str, start_wall: float, end_wall: float, outcome: str,
+                 seconds: float) -> None:
+    item.stage_seconds[name] = item.stage_seconds.get(name, 0.0) + seconds
+    item.events.append(StageEvent(name, start_wall, end_wall, outcome))
+
+
+def finalize(item: ItemState) -> ItemState:
+    """Ends the item: ``timeout``/``unknown`` if undecided, stage timings and events attached."""
     if item.verdict is None:
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN)
     item.verdict = replace(item.verdict, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item
+
+
+def run_stages(item: ItemState, stages=STAGES) -> ItemState:
+    """Run the enabled stages on one item, in order and in this process, until one decides it; a
+    task stage runs its tasks one after the other and stops at the first decision. Answers
+    ``timeout`` when the deadline passes between stages or tasks, ``unknown`` when every stage ran."""
+    for stage in map(_as_stage, stages):
+        if item.verdict is not None:
+            break
+        if stage.name != "bounds" and item.left() <= 0:
+            item.decide(Status.TIMEOUT)
+            break
+        if not stage.enabled(item.config, item):
+            continue
+        ts, wall = time.monotonic(), time.time()
+        if stage.kind == "batch":
+            outcome = stage.run([item])[0]
+        elif stage.kind == "item":
+            outcome = stage.run(item)
+        else:
+            outcome = None
+            for spec in stage.run(item):
+                if item.verdict is not None:
+                    break
+                if item.left() <= 0:
+                    item.decide(Status.TIMEOUT)
+                    break
+                stage.merge(item, spec, spec.fn(*spec.args, item.left(), time.time()))
+            if item.verdict is None:
+                outcome = stage.finish(item)
+            outcome = outcome if item.verdict is None else ("timeout" if item.verdict.status is Status.TIMEOUT
+                                                            else "decided")
+        record_event(item, stage.name, wall, time.time(), outcome, time.monotonic() - ts)
+    return finalize(item)
+
+
+from .tasks import milp_task, split_task  # noqa: E402  (the task functions import this module's helpers lazily)

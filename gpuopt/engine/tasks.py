@@ -9,9 +9,128 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["verify_instance_task", "verify_sample_task"]
+__all__ = ["verify_instance_task", "verify_sample_task", "milp_task", "split_task", "resolve_network",
+           "NetworkRef"]
 
-_NETWORKS: dict = {}  # per worker process: ONNX path -> Network
+_NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
+
+
+class NetworkRef:
+    """How a task finds its network without the caller pickling it into every task: an ONNX path
+    (the worker loads and caches it), or the pickled network with a key (unpickled once per
+    worker). Attached to a Network by the orchestrator as ``network._task_ref``."""
+
+    def __init__(self, key: str, onnx_path: str | None = None, payload: bytes | None = None):
+        self.key, self.onnx_path, self.payload = key, onnx_path, payload
+
+    def __reduce__(self):
+        return (NetworkRef, (self.key, self.onnx_path, self.payload))
+
+
+def resolve_network(ref):
+    """The Network of a task argument: a Network itself (inline runs) or a :class:`NetworkRef`."""
+    if not isinstance(ref, NetworkRef):
+        return ref
+    if ref.key not in _NETWORKS:
+        if ref.onnx_path is not None:
+            from ..io.onnx import from_onnx
+
+            _NETWORKS[ref.key] = from_onnx(ref.onnx_path)
+        else:
+            import pickle
+
+            _NETWORKS[ref.key] = pickle.loads(ref.payload)
+    return _NETWORKS[ref.key]
+
+
+def _task_deadline(budget: float, submitted: float) -> float:
+    """A ``time.monotonic()`` deadline: the item's budget at submission less the time spent queued."""
+    return time.monotonic() + budget - max(0.0, time.time() - submitted)
+
+
+def _problem(net, data):
+    from ..problem import Problem
+
+    region, spec, inner = data
+    return Problem(net, region, spec, inner=inner)
+
+
+def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budget: float, submitted: float) -> dict:
+    """Input splitting on one problem (:func:`gpuopt.bab.input_split`) over its open ``disjuncts``,
+    proofs on ``proof_spec``; a point is reported only after the exact check."""
+    start = time.time()
+    _setup()
+    from ..bab import input_split
+    from ..check import check_counterexample
+
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    proof = _problem(net, (problem.region, proof_spec, problem.inner))
+    res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
+                      open_disjuncts=disjuncts)
+    out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "start": start}
+    if res.status == "sat":
+        c = check_counterexample(problem, res.counterexample)
+        if c.ok:
+            out.update(x=c.x, y=c.y, margin=c.margin)
+        else:
+            out["kind"] = "unknown"
+    out["end"] = time.time()
+    return out
+
+
+def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, budget: float,
+              submitted: float) -> dict:
+    """The big-M MILP of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
+    the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
+    ``sat`` (an exactly checked point), ``proven`` (dual bound clears ``threshold`` and the
+    tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``)."""
+    start = time.time()
+    _setup()
+    from ..check import check_counterexample
+    from ..milp.encode import complete_assignment, encode_bigm
+    from ..milp.highs import MilpStatus, solve_milp
+
+    deadline = _task_deadline(budget, submitted)
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    blocks = net.affine_blocks()
+    model = encode_bigm(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b)
+    mip_start = complete_assignment(model, blocks, start_x) if start_x is not None else None
+    found = {}
+
+    def accept(v):
+        c = check_counterexample(problem, v[model.x_index])
+        if c.ok:
+            found.update(x=c.x, y=c.y, margin=c.margin)
+        return c.ok
+
+    out = {"start": start, "nodes": 0, "raw_status": None, "margin_upper": None}
+    left = deadline - time.monotonic()
+    if left <= 0:
+        out.update(kind="timeout", note="no time left for the MILP", end=time.time())
+        return out
+    res = solve_milp(model, time_limit=min(left, 1e7), threshold=threshold, start=mip_start,
+                     accept_solution=accept, config=solver_config, deadline=deadline)
+    out.update(nodes=res.nodes, raw_status=res.raw_status)
+    if not found and res.solution is not None:
+        c = check_counterexample(problem, res.solution[model.x_index])
+        out["margin_upper"] = c.margin
+        if c.ok:
+            found.update(x=c.x, y=c.y, margin=c.margin)
+    if found:
+        out.update(kind="sat", **found)
+    elif res.proves_above(threshold):
+        out.update(kind="proven", lb=res.dual_bound - res.proof_margin)
+    else:
+        note = (f"MILP ended {res.status.value} ({res.raw_status}) with dual bound {res.dual_bound:.6g} "
+                f"(threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")
+        if res.warnings:
+            note += f"; not a proof: HiGHS warned: {res.warnings[0]}"
+        timed_out = res.status is MilpStatus.TIME_LIMIT or deadline - time.monotonic() <= 0
+        out.update(kind="timeout" if timed_out else "unknown", note=note)
+    out["end"] = time.time()
+    return out
 
 
 def _setup():

@@ -26,13 +26,28 @@ disjuncts are the output conjunctions of its terms (a term without output atoms 
 output is unsafe and gets the always-true row ``0 <= 0``). Pairs are returned in order of first
 appearance, as :class:`Property` tuples ``(box, spec)`` that also carry ``.inner``. An empty list
 means the unsafe set is empty, so the property holds trivially.
+
+Size. The DNF is kept factored while it is built, as blocks ``(input terms) x (output terms)``:
+input bounds asserted apart from a disjunction of output conditions, or ``(or box_1 box_2)``
+conjoined with ``(or out_1 ... out_k)``, are not multiplied out, and a long disjunction of
+``(and box output)`` terms (nn4sys' ``lindex_60000.vnnlib``: 120000 such terms, 11 MB) is read
+in linear time and memory. The expanded DNF may have at most ``MAX_DNF_TERMS`` terms and
+``MAX_DNF_ATOMS`` atoms, or as many as the file has comparisons when that is more (a DNF no
+longer than its text is linear); beyond that the formula is refused: conjunctions of
+disjunctions multiply (an ``and`` of 30 two-way ``or``s has 2^30 terms). Within one pair,
+disjuncts follow the DNF order, except that output conjunctions met under several input terms
+that share a box are grouped by input term (the same union).
 """
 
 from __future__ import annotations
 
+import gc
 import gzip
+import math
 from fractions import Fraction
+from operator import itemgetter
 import re
+import struct
 
 import numpy as np
 
@@ -42,15 +57,26 @@ from ..specs import OutputSpec, float_down, float_up
 
 __all__ = ["Property", "load_vnnlib", "parse_vnnlib", "format_counterexample", "write_counterexample"]
 
-#: DNF expansions beyond this many terms, or this many atoms over all terms, are refused.
+#: DNF expansions beyond this many terms, or this many atoms over all terms, are refused (unless
+#: the file itself has more comparisons than that: a DNF no longer than the text is linear).
 MAX_DNF_TERMS = 100_000
 MAX_DNF_ATOMS = 20_000_000
 
-_TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s();]+")
+# A comparison of two plain tokens on one line, ``(op a b)``, is read as one token (groups 1-3):
+# large files are mostly such atoms. Anything else is split into ``(``, ``)``, comments and words
+# (group 4). Token indices are positions; an error maps one back to its line (:meth:`_Parser.line`).
+_TOKEN = re.compile(r"\((<=|>=|<|>)[^\S\n]+([^\s();]+)[^\S\n]+([^\s();]+)[^\S\n]*\)"
+                    r"|(;[^\n]*|\(|\)|[^\s();]+)")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)")
 _COMPARISONS = ("<=", ">=", "<", ">")
 _STRICT = ("<", ">")
+_CHUNK = 1 << 20  # characters tokenised at a time
+_ZERO = Fraction(0)
+_ONE = Fraction(1)
+_MINUS_ONE = Fraction(-1)
+_INF = math.inf
+_BY_POSITION = itemgetter(1)
 
 
 class Property(tuple):
@@ -79,6 +105,33 @@ def _fits_float(q: Fraction) -> bool:
 _FLOAT_MAX = Fraction(np.finfo(np.float64).max)
 
 
+def _plain_box() -> bool:
+    """Whether a :class:`Box` holds nothing but its two bound arrays (then :func:`_box` may build
+    one without re-checking bounds this module has checked)."""
+    try:
+        return set(vars(Box(np.zeros(1), np.zeros(1)))) == {"lower", "upper"}
+    except TypeError:
+        return False
+
+
+_PLAIN_BOX = _plain_box()
+
+
+def _box(lower: list, upper: list) -> Box:
+    """``Box(lower, upper)`` for float bounds known to be finite with ``lower <= upper``, without
+    Box's checks and copies (a file can hold 10^5 boxes)."""
+    lo = np.array(lower, dtype=np.float64)
+    hi = np.array(upper, dtype=np.float64)
+    if not _PLAIN_BOX:
+        return Box(lo, hi)
+    lo.setflags(write=False)
+    hi.setflags(write=False)
+    box = object.__new__(Box)
+    object.__setattr__(box, "lower", lo)
+    object.__setattr__(box, "upper", hi)
+    return box
+
+
 class _List:
     """A parenthesised expression: ``items`` (``_List`` or ``(text, pos)`` atoms); ``pos`` is a token index."""
 
@@ -89,12 +142,76 @@ class _List:
         self.pos = pos
 
 
+class _Cmp(_List):
+    """A comparison ``(op a b)`` of two plain tokens, read as one token; its ``items`` are those
+    the generic reader would give (all at the same position, on the same line)."""
+
+    __slots__ = ("op", "a", "b")
+
+    def __init__(self, pos: int, op: str, a: str, b: str):
+        self.pos = pos
+        self.op = op
+        self.a = a
+        self.b = b
+
+    @property
+    def items(self) -> list:
+        return [(self.op, self.pos), (self.a, self.pos), (self.b, self.pos)]
+
+
 def _pos(node) -> int:
     return node.pos if isinstance(node, _List) else node[1]
 
 
 def _show(node) -> str:
     return f"'{node[0]}'" if not isinstance(node, _List) else "a parenthesised expression"
+
+
+# Atoms. A comparison reads as True or False when constant, else as an input atom
+# ``("X", i, is_upper, bound, strict)`` or an output atom ``("Y", pos, row, rhs, strict)``: the row
+# ``sum(a * y_j for j, a in row) <= rhs`` (``<`` when strict), ``pos`` its token index (rows are
+# kept in textual order). Output atoms are cached without their position, as ``("Y", row, rhs, strict)``.
+
+
+def _placed(value, pos: int):
+    if value.__class__ is tuple and value[0] == "Y":
+        return ("Y", pos, value[1], value[2], value[3])
+    return value
+
+
+class _Dnf:
+    """A formula in disjunctive normal form, kept factored: ``blocks`` is a list of pairs
+    ``(xs, ys)``, standing for the terms ``x and y`` for each input term ``x`` in ``xs`` (a tuple of
+    input atoms) and each output term ``y`` in ``ys`` (a tuple of output atoms); neither list is
+    empty and neither is ever changed. ``n_terms`` and ``n_atoms`` count the terms and atoms of the
+    expanded DNF."""
+
+    __slots__ = ("blocks", "n_terms", "n_atoms")
+
+    def __init__(self, blocks: list, n_terms: int, n_atoms: int):
+        self.blocks = blocks
+        self.n_terms = n_terms
+        self.n_atoms = n_atoms
+
+
+def _atom_dnf(value) -> _Dnf:
+    if value is True:
+        return _Dnf([([()], [()])], 1, 0)
+    if value is False:
+        return _Dnf([], 0, 0)
+    if value[0] == "X":
+        return _Dnf([([(value,)], [()])], 1, 1)
+    return _Dnf([([()], [(value,)])], 1, 1)
+
+
+def _product(left: list, right: list) -> list:
+    """The terms ``a + b`` for ``a`` in ``left``, ``b`` in ``right`` (a list is shared, not copied,
+    when the other is the single empty term)."""
+    if len(left) == 1 and not left[0]:
+        return right
+    if len(right) == 1 and not right[0]:
+        return left
+    return [a + b for a in left for b in right]
 
 
 class _Parser:
@@ -105,6 +222,10 @@ class _Parser:
         self.source = source
         self.declared: dict[str, tuple[str, int]] = {}
         self.decl_pos: dict[str, int] = {}
+        self.numbers: dict[str, Fraction] = {}  # number token -> exact value
+        self.atoms: dict[tuple, object] = {}  # (op, a, b) of a one-token comparison -> its atom
+        self.n_comparisons = 0  # comparisons read so far
+        self.unit_rows: dict[tuple, tuple] = {}  # (j, y_j <= c) -> row of y_j <= c or -y_j <= -c
 
     # -- errors ---------------------------------------------------------------------------------
     def line(self, tok: int) -> int:
@@ -120,27 +241,43 @@ class _Parser:
         """Yield the top-level s-expressions as each one closes, built without recursion.
 
         Nodes record the index of their first token, not its offset, so that tokenising stays a
-        single ``findall``; :meth:`line` maps an index back to a line number. Yielding each command
-        as soon as it is complete lets its tree be freed before the next one is built.
+        ``findall`` (per chunk of about 1 MB of text: no token spans a line break, so chunks end
+        after one); :meth:`line` maps an index back to a line number. Yielding each command as
+        soon as it is complete lets its tree be freed before the next one is built.
         """
         stack: list[_List] = []
-        for i, tok in enumerate(_TOKEN.findall(self.text)):
-            if tok == "(":
-                stack.append(_List(i))
-            elif tok == ")":
-                if not stack:
-                    raise self.error("unbalanced parentheses: unexpected ')'", i)
-                node = stack.pop()
-                if stack:
-                    stack[-1].items.append(node)
+        text = self.text
+        i = -1
+        start = 0
+        while start < len(text):
+            end = text.find("\n", start + _CHUNK)
+            end = len(text) if end < 0 else end + 1
+            tokens = _TOKEN.findall(text, start, end)
+            start = end
+            for op, a, b, tok in tokens:
+                i += 1
+                if op:
+                    node = _Cmp(i, op, a, b)
+                    if stack:
+                        stack[-1].items.append(node)
+                    else:
+                        yield node
+                elif tok == "(":
+                    stack.append(_List(i))
+                elif tok == ")":
+                    if not stack:
+                        raise self.error("unbalanced parentheses: unexpected ')'", i)
+                    node = stack.pop()
+                    if stack:
+                        stack[-1].items.append(node)
+                    else:
+                        yield node
+                elif tok[0] == ";":
+                    continue
+                elif stack:
+                    stack[-1].items.append((tok, i))
                 else:
-                    yield node
-            elif tok[0] == ";":
-                continue
-            elif stack:
-                stack[-1].items.append((tok, i))
-            else:
-                raise self.error(f"unexpected '{tok}' outside parentheses", i)
+                    raise self.error(f"unexpected '{tok}' outside parentheses", i)
         if stack:
             raise self.error("unbalanced parentheses: '(' is never closed", stack[-1].pos)
 
@@ -153,11 +290,22 @@ class _Parser:
             raise self.error("expected an operator name, got a parenthesised expression", h.pos)
         return h[0]
 
-    def number(self, tok: str, pos: int) -> Fraction:
-        v = Fraction(tok)
-        if not _fits_float(v):
-            raise self.error(f"number '{tok}' is out of the float64 range", pos)
-        return v
+    def number(self, tok: str, pos: int) -> Fraction | None:
+        """The exact value of the number ``tok``; ``None`` when ``tok`` is not a number."""
+        q = self.numbers.get(tok)
+        if q is not None:
+            return q
+        if not _NUMBER.fullmatch(tok):
+            return None
+        whole, _, frac = tok.partition(".")
+        if "e" in tok or "E" in tok or len(whole) > 300:
+            q = Fraction(tok)
+            if not _fits_float(q):
+                raise self.error(f"number '{tok}' is out of the float64 range", pos)
+        else:  # a plain decimal below 10^300: exactly int(digits) / 10^len(fraction digits)
+            q = Fraction(int(whole + frac), 10 ** len(frac))
+        self.numbers[tok] = q
+        return q
 
     def term(self, node) -> tuple[dict, Fraction]:
         """A linear term as ``(coefficients by variable, constant)``, exactly."""
@@ -165,9 +313,10 @@ class _Parser:
             tok, pos = node
             var = self.declared.get(tok)
             if var is not None:
-                return {var: Fraction(1)}, Fraction(0)
-            if _NUMBER.fullmatch(tok):
-                return {}, self.number(tok, pos)
+                return {var: _ONE}, _ZERO
+            q = self.number(tok, pos)
+            if q is not None:
+                return {}, q
             if _VAR_NAME.fullmatch(tok):
                 raise self.error(f"variable {tok} is used but not declared", pos)
             if tok[0] in "0123456789.+-":
@@ -179,7 +328,7 @@ class _Parser:
             if not args:
                 raise self.error("'+' needs at least 1 argument, got 0", node.pos)
             coef: dict = {}
-            const = Fraction(0)
+            const = _ZERO
             for a in args:
                 c, k = self.term(a)
                 for v, x in c.items():
@@ -202,7 +351,7 @@ class _Parser:
         if op == "*":
             if len(args) < 2:
                 raise self.error(f"'*' needs at least 2 arguments, got {len(args)}", node.pos)
-            scale = Fraction(1)
+            scale = _ONE
             linear = None
             for a in args:
                 c, k = self.term(a)
@@ -221,8 +370,9 @@ class _Parser:
         raise self.error(f"unknown operator '{op}' in a term (expected +, - or *)", node.pos)
 
     # -- formulas -> DNF ------------------------------------------------------------------------
-    def atom(self, op: str, node: _List) -> list:
-        """DNF (list of terms, each a tuple of atoms) of one comparison."""
+    def comparison(self, op: str, node: _List):
+        """One comparison: True or False when constant, an input atom, or an output atom without
+        its position (see the atom layouts above)."""
         args = node.items[1:]
         if len(args) != 2:
             raise self.error(f"'{op}' needs exactly 2 arguments, got {len(args)}", node.pos)
@@ -246,7 +396,7 @@ class _Parser:
         if xs and len(xs) != len(coef):
             raise self.error("a comparison mixes inputs X_* and outputs Y_*; unsupported", node.pos)
         if not coef:
-            return [()] if (const < 0 if strict else const <= 0) else []
+            return const < 0 if strict else const <= 0
         if xs:
             if len(xs) > 1:
                 raise self.error(
@@ -256,12 +406,13 @@ class _Parser:
             bound = -const / a
             if not _fits_float(bound):
                 raise self.error("an input bound overflows float64", node.pos)
-            return [(("X", v[1], a > 0, bound, strict),)]
+            return ("X", v[1], a > 0, bound, strict)
         row = tuple(sorted((v[1], x) for v, x in coef.items()))
-        return [(("Y", node.pos, row, -const, strict),)]
+        return ("Y", row, -const, strict)
 
-    def plain_bound(self, op: str, args: list) -> list | None:
-        """Fast path for the common ``(op X_i number)`` / ``(op number X_i)``; ``None`` otherwise."""
+    def plain_bound(self, op: str, args: list):
+        """Fast path for the common ``(op X_i number)``, ``(op Y_j number)`` and their mirror
+        images; ``None`` otherwise. Gives what the general path gives."""
         a, b = args
         if isinstance(a, _List) or isinstance(b, _List):
             return None
@@ -269,49 +420,119 @@ class _Parser:
         var = self.declared.get(a[0])
         if var is None:
             var, a, b, upper = self.declared.get(b[0]), b, a, not upper
-        if var is None or var[0] != "X" or b[0] in self.declared or not _NUMBER.fullmatch(b[0]):
+        if var is None or b[0] in self.declared:
             return None
-        return [(("X", var[1], upper, self.number(*b), op in _STRICT),)]
+        c = self.number(*b)
+        if c is None:
+            return None
+        if var[0] == "X":
+            return ("X", var[1], upper, c, op in _STRICT)
+        # y_j <= c is the row (1) y_j <= c; y_j >= c is (-1) y_j <= -c (rows shared between atoms)
+        row = self.unit_rows.get((var[1], upper))
+        if row is None:
+            row = self.unit_rows[var[1], upper] = ((var[1], _ONE if upper else _MINUS_ONE),)
+        return ("Y", row, c if upper else -c, op in _STRICT)
 
-    def check_size(self, n_terms: int, n_atoms: int, pos: int | None) -> None:
-        if n_terms > MAX_DNF_TERMS or n_atoms > MAX_DNF_ATOMS:
-            raise self.error(f"the formula expands to more than {MAX_DNF_TERMS} DNF terms "
-                             f"or {MAX_DNF_ATOMS} atoms; unsupported", pos)
-
-    def conjoin(self, dnfs: list, pos: int | None) -> list:
-        """DNF of a conjunction; single-term conjuncts are merged in linear time."""
-        base: list = []
-        multi = []
-        for d in dnfs:
-            if not d:
-                return []
-            if len(d) == 1:
-                base.extend(d[0])
-            else:
-                multi.append(d)
-        terms = [tuple(base)]
-        for d in multi:
-            longest = max(len(t) for t in terms) + max(len(c) for c in d)
-            self.check_size(len(terms) * len(d), len(terms) * len(d) * longest, pos)
-            terms = [t + c for t in terms for c in d]
-        return terms
-
-    def formula(self, node) -> list:
+    def part(self, node):
+        """A formula as a :class:`_Dnf`, or, for a comparison, its atom (True, False or a tuple)."""
+        if node.__class__ is _Cmp:
+            self.n_comparisons += 1
+            key = (node.op, node.a, node.b)
+            value = self.atoms.get(key)
+            if value is None:
+                value = self.atoms[key] = self.comparison(node.op, node)
+            return _placed(value, node.pos)
         if not isinstance(node, _List):
             raise self.error(f"expected a formula, got {_show(node)}", _pos(node))
         op = self.head(node, "a formula")
         if op in _COMPARISONS:
-            return self.atom(op, node)
+            self.n_comparisons += 1
+            return _placed(self.comparison(op, node), node.pos)
         if op in ("and", "or"):
             args = node.items[1:]
             if not args:
                 raise self.error(f"'{op}' needs at least 1 argument, got 0", node.pos)
-            dnfs = [self.formula(a) for a in args]
-            if op == "and":
-                return self.conjoin(dnfs, node.pos)
-            self.check_size(sum(len(d) for d in dnfs), 0, node.pos)
-            return [t for d in dnfs for t in d]
+            parts = [self.part(a) for a in args]
+            return self.conjoin(parts, node.pos) if op == "and" else self.disjoin(parts, node.pos)
         raise self.error(f"unknown operator '{op}' in a formula (expected and, or, <=, >=, <, >)", node.pos)
+
+    def formula(self, node) -> _Dnf:
+        value = self.part(node)
+        return value if value.__class__ is _Dnf else _atom_dnf(value)
+
+    def check_size(self, n_terms: int, n_atoms: int, pos: int | None) -> None:
+        max_terms = max(MAX_DNF_TERMS, self.n_comparisons)
+        max_atoms = max(MAX_DNF_ATOMS, self.n_comparisons)
+        if n_terms > max_terms or n_atoms > max_atoms:
+            raise self.error(f"the formula expands to more than {max_terms} DNF terms "
+                             f"or {max_atoms} atoms; unsupported", pos)
+
+    def conjoin(self, parts: list, pos: int | None) -> _Dnf:
+        """DNF of a conjunction: single terms are merged in linear time, and the size of the
+        product of the others is checked before it is built."""
+        xs: list = []
+        ys: list = []
+        multi = []
+        false = False
+        for p in parts:
+            if p.__class__ is not _Dnf:
+                if p is True:
+                    continue
+                if p is False:
+                    false = True
+                elif p[0] == "X":
+                    xs.append(p)
+                else:
+                    ys.append(p)
+                continue
+            blocks = p.blocks
+            if not blocks:
+                false = True
+            elif len(blocks) == 1 and len(blocks[0][0]) == 1 and len(blocks[0][1]) == 1:
+                xs.extend(blocks[0][0][0])
+                ys.extend(blocks[0][1][0])
+            else:
+                multi.append(p)
+        if false:
+            return _Dnf([], 0, 0)
+        if len(multi) == 1 and not xs and not ys:
+            return multi[0]
+        n_terms, n_atoms = 1, len(xs) + len(ys)
+        for d in multi:
+            n_atoms = n_atoms * d.n_terms + d.n_atoms * n_terms
+            n_terms *= d.n_terms
+            self.check_size(n_terms, n_atoms, pos)
+        blocks = [([tuple(xs)], [tuple(ys)])]
+        for d in multi:
+            blocks = [(_product(x1, x2), _product(y1, y2)) for x1, y1 in blocks for x2, y2 in d.blocks]
+        return _Dnf(blocks, n_terms, n_atoms)
+
+    def disjoin(self, parts: list, pos: int | None) -> _Dnf:
+        """DNF of a disjunction: the blocks in order, neighbours that share their input terms
+        (or their output terms) merged into one block."""
+        n_terms = n_atoms = 0
+        work: list = []  # [xs, ys, xs is ours, ys is ours]: only lists made here are extended
+        for p in parts:
+            if p.__class__ is not _Dnf:
+                p = _atom_dnf(p)
+            n_terms += p.n_terms
+            n_atoms += p.n_atoms
+            for xs, ys in p.blocks:
+                if work:
+                    last = work[-1]
+                    if last[0] == xs:
+                        if not last[3]:
+                            last[1], last[3] = list(last[1]), True
+                        last[1].extend(ys)
+                        continue
+                    if last[1] == ys:
+                        if not last[2]:
+                            last[0], last[2] = list(last[0]), True
+                        last[0].extend(xs)
+                        continue
+                work.append([xs, ys, False, False])
+        self.check_size(n_terms, n_atoms, pos)
+        return _Dnf([(w[0], w[1]) for w in work], n_terms, n_atoms)
 
     # -- top level ------------------------------------------------------------------------------
     def declare(self, node: _List) -> None:
@@ -362,78 +583,118 @@ class _Parser:
                 raise self.error(f"unknown command '{cmd}' (expected declare-const or assert)", node.pos)
         if not self.declared:
             raise self.error("the file declares no variables (empty or not a VNNLIB file)")
+        node = None  # the syntax trees and the caches are no longer needed
+        self.atoms = self.numbers = None
         n_in = self.count("X", n_inputs)
         n_out = self.count("Y", n_outputs)
-        terms = self.conjoin(dnfs, None)
-        return self.group(terms, n_in, n_out)
+        dnf = self.conjoin(dnfs, None)
+        del dnfs
+        return self.group(dnf, n_in, n_out)
 
-    def group(self, terms: list, n_in: int, n_out: int) -> list[Property]:
-        groups: dict[bytes, tuple[np.ndarray, np.ndarray, Box | None, list]] = {}
-        boxes: dict[tuple, tuple | str] = {}  # input atoms (by identity) -> float boxes, or why empty
+    def group(self, dnf: _Dnf, n_in: int, n_out: int) -> list[Property]:
+        """One Property per distinct float box, in order of first appearance; its disjuncts are
+        the output terms met with that box."""
+        groups: dict[bytes, tuple] = {}  # box key -> (float bounds, [output term lists])
+        boxes: dict[int, tuple | str] = {}  # id(input term) -> (key, bounds), or why it is empty
         empty_reason = None
-        for term in terms:
-            x_atoms = tuple(a for a in term if a[0] == "X")
-            out = [a for a in term if a[0] != "X"]
-            key_atoms = tuple(map(id, x_atoms))
-            if key_atoms not in boxes:
-                boxes[key_atoms] = self.exact_box(x_atoms, n_in, len(terms))
-            box = boxes[key_atoms]
-            if isinstance(box, str):
-                empty_reason = box
-                continue  # an infeasible term
-            lo, hi, lo_in, hi_in = box
-            if out:
-                out.sort(key=lambda a: a[1])  # rows in textual order
-                # float coefficients unless one is not a float64 number (then exact Fractions)
-                exact_a = all(Fraction(float(x)) == x for atom in out for _, x in atom[2])
-                A = np.zeros((len(out), n_out)) if exact_a else np.full((len(out), n_out), Fraction(0), dtype=object)
-                b = np.empty(len(out), dtype=object)
-                strict = np.zeros(len(out), dtype=bool)
-                for r, (_, _, row, rhs, st) in enumerate(out):
-                    for j, x in row:
-                        A[r, j] = float(x) if exact_a else x
-                    b[r] = rhs
-                    strict[r] = st
-                disjunct = (A, b, strict)
-            else:
-                disjunct = (np.zeros((1, n_out)), np.zeros(1))  # 0 <= 0: every output is unsafe
-            key = lo.tobytes() + hi.tobytes() + lo_in.tobytes() + hi_in.tobytes()
-            if key not in groups:
-                inner = Box(lo_in, hi_in) if np.all(lo_in <= hi_in) else None
-                groups[key] = (lo, hi, inner, [])
-            groups[key][3].append(disjunct)
+        for xs, ys in dnf.blocks:
+            for x in xs:
+                box = boxes.get(id(x))
+                if box is None:
+                    box = boxes[id(x)] = self.exact_box(x, n_in, dnf.n_terms)
+                if box.__class__ is str:
+                    empty_reason = box
+                    continue  # an infeasible term
+                g = groups.get(box[0])
+                if g is None:
+                    groups[box[0]] = (box[1], [ys])
+                else:
+                    g[1].append(ys)
         if not groups and empty_reason is not None:
             raise self.error(empty_reason)
-        return [Property(Box(lo, hi), OutputSpec(disj, n_out), inner) for lo, hi, inner, disj in groups.values()]
+        rows: dict[int, tuple] = {}  # id(output term) -> (A, b, strict)
+        self.matrices: dict[tuple, np.ndarray] = {}  # A by the ids of its rows
+        self.flags: dict[tuple, np.ndarray] = {}  # strict by its flags
+        result = []
+        for (lo, hi, lo_in, hi_in), yss in groups.values():
+            disjuncts = []
+            for ys in yss:
+                for y in ys:
+                    r = rows.get(id(y))
+                    if r is None:
+                        r = rows[id(y)] = self.disjunct(y, n_out)
+                    disjuncts.append(r)
+            spec = OutputSpec._from_exact(disjuncts, n_out)
+            if all(-_INF < a <= b < _INF for a, b in zip(lo, hi)):
+                box = _box(lo, hi)
+                # the inner bounds lie within the outer ones, so they are finite when ordered
+                inner = _box(lo_in, hi_in) if all(a <= b for a, b in zip(lo_in, hi_in)) else None
+            else:  # not expected: let Box report it
+                box = Box(np.array(lo), np.array(hi))
+                inner = Box(np.array(lo_in), np.array(hi_in)) if np.all(np.array(lo_in) <= np.array(hi_in)) else None
+            result.append(Property(box, spec, inner))
+        return result
+
+    def disjunct(self, y: tuple, n_out: int) -> tuple:
+        """The rows ``(A, b, strict)`` of one output term: float64 ``A`` when every coefficient
+        is a float64 number, else Fractions; ``b`` exact. ``A`` and ``strict`` are shared between
+        terms with the same coefficients and flags (they become read-only)."""
+        if not y:  # no output atom: every output is unsafe, 0 <= 0
+            return np.zeros((1, n_out)), np.zeros(1), np.zeros(1, dtype=bool)
+        if len(y) == 1:
+            out = y
+            key = (id(y[0][2]),)
+            flags = (y[0][4],)
+        else:
+            out = sorted(y, key=_BY_POSITION)  # rows in textual order
+            key = tuple(id(atom[2]) for atom in out)  # the rows live as long as the DNF
+            flags = tuple(atom[4] for atom in out)
+        A = self.matrices.get(key)
+        if A is None:
+            rows = [atom[2] for atom in out]
+            # float coefficients unless one is not a float64 number (then exact Fractions)
+            exact_a = all(Fraction(float(x)) == x for row in rows for _, x in row)
+            A = np.zeros((len(out), n_out)) if exact_a else np.full((len(out), n_out), _ZERO, dtype=object)
+            for r, row in enumerate(rows):
+                for j, x in row:
+                    A[r, j] = float(x) if exact_a else x
+            self.matrices[key] = A
+        strict = self.flags.get(flags)
+        if strict is None:
+            strict = self.flags[flags] = np.array(flags, dtype=bool)
+        b = np.empty(len(out), dtype=object)
+        b[:] = [atom[3] for atom in out]
+        return A, b, strict
 
     def exact_box(self, x_atoms: tuple, n_in: int, n_terms: int) -> tuple | str:
-        """Intersect input atoms exactly: the outer and inner float boxes
-        ``(lo, hi, lo_in, hi_in)``, or a message when the exact box is empty."""
-        low: list = [None] * n_in  # exact bounds (Fraction or None) and whether each is strict
+        """Intersect input atoms exactly: ``(key, (lo, hi, lo_in, hi_in))``, the outer and inner
+        float bounds (lists) and their bytes as a key, or a message when the exact box is empty."""
+        low: list = [None] * n_in  # the tightest exact bounds, as (Fraction, strict), or None
         high: list = [None] * n_in
-        low_strict = [False] * n_in
-        high_strict = [False] * n_in
         for _, i, is_upper, c, strict in x_atoms:
             if is_upper:
-                if high[i] is None or c < high[i] or (c == high[i] and strict):
-                    high[i], high_strict[i] = c, strict
-            elif low[i] is None or c > low[i] or (c == low[i] and strict):
-                low[i], low_strict[i] = c, strict
-        missing = [i for i in range(n_in) if low[i] is None or high[i] is None]
-        if missing:
-            i = missing[0]
+                h = high[i]
+                if h is None or c < h[0] or (strict and c == h[0]):
+                    high[i] = (c, strict)
+            else:
+                l = low[i]
+                if l is None or c > l[0] or (strict and c == l[0]):
+                    low[i] = (c, strict)
+        if None in low or None in high:
+            i = next(i for i in range(n_in) if low[i] is None or high[i] is None)
             side = "lower" if high[i] is not None else "upper" if low[i] is not None else "lower or upper"
             raise self.error(f"input X_{i} has no {side} bound" + (" in one of the disjuncts" if n_terms > 1 else ""))
-        for i in range(n_in):
-            if low[i] > high[i] or (low[i] == high[i] and (low_strict[i] or high_strict[i])):
-                lo_op = "<" if low_strict[i] else "<="
-                hi_op = "<" if high_strict[i] else "<="
-                return f"the input box is empty: {low[i]} {lo_op} X_{i} {hi_op} {high[i]} has no solution"
-        lo = np.array([float_down(q) for q in low])
-        hi = np.array([float_up(q) for q in high])
-        lo_in = np.array([float_up(q, s) for q, s in zip(low, low_strict)])
-        hi_in = np.array([float_down(q, s) for q, s in zip(high, high_strict)])
-        return lo, hi, lo_in, hi_in
+        for i, ((l, l_strict), (h, h_strict)) in enumerate(zip(low, high)):
+            if l > h or (l == h and (l_strict or h_strict)):
+                lo_op = "<" if l_strict else "<="
+                hi_op = "<" if h_strict else "<="
+                return f"the input box is empty: {l} {lo_op} X_{i} {hi_op} {h} has no solution"
+        lo = [float_down(l) for l, _ in low]
+        hi = [float_up(h) for h, _ in high]
+        lo_in = [float_up(l, s) for l, s in low]
+        hi_in = [float_down(h, s) for h, s in high]
+        key = struct.pack(f"{4 * n_in}d", *lo, *hi, *lo_in, *hi_in)
+        return key, (lo, hi, lo_in, hi_in)
 
 
 def parse_vnnlib(text: str, *, n_inputs: int | None = None, n_outputs: int | None = None,
@@ -443,7 +704,15 @@ def parse_vnnlib(text: str, *, n_inputs: int | None = None, n_outputs: int | Non
     ``n_inputs``/``n_outputs``, when given, must equal the declared numbers of ``X_*``/``Y_*``.
     ``source`` names the text in error messages. Raises :class:`InvalidInputError`.
     """
-    return _Parser(text, source).parse(n_inputs, n_outputs)
+    # A large file makes millions of small objects that live until the end: the cyclic collector
+    # would only spend time finding no garbage (a third of the reading time of an 11 MB file).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _Parser(text, source).parse(n_inputs, n_outputs)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def load_vnnlib(path, *, n_inputs: int | None = None,

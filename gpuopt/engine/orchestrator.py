@@ -1,0 +1,191 @@
+"""The hybrid orchestrator: batch stages in this process, task stages in a pool, many items at once.
+
+Items come from a stream of :class:`ItemSource` (each builds its :class:`ItemState` when admitted).
+The loop:
+
+1. **Admit** a group of items while fewer than ``workers + 1`` items wait for tasks (so every
+   worker has an item's tasks to run and one more item's are queued): build them, run the *batch* stages of :data:`~gpuopt.engine.stages.STAGES` on the
+   whole group (bounds and attack, one tensor per network on the chosen device), and for each item
+   still open plan its first enabled *task* stage and submit the tasks.
+2. **Merge** finished tasks into their items. An item decided by a task has its other tasks
+   cancelled (their workers are freed at once); an item whose stage has no task left is finished
+   by that stage, and moves to the next task stage or ends ``unknown``.
+3. **Deadlines**: an item past its deadline (plus a small grace for tasks to report) has its tasks
+   cancelled and ends ``timeout``.
+
+So while the pool solves MILPs (or splits inputs) for earlier items, this process bounds and
+attacks the next ones; the items' stage events (wall-clock start and end of each stage and task)
+show the overlap. A task that crashes its worker is retried once by the executor; if it fails
+again the item ends ``error`` with the cause. Each item yields exactly one finished
+:class:`ItemState` (or an exception from building it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from ..verdict import Status
+from .executor import TaskStatus, wait_any
+from .item import ItemState
+from .stages import STAGES, finalize, record_event
+
+__all__ = ["ItemSource", "run_hybrid"]
+
+log = logging.getLogger("gpuopt")
+
+#: seconds an item's tasks may run past its deadline before they are cancelled (they stop
+#: themselves at the deadline; this only bounds a stuck one)
+DEADLINE_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class ItemSource:
+    """An item to run: ``key``, and ``build()`` returning its :class:`ItemState` (raising
+    :class:`~gpuopt.errors.GpuoptError` for bad input, which ends the item ``error``)."""
+
+    key: str
+    build: Callable[[], ItemState]
+
+
+@dataclass(eq=False)
+class _Active:
+    key: str
+    item: ItemState
+    stage: int = -1  # index into the stage table of the task stage running
+    handles: set = field(default_factory=set)
+    started: float = 0.0  # time.time() when the current stage's tasks were submitted
+
+
+def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_size: int = 8,
+               max_active: int | None = None) -> Iterator[tuple[str, ItemState | BaseException]]:
+    """Run items through the batch stages here and the task stages on ``executor``; yields
+    ``(key, finished ItemState)`` (or ``(key, exception)`` when building failed) as items end.
+    ``group_size`` items are admitted (and batched) at a time while fewer than ``max_active``
+    (default ``workers + 1``) wait for tasks: an item's clock runs from its admission, so
+    admitting far ahead of the pool would spend the budgets of items waiting in its queue."""
+    stages = tuple(stages)
+    max_active = max_active or max(1, executor.n_workers) + 1
+    it = iter(sources)
+    exhausted = False
+    active: dict[str, _Active] = {}
+    owner: dict = {}  # task handle -> (key, spec)
+
+    def submit_next_stage(act: _Active) -> bool:
+        """Plans and submits the next enabled task stage of ``act``; False when none is left."""
+        item = act.item
+        for s in range(act.stage + 1, len(stages)):
+            stage = stages[s]
+            if stage.kind != "task" or not stage.enabled(item.config, item):
+                continue
+            act.stage, act.started = s, time.time()
+            specs = stage.run(item)
+            if not specs:  # nothing to run: the stage concludes on what it has
+                stage.finish(item)
+                record_event(item, stage.name, act.started, time.time(), _word(item), 0.0)
+                if item.verdict is not None:
+                    return False
+                continue
+            for spec in specs:
+                budget = max(0.0, item.left())
+                h = executor.submit(spec.fn, *spec.args, budget, time.time(),
+                                    timeout=budget + DEADLINE_GRACE + 5.0, retries=1)
+                owner[h] = (act.key, spec)
+                act.handles.add(h)
+            return True
+        return False
+
+    def end(act: _Active):
+        for h in list(act.handles):
+            h.cancel()
+            owner.pop(h, None)
+        act.handles.clear()
+        active.pop(act.key, None)
+        return act.key, finalize(act.item)
+
+    while True:
+        # 1. admit a group while the pool has room
+        while not exhausted and len(active) < max_active:
+            group, built = [], []
+            while len(group) < group_size:
+                try:
+                    src = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                group.append(src)
+            for src in group:
+                try:
+                    built.append((src.key, src.build()))
+                except Exception as err:  # noqa: BLE001 - a bad item ends as an error, the run goes on
+                    yield src.key, err
+            if built:
+                yield from _admit(built, stages, active, submit_next_stage, end)
+        if exhausted and not active:
+            return
+        # 2. merge finished tasks
+        can_admit = not exhausted and len(active) < max_active
+        done = wait_any(list(owner), timeout=0.0 if can_admit else 0.5) if owner else []
+        for h in done:
+            key, spec = owner.pop(h)
+            act = active.get(key)
+            if act is None:
+                continue
+            act.handles.discard(h)
+            item, stage = act.item, stages[act.stage]
+            outcome = h.result()
+            if outcome.status is TaskStatus.OK:
+                value = outcome.value
+                stage.merge(item, spec, value)
+                record_event(item, stage.name, value.get("start", act.started), value.get("end", time.time()),
+                             _word(item), value.get("end", 0.0) - value.get("start", 0.0))
+            elif outcome.status is TaskStatus.TIMEOUT:
+                item.decide(Status.TIMEOUT, message=f"{spec.label}: killed at the hard limit")
+            elif outcome.status is not TaskStatus.CANCELLED:
+                item.decide(Status.ERROR, message=f"{spec.label}: {outcome.error or outcome.status.value} "
+                                                  f"(after {outcome.attempts} attempts)")
+            if item.verdict is not None:
+                yield end(act)
+            elif not act.handles:
+                stage.finish(item)
+                if item.verdict is not None or not submit_next_stage(act):
+                    yield end(act)
+        # 3. deadlines
+        now = time.monotonic()
+        for act in list(active.values()):
+            if act.item.deadline is not None and now > act.item.deadline + DEADLINE_GRACE:
+                act.item.decide(Status.TIMEOUT)
+                yield end(act)
+
+
+def _word(item: ItemState) -> str:
+    if item.verdict is None:
+        return "open"
+    return "timeout" if item.verdict.status is Status.TIMEOUT else "decided"
+
+
+def _admit(built, stages, active, submit_next_stage, end):
+    """Runs the batch stages on a freshly built group, then submits task stages for the open items."""
+    items = [item for _, item in built]
+    for stage in stages:
+        if stage.kind == "task":
+            continue
+        todo = [item for item in items if item.verdict is None and stage.enabled(item.config, item)
+                and (stage.name == "bounds" or item.left() > 0)]
+        for item in items:
+            if item.verdict is None and stage.name != "bounds" and item.left() <= 0:
+                item.decide(Status.TIMEOUT)
+        if not todo:
+            continue
+        ts, wall = time.monotonic(), time.time()
+        words = stage.run(todo) if stage.kind == "batch" else [stage.run(item) for item in todo]
+        for item, word in zip(todo, words):
+            record_event(item, stage.name, wall, time.time(), word, time.monotonic() - ts)
+    for key, item in built:
+        act = _Active(key, item)
+        active[key] = act
+        if item.verdict is not None or not submit_next_stage(act):
+            yield end(act)
+

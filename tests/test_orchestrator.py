@@ -1,0 +1,133 @@
+"""The hybrid orchestrator: batch stages here, task stages in the pool, many items at once.
+
+* task stages of earlier items run while later items are bounded (stage events overlap);
+* an item decided by one task has its other tasks cancelled at once;
+* workers killed during MILPs fail only their task, which is retried: every item still ends with
+  the verdict of a fault-free run (and of the inline pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from gpuopt.demo import load_demo_model
+from gpuopt.engine import LocalExecutor
+from gpuopt.engine.orchestrator import ItemSource, run_hybrid
+from gpuopt.engine.stages import STAGES, Stage, TaskSpec
+from gpuopt.runs import _build_sample
+from gpuopt.verdict import Status
+from gpuopt.verify import VerifyConfig
+from tests._orchestrator_tasks import die_first, sleep_task
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo_model()
+
+
+def _sources(demo, idx, eps, config, timeout=30.0):
+    net, images, labels = demo
+    return [ItemSource(f"s{i}", lambda i=i: _build_sample(net, images[i], int(labels[i]), eps, (0.0, 1.0),
+                                                          timeout, config)) for i in idx]
+
+
+def _run(sources, stages=STAGES, workers=2, **kw):
+    with LocalExecutor(workers) as ex:
+        out = dict(run_hybrid(sources, ex, stages=stages, **kw))
+    assert all(not isinstance(v, BaseException) for v in out.values()), out
+    return {k: v.verdict for k, v in out.items()}
+
+
+# a stage that sleeps in the pool, then leaves the item open (or decides it, see _merge)
+def _plan_sleep(item):
+    return [TaskSpec(sleep_task, (1.5, "open"), "sleep")]
+
+
+def _plan_race(item):
+    return [TaskSpec(sleep_task, (0.3, "decide"), "fast"), TaskSpec(sleep_task, (60.0, "open"), "slow")]
+
+
+def _merge(item, spec, value):
+    if value["kind"] == "decide":
+        item.decide(Status.UNKNOWN, decided_by="race", message="the fast task decided")
+
+
+def _finish(item):
+    return "open"
+
+
+def test_task_stages_of_earlier_items_overlap_the_batch_stages_of_later_ones(demo):
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("sleep", "task", _plan_sleep, lambda c, it: True, _merge, _finish))
+    # eps large enough that the bounds leave every item open
+    got = _run(_sources(demo, range(3), 0.3, config), stages, workers=2, group_size=1)
+    assert len(got) == 3 and all(v.status is Status.UNKNOWN for v in got.values())
+    ev = {k: {e["stage"]: e for e in v.events} for k, v in got.items()}
+    # the second item's bounds ran while the first item's task slept in a worker
+    assert ev["s1"]["bounds"]["start"] < ev["s0"]["sleep"]["end"]
+    assert ev["s1"]["bounds"]["end"] > ev["s0"]["sleep"]["start"]
+
+
+def test_an_item_decided_by_one_task_cancels_its_other_tasks(demo):
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("race", "task", _plan_race, lambda c, it: True, _merge, _finish))
+    t0 = time.monotonic()
+    got = _run(_sources(demo, [0], 0.3, config), stages, workers=2)
+    assert got["s0"].decided_by == "race"
+    assert time.monotonic() - t0 < 20  # the 60 s task was cancelled, its worker killed
+
+
+def _dying_milp(marker_dir, how):
+    """The MILP stage where the first MILP task of each item to start kills its worker (each
+    respawn costs a worker start-up, so not every task dies)."""
+    milp = STAGES[3]
+
+    def plan(item):
+        return [TaskSpec(die_first, (str(marker_dir / f"item{id(item)}"), how, s.fn, *s.args), s.label, s.meta)
+                for s in milp.run(item)]
+
+    return STAGES[:3] + (Stage("milp", "task", plan, milp.enabled, milp.merge, milp.finish),)
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_workers_killed_during_milps_fail_only_their_task(demo, tmp_path, how):
+    # no attack, no CROWN: the MILP decides the items that IBP leaves open
+    config = VerifyConfig(device="cpu", use_attack=False, use_crown=False, alpha_steps=0)
+    idx = range(4)
+    clean = _run(_sources(demo, idx, 0.06, config, timeout=120.0), workers=2)
+    faulty = _run(_sources(demo, idx, 0.06, config, timeout=120.0), _dying_milp(tmp_path, how), workers=2)
+    assert set(faulty) == set(clean) == {f"s{i}" for i in idx}
+    assert any(v.decided_by == "milp" for v in clean.values())
+    assert len(list(tmp_path.iterdir())) > 0  # MILP tasks ran, and died once each
+    for k in clean:
+        assert faulty[k].status is clean[k].status, (k, faulty[k], clean[k])
+    # and the inline pipeline agrees
+    from gpuopt.engine.stages import run_stages
+
+    for src in _sources(demo, idx, 0.06, config, timeout=120.0):
+        assert run_stages(src.build()).verdict.status is clean[src.key].status
+
+
+def test_a_bad_item_ends_as_an_error_and_the_run_goes_on(demo):
+    config = VerifyConfig(device="cpu")
+
+    def broken():
+        raise ValueError("no such sample")
+
+    sources = _sources(demo, [0], 0.01, config) + [ItemSource("bad", broken)]
+    with LocalExecutor(1) as ex:
+        out = dict(run_hybrid(sources, ex))
+    assert isinstance(out["bad"], ValueError) and out["s0"].verdict.status in (Status.UNSAT, Status.SAT)
+    assert np.isfinite(out["s0"].verdict.seconds)
