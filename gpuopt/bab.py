@@ -27,7 +27,8 @@ import torch
 
 from .attack import AttackConfig, pgd_attack
 from .bounds.base import center_radius, disjunct_lower_bounds, rounding_pad
-from .bounds.crown import crown, crown_linear_lower
+from .bounds.crown import crown_linear_lower
+from .bounds.forward import intermediate_bounds
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .problem import Problem
@@ -149,7 +150,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         n_stack -= take
         boxes += take
 
-        bnd = crown(net, lo, hi)
+        bnd = intermediate_bounds(net, lo, hi)
         rows, coef = crown_linear_lower(net, lo, hi, C, bnd)
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
         disj = rows.view(take, K, M).amax(-1)

@@ -4,15 +4,16 @@
 MLP trained on scikit-learn's copy of the UCI hand-written digits (8x8 images, pixels scaled to
 [0, 1]) together with 100 held-out test images; ``examples/train_demo_model.py`` is how it was
 made. For every radius ``eps`` and each of the first ``n_images`` correctly classified test
-images, it asks :func:`gpuopt.verify` whether some image within ``eps`` of the original (and
-still in [0, 1]) changes the predicted class, then prints one table row per ``eps``.
+images, it asks whether some image within ``eps`` of the original (and still in [0, 1]) changes
+the predicted class, as one small bulk run (:func:`gpuopt.runs.verify_dataset`: bounds and
+attacks over the items in this process, MILPs in a worker pool, a progress bar), then prints one
+table row per ``eps``.
 """
 
 from __future__ import annotations
 
 import io
 import statistics
-import sys
 import time
 from importlib import resources
 from typing import Sequence
@@ -20,10 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .network import Dense, Network, ReLU
-from .regions import LinfBall
-from .specs import robustness
-from .verdict import Status, Verdict
-from .verify import verify
+from .runs import verify_dataset
 
 __all__ = ["load_demo_model", "run_demo"]
 
@@ -73,15 +71,14 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
 
 
 def run_demo(*, n_images: int = 20, timeout: float = 30.0,
-             eps_values: Sequence[float] = (0.01, 0.02, 0.05, 0.1)) -> int:
+             eps_values: Sequence[float] = (0.01, 0.02, 0.05, 0.1), workers: int | None = None) -> int:
     """Verify L-infinity robustness of the bundled model; print a table to stdout; return 0.
 
     ``n_images``: how many correctly classified test images to check (the first ones in the
     bundled order); ``timeout``: seconds per verification; ``eps_values``: the radii, in pixel
-    units of the [0, 1] scale. A progress bar goes to stderr.
+    units of the [0, 1] scale; ``workers``: pool processes (default: cores - 1). A progress bar
+    goes to stderr.
     """
-    from tqdm import tqdm
-
     t_start = time.monotonic()
     net, images, labels = load_demo_model()
     pred = net.forward64(images).argmax(axis=1)
@@ -99,47 +96,38 @@ def run_demo(*, n_images: int = 20, timeout: float = 30.0,
           f"checking the {n_ok} correct ones at eps in {list(map(float, eps_values))}, "
           f"timeout {timeout:g}s each", flush=True)
 
-    results: dict[float, list[tuple[int, Verdict]]] = {}
-    counts = {"unsat": 0, "sat": 0, "unknown": 0}
-    with tqdm(total=n_ok * len(eps_values), file=sys.stderr, desc="verifying", unit="item",
-              dynamic_ncols=True) as bar:
-        for eps in eps_values:
-            eps = float(eps)
-            results[eps] = []
-            for i in chosen:
-                region = LinfBall(images[i], eps, clip_lower=0.0, clip_upper=1.0)
-                v = verify(net, region, robustness(int(labels[i]), N_CLASSES), timeout=timeout)
-                results[eps].append((int(i), v))
-                key = v.status.value if v.status in (Status.SAT, Status.UNSAT) else "unknown"
-                counts[key] += 1
-                bar.set_postfix(eps=eps, verified=counts["unsat"], falsified=counts["sat"],
-                                unknown=counts["unknown"], refresh=False)
-                bar.update(1)
+    results: dict[float, list[tuple[int, dict]]] = {float(e): [] for e in eps_values}
+    if n_ok:
+        for rec in verify_dataset(net, images[chosen], labels[chosen], eps=[float(e) for e in eps_values],
+                                  timeout=timeout, workers=workers, progress=True):
+            results[float(rec["eps"])].append((int(chosen[rec["sample"]]), rec))
+    for items in results.values():
+        items.sort(key=lambda pair: pair[0])
 
     header = ("eps", "verified (unsat)", "falsified (sat)", "unknown/timeout",
               "robust acc [certified, upper]", "mean s", "median s")
     rows = []
     example = None
     for eps, items in results.items():
-        n_unsat = sum(v.status is Status.UNSAT for _, v in items)
-        n_sat = sum(v.status is Status.SAT for _, v in items)
+        n_unsat = sum(r["status"] == "unsat" for _, r in items)
+        n_sat = sum(r["status"] == "sat" for _, r in items)
         n_unk = len(items) - n_unsat - n_sat
         if n_scanned:
             bounds = f"[{n_unsat / n_scanned:.2f}, {(n_ok - n_sat) / n_scanned:.2f}]"
         else:
             bounds = "-"
-        mean_s, med_s = _fmt_seconds([v.seconds for _, v in items])
+        mean_s, med_s = _fmt_seconds([float(r["seconds"]) for _, r in items])
         rows.append((f"{eps:g}", str(n_unsat), str(n_sat), str(n_unk), bounds, mean_s, med_s))
         if example is None:
-            example = next(((eps, i, v) for i, v in items if v.status is Status.SAT), None)
+            example = next(((eps, i, r) for i, r in items if r["status"] == "sat"), None)
 
     print()
     for line in _table(header, rows):
         print(line)
     print()
     if example is not None:
-        eps, i, v = example
-        x = np.asarray(v.counterexample, dtype=np.float64)
+        eps, i, r = example
+        x = np.asarray(r["counterexample"], dtype=np.float64)
         y = net.forward64(x[None])[0]  # independent float64 re-check of the verdict
         cls, lab = int(np.argmax(y)), int(labels[i])
         dist = float(np.max(np.abs(x - images[i])))

@@ -7,7 +7,6 @@ from importlib import resources
 import numpy as np
 import gpuopt.demo as demo
 from gpuopt.cli import main
-from gpuopt.verdict import Status
 
 
 def _npz() -> dict:
@@ -53,29 +52,29 @@ def test_run_demo_prints_table(capsys):
 def test_demo_counterexamples_are_real(monkeypatch):
     """Every ``sat`` the demo reports lies in the clipped L-inf box and is misclassified in float64."""
     calls = []
-    real_verify = demo.verify
+    real_run = demo.verify_dataset
 
-    def recording_verify(net, region, spec, **kw):
-        v = real_verify(net, region, spec, **kw)
-        calls.append((region, v))
-        return v
+    def recording_run(net, x, y, **kw):
+        for rec in real_run(net, x, y, **kw):
+            calls.append((np.asarray(x)[rec["sample"]], int(np.asarray(y)[rec["sample"]]), rec))
+            yield rec
 
-    monkeypatch.setattr(demo, "verify", recording_verify)
+    monkeypatch.setattr(demo, "verify_dataset", recording_run)
     assert demo.run_demo(n_images=3, timeout=10, eps_values=(0.01, 0.1)) == 0
     assert len(calls) == 6
     d = _npz()
     images = d["test_images"].astype(np.float64)
     n_sat = 0
-    for region, v in calls:
-        (idx,) = np.flatnonzero(np.all(images == region.center, axis=1))[:1]
-        label = int(d["test_labels"][idx])
+    for centre, label, rec in calls:
+        (idx,) = np.flatnonzero(np.all(images == centre, axis=1))[:1]
+        assert label == int(d["test_labels"][idx])
         assert int(np.argmax(_logits64(d, images[idx]))) == label  # only correct images are checked
-        if v.status is not Status.SAT:
+        if rec["status"] != "sat":
             continue
         n_sat += 1
-        x = np.asarray(v.counterexample, dtype=np.float64)
-        lo = np.maximum(images[idx] - region.eps, 0.0)
-        hi = np.minimum(images[idx] + region.eps, 1.0)
+        x = np.asarray(rec["counterexample"], dtype=np.float64)
+        lo = np.maximum(images[idx] - rec["eps"], 0.0)
+        hi = np.minimum(images[idx] + rec["eps"], 1.0)
         assert x.shape == (64,) and np.all(x >= lo) and np.all(x <= hi)
         y = _logits64(d, x)
         assert np.max(np.delete(y, label)) >= y[label]
@@ -88,10 +87,14 @@ def test_cli_demo():
 
 def test_run_demo_caps_at_available_images(capsys, monkeypatch):
     """Asking for more images than the bundle holds uses all correctly classified ones."""
-    from gpuopt.verdict import Verdict
-
     net, images, labels = demo.load_demo_model()
     n_ok = int((net.forward64(images).argmax(axis=1) == labels).sum())
-    monkeypatch.setattr(demo, "verify", lambda *a, **k: Verdict(status=Status.UNSAT, seconds=0.0))
+
+    def all_unsat(net, x, y, *, eps, **kw):
+        for e in eps:
+            for i in range(len(x)):
+                yield {"sample": i, "eps": e, "status": "unsat", "seconds": 0.0}
+
+    monkeypatch.setattr(demo, "verify_dataset", all_unsat)
     assert demo.run_demo(n_images=1000, timeout=1, eps_values=(0.01,)) == 0
     assert f"on {n_ok} correctly classified" in capsys.readouterr().out.splitlines()[-1]

@@ -6,11 +6,14 @@ The loop:
 1. **Admit** a group of items while fewer than ``workers + 1`` items wait for tasks (so every
    worker has an item's tasks to run and one more item's are queued): build them, run the *batch* stages of :data:`~gpuopt.engine.stages.STAGES` on the
    whole group (bounds and attack, one tensor per network on the chosen device), and for each item
-   still open plan its first enabled *task* stage and submit the tasks.
-2. **Merge** finished tasks into their items. An item decided by a task has its other tasks
+   still open plan its first enabled *task* stage: its tasks join the item's queue.
+2. **Dispatch** queued tasks while fewer than ``workers`` are in the pool, one at a time to the
+   item with the fewest tasks running (the oldest first): items share the workers fairly, and an
+   item gets several workers at once only when no other item is waiting.
+3. **Merge** finished tasks into their items. An item decided by a task has its other tasks
    cancelled (their workers are freed at once); an item whose stage has no task left is finished
    by that stage, and moves to the next task stage or ends ``unknown``.
-3. **Deadlines**: an item past its deadline (plus a small grace for tasks to report) has its tasks
+4. **Deadlines**: an item past its deadline (plus a small grace for tasks to report) has its tasks
    cancelled and ends ``timeout``.
 
 So while the pool solves MILPs (or splits inputs) for earlier items, this process bounds and
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -54,9 +58,11 @@ class ItemSource:
 class _Active:
     key: str
     item: ItemState
+    order: int  # admission order (older items are served first)
     stage: int = -1  # index into the stage table of the task stage running
     handles: set = field(default_factory=set)
-    started: float = 0.0  # time.time() when the current stage's tasks were submitted
+    queue: deque = field(default_factory=deque)  # planned tasks of the current stage, not yet submitted
+    started: float = 0.0  # time.time() when the current stage was planned
 
 
 def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_size: int = 8,
@@ -73,8 +79,11 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
     active: dict[str, _Active] = {}
     owner: dict = {}  # task handle -> (key, spec)
 
+    n_workers = max(1, executor.n_workers)
+    admitted = [0]
+
     def submit_next_stage(act: _Active) -> bool:
-        """Plans and submits the next enabled task stage of ``act``; False when none is left."""
+        """Plans the next enabled task stage of ``act`` into its queue; False when none is left."""
         item = act.item
         for s in range(act.stage + 1, len(stages)):
             stage = stages[s]
@@ -88,20 +97,30 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                 if item.verdict is not None:
                     return False
                 continue
-            for spec in specs:
-                budget = max(0.0, item.left())
-                h = executor.submit(spec.fn, *spec.args, budget, time.time(),
-                                    timeout=budget + DEADLINE_GRACE + 5.0, retries=1)
-                owner[h] = (act.key, spec)
-                act.handles.add(h)
+            act.queue.extend(specs)
             return True
         return False
+
+    def dispatch():
+        """Submits queued tasks while fewer than ``n_workers`` are in the pool (see the module docstring)."""
+        while len(owner) < n_workers:
+            waiting = [a for a in active.values() if a.queue]
+            if not waiting:
+                return
+            act = min(waiting, key=lambda a: (len(a.handles), a.order))
+            spec = act.queue.popleft()
+            budget = max(0.0, act.item.left())
+            h = executor.submit(spec.fn, *spec.args, budget, time.time(),
+                                timeout=budget + DEADLINE_GRACE + 5.0, retries=1)
+            owner[h] = (act.key, spec)
+            act.handles.add(h)
 
     def end(act: _Active):
         for h in list(act.handles):
             h.cancel()
             owner.pop(h, None)
         act.handles.clear()
+        act.queue.clear()
         active.pop(act.key, None)
         return act.key, finalize(act.item)
 
@@ -122,7 +141,9 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                 except Exception as err:  # noqa: BLE001 - a bad item ends as an error, the run goes on
                     yield src.key, err
             if built:
-                yield from _admit(built, stages, active, submit_next_stage, end)
+                yield from _admit(built, stages, active, submit_next_stage, end, admitted)
+            dispatch()  # the pool starts on this group's tasks while the next group is bounded
+        dispatch()
         if exhausted and not active:
             return
         # 2. merge finished tasks
@@ -148,10 +169,11 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                                                   f"(after {outcome.attempts} attempts)")
             if item.verdict is not None:
                 yield end(act)
-            elif not act.handles:
+            elif not act.handles and not act.queue:
                 stage.finish(item)
                 if item.verdict is not None or not submit_next_stage(act):
                     yield end(act)
+        dispatch()
         # 3. deadlines
         now = time.monotonic()
         for act in list(active.values()):
@@ -166,7 +188,7 @@ def _word(item: ItemState) -> str:
     return "timeout" if item.verdict.status is Status.TIMEOUT else "decided"
 
 
-def _admit(built, stages, active, submit_next_stage, end):
+def _admit(built, stages, active, submit_next_stage, end, admitted):
     """Runs the batch stages on a freshly built group, then submits task stages for the open items."""
     items = [item for _, item in built]
     for stage in stages:
@@ -184,7 +206,8 @@ def _admit(built, stages, active, submit_next_stage, end):
         for item, word in zip(todo, words):
             record_event(item, stage.name, wall, time.time(), word, time.monotonic() - ts)
     for key, item in built:
-        act = _Active(key, item)
+        admitted[0] += 1
+        act = _Active(key, item, admitted[0])
         active[key] = act
         if item.verdict is not None or not submit_next_stage(act):
             yield end(act)

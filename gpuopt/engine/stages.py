@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..attack import pgd_attack
-from ..bounds import alpha_crown_linear_lower, crown, crown_linear_lower, disjunct_lower_bounds, ibp
+from ..bounds import (alpha_crown_linear_lower, crown_linear_lower, disjunct_lower_bounds, ibp,
+                      intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
 from ..problem import Problem
@@ -202,7 +203,7 @@ def _bounds_group(items) -> list[str]:
     decided_by = "ibp"
     P = len(problems)
     if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
-        bounds = crown(net, lower, upper, deadline=deadline)
+        bounds = intermediate_bounds(net, lower, upper, deadline=deadline)
         K, M = A_all.shape[1:3]
         t_rows = time.monotonic()
         rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
