@@ -35,6 +35,10 @@ from .problem import Problem
 
 __all__ = ["SplitConfig", "SplitResult", "input_split"]
 
+#: a batch of sub-boxes is sized (from the last batch's time per box) to take about this long at
+#: most, and at most a quarter of the time left
+BATCH_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -135,6 +139,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     n_stack = 1
     boxes = 0
     proven = math.inf
+    per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
     while n_stack:
         if deadline is not None and time.monotonic() > deadline:
             return SplitResult("timeout", None, boxes, proven)
@@ -145,12 +150,16 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         hi_all = torch.cat(hi_stack)
         mask_all = torch.cat(mask_stack)
         take = min(config.batch_size, lo_all.shape[0])
+        if per_box > 0:
+            slack = BATCH_SECONDS if deadline is None else min(BATCH_SECONDS, (deadline - time.monotonic()) / 4)
+            take = max(1, min(take, int(slack / per_box)))
         lo, hi, mask = lo_all[-take:], hi_all[-take:], mask_all[-take:]
         lo_stack, hi_stack, mask_stack = [lo_all[:-take]], [hi_all[:-take]], [mask_all[:-take]]
         n_stack -= take
         boxes += take
 
-        bnd = intermediate_bounds(net, lo, hi)
+        t_batch = time.monotonic()
+        bnd = intermediate_bounds(net, lo, hi, deadline=deadline)
         rows, coef = crown_linear_lower(net, lo, hi, C, bnd)
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
         disj = rows.view(take, K, M).amax(-1)
@@ -183,7 +192,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         if config.attack_boxes > 0:
             weakest = dmask.amin(dim=1).argsort()[: config.attack_boxes]
             cand = pgd_attack(net, lo[weakest], hi[weakest], A_pad, b_pad, config=attack_cfg,
-                              dtype=torch.float64)
+                              dtype=torch.float64, deadline=deadline)
             attack_cfg = replace(attack_cfg, seed=attack_cfg.seed + 1)
             pts.append(cand.x)
         pts = torch.cat(pts).numpy()
@@ -195,6 +204,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             if c.ok:
                 return SplitResult("sat", c.x, boxes, proven)
 
+        per_box = (time.monotonic() - t_batch) / take
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
         # far narrower (relative to the original box) than another, the looseness lies in the
         # ReLU relaxations rather than in the linear trend: split the relatively widest instead
