@@ -48,15 +48,8 @@ def one_torch_thread():
 
 
 def affine_view_forward(net, x: np.ndarray) -> np.ndarray:
-    """Evaluates ``A_L relu(... relu(A_0 x))`` from Network.affine_blocks in float64."""
-    z = x.reshape(len(x), -1).T
-    blocks = net.affine_blocks()
-    for i, blk in enumerate(blocks):
-        z = blk.matrix @ z + blk.bias[:, None]
-        if i < len(blocks) - 1:
-            keep = np.zeros(len(z), dtype=bool) if blk.passthrough is None else blk.passthrough
-            z = np.where(keep[:, None], z, np.maximum(z, 0.0))  # passed-through coordinates stay linear
-    return z.T
+    """Evaluates ``A_L act(... act(A_0 x))`` from Network.affine_blocks in float64."""
+    return affine_view_values(net, x)[1]
 
 
 # ---------------------------------------------------------------------------- networks
@@ -337,3 +330,34 @@ def brute_force_min_margin(network: Network, lower, upper, spec: OutputSpec, *, 
 
     layer(0, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0), np.ones(len(samples), dtype=bool))
     return BruteForce(per_disjunct=best, argmin=argmin, n_regions=counters["regions"], n_lps=counters["lps"])
+
+
+def fraction_up(q) -> float:
+    """The smallest float64 ``>= q`` for a Fraction ``q`` (an oracle independent of gpuopt's)."""
+    from fractions import Fraction
+
+    f = float(q)
+    return f if Fraction(f) >= q else math.nextafter(f, math.inf)
+
+
+def fraction_down(q) -> float:
+    """The largest float64 ``<= q`` for a Fraction ``q``."""
+    from fractions import Fraction
+
+    f = float(q)
+    return f if Fraction(f) <= q else math.nextafter(f, -math.inf)
+
+
+def affine_view_values(net, x) -> tuple[list, np.ndarray]:
+    """``affine_blocks`` evaluated in numpy: the pre-activations of every block ``(batch, n_k)`` and
+    the outputs; ReLU outside each block's passthrough mask, identity inside."""
+    z = np.asarray(x, dtype=np.float64).reshape(len(x), -1).T
+    blocks = net.affine_blocks()
+    pre = []
+    for k, blk in enumerate(blocks):
+        z = blk.matrix @ z + blk.bias[:, None]
+        if k < len(blocks) - 1:
+            pre.append(z.T.copy())
+            keep = np.zeros(len(z), dtype=bool) if blk.passthrough is None else np.asarray(blk.passthrough)
+            z = np.where(keep[:, None], z, np.maximum(z, 0.0))
+    return pre, z.T

@@ -14,21 +14,7 @@ import gpuopt.bounds.forward as forward_mod
 from gpuopt.network import Add, Concat, Conv2d, Dense, Flatten, MaxPool2d, Network, ReLU, Reshape
 from gpuopt.verdict import Status
 
-from helpers import box_points, random_dense_network
-
-
-def _blocks_values(net, x):
-    """Pre-activations of every block and the outputs, evaluated on ``affine_blocks`` in numpy."""
-    z = np.asarray(x, dtype=np.float64).reshape(len(x), -1).T
-    blocks = net.affine_blocks()
-    pre = []
-    for k, blk in enumerate(blocks):
-        z = blk.matrix @ z + blk.bias[:, None]
-        if k < len(blocks) - 1:
-            pre.append(z.T.copy())
-            keep = np.zeros(len(z), dtype=bool) if blk.passthrough is None else np.asarray(blk.passthrough)
-            z = np.where(keep[:, None], z, np.maximum(z, 0.0))
-    return pre, z.T
+from helpers import affine_view_values, box_points, random_dense_network
 
 
 def _graph_net(rng):
@@ -63,7 +49,7 @@ def test_forward_bounds_contain_sampled_values(name, net, seed):
     b_ibp = ibp(net, torch.tensor(lo), torch.tensor(hi))
     assert b.method == "forward" and len(b.pre_activation) == len(b_ibp.pre_activation)
     for i in range(3):
-        pre, y = _blocks_values(net, box_points(rng, lo[i], hi[i], 400))
+        pre, y = affine_view_values(net, box_points(rng, lo[i], hi[i], 400))
         for k, ((l, u), z) in enumerate(zip(b.pre_activation, pre)):
             assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy()), (name, k)
         assert np.all(y >= b.output[0][i].numpy()) and np.all(y <= b.output[1][i].numpy()), name

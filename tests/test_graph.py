@@ -36,7 +36,7 @@ from gpuopt.milp.highs import MilpStatus, solve_milp
 from gpuopt.network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten,
                             Gather, MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose)
 
-from helpers import box_points, one_torch_thread, random_spec  # noqa: F401  (autouse fixture)
+from helpers import affine_view_values, box_points, one_torch_thread, random_spec  # noqa: F401  (autouse fixture)
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -185,18 +185,9 @@ def _ref_forward(net: Network, x, *, exact: bool = False) -> np.ndarray:
 
 
 def _blocks_forward(net: Network, x) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``affine_blocks`` evaluated in numpy: ReLU on the coordinates outside each block's
-    passthrough mask, identity on those inside. Returns the outputs and the pre-activations."""
-    z = np.asarray(x, dtype=np.float64).reshape(len(x), -1).T
-    blocks = net.affine_blocks()
-    pre = []
-    for k, blk in enumerate(blocks):
-        z = blk.matrix @ z + blk.bias[:, None]
-        if k < len(blocks) - 1:
-            pre.append(z.T.copy())
-            relu = np.maximum(z, 0.0)
-            z = relu if blk.passthrough is None else np.where(np.asarray(blk.passthrough)[:, None], z, relu)
-    return z.T, pre
+    """``affine_blocks`` evaluated in numpy: the outputs and the pre-activations."""
+    pre, y = affine_view_values(net, x)
+    return y, pre
 
 
 def _scale_of(net: Network, x) -> float:

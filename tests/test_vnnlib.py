@@ -10,6 +10,7 @@ import pytest
 
 from gpuopt.errors import InvalidInputError
 from gpuopt.io.vnnlib import format_counterexample, load_vnnlib, parse_vnnlib, write_counterexample
+from helpers import fraction_down, fraction_up
 
 
 def header(n_in: int, n_out: int) -> str:
@@ -22,14 +23,7 @@ def header(n_in: int, n_out: int) -> str:
 UNIT_BOX = "(assert (and (>= X_0 0) (<= X_0 1)))\n"
 
 
-def _up(q: Fraction) -> float:
-    f = float(q)
-    return f if Fraction(f) >= q else math.nextafter(f, math.inf)
-
-
-def _down(q: Fraction) -> float:
-    f = float(q)
-    return f if Fraction(f) <= q else math.nextafter(f, -math.inf)
+_up, _down = fraction_up, fraction_down
 
 
 def disjuncts(spec):

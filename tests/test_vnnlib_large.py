@@ -21,16 +21,10 @@ from gpuopt.io import vnnlib
 from gpuopt.io.vnnlib import load_vnnlib, parse_vnnlib
 from gpuopt.regions import Box
 from gpuopt.specs import OutputSpec
+from helpers import fraction_down, fraction_up
 
 
-def _up(q: Fraction) -> float:
-    f = float(q)
-    return f if Fraction(f) >= q else math.nextafter(f, math.inf)
-
-
-def _down(q: Fraction) -> float:
-    f = float(q)
-    return f if Fraction(f) <= q else math.nextafter(f, -math.inf)
+_up, _down = fraction_up, fraction_down
 
 
 def lindex_segments(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
@@ -173,7 +167,7 @@ def varied_text(n: int, seed: int) -> str:
         c = "%.16f" % rng.uniform(-1, 1)
         d = "%.16f" % rng.uniform(-1, 1)
         out = rng.choice([f"(<= Y_0 {c})", f"(> Y_1 {c})", f"(and (<= Y_0 {c}) (>= Y_1 {d}))",
-                          f"(or (< (+ Y_0 Y_1) {c}) (>= (* 2 Y_1) {d}))", f"(<= (- Y_0 Y_1) 0.1)", ""])
+                          f"(or (< (+ Y_0 Y_1) {c}) (>= (* 2 Y_1) {d}))", "(<= (- Y_0 Y_1) 0.1)", ""])
         terms.append(f"  (and ({lo_op} X_0 {lo}) {hi_cmp} {out})")
     terms.append("  (and (>= X_0 0.5) (<= X_0 0.25) (<= Y_0 0))")  # an empty box
     decls = "\n".join(["(declare-const X_0 Real)", "(declare-const X_1 Real)",
