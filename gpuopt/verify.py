@@ -58,7 +58,9 @@ class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
     CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_milp`` switch stages off (for
     ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec rows (0: off);
-    ``split`` configures input splitting."""
+    ``split`` configures input splitting. The attack stage runs one batch of ``attack.restarts``
+    restarts, then fresh batches (new seeds) while the best margin still improves by more than 1%
+    and it has used less than ``attack_share`` of the time the item had left when it began."""
 
     attack: AttackConfig = field(default_factory=AttackConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -67,6 +69,7 @@ class VerifyConfig:
     use_crown: bool = True
     alpha_steps: int = 20
     use_attack: bool = True
+    attack_share: float = 0.1
     use_input_split: bool = True
     use_milp: bool = True
     milp_threshold_abs: float = 1e-6
@@ -84,6 +87,9 @@ class VerifyConfig:
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
+        if isinstance(self.attack_share, bool) or not isinstance(self.attack_share, (int, float)) \
+                or not 0 <= self.attack_share <= 1:
+            raise InvalidInputError(f"`attack_share` must be a number in [0, 1], got {self.attack_share!r}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
 

@@ -17,10 +17,12 @@ task stages in a pool.
 
 The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 
-1. ``bounds``: IBP, then CROWN, then alpha-CROWN on the spec rows;
-2. ``attack``: batched PGD; a candidate decides ``sat`` only through the exact check;
-3. ``input_split``: input-space branch and bound, for networks with few inputs;
-4. ``milp``: big-M MILP per open disjunct in HiGHS.
+1. ``bounds``: IBP (and the spec tensors of the later stages);
+2. ``attack``: batched PGD, before the costlier bounds; a candidate decides ``sat`` only through
+   the exact check;
+3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
+4. ``input_split``: input-space branch and bound, for networks with few inputs;
+5. ``milp``: big-M MILP per open disjunct in HiGHS.
 """
 
 from __future__ import annotations
@@ -174,21 +176,49 @@ def _deadline(items):
 
 
 def bounds_stage(items) -> list[str]:
-    """IBP, then CROWN on what IBP leaves open, then alpha-CROWN on the spec rows; the problems of
-    all items on one network are bounded as one batch."""
+    """IBP, and the spec tensors every later stage reads; the problems of all items on one
+    network are bounded as one batch."""
+    return _per_group(items, _ibp_group)
+
+
+def crown_stage(items) -> list[str]:
+    """CROWN (or forward bounds, :func:`~gpuopt.bounds.intermediate_bounds`) on what IBP leaves
+    open, then alpha-CROWN on the spec rows; one batch per network."""
+    return _per_group(items, _crown_group)
+
+
+def _per_group(items, fn) -> list[str]:
     outcome = {}
     for group in _groups(items):
-        for it, word in zip(group, _bounds_group(group)):
+        for it, word in zip(group, fn(group)):
             outcome[id(it)] = word
     return [outcome[id(it)] for it in items]
 
 
-def _bounds_group(items) -> list[str]:
+def _conclude(items, disj_lb: torch.Tensor, decided_by: str) -> list[str]:
+    """Stores the per-item disjunct bounds; an item with every disjunct proven is ``unsat``."""
+    words, offset = [], 0
+    for it in items:
+        n = len(it.problems)
+        K_it = max(p.spec.n_disjuncts for p in it.problems)
+        lb = disj_lb[offset:offset + n, :K_it].numpy()
+        offset += n
+        it.disj_lb = lb if it.disj_lb is None else np.maximum(it.disj_lb, lb)
+        it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)
+                   if not it.disj_lb[i, k] > 0}
+        it.bounds_method = decided_by
+        if not it.open:
+            it.decide(Status.UNSAT, decided_by=decided_by,
+                      message=f"{decided_by.upper()} bounds prove every disjunct unreachable")
+            words.append("decided")
+        else:
+            words.append("open")
+    return words
+
+
+def _ibp_group(items) -> list[str]:
     problems = [p for it in items for p in it.problems]
-    sizes = [len(it.problems) for it in items]
-    net, config = items[0].network, items[0].config
-    deadline = _deadline(items)
-    left = (lambda: math.inf) if deadline is None else (lambda: deadline - time.monotonic())  # noqa: E731
+    net = items[0].network
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
     bounds = ibp(net, lower, upper)
@@ -200,32 +230,9 @@ def _bounds_group(items) -> list[str]:
     A_all, b_all = stacked_spec(proof_problems)
     S_all = stacked_strict(problems, b_all.shape)
     disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all)
-    decided_by = "ibp"
-    P = len(problems)
-    if not bool((disj_lb > 0).all()) and config.use_crown and left() > 0:
-        bounds = intermediate_bounds(net, lower, upper, deadline=deadline)
-        K, M = A_all.shape[1:3]
-        t_rows = time.monotonic()
-        rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
-        t_rows = time.monotonic() - t_rows  # alpha-CROWN's first pass costs as much: it must fit
-        b_flat = b_all.reshape(P, K * M)
-        finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
-        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-        disj_lb = torch.maximum(disj_lb, strict_adjust(rows.view(P, K, M), S_all).amax(-1))
-        disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all,
-                                                               S_all))
-        decided_by = "crown"
-        if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 2 * t_rows:
-            rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
-                                            steps=config.alpha_steps, deadline=deadline)
-            rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-            alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
-            if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
-                decided_by = "alpha-crown"
-            disj_lb = torch.maximum(disj_lb, alpha_lb)
-    words = []
     offset = 0
-    for it, n in zip(items, sizes):
+    for it in items:
+        n = len(it.problems)
         sl = slice(offset, offset + n)
         offset += n
         K_it = max(p.spec.n_disjuncts for p in it.problems)
@@ -234,54 +241,105 @@ def _bounds_group(items) -> list[str]:
         it.proof_problems = proof_problems[sl]
         it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
         it.bounds = bounds.select(sl)
-        lb = disj_lb[sl, :K_it].numpy()
-        it.disj_lb = lb
-        it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts) if not lb[i, k] > 0}
-        # the method that closed the last disjunct of this item (IBP alone may have sufficed)
-        it.bounds_method = decided_by
-        if not it.open:
-            it.decide(Status.UNSAT, decided_by=decided_by,
-                      message=f"{decided_by.upper()} bounds prove every disjunct unreachable")
-            words.append("decided")
-        else:
-            words.append("open")
-    return words
+    return _conclude(items, disj_lb, "ibp")
+
+
+def _crown_group(items) -> list[str]:
+    problems = [p for it in items for p in it.problems]
+    net, config = items[0].network, items[0].config
+    deadline = _deadline(items)
+    left = (lambda: math.inf) if deadline is None else (lambda: deadline - time.monotonic())  # noqa: E731
+    lower, upper = torch.cat([it.lower for it in items]), torch.cat([it.upper for it in items])
+    A_all, b_all = stacked_spec([p for it in items for p in it.proof_problems])
+    S_all = stacked_strict(problems, b_all.shape)
+    P = len(problems)
+    bounds = intermediate_bounds(net, lower, upper, deadline=deadline)
+    K, M = A_all.shape[1:3]
+    t_rows = time.monotonic()
+    rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
+    t_rows = time.monotonic() - t_rows  # alpha-CROWN's first pass costs as much: it must fit
+    b_flat = b_all.reshape(P, K * M)
+    finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
+    rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
+    disj_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
+    disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all))
+    decided_by = "crown"
+    if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 2 * t_rows:
+        rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
+                                        steps=config.alpha_steps, deadline=deadline)
+        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
+        alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
+        if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
+            decided_by = "alpha-crown"
+        disj_lb = torch.maximum(disj_lb, alpha_lb)
+    offset = 0
+    for it in items:
+        n = len(it.problems)
+        it.bounds = bounds.select(slice(offset, offset + n))
+        offset += n
+    return _conclude(items, disj_lb, decided_by)
 
 
 def attack_stage(items) -> list[str]:
     """Batched PGD over the open problems of all items on one network; each item's best point of
-    each problem is checked exactly."""
+    each problem is checked exactly. After the first batch, fresh batches (new seeds) run while
+    some problem is open, the smallest margin still improves by 1% and the time used stays below
+    ``config.attack_share`` of the time the items had left (see :class:`~gpuopt.verify.VerifyConfig`)."""
     outcome = {}
     for group in _groups(items):
-        rows = [(it, i) for it in group for i in _open_problems(it)]
-        if not rows:
-            continue
         config = group[0].config
-        lower = torch.cat([it.lower[[i]] for it, i in rows])
-        upper = torch.cat([it.upper[[i]] for it, i in rows])
-        K = max(it.A.shape[1] for it, _ in rows)
-        M = max(it.A.shape[2] for it, _ in rows)
-        A = torch.zeros((len(rows), K, M, group[0].A.shape[3]), dtype=torch.float64)
-        b = torch.full((len(rows), K, M), math.inf, dtype=torch.float64)
-        for r, (it, i) in enumerate(rows):
-            k, m = it.A.shape[1:3]
-            A[r, :k, :m], b[r, :k, :m] = it.A[i], it.b[i]
-            b[r, k:, 0] = -math.inf  # padding disjuncts never win the min
-        cand = pgd_attack(group[0].network, lower, upper, A, b, config=config.attack, device=attack_device(config),
-                          deadline=_deadline(group))
-        xs = cand.x.detach().to("cpu", torch.float64).numpy()
-        for r, (it, i) in enumerate(rows):
-            if it.verdict is not None:
-                continue
-            ok, x64, y64, m = check_point(it.problems[i], xs[r])
-            it.best_x[i] = x64
-            it.margin_upper = min(it.margin_upper, m)
-            if ok:
-                it.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
-                          message=f"PGD counterexample, float64 margin {m:.6g}")
+        deadline = _deadline(group)
+        t0 = time.monotonic()
+        budget = 0.0 if deadline is None else config.attack_share * max(0.0, deadline - t0)
+        best = None
+        for round_ in range(_MAX_ATTACK_ROUNDS):
+            rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
+            if not rows:
+                break
+            t_round = time.monotonic()
+            margins = _attack_round(group[0].network, rows, config, deadline, round_)
+            spent = time.monotonic() - t_round
+            low = float(margins.min())
+            improved = best is None or low < best - 0.01 * max(abs(best), 1e-12)
+            best = low if best is None else min(best, low)
+            if not improved or time.monotonic() + spent - t0 > budget:
+                break
         for it in group:
             outcome[id(it)] = "decided" if it.verdict is not None else "open"
     return [outcome.get(id(it), "open") for it in items]
+
+
+#: at most this many attack batches per item group
+_MAX_ATTACK_ROUNDS = 50
+
+
+def _attack_round(network, rows, config, deadline, round_: int) -> torch.Tensor:
+    """One PGD batch over ``rows`` = ``(item, problem)`` pairs; decides the items it falsifies and
+    returns the best margins ``(len(rows),)``."""
+    lower = torch.cat([it.lower[[i]] for it, i in rows])
+    upper = torch.cat([it.upper[[i]] for it, i in rows])
+    K = max(it.A.shape[1] for it, _ in rows)
+    M = max(it.A.shape[2] for it, _ in rows)
+    A = torch.zeros((len(rows), K, M, rows[0][0].A.shape[3]), dtype=torch.float64)
+    b = torch.full((len(rows), K, M), math.inf, dtype=torch.float64)
+    for r, (it, i) in enumerate(rows):
+        k, m = it.A.shape[1:3]
+        A[r, :k, :m], b[r, :k, :m] = it.A[i], it.b[i]
+        b[r, k:, 0] = -math.inf  # padding disjuncts never win the min
+    attack = config.attack if round_ == 0 else replace(config.attack, seed=config.attack.seed + 7919 * round_)
+    cand = pgd_attack(network, lower, upper, A, b, config=attack, device=attack_device(config), deadline=deadline)
+    xs = cand.x.detach().to("cpu", torch.float64).numpy()
+    for r, (it, i) in enumerate(rows):
+        if it.verdict is not None:
+            continue
+        ok, x64, y64, m = check_point(it.problems[i], xs[r])
+        if m < it.margin_upper or i not in it.best_x:
+            it.best_x[i] = x64
+        it.margin_upper = min(it.margin_upper, m)
+        if ok:
+            it.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
+                      message=f"PGD counterexample, float64 margin {m:.6g}")
+    return cand.margin.detach().to("cpu", torch.float64)
 
 
 # ---------------------------------------------------------------------------------- task stages
@@ -390,6 +448,7 @@ def finish_milp(item: ItemState) -> str:
 STAGES = (
     Stage("bounds", "batch", bounds_stage, lambda c, it: True),
     Stage("attack", "batch", attack_stage, lambda c, it: c.use_attack),
+    Stage("crown", "batch", crown_stage, lambda c, it: c.use_crown),
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
