@@ -10,7 +10,13 @@ At the end it prints a table (solved counts, wrong answers against the checked r
 times) and writes a JSON summary.
 
     python benchmarks/vnncomp.py [--suites ...] [--timeout-scale 1.0] [--max-timeout S]
-                                            [--results FILE] [--resume]
+                                            [--results FILE] [--resume] [--bulk [--workers N]]
+
+``--bulk`` runs the suite through one ``gpuopt run`` (the hybrid engine: bounds and attacks in
+the main process, input splitting and MILPs in N workers) instead of one process per instance;
+each instance keeps its own timeout, counted from its admission. For the coverage suites the
+table also lists, per tool, what the VNN-COMP scorer recorded on the same instances (their
+machines and the official timeouts).
 
 A "wrong" answer is a sat/unsat that contradicts the reference label (a disputed
 ``conflict_majority_sat`` label counts as sat).
@@ -129,6 +135,60 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
     return {"status": status, "seconds": time.monotonic() - t0, "detail": detail}
 
 
+def run_bulk(todo, limits, workers) -> list[dict]:
+    """All of ``todo`` through one ``gpuopt run``; one result per instance, in order."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path, results = Path(tmp) / "instances.csv", Path(tmp) / "results.jsonl"
+        with open(csv_path, "w", newline="") as fh:
+            csv.writer(fh).writerows([str(o), str(v), repr(t)] for (_, o, v, _), t in zip(todo, limits))
+        cmd = [sys.executable, "-m", "gpuopt", "run", str(csv_path), "--results", str(results)]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        by_key = {}
+        for line in results.read_text().splitlines() if results.exists() else []:
+            rec = json.loads(line)
+            by_key[(rec.get("onnx"), rec.get("vnnlib"))] = rec
+    out = []
+    for _, o, v, _ in todo:
+        rec = by_key.get((str(o), str(v)))
+        if rec is None:
+            out.append({"status": "error", "seconds": 0.0, "detail": f"gpuopt run exited {proc.returncode}: "
+                                                                    f"{proc.stderr.strip()[-300:]}"})
+        else:
+            out.append({"status": rec["status"], "seconds": float(rec["seconds"]),
+                        "detail": f"# {rec.get('decided_by') or 'undecided'}: {rec.get('message', '')}"})
+    return out
+
+
+def tool_counts(category: str, names) -> dict:
+    """Per tool, how many of the instances ``names`` the VNN-COMP scorer recorded as verified
+    (``h``) and falsified (``v``), from the labels files' ``per_tool`` column."""
+    counts: dict = {}
+    for fname in ("vnncomp2022_more_labels.csv", "vnncomp2023_labels.csv"):
+        path = BENCH / "reference" / fname
+        if not path.exists():
+            continue
+        with open(path) as fh:
+            for row in csv.DictReader(fh):
+                if row["category"] != category or row["instance"] not in names:
+                    continue
+                for part in row.get("per_tool", "").split(";"):
+                    if "=" not in part:
+                        continue
+                    tool, what = (x.strip() for x in part.split("=", 1))
+                    c = counts.setdefault(tool, {"verified": 0, "falsified": 0, "penalised": 0})
+                    if "penalised" in what or "left out" in what:
+                        c["penalised"] += 1
+                    elif what.endswith("(h)"):
+                        c["verified"] += 1
+                    elif what.endswith("(v)"):
+                        c["falsified"] += 1
+    return counts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--timeout-scale", type=float, default=1.0)
@@ -137,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="run at most this many instances per suite (a capped run)")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
+    ap.add_argument("--bulk", action="store_true", help="one `gpuopt run` over the suite instead of a process each")
+    ap.add_argument("--workers", type=int, default=None, help="--bulk: gpuopt run --workers")
     args = ap.parse_args(argv)
     if not BENCH.is_dir():
         print(f"benchmark folder not found: {BENCH} (expected ../shared/benchmarks beside the repo)")
@@ -153,12 +215,14 @@ def main(argv=None) -> int:
             continue
         if (s, instance_name(o, v)) not in done:
             todo.append((s, o, v, t))
-    for n, (suite, onnx, vnnlib, timeout) in enumerate(todo, 1):
-        name = instance_name(onnx, vnnlib)
+    limits = []
+    for suite, onnx, vnnlib, timeout in todo:
         t = timeout * args.timeout_scale
-        if args.max_timeout is not None:
-            t = min(t, args.max_timeout)
-        res = run_one(onnx, vnnlib, t)
+        limits.append(min(t, args.max_timeout) if args.max_timeout is not None else t)
+    bulk = run_bulk(todo, limits, args.workers) if args.bulk and todo else None
+    for n, ((suite, onnx, vnnlib, timeout), t) in enumerate(zip(todo, limits), 1):
+        name = instance_name(onnx, vnnlib)
+        res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t)
         ref = labels.get((SUITES[suite][2], name), "?")
         ref_side = reference_side(ref)
         wrong = res["status"] in ("sat", "unsat") and ref_side in ("sat", "unsat") and res["status"] != ref_side
@@ -207,6 +271,20 @@ def main(argv=None) -> int:
             for r in rows:
                 print(f"  {r['competition'] + ' ' + r['tool']:30s} verified {int(r['verified_holds']):4d}  "
                       f"falsified {int(r['falsified_violated']):4d}  penalties {r['penalties']}")
+    for suite in args.suites:
+        if suite not in COVERAGE or suite not in summary:
+            continue
+        names = {r["instance"] for r in records if r["suite"] == suite}
+        tools = tool_counts(SUITES[suite][2], names)
+        if tools:
+            print(f"\n{suite}, the same {len(names)} instances, as the VNN-COMP scorer recorded each tool "
+                  "(their machines, official timeouts):")
+            print(f"  {'gpuopt (this run)':22s} verified {summary[suite]['unsat']:3d}  falsified {summary[suite]['sat']:3d}  "
+                  f"wrong {summary[suite]['wrong']}")
+            for tool, c in sorted(tools.items()):
+                print(f"  {tool:22s} verified {c['verified']:3d}  falsified {c['falsified']:3d}  "
+                      f"penalised {c['penalised']}")
+            summary[suite]["published_same_instances"] = tools
     summary_path = out.with_suffix(".summary.json")
     summary_path.write_text(json.dumps({"timeout_scale": args.timeout_scale, "suites": summary}, indent=2))
     print(f"\nresults: {out}\nsummary: {summary_path}")

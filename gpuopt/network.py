@@ -402,7 +402,7 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
 
     from .io.fx import trace_layers
 
-    layers, inputs = trace_layers(model, shape, layers)
+    layers, inputs, errors = trace_layers(model, shape, layers)
     # after the walk, so that an unsupported module (which model.eval() would not fix) is reported first
     training = _training_submodule(model)
     if training is not None and not allow_training_mode:
@@ -412,7 +412,8 @@ def from_torch(model: torch.nn.Module, input_shape: Sequence[int], *, mean=None,
             "model.eval() first, or pass allow_training_mode=True to verify the eval-mode network"
         )
     chain = all(ins == (i - 1,) for i, ins in enumerate(inputs))
-    net = Network(layers, shape, inputs=None if chain else inputs)
+    param_errors = [errors.get(i) for i in range(len(layers))] if errors else None
+    net = Network(layers, shape, inputs=None if chain else inputs, param_errors=param_errors)
     if training is None:
         _check_reproduces(model, net, normalise=layers[0] if mean is not None or std is not None else None)
     return net

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -132,3 +133,27 @@ def test_untraceable_and_unsupported_models_are_refused():
 
     with pytest.raises(UnsupportedLayerError, match=re.escape("a product of two data tensors")):
         from_torch(Square(), (3,))
+
+
+def test_batchnorm_fold_rounding_is_bounded():
+    """The folded weights and bias lie within ``param_errors`` of the exact fold, computed here
+    in 60-digit decimal arithmetic from the model's parameters."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60
+    torch.manual_seed(3)
+    conv = nn.Conv2d(2, 3, 3, bias=True)
+    bn = nn.BatchNorm2d(3, eps=1e-5)
+    model = _randomise_bn(nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten()), seed=4)
+    net = from_torch(model, (2, 5, 5))
+    layer, err = net.layers[0], net.param_errors[0]
+    assert err is not None and err[0].shape == layer.weight.shape
+    D = lambda v: Decimal(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))  # noqa: E731  (exact)
+    w0, b0 = conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy()
+    for c in range(3):
+        scale = D(bn.weight[c]) / (D(bn.running_var[c]) + D(bn.eps)).sqrt()
+        shift = D(bn.bias[c]) - D(bn.running_mean[c]) * scale
+        assert abs(D(layer.bias[c]) - (D(b0[c]) * scale + shift)) <= D(err[1][c])
+        for idx in np.ndindex(w0.shape[1:]):
+            exact = D(w0[(c, *idx)]) * scale
+            assert abs(D(layer.weight[(c, *idx)]) - exact) <= D(err[0][(c, *idx)])

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedLayerError
+from .folding import batchnorm_affine, fold_affine
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, MaxPool2d,
                       Pad, ReLU, Reshape)
 
@@ -50,6 +51,7 @@ class _Tracer:
         self.layers = list(layers)
         self.inputs = [(i - 1,) for i in range(len(self.layers))]
         self.env: dict = {}
+        self.errors: dict = {}  # layer -> (parameter error bounds): see batchnorm
         self.shapes: dict = {}  # layer index -> per-sample shape
         start = len(self.layers) - 1
         self.shapes[-1] = tuple(shape)
@@ -145,7 +147,7 @@ class _Tracer:
         ref = out[1]
         if len(self.shapes[ref]) != 1 or ref != len(self.layers) - 1 or ref < 0:
             ref = self.add(Flatten(), (ref,), node)
-        return self.layers, self.inputs
+        return self.layers, self.inputs, self.errors
 
     # ------------------------------------------------------------------ modules
     def module(self, node, mod, users):
@@ -220,23 +222,35 @@ class _Tracer:
         return ("data", i)
 
     def batchnorm(self, node, bn, x, users):
+        """Folded into the Conv2d/Linear that feeds only it, else an elementwise map; the
+        rounding of the fold is measured and kept (:mod:`gpuopt.io.folding`)."""
         mean, var = _np(bn.running_mean), _np(bn.running_var)
         gamma = _np(bn.weight) if bn.weight is not None else np.ones_like(mean)
         beta = _np(bn.bias) if bn.bias is not None else np.zeros_like(mean)
-        scale = gamma / np.sqrt(var + bn.eps)
-        shift = beta - mean * scale
+        scale, shift, es, et = batchnorm_affine(gamma, beta, mean, var, bn.eps)
         prev = self.layers[x] if x >= 0 else None
         src = self.producer.get(x)
         single = src is not None and users.get(src, 0) == 1 and x == len(self.layers) - 1
-        if single and isinstance(prev, Conv2d):
-            self.layers[x] = Conv2d(prev.weight * scale[:, None, None, None], prev.bias * scale + shift,
-                                    prev.stride, prev.padding, prev.dilation)
-            return x
-        if single and isinstance(prev, Dense) and len(self.shapes[x]) == 1:
-            self.layers[x] = Dense(prev.weight * scale[:, None], prev.bias * scale + shift)
+        if single and isinstance(prev, (Conv2d, Dense)) and (isinstance(prev, Conv2d) or len(self.shapes[x]) == 1):
+            col = (slice(None),) + (None,) * (prev.weight.ndim - 1)
+            e1, e2 = self.errors.get(x, (0.0, 0.0))
+            w, b, f1, f2 = fold_affine(prev.weight, prev.bias, scale[col], scale, shift, e1, e2, es[col], es, et)
+            if isinstance(prev, Conv2d):
+                self.layers[x] = Conv2d(w, b, prev.stride, prev.padding, prev.dilation)
+            else:
+                self.layers[x] = Dense(w, b)
+            self._record_errors(x, f1, f2)
             return x
         bshape = (len(scale),) + (1,) * (len(self.shapes[x]) - 1)
-        return self.add(ElementwiseAffine(scale.reshape(bshape), shift.reshape(bshape)), (x,), node)
+        i = self.add(ElementwiseAffine(scale.reshape(bshape), shift.reshape(bshape)), (x,), node)
+        self._record_errors(i, es.reshape(bshape), et.reshape(bshape))
+        return i
+
+    def _record_errors(self, i: int, f1, f2):
+        if np.any(f1) or np.any(f2):
+            self.errors[i] = (np.abs(f1), np.abs(f2))
+        else:
+            self.errors.pop(i, None)
 
     def adaptive_avg(self, node, x, size):
         shape = self.shapes[x]
@@ -390,8 +404,10 @@ class _Tracer:
         return ("data", self.add(AvgPool2d(kernel, stride, (ph, pw, ph, pw), include), (x,), node))
 
 
-def trace_layers(model: torch.nn.Module, shape: tuple[int, ...], prefix) -> tuple[list, list]:
-    """``(layers, inputs)`` of ``model`` traced on samples of ``shape``, after the ``prefix`` layers
-    (a chain, e.g. an input normalisation) that its input goes through first."""
+def trace_layers(model: torch.nn.Module, shape: tuple[int, ...], prefix) -> tuple[list, list, dict]:
+    """``(layers, inputs, errors)`` of ``model`` traced on samples of ``shape``, after the
+    ``prefix`` layers (a chain, e.g. an input normalisation) that its input goes through first;
+    ``errors`` maps a layer to the bounds on its rounded parameters (see
+    :attr:`~gpuopt.network.Network.param_errors`)."""
     tracer = _Tracer(model, shape, prefix)
     return tracer.run()
