@@ -361,3 +361,25 @@ def affine_view_values(net, x) -> tuple[list, np.ndarray]:
             keep = np.zeros(len(z), dtype=bool) if blk.passthrough is None else np.asarray(blk.passthrough)
             z = np.where(keep[:, None], z, np.maximum(z, 0.0))
     return pre, z.T
+
+
+def sexpr_tokens(text: str) -> list[str]:
+    """Tokens of an S-expression text (``;`` comments dropped)."""
+    import re
+
+    return re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", "", text))
+
+
+def sexpr_tree(tokens) -> list:
+    """Nested lists of the parenthesised ``tokens`` (an independent reader for VNNLIB tests)."""
+    stack = [[]]
+    for t in tokens:
+        if t == "(":
+            stack.append([])
+        elif t == ")":
+            node = stack.pop()
+            stack[-1].append(node)
+        else:
+            stack[-1].append(t)
+    assert len(stack) == 1, "unbalanced parentheses"
+    return stack[0]

@@ -10,7 +10,7 @@ import pytest
 
 from gpuopt.errors import InvalidInputError
 from gpuopt.io.vnnlib import format_counterexample, load_vnnlib, parse_vnnlib, write_counterexample
-from helpers import fraction_down, fraction_up
+from helpers import fraction_down, fraction_up, sexpr_tokens, sexpr_tree
 
 
 def header(n_in: int, n_out: int) -> str:
@@ -388,21 +388,7 @@ def test_file_errors(tmp_path):
 # semantics: the (Box, OutputSpec) pairs describe the same set as the formula
 
 
-def _tokens(text):
-    return re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", "", text))
-
-
-def _tree(tokens):
-    stack = [[]]
-    for t in tokens:
-        if t == "(":
-            stack.append([])
-        elif t == ")":
-            node = stack.pop()
-            stack[-1].append(node)
-        else:
-            stack[-1].append(t)
-    return stack[0]
+_tokens, _tree = sexpr_tokens, sexpr_tree
 
 
 def _value(t, env):

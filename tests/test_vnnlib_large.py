@@ -21,7 +21,7 @@ from gpuopt.io import vnnlib
 from gpuopt.io.vnnlib import load_vnnlib, parse_vnnlib
 from gpuopt.regions import Box
 from gpuopt.specs import OutputSpec
-from helpers import fraction_down, fraction_up
+from helpers import fraction_down, fraction_up, sexpr_tokens, sexpr_tree
 
 
 _up, _down = fraction_up, fraction_down
@@ -88,17 +88,7 @@ def test_lindex_60000_loads(tmp_path):
 
 
 def _tree(text: str):
-    stack = [[]]
-    for tok in re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", "", text)):
-        if tok == "(":
-            stack.append([])
-        elif tok == ")":
-            node = stack.pop()
-            stack[-1].append(node)
-        else:
-            stack[-1].append(tok)
-    assert len(stack) == 1
-    return stack[0]
+    return sexpr_tree(sexpr_tokens(text))
 
 
 def _value(t, env) -> Fraction:
