@@ -59,6 +59,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
+from .folding import batchnorm_affine, fold_affine, two_prod
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
 
@@ -89,35 +90,6 @@ def _load(path_or_model):
         what = "file" if path is not None else "model"
         raise InvalidInputError(f"{what} is not a valid ONNX model: {err}", path=path) from None
     return model, path
-
-
-_U = 2.0 ** -53  # unit roundoff of float64
-
-
-def _two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """``(p, e)`` with ``p = fl(a b)`` and ``a b = p + e`` exactly (Dekker's product with
-    Veltkamp's split; exact barring overflow and underflow, where ``e`` is then padded by a
-    subnormal-scale term)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    p = a * b
-    with np.errstate(over="ignore", invalid="ignore"):
-        split = 134217729.0  # 2^27 + 1
-        ca, cb = split * a, split * b
-        ah, bh = ca - (ca - a), cb - (cb - b)
-        al, bl = a - ah, b - bh
-        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-    bad = ~np.isfinite(e)
-    e = np.where(bad, np.abs(p) * 4 * _U, e) + np.where(p != 0, 2.0 ** -1070, 0.0) * (np.abs(p) < 2.0 ** -960)
-    return p, e
-
-
-def _two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (Knuth's TwoSum)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    s = a + b
-    bb = s - a
-    e = (a - (s - bb)) + (b - bb)
-    return s, e
 
 
 class _Importer:
@@ -553,17 +525,11 @@ class _Importer:
         return np.broadcast_to(c, self.oshape).reshape(self.nshape)
 
     def _fold(self, index: int, p1, p2, s1, s2, t, es1, es2, et) -> tuple:
-        """``(p1 * s1, p2 * s2 + t)`` (``s1`` is ``s2`` broadcast to ``p1``) and bounds on their
-        distance to the exact values, given the errors already on ``p1, p2`` (``self.errors[index]``)
-        and ``es, et`` on ``s, t``. The rounding of each product and sum is taken exactly
-        (TwoProduct/TwoSum), so an exact fold adds none."""
+        """``(p1 * s1, p2 * s2 + t)`` (``s1`` is ``s2`` broadcast to ``p1``) with their rounding
+        measured exactly (:func:`gpuopt.io.folding.fold_affine`) on top of the errors already on
+        ``p1, p2`` (``self.errors[index]``); an exact fold adds none."""
         e1, e2 = self.errors.get(index, (0.0, 0.0))
-        q1, r1 = _two_prod(p1, s1)
-        q2, r2 = _two_prod(p2, s2)
-        n2, r3 = _two_sum(q2, t)
-        grow = 1 + 8 * _U
-        f1 = (np.abs(e1) * np.abs(s1) + np.abs(p1) * es1 + np.abs(r1)) * grow
-        f2 = (np.abs(e2) * np.abs(s2) + np.abs(p2) * es2 + np.abs(r2) + np.abs(r3) + et) * grow
+        q1, n2, f1, f2 = fold_affine(p1, p2, s1, s2, t, e1, e2, es1, es2, et)
         if np.any(f1) or np.any(f2):
             self.errors[index] = (f1, f2)
         else:
@@ -698,8 +664,8 @@ class _Importer:
                 bias = np.broadcast_to(c, (n_out,)) * float(attrs.get("beta", 1.0))
             except ValueError:
                 raise self._invalid(f"node {label!r} (op Gemm): C of shape {c.shape} does not broadcast to ({n_out},)") from None
-        _, ew = _two_prod(b if int(attrs.get("transB", 0)) else b.T, float(attrs.get("alpha", 1.0)))
-        eb = 0.0 if c is None else _two_prod(np.broadcast_to(c, (n_out,)), float(attrs.get("beta", 1.0)))[1]
+        _, ew = two_prod(b if int(attrs.get("transB", 0)) else b.T, float(attrs.get("alpha", 1.0)))
+        eb = 0.0 if c is None else two_prod(np.broadcast_to(c, (n_out,)), float(attrs.get("beta", 1.0)))[1]
         self._dense(w, bias, label, "Gemm")
         if np.any(ew) or np.any(eb):  # alpha or beta scaling rounded
             self.errors[len(self.layers) - 1] = (np.abs(ew), np.abs(np.broadcast_to(eb, (n_out,))))
@@ -798,7 +764,7 @@ class _Importer:
         if np.any(c == 0):
             raise self._invalid(f"node {label!r} (op Div): division by zero")
         r = 1.0 / c
-        q, e = _two_prod(r, c)  # r c = q + e exactly: r is exact iff q == 1 and e == 0
+        q, e = two_prod(r, c)  # r c = q + e exactly: r is exact iff q == 1 and e == 0
         exact = (q == 1.0) & (e == 0.0)
         self._affine(r, np.zeros(()), label, "Div", scale_err=np.where(exact, 0.0, np.spacing(np.abs(r))))
 
@@ -820,13 +786,8 @@ class _Importer:
                 raise self._invalid(
                     f"node {label!r} (op BatchNormalization): {name} has shape {arr.shape}, expected ({n_ch},)"
                 )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = gamma / np.sqrt(var + eps)
-        shift = beta - mean * scale
+        scale, shift, es, et = batchnorm_affine(gamma, beta, mean, var, eps)
         bshape = (n_ch,) + (1,) * (len(self.oshape) - 1)
-        # a few roundings (add, sqrt, divide; multiply, subtract): bounded by ulps of the results
-        es = 4 * np.spacing(np.abs(scale))
-        et = (np.abs(mean) * es + 2 * np.spacing(np.abs(mean * scale)) + 2 * np.spacing(np.abs(shift))) * (1 + 8 * _U)
         self._affine(scale.reshape(bshape), shift.reshape(bshape), label, "BatchNormalization",
                      scale_err=es.reshape(bshape), shift_err=et.reshape(bshape))
 
