@@ -291,13 +291,16 @@ def attack_stage(items) -> list[str]:
         deadline = _deadline(group)
         t0 = time.monotonic()
         budget = 0.0 if deadline is None else config.attack_share * max(0.0, deadline - t0)
+        # every round, the first included, stops at the attack's budget (at least 2 s), so that an
+        # expensive network still leaves its bounds and MILP most of the item's time
+        stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
         best = None
         for round_ in range(_MAX_ATTACK_ROUNDS):
             rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
             if not rows:
                 break
             t_round = time.monotonic()
-            margins = _attack_round(group[0].network, rows, config, deadline, round_)
+            margins = _attack_round(group[0].network, rows, config, stop, round_)
             spent = time.monotonic() - t_round
             low = float(margins.min())
             improved = best is None or low < best - 0.01 * max(abs(best), 1e-12)

@@ -43,6 +43,10 @@ def resolve_network(ref):
     return _NETWORKS[ref.key]
 
 
+#: seconds per matrix entry that encoding a big-M MILP may take (measured ~0.2 us; kept generous)
+ENCODE_SECONDS_PER_ENTRY = 1e-6
+
+
 def _task_deadline(budget: float, submitted: float) -> float:
     """A ``time.monotonic()`` deadline: the item's budget at submission less the time spent queued."""
     return time.monotonic() + budget - max(0.0, time.time() - submitted)
@@ -95,6 +99,13 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
     blocks = net.affine_blocks()
+    out = {"start": start, "nodes": 0, "raw_status": None, "margin_upper": None}
+    # encoding is not interruptible: it must fit in the time left (about ENCODE_SECONDS_PER_ENTRY
+    # per matrix entry, generously)
+    entries = sum(blk.matrix.nnz for blk in blocks)
+    if deadline - time.monotonic() < entries * ENCODE_SECONDS_PER_ENTRY:
+        out.update(kind="timeout", note=f"no time left to encode the MILP ({entries} matrix entries)", end=time.time())
+        return out
     model = encode_bigm(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b)
     mip_start = complete_assignment(model, blocks, start_x) if start_x is not None else None
     found = {}
@@ -105,7 +116,6 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
             found.update(x=c.x, y=c.y, margin=c.margin)
         return c.ok
 
-    out = {"start": start, "nodes": 0, "raw_status": None, "margin_upper": None}
     left = deadline - time.monotonic()
     if left <= 0:
         out.update(kind="timeout", note="no time left for the MILP", end=time.time())
