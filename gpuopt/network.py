@@ -322,9 +322,12 @@ def _inputs_iv(inputs, layers) -> tuple[tuple[int, ...], ...]:
         out = tuple((i - 1,) for i in range(len(layers)))
     else:
         try:
-            out = tuple(tuple(int(j) for j in ins) for ins in inputs)
-        except (TypeError, ValueError):
+            raw = [tuple(ins) for ins in inputs]
+        except TypeError:
             raise InvalidInputError("`inputs` must be one sequence of layer indices per layer") from None
+        if any(not isinstance(j, (int, np.integer)) or isinstance(j, (bool, np.bool_)) for ins in raw for j in ins):
+            raise InvalidInputError(f"`inputs` must hold integer layer indices, got {inputs!r}")
+        out = tuple(tuple(int(j) for j in ins) for ins in raw)
         if len(out) != len(layers):
             raise InvalidInputError(f"`inputs` must have one entry per layer ({len(layers)}), got {len(out)}")
         for i, ins in enumerate(out):

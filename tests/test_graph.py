@@ -1219,3 +1219,10 @@ def test_margin_zero_behind_an_inexact_average_is_never_unsat(config, sign):
     assert v.status is not Status.UNSAT, v
     if v.status is Status.SAT:
         _check_sat(v, net, Box(np.ones(9), np.ones(9)), spec)
+
+
+def test_network_rejects_non_integer_layer_indices():
+    with pytest.raises(InvalidInputError, match=re.escape("`inputs` must hold integer layer indices")):
+        Network([Dense(np.ones((2, 2)), np.zeros(2)), ReLU()], (2,), inputs=[(-1,), (0.5,)])
+    with pytest.raises(InvalidInputError, match=re.escape("`inputs` must hold integer layer indices")):
+        Network([Dense(np.ones((2, 2)), np.zeros(2)), ReLU()], (2,), inputs=[(-1,), (True,)])
