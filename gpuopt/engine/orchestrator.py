@@ -3,10 +3,12 @@
 Items come from a stream of :class:`ItemSource` (each builds its :class:`ItemState` when admitted).
 The loop:
 
-1. **Admit** a group of items while fewer than ``workers + 1`` items wait for tasks (so every
-   worker has an item's tasks to run and one more item's are queued): build them, run the *batch* stages of :data:`~gpuopt.engine.stages.STAGES` on the
-   whole group (bounds and attack, one tensor per network on the chosen device), and for each item
-   still open plan its first enabled *task* stage: its tasks join the item's queue.
+1. **Admit** a group of items filling the free places while fewer than ``max_active`` (default
+   ``workers + 1``) items are in flight (so every worker has an item's tasks to run and one more
+   item's are queued): build them, run the *batch* stages of :data:`~gpuopt.engine.stages.STAGES`
+   on the whole group (bounds and attack, one tensor per network on the chosen device), and for
+   each item still open plan its first enabled *task* stage: its tasks join the item's queue.
+   Items the batch stages decide leave at once, so the next group follows immediately.
 2. **Dispatch** queued tasks while fewer than ``workers`` are in the pool, one at a time to the
    item with the fewest tasks running (the oldest first): items share the workers fairly, and an
    item gets several workers at once only when no other item is waiting.
@@ -128,7 +130,8 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
         # 1. admit a group while the pool has room
         while not exhausted and len(active) < max_active:
             group, built = [], []
-            while len(group) < group_size:
+            # a group fills the free places (items decided by the batch stages leave at once)
+            while len(group) < min(group_size, max_active - len(active)):
                 try:
                     src = next(it)
                 except StopIteration:
