@@ -41,6 +41,15 @@ __all__ = ["alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 CHUNK_ELEMENTS = 1 << 22
 
 
+def upper_slope(u: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """A slope ``>= u / denom`` for ``denom = fl(u - l)``: the upper line ``s (z - l)`` stays above
+    the ReLU on ``[l, u]`` for any ``s >= u / (u - l)``. The two roundings make the quotient at
+    most about ``2 eps`` short, so it is raised by ``4 eps`` relative (the line's intercept is
+    in the rounding pads either way)."""
+    q = u / denom
+    return q + 4 * torch.finfo(q.dtype).eps * q
+
+
 def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | None = None):
     """Slopes ``(lower_slope, upper_slope, upper_intercept)`` of the ReLU relaxation, each (B, n);
     coordinates that the activation passes through (``passthrough``) are exact: slopes 1, intercept 0."""
@@ -49,7 +58,7 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | No
         active = active | passthrough
     unstable = (l < 0) & (u > 0) & ~active
     denom = torch.where(unstable, u - l, torch.ones_like(u))
-    s = torch.where(unstable, u / denom, active.to(u.dtype))
+    s = torch.where(unstable, upper_slope(u, denom), active.to(u.dtype))
     alpha = torch.where(unstable, (u >= -l).to(u.dtype), active.to(u.dtype))
     intercept = torch.where(unstable, -s * l, torch.zeros_like(u))
     return alpha, s, intercept

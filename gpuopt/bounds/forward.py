@@ -12,8 +12,8 @@ An affine block maps them with ``M+ = max(M, 0)``, ``M- = min(M, 0)``:
 bounds are concretised over the box (``L m - |L| r + l``) and intersected with IBP's. At a ReLU
 with concrete bounds ``[lo, up]``: inactive gives 0, active (or a passed-through coordinate) the
 identity, unstable ``h >= alpha z`` (``alpha = 1`` if ``up >= -lo`` else 0) below and
-``h <= s (z - lo)`` above, with ``s >= up / (up - lo)`` (rounded up, so the line stays above the
-ReLU on ``[lo, up]``); ``s >= 0`` lets it apply to the upper linear bound of ``z``.
+``h <= s (z - lo)`` above, with ``s >= up / (up - lo)`` (raised past the quotient's rounding by
+:func:`~gpuopt.bounds.crown.upper_slope`, so the line stays above the ReLU on ``[lo, up]``); ``s >= 0`` lets it apply to the upper linear bound of ``z``.
 
 Floating point: alongside the bounds, ``A_k`` and ``a_k`` carry the same computation on absolute
 values (``A' = |M| A``, ``a' = |M| a + |c|``, plus ``s |lo|`` at a ReLU), which dominates every
@@ -30,6 +30,7 @@ import torch
 
 from ..network import Network
 from .base import Bounds, center_radius, rounding_pad
+from .crown import upper_slope
 from .ibp import _ibp_iv, ibp
 
 __all__ = ["forward_crown", "prefers_forward", "intermediate_bounds"]
@@ -141,7 +142,7 @@ def _forward_chunk(ops, lo, hi, ibp_pre, ibp_out) -> list:
             active = active | keep
         unstable = (low < 0) & (up > 0) & ~active
         denom = torch.where(unstable, up - low, torch.ones_like(up))
-        s = torch.where(unstable, torch.nextafter(up / denom, torch.full_like(up, float("inf"))), active.to(dtype))
+        s = torch.where(unstable, upper_slope(up, denom), active.to(dtype))
         alpha = torch.where(unstable, (up >= -low).to(dtype), active.to(dtype))
         icpt = torch.where(unstable, -s * low, torch.zeros_like(up))
         L, l = Lz * alpha[..., None], lz * alpha
