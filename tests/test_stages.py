@@ -61,3 +61,19 @@ def test_a_passed_deadline_ends_the_item_between_stages():
     v = run_stages(item).verdict
     assert v.status is Status.TIMEOUT and [e["stage"] for e in v.events] == ["bounds"]
     assert np.isfinite(v.margin_lower)
+
+
+def test_task_stages_never_conclude_unsat_with_a_disjunct_left_open():
+    """Defence in depth: a task stage's finish says unsat only when its results closed every
+    open disjunct, whatever its notes say."""
+    from gpuopt.engine.stages import finish_input_split, finish_milp
+
+    net = small_net()
+    problem = Problem(net, Box([-1, -1], [1, 1]), OutputSpec([([[1.0]], [0.5])], 1))
+    for finish in (finish_input_split, finish_milp):
+        item = ItemState(problems=[problem], config=VerifyConfig(), t0=time.monotonic(), deadline=None)
+        run_stages(item, STAGES[:1])  # IBP leaves (0, 0) open
+        item.verdict = None
+        assert item.open == {(0, 0)}
+        finish(item)
+        assert item.verdict is None or item.verdict.status is Status.UNKNOWN

@@ -387,7 +387,8 @@ def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
 
 def finish_input_split(item: ItemState) -> str:
     notes = item.stage_notes.get("input_split", {"boxes": 0, "undecided": False})
-    if not notes["undecided"]:
+    # unsat only from the proofs themselves: every disjunct must have been closed by a result
+    if not notes["undecided"] and not item.open:
         item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()),
                     decided_by="input-split",
                     message=f"input splitting proved every open disjunct on {notes['boxes']} boxes")
@@ -439,8 +440,9 @@ def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
 
 def finish_milp(item: ItemState) -> str:
     notes = item.stage_notes.get("milp", {"undecided": []})
-    if notes["undecided"]:
-        item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"]))
+    if notes["undecided"] or item.open:  # unsat only when every open disjunct was closed by a proof
+        unproven = [f"problem {i} disjunct {k} not proven" for i, k in sorted(item.open)]
+        item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven))
         return "open"
     item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
                 message="every open disjunct proven unreachable by MILP")
