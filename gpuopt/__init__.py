@@ -4,6 +4,7 @@ Data flows one way: a model, an input region and an output spec become a :class:
 bounds and attacks produce Bounds and Candidates; the MILP stage produces :class:`Verdict`.
 """
 
+from .attacks.api import AttackResult, attack
 from .errors import GpuoptError, InvalidInputError, MissingDependencyError, SolverError, UnsupportedLayerError
 from .network import Network, from_torch
 from .problem import Problem
@@ -15,7 +16,7 @@ from .verify import VerifyConfig, verify, verify_instance, verify_problems
 __version__ = "0.1.0"
 
 __all__ = [
-    "Box", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network",
+    "AttackResult", "attack", "Box", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network",
     "OutputSpec", "Problem", "SolverError", "Status", "UnsupportedLayerError", "Verdict",
     "VerifyConfig", "from_onnx", "from_torch", "load_vnnlib", "robustness", "targeted", "verify",
     "verify_instance", "verify_problems",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .attack import AttackConfig, pgd_attack
+from .attacks import AttackConfig, pgd_attack
 from .bounds.base import center_radius, disjunct_lower_bounds, rounding_pad
 from .bounds.crown import crown_linear_lower
 from .bounds.forward import intermediate_bounds
@@ -130,7 +130,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     b_flat = b_pad.reshape(K * M)
     finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
 
-    attack_cfg = AttackConfig(restarts=config.attack_restarts, steps=config.attack_steps, seed=config.seed)
+    attack_cfg = AttackConfig(restarts=config.attack_restarts, steps=config.attack_steps, seed=config.seed, rounds=1)
     width0 = torch.tensor(problem.region.upper - problem.region.lower)
     width0 = torch.where(width0 > 0, width0, torch.full_like(width0, math.inf))  # fixed inputs never split
     lo_stack = [torch.tensor(problem.region.lower)[None]]

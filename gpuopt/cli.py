@@ -150,6 +150,19 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default 1: the small batched ops here are latency-bound, "
                         "and extra threads only contend with the MILP)")
 
+    a = sub.add_parser("attack", help="the attack alone on an ONNX network + VNNLIB property: sat with a "
+                                      "counterexample, or unknown")
+    a.add_argument("onnx", help="network file (.onnx)")
+    a.add_argument("vnnlib", help="property file (.vnnlib or .vnnlib.gz); it states the unsafe region")
+    a.add_argument("--timeout", type=_nonneg_float, default=None,
+                   help="seconds; rounds of fresh restarts run until then (default: one round)")
+    a.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    a.add_argument("--seed", type=_seed, default=0, help=f"random seed of the starts (0 to {_MAX_SEED})")
+    a.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    a.add_argument("--restarts", type=_restarts, default=None, help=f"restarts per round (1 to {_MAX_RESTARTS})")
+    a.add_argument("--steps", type=_steps, default=None, help=f"steps per restart (1 to {_MAX_STEPS})")
+    a.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
+
     r = sub.add_parser("run", help="bulk run: a VNN-COMP instances CSV, or a dataset at several eps, into a "
                                    "resumable JSONL results file")
     r.add_argument("instances", nargs="?", default=None, help="instances CSV (rows onnx,vnnlib,timeout)")
@@ -252,7 +265,6 @@ def _cmd_report(args) -> int:
 def _cmd_verify(args, start_time: float) -> int:
     from dataclasses import replace
 
-    from .attack import AttackConfig
     from .io.vnnlib import write_counterexample
     from .milp.highs import SolverConfig
     from .verify import VerifyConfig, verify_instance
@@ -260,7 +272,7 @@ def _cmd_verify(args, start_time: float) -> int:
     import torch
 
     torch.set_num_threads(args.threads)  # the CLI owns its process
-    attack = AttackConfig(seed=args.seed)
+    attack = replace(VerifyConfig().attack, seed=args.seed)  # the pipeline's default, new seed
     if args.restarts is not None:
         attack = replace(attack, restarts=args.restarts)
     if args.steps is not None:
@@ -280,12 +292,34 @@ def _cmd_verify(args, start_time: float) -> int:
     return 0
 
 
+def _cmd_attack(args, start_time: float) -> int:
+    from .attacks import AttackConfig
+    from .io.vnnlib import write_counterexample
+    from .verify import attack_instance
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    attack = AttackConfig(seed=args.seed, **{k: getattr(args, k) for k in ("restarts", "steps")
+                                             if getattr(args, k) is not None})
+    verdict = attack_instance(args.onnx, args.vnnlib, timeout=args.timeout, attack=attack, device=args.device,
+                              start_time=start_time)
+    if args.out:
+        try:
+            write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
+        except OSError as exc:
+            raise InvalidInputError(f"--out {args.out!r}: cannot write the result file: {exc.strerror or exc}") from None
+    print(f"# {verdict.seconds:.2f}s; {verdict.message}")
+    print(verdict.status.value)
+    return 0
+
+
 def _check_args(args) -> None:
     """Checks of the options that argparse's per-argument types cannot do; before any work."""
-    if args.command in ("verify", "run"):
+    if args.command in ("verify", "run", "attack"):
         if args.device is not None:
             _check_device(args.device)
-    if args.command == "verify":
+    if args.command in ("verify", "attack"):
         if args.out:
             _check_out(args.out)
 
@@ -324,6 +358,8 @@ def _run(argv, start_time: float) -> int:
         _check_args(args)
         if args.command == "verify":
             return _cmd_verify(args, start_time)
+        if args.command == "attack":
+            return _cmd_attack(args, start_time)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "report":

@@ -3,7 +3,7 @@
 A :class:`Box` is ``{x : lower <= x <= upper}`` (per feature, on the flattened sample). An
 :class:`LinfBall` is ``{x : ||x - center||_inf <= eps}`` intersected with the optional clip box
 ``[clip_lower, clip_upper]``; it is exactly a Box, so :meth:`LinfBall.to_box` is lossless.
-Regions live on the CPU in float64; the attack's geometry (:mod:`gpuopt.attack.geometry`)
+Regions live on the CPU in float64; the attack's geometry (:mod:`gpuopt.attacks.geometry`)
 works on device tensors.
 """
 

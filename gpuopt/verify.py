@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .attack import AttackConfig
+from .attacks import AttackConfig
 from .bab import SplitConfig
 from .errors import InvalidInputError
 from .milp.highs import SolverConfig
@@ -58,11 +58,12 @@ class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
     CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_milp`` switch stages off (for
     ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec rows (0: off);
-    ``split`` configures input splitting. The attack stage runs one batch of ``attack.restarts``
-    restarts, then fresh batches (new seeds) while the best margin still improves by more than 1%
-    and it has used less than ``attack_share`` of the time the item had left when it began."""
+    ``split`` configures input splitting. The attack stage runs rounds of ``attack.restarts``
+    restarts (new seeds each round) until ``attack.patience`` rounds in a row did not improve the
+    best margin by 1% (2 by default here; ``None``: no such stop), ``attack.rounds`` are done, or
+    it has used ``attack_share`` of the time the item had left when it began (at least 2 s)."""
 
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
     device: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -163,3 +164,65 @@ def verify_instance(onnx_path, vnnlib_path, *, timeout: float | None = None,
     timeout = _timeout_iv(timeout)
     problems = load_instance(onnx_path, vnnlib_path)
     return verify_problems(problems, timeout=timeout, config=config, start_time=t0)
+
+
+def attack_problems(problems: Sequence[Problem], *, timeout: float | None = None,
+                    attack: AttackConfig = AttackConfig(), device=None, start_time: float | None = None) -> Verdict:
+    """The attack alone on the disjunction of ``problems`` (one network): rounds of restarts
+    (:func:`~gpuopt.attacks.falsify`) until a float64-confirmed counterexample is found (``sat``)
+    or the time ends (``unknown``: an attack never proves anything). Without a timeout it runs
+    ``attack.rounds`` rounds (one by default)."""
+    from .attacks import pgd_attack
+    from .check import check_counterexample
+    from .devices import check_device
+    from .engine.stages import stacked_spec
+
+    import torch
+
+    t0 = time.monotonic() if start_time is None else start_time
+    timeout = _timeout_iv(timeout)
+    if not isinstance(attack, AttackConfig):
+        raise InvalidInputError(f"`attack` must be an AttackConfig, got {type(attack).__name__}")
+    dev = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problems = list(problems)
+    for p in problems:
+        if not isinstance(p, Problem):
+            raise InvalidInputError(f"`problems` must hold Problems, got {type(p).__name__}")
+        if p.network is not problems[0].network:
+            raise InvalidInputError("all problems must share one network")
+    if not problems:
+        return Verdict(status=Status.UNKNOWN, seconds=time.monotonic() - t0, message="the unsafe region is empty")
+    found = {}
+
+    def confirm(i: int, x) -> bool:
+        c = check_counterexample(problems[i], x.detach().to("cpu", torch.float64).numpy())
+        if c.ok and "x" not in found:
+            found.update(x=c.x, y=c.y, margin=c.margin)
+        return c.ok
+
+    lower = np.stack([p.region.lower for p in problems])
+    upper = np.stack([p.region.upper for p in problems])
+    A, b = stacked_spec(problems)
+    deadline = None if timeout is None else t0 + timeout
+    cand = pgd_attack(problems[0].network, lower, upper, A, b, config=attack, device=dev, deadline=deadline,
+                      confirm=confirm)
+    seconds = time.monotonic() - t0
+    detail = f"{cand.rounds} rounds, {cand.restarts} restarts, {cand.evaluations} restart-steps"
+    if "x" in found:
+        return Verdict(status=Status.SAT, seconds=seconds, counterexample=found["x"], output=found["y"],
+                       margin_upper=found["margin"], decided_by="attack",
+                       message=f"attack counterexample after {detail}, float64 margin {found['margin']:.6g}")
+    # the best points, checked in float64: the verdict's margin_upper is a margin at a real point
+    best = min(check_counterexample(p, x).margin for p, x in zip(problems, cand.x.detach().to("cpu", torch.float64).numpy()))
+    return Verdict(status=Status.UNKNOWN, seconds=time.monotonic() - t0, margin_upper=best, decided_by=None,
+                   message=f"no counterexample in {detail}; best float64 margin {best:.6g}")
+
+
+def attack_instance(onnx_path, vnnlib_path, *, timeout: float | None = None, attack: AttackConfig = AttackConfig(),
+                    device=None, start_time: float | None = None) -> Verdict:
+    """VNN-COMP style :func:`attack_problems` on ``(onnx_path, vnnlib_path)``; loading counts
+    toward the timeout."""
+    t0 = time.monotonic() if start_time is None else start_time
+    timeout = _timeout_iv(timeout)
+    return attack_problems(load_instance(onnx_path, vnnlib_path), timeout=timeout, attack=attack, device=device,
+                           start_time=t0)

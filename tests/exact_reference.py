@@ -961,7 +961,7 @@ def cheap_config():
     from dataclasses import replace
 
     from gpuopt import VerifyConfig
-    from gpuopt.attack import AttackConfig
+    from gpuopt.attacks import AttackConfig
 
     return VerifyConfig(attack=replace(AttackConfig(), restarts=8, steps=20), device="cpu")
 

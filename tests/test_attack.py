@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpuopt.attack import AttackConfig, BoxGeometry, pgd_attack
+from gpuopt.attacks import AttackConfig, BoxGeometry, pgd_attack
 from gpuopt.bounds import ibp, margin_lower_bound
 from gpuopt.errors import InvalidInputError
 from gpuopt.network import Dense, Network, ReLU
@@ -120,10 +120,10 @@ def test_box_geometry_random_start_and_projection():
     lo = torch.tensor([[0.0, -2.0], [1.0, 1.0]])
     hi = torch.tensor([[1.0, 2.0], [1.0, 3.0]])
     geom = BoxGeometry(lo, hi)
-    x = geom.random_start(5, torch.Generator().manual_seed(0))
+    x = geom.random_start(5, [torch.Generator().manual_seed(i) for i in range(2)])
     assert x.shape == (2, 5, 2)
     assert torch.all(geom.contains(x))
-    torch.testing.assert_close(x[:, 0], (lo + hi) / 2)
+    torch.testing.assert_close(geom.centre(), (lo + hi) / 2)
     far = torch.full((2, 5, 2), 10.0)
     assert torch.all(geom.contains(geom.project(far)))
     assert torch.equal(geom.project(far), hi[:, None].expand(2, 5, 2))
@@ -134,8 +134,15 @@ def test_box_geometry_random_start_and_projection():
     [
         (dict(restarts=0), "`restarts` must be >= 1, got 0"),
         (dict(steps=-1), "`steps` must be >= 0, got -1"),
-        (dict(step_size=0.0), "`step_size` must be in (0, 1], got 0.0"),
-        (dict(step_size=1.5), "`step_size` must be in (0, 1], got 1.5"),
+        (dict(step_size=0.0), "`step_size` must be None or a number in (0, 4], got 0.0"),
+        (dict(step_size=4.5), "`step_size` must be None or a number in (0, 4], got 4.5"),
+        (dict(schedule="adam"), "`schedule` must be one of apgd, cosine, got 'adam'"),
+        (dict(momentum=0), "`momentum` must be a number in (0, 1], got 0"),
+        (dict(corners=1.5), "`corners` must be a number in [0, 1], got 1.5"),
+        (dict(rounds=0), "`rounds` must be None or an integer >= 1, got 0"),
+        (dict(patience=True), "`patience` must be None or an integer >= 1, got True"),
+        (dict(keep=0), "`keep` must be >= 1, got 0"),
+        (dict(restarts=2.5), "`restarts` must be an integer, got 2.5"),
     ],
 )
 def test_attack_config_validation(kwargs, message):
@@ -149,7 +156,7 @@ def test_pgd_attack_shape_validation():
     with pytest.raises(InvalidInputError, match=re.escape("`lower` and `upper` must have the same shape, got (2, 2) and (1, 2)")):
         pgd_attack(net, np.stack([lo, lo]), hi[None], A, b, config=FAST)
     A3 = torch.zeros((1, 1, 3), dtype=torch.float64)
-    with pytest.raises(InvalidInputError, match=re.escape("spec `A` of shape (1, 1, 1, 3) does not match batch 1 and 2 outputs")):
+    with pytest.raises(InvalidInputError, match=re.escape("spec `A` of shape (1, 1, 1, 3) and `b` of shape (1, 1, 1) do not match batch 1 and 2 outputs")):
         pgd_attack(net, lo[None], hi[None], A3, b, config=FAST)
 
 

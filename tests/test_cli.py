@@ -362,3 +362,61 @@ def test_networks_match_onnxruntime_inside_vnnlib_boxes(benchmarks_dir):
     every_net = {str(p.relative_to(benchmarks_dir)) for p in benchmarks_dir.glob("vnncomp20*/*/**/*.onnx")}
     covered = {str((c.parent / o).relative_to(benchmarks_dir)) for c, o in seen}
     assert covered == every_net
+
+
+# ------------------------------------------------------------------------------ gpuopt attack
+def test_attack_command_finds_and_writes_a_checked_counterexample(tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= (- Y_0 Y_1) 1000)")
+    out = tmp_path / "result.txt"
+    assert main(["attack", str(tiny), str(spec), "--timeout", "20", "--restarts", "8", "--steps", "10",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "sat"
+    values = dict(re.findall(r"\((X_\d+|Y_\d+) (\S+)\)", out.read_text()))
+    x = np.array([float(values["X_0"]), float(values["X_1"])])
+    assert out.read_text().splitlines()[0] == "sat" and np.all((x >= -1) & (x <= 1))
+    y = from_onnx(tiny).forward64(x[None])[0]
+    assert y[0] - y[1] <= 1000
+
+
+def test_attack_command_says_unknown_where_no_counterexample_exists(tiny, tmp_path, capsys):
+    """An attack proves nothing: an unreachable region gives ``unknown`` after the time, never ``unsat``."""
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    out = tmp_path / "result.txt"
+    t0 = time.monotonic()
+    assert main(["attack", str(tiny), str(spec), "--timeout", "1.5", "--restarts", "4", "--steps", "5",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.strip().splitlines()[-1] == "unknown"
+    assert time.monotonic() - t0 >= 1.0  # rounds continued until the time was up
+    assert re.search(r"in (\d+) rounds", text) and int(re.search(r"in (\d+) rounds", text).group(1)) > 1
+    assert out.read_text().strip() == "unknown"
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--restarts", "0"], "--restarts: must be an integer between 1 and"),
+    (["--timeout", "-1"], "--timeout: must be a finite number >= 0"),
+    (["--device", "bogus"], "--device 'bogus': not a device"),
+])
+def test_attack_command_bad_options_are_one_line(extra, expected, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
+    try:
+        code = main(["attack", str(tiny), str(spec), *extra])
+    except SystemExit as exc:  # argparse's own errors exit from inside parse_args
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+
+
+def test_attack_command_on_a_benchmark_instance(benchmarks_dir, tmp_path, capsys):
+    base = benchmarks_dir / "vnncomp2022" / "mnist_fc"
+    ref = _reference_labels(benchmarks_dir)["mnist-net_256x2-prop_1_0.03"]
+    assert ref == "sat"
+    out = tmp_path / "r.txt"
+    assert main(["attack", str(base / "onnx" / "mnist-net_256x2.onnx"), str(base / "vnnlib" / "prop_1_0.03.vnnlib"),
+                 "--timeout", "30", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "sat"
+    x = np.array([float(v) for v in re.findall(r"\(X_\d+ (\S+)\)", out.read_text())])
+    (box, spec), = load_vnnlib(base / "vnnlib" / "prop_1_0.03.vnnlib")
+    assert np.all((x >= box.lower) & (x <= box.upper))
+    assert spec.margin64(from_onnx(base / "onnx" / "mnist-net_256x2.onnx").forward64(x[None]))[0] <= 0

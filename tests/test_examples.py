@@ -1,4 +1,4 @@
-"""Smoke-run the runnable examples (those that need no optional dependency)."""
+"""Smoke-run the runnable examples (one that needs an optional dependency skips without it)."""
 
 import subprocess
 import sys
@@ -19,3 +19,19 @@ def test_example_runs(script):
     statuses = [line.split()[1] for line in lines[1:] if line.split()[0][0].isdigit()]
     assert len(statuses) == 5 and set(statuses) <= {"sat", "unsat", "unknown", "timeout"}
     assert statuses[0] == "unsat"  # a tiny ball around a point is always provable here
+
+
+def test_adversarial_training_example_quick():
+    pytest.importorskip("sklearn")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "adversarial_training.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(EXAMPLES.parent)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    header, rows = lines[-3].split(), [line.split() for line in lines[-2:]]
+    assert header[:2] == ["model", "clean_acc"] and header[2].startswith("robust@") and header[3] == "train_s"
+    assert [row[0] for row in rows] == ["clean", "adversarial"]
+    for name, clean, robust, seconds in rows:
+        clean, robust, seconds = float(clean), float(robust), float(seconds)
+        assert 0 <= robust <= clean <= 1, (name, clean, robust)
+        assert seconds >= 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpuopt import Box, LinfBall, OutputSpec, Problem, Status, VerifyConfig, robustness, verify, verify_problems
-from gpuopt.attack import AttackConfig
+from gpuopt.attacks import AttackConfig
 from gpuopt.errors import InvalidInputError
 from gpuopt.network import Dense, Network, ReLU
 

@@ -43,7 +43,8 @@ class ItemState:
     * ``bounds``: the tightest :class:`~gpuopt.bounds.Bounds` so far; ``disj_lb``: ``(P, K)``
       certified lower bounds per disjunct; ``open``: the (problem, disjunct) pairs not yet proven;
     * ``best_x``: per problem, the best candidate point (a MIP start); ``margin_upper``: the
-      smallest exact-checked margin seen;
+      smallest exact-checked margin seen; ``candidates``: per problem, the attack's
+      :class:`~gpuopt.attacks.CandidatePool` (best points with distinct activation patterns);
     * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics;
       ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes).
     """
@@ -63,6 +64,7 @@ class ItemState:
     disj_lb: np.ndarray | None = None
     open: set = field(default_factory=set)
     best_x: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
     margin_upper: float = math.inf
     stage_seconds: dict = field(default_factory=dict)
     events: list = field(default_factory=list)

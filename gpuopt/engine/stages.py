@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..attack import pgd_attack
+from ..attacks import pgd_attack
 from ..bounds import (alpha_crown_linear_lower, crown_linear_lower, disjunct_lower_bounds, ibp,
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
@@ -281,44 +281,31 @@ def _crown_group(items) -> list[str]:
 
 
 def attack_stage(items) -> list[str]:
-    """Batched PGD over the open problems of all items on one network; each item's best point of
-    each problem is checked exactly. After the first batch, fresh batches (new seeds) run while
-    some problem is open, the smallest margin still improves by 1% and the time used stays below
-    ``config.attack_share`` of the time the items had left (see :class:`~gpuopt.verify.VerifyConfig`)."""
+    """Attack over the open problems of all items on one network, one batch row per (item,
+    problem) pair (:func:`~gpuopt.attacks.falsify`): rounds of fresh restarts until every row is
+    falsified, ``config.attack.patience`` rounds did not improve the best margin, or the attack
+    budget ends: ``config.attack_share`` of the time the items had left (at least 2 s). Every
+    candidate is re-checked exactly before it decides an item; the best points and their pools
+    of distinct activation patterns stay with the item for the later stages."""
     outcome = {}
     for group in _groups(items):
         config = group[0].config
         deadline = _deadline(group)
         t0 = time.monotonic()
         budget = 0.0 if deadline is None else config.attack_share * max(0.0, deadline - t0)
-        # every round, the first included, stops at the attack's budget (at least 2 s), so that an
-        # expensive network still leaves its bounds and MILP most of the item's time
+        # the attack stops at its budget (at least 2 s), so that an expensive network still leaves
+        # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
-        best = None
-        for round_ in range(_MAX_ATTACK_ROUNDS):
-            rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
-            if not rows:
-                break
-            t_round = time.monotonic()
-            margins = _attack_round(group[0].network, rows, config, stop, round_)
-            spent = time.monotonic() - t_round
-            low = float(margins.min())
-            improved = best is None or low < best - 0.01 * max(abs(best), 1e-12)
-            best = low if best is None else min(best, low)
-            if not improved or time.monotonic() + spent - t0 > budget:
-                break
+        rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
+        if rows:
+            _attack_rows(group[0].network, rows, config, stop)
         for it in group:
             outcome[id(it)] = "decided" if it.verdict is not None else "open"
     return [outcome.get(id(it), "open") for it in items]
 
 
-#: at most this many attack batches per item group
-_MAX_ATTACK_ROUNDS = 50
-
-
-def _attack_round(network, rows, config, deadline, round_: int) -> torch.Tensor:
-    """One PGD batch over ``rows`` = ``(item, problem)`` pairs; decides the items it falsifies and
-    returns the best margins ``(len(rows),)``."""
+def _attack_rows(network, rows, config, deadline) -> None:
+    """Attack ``rows`` = ``(item, problem)`` pairs; decides the items it falsifies."""
     lower = torch.cat([it.lower[[i]] for it, i in rows])
     upper = torch.cat([it.upper[[i]] for it, i in rows])
     K = max(it.A.shape[1] for it, _ in rows)
@@ -329,10 +316,24 @@ def _attack_round(network, rows, config, deadline, round_: int) -> torch.Tensor:
         k, m = it.A.shape[1:3]
         A[r, :k, :m], b[r, :k, :m] = it.A[i], it.b[i]
         b[r, k:, 0] = -math.inf  # padding disjuncts never win the min
-    attack = config.attack if round_ == 0 else replace(config.attack, seed=config.attack.seed + 7919 * round_)
-    cand = pgd_attack(network, lower, upper, A, b, config=attack, device=attack_device(config), deadline=deadline)
+
+    def confirm(r: int, x: torch.Tensor) -> bool:
+        it, i = rows[r]
+        if it.verdict is not None:
+            return True
+        ok, x64, y64, m = check_point(it.problems[i], x.detach().to("cpu", torch.float64).numpy())
+        if ok:
+            it.best_x[i] = x64
+            it.margin_upper = min(it.margin_upper, m)
+            it.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
+                      message=f"attack counterexample, float64 margin {m:.6g}")
+        return ok
+
+    cand = pgd_attack(network, lower, upper, A, b, config=config.attack, device=attack_device(config),
+                      deadline=deadline, confirm=confirm)
     xs = cand.x.detach().to("cpu", torch.float64).numpy()
     for r, (it, i) in enumerate(rows):
+        it.candidates[i] = cand.pools[r]
         if it.verdict is not None:
             continue
         ok, x64, y64, m = check_point(it.problems[i], xs[r])
@@ -341,8 +342,9 @@ def _attack_round(network, rows, config, deadline, round_: int) -> torch.Tensor:
         it.margin_upper = min(it.margin_upper, m)
         if ok:
             it.decide(Status.SAT, counterexample=x64, output=y64, margin_upper=m, decided_by="attack",
-                      message=f"PGD counterexample, float64 margin {m:.6g}")
-    return cand.margin.detach().to("cpu", torch.float64)
+                      message=f"attack counterexample, float64 margin {m:.6g}")
+    for it in {id(it): it for it, _ in rows}.values():
+        it.stage_notes["attack"] = {"rounds": cand.rounds, "restarts": cand.restarts, "evaluations": cand.evaluations}
 
 
 # ---------------------------------------------------------------------------------- task stages

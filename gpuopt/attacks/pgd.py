@@ -1,0 +1,221 @@
+"""The projected-gradient loop: many restarts per item in one tensor, minimising a margin.
+
+Notation: items ``b``, restarts ``r``, points ``x_{b,r}`` in a perturbation set ``S_b`` (a
+:class:`~gpuopt.attacks.geometry.Geometry`), an objective ``m(x)`` (a margin; a point with
+``m(x) <= target_b`` is a success, ``target_b <= 0``). The loop only calls the geometry.
+
+Two step-size schedules, both with the step ``t`` relative to the set's radius:
+
+- ``"apgd"`` (Croce & Hein 2020): ``z = P(x_k + d(x_k, g_k, t))``,
+  ``x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))`` with momentum ``a`` (no momentum on
+  the first step). At the checkpoints ``w_j = ceil(p_j N)``, ``p_0 = 0``, ``p_1 = 0.22``,
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, a restart halves ``t`` and goes back to its
+  best point when fewer than ``rho = 0.75`` of the steps since the last checkpoint decreased its
+  margin, or when neither ``t`` nor its best margin changed over the last interval;
+- ``"cosine"``: plain PGD, ``x_{k+1} = P(x_k + d(x_k, g_k, t_k))``, ``t_k`` decaying from
+  ``t_0`` to ``0.05 t_0`` along a half cosine.
+
+Every iterate is evaluated (value and gradient in one pass) and the best one per restart is kept.
+An item leaves the batch as soon as one of its restarts succeeds, so that the remaining items
+run on a smaller tensor; its other restarts stop where they are.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import InvalidInputError
+from .geometry import Geometry
+
+__all__ = ["AttackConfig", "Descent", "checkpoints", "descend", "generators"]
+
+SCHEDULES = ("apgd", "cosine")
+_DEFAULT_STEP = {"apgd": 2.0, "cosine": 0.5}
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Attack settings.
+
+    ``restarts`` per item and round, ``steps`` per restart, ``schedule`` one of ``"apgd"`` and
+    ``"cosine"``, ``step_size`` the initial step relative to the set's radius (``None``: 2 for
+    APGD, 0.5 for cosine), ``momentum`` APGD's ``a``, ``corners`` the fraction of each round's
+    restarts started at random vertices of the box, ``odi`` the fraction of the remaining
+    (uniform) starts moved by two output-diversified steps first (ODI, Tashiro et al. 2020: steps
+    that maximise ``w . f(x)`` for a random ``w`` in ``[-1, 1]^n_out``), ``seed`` for the starts, ``keep`` the number
+    of best points kept per item (distinct activation patterns), ``rounds`` the number of fresh
+    batches: ``None`` runs new rounds until every item succeeds or the deadline passes (one round
+    without a deadline), ``patience`` stops earlier, after that many rounds in a row that did not
+    lower the best margin by 1%.
+    """
+
+    restarts: int = 64
+    steps: int = 100
+    schedule: str = "apgd"
+    step_size: float | None = None
+    momentum: float = 0.75
+    corners: float = 0.125
+    odi: float = 0.5
+    screen: int = 16
+    seed: int = 0
+    keep: int = 8
+    rounds: int | None = None
+    patience: int | None = None
+
+    def __post_init__(self):
+        for name in ("restarts", "steps", "seed", "keep", "screen"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise InvalidInputError(f"`{name}` must be an integer, got {v!r}")
+        if self.restarts < 1:
+            raise InvalidInputError(f"`restarts` must be >= 1, got {self.restarts}")
+        if self.steps < 0:
+            raise InvalidInputError(f"`steps` must be >= 0, got {self.steps}")
+        if self.keep < 1:
+            raise InvalidInputError(f"`keep` must be >= 1, got {self.keep}")
+        if self.screen < 1:
+            raise InvalidInputError(f"`screen` must be >= 1, got {self.screen}")
+        if self.schedule not in SCHEDULES:
+            raise InvalidInputError(f"`schedule` must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
+                                           or not 0 < self.step_size <= 4):
+            raise InvalidInputError(f"`step_size` must be None or a number in (0, 4], got {self.step_size!r}")
+        if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 < self.momentum <= 1:
+            raise InvalidInputError(f"`momentum` must be a number in (0, 1], got {self.momentum!r}")
+        for name in ("corners", "odi"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
+        for name in ("rounds", "patience"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InvalidInputError(f"`{name}` must be None or an integer >= 1, got {v!r}")
+
+    @property
+    def initial_step(self) -> float:
+        return float(self.step_size) if self.step_size is not None else _DEFAULT_STEP[self.schedule]
+
+
+def checkpoints(steps: int) -> list[int]:
+    """APGD's checkpoints ``ceil(p_j steps)`` in ``(0, steps]``."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    # rounded first: 0.41 + 0.16 is 0.5700000000000001 in floats, and its ceiling must not jump
+    marks = (math.ceil(round(q * steps, 9)) for q in p[1:])
+    return sorted({w for w in marks if 0 < w <= steps})
+
+
+@dataclass(frozen=True, eq=False)
+class Descent:
+    """Result of :func:`descend`: ``x`` ``(batch, restarts, n)`` the best iterate of each restart,
+    ``margin`` ``(batch, restarts)`` its objective, ``steps`` the steps run (the most of any item),
+    ``evaluations`` the number of point evaluations (restart-steps) spent."""
+
+    x: torch.Tensor
+    margin: torch.Tensor
+    steps: int
+    evaluations: int
+
+
+def generators(seed: int, items) -> list:
+    """One ``torch.Generator`` per item index in ``items``, seeded from ``(seed, item)``: an item's
+    random numbers do not depend on which other items share its batch."""
+    return [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1)) for i in items]
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _value_and_grad(objective: Objective, x: torch.Tensor, items: torch.Tensor):
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        m = objective(x, items)
+        (g,) = torch.autograd.grad(m.sum(), x)
+    return m.detach(), g
+
+
+def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: AttackConfig, *,
+            target: torch.Tensor | None = None, deadline: float | None = None) -> Descent:
+    """Minimise ``objective(x, items)`` from the starts ``x0`` ``(batch, restarts, n)`` (points of
+    ``geometry``). ``objective`` maps the points of the items ``items`` (indices into the batch)
+    to ``(len(items), restarts)`` margins. An item stops once a restart reaches ``target`` (0 by
+    default); the loop stops at ``deadline`` (``time.monotonic()``) with the best so far."""
+    B, R, _ = x0.shape
+    dev = x0.device
+    target = torch.zeros(B, dtype=x0.dtype, device=dev) if target is None else target.to(dev, x0.dtype)
+    out_x, out_m = x0.clone(), torch.full((B, R), math.inf, dtype=x0.dtype, device=dev)
+    items = torch.arange(B, device=dev)
+    geom = geometry
+    x = geom.project(x0)
+    m, g = _value_and_grad(objective, x, items)
+    best_x, best_m, best_g = x, m, g
+    evaluations = B * R
+    a = float(config.momentum)
+    t0 = config.initial_step
+    t = torch.full((B, R), t0, dtype=x0.dtype, device=dev)
+    apgd = config.schedule == "apgd"
+    marks = set(checkpoints(config.steps)) if apgd else set()
+    x_prev = x
+    decreased = torch.zeros((B, R), dtype=torch.int64, device=dev)
+    last_mark, t_last, best_last = 0, t.clone(), best_m.clone()
+    steps_done = 0
+
+    def retire(keep: torch.Tensor):
+        nonlocal items, geom, x, x_prev, m, g, best_x, best_m, best_g, t, decreased, t_last, best_last, target
+        gone = ~keep
+        out_x[items[gone]] = best_x[gone]
+        out_m[items[gone]] = best_m[gone]
+        items, geom = items[keep], geom.select(keep)
+        x, x_prev, m, g = x[keep], x_prev[keep], m[keep], g[keep]
+        best_x, best_m, best_g = best_x[keep], best_m[keep], best_g[keep]
+        t, decreased, t_last, best_last, target = t[keep], decreased[keep], t_last[keep], best_last[keep], target[keep]
+
+    stoppable = bool(torch.isfinite(target).any())
+    for k in range(config.steps):
+        if stoppable:
+            done = (best_m <= target[:, None]).any(dim=1)
+            if done.any():
+                retire(~done)
+        if items.numel() == 0 or (deadline is not None and time.monotonic() > deadline):
+            break
+        if not apgd:
+            t = torch.full_like(t, t0 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / max(1, config.steps)))))
+        z = geom.step(x, g, t)
+        # x + a (z - x) + (1 - a)(x - x_prev) = (2 x - x_prev) + a (z - (2 x - x_prev))
+        x_new = z if (k == 0 or not apgd) else geom.project(torch.lerp(torch.add(x, x - x_prev), z, a))
+        x_prev, x = x, x_new
+        m_new, g = _value_and_grad(objective, x, items)
+        evaluations += m_new.numel()
+        decreased += (m_new < m).to(torch.int64)
+        m = m_new
+        better = (m < best_m)[..., None]
+        best_m = torch.minimum(m, best_m)
+        best_x = torch.where(better, x, best_x)
+        if apgd:
+            best_g = torch.where(better, g, best_g)
+        steps_done = k + 1
+        if steps_done in marks:
+            few = decreased < 0.75 * (steps_done - last_mark)
+            stalled = (t == t_last) & (best_m >= best_last)
+            halve = few | stalled
+            t_last, best_last = t, best_m
+            if halve.any():
+                t = torch.where(halve, t / 2, t)
+                # halved restarts go back to their best point (its gradient is kept with it)
+                back = halve[..., None]
+                x = torch.where(back, best_x, x)
+                x_prev = torch.where(back, best_x, x_prev)
+                g = torch.where(back, best_g, g)
+                m = torch.where(halve, best_m, m)
+            decreased.zero_()
+            last_mark = steps_done
+    if items.numel():
+        out_x[items] = best_x
+        out_m[items] = best_m
+    return Descent(out_x, out_m, steps_done, evaluations)

@@ -1,0 +1,48 @@
+"""Optional CUDA kernels, compiled at run time by CuPy from ``cuda_kernels/*.cu``.
+
+Each kernel has a torch/numpy fallback with identical results (see the modules here); the
+fallback runs when CuPy or a CUDA device is missing. Nothing is compiled on import: a kernel is
+built on its first use and cached per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ..errors import MissingDependencyError
+
+__all__ = ["cupy_available", "kernel_source", "load_kernel"]
+
+#: where the .cu sources live: the repository's cuda_kernels/ folder
+SOURCES = Path(__file__).resolve().parents[2] / "cuda_kernels"
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees a CUDA device."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no driver, no device: CuPy raises its own runtime errors
+        return False
+
+
+def kernel_source(name: str) -> str:
+    path = SOURCES / f"{name}.cu"
+    if not path.is_file():
+        raise MissingDependencyError(f"CUDA kernel source {path} is missing (the cuda_kernels/ folder ships "
+                                     "with the source tree)")
+    return path.read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def load_kernel(name: str, function: str):
+    """The CuPy ``RawKernel`` ``function`` of ``cuda_kernels/<name>.cu`` (compiled once)."""
+    try:
+        import cupy
+    except ImportError:
+        raise MissingDependencyError("CUDA kernels need CuPy: pip install 'gpuopt[gpu]'") from None
+    return cupy.RawModule(code=kernel_source(name)).get_function(function)

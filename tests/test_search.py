@@ -1,0 +1,151 @@
+"""Falsification over rounds of restarts: rounds until the deadline, patience, chunking and
+out-of-memory splitting with identical results, refused candidates, and the pools of distinct
+activation patterns."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import gpuopt.attacks.search as search
+from gpuopt.attacks import AttackConfig, BoxGeometry, falsify, pgd_attack
+from gpuopt.kernels.patterns import pack_and_hash
+from gpuopt.network import Dense, Network, ReLU
+from gpuopt.specs import OutputSpec, robustness
+
+from helpers import one_torch_thread, random_dense_network  # noqa: F401 (autouse fixture)
+
+
+def _unreachable():
+    """``y = relu(x) + relu(-x) + 1 >= 1``: ``y <= 0.5`` cannot be reached."""
+    net = Network([Dense([[1.0], [-1.0]], [0.0, 0.0]), ReLU(), Dense([[1.0, 1.0]], [1.0])], (1,))
+    A, b = OutputSpec([(np.array([[1.0]]), np.array([0.5]))], 1).padded()
+    return net, A, b
+
+
+def _batch(seed=3, items=5):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 4, [12, 12], 3)
+    lo = torch.tensor(rng.uniform(-1, 0, (items, 4)), dtype=torch.float32)
+    hi = lo + torch.tensor(rng.uniform(0.2, 1.5, (items, 4)), dtype=torch.float32)
+    A, b = robustness(0, 3).padded(dtype=torch.float32)
+    return net, BoxGeometry(lo, hi), A.expand(items, *A.shape), b.expand(items, *b.shape)
+
+
+def test_rounds_continue_until_the_deadline():
+    net, A, b = _unreachable()
+    t0 = time.monotonic()
+    cand = pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=10),
+                      deadline=t0 + 0.5)
+    assert cand.rounds > 1 and cand.restarts == 4 * cand.rounds
+    assert time.monotonic() - t0 >= 0.5
+    assert not bool(cand.success[0])
+
+
+def test_rounds_and_patience_stop_earlier():
+    net, A, b = _unreachable()
+    far = time.monotonic() + 60
+    cand = pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=5, rounds=3), deadline=far)
+    assert cand.rounds == 3
+    # the best margin (0.5 at x = 0) is found in round 0 and never improves: patience 2 stops after 3
+    cand = pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=20, patience=2), deadline=far)
+    assert cand.rounds == 3
+    # no deadline: one round
+    assert pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=5)).rounds == 1
+
+
+def test_chunking_gives_the_same_results():
+    net, geom, A, b = _batch()
+    cfg = AttackConfig(restarts=16, steps=25, seed=5)
+    whole = falsify(net, geom, A, b, config=cfg)
+    one_item_bytes = search._row_bytes(net, torch.float32) * cfg.restarts
+    for size in (1, 2, 3):
+        part = falsify(net, geom, A, b, config=cfg, chunk_bytes=size * one_item_bytes)
+        assert torch.equal(part.x, whole.x) and torch.equal(part.margin, whole.margin)
+        assert torch.equal(part.success, whole.success) and part.evaluations == whole.evaluations
+
+
+def test_out_of_memory_halves_the_chunk_with_the_same_results(monkeypatch):
+    net, geom, A, b = _batch()
+    cfg = AttackConfig(restarts=8, steps=10, seed=1)
+    whole = falsify(net, geom, A, b, config=cfg)
+    real = search.spec_margins
+    calls = []
+
+    def limited(network, A_, b_):
+        f = real(network, A_, b_)
+
+        def margins(x, items):
+            calls.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return f(x, items)
+
+        return margins
+
+    monkeypatch.setattr(search, "spec_margins", limited)
+    part = falsify(net, geom, A, b, config=cfg)
+    assert max(calls) > 2  # it did run out of memory first
+    assert torch.equal(part.x, whole.x) and torch.equal(part.margin, whole.margin)
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
+    net, geom, A, b = _batch()
+
+    def broken(network, A_, b_):
+        def margins(x, items):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        return margins
+
+    monkeypatch.setattr(search, "spec_margins", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        falsify(net, geom, A, b, config=AttackConfig(restarts=2, steps=2))
+
+
+def test_a_refused_candidate_keeps_the_item_open_and_aims_lower():
+    """``y = x`` on [-1, 1], unsafe ``y <= 0``: the first confirmed candidate is refused, so the
+    item continues below a lower target and its result is strictly inside the unsafe region."""
+    net = Network([Dense([[1.0]], [0.0])], (1,))
+    A, b = OutputSpec([(np.array([[1.0]]), np.array([0.0]))], 1).padded()
+    seen = []
+
+    def confirm(item, x):
+        seen.append(float(x[0]))
+        return len(seen) > 1
+
+    cand = pgd_attack(net, [[-1.0]], [[1.0]], A, b, config=AttackConfig(restarts=1, steps=50, corners=0),
+                      deadline=time.monotonic() + 30, confirm=confirm)
+    assert len(seen) == 2 and bool(cand.success[0])
+    assert seen[1] < seen[0] or seen[1] < 0
+
+
+def test_pools_hold_distinct_patterns_best_first():
+    net, geom, A, b = _batch(items=3)
+    cand = falsify(net, geom, A, b, config=AttackConfig(restarts=32, steps=5, keep=6, seed=2))
+    assert len(cand.pools) == 3
+    for i, pool in enumerate(cand.pools):
+        k = pool.x.shape[0]
+        assert 1 <= k <= 6
+        assert torch.all(pool.margin[1:] >= pool.margin[:-1])
+        assert torch.all(geom.select(torch.tensor([i])).contains(pool.x[None]))
+        _, pats = net.forward(pool.x, return_pattern=True)
+        packed, hashes = pack_and_hash(torch.cat(pats, dim=1))
+        assert torch.equal(packed, pool.packed) and torch.equal(hashes, pool.hashes)
+        assert len({bytes(r.tolist()) for r in pool.packed}) == k  # all distinct
+    # the best point of each item is its pool's first point (or better: the pool is per restart)
+    assert torch.all(cand.margin <= torch.stack([p.margin[0] for p in cand.pools]) + 1e-6)
+
+
+def test_success_is_recomputed_and_margins_agree():
+    net, geom, A, b = _batch(seed=9, items=6)
+    cand = falsify(net, geom, A, b, config=AttackConfig(restarts=16, steps=30))
+    y = net.forward(cand.x)
+    rows = torch.einsum("bkmo,bo->bkm", A, y) - b
+    torch.testing.assert_close(cand.margin, rows.amax(-1).amin(-1))
+    assert torch.equal(cand.success, cand.margin <= 0)
+    assert torch.all(geom.contains(cand.x[:, None]))
+    assert math.isfinite(float(cand.margin.max()))
