@@ -205,7 +205,7 @@ def attack_problems(problems: Sequence[Problem], *, timeout: float | None = None
     A, b = stacked_spec(problems)
     deadline = None if timeout is None else t0 + timeout
     cand = pgd_attack(problems[0].network, lower, upper, A, b, config=attack, device=dev, deadline=deadline,
-                      confirm=confirm)
+                      confirm=confirm, stop_at_first=True)
     seconds = time.monotonic() - t0
     detail = f"{cand.rounds} rounds, {cand.restarts} restarts, {cand.evaluations} restart-steps"
     if "x" in found:

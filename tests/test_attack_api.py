@@ -208,3 +208,70 @@ def test_a_sample_already_misclassified_is_its_own_success():
     res = gpuopt.attack(model, x, y, eps=0.1, steps=0, seed=0)
     assert res.success.tolist() == [True, False]
     assert torch.equal(res.x[0], x[0])
+
+
+def test_small_balls_around_large_inputs_hold_as_computed():
+    """``c + d`` rounds at the scale of ``|c|``: with ``|x| ~ 1000`` and ``eps = 1e-4`` the returned
+    points must still be within ``eps`` as the user computes the distance (adversarial review)."""
+    torch.manual_seed(7)
+    model = torch.nn.Linear(16, 3)
+    x = torch.rand(8, 16) * 1000
+    y = model(x).argmax(1)
+    for norm, order in (("l2", 2), ("l1", 1)):
+        res = gpuopt.attack(model, x, y, eps=1e-4, norm=norm, restarts=2, steps=5, seed=0, clip=(0.0, 1000.0))
+        dist = torch.linalg.vector_norm(res.x - x, ord=order, dim=1)
+        assert torch.all(dist <= 1e-4), (norm, dist.max().item())
+
+
+def test_logits_in_another_dtype_and_half_inputs():
+    torch.manual_seed(8)
+    lin = torch.nn.Linear(6, 3)
+    x = torch.rand(4, 6)
+    y = lin(x).argmax(1)
+    res = gpuopt.attack(lambda v: lin(v).double(), x, y, eps=0.2, steps=5, seed=0)
+    assert res.x.dtype == torch.float32
+    res = gpuopt.attack(lambda v: lin(v.float()), x.half(), y, eps=0.2, steps=5, seed=0)
+    # the ball holds in the input's dtype, as the distance is computed there
+    assert res.x.dtype == torch.float16 and torch.all((res.x - x.half()).abs() <= torch.tensor(0.2).half())
+
+
+def test_dropout_in_train_mode_is_reproducible_per_seed():
+    torch.manual_seed(9)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 3))
+    model.train()
+    x = torch.rand(8, 6)
+    y = torch.randint(0, 3, (8,))
+    before = torch.get_rng_state()
+    a = gpuopt.attack(model, x, y, eps=0.3, steps=10, seed=3, stop_on_success=False)
+    b = gpuopt.attack(model, x, y, eps=0.3, steps=10, seed=3, stop_on_success=False)
+    assert torch.equal(a.x, b.x)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_huge_eps_with_a_clip_box_is_the_whole_box():
+    model = _linear_two_class([1.0, 1.0], 0.5)
+    x = torch.tensor([[0.9, 0.9]], dtype=torch.float64)
+    for norm in ("l2", "l1"):
+        res = gpuopt.attack(model, x, torch.tensor([0]), eps=1e30, norm=norm, steps=20, seed=0, clip=(0.0, 1.0))
+        assert bool(res.success[0]) and torch.all((res.x >= 0) & (res.x <= 1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=1e39, x=X), "`eps` 1e+39 is beyond the range of `x`'s dtype torch.float32"),
+    (dict(eps=1e30, norm="l2"), "`eps` 1e+30 is too large for the l2 norm in torch.float32 without a finite `clip`"),
+    (dict(stop_on_success="no"), "`stop_on_success` must be True or False, got 'no'"),
+    (dict(model=lambda v: torch.zeros(v.shape[0], 3)), "`model`'s logits do not depend on `x` through autograd"),
+    (dict(model=lambda v: (v[:, :3] > 0).long()), "`model` must return floating-point logits, got torch.int64"),
+])
+def test_more_bad_arguments(kwargs, message):
+    args = dict(model=_model(), x=X, y=Y, eps=0.1)
+    args.update(kwargs)
+    model, x, y = args.pop("model"), args.pop("x"), args.pop("y")
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        gpuopt.attack(model, x, y, **args)
+
+
+def test_inference_mode_is_refused():
+    with torch.inference_mode():
+        with pytest.raises(InvalidInputError, match=re.escape("`attack` needs gradients")):
+            gpuopt.attack(_model(), X, Y, eps=0.1)

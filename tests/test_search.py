@@ -5,6 +5,7 @@ activation patterns."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -149,3 +150,46 @@ def test_success_is_recomputed_and_margins_agree():
     assert torch.equal(cand.success, cand.margin <= 0)
     assert torch.all(geom.contains(cand.x[:, None]))
     assert math.isfinite(float(cand.margin.max()))
+
+
+def test_success_marks_only_confirmed_candidates():
+    """A candidate that the float64 check refuses is not a success (adversarial review)."""
+    net, geom, A, b = _batch(seed=9, items=4)
+    free = falsify(net, geom, A, b, config=AttackConfig(restarts=16, steps=20))
+    assert free.success.any()
+    refused = falsify(net, geom, A, b, config=AttackConfig(restarts=16, steps=20), confirm=lambda i, x: False)
+    assert not refused.success.any()
+
+
+def test_stop_at_first_ends_a_disjunction_early():
+    """Two boxes, one with a counterexample and one without: with ``stop_at_first`` the search
+    ends at the first confirmed point instead of running to the deadline."""
+    net = Network([Dense([[1.0]], [0.0])], (1,))  # y = x
+    A, b = OutputSpec([(np.array([[1.0]]), np.array([0.0]))], 1).padded()  # unsafe: y <= 0
+    t0 = time.monotonic()
+    cand = pgd_attack(net, [[-1.0], [1.0]], [[1.0], [2.0]], A, b, config=AttackConfig(restarts=4, steps=5),
+                      deadline=t0 + 20, confirm=lambda i, x: True, stop_at_first=True)
+    assert time.monotonic() - t0 < 10 and cand.success.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("lower, upper, kwargs, message", [
+    ([[0.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0, 1.0]], {}, "`lower` must have shape (batch, 2) or (2,) with batch >= 1, got (1, 4)"),
+    ([[1.0, 0.0]], [[0.0, 1.0]], {}, "`lower` must be <= `upper` everywhere: the box is empty"),
+    ([[math.nan, 0.0]], [[1.0, 1.0]], {}, "`lower` and `upper` must be finite"),
+    ([[0.0, 0.0]], [[math.inf, 1.0]], {}, "`lower` and `upper` must be finite"),
+    (np.zeros((0, 2)), np.zeros((0, 2)), {}, "`lower` must have shape (batch, 2) or (2,) with batch >= 1, got (0, 2)"),
+    ([[0.0, 0.0]], [[1.0, 1.0]], dict(config={"restarts": 2}), "`config` must be an AttackConfig, got dict"),
+])
+def test_pgd_attack_input_validation(lower, upper, kwargs, message):
+    net = Network([Dense(np.eye(2), np.zeros(2)), ReLU(), Dense([[1.0, -1.0]], [0.0])], (2,))
+    A, b = OutputSpec([(np.array([[1.0]]), np.array([0.0]))], 1).padded()
+    with pytest.raises(Exception, match=re.escape(message)):
+        pgd_attack(net, lower, upper, A, b, **kwargs)
+
+
+def test_boxes_beyond_float32_are_searched_in_float64():
+    """``y = x`` on ``[-1e39, 1e39]`` (beyond float32): ``y >= 0.5`` is found, not lost to NaN."""
+    net = Network([Dense([[1.0]], [0.0])], (1,))
+    A, b = OutputSpec([(np.array([[-1.0]]), np.array([-0.5]))], 1).padded()
+    cand = pgd_attack(net, [[-1e39]], [[1e39]], A, b, config=AttackConfig(restarts=4, steps=5))
+    assert cand.x.dtype == torch.float64 and bool(cand.success[0]) and float(cand.x[0, 0]) >= 0.5

@@ -3,9 +3,12 @@
 For a batch ``x_b`` with labels ``y_b`` the attack minimises the margin over the set
 ``S_b = {x : ||x - x_b||_p <= eps} ∩ [clip_lo, clip_hi]``:
 
-- untargeted: ``m(x) = z_y(x) - max_{j != y} z_j(x)``; ``m < 0`` means ``x`` is misclassified;
-- targeted at ``t``: ``m(x) = max_{j != t} z_j(x) - z_t(x)``; ``m < 0`` means ``x`` is classified
-  as ``t``,
+- untargeted: ``m(x) = z_y(x) - max_{j != y} z_j(x)``; ``m < 0`` means another class's logit is
+  strictly above the label's;
+- targeted at ``t``: ``m(x) = max_{j != t} z_j(x) - z_t(x)``; ``m < 0`` means the target's logit
+  is strictly the highest,
+
+a success is strict: a tie (``m = 0``), where ``argmax`` would break the tie by index, is not one
 
 where ``z`` are the model's logits. It runs ``restarts`` random starts per sample, ``steps`` steps
 each, with the loop of :mod:`gpuopt.attacks.pgd` (APGD step-size control by default), and returns
@@ -120,6 +123,10 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     success (``False``: all steps run, for the strongest point, e.g. in adversarial training).
     Returns an :class:`AttackResult` (``x_adv, success = attack(...)``).
     """
+    if torch.is_inference_mode_enabled():
+        raise InvalidInputError("`attack` needs gradients: call it outside torch.inference_mode()")
+    if not isinstance(stop_on_success, bool):
+        raise InvalidInputError(f"`stop_on_success` must be True or False, got {stop_on_success!r}")
     if not callable(model):
         raise InvalidInputError(f"`model` must be a torch module or a callable, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -140,6 +147,8 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
         targeted = _labels_iv(targeted, "targeted", B, dev)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise InvalidInputError(f"`eps` must be a finite number >= 0, got {eps!r}")
+    if eps > torch.finfo(x.dtype).max:
+        raise InvalidInputError(f"`eps` {eps!r} is beyond the range of `x`'s dtype {x.dtype}")
     if norm not in NORMS:
         raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)}, got {norm!r}")
     if schedule not in SCHEDULES:
@@ -160,10 +169,23 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     if norm == "linf":
         geometry = BoxGeometry(torch.maximum(_within(x0, -eps), lo), torch.minimum(_within(x0, eps), hi))
     else:
-        radius = torch.full((B,), float(eps), dtype=x.dtype, device=dev)
+        # a radius beyond the clip box's diameter in the norm describes the same set
+        diameter = torch.linalg.vector_norm((hi.double() - lo.double()), ord=2.0 if norm == "l2" else 1.0, dim=1)
+        radius = torch.clamp(diameter, max=float(eps)).to(x.dtype)
+        if not bool(torch.isfinite(radius).all()) or float(radius.max()) > torch.finfo(x.dtype).max ** 0.5:
+            raise InvalidInputError(f"`eps` {eps!r} is too large for the {norm} norm in {x.dtype} without a finite "
+                                    "`clip` (the norms would overflow)")
         geometry = (L2Geometry if norm == "l2" else L1Geometry)(x0, radius, lo, hi)
 
     buffers = [(b, b.detach().clone()) for b in model.buffers()] if isinstance(model, torch.nn.Module) else []
+    # a stochastic model (dropout in train mode) draws from a forked global generator seeded with
+    # `seed`: the same seed gives the same result, and the caller's random state is restored
+    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+    fork.__enter__()
+    torch.default_generator.manual_seed(seed)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            torch.cuda.manual_seed(seed)
     try:
         with torch.no_grad():
             z_clean, n_classes = _logits(model, x, B)
@@ -181,7 +203,10 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
 
         def margins(xs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
             b, r, n = xs.shape
-            z = model(xs.reshape(b * r, *shape)).reshape(b, r, -1)
+            z = model(xs.reshape(b * r, *shape)).reshape(b, r, -1).to(x.dtype)
+            if xs.requires_grad and not z.requires_grad:
+                raise InvalidInputError("`model`'s logits do not depend on `x` through autograd (detached, or not "
+                                        "differentiable): no gradient to follow")
             if b < B:
                 own = z.gather(-1, column[items].expand(b, r, 1))[..., 0]
                 return sign * (own - (z + away[items]).amax(dim=-1))
@@ -203,6 +228,7 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
             z, _ = _logits(model, x_adv.reshape(B, *shape), B)
             margin = _margin(z[:, None], goal[:, None], sign)[:, 0]
     finally:
+        fork.__exit__(None, None, None)
         with torch.no_grad():
             for buf, saved in buffers:
                 buf.copy_(saved)
@@ -224,7 +250,9 @@ def _logits(model, x: torch.Tensor, rows: int):
     if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != rows or z.shape[1] < 2:
         got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise InvalidInputError(f"`model` must return logits of shape (batch, classes) with at least 2 classes, got {got}")
-    return z, z.shape[1]
+    if not z.dtype.is_floating_point:
+        raise InvalidInputError(f"`model` must return floating-point logits, got {z.dtype}")
+    return z.to(x.dtype), z.shape[1]
 
 
 def _labels_range(v: torch.Tensor, name: str, n_classes: int) -> None:

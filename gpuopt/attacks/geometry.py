@@ -142,6 +142,19 @@ class _BallGeometry(Geometry):
         d = torch.linalg.vector_norm(x - self.c[:, None], ord=self.p, dim=-1)
         return (d <= self.eps[:, None]) & self.in_box(x)
 
+    def _settle(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (already clamped) with every point whose distance, as computed, exceeds ``eps``
+        pulled halfway to the centre, up to four times, then onto the centre: ``c + d`` rounds at
+        the scale of ``|c|``, which for a small ``eps`` can undo the radius' margin."""
+        c = self.c[:, None]
+        for _ in range(4):
+            out = torch.linalg.vector_norm(x - c, ord=self.p, dim=-1, keepdim=True) > self.eps[:, None, None]
+            if not bool(out.any()):
+                return x
+            x = torch.where(out, c + (x - c) / 2, x)
+        out = torch.linalg.vector_norm(x - c, ord=self.p, dim=-1, keepdim=True) > self.eps[:, None, None]
+        return torch.where(out, c.expand_as(x), x)
+
 
 class L2Geometry(_BallGeometry):
     norm = "l2"
@@ -165,7 +178,7 @@ class L2Geometry(_BallGeometry):
         norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
         target = _shrunk(self.eps)[:, None, None]
         scale = torch.where(norm > target, target / norm.clamp_min(torch.finfo(d.dtype).tiny), torch.ones_like(norm))
-        return self.clamp(self.c[:, None] + d * scale)
+        return self._settle(self.clamp(self.c[:, None] + d * scale))
 
 
 class L1Geometry(_BallGeometry):
@@ -200,7 +213,7 @@ class L1Geometry(_BallGeometry):
 
     def project(self, x):
         d = x - self.c[:, None]
-        return self.clamp(self.c[:, None] + _project_l1(d, _shrunk(self.eps)))
+        return self._settle(self.clamp(self.c[:, None] + _project_l1(d, _shrunk(self.eps))))
 
 
 def _project_l1(d: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ run on a smaller tensor; its other restarts stop where they are.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -70,7 +71,7 @@ class AttackConfig:
     def __post_init__(self):
         for name in ("restarts", "steps", "seed", "keep", "screen"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise InvalidInputError(f"`{name}` must be an integer, got {v!r}")
         if self.restarts < 1:
             raise InvalidInputError(f"`restarts` must be >= 1, got {self.restarts}")
@@ -82,14 +83,14 @@ class AttackConfig:
             raise InvalidInputError(f"`screen` must be >= 1, got {self.screen}")
         if self.schedule not in SCHEDULES:
             raise InvalidInputError(f"`schedule` must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
+        if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, numbers.Real)
                                            or not 0 < self.step_size <= 4):
             raise InvalidInputError(f"`step_size` must be None or a number in (0, 4], got {self.step_size!r}")
-        if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 < self.momentum <= 1:
+        if isinstance(self.momentum, bool) or not isinstance(self.momentum, numbers.Real) or not 0 < self.momentum <= 1:
             raise InvalidInputError(f"`momentum` must be a number in (0, 1], got {self.momentum!r}")
         for name in ("corners", "odi"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
         for name in ("rounds", "patience"):
             v = getattr(self, name)

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -63,7 +64,8 @@ class CandidatePool:
 @dataclass(frozen=True, eq=False)
 class Candidates:
     """Per item ``(batch,)``: ``x`` ``(batch, n)`` the best point, ``margin`` its margin in the
-    attack's dtype, ``success`` = ``margin <= 0`` (or the item's confirmed point), ``patterns`` one
+    attack's dtype, ``success``: ``margin <= 0``, or with a ``confirm`` check the items whose
+    candidate it confirmed (``x`` is then that candidate), ``patterns`` one
     bool ``(batch, n_k)`` per ReLU layer at ``x``, ``pools`` one :class:`CandidatePool` per item;
     ``steps`` the most steps any restart ran, ``rounds`` the rounds run, ``restarts`` the restarts
     launched in all, ``evaluations`` the restart-steps spent."""
@@ -160,12 +162,14 @@ def _diversify(network: Network, geometry: Geometry, x: torch.Tensor, generators
 
 def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tensor, *,
             config: AttackConfig = AttackConfig(), deadline: float | None = None,
-            confirm: Callable[[int, torch.Tensor], bool] | None = None,
+            confirm: Callable[[int, torch.Tensor], bool] | None = None, stop_at_first: bool = False,
             chunk_bytes: int | None = None) -> Candidates:
     """Search the sets of ``geometry`` (batch ``B``, on the device and dtype of its tensors) for
     points whose outputs lie in the unsafe regions ``A``, ``b`` (``(B, K, M, n_out)``,
     ``(B, K, M)``). ``confirm(item, x)`` re-checks a candidate (``x`` ``(n,)``) and returns
-    whether it stands. ``chunk_bytes`` overrides the memory budget of one chunk."""
+    whether it stands; with it, ``success`` marks the confirmed items only. ``stop_at_first``
+    ends the search at the first success (the items form one disjunction). ``chunk_bytes``
+    overrides the memory budget of one chunk."""
     dev, dtype = geometry.lower.device, geometry.lower.dtype
     B, n = geometry.lower.shape
     A, b = A.to(dev, dtype), b.to(dev, dtype)
@@ -184,12 +188,12 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
     since_better, record = 0, math.inf
     while max_rounds is None or rounds < max_rounds:
         open_items = torch.nonzero(~success).flatten()
-        if open_items.numel() == 0 or (deadline is not None and time.monotonic() > deadline):
+        if open_items.numel() == 0 or (stop_at_first and bool(success.any())) or (deadline is not None and time.monotonic() > deadline):
             break
         round_seed = config.seed + 7919 * rounds
         size = max(1, budget // max(per_item, 1))
         start = 0
-        while start < open_items.numel():
+        while start < open_items.numel() and not (stop_at_first and bool(success.any())):
             chunk = open_items[start:start + size]
             gens = generators(round_seed, chunk.tolist())
             sub = geometry.select(chunk)
@@ -238,8 +242,9 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
         rows = torch.einsum("bkmo,bo->bkm", A, y) - b
         margin = rows.amax(dim=-1).amin(dim=-1)
     pools = tuple(_pool(network, pool_x[i], pool_m[i], config.keep, dev, dtype, n) for i in range(B))
-    return Candidates(best_x, margin, success | (margin <= 0), tuple(patterns), pools, steps, rounds, launched,
-                      evaluations)
+    if confirm is None:
+        success = success | (margin <= 0)
+    return Candidates(best_x, margin, success, tuple(patterns), pools, steps, rounds, launched, evaluations)
 
 
 def _collect(chunk, xs, ms, pool_x, pool_m, keep: int) -> None:
@@ -271,14 +276,36 @@ def _pool(network, xs, ms, keep, dev, dtype, n) -> CandidatePool:
 
 
 def pgd_attack(network: Network, lower, upper, A, b, *, config: AttackConfig = AttackConfig(), device=None,
-               dtype=torch.float32, deadline: float | None = None, confirm=None) -> Candidates:
-    """:func:`falsify` over boxes ``lower``/``upper`` ``(batch, n)``; ``A``/``b`` the padded spec,
-    ``(K, M, n_out)`` and ``(K, M)`` shared by all items, or with a leading batch axis."""
-    dev = torch.device(device) if device is not None else torch.as_tensor(lower).device
-    lo = torch.as_tensor(lower).to(device=dev, dtype=dtype).reshape(-1, network.input_size)
-    hi = torch.as_tensor(upper).to(device=dev, dtype=dtype).reshape(-1, network.input_size)
+               dtype=torch.float32, deadline: float | None = None, confirm=None,
+               stop_at_first: bool = False) -> Candidates:
+    """:func:`falsify` over boxes ``lower``/``upper`` ``(batch, n)`` (or ``(n,)`` for one box);
+    ``A``/``b`` the padded spec, ``(K, M, n_out)`` and ``(K, M)`` shared by all items, or with a
+    leading batch axis. Boxes beyond float32's range are searched in float64."""
+    if not isinstance(config, AttackConfig):
+        raise InvalidInputError(f"`config` must be an AttackConfig, got {type(config).__name__}")
+    def as64(v):  # Python and numpy values are read as float64 (a list would become float32)
+        return v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, np.float64))
+
+    dev = torch.device(device) if device is not None else (lower.device if isinstance(lower, torch.Tensor) else torch.device("cpu"))
+    lo = as64(lower).to(dev)
+    hi = as64(upper).to(dev)
+    n = network.input_size
+    for name, t in (("lower", lo), ("upper", hi)):
+        if t.dim() == 1:
+            t = t[None]
+        if t.dim() != 2 or t.shape[1] != n or t.shape[0] == 0:
+            raise InvalidInputError(f"`{name}` must have shape (batch, {n}) or ({n},) with batch >= 1, "
+                                    f"got {tuple(torch.as_tensor(lower if name == 'lower' else upper).shape)}")
+    lo, hi = lo.reshape(-1, n), hi.reshape(-1, n)
     if lo.shape != hi.shape:
         raise InvalidInputError(f"`lower` and `upper` must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise InvalidInputError("`lower` and `upper` must be finite")
+    if bool((lo > hi).any()):
+        raise InvalidInputError("`lower` must be <= `upper` everywhere: the box is empty")
+    if dtype == torch.float32 and float(torch.maximum(lo.abs(), hi.abs()).max()) > 1e30:
+        dtype = torch.float64  # float32 would overflow inside the network
+    lo, hi = lo.to(dtype), hi.to(dtype)
     A = torch.as_tensor(A).to(device=dev, dtype=dtype)
     b = torch.as_tensor(b).to(device=dev, dtype=dtype)
     if A.dim() == 3:
@@ -286,4 +313,5 @@ def pgd_attack(network: Network, lower, upper, A, b, *, config: AttackConfig = A
     if A.dim() != 4 or A.shape[0] != lo.shape[0] or A.shape[-1] != network.output_size or b.shape != A.shape[:3]:
         raise InvalidInputError(f"spec `A` of shape {tuple(A.shape)} and `b` of shape {tuple(b.shape)} do not match "
                                 f"batch {lo.shape[0]} and {network.output_size} outputs")
-    return falsify(network, BoxGeometry(lo, hi), A, b, config=config, deadline=deadline, confirm=confirm)
+    return falsify(network, BoxGeometry(lo, hi), A, b, config=config, deadline=deadline, confirm=confirm,
+                   stop_at_first=stop_at_first)

@@ -64,13 +64,19 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | No
     return alpha, s, intercept
 
 
-def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax):
+def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
+              record: list | None = None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
     ``|h_j|`` (``relu(u_j)``; ``hmax[-1]`` is ``|x|``'s bound), so that ``|coef| @ |M_j| @ hmax``
     bounds the magnitude of the products whose rounding the pad must cover, even where the
     back-substituted coefficients cancel.
+
+    ``split_terms[j]`` (optional, ``(B, m, n_j)``) is added to the coefficient on ``z_j``: the
+    beta-CROWN term ``-beta s`` of split constraints ``s z_j >= 0`` (see
+    :mod:`gpuopt.relu_split`); it is zero off the split neurons. ``record``, when given, receives
+    the coefficient on each ``h_j`` (before the ReLU relaxation), last layer first.
     """
     c = ops[k].bias
     const = lam @ c
@@ -78,10 +84,14 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt = relax[j]
+        if record is not None:
+            record.append(A)
         neg = A.clamp(max=0)
         extra = (neg @ icpt[:, :, None]).squeeze(-1)
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
         coef = A * torch.where(A >= 0, lower_slope, s[:, None, :])
+        if split_terms is not None and split_terms[j] is not None:
+            coef = coef + split_terms[j]
         cj = ops[j].bias
         const = const + extra + coef @ cj
         cabs = coef.abs()
