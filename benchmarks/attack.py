@@ -5,11 +5,12 @@ reference labels ``sat``: mnist_fc (all three networks, 18 instances) and acasxu
 ``--budget`` seconds (default 10). Tools (``--variants``):
 
 - ``gpuopt``: :func:`gpuopt.verify.attack_problems` with the default :class:`AttackConfig` (APGD,
-  an eighth of the starts at box corners, half of the others output-diversified, rounds of 64
-  restarts until the budget);
-- ablations: ``gpuopt-no-odi`` (``odi=0``), ``gpuopt-no-corners`` (``corners=0``) and
-  ``gpuopt-pgd-cosine`` (``schedule="cosine", step_size=0.5, corners=0, odi=0``: plain PGD
-  restarts), which show what each addition earns;
+  an eighth of the starts at box corners, the uniform ones each the best of 16 draws, half of
+  them output-diversified, rounds of 64 restarts until the budget);
+- ablations: ``gpuopt-no-odi`` (``odi=0``), ``gpuopt-no-corners`` (``corners=0``),
+  ``gpuopt-no-screen`` (``screen=1``: uniform starts not screened) and ``gpuopt-pgd-cosine``
+  (``schedule="cosine", step_size=0.5, corners=0, odi=0, screen=1``: plain PGD restarts), which
+  show what each addition earns;
 - ``torchattacks-pgd`` / ``torchattacks-apgd`` (mnist_fc only: they need a classifier and one
   true label): ``torchattacks.PGD(eps, alpha=eps/4, steps=100, random_start=True)`` and
   ``torchattacks.APGD(norm='Linf', eps, steps=100, n_restarts=1, loss='ce')`` on one image, in a
@@ -83,8 +84,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vnncomp import BENCH, REPO, SUITES, instance_name, instances, reference_labels, reference_side  # noqa: E402
 
 SECTIONS = ("falsify", "throughput", "api")
-VARIANTS = ("gpuopt", "gpuopt-no-odi", "gpuopt-no-corners", "gpuopt-pgd-cosine", "torchattacks-pgd",
-            "torchattacks-apgd")
+VARIANTS = ("gpuopt", "gpuopt-no-odi", "gpuopt-no-corners", "gpuopt-no-screen", "gpuopt-pgd-cosine",
+            "torchattacks-pgd", "torchattacks-apgd")
 #: --suites name -> the vnncomp.py suite holding every shared instance of that benchmark
 FALSIFY_SUITES = {"mnist_fc": "mnist_fc_all", "acasxu": "acasxu_all"}
 #: throughput networks: name -> (vnncomp.py suite, onnx file name)
@@ -310,7 +311,8 @@ def run_falsify(args, report: Report) -> None:
     configs = {"gpuopt": AttackConfig(),
                "gpuopt-no-odi": AttackConfig(odi=0.0),
                "gpuopt-no-corners": AttackConfig(corners=0.0),
-               "gpuopt-pgd-cosine": AttackConfig(schedule="cosine", step_size=0.5, corners=0.0, odi=0.0)}
+               "gpuopt-no-screen": AttackConfig(screen=1),
+               "gpuopt-pgd-cosine": AttackConfig(schedule="cosine", step_size=0.5, corners=0.0, odi=0.0, screen=1)}
     labels = reference_labels()
     for suite in args.suites:
         vsuite = FALSIFY_SUITES[suite]

@@ -11,6 +11,7 @@ times) and writes a JSON summary.
 
     python benchmarks/vnncomp.py [--suites ...] [--timeout-scale 1.0] [--max-timeout S]
                                             [--results FILE] [--resume] [--bulk [--workers N]]
+                                            [--verify-args "--bab off"]
 
 ``--bulk`` runs the suite through one ``gpuopt run`` (the hybrid engine: bounds and attacks in
 the main process, input splitting and MILPs in N workers) instead of one process per instance;
@@ -121,8 +122,8 @@ def published_scores() -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout)]
+def run_one(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None) -> dict:
+    cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout), *(extra or [])]
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60,
@@ -197,6 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="run at most this many instances per suite (a capped run)")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
+    ap.add_argument("--verify-args", default="", help="extra options for each `gpuopt verify`, e.g. '--bab off'")
     ap.add_argument("--bulk", action="store_true", help="one `gpuopt run` over the suite instead of a process each")
     ap.add_argument("--workers", type=int, default=None, help="--bulk: gpuopt run --workers")
     args = ap.parse_args(argv)
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
     bulk = run_bulk(todo, limits, args.workers) if args.bulk and todo else None
     for n, ((suite, onnx, vnnlib, timeout), t) in enumerate(zip(todo, limits), 1):
         name = instance_name(onnx, vnnlib)
-        res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t)
+        res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t, args.verify_args.split())
         ref = labels.get((SUITES[suite][2], name), "?")
         ref_side = reference_side(ref)
         wrong = res["status"] in ("sat", "unsat") and ref_side in ("sat", "unsat") and res["status"] != ref_side

@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="attack device: cpu, cuda or cuda:N (default: cuda if available)")
     v.add_argument("--restarts", type=_restarts, default=None, help=f"PGD restarts per input box (1 to {_MAX_RESTARTS})")
     v.add_argument("--steps", type=_steps, default=None, help=f"PGD steps per restart (1 to {_MAX_STEPS})")
+    v.add_argument("--bab", choices=["auto", "input", "relu", "off"], default="auto",
+                   help="branch and bound: auto (default: input splitting up to 16 inputs, activation splitting "
+                        "above), input, relu (either always), or off (bounds, attack and MILP only)")
     v.add_argument("--threads", type=_threads, default=1,
                    help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default 1: the small batched ops here are latency-bound, "
                         "and extra threads only contend with the MILP)")
@@ -162,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--restarts", type=_restarts, default=None, help=f"restarts per round (1 to {_MAX_RESTARTS})")
     a.add_argument("--steps", type=_steps, default=None, help=f"steps per restart (1 to {_MAX_STEPS})")
     a.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
+
+    bd = sub.add_parser("bounds", help="sound bounds of every constraint of a VNNLIB's unsafe region")
+    bd.add_argument("onnx", help="network file (.onnx)")
+    bd.add_argument("vnnlib", help="property file (.vnnlib or .vnnlib.gz)")
+    bd.add_argument("--method", choices=["ibp", "crown", "alpha-crown"], default="crown", help="bound method")
+    bd.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     r = sub.add_parser("run", help="bulk run: a VNN-COMP instances CSV, or a dataset at several eps, into a "
                                    "resumable JSONL results file")
@@ -266,6 +275,7 @@ def _cmd_verify(args, start_time: float) -> int:
     from dataclasses import replace
 
     from .io.vnnlib import write_counterexample
+    from .bab import SplitConfig
     from .milp.highs import SolverConfig
     from .verify import VerifyConfig, verify_instance
 
@@ -278,7 +288,9 @@ def _cmd_verify(args, start_time: float) -> int:
     if args.steps is not None:
         attack = replace(attack, steps=args.steps)
     # HiGHS's random_seed option only takes [0, 2**31 - 1] (and keeps its old value otherwise)
-    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device)
+    bab = {"auto": {}, "input": dict(use_relu_split=False, split=SplitConfig(max_input_dim=2**62)),
+           "relu": dict(use_input_split=False), "off": dict(use_input_split=False, use_relu_split=False)}[args.bab]
+    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:
@@ -311,6 +323,22 @@ def _cmd_attack(args, start_time: float) -> int:
             raise InvalidInputError(f"--out {args.out!r}: cannot write the result file: {exc.strerror or exc}") from None
     print(f"# {verdict.seconds:.2f}s; {verdict.message}")
     print(verdict.status.value)
+    return 0
+
+
+def _cmd_bounds(args) -> int:
+    import json
+
+    from .verify import bound_instance
+
+    res = bound_instance(args.onnx, args.vnnlib, method=args.method)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"# {res['method']} bounds in {res['seconds']:.2f}s; rows lhs - rhs of each disjunct's lhs <= rhs")
+    for k, rows in enumerate(res["disjuncts"]):
+        for i, r in enumerate(rows):
+            print(f"disjunct {k} row {i}: [{r['lower']:.6g}, {r['upper']:.6g}]")
     return 0
 
 
@@ -360,6 +388,8 @@ def _run(argv, start_time: float) -> int:
             return _cmd_verify(args, start_time)
         if args.command == "attack":
             return _cmd_attack(args, start_time)
+        if args.command == "bounds":
+            return _cmd_bounds(args)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "report":

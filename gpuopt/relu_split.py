@@ -51,13 +51,17 @@ __all__ = ["ReluSplitConfig", "ReluSplitResult", "relu_split"]
 @dataclass(frozen=True)
 class ReluSplitConfig:
     """``batch_size`` domains split per step (twice as many children bounded at once);
-    ``steps`` alpha/beta optimisation steps per batch of children (``root_steps`` at the root),
+    ``steps`` alpha/beta optimisation steps per batch of children (``root_steps`` at the root,
+    ``leaf_steps`` on a domain with no unstable neuron left, where the relaxation is exact and
+    only the split constraints' multipliers remain to converge: the bound then tends to the LP
+    optimum over the domain),
     ``lr_alpha``/``lr_beta`` their Adam step sizes; ``max_domains`` the open-domain limit (a
     memory guard: the search answers ``unknown`` beyond it)."""
 
     batch_size: int = 128
     steps: int = 10
     root_steps: int = 40
+    leaf_steps: int = 200
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     max_domains: int = 50_000
@@ -67,7 +71,7 @@ class ReluSplitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"`{name}` must be an integer >= 1, got {v!r}")
-        for name in ("steps", "root_steps"):
+        for name in ("steps", "root_steps", "leaf_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
@@ -79,16 +83,19 @@ class ReluSplitConfig:
 
 @dataclass(frozen=True, eq=False)
 class ReluSplitResult:
-    """``status`` in ``{"unsat", "sat", "timeout", "unknown"}``; ``x``/``y``/``margin``: the
-    float64-checked counterexample when ``sat``; ``domains`` the number of domains bounded;
-    ``open_domains`` those left open; ``worst_bound`` the lowest open bound (``+inf`` when none is
-    open) and ``proven_bound`` the lowest bound over the closed domains."""
+    """``status`` in ``{"unsat", "sat", "timeout", "unknown"}``: ``unsat`` when every disjunct is
+    closed; ``closed`` per disjunct whether all its domains were proven (valid whatever the
+    status); ``x``/``y``/``margin``: the float64-checked counterexample when ``sat``; ``domains``
+    the number of domains bounded; ``open_domains`` those left open; ``worst_bound`` the lowest
+    open bound (``+inf`` when none is open); ``proven_bound`` per disjunct the lowest bound over
+    its closed domains."""
 
     status: str
+    closed: tuple
     domains: int
     open_domains: int
     worst_bound: float
-    proven_bound: float
+    proven_bound: tuple
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     margin: float | None = None
@@ -96,31 +103,29 @@ class ReluSplitResult:
 
 class _Domains:
     """Open domains as stacked tensors: per ReLU layer ``lower``/``upper`` ``(D, n_j)``, ``sign``
-    ``(D, n_j)`` int8, ``alpha``/``beta`` ``(D, m, n_j)``; ``bound`` ``(D,)``; ``row`` the row whose
-    bound is best, per domain; ``score`` the branching scores of the last bounding."""
+    ``(D, n_j)`` int8, ``alpha``/``beta`` ``(D, m, n_j)``; ``bound`` ``(D,)``; ``tag`` ``(D,)`` the
+    disjunct; ``scores`` the branching scores of the last bounding."""
 
-    def __init__(self, lower, upper, sign, alpha, beta, bound, scores):
+    FIELDS = ("lower", "upper", "sign", "alpha", "beta", "scores")
+
+    def __init__(self, lower, upper, sign, alpha, beta, scores, bound, tag):
         self.lower, self.upper, self.sign, self.alpha, self.beta = lower, upper, sign, alpha, beta
-        self.bound, self.scores = bound, scores
+        self.scores, self.bound, self.tag = scores, bound, tag
 
     def __len__(self):
         return self.bound.shape[0]
 
     def take(self, idx):
-        return _Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper], [t[idx] for t in self.sign],
-                        [t[idx] for t in self.alpha], [t[idx] for t in self.beta], self.bound[idx],
-                        [t[idx] for t in self.scores])
+        return _Domains(*[[t[idx] for t in getattr(self, f)] for f in self.FIELDS], self.bound[idx], self.tag[idx])
 
     @staticmethod
     def cat(parts):
-        parts = [p for p in parts if len(p)]
+        parts = [p for p in parts if p is not None and len(p)]
         if not parts:
             return None
         L = len(parts[0].lower)
-        return _Domains(*[[torch.cat([getattr(p, f)[j] for p in parts]) for j in range(L)]
-                          for f in ("lower", "upper", "sign", "alpha", "beta")],
-                        torch.cat([p.bound for p in parts]),
-                        [torch.cat([p.scores[j] for p in parts]) for j in range(L)])
+        return _Domains(*[[torch.cat([getattr(p, f)[j] for p in parts]) for j in range(L)] for f in _Domains.FIELDS],
+                        torch.cat([p.bound for p in parts]), torch.cat([p.tag for p in parts]))
 
 
 def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_terms, steps, config, deadline):
@@ -196,59 +201,83 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     return bound, best_alpha, best_beta, scores, coef[idx, r_best]
 
 
-def relu_split(network: Network, lower, upper, C, d, bounds: Bounds, *, strict=None, problem=None,
+def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
                deadline: float | None = None, config: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitResult:
-    """Prove ``max_i (C f(x) - d)_i > 0`` on the box ``[lower, upper]`` (``(n_in,)``) by activation
-    splitting, or find ``x`` with ``C f(x) <= d`` (checked in float64 against ``problem``, a
-    :class:`~gpuopt.problem.Problem` whose unsafe region contains this disjunct). ``C`` is
-    ``(m, n_out)``, ``d`` ``(m,)``, ``strict`` marks strict rows; ``bounds`` are sound
-    pre-activation bounds on the box (batch 1). Works in the dtype/device of ``lower``."""
+    """Prove every disjunct unreachable on the box ``[lower, upper]`` (``(n_in,)``) by activation
+    splitting, or find a counterexample (checked in float64 against ``problem``, whose unsafe
+    region contains the disjuncts). ``disjuncts``: ``(C_k (m_k, n_out), d_k (m_k,), strict_k
+    (m_k,) bool or None)``; disjunct ``k`` is closed once ``max_i (C_k f(x) - d_k)_i > 0`` is proven
+    on all its domains. The domains of all disjuncts share one queue and are bounded together.
+    ``bounds``: sound pre-activation bounds on the box (batch 1). Works in the dtype/device of
+    ``lower``."""
     lo = torch.as_tensor(lower).reshape(1, -1)
     hi = torch.as_tensor(upper).reshape(1, -1).to(lo)
     dtype, dev = lo.dtype, lo.device
-    C = torch.as_tensor(np.array(C, dtype=np.float64)).to(dev, dtype).reshape(1, -1, network.output_size)
-    d = torch.as_tensor(np.array(d, dtype=np.float64)).to(dev, dtype).reshape(1, -1)
-    strict = None if strict is None else torch.as_tensor(strict, dtype=torch.bool, device=dev).reshape(1, -1)
-    m = C.shape[1]
+    K = len(disjuncts)
+    M = max(np.asarray(C).reshape(-1, network.output_size).shape[0] for C, _, _ in disjuncts)
+    C_all = torch.zeros((K, M, network.output_size), dtype=dtype, device=dev)
+    d_all = torch.full((K, M), math.inf, dtype=dtype, device=dev)  # padding rows: -inf, never the max
+    s_all = torch.zeros((K, M), dtype=torch.bool, device=dev)
+    for k, (C, d, strict) in enumerate(disjuncts):
+        C = torch.as_tensor(np.array(C, dtype=np.float64)).reshape(-1, network.output_size)
+        m = C.shape[0]
+        C_all[k, :m] = C.to(dev, dtype)
+        d_all[k, :m] = torch.as_tensor(np.array(d, dtype=np.float64)).to(dev, dtype).reshape(-1)
+        if strict is not None:
+            s_all[k, :m] = torch.as_tensor(np.asarray(strict, dtype=bool)).to(dev)
     ops = network.linear_ops(dev, dtype)
     n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
     x_mid, x_rad = center_radius(lo, hi)
-    pre_l = [l.to(dev, dtype).reshape(1, -1) for l, _ in bounds.pre_activation]
-    pre_u = [u.to(dev, dtype).reshape(1, -1) for _, u in bounds.pre_activation]
+    tag0 = torch.arange(K, device=dev)
+    pre_l = [l.to(dev, dtype).reshape(1, -1).expand(K, -1) for l, _ in bounds.pre_activation]
+    pre_u = [u.to(dev, dtype).reshape(1, -1).expand(K, -1) for _, u in bounds.pre_activation]
     sign = [torch.zeros_like(l, dtype=torch.int8) for l in pre_l]
-    alpha0 = [_relaxation(l, u, op.passthrough)[0][:, None, :].expand(1, m, l.shape[1]).clone()
+    alpha0 = [_relaxation(l, u, op.passthrough)[0][:, None, :].expand(K, M, l.shape[1]).clone()
               for l, u, op in zip(pre_l, pre_u, ops)]
-    beta0 = [torch.zeros((1, m, l.shape[1]), dtype=dtype, device=dev) for l in pre_l]
+    beta0 = [torch.zeros((K, M, l.shape[1]), dtype=dtype, device=dev) for l in pre_l]
+    proven = [math.inf] * K
 
-    def expand(t, D):
-        return t.expand(D, *t.shape[1:])
-
-    def bound_batch(pl, pu, sg, al, be, steps):
-        D = pl[0].shape[0] if pl else 1
-        return _bound(ops, pl, pu, sg, al, be, expand(C, D), expand(d, D), None if strict is None else expand(strict, D),
-                      expand(x_mid, D), expand(x_rad, D), n_terms, steps, config, deadline)
+    def bound_batch(pl, pu, sg, al, be, tag, steps):
+        D = tag.shape[0]
+        return _bound(ops, pl, pu, sg, al, be, C_all[tag], d_all[tag], s_all[tag], x_mid.expand(D, -1),
+                      x_rad.expand(D, -1), n_terms, steps, config, deadline)
 
     def try_points(coef_x, bnd):
         """The input points minimising each domain's linear bound, checked in float64."""
-        if problem is None:
+        if problem is None or not coef_x.shape[0]:
             return None
         x = torch.where(coef_x >= 0, lo, hi).to("cpu", torch.float64).numpy()
-        order = np.argsort(bnd.to("cpu").numpy())[:16]
-        for i in order:
+        for i in np.argsort(bnd.to("cpu").numpy())[:16]:
             c = check_counterexample(problem, x[i])
             if c.ok:
                 return c
         return None
 
-    bound, alpha, beta, scores, coef_x = bound_batch(pre_l, pre_u, sign, alpha0, beta0, config.root_steps)
-    explored = 1
-    proven = math.inf
-    if float(bound[0]) > 0:
-        return ReluSplitResult("unsat", 1, 0, math.inf, float(bound[0]))
-    found = try_points(coef_x, bound)
+    def note_closed(bnd, tag, closed):
+        for k, v in zip(tag[closed].tolist(), bnd[closed].tolist()):
+            proven[k] = min(proven[k], v)
+
+    def result(status, domains, explored, found=None):
+        open_tags = set() if domains is None else set(domains.tag.tolist())
+        closed = tuple(k not in open_tags for k in range(K))
+        if status != "sat" and all(closed):
+            status = "unsat"
+        worst = math.inf if domains is None or not len(domains) else float(domains.bound.min())
+        n_open = 0 if domains is None else len(domains)
+        if found is not None:
+            return ReluSplitResult("sat", closed, explored, n_open, worst, tuple(proven), found.x, found.y, found.margin)
+        return ReluSplitResult(status, closed, explored, n_open, worst, tuple(proven))
+
+    bound, alpha, beta, scores, coef_x = bound_batch(pre_l, pre_u, sign, alpha0, beta0, tag0, config.root_steps)
+    explored = K
+    closed = bound > 0
+    note_closed(bound, tag0, closed)
+    roots = _Domains(pre_l, pre_u, sign, alpha, beta, scores, bound, tag0)
+    found = try_points(coef_x[~closed], bound[~closed])
+    domains = roots.take(torch.nonzero(~closed).flatten())
     if found is not None:
-        return ReluSplitResult("sat", 1, 1, float(bound[0]), math.inf, found.x, found.y, found.margin)
-    domains = _Domains(pre_l, pre_u, sign, alpha, beta, bound, scores)
+        return result("sat", domains, explored, found)
+    stuck = None  # domains with no neuron left to split: open for good (the MILP may decide them)
     status = "unsat"
     while domains is not None and len(domains):
         if deadline is not None and time.monotonic() > deadline:
@@ -258,64 +287,70 @@ def relu_split(network: Network, lower, upper, C, d, bounds: Bounds, *, strict=N
             status = "unknown"
             break
         order = domains.bound.argsort()
-        pick = order[: config.batch_size]
         rest = domains.take(order[config.batch_size:])
-        parents = domains.take(pick)
-        children = _split(parents)
-        if children is None:  # no unstable neuron left to split: the relaxation is exact there
-            status = "unknown"
-            domains = _Domains.cat([parents, rest])
-            break
-        live, empty = children
-        explored += int(empty.sum()) if empty is not None else 0
-        if len(live):
-            bnd, al, be, sc, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta, config.steps)
+        live, empty, unsplittable = _split(domains.take(order[: config.batch_size]))
+        if unsplittable is not None:  # exact relaxation: converge the split multipliers
+            bnd, al, be, sc, cx = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
+                                              unsplittable.alpha, unsplittable.beta, unsplittable.tag, config.leaf_steps)
+            closed = bnd > 0
+            note_closed(bnd, unsplittable.tag, closed)
+            found = try_points(cx[~closed], bnd[~closed])
+            unsplittable = _Domains(unsplittable.lower, unsplittable.upper, unsplittable.sign, al, be, sc, bnd,
+                                    unsplittable.tag).take(torch.nonzero(~closed).flatten())
+            if found is not None:
+                return result("sat", _Domains.cat([rest, live, stuck, unsplittable]), explored, found)
+        stuck = _Domains.cat([stuck, unsplittable])
+        explored += int(empty)
+        if live is not None and len(live):
+            bnd, al, be, sc, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta, live.tag,
+                                              config.steps)
             explored += len(live)
             closed = bnd > 0
-            if bool(closed.any()):
-                proven = min(proven, float(bnd[closed].min()))
+            note_closed(bnd, live.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
+            live = _Domains(live.lower, live.upper, live.sign, al, be, sc, bnd, live.tag).take(
+                torch.nonzero(~closed).flatten())
             if found is not None:
-                return ReluSplitResult("sat", explored, len(rest) + int((~closed).sum()), float(bnd.min()), proven,
-                                       found.x, found.y, found.margin)
-            live = _Domains(live.lower, live.upper, live.sign, al, be, bnd, sc).take(torch.nonzero(~closed).flatten())
+                return result("sat", _Domains.cat([rest, live, stuck]), explored, found)
         domains = _Domains.cat([rest, live])
-    if domains is None or not len(domains):
-        return ReluSplitResult("unsat", explored, 0, math.inf, proven)
-    return ReluSplitResult(status, explored, len(domains), float(domains.bound.min()), proven)
+    if stuck is not None and status == "unsat":
+        status = "unknown"
+    return result(status, _Domains.cat([domains, stuck]), explored)
 
 
 def _split(parents: _Domains):
-    """Two children per parent at its highest-scoring neuron; returns ``(live, empty_mask)``
-    with the children whose bounds do not cross, or ``None`` when no parent has a neuron left."""
+    """Two children per parent at its highest-scoring neuron. Returns ``(live, empty, stuck)``:
+    the children whose bounds do not cross, the number of empty children (crossing bounds: no
+    input lies there), and the parents with no unstable neuron left to split (``None`` if none)."""
     L = len(parents.lower)
     dev = parents.bound.device
     flat = torch.cat(parents.scores, dim=1)  # (D, sum n_j)
     best, where = flat.max(dim=1)
-    if not bool((best >= 0).any()):
-        return None
-    keep = best >= 0
-    parents = parents.take(torch.nonzero(keep).flatten())
-    where = where[keep]
+    can = best >= 0
+    stuck = None if bool(can.all()) else parents.take(torch.nonzero(~can).flatten())
+    if not bool(can.any()):
+        return None, 0, stuck
+    parents = parents.take(torch.nonzero(can).flatten())
+    where = where[can]
     D = len(parents)
     offsets = np.cumsum([0] + [t.shape[1] for t in parents.lower])
     layer = torch.as_tensor(np.searchsorted(offsets, where.cpu().numpy(), side="right") - 1, device=dev)
     twice = torch.cat([torch.arange(D, device=dev), torch.arange(D, device=dev)])
     kids = parents.take(twice)
     sgn = torch.cat([torch.ones(D, dtype=torch.int8, device=dev), -torch.ones(D, dtype=torch.int8, device=dev)])
+    layer2, where2 = torch.cat([layer, layer]), torch.cat([where, where])
     for j in range(L):
-        rows = torch.nonzero(torch.cat([layer, layer]) == j).flatten()
+        rows = torch.nonzero(layer2 == j).flatten()
         if not rows.numel():
             continue
-        col = torch.cat([where, where])[rows] - int(offsets[j])
+        col = where2[rows] - int(offsets[j])
         s = sgn[rows]
-        lo, up = kids.lower[j].clone(), kids.upper[j].clone()
+        lo, up, sg = kids.lower[j].clone(), kids.upper[j].clone(), kids.sign[j].clone()
         lo[rows, col] = torch.where(s > 0, lo[rows, col].clamp(min=0), lo[rows, col])
         up[rows, col] = torch.where(s < 0, up[rows, col].clamp(max=0), up[rows, col])
-        sg = kids.sign[j].clone()
         sg[rows, col] = s
         kids.lower[j], kids.upper[j], kids.sign[j] = lo, up, sg
     nonempty = torch.ones(2 * D, dtype=torch.bool, device=dev)
     for lo, up in zip(kids.lower, kids.upper):
         nonempty &= (lo <= up).all(dim=1)
-    return kids.take(torch.nonzero(nonempty).flatten()), ~nonempty
+    return kids.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stuck

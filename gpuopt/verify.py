@@ -12,6 +12,8 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
    unsafe region by more than its float64 error bound, or exactly in rational arithmetic;
 3. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
+   **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
+   ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left;
 4. **MILP** (big-M in HiGHS with the CROWN bounds, per remaining disjunct, seeded with the
    attack's best point, rescaled exactly; see :mod:`gpuopt.milp.highs`): the disjunct is
    unreachable iff HiGHS's dual bound exceeds ``threshold`` plus the tolerance margin and HiGHS
@@ -45,6 +47,7 @@ from .milp.highs import SolverConfig
 from .network import Network
 from .problem import Problem
 from .regions import Box, LinfBall
+from .relu_split import ReluSplitConfig
 from .specs import OutputSpec
 from .verdict import Status, Verdict
 
@@ -56,19 +59,26 @@ log = logging.getLogger("gpuopt")
 @dataclass(frozen=True)
 class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
-    CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_milp`` switch stages off (for
-    ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec rows (0: off);
-    ``split`` configures input splitting. The attack stage runs rounds of ``attack.restarts``
-    restarts (new seeds each round) until ``attack.patience`` rounds in a row did not improve the
-    best margin by 1% (2 by default here; ``None``: no such stop), ``attack.rounds`` are done, or
-    it has used ``attack_share`` of the time the item had left when it began (at least 2 s)."""
+    CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_relu_split``/``use_milp`` switch
+    stages off (for ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec
+    rows (0: off), and with ``alpha_intermediate`` on the intermediate layers too (when CROWN
+    leaves the item open); ``split`` configures input splitting, ``relu_split`` activation
+    splitting (which gets ``relu_split_share`` of the time an item has left when it starts; the
+    MILP the rest). The attack stage runs rounds of ``attack.restarts`` restarts (new seeds each
+    round) until ``attack.patience`` rounds in a row did not improve the best margin by 1% (2 by
+    default here; ``None``: no such stop), ``attack.rounds`` are done, or it has used
+    ``attack_share`` of the time the item had left when it began (at least 2 s)."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
     device: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    relu_split: ReluSplitConfig = field(default_factory=ReluSplitConfig)
+    use_relu_split: bool = True
+    relu_split_share: float = 0.7
     use_crown: bool = True
     alpha_steps: int = 20
+    alpha_intermediate: bool = True
     use_attack: bool = True
     attack_share: float = 0.1
     use_input_split: bool = True
@@ -81,16 +91,21 @@ class VerifyConfig:
             from .devices import check_device
 
             check_device(self.device)
-        for name, want in (("attack", AttackConfig), ("solver", SolverConfig), ("split", SplitConfig)):
+        for name, want in (("attack", AttackConfig), ("solver", SolverConfig), ("split", SplitConfig),
+                           ("relu_split", ReluSplitConfig)):
             if not isinstance(getattr(self, name), want):
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
+        for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
-        if isinstance(self.attack_share, bool) or not isinstance(self.attack_share, (int, float)) \
-                or not 0 <= self.attack_share <= 1:
-            raise InvalidInputError(f"`attack_share` must be a number in [0, 1], got {self.attack_share!r}")
+        for name in ("attack_share", "relu_split_share"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
 
@@ -226,3 +241,27 @@ def attack_instance(onnx_path, vnnlib_path, *, timeout: float | None = None, att
     timeout = _timeout_iv(timeout)
     return attack_problems(load_instance(onnx_path, vnnlib_path), timeout=timeout, attack=attack, device=device,
                            start_time=t0)
+
+
+def bound_instance(onnx_path, vnnlib_path, *, method: str = "crown", alpha_steps: int = 20) -> dict:
+    """Sound bounds of every constraint of the VNNLIB's unsafe region: for each disjunct (over
+    all input boxes, in file order) and each of its rows ``a^T y <= b`` (as parsed, in file
+    order), bounds of ``a^T f(x) - b`` over the disjunct's input box, by ``method`` (see
+    :mod:`gpuopt.bounds.rows`). Returns ``{"method", "seconds", "disjuncts": [[{"lower",
+    "upper"}, ...], ...]}``."""
+    from .bounds.rows import ROW_METHODS, row_bounds
+
+    if method not in ROW_METHODS:
+        raise InvalidInputError(f"`method` must be one of {', '.join(ROW_METHODS)}, got {method!r}")
+    t0 = time.monotonic()
+    problems = load_instance(onnx_path, vnnlib_path)
+    out = []
+    for p in problems:
+        for A, b in p.spec.disjuncts:
+            lo, hi = row_bounds(p.network, p.region.lower, p.region.upper, A, method=method, alpha_steps=alpha_steps)
+            b = np.asarray(b, dtype=np.float64)
+            # a^T y - b, rounded outwards: the subtraction of b is itself rounded
+            low = np.nextafter(lo.numpy() - b, -np.inf)
+            high = np.nextafter(hi.numpy() - b, np.inf)
+            out.append([{"lower": float(l), "upper": float(u)} for l, u in zip(low, high)])
+    return {"method": method, "seconds": time.monotonic() - t0, "disjuncts": out}

@@ -434,3 +434,21 @@ def test_attack_command_stops_at_the_first_counterexample_of_several_boxes(tiny,
     assert main(["attack", str(tiny), str(spec), "--timeout", "30"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "sat"
     assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("bab", ["auto", "input", "relu", "off"])
+def test_bab_choices_decide_the_tiny_network(bab, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", bab]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
+
+
+def test_bab_rejects_an_unknown_choice(tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
+    try:
+        code = main(["verify", str(tiny), str(spec), "--bab", "beta"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bab" in err[0]

@@ -901,7 +901,8 @@ def test_enumeration_finds_maxpool_pieces():
 # ============================================================================ 5. verify end to end
 VERIFY_CONFIGS = {
     "default": VerifyConfig(device="cpu"),
-    "milp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_crown=False, alpha_steps=0),
+    "milp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
+                         alpha_steps=0),
 }
 
 
@@ -943,7 +944,7 @@ def test_verify_on_graph_networks_matches_enumeration(kind, answer, config):
             assert v.decided_by == "milp", v
     else:
         assert v.counterexample is None
-        allowed = {"ibp", "milp"} if config == "milp" else {"ibp", "crown", "alpha-crown", "input-split", "milp"}
+        allowed = {"ibp", "milp"} if config == "milp" else {"ibp", "crown", "alpha-crown", "input-split", "relu-split", "milp"}
         assert v.decided_by in allowed, v
 
 

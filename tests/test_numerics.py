@@ -101,7 +101,7 @@ def test_milp_keeps_the_tiny_coefficient_of_a_wide_input():
 def test_verify_finds_the_counterexample_behind_a_tiny_coefficient():
     net, box = wide_input_network()
     spec = OutputSpec([([[1.0]], [-0.004])], 1)  # unsafe: y <= -0.004, reached for x0 > 8e6
-    config = VerifyConfig(use_attack=False, use_input_split=False, alpha_steps=0)
+    config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, alpha_steps=0)
     v = verify(net, box, spec, timeout=30, config=config)
     assert v.status.value == "sat" and v.counterexample[0] > 8e6
 
@@ -141,7 +141,7 @@ def test_a_solver_that_overruns_is_abandoned_at_the_deadline(monkeypatch):
     monkeypatch.setattr(highspy.Highs, "run", lambda self: time.sleep(3.0))
     net, box = wide_input_network()
     spec = OutputSpec([([[1.0]], [-0.004])], 1)
-    config = VerifyConfig(use_attack=False, use_input_split=False, alpha_steps=0)
+    config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, alpha_steps=0)
     t0 = time.monotonic()
     v = verify(net, box, spec, timeout=1.0, config=config)
     elapsed = time.monotonic() - t0

@@ -56,8 +56,12 @@ class Geometry:
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``project(x + descent(x, grad, t))``; a geometry may fuse it."""
+        """``project(x + descent(x, grad, t))`` in a new tensor; a geometry may fuse it."""
         return self.project(x + self.descent(x, grad, t))
+
+    def project_(self, x: torch.Tensor) -> torch.Tensor:
+        """``project(x)``, in ``x``'s buffer where the geometry can (the result is returned)."""
+        return self.project(x)
 
     # shared helpers
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +112,11 @@ class BoxGeometry(Geometry):
         return -t[..., None] * self.radius[:, None] * torch.sign(grad)
 
     def step(self, x, grad, t):
-        return self.clamp(torch.addcmul(x, -t[..., None] * self.radius[:, None], torch.sign(grad)))
+        z = torch.sign(grad).mul_(t[..., None]).mul_(self.radius[:, None]).neg_().add_(x)
+        return self.project_(z)
+
+    def project_(self, x):
+        return torch.clamp(x, self.lower[:, None], self.upper[:, None], out=x)
 
     def project(self, x):
         return self.clamp(x)

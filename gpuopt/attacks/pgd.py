@@ -155,14 +155,15 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
     geom = geometry
     x = geom.project(x0)
     m, g = _value_and_grad(objective, x, items)
-    best_x, best_m, best_g = x, m, g
+    # separate buffers: the loop updates x_prev, best_x and best_g in place
+    best_x, best_m, best_g = x.clone(), m, g.clone()
     evaluations = B * R
     a = float(config.momentum)
     t0 = config.initial_step
     t = torch.full((B, R), t0, dtype=x0.dtype, device=dev)
     apgd = config.schedule == "apgd"
     marks = set(checkpoints(config.steps)) if apgd else set()
-    x_prev = x
+    x_prev = x.clone()
     decreased = torch.zeros((B, R), dtype=torch.int64, device=dev)
     last_mark, t_last, best_last = 0, t.clone(), best_m.clone()
     steps_done = 0
@@ -188,8 +189,12 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         if not apgd:
             t = torch.full_like(t, t0 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / max(1, config.steps)))))
         z = geom.step(x, g, t)
-        # x + a (z - x) + (1 - a)(x - x_prev) = (2 x - x_prev) + a (z - (2 x - x_prev))
-        x_new = z if (k == 0 or not apgd) else geom.project(torch.lerp(torch.add(x, x - x_prev), z, a))
+        if k == 0 or not apgd:
+            x_new = z
+        else:
+            # x + a (z - x) + (1 - a)(x - x_prev) = a z + 2 (1 - a) x - (1 - a) x_prev, written into
+            # x_prev's buffer (large tensors: fewer allocations)
+            x_new = geom.project_(x_prev.mul_(a - 1).add_(x, alpha=2 * (1 - a)).add_(z, alpha=a))
         x_prev, x = x, x_new
         m_new, g = _value_and_grad(objective, x, items)
         evaluations += m_new.numel()
@@ -197,9 +202,9 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         m = m_new
         better = (m < best_m)[..., None]
         best_m = torch.minimum(m, best_m)
-        best_x = torch.where(better, x, best_x)
+        torch.where(better, x, best_x, out=best_x)
         if apgd:
-            best_g = torch.where(better, g, best_g)
+            torch.where(better, g, best_g, out=best_g)
         steps_done = k + 1
         if steps_done in marks:
             few = decreased < 0.75 * (steps_done - last_mark)

@@ -35,7 +35,7 @@ from ..network import Network
 from .base import Bounds, center_radius, rounding_pad
 from .ibp import _ibp_iv, ibp
 
-__all__ = ["alpha_crown_linear_lower", "crown", "crown_linear_lower"]
+__all__ = ["alpha_crown_bounds", "alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
 #: a backward pass handles at most this many coefficients (rows x batch x layer width) at once
 CHUNK_ELEMENTS = 1 << 22
@@ -226,17 +226,23 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     B = lo.shape[0]
     if C.dim() == 2:
         C = C.expand(B, *C.shape)
-    C = C.to(lo.dtype)
-    m = C.shape[1]
     x_mid, x_rad = center_radius(lo, hi)
     pre = [(l.detach(), u.detach()) for l, u in bounds.pre_activation]
-    relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
-    hmax = _magnitudes(x_mid, x_rad, pre, ops)
+    return _optimised_rows(C.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+
+
+def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline):
+    """The best lower bound of ``lam @ z_k`` ``(B, m)`` over projected Adam steps on one lower
+    slope per (item, row, unstable neuron) of the layers before ``k``, from CROWN's adaptive
+    slopes; ``pre`` the pre-activation bounds of those layers."""
+    B, m = lam.shape[:2]
+    relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre[:k], ops)]
+    hmax = _magnitudes(x_mid, x_rad, pre[:k], ops)
     unstable = [((l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough))[:, None, :]
-                for (l, u), op in zip(pre, ops)]
+                for (l, u), op in zip(pre[:k], ops)]
     params = [a[:, None, :].expand(B, m, a.shape[1]).clone().requires_grad_(True) for a, _, _ in relax]
     with torch.no_grad():
-        best, _ = _backward(C, len(ops) - 1, ops, relax, x_mid, x_rad, n_terms, hmax)
+        best, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax)
     if not params or steps <= 0:
         return best
     # Adam written out: torch.optim's first use imports torch._dynamo (over a second)
@@ -251,7 +257,7 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
         with torch.enable_grad():
             rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
                    for p, unst, (a, s, icpt) in zip(params, unstable, relax)]
-            bound, _ = _backward(C, len(ops) - 1, ops, rel, x_mid, x_rad, n_terms, hmax)
+            bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax)
             grads = torch.autograd.grad(bound.sum(), params)
         best = torch.maximum(best, bound.detach())
         with torch.no_grad():
@@ -262,3 +268,42 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
                 p.add_(step).clamp_(0.0, 1.0)  # ascent on the bound, projected onto [0, 1]
         last = time.monotonic() - t0
     return best
+
+
+def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps: int = 20, lr: float = 0.25,
+                       deadline: float | None = None) -> Bounds:
+    """Intermediate bounds tightened by alpha-CROWN, layer by layer: for each ReLU layer ``k``
+    (from the first hidden one on), the lower and upper bounds of its unstable neurons are
+    optimised over per-neuron lower slopes of the layers before it (which already carry their
+    tightened bounds), and intersected with ``bounds``. Each bound is sound whatever the slopes;
+    the output bounds are kept. Layers not reached by ``deadline`` keep their bounds."""
+    lo, hi = _ibp_iv(network, lower, upper)
+    lo = lo.reshape(lo.shape[0], -1).detach()
+    hi = hi.reshape(hi.shape[0], -1).detach()
+    ops = network.linear_ops(lo.device, lo.dtype)
+    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    x_mid, x_rad = center_radius(lo, hi)
+    pre = [(l.detach().clone(), u.detach().clone()) for l, u in bounds.pre_activation]
+    B = lo.shape[0]
+    for k in range(1, len(pre)):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        l, u = pre[k]
+        open_ = (l < 0) & (u > 0)
+        if ops[k].passthrough is not None:
+            open_ = open_ & ~ops[k].passthrough
+        rows = torch.nonzero(open_.any(dim=0)).flatten()
+        if not rows.numel():
+            continue
+        width = max(op.shape[1] for op in ops[: k + 1])
+        chunk = max(1, CHUNK_ELEMENTS // (4 * B * width))
+        for start in range(0, rows.numel(), chunk):
+            part = rows[start:start + chunk]
+            n = part.numel()
+            sel = torch.zeros((n, ops[k].shape[0]), dtype=lo.dtype, device=lo.device)
+            sel[torch.arange(n, device=lo.device), part] = 1.0
+            lam = torch.cat([sel, -sel]).expand(B, 2 * n, sel.shape[1])
+            bound = _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+            l[:, part] = torch.maximum(l[:, part], bound[:, :n])
+            u[:, part] = torch.minimum(u[:, part], -bound[:, n:])
+    return Bounds(tuple(pre), bounds.output, bounds.method + "+alpha")

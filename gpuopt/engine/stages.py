@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..attacks import pgd_attack
-from ..bounds import (alpha_crown_linear_lower, crown_linear_lower, disjunct_lower_bounds, ibp,
+from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear_lower, disjunct_lower_bounds, ibp,
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
@@ -244,6 +244,10 @@ def _ibp_group(items) -> list[str]:
     return _conclude(items, disj_lb, "ibp")
 
 
+#: the share of an item's time left that alpha-CROWN on the intermediate layers may take
+ALPHA_INTERMEDIATE_SHARE = 0.15
+
+
 def _crown_group(items) -> list[str]:
     problems = [p for it in items for p in it.problems]
     net, config = items[0].network, items[0].config
@@ -265,6 +269,20 @@ def _crown_group(items) -> list[str]:
     disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all))
     decided_by = "crown"
     if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 2 * t_rows:
+        rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
+                                        steps=config.alpha_steps, deadline=deadline)
+        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
+        alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
+        if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
+            decided_by = "alpha-crown"
+        disj_lb = torch.maximum(disj_lb, alpha_lb)
+    if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and config.alpha_intermediate \
+            and len(bounds.pre_activation) > 1 and left() > 4 * t_rows:
+        # alpha-CROWN on the intermediate layers too, within a share of the time left; the
+        # tighter bounds serve the spec rows here and the splitting and MILP stages after
+        stop = time.monotonic() + ALPHA_INTERMEDIATE_SHARE * left()
+        bounds = alpha_crown_bounds(net, lower, upper, bounds, steps=config.alpha_steps,
+                                    deadline=stop if deadline is None else min(stop, deadline))
         rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
                                         steps=config.alpha_steps, deadline=deadline)
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
@@ -398,6 +416,49 @@ def finish_input_split(item: ItemState) -> str:
     return "open"
 
 
+def plan_relu_split(item: ItemState) -> list[TaskSpec]:
+    """One activation-splitting task per open problem, over its open disjuncts (proof rows)."""
+    config, bounds = item.config, item.bounds
+    specs = []
+    for i in _open_problems(item):
+        pre = [(l[i].numpy(), u[i].numpy()) for l, u in bounds.pre_activation]
+        if not all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre):
+            continue  # overflowing bounds: nothing sound to split on
+        disjuncts = []
+        for k in sorted(k for (j, k) in item.open if j == i):
+            Ak, bk = item.proof_problems[i].spec.disjuncts[k]
+            strict = None if item.strict is None else item.strict[i, k, :Ak.shape[0]].numpy()
+            disjuncts.append((k, Ak, bk, strict))
+        specs.append(TaskSpec(relu_split_task, (network_ref(item.network), _problem_data(item.problems[i]), disjuncts,
+                                                pre, config.relu_split, config.relu_split_share),
+                              f"relu_split p{i}", {"problem": i}))
+    return specs
+
+
+def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("relu_split", {"domains": 0, "open": []})
+    notes["domains"] += value["domains"]
+    i = spec.meta["problem"]
+    for k, lb in value["closed"].items():
+        _close(item, i, int(k), lb)
+    if value["kind"] == "sat":
+        item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
+                    decided_by="relu-split", message=f"activation-splitting counterexample after {notes['domains']} "
+                                                     f"domains, float64 margin {value['margin']:.6g}")
+    elif value["kind"] != "unsat":
+        notes["open"].append(f"problem {i}: {value['open_domains']} domains open ({value['kind']}), "
+                             f"worst bound {value['worst']:.4g}")
+
+
+def finish_relu_split(item: ItemState) -> str:
+    notes = item.stage_notes.get("relu_split", {"domains": 0, "open": []})
+    if not item.open:  # every disjunct closed by a proof result
+        item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="relu-split",
+                    message=f"activation splitting proved every open disjunct on {notes['domains']} domains")
+        return "decided"
+    return "open"
+
+
 def plan_milp(item: ItemState) -> list[TaskSpec]:
     """One big-M MILP task per open disjunct, weakest bound first, seeded with the best point."""
     config, bounds = item.config, item.bounds
@@ -459,6 +520,9 @@ STAGES = (
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
+    Stage("relu_split", "task", plan_relu_split,
+          lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
     Stage("milp", "task", plan_milp, lambda c, it: c.use_milp, merge_milp, finish_milp),
 )
 
@@ -473,7 +537,13 @@ def record_event(item: ItemState, name: str, start_wall: float, end_wall: float,
 def finalize(item: ItemState) -> ItemState:
     """Ends the item: ``timeout``/``unknown`` if undecided, stage timings and events attached."""
     if item.verdict is None:
-        item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN)
+        # the anytime answer: what the splitting stages left open
+        left_open = item.stage_notes.get("relu_split", {}).get("open", [])
+        closed = sum(1 for i, p in enumerate(item.problems) for k in range(p.spec.n_disjuncts) if (i, k) not in item.open)
+        total = sum(p.spec.n_disjuncts for p in item.problems)
+        note = "no bounds computed" if item.disj_lb is None else f"{closed} of {total} disjuncts proven"
+        note += f"; activation splitting left {'; '.join(left_open)}" if left_open else ""
+        item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
     item.verdict = replace(item.verdict, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item
@@ -513,4 +583,4 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     return finalize(item)
 
 
-from .tasks import milp_task, split_task  # noqa: E402  (the task functions import this module's helpers lazily)
+from .tasks import milp_task, relu_split_task, split_task  # noqa: E402  (the task functions import this module's helpers lazily)

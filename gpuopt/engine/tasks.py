@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["verify_instance_task", "verify_sample_task", "milp_task", "split_task", "resolve_network",
-           "NetworkRef"]
+__all__ = ["verify_instance_task", "verify_sample_task", "milp_task", "split_task", "relu_split_task",
+           "resolve_network", "NetworkRef"]
 
 _NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
 
@@ -79,6 +79,39 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budge
             out.update(x=c.x, y=c.y, margin=c.margin)
         else:
             out["kind"] = "unknown"
+    out["end"] = time.time()
+    return out
+
+
+def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float, budget: float,
+                    submitted: float) -> dict:
+    """Activation splitting (:func:`gpuopt.relu_split.relu_split`) on one problem over its open
+    ``disjuncts`` (``(k, C_k, d_k, strict_k)``, proof rows) with the pre-activation bounds ``pre``
+    (numpy ``(lower, upper)`` per ReLU layer), for ``share`` of ``budget``. Returns ``kind``
+    (``sat`` with an exactly checked point, ``unsat``, ``timeout``, ``unknown``), the disjuncts
+    it closed with their proven bounds, and the number of domains."""
+    start = time.time()
+    _setup()
+    import numpy as np
+    import torch
+
+    from ..bounds.base import Bounds
+    from ..relu_split import relu_split
+
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    deadline = _task_deadline(budget * share, submitted)
+    bounds = Bounds(tuple((torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in pre), (None, None),
+                    "stage")
+    box = problem.region
+    res = relu_split(net, torch.tensor(np.array(box.lower)), torch.tensor(np.array(box.upper)),
+                     [(C, d, strict) for _, C, d, strict in disjuncts], bounds, problem=problem, deadline=deadline,
+                     config=config)
+    closed = {k: res.proven_bound[j] for j, (k, _, _, _) in enumerate(disjuncts) if res.closed[j]}
+    out = {"kind": res.status, "closed": closed, "domains": res.domains, "open_domains": res.open_domains,
+           "worst": res.worst_bound, "start": start}
+    if res.status == "sat":
+        out.update(x=res.x, y=res.y, margin=res.margin)
     out["end"] = time.time()
     return out
 

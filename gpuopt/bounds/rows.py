@@ -1,0 +1,55 @@
+"""Bounds of linear rows of the output: ``lower <= a_i^T f(x) <= upper`` over a box.
+
+For a matrix ``A`` ``(m, n_out)`` and a method:
+
+- ``ibp``: the output box ``[l_y, u_y]`` of :func:`~gpuopt.bounds.ibp.ibp`, then
+  ``a^T y >= a+ . l_y + a- . u_y`` (outward-padded for rounding, as in
+  :func:`~gpuopt.bounds.base.disjunct_lower_bounds`);
+- ``crown``: CROWN's linear lower bound of ``[A; -A] y`` on the intermediate bounds of
+  :func:`~gpuopt.bounds.forward.intermediate_bounds` (each row the better of it and IBP's);
+- ``alpha-crown``: the same with the lower slopes optimised per row
+  (:func:`~gpuopt.bounds.crown.alpha_crown_linear_lower`).
+
+Every bound is sound (float64 with rounding pads). An upper bound is the negated lower bound of
+``-a``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from ..network import Network
+from .base import disjunct_lower_bounds
+from .crown import alpha_crown_linear_lower, crown_linear_lower
+from .forward import intermediate_bounds
+from .ibp import ibp
+
+__all__ = ["ROW_METHODS", "row_bounds"]
+
+ROW_METHODS = ("ibp", "crown", "alpha-crown")
+
+
+def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alpha_steps: int = 20,
+               deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lower (m,), upper (m,))`` bounds of ``A f(x)`` over the box ``[lower, upper]``
+    (``(n_in,)``), in float64."""
+    if method not in ROW_METHODS:
+        raise InvalidInputError(f"`method` must be one of {', '.join(ROW_METHODS)}, got {method!r}")
+    lo = torch.tensor(np.array(lower, dtype=np.float64)).reshape(1, -1)
+    hi = torch.tensor(np.array(upper, dtype=np.float64)).reshape(1, -1)
+    A = torch.tensor(np.array(A, dtype=np.float64)).reshape(-1, network.output_size)
+    m = A.shape[0]
+    both = torch.cat([A, -A])
+    base = ibp(network, lo, hi)
+    # IBP's row bounds: disjunct_lower_bounds with one row per "disjunct" and b = 0
+    rows = disjunct_lower_bounds(*base.output, both[:, None, :], torch.zeros(2 * m, 1, dtype=torch.float64))[0]
+    if method != "ibp":
+        inter = intermediate_bounds(network, lo, hi, deadline=deadline)
+        if method == "crown":
+            lin, _ = crown_linear_lower(network, lo, hi, both, inter)
+        else:
+            lin = alpha_crown_linear_lower(network, lo, hi, both, inter, steps=alpha_steps, deadline=deadline)
+        rows = torch.maximum(rows, lin[0])
+    return rows[:m], -rows[m:]

@@ -1,0 +1,127 @@
+"""Activation splitting (ReLU branch and bound with alpha/beta-CROWN): against brute-force
+enumeration of linear regions on tiny dense and conv networks, on properties that hold by small
+margins and on ones just violated. Never a closed disjunct that is reachable, never a
+counterexample that is not one; most cases decided. Then the stage in the pipeline."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt.bounds import crown
+from gpuopt.errors import InvalidInputError
+from gpuopt.problem import Problem
+from gpuopt.regions import Box
+from gpuopt.relu_split import ReluSplitConfig, relu_split
+from gpuopt.specs import OutputSpec
+from gpuopt.verify import VerifyConfig, verify
+
+from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
+                     random_conv_network, random_dense_network, to_alternating_dense)
+
+
+def _case(seed: int, conv: bool = False):
+    rng = np.random.default_rng(seed)
+    if conv:
+        net = random_conv_network(rng, (1, 3, 3), 2, (2, 2), (1, 1), (0, 0, 0, 0), 4, 2)
+        n_in = 9
+    else:
+        n_in = int(rng.integers(2, 5))
+        net = random_dense_network(rng, n_in, [int(rng.integers(3, 7)) for _ in range(int(rng.integers(1, 3)))], 2)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - 0.6, centre + 0.6
+    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal(size=1)) for _ in range(2)]
+    disj = [(A, np.full(A.shape[0], b[0])) for A, b in disj]
+    return net, lo, hi, OutputSpec(disj, 2)
+
+
+def _shifted(spec: OutputSpec, minima: np.ndarray, delta: float) -> OutputSpec:
+    """Right-hand sides moved so that disjunct ``k``'s exact minimum becomes ``delta``."""
+    return OutputSpec([(A, b + (minima[k] - delta)) for k, (A, b) in enumerate(spec.disjuncts)], spec.n_outputs)
+
+
+def _run(net, lo, hi, spec, deadline_s=20.0):
+    problem = Problem(net, Box(lo, hi), spec)
+    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    import time
+
+    return relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in spec.disjuncts],
+                      bounds, problem=problem, deadline=time.monotonic() + deadline_s)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_verdicts_agree_with_brute_force(conv):
+    decided = total = 0
+    for seed in range(12 if not conv else 6):
+        net, lo, hi, spec = _case(seed, conv)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        for delta in (0.02, 1e-3, -1e-3, -0.02):  # holds by a small margin, or is just violated
+            s = _shifted(spec, minima, delta)
+            res = _run(net, lo, hi, s)
+            total += 1
+            for k, closed in enumerate(res.closed):
+                if closed:  # a closed disjunct must be unreachable
+                    assert delta > 0, (seed, delta, k)
+                    assert res.proven_bound[k] > 0 and res.proven_bound[k] <= delta + 1e-9, (seed, delta, k)
+            if res.status == "unsat":
+                assert delta > 0, (seed, delta)
+                decided += 1
+            elif res.status == "sat":
+                assert delta < 0, (seed, delta)
+                assert np.all((res.x >= lo) & (res.x <= hi))
+                y, _ = numpy_forward(net, res.x[None])
+                assert numpy_margin(s, y)[0] <= 0
+                decided += 1
+    assert decided >= 0.75 * total, (decided, total)
+
+
+def test_a_split_is_needed_and_closes_what_crown_alone_cannot():
+    """A case where the root bound is negative but the property holds: the splits prove it."""
+    found = False
+    for seed in range(40):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+        s = _shifted(spec, minima, 0.01)
+        res = _run(net, lo, hi, s)
+        if res.status == "unsat" and res.domains > len(spec.disjuncts):
+            found = True
+            break
+    assert found
+
+
+def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
+    """Input splitting off (``max_input_dim`` 1): activation splitting then the MILP decide."""
+    config = VerifyConfig(device="cpu", split=VerifyConfig().split.__class__(max_input_dim=1), use_attack=False)
+    for seed in range(8):
+        net, lo, hi, spec = _case(seed + 100)
+        minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+        for delta in (0.01, -0.01):
+            v = verify(net, Box(lo, hi), _shifted(spec, minima, delta), timeout=60, config=config)
+            assert v.status.value == ("unsat" if delta > 0 else "sat"), (seed, delta, v.status, v.message)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "`batch_size` must be an integer >= 1, got 0"),
+    (dict(steps=-1), "`steps` must be an integer >= 0, got -1"),
+    (dict(leaf_steps=1.5), "`leaf_steps` must be an integer >= 0, got 1.5"),
+    (dict(lr_beta=0), "`lr_beta` must be a number > 0, got 0"),
+    (dict(max_domains=True), "`max_domains` must be an integer >= 1, got True"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        ReluSplitConfig(**kwargs)
+
+
+def test_benchmark_instance_decided_by_activation_splitting(benchmarks_dir):
+    """mnist_fc 256x2 prop_6 at 0.03 (unsat): CROWN leaves it open, the MILP once timed out at 60 s."""
+    from gpuopt.verify import verify_instance
+
+    base = benchmarks_dir / "vnncomp2022" / "mnist_fc"
+    v = verify_instance(base / "onnx" / "mnist-net_256x2.onnx", base / "vnnlib" / "prop_6_0.03.vnnlib", timeout=60,
+                        config=VerifyConfig(device="cpu"))
+    assert v.status.value == "unsat" and v.decided_by == "relu-split", v.message
+    assert math.isfinite(v.margin_lower) and v.margin_lower > 0
