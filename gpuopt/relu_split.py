@@ -28,6 +28,9 @@ At each step the domains with the weakest bounds are split, in batches. For ever
 input point that minimises its linear bound is checked in float64 against the problem: a point in
 the unsafe region ends the search as ``sat``. The search ends ``unsat`` when no domain is open,
 and otherwise at the deadline or the domain limit with the worst open bound.
+
+Proofs assume float64: the rounding pads of :mod:`gpuopt.bounds.crown` cover the arithmetic, not a
+rounding of the weights or rows to a narrower dtype (the pipeline always passes float64).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class ReluSplitResult:
     status); ``x``/``y``/``margin``: the float64-checked counterexample when ``sat``; ``domains``
     the number of domains bounded; ``open_domains`` those left open; ``worst_bound`` the lowest
     open bound (``+inf`` when none is open); ``proven_bound`` per disjunct the lowest bound over
-    its closed domains."""
+    its closed domains (a proof only where ``closed`` says so)."""
 
     status: str
     closed: tuple

@@ -236,12 +236,14 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
 
 
 def _within(x: torch.Tensor, step: float) -> torch.Tensor:
-    """``x + step`` rounded towards ``x``, so that ``|result - x| <= |step|`` holds as computed."""
-    e = torch.full_like(x, abs(step))
+    """``x + step`` rounded towards ``x``, so that ``|result - x| <= |step|`` holds as computed
+    (in ``x``'s dtype)."""
     out = x + step
-    toward = torch.full_like(x, -math.inf if step > 0 else math.inf)
     for _ in range(2):
-        out = torch.where((out - x).abs() > e, torch.nextafter(out, toward), out)
+        over = (out - x).abs() > abs(step)
+        if not bool(over.any()):
+            break
+        out = torch.where(over, torch.nextafter(out, x), out)
     return out
 
 

@@ -196,17 +196,21 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
             # x_prev's buffer (large tensors: fewer allocations)
             x_new = geom.project_(x_prev.mul_(a - 1).add_(x, alpha=2 * (1 - a)).add_(z, alpha=a))
         x_prev, x = x, x_new
-        m_new, g = _value_and_grad(objective, x, items)
+        if k == config.steps - 1:  # the last iterate needs its value only, not a gradient
+            with torch.no_grad():
+                m_new = objective(x, items).detach()
+        else:
+            m_new, g = _value_and_grad(objective, x, items)
         evaluations += m_new.numel()
         decreased += (m_new < m).to(torch.int64)
         m = m_new
         better = (m < best_m)[..., None]
         best_m = torch.minimum(m, best_m)
         torch.where(better, x, best_x, out=best_x)
-        if apgd:
+        if apgd and k < config.steps - 1:
             torch.where(better, g, best_g, out=best_g)
         steps_done = k + 1
-        if steps_done in marks:
+        if steps_done in marks and steps_done < config.steps:
             few = decreased < 0.75 * (steps_done - last_mark)
             stalled = (t == t_last) & (best_m >= best_last)
             halve = few | stalled
