@@ -268,14 +268,17 @@ def _crown_group(items) -> list[str]:
     disj_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
     disj_lb = torch.maximum(disj_lb, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all))
     decided_by = "crown"
+
+    def alpha_rows(bounds_):
+        """alpha-CROWN's disjunct bounds on ``bounds_``; the stage's verdict word and bounds."""
+        rows_ = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds_,
+                                         steps=config.alpha_steps, deadline=deadline)
+        rows_ = rows_ - b_flat - rounding_pad(finite_b.abs(), 1)
+        better = torch.maximum(disj_lb, strict_adjust(rows_.view(P, K, M), S_all).amax(-1))
+        return ("alpha-crown" if bool((better > 0).all()) else decided_by), better
+
     if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and left() > 2 * t_rows:
-        rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
-                                        steps=config.alpha_steps, deadline=deadline)
-        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-        alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
-        if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
-            decided_by = "alpha-crown"
-        disj_lb = torch.maximum(disj_lb, alpha_lb)
+        decided_by, disj_lb = alpha_rows(bounds)
     if not bool((disj_lb > 0).all()) and config.alpha_steps > 0 and config.alpha_intermediate \
             and len(bounds.pre_activation) > 1 and left() > 4 * t_rows:
         # alpha-CROWN on the intermediate layers too, within a share of the time left; the
@@ -283,13 +286,7 @@ def _crown_group(items) -> list[str]:
         stop = time.monotonic() + ALPHA_INTERMEDIATE_SHARE * left()
         bounds = alpha_crown_bounds(net, lower, upper, bounds, steps=config.alpha_steps,
                                     deadline=stop if deadline is None else min(stop, deadline))
-        rows = alpha_crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds,
-                                        steps=config.alpha_steps, deadline=deadline)
-        rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
-        alpha_lb = strict_adjust(rows.view(P, K, M), S_all).amax(-1)
-        if bool((torch.maximum(disj_lb, alpha_lb) > 0).all()):
-            decided_by = "alpha-crown"
-        disj_lb = torch.maximum(disj_lb, alpha_lb)
+        decided_by, disj_lb = alpha_rows(bounds)
     offset = 0
     for it in items:
         n = len(it.problems)
