@@ -275,3 +275,22 @@ def test_inference_mode_is_refused():
     with torch.inference_mode():
         with pytest.raises(InvalidInputError, match=re.escape("`attack` needs gradients")):
             gpuopt.attack(_model(), X, Y, eps=0.1)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_cross_entropy_steps_keep_the_margin_semantics(targeted):
+    torch.manual_seed(10)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.rand(16, 6)
+    y = model(x).argmax(1)
+    t = (y + 1) % 4 if targeted else None
+    res = gpuopt.attack(model, x, y, eps=0.5, steps=30, restarts=2, seed=0, loss="ce", targeted=t)
+    with torch.no_grad():
+        pred = model(res.x).argmax(1)
+    assert torch.equal(res.success, (pred == t) if targeted else (pred != y))
+    assert torch.all((res.x - x).abs() <= 0.5) and res.success.any()
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(InvalidInputError, match=re.escape("`loss` must be one of margin, ce, got 'dlr'")):
+        gpuopt.attack(_model(), X, Y, eps=0.1, loss="dlr")

@@ -35,6 +35,7 @@ from .pgd import SCHEDULES, AttackConfig, descend
 __all__ = ["AttackResult", "NORMS", "attack"]
 
 NORMS = ("linf", "l2", "l1")
+LOSSES = ("margin", "ce")
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +112,7 @@ def _model_device(model) -> torch.device | None:
 
 def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", restarts: int = 1, steps: int = 10,
            targeted: torch.Tensor | None = None, seed: int | None = None, clip=None, step_size: float | None = None,
-           schedule: str = "apgd", stop_on_success: bool = True) -> AttackResult:
+           schedule: str = "apgd", stop_on_success: bool = True, loss: str = "margin") -> AttackResult:
     """Adversarial examples for ``model`` at ``x`` (batch-first) with labels ``y`` ``(batch,)``.
 
     ``eps``: the radius (a number >= 0) in the norm ``norm`` (``"linf"``, ``"l2"``, ``"l1"``);
@@ -120,7 +121,10 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     random starts per sample and ``steps`` steps each; ``seed``: for the starts (``None``: a fresh
     one; the global random state is never used); ``step_size``, ``schedule``: see
     :class:`~gpuopt.attacks.AttackConfig`; ``stop_on_success``: a sample stops at its first
-    success (``False``: all steps run, for the strongest point, e.g. in adversarial training).
+    success (``False``: all steps run, for the strongest point, e.g. in adversarial training);
+    ``loss``: the steps follow the margin's gradient (``"margin"``) or cross-entropy's
+    (``"ce"``: raised for the label, lowered for a target), while the margin always decides
+    successes and the best point.
     Returns an :class:`AttackResult` (``x_adv, success = attack(...)``).
     """
     if torch.is_inference_mode_enabled():
@@ -151,6 +155,8 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
         raise InvalidInputError(f"`eps` {eps!r} is beyond the range of `x`'s dtype {x.dtype}")
     if norm not in NORMS:
         raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)}, got {norm!r}")
+    if loss not in LOSSES:
+        raise InvalidInputError(f"`loss` must be one of {', '.join(LOSSES)}, got {loss!r}")
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"`schedule` must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     restarts = _int_iv(restarts, "restarts", 1)
@@ -207,10 +213,14 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
             if xs.requires_grad and not z.requires_grad:
                 raise InvalidInputError("`model`'s logits do not depend on `x` through autograd (detached, or not "
                                         "differentiable): no gradient to follow")
-            if b < B:
-                own = z.gather(-1, column[items].expand(b, r, 1))[..., 0]
-                return sign * (own - (z + away[items]).amax(dim=-1))
-            return sign * (z.gather(-1, column.expand(b, r, 1))[..., 0] - (z + away).amax(dim=-1))
+            col, off = (column, away) if b == B else (column[items], away[items])
+            m = sign * (z.gather(-1, col.expand(b, r, 1))[..., 0] - (z + off).amax(dim=-1))
+            if loss == "margin":
+                return m
+            # cross-entropy of the goal class: minimised untargeted as -CE (pushed away from the
+            # label), targeted as CE (pulled towards the target)
+            ce = torch.logsumexp(z, dim=-1) - z.gather(-1, col.expand(b, r, 1))[..., 0]
+            return m, -sign * ce
 
         starts = geometry.random_start(restarts, torch.Generator().manual_seed(seed))
         if stop_on_success:

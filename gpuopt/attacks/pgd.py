@@ -134,10 +134,14 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _value_and_grad(objective: Objective, x: torch.Tensor, items: torch.Tensor):
+    """The margins at ``x`` and the gradient of the objective; an objective may return a pair
+    ``(margins, surrogate)``: then the step follows the surrogate's gradient (a smoother loss, such
+    as cross-entropy) while the margins decide successes and best points."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        m = objective(x, items)
-        (g,) = torch.autograd.grad(m.sum(), x)
+        out = objective(x, items)
+        m, surrogate = out if isinstance(out, tuple) else (out, out)
+        (g,) = torch.autograd.grad(surrogate.sum(), x)
     return m.detach(), g
 
 
@@ -145,7 +149,8 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
             target: torch.Tensor | None = None, deadline: float | None = None) -> Descent:
     """Minimise ``objective(x, items)`` from the starts ``x0`` ``(batch, restarts, n)`` (points of
     ``geometry``). ``objective`` maps the points of the items ``items`` (indices into the batch)
-    to ``(len(items), restarts)`` margins. An item stops once a restart reaches ``target`` (0 by
+    to ``(len(items), restarts)`` margins (or a pair ``(margins, surrogate)``, see
+    :func:`_value_and_grad`). An item stops once a restart reaches ``target`` (0 by
     default); the loop stops at ``deadline`` (``time.monotonic()``) with the best so far."""
     B, R, _ = x0.shape
     dev = x0.device
@@ -198,7 +203,8 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         x_prev, x = x, x_new
         if k == config.steps - 1:  # the last iterate needs its value only, not a gradient
             with torch.no_grad():
-                m_new = objective(x, items).detach()
+                out = objective(x, items)
+                m_new = (out[0] if isinstance(out, tuple) else out).detach()
         else:
             m_new, g = _value_and_grad(objective, x, items)
         evaluations += m_new.numel()
