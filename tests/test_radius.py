@@ -1,0 +1,80 @@
+"""Certified L-inf radii: the bracket always contains the true radius (closed form on linear
+classifiers, bisection of brute-force enumeration on tiny ReLU networks), is tight where the
+verifier decides, and bad arguments get precise errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import gpuopt
+from gpuopt.errors import InvalidInputError
+from gpuopt.network import Dense, Network
+from gpuopt.specs import robustness
+
+from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
+
+
+def test_linear_classifier_radius_in_closed_form():
+    w = np.array([2.0, -1.0, 0.5, 3.0])
+    net = Network([Dense(np.stack([w, np.zeros(4)]), np.array([-0.3, 0.0]))], (4,))
+    x0 = np.array([0.5, 0.2, 0.4, 0.3])
+    true = (w @ x0 - 0.3) / np.abs(w).sum()  # class 1 needs w.x - 0.3 <= 0
+    r = gpuopt.certify_radius(net, x0, 0, timeout=30, clip=None, eps_max=2.0)
+    assert r.lower <= true <= r.upper and r.upper_found and r.status == "exact"
+    assert r.upper - r.lower <= 1e-3 * r.upper + 1e-6
+    assert np.max(np.abs(r.x_adv - x0)) <= r.upper
+
+
+def _true_radius(net, x0, label, clip=(0.0, 1.0), hi=1.0):
+    """Bisection of eps on the exact minimum margin over the clipped ball (brute force)."""
+    spec = robustness(label, net.output_size)
+    lo_e, hi_e = 0.0, hi
+    for _ in range(40):
+        mid = (lo_e + hi_e) / 2
+        box_lo, box_hi = np.maximum(x0 - mid, clip[0]), np.minimum(x0 + mid, clip[1])
+        if brute_force_min_margin(net, box_lo, box_hi, spec).min_margin <= 0:
+            hi_e = mid
+        else:
+            lo_e = mid
+    return lo_e, hi_e
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bracket_contains_the_brute_force_radius_on_relu_networks(seed):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 2, [5, 5], 3)
+    x0 = rng.uniform(0.2, 0.8, 2)
+    label = int(np.argmax(net.forward64(x0[None])[0]))
+    lo_t, hi_t = _true_radius(net, x0, label)
+    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0)
+    assert r.lower <= hi_t + 1e-9, (r, lo_t, hi_t)
+    if r.upper_found:
+        assert r.upper >= lo_t - 1e-9, (r, lo_t, hi_t)
+        y = net.forward64(r.x_adv[None])[0]
+        assert np.max(np.delete(y, label)) >= y[label]
+        assert np.all((r.x_adv >= 0) & (r.x_adv <= 1))
+    assert r.lower <= r.upper
+
+
+def test_a_misclassified_input_has_radius_zero():
+    net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
+    r = gpuopt.certify_radius(net, np.array([0.2, 0.7]), 0, timeout=5)
+    assert (r.lower, r.upper, r.status, r.verify_calls) == (0.0, 0.0, "exact", 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(norm="l2"), "`norm` must be one of linf (L1 and L2 radii are not certified yet), got 'l2'"),
+    (dict(label=2), "`label` must be a class index in [0, 2), got 2"),
+    (dict(eps_max=-1.0), "`eps_max` must be a finite number >= 0, got -1.0"),
+    (dict(timeout=float("nan")), "`timeout` must be a finite number >= 0, got nan"),
+    (dict(x=np.zeros(3)), "`x` must hold 2 finite numbers, got 3"),
+    (dict(network="net"), "`network` must be a gpuopt Network (see gpuopt.from_torch), got str"),
+])
+def test_bad_arguments(kwargs, message):
+    args = dict(network=Network([Dense(np.eye(2), np.zeros(2))], (2,)), x=np.array([0.7, 0.2]), label=0)
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        gpuopt.certify_radius(args.pop("network"), args.pop("x"), args.pop("label"), **args)
