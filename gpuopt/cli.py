@@ -196,6 +196,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="dataset mode: valid input range (default 0 1)")
 
+    ra = sub.add_parser("radius", help="certified L-inf robustness radii of a dataset, into a resumable JSONL file")
+    ra.add_argument("--model", required=True, help="the network (.onnx)")
+    ra.add_argument("--data", required=True, help="CSV of `label, features...` rows, or .npz with x, y")
+    ra.add_argument("--results", required=True, help="results file (JSONL, one record per sample)")
+    ra.add_argument("--norm", choices=["linf"], default="linf", help="the perturbation norm")
+    ra.add_argument("--eps-max", type=_positive_float, default=0.5, help="largest radius searched (default 0.5)")
+    ra.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per sample")
+    ra.add_argument("--limit", type=_positive_int, default=None, help="the first N samples only")
+    ra.add_argument("--scale", type=_positive_float, default=None, help="divide the features by this")
+    ra.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                    help="valid input range (default 0 1)")
+    ra.add_argument("--resume", action="store_true", help="continue an existing results file")
+    ra.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores - 1)")
+
     rp = sub.add_parser("report", help="summary table of a results file (and PNG plots with the plots extra)")
     rp.add_argument("results", help="results file (JSONL) written by `gpuopt run`")
     rp.add_argument("--plots", default=None, help="write PNG figures to this folder (needs matplotlib)")
@@ -249,6 +263,29 @@ def _cmd_run(args) -> int:
             pass
         print(format_summary(summarize(store.records())))
     print(f"results: {args.results}")
+    return 0
+
+
+def _cmd_radius(args) -> int:
+    from .engine.store import ResultStore
+    from .io.onnx import from_onnx
+    from .runs import load_dataset, radius_items, run_items, summarize_radii
+
+    if not Path(args.model).is_file():
+        raise InvalidInputError(f"network file not found: {args.model}")
+    if not args.clip[0] <= args.clip[1]:
+        raise InvalidInputError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: the lower end exceeds the upper end")
+    net = from_onnx(args.model)
+    x, y = load_dataset(args.data, scale=args.scale)
+    items = radius_items(net, x, y, eps_max=args.eps_max, timeout=args.timeout, clip=tuple(args.clip),
+                         limit=args.limit, model_ref=str(Path(args.model).resolve()))
+    import torch
+
+    torch.set_num_threads(1)
+    with ResultStore(args.results, resume=args.resume) as store:
+        for _ in run_items(items, store, workers=args.workers, progress=True, engine="items"):
+            pass
+        print(summarize_radii(store.records()))
     return 0
 
 
@@ -394,6 +431,8 @@ def _run(argv, start_time: float) -> int:
             return _cmd_run(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "radius":
+            return _cmd_radius(args)
         if args.command == "demo":
             from .demo import run_demo
 

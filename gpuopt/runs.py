@@ -173,6 +173,53 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
     return items
 
 
+def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.0), limit: int | None = None,
+                 config=None, model_ref=None) -> list[RunItem]:
+    """Certified-radius items, one per sample (:func:`gpuopt.radius.certify_radius`, run whole in
+    a worker). A misclassified sample is recorded with radius 0 and never attacked."""
+    from .engine.tasks import radius_sample_task
+    from .verify import VerifyConfig
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y).reshape(-1)
+    if x.shape[1] != network.input_size:
+        raise InvalidInputError(f"the dataset has {x.shape[1]} features per sample but the network takes "
+                                f"{network.input_size} inputs")
+    if np.any((y < 0) | (y >= network.output_size)):
+        raise InvalidInputError(f"labels must be in [0, {network.output_size})")
+    if not (math.isfinite(eps_max) and eps_max > 0) or not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidInputError(f"`eps_max` and `timeout` must be finite numbers > 0, got {eps_max!r} and {timeout!r}")
+    n = len(x) if limit is None else min(int(limit), len(x))
+    pred = network.forward64(x[:n]).argmax(axis=1)
+    config = config or VerifyConfig(device="cpu")
+    ref = model_ref if model_ref is not None else network
+    items = []
+    for i in range(n):
+        info = {"sample": i, "label": int(y[i]), "eps_max": eps_max, "timeout": timeout}
+        pre = None
+        if pred[i] != y[i]:
+            pre = {"status": "misclassified", "predicted": int(pred[i]), "lower": 0.0, "upper": 0.0, "seconds": 0.0}
+        items.append(RunItem(f"radius:{i}", radius_sample_task, (ref, x[i], int(y[i]), eps_max, tuple(clip), timeout,
+                                                                config), timeout, info, pre))
+    return items
+
+
+def summarize_radii(records: Iterable[dict]) -> str:
+    """A readable summary of radius records: counts per status and the median bracket ends."""
+    recs = list(records)
+    counts = Counter(r.get("status") for r in recs)
+    done = [r for r in recs if r.get("status") in ("exact", "bracket")]
+    lines = [f"{len(recs)} samples: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    if done:
+        lows = np.array([r["lower"] for r in done])
+        ups = np.array([r["upper"] for r in done])
+        secs = np.array([r.get("seconds", 0.0) for r in done])
+        lines.append(f"median certified lower {np.median(lows):.4g}, median upper {np.median(ups):.4g}, "
+                     f"median gap {np.median(ups - lows):.3g}; seconds p50 {np.median(secs):.2f}, "
+                     f"p90 {np.percentile(secs, 90):.2f}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- hybrid items
 _MAIN_NETWORKS: dict = {}  # this process: ONNX path -> Network (with its task reference attached)
 

@@ -78,3 +78,22 @@ def test_bad_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         gpuopt.certify_radius(args.pop("network"), args.pop("x"), args.pop("label"), **args)
+
+
+def test_radius_command_on_a_benchmark_network(benchmarks_dir, tmp_path, capsys):
+    """One MNIST image through ``gpuopt radius``: a record with a bracket that contains the
+    distance of its own checked counterexample, and a summary line."""
+    import json
+
+    from gpuopt.cli import main
+
+    out = tmp_path / "r.jsonl"
+    assert main(["radius", "--model", str(benchmarks_dir / "vnncomp2022" / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx"),
+                 "--data", str(benchmarks_dir / "mnist" / "mnist_test_first100.csv"), "--scale", "255",
+                 "--limit", "1", "--timeout", "20", "--eps-max", "0.1", "--results", str(out), "--workers", "1"]) == 0
+    assert "1 samples:" in capsys.readouterr().out
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["status"] in ("exact", "bracket") and 0 <= rec["lower"] <= rec["upper"] <= 0.1
+    if rec["upper_found"]:
+        x = np.array(rec["counterexample"])
+        assert np.all((x >= 0) & (x <= 1))

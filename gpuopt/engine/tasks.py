@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["verify_instance_task", "verify_sample_task", "milp_task", "split_task", "relu_split_task",
+__all__ = ["verify_instance_task", "verify_sample_task", "radius_sample_task", "milp_task", "split_task", "relu_split_task",
            "resolve_network", "NetworkRef"]
 
 _NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
@@ -210,6 +210,19 @@ def verify_instance_task(onnx_path: str, vnnlib_path: str, timeout: float, confi
     problems = [Problem(net, p.box, p.spec, inner=p.inner) for p in props]
     verdict = verify_problems(problems, timeout=timeout, config=config, start_time=t0)
     return _record(verdict, t0)
+
+
+def radius_sample_task(network, x, label: int, eps_max: float, clip: tuple, timeout: float, config) -> dict:
+    """The certified L-inf radius bracket of one sample (:func:`gpuopt.radius.certify_radius`)."""
+    t0 = time.monotonic()
+    _setup()
+    from ..radius import certify_radius
+
+    net = _network(network) if isinstance(network, str) else network
+    r = certify_radius(net, x, int(label), eps_max=eps_max, clip=clip, timeout=timeout, config=config)
+    return {"status": r.status, "lower": r.lower, "upper": r.upper, "upper_found": r.upper_found,
+            "verify_calls": r.verify_calls, "seconds": time.monotonic() - t0,
+            "counterexample": None if r.x_adv is None else r.x_adv.tolist()}
 
 
 def verify_sample_task(network, x, label: int, eps: float, clip: tuple, timeout: float, config) -> dict:
