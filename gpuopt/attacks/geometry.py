@@ -56,7 +56,8 @@ class Geometry:
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``project(x + descent(x, grad, t))`` in a new tensor; a geometry may fuse it."""
+        """``project(x + descent(x, grad, t))``; a geometry may fuse it, and may reuse ``grad``'s
+        buffer (the caller must not read ``grad`` afterwards)."""
         return self.project(x + self.descent(x, grad, t))
 
     def project_(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,8 @@ class BoxGeometry(Geometry):
         return -t[..., None] * self.radius[:, None] * torch.sign(grad)
 
     def step(self, x, grad, t):
-        z = torch.sign(grad).mul_(t[..., None]).mul_(self.radius[:, None]).neg_().add_(x)
+        # grad's buffer becomes the new point: the loop takes a fresh gradient after each step
+        z = grad.sign_().mul_(t[..., None]).mul_(self.radius[:, None]).neg_().add_(x)
         return self.project_(z)
 
     def project_(self, x):

@@ -225,9 +225,10 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
                 t = torch.where(halve, t / 2, t)
                 # halved restarts go back to their best point (its gradient is kept with it)
                 back = halve[..., None]
-                x = torch.where(back, best_x, x)
-                x_prev = torch.where(back, best_x, x_prev)
-                g = torch.where(back, best_g, g)
+                # in place: x, x_prev and g each own their buffer here (large tensors)
+                torch.where(back, best_x, x, out=x)
+                torch.where(back, best_x, x_prev, out=x_prev)
+                torch.where(back, best_g, g, out=g)
                 m = torch.where(halve, best_m, m)
             decreased.zero_()
             last_mark = steps_done
