@@ -291,13 +291,16 @@ def _cmd_radius(args) -> int:
 
 def _cmd_report(args) -> int:
     from .engine.store import read_records
-    from .runs import format_summary, summarize
+    from .runs import format_summary, summarize, summarize_radii
 
     if not Path(args.results).is_file():
         raise InvalidInputError(f"results file not found: {args.results}")
     records = list(read_records(args.results))
     if not records:
         raise InvalidInputError(f"no records in {args.results}")
+    if all(str(r.get("key", "")).startswith("radius:") for r in records):  # written by `gpuopt radius`
+        print(summarize_radii(records))
+        return 0
     summary = summarize(records)
     print(format_summary(summary))
     if args.plots:

@@ -97,3 +97,18 @@ def test_radius_command_on_a_benchmark_network(benchmarks_dir, tmp_path, capsys)
     if rec["upper_found"]:
         x = np.array(rec["counterexample"])
         assert np.all((x >= 0) & (x <= 1))
+
+
+def test_report_reads_radius_records(tmp_path, capsys):
+    import json
+
+    from gpuopt.cli import main
+
+    path = tmp_path / "r.jsonl"
+    recs = [{"key": "radius:0", "status": "exact", "lower": 0.1, "upper": 0.1001, "seconds": 2.0},
+            {"key": "radius:1", "status": "bracket", "lower": 0.05, "upper": 0.2, "seconds": 4.0},
+            {"key": "radius:2", "status": "misclassified", "lower": 0.0, "upper": 0.0, "seconds": 0.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 samples: bracket 1, exact 1, misclassified 1" in out and "median certified lower 0.075" in out
