@@ -134,6 +134,18 @@ def load_dataset(path, *, scale: float | None = None) -> tuple[np.ndarray, np.nd
     return x, y.astype(np.int64)
 
 
+def _dataset_iv(network, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` as float64 ``(samples, n_in)`` and ``y`` as labels, checked against the network."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y).reshape(-1)
+    if x.shape[1] != network.input_size:
+        raise InvalidInputError(f"the dataset has {x.shape[1]} features per sample but the network takes "
+                                f"{network.input_size} inputs")
+    if np.any((y < 0) | (y >= network.output_size)):
+        raise InvalidInputError(f"labels must be in [0, {network.output_size})")
+    return x, y
+
+
 def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(0.0, 1.0),
                   limit: int | None = None, config=None, model_ref=None) -> list[RunItem]:
     """Robustness items ``(sample i, eps)``. A sample the network misclassifies is recorded
@@ -142,13 +154,7 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
     from .engine.tasks import verify_sample_task
     from .verify import VerifyConfig
 
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    y = np.asarray(y).reshape(-1)
-    if x.shape[1] != network.input_size:
-        raise InvalidInputError(f"the dataset has {x.shape[1]} features per sample but the network takes "
-                                f"{network.input_size} inputs")
-    if np.any((y < 0) | (y >= network.output_size)):
-        raise InvalidInputError(f"labels must be in [0, {network.output_size})")
+    x, y = _dataset_iv(network, x, y)
     eps = [float(e) for e in eps]
     if not eps or any(not (math.isfinite(e) and e >= 0) for e in eps):
         raise InvalidInputError(f"`eps` must be finite numbers >= 0, got {eps}")
@@ -180,13 +186,7 @@ def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.
     from .engine.tasks import radius_sample_task
     from .verify import VerifyConfig
 
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    y = np.asarray(y).reshape(-1)
-    if x.shape[1] != network.input_size:
-        raise InvalidInputError(f"the dataset has {x.shape[1]} features per sample but the network takes "
-                                f"{network.input_size} inputs")
-    if np.any((y < 0) | (y >= network.output_size)):
-        raise InvalidInputError(f"labels must be in [0, {network.output_size})")
+    x, y = _dataset_iv(network, x, y)
     if not (math.isfinite(eps_max) and eps_max > 0) or not (math.isfinite(timeout) and timeout > 0):
         raise InvalidInputError(f"`eps_max` and `timeout` must be finite numbers > 0, got {eps_max!r} and {timeout!r}")
     n = len(x) if limit is None else min(int(limit), len(x))
