@@ -1,22 +1,29 @@
 """Certified robustness radii: a bracket ``[lower, upper]`` on the smallest distortion that changes
 the decision.
 
-For a network ``f``, an input ``x0`` with label ``c`` and the unsafe set ``U = {y : y_j >= y_c for
-some j != c}`` (:func:`gpuopt.specs.robustness`: a tie counts as a change), the radius is
-``r* = inf {||x - x0||_inf : x in [clip_lo, clip_hi], f(x) in U}``. :func:`certify_radius`
-returns
+For a network ``f``, an input ``x0`` with label ``c`` and an unsafe set ``U`` the radius is
+``r* = inf {||x - x0||_inf : x in [clip_lo, clip_hi], f(x) in U}``, where ``U`` is
+
+- untargeted: ``{y : y_j >= y_c for some j != c}`` (:func:`gpuopt.specs.robustness`: a tie counts
+  as a change);
+- targeted at ``t`` with ``margin`` ``m`` (default 1; the form of the FF-DNN MIP paper's min-L1
+  experiment, ``m = 1.2``): ``{y : y_t >= m y_j for every j != t}``, read literally as these
+  linear inequalities on the logits, whatever their signs (with a negative ``y_j`` and ``m > 1``,
+  ``m y_j`` is *below* ``y_j``, so the condition is then weaker than ``y_t >= y_j``).
+
+:func:`certify_radius` returns
 
 - ``lower``: an ``eps`` at which the pipeline proved ``unsat`` on the ball ``B(x0, eps)`` (clipped),
-  so ``r* >= lower`` (``r* > lower`` in fact, the ball being closed);
+  so ``r* > lower``;
 - ``upper``: the distance of a counterexample checked in float64 (rounded up), so ``r* <= upper``;
   or ``eps_max`` (``upper_found`` False) when none was found within it.
 
-It bisects between them: the attack first (:func:`gpuopt.attack`, cheap, it moves ``upper``),
-then :func:`gpuopt.verify` at the midpoint with a share of the time left (``unsat`` moves
-``lower``, ``sat`` moves ``upper`` to the new point's distance, anything else ends the
-bisection). ``status`` is ``"exact"`` once ``upper - lower <= rtol * upper + atol``, else
-``"bracket"`` (always ``"bracket"`` when no counterexample was found within ``eps_max``). Only the
-L-inf norm is certified for now.
+It bisects between them: the attack first (:func:`gpuopt.attacks.pgd_attack` on the same unsafe
+set, cheap, it moves ``upper``), then :func:`gpuopt.verify` at the midpoint with a share of the
+time left (``unsat`` moves ``lower``, ``sat`` moves ``upper`` to the new point's distance,
+anything else ends the bisection). ``status`` is ``"exact"`` once ``upper - lower <= rtol *
+upper + atol``, else ``"bracket"`` (always ``"bracket"`` when no counterexample was found within
+``eps_max``). Only the L-inf norm is certified for now.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attacks.api import attack
+from .attacks import AttackConfig, pgd_attack
+from .check import check_counterexample
 from .errors import InvalidInputError
+from .problem import Problem
 from .network import Network
 from .regions import LinfBall
-from .specs import robustness
+from .specs import OutputSpec, robustness
 
 __all__ = ["RadiusResult", "certify_radius"]
 
@@ -61,10 +70,11 @@ def _distance_up(x: np.ndarray, x0: np.ndarray) -> float:
 
 def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_max: float = 1.0,
                    clip=(0.0, 1.0), timeout: float = 60.0, rtol: float = 1e-3, atol: float = 1e-6,
-                   config=None, seed: int = 0) -> RadiusResult:
+                   config=None, seed: int = 0, target: int | None = None, margin: float | None = None) -> RadiusResult:
     """The bracket on the L-inf robustness radius of ``network`` at ``x`` (flattened or input
-    shaped) for class ``label``, searched in ``[0, eps_max]`` within ``timeout`` seconds; ``clip``
-    the valid input range (``None``: unbounded). See the module docstring."""
+    shaped) for class ``label`` (or towards ``target`` with ``margin``), searched in
+    ``[0, eps_max]`` within ``timeout`` seconds; ``clip`` the valid input range (``None``:
+    unbounded). See the module docstring."""
     from .verify import VerifyConfig, verify
 
     t0 = time.monotonic()
@@ -83,35 +93,53 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < n_cls:
         raise InvalidInputError(f"`label` must be a class index in [0, {n_cls}), got {label!r}")
     label = int(label)
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
+                               or not 0 <= int(target) < n_cls or int(target) == label):
+        raise InvalidInputError(f"`target` must be a class index in [0, {n_cls}) other than `label`, got {target!r}")
+    if margin is not None and (target is None or isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):
+        raise InvalidInputError(f"`margin` must be a finite number and needs a `target`, got {margin!r}")
     lo_clip, hi_clip = (None, None) if clip is None else clip
     config = config if config is not None else VerifyConfig(device="cpu")
-    spec = robustness(label, n_cls)
+    if target is None:
+        spec = robustness(label, n_cls)
+    else:  # one disjunct: m y_j - y_t <= 0 for every j != t
+        m = 1.0 if margin is None else float(margin)
+        rows = np.array([m * np.eye(n_cls)[j] - np.eye(n_cls)[int(target)] for j in range(n_cls) if j != int(target)])
+        spec = OutputSpec([(rows, np.zeros(len(rows)))], n_cls)
     deadline = t0 + timeout
     calls = 0
 
     def left() -> float:
         return deadline - time.monotonic()
 
+    def ball(eps: float) -> LinfBall:
+        return LinfBall(x0, eps, lo_clip, hi_clip)
+
     # the clean point itself
-    y0 = network.forward64(x0[None])[0]
-    if np.max(np.delete(y0, label)) >= y0[label]:
+    if spec.margin64(network.forward64(x0[None]))[0] <= 0:
         return RadiusResult(0.0, 0.0, True, "exact", x0, time.monotonic() - t0, 0)
 
     lower, upper, x_adv = 0.0, float(eps_max), None
-    # upper: the attack at eps_max, then bisection of eps with the attack (cheap, sound: checked)
-    model = lambda v: network.forward(v)  # noqa: E731
-    xt = torch.tensor(x0[None])
-    yt = torch.tensor([label])
-    clip_arg = None if clip is None else (float(lo_clip), float(hi_clip))
+    A, b = spec.padded()
 
     def attack_at(eps: float):
-        res = attack(model, xt, yt, eps=eps, restarts=8, steps=50, seed=seed, clip=clip_arg)
-        if not bool(res.success[0]):
-            return None
-        xa = res.x[0].double().numpy()
-        y = network.forward64(xa[None])[0]
-        return xa if np.max(np.delete(y, label)) >= y[label] else None
+        """A float64-checked point of the unsafe set within ``eps``, or None."""
+        problem = Problem(network, ball(eps), spec)
+        box = problem.region.to_box()
+        found = []
 
+        def confirm(_, xa):
+            c = check_counterexample(problem, xa.detach().to("cpu", torch.float64).numpy())
+            if c.ok and not found:
+                found.append(c.x)
+            return c.ok
+
+        pgd_attack(network, box.lower[None], box.upper[None], A, b, dtype=torch.float64, confirm=confirm,
+                   config=AttackConfig(restarts=16, steps=50, rounds=1, seed=seed), deadline=deadline)
+        return found[0] if found else None
+
+    # upper: the attack at eps_max, then at half the distance found, while it keeps finding
     probe = eps_max
     for _ in range(12):
         if left() <= 0:
@@ -127,8 +155,7 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     while left() > 0 and upper - lower > rtol * upper + atol:
         mid = (lower + upper) / 2
         budget = max(0.05, left() / 3)
-        region = LinfBall(x0, mid, lo_clip, hi_clip)
-        v = verify(network, region, spec, timeout=min(budget, left()), config=config)
+        v = verify(network, ball(mid), spec, timeout=min(budget, left()), config=config)
         calls += 1
         if v.status.value == "unsat":
             lower = mid

@@ -112,3 +112,26 @@ def test_report_reads_radius_records(tmp_path, capsys):
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "3 samples: bracket 1, exact 1, misclassified 1" in out and "median certified lower 0.075" in out
+
+
+def test_targeted_radius_with_a_margin_in_closed_form():
+    """Logits ``(0, w.x, 1)`` with target 1 and margin 1.2: the target needs ``w.x >= 1.2`` (and
+    ``w.x >= 0``), so from ``x0`` with ``w.x0 = 0.5`` the radius is ``0.7 / ||w||_1``."""
+    w = np.array([1.0, 2.0, -1.0])
+    net = Network([Dense(np.stack([np.zeros(3), w, np.zeros(3)]), np.array([0.0, 0.0, 1.0]))], (3,))
+    x0 = np.array([0.5, 0.25, 0.5])  # w.x0 = 0.5; class 2 (logit 1) wins
+    true = 0.7 / np.abs(w).sum()
+    r = gpuopt.certify_radius(net, x0, 2, target=1, margin=1.2, clip=None, eps_max=1.0, timeout=30)
+    assert r.lower <= true <= r.upper and r.status == "exact", r
+    y = net.forward64(r.x_adv[None])[0]
+    assert y[1] >= 1.2 * y[0] and y[1] >= 1.2 * y[2]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target=0), "`target` must be a class index in [0, 2) other than `label`, got 0"),
+    (dict(margin=1.2), "`margin` must be a finite number and needs a `target`, got 1.2"),
+])
+def test_bad_target_arguments(kwargs, message):
+    net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        gpuopt.certify_radius(net, np.array([0.7, 0.2]), 0, **kwargs)

@@ -284,7 +284,7 @@ def pgd_attack(network: Network, lower, upper, A, b, *, config: AttackConfig = A
     if not isinstance(config, AttackConfig):
         raise InvalidInputError(f"`config` must be an AttackConfig, got {type(config).__name__}")
     def as64(v):  # Python and numpy values are read as float64 (a list would become float32)
-        return v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, np.float64))
+        return v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else torch.as_tensor(np.array(v, np.float64))
 
     dev = torch.device(device) if device is not None else (lower.device if isinstance(lower, torch.Tensor) else torch.device("cpu"))
     lo = as64(lower).to(dev)
