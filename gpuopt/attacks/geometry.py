@@ -26,6 +26,7 @@ Each supplies the same four operations, which is all the loop calls:
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -33,27 +34,35 @@ import torch
 __all__ = ["BoxGeometry", "Geometry", "L1Geometry", "L2Geometry"]
 
 
-class Geometry:
-    """Base of the perturbation sets; subclasses implement the four operations."""
+class Geometry(abc.ABC):
+    """Base of the perturbation sets; subclasses implement the operations the loop calls."""
 
     lower: torch.Tensor
     upper: torch.Tensor
 
+    @abc.abstractmethod
     def random_start(self, restarts: int, generators: list) -> torch.Tensor:
-        raise NotImplementedError
+        """``(batch, restarts, n)`` points of the set."""
 
+    @abc.abstractmethod
     def descent(self, x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The steepest-descent displacement of relative length ``t``."""
 
+    @abc.abstractmethod
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """A point of the set for each row of ``x``."""
 
+    @abc.abstractmethod
     def contains(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``(batch, restarts)`` membership in the working precision."""
 
+    @abc.abstractmethod
+    def centre(self) -> torch.Tensor:
+        """``(batch, n)``: the centre of each item's set."""
+
+    @abc.abstractmethod
     def select(self, index: torch.Tensor) -> "Geometry":
         """The same geometry restricted to the items ``index``."""
-        raise NotImplementedError
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``project(x + descent(x, grad, t))``; a geometry may fuse it, and may reuse ``grad``'s
