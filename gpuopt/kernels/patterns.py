@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import cupy_available, load_kernel
+from . import SOURCES, cupy_available, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "distinct_rows", "pack_and_hash"]
 
@@ -44,7 +44,8 @@ def pack_and_hash(bits: torch.Tensor, *, impl: str = "auto") -> tuple[torch.Tens
     if impl not in IMPLEMENTATIONS:
         raise InvalidInputError(f"`impl` must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
     if impl == "auto":
-        impl = "cupy" if bits.is_cuda and cupy_available() else "torch"
+        # the kernel needs CuPy, a CUDA tensor and the .cu source (shipped with the source tree)
+        impl = "cupy" if bits.is_cuda and cupy_available() and (SOURCES / "patterns.cu").is_file() else "torch"
     if impl == "cupy":
         if not bits.is_cuda:
             raise InvalidInputError("`impl='cupy'` needs `bits` on a CUDA device")
