@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
-__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp"]
+__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp"]
 
 log = logging.getLogger("gpuopt")
 
@@ -252,6 +252,63 @@ def _scale(model: MilpModel) -> _Scaled:
                    dropped=dropped)
 
 
+def _new_highs(highspy, model: MilpModel, sc: "_Scaled", config: SolverConfig, time_limit: float,
+               warnings_seen: list, *, integer: bool):
+    """A silent Highs instance holding the scaled ``model`` (integrality kept when ``integer``),
+    with the options of ``config``; HiGHS's WARNING log lines are appended to ``warnings_seen``."""
+    h = highspy.Highs()
+    h.silent()
+    for name, value in (
+        ("output_flag", True),
+        ("log_to_console", False),
+        ("threads", int(config.threads)),
+        ("random_seed", int(config.seed)),
+        ("time_limit", max(float(time_limit), 0.01)),
+        ("mip_feasibility_tolerance", float(config.mip_feasibility_tolerance)),
+        ("primal_feasibility_tolerance", float(config.primal_feasibility_tolerance)),
+        ("dual_feasibility_tolerance", float(config.dual_feasibility_tolerance)),
+        ("presolve", "on" if config.presolve else "off"),
+        ("mip_rel_gap", 0.0),
+        ("mip_abs_gap", 0.0),
+    ):
+        if h.setOptionValue(name, value) != highspy.HighsStatus.kOk:
+            raise SolverError(f"HiGHS refused the option {name} = {value!r}")
+
+    def on_log(event):
+        msg = str(getattr(event, "message", "")).strip()
+        if msg.upper().startswith("WARNING") and not _BENIGN_WARNING.search(msg):
+            warnings_seen.append(msg)
+
+    h.cbLogging.subscribe(on_log)
+    _pass_model(h, highspy, sc.c, sc.col_lower, sc.col_upper, sc.row_lower, sc.row_upper, sc.A,
+                model.integrality if integer else None)
+    return h
+
+
+def _pass_model(h, highspy, c, col_lower, col_upper, row_lower, row_upper, A, integrality=None) -> None:
+    """Hand ``min c^T v`` s.t. ``row_lower <= A v <= row_upper``, the column bounds and
+    ``integrality`` (bool per column, or None) to ``h`` as numpy buffers (the array overload of
+    ``passModel``: assigning a ``HighsLp``'s vectors converts element by element)."""
+    import scipy.sparse as sp
+
+    csc = sp.csc_matrix(A, dtype=np.float64)
+    csc.sort_indices()
+    inf = highspy.kHighsInf
+
+    def finite(a, fill):
+        a = np.asarray(a, dtype=np.float64)
+        return np.where(np.isfinite(a), a, fill)
+
+    n_col, n_row = csc.shape[1], csc.shape[0]
+    integ = np.zeros(n_col, dtype=np.int32) if integrality is None else np.asarray(integrality, dtype=np.int32)
+    status = h.passModel(n_col, n_row, int(csc.nnz), 1, 1, 0.0, np.asarray(c, dtype=np.float64),
+                         finite(col_lower, -inf), finite(col_upper, inf), finite(row_lower, -inf),
+                         finite(row_upper, inf), csc.indptr.astype(np.int32), csc.indices.astype(np.int32),
+                         np.ascontiguousarray(csc.data), integ)
+    if status == highspy.HighsStatus.kError:
+        raise SolverError("HiGHS refused the model")
+
+
 def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
                start: np.ndarray | None = None,
                accept_solution: Callable[[np.ndarray], bool] | None = None,
@@ -270,55 +327,9 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     unbounded_rows = (abs(sc.A) @ (~finite).astype(np.float64)) > 0
     total = width.sum() + np.where(inequality, np.where(unbounded_rows, np.inf, row_range), 0.0).sum()
     proof_margin = float(config.dual_feasibility_tolerance * total * sc.cost_scale * (1 + 1e-9))
-    h = highspy.Highs()
-    h.silent()
-    for name, value in (
-        ("output_flag", True),
-        ("log_to_console", False),
-        ("threads", int(config.threads)),
-        ("random_seed", int(config.seed)),
-        ("time_limit", max(float(time_limit), 0.01)),
-        ("mip_feasibility_tolerance", float(config.mip_feasibility_tolerance)),
-        ("primal_feasibility_tolerance", float(config.primal_feasibility_tolerance)),
-        ("dual_feasibility_tolerance", float(config.dual_feasibility_tolerance)),
-        ("presolve", "on" if config.presolve else "off"),
-        ("mip_rel_gap", 0.0),
-        ("mip_abs_gap", 0.0),
-    ):
-        if h.setOptionValue(name, value) != highspy.HighsStatus.kOk:
-            raise SolverError(f"HiGHS refused the option {name} = {value!r}")
     warnings_seen: list[str] = []
-
-    def on_log(event):
-        msg = str(getattr(event, "message", "")).strip()
-        if msg.upper().startswith("WARNING") and not _BENIGN_WARNING.search(msg):
-            warnings_seen.append(msg)
-
-    h.cbLogging.subscribe(on_log)
-
-    lp = highspy.HighsLp()
+    h = _new_highs(highspy, model, sc, config, time_limit, warnings_seen, integer=True)
     n = model.n_vars
-    lp.num_col_ = n
-    lp.num_row_ = model.A.shape[0]
-    lp.col_cost_ = np.asarray(sc.c, dtype=np.float64)
-    lp.offset_ = 0.0
-    inf = highspy.kHighsInf
-    lp.col_lower_ = np.where(np.isfinite(sc.col_lower), sc.col_lower, -inf)
-    lp.col_upper_ = np.where(np.isfinite(sc.col_upper), sc.col_upper, inf)
-    lp.row_lower_ = np.where(np.isfinite(sc.row_lower), sc.row_lower, -inf)
-    lp.row_upper_ = np.where(np.isfinite(sc.row_upper), sc.row_upper, inf)
-    csc = sc.A
-    csc.sort_indices()
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
-    lp.a_matrix_.index_ = csc.indices.astype(np.int32)
-    lp.a_matrix_.value_ = csc.data.astype(np.float64)
-    lp.a_matrix_.num_col_ = n
-    lp.a_matrix_.num_row_ = model.A.shape[0]
-    if model.integrality.any():
-        lp.integrality_ = [highspy.HighsVarType.kInteger if b else highspy.HighsVarType.kContinuous
-                           for b in model.integrality]
-    h.passModel(lp)
 
     def unscale_obj(v: float) -> float:
         return v * sc.cost_scale + float(model.offset)
@@ -400,3 +411,40 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     return MilpResult(status=status, raw_status=raw_text, objective=objective, dual_bound=dual,
                       solution=solution, nodes=max(nodes, 0), seconds=time.monotonic() - t0,
                       proof_margin=proof_margin, warnings=tuple(warnings_seen))
+
+
+@dataclass(frozen=True, eq=False)
+class LpResult:
+    """One LP: ``status`` ``optimal``, ``infeasible``, ``time_limit`` or ``error``; ``x``, the row
+    duals and the final basis (a warm start for an LP of the same shape) only when optimal."""
+
+    status: str
+    x: np.ndarray | None
+    objective: float
+    row_duals: np.ndarray | None
+    basis: object = None
+
+
+def solve_lp(c, A, row_lower, row_upper, col_lower, col_upper, *, time_limit: float, basis=None,
+             config: SolverConfig = SolverConfig()) -> LpResult:
+    """``min c^T x`` s.t. ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``
+    (``A`` any scipy.sparse or dense matrix; infinities allowed in the row bounds), started from
+    ``basis`` when given. A heuristic solve: its points are re-checked by the caller, never proofs."""
+    highspy = _highspy()
+    h = highspy.Highs()
+    h.silent()
+    for name, value in (("threads", int(config.threads)), ("random_seed", int(config.seed)),
+                        ("time_limit", max(float(time_limit), 0.01)), ("presolve", "off" if basis is not None else "on")):
+        h.setOptionValue(name, value)
+    _pass_model(h, highspy, c, col_lower, col_upper, row_lower, row_upper, A)
+    if basis is not None:
+        h.setBasis(basis)
+    h.run()
+    raw = h.getModelStatus()
+    S = highspy.HighsModelStatus
+    if raw == S.kOptimal:
+        sol = h.getSolution()
+        return LpResult("optimal", np.array(sol.col_value, dtype=np.float64), float(h.getInfo().objective_function_value),
+                        np.array(sol.row_dual, dtype=np.float64), h.getBasis())
+    status = {S.kInfeasible: "infeasible", S.kTimeLimit: "time_limit"}.get(raw, "error")
+    return LpResult(status, None, np.inf, None)
