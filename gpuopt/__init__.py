@@ -9,7 +9,8 @@ from .errors import GpuoptError, InvalidInputError, MissingDependencyError, Solv
 from .network import Network, from_torch
 from .problem import Problem
 from .radius import RadiusResult, certify_radius
-from .regions import Box, LinfBall
+from .optimize import OptimizeResult, optimize
+from .regions import Box, L1Ball, LinfBall
 from .specs import OutputSpec, robustness, targeted
 from .verdict import Status, Verdict
 from .verify import VerifyConfig, verify, verify_instance, verify_problems
@@ -17,7 +18,7 @@ from .verify import VerifyConfig, verify, verify_instance, verify_problems
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttackResult", "attack", "Box", "RadiusResult", "certify_radius", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network",
+    "AttackResult", "attack", "Box", "L1Ball", "OptimizeResult", "optimize", "RadiusResult", "certify_radius", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network",
     "OutputSpec", "Problem", "SolverError", "Status", "UnsupportedLayerError", "Verdict",
     "VerifyConfig", "from_onnx", "from_torch", "load_vnnlib", "robustness", "targeted", "verify",
     "verify_instance", "verify_problems",

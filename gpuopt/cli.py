@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -166,6 +167,23 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=_steps, default=None, help=f"steps per restart (1 to {_MAX_STEPS})")
     a.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
 
+    o = sub.add_parser("optimize", help="maximise (or minimise) a linear function of the outputs over a VNNLIB's "
+                                        "input region: best point, proven bound, gap")
+    o.add_argument("onnx", help="network file (.onnx)")
+    o.add_argument("vnnlib", help="region file (.vnnlib or .vnnlib.gz): its input constraints (a box, or several); "
+                                  "its output constraints are ignored")
+    goal = o.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--maximize", metavar="EXPR", help='objective such as "Y_0 - 2*Y_1 + 0.5"')
+    goal.add_argument("--minimize", metavar="EXPR", help="objective to minimise")
+    o.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds in all (default 60)")
+    o.add_argument("--formulation", default="bigm", type=_formulation,
+                   help="MILP formulation: bigm (default), split, extended, partition[:N[:equal_size|equal_range]]")
+    o.add_argument("--seed", type=_seed, default=0, help=f"random seed of the gradient ascent (0 to {_MAX_SEED})")
+    o.add_argument("--device", default=None, help="gradient-ascent device: cpu, cuda or cuda:N (default: cuda if available)")
+    o.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
+    o.add_argument("--json", action="store_true", help='print one JSON object {"best_value", "upper_bound", "gap", '
+                                                       '"x", "status", "seconds"}')
+
     bd = sub.add_parser("bounds", help="sound bounds of every constraint of a VNNLIB's unsafe region")
     bd.add_argument("onnx", help="network file (.onnx)")
     bd.add_argument("vnnlib", help="property file (.vnnlib or .vnnlib.gz)")
@@ -218,6 +236,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=_positive_int, default=20, help="number of bundled test images to use")
     d.add_argument("--timeout", type=_nonneg_float, default=30.0, help="seconds per item")
     return p
+
+
+def _formulation(text: str) -> str:
+    from .milp.encode import Formulation
+
+    try:
+        Formulation.parse(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -382,9 +410,36 @@ def _cmd_bounds(args) -> int:
     return 0
 
 
+def _cmd_optimize(args, start_time: float) -> int:
+    import json
+
+    import torch
+
+    from .optimize import optimize_instance
+
+    torch.set_num_threads(args.threads)
+    sense = "max" if args.maximize is not None else "min"
+    res = optimize_instance(args.onnx, args.vnnlib, args.maximize if sense == "max" else args.minimize, sense=sense,
+                            timeout=max(args.timeout - (time.monotonic() - start_time), 0.01),
+                            formulation=args.formulation, seed=args.seed, device=args.device)
+    word = "upper bound" if sense == "max" else "lower bound"
+    if args.json:
+        d = res.to_dict()
+        out = {"best_value": d["best_value"], word.replace(" ", "_"): d["upper_bound"], "gap": d["gap"], "x": d["x"],
+               "status": d["status"], "seconds": d["seconds"], "sense": sense}
+        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}))
+        return 0
+    print(f"# {res.seconds:.2f}s; stages " + ", ".join(f"{k} {v:.2f}s" for k, v in res.stage_seconds.items()))
+    print(f"best value {res.best_value:.10g}")
+    print(f"{word} {res.upper_bound:.10g}")
+    print(f"gap {res.gap:.6g}")
+    print(res.status)
+    return 0
+
+
 def _check_args(args) -> None:
     """Checks of the options that argparse's per-argument types cannot do; before any work."""
-    if args.command in ("verify", "run", "attack"):
+    if args.command in ("verify", "run", "attack", "optimize"):
         if args.device is not None:
             _check_device(args.device)
     if args.command in ("verify", "attack"):
@@ -430,6 +485,8 @@ def _run(argv, start_time: float) -> int:
             return _cmd_attack(args, start_time)
         if args.command == "bounds":
             return _cmd_bounds(args)
+        if args.command == "optimize":
+            return _cmd_optimize(args, start_time)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "report":

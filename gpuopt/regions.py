@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Box", "LinfBall"]
+__all__ = ["Box", "LinfBall", "L1Ball"]
 
 
 def _describe(a) -> str:
@@ -187,6 +187,45 @@ class LinfBall:
         if np.any(lo > hi):
             raise InvalidInputError("`clip_lower`/`clip_upper` leave the ball empty (the center lies outside the clip box by more than eps)")
         return Box(lo, hi)
+
+
+@dataclass(frozen=True, eq=False)
+class L1Ball:
+    """``{x : ||x - center||_1 <= eps}`` intersected with ``[clip_lower, clip_upper]`` if given
+    (scalars or one value per input)."""
+
+    center: np.ndarray
+    eps: float
+    clip_lower: float | np.ndarray | None = None
+    clip_upper: float | np.ndarray | None = None
+
+    def __post_init__(self):
+        # the same checks as LinfBall's: a finite centre, eps >= 0, clip bounds of the right size
+        probe = LinfBall(self.center, self.eps, self.clip_lower, self.clip_upper)
+        for name in ("center", "eps", "clip_lower", "clip_upper"):
+            object.__setattr__(self, name, getattr(probe, name))
+        if self.clip_lower is not None and np.any(self.center < self.clip_lower) or \
+                self.clip_upper is not None and np.any(self.center > self.clip_upper):
+            raise InvalidInputError("the L1 ball's `center` must lie inside the clip box")
+
+    @property
+    def size(self) -> int:
+        return self.center.size
+
+    def to_box(self) -> Box:
+        """The box hull of the ball (each coordinate within ``eps`` of the centre), clipped and
+        rounded outwards."""
+        return LinfBall(self.center, self.eps, self.clip_lower, self.clip_upper).to_box()
+
+    def contains(self, x, *, tol: float = 0.0) -> np.ndarray:
+        """Mask of rows of ``x`` (``(batch, n)``) inside the clipped ball up to ``tol``."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.size)
+        ok = np.abs(x - self.center).sum(axis=1) <= self.eps + tol
+        if self.clip_lower is not None:
+            ok &= np.all(x >= np.asarray(self.clip_lower) - tol, axis=1)
+        if self.clip_upper is not None:
+            ok &= np.all(x <= np.asarray(self.clip_upper) + tol, axis=1)
+        return ok
 
 
 def _rounded_sum(a: np.ndarray, b: float, *, down: bool) -> np.ndarray:

@@ -1,0 +1,305 @@
+"""Optimisation over a trained network: ``max_{x in R} c^T f(x) + d`` with an anytime answer.
+
+The region ``R`` is a :class:`~gpuopt.regions.Box`, :class:`~gpuopt.regions.LinfBall` or
+:class:`~gpuopt.regions.L1Ball`, optionally cut by linear rows ``G x <= g``. Three stages share
+the time budget, each feeding the next:
+
+1. **bounds**: CROWN on the region's box gives the pre-activation bounds of the MILP and a first
+   sound upper bound ``U`` of the objective;
+2. **gradient ascent** (the attack engine, :func:`gpuopt.attacks.search.falsify`, on the GPU when
+   there is one): many projected restarts on ``-c^T f(x) + U`` (never below 0, so no restart stops
+   early), keeping the best points of distinct activation patterns (skipped when ``G`` is given:
+   the geometry cannot project onto it);
+3. **Relax-and-Walk** (:mod:`gpuopt.milp.walk`) from those points and the LP relaxation: the last
+   step inside a linear region;
+4. **MILP** (HiGHS, the chosen formulation) seeded with the best point: better points and the
+   proven bound.
+
+Every reported value is the float64 forward pass of the network at a point inside the region
+(``best_value``); ``upper_bound`` is sound: the least of the CROWN bound and the MILP's dual bound
+less HiGHS's tolerance margin (:class:`~gpuopt.milp.highs.MilpResult`), both widened by the
+deviation of the MILP's composed float64 weights from the network's
+(:func:`gpuopt.check.parameter_deviation`). ``status`` is ``optimal`` when
+``upper_bound - best_value <= atol + rtol |best_value|``, else ``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .network import Network
+from .regions import Box, L1Ball, LinfBall
+
+__all__ = ["OptimizeResult", "optimize", "optimize_instance", "parse_objective"]
+
+log = logging.getLogger("gpuopt")
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizeResult:
+    """``best_value`` at ``x`` (``-inf``/``None`` when no point was found), ``upper_bound`` (a
+    proven bound on the maximum), ``gap = upper_bound - best_value``, ``status`` ``optimal`` or
+    ``timeout``, ``seconds``; ``stage_values``: the best value each stage reached;
+    ``stage_seconds``; ``milp``: the MILP's raw status, nodes and dual bound (or None)."""
+
+    best_value: float
+    upper_bound: float
+    gap: float
+    x: np.ndarray | None
+    status: str
+    seconds: float
+    stage_values: dict = field(default_factory=dict)
+    stage_seconds: dict = field(default_factory=dict)
+    milp: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"best_value": self.best_value, "upper_bound": self.upper_bound, "gap": self.gap,
+                "x": None if self.x is None else [float(v) for v in self.x], "status": self.status,
+                "seconds": self.seconds, "stage_values": self.stage_values, "stage_seconds": self.stage_seconds,
+                "milp": self.milp}
+
+
+_TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*\*?\s*)?(Y_(\d+))?\s*")
+
+
+def parse_objective(text: str, n_outputs: int) -> tuple[np.ndarray, float]:
+    """``(c, d)`` of a linear expression such as ``"Y_0 - 2*Y_1 + 0.5"`` over ``n_outputs``."""
+    text = str(text).strip()
+    if not text:
+        raise InvalidInputError("the objective expression is empty")
+    c, d, pos, first = np.zeros(n_outputs), 0.0, 0, True
+    while pos < len(text):
+        m = _TERM.match(text, pos)
+        if m is None or m.end() == pos or (not m.group(2) and not m.group(3)) or (not first and not m.group(1)):
+            raise InvalidInputError(f"cannot read the objective {text!r} at position {pos}: "
+                                    "write terms like `Y_0 - 2*Y_1 + 0.5`")
+        sign = -1.0 if m.group(1) == "-" else 1.0
+        coef = sign * (float(m.group(2)) if m.group(2) else 1.0)
+        if m.group(3):
+            k = int(m.group(4))
+            if k >= n_outputs:
+                raise InvalidInputError(f"the objective names Y_{k}, but the network has {n_outputs} outputs")
+            c[k] += coef
+        else:
+            d += coef
+        pos, first = m.end(), False
+    if not np.all(np.isfinite(c)) or not math.isfinite(d):
+        raise InvalidInputError(f"the objective {text!r} has a coefficient that is not finite")
+    return c, d
+
+
+def _optimize_iv(network, region, objective, offset, constraints, timeout):
+    if not isinstance(network, Network):
+        raise InvalidInputError(f"`network` must be a gpuopt Network, got {type(network).__name__}")
+    if not isinstance(region, (Box, LinfBall, L1Ball)):
+        raise InvalidInputError(f"`region` must be a Box, LinfBall or L1Ball, got {type(region).__name__}")
+    n = network.input_size
+    box = region.to_box()
+    if box.size != n:
+        raise InvalidInputError(f"`region` must have {n} inputs (the network's), got {box.size}")
+    if isinstance(objective, str):
+        c, d = parse_objective(objective, network.output_size)
+        d += float(offset)
+    else:
+        c = np.asarray(objective, dtype=np.float64).reshape(-1)
+        if c.size != network.output_size:
+            raise InvalidInputError(f"`objective` must have one coefficient per output ({network.output_size}), got {c.size}")
+        d = float(offset)
+    if not (np.all(np.isfinite(c)) and math.isfinite(d)):
+        raise InvalidInputError("`objective` and `offset` must be finite")
+    G = g = None
+    if constraints is not None:
+        try:
+            G, g = constraints
+        except (TypeError, ValueError):
+            raise InvalidInputError("`constraints` must be a pair (G, g) meaning G x <= g") from None
+        G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+        g = np.asarray(g, dtype=np.float64).reshape(-1)
+        if G.shape != (g.size, n):
+            raise InvalidInputError(f"`constraints` G must have shape ({g.size}, {n}), got {G.shape}")
+        if not (np.all(np.isfinite(G)) and np.all(np.isfinite(g))):
+            raise InvalidInputError("`constraints` must be finite")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 or not math.isfinite(timeout):
+        raise InvalidInputError(f"`timeout` must be a finite number of seconds > 0, got {timeout!r}")
+    return box, c, d, G, g
+
+
+def optimize(network: Network, region, objective, *, offset: float = 0.0, constraints=None, timeout: float = 60.0,
+             formulation: str = "bigm", seed: int = 0, device=None, attack_share: float = 0.15,
+             walk_share: float = 0.25, rtol: float = 1e-6, atol: float = 1e-6, config=None) -> OptimizeResult:
+    """Maximise ``objective . f(x) + offset`` over ``region`` (and ``G x <= g`` for
+    ``constraints=(G, g)``) within ``timeout`` seconds; ``objective`` is a coefficient vector over
+    the outputs or an expression such as ``"Y_0 - 2*Y_1"``. See the module docstring."""
+    from .attacks.geometry import BoxGeometry, L1Geometry
+    from .attacks.pgd import AttackConfig
+    from .attacks.search import falsify
+    from .bounds.crown import crown
+    from .check import parameter_deviation
+    from .devices import check_device
+    from .milp.encode import InputConstraints, complete_assignment, encode
+    from .milp.highs import MilpStatus, SolverConfig, solve_milp
+    from .milp.walk import WalkConfig, relax_and_walk
+
+    t0 = time.monotonic()
+    deadline = t0 + float(timeout) if timeout is not None else None
+    box, c, d, G, g = _optimize_iv(network, region, objective, offset, constraints, timeout)
+    lo, hi = np.array(box.lower), np.array(box.upper)
+    stage_seconds, stage_values = {}, {}
+    cons = None
+    if isinstance(region, L1Ball) or G is not None:
+        l1 = isinstance(region, L1Ball)
+        cons = InputConstraints(l1_center=region.center if l1 else None, l1_eps=region.eps if l1 else None, G=G, g=g)
+
+    def inside(x) -> bool:
+        return bool(np.all(x >= lo) and np.all(x <= hi)) and (cons is None or cons.contains(x))
+
+    def value(x) -> float:
+        y = network.forward64(np.asarray(x, dtype=np.float64)[None])[0]
+        return float(c @ y + d)
+
+    best = {"x": None, "value": -math.inf}
+
+    def offer(x, stage):
+        if x is None:
+            return
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if not inside(x):
+            return
+        v = value(x)
+        stage_values[stage] = max(stage_values.get(stage, -math.inf), v)
+        if v > best["value"]:
+            best.update(x=x.copy(), value=v)
+
+    # 1. bounds
+    t = time.monotonic()
+    bounds = crown(network, torch.tensor(lo[None]), torch.tensor(hi[None]), deadline=deadline)
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bounds.pre_activation]
+    ly, uy = bounds.output[0][0].numpy(), bounds.output[1][0].numpy()
+    dev = parameter_deviation(network, lo[None], hi[None])
+    dev_c = 0.0 if dev is None else float(np.abs(c) @ dev[0])
+    terms = np.maximum(c * ly, c * uy)
+    upper = float(terms.sum() + d)
+    upper = upper + 1e-12 * (float(np.abs(terms).sum()) + abs(d)) + dev_c
+    stage_seconds["bounds"] = time.monotonic() - t
+    offer(np.clip(region.center if not isinstance(region, Box) else box.center, lo, hi), "start")
+
+    def done() -> bool:
+        return best["value"] > -math.inf and upper - best["value"] <= atol + rtol * abs(best["value"])
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    # 2. gradient ascent
+    starts = []
+    if G is None and not done() and left() > 0:
+        t = time.monotonic()
+        dev_t = check_device(device) if device is not None else \
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float32
+        lo_t, hi_t = torch.tensor(lo[None], dtype=dtype, device=dev_t), torch.tensor(hi[None], dtype=dtype, device=dev_t)
+        if isinstance(region, L1Ball):
+            geometry = L1Geometry(torch.tensor(region.center[None], dtype=dtype, device=dev_t),
+                                  torch.tensor([region.eps], dtype=dtype, device=dev_t), lo_t, hi_t)
+        else:
+            geometry = BoxGeometry(lo_t, hi_t)
+        A = torch.tensor(-c, dtype=dtype).reshape(1, 1, 1, -1)
+        b = torch.tensor([-(upper - d)], dtype=dtype).reshape(1, 1, 1)
+        cfg = config if config is not None else AttackConfig(seed=seed, patience=3)
+        cand = falsify(network, geometry, A, b, config=cfg,
+                       deadline=time.monotonic() + attack_share * left(), confirm=lambda i, x: False)
+        offer(cand.x[0].detach().cpu().double().numpy(), "attack")
+        pool = cand.pools[0]
+        starts = [p.detach().cpu().double().numpy() for p in pool.x] if pool is not None and len(pool.x) else []
+        for s in starts:
+            offer(s, "attack")
+        stage_seconds["attack"] = time.monotonic() - t
+
+    # the MILP model (the walk solves its region LPs from it too)
+    blocks = network.affine_blocks()
+    model = None
+    if not done() and left() > 0:
+        model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
+                       constraints=cons)
+    # 3. Relax-and-Walk
+    if model is not None and not done() and left() > 0:
+        t = time.monotonic()
+        walk_starts = ([best["x"]] if best["x"] is not None else []) + starts
+        res = relax_and_walk(model, blocks, starts=walk_starts, constraints=cons,
+                             deadline=time.monotonic() + walk_share * left(), config=WalkConfig())
+        offer(res.x, "walk")
+        stage_seconds["walk"] = time.monotonic() - t
+    # 4. MILP
+    milp_info = None
+    if model is not None and not done() and left() > 0:
+        t = time.monotonic()
+        start = complete_assignment(model, blocks, best["x"]) if best["x"] is not None else None
+        res = solve_milp(model, time_limit=max(left(), 0.01), threshold=np.inf, start=start,
+                         config=SolverConfig(), deadline=deadline)
+        if res.solution is not None:
+            offer(res.solution[model.x_index], "milp")
+        if res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED) and not res.warnings \
+                and np.isfinite(res.dual_bound):
+            # max c^T y + d = -(min -c^T y) + d <= -(dual - margin) + d, widened by the deviation
+            upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c)
+        milp_info = {"status": res.status.value, "raw_status": res.raw_status, "nodes": res.nodes,
+                     "dual_bound": res.dual_bound, "warnings": list(res.warnings)}
+        stage_seconds["milp"] = time.monotonic() - t
+    gap = upper - best["value"]
+    return OptimizeResult(best_value=best["value"], upper_bound=upper, gap=gap, x=best["x"],
+                          status="optimal" if done() else "timeout", seconds=time.monotonic() - t0,
+                          stage_values=stage_values, stage_seconds=stage_seconds, milp=milp_info)
+
+
+def optimize_instance(onnx_path: str, vnnlib_path: str, objective: str, *, sense: str = "max", timeout: float = 60.0,
+                      **options) -> OptimizeResult:
+    """:func:`optimize` over the input region of a VNNLIB file (its output constraints are
+    ignored); a file with several input boxes is optimised over their union, each box getting an
+    equal share of the time left. ``sense="min"`` minimises: the result's ``best_value`` is then
+    the least value found and ``upper_bound`` the proven *lower* bound (``gap = best - bound``)."""
+    from .io.onnx import from_onnx
+    from .io.vnnlib import load_vnnlib
+
+    if sense not in ("max", "min"):
+        raise InvalidInputError(f"`sense` must be 'max' or 'min', got {sense!r}")
+    t0 = time.monotonic()
+    net = from_onnx(onnx_path)
+    c, d = parse_objective(objective, net.output_size)
+    if sense == "min":
+        c, d = -c, -d
+    props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
+    boxes, seen = [], set()
+    for p in props:
+        key = (p.box.lower.tobytes(), p.box.upper.tobytes())
+        if key not in seen:
+            seen.add(key)
+            boxes.append(p.box)
+    results = []
+    for k, box in enumerate(boxes):
+        left = timeout - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        results.append(optimize(net, box, c, offset=d, timeout=left / (len(boxes) - k), **options))
+    found = [r for r in results if r.x is not None]
+    best = max(found, key=lambda r: r.best_value) if found else None
+    upper = max(r.upper_bound for r in results) if len(results) == len(boxes) else math.inf
+    value = best.best_value if best is not None else -math.inf
+    status = "optimal" if results and len(results) == len(boxes) and all(r.status == "optimal" for r in results) \
+        and upper - value <= max(r.gap for r in results) else "timeout"
+    seconds = time.monotonic() - t0
+    stage_seconds = {}
+    for r in results:
+        for key, v in r.stage_seconds.items():
+            stage_seconds[key] = stage_seconds.get(key, 0.0) + v
+    sign = 1.0 if sense == "max" else -1.0
+    return OptimizeResult(best_value=sign * value, upper_bound=sign * upper, gap=upper - value,
+                          x=None if best is None else best.x, status=status, seconds=seconds,
+                          stage_values={k: sign * v for k, v in (best.stage_values if best else {}).items()},
+                          stage_seconds=stage_seconds, milp=best.milp if best else None)

@@ -1,0 +1,145 @@
+"""`gpuopt.optimize` and `gpuopt optimize`: the best value is attained inside the region, the bound
+is never below the true maximum (brute force on tiny networks), and small problems close."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from gpuopt.cli import main
+from gpuopt.errors import InvalidInputError
+from gpuopt.network import Dense, Network, ReLU
+from gpuopt.optimize import optimize, parse_objective
+from gpuopt.regions import Box, L1Ball, LinfBall
+
+from helpers import box_points, numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
+from test_cli import _write_tiny_onnx, _write_vnnlib
+
+
+def _grid_max(net, lo, hi, c, n=201):
+    g = [np.linspace(a, b, n) for a, b in zip(lo, hi)]
+    X = np.stack([m.ravel() for m in np.meshgrid(*g)], axis=1)
+    y, _ = numpy_forward(net, X)
+    return float((y @ c).max()), X, y
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimize_closes_small_problems_and_brackets_the_true_maximum(seed):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 2, [8, 6], 3)
+    lo = rng.normal(size=2)
+    hi = lo + rng.uniform(0.5, 2.0, size=2)
+    c = rng.normal(size=3)
+    res = optimize(net, Box(lo, hi), c, timeout=30, seed=seed)
+    grid, _, _ = _grid_max(net, lo, hi, c)
+    assert res.status == "optimal", res
+    assert res.upper_bound >= grid - 1e-9  # sound: never below any attained value
+    assert res.best_value >= grid - 1e-3 * max(1.0, abs(grid))  # the grid is a sample: its max is a lower bound
+    assert res.best_value <= res.upper_bound + 1e-9
+    assert np.all(res.x >= lo) and np.all(res.x <= hi)
+    y, _ = numpy_forward(net, res.x[None])
+    assert res.best_value == pytest.approx(float(y[0] @ c), abs=1e-9)
+    assert res.gap == pytest.approx(res.upper_bound - res.best_value)
+
+
+def test_optimize_over_an_l1_ball_and_linear_rows():
+    rng = np.random.default_rng(11)
+    net = random_dense_network(rng, 2, [10], 2)
+    centre, eps = np.array([0.4, 0.5]), 0.3
+    res = optimize(net, L1Ball(centre, eps, 0.0, 1.0), [1.0, -1.0], constraints=([[1.0, 1.0]], [0.85]), timeout=30)
+    assert res.status == "optimal"
+    assert np.abs(res.x - centre).sum() <= eps + 1e-12 and res.x.sum() <= 0.85 + 1e-12
+    # the exact maximum over the set, sampled densely
+    g = np.linspace(0, 1, 401)
+    X = np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1)
+    X = X[(np.abs(X - centre).sum(1) <= eps) & (X.sum(1) <= 0.85)]
+    y, _ = numpy_forward(net, X)
+    best = float((y @ [1.0, -1.0]).max())
+    assert res.upper_bound >= best - 1e-9
+    assert res.best_value >= best - 1e-2
+
+
+def test_known_maximum_of_a_hand_built_network():
+    """f(x) = relu(x1 - x2) - 0.5 relu(x1 + x2 - 1) on [0, 1]^2: the maximum is 1 at (1, 0)."""
+    net = Network([Dense([[1.0, -1.0], [1.0, 1.0]], [0.0, -1.0]), ReLU(), Dense([[1.0, -0.5]], [0.0])], (2,))
+    res = optimize(net, LinfBall([0.5, 0.5], 0.5), "Y_0 + 2", timeout=20)
+    assert res.status == "optimal"
+    assert res.best_value == pytest.approx(3.0, abs=1e-9)
+    assert res.x == pytest.approx([1.0, 0.0], abs=1e-9)
+    assert 3.0 - 1e-9 <= res.upper_bound <= 3.0 + 1e-5
+
+
+@pytest.mark.parametrize("text, c, d", [
+    ("Y_0 - 2*Y_1", [1, -2, 0], 0.0),
+    ("-Y_2 + 0.5", [0, 0, -1], 0.5),
+    ("3 * Y_1 + Y_1 - 1e-1", [0, 4, 0], -0.1),
+    ("  Y_0", [1, 0, 0], 0.0),
+])
+def test_parse_objective(text, c, d):
+    cc, dd = parse_objective(text, 3)
+    assert cc.tolist() == c and dd == pytest.approx(d)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the objective expression is empty"),
+    ("Y_3", "the objective names Y_3, but the network has 3 outputs"),
+    ("Y_0 Y_1", "cannot read the objective 'Y_0 Y_1' at position 4"),
+    ("X_0", "cannot read the objective 'X_0' at position 0"),
+    ("Y_0 * 2", "cannot read the objective 'Y_0 * 2' at position 4"),
+])
+def test_parse_objective_errors(text, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_objective(text, 3)
+
+
+def test_optimize_arguments_are_validated():
+    net = Network([Dense(np.eye(2), np.zeros(2)), ReLU(), Dense(np.ones((1, 2)), np.zeros(1))], (2,))
+    box = Box(np.zeros(2), np.ones(2))
+    cases = [
+        (dict(network="x"), "`network` must be a gpuopt Network, got str"),
+        (dict(region=(0, 1)), "`region` must be a Box, LinfBall or L1Ball, got tuple"),
+        (dict(region=Box(np.zeros(3), np.ones(3))), "`region` must have 2 inputs (the network's), got 3"),
+        (dict(objective=[1.0, 2.0]), "`objective` must have one coefficient per output (1), got 2"),
+        (dict(objective=[np.nan]), "`objective` and `offset` must be finite"),
+        (dict(constraints=[[1.0, 1.0]]), "`constraints` must be a pair (G, g) meaning G x <= g"),
+        (dict(constraints=([[1.0]], [1.0])), "`constraints` G must have shape (1, 2), got (1, 1)"),
+        (dict(timeout=0), "`timeout` must be a finite number of seconds > 0, got 0"),
+    ]
+    for change, message in cases:
+        args = dict(network=net, region=box, objective=[1.0]) | {k: v for k, v in change.items()
+                                                                  if k in ("network", "region", "objective")}
+        kw = {k: v for k, v in change.items() if k not in ("network", "region", "objective")}
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            optimize(args["network"], args["region"], args["objective"], **kw)
+    with pytest.raises(InvalidInputError, match=re.escape("the L1 ball's `center` must lie inside the clip box")):
+        L1Ball([2.0, 0.0], 1.0, 0.0, 1.0)
+
+
+def test_cli_optimize_json_and_text(tmp_path, capsys):
+    onnx_path = _write_tiny_onnx(tmp_path / "tiny.onnx")
+    spec = _write_vnnlib(tmp_path / "r.vnnlib", 2, 2, -1.0, 1.0, "(<= Y_0 Y_1)")
+    assert main([ "optimize", str(onnx_path), str(spec), "--maximize", "Y_0 - Y_1", "--timeout", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"best_value", "upper_bound", "gap", "x", "status", "seconds", "sense"}
+    assert out["status"] == "optimal" and len(out["x"]) == 2
+    from gpuopt.io.onnx import from_onnx
+
+    net = from_onnx(onnx_path)
+    grid = max(float(y[0] - y[1]) for y in net.forward64(box_points(np.random.default_rng(0), -np.ones(2),
+                                                                          np.ones(2), 400)))
+    assert out["upper_bound"] >= grid - 1e-9 and out["best_value"] >= grid - 1e-6
+    assert main(["optimize", str(onnx_path), str(spec), "--minimize", "Y_0 - Y_1", "--timeout", "20"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "optimal" and lines[-3].startswith("lower bound ")
+    lowest = float(lines[-4].split()[-1])
+    assert lowest <= min(float(y[0] - y[1]) for y in net.forward64(box_points(np.random.default_rng(0), -np.ones(2),
+                                                                             np.ones(2), 400))) + 1e-9
+    assert main(["optimize", str(onnx_path), str(spec), "--maximize", "Y_5"]) == 2
+    assert "the objective names Y_5, but the network has 2 outputs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        main(["optimize", str(onnx_path), str(spec), "--maximize", "Y_0", "--formulation", "hull"])
+    assert exit_info.value.code == 2
+    assert "`formulation` must be one of" in capsys.readouterr().err
