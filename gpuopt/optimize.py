@@ -4,8 +4,9 @@ The region ``R`` is a :class:`~gpuopt.regions.Box`, :class:`~gpuopt.regions.Linf
 :class:`~gpuopt.regions.L1Ball`, optionally cut by linear rows ``G x <= g``. Three stages share
 the time budget, each feeding the next:
 
-1. **bounds**: CROWN on the region's box gives the pre-activation bounds of the MILP and a first
-   sound upper bound ``U`` of the objective;
+1. **bounds**: CROWN on the region's box (for an L1 ball intersected with the ball's exact first
+   layer and interval arithmetic after it, :mod:`gpuopt.bounds.l1`) gives the pre-activation
+   bounds of the MILP and a first sound upper bound ``U`` of the objective;
 2. **gradient ascent** (the attack engine, :func:`gpuopt.attacks.search.falsify`, on the GPU when
    there is one): many projected restarts on ``-c^T f(x) + U`` (never below 0, so no restart stops
    early), keeping the best points of distinct activation patterns (skipped when ``G`` is given:
@@ -20,7 +21,9 @@ Every reported value is the float64 forward pass of the network at a point insid
 less HiGHS's tolerance margin (:class:`~gpuopt.milp.highs.MilpResult`), both widened by the
 deviation of the MILP's composed float64 weights from the network's
 (:func:`gpuopt.check.parameter_deviation`). ``status`` is ``optimal`` when
-``upper_bound - best_value <= atol + rtol |best_value|``, else ``timeout``.
+``upper_bound - best_value <= atol + rtol |best_value|`` (``1e-4`` each by default: HiGHS's
+tolerance margin alone is often ``1e-5`` to ``1e-4``), else ``timeout``; the MILP stops as soon as
+that holds.
 """
 
 from __future__ import annotations
@@ -132,9 +135,43 @@ def _optimize_iv(network, region, objective, offset, constraints, timeout):
     return box, c, d, G, g
 
 
+def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
+    """A point of the box, the L1 ball and ``G x <= g`` with the largest common slack ``t`` (an
+    LP: ``G x + t |G_i| <= g``, ``sum |x - c| + t <= eps``), or None when the set is empty."""
+    import scipy.sparse as sp
+
+    from .milp.highs import solve_lp
+
+    n = lo.size
+    n_r = n if cons.l1_center is not None else 0
+    cols = n + n_r + 1  # x | r | t
+    rows, rlo, rhi = [], [], []
+    if n_r:
+        I = sp.eye(n, format="csr")
+        z = sp.csr_matrix((n, 1))
+        rows += [sp.hstack([I, -I, z]), sp.hstack([-I, -I, z]),
+                 sp.hstack([sp.csr_matrix((1, n)), sp.csr_matrix(np.ones((1, n))), sp.csr_matrix([[1.0]])])]
+        rhi += [cons.l1_center, -cons.l1_center, [cons.l1_eps]]
+    if cons.G is not None:
+        norms = np.linalg.norm(cons.G, axis=1)[:, None]
+        rows.append(sp.hstack([sp.csr_matrix(cons.G), sp.csr_matrix((cons.G.shape[0], n_r)), sp.csr_matrix(norms)]))
+        rhi.append(cons.g)
+    A = sp.vstack(rows).tocsr()
+    rhi = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in rhi])
+    rlo = np.full(rhi.size, -np.inf)
+    c = np.zeros(cols)
+    c[-1] = -1.0
+    col_lo = np.concatenate([lo, np.zeros(n_r), [0.0]])
+    col_hi = np.concatenate([hi, np.full(n_r, np.inf), [1.0]])
+    res = solve_lp(c, A, rlo, rhi, col_lo, col_hi, time_limit=10.0)
+    if res.status != "optimal" or res.x[-1] <= 0:
+        return None
+    return np.clip(res.x[:n], lo, hi)
+
+
 def optimize(network: Network, region, objective, *, offset: float = 0.0, constraints=None, timeout: float = 60.0,
              formulation: str = "bigm", seed: int = 0, device=None, attack_share: float = 0.15,
-             walk_share: float = 0.25, rtol: float = 1e-6, atol: float = 1e-6, config=None) -> OptimizeResult:
+             walk_share: float = 0.25, rtol: float = 1e-4, atol: float = 1e-4, config=None) -> OptimizeResult:
     """Maximise ``objective . f(x) + offset`` over ``region`` (and ``G x <= g`` for
     ``constraints=(G, g)``) within ``timeout`` seconds; ``objective`` is a coefficient vector over
     the outputs or an expression such as ``"Y_0 - 2*Y_1"``. See the module docstring."""
@@ -161,6 +198,24 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     def inside(x) -> bool:
         return bool(np.all(x >= lo) and np.all(x <= hi)) and (cons is None or cons.contains(x))
 
+    # an interior point: points that solver tolerances left just outside are pulled towards it
+    anchor = np.clip(region.center if not isinstance(region, Box) else box.center, lo, hi)
+    if cons is not None and not inside(anchor):
+        anchor = _interior_point(lo, hi, cons)
+        if anchor is None or not inside(anchor):
+            raise InvalidInputError("the region is empty (or has no interior): no point satisfies the box, "
+                                    "the ball and the linear constraints with a margin")
+
+    def pulled_inside(x) -> np.ndarray:
+        x = np.clip(x, lo, hi)
+        if inside(x):
+            return x
+        a, b_ = 0.0, 1.0  # the largest fraction of the way from the anchor to x that stays inside
+        for _ in range(60):
+            m = 0.5 * (a + b_)
+            a, b_ = (m, b_) if inside(anchor + m * (x - anchor)) else (a, m)
+        return anchor + a * (x - anchor)
+
     def value(x) -> float:
         y = network.forward64(np.asarray(x, dtype=np.float64)[None])[0]
         return float(c @ y + d)
@@ -170,9 +225,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     def offer(x, stage):
         if x is None:
             return
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if not inside(x):
-            return
+        x = pulled_inside(np.asarray(x, dtype=np.float64).reshape(-1))
         v = value(x)
         stage_values[stage] = max(stage_values.get(stage, -math.inf), v)
         if v > best["value"]:
@@ -183,13 +236,19 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     bounds = crown(network, torch.tensor(lo[None]), torch.tensor(hi[None]), deadline=deadline)
     pre = [(l[0].numpy(), u[0].numpy()) for l, u in bounds.pre_activation]
     ly, uy = bounds.output[0][0].numpy(), bounds.output[1][0].numpy()
+    if isinstance(region, L1Ball):  # the exact first layer over the ball, intersected with CROWN's
+        from .bounds.l1 import l1_ball_bounds
+
+        pre_l1, (ly1, uy1) = l1_ball_bounds(network.affine_blocks(), region.center, region.eps, lo, hi)
+        pre = [(np.maximum(a, a1), np.minimum(b_, b1)) for (a, b_), (a1, b1) in zip(pre, pre_l1)]
+        ly, uy = np.maximum(ly, ly1), np.minimum(uy, uy1)
     dev = parameter_deviation(network, lo[None], hi[None])
     dev_c = 0.0 if dev is None else float(np.abs(c) @ dev[0])
     terms = np.maximum(c * ly, c * uy)
     upper = float(terms.sum() + d)
     upper = upper + 1e-12 * (float(np.abs(terms).sum()) + abs(d)) + dev_c
     stage_seconds["bounds"] = time.monotonic() - t
-    offer(np.clip(region.center if not isinstance(region, Box) else box.center, lo, hi), "start")
+    offer(anchor, "start")
 
     def done() -> bool:
         return best["value"] > -math.inf and upper - best["value"] <= atol + rtol * abs(best["value"])
@@ -241,11 +300,15 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     if model is not None and not done() and left() > 0:
         t = time.monotonic()
         start = complete_assignment(model, blocks, best["x"]) if best["x"] is not None else None
-        res = solve_milp(model, time_limit=max(left(), 0.01), threshold=np.inf, start=start,
+        # stop once the proven bound is within the tolerance of the best value (min = -max + d)
+        tol = atol + rtol * abs(best["value"]) if best["x"] is not None else 0.0
+        threshold = -(best["value"] - d) - tol + dev_c if best["x"] is not None else np.inf
+        res = solve_milp(model, time_limit=max(left(), 0.01), threshold=threshold, start=start,
                          config=SolverConfig(), deadline=deadline)
         if res.solution is not None:
             offer(res.solution[model.x_index], "milp")
-        if res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED) and not res.warnings \
+        if res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED,
+                          MilpStatus.DUAL_BOUND_REACHED) and not res.warnings \
                 and np.isfinite(res.dual_bound):
             # max c^T y + d = -(min -c^T y) + d <= -(dual - margin) + d, widened by the deviation
             upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c)

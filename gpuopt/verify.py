@@ -10,12 +10,15 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
 2. **attack** (batched PGD, float32 on the chosen device): a candidate gives ``sat`` only when
    :func:`gpuopt.check.check_counterexample` proves it: inside the exact input set, and in the
    unsafe region by more than its float64 error bound, or exactly in rational arithmetic;
-3. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
+3. **Relax-and-Walk** (:mod:`gpuopt.milp.walk`), for networks that input splitting does not
+   take: LP walks across linear regions from the attack's points, for ``walk_share`` of the time
+   left; a point gives ``sat`` only through the same exact check, and the best one seeds the MILP;
+4. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
    **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
    ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left;
-4. **MILP** (big-M in HiGHS with the CROWN bounds, per remaining disjunct, seeded with the
-   attack's best point, rescaled exactly; see :mod:`gpuopt.milp.highs`): the disjunct is
+5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct,
+   seeded with the best point of the attack and the walk, rescaled exactly; see :mod:`gpuopt.milp.highs`): the disjunct is
    unreachable iff HiGHS's dual bound exceeds ``threshold`` plus the tolerance margin and HiGHS
    logged no numerical warning; an improving solution that passes the exact check gives ``sat``.
 
@@ -43,7 +46,9 @@ import numpy as np
 from .attacks import AttackConfig
 from .bab import SplitConfig
 from .errors import InvalidInputError
+from .milp.encode import Formulation
 from .milp.highs import SolverConfig
+from .milp.walk import WalkConfig
 from .network import Network
 from .problem import Problem
 from .regions import Box, LinfBall
@@ -67,7 +72,9 @@ class VerifyConfig:
     MILP the rest). The attack stage runs rounds of ``attack.restarts`` restarts (new seeds each
     round) until ``attack.patience`` rounds in a row did not improve the best margin by 1% (2 by
     default here; ``None``: no such stop), ``attack.rounds`` are done, or it has used
-    ``attack_share`` of the time the item had left when it began (at least 2 s)."""
+    ``attack_share`` of the time the item had left when it began (at least 2 s). ``use_walk``,
+    ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``formulation`` the MILP's encoding
+    (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``)."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -83,6 +90,10 @@ class VerifyConfig:
     attack_share: float = 0.1
     use_input_split: bool = True
     use_milp: bool = True
+    formulation: str = "bigm"
+    use_walk: bool = True
+    walk_share: float = 0.15
+    walk: WalkConfig = field(default_factory=WalkConfig)
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -92,17 +103,19 @@ class VerifyConfig:
 
             check_device(self.device)
         for name, want in (("attack", AttackConfig), ("solver", SolverConfig), ("split", SplitConfig),
-                           ("relu_split", ReluSplitConfig)):
+                           ("relu_split", ReluSplitConfig), ("walk", WalkConfig)):
             if not isinstance(getattr(self, name), want):
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
-        for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate"):
+        Formulation.parse(self.formulation)  # a precise error for an unknown name
+        for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate",
+                     "use_walk"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
-        for name in ("attack_share", "relu_split_share"):
+        for name in ("attack_share", "relu_split_share", "walk_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")

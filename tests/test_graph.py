@@ -902,6 +902,9 @@ def test_enumeration_finds_maxpool_pieces():
 VERIFY_CONFIGS = {
     "default": VerifyConfig(device="cpu"),
     "milp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
+                         alpha_steps=0, use_walk=False),
+    # Relax-and-Walk finds the counterexamples (its region LPs run through skips, pools and concats)
+    "walk": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
                          alpha_steps=0),
 }
 
@@ -940,11 +943,12 @@ def test_verify_on_graph_networks_matches_enumeration(kind, answer, config):
     assert v.margin_lower <= true_min - b + 1e-6 and v.margin_upper >= true_min - b - 1e-6, v
     if answer == "sat":
         _check_sat(v, net, box, spec)
-        if config == "milp":
-            assert v.decided_by == "milp", v
+        if config in ("milp", "walk"):
+            assert v.decided_by == config, v
     else:
         assert v.counterexample is None
-        allowed = {"ibp", "milp"} if config == "milp" else {"ibp", "crown", "alpha-crown", "input-split", "relu-split", "milp"}
+        allowed = {"ibp", "milp"} if config in ("milp", "walk") else \
+            {"ibp", "crown", "alpha-crown", "input-split", "relu-split", "milp"}
         assert v.decided_by in allowed, v
 
 

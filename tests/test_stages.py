@@ -32,7 +32,7 @@ def test_events_record_each_stage_that_ran_in_order():
 
 def test_disabled_stages_do_not_run_and_the_item_ends_unknown():
     net = small_net()
-    config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_milp=False, use_crown=False,
+    config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_milp=False, use_crown=False, use_walk=False,
                           alpha_steps=0)
     v = verify(net, Box([-1, -1], [1, 1]), OutputSpec([([[1.0]], [0.5])], 1), timeout=10, config=config)
     assert v.status is Status.UNKNOWN and [e["stage"] for e in v.events] == ["bounds"]

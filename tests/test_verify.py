@@ -24,14 +24,19 @@ N_CASES = 48
 CONFIGS = {
     "default": VerifyConfig(),
     # with the attack and input splitting off, the MILP stage decides whatever the bounds leave open
-    "milp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False),
-    "milp-ibp-bounds": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False),
+    "milp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False),
+    "milp-ibp-bounds": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
+                                    use_walk=False),
+    # the walk and the MILP (partition formulation) without the attack
+    "walk-partition": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False,
+                                   formulation="partition:2"),
     # input splitting alone (the MILP stage off)
     "split": VerifyConfig(use_attack=False, use_milp=False),
 }
 # the stages each configuration may be decided by
 DECIDERS = {
-    "default": {"ibp", "crown", "alpha-crown", "attack", "input-split", "relu-split", "milp"},
+    "default": {"ibp", "crown", "alpha-crown", "attack", "input-split", "relu-split", "walk", "milp"},
+    "walk-partition": {"ibp", "crown", "alpha-crown", "walk", "milp"},
     "milp": {"ibp", "crown", "alpha-crown", "milp"},
     "milp-ibp-bounds": {"ibp", "milp"},
     "split": {"ibp", "crown", "alpha-crown", "input-split"},

@@ -456,27 +456,81 @@ def finish_relu_split(item: ItemState) -> str:
     return "open"
 
 
+def _milp_bounds(item: ItemState, i: int):
+    """``(pre, (ly, uy))`` of problem ``i`` as numpy arrays, or None when a bound overflows."""
+    bounds = item.bounds
+    pre = [(l[i].numpy(), u[i].numpy()) for l, u in bounds.pre_activation]
+    ly, uy = bounds.output[0][i].numpy(), bounds.output[1][i].numpy()
+    if not all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre) or \
+            not (np.all(np.isfinite(ly)) and np.all(np.isfinite(uy))):
+        return None
+    return pre, (ly, uy)
+
+
+#: disjuncts walked per item: a counterexample is most likely where the bound is weakest, and a
+#: walk needs seconds (its first region LP on a 784-256x4 net takes about 0.2 s)
+WALK_DISJUNCTS = 3
+
+
+def plan_walk(item: ItemState) -> list[TaskSpec]:
+    """One Relax-and-Walk task for each of the :data:`WALK_DISJUNCTS` open disjuncts with the
+    weakest bounds, from the attack's best point and its pool of distinct patterns; the tasks
+    share ``walk_share`` of the time left."""
+    config = item.config
+    keys = sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]])[:WALK_DISJUNCTS]
+    specs = []
+    for i, k in keys:
+        mb = _milp_bounds(item, i)
+        if mb is None:
+            continue
+        starts = [item.best_x[i]] if i in item.best_x else []
+        pool = item.candidates.get(i)
+        if pool is not None and len(pool.x):
+            starts += list(pool.x.detach().to("cpu", torch.float64).numpy())
+        Ak, bk = item.problems[i].spec.disjuncts[k]
+        specs.append(TaskSpec(walk_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, mb[0],
+                                          mb[1], starts, config.walk, config.solver, config.walk_share / len(keys)),
+                              f"walk p{i} d{k}", {"problem": i, "disjunct": k}))
+    return specs
+
+
+def merge_walk(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("walk", {"lps": 0, "regions": 0})
+    notes["lps"] += value["lps"]
+    notes["regions"] += value["regions"]
+    i = spec.meta["problem"]
+    if value["kind"] == "sat":
+        item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
+                    decided_by="walk", message=f"Relax-and-Walk counterexample after {notes['lps']} LPs, float64 "
+                                               f"margin {value['margin']:.6g}")
+    elif value["x"] is not None and value["margin"] < item.margin_upper:
+        item.best_x[i] = value["x"]  # the MILP's start
+        item.margin_upper = value["margin"]
+
+
+def finish_walk(item: ItemState) -> str:
+    return "open"
+
+
 def plan_milp(item: ItemState) -> list[TaskSpec]:
-    """One big-M MILP task per open disjunct, weakest bound first, seeded with the best point."""
-    config, bounds = item.config, item.bounds
-    pre_all = [(l.numpy(), u.numpy()) for l, u in bounds.pre_activation]
+    """One MILP task per open disjunct, weakest bound first, seeded with the best point."""
+    config = item.config
     specs = []
     notes = item.stage_notes.setdefault("milp", {"undecided": []})
     # weakest bound first: the disjunct most likely to hold a counterexample
     for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
         Ak, bk = item.proof_problems[i].spec.disjuncts[k]
-        ly, uy = bounds.output[0][i].numpy(), bounds.output[1][i].numpy()
-        pre = [(l[i], u[i]) for l, u in pre_all]
-        if not all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre) or \
-                not (np.all(np.isfinite(ly)) and np.all(np.isfinite(uy))):
+        mb = _milp_bounds(item, i)
+        if mb is None:
             notes["undecided"].append(f"MILP skipped on problem {i} disjunct {k}: the bounds overflow float64, "
                                       "so no big-M constants exist")
             continue
+        pre, (ly, uy) = mb
         # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
         specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, pre,
-                                          (ly, uy), item.best_x.get(i), threshold, config.solver),
+                                          (ly, uy), item.best_x.get(i), threshold, config.solver, config.formulation),
                               f"milp p{i} d{k}", {"problem": i, "disjunct": k}))
     return specs
 
@@ -514,6 +568,9 @@ STAGES = (
     Stage("bounds", "batch", bounds_stage, lambda c, it: True),
     Stage("attack", "batch", attack_stage, lambda c, it: c.use_attack),
     Stage("crown", "batch", crown_stage, lambda c, it: c.use_crown),
+    Stage("walk", "task", plan_walk,
+          lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 0, merge_walk, finish_walk),
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
@@ -580,4 +637,4 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     return finalize(item)
 
 
-from .tasks import milp_task, relu_split_task, split_task  # noqa: E402  (the task functions import this module's helpers lazily)
+from .tasks import milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)

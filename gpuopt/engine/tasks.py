@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 __all__ = ["verify_instance_task", "verify_sample_task", "radius_sample_task", "milp_task", "split_task", "relu_split_task",
+           "walk_task",
            "resolve_network", "NetworkRef"]
 
 _NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
@@ -116,16 +117,60 @@ def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float,
     return out
 
 
-def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, budget: float,
-              submitted: float) -> dict:
-    """The big-M MILP of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
+def walk_task(net_ref, problem_data, A, b, pre, out_bounds, starts, walk_config, solver_config, share: float,
+              budget: float, submitted: float) -> dict:
+    """Relax-and-Walk (:func:`gpuopt.milp.walk.relax_and_walk`) on one disjunct ``{y : A y <= b}``
+    from the ``starts`` (the attack's best points), for ``share`` of ``budget``. Returns ``kind``
+    ``sat`` (an exactly checked point) or ``unknown``, the best point ``x`` with its checked
+    ``margin`` (or None), and the walk's counts."""
+    start = time.time()
+    _setup()
+    from ..check import check_counterexample
+    from ..milp.encode import encode_bigm
+    from ..milp.walk import relax_and_walk
+
+    deadline = _task_deadline(budget * share, submitted)
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    blocks = net.affine_blocks()
+    out = {"start": start, "kind": "unknown", "x": None, "margin": None, "lps": 0, "regions": 0, "stopped": "no_time"}
+    entries = sum(blk.matrix.nnz for blk in blocks)
+    if deadline - time.monotonic() < entries * ENCODE_SECONDS_PER_ENTRY:
+        out["end"] = time.time()
+        return out
+    model = encode_bigm(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b)
+    found = {}
+
+    def accept(x):
+        if found:
+            return True
+        c = check_counterexample(problem, x)
+        if c.ok:
+            found.update(x=c.x, y=c.y, margin=c.margin)
+        return c.ok
+
+    res = relax_and_walk(model, blocks, starts=starts, deadline=deadline, config=walk_config, solver=solver_config,
+                         accept=accept)
+    out.update(lps=res.lps, regions=res.regions, stopped=res.stopped)
+    if found:
+        out.update(kind="sat", **found)
+    elif res.x is not None:
+        c = check_counterexample(problem, res.x)
+        out.update(x=c.x, margin=c.margin)
+    out["end"] = time.time()
+    return out
+
+
+def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, formulation,
+              budget: float, submitted: float) -> dict:
+    """The MILP (``formulation``, see :mod:`gpuopt.milp.encode`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
     the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
     ``sat`` (an exactly checked point), ``proven`` (dual bound clears ``threshold`` and the
     tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``)."""
     start = time.time()
     _setup()
     from ..check import check_counterexample
-    from ..milp.encode import complete_assignment, encode_bigm
+    from ..milp.encode import complete_assignment, encode
     from ..milp.highs import MilpStatus, solve_milp
 
     deadline = _task_deadline(budget, submitted)
@@ -139,7 +184,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     if deadline - time.monotonic() < entries * ENCODE_SECONDS_PER_ENTRY:
         out.update(kind="timeout", note=f"no time left to encode the MILP ({entries} matrix entries)", end=time.time())
         return out
-    model = encode_bigm(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b)
+    model = encode(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, formulation=formulation)
     mip_start = complete_assignment(model, blocks, start_x) if start_x is not None else None
     found = {}
 

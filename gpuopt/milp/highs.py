@@ -8,6 +8,15 @@ sign of the optimum is decided:
 * an improving solution is accepted by ``accept_solution`` (the caller's float64 re-check of a
   counterexample).
 
+**Objective cutoff.** With a finite ``threshold``, HiGHS also gets ``objective_bound = t + pad``
+(``t`` the threshold plus the proof margin, in scaled units; ``pad = 1e-6 (1 + |t|)``): it prunes
+every node whose LP bound exceeds it, so a disjunct that holds is closed without an incumbent
+(mnist_fc 256x2 prop_6_0.03, disjunct 0: 1.2 s instead of more than 20 s). A point with objective
+``<= t`` is never cut off (only objective values above the cutoff are, up to HiGHS's comparison
+tolerance, far below the pad), and a node bound is a dual bound covered by the proof margin; so
+HiGHS's ``infeasible`` under the cutoff means ``min > t + pad / 2`` and is reported as
+``DUAL_BOUND_REACHED`` with that bound.
+
 HiGHS model statuses map to :class:`MilpStatus` through one table (``_STATUS_TABLE``) with a
 fallback to ``ERROR``. The raw status string, the incumbent, the dual bound and the node count are
 always returned, on a time limit too.
@@ -68,7 +77,8 @@ class MilpStatus(enum.Enum):
 @dataclass(frozen=True)
 class SolverConfig:
     """HiGHS settings built per call: ``threads`` (1 inside pool workers), ``seed``
-    (HiGHS ``random_seed``), feasibility tolerances, and ``presolve``."""
+    (HiGHS ``random_seed``), feasibility tolerances, ``presolve``, and ``objective_cutoff``
+    (pass the threshold to HiGHS as ``objective_bound``; see the module docstring)."""
 
     threads: int = 1
     seed: int = 0
@@ -76,6 +86,7 @@ class SolverConfig:
     primal_feasibility_tolerance: float = 1e-8
     dual_feasibility_tolerance: float = 1e-9
     presolve: bool = True
+    objective_cutoff: bool = True
 
     def __post_init__(self):
         if not 1 <= int(self.threads) <= 1024:
@@ -152,7 +163,9 @@ def _status_table(highspy) -> dict:
 
 #: warnings that do not affect a dual bound: values that are small relative to others in a row or
 #: column only make the tolerances relatively coarser, a relaxation (see the module docstring)
-_BENIGN_WARNING = re.compile(r"excessively small (bounds|costs)|consider scaling the", re.IGNORECASE)
+#: and the note that a model passed with an all-continuous integrality vector is an LP
+_BENIGN_WARNING = re.compile(r"excessively small (bounds|costs)|consider scaling the|"
+                             r"no semi-integer/integer variables in model with non-empty integrality", re.IGNORECASE)
 _DEADLINE_GRACE = 0.2  # seconds past the deadline before a HiGHS run still in progress is abandoned
 _ABANDONED: list = []  # (Highs, thread) pairs whose run() outlived its deadline
 
@@ -347,6 +360,7 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     def on_interrupt(event):
         if event.data_out.mip_dual_bound > scaled_threshold:
             stop["why"] = MilpStatus.DUAL_BOUND_REACHED
+            stop["dual"] = max(stop.get("dual", -np.inf), float(event.data_out.mip_dual_bound))
             event.interrupt()
         elif deadline is not None and time.monotonic() > deadline:
             stop["why"] = MilpStatus.TIME_LIMIT
@@ -367,6 +381,11 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
             stop["why"] = MilpStatus.TIME_LIMIT
             event.interrupt()
 
+    # the objective cutoff (module docstring): HiGHS prunes every node whose bound clears it
+    cutoff_pad = 1e-6 * (1.0 + abs(scaled_threshold)) if np.isfinite(scaled_threshold) else np.inf
+    use_cutoff = config.objective_cutoff and bool(model.integrality.any()) and np.isfinite(cutoff_pad)
+    if use_cutoff and h.setOptionValue("objective_bound", scaled_threshold + cutoff_pad) != highspy.HighsStatus.kOk:
+        raise SolverError("HiGHS refused the option objective_bound")
     h.cbMipInterrupt.subscribe(on_interrupt)
     h.cbSimplexInterrupt.subscribe(on_lp_interrupt)
     h.cbIpmInterrupt.subscribe(on_lp_interrupt)
@@ -394,6 +413,15 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
         status = stop["why"]
     integer = model.integrality.any()
     dual = float(info.mip_dual_bound) if integer else float(info.objective_function_value)
+    if use_cutoff and status is MilpStatus.INFEASIBLE:
+        # every node was pruned by the cutoff: the minimum is at least the cutoff, less HiGHS's
+        # comparison tolerance (far below half the pad)
+        status, dual = MilpStatus.DUAL_BOUND_REACHED, scaled_threshold + 0.5 * cutoff_pad
+    if status is MilpStatus.DUAL_BOUND_REACHED:
+        # the global bound the callback saw, or HiGHS's final one; after pruning every node HiGHS
+        # may report an infinite bound, which under the cutoff means at least the cutoff
+        finite = [v for v in (dual, stop.get("dual", -np.inf)) if np.isfinite(v)]
+        dual = max(finite) if finite else (scaled_threshold + 0.5 * cutoff_pad if use_cutoff else -np.inf)
     if not np.isfinite(dual) and status is not MilpStatus.OPTIMAL:
         dual = -np.inf
     elif np.isfinite(dual):
