@@ -74,7 +74,8 @@ class VerifyConfig:
     default here; ``None``: no such stop), ``attack.rounds`` are done, or it has used
     ``attack_share`` of the time the item had left when it began (at least 2 s). ``use_walk``,
     ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``formulation`` the MILP's encoding
-    (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``)."""
+    (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``), and ``cuts``
+    adds root rounds of ideal-formulation cuts to it."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -91,6 +92,7 @@ class VerifyConfig:
     use_input_split: bool = True
     use_milp: bool = True
     formulation: str = "bigm"
+    cuts: bool = False
     use_walk: bool = True
     walk_share: float = 0.15
     walk: WalkConfig = field(default_factory=WalkConfig)
@@ -108,7 +110,7 @@ class VerifyConfig:
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
         Formulation.parse(self.formulation)  # a precise error for an unknown name
         for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate",
-                     "use_walk"):
+                     "use_walk", "cuts"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):

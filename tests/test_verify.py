@@ -27,9 +27,9 @@ CONFIGS = {
     "milp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False),
     "milp-ibp-bounds": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
                                     use_walk=False),
-    # the walk and the MILP (partition formulation) without the attack
+    # the walk and the MILP (partition formulation, root cuts) without the attack
     "walk-partition": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False,
-                                   formulation="partition:2"),
+                                   formulation="partition:2", cuts=True),
     # input splitting alone (the MILP stage off)
     "split": VerifyConfig(use_attack=False, use_milp=False),
 }

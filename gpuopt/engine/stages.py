@@ -530,7 +530,8 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
         specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, pre,
-                                          (ly, uy), item.best_x.get(i), threshold, config.solver, config.formulation),
+                                          (ly, uy), item.best_x.get(i), threshold, config.solver, config.formulation,
+                                          config.cuts),
                               f"milp p{i} d{k}", {"problem": i, "disjunct": k}))
     return specs
 

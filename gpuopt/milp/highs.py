@@ -15,7 +15,9 @@ every node whose LP bound exceeds it, so a disjunct that holds is closed without
 ``<= t`` is never cut off (only objective values above the cutoff are, up to HiGHS's comparison
 tolerance, far below the pad), and a node bound is a dual bound covered by the proof margin; so
 HiGHS's ``infeasible`` under the cutoff means ``min > t + pad / 2`` and is reported as
-``DUAL_BOUND_REACHED`` with that bound.
+``DUAL_BOUND_REACHED`` with that bound. Any bound HiGHS reports under the cutoff is capped there:
+it prunes at the lesser of the cutoff and its incumbent, and then calls an incumbent above the
+cutoff optimal, so a larger value would overstate what was proven.
 
 HiGHS model statuses map to :class:`MilpStatus` through one table (``_STATUS_TABLE``) with a
 fallback to ``ERROR``. The raw status string, the incumbent, the dual bound and the node count are
@@ -422,6 +424,11 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
         # may report an infinite bound, which under the cutoff means at least the cutoff
         finite = [v for v in (dual, stop.get("dual", -np.inf)) if np.isfinite(v)]
         dual = max(finite) if finite else (scaled_threshold + 0.5 * cutoff_pad if use_cutoff else -np.inf)
+    if use_cutoff and np.isfinite(dual):
+        # under the cutoff HiGHS's bound means no more than "at least the cutoff": it prunes at
+        # min(cutoff, incumbent) and may then report its incumbent, above the cutoff, as optimal
+        # (a tiny net: reported 0.164 where the true minimum is 0.052)
+        dual = min(dual, scaled_threshold + 0.5 * cutoff_pad)
     if not np.isfinite(dual) and status is not MilpStatus.OPTIMAL:
         dual = -np.inf
     elif np.isfinite(dual):
