@@ -23,7 +23,13 @@ set, cheap, it moves ``upper``), then :func:`gpuopt.verify` at the midpoint with
 time left (``unsat`` moves ``lower``, ``sat`` moves ``upper`` to the new point's distance,
 anything else ends the bisection). ``status`` is ``"exact"`` once ``upper - lower <= rtol *
 upper + atol``, else ``"bracket"`` (always ``"bracket"`` when no counterexample was found within
-``eps_max``). Only the L-inf norm is certified for now.
+``eps_max``). Then, with time left and a counterexample found, the **minimum-distortion MILP**
+(:func:`min_distortion_milp`) closes the bracket where HiGHS does: per disjunct ``k`` of the
+unsafe set, ``min r`` s.t. ``|x_i - x0_i| <= r``, ``A_k f(x) <= b_k``, ``x`` in the clipped ball of
+radius ``upper`` (where the minimum lies), on CROWN bounds over that ball; ``r* = min_k r_k``. Its
+dual bounds (less HiGHS's tolerance margin) raise ``lower`` (``r* >= lower``), and its optimum,
+pushed just past the decision boundary along the ray from ``x0`` until the float64 check accepts
+it, lowers ``upper``. Only the L-inf norm is certified for now.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from .network import Network
 from .regions import LinfBall
 from .specs import OutputSpec, robustness
 
-__all__ = ["RadiusResult", "certify_radius"]
+__all__ = ["RadiusResult", "certify_radius", "min_distortion_milp"]
 
 NORMS = ("linf",)
 
@@ -164,5 +170,79 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
         else:
             break
+    if upper_found and left() > 0 and upper - lower > rtol * upper + atol:
+        m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline)
+        lower = max(lower, min(m_lower, upper))
+        if m_x is not None and _distance_up(m_x, x0) < upper:
+            x_adv, upper = m_x, _distance_up(m_x, x0)
     status = "exact" if upper_found and upper - lower <= rtol * upper + atol else "bracket"
     return RadiusResult(lower, upper, upper_found, status, x_adv, time.monotonic() - t0, calls)
+
+
+def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radius: float, *, clip=(None, None),
+                        deadline: float | None = None) -> tuple[float, np.ndarray | None]:
+    """``(lower, x)``: a certified lower bound on the L-inf distance from ``x0`` to the unsafe set
+    of ``spec`` within the clipped ball of ``radius`` (``radius`` itself for a disjunct the MILP
+    shows unreachable there), and the best float64-checked point found (or None); see the
+    module docstring. Disjuncts left unbounded by the deadline give ``lower = 0``."""
+    import scipy.sparse as sp
+    from dataclasses import replace
+
+    from .bounds.crown import crown
+    from .milp.encode import encode
+    from .milp.highs import MilpStatus, solve_milp
+
+    region = LinfBall(x0, radius, clip[0], clip[1])
+    problem = Problem(network, region, spec)
+    box = region.to_box()
+    lo, hi = np.array(box.lower), np.array(box.upper)
+    b_ = crown(network, torch.tensor(lo[None]), torch.tensor(hi[None]), deadline=deadline)
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in b_.pre_activation]
+    out = (b_.output[0][0].numpy(), b_.output[1][0].numpy())
+    if not all(np.all(np.isfinite(a)) for pair in pre + [out] for a in pair):
+        return 0.0, None
+    blocks = network.affine_blocks()
+    n = x0.size
+    lowers, best_x, best_d = [], None, math.inf
+    for A, b in spec.disjuncts:
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return 0.0, best_x
+        m = encode(blocks, pre, out, lo, hi, A, b)
+        # one more column r: |x_i - x0_i| <= r; the disjunct's rows as constraints; min r
+        r = m.n_vars
+        i = np.arange(n)
+        rows = sp.coo_matrix((np.concatenate([np.ones(n), -np.ones(n), -np.ones(n), -np.ones(n)]),
+                              (np.concatenate([i, i, n + i, n + i]),
+                               np.concatenate([m.x_index, np.full(n, r), m.x_index, np.full(n, r)]))),
+                             shape=(2 * n, r + 1))
+        k = A.shape[0]
+        Ay = sp.coo_matrix(A)
+        spec_rows = sp.coo_matrix((Ay.data, (Ay.row, m.y_index[Ay.col])), shape=(k, r + 1))
+        A_all = sp.vstack([sp.hstack([m.A, sp.csr_matrix((m.A.shape[0], 1))]), rows, spec_rows]).tocsr()
+        c = np.zeros(r + 1)
+        c[r] = 1.0
+        model = replace(m, c=c, offset=0.0, A=A_all,
+                        row_lower=np.concatenate([m.row_lower, np.full(2 * n + k, -np.inf)]),
+                        row_upper=np.concatenate([m.row_upper, x0, -x0, b]),
+                        col_lower=np.append(m.col_lower, 0.0), col_upper=np.append(m.col_upper, radius),
+                        integrality=np.append(m.integrality, False))
+        res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
+        if res.status is MilpStatus.INFEASIBLE and not res.warnings:
+            lowers.append(radius)  # unreachable within the ball
+        elif res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT) and not res.warnings \
+                and np.isfinite(res.dual_bound):
+            lowers.append(max(0.0, res.dual_bound - res.proof_margin))
+        else:
+            lowers.append(0.0)
+        if res.solution is not None:
+            x = res.solution[m.x_index]
+            for push in (0.0, 1e-12, 1e-9, 1e-7, 1e-5, 1e-3):  # just past the boundary, along the ray
+                xp = np.clip(x0 + (x - x0) * (1.0 + push), lo, hi)
+                chk = check_counterexample(problem, xp)
+                if chk.ok:
+                    d = _distance_up(chk.x, x0)
+                    if d < best_d:
+                        best_x, best_d = chk.x, d
+                    break
+    return (min(lowers) if lowers else 0.0), best_x

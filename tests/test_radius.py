@@ -135,3 +135,41 @@ def test_bad_target_arguments(kwargs, message):
     net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         gpuopt.certify_radius(net, np.array([0.7, 0.2]), 0, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_min_distortion_milp_brackets_and_closes_the_brute_force_radius(seed):
+    """The MILP alone, with no verifier calls: its certified lower bound never exceeds the true
+    radius, its point is a checked counterexample no farther than the attack's, and on these tiny
+    networks it meets the true radius."""
+    from gpuopt.radius import min_distortion_milp
+
+    rng = np.random.default_rng(40 + seed)
+    net = random_dense_network(rng, 3, [6, 5], 3)
+    x0 = rng.uniform(0.2, 0.8, 3)
+    label = int(np.argmax(net.forward64(x0[None])[0]))
+    spec = robustness(label, 3)
+    lo_t, hi_t = _true_radius(net, x0, label, hi=1.0)
+    if hi_t >= 1.0 - 1e-9:
+        pytest.skip("robust on the whole clip box")
+    lower, x = min_distortion_milp(net, x0, spec, min(1.0, hi_t * 1.5), clip=(0.0, 1.0))
+    assert lower <= hi_t + 1e-9
+    assert x is not None and np.all((x >= 0) & (x <= 1))
+    d = np.max(np.abs(x - x0))
+    y = net.forward64(x[None])[0]
+    assert np.max(np.delete(y, label)) >= y[label]
+    assert d >= lo_t - 1e-9 and d <= hi_t + 1e-6 * max(1.0, hi_t) + 1e-6
+    assert lower >= lo_t - 1e-6 * max(1.0, lo_t) - 1e-6
+
+
+def test_certify_radius_uses_the_milp_to_close_the_bracket():
+    rng = np.random.default_rng(7)
+    net = random_dense_network(rng, 3, [8, 6], 3)
+    x0 = rng.uniform(0.3, 0.7, 3)
+    label = int(np.argmax(net.forward64(x0[None])[0]))
+    lo_t, hi_t = _true_radius(net, x0, label)
+    config = gpuopt.VerifyConfig(device="cpu", use_input_split=False, use_relu_split=False, use_milp=False)
+    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0, config=config, rtol=1e-6)
+    assert r.lower <= hi_t + 1e-9 and (not r.upper_found or r.upper >= lo_t - 1e-9)
+    if hi_t < 1.0 - 1e-9:
+        assert r.status == "exact", r

@@ -17,7 +17,8 @@ epigraph column when it has several rows). A *walk*:
 
 Restarts: from the given start points (the GPU attack's candidates), then from the LP relaxation's
 point, then from the best pattern with the ``k = 1, 2, 4, ...`` neurons flipped where the
-relaxation's ``d`` disagrees most with it, skipping patterns seen. Each region LP starts from the
+relaxation's ``d`` disagrees most with it, skipping patterns seen (a flip set seen before is
+replaced by ``k`` drawn at random among the ``4k`` most disagreeing). Each region LP starts from the
 previous region's basis (same shape: one row per unstable neuron).
 
 The dense ``J_k`` cost ``sum_k n_k n_0`` floats; a network above ``WalkConfig.max_dense`` is not
@@ -55,16 +56,18 @@ class WalkConfig:
     """``max_lps``: region LPs in all; ``restarts``: walks from flipped patterns after the starts
     and the relaxation; ``rtol``: the relative drop that counts as an improvement;
     ``max_starts``: start points used at most; ``max_dense``: the most entries of the dense
-    region maps (``sum_k n_k * n_inputs``) for which a network is walked."""
+    region maps (``sum_k n_k * n_inputs``) for which a network is walked; ``seed``: the random
+    restarts' generator."""
 
     max_lps: int = 400
     restarts: int = 16
     rtol: float = 1e-9
     max_starts: int = 8
     max_dense: int = 30_000_000
+    seed: int = 0
 
     def __post_init__(self):
-        for name in ("max_lps", "restarts", "max_starts", "max_dense"):
+        for name in ("max_lps", "restarts", "max_starts", "max_dense", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
@@ -364,18 +367,27 @@ class _Walker:
             p = self.pattern(x_rel)
             if np.packbits(p).tobytes() not in self.seen:
                 self.walk(p, x_rel)
-        # restarts: flip where the relaxation disagrees most with the best pattern
+        # restarts: flip where the relaxation disagrees most with the best pattern, k = 1, 2, 4, ...
+        # of them; a flip set already seen is replaced by k drawn at random among the 4k most
+        # disagreeing (seeded), so a stalled best point does not repeat the same restarts
+        rng = np.random.default_rng(self.config.seed)
         k = 1
         for _ in range(self.config.restarts):
             if self.out_of_budget() or self.best_x is None or self.d_cols.size == 0:
                 break
             base = self.pattern(self.best_x)
             order = np.argsort(-np.abs(d_rel - base), kind="stable")
-            new = base.copy()
-            flip = order[:min(k, order.size)]
-            new[flip] = ~new[flip]
+            kk = min(k, order.size)
             k = k * 2 if k < order.size else 1
-            if np.packbits(new).tobytes() in self.seen:
+            new = base.copy()
+            new[order[:kk]] = ~new[order[:kk]]
+            for _ in range(8):
+                if np.packbits(new).tobytes() not in self.seen:
+                    break
+                new = base.copy()
+                pick = rng.choice(order[:min(4 * kk, order.size)], size=kk, replace=False)
+                new[pick] = ~new[pick]
+            else:
                 continue
             self.walk(new, None)
         return relaxation
