@@ -222,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     ra.add_argument("--model", required=True, help="the network (.onnx)")
     ra.add_argument("--data", required=True, help="CSV of `label, features...` rows, or .npz with x, y")
     ra.add_argument("--results", required=True, help="results file (JSONL, one record per sample)")
-    ra.add_argument("--norm", choices=["linf"], default="linf", help="the perturbation norm")
+    ra.add_argument("--norm", choices=["linf", "l1"], default="linf",
+                    help="the perturbation norm (l1: attack and minimum-distortion MILP, no verifier bisection)")
     ra.add_argument("--eps-max", type=_positive_float, default=0.5, help="largest radius searched (default 0.5)")
     ra.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per sample")
     ra.add_argument("--limit", type=_positive_int, default=None, help="the first N samples only")
@@ -309,7 +310,7 @@ def _cmd_radius(args) -> int:
         raise InvalidInputError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: the lower end exceeds the upper end")
     net = from_onnx(args.model)
     x, y = load_dataset(args.data, scale=args.scale)
-    items = radius_items(net, x, y, eps_max=args.eps_max, timeout=args.timeout, clip=tuple(args.clip),
+    items = radius_items(net, x, y, eps_max=args.eps_max, timeout=args.timeout, clip=tuple(args.clip), norm=args.norm,
                          limit=args.limit, model_ref=str(Path(args.model).resolve()))
     import torch
 

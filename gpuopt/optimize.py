@@ -108,11 +108,17 @@ def _optimize_iv(network, region, objective, offset, constraints, timeout):
     box = region.to_box()
     if box.size != n:
         raise InvalidInputError(f"`region` must have {n} inputs (the network's), got {box.size}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"`offset` must be a number, got {type(offset).__name__}")
     if isinstance(objective, str):
         c, d = parse_objective(objective, network.output_size)
         d += float(offset)
     else:
-        c = np.asarray(objective, dtype=np.float64).reshape(-1)
+        try:
+            c = np.asarray(objective, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise InvalidInputError("`objective` must be a vector of output coefficients or an expression such as "
+                                    f"'Y_0 - 2*Y_1', got {type(objective).__name__}") from None
         if c.size != network.output_size:
             raise InvalidInputError(f"`objective` must have one coefficient per output ({network.output_size}), got {c.size}")
         d = float(offset)
@@ -122,17 +128,32 @@ def _optimize_iv(network, region, objective, offset, constraints, timeout):
     if constraints is not None:
         try:
             G, g = constraints
+            G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+            g = np.asarray(g, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise InvalidInputError("`constraints` must be a pair (G, g) meaning G x <= g") from None
-        G = np.atleast_2d(np.asarray(G, dtype=np.float64))
-        g = np.asarray(g, dtype=np.float64).reshape(-1)
+            raise InvalidInputError("`constraints` must be a pair (G, g) of numbers meaning G x <= g") from None
         if G.shape != (g.size, n):
             raise InvalidInputError(f"`constraints` G must have shape ({g.size}, {n}), got {G.shape}")
         if not (np.all(np.isfinite(G)) and np.all(np.isfinite(g))):
             raise InvalidInputError("`constraints` must be finite")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 or not math.isfinite(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)) \
+            or not timeout > 0 or not math.isfinite(timeout):
         raise InvalidInputError(f"`timeout` must be a finite number of seconds > 0, got {timeout!r}")
     return box, c, d, G, g
+
+
+def _options_iv(formulation, attack_share, walk_share, rtol, atol) -> None:
+    from .milp.encode import Formulation
+
+    if not isinstance(formulation, str):
+        raise InvalidInputError(f"`formulation` must be a name such as 'bigm' or 'partition:2', got {formulation!r}")
+    Formulation.parse(formulation)
+    for name, v in (("attack_share", attack_share), ("walk_share", walk_share)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InvalidInputError(f"`{name}` must be a finite number >= 0, got {v!r}")
 
 
 def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
@@ -164,9 +185,9 @@ def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
     col_lo = np.concatenate([lo, np.zeros(n_r), [0.0]])
     col_hi = np.concatenate([hi, np.full(n_r, np.inf), [1.0]])
     res = solve_lp(c, A, rlo, rhi, col_lo, col_hi, time_limit=10.0)
-    if res.status != "optimal" or res.x[-1] <= 0:
+    if res.status != "optimal":
         return None
-    return np.clip(res.x[:n], lo, hi)
+    return np.clip(res.x[:n], lo, hi)  # slack 0 still gives a point of a set without interior
 
 
 def optimize(network: Network, region, objective, *, offset: float = 0.0, constraints=None, timeout: float = 60.0,
@@ -188,6 +209,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     t0 = time.monotonic()
     deadline = t0 + float(timeout) if timeout is not None else None
     box, c, d, G, g = _optimize_iv(network, region, objective, offset, constraints, timeout)
+    _options_iv(formulation, attack_share, walk_share, rtol, atol)
     lo, hi = np.array(box.lower), np.array(box.upper)
     stage_seconds, stage_values = {}, {}
     cons = None
@@ -199,12 +221,16 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         return bool(np.all(x >= lo) and np.all(x <= hi)) and (cons is None or cons.contains(x))
 
     # an interior point: points that solver tolerances left just outside are pulled towards it
+    # (with linear rows, the point of largest slack: a centre on a row's boundary would pull every
+    # point that tolerances leave 1 ulp outside back to the centre)
     anchor = np.clip(region.center if not isinstance(region, Box) else box.center, lo, hi)
-    if cons is not None and not inside(anchor):
-        anchor = _interior_point(lo, hi, cons)
-        if anchor is None or not inside(anchor):
-            raise InvalidInputError("the region is empty (or has no interior): no point satisfies the box, "
-                                    "the ball and the linear constraints with a margin")
+    if G is not None or (cons is not None and not inside(anchor)):
+        deep = _interior_point(lo, hi, cons)
+        if deep is not None and inside(deep):
+            anchor = deep
+        elif not inside(anchor):
+            raise InvalidInputError("the region is empty: no float64 point satisfies the box, the ball and the "
+                                    "linear constraints (or the set is too thin to hold one)")
 
     def pulled_inside(x) -> np.ndarray:
         x = np.clip(x, lo, hi)

@@ -29,7 +29,14 @@ unsafe set, ``min r`` s.t. ``|x_i - x0_i| <= r``, ``A_k f(x) <= b_k``, ``x`` in 
 radius ``upper`` (where the minimum lies), on CROWN bounds over that ball; ``r* = min_k r_k``. Its
 dual bounds (less HiGHS's tolerance margin) raise ``lower`` (``r* >= lower``), and its optimum,
 pushed just past the decision boundary along the ray from ``x0`` until the float64 check accepts
-it, lowers ``upper``. Only the L-inf norm is certified for now.
+it, lowers ``upper``.
+
+For the **L1** norm (``norm="l1"``) the verifier is not used (its regions are boxes): the attack
+runs on the L1 ball (:class:`gpuopt.attacks.geometry.L1Geometry`) to find ``upper``, and the
+minimum-distortion MILP (``min sum_i s_i``, ``s_i >= |x_i - x0_i|``, ``sum_i s_i <= radius``, on
+CROWN bounds over the ball's box intersected with the exact first layer over the ball,
+:mod:`gpuopt.bounds.l1`) gives ``lower`` and closes the bracket where HiGHS finishes. L2 radii are
+not certified.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ import numpy as np
 import torch
 
 from .attacks import AttackConfig, pgd_attack
+from .attacks.geometry import L1Geometry
+from .attacks.search import falsify
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .problem import Problem
@@ -51,7 +60,7 @@ from .specs import OutputSpec, robustness
 
 __all__ = ["RadiusResult", "certify_radius", "min_distortion_milp"]
 
-NORMS = ("linf",)
+NORMS = ("linf", "l1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,9 +78,15 @@ class RadiusResult:
     verify_calls: int
 
 
-def _distance_up(x: np.ndarray, x0: np.ndarray) -> float:
-    """``||x - x0||_inf`` rounded up (each difference is rounded in float64)."""
-    return float(np.nextafter(np.max(np.abs(x - x0)), np.inf))
+def _distance_up(x: np.ndarray, x0: np.ndarray, norm: str = "linf") -> float:
+    """``||x - x0||`` rounded up: each difference and (for L1) the sum are rounded in float64,
+    so the sum is widened by ``(n + 2) u`` of itself."""
+    d = np.abs(np.asarray(x, dtype=np.float64) - x0)
+    d = np.nextafter(d, np.inf)
+    if norm == "linf":
+        return float(np.max(d))
+    total = float(np.sum(d))
+    return float(np.nextafter(total * (1.0 + (d.size + 2) * np.finfo(np.float64).eps), np.inf))
 
 
 def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_max: float = 1.0,
@@ -87,7 +102,7 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     if not isinstance(network, Network):
         raise InvalidInputError(f"`network` must be a gpuopt Network (see gpuopt.from_torch), got {type(network).__name__}")
     if norm not in NORMS:
-        raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)} (L1 and L2 radii are not certified yet), "
+        raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)} (L2 radii are not certified yet), "
                                 f"got {norm!r}")
     for name, v, low in (("eps_max", eps_max, 0.0), ("timeout", timeout, 0.0), ("rtol", rtol, 0.0), ("atol", atol, 0.0)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
@@ -141,8 +156,16 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
                 found.append(c.x)
             return c.ok
 
-        pgd_attack(network, box.lower[None], box.upper[None], A, b, dtype=torch.float64, confirm=confirm,
-                   config=AttackConfig(restarts=16, steps=50, rounds=1, seed=seed), deadline=deadline)
+        cfg = AttackConfig(restarts=16, steps=50, rounds=1, seed=seed)
+        if norm == "linf":
+            pgd_attack(network, box.lower[None], box.upper[None], A, b, dtype=torch.float64, confirm=confirm,
+                       config=cfg, deadline=deadline)
+        else:  # the L1 ball within the clip box (the check clamps into its box hull)
+            t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64))[None]  # noqa: E731
+            lo_b = np.full(x0.size, -np.inf) if lo_clip is None else np.array(np.broadcast_to(lo_clip, x0.shape))
+            hi_b = np.full(x0.size, np.inf) if hi_clip is None else np.array(np.broadcast_to(hi_clip, x0.shape))
+            geometry = L1Geometry(t(x0), torch.tensor([float(eps)], dtype=torch.float64), t(lo_b), t(hi_b))
+            falsify(network, geometry, A[None], b[None], config=cfg, deadline=deadline, confirm=confirm)
         return found[0] if found else None
 
     # upper: the attack at eps_max, then at half the distance found, while it keeps finding
@@ -153,12 +176,13 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
         xa = attack_at(probe)
         if xa is None:
             break
-        x_adv, upper = xa, min(upper, _distance_up(xa, x0))
+        x_adv, upper = xa, min(upper, _distance_up(xa, x0, norm))
         probe = upper / 2
     upper_found = x_adv is not None
 
-    # bisection with the verifier between the certified lower and the attained upper
-    while left() > 0 and upper - lower > rtol * upper + atol:
+    # bisection with the verifier between the certified lower and the attained upper (its
+    # regions are boxes: L-inf only)
+    while norm == "linf" and left() > 0 and upper - lower > rtol * upper + atol:
         mid = (lower + upper) / 2
         budget = max(0.05, left() / 3)
         v = verify(network, ball(mid), spec, timeout=min(budget, left()), config=config)
@@ -170,18 +194,19 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
         else:
             break
-    if upper_found and left() > 0 and upper - lower > rtol * upper + atol:
-        m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline)
+    if (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
+        m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
+                                           norm=norm)
         lower = max(lower, min(m_lower, upper))
-        if m_x is not None and _distance_up(m_x, x0) < upper:
-            x_adv, upper = m_x, _distance_up(m_x, x0)
+        if m_x is not None and _distance_up(m_x, x0, norm) < upper:
+            x_adv, upper, upper_found = m_x, _distance_up(m_x, x0, norm), True
     status = "exact" if upper_found and upper - lower <= rtol * upper + atol else "bracket"
     return RadiusResult(lower, upper, upper_found, status, x_adv, time.monotonic() - t0, calls)
 
 
 def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radius: float, *, clip=(None, None),
-                        deadline: float | None = None) -> tuple[float, np.ndarray | None]:
-    """``(lower, x)``: a certified lower bound on the L-inf distance from ``x0`` to the unsafe set
+                        deadline: float | None = None, norm: str = "linf") -> tuple[float, np.ndarray | None]:
+    """``(lower, x)``: a certified lower bound on the ``norm`` distance from ``x0`` to the unsafe set
     of ``spec`` within the clipped ball of ``radius`` (``radius`` itself for a disjunct the MILP
     shows unreachable there), and the best float64-checked point found (or None); see the
     module docstring. Disjuncts left unbounded by the deadline give ``lower = 0``."""
@@ -192,13 +217,19 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
     from .milp.encode import encode
     from .milp.highs import MilpStatus, solve_milp
 
-    region = LinfBall(x0, radius, clip[0], clip[1])
+    region = LinfBall(x0, radius, clip[0], clip[1])  # for L1: the ball's box hull
     problem = Problem(network, region, spec)
     box = region.to_box()
     lo, hi = np.array(box.lower), np.array(box.upper)
     b_ = crown(network, torch.tensor(lo[None]), torch.tensor(hi[None]), deadline=deadline)
     pre = [(l[0].numpy(), u[0].numpy()) for l, u in b_.pre_activation]
     out = (b_.output[0][0].numpy(), b_.output[1][0].numpy())
+    if norm == "l1":  # the exact first layer over the ball, intersected
+        from .bounds.l1 import l1_ball_bounds
+
+        pre1, out1 = l1_ball_bounds(network.affine_blocks(), x0, radius, lo, hi)
+        pre = [(np.maximum(a, a1), np.minimum(c_, c1)) for (a, c_), (a1, c1) in zip(pre, pre1)]
+        out = (np.maximum(out[0], out1[0]), np.minimum(out[1], out1[1]))
     if not all(np.all(np.isfinite(a)) for pair in pre + [out] for a in pair):
         return 0.0, None
     blocks = network.affine_blocks()
@@ -209,24 +240,34 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
         if left <= 0:
             return 0.0, best_x
         m = encode(blocks, pre, out, lo, hi, A, b)
-        # one more column r: |x_i - x0_i| <= r; the disjunct's rows as constraints; min r
+        # L-inf: one more column r, |x_i - x0_i| <= r, min r; L1: columns s_i >= |x_i - x0_i|,
+        # sum_i s_i <= radius (the bounds hold on that ball only), min sum_i s_i; and the
+        # disjunct's rows as constraints
         r = m.n_vars
+        n_new = 1 if norm == "linf" else n
+        s_cols = np.full(n, r) if norm == "linf" else r + np.arange(n)
         i = np.arange(n)
         rows = sp.coo_matrix((np.concatenate([np.ones(n), -np.ones(n), -np.ones(n), -np.ones(n)]),
                               (np.concatenate([i, i, n + i, n + i]),
-                               np.concatenate([m.x_index, np.full(n, r), m.x_index, np.full(n, r)]))),
-                             shape=(2 * n, r + 1))
+                               np.concatenate([m.x_index, s_cols, m.x_index, s_cols]))),
+                             shape=(2 * n, r + n_new))
         k = A.shape[0]
         Ay = sp.coo_matrix(A)
-        spec_rows = sp.coo_matrix((Ay.data, (Ay.row, m.y_index[Ay.col])), shape=(k, r + 1))
-        A_all = sp.vstack([sp.hstack([m.A, sp.csr_matrix((m.A.shape[0], 1))]), rows, spec_rows]).tocsr()
-        c = np.zeros(r + 1)
-        c[r] = 1.0
+        spec_rows = sp.coo_matrix((Ay.data, (Ay.row, m.y_index[Ay.col])), shape=(k, r + n_new))
+        blocks_ = [sp.hstack([m.A, sp.csr_matrix((m.A.shape[0], n_new))]), rows, spec_rows]
+        row_upper = [m.row_upper, x0, -x0, b]
+        if norm == "l1":
+            blocks_.append(sp.csr_matrix((np.ones(n), (np.zeros(n, dtype=int), s_cols)), shape=(1, r + n_new)))
+            row_upper.append([radius])
+        A_all = sp.vstack(blocks_).tocsr()
+        c = np.zeros(r + n_new)
+        c[r:] = 1.0
         model = replace(m, c=c, offset=0.0, A=A_all,
-                        row_lower=np.concatenate([m.row_lower, np.full(2 * n + k, -np.inf)]),
-                        row_upper=np.concatenate([m.row_upper, x0, -x0, b]),
-                        col_lower=np.append(m.col_lower, 0.0), col_upper=np.append(m.col_upper, radius),
-                        integrality=np.append(m.integrality, False))
+                        row_lower=np.concatenate([m.row_lower, np.full(A_all.shape[0] - m.A.shape[0], -np.inf)]),
+                        row_upper=np.concatenate([np.asarray(u_, dtype=np.float64).reshape(-1) for u_ in row_upper]),
+                        col_lower=np.concatenate([m.col_lower, np.zeros(n_new)]),
+                        col_upper=np.concatenate([m.col_upper, np.full(n_new, radius)]),
+                        integrality=np.concatenate([m.integrality, np.zeros(n_new, dtype=bool)]))
         res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
         if res.status is MilpStatus.INFEASIBLE and not res.warnings:
             lowers.append(radius)  # unreachable within the ball
@@ -241,7 +282,7 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
                 xp = np.clip(x0 + (x - x0) * (1.0 + push), lo, hi)
                 chk = check_counterexample(problem, xp)
                 if chk.ok:
-                    d = _distance_up(chk.x, x0)
+                    d = _distance_up(chk.x, x0, norm)
                     if d < best_d:
                         best_x, best_d = chk.x, d
                     break

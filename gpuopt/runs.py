@@ -180,7 +180,7 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
 
 
 def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.0), limit: int | None = None,
-                 config=None, model_ref=None) -> list[RunItem]:
+                 config=None, model_ref=None, norm: str = "linf") -> list[RunItem]:
     """Certified-radius items, one per sample (:func:`gpuopt.radius.certify_radius`, run whole in
     a worker). A misclassified sample is recorded with radius 0 and never attacked."""
     from .engine.tasks import radius_sample_task
@@ -195,12 +195,13 @@ def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.
     ref = model_ref if model_ref is not None else network
     items = []
     for i in range(n):
-        info = {"sample": i, "label": int(y[i]), "eps_max": eps_max, "timeout": timeout}
+        info = {"sample": i, "label": int(y[i]), "eps_max": eps_max, "timeout": timeout, "norm": norm}
         pre = None
         if pred[i] != y[i]:
             pre = {"status": "misclassified", "predicted": int(pred[i]), "lower": 0.0, "upper": 0.0, "seconds": 0.0}
-        items.append(RunItem(f"radius:{i}", radius_sample_task, (ref, x[i], int(y[i]), eps_max, tuple(clip), timeout,
-                                                                config), timeout, info, pre))
+        key = f"radius:{i}" if norm == "linf" else f"radius-{norm}:{i}"
+        items.append(RunItem(key, radius_sample_task, (ref, x[i], int(y[i]), eps_max, tuple(clip), timeout,
+                                                                config, norm), timeout, info, pre))
     return items
 
 

@@ -104,7 +104,7 @@ def test_optimize_arguments_are_validated():
         (dict(region=Box(np.zeros(3), np.ones(3))), "`region` must have 2 inputs (the network's), got 3"),
         (dict(objective=[1.0, 2.0]), "`objective` must have one coefficient per output (1), got 2"),
         (dict(objective=[np.nan]), "`objective` and `offset` must be finite"),
-        (dict(constraints=[[1.0, 1.0]]), "`constraints` must be a pair (G, g) meaning G x <= g"),
+        (dict(constraints=[[1.0, 1.0]]), "`constraints` must be a pair (G, g) of numbers meaning G x <= g"),
         (dict(constraints=([[1.0]], [1.0])), "`constraints` G must have shape (1, 2), got (1, 1)"),
         (dict(timeout=0), "`timeout` must be a finite number of seconds > 0, got 0"),
     ]
@@ -143,3 +143,39 @@ def test_cli_optimize_json_and_text(tmp_path, capsys):
         main(["optimize", str(onnx_path), str(spec), "--maximize", "Y_0", "--formulation", "hull"])
     assert exit_info.value.code == 2
     assert "`formulation` must be one of" in capsys.readouterr().err
+
+
+def test_review_findings_stay_fixed():
+    """An LP stopped early bounds nothing; an all-zero constraint row; a centre on a row's
+    boundary; a single-point region; numpy timeouts; option checks."""
+    from gpuopt.milp.encode import encode
+    from gpuopt.milp.highs import MilpStatus, solve_milp
+
+    # a network with no unstable neuron: the model is an LP; a short limit must not give a bound
+    rng = np.random.default_rng(0)
+    W = np.abs(rng.normal(size=(60, 60)))
+    net = Network([Dense(W, np.ones(60)), ReLU(), Dense(np.ones((1, 60)), np.zeros(1))], (60,))
+    lo, hi = np.zeros(60), np.ones(60)
+    model = encode(net.affine_blocks(), [(np.ones(60), W.sum(1) + 1)], (np.array([0.0]), np.array([1e6])), lo, hi,
+                   [[-1.0]], [0.0])
+    res = solve_milp(model, time_limit=1e-6, threshold=np.inf)
+    assert res.status is MilpStatus.OPTIMAL or res.dual_bound == -np.inf
+    # an all-zero row G x <= 1 on a net with no hidden layer
+    lin = Network([Dense([[1.0, -1.0]], [0.0])], (2,))
+    r = optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], constraints=([[0.0, 0.0]], [1.0]), timeout=10)
+    assert r.status == "optimal" and r.best_value == pytest.approx(1.0)
+    # the centre on the boundary x0 + x1 <= 1: the optimum (1, 0) is still reported exactly
+    r = optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], constraints=([[1.0, 1.0]], [1.0]), timeout=10)
+    assert r.best_value == pytest.approx(1.0, abs=1e-9) and r.status == "optimal"
+    # a single point: x0 + x1 <= 0 on [0, 1]^2
+    r = optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], constraints=([[1.0, 1.0]], [0.0]), timeout=10)
+    assert r.x == pytest.approx([0.0, 0.0]) and r.best_value == pytest.approx(0.0)
+    assert optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], timeout=np.float32(5)).status == "optimal"
+    with pytest.raises(InvalidInputError, match=re.escape("the region is empty")):
+        optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], constraints=([[1.0, 1.0]], [-1.0]), timeout=10)
+    for kw, message in ((dict(formulation="bogus"), "`formulation` must be one of"),
+                        (dict(walk_share=2), "`walk_share` must be a number in [0, 1], got 2"),
+                        (dict(rtol=float("nan")), "`rtol` must be a finite number >= 0, got nan"),
+                        (dict(offset="x"), "`offset` must be a number, got str")):
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], timeout=10, **kw)

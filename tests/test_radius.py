@@ -66,7 +66,7 @@ def test_a_misclassified_input_has_radius_zero():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(norm="l2"), "`norm` must be one of linf (L1 and L2 radii are not certified yet), got 'l2'"),
+    (dict(norm="l2"), "`norm` must be one of linf, l1 (L2 radii are not certified yet), got 'l2'"),
     (dict(label=2), "`label` must be a class index in [0, 2), got 2"),
     (dict(eps_max=-1.0), "`eps_max` must be a finite number >= 0, got -1.0"),
     (dict(timeout=float("nan")), "`timeout` must be a finite number >= 0, got nan"),
@@ -173,3 +173,34 @@ def test_certify_radius_uses_the_milp_to_close_the_bracket():
     assert r.lower <= hi_t + 1e-9 and (not r.upper_found or r.upper >= lo_t - 1e-9)
     if hi_t < 1.0 - 1e-9:
         assert r.status == "exact", r
+
+
+def test_l1_radius_brackets_a_dense_grid_on_two_inputs():
+    """The L1 radius on 2-input nets: a 1201 x 1201 grid of the clip box gives the misclassified
+    point nearest in L1 up to the grid step h, so the true radius lies in [d_grid - 2h, d_grid]."""
+    g = np.linspace(0, 1, 1201)
+    X = np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1)
+    h = g[1] - g[0]
+    checked = 0
+    for seed in range(40):
+        rng = np.random.default_rng(60 + seed)
+        net = random_dense_network(rng, 2, [8, 6], 3)
+        x0 = rng.uniform(0.3, 0.7, 2)
+        label = int(np.argmax(net.forward64(x0[None])[0]))
+        Y = net.forward64(X)
+        wrong = np.max(np.delete(Y, label, axis=1), axis=1) >= Y[:, label]
+        if not wrong.any():
+            continue  # robust on the whole clip box
+        d_grid = float(np.abs(X[wrong] - x0).sum(1).min())
+        r = gpuopt.certify_radius(net, x0, label, norm="l1", eps_max=2.0, timeout=30, rtol=1e-6)
+        assert r.lower <= d_grid + 1e-9, (seed, r, d_grid)
+        assert r.upper_found and r.upper >= d_grid - 2 * h - 1e-9, (seed, r, d_grid)
+        assert np.abs(r.x_adv - x0).sum() <= r.upper
+        y = net.forward64(r.x_adv[None])[0]
+        assert np.max(np.delete(y, label)) >= y[label]
+        assert r.status == "exact", (seed, r)  # two inputs: HiGHS closes it
+        assert r.upper <= d_grid + 1e-6
+        checked += 1
+        if checked == 4:
+            break
+    assert checked == 4, checked

@@ -263,15 +263,16 @@ def verify_instance_task(onnx_path: str, vnnlib_path: str, timeout: float, confi
     return _record(verdict, t0)
 
 
-def radius_sample_task(network, x, label: int, eps_max: float, clip: tuple, timeout: float, config) -> dict:
-    """The certified L-inf radius bracket of one sample (:func:`gpuopt.radius.certify_radius`)."""
+def radius_sample_task(network, x, label: int, eps_max: float, clip: tuple, timeout: float, config,
+                       norm: str = "linf") -> dict:
+    """The certified radius bracket (``norm``) of one sample (:func:`gpuopt.radius.certify_radius`)."""
     t0 = time.monotonic()
     _setup()
     from ..radius import certify_radius
 
     net = _network(network) if isinstance(network, str) else network
-    r = certify_radius(net, x, int(label), eps_max=eps_max, clip=clip, timeout=timeout, config=config)
-    return {"status": r.status, "lower": r.lower, "upper": r.upper, "upper_found": r.upper_found,
+    r = certify_radius(net, x, int(label), eps_max=eps_max, clip=clip, timeout=timeout, config=config, norm=norm)
+    return {"norm": norm, "status": r.status, "lower": r.lower, "upper": r.upper, "upper_found": r.upper_found,
             "verify_calls": r.verify_calls, "seconds": time.monotonic() - t0,
             "counterexample": None if r.x_adv is None else r.x_adv.tolist()}
 

@@ -372,6 +372,10 @@ def encode(blocks: list[AffineBlock], pre_bounds, out_bounds, x_lower, x_upper, 
     _check_bounds("input", x_lower, x_upper, n0)
     A_spec = np.atleast_2d(np.asarray(A_spec, dtype=np.float64))
     b_spec = np.asarray(b_spec, dtype=np.float64).reshape(-1)
+    if A_spec.size == 0 or b_spec.size == 0:
+        raise InvalidInputError("the spec needs at least one row")
+    if not (np.all(np.isfinite(A_spec)) and np.all(np.isfinite(b_spec))):
+        raise InvalidInputError("the spec rows must be finite")
     if constraints is not None:
         constraints.check(n0)
 

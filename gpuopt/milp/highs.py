@@ -236,8 +236,9 @@ def _scale(model: MilpModel) -> _Scaled:
             col_scale[bad_cols] = 1.0
             A = (A0 @ sp.diags(col_scale)).tocsr()
         row_max = np.zeros(A.shape[0])
-        if A.nnz:
-            row_max = np.maximum.reduceat(np.abs(A.data), A.indptr[:-1]) * (np.diff(A.indptr) > 0)
+        nonempty = np.diff(A.indptr) > 0  # reduceat would read past the data for trailing empty rows
+        if nonempty.any():
+            row_max[nonempty] = np.maximum.reduceat(np.abs(A.data), A.indptr[:-1][nonempty])
         row_scale = np.clip(_pow2(row_max), 2.0 ** -1000, 2.0 ** 1000)
         bounds = np.concatenate([model.row_lower, model.row_upper]).reshape(2, -1)
         scaled = bounds / row_scale
@@ -429,6 +430,8 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
         # min(cutoff, incumbent) and may then report its incumbent, above the cutoff, as optimal
         # (a tiny net: reported 0.164 where the true minimum is 0.052)
         dual = min(dual, scaled_threshold + 0.5 * cutoff_pad)
+    if not integer and status is not MilpStatus.OPTIMAL:
+        dual = -np.inf  # an LP stopped early: its current value bounds nothing
     if not np.isfinite(dual) and status is not MilpStatus.OPTIMAL:
         dual = -np.inf
     elif np.isfinite(dual):
