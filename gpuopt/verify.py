@@ -94,7 +94,7 @@ class VerifyConfig:
     formulation: str = "bigm"
     cuts: bool = False
     use_walk: bool = True
-    walk_share: float = 0.15
+    walk_share: float = 0.08
     walk: WalkConfig = field(default_factory=WalkConfig)
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
