@@ -14,7 +14,10 @@ the time budget, each feeding the next:
    the geometry cannot project onto it);
 3. **Relax-and-Walk** (:mod:`gpuopt.milp.walk`) from those points and the LP relaxation: the last
    step inside a linear region;
-4. **MILP** (HiGHS, the chosen formulation) seeded with the best point: better points and the
+4. **input splitting** (:func:`gpuopt.bab.input_split`, networks with at most 16 inputs over a
+   box): proves ``c^T f(x) + d < best + tol / 2`` on the whole box, or finds a better point and
+   tries again from it;
+5. **MILP** (HiGHS, the chosen formulation) seeded with the best point: better points and the
    proven bound.
 
 Every reported value is the float64 forward pass of the network at a point inside the region
@@ -45,6 +48,9 @@ from .regions import Box, L1Ball, LinfBall
 __all__ = ["OptimizeResult", "optimize", "optimize_instance", "parse_objective"]
 
 log = logging.getLogger("gpuopt")
+
+#: networks with at most this many inputs (over a box) get the input-splitting stage
+SPLIT_MAX_INPUTS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,6 +327,29 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         for s in starts:
             offer(s, "attack")
         stage_seconds["attack"] = time.monotonic() - t
+
+    # few inputs: input splitting proves c^T f(x) + d < best + tol/2, or finds a better point
+    # (then again from it); for such networks it closes what the MILP cannot (ACAS Xu)
+    if network.input_size <= SPLIT_MAX_INPUTS and G is None and not isinstance(region, L1Ball):
+        from .bab import SplitConfig, input_split
+        from .problem import Problem
+        from .specs import OutputSpec
+
+        t = time.monotonic()
+        while not done() and left() > 0 and best["x"] is not None:
+            v = best["value"]
+            target = v + 0.5 * (atol + rtol * abs(v))
+            spec = OutputSpec([(-c[None], np.array([-(target - d)]))], network.output_size)
+            res = input_split(Problem(network, Box(lo, hi), spec), deadline=deadline, config=SplitConfig(seed=seed))
+            if res.status == "unsat":  # c^T f(x) + d < target everywhere on the box
+                upper = min(upper, target + 4 * np.finfo(np.float64).eps * (abs(target) + abs(d)) + dev_c)
+                break
+            if res.status != "sat":
+                break
+            offer(res.counterexample, "input_split")
+            if best["value"] <= v:  # no progress in float64: leave it to the MILP
+                break
+        stage_seconds["input_split"] = time.monotonic() - t
 
     # the MILP model (the walk solves its region LPs from it too)
     blocks = network.affine_blocks()

@@ -179,3 +179,22 @@ def test_review_findings_stay_fixed():
                         (dict(offset="x"), "`offset` must be a number, got str")):
         with pytest.raises(InvalidInputError, match=re.escape(message)):
             optimize(lin, Box(np.zeros(2), np.ones(2)), [1.0], timeout=10, **kw)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_input_splitting_closes_few_input_networks(seed):
+    """5 inputs, two hidden layers: the input-splitting stage proves the bound (the MILP is never
+    needed), and no sampled point beats it."""
+    rng = np.random.default_rng(200 + seed)
+    net = random_dense_network(rng, 5, [12, 10], 3)
+    lo = rng.normal(size=5)
+    hi = lo + rng.uniform(0.2, 1.0, size=5)
+    c = rng.normal(size=3)
+    res = optimize(net, Box(lo, hi), c, timeout=60, seed=seed)
+    assert res.status == "optimal" and "input_split" in res.stage_seconds and "milp" not in res.stage_seconds
+    X = rng.uniform(lo, hi, size=(100000, 5))
+    y, _ = numpy_forward(net, X)
+    assert float((y @ c).max()) <= res.upper_bound + 1e-12
+    y, _ = numpy_forward(net, res.x[None])
+    assert res.best_value == pytest.approx(float(y[0] @ c), abs=1e-12)
+    assert np.all(res.x >= lo) and np.all(res.x <= hi)
