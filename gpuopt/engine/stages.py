@@ -21,8 +21,10 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 2. ``attack``: batched PGD, before the costlier bounds; a candidate decides ``sat`` only through
    the exact check;
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
-4. ``input_split``: input-space branch and bound, for networks with few inputs;
-5. ``milp``: big-M MILP per open disjunct in HiGHS.
+4. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
+5. ``input_split``: input-space branch and bound, for networks with few inputs;
+6. ``relu_split``: activation branch and bound, for the others;
+7. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS.
 """
 
 from __future__ import annotations
