@@ -331,8 +331,13 @@ def _cmd_report(args) -> int:
     records = list(read_records(args.results))
     if not records:
         raise InvalidInputError(f"no records in {args.results}")
-    if all(str(r.get("key", "")).startswith("radius:") for r in records):  # written by `gpuopt radius`
+    if all(str(r.get("key", "")).startswith(("radius:", "radius-")) for r in records):  # by `gpuopt radius`
         print(summarize_radii(records))
+        if args.plots:
+            from .plots import plot_radii
+
+            for path in plot_radii(records, args.plots):
+                print(f"wrote {path}")
         return 0
     summary = summarize(records)
     print(format_summary(summary))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import InvalidInputError, MissingDependencyError
 
-__all__ = ["plot_summary"]
+__all__ = ["plot_summary", "plot_radii"]
 
 
 def _pyplot():
@@ -70,6 +70,52 @@ def plot_summary(records: list[dict], folder) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     written.append(out / "times.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def plot_radii(records: list[dict], folder) -> list[Path]:
+    """Write ``radii.png`` (each sample's bracket ``[lower, upper]``, sorted by ``upper``) and
+    ``radius_accuracy.png`` (certified and upper robust accuracy against eps, from the radii;
+    :func:`gpuopt.runs.radius_curve`) into ``folder``."""
+    import numpy as np
+
+    from .runs import radius_curve
+
+    plt = _pyplot()
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--plots must be a folder, got the file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    done = [r for r in records if r.get("status") in ("exact", "bracket")]
+    norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
+    written = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if done:
+        done.sort(key=lambda r: r["upper"])
+        idx = np.arange(len(done))
+        ax.vlines(idx, [r["lower"] for r in done], [r["upper"] for r in done], color="tab:blue", alpha=0.6)
+        ax.plot(idx, [r["lower"] for r in done], "^", ms=3, label="certified lower")
+        ax.plot(idx, [r["upper"] for r in done], "v", ms=3, label="attacked upper")
+        ax.legend()
+    ax.set_xlabel("sample (sorted by upper)")
+    ax.set_ylabel(f"radius ({norm})")
+    fig.tight_layout()
+    written.append(out / "radii.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    top = max([r["upper"] for r in done if np.isfinite(r["upper"])] or [1.0])
+    curve = radius_curve(records, np.linspace(0.0, top * 1.05, 101))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(curve["eps"], curve["certified"], "-", label="certified (lower >= eps)")
+    ax.plot(curve["eps"], curve["upper"], "--", label="upper (no counterexample within eps)")
+    ax.set_xlabel(f"eps ({norm})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "radius_accuracy.png")
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
     return written

@@ -205,6 +205,24 @@ def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.
     return items
 
 
+def radius_curve(records: Iterable[dict], eps) -> dict:
+    """Robust accuracy against ``eps`` from radius records (misclassified samples count as not
+    robust): ``certified[i]`` is the fraction of samples whose certified ``lower`` is ``>= eps[i]``
+    (``r* >= lower``), ``upper[i]`` the fraction not shown non-robust at ``eps[i]`` (no
+    counterexample within it: ``upper > eps[i]``, or none found); ``n`` the samples counted."""
+    recs = [r for r in records if r.get("status") in ("exact", "bracket", "misclassified")]
+    eps = np.asarray(eps, dtype=np.float64).reshape(-1)
+    if not recs:
+        return {"eps": eps, "certified": np.zeros_like(eps), "upper": np.zeros_like(eps), "n": 0}
+    lower = np.array([0.0 if r["status"] == "misclassified" else float(r["lower"]) for r in recs])
+    upper = np.array([0.0 if r["status"] == "misclassified" else
+                      (float(r["upper"]) if r.get("upper_found", True) else np.inf) for r in recs])
+    valid = np.array([r["status"] != "misclassified" for r in recs])
+    certified = ((lower[None, :] >= eps[:, None]) & valid[None, :]).mean(axis=1)
+    not_broken = ((upper[None, :] > eps[:, None]) & valid[None, :]).mean(axis=1)
+    return {"eps": eps, "certified": certified, "upper": not_broken, "n": len(recs)}
+
+
 def summarize_radii(records: Iterable[dict]) -> str:
     """A readable summary of radius records: counts per status and the median bracket ends."""
     recs = list(records)

@@ -112,6 +112,32 @@ def test_report_reads_radius_records(tmp_path, capsys):
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "3 samples: bracket 1, exact 1, misclassified 1" in out and "median certified lower 0.075" in out
+    # L1 records (keys radius-l1:i) are radius records too, and get their plots with the extra
+    l1 = tmp_path / "l1.jsonl"
+    l1.write_text("".join(json.dumps(dict(r, key=r["key"].replace("radius:", "radius-l1:"), norm="l1")) + "\n"
+                          for r in recs))
+    assert main(["report", str(l1)]) == 0
+    assert "3 samples: bracket 1, exact 1, misclassified 1" in capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return  # the plots extra is not installed: the curve itself is tested below
+    assert main(["report", str(l1), "--plots", str(tmp_path / "figs")]) == 0
+    assert {p.name for p in (tmp_path / "figs").iterdir()} == {"radii.png", "radius_accuracy.png"}
+
+
+def test_radius_curve_counts_certified_and_broken_samples():
+    from gpuopt.runs import radius_curve
+
+    recs = [{"status": "exact", "lower": 0.1, "upper": 0.1001},
+            {"status": "bracket", "lower": 0.05, "upper": 0.2},
+            {"status": "bracket", "lower": 0.3, "upper": 0.5, "upper_found": False},
+            {"status": "misclassified", "lower": 0.0, "upper": 0.0},
+            {"status": "error"}]
+    c = radius_curve(recs, [0.0, 0.05, 0.1, 0.15, 0.3, 0.6])
+    assert c["n"] == 4
+    assert c["certified"].tolist() == [0.75, 0.75, 0.5, 0.25, 0.25, 0.0]
+    assert c["upper"].tolist() == [0.75, 0.75, 0.75, 0.5, 0.25, 0.25]
 
 
 def test_targeted_radius_with_a_margin_in_closed_form():
