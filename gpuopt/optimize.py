@@ -381,7 +381,8 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
                           MilpStatus.DUAL_BOUND_REACHED) and not res.warnings \
                 and np.isfinite(res.dual_bound):
             # max c^T y + d = -(min -c^T y) + d <= -(dual - margin) + d, widened by the deviation
-            upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c)
+            upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c
+                        + 4 * np.finfo(np.float64).eps * (abs(res.dual_bound) + res.proof_margin + abs(d)))
         milp_info = {"status": res.status.value, "raw_status": res.raw_status, "nodes": res.nodes,
                      "dual_bound": res.dual_bound, "warnings": list(res.warnings)}
         stage_seconds["milp"] = time.monotonic() - t

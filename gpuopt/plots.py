@@ -21,16 +21,28 @@ def _pyplot():
     return plt
 
 
+def _folder(folder) -> Path:
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--plots must be a folder, got the file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_summary(records: list[dict], folder) -> list[Path]:
     """Write ``robust_accuracy.png`` (dataset runs: certified and upper robust accuracy against
     eps), ``decided_by.png`` and ``times.png`` (time per item, by status) into ``folder``."""
     from .runs import summarize
 
     plt = _pyplot()
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--plots must be a folder, got the file {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _folder(folder)
     written = []
     summary = summarize(records)
     groups = sorted((g for g in summary["groups"] if g["eps"] is not None), key=lambda g: g["eps"])
@@ -44,20 +56,14 @@ def plot_summary(records: list[dict], folder) -> list[Path]:
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(0, 1.02)
         ax.legend()
-        fig.tight_layout()
-        written.append(out / "robust_accuracy.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "robust_accuracy.png"))
     decided = Counter(r.get("decided_by") or r.get("status") for r in records)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     names = [k for k, _ in decided.most_common()]
     ax.barh(names, [decided[k] for k in names])
     ax.set_xlabel("items")
     ax.set_title("decided by (or status when undecided)")
-    fig.tight_layout()
-    written.append(out / "decided_by.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(plt, fig, out / "decided_by.png"))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     by_status: dict = {}
     for r in records:
@@ -68,10 +74,7 @@ def plot_summary(records: list[dict], folder) -> list[Path]:
     ax.set_xlabel("seconds per item")
     ax.set_ylabel("items")
     ax.legend()
-    fig.tight_layout()
-    written.append(out / "times.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(plt, fig, out / "times.png"))
     return written
 
 
@@ -84,10 +87,7 @@ def plot_radii(records: list[dict], folder) -> list[Path]:
     from .runs import radius_curve
 
     plt = _pyplot()
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--plots must be a folder, got the file {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _folder(folder)
     done = [r for r in records if r.get("status") in ("exact", "bracket")]
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
     written = []
@@ -101,10 +101,7 @@ def plot_radii(records: list[dict], folder) -> list[Path]:
         ax.legend()
     ax.set_xlabel("sample (sorted by upper)")
     ax.set_ylabel(f"radius ({norm})")
-    fig.tight_layout()
-    written.append(out / "radii.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(plt, fig, out / "radii.png"))
     top = max([r["upper"] for r in done if np.isfinite(r["upper"])] or [1.0])
     curve = radius_curve(records, np.linspace(0.0, top * 1.05, 101))
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -114,8 +111,5 @@ def plot_radii(records: list[dict], folder) -> list[Path]:
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.02)
     ax.legend()
-    fig.tight_layout()
-    written.append(out / "radius_accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(plt, fig, out / "radius_accuracy.png"))
     return written

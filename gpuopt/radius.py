@@ -234,8 +234,15 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
         return 0.0, None
     blocks = network.affine_blocks()
     n = x0.size
+    # the MILP sees the lowered float64 blocks: widen each row by their deviation from the
+    # network (a relaxation, so its bounds hold for the network itself)
+    from .check import parameter_deviation
+
+    dev = parameter_deviation(network, lo[None], hi[None])
     lowers, best_x, best_d = [], None, math.inf
     for A, b in spec.disjuncts:
+        if dev is not None:
+            b = np.nextafter(b + np.abs(A) @ dev[0], np.inf)
         left = math.inf if deadline is None else deadline - time.monotonic()
         if left <= 0:
             return 0.0, best_x
@@ -269,11 +276,16 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
                         col_upper=np.concatenate([m.col_upper, np.full(n_new, radius)]),
                         integrality=np.concatenate([m.integrality, np.zeros(n_new, dtype=bool)]))
         res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
-        if res.status is MilpStatus.INFEASIBLE and not res.warnings:
-            lowers.append(radius)  # unreachable within the ball
+        if res.status is MilpStatus.INFEASIBLE:
+            # unreachable within the ball, if the verification MILP (minimise the disjunct's margin)
+            # proves it through its dual bound and tolerance margin; HiGHS's word alone is not taken
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            check = solve_milp(m, time_limit=min(max(left, 0.01), 1e7), threshold=0.0, deadline=deadline) \
+                if left > 0 else None
+            lowers.append(radius if check is not None and check.proves_above(0.0) else 0.0)
         elif res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT) and not res.warnings \
                 and np.isfinite(res.dual_bound):
-            lowers.append(max(0.0, res.dual_bound - res.proof_margin))
+            lowers.append(max(0.0, float(np.nextafter(res.dual_bound - res.proof_margin, -np.inf))))
         else:
             lowers.append(0.0)
         if res.solution is not None:
