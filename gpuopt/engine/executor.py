@@ -53,6 +53,12 @@ Notes on :class:`LocalExecutor`:
 - The task timeout counts from the moment a worker starts the task (queueing time is free). A
   task stuck inside C code that ignores SIGTERM (a long HiGHS call) is SIGKILLed after pebble's
   3 s grace period: give the solver its own time limit slightly below the task timeout.
+- When a worker dies, pebble fails the last task it saw acknowledged by that worker; if the
+  worker had finished that task (its reply still unread) and died in the next one, pebble
+  blames the wrong task and leaves the real one "running". The runner therefore marks each
+  attempt's start (with its pid) and end in small files; a task blamed after its end (or
+  before its start) is rerun without counting an attempt, and the task that was really
+  running in the dead worker is failed as ``crashed`` (and retried).
 - Always pass a ``timeout`` for tasks of unknown length: it is also the backstop for the one
   case pebble cannot see, a worker that exits with status 0 in the middle of a task.
 """
@@ -64,13 +70,16 @@ import concurrent.futures
 import enum
 import functools
 import importlib
+import itertools
 import logging
 import math
 import numbers
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -309,11 +318,29 @@ def _submit_iv(fn: object, args: tuple, kwargs: dict, timeout: object,
 # cannot kill its worker or break pebble's result thread with an exception class that does
 # not pickle or unpickle (e.g. one with a custom ``__init__``) or with an unpicklable result.
 _RUNNER_SOURCE = """
+import os
 import pickle
 import traceback
 
 
-def run(blob):
+def run(blob, mark=None):
+    if mark is not None:
+        _touch(mark + ".start", str(os.getpid()))
+    reply = _call(blob)
+    if mark is not None:
+        _touch(mark + ".done", "")
+    return reply
+
+
+def _touch(path, text):
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError:
+        pass
+
+
+def _call(blob):
     try:
         value = pickle.loads(blob)  # unpickling the _Invoke calls the task
     except MemoryError as exc:
@@ -455,6 +482,9 @@ class _LocalHandle(TaskHandle):
         self._fut: concurrent.futures.Future | None = None
         self._gen = -1  # generation of the pebble pool holding _fut
         self._attempts = 0
+        self._uncounted = 0  # restarts after pebble blamed this task for another's death
+        self._mark: str | None = None  # the runner's marker files of the current attempt
+        self._victim: str | None = None  # set when cancelled as the real victim of a death
         self._t0 = time.monotonic()
 
     def __repr__(self) -> str:
@@ -466,8 +496,10 @@ class _LocalHandle(TaskHandle):
     def _start(self, *, count: bool = True) -> None:
         if count:
             self._attempts += 1
+        self._victim = None
+        self._mark = self._executor._new_mark()
         try:
-            fut, gen = self._executor._schedule(self._blob, self._timeout)
+            fut, gen = self._executor._schedule(self._blob, self._timeout, self._mark)
         except _ExecutorClosed:
             self._finish(TaskStatus.CANCELLED, error="cancelled: the executor was closed")
             return
@@ -479,16 +511,51 @@ class _LocalHandle(TaskHandle):
         fut.add_done_callback(self._on_done)
 
     def _on_done(self, fut: concurrent.futures.Future) -> None:  # takes the lock
+        blame = None
         with self._lock:
             if fut is not self._fut or self._outcome.done():
                 return
-            status, value, error, retryable = _classify(fut, self._timeout, self._name)
-            if retryable and self._attempts < self._max_attempts:
-                logger.warning("gpuopt executor: task %s: %s; retrying (attempt %d of %d)",
-                               self._name, error, self._attempts + 1, self._max_attempts)
-                self._start()
-                return
-            self._finish(status, value, error)
+            if self._victim is not None and fut.cancelled():
+                status, value, error, retryable = TaskStatus.CRASHED, None, self._victim, True
+            else:
+                status, value, error, retryable = _classify(fut, self._timeout, self._name)
+                dead_pid = _expired_pid(fut)
+                if dead_pid is not None and not self._died_running() and self._uncounted < 3:
+                    # pebble blames the last task it saw acknowledged by the dead worker; this
+                    # one had already finished there (its reply was not yet read) or never
+                    # started: run it again, uncounted, and fail the task that really died
+                    logger.debug("gpuopt executor: task %s was blamed for worker %d's death; "
+                                 "rerunning it", self._name, dead_pid)
+                    self._uncounted += 1
+                    blame = (dead_pid, error)
+                    self._start(count=False)
+                    status = None
+            if status is not None:
+                if retryable and self._attempts < self._max_attempts:
+                    logger.warning("gpuopt executor: task %s: %s; retrying (attempt %d of %d)",
+                                   self._name, error, self._attempts + 1, self._max_attempts)
+                    self._start()
+                    return
+                self._finish(status, value, error)
+        if blame is not None:
+            self._executor._fail_victims(*blame)
+
+    def _died_running(self) -> bool:
+        """Whether the current attempt's runner started and did not finish."""
+        mark = self._mark
+        return (mark is None or (os.path.exists(mark + ".start")
+                                 and not os.path.exists(mark + ".done")))
+
+    def _running_in(self, pid: int) -> bool:
+        """Whether the current attempt started in worker ``pid`` and has not finished."""
+        mark = self._mark
+        if mark is None or os.path.exists(mark + ".done"):
+            return False
+        try:
+            with open(mark + ".start") as f:
+                return f.read() == str(pid)
+        except OSError:
+            return False
 
     def _rescue(self, old_gen: int) -> None:  # takes the lock
         """Resubmit after the pool of generation ``old_gen`` broke, if still on it."""
@@ -522,6 +589,16 @@ class _LocalHandle(TaskHandle):
         return True
 
 
+def _expired_pid(fut: concurrent.futures.Future) -> int | None:
+    """The dead worker's pid when pebble failed ``fut`` with ``ProcessExpired``."""
+    from pebble import ProcessExpired
+
+    if fut.cancelled():
+        return None
+    exc = fut.exception()
+    return exc.pid if isinstance(exc, ProcessExpired) and exc.pid else None
+
+
 def _retire_pool(pool: Any, orphans: list[_LocalHandle], old_gen: int) -> None:
     for handle in orphans:
         handle._rescue(old_gen)
@@ -550,6 +627,8 @@ class LocalExecutor(Executor):
         self._live: set[_LocalHandle] = set()
         self._retiring: list[threading.Thread] = []
         self._gen = 0
+        self._marks = tempfile.mkdtemp(prefix="gpuopt-tasks-")
+        self._mark_ids = itertools.count()
         self._pool = self._new_pool()
 
     def __repr__(self) -> str:
@@ -584,13 +663,29 @@ class LocalExecutor(Executor):
                 handle._start()
         return handle
 
-    def _schedule(self, blob: bytes, timeout: float | None) -> tuple[concurrent.futures.Future, int]:
+    def _new_mark(self) -> str:
+        return os.path.join(self._marks, str(next(self._mark_ids)))
+
+    def _fail_victims(self, pid: int, error: str) -> None:
+        """Fail the tasks still running in dead worker ``pid``, which pebble missed."""
+        with self._lock:
+            live = list(self._live)
+        for handle in live:
+            with handle._lock:
+                fut = handle._fut
+                if handle.done() or fut is None or fut.done() or not handle._running_in(pid):
+                    continue
+                handle._victim = error
+            fut.cancel()  # its done-callback retries or fails it as crashed
+
+    def _schedule(self, blob: bytes, timeout: float | None,
+                  mark: str | None = None) -> tuple[concurrent.futures.Future, int]:
         """Hand a pickled call to the pool; replace the pool if pebble reports it broken."""
         with self._lock:
             if self._closed:
                 raise _ExecutorClosed
             try:
-                return self._pool.schedule(_RunnerRef(), args=(blob,), timeout=timeout), self._gen
+                return self._pool.schedule(_RunnerRef(), args=(blob, mark), timeout=timeout), self._gen
             except RuntimeError as exc:  # "Unexpected error within the Pool": it is broken
                 logger.warning("gpuopt executor: the worker pool broke (%s); starting a new one", exc)
             old_pool, old_gen = self._pool, self._gen
@@ -603,7 +698,7 @@ class LocalExecutor(Executor):
                                       name="gpuopt-retire-pool", daemon=True)
             thread.start()
             self._retiring.append(thread)
-            return self._pool.schedule(_RunnerRef(), args=(blob,), timeout=timeout), self._gen
+            return self._pool.schedule(_RunnerRef(), args=(blob, mark), timeout=timeout), self._gen
 
     def _forget(self, handle: _LocalHandle) -> None:
         with self._lock:
@@ -623,3 +718,4 @@ class LocalExecutor(Executor):
         pool.join()
         for thread in retiring:
             thread.join()
+        shutil.rmtree(self._marks, ignore_errors=True)
