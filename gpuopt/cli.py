@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     bd = sub.add_parser("bounds", help="sound bounds of every constraint of a VNNLIB's unsafe region")
     bd.add_argument("onnx", help="network file (.onnx)")
     bd.add_argument("vnnlib", help="property file (.vnnlib or .vnnlib.gz)")
-    bd.add_argument("--method", choices=["ibp", "crown", "alpha-crown"], default="crown", help="bound method")
+    bd.add_argument("--method", choices=["ibp", "crown", "alpha-crown", "lp"], default="crown",
+                    help="bound method (lp: alpha-CROWN, then LP bound tightening and the LP of each row in HiGHS)")
     bd.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     r = sub.add_parser("run", help="bulk run: a VNN-COMP instances CSV, or a dataset at several eps, into a "

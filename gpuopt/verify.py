@@ -272,8 +272,15 @@ def bound_instance(onnx_path, vnnlib_path, *, method: str = "crown", alpha_steps
     problems = load_instance(onnx_path, vnnlib_path)
     out = []
     for p in problems:
+        # all rows of the problem's disjuncts in one call: the intermediate bounds are shared
+        A_all = np.concatenate([np.atleast_2d(A) for A, _ in p.spec.disjuncts])
+        lo_all, hi_all = row_bounds(p.network, p.region.lower, p.region.upper, A_all, method=method,
+                                    alpha_steps=alpha_steps)
+        start = 0
         for A, b in p.spec.disjuncts:
-            lo, hi = row_bounds(p.network, p.region.lower, p.region.upper, A, method=method, alpha_steps=alpha_steps)
+            rows = slice(start, start + np.atleast_2d(A).shape[0])
+            start = rows.stop
+            lo, hi = lo_all[rows], hi_all[rows]
             b = np.asarray(b, dtype=np.float64)
             # a^T y - b, rounded outwards: the subtraction of b is itself rounded
             low = np.nextafter(lo.numpy() - b, -np.inf)

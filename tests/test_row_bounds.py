@@ -28,7 +28,7 @@ def test_samples_inside_and_methods_ordered(seed):
     c = rng.normal(size=n)
     lo, hi = c - 0.5, c + 0.5
     A = rng.normal(size=(5, 3))
-    got = {m: row_bounds(net, lo, hi, A, method=m) for m in ("ibp", "crown", "alpha-crown")}
+    got = {m: row_bounds(net, lo, hi, A, method=m) for m in ("ibp", "crown", "alpha-crown", "lp")}
     x = lo + (hi - lo) * rng.random((4000, n))
     v = net.forward64(x) @ A.T
     for m, (l, u) in got.items():
@@ -38,12 +38,14 @@ def test_samples_inside_and_methods_ordered(seed):
     assert np.all(got["crown"][0].numpy() <= got["alpha-crown"][0].numpy() + tol)
     assert np.all(got["ibp"][1].numpy() >= got["crown"][1].numpy() - tol)
     assert np.all(got["crown"][1].numpy() >= got["alpha-crown"][1].numpy() - tol)
+    assert np.all(got["alpha-crown"][0].numpy() <= got["lp"][0].numpy() + tol)
+    assert np.all(got["alpha-crown"][1].numpy() >= got["lp"][1].numpy() - tol)
 
 
 def test_unknown_method_is_refused():
     rng = np.random.default_rng(0)
     net = random_dense_network(rng, 2, [3], 2)
-    with pytest.raises(InvalidInputError, match=re.escape("`method` must be one of ibp, crown, alpha-crown, got 'lp2'")):
+    with pytest.raises(InvalidInputError, match=re.escape("`method` must be one of ibp, crown, alpha-crown, lp, got 'lp2'")):
         row_bounds(net, np.zeros(2), np.ones(2), np.eye(2), method="lp2")
 
 

@@ -8,7 +8,10 @@ For a matrix ``A`` ``(m, n_out)`` and a method:
 - ``crown``: CROWN's linear lower bound of ``[A; -A] y`` on the intermediate bounds of
   :func:`~gpuopt.bounds.forward.intermediate_bounds` (each row the better of it and IBP's);
 - ``alpha-crown``: the same with the lower slopes optimised per row
-  (:func:`~gpuopt.bounds.crown.alpha_crown_linear_lower`).
+  (:func:`~gpuopt.bounds.crown.alpha_crown_linear_lower`);
+- ``lp``: alpha-CROWN on every layer, then LP bound tightening of the unstable neurons and the
+  LP of each row over the triangle relaxation (:mod:`gpuopt.bounds.lp`), safe dual bounds from
+  HiGHS; each row keeps the better of it and alpha-CROWN's.
 
 Every bound is sound (float64 with rounding pads). An upper bound is the negated lower bound of
 ``-a``.
@@ -22,13 +25,13 @@ import torch
 from ..errors import InvalidInputError
 from ..network import Network
 from .base import disjunct_lower_bounds
-from .crown import alpha_crown_linear_lower, crown_linear_lower
+from .crown import alpha_crown_bounds, alpha_crown_linear_lower, crown_linear_lower
 from .forward import intermediate_bounds
 from .ibp import ibp
 
 __all__ = ["ROW_METHODS", "row_bounds"]
 
-ROW_METHODS = ("ibp", "crown", "alpha-crown")
+ROW_METHODS = ("ibp", "crown", "alpha-crown", "lp")
 
 
 def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alpha_steps: int = 20,
@@ -50,6 +53,25 @@ def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alph
         if method == "crown":
             lin, _ = crown_linear_lower(network, lo, hi, both, inter)
         else:
+            if method == "lp" and len(inter.pre_activation) > 1:
+                inter = alpha_crown_bounds(network, lo, hi, inter, steps=alpha_steps, deadline=deadline)
             lin = alpha_crown_linear_lower(network, lo, hi, both, inter, steps=alpha_steps, deadline=deadline)
         rows = torch.maximum(rows, lin[0])
+        if method == "lp":
+            rows = torch.maximum(rows, torch.as_tensor(_lp_rows(network, lo[0].numpy(), hi[0].numpy(), both.numpy(),
+                                                                inter, deadline)))
     return rows[:m], -rows[m:]
+
+
+def _lp_rows(network: Network, lo: np.ndarray, hi: np.ndarray, A: np.ndarray, inter, deadline) -> np.ndarray:
+    """LP lower bounds of the rows of ``A`` after LP tightening of ``inter`` (one sample)."""
+    from .lp import lp_row_bounds, lp_tighten
+
+    blocks = network.affine_blocks()
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in inter.pre_activation]
+    ly, uy = inter.output[0][0].numpy(), inter.output[1][0].numpy()
+    if not all(np.all(np.isfinite(a)) for pair in pre for a in pair) or not (np.all(np.isfinite(ly))
+                                                                           and np.all(np.isfinite(uy))):
+        return np.full(A.shape[0], -np.inf)  # no finite relaxation to solve
+    pre = lp_tighten(blocks, pre, lo, hi, deadline=deadline).pre
+    return lp_row_bounds(blocks, pre, (ly, uy), lo, hi, A, np.zeros(A.shape[0]), deadline=deadline)
