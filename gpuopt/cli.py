@@ -157,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="MILP formulation: bigm (default), split, extended, partition[:N[:equal_size|equal_range]]")
     v.add_argument("--cuts", action="store_true", help="add root rounds of ideal-formulation cuts to each MILP")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
+    v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
 
     a = sub.add_parser("attack", help="the attack alone on an ONNX network + VNNLIB property: sat with a "
                                       "counterexample, or unknown")
@@ -370,7 +371,7 @@ def _cmd_verify(args, start_time: float) -> int:
     bab = {"auto": {}, "input": dict(use_relu_split=False, split=SplitConfig(max_input_dim=2**62)),
            "relu": dict(use_input_split=False), "off": dict(use_input_split=False, use_relu_split=False)}[args.bab]
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
-                          formulation=args.formulation, cuts=args.cuts, use_walk=not args.no_walk, **bab)
+                          formulation=args.formulation, cuts=args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:

@@ -73,7 +73,8 @@ class VerifyConfig:
     round) until ``attack.patience`` rounds in a row did not improve the best margin by 1% (2 by
     default here; ``None``: no such stop), ``attack.rounds`` are done, or it has used
     ``attack_share`` of the time the item had left when it began (at least 2 s). ``use_walk``,
-    ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``formulation`` the MILP's encoding
+    ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``use_lp`` and ``lp_share`` the LP
+    stage (LP bound tightening, then the LP of each open disjunct); ``formulation`` the MILP's encoding
     (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``), and ``cuts``
     adds root rounds of ideal-formulation cuts to it."""
 
@@ -96,6 +97,8 @@ class VerifyConfig:
     use_walk: bool = True
     walk_share: float = 0.08
     walk: WalkConfig = field(default_factory=WalkConfig)
+    use_lp: bool = True
+    lp_share: float = 0.15
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -110,14 +113,14 @@ class VerifyConfig:
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
         Formulation.parse(self.formulation)  # a precise error for an unknown name
         for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate",
-                     "use_walk", "cuts"):
+                     "use_walk", "cuts", "use_lp"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
-        for name in ("attack_share", "relu_split_share", "walk_share"):
+        for name in ("attack_share", "relu_split_share", "walk_share", "lp_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")

@@ -902,10 +902,13 @@ def test_enumeration_finds_maxpool_pieces():
 VERIFY_CONFIGS = {
     "default": VerifyConfig(device="cpu"),
     "milp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
-                         alpha_steps=0, use_walk=False),
+                         alpha_steps=0, use_walk=False, use_lp=False),
     # Relax-and-Walk finds the counterexamples (its region LPs run through skips, pools and concats)
     "walk": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
-                         alpha_steps=0),
+                         alpha_steps=0, use_lp=False),
+    # the LP stage (tightening and LP bounds through skips, pools and concats), then the MILP
+    "lp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
+                       alpha_steps=0, use_walk=False),
 }
 
 
@@ -947,8 +950,8 @@ def test_verify_on_graph_networks_matches_enumeration(kind, answer, config):
             assert v.decided_by == config, v
     else:
         assert v.counterexample is None
-        allowed = {"ibp", "milp"} if config in ("milp", "walk") else \
-            {"ibp", "crown", "alpha-crown", "input-split", "relu-split", "milp"}
+        allowed = {"ibp", "milp"} if config in ("milp", "walk") else {"ibp", "lp", "milp"} if config == "lp" else \
+            {"ibp", "crown", "alpha-crown", "input-split", "relu-split", "lp", "milp"}
         assert v.decided_by in allowed, v
 
 

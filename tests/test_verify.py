@@ -24,9 +24,11 @@ N_CASES = 48
 CONFIGS = {
     "default": VerifyConfig(),
     # with the attack and input splitting off, the MILP stage decides whatever the bounds leave open
-    "milp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False),
+    "milp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False, use_lp=False),
+    # the LP stage (tightening, LP bounds) before the MILP
+    "lp": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False),
     "milp-ibp-bounds": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
-                                    use_walk=False),
+                                    use_walk=False, use_lp=False),
     # the walk and the MILP (partition formulation, root cuts) without the attack
     "walk-partition": VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False,
                                    formulation="partition:2", cuts=True),
@@ -35,8 +37,9 @@ CONFIGS = {
 }
 # the stages each configuration may be decided by
 DECIDERS = {
-    "default": {"ibp", "crown", "alpha-crown", "attack", "input-split", "relu-split", "walk", "milp"},
-    "walk-partition": {"ibp", "crown", "alpha-crown", "walk", "milp"},
+    "default": {"ibp", "crown", "alpha-crown", "attack", "input-split", "relu-split", "walk", "lp", "milp"},
+    "walk-partition": {"ibp", "crown", "alpha-crown", "walk", "lp", "milp"},
+    "lp": {"ibp", "crown", "alpha-crown", "lp", "milp"},
     "milp": {"ibp", "crown", "alpha-crown", "milp"},
     "milp-ibp-bounds": {"ibp", "milp"},
     "split": {"ibp", "crown", "alpha-crown", "input-split"},
@@ -360,3 +363,20 @@ def test_network_without_relu_is_decided_by_crown():
     spec = OutputSpec([(np.array([[1.0, -1.0]]), np.array([-0.5]))], 2)
     v = verify(net, Box([0, 0], [1, 1]), spec, config=VerifyConfig(device="cpu"))
     assert v.status is Status.UNSAT and v.decided_by == "crown"
+
+
+def test_the_lp_stage_proves_what_ibp_cannot_and_never_wrongly(reference):
+    """IBP bounds only, then the LP stage (tightening and LP bounds), no MILP: whatever the LP
+    stage decides is right, and it decides some of the cases IBP leaves open."""
+    config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False,
+                          use_crown=False, use_milp=False)
+    by_lp = 0
+    for seed in range(N_CASES):
+        net, region, spec = _case(seed)
+        v = verify(net, region, spec, timeout=60, config=config)
+        if v.status is Status.UNSAT:
+            assert reference(seed) > 0, (seed, v)
+            assert v.margin_lower <= reference(seed) + 1e-9
+            by_lp += v.decided_by == "lp"
+        assert v.status is not Status.SAT or v.decided_by == "ibp"
+    assert by_lp >= 3, by_lp

@@ -22,9 +22,11 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
    the exact check;
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
 4. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
-5. ``input_split``: input-space branch and bound, for networks with few inputs;
-6. ``relu_split``: activation branch and bound, for the others;
-7. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS.
+5. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
+   dual bounds), for the same networks with two or more hidden layers;
+6. ``input_split``: input-space branch and bound, for networks with few inputs;
+7. ``relu_split``: activation branch and bound, for the others;
+8. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS.
 """
 
 from __future__ import annotations
@@ -514,6 +516,48 @@ def finish_walk(item: ItemState) -> str:
     return "open"
 
 
+def plan_lp(item: ItemState) -> list[TaskSpec]:
+    """One LP task per open problem: LP bound tightening, then the LP bound of each open
+    disjunct (proof rows); the tasks share ``lp_share`` of the time left."""
+    config = item.config
+    problems = _open_problems(item)
+    specs = []
+    for i in problems:
+        mb = _milp_bounds(item, i)
+        if mb is None:
+            continue
+        disjuncts = [(k, *item.proof_problems[i].spec.disjuncts[k]) for k in sorted(k for (j, k) in item.open if j == i)]
+        specs.append(TaskSpec(lp_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0], mb[1],
+                                        disjuncts, config.solver, config.lp_share / len(problems)),
+                              f"lp p{i}", {"problem": i}))
+    return specs
+
+
+def merge_lp(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("lp", {"lps": 0, "tightened": 0, "stabilised": 0})
+    for key in notes:
+        notes[key] += value[key]
+    i = spec.meta["problem"]
+    pre = []
+    for (l, u), (l_new, u_new) in zip(item.bounds.pre_activation, value["pre"]):
+        l, u = l.clone(), u.clone()  # the stage's tensors may be views shared with other items
+        l[i] = torch.maximum(l[i], torch.as_tensor(l_new, dtype=l.dtype))
+        u[i] = torch.minimum(u[i], torch.as_tensor(u_new, dtype=u.dtype))
+        pre.append((l, u))
+    item.bounds = replace(item.bounds, pre_activation=tuple(pre))
+    for k, lb in value["closed"].items():
+        _close(item, i, int(k), lb)
+
+
+def finish_lp(item: ItemState) -> str:
+    if not item.open:
+        notes = item.stage_notes.get("lp", {"lps": 0})
+        item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="lp",
+                    message=f"LP bounds proved every open disjunct ({notes['lps']} LPs)")
+        return "decided"
+    return "open"
+
+
 def plan_milp(item: ItemState) -> list[TaskSpec]:
     """One MILP task per open disjunct, weakest bound first, seeded with the best point."""
     config = item.config
@@ -574,6 +618,9 @@ STAGES = (
     Stage("walk", "task", plan_walk,
           lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
           and len(it.bounds.pre_activation) > 0, merge_walk, finish_walk),
+    Stage("lp", "task", plan_lp,
+          lambda c, it: c.use_lp and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 1, merge_lp, finish_lp),
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
@@ -640,4 +687,4 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     return finalize(item)
 
 
-from .tasks import milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)
+from .tasks import lp_task, milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)

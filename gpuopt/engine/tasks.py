@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 __all__ = ["verify_instance_task", "verify_sample_task", "radius_sample_task", "milp_task", "split_task", "relu_split_task",
-           "walk_task",
+           "walk_task", "lp_task",
            "resolve_network", "NetworkRef"]
 
 _NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
@@ -159,6 +159,44 @@ def walk_task(net_ref, problem_data, A, b, pre, out_bounds, starts, walk_config,
         out.update(x=c.x, margin=c.margin)
     out["end"] = time.time()
     return out
+
+
+def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, share: float, budget: float,
+            submitted: float) -> dict:
+    """LP bound tightening (:func:`gpuopt.bounds.lp.lp_tighten`) of one problem's unstable neurons
+    in three quarters of ``share`` of ``budget``, then the LP lower bound of each open disjunct
+    ``(k, A_k, b_k)`` (proof rows; the largest of its rows' LP minima). Returns the tightened
+    ``pre``, the disjuncts whose bound is positive (``closed``: ``{k: bound}``) and counts. Every
+    bound is a safe dual bound (:mod:`gpuopt.milp.safe`)."""
+    start = time.time()
+    _setup()
+    import numpy as np
+
+    from ..bounds.lp import lp_row_bounds, lp_tighten
+
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    blocks = net.affine_blocks()
+    t0 = time.monotonic()
+    deadline = _task_deadline(budget * share, submitted)
+    box = problem.region
+    tight = lp_tighten(blocks, pre, box.lower, box.upper, deadline=t0 + 0.75 * max(0.0, deadline - t0),
+                       config=solver_config)
+    closed = {}
+    if disjuncts and time.monotonic() < deadline:  # every open disjunct's rows in one LP session
+        A_all = np.concatenate([np.atleast_2d(A) for _, A, _ in disjuncts])
+        b_all = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for _, _, b in disjuncts])
+        rows = lp_row_bounds(blocks, tight.pre, out_bounds, box.lower, box.upper, A_all, b_all, deadline=deadline,
+                             config=solver_config)
+        at = 0
+        for k, A, _ in disjuncts:
+            m = np.atleast_2d(A).shape[0]
+            lb = float(np.max(rows[at:at + m]))
+            at += m
+            if lb > 0:
+                closed[k] = lb
+    return {"pre": tight.pre, "closed": closed, "lps": tight.lps, "tightened": tight.tightened,
+            "stabilised": tight.stabilised, "start": start, "end": time.time()}
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, formulation, cuts,
