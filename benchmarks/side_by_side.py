@@ -8,6 +8,7 @@ writes every run to JSONL as it is decided (``--resume`` continues).
 
     git worktree add /tmp/base HEAD~1
     python benchmarks/side_by_side.py --other /tmp/base [--suites mnist_fc acasxu] [--max-timeout S]
+    python benchmarks/side_by_side.py --other-args=--no-lp --suites mnist_fc_256x4   # one option on/off
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from vnncomp import (BENCH, REPO, SUITES, FIRST_PATH, instances, open_results, r
                      reference_side)
 
 
-def run(root: Path, onnx: Path, vnnlib: Path, timeout: float) -> tuple[str, float]:
+def run(root: Path, onnx: Path, vnnlib: Path, timeout: float, extra: str = "") -> tuple[str, float]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout",
-                           str(timeout)], cwd=root, capture_output=True, text=True)
+                           str(timeout), *extra.split()], cwd=root, capture_output=True, text=True)
     wall = time.monotonic() - t0
     lines = proc.stdout.strip().splitlines()
     return (lines[-1] if proc.returncode == 0 and lines else f"error({proc.returncode})"), wall
@@ -36,7 +37,10 @@ def run(root: Path, onnx: Path, vnnlib: Path, timeout: float) -> tuple[str, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--other", required=True, help="root of the other checkout")
+    ap.add_argument("--other", default=str(REPO), help="root of the other checkout (default: this one, to compare "
+                    "options with --this-args/--other-args)")
+    ap.add_argument("--this-args", default="", help="extra `gpuopt verify` options for this side")
+    ap.add_argument("--other-args", default="", help="extra `gpuopt verify` options for the other side, e.g. '--no-lp'")
     ap.add_argument("--suites", nargs="+", default=FIRST_PATH, choices=list(SUITES))
     ap.add_argument("--max-timeout", type=float, default=None)
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "side_by_side.jsonl"))
@@ -56,13 +60,13 @@ def main() -> int:
                 continue
             if args.max_timeout is not None:
                 timeout = min(timeout, args.max_timeout)
-            order = [("this", REPO), ("other", other)]
+            order = [("this", REPO, args.this_args), ("other", other, args.other_args)]
             if n % 2:
                 order.reverse()
             ref = reference_side(labels.get((SUITES[suite][2], name), "?"))
             rec = {"suite": suite, "instance": name, "reference": ref, "timeout": timeout}
-            for who, root in order:
-                rec[who], rec[f"{who}_s"] = run(root, onnx, vnnlib, timeout)
+            for who, root, extra in order:
+                rec[who], rec[f"{who}_s"] = run(root, onnx, vnnlib, timeout, extra)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done[(suite, name)] = rec

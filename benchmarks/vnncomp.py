@@ -48,6 +48,8 @@ SUITES = {
                lambda onnx, vnnlib: any(f"_1_{j}_batch" in onnx for j in range(1, 10))
                and Path(vnnlib).stem in {"prop_1", "prop_2", "prop_3", "prop_4"}),
     "mnist_fc_all": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc", lambda onnx, vnnlib: True),
+    "mnist_fc_256x4": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc", lambda onnx, vnnlib: "256x4" in onnx),
+    "mnist_fc_256x6": ("vnncomp2022/mnist_fc", "instances.csv", "mnist_fc", lambda onnx, vnnlib: "256x6" in onnx),
     "acasxu_all": ("vnncomp2022/acasxu", "instances.csv", "acasxu", lambda onnx, vnnlib: True),
     "oval21": ("vnncomp2021/oval21", "oval21_instances.csv", "oval21", lambda onnx, vnnlib: True),
     # graph networks (coverage/): residual adds, pooling, reshapes

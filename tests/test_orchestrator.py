@@ -111,8 +111,9 @@ def _dying_milp(marker_dir, how):
 
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_workers_killed_during_milps_fail_only_their_task(demo, tmp_path, how):
-    # no attack, no CROWN, no activation splitting: the MILP decides the items that IBP leaves open
-    config = VerifyConfig(device="cpu", use_attack=False, use_crown=False, use_relu_split=False, alpha_steps=0)
+    # no attack, no CROWN, no LP stage, no activation splitting: the MILP decides the items that IBP leaves open
+    config = VerifyConfig(device="cpu", use_attack=False, use_crown=False, use_relu_split=False, alpha_steps=0,
+                          use_lp=False)
     idx = range(4)
     clean = _run(_sources(demo, idx, 0.06, config, timeout=120.0), workers=2)
     faulty = _run(_sources(demo, idx, 0.06, config, timeout=120.0), _dying_milp(tmp_path, how), workers=2)
