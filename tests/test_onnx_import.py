@@ -473,3 +473,26 @@ def test_inputs_without_a_batch_axis_are_one_sample(shape):
     sess = _session(model)
     ref = np.stack([sess.run(None, {"x": xi.astype(np.float32)})[0].reshape(-1) for xi in x]).astype(np.float64)
     _assert_close(net.forward64(x), ref, "no batch axis")
+
+
+def test_constant_subgraph_arithmetic_is_the_models_own_float32_arithmetic():
+    """``W / 3 * s - 0.1`` on float32 constants (a weight computed in the graph): each step is the
+    IEEE float32 operation ONNX Runtime performs, so the imported weight is exactly that float32
+    value (computing it in float64 would differ in the last bits, a model that is not the file's)."""
+    rng = np.random.default_rng(5)
+    W0, s = _f32(rng, 6, 4), np.float32(0.7)
+    nodes = [
+        helper.make_node("Div", ["W0", "three"], ["w1"]),
+        helper.make_node("Mul", ["w1", "s"], ["w2"]),
+        helper.make_node("Sub", ["w2", "tenth"], ["W"]),
+        helper.make_node("MatMul", ["x", "W"], ["y"]),
+    ]
+    inits = {"W0": W0, "three": np.float32(3.0), "s": s, "tenth": np.float32(0.1)}
+    model = _model(nodes, ["batch", 6], inits)
+    net = _check_model(model)
+    want = ((W0 / np.float32(3.0)) * s - np.float32(0.1)).astype(np.float32)
+    assert want.dtype == np.float32
+    assert np.array_equal(net.layers[0].weight, want.T.astype(np.float64))
+    as64 = (W0.astype(np.float64) / 3.0) * np.float64(s) - np.float64(np.float32(0.1))
+    assert not np.array_equal(want.astype(np.float64), as64)  # the test tells the two apart
+    assert not net.param_errors  # no rounding of ours to track: the values are the model's

@@ -44,8 +44,10 @@ evaluated (so ``x.view(x.size(0), -1)`` exports work; ``Shape`` reports a batch 
 converted to float64. Folding an elementwise map into the previous layer can round (``Div`` by
 3, a bias plus a shift, BatchNorm's ``gamma / sqrt(var + eps)``, Gemm's alpha and beta): each
 rounding is measured exactly (TwoProduct, TwoSum) and kept, with the errors it propagates, in
-:attr:`~gpuopt.network.Network.param_errors`; exact folds record nothing. (Arithmetic on
-constants is taken as the values it computes.) A non-flat output is flattened row-major. Anything else raises
+:attr:`~gpuopt.network.Network.param_errors`; exact folds record nothing. Arithmetic on
+constants (a weight computed in the graph) runs in the constants' own dtype, the same correctly
+rounded IEEE operations ONNX Runtime performs, so those values are the model's exactly and carry
+no error of ours. A non-flat output is flattened row-major. Anything else raises
 :class:`~gpuopt.errors.UnsupportedLayerError` naming the node and its op type; unreadable or
 malformed models raise :class:`~gpuopt.errors.InvalidInputError`.
 """
