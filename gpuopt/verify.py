@@ -76,7 +76,9 @@ class VerifyConfig:
     ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``use_lp`` and ``lp_share`` the LP
     stage (LP bound tightening, then the LP of each open disjunct); ``formulation`` the MILP's encoding
     (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``), and ``cuts``
-    adds root rounds of ideal-formulation cuts to it."""
+    adds root rounds of ideal-formulation cuts to it; with ``milp_recheck`` each MILP proof is
+    re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
+    the time HiGHS took, and the verdict says how many were."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -99,6 +101,7 @@ class VerifyConfig:
     walk: WalkConfig = field(default_factory=WalkConfig)
     use_lp: bool = True
     lp_share: float = 0.15
+    milp_recheck: bool = True
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -113,7 +116,7 @@ class VerifyConfig:
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
         Formulation.parse(self.formulation)  # a precise error for an unknown name
         for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate",
-                     "use_walk", "cuts", "use_lp"):
+                     "use_walk", "cuts", "use_lp", "milp_recheck"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):

@@ -240,3 +240,23 @@ def test_the_objective_cutoff_never_overstates_the_dual_bound(name, seed):
             assert res.proves_above(1e-5)
         if ref.per_disjunct[k] < -1e-3:
             assert not res.proves_above(1e-5) and res.objective <= 1e-5 + tol
+
+
+@pytest.mark.parametrize("name, seed", CASES)
+def test_safe_branch_and_bound_recheck_agrees_with_brute_force(name, seed):
+    """The independent re-check proves ``min > t`` for ``t`` below the true minimum, never for
+    ``t`` at or above it, and its bound never exceeds the minimum."""
+    from gpuopt.milp.recheck import recheck_milp
+
+    _, net, lo, hi, spec = _problem(name, seed)
+    blocks, pre, out = _milp_inputs(net, lo, hi)
+    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
+    tol = 1e-6 * _scale(net, lo, hi, spec)
+    for k, (A, b) in enumerate(spec.disjuncts):
+        model = encode_bigm(blocks, pre, out, lo, hi, A, b)
+        true_min = ref.per_disjunct[k]
+        below = recheck_milp(model, true_min - 10 * tol - 1e-3 * abs(true_min))
+        assert below.proven, below
+        assert below.bound <= true_min + tol and below.nodes >= 1
+        above = recheck_milp(model, true_min + tol)
+        assert not above.proven, above

@@ -380,3 +380,20 @@ def test_the_lp_stage_proves_what_ibp_cannot_and_never_wrongly(reference):
             by_lp += v.decided_by == "lp"
         assert v.status is not Status.SAT or v.decided_by == "ibp"
     assert by_lp >= 3, by_lp
+
+
+def test_milp_proofs_are_rechecked_independently_and_the_verdict_says_so(reference):
+    import re as _re
+
+    config = CONFIGS["milp"]
+    assert config.milp_recheck
+    counts = []
+    for seed in range(N_CASES):
+        net, region, spec = _case(seed)
+        v = verify(net, region, spec, timeout=60, config=config)
+        if v.status is Status.UNSAT and v.decided_by == "milp":
+            m = _re.search(r"\((\d+) of (\d+) proofs re-checked independently", v.message)
+            assert m, v.message
+            counts.append((int(m.group(1)), int(m.group(2))))
+    assert counts and all(0 <= r <= p and p >= 1 for r, p in counts)
+    assert sum(r for r, _ in counts) >= 1  # small MILPs: the re-check finishes

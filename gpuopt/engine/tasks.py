@@ -200,12 +200,14 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, formulation, cuts,
-              budget: float, submitted: float) -> dict:
+              recheck, budget: float, submitted: float) -> dict:
     """The MILP (``formulation``, see :mod:`gpuopt.milp.encode`; with ``cuts``, strengthened by
     root rounds of :func:`gpuopt.milp.cuts.add_root_cuts`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
     the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
     ``sat`` (an exactly checked point), ``proven`` (dual bound clears ``threshold`` and the
-    tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``)."""
+    tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``).
+    With ``recheck``, a proof is re-checked independently (:func:`gpuopt.milp.recheck.recheck_milp`,
+    safe dual bounds only) in at most the time HiGHS took: ``rechecked`` says whether it was."""
     start = time.time()
     _setup()
     from ..check import check_counterexample
@@ -254,6 +256,12 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         out.update(kind="sat", **found)
     elif res.proves_above(threshold):
         out.update(kind="proven", lb=res.dual_bound - res.proof_margin)
+        if recheck:  # the independent re-check, in at most the time HiGHS took (and the time left)
+            from ..milp.recheck import recheck_milp
+
+            stop = min(deadline, time.monotonic() + max(0.5, res.seconds))
+            check = recheck_milp(model, threshold, deadline=stop, config=solver_config)
+            out.update(rechecked=check.proven, recheck_nodes=check.nodes)
     else:
         note = (f"MILP ended {res.status.value} ({res.raw_status}) with dual bound {res.dual_bound:.6g} "
                 f"(threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")

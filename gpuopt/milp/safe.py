@@ -57,15 +57,20 @@ class SafeBounder:
                              f"columns {self.lo.shape}/{self.hi.shape}")
         self.k = int(np.diff(self.A.indptr).max(initial=0))
 
-    def bound(self, c, row_dual, offset: float = 0.0) -> float:
-        """The safe lower bound of ``min c^T v + offset`` from ``row_dual``."""
+    def bound(self, c, row_dual, offset: float = 0.0, col_lower=None, col_upper=None) -> float:
+        """The safe lower bound of ``min c^T v + offset`` from ``row_dual`` (over the column
+        bounds given here, e.g. a branch-and-bound node's, else the constructor's)."""
         c = np.asarray(c, dtype=np.float64).reshape(-1)
         y = np.array(row_dual, dtype=np.float64).reshape(-1)
         if y.shape != self.rl.shape or c.shape != self.lo.shape:
             raise ValueError(f"expected {self.lo.size} costs and {self.rl.size} duals, got {c.size} and {y.size}")
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(c)) and np.isfinite(offset)):
             return -np.inf
-        rl, ru, lo, hi = self.rl, self.ru, self.lo, self.hi
+        rl, ru = self.rl, self.ru
+        lo = self.lo if col_lower is None else np.asarray(col_lower, dtype=np.float64).reshape(-1)
+        hi = self.hi if col_upper is None else np.asarray(col_upper, dtype=np.float64).reshape(-1)
+        if lo.shape != self.lo.shape or hi.shape != self.hi.shape:
+            raise ValueError(f"expected {self.lo.size} column bounds, got {lo.size} and {hi.size}")
         # a sign that needs an infinite row bound contributes nothing: drop it
         y[(y > 0) & ~np.isfinite(rl)] = 0.0
         y[(y < 0) & ~np.isfinite(ru)] = 0.0
