@@ -13,7 +13,7 @@ from gpuopt.verdict import Status
 from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
 
 ONLY_WALK = dict(use_attack=False, use_input_split=False, use_relu_split=False, use_milp=False, use_crown=False,
-                 alpha_steps=0, walk_share=1.0)
+                 alpha_steps=0, walk_share=1.0, use_lp=False)
 
 
 def _case(seed):
@@ -57,7 +57,7 @@ def test_the_walk_point_seeds_the_milp():
     net, lo, hi = _case(3)
     spec = OutputSpec([([[1.0, -1.0]], [-100.0])], 2)  # far below the minimum: holds
     config = VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
-                          alpha_steps=0)
+                          alpha_steps=0, use_lp=False)
     v = verify(net, Box(lo, hi), spec, timeout=20, config=config)
     assert v.status is Status.UNSAT
     assert [e["stage"] for e in v.events] == ["bounds", "walk", "milp"] or v.decided_by == "ibp"

@@ -21,11 +21,12 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 2. ``attack``: batched PGD, before the costlier bounds; a candidate decides ``sat`` only through
    the exact check;
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
-4. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
-5. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
-   dual bounds), for the same networks with two or more hidden layers;
-6. ``input_split``: input-space branch and bound, for networks with few inputs;
-7. ``relu_split``: activation branch and bound, for the others;
+4. ``input_split``: input-space branch and bound, for networks with few inputs;
+5. ``relu_split``: activation branch and bound, for the others;
+6. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
+7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
+   dual bounds), for the same networks with two or more hidden layers: tighter big-M constants
+   for the MILP (activation splitting decides most items faster, so these two come after it);
 8. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS.
 """
 
@@ -620,18 +621,18 @@ STAGES = (
     Stage("bounds", "batch", bounds_stage, lambda c, it: True),
     Stage("attack", "batch", attack_stage, lambda c, it: c.use_attack),
     Stage("crown", "batch", crown_stage, lambda c, it: c.use_crown),
-    Stage("walk", "task", plan_walk,
-          lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 0, merge_walk, finish_walk),
-    Stage("lp", "task", plan_lp,
-          lambda c, it: c.use_lp and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 1, merge_lp, finish_lp),
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
     Stage("relu_split", "task", plan_relu_split,
           lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
           and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
+    Stage("walk", "task", plan_walk,
+          lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 0, merge_walk, finish_walk),
+    Stage("lp", "task", plan_lp,
+          lambda c, it: c.use_lp and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 1, merge_lp, finish_lp),
     Stage("milp", "task", plan_milp, lambda c, it: c.use_milp, merge_milp, finish_milp),
 )
 
