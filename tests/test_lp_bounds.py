@@ -69,6 +69,23 @@ def test_safe_bound_holds_for_any_duals_and_meets_the_optimum(seed):
         assert safe_lower_bound(c, A, rl, ru, lo, hi, junk) <= res.fun
 
 
+def test_safe_bound_at_the_ends_of_the_float_range():
+    """Found by review: a product a_ij y_i that underflows took the error allowance with it, and
+    an overflow (inf - inf) in A^T y was read as 0 * inf; both overstated the minimum."""
+    # min 0 v  s.t.  1e-300 v >= 1e8,  0 <= v <= 1e308 (or unbounded): the minimum is 0
+    assert safe_lower_bound([0.0], [[1e-300]], [1e8], [np.inf], [0.0], [1e308], [2e-24]) <= 0
+    assert safe_lower_bound([0.0], [[1e-300]], [1e300], [np.inf], [0.0], [np.inf], [1e-24]) <= 0
+    # min v0  s.t.  v0 = v1 (rows scaled by 1e300),  v in [-1, 1]^2: the minimum is -1
+    A = np.array([[1e300, -1e300], [-1e300, 1e300]])
+    for y in ([1e10, 1e10], [1e9, 1e9], [1.0, 1.0]):
+        assert safe_lower_bound([1.0, 0.0], A, [0.0, 0.0], [np.inf, np.inf], [-1.0, -1.0], [1.0, 1.0], y) <= -1
+    # non-finite coefficients or NaN bounds give no bound at all
+    assert safe_lower_bound([1.0], [[np.inf]], [0.0], [1.0], [0.0], [1.0], [1.0]) == -np.inf
+    assert safe_lower_bound([1.0], [[1.0]], [0.0], [1.0], [np.nan], [1.0], [0.5]) == -np.inf
+    # an exactly zero reduced cost on an unbounded column is still fine: min 0 v over v >= 0 is 0
+    assert -1e-12 < safe_lower_bound([0.0, 1.0], [[0.0, 1.0]], [0.0], [np.inf], [0.0, 0.0], [np.inf, 1.0], [1.0]) <= 0
+
+
 def test_safe_bound_rejects_nonfinite_duals_and_checks_shapes():
     A = np.eye(2)
     assert safe_lower_bound([1, 1], A, [0, 0], [1, 1], [0, 0], [1, 1], [np.nan, 0]) == -np.inf
@@ -146,3 +163,59 @@ def test_bounds_command_lp_is_at_least_as_tight_as_alpha_crown(benchmarks_dir, c
     for a, b in zip(got["alpha-crown"]["disjuncts"], got["lp"]["disjuncts"]):
         assert b[0]["lower"] >= a[0]["lower"] - 1e-9 and b[0]["upper"] <= a[0]["upper"] + 1e-9
         assert b[0]["lower"] <= b[0]["upper"]
+
+
+def test_huge_neuron_bounds_reach_highs_rescaled():
+    """Found by review: big-M rows carry the neuron bounds as coefficients, and HiGHS refuses
+    coefficients of 1e15 and more; the LP stage and the MILP re-check pass it the rescaled model."""
+    from gpuopt import Box, OutputSpec, VerifyConfig, verify
+    from gpuopt.bounds import ibp
+    from gpuopt.network import Dense, Network, ReLU
+
+    rng = np.random.default_rng(0)
+    k = 1e8
+    net = Network([Dense(rng.normal(size=(4, 2)) * k, rng.normal(size=4)), ReLU(),
+                   Dense(rng.normal(size=(4, 4)) * k, rng.normal(size=4)), ReLU(),
+                   Dense(rng.normal(size=(2, 4)) / k ** 2, np.zeros(2))], (2,))
+    lo, hi = -np.ones(2), np.ones(2)
+    bd = ibp(net, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bd.pre_activation]
+    assert max(float(np.abs(u).max()) for _, u in pre) > 1e15
+    res = lp_tighten(net.affine_blocks(), pre, lo, hi)
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 201), np.linspace(-1, 1, 201)), -1).reshape(-1, 2)
+    for (l, u), z in zip(res.pre, _pre_activations(net, g)):
+        assert np.all(z >= l - 1e-6 * np.abs(l)) and np.all(z <= u + 1e-6 * np.abs(u))
+    A = np.array([[1.0, -1.0]])
+    grid_min = float((net.forward64(g) @ A.T).min())
+    ibp_lb = float((A.clip(0) @ bd.output[0][0].numpy() + A.clip(max=0) @ bd.output[1][0].numpy())[0])
+    spec = OutputSpec([(A, [ibp_lb + 0.5 * (grid_min - ibp_lb)])], 2)  # holds, IBP cannot tell
+    v = verify(net, Box(lo, hi), spec, timeout=30,
+               config=VerifyConfig(use_attack=False, use_input_split=False, use_relu_split=False, use_walk=False,
+                                   use_crown=False))
+    assert v.status.value == "unsat" and v.decided_by in ("lp", "milp"), v
+
+
+def test_a_session_caps_each_lp_not_its_total_time():
+    """HiGHS's time_limit counts an instance's total run time: once a session has run longer than
+    the per-LP cap, its next LPs must still be solved (found by review)."""
+    import time as _time
+
+    from gpuopt.bounds.lp import LpSession
+
+    rng = np.random.default_rng(3)
+    net = random_dense_network(rng, 6, [40, 40], 2)
+    lo_x, hi_x = -np.ones(6), np.ones(6)
+    inter = intermediate_bounds(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None])
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in inter.pre_activation]
+    l1, u1 = pre[1]
+    model = encode(net.affine_blocks()[:2], pre[:1], (l1, u1), lo_x, hi_x, np.eye(1, l1.size), [0.0]).relaxed()
+    session = LpSession(model)
+    t0 = _time.monotonic()
+    while session.h.getRunTime() < 0.05 and _time.monotonic() - t0 < 20:
+        for j in range(l1.size):
+            session.minimize([model.y_index[j]], [1.0 if session.lps % 2 else -1.0])
+    assert session.h.getRunTime() >= 0.05
+    session.lp_time_limit = 0.04  # each LP alone takes far less
+    got = [session.minimize([model.y_index[j]], [1.0]) for j in range(5)]
+    fresh = [LpSession(model).minimize([model.y_index[j]], [1.0]) for j in range(5)]
+    assert np.all(np.isfinite(got)) and got == pytest.approx(fresh, abs=1e-7)

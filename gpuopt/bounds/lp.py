@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..milp.encode import InputConstraints, MilpModel, encode
-from ..milp.highs import SolverConfig, _highspy, _pass_model
+from ..errors import SolverError
+from ..milp.highs import SolverConfig, _highspy, _pass_model, _scale
 from ..milp.safe import SafeBounder
 
 __all__ = ["LpSession", "LpTightening", "lp_tighten", "lp_row_bounds"]
@@ -35,7 +36,13 @@ __all__ = ["LpSession", "LpTightening", "lp_tighten", "lp_row_bounds"]
 
 class LpSession:
     """One HiGHS instance holding the LP relaxation of ``model``; :meth:`minimize` solves one
-    objective after another from the previous basis and returns safe lower bounds."""
+    objective after another from the previous basis and returns safe lower bounds.
+
+    HiGHS gets the model rescaled by powers of two (:func:`gpuopt.milp.highs._scale`: HiGHS
+    refuses coefficients of 1e15 and more, which big-M rows reach with huge neuron bounds); its
+    row duals are mapped back to the caller's rows (``y = y' / row_scale``) and priced on the
+    original model, so the scaling (and any entry it drops) never enters a bound. A model HiGHS
+    refuses even so gives no bounds (``-inf``), never an error."""
 
     #: seconds one LP may take (a stuck LP gives no bound rather than holding up the rest)
     lp_time_limit = 10.0
@@ -52,7 +59,12 @@ class LpSession:
                             ("presolve", "on"), ("output_flag", False)):
             h.setOptionValue(name, value)
         n = model.n_vars
-        _pass_model(h, hs, np.zeros(n), model.col_lower, model.col_upper, model.row_lower, model.row_upper, model.A)
+        self.sc = sc = _scale(model)
+        try:
+            _pass_model(h, hs, np.zeros(n), sc.col_lower, sc.col_upper, sc.row_lower, sc.row_upper, sc.A)
+            self.refused = False
+        except SolverError:
+            self.refused = True
         self.bounder = SafeBounder(model.A, model.row_lower, model.row_upper, model.col_lower, model.col_upper)
         self._cost_cols = np.zeros(0, dtype=np.int32)
         self.lps = 0
@@ -61,11 +73,13 @@ class LpSession:
         """A safe lower bound of ``min sum_i vals_i v[cols_i] + offset`` (``-inf`` when HiGHS gave
         no dual solution, e.g. out of time)."""
         h = self.h
+        if self.refused:
+            return -np.inf
         cols = np.asarray(cols, dtype=np.int32).reshape(-1)
         vals = np.asarray(vals, dtype=np.float64).reshape(-1)
         if self._cost_cols.size:
             h.changeColsCost(self._cost_cols.size, self._cost_cols, np.zeros(self._cost_cols.size))
-        h.changeColsCost(cols.size, cols, vals)
+        h.changeColsCost(cols.size, cols, vals * self.sc.col_scale[cols])  # costs of the scaled columns
         self._cost_cols = cols
         limit = self.lp_time_limit
         if deadline is not None:
@@ -73,7 +87,8 @@ class LpSession:
             if left <= 0:
                 return -np.inf
             limit = min(limit, left)
-        h.setOptionValue("time_limit", max(limit, 0.01))
+        # HiGHS's time_limit counts the instance's total run time, across calls
+        h.setOptionValue("time_limit", h.getRunTime() + max(limit, 0.01))
         h.run()
         self.lps += 1
         sol = h.getSolution()
@@ -81,7 +96,8 @@ class LpSession:
             return -np.inf
         c = np.zeros(self.model.n_vars)
         np.add.at(c, cols, vals)
-        return self.bounder.bound(c, np.asarray(sol.row_dual, dtype=np.float64), offset)
+        y = np.asarray(sol.row_dual, dtype=np.float64) / self.sc.row_scale
+        return self.bounder.bound(c, y, offset)
 
 
 @dataclass(frozen=True)

@@ -609,10 +609,13 @@ def finish_milp(item: ItemState) -> str:
         item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven))
         return "open"
     proven, rechecked = notes.get("proven", 0), notes.get("rechecked", 0)
+    if item.config.milp_recheck:
+        how = (f"{rechecked} of {proven} proofs re-checked independently by safe-bound branch and bound; the "
+               "others rest on HiGHS's tree within its tolerance margin")
+    else:
+        how = "the proofs rest on HiGHS's tree within its tolerance margin; re-check off"
     item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
-                message=f"every open disjunct proven unreachable by MILP ({rechecked} of {proven} proofs re-checked "
-                        "independently by safe-bound branch and bound; the others rest on HiGHS's tree within its "
-                        "tolerance margin)")
+                message=f"every open disjunct proven unreachable by MILP ({how})")
     return "decided"
 
 

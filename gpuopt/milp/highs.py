@@ -215,6 +215,7 @@ class _Scaled:
     col_scale: np.ndarray
     cost_scale: float
     dropped: int
+    row_scale: np.ndarray | None = None
 
 
 def _scale(model: MilpModel) -> _Scaled:
@@ -265,7 +266,7 @@ def _scale(model: MilpModel) -> _Scaled:
     cost_scale = float(_pow2(np.abs(c).max()) if c.size and np.abs(c).max() > 0 else 1.0)
     return _Scaled(A=A.tocsc(), c=c / cost_scale, col_lower=col_lower, col_upper=col_upper,
                    row_lower=row_lower, row_upper=row_upper, col_scale=col_scale, cost_scale=cost_scale,
-                   dropped=dropped)
+                   dropped=dropped, row_scale=row_scale)
 
 
 def _new_highs(highspy, model: MilpModel, sc: "_Scaled", config: SolverConfig, time_limit: float,

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .encode import MilpModel
-from .highs import SolverConfig, _highspy, _pass_model
+from ..errors import SolverError
+from .highs import SolverConfig, _highspy, _pass_model, _scale
 from .safe import SafeBounder
 
 __all__ = ["Recheck", "recheck_milp"]
@@ -52,7 +53,14 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
     for name, value in (("threads", int(config.threads)), ("random_seed", int(config.seed)),
                         ("presolve", "off"), ("output_flag", False)):
         h.setOptionValue(name, value)
-    _pass_model(h, hs, model.c, model.col_lower, model.col_upper, model.row_lower, model.row_upper, model.A)
+    # HiGHS solves the model rescaled by powers of two (it refuses coefficients of 1e15 and more);
+    # its duals are mapped back and priced on the original model
+    sc = _scale(model)
+    try:
+        _pass_model(h, hs, sc.c, sc.col_lower, sc.col_upper, sc.row_lower, sc.row_upper, sc.A)
+    except SolverError as exc:
+        return Recheck(False, -np.inf, 0, f"HiGHS refused the model: {exc}")
+    to_rows = sc.cost_scale / sc.row_scale  # scaled row duals -> the original rows' duals
     bounder = SafeBounder(model.A, model.row_lower, model.row_upper, model.col_lower, model.col_upper)
     binaries = np.flatnonzero(model.integrality).astype(np.int32)
     lo0, hi0 = model.col_lower.copy(), model.col_upper.copy()
@@ -69,29 +77,30 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
         lo, hi = lo0.copy(), hi0.copy()
         for col, v in fixed.items():
             lo[col] = hi[col] = v
-        if binaries.size:
+        if binaries.size:  # binary columns are never rescaled
             h.changeColsBounds(binaries.size, binaries, lo[binaries], hi[binaries])
-        if left is not None:
-            h.setOptionValue("time_limit", max(left, 0.01))
+        if left is not None:  # HiGHS's time_limit counts the instance's total run time
+            h.setOptionValue("time_limit", h.getRunTime() + max(left, 0.01))
         h.run()
         nodes += 1
         status = h.getModelStatus()
         if status == S.kInfeasible:
             ok, has_ray, ray = h.getDualRay()
-            ray = np.asarray(ray, dtype=np.float64)
+            ray = np.asarray(ray, dtype=np.float64) / sc.row_scale
             if has_ray and any(bounder.bound(zeros, s * ray, 0.0, lo, hi) > 0 for s in (1.0, -1.0)):
                 continue  # a Farkas certificate: no point at this node
             return Recheck(False, -np.inf, nodes, "an infeasible node without a checkable Farkas ray")
         sol = h.getSolution()
         bound = -np.inf
         if sol.dual_valid:
-            bound = bounder.bound(model.c, np.asarray(sol.row_dual, dtype=np.float64), float(model.offset), lo, hi)
+            bound = bounder.bound(model.c, np.asarray(sol.row_dual, dtype=np.float64) * to_rows, float(model.offset),
+                                  lo, hi)
         if bound > threshold:
             smallest = min(smallest, bound)
             continue
         if not sol.value_valid:
             return Recheck(False, -np.inf, nodes, f"HiGHS gave no LP solution at a node ({h.modelStatusToString(status)})")
-        x = np.asarray(sol.col_value, dtype=np.float64)[binaries]
+        x = np.asarray(sol.col_value, dtype=np.float64)[binaries]  # unscaled: binaries keep scale 1
         free = np.array([c not in fixed for c in binaries.tolist()], dtype=bool)
         frac = np.minimum(x, 1.0 - x) * free
         if not free.any() or frac.max() <= 1e-9:

@@ -56,6 +56,10 @@ class SafeBounder:
             raise ValueError(f"shapes disagree: A {self.A.shape}, rows {self.rl.shape}/{self.ru.shape}, "
                              f"columns {self.lo.shape}/{self.hi.shape}")
         self.k = int(np.diff(self.A.indptr).max(initial=0))
+        # non-finite coefficients or NaN bounds: no bound is computed from them
+        self.usable = bool(np.all(np.isfinite(self.A.data)) and not np.isnan(self.rl).any()
+                           and not np.isnan(self.ru).any() and not np.isnan(self.lo).any()
+                           and not np.isnan(self.hi).any())
 
     def bound(self, c, row_dual, offset: float = 0.0, col_lower=None, col_upper=None) -> float:
         """The safe lower bound of ``min c^T v + offset`` from ``row_dual`` (over the column
@@ -64,13 +68,15 @@ class SafeBounder:
         y = np.array(row_dual, dtype=np.float64).reshape(-1)
         if y.shape != self.rl.shape or c.shape != self.lo.shape:
             raise ValueError(f"expected {self.lo.size} costs and {self.rl.size} duals, got {c.size} and {y.size}")
-        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(c)) and np.isfinite(offset)):
+        if not (self.usable and np.all(np.isfinite(y)) and np.all(np.isfinite(c)) and np.isfinite(offset)):
             return -np.inf
         rl, ru = self.rl, self.ru
         lo = self.lo if col_lower is None else np.asarray(col_lower, dtype=np.float64).reshape(-1)
         hi = self.hi if col_upper is None else np.asarray(col_upper, dtype=np.float64).reshape(-1)
         if lo.shape != self.lo.shape or hi.shape != self.hi.shape:
             raise ValueError(f"expected {self.lo.size} column bounds, got {lo.size} and {hi.size}")
+        if np.isnan(lo).any() or np.isnan(hi).any():
+            return -np.inf
         # a sign that needs an infinite row bound contributes nothing: drop it
         y[(y > 0) & ~np.isfinite(rl)] = 0.0
         y[(y < 0) & ~np.isfinite(ru)] = 0.0
@@ -78,11 +84,16 @@ class SafeBounder:
             row_terms = np.where(y > 0, y * rl, np.where(y < 0, y * ru, 0.0))
             r = c - self.At @ y
             delta = gamma(self.k + 2) * (np.abs(c) + self.absAt @ np.abs(y))
-            delta = delta * (1 + 4 * _U) + np.where(delta > 0, 1e-300, 0.0)
+            # a product a_ij y_i may underflow to 0 (and delta with it): every column with a
+            # non-zero term gets a floor far above the underflow error (k terms of 2^-1075)
+            live = (c != 0) | ((self.absAt @ (y != 0).astype(np.float64)) > 0)
+            delta = delta * (1 + 4 * _U) + np.where(live, 1e-300, 0.0)
             r_lo, r_hi = r - delta, r + delta
-            # the worst r in [r_lo, r_hi] at the worst v_j in [l_j, u_j]; 0 * inf counts as 0
-            cands = np.stack([r_lo * lo, r_lo * hi, r_hi * lo, r_hi * hi])
-            cands = np.where(np.isnan(cands), 0.0, cands)
+            # the worst r in [r_lo, r_hi] at the worst v_j in [l_j, u_j]; only an exactly zero
+            # reduced cost times an infinite bound counts as 0 (any other NaN: no bound)
+            cands = np.stack([np.where(rf == 0, 0.0, rf * bd) for rf in (r_lo, r_hi) for bd in (lo, hi)])
+            if np.isnan(cands).any():
+                return -np.inf
             col_terms = cands.min(axis=0)
             terms = np.concatenate([row_terms, col_terms])
             if not np.all(np.isfinite(terms)):
