@@ -333,46 +333,44 @@ def test_default_workers():
         assert default.n_workers == default_workers()
 
 
-def test_a_task_blamed_for_a_neighbours_death_is_rerun_uncounted_and_the_real_victim_fails():
-    """pebble's race: a worker finishes task A, starts task B and dies before pebble reads A's
-    reply; pebble then fails A (not B) with ProcessExpired and leaves B "running" until its
-    timeout. The executor reads the runner's markers, reruns A without counting the attempt,
-    and fails B as crashed (retried on a fresh worker)."""
+def _blame(ex, value, dead_pid, retries, marks=()):
+    """A handle whose first attempt (with the runner's ``marks`` written) pebble now fails with
+    ProcessExpired for worker ``dead_pid``; returns its outcome."""
     import concurrent.futures
 
     from pebble import ProcessExpired
 
     from gpuopt.engine.executor import _LocalHandle, _submit_iv
 
+    handle = _LocalHandle(ex, *_submit_iv(tasks.echo, (value,), {}, 20, retries))
+    with ex._lock:
+        ex._live.add(handle)
+    handle._attempts, handle._mark = 1, ex._new_mark()
+    for suffix, text in marks:
+        with open(handle._mark + suffix, "w") as f:
+            f.write(text)
+    expired = concurrent.futures.Future()
+    expired.set_exception(ProcessExpired("Abnormal termination", code=7, pid=dead_pid))
+    handle._fut = expired
+    handle._on_done(expired)
+    return handle.result(timeout=20)
+
+
+def test_a_task_blamed_for_a_neighbours_death_is_rerun_uncounted_and_the_real_victim_fails():
+    """pebble's race: a worker finishes task A, starts task B and dies before pebble reads A's
+    reply; pebble then fails A (not B) with ProcessExpired and leaves B "running" until its
+    timeout. The executor reads the runner's markers, reruns A without counting the attempt,
+    and fails B as crashed (retried on a fresh worker)."""
     with LocalExecutor(workers=2) as ex:
         victim = ex.submit(tasks.sleep, 30.0, timeout=60)
         assert _wait_for(lambda: os.path.exists(victim._mark + ".start"))
         victim_pid = int(open(victim._mark + ".start").read())
         # A: its first attempt ran to the end in the victim's worker; pebble then blames it
-        blamed = _LocalHandle(ex, *_submit_iv(tasks.echo, ("a",), {}, 20, 1))
-        with ex._lock:
-            ex._live.add(blamed)
-        blamed._attempts, blamed._mark = 1, ex._new_mark()
-        for suffix, text in ((".start", str(victim_pid)), (".done", "")):
-            with open(blamed._mark + suffix, "w") as f:
-                f.write(text)
-        expired = concurrent.futures.Future()
-        expired.set_exception(ProcessExpired("Abnormal termination", code=7, pid=victim_pid))
-        blamed._fut = expired
-        blamed._on_done(expired)
-        out = blamed.result(timeout=20)
+        out = _blame(ex, "a", victim_pid, 1, marks=((".start", str(victim_pid)), (".done", "")))
         assert (out.status, out.value, out.attempts) == (TaskStatus.OK, "a", 1)
         # the real victim was failed as crashed and is retried on a fresh worker
         assert _wait_for(lambda: victim._attempts == 2, limit=20)
         assert victim.cancel() is True
         # a task pebble blames before its runner started is rerun uncounted too
-        never = _LocalHandle(ex, *_submit_iv(tasks.echo, ("b",), {}, 20, 0))
-        with ex._lock:
-            ex._live.add(never)
-        never._attempts, never._mark = 1, ex._new_mark()
-        expired = concurrent.futures.Future()
-        expired.set_exception(ProcessExpired("Abnormal termination", code=7, pid=victim_pid))
-        never._fut = expired
-        never._on_done(expired)
-        out = never.result(timeout=20)
+        out = _blame(ex, "b", victim_pid, 0)
         assert (out.status, out.value, out.attempts) == (TaskStatus.OK, "b", 1)

@@ -223,22 +223,29 @@ def test_encode_bigm_input_validation(change, message):
                     args["A_spec"], args["b_spec"])
 
 
+def _models_and_minima(name, seed):
+    """``(blocks, tol, [(disjunct model, true minimum)])`` of a test problem."""
+    _, net, lo, hi, spec = _problem(name, seed)
+    blocks, pre, out = _milp_inputs(net, lo, hi)
+    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
+    tol = 1e-6 * _scale(net, lo, hi, spec)
+    return blocks, tol, [(encode_bigm(blocks, pre, out, lo, hi, A, b), ref.per_disjunct[k])
+                         for k, (A, b) in enumerate(spec.disjuncts)]
+
+
 @pytest.mark.parametrize("name, seed", [(n, s) for n in ARCHS for s in range(4)])
 def test_the_objective_cutoff_never_overstates_the_dual_bound(name, seed):
     """With a finite threshold HiGHS prunes at the cutoff and may call an incumbent above it
     optimal (a tiny net: 0.164 reported, true minimum 0.052): the bound returned must stay at or
     below the true minimum, and the sign must still be decided correctly."""
-    _, net, lo, hi, spec = _problem(name, seed)
-    blocks, pre, out = _milp_inputs(net, lo, hi)
-    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
-    tol = 1e-6 * _scale(net, lo, hi, spec)
-    for k, (A, b) in enumerate(spec.disjuncts):
-        model = encode_bigm(blocks, pre, out, lo, hi, A, b)
+    blocks, tol, cases = _models_and_minima(name, seed)
+    for model, true_min in cases:
+        hi = model.col_upper[model.x_index]
         res = solve_milp(model, time_limit=60, threshold=1e-5, start=complete_assignment(model, blocks, hi))
-        assert res.dual_bound <= ref.per_disjunct[k] + tol, (res.status, res.dual_bound, ref.per_disjunct[k])
-        if ref.per_disjunct[k] > 1e-3:
+        assert res.dual_bound <= true_min + tol, (res.status, res.dual_bound, true_min)
+        if true_min > 1e-3:
             assert res.proves_above(1e-5)
-        if ref.per_disjunct[k] < -1e-3:
+        if true_min < -1e-3:
             assert not res.proves_above(1e-5) and res.objective <= 1e-5 + tol
 
 
@@ -248,13 +255,8 @@ def test_safe_branch_and_bound_recheck_agrees_with_brute_force(name, seed):
     ``t`` at or above it, and its bound never exceeds the minimum."""
     from gpuopt.milp.recheck import recheck_milp
 
-    _, net, lo, hi, spec = _problem(name, seed)
-    blocks, pre, out = _milp_inputs(net, lo, hi)
-    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
-    tol = 1e-6 * _scale(net, lo, hi, spec)
-    for k, (A, b) in enumerate(spec.disjuncts):
-        model = encode_bigm(blocks, pre, out, lo, hi, A, b)
-        true_min = ref.per_disjunct[k]
+    _, tol, cases = _models_and_minima(name, seed)
+    for model, true_min in cases:
         below = recheck_milp(model, true_min - 10 * tol - 1e-3 * abs(true_min))
         assert below.proven, below
         assert below.bound <= true_min + tol and below.nodes >= 1
