@@ -24,6 +24,11 @@ upper relaxation of an unstable neuron ``n`` (``a`` its coefficient on ``h``, ``
 slope); splitting it removes that term, so the neuron with the largest loss is split (ties: the
 widest ``|a| (u - l)``).
 
+A domain with no unstable neuron left is affine in ``x``: after ``leaf_steps`` of multiplier
+optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the disjunct's
+margin over the domain in HiGHS): a safe dual bound above 0 closes it, and the LP's minimiser is
+checked in float64 as a counterexample.
+
 At each step the domains with the weakest bounds are split, in batches. For every open child the
 input point that minimises its linear bound is checked in float64 against the problem: a point in
 the unsafe region ends the search as ``sat``. The search ends ``unsat`` when no domain is open,
@@ -298,6 +303,23 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             closed = bnd > 0
             note_closed(bnd, unsplittable.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
+            if found is None and problem is not None:
+                # the network is affine on such a domain: its LP is exact; a safe bound above 0
+                # closes it, and the LP's minimiser is checked as a counterexample
+                for i in torch.nonzero(~closed).flatten().tolist():
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    k = int(unsplittable.tag[i])
+                    kind, value = _exact_leaf(network, lo[0], hi[0], [l[i] for l in unsplittable.lower],
+                                              [u[i] for u in unsplittable.upper], disjuncts[k][0], disjuncts[k][1],
+                                              problem, deadline)
+                    if kind == "closed":
+                        closed[i] = True
+                        bnd[i] = max(float(bnd[i]), value)
+                        note_closed(bnd[i:i + 1], unsplittable.tag[i:i + 1], torch.ones(1, dtype=torch.bool))
+                    elif kind == "sat":
+                        found = value
+                        break
             unsplittable = _Domains(unsplittable.lower, unsplittable.upper, unsplittable.sign, al, be, sc, bnd,
                                     unsplittable.tag).take(torch.nonzero(~closed).flatten())
             if found is not None:
@@ -319,6 +341,52 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     if stuck is not None and status == "unsat":
         status = "unknown"
     return result(status, _Domains.cat([domains, stuck]), explored)
+
+
+def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
+    """The LP of one disjunct ``{y : C y <= d}`` over a domain given by its pre-activation bounds
+    (a split neuron's bounds hold its sign: ``l >= 0`` active, ``u <= 0`` inactive), minimising
+    ``max_i (C f(x) - d)_i`` (:func:`gpuopt.milp.encode.encode`, relaxed; exact when no neuron is
+    unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0, ``("sat", check)``
+    when the LP's minimiser passes the float64 check against ``problem``, else ``("open", None)``."""
+    from .bounds.lp import LpSession
+    from .errors import GpuoptError
+    from .milp.encode import encode
+
+    blocks = network.affine_blocks()
+    pre = [(np.asarray(l.detach().to("cpu", torch.float64)), np.asarray(u.detach().to("cpu", torch.float64)))
+           for l, u in zip(lower, upper)]
+    if len(blocks) < 2:
+        return "open", None
+    h_lo, h_hi = np.maximum(pre[-1][0], 0.0), np.maximum(pre[-1][1], 0.0)
+    if blocks[-2].passthrough is not None:  # coordinates the last activation passes through
+        pt = np.asarray(blocks[-2].passthrough, dtype=bool)
+        h_lo, h_hi = np.where(pt, pre[-1][0], h_lo), np.where(pt, pre[-1][1], h_hi)
+    last = blocks[-1]
+    # output bounds by interval arithmetic, widened past their rounding (only a relaxation)
+    Mp, Mn = last.matrix.maximum(0), last.matrix.minimum(0)
+    mid = (Mp @ h_lo + Mn @ h_hi + last.bias, Mp @ h_hi + Mn @ h_lo + last.bias)
+    mag = abs(last.matrix) @ np.maximum(np.abs(h_lo), np.abs(h_hi)) + np.abs(last.bias)
+    pad = 1e-9 * mag + 1e-300
+    out = (mid[0] - pad, mid[1] + pad)
+    C = np.atleast_2d(np.asarray(C, dtype=np.float64))
+    d = np.asarray(d, dtype=np.float64).reshape(-1)
+    try:
+        model = encode(blocks, pre, out, np.asarray(lo.detach().cpu(), dtype=np.float64),
+                       np.asarray(hi.detach().cpu(), dtype=np.float64), C, d).relaxed()
+    except GpuoptError:
+        return "open", None  # e.g. crossing bounds: leave the domain to the other stages
+    session = LpSession(model)
+    nz = np.flatnonzero(model.c)
+    bound = session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)
+    if bound > 0:
+        return "closed", bound
+    sol = session.h.getSolution()
+    if not sol.value_valid:
+        return "open", None
+    x = np.asarray(sol.col_value, dtype=np.float64)[model.x_index] * session.sc.col_scale[model.x_index]
+    check = check_counterexample(problem, x)
+    return ("sat", check) if check.ok else ("open", None)
 
 
 def _split(parents: _Domains):

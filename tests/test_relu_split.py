@@ -79,6 +79,22 @@ def test_verdicts_agree_with_brute_force(conv):
     assert decided >= 0.75 * total, (decided, total)
 
 
+def test_exact_leaves_decide_properties_a_millionth_from_the_boundary():
+    """A domain with no unstable neuron left is affine: its LP (safe dual bound, and its minimiser
+    checked in float64) decides it where the beta multipliers only approach the optimum. At
+    margins of +-1e-6 this decided 14 of 24 cases before, 23 after; never a wrong answer."""
+    decided = total = 0
+    for seed in range(12):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        for delta in (1e-6, -1e-6):
+            res = _run(net, lo, hi, _shifted(spec, minima, delta), deadline_s=10)
+            total += 1
+            assert res.status != ("sat" if delta > 0 else "unsat"), (seed, delta, res)
+            decided += res.status in ("sat", "unsat")
+    assert decided >= 20, (decided, total)
+
+
 def test_a_split_is_needed_and_closes_what_crown_alone_cannot():
     """A case where the root bound is negative but the property holds: the splits prove it."""
     found = False
