@@ -118,8 +118,8 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
                                or not 0 <= int(target) < n_cls or int(target) == label):
         raise InvalidInputError(f"`target` must be a class index in [0, {n_cls}) other than `label`, got {target!r}")
     if margin is not None and (target is None or isinstance(margin, bool) or not isinstance(margin, (int, float))
-                               or not math.isfinite(margin)):
-        raise InvalidInputError(f"`margin` must be a finite number and needs a `target`, got {margin!r}")
+                               or not math.isfinite(margin) or margin <= 0):
+        raise InvalidInputError(f"`margin` must be a finite number > 0 and needs a `target`, got {margin!r}")
     lo_clip, hi_clip = (None, None) if clip is None else clip
     config = config if config is not None else VerifyConfig(device="cpu")
     if target is None:

@@ -155,7 +155,9 @@ def test_targeted_radius_with_a_margin_in_closed_form():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(target=0), "`target` must be a class index in [0, 2) other than `label`, got 0"),
-    (dict(margin=1.2), "`margin` must be a finite number and needs a `target`, got 1.2"),
+    (dict(margin=1.2), "`margin` must be a finite number > 0 and needs a `target`, got 1.2"),
+    (dict(target=1, margin=0.0), "`margin` must be a finite number > 0 and needs a `target`, got 0.0"),
+    (dict(target=1, margin=-1.2), "`margin` must be a finite number > 0 and needs a `target`, got -1.2"),
 ])
 def test_bad_target_arguments(kwargs, message):
     net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
