@@ -3,7 +3,7 @@
 Three parts, each a JSONL line per image as it is decided (``--resume`` skips those done):
 
 * ``mnist``: mnist-net_256x2 (VNN-COMP mnist_fc) on the first ``--images`` (20) shared MNIST test
-  images (pixels / 255, valid range [0, 1]), L-inf and L1;
+  images (pixels / 255, valid range [0, 1]), L-inf, L1 and L2;
 * ``psplit``: the partition paper's 784-50-50-10 net, the targeted min-L1 form with margin 1.2
   (the smallest L1 change making ``logit[t] >= 1.2 logit[j]`` for every ``j != t``, towards the
   paper's target labels) for ``--psplit-images`` (10) images;
@@ -40,7 +40,7 @@ def _jobs(args):
     if "mnist" in args.parts:
         net = from_onnx(BENCH / "vnncomp2022" / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx")
         x, y = load_dataset(BENCH / "mnist" / "mnist_test_first100.csv", scale=255.0)
-        for norm, eps_max in (("linf", 0.1), ("l1", 10.0)):
+        for norm, eps_max in (("linf", 0.1), ("l1", 10.0), ("l2", 3.0)):
             for i in range(args.images):
                 yield ("mnist", f"{norm}:{i}", lambda i=i, norm=norm, eps_max=eps_max: certify_radius(
                     net, x[i], int(y[i]), norm=norm, eps_max=eps_max, timeout=args.timeout))

@@ -220,12 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="dataset mode: valid input range (default 0 1)")
 
-    ra = sub.add_parser("radius", help="certified L-inf robustness radii of a dataset, into a resumable JSONL file")
+    ra = sub.add_parser("radius", help="certified robustness radii (L-inf, L1, L2) of a dataset, into a resumable JSONL file")
     ra.add_argument("--model", required=True, help="the network (.onnx)")
     ra.add_argument("--data", required=True, help="CSV of `label, features...` rows, or .npz with x, y")
     ra.add_argument("--results", required=True, help="results file (JSONL, one record per sample)")
-    ra.add_argument("--norm", choices=["linf", "l1"], default="linf",
-                    help="the perturbation norm (l1: attack and minimum-distortion MILP, no verifier bisection)")
+    ra.add_argument("--norm", choices=["linf", "l1", "l2"], default="linf",
+                    help="the perturbation norm (l1: attack and minimum-distortion MILP, no verifier bisection; "
+                         "l2: attack and bound bisection, a bracket)")
     ra.add_argument("--eps-max", type=_positive_float, default=0.5, help="largest radius searched (default 0.5)")
     ra.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per sample")
     ra.add_argument("--limit", type=_positive_int, default=None, help="the first N samples only")

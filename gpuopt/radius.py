@@ -35,8 +35,16 @@ For the **L1** norm (``norm="l1"``) the verifier is not used (its regions are bo
 runs on the L1 ball (:class:`gpuopt.attacks.geometry.L1Geometry`) to find ``upper``, and the
 minimum-distortion MILP (``min sum_i s_i``, ``s_i >= |x_i - x0_i|``, ``sum_i s_i <= radius``, on
 CROWN bounds over the ball's box intersected with the exact first layer over the ball,
-:mod:`gpuopt.bounds.l1`) gives ``lower`` and closes the bracket where HiGHS finishes. L2 radii are
-not certified.
+:mod:`gpuopt.bounds.l1`) gives ``lower`` and closes the bracket where HiGHS finishes.
+
+For the **L2** norm (``norm="l2"``) the exact problem is a mixed-integer QP, which HiGHS does not
+solve, so the answer is a bracket: ``upper`` from the attack on the L2 ball
+(:class:`gpuopt.attacks.geometry.L2Geometry`; then the decision boundary along the segment to
+its point, and bisection of ``eps`` with the attack), ``lower`` by bisection of ``eps`` with
+:func:`l2_row_bounds`: CROWN over the ball's box ``B_inf(x0, eps)`` (clipped) in which every linear
+bound ``a^T x + c`` is also concretised over the L2 ball, ``a^T x0 + c - eps ||a||_2``, and the
+larger kept, layer by layer (:func:`gpuopt.bounds.crown.crown` with ``l2_ball``). ``status`` is
+``exact`` only where the two ends meet.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import numpy as np
 import torch
 
 from .attacks import AttackConfig, pgd_attack
-from .attacks.geometry import L1Geometry
+from .attacks.geometry import L1Geometry, L2Geometry
 from .attacks.search import falsify
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -58,9 +66,9 @@ from .network import Network
 from .regions import LinfBall
 from .specs import OutputSpec, robustness
 
-__all__ = ["RadiusResult", "certify_radius", "min_distortion_milp"]
+__all__ = ["RadiusResult", "certify_radius", "min_distortion_milp", "l2_row_bounds"]
 
-NORMS = ("linf", "l1")
+NORMS = ("linf", "l1", "l2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +93,10 @@ def _distance_up(x: np.ndarray, x0: np.ndarray, norm: str = "linf") -> float:
     d = np.nextafter(d, np.inf)
     if norm == "linf":
         return float(np.max(d))
+    if norm == "l2":  # the sum of squares widened by (n + 4) u, its square root by 2 u
+        eps = np.finfo(np.float64).eps
+        ss = float(np.nextafter(float(np.sum(d * d)) * (1.0 + (d.size + 4) * eps), np.inf))
+        return float(np.nextafter(math.sqrt(ss) * (1.0 + 2 * eps), np.inf))
     total = float(np.sum(d))
     return float(np.nextafter(total * (1.0 + (d.size + 2) * np.finfo(np.float64).eps), np.inf))
 
@@ -102,8 +114,7 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     if not isinstance(network, Network):
         raise InvalidInputError(f"`network` must be a gpuopt Network (see gpuopt.from_torch), got {type(network).__name__}")
     if norm not in NORMS:
-        raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)} (L2 radii are not certified yet), "
-                                f"got {norm!r}")
+        raise InvalidInputError(f"`norm` must be one of {', '.join(NORMS)}, got {norm!r}")
     for name, v, low in (("eps_max", eps_max, 0.0), ("timeout", timeout, 0.0), ("rtol", rtol, 0.0), ("atol", atol, 0.0)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
             raise InvalidInputError(f"`{name}` must be a finite number >= {low:g}, got {v!r}")
@@ -160,11 +171,13 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
         if norm == "linf":
             pgd_attack(network, box.lower[None], box.upper[None], A, b, dtype=torch.float64, confirm=confirm,
                        config=cfg, deadline=deadline)
-        else:  # the L1 ball within the clip box (the check clamps into its box hull)
-            t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64))[None]  # noqa: E731
-            lo_b = np.full(x0.size, -np.inf) if lo_clip is None else np.array(np.broadcast_to(lo_clip, x0.shape))
-            hi_b = np.full(x0.size, np.inf) if hi_clip is None else np.array(np.broadcast_to(hi_clip, x0.shape))
-            geometry = L1Geometry(t(x0), torch.tensor([float(eps)], dtype=torch.float64), t(lo_b), t(hi_b))
+        else:  # the L1 or L2 ball within the clip box (the check clamps into its box hull)
+            t = lambda v: torch.tensor(np.array(v, dtype=np.float64))[None]  # noqa: E731
+            # the clamp box: the ball's box hull (it holds the ball; infinite clip ends broke the
+            # attack's starts), within the clip range
+            lo_b, hi_b = box.lower, box.upper
+            kind = L1Geometry if norm == "l1" else L2Geometry
+            geometry = kind(t(x0), torch.tensor([float(eps)], dtype=torch.float64), t(lo_b), t(hi_b))
             falsify(network, geometry, A[None], b[None], config=cfg, deadline=deadline, confirm=confirm)
         return found[0] if found else None
 
@@ -180,6 +193,25 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
         probe = upper / 2
     upper_found = x_adv is not None
 
+    def closer(xa):
+        """The point nearest ``x0`` on the segment to ``xa`` that still passes the float64 check
+        (bisection of the segment; the decision boundary crosses it somewhere)."""
+        problem = Problem(network, ball(_distance_up(xa, x0, norm)), spec)
+        lo_t, hi_t, best = 0.0, 1.0, xa
+        for _ in range(40):
+            t = (lo_t + hi_t) / 2
+            c = check_counterexample(problem, x0 + t * (xa - x0))
+            if c.ok:
+                hi_t, best = t, c.x
+            else:
+                lo_t = t
+        return best
+
+    if norm == "l2" and x_adv is not None:
+        # upper: the boundary along the segment to the attack's point, then attack bisection
+        x_adv = closer(x_adv)
+        upper = min(upper, _distance_up(x_adv, x0, norm))
+
     # bisection with the verifier between the certified lower and the attained upper (its
     # regions are boxes: L-inf only)
     while norm == "linf" and left() > 0 and upper - lower > rtol * upper + atol:
@@ -194,7 +226,25 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
         else:
             break
-    if (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
+    # L2: bisection with the ball bounds of l2_row_bounds (a certified lower end; no MILP)
+    search = upper  # the bound bisection's own upper end (a failed proof is no counterexample)
+    while norm == "l2" and left() > 0 and search - lower > rtol * search + atol:
+        mid = (lower + search) / 2
+        if _l2_proves(network, x0, mid, (lo_clip, hi_clip), spec, config, deadline):
+            lower = mid
+        else:
+            search = mid
+        calls += 1
+    floor = lower  # the attack's bisection between the certified lower end and upper
+    while norm == "l2" and upper_found and left() > 0 and upper - floor > rtol * upper + atol:
+        mid = (floor + upper) / 2
+        xa = attack_at(mid)
+        xa = None if xa is None else closer(xa)
+        if xa is None or _distance_up(xa, x0, norm) >= upper:  # nothing closer found at mid
+            floor = mid
+            continue
+        x_adv, upper = xa, _distance_up(xa, x0, norm)
+    if norm != "l2" and (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
         m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
                                            norm=norm)
         lower = max(lower, min(m_lower, upper))
@@ -202,6 +252,41 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             x_adv, upper, upper_found = m_x, _distance_up(m_x, x0, norm), True
     status = "exact" if upper_found and upper - lower <= rtol * upper + atol else "bracket"
     return RadiusResult(lower, upper, upper_found, status, x_adv, time.monotonic() - t0, calls)
+
+
+def l2_row_bounds(network: Network, x0: np.ndarray, eps: float, clip, C: np.ndarray, *, alpha_steps: int = 20,
+                  deadline: float | None = None) -> np.ndarray:
+    """Sound lower bounds of ``C f(x)`` (rows of ``C``) over ``{||x - x0||_2 <= eps}`` within the
+    clip box ``clip = (lower, upper)`` (``None`` ends: unbounded): CROWN on the ball's box with
+    every layer also concretised over the ball (``crown(..., l2_ball=...)``); see the module
+    docstring."""
+    from .bounds import alpha_crown_linear_lower, crown, crown_linear_lower
+
+    box = LinfBall(x0, eps, *clip).to_box()
+    lo, hi = torch.tensor(np.array(box.lower))[None], torch.tensor(np.array(box.upper))[None]
+    ball = (torch.tensor(np.array(x0, dtype=np.float64))[None], torch.tensor([float(eps)], dtype=torch.float64))
+    Ct = torch.as_tensor(np.asarray(C, dtype=np.float64))[None]
+    bnd = crown(network, lo, hi, deadline=deadline, l2_ball=ball)
+    rows = crown_linear_lower(network, lo, hi, Ct, bnd, l2_ball=ball)[0][0]
+    if alpha_steps > 0:  # alpha-optimised over the box, on the ball's intermediate bounds: also sound
+        rows = torch.maximum(rows, alpha_crown_linear_lower(network, lo, hi, Ct, bnd, steps=alpha_steps,
+                                                            deadline=deadline)[0])
+    return rows.numpy()
+
+
+def _l2_proves(network: Network, x0, eps: float, clip, spec: OutputSpec, config, deadline) -> bool:
+    """Whether :func:`l2_row_bounds` proves every disjunct of ``spec`` unreachable in the ball."""
+    from .bounds.base import rounding_pad
+
+    A, b = spec.padded()
+    K, M, n_out = A.shape
+    rows = l2_row_bounds(network, x0, eps, clip, A.reshape(K * M, n_out).numpy(),
+                         alpha_steps=getattr(config, "alpha_steps", 20), deadline=deadline)
+    b = b.reshape(-1).numpy()
+    finite = np.isfinite(b)
+    margin = np.where(finite, rows - np.where(finite, b, 0.0), -np.inf)
+    margin = margin - rounding_pad(torch.as_tensor(np.where(finite, np.abs(b), 0.0)), 1).numpy()
+    return bool(np.all(margin.reshape(K, M).max(axis=1) > 0))
 
 
 def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radius: float, *, clip=(None, None),

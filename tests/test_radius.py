@@ -66,7 +66,7 @@ def test_a_misclassified_input_has_radius_zero():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(norm="l2"), "`norm` must be one of linf, l1 (L2 radii are not certified yet), got 'l2'"),
+    (dict(norm="l3"), "`norm` must be one of linf, l1, l2, got 'l3'"),
     (dict(label=2), "`label` must be a class index in [0, 2), got 2"),
     (dict(eps_max=-1.0), "`eps_max` must be a finite number >= 0, got -1.0"),
     (dict(timeout=float("nan")), "`timeout` must be a finite number >= 0, got nan"),
@@ -232,3 +232,82 @@ def test_l1_radius_brackets_a_dense_grid_on_two_inputs():
         if checked == 4:
             break
     assert checked == 4, checked
+
+
+def test_l2_radius_of_a_linear_classifier_in_closed_form():
+    """Unclipped, the L2 radius of a linear classifier is ``(w_0 - w_1) . x0 + c / ||w_0 - w_1||_2``;
+    CROWN is exact there, so the bound bisection meets the attack."""
+    w = np.array([2.0, -1.0, 0.5, 3.0])
+    net = Network([Dense(np.stack([w, np.zeros(4)]), np.array([-0.3, 0.0]))], (4,))
+    x0 = np.array([0.5, 0.2, 0.4, 0.3])
+    true = (w @ x0 - 0.3) / np.linalg.norm(w)
+    r = gpuopt.certify_radius(net, x0, 0, norm="l2", timeout=30, clip=None, eps_max=2.0)
+    assert r.lower <= true <= r.upper and r.upper_found, r
+    assert r.upper - r.lower <= 1e-3 * r.upper + 1e-6 and r.status == "exact", r
+    assert np.linalg.norm(r.x_adv - x0) <= r.upper
+
+
+def _l2_ball_points(rng, x0, eps, n, clip):
+    d = rng.normal(size=(n, x0.size))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pts = x0 + d * eps * rng.random((n, 1)) ** (1.0 / x0.size)
+    pts = np.concatenate([pts, x0 + d * eps])  # the sphere itself too
+    return np.clip(pts, *clip)  # clipping moves a point towards x0 in every coordinate: still inside
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l2_row_bounds_hold_on_sampled_points_of_the_clipped_ball(seed):
+    from gpuopt.radius import l2_row_bounds
+
+    rng = np.random.default_rng(60 + seed)
+    net = random_dense_network(rng, 4, [8, 8], 3)
+    x0 = rng.uniform(0.2, 0.8, 4)
+    C = rng.normal(size=(5, 3))
+    for eps in (0.05, 0.3, 1.0):
+        lb = l2_row_bounds(net, x0, eps, (0.0, 1.0), C)
+        v = net.forward64(_l2_ball_points(rng, x0, eps, 20000, (0.0, 1.0))) @ C.T
+        assert np.all(lb <= v.min(0) + 1e-12), (eps, lb, v.min(0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l2_bracket_is_sound_on_relu_networks(seed):
+    """Nothing within ``lower`` (sampled) changes the class; the adversarial point lies within
+    ``upper`` and is checked."""
+    rng = np.random.default_rng(70 + seed)
+    net = random_dense_network(rng, 3, [6, 5], 3)
+    x0 = rng.uniform(0.3, 0.7, 3)
+    label = int(np.argmax(net.forward64(x0[None])[0]))
+    r = gpuopt.certify_radius(net, x0, label, norm="l2", timeout=20, eps_max=1.5)
+    assert 0 < r.lower <= r.upper
+    pts = _l2_ball_points(rng, x0, r.lower, 40000, (0.0, 1.0))
+    y = net.forward64(pts)
+    others = np.delete(y, label, axis=1)
+    assert np.all(y[:, label] > others.max(axis=1))
+    if r.upper_found:
+        assert np.linalg.norm(r.x_adv - x0) <= r.upper
+        y_adv = net.forward64(r.x_adv[None])[0]
+        assert np.delete(y_adv, label).max() >= y_adv[label]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_crown_over_an_l2_ball_holds_on_samples_and_beats_the_box(seed):
+    import torch
+
+    from gpuopt.bounds import crown
+
+    rng = np.random.default_rng(90 + seed)
+    net = random_dense_network(rng, 6, [10, 10, 8], 3)
+    x0 = rng.uniform(0.3, 0.7, 6)
+    eps = 0.4
+    lo, hi = torch.tensor(np.clip(x0 - eps, 0, 1))[None], torch.tensor(np.clip(x0 + eps, 0, 1))[None]
+    box = crown(net, lo, hi)
+    ball = crown(net, lo, hi, l2_ball=(torch.tensor(x0)[None], torch.tensor([eps])))
+    pts = _l2_ball_points(rng, x0, eps, 20000, (0.0, 1.0))
+    h = pts
+    for blk, (l, u), (lb, ub) in zip(net.affine_blocks()[:-1], ball.pre_activation, box.pre_activation):
+        z = h @ blk.matrix.T.toarray() + blk.bias
+        assert np.all(z >= l[0].numpy() - 1e-12) and np.all(z <= u[0].numpy() + 1e-12)
+        assert np.all(l[0].numpy() >= lb[0].numpy()) and np.all(u[0].numpy() <= ub[0].numpy())
+        h = np.maximum(z, 0)
+    widths = [float((u - l).sum()) for l, u in ball.pre_activation]
+    assert sum(widths) < sum(float((u - l).sum()) for l, u in box.pre_activation)
