@@ -41,10 +41,11 @@ For the **L2** norm (``norm="l2"``) the exact problem is a mixed-integer QP, whi
 solve, so the answer is a bracket: ``upper`` from the attack on the L2 ball
 (:class:`gpuopt.attacks.geometry.L2Geometry`; then the decision boundary along the segment to
 its point, and bisection of ``eps`` with the attack), ``lower`` by bisection of ``eps`` with
-:func:`l2_row_bounds`: CROWN over the ball's box ``B_inf(x0, eps)`` (clipped) in which every linear
+:func:`ball_row_bounds`: CROWN over the ball's box ``B_inf(x0, eps)`` (clipped) in which every linear
 bound ``a^T x + c`` is also concretised over the L2 ball, ``a^T x0 + c - eps ||a||_2``, and the
-larger kept, layer by layer (:func:`gpuopt.bounds.crown.crown` with ``l2_ball``). ``status`` is
-``exact`` only where the two ends meet.
+larger kept, layer by layer (:func:`gpuopt.bounds.crown.crown` with ``ball``). ``status`` is
+``exact`` only where the two ends meet. The same bisection, with the L1 ball's dual norm
+(``eps max |a|``), gives L1 radii their first certified lower end, before the MILP.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from .network import Network
 from .regions import LinfBall
 from .specs import OutputSpec, robustness
 
-__all__ = ["RadiusResult", "certify_radius", "min_distortion_milp", "l2_row_bounds"]
+__all__ = ["RadiusResult", "certify_radius", "min_distortion_milp", "ball_row_bounds"]
 
 NORMS = ("linf", "l1", "l2")
 
@@ -207,8 +208,8 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
                 lo_t = t
         return best
 
-    if norm == "l2" and x_adv is not None:
-        # upper: the boundary along the segment to the attack's point, then attack bisection
+    if norm != "linf" and x_adv is not None:
+        # upper: the boundary along the segment to the attack's point (then, for L2, attack bisection)
         x_adv = closer(x_adv)
         upper = min(upper, _distance_up(x_adv, x0, norm))
 
@@ -226,11 +227,11 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
         else:
             break
-    # L2: bisection with the ball bounds of l2_row_bounds (a certified lower end; no MILP)
+    # L1 and L2: bisection with the ball bounds of ball_row_bounds (a certified lower end)
     search = upper  # the bound bisection's own upper end (a failed proof is no counterexample)
-    while norm == "l2" and left() > 0 and search - lower > rtol * search + atol:
+    while norm != "linf" and left() > 0 and search - lower > rtol * search + atol:
         mid = (lower + search) / 2
-        if _l2_proves(network, x0, mid, (lo_clip, hi_clip), spec, config, deadline):
+        if _ball_proves(network, x0, mid, (lo_clip, hi_clip), spec, config, deadline, norm):
             lower = mid
         else:
             search = mid
@@ -254,34 +255,34 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     return RadiusResult(lower, upper, upper_found, status, x_adv, time.monotonic() - t0, calls)
 
 
-def l2_row_bounds(network: Network, x0: np.ndarray, eps: float, clip, C: np.ndarray, *, alpha_steps: int = 20,
-                  deadline: float | None = None) -> np.ndarray:
-    """Sound lower bounds of ``C f(x)`` (rows of ``C``) over ``{||x - x0||_2 <= eps}`` within the
-    clip box ``clip = (lower, upper)`` (``None`` ends: unbounded): CROWN on the ball's box with
-    every layer also concretised over the ball (``crown(..., l2_ball=...)``); see the module
-    docstring."""
+def ball_row_bounds(network: Network, x0: np.ndarray, eps: float, clip, C: np.ndarray, *, norm: str = "l2",
+                    alpha_steps: int = 20, deadline: float | None = None) -> np.ndarray:
+    """Sound lower bounds of ``C f(x)`` (rows of ``C``) over ``{||x - x0|| <= eps}`` (``norm``
+    ``"l2"`` or ``"l1"``) within the clip box ``clip = (lower, upper)`` (``None`` ends:
+    unbounded): CROWN on the ball's box with every layer also concretised over the ball
+    (``crown(..., ball=...)``); see the module docstring."""
     from .bounds import alpha_crown_linear_lower, crown, crown_linear_lower
 
     box = LinfBall(x0, eps, *clip).to_box()
     lo, hi = torch.tensor(np.array(box.lower))[None], torch.tensor(np.array(box.upper))[None]
-    ball = (torch.tensor(np.array(x0, dtype=np.float64))[None], torch.tensor([float(eps)], dtype=torch.float64))
+    ball = (torch.tensor(np.array(x0, dtype=np.float64))[None], torch.tensor([float(eps)], dtype=torch.float64), norm)
     Ct = torch.as_tensor(np.asarray(C, dtype=np.float64))[None]
-    bnd = crown(network, lo, hi, deadline=deadline, l2_ball=ball)
-    rows = crown_linear_lower(network, lo, hi, Ct, bnd, l2_ball=ball)[0][0]
+    bnd = crown(network, lo, hi, deadline=deadline, ball=ball)
+    rows = crown_linear_lower(network, lo, hi, Ct, bnd, ball=ball)[0][0]
     if alpha_steps > 0:  # alpha-optimised over the box, on the ball's intermediate bounds: also sound
         rows = torch.maximum(rows, alpha_crown_linear_lower(network, lo, hi, Ct, bnd, steps=alpha_steps,
                                                             deadline=deadline)[0])
     return rows.numpy()
 
 
-def _l2_proves(network: Network, x0, eps: float, clip, spec: OutputSpec, config, deadline) -> bool:
-    """Whether :func:`l2_row_bounds` proves every disjunct of ``spec`` unreachable in the ball."""
+def _ball_proves(network: Network, x0, eps: float, clip, spec: OutputSpec, config, deadline, norm: str) -> bool:
+    """Whether :func:`ball_row_bounds` proves every disjunct of ``spec`` unreachable in the ball."""
     from .bounds.base import rounding_pad
 
     A, b = spec.padded()
     K, M, n_out = A.shape
-    rows = l2_row_bounds(network, x0, eps, clip, A.reshape(K * M, n_out).numpy(),
-                         alpha_steps=getattr(config, "alpha_steps", 20), deadline=deadline)
+    rows = ball_row_bounds(network, x0, eps, clip, A.reshape(K * M, n_out).numpy(), norm=norm,
+                           alpha_steps=getattr(config, "alpha_steps", 20), deadline=deadline)
     b = b.reshape(-1).numpy()
     finite = np.isfinite(b)
     margin = np.where(finite, rows - np.where(finite, b, 0.0), -np.inf)

@@ -255,17 +255,18 @@ def _l2_ball_points(rng, x0, eps, n, clip):
     return np.clip(pts, *clip)  # clipping moves a point towards x0 in every coordinate: still inside
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_l2_row_bounds_hold_on_sampled_points_of_the_clipped_ball(seed):
-    from gpuopt.radius import l2_row_bounds
+@pytest.mark.parametrize("seed, norm", [(s, n) for s in range(4) for n in ("l2", "l1")])
+def test_ball_row_bounds_hold_on_sampled_points_of_the_clipped_ball(seed, norm):
+    from gpuopt.radius import ball_row_bounds
 
     rng = np.random.default_rng(60 + seed)
     net = random_dense_network(rng, 4, [8, 8], 3)
     x0 = rng.uniform(0.2, 0.8, 4)
     C = rng.normal(size=(5, 3))
+    sample = _l2_ball_points if norm == "l2" else _l1_ball_points
     for eps in (0.05, 0.3, 1.0):
-        lb = l2_row_bounds(net, x0, eps, (0.0, 1.0), C)
-        v = net.forward64(_l2_ball_points(rng, x0, eps, 20000, (0.0, 1.0))) @ C.T
+        lb = ball_row_bounds(net, x0, eps, (0.0, 1.0), C, norm=norm)
+        v = net.forward64(sample(rng, x0, eps, 20000, (0.0, 1.0))) @ C.T
         assert np.all(lb <= v.min(0) + 1e-12), (eps, lb, v.min(0))
 
 
@@ -289,8 +290,16 @@ def test_l2_bracket_is_sound_on_relu_networks(seed):
         assert np.delete(y_adv, label).max() >= y_adv[label]
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_crown_over_an_l2_ball_holds_on_samples_and_beats_the_box(seed):
+def _l1_ball_points(rng, x0, eps, n, clip):
+    d = rng.laplace(size=(n, x0.size)) * (rng.random((n, x0.size)) < 0.5)
+    d /= np.maximum(np.abs(d).sum(axis=1, keepdims=True), 1e-300)
+    pts = np.concatenate([x0 + d * eps * rng.random((n, 1)), x0 + d * eps, x0 + eps * np.eye(x0.size),
+                          x0 - eps * np.eye(x0.size)])
+    return np.clip(pts, *clip)
+
+
+@pytest.mark.parametrize("seed, norm", [(s, n) for s in range(3) for n in ("l2", "l1")])
+def test_crown_over_a_ball_holds_on_samples_and_beats_the_box(seed, norm):
     import torch
 
     from gpuopt.bounds import crown
@@ -301,8 +310,8 @@ def test_crown_over_an_l2_ball_holds_on_samples_and_beats_the_box(seed):
     eps = 0.4
     lo, hi = torch.tensor(np.clip(x0 - eps, 0, 1))[None], torch.tensor(np.clip(x0 + eps, 0, 1))[None]
     box = crown(net, lo, hi)
-    ball = crown(net, lo, hi, l2_ball=(torch.tensor(x0)[None], torch.tensor([eps])))
-    pts = _l2_ball_points(rng, x0, eps, 20000, (0.0, 1.0))
+    ball = crown(net, lo, hi, ball=(torch.tensor(x0)[None], torch.tensor([eps]), norm))
+    pts = (_l2_ball_points if norm == "l2" else _l1_ball_points)(rng, x0, eps, 20000, (0.0, 1.0))
     h = pts
     for blk, (l, u), (lb, ub) in zip(net.affine_blocks()[:-1], ball.pre_activation, box.pre_activation):
         z = h @ blk.matrix.T.toarray() + blk.bias

@@ -65,7 +65,7 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | No
 
 
 def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
-              record: list | None = None, l2_ball=None):
+              record: list | None = None, ball=None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -78,9 +78,10 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     :mod:`gpuopt.relu_split`); it is zero off the split neurons. ``record``, when given, receives
     the coefficient on each ``h_j`` (before the ReLU relaxation), last layer first.
 
-    ``l2_ball = (x0 (B, n_0), eps (B,))``: the input set is the box intersected with the L2 ball
-    ``||x - x0||_2 <= eps``; the bound is then the larger of the box's and the ball's
-    concretisation, ``A x0 - eps ||A||_2 + const`` (each less its rounding pad).
+    ``ball = (x0 (B, n_0), eps (B,), norm)`` with ``norm`` ``"l2"`` or ``"l1"``: the input set is
+    the box intersected with the ball ``||x - x0|| <= eps``; the bound is then the larger of the
+    box's and the ball's concretisation, ``A x0 - eps ||A||_* + const`` with the dual norm
+    (``||A||_2``, or ``max |A|`` for L1), each less its rounding pad.
     """
     c = ops[k].bias
     const = lam @ c
@@ -105,9 +106,10 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     lower = (A @ x_mid[:, :, None]).squeeze(-1) - (Aabs @ x_rad[:, :, None]).squeeze(-1) + const
     mag = (Aabs @ (x_mid.abs() + x_rad)[:, :, None]).squeeze(-1) + abs_acc
     lower = lower - rounding_pad(mag, n_terms)
-    if l2_ball is not None:
-        x0, eps = l2_ball
-        reach = eps[:, None] * torch.linalg.vector_norm(A, dim=-1)
+    if ball is not None:
+        x0, eps, norm = ball
+        dual = torch.linalg.vector_norm(A, dim=-1) if norm == "l2" else A.abs().amax(dim=-1)
+        reach = eps[:, None] * dual
         ball = (A @ x0[:, :, None]).squeeze(-1) - reach + const
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * A.shape[-1] + 8))
@@ -136,7 +138,7 @@ def _prepare(network: Network, lower, upper):
 
 
 @torch.no_grad()
-def crown(network: Network, lower, upper, *, deadline: float | None = None, l2_ball=None) -> Bounds:
+def crown(network: Network, lower, upper, *, deadline: float | None = None, ball=None) -> Bounds:
     """CROWN bounds (intersected with IBP) over boxes ``[lower, upper]`` of shape
     ``(batch, *input_shape)`` or ``(batch, input_size)``, in the dtype/device of ``lower``.
 
@@ -145,25 +147,25 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, l2_b
     ``deadline`` (a ``time.monotonic()`` value): once passed, the remaining layers (and the rows
     of the current layer not yet bounded, which run in chunks of :data:`CHUNK_ELEMENTS`) keep
     their IBP bounds, which are sound but looser (the method is then ``"crown-partial"``).
-    ``l2_ball = (x0, eps)`` (tensors ``(batch, n)`` and ``(batch,)``): bounds over the box
-    intersected with the L2 ball ``||x - x0||_2 <= eps`` (see :func:`_backward`), from the first
-    layer on.
+    ``ball = (x0, eps, norm)`` (tensors ``(batch, n)`` and ``(batch,)``, ``"l2"`` or ``"l1"``):
+    bounds over the box intersected with the ball ``||x - x0|| <= eps`` (see :func:`_backward`),
+    from the first layer on.
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
     x_mid, x_rad = center_radius(lo, hi)
     L = len(ops)
-    if L == 1 and l2_ball is None:  # purely affine: the IBP interval of one affine map is exact
+    if L == 1 and ball is None:  # purely affine: the IBP interval of one affine map is exact
         return Bounds((), base.output, "crown")
-    if l2_ball is None:
+    if ball is None:
         pre = [base.pre_activation[0]]  # first affine layer: the interval is already exact
         relax = [_relaxation(*pre[0], ops[0].passthrough)]
     else:  # over the ball, the first layer's interval is not exact: bound it too
         pre, relax = [], []
-        l2_ball = (l2_ball[0].reshape(lo.shape).to(lo), l2_ball[1].reshape(-1).to(lo))
+        ball = (ball[0].reshape(lo.shape).to(lo), ball[1].reshape(-1).to(lo), ball[2])
     B = lo.shape[0]
     method = "crown"
     last = 0.0  # the time of the last backward chunk: one more must fit before the deadline
-    for k in range(0 if l2_ball is not None else 1, L):
+    for k in range(0 if ball is not None else 1, L):
         il, iu = base.pre_activation[k] if k < L - 1 else base.output
         l, u = il, iu
         if deadline is not None and time.monotonic() + last > deadline:
@@ -193,7 +195,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, l2_b
                     sel = torch.zeros((m, n_k), dtype=lo.dtype, device=lo.device)
                     sel[torch.arange(m, device=lo.device), part] = 1.0
                     lam = torch.cat([sel, -sel]).expand(B, 2 * m, n_k)
-                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, l2_ball=l2_ball)
+                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball)
                     l[:, part] = torch.maximum(bound[:, :m], il[:, part])
                     u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
                     last = time.monotonic() - t0
@@ -206,7 +208,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, l2_b
 
 
 @torch.no_grad()
-def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *, l2_ball=None):
+def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *, ball=None):
     """Lower bounds of ``C y`` over the boxes using the pre-activation ``bounds``.
 
     ``C`` is ``(batch, m, n_out)`` (or ``(m, n_out)``, shared). Returns ``(lower (batch, m),
@@ -222,10 +224,10 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
         C = C.expand(lo.shape[0], *C.shape)
     relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(bounds.pre_activation, ops)]
     x_mid, x_rad = center_radius(lo, hi)
-    if l2_ball is not None:
-        l2_ball = (l2_ball[0].reshape(lo.shape).to(lo), l2_ball[1].reshape(-1).to(lo))
+    if ball is not None:
+        ball = (ball[0].reshape(lo.shape).to(lo), ball[1].reshape(-1).to(lo), ball[2])
     return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, x_mid, x_rad, n_terms,
-                     _magnitudes(x_mid, x_rad, bounds.pre_activation, ops), l2_ball=l2_ball)
+                     _magnitudes(x_mid, x_rad, bounds.pre_activation, ops), ball=ball)
 
 
 def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *,
