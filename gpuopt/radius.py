@@ -23,7 +23,9 @@ set, cheap, it moves ``upper``), then :func:`gpuopt.verify` at the midpoint with
 time left (``unsat`` moves ``lower``, ``sat`` moves ``upper`` to the new point's distance,
 anything else ends the bisection). ``status`` is ``"exact"`` once ``upper - lower <= rtol *
 upper + atol``, else ``"bracket"`` (always ``"bracket"`` when no counterexample was found within
-``eps_max``). Then, with time left and a counterexample found, the **minimum-distortion MILP**
+``eps_max``). With a gap left, the counterexample is refined inside its own linear region: the
+minimum-distortion model below with every binary fixed to its activation pattern, an LP (the
+closest unsafe point of that region; it certifies nothing). Then the **minimum-distortion MILP**
 (:func:`min_distortion_milp`) closes the bracket where HiGHS does: per disjunct ``k`` of the
 unsafe set, ``min r`` s.t. ``|x_i - x0_i| <= r``, ``A_k f(x) <= b_k``, ``x`` in the clipped ball of
 radius ``upper`` (where the minimum lies), on CROWN bounds over that ball; ``r* = min_k r_k``. Its
@@ -245,6 +247,12 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             floor = mid
             continue
         x_adv, upper = xa, _distance_up(xa, x0, norm)
+    if norm != "l2" and upper_found and left() > 0 and upper - lower > rtol * upper + atol:
+        # the attack's point refined inside its own linear region (an LP: the binaries fixed)
+        _, r_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
+                                     norm=norm, region_of=x_adv)
+        if r_x is not None and _distance_up(r_x, x0, norm) < upper:
+            x_adv, upper = r_x, _distance_up(r_x, x0, norm)
     if norm != "l2" and (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
         m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
                                            norm=norm)
@@ -291,11 +299,17 @@ def _ball_proves(network: Network, x0, eps: float, clip, spec: OutputSpec, confi
 
 
 def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radius: float, *, clip=(None, None),
-                        deadline: float | None = None, norm: str = "linf") -> tuple[float, np.ndarray | None]:
+                        deadline: float | None = None, norm: str = "linf",
+                        region_of: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
     """``(lower, x)``: a certified lower bound on the ``norm`` distance from ``x0`` to the unsafe set
     of ``spec`` within the clipped ball of ``radius`` (``radius`` itself for a disjunct the MILP
     shows unreachable there), and the best float64-checked point found (or None); see the
-    module docstring. Disjuncts left unbounded by the deadline give ``lower = 0``."""
+    module docstring. Disjuncts left unbounded by the deadline give ``lower = 0``.
+
+    With ``region_of`` (a point), every binary is fixed to that point's activation pattern: the
+    model is then the LP of the minimum distortion inside its linear region (the refinement of an
+    attack's point); ``lower`` is then 0, since one region certifies nothing."""
+    from .milp.encode import complete_assignment
     import scipy.sparse as sp
     from dataclasses import replace
 
@@ -361,8 +375,16 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
                         col_lower=np.concatenate([m.col_lower, np.zeros(n_new)]),
                         col_upper=np.concatenate([m.col_upper, np.full(n_new, radius)]),
                         integrality=np.concatenate([m.integrality, np.zeros(n_new, dtype=bool)]))
+        if region_of is not None:  # the binaries at the point's pattern: an LP inside its region
+            d = complete_assignment(m, blocks, np.clip(region_of, lo, hi))[m.integrality]
+            col_lower, col_upper = model.col_lower.copy(), model.col_upper.copy()
+            ints = np.flatnonzero(model.integrality)
+            col_lower[ints], col_upper[ints] = d, d
+            model = replace(model, col_lower=col_lower, col_upper=col_upper)
         res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
-        if res.status is MilpStatus.INFEASIBLE:
+        if region_of is not None:
+            lowers.append(0.0)
+        elif res.status is MilpStatus.INFEASIBLE:
             # unreachable within the ball, if the verification MILP (minimise the disjunct's margin)
             # proves it through its dual bound and tolerance margin; HiGHS's word alone is not taken
             left = math.inf if deadline is None else deadline - time.monotonic()

@@ -320,3 +320,31 @@ def test_crown_over_a_ball_holds_on_samples_and_beats_the_box(seed, norm):
         h = np.maximum(z, 0)
     widths = [float((u - l).sum()) for l, u in ball.pre_activation]
     assert sum(widths) < sum(float((u - l).sum()) for l, u in box.pre_activation)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_the_region_lp_refines_an_adversarial_point_and_certifies_nothing(norm):
+    from gpuopt.radius import _distance_up, min_distortion_milp
+
+    cases = 0
+    for seed in range(200):
+        rng = np.random.default_rng(110 + seed)
+        net = random_dense_network(rng, 3, [6, 5], 3)
+        x0 = rng.uniform(0.3, 0.7, 3)
+        label = int(np.argmax(net.forward64(x0[None])[0]))
+        pts = rng.uniform(0, 1, (5000, 3))
+        bad = pts[np.argmax(net.forward64(pts), axis=1) != label]
+        if not len(bad):
+            continue
+        d = np.array([_distance_up(p, x0, norm) for p in bad])
+        x_adv = bad[np.argmax(d)]  # a far one: its region holds closer points
+        spec = robustness(label, 3)
+        lower, x = min_distortion_milp(net, x0, spec, float(d.max()), clip=(0.0, 1.0), norm=norm, region_of=x_adv)
+        assert lower == 0.0
+        assert x is not None and _distance_up(x, x0, norm) <= d.max()
+        y_x = net.forward64(x[None])[0]
+        assert np.delete(y_x, label).max() >= y_x[label] and np.all((x >= 0) & (x <= 1))
+        cases += 1
+        if cases == 4:
+            break
+    assert cases == 4
