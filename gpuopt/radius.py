@@ -287,14 +287,23 @@ def _ball_proves(network: Network, x0, eps: float, clip, spec: OutputSpec, confi
     """Whether :func:`ball_row_bounds` proves every disjunct of ``spec`` unreachable in the ball."""
     from .bounds.base import rounding_pad
 
+    from .check import parameter_deviation
+
     A, b = spec.padded()
     K, M, n_out = A.shape
-    rows = ball_row_bounds(network, x0, eps, clip, A.reshape(K * M, n_out).numpy(), norm=norm,
+    A_flat = A.reshape(K * M, n_out).numpy()
+    rows = ball_row_bounds(network, x0, eps, clip, A_flat, norm=norm,
                            alpha_steps=getattr(config, "alpha_steps", 20), deadline=deadline)
     b = b.reshape(-1).numpy()
     finite = np.isfinite(b)
     margin = np.where(finite, rows - np.where(finite, b, 0.0), -np.inf)
     margin = margin - rounding_pad(torch.as_tensor(np.where(finite, np.abs(b), 0.0)), 1).numpy()
+    # the bounds are the lowered float64 blocks'; the source model may deviate from them
+    box = LinfBall(x0, eps, *clip).to_box()
+    dev = parameter_deviation(network, np.array(box.lower)[None], np.array(box.upper)[None])
+    if dev is not None:
+        widen = (np.abs(A_flat) @ dev[0]) * (1 + 4 * (n_out + 2) * np.finfo(np.float64).eps)
+        margin = np.nextafter(margin - widen, -np.inf)
     return bool(np.all(margin.reshape(K, M).max(axis=1) > 0))
 
 
