@@ -292,7 +292,7 @@ class Network:
 
     def forward64(self, x) -> np.ndarray:
         """Reference forward pass in float64 on the CPU; returns a numpy array ``(batch, n_out)``."""
-        xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        xt = torch.as_tensor(np.array(x, dtype=np.float64))  # a copy: read-only input arrays are fine
         with torch.no_grad():
             return self.forward(xt).numpy()
 
