@@ -65,12 +65,16 @@ class SplitConfig:
 class SplitResult:
     """``status`` in ``{"unsat", "sat", "timeout", "unknown"}``; ``counterexample`` (float64
     input) when ``sat``; ``boxes`` the number of sub-boxes bounded; ``margin_lower`` the smallest
-    proven disjunct bound over closed sub-boxes (a certificate strength indicator)."""
+    proven disjunct bound over closed sub-boxes (a certificate strength indicator);
+    ``closed_fraction`` the share of the input box's volume (over its non-degenerate dimensions)
+    in sub-boxes where every disjunct was proven unreachable: the anytime answer of a search
+    that ran out of time (1 when ``unsat``)."""
 
     status: str
     counterexample: np.ndarray | None
     boxes: int
     margin_lower: float
+    closed_fraction: float = 0.0
 
 
 def _max_of_affine_lower(rows: torch.Tensor, coef: torch.Tensor, rad: torch.Tensor, steps: int = 30):
@@ -122,7 +126,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     K_all = problem.spec.n_disjuncts
     keep = list(range(K_all)) if open_disjuncts is None else sorted(open_disjuncts)
     if not keep:
-        return SplitResult("unsat", None, 0, math.inf)
+        return SplitResult("unsat", None, 0, math.inf, 1.0)
     A_pad, b_pad = problem.spec.padded(dtype=torch.float64)
     A_pad, b_pad = A_pad[keep], b_pad[keep]
     K, M, n_out = A_pad.shape
@@ -139,12 +143,13 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     n_stack = 1
     boxes = 0
     proven = math.inf
+    closed_volume = 0.0  # the share of the box's volume in sub-boxes closed for every disjunct
     per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
     while n_stack:
         if deadline is not None and time.monotonic() > deadline:
-            return SplitResult("timeout", None, boxes, proven)
+            return SplitResult("timeout", None, boxes, proven, closed_volume)
         if n_stack > config.max_boxes:
-            return SplitResult("unknown", None, boxes, proven)
+            return SplitResult("unknown", None, boxes, proven, closed_volume)
         # pop up to batch_size boxes from the top of the stack
         lo_all = torch.cat(lo_stack)
         hi_all = torch.cat(hi_stack)
@@ -172,6 +177,9 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             proven = min(proven, float(disj[closed_now & mask].min()))
         mask = mask & ~closed_now
         alive = mask.any(dim=1)
+        if (~alive).any():
+            share = torch.where(torch.isfinite(width0), (hi - lo) / width0, torch.ones_like(lo))
+            closed_volume += float(share[~alive].prod(dim=1).sum())
         if not alive.any():
             continue
         lo, hi, mask, disj, rows, coef = (t[alive] for t in (lo, hi, mask, disj, rows, coef))
@@ -202,7 +210,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         for i in near[np.argsort(margins[near])][:16]:  # candidates, best first; decided soundly
             c = check_counterexample(problem, pts[i])
             if c.ok:
-                return SplitResult("sat", c.x, boxes, proven)
+                return SplitResult("sat", c.x, boxes, proven, closed_volume)
 
         per_box = (time.monotonic() - t_batch) / take
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
@@ -218,7 +226,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         mid = (lo[ar, dim] + hi[ar, dim]) / 2
         if not ((mid > lo[ar, dim]) & (mid < hi[ar, dim])).all():
             # a box too thin to halve in floating point that bounds cannot close
-            return SplitResult("unknown", None, boxes, proven)
+            return SplitResult("unknown", None, boxes, proven, closed_volume)
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
@@ -226,4 +234,4 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         hi_stack += [hi1, hi]
         mask_stack += [mask, mask]
         n_stack += 2 * n
-    return SplitResult("unsat", None, boxes, proven)
+    return SplitResult("unsat", None, boxes, proven, 1.0)

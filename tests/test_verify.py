@@ -397,3 +397,36 @@ def test_milp_proofs_are_rechecked_independently_and_the_verdict_says_so(referen
             counts.append((int(m.group(1)), int(m.group(2))))
     assert counts and all(0 <= r <= p and p >= 1 for r, p in counts)
     assert sum(r for r, _ in counts) >= 1  # small MILPs: the re-check finishes
+
+
+def test_input_splitting_reports_the_volume_it_proved():
+    """The anytime answer of input splitting: the share of the input volume closed so far, 1 once
+    the property is proven, strictly between 0 and 1 for a search stopped early."""
+    import time as _time
+
+    from gpuopt.bab import input_split
+    from gpuopt.problem import Problem
+
+    rng = np.random.default_rng(5)
+    net = random_dense_network(rng, 3, [40, 40, 40], 2)
+    lo, hi = -np.ones(3), np.ones(3)
+    y = net.forward64(rng.uniform(-1, 1, (20000, 3)))
+    a = np.array([1.0, -1.0])
+    true_min = float((y @ a).min())
+    spec = OutputSpec([(a[None], np.array([true_min - 0.05]))], 2)  # holds (sampled minimum, less a gap)
+    problem = Problem(net, Box(lo, hi), spec)
+    full = input_split(problem, deadline=_time.monotonic() + 60)
+    if full.status == "unsat":
+        assert full.closed_fraction == 1.0
+    early = input_split(problem, deadline=_time.monotonic() + 0.3)
+    assert early.status in ("timeout", "unsat")
+    assert 0.0 <= early.closed_fraction <= 1.0 + 1e-12
+    if early.status == "timeout":
+        assert early.closed_fraction < 1.0
+    # stopped by the stack limit instead of the clock: the same boxes every run (halvings, so
+    # the closed share is a sum of powers of two)
+    from gpuopt.bab import SplitConfig
+
+    cut = input_split(problem, config=SplitConfig(max_boxes=40, attack_boxes=0))
+    assert cut.status == "unknown" and 0.0 < cut.closed_fraction < 1.0, cut
+    assert (cut.closed_fraction * 2 ** 20).is_integer()

@@ -399,7 +399,9 @@ def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
                     decided_by="input-split", message=f"input-splitting counterexample after {notes['boxes']} "
                                                       f"boxes, float64 margin {value['margin']:.6g}")
     elif value["kind"] == "timeout":
-        item.decide(Status.TIMEOUT, message=f"input splitting timed out after {notes['boxes']} boxes")
+        item.decide(Status.TIMEOUT, message=f"input splitting timed out after {notes['boxes']} boxes, with "
+                                            f"{value.get('closed_fraction', 0.0):.2%} of problem {spec.meta['problem']}'s "
+                                            "input volume proven safe")
     elif value["kind"] == "unsat":
         for k in spec.meta["disjuncts"]:
             _close(item, spec.meta["problem"], k, value["lb"])

@@ -73,7 +73,8 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budge
     proof = _problem(net, (problem.region, proof_spec, problem.inner))
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
                       open_disjuncts=disjuncts)
-    out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "start": start}
+    out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
+           "start": start}
     if res.status == "sat":
         c = check_counterexample(problem, res.counterexample)
         if c.ok:
