@@ -176,9 +176,8 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
                        config=cfg, deadline=deadline)
         else:  # the L1 or L2 ball within the clip box (the check clamps into its box hull)
             t = lambda v: torch.tensor(np.array(v, dtype=np.float64))[None]  # noqa: E731
-            # the clamp box: the ball's box hull (it holds the ball; infinite clip ends broke the
-            # attack's starts), within the clip range
-            lo_b, hi_b = box.lower, box.upper
+            lo_b = np.full(x0.size, -np.inf) if lo_clip is None else np.array(np.broadcast_to(lo_clip, x0.shape))
+            hi_b = np.full(x0.size, np.inf) if hi_clip is None else np.array(np.broadcast_to(hi_clip, x0.shape))
             kind = L1Geometry if norm == "l1" else L2Geometry
             geometry = kind(t(x0), torch.tensor([float(eps)], dtype=torch.float64), t(lo_b), t(hi_b))
             falsify(network, geometry, A[None], b[None], config=cfg, deadline=deadline, confirm=confirm)

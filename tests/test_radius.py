@@ -17,6 +17,15 @@ from gpuopt.specs import robustness
 from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
 
 
+def _classified(seed, n_in: int, hidden, centre_range=(0.3, 0.7)):
+    """``(rng, net, x0, label)``: a random 3-class net, a point drawn in ``centre_range`` and the
+    class the net gives it."""
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, n_in, hidden, 3)
+    x0 = rng.uniform(*centre_range, n_in)
+    return rng, net, x0, int(np.argmax(net.forward64(x0[None])[0]))
+
+
 def test_linear_classifier_radius_in_closed_form():
     w = np.array([2.0, -1.0, 0.5, 3.0])
     net = Network([Dense(np.stack([w, np.zeros(4)]), np.array([-0.3, 0.0]))], (4,))
@@ -44,10 +53,7 @@ def _true_radius(net, x0, label, clip=(0.0, 1.0), hi=1.0):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_bracket_contains_the_brute_force_radius_on_relu_networks(seed):
-    rng = np.random.default_rng(seed)
-    net = random_dense_network(rng, 2, [5, 5], 3)
-    x0 = rng.uniform(0.2, 0.8, 2)
-    label = int(np.argmax(net.forward64(x0[None])[0]))
+    rng, net, x0, label = _classified(seed, 2, [5, 5], (0.2, 0.8))
     lo_t, hi_t = _true_radius(net, x0, label)
     r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0)
     assert r.lower <= hi_t + 1e-9, (r, lo_t, hi_t)
@@ -172,10 +178,7 @@ def test_min_distortion_milp_brackets_and_closes_the_brute_force_radius(seed):
     networks it meets the true radius."""
     from gpuopt.radius import min_distortion_milp
 
-    rng = np.random.default_rng(40 + seed)
-    net = random_dense_network(rng, 3, [6, 5], 3)
-    x0 = rng.uniform(0.2, 0.8, 3)
-    label = int(np.argmax(net.forward64(x0[None])[0]))
+    rng, net, x0, label = _classified(40 + seed, 3, [6, 5], (0.2, 0.8))
     spec = robustness(label, 3)
     lo_t, hi_t = _true_radius(net, x0, label, hi=1.0)
     if hi_t >= 1.0 - 1e-9:
@@ -191,10 +194,7 @@ def test_min_distortion_milp_brackets_and_closes_the_brute_force_radius(seed):
 
 
 def test_certify_radius_uses_the_milp_to_close_the_bracket():
-    rng = np.random.default_rng(7)
-    net = random_dense_network(rng, 3, [8, 6], 3)
-    x0 = rng.uniform(0.3, 0.7, 3)
-    label = int(np.argmax(net.forward64(x0[None])[0]))
+    rng, net, x0, label = _classified(7, 3, [8, 6], (0.3, 0.7))
     lo_t, hi_t = _true_radius(net, x0, label)
     config = gpuopt.VerifyConfig(device="cpu", use_input_split=False, use_relu_split=False, use_milp=False)
     r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0, config=config, rtol=1e-6)
@@ -211,10 +211,7 @@ def test_l1_radius_brackets_a_dense_grid_on_two_inputs():
     h = g[1] - g[0]
     checked = 0
     for seed in range(40):
-        rng = np.random.default_rng(60 + seed)
-        net = random_dense_network(rng, 2, [8, 6], 3)
-        x0 = rng.uniform(0.3, 0.7, 2)
-        label = int(np.argmax(net.forward64(x0[None])[0]))
+        rng, net, x0, label = _classified(60 + seed, 2, [8, 6], (0.3, 0.7))
         Y = net.forward64(X)
         wrong = np.max(np.delete(Y, label, axis=1), axis=1) >= Y[:, label]
         if not wrong.any():
@@ -274,10 +271,7 @@ def test_ball_row_bounds_hold_on_sampled_points_of_the_clipped_ball(seed, norm):
 def test_l2_bracket_is_sound_on_relu_networks(seed):
     """Nothing within ``lower`` (sampled) changes the class; the adversarial point lies within
     ``upper`` and is checked."""
-    rng = np.random.default_rng(70 + seed)
-    net = random_dense_network(rng, 3, [6, 5], 3)
-    x0 = rng.uniform(0.3, 0.7, 3)
-    label = int(np.argmax(net.forward64(x0[None])[0]))
+    rng, net, x0, label = _classified(70 + seed, 3, [6, 5], (0.3, 0.7))
     r = gpuopt.certify_radius(net, x0, label, norm="l2", timeout=20, eps_max=1.5)
     assert 0 < r.lower <= r.upper
     pts = _l2_ball_points(rng, x0, r.lower, 40000, (0.0, 1.0))
@@ -328,10 +322,7 @@ def test_the_region_lp_refines_an_adversarial_point_and_certifies_nothing(norm):
 
     cases = 0
     for seed in range(200):
-        rng = np.random.default_rng(110 + seed)
-        net = random_dense_network(rng, 3, [6, 5], 3)
-        x0 = rng.uniform(0.3, 0.7, 3)
-        label = int(np.argmax(net.forward64(x0[None])[0]))
+        rng, net, x0, label = _classified(110 + seed, 3, [6, 5], (0.3, 0.7))
         pts = rng.uniform(0, 1, (5000, 3))
         bad = pts[np.argmax(net.forward64(pts), axis=1) != label]
         if not len(bad):

@@ -193,3 +193,22 @@ def test_boxes_beyond_float32_are_searched_in_float64():
     A, b = OutputSpec([(np.array([[-1.0]]), np.array([-0.5]))], 1).padded()
     cand = pgd_attack(net, [[-1e39]], [[1e39]], A, b, config=AttackConfig(restarts=4, steps=5))
     assert cand.x.dtype == torch.float64 and bool(cand.success[0]) and float(cand.x[0, 0]) >= 0.5
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_ball_attacks_with_an_unbounded_clip_box(kind):
+    """The starts' vertices come from the ball's box, not the clip box: with no clip range the
+    vertices were infinite and the attack returned the centre (found by the L2 radius test)."""
+    from gpuopt.attacks.geometry import L1Geometry, L2Geometry
+    from gpuopt.attacks.search import falsify
+    from gpuopt.network import Dense, Network
+    from gpuopt.specs import robustness
+
+    w = np.array([2.0, -1.0, 0.5, 3.0])
+    net = Network([Dense(np.stack([w, np.zeros(4)]), np.array([-0.3, 0.0]))], (4,))
+    x0 = torch.tensor([[0.5, 0.2, 0.4, 0.3]], dtype=torch.float64)
+    inf = torch.full((1, 4), np.inf, dtype=torch.float64)
+    geometry = (L1Geometry if kind == "l1" else L2Geometry)(x0, torch.tensor([2.0], dtype=torch.float64), -inf, inf)
+    A, b = robustness(0, 2).padded()
+    res = falsify(net, geometry, A[None], b[None], config=AttackConfig(restarts=16, steps=50, rounds=1))
+    assert torch.isfinite(res.x).all() and float(res.margin[0]) < 0

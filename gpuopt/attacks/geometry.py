@@ -73,6 +73,11 @@ class Geometry(abc.ABC):
         """``project(x)``, in ``x``'s buffer where the geometry can (the result is returned)."""
         return self.project(x)
 
+    def hull(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lower, upper)`` ``(batch, n)``: a finite box holding the set where the set is bounded
+        (the starts' vertices are drawn from it)."""
+        return self.lower, self.upper
+
     # shared helpers
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x, self.lower[:, None], self.upper[:, None])
@@ -156,6 +161,12 @@ class _BallGeometry(Geometry):
 
     def centre(self) -> torch.Tensor:
         return self.c
+
+    def hull(self):
+        """The clip box intersected with the ball's box ``centre +- eps`` (finite even where the
+        clip box is not)."""
+        r = self.eps[:, None]
+        return torch.maximum(self.lower, self.c - r), torch.minimum(self.upper, self.c + r)
 
     def contains(self, x):
         d = torch.linalg.vector_norm(x - self.c[:, None], ord=self.p, dim=-1)

@@ -136,7 +136,7 @@ def _starts(network: Network, objective, geometry: Geometry, config: AttackConfi
         lo_c = 1
     hi_c = min(R, lo_c + int(round(config.corners * R)))
     if hi_c > lo_c:
-        box = BoxGeometry(geometry.lower, geometry.upper)
+        box = BoxGeometry(*geometry.hull())  # a ball's vertices: finite with an unbounded clip box
         x[:, lo_c:hi_c] = geometry.project(box.corners(hi_c - lo_c, generators))
     n_odi = min(R - hi_c, int(round(config.odi * (R - hi_c))))
     if n_odi > 0:

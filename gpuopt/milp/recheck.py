@@ -101,7 +101,7 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
         if not sol.value_valid:
             return Recheck(False, -np.inf, nodes, f"HiGHS gave no LP solution at a node ({h.modelStatusToString(status)})")
         x = np.asarray(sol.col_value, dtype=np.float64)[binaries]  # unscaled: binaries keep scale 1
-        free = np.array([c not in fixed for c in binaries.tolist()], dtype=bool)
+        free = ~np.isin(binaries, np.fromiter(fixed, dtype=np.int64, count=len(fixed)))
         frac = np.minimum(x, 1.0 - x) * free
         if not free.any() or frac.max() <= 1e-9:
             return Recheck(False, -np.inf, nodes, f"a node's LP bound {bound:.6g} does not clear the threshold "
