@@ -112,6 +112,7 @@ _seed = _int_in(0, _MAX_SEED)
 _threads = _int_in(1, _MAX_THREADS, " (4 per CPU here)")
 _restarts = _int_in(1, _MAX_RESTARTS, " (memory grows with it)")
 _steps = _int_in(1, _MAX_STEPS)
+_handoff = _int_in(0, 1_000_000, " (open domains per disjunct)")
 
 
 def _check_device(text: str) -> str:
@@ -158,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--cuts", action="store_true", help="add root rounds of ideal-formulation cuts to each MILP")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
+    v.add_argument("--handoff", type=_handoff, default=None,
+                   help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
+                        "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
 
     a = sub.add_parser("attack", help="the attack alone on an ONNX network + VNNLIB property: sat with a "
                                       "counterexample, or unknown")
@@ -371,6 +375,8 @@ def _cmd_verify(args, start_time: float) -> int:
     # HiGHS's random_seed option only takes [0, 2**31 - 1] (and keeps its old value otherwise)
     bab = {"auto": {}, "input": dict(use_relu_split=False, split=SplitConfig(max_input_dim=2**62)),
            "relu": dict(use_input_split=False), "off": dict(use_input_split=False, use_relu_split=False)}[args.bab]
+    if args.handoff is not None:
+        bab["relu_split"] = replace(VerifyConfig().relu_split, handoff=args.handoff)
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
                           formulation=args.formulation, cuts=args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)

@@ -17,7 +17,10 @@ added terms are ``<= 0`` on the domain. So the CROWN backward pass gets ``-beta 
 coefficient on each split ``z_j`` (:func:`gpuopt.bounds.crown._backward`), and every ``beta >= 0``
 and every lower slope ``alpha in [0, 1]`` gives a sound bound. Both are optimised by projected
 Adam ascent on the bound, warm-started from the parent; the best bound seen per domain is kept.
-The intermediate bounds are the root's, tightened by the domain's own splits.
+The intermediate bounds start from the root's; each child's split neuron gets its sign's bound,
+and the layers after it are re-bounded by CROWN with the child's own relaxation (:func:`_refine`,
+as beta-CROWN recomputes the layers after a split), so that one split tightens every later layer.
+A child keeps the larger of its bound and its parent's (its inputs are a subset of the parent's).
 
 Branching (BaBSR-like, Bunel et al. 2020): the bound loses ``-min(a_n, 0) (-s_n l_n)`` through the
 upper relaxation of an unstable neuron ``n`` (``a`` its coefficient on ``h``, ``s`` the upper
@@ -28,6 +31,11 @@ A domain with no unstable neuron left is affine in ``x``: after ``leaf_steps`` o
 optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the disjunct's
 margin over the domain in HiGHS): a safe dual bound above 0 closes it, and the LP's minimiser is
 checked in float64 as a counterexample.
+
+When the search stops undecided, a disjunct with at most ``handoff`` open domains gets them back
+as *leaves* (:attr:`ReluSplitResult.leaves`): the engine gives each leaf its own MILP, with the
+leaf's bounds (its split neurons thereby fixed, no binary) — a disjunct holds iff it holds on
+every leaf, the closed domains being proven already.
 
 At each step the domains with the weakest bounds are split, in batches. For every open child the
 input point that minimises its linear bound is checked in float64 against the problem: a point in
@@ -40,6 +48,7 @@ rounding of the weights or rows to a narrower dtype (the pipeline always passes 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -48,12 +57,14 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import _backward, _magnitudes, _relaxation
+from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .network import Network
 
 __all__ = ["ReluSplitConfig", "ReluSplitResult", "relu_split"]
+
+log = logging.getLogger("gpuopt")
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,9 @@ class ReluSplitConfig:
     only the split constraints' multipliers remain to converge: the bound then tends to the LP
     optimum over the domain),
     ``lr_alpha``/``lr_beta`` their Adam step sizes; ``max_domains`` the open-domain limit (a
-    memory guard: the search answers ``unknown`` beyond it)."""
+    memory guard: the search answers ``unknown`` beyond it); ``refine``: re-bound each child's
+    later layers (:func:`_refine`); ``handoff``: a disjunct left with at most this many open
+    domains when the search stops gets them back as leaves for an exact MILP each (0: none)."""
 
     batch_size: int = 128
     steps: int = 10
@@ -73,13 +86,15 @@ class ReluSplitConfig:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     max_domains: int = 50_000
+    refine: bool = True
+    handoff: int = 32
 
     def __post_init__(self):
         for name in ("batch_size", "max_domains"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"`{name}` must be an integer >= 1, got {v!r}")
-        for name in ("steps", "root_steps", "leaf_steps"):
+        for name in ("steps", "root_steps", "leaf_steps", "handoff"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
@@ -96,7 +111,10 @@ class ReluSplitResult:
     status); ``x``/``y``/``margin``: the float64-checked counterexample when ``sat``; ``domains``
     the number of domains bounded; ``open_domains`` those left open; ``worst_bound`` the lowest
     open bound (``+inf`` when none is open); ``proven_bound`` per disjunct the lowest bound over
-    its closed domains (a proof only where ``closed`` says so)."""
+    its closed domains (a proof only where ``closed`` says so); ``leaves`` per disjunct, when it
+    is open with at most ``config.handoff`` domains and the search found no counterexample, its
+    open domains as ``(bound, [(lower, upper) per ReLU layer])`` (float64 numpy; a split neuron's
+    bounds hold its sign), weakest first, else None: the disjunct holds iff it holds on each."""
 
     status: str
     closed: tuple
@@ -107,6 +125,7 @@ class ReluSplitResult:
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     margin: float | None = None
+    leaves: tuple = ()
 
 
 class _Domains:
@@ -274,7 +293,8 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         n_open = 0 if domains is None else len(domains)
         if found is not None:
             return ReluSplitResult("sat", closed, explored, n_open, worst, tuple(proven), found.x, found.y, found.margin)
-        return ReluSplitResult(status, closed, explored, n_open, worst, tuple(proven))
+        return ReluSplitResult(status, closed, explored, n_open, worst, tuple(proven),
+                               leaves=_leaves(domains, K, config.handoff))
 
     bound, alpha, beta, scores, coef_x = bound_batch(pre_l, pre_u, sign, alpha0, beta0, tag0, config.root_steps)
     explored = K
@@ -294,9 +314,17 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if len(domains) > config.max_domains:
             status = "unknown"
             break
+        if log.isEnabledFor(logging.DEBUG):
+            depth = sum((sg != 0).sum(dim=1) for sg in domains.sign)
+            log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g",
+                      explored, len(domains), int(depth.min()), int(depth.median()), int(depth.max()),
+                      float(domains.bound.min()))
         order = domains.bound.argsort()
         rest = domains.take(order[config.batch_size:])
-        live, empty, unsplittable = _split(domains.take(order[: config.batch_size]))
+        live, empty, unsplittable, split_layer = _split(domains.take(order[: config.batch_size]))
+        if config.refine and live is not None and len(live):
+            live, gone = _refine(ops, live, split_layer, x_mid, x_rad, n_terms)
+            empty += gone
         if unsplittable is not None:  # exact relaxation: converge the split multipliers
             bnd, al, be, sc, cx = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
                                               unsplittable.alpha, unsplittable.beta, unsplittable.tag, config.leaf_steps)
@@ -329,6 +357,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if live is not None and len(live):
             bnd, al, be, sc, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta, live.tag,
                                               config.steps)
+            bnd = torch.maximum(bnd, live.bound)  # a child's inputs are its parent's: the parent's bound holds
             explored += len(live)
             closed = bnd > 0
             note_closed(bnd, live.tag, closed)
@@ -341,6 +370,24 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     if stuck is not None and status == "unsat":
         status = "unknown"
     return result(status, _Domains.cat([domains, stuck]), explored)
+
+
+def _leaves(domains: _Domains | None, K: int, limit: int) -> tuple:
+    """Per disjunct, its open domains as ``(bound, [(lower, upper), ...])`` weakest first when
+    there are at most ``limit`` of them, else None (closed disjuncts: an empty tuple)."""
+    out = []
+    tags = None if domains is None else domains.tag.tolist()
+    for k in range(K):
+        idx = [] if tags is None else [i for i, t in enumerate(tags) if t == k]
+        if not idx or len(idx) > limit:
+            out.append(() if not idx else None)
+            continue
+        idx.sort(key=lambda i: float(domains.bound[i]))
+        out.append(tuple((float(domains.bound[i]),
+                          [(l[i].detach().to("cpu", torch.float64).numpy().copy(),
+                            u[i].detach().to("cpu", torch.float64).numpy().copy())
+                           for l, u in zip(domains.lower, domains.upper)]) for i in idx))
+    return tuple(out)
 
 
 def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
@@ -400,7 +447,7 @@ def _split(parents: _Domains):
     can = best >= 0
     stuck = None if bool(can.all()) else parents.take(torch.nonzero(~can).flatten())
     if not bool(can.any()):
-        return None, 0, stuck
+        return None, 0, stuck, None
     parents = parents.take(torch.nonzero(can).flatten())
     where = where[can]
     D = len(parents)
@@ -424,4 +471,50 @@ def _split(parents: _Domains):
     nonempty = torch.ones(2 * D, dtype=torch.bool, device=dev)
     for lo, up in zip(kids.lower, kids.upper):
         nonempty &= (lo <= up).all(dim=1)
-    return kids.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stuck
+    keep = torch.nonzero(nonempty).flatten()
+    return kids.take(keep), int((~nonempty).sum()), stuck, layer2[keep]
+
+
+def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms) -> tuple[_Domains, int]:
+    """Tighter pre-activation bounds for the ReLU layers after each domain's newest split (layer
+    ``split_layer``): CROWN back-substitution with the domain's own relaxation (its split neurons
+    exact, its earlier layers' refined bounds), intersected with the bounds it had. Sound for the
+    same reason as the domain's bound: on the domain every relaxation used holds. Returns the
+    domains whose bounds do not cross, and the number that cross (empty: no input lies there)."""
+    L = len(doms.lower)
+    lower, upper = list(doms.lower), list(doms.upper)
+    for k in range(1, L):
+        sel = torch.nonzero(split_layer < k).flatten()
+        if not sel.numel():
+            continue
+        l_k, u_k = lower[k][sel].clone(), upper[k][sel].clone()
+        open_ = (l_k < 0) & (u_k > 0)
+        if ops[k].passthrough is not None:
+            open_ = open_ & ~ops[k].passthrough
+        rows = torch.nonzero(open_.any(dim=0)).flatten()
+        if not rows.numel():
+            continue
+        B = sel.numel()
+        pre = [(l[sel], u[sel]) for l, u in zip(lower[:k], upper[:k])]
+        relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
+        xm, xr = x_mid.expand(B, -1), x_rad.expand(B, -1)
+        hmax = _magnitudes(xm, xr, pre, ops)
+        width = max(op.shape[1] for op in ops[: k + 1])
+        chunk = max(1, CHUNK_ELEMENTS // (2 * B * width))
+        n_k = ops[k].shape[0]
+        for start in range(0, rows.numel(), chunk):
+            part = rows[start:start + chunk]
+            m = part.numel()
+            pick = torch.zeros((m, n_k), dtype=l_k.dtype, device=l_k.device)
+            pick[torch.arange(m, device=l_k.device), part] = 1.0
+            lam = torch.cat([pick, -pick]).expand(B, 2 * m, n_k)
+            bound, _ = _backward(lam, k, ops, relax, xm, xr, n_terms, hmax)
+            l_k[:, part] = torch.maximum(l_k[:, part], bound[:, :m])
+            u_k[:, part] = torch.minimum(u_k[:, part], -bound[:, m:])
+        lower[k], upper[k] = lower[k].clone(), upper[k].clone()
+        lower[k][sel], upper[k][sel] = l_k, u_k
+    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.bound, doms.tag)
+    nonempty = torch.ones(len(doms), dtype=torch.bool, device=doms.bound.device)
+    for lo, up in zip(lower, upper):
+        nonempty &= (lo <= up).all(dim=1)
+    return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum())

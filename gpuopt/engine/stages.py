@@ -440,11 +440,13 @@ def plan_relu_split(item: ItemState) -> list[TaskSpec]:
 
 
 def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    notes = item.stage_notes.setdefault("relu_split", {"domains": 0, "open": []})
+    notes = item.stage_notes.setdefault("relu_split", {"domains": 0, "open": [], "leaves": {}})
     notes["domains"] += value["domains"]
     i = spec.meta["problem"]
     for k, lb in value["closed"].items():
         _close(item, i, int(k), lb)
+    for k, (proven, leaves) in value.get("leaves", {}).items():
+        notes["leaves"][(i, int(k))] = (proven, leaves)
     if value["kind"] == "sat":
         item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
                     decided_by="relu-split", message=f"activation-splitting counterexample after {notes['domains']} "
@@ -523,13 +525,15 @@ def plan_lp(item: ItemState) -> list[TaskSpec]:
     """One LP task per open problem: LP bound tightening, then the LP bound of each open
     disjunct (proof rows); the tasks share ``lp_share`` of the time left."""
     config = item.config
-    problems = _open_problems(item)
+    handed = _handed_leaves(item)  # their leaves carry tighter bounds already
+    problems = [i for i in _open_problems(item) if any((i, k) not in handed for (j, k) in item.open if j == i)]
     specs = []
     for i in problems:
         mb = _milp_bounds(item, i)
         if mb is None:
             continue
-        disjuncts = [(k, *item.proof_problems[i].spec.disjuncts[k]) for k in sorted(k for (j, k) in item.open if j == i)]
+        disjuncts = [(k, *item.proof_problems[i].spec.disjuncts[k])
+                     for k in sorted(k for (j, k) in item.open if j == i and (i, k) not in handed)]
         specs.append(TaskSpec(lp_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0], mb[1],
                                         disjuncts, config.solver, config.lp_share / len(problems)),
                               f"lp p{i}", {"problem": i}))
@@ -561,11 +565,22 @@ def finish_lp(item: ItemState) -> str:
     return "open"
 
 
+def _handed_leaves(item: ItemState) -> dict:
+    """``{(i, k): (bound proven on the closed domains, leaves)}``: the open disjuncts that
+    activation splitting handed to the MILP as a few open domains (leaves)."""
+    leaves = item.stage_notes.get("relu_split", {}).get("leaves", {})
+    return {ik: v for ik, v in leaves.items() if ik in item.open}
+
+
 def plan_milp(item: ItemState) -> list[TaskSpec]:
-    """One MILP task per open disjunct, weakest bound first, seeded with the best point."""
+    """One MILP task per open disjunct, weakest bound first, seeded with the best point; a
+    disjunct that activation splitting left as a few leaves gets one MILP per leaf instead, over
+    the leaf's bounds intersected with the item's (its split neurons stable: no binary), weakest
+    leaf first. A disjunct closes when every one of its tasks proves."""
     config = item.config
     specs = []
-    notes = item.stage_notes.setdefault("milp", {"undecided": []})
+    notes = item.stage_notes.setdefault("milp", {"undecided": [], "leaves_left": {}, "leaf_lb": {}})
+    handed = _handed_leaves(item)
     # weakest bound first: the disjunct most likely to hold a counterexample
     for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
         Ak, bk = item.proof_problems[i].spec.disjuncts[k]
@@ -578,10 +593,24 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
         # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
-        specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, pre,
-                                          (ly, uy), item.best_x.get(i), threshold, config.solver, config.formulation,
-                                          config.cuts, config.milp_recheck),
-                              f"milp p{i} d{k}", {"problem": i, "disjunct": k}))
+        regions = [(None, pre)]
+        if (i, k) in handed:
+            proven, leaves = handed[(i, k)]
+            regions = [(n, [(np.maximum(l, lr), np.minimum(u, ur)) for (l, u), (lr, ur) in zip(pre, leaf)])
+                       for n, (_, leaf) in enumerate(leaves)]
+            # both bound sets hold on the leaf's inputs, so crossing bounds mean it has none
+            regions = [(n, r) for n, r in regions if all(np.all(l <= u) for l, u in r)]
+            if not regions:
+                _close(item, i, k, proven)
+                continue
+            notes["leaves_left"][(i, k)] = len(regions)
+            notes["leaf_lb"][(i, k)] = proven
+        for n, region in regions:
+            label = f"milp p{i} d{k}" + ("" if n is None else f" leaf {n}")
+            specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk,
+                                              region, (ly, uy), item.best_x.get(i), threshold, config.solver,
+                                              config.formulation, config.cuts, config.milp_recheck),
+                                  label, {"problem": i, "disjunct": k, "leaf": n}))
     return specs
 
 
@@ -595,7 +624,15 @@ def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
         item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
                     decided_by="milp", message=f"MILP counterexample, float64 margin {value['margin']:.6g}")
     elif value["kind"] == "proven":
-        _close(item, spec.meta["problem"], spec.meta["disjunct"], value["lb"])
+        ik = (spec.meta["problem"], spec.meta["disjunct"])
+        if spec.meta.get("leaf") is None:
+            _close(item, *ik, value["lb"])
+        else:  # a leaf: the disjunct closes with its last leaf
+            notes["leaves_left"][ik] -= 1
+            notes["leaf_lb"][ik] = min(notes["leaf_lb"][ik], value["lb"])
+            notes["leaves_proven"] = notes.get("leaves_proven", 0) + 1
+            if notes["leaves_left"][ik] == 0:
+                _close(item, *ik, notes["leaf_lb"][ik])
         notes["proven"] = notes.get("proven", 0) + 1
         notes["rechecked"] = notes.get("rechecked", 0) + bool(value.get("rechecked"))
     elif value["kind"] == "timeout":
@@ -616,8 +653,10 @@ def finish_milp(item: ItemState) -> str:
                "others rest on HiGHS's tree within its tolerance margin")
     else:
         how = "the proofs rest on HiGHS's tree within its tolerance margin; re-check off"
+    leaves = notes.get("leaves_proven", 0)
+    on = f", {leaves} of them on leaves activation splitting left" if leaves else ""
     item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
-                message=f"every open disjunct proven unreachable by MILP ({how})")
+                message=f"every open disjunct proven unreachable by MILP{on} ({how})")
     return "decided"
 
 

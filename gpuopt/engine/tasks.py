@@ -91,7 +91,9 @@ def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float,
     ``disjuncts`` (``(k, C_k, d_k, strict_k)``, proof rows) with the pre-activation bounds ``pre``
     (numpy ``(lower, upper)`` per ReLU layer), for ``share`` of ``budget``. Returns ``kind``
     (``sat`` with an exactly checked point, ``unsat``, ``timeout``, ``unknown``), the disjuncts
-    it closed with their proven bounds, and the number of domains."""
+    it closed with their proven bounds, the number of domains, and ``leaves``: per open disjunct
+    handed to the MILP, ``(bound proven on its closed domains, leaves)`` (see
+    :attr:`gpuopt.relu_split.ReluSplitResult.leaves`)."""
     start = time.time()
     _setup()
     import numpy as np
@@ -110,8 +112,10 @@ def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float,
                      [(C, d, strict) for _, C, d, strict in disjuncts], bounds, problem=problem, deadline=deadline,
                      config=config)
     closed = {k: res.proven_bound[j] for j, (k, _, _, _) in enumerate(disjuncts) if res.closed[j]}
+    leaves = {k: (res.proven_bound[j], res.leaves[j]) for j, (k, _, _, _) in enumerate(disjuncts)
+              if j < len(res.leaves) and res.leaves[j]}
     out = {"kind": res.status, "closed": closed, "domains": res.domains, "open_domains": res.open_domains,
-           "worst": res.worst_bound, "start": start}
+           "worst": res.worst_bound, "leaves": leaves, "start": start}
     if res.status == "sat":
         out.update(x=res.x, y=res.y, margin=res.margin)
     out["end"] = time.time()
