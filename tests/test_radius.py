@@ -11,7 +11,7 @@ import pytest
 
 import gpuopt
 from gpuopt.errors import InvalidInputError
-from gpuopt.network import Dense, Network
+from gpuopt.network import Dense, Network, ReLU
 from gpuopt.specs import robustness
 
 from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
@@ -339,3 +339,24 @@ def test_the_region_lp_refines_an_adversarial_point_and_certifies_nothing(norm):
         if cases == 4:
             break
     assert cases == 4
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_ball_proofs_widen_by_the_source_models_parameter_errors(norm):
+    """``y_0 - y_1 = relu(x_0) + 0.5 >= 0.5`` everywhere, so every L1/L2 ball is safe for class 0 on
+    the stored parameters. When the importer says the output bias may be off by 0.6 from the
+    source model's, no ball may be certified: the bound proof must widen by the deviation."""
+    from gpuopt.radius import _ball_proves
+    from gpuopt.verify import VerifyConfig
+
+    layers = [Dense(np.array([[1.0, 0.0]]), np.array([0.0])), ReLU(),
+              Dense(np.array([[1.0], [0.0]]), np.array([0.5, 0.0]))]
+    exact = Network(layers, (2,))
+    rounded = Network(layers, (2,), param_errors=[None, None, (np.zeros((2, 1)), np.array([0.6, 0.0]))])
+    x0 = np.array([-0.5, 0.3])  # relu(x_0) = 0 in every ball below: the margin is 0.5 exactly
+    spec = robustness(0, 2)
+    for eps in (0.01, 0.1):
+        assert _ball_proves(exact, x0, eps, (None, None), spec, VerifyConfig(), None, norm)
+        assert not _ball_proves(rounded, x0, eps, (None, None), spec, VerifyConfig(), None, norm)
+    r = gpuopt.certify_radius(rounded, x0, 0, norm=norm, timeout=10, clip=None, eps_max=1.0)
+    assert r.lower == 0.0 and not r.upper_found, r
