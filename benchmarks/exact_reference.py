@@ -7,7 +7,7 @@ rounding step / 1e-7 / 1e-3 / 0.1 relative from, the exact optimum) for ``--case
 the box with exact margin ``<= 0``, an ``unsat`` an exact minimum ``> 0``. Prints a table of
 counts per variant (sat/unsat/unknown/timeout/wrong) and the wrong answers, and writes JSON.
 
-    python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu]
+    python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu|handoff]
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def main(argv=None) -> int:
     ap.add_argument("--full-attack", action="store_true",
                     help="use the default VerifyConfig instead of the short attack of the tests")
     ap.add_argument("--out", type=Path, default=None, help="write the outcomes and the summary as JSON")
-    ap.add_argument("--bab", choices=["auto", "relu"], default="auto",
-                    help="relu: input splitting off, so activation splitting (and the MILP) decide the cases")
+    ap.add_argument("--bab", choices=["auto", "relu", "handoff"], default="auto",
+                    help="relu: input splitting off, so activation splitting (and the MILP) decide the cases; "
+                         "handoff: as relu, with activation splitting stopped after a handful of domains, so "
+                         "the MILPs on its leaves decide")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -47,10 +49,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     config = VerifyConfig(device="cpu") if args.full_attack else cheap_config()
-    if args.bab == "relu":
+    if args.bab in ("relu", "handoff"):
         from dataclasses import replace
 
         config = replace(config, use_input_split=False)
+        if args.bab == "handoff":
+            from gpuopt.relu_split import ReluSplitConfig
+
+            config = replace(config, relu_split=ReluSplitConfig(max_domains=3, batch_size=2, handoff=64))
     outcomes, cases_info, ref_seconds = [], [], 0.0
     t0 = time.monotonic()
     for seed in range(args.seed, args.seed + args.cases):
