@@ -572,6 +572,19 @@ def _handed_leaves(item: ItemState) -> dict:
     return {ik: v for ik, v in leaves.items() if ik in item.open}
 
 
+def _in_region(network, x, pre) -> bool:
+    """Whether the float64 pre-activations of ``x`` (affine blocks, ReLU between) lie within
+    ``pre`` (a heuristic: it only picks MILP starts)."""
+    blocks = network.affine_blocks()
+    h = np.asarray(x, dtype=np.float64).reshape(-1)
+    for blk, (l, u) in zip(blocks, pre):
+        z = blk.matrix @ h + blk.bias
+        if np.any(z < l) or np.any(z > u):
+            return False
+        h = np.maximum(z, 0.0) if blk.passthrough is None else np.where(blk.passthrough, z, np.maximum(z, 0.0))
+    return True
+
+
 def plan_milp(item: ItemState) -> list[TaskSpec]:
     """One MILP task per open disjunct, weakest bound first, seeded with the best point; a
     disjunct that activation splitting left as a few leaves gets one MILP per leaf instead, over
@@ -605,10 +618,14 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
                 continue
             notes["leaves_left"][(i, k)] = len(regions)
             notes["leaf_lb"][(i, k)] = proven
+        start = item.best_x.get(i)
         for n, region in regions:
             label = f"milp p{i} d{k}" + ("" if n is None else f" leaf {n}")
+            # a leaf's MILP starts from the best point only if that lies in the leaf (HiGHS warns
+            # on an infeasible start, and a warning withholds the proof)
+            seed = start if n is None or start is None or _in_region(item.network, start, region) else None
             specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk,
-                                              region, (ly, uy), item.best_x.get(i), threshold, config.solver,
+                                              region, (ly, uy), seed, threshold, config.solver,
                                               config.formulation, config.cuts, config.milp_recheck),
                                   label, {"problem": i, "disjunct": k, "leaf": n}))
     return specs
