@@ -37,9 +37,10 @@ def test_linear_classifier_radius_in_closed_form():
     assert np.max(np.abs(r.x_adv - x0)) <= r.upper
 
 
-def _true_radius(net, x0, label, clip=(0.0, 1.0), hi=1.0):
-    """Bisection of eps on the exact minimum margin over the clipped ball (brute force)."""
-    spec = robustness(label, net.output_size)
+def _true_radius(net, x0, label, clip=(0.0, 1.0), hi=1.0, spec=None):
+    """Bisection of eps on the exact minimum margin over the clipped ball (brute force), for
+    ``spec`` (default: untargeted robustness of ``label``)."""
+    spec = robustness(label, net.output_size) if spec is None else spec
     lo_e, hi_e = 0.0, hi
     for _ in range(40):
         mid = (lo_e + hi_e) / 2
@@ -360,3 +361,48 @@ def test_ball_proofs_widen_by_the_source_models_parameter_errors(norm):
         assert not _ball_proves(rounded, x0, eps, (None, None), spec, VerifyConfig(), None, norm)
     r = gpuopt.certify_radius(rounded, x0, 0, norm=norm, timeout=10, clip=None, eps_max=1.0)
     assert r.lower == 0.0 and not r.upper_found, r
+
+
+def _targeted_spec(n_cls: int, target: int, margin):
+    """The unsafe set of ``certify_radius(..., target=, margin=)``, written out independently:
+    ``y_t >= m y_j`` for every ``j != t``."""
+    from gpuopt.specs import OutputSpec
+
+    m = 1.0 if margin is None else margin
+    rows = np.array([m * np.eye(n_cls)[j] - np.eye(n_cls)[target] for j in range(n_cls) if j != target])
+    return OutputSpec([(rows, np.zeros(len(rows)))], n_cls)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize("margin", [None, 1.2])
+def test_targeted_brackets_contain_the_brute_force_radius_on_relu_networks(norm, margin):
+    """Targeted (with and without a margin) on tiny ReLU nets with 2 inputs: the bracket holds the
+    true radius, from bisection of exact enumeration (L-inf) or a 1201 x 1201 grid of the clip box
+    (L1: the true radius lies in ``[d_grid - 2h, d_grid]``); the point reaches the target."""
+    g = np.linspace(0, 1, 1201)
+    X = np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1)
+    h = g[1] - g[0]
+    checked = 0
+    for seed in range(40):
+        rng, net, x0, label = _classified(300 + seed, 2, [8, 6], (0.3, 0.7))
+        target = int(np.argsort(net.forward64(x0[None])[0])[-2])  # the runner-up class
+        spec = _targeted_spec(3, target, margin)
+        reach = spec.margin64(net.forward64(X)) <= 0
+        if not reach.any():
+            continue  # the target is out of reach in the clip box
+        if norm == "linf":
+            lo_t, hi_t = _true_radius(net, x0, label, spec=spec)
+        else:
+            hi_t = float(np.abs(X[reach] - x0).sum(1).min())
+            lo_t = hi_t - 2 * h
+        r = gpuopt.certify_radius(net, x0, label, norm=norm, target=target, margin=margin, eps_max=2.0, timeout=30,
+                                  rtol=1e-6)
+        assert r.lower <= hi_t + 1e-9, (seed, r, lo_t, hi_t)
+        assert r.upper_found and r.upper >= lo_t - 1e-9, (seed, r, lo_t, hi_t)
+        dist = np.abs(r.x_adv - x0).max() if norm == "linf" else np.abs(r.x_adv - x0).sum()
+        assert dist <= r.upper
+        assert spec.margin64(net.forward64(r.x_adv[None]))[0] <= 0  # reaches the target (with the margin)
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2, checked
