@@ -9,12 +9,14 @@ writes every run to JSONL as it is decided (``--resume`` continues).
     git worktree add /tmp/base HEAD~1
     python benchmarks/side_by_side.py --other /tmp/base [--suites mnist_fc acasxu] [--max-timeout S]
     python benchmarks/side_by_side.py --other-args=--no-lp --suites mnist_fc_256x4   # one option on/off
+    python benchmarks/side_by_side.py --other-args="--handoff 0" --suites mnist_fc_all --only "256x[46].*0.05"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,7 @@ def main() -> int:
     ap.add_argument("--other-args", default="", help="extra `gpuopt verify` options for the other side, e.g. '--no-lp'")
     ap.add_argument("--suites", nargs="+", default=FIRST_PATH, choices=list(SUITES))
     ap.add_argument("--max-timeout", type=float, default=None)
+    ap.add_argument("--only", default=None, help="run only the instances whose name matches this regular expression")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "side_by_side.jsonl"))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -56,7 +59,7 @@ def main() -> int:
     with open(out, "a") as f:
         for n, (suite, onnx, vnnlib, timeout) in enumerate(instances(args.suites)):
             name = f"{onnx.stem}-{vnnlib.stem}"
-            if (suite, name) in done:
+            if (suite, name) in done or (args.only is not None and not re.search(args.only, name)):
                 continue
             if args.max_timeout is not None:
                 timeout = min(timeout, args.max_timeout)
