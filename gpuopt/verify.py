@@ -16,8 +16,10 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
 4. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
    **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
-   ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left;
-5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct,
+   ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left; a
+   disjunct it leaves with at most ``relu_split.handoff`` open domains goes to the MILP as those
+   domains (leaves), one MILP each;
+5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct or leaf,
    seeded with the best point of the attack and the walk, rescaled exactly; see :mod:`gpuopt.milp.highs`): the disjunct is
    unreachable iff HiGHS's dual bound exceeds ``threshold`` plus the tolerance margin and HiGHS
    logged no numerical warning; an improving solution that passes the exact check gives ``sat``.

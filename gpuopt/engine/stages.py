@@ -27,7 +27,9 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
    dual bounds), for the same networks with two or more hidden layers: tighter big-M constants
    for the MILP (activation splitting decides most items faster, so these two come after it);
-8. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS.
+8. ``milp``: the MILP (``VerifyConfig.formulation``) per open disjunct in HiGHS; a disjunct that
+   activation splitting left as a few open domains (its *leaves*) gets one MILP per leaf, over
+   the leaf's bounds (its split neurons fixed), and closes when every leaf is proven.
 """
 
 from __future__ import annotations
