@@ -452,3 +452,22 @@ def test_bab_rejects_an_unknown_choice(tiny, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bab" in err[0]
+
+
+@pytest.mark.parametrize("handoff", ["0", "8"])
+def test_handoff_option_decides_the_tiny_network(handoff, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu", "--handoff", handoff]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_handoff_rejects_bad_values(bad, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
+    try:
+        code = main(["verify", str(tiny), str(spec), "--handoff", bad])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--handoff" in err[0] and "between 0 and" in err[0]
