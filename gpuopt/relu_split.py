@@ -98,6 +98,8 @@ class ReluSplitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
+        if not isinstance(self.refine, bool):
+            raise InvalidInputError(f"`refine` must be True or False, got {self.refine!r}")
         for name in ("lr_alpha", "lr_beta"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

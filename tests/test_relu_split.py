@@ -127,6 +127,7 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
     (dict(lr_beta=0), "`lr_beta` must be a number > 0, got 0"),
     (dict(max_domains=True), "`max_domains` must be an integer >= 1, got True"),
     (dict(handoff=-1), "`handoff` must be an integer >= 0, got -1"),
+    (dict(refine=1), "`refine` must be True or False, got 1"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)):
