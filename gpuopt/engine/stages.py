@@ -655,16 +655,28 @@ def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
         notes["proven"] = notes.get("proven", 0) + 1
         notes["rechecked"] = notes.get("rechecked", 0) + bool(value.get("rechecked"))
     elif value["kind"] == "timeout":
-        item.decide(Status.TIMEOUT, message=value["note"])
+        item.decide(Status.TIMEOUT, message=value["note"] + _split_progress(item))
     else:  # another disjunct may still hold a counterexample: go on
         notes["undecided"].append(value["note"])
+
+
+def _split_progress(item: ItemState) -> str:
+    """What activation splitting left open and how many of its leaves the MILPs proved (for a
+    verdict without a decision)."""
+    left_open = item.stage_notes.get("relu_split", {}).get("open", [])
+    out = f"; activation splitting left {'; '.join(left_open)}" if left_open else ""
+    milp = item.stage_notes.get("milp", {})
+    if milp.get("leaves_left"):
+        total = sum(len(v[1]) for v in item.stage_notes["relu_split"]["leaves"].values())
+        out += f"; {milp.get('leaves_proven', 0)} of its {total} leaves proven by MILP"
+    return out
 
 
 def finish_milp(item: ItemState) -> str:
     notes = item.stage_notes.get("milp", {"undecided": []})
     if notes["undecided"] or item.open:  # unsat only when every open disjunct was closed by a proof
         unproven = [f"problem {i} disjunct {k} not proven" for i, k in sorted(item.open)]
-        item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven))
+        item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven) + _split_progress(item))
         return "open"
     proven, rechecked = notes.get("proven", 0), notes.get("rechecked", 0)
     if item.config.milp_recheck:
@@ -711,11 +723,10 @@ def finalize(item: ItemState) -> ItemState:
     """Ends the item: ``timeout``/``unknown`` if undecided, stage timings and events attached."""
     if item.verdict is None:
         # the anytime answer: what the splitting stages left open
-        left_open = item.stage_notes.get("relu_split", {}).get("open", [])
         closed = sum(1 for i, p in enumerate(item.problems) for k in range(p.spec.n_disjuncts) if (i, k) not in item.open)
         total = sum(p.spec.n_disjuncts for p in item.problems)
         note = "no bounds computed" if item.disj_lb is None else f"{closed} of {total} disjuncts proven"
-        note += f"; activation splitting left {'; '.join(left_open)}" if left_open else ""
+        note += _split_progress(item)
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
     item.verdict = replace(item.verdict, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
