@@ -329,7 +329,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         rest = domains.take(order[config.batch_size:])
         live, empty, unsplittable, split_layer = _split(domains.take(order[: config.batch_size]))
         if config.refine and live is not None and len(live):
-            live, gone = _refine(ops, live, split_layer, x_mid, x_rad, n_terms)
+            live, gone = _refine(ops, live, split_layer, x_mid, x_rad, n_terms, deadline)
             empty += gone
         if unsplittable is not None:  # exact relaxation: converge the split multipliers
             bnd, al, be, sc, cx = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
@@ -363,7 +363,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if live is not None and len(live):
             bnd, al, be, sc, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta, live.tag,
                                               config.steps)
-            bnd = torch.maximum(bnd, live.bound)  # a child's inputs are its parent's: the parent's bound holds
+            bnd = torch.fmax(bnd, live.bound)  # a child's inputs are its parent's: the parent's bound holds
             explored += len(live)
             closed = bnd > 0
             note_closed(bnd, live.tag, closed)
@@ -474,19 +474,18 @@ def _split(parents: _Domains):
         up[rows, col] = torch.where(s < 0, up[rows, col].clamp(max=0), up[rows, col])
         sg[rows, col] = s
         kids.lower[j], kids.upper[j], kids.sign[j] = lo, up, sg
-    nonempty = torch.ones(2 * D, dtype=torch.bool, device=dev)
-    for lo, up in zip(kids.lower, kids.upper):
-        nonempty &= (lo <= up).all(dim=1)
+    nonempty = _nonempty(kids.lower, kids.upper)
     keep = torch.nonzero(nonempty).flatten()
     return kids.take(keep), int((~nonempty).sum()), stuck, layer2[keep]
 
 
-def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms) -> tuple[_Domains, int]:
+def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=None) -> tuple[_Domains, int]:
     """Tighter pre-activation bounds for the ReLU layers after each domain's newest split (layer
     ``split_layer``): CROWN back-substitution with the domain's own relaxation (its split neurons
     exact, its earlier layers' refined bounds), intersected with the bounds it had. Sound for the
-    same reason as the domain's bound: on the domain every relaxation used holds. Returns the
-    domains whose bounds do not cross, and the number that cross (empty: no input lies there)."""
+    same reason as the domain's bound: on the domain every relaxation used holds. Past
+    ``deadline`` the rows not reached keep their bounds (sound, only looser). Returns the domains
+    whose bounds do not cross, and the number that cross (empty: no input lies there)."""
     L = len(doms.lower)
     lower, upper = list(doms.lower), list(doms.upper)
     for k in range(1, L):
@@ -509,18 +508,29 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms) -> tuple[_D
         chunk = max(1, CHUNK_ELEMENTS // (2 * B * width))
         n_k = ops[k].shape[0]
         for start in range(0, rows.numel(), chunk):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             part = rows[start:start + chunk]
             m = part.numel()
             pick = torch.zeros((m, n_k), dtype=l_k.dtype, device=l_k.device)
             pick[torch.arange(m, device=l_k.device), part] = 1.0
             lam = torch.cat([pick, -pick]).expand(B, 2 * m, n_k)
             bound, _ = _backward(lam, k, ops, relax, xm, xr, n_terms, hmax)
+            # an overflow (inf * 0, inf - inf) gives NaN: no information, never a crossing
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             l_k[:, part] = torch.maximum(l_k[:, part], bound[:, :m])
             u_k[:, part] = torch.minimum(u_k[:, part], -bound[:, m:])
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.bound, doms.tag)
-    nonempty = torch.ones(len(doms), dtype=torch.bool, device=doms.bound.device)
-    for lo, up in zip(lower, upper):
-        nonempty &= (lo <= up).all(dim=1)
+    nonempty = _nonempty(lower, upper)
     return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum())
+
+
+def _nonempty(lower, upper) -> torch.Tensor:
+    """Per domain, False only where some bound pair provably crosses (``l > u``; a NaN bound
+    proves nothing)."""
+    crossed = torch.zeros(lower[0].shape[0], dtype=torch.bool, device=lower[0].device)
+    for lo, up in zip(lower, upper):
+        crossed |= (lo > up).any(dim=1)
+    return ~crossed

@@ -178,3 +178,27 @@ def test_pipeline_with_the_hand_off_decides_like_brute_force(delta, attack, firs
         on_leaves += "on leaves" in v.message
     if delta > 0:
         assert on_leaves >= 2, on_leaves
+
+
+def test_an_overflowing_rebound_is_no_evidence_of_an_empty_domain():
+    """Adversarial review: weights near 1e250 make a child's CROWN back-substitution overflow
+    (``inf * 0``), so its refined bounds were NaN; NaN failed ``l <= u`` and the child, which holds
+    the counterexample ``x* = (1 - 4.5e-11, 0)``, was dropped as empty: a wrong ``unsat``. A NaN
+    bound now carries no information."""
+    from gpuopt.check import check_counterexample
+    from gpuopt.network import Dense, Network, ReLU
+
+    net = Network([Dense(np.array([[1e250, 0.0]]), np.array([-1e250 * (1 - 1e-10)])), ReLU(),
+                   Dense(np.array([[1e59]]), np.array([-1e298])), ReLU(), Dense(np.array([[1.0]]), np.array([0.0]))],
+                  (2,))
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    spec = OutputSpec([(np.array([[1.0], [-1.0]]), np.array([5e298, -4e298]))], 1)  # 4e298 <= y <= 5e298
+    problem = Problem(net, Box(lo, hi), spec)
+    assert check_counterexample(problem, np.array([1 - 4.5e-11, 0.0])).ok
+    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in spec.disjuncts], bounds,
+                     problem=problem, deadline=time.monotonic() + 20, config=ReluSplitConfig(refine=True))
+    assert res.status != "unsat" and not res.closed[0], res
+    config = VerifyConfig(device="cpu", split=SplitConfig(max_input_dim=1), use_attack=False, use_walk=False,
+                          alpha_intermediate=False)
+    assert verify(net, Box(lo, hi), spec, timeout=30, config=config).status.value != "unsat"

@@ -614,7 +614,8 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
             regions = [(n, [(np.maximum(l, lr), np.minimum(u, ur)) for (l, u), (lr, ur) in zip(pre, leaf)])
                        for n, (_, leaf) in enumerate(leaves)]
             # both bound sets hold on the leaf's inputs, so crossing bounds mean it has none
-            regions = [(n, r) for n, r in regions if all(np.all(l <= u) for l, u in r)]
+            # (a NaN bound proves nothing)
+            regions = [(n, r) for n, r in regions if not any(np.any(l > u) for l, u in r)]
             if not regions:
                 _close(item, i, k, proven)
                 continue
