@@ -27,6 +27,14 @@ _IMPORT_MONOTONIC = time.monotonic()  # the fallback start time where /proc is n
 _MAX_START_AGE = 60.0  # seconds; an older process start is not a plausible CLI start-up
 _MAX_SEED = 2**32 - 1
 _MAX_THREADS = 4 * (os.cpu_count() or 1)  # torch.set_num_threads(100000) crashes the process
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform says; else all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on this platform
+        return os.cpu_count() or 1
 _MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats several times over
 _MAX_STEPS = 1_000_000
 
@@ -151,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--bab", choices=["auto", "input", "relu", "off"], default="auto",
                    help="branch and bound: auto (default: input splitting up to 16 inputs, activation splitting "
                         "above), input, relu (either always), or off (bounds, attack and MILP only)")
-    v.add_argument("--threads", type=_threads, default=1,
-                   help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default 1: the small batched ops here are latency-bound, "
-                        "and extra threads only contend with the MILP)")
+    v.add_argument("--threads", type=_threads, default=None,
+                   help=f"CPU threads for torch, 1 to {_MAX_THREADS} (default: the CPUs this process may use; the "
+                        "stages run one after the other, so they go to whichever runs)")
     v.add_argument("--formulation", default="bigm", type=_formulation,
                    help="MILP formulation: bigm (default), split, extended, partition[:N[:equal_size|equal_range]]")
     v.add_argument("--cuts", action="store_true", help="add root rounds of ideal-formulation cuts to each MILP")
@@ -366,7 +374,7 @@ def _cmd_verify(args, start_time: float) -> int:
 
     import torch
 
-    torch.set_num_threads(args.threads)  # the CLI owns its process
+    torch.set_num_threads(args.threads or _usable_cpus())  # the CLI owns its process
     attack = replace(VerifyConfig().attack, seed=args.seed)  # the pipeline's default, new seed
     if args.restarts is not None:
         attack = replace(attack, restarts=args.restarts)

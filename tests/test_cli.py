@@ -22,6 +22,14 @@ from gpuopt.errors import GpuoptError
 from gpuopt.io.vnnlib import load_vnnlib
 from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_command():
+    """``gpuopt verify`` sets torch's threads for its process (default: every usable CPU); the
+    tests here share one process, so each starts again from one thread."""
+    yield
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 VERIFY_MODULE = importlib.import_module("gpuopt.verify")  # `gpuopt.verify` is also a function
 
@@ -471,3 +479,13 @@ def test_handoff_rejects_bad_values(bad, tiny, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--handoff" in err[0] and "between 0 and" in err[0]
+
+
+def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, tmp_path):
+    from gpuopt.cli import _usable_cpus
+
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30"]) == 0
+    assert torch.get_num_threads() == _usable_cpus()
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
