@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation
+from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, open_rows, row_selectors
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .network import Network
@@ -493,10 +493,7 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         if not sel.numel():
             continue
         l_k, u_k = lower[k][sel].clone(), upper[k][sel].clone()
-        open_ = (l_k < 0) & (u_k > 0)
-        if ops[k].passthrough is not None:
-            open_ = open_ & ~ops[k].passthrough
-        rows = torch.nonzero(open_.any(dim=0)).flatten()
+        rows = open_rows(l_k, u_k, ops[k])
         if not rows.numel():
             continue
         B = sel.numel()
@@ -512,10 +509,7 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
                 break
             part = rows[start:start + chunk]
             m = part.numel()
-            pick = torch.zeros((m, n_k), dtype=l_k.dtype, device=l_k.device)
-            pick[torch.arange(m, device=l_k.device), part] = 1.0
-            lam = torch.cat([pick, -pick]).expand(B, 2 * m, n_k)
-            bound, _ = _backward(lam, k, ops, relax, xm, xr, n_terms, hmax)
+            bound, _ = _backward(row_selectors(part, n_k, B, l_k), k, ops, relax, xm, xr, n_terms, hmax)
             # an overflow (inf * 0, inf - inf) gives NaN: no information, never a crossing
             bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             l_k[:, part] = torch.maximum(l_k[:, part], bound[:, :m])

@@ -204,12 +204,16 @@ def test_certify_radius_uses_the_milp_to_close_the_bracket():
         assert r.status == "exact", r
 
 
+def _clip_box_grid(n: int = 1201):
+    """``(X, h)``: the ``n x n`` grid of the 2-input clip box ``[0, 1]^2`` and its step."""
+    g = np.linspace(0, 1, n)
+    return np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1), g[1] - g[0]
+
+
 def test_l1_radius_brackets_a_dense_grid_on_two_inputs():
     """The L1 radius on 2-input nets: a 1201 x 1201 grid of the clip box gives the misclassified
     point nearest in L1 up to the grid step h, so the true radius lies in [d_grid - 2h, d_grid]."""
-    g = np.linspace(0, 1, 1201)
-    X = np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1)
-    h = g[1] - g[0]
+    X, h = _clip_box_grid()
     checked = 0
     for seed in range(40):
         rng, net, x0, label = _classified(60 + seed, 2, [8, 6], (0.3, 0.7))
@@ -379,9 +383,7 @@ def test_targeted_brackets_contain_the_brute_force_radius_on_relu_networks(norm,
     """Targeted (with and without a margin) on tiny ReLU nets with 2 inputs: the bracket holds the
     true radius, from bisection of exact enumeration (L-inf) or a 1201 x 1201 grid of the clip box
     (L1: the true radius lies in ``[d_grid - 2h, d_grid]``); the point reaches the target."""
-    g = np.linspace(0, 1, 1201)
-    X = np.stack([m.ravel() for m in np.meshgrid(g, g)], axis=1)
-    h = g[1] - g[0]
+    X, h = _clip_box_grid()
     checked = 0
     for seed in range(40):
         rng, net, x0, label = _classified(300 + seed, 2, [8, 6], (0.3, 0.7))

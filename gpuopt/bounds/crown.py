@@ -64,6 +64,24 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | No
     return alpha, s, intercept
 
 
+def open_rows(l: torch.Tensor, u: torch.Tensor, op) -> torch.Tensor:
+    """The neurons of a layer with bounds ``l``/``u`` ``(B, n)`` whose sign is open in some batch
+    element (``l < 0 < u``), except those the activation passes through (no relaxation there)."""
+    open_ = (l < 0) & (u > 0)
+    if op.passthrough is not None:
+        open_ = open_ & ~op.passthrough
+    return torch.nonzero(open_.any(dim=0)).flatten()
+
+
+def row_selectors(part: torch.Tensor, n: int, B: int, like: torch.Tensor) -> torch.Tensor:
+    """``lam`` ``(B, 2m, n)`` selecting ``+z`` then ``-z`` of the ``m`` neurons ``part``: a lower
+    bound of ``lam @ z`` gives their lower bounds, then minus their upper bounds."""
+    m = part.numel()
+    pick = torch.zeros((m, n), dtype=like.dtype, device=like.device)
+    pick[torch.arange(m, device=like.device), part] = 1.0
+    return torch.cat([pick, -pick]).expand(B, 2 * m, n)
+
+
 def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
               record: list | None = None, ball=None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
@@ -172,11 +190,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
             method = "crown-partial"
         else:
             # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
-            open_sign = (il < 0) & (iu > 0)
-            if k < L - 1 and ops[k].passthrough is not None:
-                open_sign = open_sign & ~ops[k].passthrough  # passed through: no relaxation to tighten
-            rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else \
-                torch.nonzero(open_sign.any(dim=0)).flatten()
+            rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else open_rows(il, iu, ops[k])
             if rows.numel():
                 n_k = ops[k].shape[0]
                 l, u = il.clone(), iu.clone()
@@ -192,9 +206,7 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
                         break
                     part = rows[start:start + chunk]
                     m = part.numel()
-                    sel = torch.zeros((m, n_k), dtype=lo.dtype, device=lo.device)
-                    sel[torch.arange(m, device=lo.device), part] = 1.0
-                    lam = torch.cat([sel, -sel]).expand(B, 2 * m, n_k)
+                    lam = row_selectors(part, n_k, B, lo)
                     bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball)
                     l[:, part] = torch.maximum(bound[:, :m], il[:, part])
                     u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
@@ -311,10 +323,7 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
         if deadline is not None and time.monotonic() > deadline:
             break
         l, u = pre[k]
-        open_ = (l < 0) & (u > 0)
-        if ops[k].passthrough is not None:
-            open_ = open_ & ~ops[k].passthrough
-        rows = torch.nonzero(open_.any(dim=0)).flatten()
+        rows = open_rows(l, u, ops[k])
         if not rows.numel():
             continue
         width = max(op.shape[1] for op in ops[: k + 1])
@@ -322,9 +331,7 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
         for start in range(0, rows.numel(), chunk):
             part = rows[start:start + chunk]
             n = part.numel()
-            sel = torch.zeros((n, ops[k].shape[0]), dtype=lo.dtype, device=lo.device)
-            sel[torch.arange(n, device=lo.device), part] = 1.0
-            lam = torch.cat([sel, -sel]).expand(B, 2 * n, sel.shape[1])
+            lam = row_selectors(part, ops[k].shape[0], B, lo)
             bound = _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
             l[:, part] = torch.maximum(l[:, part], bound[:, :n])
             u[:, part] = torch.minimum(u[:, part], -bound[:, n:])
