@@ -27,6 +27,8 @@ _IMPORT_MONOTONIC = time.monotonic()  # the fallback start time where /proc is n
 _MAX_START_AGE = 60.0  # seconds; an older process start is not a plausible CLI start-up
 _MAX_SEED = 2**32 - 1
 _MAX_THREADS = 4 * (os.cpu_count() or 1)  # torch.set_num_threads(100000) crashes the process
+_MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats several times over
+_MAX_STEPS = 1_000_000
 
 
 def _usable_cpus() -> int:
@@ -35,8 +37,6 @@ def _usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on this platform
         return os.cpu_count() or 1
-_MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats several times over
-_MAX_STEPS = 1_000_000
 
 
 def _process_age_seconds() -> float | None:
