@@ -39,6 +39,9 @@ __all__ = ["alpha_crown_bounds", "alpha_crown_linear_lower", "crown", "crown_lin
 
 #: a backward pass handles at most this many coefficients (rows x batch x layer width) at once
 CHUNK_ELEMENTS = 1 << 22
+#: a batch of boxes is bounded per (box, open neuron) pair when the pairs number less than this
+#: share of (boxes x neurons open in any box)
+PAIR_SHARE = 0.75
 
 
 def upper_slope(u: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,7 @@ def row_selectors(part: torch.Tensor, n: int, B: int, like: torch.Tensor) -> tor
 
 
 def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
-              record: list | None = None, ball=None):
+              record: list | None = None, ball=None, index: torch.Tensor | None = None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -100,38 +103,64 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     the box intersected with the ball ``||x - x0|| <= eps``; the bound is then the larger of the
     box's and the ball's concretisation, ``A x0 - eps ||A||_* + const`` with the dual norm
     (``||A||_2``, or ``max |A|`` for L1), each less its rounding pad.
+
+    ``index`` (optional, ``(B,)``): row block ``b`` of ``lam`` belongs to box ``index[b]`` of the
+    per-box tensors (``relax``, ``x_mid``, ``x_rad``, ``hmax``, ``ball``), which are gathered
+    layer by layer; this lets each box carry only its own rows.
     """
+    def pick(t):
+        return t if index is None else t[index]
+
     c = ops[k].bias
     const = lam @ c
-    abs_acc = lam.abs() @ c.abs() + (lam.abs() @ ops[k].abs_matvec(hmax[k - 1])[:, :, None]).squeeze(-1)
+    abs_acc = lam.abs() @ c.abs() + (lam.abs() @ pick(ops[k].abs_matvec(hmax[k - 1]))[:, :, None]).squeeze(-1)
     A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
-        alpha, s, icpt = relax[j]
+        alpha, s, icpt = (pick(t) for t in relax[j])
         if record is not None:
             record.append(A)
         neg = A.clamp(max=0)
         extra = (neg @ icpt[:, :, None]).squeeze(-1)
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
-        coef = A * torch.where(A >= 0, lower_slope, s[:, None, :])
+        # A * (alpha where A >= 0, else s): one of the two products is an exact zero
+        coef = (A - neg) * lower_slope + neg * s[:, None, :]
         if split_terms is not None and split_terms[j] is not None:
             coef = coef + split_terms[j]
         cj = ops[j].bias
         const = const + extra + coef @ cj
         cabs = coef.abs()
-        abs_acc = abs_acc + extra.abs() + cabs @ cj.abs() + (cabs @ ops[j].abs_matvec(hmax[j - 1])[:, :, None]).squeeze(-1)
+        abs_acc = abs_acc + extra.abs() + cabs @ cj.abs() + (cabs @ pick(ops[j].abs_matvec(hmax[j - 1]))[:, :, None]).squeeze(-1)
         A = ops[j].rmatmul(coef)
+    x_mid, x_rad = pick(x_mid), pick(x_rad)
     Aabs = A.abs()
     lower = (A @ x_mid[:, :, None]).squeeze(-1) - (Aabs @ x_rad[:, :, None]).squeeze(-1) + const
     mag = (Aabs @ (x_mid.abs() + x_rad)[:, :, None]).squeeze(-1) + abs_acc
     lower = lower - rounding_pad(mag, n_terms)
     if ball is not None:
-        x0, eps, norm = ball
+        x0, eps, norm = pick(ball[0]), pick(ball[1]), ball[2]
         dual = torch.linalg.vector_norm(A, dim=-1) if norm == "l2" else A.abs().amax(dim=-1)
         reach = eps[:, None] * dual
         ball = (A @ x0[:, :, None]).squeeze(-1) - reach + const
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * A.shape[-1] + 8))
     return lower, A
+
+
+def _open_pairs(l: torch.Tensor, u: torch.Tensor, op):
+    """``(box, neuron)`` index pairs of the neurons whose sign is open in their own box (as
+    :func:`open_rows`, but per box)."""
+    open_ = (l < 0) & (u > 0)
+    if op.passthrough is not None:
+        open_ = open_ & ~op.passthrough
+    return torch.nonzero(open_, as_tuple=True)
+
+
+def _intersect(bounds: Bounds, prior: Bounds) -> Bounds:
+    """Both bounds hold, so does their intersection (NaN in ``prior`` carries no information)."""
+    def cap(b, p):
+        return (torch.fmax(b[0], p[0]), torch.fmin(b[1], p[1]))
+    return Bounds(tuple(cap(b, p) for b, p in zip(bounds.pre_activation, prior.pre_activation)),
+                  cap(bounds.output, prior.output), bounds.method)
 
 
 def _magnitudes(x_mid, x_rad, pre, ops) -> dict:
@@ -156,7 +185,8 @@ def _prepare(network: Network, lower, upper):
 
 
 @torch.no_grad()
-def crown(network: Network, lower, upper, *, deadline: float | None = None, ball=None) -> Bounds:
+def crown(network: Network, lower, upper, *, deadline: float | None = None, ball=None,
+          prior: Bounds | None = None) -> Bounds:
     """CROWN bounds (intersected with IBP) over boxes ``[lower, upper]`` of shape
     ``(batch, *input_shape)`` or ``(batch, input_size)``, in the dtype/device of ``lower``.
 
@@ -168,8 +198,13 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
     ``ball = (x0, eps, norm)`` (tensors ``(batch, n)`` and ``(batch,)``, ``"l2"`` or ``"l1"``):
     bounds over the box intersected with the ball ``||x - x0|| <= eps`` (see :func:`_backward`),
     from the first layer on.
+    ``prior``: bounds already known to hold on these boxes (e.g. a parent box's, in input
+    splitting); every layer's bounds are intersected with them before its relaxation is formed,
+    so neurons the prior already fixes need no backward pass.
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
+    if prior is not None:
+        base = _intersect(base, prior)
     x_mid, x_rad = center_radius(lo, hi)
     L = len(ops)
     if L == 1 and ball is None:  # purely affine: the IBP interval of one affine map is exact
@@ -191,6 +226,27 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
         else:
             # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
             rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else open_rows(il, iu, ops[k])
+            open_ = _open_pairs(il, iu, ops[k]) if B > 1 and k < L - 1 else None
+            if open_ is not None and open_[0].numel() < PAIR_SHARE * B * rows.numel():
+                # each box carries only its own open neurons: one (box, neuron) pair per row block
+                l, u = il.clone(), iu.clone()
+                hmax = _magnitudes(x_mid, x_rad, pre, ops)
+                box, neuron = open_
+                width = max(op.shape[1] for op in ops[: k + 1])
+                chunk = max(1, CHUNK_ELEMENTS // (2 * width))
+                eye = torch.eye(ops[k].shape[0], dtype=lo.dtype, device=lo.device)
+                for start in range(0, box.numel(), chunk):
+                    t0 = time.monotonic()
+                    if start and deadline is not None and t0 + last > deadline:
+                        method = "crown-partial"
+                        break
+                    b, r = box[start:start + chunk], neuron[start:start + chunk]
+                    lam = torch.stack([eye[r], -eye[r]], dim=1)
+                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b)
+                    l[b, r] = torch.maximum(bound[:, 0], il[b, r])
+                    u[b, r] = torch.minimum(-bound[:, 1], iu[b, r])
+                    last = time.monotonic() - t0
+                rows = rows[:0]
             if rows.numel():
                 n_k = ops[k].shape[0]
                 l, u = il.clone(), iu.clone()

@@ -46,15 +46,17 @@ def prefers_forward(network: Network) -> bool:
     return bool(widths) and 32 * network.input_size < max(widths)
 
 
-def intermediate_bounds(network: Network, lower, upper, *, deadline: float | None = None) -> Bounds:
+def intermediate_bounds(network: Network, lower, upper, *, deadline: float | None = None,
+                        prior: Bounds | None = None) -> Bounds:
     """The cheaper of CROWN (:func:`gpuopt.bounds.crown.crown`) and :func:`forward_crown` for
     this network (:func:`prefers_forward`): the pre-activation bounds the final spec bound and
-    the MILP build on."""
-    from .crown import crown
+    the MILP build on. ``prior``: bounds known to hold on these boxes, intersected in."""
+    from .crown import _intersect, crown
 
     if prefers_forward(network):
-        return forward_crown(network, lower, upper, deadline=deadline)
-    return crown(network, lower, upper, deadline=deadline)
+        bounds = forward_crown(network, lower, upper, deadline=deadline)
+        return bounds if prior is None else _intersect(bounds, prior)
+    return crown(network, lower, upper, deadline=deadline, prior=prior)
 
 
 def _signed_parts(op) -> tuple:

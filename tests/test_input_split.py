@@ -1,0 +1,142 @@
+"""Input splitting: per-box CROWN rows and inherited parent bounds.
+
+CROWN bounds a batch of boxes either on the union of the neurons open in any box, or (when
+that wastes work) on each box's own open neurons; both must give the same bounds. Sub-boxes
+inherit their parent's bounds, which the search intersects in; its verdicts must agree with
+brute-force enumeration whether those bounds are kept, dropped, or kept for some chunks only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import LinfBall, Problem, robustness
+from gpuopt.bab import SplitConfig, input_split
+from gpuopt.bounds import Bounds, crown, ibp
+
+from helpers import (box_points, brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
+                     random_dense_network)
+
+crown_module = importlib.import_module("gpuopt.bounds.crown")
+bab_module = importlib.import_module("gpuopt.bab")
+
+
+def _boxes(rng, n_in, centre_scale=1.0):
+    """Boxes of very different sizes, so that most neurons are open only in the wide ones."""
+    widths = np.array([2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 0.0, 1e-5] * 2)
+    centre = rng.normal(size=(widths.size, n_in)) * centre_scale
+    rad = widths[:, None] * rng.uniform(0.5, 1.0, size=(widths.size, n_in))
+    return centre - rad, centre + rad
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crown_per_box_rows_equal_box_by_box(seed, monkeypatch):
+    """A batch where boxes open few neurons each takes the per-(box, neuron) path, and its bounds
+    equal those of each box bounded alone (which takes the union path)."""
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 3, [12, 12, 10], 4)
+    lo, hi = (torch.tensor(t) for t in _boxes(rng, 3))
+    used = []
+    original = crown_module._backward
+
+    def spy(*args, **kwargs):
+        used.append(kwargs.get("index") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(crown_module, "_backward", spy)
+    batch = crown(net, lo, hi)
+    assert any(used), "the batch never took the per-box path"
+    used.clear()
+    for i in range(lo.shape[0]):
+        alone = crown(net, lo[i:i + 1], hi[i:i + 1])
+        for (bl, bu), (al, au) in zip(list(batch.pre_activation) + [batch.output],
+                                      list(alone.pre_activation) + [alone.output]):
+            scale = 1e-12 * (1 + al.abs().max() + au.abs().max())
+            assert torch.allclose(bl[i], al[0], rtol=0, atol=scale)
+            assert torch.allclose(bu[i], au[0], rtol=0, atol=scale)
+    assert not any(used), "a single box took the per-box path"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crown_with_a_parent_prior_is_sound_and_inside_it(seed):
+    """Children bounded with their parent's bounds as ``prior``: every bound lies inside the
+    prior and inside IBP's, and contains the sampled pre-activations and outputs."""
+    rng = np.random.default_rng(100 + seed)
+    net = random_dense_network(rng, 3, [10, 10, 8], 3)
+    centre = rng.normal(size=(4, 3))
+    plo, phi = torch.tensor(centre - 0.6), torch.tensor(centre + 0.6)
+    parent = crown(net, plo, phi)
+    mid = (plo + phi) / 2
+    dim = torch.tensor(rng.integers(0, 3, size=4))
+    ar = torch.arange(4)
+    clo, chi = plo.clone(), phi.clone()
+    chi[ar, dim] = mid[ar, dim]  # the lower halves
+    child = crown(net, clo, chi, prior=parent)
+    base = ibp(net, clo, chi)
+    for (l, u), (pl, pu), (il, iu) in zip(list(child.pre_activation) + [child.output],
+                                          list(parent.pre_activation) + [parent.output],
+                                          list(base.pre_activation) + [base.output]):
+        assert bool((l >= pl).all() and (u <= pu).all())
+        assert bool((l >= il).all() and (u <= iu).all())
+    for i in range(4):
+        pts = box_points(rng, clo[i].numpy(), chi[i].numpy(), 300)
+        y, pre = numpy_forward(net, pts)
+        for (l, u), z in zip(child.pre_activation, pre):
+            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy())
+        assert np.all(y >= child.output[0][i].numpy()) and np.all(y <= child.output[1][i].numpy())
+
+
+def test_crown_ignores_nan_in_the_prior():
+    """A NaN in the prior says nothing: the bounds are those without it."""
+    rng = np.random.default_rng(7)
+    net = random_dense_network(rng, 2, [8, 8], 2)
+    lo = torch.tensor(rng.normal(size=(3, 2)))
+    hi = lo + 0.5
+    plain = crown(net, lo, hi)
+    nan = crown(net, lo, hi, prior=Bounds(
+        tuple((torch.full_like(l, math.nan), torch.full_like(u, math.nan)) for l, u in plain.pre_activation),
+        (torch.full_like(plain.output[0], math.nan), torch.full_like(plain.output[1], math.nan)), "nan"))
+    for (a, b), (c, d) in zip(list(plain.pre_activation) + [plain.output], list(nan.pre_activation) + [nan.output]):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def _split_case(seed):
+    rng = np.random.default_rng(4242 + seed)
+    n_in = [2, 3, 4][seed % 3]
+    net = random_dense_network(rng, n_in, [8, 8, 6], 3)
+    centre = rng.normal(size=n_in)
+    label = int(np.argmax(net.forward64(centre[None])[0]))
+    spec = robustness(label, 3)
+    eps = float(rng.choice([0.2, 0.5, 1.0]))
+    return net, LinfBall(centre, eps), spec
+
+
+@pytest.mark.parametrize("prior_bytes", ["default", 0, "some"])
+@pytest.mark.parametrize("seed", range(12))
+def test_input_split_agrees_with_brute_force_with_or_without_parent_bounds(seed, prior_bytes, monkeypatch):
+    """Whether sub-boxes keep their parent's bounds (the default), never do (no room), or keep
+    them for some stacked chunks only (so chunks with and without bounds are concatenated), the
+    verdict matches exact enumeration."""
+    net, region, spec = _split_case(seed)
+    if prior_bytes == 0:
+        monkeypatch.setattr(bab_module, "PRIOR_BYTES", 0)
+    elif prior_bytes == "some":  # room for a few boxes' bounds: the stack mixes both kinds
+        per_box = 16 * sum(op.shape[0] for op in net.linear_ops("cpu", torch.float64))
+        monkeypatch.setattr(bab_module, "PRIOR_BYTES", 6 * per_box)
+    box = region.to_box()
+    true_min = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct.min()
+    res = input_split(Problem(net, region, spec), deadline=time.monotonic() + 60,
+                      config=SplitConfig(batch_size=4, attack_boxes=0))
+    if true_min > 1e-9:
+        assert res.status == "unsat", (true_min, res)
+    elif true_min < -1e-9:
+        assert res.status == "sat", (true_min, res)
+        y, _ = numpy_forward(net, res.counterexample[None])
+        assert spec.margin64(y)[0] <= 0
+    assert res.status != "unsat" or true_min > 0
