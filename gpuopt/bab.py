@@ -134,8 +134,8 @@ def _max_of_affine_lower(rows: torch.Tensor, coef: torch.Tensor, rad: torch.Tens
 
 
 def _cat_bounds(parts: list, sizes: list) -> Bounds | None:
-    """The stacked chunks' bounds as one batch; a chunk without bounds (``None``, ``sizes[i]``
-    boxes) gets infinite ones, which say nothing. ``None`` when no chunk has bounds."""
+    """The chunks' bounds as one batch; a chunk without bounds (``None``, ``sizes[i]`` boxes)
+    gets infinite ones, which say nothing. ``None`` when no chunk has bounds."""
     like = next((p for p in parts if p is not None), None)
     if like is None:
         return None
@@ -155,6 +155,41 @@ def _cat_bounds(parts: list, sizes: list) -> Bounds | None:
     pre = tuple(pair(lambda p, k=k: p.pre_activation[k][0], lambda p, k=k: p.pre_activation[k][1])
                 for k in range(len(like.pre_activation)))
     return Bounds(pre, pair(lambda p: p.output[0], lambda p: p.output[1]), like.method)
+
+
+class _BoxStack:
+    """Sub-boxes waiting to be bounded, as chunks ``(lower, upper, open-disjunct mask, bounds
+    known to hold on them or None)``; :meth:`pop` takes boxes from the top and copies only those."""
+
+    def __init__(self):
+        self._chunks: list = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, lo, hi, mask, prior):
+        if lo.shape[0]:
+            self._chunks.append((lo, hi, mask, prior))
+            self._size += lo.shape[0]
+
+    def pop(self, n: int):
+        """The top ``n`` boxes as one batch ``(lower, upper, mask, bounds or None)``."""
+        taken, count = [], 0
+        while count < n:
+            lo, hi, mask, prior = self._chunks.pop()
+            rest = lo.shape[0] - (n - count)
+            if rest > 0:  # split the chunk: its first ``rest`` boxes stay on the stack
+                below = None if prior is None else prior.select(slice(0, rest))
+                self._chunks.append((lo[:rest], hi[:rest], mask[:rest], below))
+                lo, hi, mask = lo[rest:], hi[rest:], mask[rest:]
+                prior = None if prior is None else prior.select(slice(rest, None))
+            taken.append((lo, hi, mask, prior))
+            count += lo.shape[0]
+        self._size -= count
+        taken.reverse()  # keep the stack's order: the top box last
+        lo, hi, mask = (torch.cat([c[i] for c in taken]) for i in range(3))
+        return lo, hi, mask, _cat_bounds([c[3] for c in taken], [c[0].shape[0] for c in taken])
 
 
 def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
@@ -216,37 +251,26 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     attack_cfg = AttackConfig(restarts=config.attack_restarts, steps=config.attack_steps, seed=config.seed, rounds=1)
     width0 = torch.tensor(problem.region.upper - problem.region.lower)
     width0 = torch.where(width0 > 0, width0, torch.full_like(width0, math.inf))  # fixed inputs never split
-    lo_stack = [torch.tensor(problem.region.lower)[None]]
-    hi_stack = [torch.tensor(problem.region.upper)[None]]
-    mask_stack = [torch.ones((1, K), dtype=torch.bool)]
-    # per stacked chunk, the parent boxes' bounds (they hold on both halves), or None: they are
-    # kept while the stack's copies fit in PRIOR_BYTES
-    prior_stack: list = [None]
+    stack = _BoxStack()
+    stack.push(torch.tensor(problem.region.lower)[None], torch.tensor(problem.region.upper)[None],
+               torch.ones((1, K), dtype=torch.bool), None)
+    # sub-boxes keep their parent's bounds while the stack's copies fit in PRIOR_BYTES
     bytes_per_box = 16 * (sum(op.shape[0] for op in net.linear_ops("cpu", torch.float64)))
-    n_stack = 1
     boxes = 0
     proven = math.inf
     closed_volume = 0.0  # the share of the box's volume in sub-boxes closed for every disjunct
     per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
-    while n_stack:
+    while len(stack):
         if deadline is not None and time.monotonic() > deadline:
             return SplitResult("timeout", None, boxes, proven, closed_volume)
-        if n_stack > config.max_boxes:
+        if len(stack) > config.max_boxes:
             return SplitResult("unknown", None, boxes, proven, closed_volume)
         # pop up to batch_size boxes from the top of the stack
-        lo_all = torch.cat(lo_stack)
-        hi_all = torch.cat(hi_stack)
-        mask_all = torch.cat(mask_stack)
-        prior_all = _cat_bounds(prior_stack, [t.shape[0] for t in lo_stack])
-        take = min(config.batch_size, lo_all.shape[0])
+        take = min(config.batch_size, len(stack))
         if per_box > 0:
             slack = BATCH_SECONDS if deadline is None else min(BATCH_SECONDS, (deadline - time.monotonic()) / 4)
             take = max(1, min(take, int(slack / per_box)))
-        lo, hi, mask = lo_all[-take:], hi_all[-take:], mask_all[-take:]
-        lo_stack, hi_stack, mask_stack = [lo_all[:-take]], [hi_all[:-take]], [mask_all[:-take]]
-        prior = None if prior_all is None else prior_all.select(slice(-take, None))
-        prior_stack = [None if prior_all is None else prior_all.select(slice(0, -take))]
-        n_stack -= take
+        lo, hi, mask, prior = stack.pop(take)
         boxes += take
 
         t_batch = time.monotonic()
@@ -316,9 +340,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
-        lo_stack += [lo, lo2]
-        hi_stack += [hi1, hi]
-        mask_stack += [mask, mask]
-        prior_stack += [bnd, bnd] if n_stack * bytes_per_box <= PRIOR_BYTES else [None, None]
-        n_stack += 2 * n
+        keep_prior = (len(stack) + 2 * n) * bytes_per_box <= PRIOR_BYTES
+        stack.push(lo, hi1, mask, bnd if keep_prior else None)
+        stack.push(lo2, hi, mask, bnd if keep_prior else None)
     return SplitResult("unsat", None, boxes, proven, 1.0)

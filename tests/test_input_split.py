@@ -140,3 +140,41 @@ def test_input_split_agrees_with_brute_force_with_or_without_parent_bounds(seed,
         y, _ = numpy_forward(net, res.counterexample[None])
         assert spec.margin64(y)[0] <= 0
     assert res.status != "unsat" or true_min > 0
+
+
+def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
+    """Chunks with and without bounds, popped in sizes that split chunks: every popped box comes
+    with its own bounds (or infinite ones), last pushed first, and nothing is lost."""
+    stack = bab_module._BoxStack()
+    pushed = []
+    for c, (n, with_bounds) in enumerate([(3, False), (4, True), (1, True), (5, False), (2, True)]):
+        ids = torch.arange(len(pushed), len(pushed) + n, dtype=torch.float64)
+        lo = torch.stack([ids, -ids], 1)
+        prior = None
+        if with_bounds:  # bounds that encode the box id, so alignment can be checked
+            prior = Bounds(((ids[:, None].repeat(1, 3), ids[:, None].repeat(1, 3) + 0.5),),
+                           (ids[:, None] - 1, ids[:, None] + 1), "test")
+        stack.push(lo, lo + 1, torch.ones((n, 2), dtype=torch.bool), prior)
+        pushed += [(float(i), with_bounds) for i in ids]
+    stack.push(torch.zeros((0, 2)), torch.zeros((0, 2)), torch.zeros((0, 2), dtype=torch.bool), None)
+    assert len(stack) == len(pushed) == 15
+    order = []
+    for n in [2, 6, 1, 4, 2]:
+        lo, hi, mask, prior = stack.pop(n)
+        assert lo.shape == (n, 2) and torch.equal(hi, lo + 1) and mask.shape == (n, 2)
+        ids = lo[:, 0].tolist()
+        assert ids == sorted(ids)  # the stack's order is kept inside a batch
+        for row, i in enumerate(ids):
+            has = pushed[int(i)][1]
+            if prior is None:
+                assert not has
+                continue
+            l, u = prior.pre_activation[0]
+            if has:
+                assert torch.all(l[row] == i) and torch.all(u[row] == i + 0.5)
+                assert prior.output[0][row, 0] == i - 1 and prior.output[1][row, 0] == i + 1
+            else:
+                assert torch.all(torch.isinf(l[row])) and torch.all(l[row] < 0) and torch.all(u[row] == math.inf)
+        order += ids[::-1]
+    assert len(stack) == 0
+    assert order == [float(i) for i in range(14, -1, -1)]  # last pushed, first popped
