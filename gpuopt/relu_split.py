@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, open_rows, row_selectors
+from .bounds.crown import _backward, _magnitudes, _relaxation, open_rows, tighten_layer
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .network import Network
@@ -501,19 +501,10 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
         xm, xr = x_mid.expand(B, -1), x_rad.expand(B, -1)
         hmax = _magnitudes(xm, xr, pre, ops)
-        width = max(op.shape[1] for op in ops[: k + 1])
-        chunk = max(1, CHUNK_ELEMENTS // (2 * B * width))
-        n_k = ops[k].shape[0]
-        for start in range(0, rows.numel(), chunk):
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            part = rows[start:start + chunk]
-            m = part.numel()
-            bound, _ = _backward(row_selectors(part, n_k, B, l_k), k, ops, relax, xm, xr, n_terms, hmax)
-            # an overflow (inf * 0, inf - inf) gives NaN: no information, never a crossing
-            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-            l_k[:, part] = torch.maximum(l_k[:, part], bound[:, :m])
-            u_k[:, part] = torch.minimum(u_k[:, part], -bound[:, m:])
+        # every domain re-bounds all rows open in any domain: a neuron split (so stable) in one
+        # domain but open in another is re-bounded too, and that finds many empty domains
+        l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, per_box=False,
+                                       deadline=deadline)
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.bound, doms.tag)

@@ -27,6 +27,7 @@ the working dtype and device (:meth:`Network.linear_ops`: dense, or sparse for c
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -122,8 +123,7 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
         neg = A.clamp(max=0)
         extra = (neg @ icpt[:, :, None]).squeeze(-1)
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
-        # A * (alpha where A >= 0, else s): one of the two products is an exact zero
-        coef = (A - neg) * lower_slope + neg * s[:, None, :]
+        coef = A * torch.where(A >= 0, lower_slope, s[:, None, :])
         if split_terms is not None and split_terms[j] is not None:
             coef = coef + split_terms[j]
         cj = ops[j].bias
@@ -144,6 +144,58 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * A.shape[-1] + 8))
     return lower, A
+
+
+def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch.Tensor, u: torch.Tensor, *,
+                  rows: torch.Tensor | None = None, per_box: bool = True, deadline: float | None = None,
+                  last: float = 0.0, ball=None):
+    """CROWN bounds of layer ``k``'s neurons (relaxations ``relax`` of the layers before it),
+    intersected with ``l``/``u`` ``(B, n_k)``; returns ``(l, u, finished, last)`` (new tensors).
+
+    ``rows``: the neurons to bound in every box (default: those open in some box, and then, if
+    ``per_box`` and the boxes' own open neurons are fewer than :data:`PAIR_SHARE` of those rows
+    times ``B``, each box bounds only its own, one ``(box, neuron)`` pair per row block of
+    :func:`_backward`; the neurons stable in a box then keep their bounds there). Rows
+    run in chunks of :data:`CHUNK_ELEMENTS`; a chunk starts only if, by the last chunk's time, it
+    ends before ``deadline``, and the rows not reached keep their bounds (``finished`` False). A
+    NaN bound (an overflow, ``inf * 0``) carries no information and changes nothing."""
+    B = l.shape[0]
+    il, iu = l, u
+    l, u = l.clone(), u.clone()
+    width = max(op.shape[1] for op in ops[: k + 1])
+    pairs = None
+    if rows is None:
+        rows = open_rows(il, iu, ops[k])
+        if per_box and B > 1:
+            box, neuron = _open_pairs(il, iu, ops[k])
+            if box.numel() < PAIR_SHARE * B * rows.numel():
+                pairs = (box, neuron)
+    if pairs is not None:
+        eye = torch.eye(ops[k].shape[0], dtype=l.dtype, device=l.device)
+        chunk, total = max(1, CHUNK_ELEMENTS // (2 * width)), pairs[0].numel()
+    else:
+        chunk, total = max(1, CHUNK_ELEMENTS // (2 * B * width)), rows.numel()
+    for start in range(0, total, chunk):
+        t0 = time.monotonic()
+        if deadline is not None and t0 + last > deadline:
+            return l, u, False, last
+        if pairs is not None:
+            b, r = pairs[0][start:start + chunk], pairs[1][start:start + chunk]
+            lam = torch.stack([eye[r], -eye[r]], dim=1)
+            bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b)
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            l[b, r] = torch.maximum(bound[:, 0], il[b, r])
+            u[b, r] = torch.minimum(-bound[:, 1], iu[b, r])
+        else:
+            part = rows[start:start + chunk]
+            m = part.numel()
+            bound, _ = _backward(row_selectors(part, ops[k].shape[0], B, l), k, ops, relax, x_mid, x_rad, n_terms,
+                                 hmax, ball=ball)
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            l[:, part] = torch.maximum(bound[:, :m], il[:, part])
+            u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
+        last = time.monotonic() - t0
+    return l, u, True, last
 
 
 def _open_pairs(l: torch.Tensor, u: torch.Tensor, op):
@@ -215,7 +267,6 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
     else:  # over the ball, the first layer's interval is not exact: bound it too
         pre, relax = [], []
         ball = (ball[0].reshape(lo.shape).to(lo), ball[1].reshape(-1).to(lo), ball[2])
-    B = lo.shape[0]
     method = "crown"
     last = 0.0  # the time of the last backward chunk: one more must fit before the deadline
     for k in range(0 if ball is not None else 1, L):
@@ -225,48 +276,12 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
             method = "crown-partial"
         else:
             # only neurons whose sign IBP leaves open need the backward pass (all outputs do)
-            rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else open_rows(il, iu, ops[k])
-            open_ = _open_pairs(il, iu, ops[k]) if B > 1 and k < L - 1 else None
-            if open_ is not None and open_[0].numel() < PAIR_SHARE * B * rows.numel():
-                # each box carries only its own open neurons: one (box, neuron) pair per row block
-                l, u = il.clone(), iu.clone()
-                hmax = _magnitudes(x_mid, x_rad, pre, ops)
-                box, neuron = open_
-                width = max(op.shape[1] for op in ops[: k + 1])
-                chunk = max(1, CHUNK_ELEMENTS // (2 * width))
-                eye = torch.eye(ops[k].shape[0], dtype=lo.dtype, device=lo.device)
-                for start in range(0, box.numel(), chunk):
-                    t0 = time.monotonic()
-                    if start and deadline is not None and t0 + last > deadline:
-                        method = "crown-partial"
-                        break
-                    b, r = box[start:start + chunk], neuron[start:start + chunk]
-                    lam = torch.stack([eye[r], -eye[r]], dim=1)
-                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b)
-                    l[b, r] = torch.maximum(bound[:, 0], il[b, r])
-                    u[b, r] = torch.minimum(-bound[:, 1], iu[b, r])
-                    last = time.monotonic() - t0
-                rows = rows[:0]
-            if rows.numel():
-                n_k = ops[k].shape[0]
-                l, u = il.clone(), iu.clone()
-                hmax = _magnitudes(x_mid, x_rad, pre, ops)
-                # rows in chunks, so that the coefficient matrices stay within memory and the
-                # deadline is checked between chunks (rows not reached keep their IBP bounds)
-                width = max(op.shape[1] for op in ops[: k + 1])
-                chunk = max(1, CHUNK_ELEMENTS // (2 * B * width))
-                for start in range(0, rows.numel(), chunk):
-                    t0 = time.monotonic()
-                    if start and deadline is not None and t0 + last > deadline:
-                        method = "crown-partial"
-                        break
-                    part = rows[start:start + chunk]
-                    m = part.numel()
-                    lam = row_selectors(part, n_k, B, lo)
-                    bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball)
-                    l[:, part] = torch.maximum(bound[:, :m], il[:, part])
-                    u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
-                    last = time.monotonic() - t0
+            rows = torch.arange(il.shape[1], device=lo.device) if k == L - 1 else None
+            hmax = _magnitudes(x_mid, x_rad, pre, ops)
+            l, u, finished, last = tighten_layer(k, ops, relax, x_mid, x_rad, n_terms, hmax, il, iu, rows=rows,
+                                                 deadline=deadline, last=last, ball=ball)
+            if not finished:
+                method = "crown-partial"
         if k < L - 1:
             pre.append((l, u))
             relax.append(_relaxation(l, u, ops[k].passthrough))
