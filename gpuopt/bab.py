@@ -158,8 +158,9 @@ def _cat_bounds(parts: list, sizes: list) -> Bounds | None:
 
 
 class _BoxStack:
-    """Sub-boxes waiting to be bounded, as chunks ``(lower, upper, open-disjunct mask, bounds
-    known to hold on them or None)``; :meth:`pop` takes boxes from the top and copies only those."""
+    """Sub-boxes waiting to be bounded, as chunks ``(lower, upper, open-disjunct mask, bounds known
+    to hold on them or None, their own bounding results or None)``; :meth:`pop` takes boxes from
+    the top and copies only those."""
 
     def __init__(self):
         self._chunks: list = []
@@ -168,35 +169,68 @@ class _BoxStack:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, lo, hi, mask, prior):
+    def push(self, lo, hi, mask, prior, done=None):
+        """``done``: ``(bounds, rows, coefficients, disjunct bounds)`` already computed for these
+        boxes (with ``prior``), so that they are not bounded again."""
         if lo.shape[0]:
-            self._chunks.append((lo, hi, mask, prior))
+            self._chunks.append((lo, hi, mask, None if done is not None else prior, done))
             self._size += lo.shape[0]
 
-    def pop(self, n: int):
-        """The top ``n`` boxes as one batch ``(lower, upper, mask, bounds or None)``."""
+    def pop(self, n: int) -> list:
+        """The top ``n`` boxes, as chunks in the stack's order (the top box last)."""
         taken, count = [], 0
         while count < n:
-            lo, hi, mask, prior = self._chunks.pop()
-            rest = lo.shape[0] - (n - count)
+            chunk = self._chunks.pop()
+            rest = chunk[0].shape[0] - (n - count)
             if rest > 0:  # split the chunk: its first ``rest`` boxes stay on the stack
-                below = None if prior is None else prior.select(slice(0, rest))
-                self._chunks.append((lo[:rest], hi[:rest], mask[:rest], below))
-                lo, hi, mask = lo[rest:], hi[rest:], mask[rest:]
-                prior = None if prior is None else prior.select(slice(rest, None))
-            taken.append((lo, hi, mask, prior))
-            count += lo.shape[0]
+                self._chunks.append(_rows_of(chunk, slice(0, rest)))
+                chunk = _rows_of(chunk, slice(rest, None))
+            taken.append(chunk)
+            count += chunk[0].shape[0]
         self._size -= count
-        taken.reverse()  # keep the stack's order: the top box last
-        lo, hi, mask = (torch.cat([c[i] for c in taken]) for i in range(3))
-        return lo, hi, mask, _cat_bounds([c[3] for c in taken], [c[0].shape[0] for c in taken])
+        taken.reverse()
+        return taken
+
+
+def _rows_of(chunk, index):
+    """The boxes ``index`` of a stack chunk."""
+    lo, hi, mask, prior, done = chunk
+    if done is not None:
+        bnd, rows, coef, disj = done
+        done = (bnd.select(index), rows[index], coef[index], disj[index])
+    return lo[index], hi[index], mask[index], None if prior is None else prior.select(index), done
+
+
+def _bound_chunks(chunks, bound_boxes, deadline):
+    """The bounding results of popped chunks, in their order: chunks pushed with results keep
+    them, the others are bounded together in one call."""
+    todo = [c for c in chunks if c[4] is None]
+    fresh = None
+    if todo:
+        fresh = bound_boxes(torch.cat([c[0] for c in todo]), torch.cat([c[1] for c in todo]),
+                            _cat_bounds([c[3] for c in todo], [c[0].shape[0] for c in todo]), deadline)
+        if len(todo) == len(chunks):
+            return fresh
+    parts, start = [], 0
+    for c in chunks:
+        if c[4] is not None:
+            parts.append(c[4])
+        else:
+            n = c[0].shape[0]
+            parts.append(tuple(fresh[0].select(slice(start, start + n)) if i == 0 else fresh[i][start:start + n]
+                               for i in range(4)))
+            start += n
+    bnd = _cat_bounds([p[0] for p in parts], [p[1].shape[0] for p in parts])
+    return (bnd,) + tuple(torch.cat([p[i] for p in parts]) for i in range(1, 4))
 
 
 def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
     """For each box, the dimension whose halves leave the least open: every splittable dimension
     is tried, its two halves bounded (with the box's bounds as their prior), and scored by
     ``min(v_left, 0) + min(v_right, 0)`` with ``v`` a half's weakest open disjunct bound (a
-    closed half scores 0). Returns ``(dimension (n,), its score (n,))``."""
+    closed half scores 0). Returns ``(dimension (n,), its score (n,), the halves' bounding
+    results)``; half ``s`` (0 lower, 1 upper) of dimension ``i`` of box ``j`` is row
+    ``(2 i + s) n + j`` of the results."""
     n, d = lo.shape
     halves_lo, halves_hi = [], []
     for i in range(d):
@@ -207,13 +241,14 @@ def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
         halves_lo += [lo, lower_end]
         halves_hi += [upper_end, hi]
     prior = _cat_bounds([bnd] * (2 * d), [n] * (2 * d))
-    _, _, _, disj = bound_boxes(torch.cat(halves_lo), torch.cat(halves_hi), prior, deadline)
+    halves = bound_boxes(torch.cat(halves_lo), torch.cat(halves_hi), prior, deadline)
+    disj = halves[3]
     open_ = mask.repeat(2 * d, 1)
     v = torch.where(open_, disj, torch.full_like(disj, math.inf)).amin(1).view(d, 2, n)
     total = v[:, 0].clamp(max=0) + v[:, 1].clamp(max=0)
     total = torch.where((hi > lo).T, total, torch.full_like(total, -math.inf))
     best_total, best = total.max(0)
-    return best, best_total
+    return best, best_total, halves
 
 
 def input_split(problem: Problem, *, deadline: float | None = None, config: SplitConfig = SplitConfig(),
@@ -270,11 +305,12 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         if per_box > 0:
             slack = BATCH_SECONDS if deadline is None else min(BATCH_SECONDS, (deadline - time.monotonic()) / 4)
             take = max(1, min(take, int(slack / per_box)))
-        lo, hi, mask, prior = stack.pop(take)
+        chunks = stack.pop(take)
+        lo, hi, mask = (torch.cat([c[i] for c in chunks]) for i in range(3))
         boxes += take
 
         t_batch = time.monotonic()
-        bnd, rows, coef, disj = bound_boxes(lo, hi, prior, deadline)
+        bnd, rows, coef, disj = _bound_chunks(chunks, bound_boxes, deadline)
         closed_now = disj > 0
         if (closed_now & mask).any():
             proven = min(proven, float(disj[closed_now & mask].min()))
@@ -325,8 +361,9 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         dim = (a.abs() * width).argmax(dim=1)
         rel = width / width0
         stuck = rel[ar, dim] < 1e-3 * rel.amax(dim=1)
+        halves = None
         if K == 1 and config.strong_branching_dims and int((width > 0).sum(1).max()) <= config.strong_branching_dims:
-            best, total = _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline)
+            best, total, halves = _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline)
             parent = dmask.amin(dim=1)
             use = (total - 2 * parent > STRONG_GAIN * parent.abs()) & (rel[ar, best] >= BALANCE * rel.amax(dim=1))
             dim = torch.where(use, best, dim)
@@ -340,7 +377,12 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
-        keep_prior = (len(stack) + 2 * n) * bytes_per_box <= PRIOR_BYTES
-        stack.push(lo, hi1, mask, bnd if keep_prior else None)
-        stack.push(lo2, hi, mask, bnd if keep_prior else None)
+        keep = (len(stack) + 2 * n) * bytes_per_box <= PRIOR_BYTES
+        if keep and halves is not None:  # both halves were bounded while choosing the dimension
+            left, right = ((halves[0].select(idx),) + tuple(t[idx] for t in halves[1:])
+                           for idx in (2 * dim * n + ar, (2 * dim + 1) * n + ar))
+        else:
+            left = right = None
+        stack.push(lo, hi1, mask, bnd if keep else None, left)
+        stack.push(lo2, hi, mask, bnd if keep else None, right)
     return SplitResult("unsat", None, boxes, proven, 1.0)

@@ -142,39 +142,53 @@ def test_input_split_agrees_with_brute_force_with_or_without_parent_bounds(seed,
     assert res.status != "unsat" or true_min > 0
 
 
+def _id_bounds(ids):
+    """Bounds, rows, coefficients and disjunct bounds that encode each box's id."""
+    bnd = Bounds(((ids[:, None].repeat(1, 3), ids[:, None].repeat(1, 3) + 0.5),),
+                 (ids[:, None] - 1, ids[:, None] + 1), "test")
+    return bnd, ids[:, None] * 10, ids[:, None, None].repeat(1, 1, 2), ids[:, None] + 0.25
+
+
 def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
-    """Chunks with and without bounds, popped in sizes that split chunks: every popped box comes
-    with its own bounds (or infinite ones), last pushed first, and nothing is lost."""
+    """Chunks with bounds, without, and with their own bounding results, popped in sizes that
+    split chunks: every popped box keeps its own data, last pushed first, nothing is lost, and
+    only the boxes without results are bounded (once, with their own inherited bounds)."""
     stack = bab_module._BoxStack()
-    pushed = []
-    for c, (n, with_bounds) in enumerate([(3, False), (4, True), (1, True), (5, False), (2, True)]):
-        ids = torch.arange(len(pushed), len(pushed) + n, dtype=torch.float64)
+    kinds = []
+    for n, kind in [(3, "none"), (4, "prior"), (1, "done"), (5, "none"), (2, "prior"), (3, "done"), (2, "done")]:
+        ids = torch.arange(len(kinds), len(kinds) + n, dtype=torch.float64)
         lo = torch.stack([ids, -ids], 1)
-        prior = None
-        if with_bounds:  # bounds that encode the box id, so alignment can be checked
-            prior = Bounds(((ids[:, None].repeat(1, 3), ids[:, None].repeat(1, 3) + 0.5),),
-                           (ids[:, None] - 1, ids[:, None] + 1), "test")
-        stack.push(lo, lo + 1, torch.ones((n, 2), dtype=torch.bool), prior)
-        pushed += [(float(i), with_bounds) for i in ids]
-    stack.push(torch.zeros((0, 2)), torch.zeros((0, 2)), torch.zeros((0, 2), dtype=torch.bool), None)
-    assert len(stack) == len(pushed) == 15
+        prior = _id_bounds(ids)[0] if kind != "none" else None
+        done = _id_bounds(ids) if kind == "done" else None
+        stack.push(lo, lo + 1, torch.ones((n, 1), dtype=torch.bool), prior, done)
+        kinds += [kind] * n
+    stack.push(torch.zeros((0, 2)), torch.zeros((0, 2)), torch.zeros((0, 1), dtype=torch.bool), None)
+    assert len(stack) == len(kinds) == 20
+    bounded = []
+
+    def fake_bound(lo, hi, prior, deadline):
+        ids = lo[:, 0]
+        bounded.extend(ids.tolist())
+        for row, i in enumerate(ids.tolist()):  # each box arrives with its own inherited bounds
+            if kinds[int(i)] == "prior":
+                assert torch.all(prior.pre_activation[0][0][row] == i)
+            elif prior is not None:
+                assert torch.all(prior.pre_activation[0][0][row] == -math.inf)
+        return _id_bounds(ids)
+
     order = []
-    for n in [2, 6, 1, 4, 2]:
-        lo, hi, mask, prior = stack.pop(n)
-        assert lo.shape == (n, 2) and torch.equal(hi, lo + 1) and mask.shape == (n, 2)
+    for n in [2, 6, 1, 4, 2, 5]:
+        chunks = stack.pop(n)
+        lo = torch.cat([c[0] for c in chunks])
+        assert lo.shape == (n, 2) and torch.equal(torch.cat([c[1] for c in chunks]), lo + 1)
         ids = lo[:, 0].tolist()
         assert ids == sorted(ids)  # the stack's order is kept inside a batch
-        for row, i in enumerate(ids):
-            has = pushed[int(i)][1]
-            if prior is None:
-                assert not has
-                continue
-            l, u = prior.pre_activation[0]
-            if has:
-                assert torch.all(l[row] == i) and torch.all(u[row] == i + 0.5)
-                assert prior.output[0][row, 0] == i - 1 and prior.output[1][row, 0] == i + 1
-            else:
-                assert torch.all(torch.isinf(l[row])) and torch.all(l[row] < 0) and torch.all(u[row] == math.inf)
+        bnd, rows, coef, disj = bab_module._bound_chunks(chunks, fake_bound, None)
+        want = _id_bounds(lo[:, 0])
+        assert torch.equal(bnd.pre_activation[0][0], want[0].pre_activation[0][0])
+        assert torch.equal(bnd.output[1], want[0].output[1])
+        assert torch.equal(rows, want[1]) and torch.equal(coef, want[2]) and torch.equal(disj, want[3])
         order += ids[::-1]
     assert len(stack) == 0
-    assert order == [float(i) for i in range(14, -1, -1)]  # last pushed, first popped
+    assert order == [float(i) for i in range(19, -1, -1)]  # last pushed, first popped
+    assert sorted(bounded) == [float(i) for i, k in enumerate(kinds) if k != "done"]
