@@ -530,7 +530,7 @@ def main(argv=None) -> int:
     try:
         import torchattacks
     except ImportError:
-        print("torchattacks is not installed (pip install torchattacks); nothing to compare against")
+        print("torchattacks is not installed (pip install --no-deps torchattacks); nothing to compare against")
         return 0
     torch.set_num_threads(1)
     meta = {"argv": sys.argv[1:], "budget": args.budget, "sections": args.sections, "suites": args.suites,
