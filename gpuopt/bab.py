@@ -352,7 +352,6 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             if c.ok:
                 return SplitResult("sat", c.x, boxes, proven, closed_volume)
 
-        per_box = (time.monotonic() - t_batch) / take
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
         # far narrower (relative to the original box) than another, the looseness lies in the
         # ReLU relaxations rather than in the linear trend: split the relatively widest instead
@@ -370,6 +369,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             stuck = stuck & ~use
         if stuck.any():
             dim = torch.where(stuck, rel.argmax(dim=1), dim)
+        per_box = (time.monotonic() - t_batch) / take  # strong branching's bounding included
         mid = (lo[ar, dim] + hi[ar, dim]) / 2
         if not ((mid > lo[ar, dim]) & (mid < hi[ar, dim])).all():
             # a box too thin to halve in floating point that bounds cannot close
