@@ -192,13 +192,16 @@ class _BoxStack:
         return taken
 
 
+def _result_rows(results, index):
+    """The boxes ``index`` of bounding results ``(bounds, rows, coefficients, disjunct bounds)``."""
+    return (results[0].select(index),) + tuple(t[index] for t in results[1:])
+
+
 def _rows_of(chunk, index):
     """The boxes ``index`` of a stack chunk."""
     lo, hi, mask, prior, done = chunk
-    if done is not None:
-        bnd, rows, coef, disj = done
-        done = (bnd.select(index), rows[index], coef[index], disj[index])
-    return lo[index], hi[index], mask[index], None if prior is None else prior.select(index), done
+    return (lo[index], hi[index], mask[index], None if prior is None else prior.select(index),
+            None if done is None else _result_rows(done, index))
 
 
 def _bound_chunks(chunks, bound_boxes, deadline):
@@ -217,8 +220,7 @@ def _bound_chunks(chunks, bound_boxes, deadline):
             parts.append(c[4])
         else:
             n = c[0].shape[0]
-            parts.append(tuple(fresh[0].select(slice(start, start + n)) if i == 0 else fresh[i][start:start + n]
-                               for i in range(4)))
+            parts.append(_result_rows(fresh, slice(start, start + n)))
             start += n
     bnd = _cat_bounds([p[0] for p in parts], [p[1].shape[0] for p in parts])
     return (bnd,) + tuple(torch.cat([p[i] for p in parts]) for i in range(1, 4))
@@ -379,8 +381,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         lo2[torch.arange(n), dim] = mid
         keep = (len(stack) + 2 * n) * bytes_per_box <= PRIOR_BYTES
         if keep and halves is not None:  # both halves were bounded while choosing the dimension
-            left, right = ((halves[0].select(idx),) + tuple(t[idx] for t in halves[1:])
-                           for idx in (2 * dim * n + ar, (2 * dim + 1) * n + ar))
+            left, right = (_result_rows(halves, idx) for idx in (2 * dim * n + ar, (2 * dim + 1) * n + ar))
         else:
             left = right = None
         stack.push(lo, hi1, mask, bnd if keep else None, left)

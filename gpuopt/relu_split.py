@@ -501,10 +501,10 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
         xm, xr = x_mid.expand(B, -1), x_rad.expand(B, -1)
         hmax = _magnitudes(xm, xr, pre, ops)
-        # every domain re-bounds all rows open in any domain: a neuron split (so stable) in one
-        # domain but open in another is re-bounded too, and that finds many empty domains
-        l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, per_box=False,
-                                       deadline=deadline)
+        # every domain re-bounds all rows open in any domain (not only its own): a neuron split
+        # (so stable) in one domain but open in another is re-bounded too, and that finds many
+        # empty domains
+        l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, rows=rows, deadline=deadline)
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.bound, doms.tag)

@@ -68,13 +68,19 @@ def _relaxation(l: torch.Tensor, u: torch.Tensor, passthrough: torch.Tensor | No
     return alpha, s, intercept
 
 
-def open_rows(l: torch.Tensor, u: torch.Tensor, op) -> torch.Tensor:
-    """The neurons of a layer with bounds ``l``/``u`` ``(B, n)`` whose sign is open in some batch
-    element (``l < 0 < u``), except those the activation passes through (no relaxation there)."""
+def _open_mask(l: torch.Tensor, u: torch.Tensor, op) -> torch.Tensor:
+    """``(B, n)``: the sign is open (``l < 0 < u``) and the activation does not pass the
+    coordinate through (no relaxation there)."""
     open_ = (l < 0) & (u > 0)
     if op.passthrough is not None:
         open_ = open_ & ~op.passthrough
-    return torch.nonzero(open_.any(dim=0)).flatten()
+    return open_
+
+
+def open_rows(l: torch.Tensor, u: torch.Tensor, op) -> torch.Tensor:
+    """The neurons of a layer with bounds ``l``/``u`` ``(B, n)`` whose sign is open in some batch
+    element (:func:`_open_mask`)."""
+    return torch.nonzero(_open_mask(l, u, op).any(dim=0)).flatten()
 
 
 def row_selectors(part: torch.Tensor, n: int, B: int, like: torch.Tensor) -> torch.Tensor:
@@ -147,15 +153,14 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
 
 
 def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch.Tensor, u: torch.Tensor, *,
-                  rows: torch.Tensor | None = None, per_box: bool = True, deadline: float | None = None,
-                  last: float = 0.0, ball=None):
+                  rows: torch.Tensor | None = None, deadline: float | None = None, last: float = 0.0, ball=None):
     """CROWN bounds of layer ``k``'s neurons (relaxations ``relax`` of the layers before it),
     intersected with ``l``/``u`` ``(B, n_k)``; returns ``(l, u, finished, last)`` (new tensors).
 
-    ``rows``: the neurons to bound in every box (default: those open in some box, and then, if
-    ``per_box`` and the boxes' own open neurons are fewer than :data:`PAIR_SHARE` of those rows
-    times ``B``, each box bounds only its own, one ``(box, neuron)`` pair per row block of
-    :func:`_backward`; the neurons stable in a box then keep their bounds there). Rows
+    ``rows``: the neurons to bound in every box. By default those open in some box, and then,
+    when the boxes' own open neurons are fewer than :data:`PAIR_SHARE` of those rows times ``B``,
+    each box bounds only its own, one ``(box, neuron)`` pair per row block of :func:`_backward`
+    (the neurons stable in a box then keep their bounds there). Rows
     run in chunks of :data:`CHUNK_ELEMENTS`; a chunk starts only if, by the last chunk's time, it
     ends before ``deadline``, and the rows not reached keep their bounds (``finished`` False). A
     NaN bound (an overflow, ``inf * 0``) carries no information and changes nothing."""
@@ -165,11 +170,10 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
     width = max(op.shape[1] for op in ops[: k + 1])
     pairs = None
     if rows is None:
-        rows = open_rows(il, iu, ops[k])
-        if per_box and B > 1:
-            box, neuron = _open_pairs(il, iu, ops[k])
-            if box.numel() < PAIR_SHARE * B * rows.numel():
-                pairs = (box, neuron)
+        open_ = _open_mask(il, iu, ops[k])
+        rows = torch.nonzero(open_.any(dim=0)).flatten()
+        if B > 1 and int(open_.sum()) < PAIR_SHARE * B * rows.numel():
+            pairs = torch.nonzero(open_, as_tuple=True)
     if pairs is not None:
         eye = torch.eye(ops[k].shape[0], dtype=l.dtype, device=l.device)
         chunk, total = max(1, CHUNK_ELEMENTS // (2 * width)), pairs[0].numel()
@@ -196,15 +200,6 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
         last = time.monotonic() - t0
     return l, u, True, last
-
-
-def _open_pairs(l: torch.Tensor, u: torch.Tensor, op):
-    """``(box, neuron)`` index pairs of the neurons whose sign is open in their own box (as
-    :func:`open_rows`, but per box)."""
-    open_ = (l < 0) & (u > 0)
-    if op.passthrough is not None:
-        open_ = open_ & ~op.passthrough
-    return torch.nonzero(open_, as_tuple=True)
 
 
 def _intersect(bounds: Bounds, prior: Bounds) -> Bounds:
