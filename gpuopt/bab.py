@@ -16,9 +16,13 @@ dimension's two halves are bounded, and the dimension whose halves leave the lea
 the sub-boxes needed about fourfold; with several disjuncts its one-step lookahead on the
 weakest disjunct misled it as often as not, so the smear rule stays there.
 
+Given MILP proof settings, the search is a hybrid: a sub-box that stays open with few unstable
+ReLUs goes to an exact MILP over that box (:func:`_milp_leaves`), which closes it, finds a
+counterexample in it, or leaves it to be split further.
+
 Midpoint splits cover the parent exactly (both halves share the same float midpoint), so
 ``unsat`` follows when the stack empties: every point of ``X`` lies in a sub-box where each
-disjunct was proven unreachable by sound bounds. The search is complete for continuous piecewise
+disjunct was proven unreachable by sound bounds or by a MILP proof. The search is complete for continuous piecewise
 linear networks given time, but its cost grows quickly with the input dimension, so the pipeline
 uses it only below :attr:`SplitConfig.max_input_dim`.
 """
@@ -38,6 +42,7 @@ from .bounds.crown import crown_linear_lower
 from .bounds.forward import intermediate_bounds
 from .check import check_counterexample
 from .errors import InvalidInputError
+from .milp.box import BoxProof, prove_box
 from .problem import Problem
 
 __all__ = ["SplitConfig", "SplitResult", "input_split"]
@@ -61,7 +66,11 @@ class SplitConfig:
     gives up with ``unknown`` (memory guard); each step runs PGD (``attack_restarts`` x
     ``attack_steps``) in the ``attack_boxes`` sub-boxes with the weakest bounds (0 turns it off);
     ``strong_branching_dims``: with one open disjunct, sub-boxes with at most this many splittable
-    dimensions choose their split by strong branching (:func:`_strong_branch`; 0 turns it off)."""
+    dimensions choose their split by strong branching (:func:`_strong_branch`; 0 turns it off).
+    When :func:`input_split` is given MILP proof settings, a sub-box left open with at most
+    ``milp_unstable`` unstable ReLUs (0 turns it off), after ``milp_min_age`` splits that did not
+    close it at that size, goes to an exact MILP of at most ``milp_time_limit`` seconds, while the
+    MILPs have used at most ``milp_share`` of the search's time (:func:`_milp_leaves`)."""
 
     max_input_dim: int = 16
     batch_size: int = 256
@@ -70,12 +79,24 @@ class SplitConfig:
     attack_restarts: int = 16
     attack_steps: int = 20
     strong_branching_dims: int = 8
+    milp_unstable: int = 16
+    milp_min_age: int = 1
+    milp_time_limit: float = 2.0
+    milp_share: float = 0.75
     seed: int = 0
 
     def __post_init__(self):
         for name in ("max_input_dim", "batch_size", "max_boxes", "attack_restarts"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        for name in ("milp_unstable", "milp_min_age"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
+        if not self.milp_time_limit > 0:
+            raise InvalidInputError(f"`milp_time_limit` must be > 0, got {self.milp_time_limit!r}")
+        if not 0 <= self.milp_share <= 1:
+            raise InvalidInputError(f"`milp_share` must be in [0, 1], got {self.milp_share!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,13 +106,14 @@ class SplitResult:
     proven disjunct bound over closed sub-boxes (a certificate strength indicator);
     ``closed_fraction`` the share of the input box's volume (over its non-degenerate dimensions)
     in sub-boxes where every disjunct was proven unreachable: the anytime answer of a search
-    that ran out of time (1 when ``unsat``)."""
+    that ran out of time (1 when ``unsat``); ``milp_boxes`` the sub-boxes closed by MILP."""
 
     status: str
     counterexample: np.ndarray | None
     boxes: int
     margin_lower: float
     closed_fraction: float = 0.0
+    milp_boxes: int = 0
 
 
 def _max_of_affine_lower(rows: torch.Tensor, coef: torch.Tensor, rad: torch.Tensor, steps: int = 30):
@@ -159,8 +181,9 @@ def _cat_bounds(parts: list, sizes: list) -> Bounds | None:
 
 class _BoxStack:
     """Sub-boxes waiting to be bounded, as chunks ``(lower, upper, open-disjunct mask, bounds known
-    to hold on them or None, their own bounding results or None)``; :meth:`pop` takes boxes from
-    the top and copies only those."""
+    to hold on them or None, their own bounding results or None, age)``; :meth:`pop` takes boxes
+    from the top and copies only those. A box's age counts the splits its line had while already
+    small enough for the MILP (:func:`_milp_leaves`)."""
 
     def __init__(self):
         self._chunks: list = []
@@ -169,11 +192,12 @@ class _BoxStack:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, lo, hi, mask, prior, done=None):
+    def push(self, lo, hi, mask, prior, done=None, age=None):
         """``done``: ``(bounds, rows, coefficients, disjunct bounds)`` already computed for these
-        boxes (with ``prior``), so that they are not bounded again."""
+        boxes (with ``prior``), so that they are not bounded again; ``age`` (default 0) per box."""
         if lo.shape[0]:
-            self._chunks.append((lo, hi, mask, None if done is not None else prior, done))
+            age = torch.zeros(lo.shape[0], dtype=torch.int64) if age is None else age
+            self._chunks.append((lo, hi, mask, None if done is not None else prior, done, age))
             self._size += lo.shape[0]
 
     def pop(self, n: int) -> list:
@@ -199,9 +223,9 @@ def _result_rows(results, index):
 
 def _rows_of(chunk, index):
     """The boxes ``index`` of a stack chunk."""
-    lo, hi, mask, prior, done = chunk
+    lo, hi, mask, prior, done, age = chunk
     return (lo[index], hi[index], mask[index], None if prior is None else prior.select(index),
-            None if done is None else _result_rows(done, index))
+            None if done is None else _result_rows(done, index), age[index])
 
 
 def _bound_chunks(chunks, bound_boxes, deadline):
@@ -253,19 +277,64 @@ def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
     return best, best_total, halves
 
 
+def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, config, t_start, milp_seconds,
+                 deadline):
+    """The hybrid's leaves: hand the ``eligible`` open sub-boxes to the exact MILP
+    (:func:`gpuopt.milp.box.prove_box`), fewest ``unstable`` ReLUs first, while the MILPs' time
+    (kept in ``milp_seconds[0]``) stays within ``config.milp_share`` of the search's.
+
+    Where a property holds by a small margin along a ridge (a surface across which the network
+    is steep), CROWN's relaxation of a few unstable ReLUs stays looser than the margin however
+    small the boxes get, and splitting would have to tile the ridge; the MILP decides such a box
+    at once. A box becomes eligible once it has few unstable ReLUs and has been split
+    ``config.milp_min_age`` times at that size without closing, so that boxes one more split
+    would close do not pay for a MILP. Returns ``(closed boxes, the open-disjunct mask less the
+    disjuncts proven, a counterexample or None, the smallest proven bound)``."""
+    n = lo.shape[0]
+    done = torch.zeros(n, dtype=torch.bool)
+    mask = mask.clone()
+    lower = math.inf
+    if milp_seconds[0] >= config.milp_share * (time.monotonic() - t_start):
+        return done, mask, None, lower
+    order = [int(i) for i in torch.argsort(unstable, stable=True) if eligible[i]]
+    if not order:
+        return done, mask, None, lower
+    blocks = problem.network.affine_blocks()
+    for i in order:
+        now = time.monotonic()
+        if milp_seconds[0] >= config.milp_share * (now - t_start) or (deadline is not None and now > deadline):
+            break
+        ks = torch.nonzero(mask[i]).flatten().tolist()
+        pre = [(l[i].numpy(), u[i].numpy()) for l, u in bnd.pre_activation]
+        res = prove_box(problem, blocks, lo[i].numpy(), hi[i].numpy(), pre,
+                        (bnd.output[0][i].numpy(), bnd.output[1][i].numpy()), [kept[k] for k in ks], milp,
+                        config.milp_time_limit, deadline)
+        milp_seconds[0] += res.seconds
+        if res.counterexample is not None:
+            return done, mask, res.counterexample, lower
+        for k, c in zip(ks, res.closed):
+            if c:
+                mask[i, k] = False
+        lower = min(lower, res.lower)
+        done[i] = not bool(mask[i].any())
+    return done, mask, None, lower
+
+
 def input_split(problem: Problem, *, deadline: float | None = None, config: SplitConfig = SplitConfig(),
-                open_disjuncts=None) -> SplitResult:
+                open_disjuncts=None, milp: BoxProof | None = None) -> SplitResult:
     """Decide ``problem`` by input splitting in float64 on the CPU (see the module docstring).
 
-    ``open_disjuncts``: indices of the disjuncts still to decide (default: all).
+    ``open_disjuncts``: indices of the disjuncts still to decide (default: all); ``milp``: when
+    given, open sub-boxes with few unstable ReLUs go to an exact MILP that proves with these
+    settings (:func:`_milp_leaves`).
     """
     net = problem.network
     K_all = problem.spec.n_disjuncts
-    keep = list(range(K_all)) if open_disjuncts is None else sorted(open_disjuncts)
-    if not keep:
+    kept = list(range(K_all)) if open_disjuncts is None else sorted(open_disjuncts)
+    if not kept:
         return SplitResult("unsat", None, 0, math.inf, 1.0)
     A_pad, b_pad = problem.spec.padded(dtype=torch.float64)
-    A_pad, b_pad = A_pad[keep], b_pad[keep]
+    A_pad, b_pad = A_pad[kept], b_pad[kept]
     K, M, n_out = A_pad.shape
     C = A_pad.reshape(K * M, n_out)
     b_flat = b_pad.reshape(K * M)
@@ -297,11 +366,12 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     proven = math.inf
     closed_volume = 0.0  # the share of the box's volume in sub-boxes closed for every disjunct
     per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
+    t_start, milp_seconds, milp_closed = time.monotonic(), [0.0], 0
     while len(stack):
         if deadline is not None and time.monotonic() > deadline:
-            return SplitResult("timeout", None, boxes, proven, closed_volume)
+            return SplitResult("timeout", None, boxes, proven, closed_volume, milp_closed)
         if len(stack) > config.max_boxes:
-            return SplitResult("unknown", None, boxes, proven, closed_volume)
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_closed)
         # pop up to batch_size boxes from the top of the stack
         take = min(config.batch_size, len(stack))
         if per_box > 0:
@@ -309,6 +379,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             take = max(1, min(take, int(slack / per_box)))
         chunks = stack.pop(take)
         lo, hi, mask = (torch.cat([c[i] for c in chunks]) for i in range(3))
+        age = torch.cat([c[5] for c in chunks])
         boxes += take
 
         t_batch = time.monotonic()
@@ -323,8 +394,26 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             closed_volume += float(share[~alive].prod(dim=1).sum())
         if not alive.any():
             continue
-        lo, hi, mask, disj, rows, coef = (t[alive] for t in (lo, hi, mask, disj, rows, coef))
+        lo, hi, mask, disj, rows, coef, age = (t[alive] for t in (lo, hi, mask, disj, rows, coef, age))
         bnd = bnd.select(alive)
+        small = torch.zeros(lo.shape[0], dtype=torch.bool)
+        if milp is not None and config.milp_unstable > 0:
+            unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in bnd.pre_activation)
+            small = unstable <= config.milp_unstable
+            done, mask, x, lb = _milp_leaves(problem, kept, lo, hi, bnd, mask, small & (age >= config.milp_min_age),
+                                             unstable, milp, config, t_start, milp_seconds, deadline)
+            if x is not None:
+                return SplitResult("sat", x, boxes, proven, closed_volume, milp_closed)
+            proven = min(proven, lb)
+            if done.any():
+                milp_closed += int(done.sum())
+                share = torch.where(torch.isfinite(width0), (hi - lo) / width0, torch.ones_like(lo))
+                closed_volume += float(share[done].prod(dim=1).sum())
+                live = ~done
+                lo, hi, mask, disj, rows, coef, age, small = (t[live] for t in (lo, hi, mask, disj, rows, coef, age, small))
+                bnd = bnd.select(live)
+                if not live.any():
+                    continue
         n = lo.shape[0]
 
         # weakest open disjunct per box, and within it the row with the best (largest) bound
@@ -352,7 +441,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         for i in near[np.argsort(margins[near])][:16]:  # candidates, best first; decided soundly
             c = check_counterexample(problem, pts[i])
             if c.ok:
-                return SplitResult("sat", c.x, boxes, proven, closed_volume)
+                return SplitResult("sat", c.x, boxes, proven, closed_volume, milp_closed)
 
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
         # far narrower (relative to the original box) than another, the looseness lies in the
@@ -375,7 +464,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         mid = (lo[ar, dim] + hi[ar, dim]) / 2
         if not ((mid > lo[ar, dim]) & (mid < hi[ar, dim])).all():
             # a box too thin to halve in floating point that bounds cannot close
-            return SplitResult("unknown", None, boxes, proven, closed_volume)
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_closed)
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
@@ -384,6 +473,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             left, right = (_result_rows(halves, idx) for idx in (2 * dim * n + ar, (2 * dim + 1) * n + ar))
         else:
             left = right = None
-        stack.push(lo, hi1, mask, bnd if keep else None, left)
-        stack.push(lo2, hi, mask, bnd if keep else None, right)
-    return SplitResult("unsat", None, boxes, proven, 1.0)
+        age = torch.where(small, age + 1, torch.zeros_like(age))
+        stack.push(lo, hi1, mask, bnd if keep else None, left, age)
+        stack.push(lo2, hi, mask, bnd if keep else None, right, age)
+    return SplitResult("unsat", None, boxes, proven, 1.0, milp_closed)

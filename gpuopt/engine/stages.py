@@ -21,7 +21,8 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 2. ``attack``: batched PGD, before the costlier bounds; a candidate decides ``sat`` only through
    the exact check;
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
-4. ``input_split``: input-space branch and bound, for networks with few inputs;
+4. ``input_split``: input-space branch and bound, for networks with few inputs (sub-boxes it
+   cannot close with few unstable ReLUs go to an exact MILP inside the task);
 5. ``relu_split``: activation branch and bound, for the others;
 6. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
 7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
@@ -48,6 +49,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
+from ..milp.box import BoxProof
 from ..problem import Problem
 from ..specs import OutputSpec
 from ..verdict import Status
@@ -382,20 +384,26 @@ def _close(item: ItemState, i: int, k: int, lb: float) -> None:
 
 
 def plan_input_split(item: ItemState) -> list[TaskSpec]:
-    """One input-splitting task per open problem."""
+    """One input-splitting task per open problem; with the MILP stage on, its hard sub-boxes go
+    to MILPs that prove as the MILP stage does (thresholds, solver, re-check)."""
     config = item.config
+    box_proof = None
+    if config.use_milp:
+        box_proof = BoxProof(threshold_abs=config.milp_threshold_abs, threshold_rel=config.milp_threshold_rel,
+                             solver=config.solver, recheck=config.milp_recheck)
     specs = []
     for i in _open_problems(item):
         ks = sorted(k for (j, k) in item.open if j == i)
         specs.append(TaskSpec(split_task, (network_ref(item.network), _problem_data(item.problems[i]),
-                                           item.proof_problems[i].spec, ks, config.split),
+                                           item.proof_problems[i].spec, ks, config.split, box_proof),
                               f"input_split p{i}", {"problem": i, "disjuncts": ks}))
     return specs
 
 
 def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    notes = item.stage_notes.setdefault("input_split", {"boxes": 0, "undecided": False})
+    notes = item.stage_notes.setdefault("input_split", {"boxes": 0, "undecided": False, "milp_boxes": 0})
     notes["boxes"] += value["boxes"]
+    notes["milp_boxes"] += value.get("milp_boxes", 0)
     if value["kind"] == "sat":
         item.decide(Status.SAT, counterexample=value["x"], output=value["y"], margin_upper=value["margin"],
                     decided_by="input-split", message=f"input-splitting counterexample after {notes['boxes']} "
@@ -412,12 +420,17 @@ def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
 
 
 def finish_input_split(item: ItemState) -> str:
-    notes = item.stage_notes.get("input_split", {"boxes": 0, "undecided": False})
+    notes = item.stage_notes.get("input_split", {"boxes": 0, "undecided": False, "milp_boxes": 0})
     # unsat only from the proofs themselves: every disjunct must have been closed by a result
     if not notes["undecided"] and not item.open:
+        by_milp = ""
+        if notes["milp_boxes"]:
+            how = ("each re-checked independently by safe-bound branch and bound" if item.config.milp_recheck
+                   else "resting on HiGHS's tree within its tolerance margin; re-check off")
+            by_milp = f", {notes['milp_boxes']} of them closed by MILP ({how})"
         item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()),
                     decided_by="input-split",
-                    message=f"input splitting proved every open disjunct on {notes['boxes']} boxes")
+                    message=f"input splitting proved every open disjunct on {notes['boxes']} boxes{by_milp}")
         return "decided"
     return "open"
 

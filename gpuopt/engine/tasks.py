@@ -60,9 +60,11 @@ def _problem(net, data):
     return Problem(net, region, spec, inner=inner)
 
 
-def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budget: float, submitted: float) -> dict:
+def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_proof, budget: float,
+               submitted: float) -> dict:
     """Input splitting on one problem (:func:`gpuopt.bab.input_split`) over its open ``disjuncts``,
-    proofs on ``proof_spec``; a point is reported only after the exact check."""
+    proofs on ``proof_spec``, hard sub-boxes to MILPs proving with ``box_proof`` (``None``: no
+    MILP); a point is reported only after the exact check."""
     start = time.time()
     _setup()
     from ..bab import input_split
@@ -72,9 +74,9 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budge
     problem = _problem(net, problem_data)
     proof = _problem(net, (problem.region, proof_spec, problem.inner))
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
-                      open_disjuncts=disjuncts)
+                      open_disjuncts=disjuncts, milp=box_proof)
     out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
-           "start": start}
+           "milp_boxes": res.milp_boxes, "start": start}
     if res.status == "sat":
         c = check_counterexample(problem, res.counterexample)
         if c.ok:

@@ -1,0 +1,171 @@
+"""The hybrid of input splitting and the MILP (issue 14): sub-boxes left open with few unstable
+ReLUs go to an exact MILP over the box (gpuopt.milp.box.prove_box).
+
+Every test can fail: verdicts are compared with exact enumeration (tests/helpers.py, independent
+of gpuopt's bounds and MILP), a spy checks that the MILP path really closed boxes, and a refused
+re-check must leave the box open.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import gpuopt.milp.recheck as recheck_module
+from gpuopt import Box, LinfBall, Problem, VerifyConfig, robustness, verify
+from gpuopt.bab import SplitConfig, input_split
+from gpuopt.bounds import crown
+from gpuopt.errors import InvalidInputError
+from gpuopt.milp.box import BoxProof, prove_box
+from gpuopt.specs import OutputSpec
+
+from helpers import brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
+
+#: hand every open sub-box to the MILP at once (no age, no time share)
+EAGER = dict(batch_size=4, attack_boxes=0, milp_unstable=64, milp_min_age=0, milp_share=1.0)
+
+
+def _case(seed):
+    rng = np.random.default_rng(9100 + seed)
+    n_in = [2, 3, 4][seed % 3]
+    net = random_dense_network(rng, n_in, [8, 8, 6], 3)
+    centre = rng.normal(size=n_in)
+    label = int(np.argmax(net.forward64(centre[None])[0]))
+    eps = float(rng.choice([0.2, 0.5, 1.0]))
+    return net, LinfBall(centre, eps), robustness(label, 3)
+
+
+def _shifted(spec: OutputSpec, per_disjunct, delta: float) -> OutputSpec:
+    """The spec with each disjunct's right-hand sides moved so that its exact minimum margin
+    becomes ``delta`` (``margin = max_i (A y - b)_i``, so adding ``m - delta`` to ``b`` shifts it)."""
+    return OutputSpec([(A, b + (m - delta)) for (A, b), m in zip(spec.disjuncts, per_disjunct)], spec.n_outputs)
+
+
+@pytest.mark.parametrize("delta", [0.05, -0.05, 1e-3, -1e-3])
+@pytest.mark.parametrize("seed", range(8))
+def test_hybrid_agrees_with_brute_force(seed, delta):
+    """With every open sub-box handed to the MILP, the verdict matches exact enumeration on
+    properties that hold or fail by small margins, and a `sat` point re-checks in float64."""
+    net, region, spec = _case(seed)
+    box = region.to_box()
+    truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+    spec = _shifted(spec, truth, delta)
+    res = input_split(Problem(net, region, spec), deadline=time.monotonic() + 60, config=SplitConfig(**EAGER),
+                      milp=BoxProof())
+    if delta > 0:
+        assert res.status == "unsat", res
+        assert 0 < res.margin_lower <= delta * (1 + 1e-6)
+    else:
+        assert res.status == "sat", res
+        y, _ = numpy_forward(net, res.counterexample[None])
+        assert spec.margin64(y)[0] <= 0
+        assert np.all(res.counterexample >= box.lower) and np.all(res.counterexample <= box.upper)
+
+
+def test_the_milp_closes_boxes_that_splitting_left_open(monkeypatch):
+    """On cases splitting leaves open after its first bound, the MILP closes sub-boxes
+    (``milp_boxes``), and without MILP settings it closes none."""
+    closed = 0
+    for seed in range(8):
+        net, region, spec = _case(seed)
+        box = region.to_box()
+        truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+        problem = Problem(net, region, _shifted(spec, truth, 1e-3))
+        res = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER), milp=BoxProof())
+        plain = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER))
+        assert res.status == plain.status == "unsat"
+        assert plain.milp_boxes == 0 and res.milp_boxes <= res.boxes
+        closed += res.milp_boxes
+        assert res.boxes <= plain.boxes
+    assert closed >= 4
+
+
+def _open_box_case():
+    """A problem and its root box bounds where the property holds by 1e-3 but CROWN cannot
+    prove it on the whole box."""
+    for seed in range(20):
+        net, region, spec = _case(seed)
+        box = region.to_box()
+        truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+        problem = Problem(net, region, _shifted(spec, truth, 1e-3))
+        if input_split(problem, config=SplitConfig(batch_size=1, attack_boxes=0)).boxes == 1:
+            continue  # the root's bounds prove it: not the case wanted
+        lo, hi = torch.tensor(box.lower)[None], torch.tensor(box.upper)[None]
+        return problem, box, crown(net, lo, hi)
+    raise AssertionError("no case")
+
+
+def _prove(problem, box, bnd, proof, *, disjuncts=None):
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bnd.pre_activation]
+    out = (bnd.output[0][0].numpy(), bnd.output[1][0].numpy())
+    ks = list(range(problem.spec.n_disjuncts)) if disjuncts is None else disjuncts
+    return prove_box(problem, problem.network.affine_blocks(), box.lower, box.upper, pre, out, ks, proof, 30.0)
+
+
+def test_a_box_proof_needs_the_independent_recheck(monkeypatch):
+    """With ``recheck`` on, a MILP proof the re-check does not confirm leaves the box open."""
+    problem, box, bnd = _open_box_case()
+    res = _prove(problem, box, bnd, BoxProof())
+    assert all(res.closed) and 0 < res.lower <= 1e-3 * (1 + 1e-6)
+    refused = recheck_module.Recheck(False, -math.inf, 0, "refused by the test")
+    monkeypatch.setattr(recheck_module, "recheck_milp", lambda *a, **k: refused)
+    res = _prove(problem, box, bnd, BoxProof())
+    assert not any(res.closed) and res.lower == math.inf and res.counterexample is None
+    res = _prove(problem, box, bnd, BoxProof(recheck=False))
+    assert all(res.closed)
+
+
+def test_a_box_milp_reports_an_exactly_checked_counterexample():
+    """On a box where the property fails by 1e-3, the MILP returns a point that violates it."""
+    for seed in range(8):
+        net, region, spec = _case(seed)
+        box = region.to_box()
+        truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+        problem = Problem(net, region, _shifted(spec, truth, -1e-3))
+        lo, hi = torch.tensor(box.lower)[None], torch.tensor(box.upper)[None]
+        res = _prove(problem, box, crown(net, lo, hi), BoxProof())
+        assert res.counterexample is not None and not any(res.closed)
+        y, _ = numpy_forward(net, res.counterexample[None])
+        assert problem.spec.margin64(y)[0] <= 0
+
+
+def test_a_box_with_overflowing_bounds_is_left_open():
+    """No big-M constants exist for infinite bounds: the box stays open, no MILP runs."""
+    problem, box, bnd = _open_box_case()
+    pre = [(np.full_like(l[0].numpy(), -np.inf), u[0].numpy()) for l, u in bnd.pre_activation]
+    res = prove_box(problem, problem.network.affine_blocks(), box.lower, box.upper, pre,
+                    (bnd.output[0][0].numpy(), bnd.output[1][0].numpy()), [0], BoxProof(), 30.0)
+    assert res.closed == [False] and res.seconds == 0.0
+
+
+@pytest.mark.parametrize("kwargs, name", [({"milp_unstable": -1}, "milp_unstable"), ({"milp_min_age": 1.5}, "milp_min_age"),
+                                          ({"milp_share": 1.5}, "milp_share"), ({"milp_time_limit": 0}, "milp_time_limit")])
+def test_bad_hybrid_settings_are_refused(kwargs, name):
+    with pytest.raises(InvalidInputError, match=name):
+        SplitConfig(**kwargs)
+
+
+def test_bad_box_proof_settings_are_refused():
+    with pytest.raises(InvalidInputError, match="threshold_abs"):
+        BoxProof(threshold_abs=0)
+    with pytest.raises(InvalidInputError, match="solver"):
+        BoxProof(solver="highs")
+
+
+def test_the_pipeline_says_how_many_boxes_the_milp_closed():
+    """Through ``verify``, an input-splitting proof that used MILPs says so, and how they were
+    checked; with the MILP stage off, input splitting runs without them."""
+    problem, box, _ = _open_box_case()
+    split = SplitConfig(**EAGER)
+    config = VerifyConfig(device="cpu", use_attack=False, use_crown=False, use_walk=False, use_lp=False, split=split)
+    v = verify(problem.network, Box(box.lower, box.upper), problem.spec, timeout=60, config=config)
+    assert v.status.value == "unsat" and v.decided_by == "input-split"
+    assert "closed by MILP (each re-checked independently" in v.message
+    off = VerifyConfig(device="cpu", use_attack=False, use_crown=False, use_walk=False, use_lp=False, split=split,
+                       use_milp=False)
+    v = verify(problem.network, Box(box.lower, box.upper), problem.spec, timeout=60, config=off)
+    assert v.status.value == "unsat" and "MILP" not in v.message
