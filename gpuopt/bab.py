@@ -398,7 +398,8 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         bnd = bnd.select(alive)
         small = torch.zeros(lo.shape[0], dtype=torch.bool)
         if milp is not None and config.milp_unstable > 0:
-            unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in bnd.pre_activation)
+            unstable = sum((((l < 0) & (u > 0)).sum(dim=1) for l, u in bnd.pre_activation),
+                           torch.zeros(lo.shape[0], dtype=torch.int64))
             small = unstable <= config.milp_unstable
             done, mask, x, lb = _milp_leaves(problem, kept, lo, hi, bnd, mask, small & (age >= config.milp_min_age),
                                              unstable, milp, config, t_start, milp_seconds, deadline)

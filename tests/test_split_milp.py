@@ -21,6 +21,7 @@ from gpuopt.bab import SplitConfig, input_split
 from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError
 from gpuopt.milp.box import BoxProof, prove_box
+from gpuopt.milp.box import reduce_network as bab_free_reduce
 from gpuopt.specs import OutputSpec
 
 from helpers import brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
@@ -169,3 +170,44 @@ def test_the_pipeline_says_how_many_boxes_the_milp_closed():
                        use_milp=False)
     v = verify(problem.network, Box(box.lower, box.upper), problem.spec, timeout=60, config=off)
     assert v.status.value == "unsat" and "MILP" not in v.message
+
+
+def _blocks_forward(blocks, x):
+    """float64 forward of affine blocks (ReLU between them, passthrough coordinates kept)."""
+    h = x
+    for k, blk in enumerate(blocks):
+        z = h @ blk.matrix.toarray().T + blk.bias
+        if k == len(blocks) - 1:
+            return z
+        h = np.maximum(z, 0.0) if blk.passthrough is None else np.where(blk.passthrough, z, np.maximum(z, 0.0))
+    return h
+
+
+@pytest.mark.parametrize("radius", [0.02, 0.3])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_reduced_network_matches_the_network_on_the_box(seed, radius):
+    """On a box, the reduced network has a layer only per layer with unstable ReLUs, its outputs
+    lie within ``e_y`` of the network's at sampled points, and its pre-activations inside the
+    widened bounds; ``e_y`` is a rounding error, not a looseness."""
+    rng = np.random.default_rng(7700 + seed)
+    net = random_dense_network(rng, 3, [12, 12, 10], 4)
+    blocks = net.affine_blocks()
+    centre = rng.normal(size=3)
+    lo, hi = centre - radius, centre + radius
+    bnd = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bnd.pre_activation]
+    out = (bnd.output[0][0].numpy(), bnd.output[1][0].numpy())
+    reduced, rpre, (ly, uy), e_y = bab_free_reduce(blocks, pre, out, lo, hi)
+    unstable_layers = sum(bool(np.any((l < 0) & (u > 0))) for l, u in pre)
+    assert len(reduced) == unstable_layers + 1
+    x = lo + (hi - lo) * rng.random((400, 3))
+    y_true = _blocks_forward(blocks, x)
+    y_red = _blocks_forward(reduced, x)
+    assert np.all(np.abs(y_red - y_true) <= e_y)
+    assert np.all(e_y <= 1e-12 * (1 + np.abs(y_true).max()))
+    assert np.all(ly <= y_red) and np.all(y_red <= uy)
+    h = x
+    for blk, (l, u) in zip(reduced[:-1], rpre):
+        z = h @ blk.matrix.toarray().T + blk.bias
+        assert np.all(l <= z) and np.all(z <= u)
+        h = np.where(blk.passthrough, z, np.maximum(z, 0.0))

@@ -14,6 +14,20 @@ objective's magnitude over the box's output bounds) past HiGHS's tolerance margi
 independent safe-bound branch and bound (:func:`~gpuopt.milp.recheck.recheck_milp`) proves it
 too. An incumbent is a counterexample only after the exact check. Anything else leaves the box
 open, to be split further.
+
+**The reduced model.** On a small box most ReLUs are stable, and the MILP of the whole network
+spends its time on them. :func:`reduce_network` composes every stable stretch away: with
+``v = (x, the outputs of the unstable ReLUs so far)``, each layer's output is kept as an affine
+map ``h_k = P_k v + p_k`` (a stable active ReLU passes its row on, a stable inactive one is 0, an
+unstable one becomes a new coordinate of ``v``), so the reduced network has one small layer per
+layer with unstable ReLUs: ``v`` passed through, and the unstable pre-activations
+``z = (W_k P_{k-1}) v + (W_k p_{k-1} + b_k)``. The composed matrices are rounded, so the reduced
+network is not the network: with ``e_k`` bounding ``|P_k v + p_k - h_k(x)|`` over the box,
+``|z - z_true| <= |W_k| e_{k-1} + gamma_{n+2} (|W_k| (|P_{k-1}| |v|_max + |p_{k-1}|) + |b_k|)``
+(Higham's bound for dot products; an unstable output keeps the error of its pre-activation,
+since ReLU is 1-Lipschitz). The reduced MILP gets the box's pre-activation and output bounds
+widened by these errors, so every input's reduced point is feasible, and it must prove the
+threshold plus ``max_i |A_k|_i e_y``, the most the composed rounding can move the objective.
 """
 
 from __future__ import annotations
@@ -23,13 +37,70 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..check import check_counterexample
 from ..errors import InvalidInputError
+from ..network import AffineBlock
 from .encode import encode
 from .highs import SolverConfig, solve_milp
+from .safe import gamma
 
-__all__ = ["BoxProof", "BoxOutcome", "prove_box"]
+__all__ = ["BoxProof", "BoxOutcome", "prove_box", "reduce_network"]
+
+
+def _up(a: np.ndarray, n: int) -> np.ndarray:
+    """A float result of ``n`` operations on non-negative terms, rounded outwards."""
+    return a * (1.0 + 2.0 * gamma(n + 2)) + 1e-300
+
+
+def reduce_network(blocks, pre, out_bounds, lo, hi):
+    """The reduced network of a box (module docstring): ``(blocks, pre-activation bounds, output
+    bounds, e_y)``, blocks with passthrough coordinates, bounds widened by the composition
+    errors, and ``e_y`` the bound on ``|reduced y - y|`` over the box."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    d = lo.size
+    P, p = np.eye(d), np.zeros(d)  # h = P v + p, v = (x, unstable outputs so far)
+    err = np.zeros(d)  # |P v + p - h_true| over the box
+    v_lo, v_hi = lo.copy(), hi.copy()  # bounds of v
+    out_blocks, out_pre = [], []
+
+    def compose(block):
+        W = block.matrix.toarray()
+        aW = np.abs(W)
+        n = W.shape[1] + 2
+        vmax = np.maximum(np.abs(v_lo), np.abs(v_hi))
+        Z, zc = W @ P, W @ p + block.bias
+        e = _up(aW @ err + gamma(n) * (aW @ (np.abs(P) @ vmax + np.abs(p)) + np.abs(block.bias)), n + P.shape[1])
+        return Z, zc, e
+
+    for block, (l, u) in zip(blocks[:-1], pre):
+        l, u = np.asarray(l, dtype=np.float64), np.asarray(u, dtype=np.float64)
+        Z, zc, e = compose(block)
+        linear = np.zeros(l.size, dtype=bool) if block.passthrough is None else np.asarray(block.passthrough, bool)
+        unstable = np.flatnonzero((l < 0) & (u > 0) & ~linear)
+        active = (l >= 0) | linear
+        m, k = P.shape[1], unstable.size
+        if k:
+            mat = np.vstack([np.eye(m), Z[unstable]])
+            out_blocks.append(AffineBlock(sp.csr_matrix(mat), np.concatenate([np.zeros(m), zc[unstable]]),
+                                          np.concatenate([np.ones(m, dtype=bool), np.zeros(k, dtype=bool)])))
+            out_pre.append((np.concatenate([v_lo, l[unstable] - e[unstable]]),
+                            np.concatenate([v_hi, u[unstable] + e[unstable]])))
+        # the layer's outputs as affine maps of the new v
+        P_new = np.zeros((l.size, m + k))
+        P_new[active, :m] = Z[active]
+        P_new[unstable, m + np.arange(k)] = 1.0
+        p = np.where(active, zc, 0.0)
+        err = np.where(active, e, 0.0)
+        err[unstable] = e[unstable]
+        v_lo = np.concatenate([v_lo, np.zeros(k)])
+        v_hi = np.concatenate([v_hi, np.maximum(u[unstable] + e[unstable], 0.0)])
+        P = P_new
+    Y, yc, e_y = compose(blocks[-1])
+    out_blocks.append(AffineBlock(sp.csr_matrix(Y), yc))
+    ly, uy = (np.asarray(a, dtype=np.float64) for a in out_bounds)
+    return out_blocks, out_pre, (ly - e_y, uy + e_y), e_y
 
 
 @dataclass(frozen=True)
@@ -75,13 +146,19 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
     if not finite or not (np.all(np.isfinite(out_bounds[0])) and np.all(np.isfinite(out_bounds[1]))):
         return BoxOutcome(closed, lower, None, 0.0)  # no big-M constants
     ly, uy = out_bounds
+    blocks, pre, out_bounds, e_y = reduce_network(blocks, pre, out_bounds, lo, hi)
+    if not (all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre)
+            and np.all(np.isfinite(out_bounds[0])) and np.all(np.isfinite(out_bounds[1]))):
+        return BoxOutcome(closed, lower, None, time.monotonic() - t0)  # the composition overflowed
     for j, k in enumerate(disjuncts):
         left = time_limit if deadline is None else min(time_limit, deadline - time.monotonic())
         if left <= 0:
             break
         Ak, bk = problem.spec.disjuncts[k]
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
-        threshold = settings.threshold_abs + settings.threshold_rel * scale
+        # the most the composed rounding can move the objective, on top of the threshold
+        moved = float(_up(np.abs(Ak) @ e_y, Ak.shape[1]).max())
+        threshold = settings.threshold_abs + settings.threshold_rel * scale + moved
         model = encode(blocks, pre, out_bounds, lo, hi, Ak, bk)
         found = {}
 
@@ -108,5 +185,5 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
             if not recheck_milp(model, threshold, deadline=stop, config=settings.solver).proven:
                 break
         closed[j] = True
-        lower = min(lower, res.dual_bound - res.proof_margin)
+        lower = min(lower, res.dual_bound - res.proof_margin - moved)
     return BoxOutcome(closed, lower, None, time.monotonic() - t0)
