@@ -212,3 +212,26 @@ def test_ball_attacks_with_an_unbounded_clip_box(kind):
     A, b = robustness(0, 2).padded()
     res = falsify(net, geometry, A[None], b[None], config=AttackConfig(restarts=16, steps=50, rounds=1))
     assert torch.isfinite(res.x).all() and float(res.margin[0]) < 0
+
+
+@pytest.mark.parametrize("n_in, draws", [(4, 16), (64, 16), (65, 0)])
+def test_screening_draws_only_on_low_dimensional_inputs(n_in, draws):
+    """Each uniform start is the best of ``screen`` draws on inputs of at most ``screen_max_dim``
+    dimensions, and no draw is screened above it (the objective is never called)."""
+    rng = np.random.default_rng(5)
+    net = random_dense_network(rng, n_in, [6], 3)
+    lo = torch.zeros((2, n_in))
+    geom = BoxGeometry(lo, lo + 1)
+    calls = []
+
+    def objective(x):
+        calls.append(x.shape)
+        return x.sum(-1)
+
+    cfg = AttackConfig(restarts=8, screen=16, screen_max_dim=64, corners=0.0, odi=0.0)
+    x = search._starts(net, objective, geom, cfg, search.generators(0, [0, 1]), False)
+    assert x.shape == (2, 8, n_in) and len(calls) == draws
+    if draws:  # the kept starts are the best of the draws by the objective
+        plain = search._starts(net, objective, geom, AttackConfig(restarts=8, screen=1, corners=0.0, odi=0.0),
+                               search.generators(0, [0, 1]), False)
+        assert torch.all(x.sum(-1) <= plain.sum(-1))

@@ -48,7 +48,11 @@ class AttackConfig:
     APGD, 0.5 for cosine), ``momentum`` APGD's ``a``, ``corners`` the fraction of each round's
     restarts started at random vertices of the box, ``odi`` the fraction of the remaining
     (uniform) starts moved by two output-diversified steps first (ODI, Tashiro et al. 2020: steps
-    that maximise ``w . f(x)`` for a random ``w`` in ``[-1, 1]^n_out``), ``seed`` for the starts, ``keep`` the number
+    that maximise ``w . f(x)`` for a random ``w`` in ``[-1, 1]^n_out``), ``screen`` the number of
+    uniform draws each uniform start is the best of (by the objective), on inputs of at most
+    ``screen_max_dim`` dimensions only (in high dimension random draws' margins concentrate: on
+    the 18 mnist_fc ``sat`` instances screening found none more, and it cost 9% of a 100-step run
+    at 4000 restarts; on ACAS Xu's 5 inputs it doubled the hits on the hardest), ``seed`` for the starts, ``keep`` the number
     of best points kept per item (distinct activation patterns), ``rounds`` the number of fresh
     batches: ``None`` runs new rounds until every item succeeds or the deadline passes (one round
     without a deadline), ``patience`` stops earlier, after that many rounds in a row that did not
@@ -63,13 +67,14 @@ class AttackConfig:
     corners: float = 0.125
     odi: float = 0.5
     screen: int = 16
+    screen_max_dim: int = 64
     seed: int = 0
     keep: int = 8
     rounds: int | None = None
     patience: int | None = None
 
     def __post_init__(self):
-        for name in ("restarts", "steps", "seed", "keep", "screen"):
+        for name in ("restarts", "steps", "seed", "keep", "screen", "screen_max_dim"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise InvalidInputError(f"`{name}` must be an integer, got {v!r}")
@@ -81,6 +86,8 @@ class AttackConfig:
             raise InvalidInputError(f"`keep` must be >= 1, got {self.keep}")
         if self.screen < 1:
             raise InvalidInputError(f"`screen` must be >= 1, got {self.screen}")
+        if self.screen_max_dim < 0:
+            raise InvalidInputError(f"`screen_max_dim` must be >= 0, got {self.screen_max_dim}")
         if self.schedule not in SCHEDULES:
             raise InvalidInputError(f"`schedule` must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, numbers.Real)

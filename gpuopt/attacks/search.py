@@ -117,11 +117,11 @@ def _starts(network: Network, objective, geometry: Geometry, config: AttackConfi
             first_round: bool) -> torch.Tensor:
     """``(batch, restarts, n)`` starts: the centre (first round), ``corners`` random vertices of
     the box, then uniform points of the set (each the best of ``screen`` draws by the objective
-    ``objective(x) -> (batch, restarts)``), of which an ``odi`` share takes two output-diversified
-    steps."""
+    ``objective(x) -> (batch, restarts)`` when the input has at most ``screen_max_dim``
+    dimensions), of which an ``odi`` share takes two output-diversified steps."""
     R = config.restarts
     x = geometry.random_start(R, generators)
-    if config.screen > 1:
+    if config.screen > 1 and x.shape[-1] <= config.screen_max_dim:
         with torch.no_grad():
             m = objective(x)
             for _ in range(config.screen - 1):
