@@ -121,6 +121,7 @@ _threads = _int_in(1, _MAX_THREADS, " (4 per CPU here)")
 _restarts = _int_in(1, _MAX_RESTARTS, " (memory grows with it)")
 _steps = _int_in(1, _MAX_STEPS)
 _handoff = _int_in(0, 1_000_000, " (open domains per disjunct)")
+_split_milp = _int_in(0, 1_000_000, " (unstable ReLUs per sub-box)")
 
 
 def _check_device(text: str) -> str:
@@ -170,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
+    v.add_argument("--split-milp", type=_split_milp, default=None,
+                   help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
+                        "exact MILP over the box (default 16; 0: never)")
 
     a = sub.add_parser("attack", help="the attack alone on an ONNX network + VNNLIB property: sat with a "
                                       "counterexample, or unknown")
@@ -381,7 +385,8 @@ def _cmd_verify(args, start_time: float) -> int:
     if args.steps is not None:
         attack = replace(attack, steps=args.steps)
     # HiGHS's random_seed option only takes [0, 2**31 - 1] (and keeps its old value otherwise)
-    bab = {"auto": {}, "input": dict(use_relu_split=False, split=SplitConfig(max_input_dim=2**62)),
+    split = SplitConfig() if args.split_milp is None else SplitConfig(milp_unstable=args.split_milp)
+    bab = {"auto": dict(split=split), "input": dict(use_relu_split=False, split=replace(split, max_input_dim=2**62)),
            "relu": dict(use_input_split=False), "off": dict(use_input_split=False, use_relu_split=False)}[args.bab]
     if args.handoff is not None:
         bab["relu_split"] = replace(VerifyConfig().relu_split, handoff=args.handoff)

@@ -481,6 +481,40 @@ def test_handoff_rejects_bad_values(bad, tiny, tmp_path, capsys):
     assert len(err) == 1 and "--handoff" in err[0] and "between 0 and" in err[0]
 
 
+@pytest.mark.parametrize("bab, n", [("auto", "0"), ("input", "24"), ("auto", None)])
+def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monkeypatch):
+    """``--split-milp N`` sets how many unstable ReLUs a sub-box may have to go to the MILP
+    (default 16), with ``--bab input`` too."""
+    import importlib
+
+    verify_module = importlib.import_module("gpuopt.verify")  # the package's `verify` is the function
+    real, seen = verify_module.verify_instance, {}
+
+    def fake_verify_instance(onnx, vnnlib, *, timeout, config, start_time):
+        seen["config"] = config
+        return real(onnx, vnnlib, timeout=timeout, config=config, start_time=start_time)
+
+    monkeypatch.setattr(verify_module, "verify_instance", fake_verify_instance)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    args = ["verify", str(tiny), str(spec), "--timeout", "30", "--bab", bab] + ([] if n is None else ["--split-milp", n])
+    assert main(args) == 0
+    split = seen["config"].split
+    assert split.milp_unstable == (16 if n is None else int(n))
+    assert (split.max_input_dim > 16) == (bab == "input")
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_split_milp_rejects_bad_values(bad, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
+    try:
+        code = main(["verify", str(tiny), str(spec), "--split-milp", bad])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--split-milp" in err[0] and "between 0 and" in err[0]
+
+
 def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, tmp_path):
     from gpuopt.cli import _usable_cpus
 
