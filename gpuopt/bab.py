@@ -70,7 +70,8 @@ class SplitConfig:
     When :func:`input_split` is given MILP proof settings, a sub-box left open with at most
     ``milp_unstable`` unstable ReLUs (0 turns it off), after ``milp_min_age`` splits that did not
     close it at that size, goes to an exact MILP of at most ``milp_time_limit`` seconds, while the
-    MILPs have used at most ``milp_share`` of the search's time (:func:`_milp_leaves`)."""
+    MILPs have used at most ``milp_share`` of the search's time, times the share of their boxes
+    they closed (:func:`_milp_leaves`)."""
 
     max_input_dim: int = 16
     batch_size: int = 256
@@ -277,11 +278,14 @@ def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
     return best, best_total, halves
 
 
-def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, config, t_start, milp_seconds,
-                 deadline):
+def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, config, t_start, spent, deadline):
     """The hybrid's leaves: hand the ``eligible`` open sub-boxes to the exact MILP
     (:func:`gpuopt.milp.box.prove_box`), fewest ``unstable`` ReLUs first, while the MILPs' time
-    (kept in ``milp_seconds[0]``) stays within ``config.milp_share`` of the search's.
+    stays within ``config.milp_share`` of the search's, scaled by the share of the boxes they
+    closed (``spent``: ``[seconds, tried, closed]`` so far, updated here). The scaling stops the
+    MILPs when they keep failing, e.g. where the margin lies below the MILP's proof threshold:
+    on tiny nets with margins of 1e-7 they took the time that splitting needed (7 of 12 decided
+    in 2 s, against 11 of 12 without them).
 
     Where a property holds by a small margin along a ridge (a surface across which the network
     is steep), CROWN's relaxation of a few unstable ReLUs stays looser than the margin however
@@ -294,22 +298,24 @@ def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, con
     done = torch.zeros(n, dtype=torch.bool)
     mask = mask.clone()
     lower = math.inf
-    if milp_seconds[0] >= config.milp_share * (time.monotonic() - t_start):
-        return done, mask, None, lower
+
+    def over_budget() -> bool:
+        now = time.monotonic()
+        share = config.milp_share * (spent[2] + 1) / (spent[1] + 1)
+        return spent[0] >= share * (now - t_start) or (deadline is not None and now > deadline)
+
     order = [int(i) for i in torch.argsort(unstable, stable=True) if eligible[i]]
-    if not order:
+    if not order or over_budget():
         return done, mask, None, lower
     blocks = problem.network.affine_blocks()
     for i in order:
-        now = time.monotonic()
-        if milp_seconds[0] >= config.milp_share * (now - t_start) or (deadline is not None and now > deadline):
+        if over_budget():
             break
         ks = torch.nonzero(mask[i]).flatten().tolist()
         pre = [(l[i].numpy(), u[i].numpy()) for l, u in bnd.pre_activation]
         res = prove_box(problem, blocks, lo[i].numpy(), hi[i].numpy(), pre,
                         (bnd.output[0][i].numpy(), bnd.output[1][i].numpy()), [kept[k] for k in ks], milp,
                         config.milp_time_limit, deadline)
-        milp_seconds[0] += res.seconds
         if res.counterexample is not None:
             return done, mask, res.counterexample, lower
         for k, c in zip(ks, res.closed):
@@ -317,6 +323,9 @@ def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, con
                 mask[i, k] = False
         lower = min(lower, res.lower)
         done[i] = not bool(mask[i].any())
+        spent[0] += res.seconds
+        spent[1] += 1
+        spent[2] += int(done[i])
     return done, mask, None, lower
 
 
@@ -366,7 +375,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     proven = math.inf
     closed_volume = 0.0  # the share of the box's volume in sub-boxes closed for every disjunct
     per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
-    t_start, milp_seconds, milp_closed = time.monotonic(), [0.0], 0
+    t_start, milp_spent, milp_closed = time.monotonic(), [0.0, 0, 0], 0
     while len(stack):
         if deadline is not None and time.monotonic() > deadline:
             return SplitResult("timeout", None, boxes, proven, closed_volume, milp_closed)
@@ -402,7 +411,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
                            torch.zeros(lo.shape[0], dtype=torch.int64))
             small = unstable <= config.milp_unstable
             done, mask, x, lb = _milp_leaves(problem, kept, lo, hi, bnd, mask, small & (age >= config.milp_min_age),
-                                             unstable, milp, config, t_start, milp_seconds, deadline)
+                                             unstable, milp, config, t_start, milp_spent, deadline)
             if x is not None:
                 return SplitResult("sat", x, boxes, proven, closed_volume, milp_closed)
             proven = min(proven, lb)
