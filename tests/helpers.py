@@ -31,6 +31,7 @@ __all__ = [
     "box_points",
     "to_alternating_dense",
     "random_spec",
+    "small_robustness_case",
     "BruteForce",
     "brute_force_min_margin",
 ]
@@ -215,6 +216,21 @@ def box_points(rng: np.random.Generator, lower, upper, n: int = 200, *, max_corn
         bits = rng.random((n_random_vertices, d)) < 0.5
     pts.append(np.where(bits, upper[None], lower[None]))
     return np.clip(np.concatenate(pts), lower, upper)
+
+
+def small_robustness_case(seed: int):
+    """A dense ``n_in-8-8-6-3`` network (``n_in`` 2, 3 or 4), an L-inf ball around a random point
+    (radius 0.2, 0.5 or 1) and the robustness spec of the point's label: ``(net, region, spec)``,
+    the same for the same ``seed``."""
+    from gpuopt import LinfBall, robustness
+
+    rng = np.random.default_rng(seed)
+    n_in = [2, 3, 4][seed % 3]
+    net = random_dense_network(rng, n_in, [8, 8, 6], 3)
+    centre = rng.normal(size=n_in)
+    label = int(np.argmax(net.forward64(centre[None])[0]))
+    eps = float(rng.choice([0.2, 0.5, 1.0]))
+    return net, LinfBall(centre, eps), robustness(label, 3)
 
 
 def random_spec(rng: np.random.Generator, n_out: int, rows_per_disjunct, *, b_scale: float = 0.5) -> OutputSpec:

@@ -469,16 +469,17 @@ def test_handoff_option_decides_the_tiny_network(handoff, tiny, tmp_path, capsys
     assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
 
 
+@pytest.mark.parametrize("option", ["--handoff", "--split-milp"])
 @pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
-def test_handoff_rejects_bad_values(bad, tiny, tmp_path, capsys):
+def test_hybrid_options_reject_bad_values(option, bad, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
     try:
-        code = main(["verify", str(tiny), str(spec), "--handoff", bad])
+        code = main(["verify", str(tiny), str(spec), option, bad])
     except SystemExit as exc:
         code = exc.code
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--handoff" in err[0] and "between 0 and" in err[0]
+    assert len(err) == 1 and option in err[0] and "between 0 and" in err[0]
 
 
 @pytest.mark.parametrize("bab, n", [("auto", "0"), ("input", "24"), ("auto", None)])
@@ -501,18 +502,6 @@ def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monke
     split = seen["config"].split
     assert split.milp_unstable == (16 if n is None else int(n))
     assert (split.max_input_dim > 16) == (bab == "input")
-
-
-@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
-def test_split_milp_rejects_bad_values(bad, tiny, tmp_path, capsys):
-    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
-    try:
-        code = main(["verify", str(tiny), str(spec), "--split-milp", bad])
-    except SystemExit as exc:
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--split-milp" in err[0] and "between 0 and" in err[0]
 
 
 def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, tmp_path):

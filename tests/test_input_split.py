@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from gpuopt import LinfBall, Problem, robustness
+from gpuopt import Problem
 from gpuopt.bab import SplitConfig, input_split
 from gpuopt.bounds import Bounds, crown, ibp
 
-from helpers import (box_points, brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
+from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, one_torch_thread,  # noqa: F401
                      random_dense_network)
 
 crown_module = importlib.import_module("gpuopt.bounds.crown")
@@ -107,14 +107,7 @@ def test_crown_ignores_nan_in_the_prior():
 
 
 def _split_case(seed):
-    rng = np.random.default_rng(4242 + seed)
-    n_in = [2, 3, 4][seed % 3]
-    net = random_dense_network(rng, n_in, [8, 8, 6], 3)
-    centre = rng.normal(size=n_in)
-    label = int(np.argmax(net.forward64(centre[None])[0]))
-    spec = robustness(label, 3)
-    eps = float(rng.choice([0.2, 0.5, 1.0]))
-    return net, LinfBall(centre, eps), spec
+    return small_robustness_case(4242 + seed)
 
 
 @pytest.mark.parametrize("prior_bytes", ["default", 0, "some"])

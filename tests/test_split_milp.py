@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gpuopt.milp.recheck as recheck_module
-from gpuopt import Box, LinfBall, Problem, VerifyConfig, robustness, verify
+from gpuopt import Box, Problem, VerifyConfig, verify
 from gpuopt.bab import SplitConfig, input_split
 from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError
@@ -24,20 +24,15 @@ from gpuopt.milp.box import BoxProof, prove_box
 from gpuopt.milp.box import reduce_network as bab_free_reduce
 from gpuopt.specs import OutputSpec
 
-from helpers import brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
+                     small_robustness_case)
 
 #: hand every open sub-box to the MILP at once (no age, no time share)
 EAGER = dict(batch_size=4, attack_boxes=0, milp_unstable=64, milp_min_age=0, milp_share=1.0)
 
 
 def _case(seed):
-    rng = np.random.default_rng(9100 + seed)
-    n_in = [2, 3, 4][seed % 3]
-    net = random_dense_network(rng, n_in, [8, 8, 6], 3)
-    centre = rng.normal(size=n_in)
-    label = int(np.argmax(net.forward64(centre[None])[0]))
-    eps = float(rng.choice([0.2, 0.5, 1.0]))
-    return net, LinfBall(centre, eps), robustness(label, 3)
+    return small_robustness_case(9100 + seed)
 
 
 def _shifted(spec: OutputSpec, per_disjunct, delta: float) -> OutputSpec:
