@@ -206,3 +206,32 @@ def test_the_reduced_network_matches_the_network_on_the_box(seed, radius):
         z = h @ blk.matrix.toarray().T + blk.bias
         assert np.all(l <= z) and np.all(z <= u)
         h = np.where(blk.passthrough, z, np.maximum(z, 0.0))
+
+
+def test_an_unchecked_box_proof_must_clear_the_solvers_tolerances():
+    """Found by an adversarial review: on this tiny box HiGHS reports the minimum of disjunct 1 as
+    2.8e-13 (optimal, dual tolerance margin 7.7e-15) where the exact minimum is -4e-24. With the
+    re-check off and a threshold far below the defaults, the box was closed; a proof on HiGHS's
+    word alone must now clear the floor of its feasibility tolerances, and the default
+    thresholds already do."""
+    from exact_reference import exact_min_margin, make_case
+
+    from gpuopt.milp.highs import SolverConfig, unchecked_floor
+
+    h = lambda xs: np.array([float.fromhex(x) for x in xs])  # noqa: E731
+    lo = h(['-0x1.7455f57d7a800p-3', '-0x1.eddbede24b800p-4', '-0x1.0fa716307a800p-4', '-0x1.9ff5d4013c800p-6',
+            '0x1.4a55ea0ac2c00p-4', '0x1.7e15c80000000p-9', '-0x1.68f7240000000p-3', '-0x1.a7e43fdbc7800p-5'])
+    hi = h(['-0x1.7455f40000000p-3', '-0x1.eddbecc312c00p-4', '-0x1.0fa7120000000p-4', '-0x1.9ff5c60000000p-6',
+            '0x1.4a55ec0000000p-4', '0x1.7e15c80000000p-9', '-0x1.68f722cd42800p-3', '-0x1.a7e43c0000000p-5'])
+    pre = [(h(['0x1.05abac3cac245p-20', '-0x1.62c274cd37a0ep-39']), h(['0x1.05abef349144bp-20', '0x1.34bdf38d37a0ep-39']))]
+    out = (h(['-0x1.6d21638153304p-20']), h(['-0x1.6d20eeab60668p-20']))
+    case = make_case(2020, max_regions=300)
+    spec = case.spec([v for v in case.variants if v.label == "ulp+"][0])
+    assert exact_min_margin(case.net, lo, hi, [spec.disjuncts[1]]).value < 0  # unsafe points in the box
+    problem = Problem(case.net, Box(case.lower, case.upper), spec)
+    for proof in (BoxProof(threshold_abs=1e-300, threshold_rel=0.0, recheck=False),
+                  BoxProof(threshold_abs=1e-300, threshold_rel=0.0), BoxProof(recheck=False)):
+        res = prove_box(problem, case.net.affine_blocks(), lo, hi, pre, out, [1], proof, 10.0)
+        assert res.closed == [False], proof
+    for scale in (1.0, 3.7, 1e6):
+        assert unchecked_floor(scale, SolverConfig()) <= 1e-6 + 1e-5 * scale

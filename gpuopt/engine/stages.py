@@ -50,6 +50,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
 from ..milp.box import BoxProof
+from ..milp.highs import unchecked_floor
 from ..problem import Problem
 from ..specs import OutputSpec
 from ..verdict import Status
@@ -621,6 +622,7 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
         # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
+        unchecked = max(threshold, unchecked_floor(scale, config.solver))
         regions = [(None, pre)]
         if (i, k) in handed:
             proven, leaves = handed[(i, k)]
@@ -641,7 +643,7 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
             # on an infeasible start, and a warning withholds the proof)
             seed = start if n is None or start is None or _in_region(item.network, start, region) else None
             specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk,
-                                              region, (ly, uy), seed, threshold, config.solver,
+                                              region, (ly, uy), seed, threshold, unchecked, config.solver,
                                               config.formulation, config.cuts, config.milp_recheck),
                                   label, {"problem": i, "disjunct": k, "leaf": n}))
     return specs

@@ -206,15 +206,17 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
             "stabilised": tight.stabilised, "start": start, "end": time.time()}
 
 
-def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, solver_config, formulation, cuts,
-              recheck, budget: float, submitted: float) -> dict:
+def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
+              cuts, recheck, budget: float, submitted: float) -> dict:
     """The MILP (``formulation``, see :mod:`gpuopt.milp.encode`; with ``cuts``, strengthened by
     root rounds of :func:`gpuopt.milp.cuts.add_root_cuts`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
     the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
     ``sat`` (an exactly checked point), ``proven`` (dual bound clears ``threshold`` and the
     tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``).
     With ``recheck``, a proof is re-checked independently (:func:`gpuopt.milp.recheck.recheck_milp`,
-    safe dual bounds only) in at most the time HiGHS took: ``rechecked`` says whether it was."""
+    safe dual bounds only) in at most the time HiGHS took: ``rechecked`` says whether it was. A
+    proof the re-check did not confirm must clear ``unchecked`` (at least ``threshold``; see
+    :func:`gpuopt.milp.highs.unchecked_floor`), else it is ``unknown``."""
     start = time.time()
     _setup()
     from ..check import check_counterexample
@@ -251,6 +253,8 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     if left <= 0:
         out.update(kind="timeout", note="no time left for the MILP", end=time.time())
         return out
+    if not recheck:  # HiGHS's word alone: it must clear the floor of its tolerances
+        threshold = unchecked
     res = solve_milp(model, time_limit=min(left, 1e7), threshold=threshold, start=mip_start,
                      accept_solution=accept, config=solver_config, deadline=deadline)
     out.update(nodes=res.nodes, raw_status=res.raw_status)
@@ -269,6 +273,10 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
             stop = min(deadline, time.monotonic() + max(0.5, res.seconds))
             check = recheck_milp(model, threshold, deadline=stop, config=solver_config)
             out.update(rechecked=check.proven, recheck_nodes=check.nodes)
+        if not out.get("rechecked") and not res.proves_above(unchecked):
+            out.update(kind="unknown", note=f"MILP dual bound {res.dual_bound:.6g} clears the threshold "
+                                            f"{threshold:.3g} but, not re-checked, not the floor {unchecked:.3g} of "
+                                            "HiGHS's feasibility tolerances")
     else:
         note = (f"MILP ended {res.status.value} ({res.raw_status}) with dual bound {res.dual_bound:.6g} "
                 f"(threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")

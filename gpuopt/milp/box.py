@@ -12,7 +12,7 @@ result proves it ``> threshold`` (``threshold_abs + threshold_rel * scale``, ``s
 objective's magnitude over the box's output bounds) past HiGHS's tolerance margin
 (:meth:`~gpuopt.milp.highs.MilpResult.proves_above`), and, with ``recheck``, only when the
 independent safe-bound branch and bound (:func:`~gpuopt.milp.recheck.recheck_milp`) proves it
-too. An incumbent is a counterexample only after the exact check. Anything else leaves the box
+too; without it, the threshold is at least :func:`~gpuopt.milp.highs.unchecked_floor`. An incumbent is a counterexample only after the exact check. Anything else leaves the box
 open, to be split further.
 
 **The reduced model.** On a small box most ReLUs are stable, and the MILP of the whole network
@@ -43,7 +43,7 @@ from ..check import check_counterexample
 from ..errors import InvalidInputError
 from ..network import AffineBlock
 from .encode import encode
-from .highs import SolverConfig, solve_milp
+from .highs import SolverConfig, solve_milp, unchecked_floor
 from .safe import gamma
 
 __all__ = ["BoxProof", "BoxOutcome", "prove_box", "reduce_network"]
@@ -158,7 +158,10 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
         scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
         # the most the composed rounding can move the objective, on top of the threshold
         moved = float(_up(np.abs(Ak) @ e_y, Ak.shape[1]).max())
-        threshold = settings.threshold_abs + settings.threshold_rel * scale + moved
+        threshold = settings.threshold_abs + settings.threshold_rel * scale
+        if not settings.recheck:  # HiGHS's word alone: clear its feasibility tolerances too
+            threshold = max(threshold, unchecked_floor(scale, settings.solver))
+        threshold += moved
         model = encode(blocks, pre, out_bounds, lo, hi, Ak, bk)
         found = {}
 

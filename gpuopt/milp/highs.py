@@ -61,7 +61,7 @@ import numpy as np
 from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
-__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp"]
+__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor"]
 
 log = logging.getLogger("gpuopt")
 
@@ -99,6 +99,22 @@ class SolverConfig:
             v = float(getattr(self, name))
             if not 1e-10 <= v <= 1e-3:
                 raise InvalidInputError(f"`{name}` must be in [1e-10, 1e-3], got {v!r}")
+
+
+#: a MILP proof without the independent re-check must clear this many feasibility tolerances,
+#: times the objective's scale (see :func:`unchecked_floor`)
+UNCHECKED_TOLERANCES = 100.0
+
+
+def unchecked_floor(scale: float, config: "SolverConfig") -> float:
+    """The least threshold a MILP proof may rest on when the independent re-check
+    (:mod:`gpuopt.milp.recheck`) did not confirm it: ``UNCHECKED_TOLERANCES`` times the larger
+    feasibility tolerance, times ``scale`` (the objective's magnitude). :attr:`MilpResult.proof_margin`
+    covers HiGHS's dual tolerance only; its presolve and node LPs also work to the primal and
+    integrality tolerances, and an adversarial review found HiGHS's reported bound that far off:
+    4.5e-9 claimed where the minimum over a small box is exactly 0, and 2.8e-13 where it is
+    -4e-24, both under thresholds far below the defaults (which clear this floor)."""
+    return UNCHECKED_TOLERANCES * max(config.primal_feasibility_tolerance, config.mip_feasibility_tolerance) * scale
 
 
 @dataclass(frozen=True, eq=False)
