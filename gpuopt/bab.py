@@ -278,6 +278,13 @@ def _strong_branch(bound_boxes, lo, hi, bnd, mask, deadline):
     return best, best_total, halves
 
 
+def _volume(lo, hi, width0) -> float:
+    """The boxes' total share of the input box's volume, over its non-degenerate dimensions
+    (``width0`` infinite on the others)."""
+    share = torch.where(torch.isfinite(width0), (hi - lo) / width0, torch.ones_like(lo))
+    return float(share.prod(dim=1).sum())
+
+
 def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, config, t_start, spent, deadline):
     """The hybrid's leaves: hand the ``eligible`` open sub-boxes to the exact MILP
     (:func:`gpuopt.milp.box.prove_box`), fewest ``unstable`` ReLUs first, while the MILPs' time
@@ -375,12 +382,12 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     proven = math.inf
     closed_volume = 0.0  # the share of the box's volume in sub-boxes closed for every disjunct
     per_box = 0.0  # seconds per box of the last batch: batches are sized to end well before the deadline
-    t_start, milp_spent, milp_closed = time.monotonic(), [0.0, 0, 0], 0
+    t_start, milp_spent = time.monotonic(), [0.0, 0, 0]  # MILP seconds, boxes tried, boxes closed
     while len(stack):
         if deadline is not None and time.monotonic() > deadline:
-            return SplitResult("timeout", None, boxes, proven, closed_volume, milp_closed)
+            return SplitResult("timeout", None, boxes, proven, closed_volume, milp_spent[2])
         if len(stack) > config.max_boxes:
-            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_closed)
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2])
         # pop up to batch_size boxes from the top of the stack
         take = min(config.batch_size, len(stack))
         if per_box > 0:
@@ -399,8 +406,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         mask = mask & ~closed_now
         alive = mask.any(dim=1)
         if (~alive).any():
-            share = torch.where(torch.isfinite(width0), (hi - lo) / width0, torch.ones_like(lo))
-            closed_volume += float(share[~alive].prod(dim=1).sum())
+            closed_volume += _volume(lo[~alive], hi[~alive], width0)
         if not alive.any():
             continue
         lo, hi, mask, disj, rows, coef, age = (t[alive] for t in (lo, hi, mask, disj, rows, coef, age))
@@ -413,12 +419,10 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
             done, mask, x, lb = _milp_leaves(problem, kept, lo, hi, bnd, mask, small & (age >= config.milp_min_age),
                                              unstable, milp, config, t_start, milp_spent, deadline)
             if x is not None:
-                return SplitResult("sat", x, boxes, proven, closed_volume, milp_closed)
+                return SplitResult("sat", x, boxes, proven, closed_volume, milp_spent[2])
             proven = min(proven, lb)
             if done.any():
-                milp_closed += int(done.sum())
-                share = torch.where(torch.isfinite(width0), (hi - lo) / width0, torch.ones_like(lo))
-                closed_volume += float(share[done].prod(dim=1).sum())
+                closed_volume += _volume(lo[done], hi[done], width0)
                 live = ~done
                 lo, hi, mask, disj, rows, coef, age, small = (t[live] for t in (lo, hi, mask, disj, rows, coef, age, small))
                 bnd = bnd.select(live)
@@ -451,7 +455,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         for i in near[np.argsort(margins[near])][:16]:  # candidates, best first; decided soundly
             c = check_counterexample(problem, pts[i])
             if c.ok:
-                return SplitResult("sat", c.x, boxes, proven, closed_volume, milp_closed)
+                return SplitResult("sat", c.x, boxes, proven, closed_volume, milp_spent[2])
 
         # split the dimension with the largest smear |a_i| * width_i; if that dimension is already
         # far narrower (relative to the original box) than another, the looseness lies in the
@@ -474,7 +478,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         mid = (lo[ar, dim] + hi[ar, dim]) / 2
         if not ((mid > lo[ar, dim]) & (mid < hi[ar, dim])).all():
             # a box too thin to halve in floating point that bounds cannot close
-            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_closed)
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2])
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
@@ -486,4 +490,4 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         age = torch.where(small, age + 1, torch.zeros_like(age))
         stack.push(lo, hi1, mask, bnd if keep else None, left, age)
         stack.push(lo2, hi, mask, bnd if keep else None, right, age)
-    return SplitResult("unsat", None, boxes, proven, 1.0, milp_closed)
+    return SplitResult("unsat", None, boxes, proven, 1.0, milp_spent[2])

@@ -50,7 +50,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
 from ..milp.box import BoxProof
-from ..milp.highs import unchecked_floor
+from ..milp.highs import proof_thresholds
 from ..problem import Problem
 from ..specs import OutputSpec
 from ..verdict import Status
@@ -619,10 +619,8 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
                                       "so no big-M constants exist")
             continue
         pre, (ly, uy) = mb
-        # the objective's magnitude over the output box sets the scale of HiGHS's tolerances
-        scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
-        threshold = config.milp_threshold_abs + config.milp_threshold_rel * scale
-        unchecked = max(threshold, unchecked_floor(scale, config.solver))
+        threshold, unchecked = proof_thresholds(Ak, bk, ly, uy, config.milp_threshold_abs, config.milp_threshold_rel,
+                                                config.solver)
         regions = [(None, pre)]
         if (i, k) in handed:
             proven, leaves = handed[(i, k)]

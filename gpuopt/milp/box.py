@@ -12,8 +12,9 @@ result proves it ``> threshold`` (``threshold_abs + threshold_rel * scale``, ``s
 objective's magnitude over the box's output bounds) past HiGHS's tolerance margin
 (:meth:`~gpuopt.milp.highs.MilpResult.proves_above`), and, with ``recheck``, only when the
 independent safe-bound branch and bound (:func:`~gpuopt.milp.recheck.recheck_milp`) proves it
-too; without it, the threshold is at least :func:`~gpuopt.milp.highs.unchecked_floor`. An incumbent is a counterexample only after the exact check. Anything else leaves the box
-open, to be split further.
+too; without it, the threshold is at least :func:`~gpuopt.milp.highs.unchecked_floor`
+(:func:`~gpuopt.milp.highs.proof_thresholds`). An incumbent is a counterexample only after the
+exact check. Anything else leaves the box open, to be split further.
 
 **The reduced model.** On a small box most ReLUs are stable, and the MILP of the whole network
 spends its time on them. :func:`reduce_network` composes every stable stretch away: with
@@ -43,7 +44,7 @@ from ..check import check_counterexample
 from ..errors import InvalidInputError
 from ..network import AffineBlock
 from .encode import encode
-from .highs import SolverConfig, solve_milp, unchecked_floor
+from .highs import SolverConfig, proof_thresholds, solve_milp
 from .safe import gamma
 
 __all__ = ["BoxProof", "BoxOutcome", "prove_box", "reduce_network"]
@@ -132,6 +133,11 @@ class BoxOutcome:
     seconds: float
 
 
+def _finite(pre, out_bounds) -> bool:
+    """Whether every pre-activation and output bound is finite (big-M constants exist)."""
+    return all(np.all(np.isfinite(a)) for pair in list(pre) + [out_bounds] for a in pair)
+
+
 def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: BoxProof, time_limit: float,
               deadline: float | None = None) -> BoxOutcome:
     """Decide the ``disjuncts`` (indices into ``problem.spec.disjuncts``) of ``problem`` on the
@@ -142,26 +148,23 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
     t0 = time.monotonic()
     closed = [False] * len(disjuncts)
     lower = math.inf
-    finite = all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre)
-    if not finite or not (np.all(np.isfinite(out_bounds[0])) and np.all(np.isfinite(out_bounds[1]))):
+    if not _finite(pre, out_bounds):
         return BoxOutcome(closed, lower, None, 0.0)  # no big-M constants
     ly, uy = out_bounds
     blocks, pre, out_bounds, e_y = reduce_network(blocks, pre, out_bounds, lo, hi)
-    if not (all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre)
-            and np.all(np.isfinite(out_bounds[0])) and np.all(np.isfinite(out_bounds[1]))):
+    if not _finite(pre, out_bounds):
         return BoxOutcome(closed, lower, None, time.monotonic() - t0)  # the composition overflowed
     for j, k in enumerate(disjuncts):
         left = time_limit if deadline is None else min(time_limit, deadline - time.monotonic())
         if left <= 0:
             break
         Ak, bk = problem.spec.disjuncts[k]
-        scale = max(1.0, float(np.abs(bk).max()), float((np.abs(Ak) @ np.maximum(np.abs(ly), np.abs(uy))).max()))
-        # the most the composed rounding can move the objective, on top of the threshold
+        threshold, unchecked = proof_thresholds(Ak, bk, ly, uy, settings.threshold_abs, settings.threshold_rel,
+                                                settings.solver)
+        # HiGHS's word alone must clear its feasibility tolerances too; on top, the most the
+        # composed rounding can move the objective
         moved = float(_up(np.abs(Ak) @ e_y, Ak.shape[1]).max())
-        threshold = settings.threshold_abs + settings.threshold_rel * scale
-        if not settings.recheck:  # HiGHS's word alone: clear its feasibility tolerances too
-            threshold = max(threshold, unchecked_floor(scale, settings.solver))
-        threshold += moved
+        threshold = (threshold if settings.recheck else unchecked) + moved
         model = encode(blocks, pre, out_bounds, lo, hi, Ak, bk)
         found = {}
 

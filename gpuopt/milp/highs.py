@@ -61,7 +61,7 @@ import numpy as np
 from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
-__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor"]
+__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor", "proof_thresholds"]
 
 log = logging.getLogger("gpuopt")
 
@@ -116,6 +116,20 @@ def unchecked_floor(scale: float, config: "SolverConfig") -> float:
     -4e-24, both under thresholds far below the defaults (which clear this floor)."""
     return UNCHECKED_TOLERANCES * max(config.primal_feasibility_tolerance, config.mip_feasibility_tolerance) * scale
 
+
+
+def proof_thresholds(A, b, out_lower, out_upper, threshold_abs: float, threshold_rel: float,
+                     config: "SolverConfig") -> tuple[float, float]:
+    """``(threshold, unchecked)`` for the MILP of the disjunct ``{y : A y <= b}`` over the output
+    box ``[out_lower, out_upper]``: ``threshold_abs + threshold_rel * scale``, with ``scale`` the
+    objective's magnitude over the box (at least 1), which sets the scale of HiGHS's tolerances;
+    and the least value a proof the independent re-check did not confirm must clear (at least
+    the threshold, see :func:`unchecked_floor`)."""
+    A, b = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mag = np.maximum(np.abs(out_lower), np.abs(out_upper))
+    scale = max(1.0, float(np.abs(b).max()), float((np.abs(A) @ mag).max()))
+    threshold = threshold_abs + threshold_rel * scale
+    return threshold, max(threshold, unchecked_floor(scale, config))
 
 @dataclass(frozen=True, eq=False)
 class MilpResult:
