@@ -333,9 +333,13 @@ def run(blob, mark=None):
 
 
 def _touch(path, text):
+    # atomically (a temporary file renamed into place): a reader never sees the marker created
+    # but still empty
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(path, "w") as f:
+        with open(tmp, "w") as f:
             f.write(text)
+        os.replace(tmp, path)
     except OSError:
         pass
 
