@@ -28,7 +28,12 @@ file), and a table at the end (``--table-only`` prints it from an existing file)
 
     python benchmarks/formulations.py --suite psplit --images 1 --eps 1 --time-limit 10
     python benchmarks/formulations.py --suite vnncomp --limit 2 --formulations bigm,extended,omlt-bigm
+    python benchmarks/formulations.py --suite vnncomp --formulations bigm,bigm+implication,bigm+ideal,bigm+all
     python benchmarks/formulations.py --table-only --results benchmarks/results/formulations.jsonl
+
+A formulation may carry cut families after a ``+`` (:func:`gpuopt.milp.cuts.cut_kinds`:
+``implication``, ``ideal``, ``all``); every record also holds the LP relaxation of the model it
+solved (``root_lp``, the root bound before HiGHS's own cuts), which the summaries report.
 
 Every solve also checks its incumbent: the input point it returns is run through the network in
 float64 (``x_margin``), and on psplit the optima of the formulations that finished are compared
@@ -157,13 +162,22 @@ def load_records(path: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------ gpuopt solves
 def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit: float, threshold: float,
                  constraints=None, start_x=None, accept=None, threads: int = 1) -> dict:
-    """Encode with ``formulation`` and solve; the record's solver fields."""
+    """Encode with ``formulation`` (``NAME[+CUTS]``: a formulation, and optionally the cut families
+    of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``) and solve; the
+    record's solver fields, with the LP relaxation's value of the model solved (``root_lp``)."""
+    from gpuopt.milp.cuts import strengthen
     from gpuopt.milp.encode import complete_assignment, encode
-    from gpuopt.milp.highs import SolverConfig, solve_milp
+    from gpuopt.milp.highs import MilpStatus, SolverConfig, solve_milp
 
+    formulation, _, cuts = formulation.partition("+")
     t0 = time.monotonic()
     model = encode(blocks, pre, out, lo, hi, A, b, formulation=formulation, constraints=constraints)
+    cut_info = {}
+    if cuts:  # ideal root rounds get at most a tenth of the budget
+        model, cut_info = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * time_limit,
+                                     config=SolverConfig(threads=threads))
     build_s = time.monotonic() - t0
+    root = solve_milp(model.relaxed(), time_limit=time_limit, threshold=np.inf, config=SolverConfig(threads=threads))
     start = None
     if start_x is not None:
         start = complete_assignment(model, blocks, start_x)
@@ -181,7 +195,9 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     rec = {"status": res.status.value, "raw_status": res.raw_status, "objective": finite(res.objective),
            "dual_bound": finite(res.dual_bound), "nodes": res.nodes, "seconds": res.seconds, "build_s": build_s,
            "n_vars": model.n_vars, "n_rows": int(model.A.shape[0]), "binaries": model.n_binaries,
-           "nnz": int(model.A.nnz), "proof_margin": res.proof_margin, "warnings": list(res.warnings)[:3]}
+           "nnz": int(model.A.nnz), "proof_margin": res.proof_margin, "warnings": list(res.warnings)[:3],
+           "root_lp": finite(root.objective) if root.status is MilpStatus.OPTIMAL else None,
+           "root_lp_s": root.seconds, "cuts": {k: v for k, v in cut_info.items() if k != "lp_bounds"}}
     gap = res.objective - res.dual_bound
     rec["gap"] = finite(gap) if np.isfinite(res.objective) and np.isfinite(res.dual_bound) else None
     x = accepted.get("x")
@@ -551,13 +567,16 @@ def shifted_geomean(xs, shift: float = 1.0) -> float:
 
 
 def label(form: str) -> str:
-    """A short column name: ``partition:4:equal_range`` -> ``part4-range``."""
+    """A short column name: ``partition:4:equal_range`` -> ``part4-range``,
+    ``bigm+implication`` -> ``bigm+impl``."""
+    form, plus, cuts = form.partition("+")
+    cuts = plus + cuts.replace("implication", "impl")
     parts = form.split(":")
     if parts[0] != "partition":
-        return form
+        return form + cuts
     n = parts[1] if len(parts) > 1 else "2"
     kind = parts[2] if len(parts) > 2 else "equal_size"
-    return f"part{n}-{kind.replace('equal_', '')}"
+    return f"part{n}-{kind.replace('equal_', '')}{cuts}"
 
 
 def psplit_cell(r: dict) -> str:
@@ -635,7 +654,8 @@ def print_psplit(recs: list[dict]) -> None:
         gaps = [r["gap"] for r in rs if r["status"] != "optimal" and r.get("gap") is not None]
         print(f"{label(f):>14s}: {len(solved):3d}/{len(rs):<3d} sgm {shifted_geomean(times):7.2f}s   gap "
               f"{fmt(statistics.mean(gaps) if gaps else None, '.3g'):>8s}   build {statistics.mean(r['build_s'] for r in rs):5.2f}s"
-              f"   bin {statistics.mean(r['binaries'] for r in rs):6.0f}   rows {statistics.mean(r['n_rows'] for r in rs):7.0f}")
+              f"   bin {statistics.mean(r['binaries'] for r in rs):6.0f}   rows {statistics.mean(r['n_rows'] for r in rs):7.0f}"
+              f"   root LP median {fmt(_median_root(rs), '.4g')}")
     errors = [r for r in recs if r["status"] == "error"]
     for r in errors:
         print(f"   error: {r['case']} {r['formulation']}: {r.get('error')}")
@@ -644,6 +664,12 @@ def print_psplit(recs: list[dict]) -> None:
                                       f"{len(findings)} finding(s)"))
     for line in findings:
         print("   !! " + line)
+
+
+def _median_root(rs: list[dict]):
+    """The median LP relaxation value of the models solved (records without one left out)."""
+    roots = [r["root_lp"] for r in rs if r.get("root_lp") is not None]
+    return statistics.median(roots) if roots else None
 
 
 def print_vnncomp(recs: list[dict]) -> None:
@@ -687,7 +713,7 @@ def print_vnncomp(recs: list[dict]) -> None:
         times = [r["seconds"] if r in dec else r.get("time_limit", r["seconds"]) for r in rs]
         print(f"{n:>16s}: decided {len(dec):3d}/{len(rs):<3d} sgm {shifted_geomean(times):7.2f}s   "
               f"build {statistics.mean(r['build_s'] for r in rs):5.2f}s   nodes median "
-              f"{statistics.median(r['nodes'] for r in rs):.0f}")
+              f"{statistics.median(r['nodes'] for r in rs):.0f}   root LP median {fmt(_median_root(rs), '.4g')}")
     # decisions that contradict each other or the reference label
     for case in sorted({r["case"] for r in recs}):
         rs = [r for r in recs if r["case"] == case and r["decision"] in ("sat", "unsat")]
@@ -758,11 +784,14 @@ def main(argv=None) -> int:
         print_table(load_records(args.results))
         return 0
     formulations = parse_list(args.formulations)
+    from gpuopt.milp.cuts import cut_kinds
     from gpuopt.milp.encode import Formulation
 
     for f in formulations + list(args.seeded):
         if f != OMLT:
-            Formulation.parse(f)  # a precise error before any work
+            name, _, cuts = f.partition("+")
+            Formulation.parse(name)  # a precise error before any work
+            cut_kinds(cuts)
     results = Results(args.results, args.resume)
     t0 = time.monotonic()
     if args.suite in ("psplit", "all"):

@@ -165,7 +165,11 @@ def _parser() -> argparse.ArgumentParser:
                         "stages run one after the other, so they go to whichever runs)")
     v.add_argument("--formulation", default="bigm", type=_formulation,
                    help="MILP formulation: bigm (default), split, extended, partition[:N[:equal_size|equal_range]]")
-    v.add_argument("--cuts", action="store_true", help="add root rounds of ideal-formulation cuts to each MILP")
+    v.add_argument("--cuts", action="store_const", const="all", default=False,
+                   help="add valid inequalities to each MILP: root rounds of ideal-formulation cuts and "
+                        "implication inequalities between the binaries")
+    v.add_argument("--cut-kinds", type=_cuts, default=None, metavar="KINDS",
+                   help="add only these valid inequalities (comma-separated: ideal, implication)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
     v.add_argument("--handoff", type=_handoff, default=None,
@@ -267,6 +271,16 @@ def _formulation(text: str) -> str:
 
     try:
         Formulation.parse(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _cuts(text: str) -> str:
+    from .milp.cuts import cut_kinds
+
+    try:
+        cut_kinds(text)
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -391,7 +405,7 @@ def _cmd_verify(args, start_time: float) -> int:
     if args.handoff is not None:
         bab["relu_split"] = replace(VerifyConfig().relu_split, handoff=args.handoff)
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
-                          formulation=args.formulation, cuts=args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
+                          formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:

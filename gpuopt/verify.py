@@ -48,6 +48,7 @@ import numpy as np
 from .attacks import AttackConfig
 from .bab import SplitConfig
 from .errors import InvalidInputError
+from .milp.cuts import cut_kinds
 from .milp.encode import Formulation
 from .milp.highs import SolverConfig
 from .milp.walk import WalkConfig
@@ -78,7 +79,9 @@ class VerifyConfig:
     ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``use_lp`` and ``lp_share`` the LP
     stage (LP bound tightening, then the LP of each open disjunct); ``formulation`` the MILP's encoding
     (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``), and ``cuts``
-    adds root rounds of ideal-formulation cuts to it; with ``milp_recheck`` each MILP proof is
+    adds valid inequalities to it (:func:`gpuopt.milp.cuts.cut_kinds`: ``False``, ``True`` or
+    ``"all"``, or a comma-separated choice of ``ideal`` root rounds of ideal-formulation cuts and
+    ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
     the time HiGHS took, and the verdict says how many were."""
 
@@ -97,7 +100,7 @@ class VerifyConfig:
     use_input_split: bool = True
     use_milp: bool = True
     formulation: str = "bigm"
-    cuts: bool = False
+    cuts: bool | str = False
     use_walk: bool = True
     walk_share: float = 0.08
     walk: WalkConfig = field(default_factory=WalkConfig)
@@ -117,8 +120,9 @@ class VerifyConfig:
             if not isinstance(getattr(self, name), want):
                 raise InvalidInputError(f"`{name}` must be a {want.__name__}, got {type(getattr(self, name)).__name__}")
         Formulation.parse(self.formulation)  # a precise error for an unknown name
+        cut_kinds(self.cuts)  # and for an unknown cut family
         for name in ("use_crown", "use_attack", "use_input_split", "use_relu_split", "use_milp", "alpha_intermediate",
-                     "use_walk", "cuts", "use_lp", "milp_recheck"):
+                     "use_walk", "use_lp", "milp_recheck"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):

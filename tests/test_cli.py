@@ -512,3 +512,33 @@ def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, 
     assert torch.get_num_threads() == _usable_cpus()
     assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--threads", "1"]) == 0
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("extra, want", [([], False), (["--cuts"], "all"), (["--cut-kinds", "implication"], "implication"),
+                                         (["--cuts", "--cut-kinds", "ideal"], "ideal")])
+def test_cut_options_reach_the_config(extra, want, tiny, tmp_path, monkeypatch):
+    """``--cuts`` adds every family of valid inequalities; ``--cut-kinds`` picks some."""
+    import importlib
+
+    verify_module = importlib.import_module("gpuopt.verify")
+    real, seen = verify_module.verify_instance, {}
+
+    def fake_verify_instance(onnx, vnnlib, *, timeout, config, start_time):
+        seen["config"] = config
+        return real(onnx, vnnlib, timeout=timeout, config=config, start_time=start_time)
+
+    monkeypatch.setattr(verify_module, "verify_instance", fake_verify_instance)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "off"] + extra) == 0
+    assert seen["config"].cuts == want
+
+
+def test_cut_kinds_rejects_an_unknown_family(tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
+    try:
+        code = main(["verify", str(tiny), str(spec), "--cut-kinds", "gomory"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cut-kinds" in err[0] and "gomory" in err[0]

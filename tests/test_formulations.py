@@ -226,3 +226,114 @@ def test_root_cuts_reach_the_hull_of_one_neuron():
     cut, info = add_root_cuts(model, blocks, rounds=3)
     assert info["cuts"] >= 1 and info["lp_bounds"][0] == pytest.approx(-2.5, abs=1e-7)
     assert solve_milp(cut.relaxed(), time_limit=30, threshold=np.inf).objective == pytest.approx(-2.0, abs=1e-7)
+
+
+# ---------------------------------------------------------------------------- implication cuts
+def _deep_case(seed: int):
+    rng = np.random.default_rng(900 + seed)
+    net = random_dense_network(rng, 3, [7, 6, 5], 2)
+    lo = rng.normal(size=3)
+    hi = lo + rng.uniform(0.5, 2.0, size=3)
+    return rng, net, lo, hi, random_spec(rng, 2, [1, 2])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_implication_cuts_keep_the_brute_force_minimum(seed):
+    """With the implication inequalities added, every formulation still reaches the exact
+    minimum, the relaxation never loosens, and every input point's pattern satisfies the cuts."""
+    from gpuopt.milp.cuts import add_rows, implication_cuts
+
+    rng, net, lo, hi, spec = _deep_case(seed)
+    ref = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec, seed=seed)
+    blocks, pre, out = _inputs(net, lo, hi)
+    tol = _tol(net, lo, hi, spec)
+    pts = box_points(rng, lo, hi, 300)
+    for k, (A, b) in enumerate(spec.disjuncts):
+        for name in FORMULATIONS:
+            model = encode(blocks, pre, out, lo, hi, A, b, formulation=name)
+            A_cut, upper = implication_cuts(model, blocks)
+            for x in pts:
+                v = complete_assignment(model, blocks, x)
+                assert np.all(A_cut @ v <= upper), (name, x)
+            cut = add_rows(model, A_cut, upper)
+            res = solve_milp(cut, time_limit=60, threshold=np.inf)
+            assert res.status is MilpStatus.OPTIMAL, (name, res.raw_status)
+            assert res.objective == pytest.approx(ref.per_disjunct[k], abs=tol), (name, k)
+            lp0 = solve_milp(model.relaxed(), time_limit=30, threshold=np.inf).objective
+            lp1 = solve_milp(cut.relaxed(), time_limit=30, threshold=np.inf).objective
+            assert lp0 - tol <= lp1 <= ref.per_disjunct[k] + tol, (name, lp0, lp1)
+
+
+def test_implication_cuts_tighten_the_relaxation_somewhere():
+    """Across the seeded cases the implication rows exist and raise big-M's LP bound on at least
+    one disjunct (a test that fails if they never bind)."""
+    from gpuopt.milp.cuts import add_rows, implication_cuts
+
+    rows, raised = 0, 0
+    for seed in range(12):
+        rng, net, lo, hi, spec = _deep_case(seed)
+        blocks, pre, out = _inputs(net, lo, hi)
+        tol = _tol(net, lo, hi, spec)
+        for A, b in spec.disjuncts:
+            model = encode(blocks, pre, out, lo, hi, A, b)
+            A_cut, upper = implication_cuts(model, blocks)
+            rows += upper.size
+            lp0 = solve_milp(model.relaxed(), time_limit=30, threshold=np.inf).objective
+            lp1 = solve_milp(add_rows(model, A_cut, upper).relaxed(), time_limit=30, threshold=np.inf).objective
+            raised += lp1 > lp0 + tol
+    assert rows > 0 and raised > 0, (rows, raised)
+
+
+def test_implication_cuts_on_a_hand_net_and_at_exact_zeros():
+    """h1 = relu(x1), h2 = relu(x2) over [-1, 1]^2, then n = relu(h1 + h2 - 0.5) and
+    m = relu(0.5 - h1 - h2): n is on only if h1 or h2 is (d_n <= d_1 + d_2), m is on unless one
+    of them is (1 - d_m <= d_1 + d_2). Points with exact zeros (x on the kinks) satisfy both."""
+    from gpuopt.milp.cuts import implication_cuts
+
+    net = Network([Dense(np.eye(2), np.zeros(2)), ReLU(),
+                   Dense([[1.0, 1.0], [-1.0, -1.0]], [-0.5, 0.5]), ReLU(), Dense([[1.0, -1.0]], [0.0])], (2,))
+    lo, hi = -np.ones(2), np.ones(2)
+    blocks, pre, out = _inputs(net, lo, hi)
+    model = encode(blocks, pre, out, lo, hi, np.array([[1.0]]), np.array([0.0]))
+    A_cut, upper = implication_cuts(model, blocks)
+    d1, d2 = model.layers[0][3]
+    dn, dm = model.layers[1][3]
+    got = {tuple(np.round(A_cut[i].toarray()[0][[d1, d2, dn, dm]], 12)) + (upper[i],) for i in range(upper.size)}
+    assert got == {(-1.0, -1.0, 1.0, 0.0, 0.0), (-1.0, -1.0, 0.0, -1.0, -1.0)}
+    grid = np.array([[a, b] for a in (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0) for b in (-1.0, 0.0, 0.25, 0.5, 1.0)])
+    for x in grid:
+        v = complete_assignment(model, blocks, x)
+        assert np.all(A_cut @ v <= upper), x
+
+
+def test_implication_cuts_leave_out_a_neuron_a_single_predecessor_cannot_turn_on():
+    """n = relu(0.1 h1 + h2 - 0.5): h1 alone (at most 0.1) cannot make n positive, so the cover
+    is d_n <= d_2 alone; with the bias at -0.05 h1 alone can, and the cover is d_n <= d_1 + d_2."""
+    from gpuopt.milp.cuts import implication_cuts
+
+    for bias, want in ((-0.5, {(0.0, -1.0, 1.0)}), (-0.05, {(-1.0, -1.0, 1.0)})):
+        net = Network([Dense(np.eye(2), np.zeros(2)), ReLU(), Dense([[0.1, 1.0]], [bias]), ReLU(),
+                       Dense([[1.0]], [0.0])], (2,))
+        lo, hi = -np.ones(2), np.ones(2)
+        blocks, pre, out = _inputs(net, lo, hi)
+        model = encode(blocks, pre, out, lo, hi, np.array([[1.0]]), np.array([0.0]))
+        A_cut, upper = implication_cuts(model, blocks)
+        cols = list(model.layers[0][3]) + list(model.layers[1][3])
+        assert {tuple(A_cut[i].toarray()[0][cols]) for i in range(upper.size)} == want, bias
+        assert np.all(upper == 0.0)
+
+
+def test_cut_kinds_are_parsed_and_bad_ones_refused():
+    from gpuopt.milp.cuts import cut_kinds
+    from gpuopt.verify import VerifyConfig
+
+    assert cut_kinds(False) == () and cut_kinds("off") == () and cut_kinds(None) == ()
+    assert cut_kinds(True) == ("ideal", "implication") == cut_kinds("all")
+    assert cut_kinds("implication") == ("implication",)
+    assert cut_kinds("implication, ideal") == ("ideal", "implication")
+    with pytest.raises(InvalidInputError, match=re.escape("unknown cut kind(s) ['gomory']")):
+        cut_kinds("ideal,gomory")
+    with pytest.raises(InvalidInputError, match="unknown cut kind"):
+        VerifyConfig(cuts="sos")
+    with pytest.raises(InvalidInputError, match="`cuts` must be a bool or a string"):
+        VerifyConfig(cuts=3)

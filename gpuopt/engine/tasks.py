@@ -209,7 +209,7 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
               cuts, recheck, budget: float, submitted: float) -> dict:
     """The MILP (``formulation``, see :mod:`gpuopt.milp.encode`; with ``cuts``, strengthened by
-    root rounds of :func:`gpuopt.milp.cuts.add_root_cuts`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
+    :func:`gpuopt.milp.cuts.strengthen`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
     the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
     ``sat`` (an exactly checked point), ``proven`` (dual bound clears ``threshold`` and the
     tolerance margin; ``lb`` is the certified bound), ``timeout`` or ``unknown`` (with ``note``).
@@ -235,11 +235,11 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         out.update(kind="timeout", note=f"no time left to encode the MILP ({entries} matrix entries)", end=time.time())
         return out
     model = encode(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, formulation=formulation)
-    if cuts:  # root rounds of ideal cuts, in at most a tenth of the time left
-        from ..milp.cuts import add_root_cuts
+    if cuts:  # valid inequalities; root rounds of ideal cuts in at most a tenth of the time left
+        from ..milp.cuts import strengthen
 
-        model, out["cuts"] = add_root_cuts(model, blocks, deadline=time.monotonic() + 0.1 * (deadline - time.monotonic()),
-                                           config=solver_config)
+        model, out["cuts"] = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * (deadline - time.monotonic()),
+                                        config=solver_config)
     mip_start = complete_assignment(model, blocks, start_x) if start_x is not None else None
     found = {}
 
