@@ -337,3 +337,38 @@ def test_cut_kinds_are_parsed_and_bad_ones_refused():
         VerifyConfig(cuts="sos")
     with pytest.raises(InvalidInputError, match="`cuts` must be a bool or a string"):
         VerifyConfig(cuts=3)
+
+
+def test_implication_covers_are_not_shrunk_by_an_earlier_neurons_large_sum():
+    """Regression (adversarial review): each neuron's running sum was a difference of one
+    cumulative sum over the whole layer, so a huge earlier neuron (1e14 h_a) rounded a later
+    neuron's small contribution (0.006 h_b) away and dropped h_b from its cover: the cut
+    d_n1 <= d_c was violated at x = (0, 1, -1) (z_n1 = 0.003 > 0, h_c = 0), and the MILP's
+    optimum rose from -13 to -10. At a ratio of 2048 the same happened on both sides."""
+    from fractions import Fraction
+
+    from gpuopt.milp.cuts import add_rows, implication_cuts
+
+    W1 = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1]])
+    W2 = np.array([[1e14, 0, 0, 0], [0, 0.006, 1.0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    net = Network([Dense(W1, np.zeros(4)), ReLU(), Dense(W2, [-1.0, -0.003, 0, 0]), ReLU(),
+                   Dense([[0.0, -1000.0, 2000.0, -10.0]], [0.0])], (3,))
+    lo, hi = -np.ones(3), np.ones(3)
+    x = np.array([0.0, 1.0, -1.0])
+    blocks, pre, out = _inputs(net, lo, hi)
+    for name in FORMULATIONS:
+        model = encode(blocks, pre, out, lo, hi, np.array([[1.0]]), np.array([0.0]), formulation=name)
+        A_cut, upper = implication_cuts(model, blocks)
+        assert np.all(A_cut @ complete_assignment(model, blocks, x) <= upper), name
+        res = solve_milp(add_rows(model, A_cut, upper), time_limit=30, threshold=np.inf)
+        assert res.objective == pytest.approx(-13.0, abs=1e-6), name
+    w_b, b = 0.5 + 3e-14, -(0.5 + 1e-14)
+    assert Fraction(w_b) + Fraction(b) > 0  # h_b alone turns the second neuron on (off, mirrored)
+    for side in (1.0, -1.0):
+        net = Network([Dense(np.eye(3), np.zeros(3)), ReLU(), Dense(side * np.array([[2048.0, 0, 0], [0, w_b, 1.0]]),
+                                                                    side * np.array([-1.0, b])), ReLU(),
+                       Dense([[0.0, 1.0]], [0.0])], (3,))
+        blocks, pre, out = _inputs(net, lo, hi)
+        model = encode(blocks, pre, out, lo, hi, np.array([[1.0]]), np.array([0.0]))
+        A_cut, upper = implication_cuts(model, blocks)
+        assert upper.size and np.all(A_cut @ complete_assignment(model, blocks, x) <= upper), side

@@ -122,10 +122,13 @@ def _implications(r, w_con, in_set, base, err, n_rows, sign):
     rr, cc = r[idx], sign * w_con[idx]  # cc >= 0: magnitudes of the contributions
     order = np.lexsort((cc, rr))
     idx, rr, cc = idx[order], rr[order], cc[order]
-    cs = np.cumsum(cc)
+    # each row's running sum on its own (a zero-padded row per neuron): a difference of one
+    # cumulative sum over the whole layer would carry the rounding of every earlier row's total
     start = np.searchsorted(rr, np.arange(n_rows), side="left")
-    before = np.concatenate([[0.0], cs])[start]  # the running sum up to each row's first entry
-    run = cs - before[rr]  # inclusive running sum within the row
+    pos = np.arange(rr.size) - start[rr]
+    table = np.zeros((n_rows, int(pos.max(initial=-1)) + 1))
+    table[rr, pos] = cc
+    run = np.cumsum(table, axis=1)[rr, pos]  # inclusive running sum within the row
     if sign > 0:
         valid_base = base + err[np.arange(n_rows)] <= 0
         drop = base[rr] + run + err[rr] <= 0
@@ -145,7 +148,9 @@ def implication_cuts(model: MilpModel, blocks: list[AffineBlock]) -> tuple[sp.cs
     prev, prev_bin = model.x_index, None  # prev_bin: the previous layer's binary per neuron (-1: none)
     for (z, h, unstable, d), block in zip(model.layers, blocks[:-1]):
         if unstable.size and prev_bin is not None and (prev_bin >= 0).any():
-            W = block.matrix[unstable].tocoo()
+            W = block.matrix[unstable].tocsr()
+            W.sum_duplicates()  # one entry (and one +-1 cut coefficient) per predecessor
+            W = W.tocoo()
             b = block.bias[unstable]
             L, U = model.col_lower[prev], model.col_upper[prev]
             r, c, w = W.row, W.col, W.data
