@@ -7,7 +7,7 @@ rounding step / 1e-7 / 1e-3 / 0.1 relative from, the exact optimum) for ``--case
 the box with exact margin ``<= 0``, an ``unsat`` an exact minimum ``> 0``. Prints a table of
 counts per variant (sat/unsat/unknown/timeout/wrong) and the wrong answers, and writes JSON.
 
-    python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu|handoff]
+    python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu|handoff] [--cuts all]
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main(argv=None) -> int:
                     help="relu: input splitting off, so activation splitting (and the MILP) decide the cases; "
                          "handoff: as relu, with activation splitting stopped after a handful of domains, so "
                          "the MILPs on its leaves decide")
+    ap.add_argument("--cuts", default=None, metavar="KINDS",
+                    help="add these valid inequalities to every MILP (gpuopt.milp.cuts.cut_kinds: all, ideal, "
+                         "implication)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -57,6 +60,10 @@ def main(argv=None) -> int:
             from gpuopt.relu_split import ReluSplitConfig
 
             config = replace(config, relu_split=ReluSplitConfig(max_domains=3, batch_size=2, handoff=64))
+    if args.cuts is not None:
+        from dataclasses import replace
+
+        config = replace(config, cuts=args.cuts)  # an unknown family is refused here, before any case
     outcomes, cases_info, ref_seconds = [], [], 0.0
     t0 = time.monotonic()
     for seed in range(args.seed, args.seed + args.cases):
