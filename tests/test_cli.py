@@ -451,15 +451,16 @@ def test_bab_choices_decide_the_tiny_network(bab, tiny, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
 
 
-def test_bab_rejects_an_unknown_choice(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("option, bad", [("--bab", "beta"), ("--cut-kinds", "gomory")])
+def test_choice_options_reject_an_unknown_choice(option, bad, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
     try:
-        code = main(["verify", str(tiny), str(spec), "--bab", "beta"])
+        code = main(["verify", str(tiny), str(spec), option, bad])
     except SystemExit as exc:
         code = exc.code
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--bab" in err[0]
+    assert len(err) == 1 and option in err[0] and bad in err[0]
 
 
 @pytest.mark.parametrize("handoff", ["0", "8"])
@@ -482,10 +483,9 @@ def test_hybrid_options_reject_bad_values(option, bad, tiny, tmp_path, capsys):
     assert len(err) == 1 and option in err[0] and "between 0 and" in err[0]
 
 
-@pytest.mark.parametrize("bab, n", [("auto", "0"), ("input", "24"), ("auto", None)])
-def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monkeypatch):
-    """``--split-milp N`` sets how many unstable ReLUs a sub-box may have to go to the MILP
-    (default 16), with ``--bab input`` too."""
+def _capture_config(monkeypatch) -> dict:
+    """Record the VerifyConfig the CLI passes to ``verify_instance`` (which still runs) in the
+    returned dict's ``config``."""
     import importlib
 
     verify_module = importlib.import_module("gpuopt.verify")  # the package's `verify` is the function
@@ -496,6 +496,14 @@ def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monke
         return real(onnx, vnnlib, timeout=timeout, config=config, start_time=start_time)
 
     monkeypatch.setattr(verify_module, "verify_instance", fake_verify_instance)
+    return seen
+
+
+@pytest.mark.parametrize("bab, n", [("auto", "0"), ("input", "24"), ("auto", None)])
+def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monkeypatch):
+    """``--split-milp N`` sets how many unstable ReLUs a sub-box may have to go to the MILP
+    (default 16), with ``--bab input`` too."""
+    seen = _capture_config(monkeypatch)
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     args = ["verify", str(tiny), str(spec), "--timeout", "30", "--bab", bab] + ([] if n is None else ["--split-milp", n])
     assert main(args) == 0
@@ -518,27 +526,7 @@ def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, 
                                          (["--cuts", "--cut-kinds", "ideal"], "ideal")])
 def test_cut_options_reach_the_config(extra, want, tiny, tmp_path, monkeypatch):
     """``--cuts`` adds every family of valid inequalities; ``--cut-kinds`` picks some."""
-    import importlib
-
-    verify_module = importlib.import_module("gpuopt.verify")
-    real, seen = verify_module.verify_instance, {}
-
-    def fake_verify_instance(onnx, vnnlib, *, timeout, config, start_time):
-        seen["config"] = config
-        return real(onnx, vnnlib, timeout=timeout, config=config, start_time=start_time)
-
-    monkeypatch.setattr(verify_module, "verify_instance", fake_verify_instance)
+    seen = _capture_config(monkeypatch)
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "off"] + extra) == 0
     assert seen["config"].cuts == want
-
-
-def test_cut_kinds_rejects_an_unknown_family(tiny, tmp_path, capsys):
-    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
-    try:
-        code = main(["verify", str(tiny), str(spec), "--cut-kinds", "gomory"])
-    except SystemExit as exc:
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cut-kinds" in err[0] and "gomory" in err[0]
