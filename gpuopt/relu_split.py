@@ -322,9 +322,11 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             break
         if log.isEnabledFor(logging.DEBUG):
             depth = sum((sg != 0).sum(dim=1) for sg in domains.sign)
-            log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g",
-                      explored, len(domains), int(depth.min()), int(depth.median()), int(depth.max()),
-                      float(domains.bound.min()))
+            per = " ".join(f"{k}:{int((domains.tag == k).sum())}/{float(domains.bound[domains.tag == k].min()):.4g}"
+                           for k in sorted(set(domains.tag.tolist())))
+            log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g; "
+                      "per disjunct open/worst %s", explored, len(domains), int(depth.min()), int(depth.median()),
+                      int(depth.max()), float(domains.bound.min()), per)
         order = domains.bound.argsort()
         rest = domains.take(order[config.batch_size:])
         live, empty, unsplittable, split_layer = _split(domains.take(order[: config.batch_size]))
