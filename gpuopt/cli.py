@@ -203,6 +203,10 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds in all (default 60)")
     o.add_argument("--formulation", default="bigm", type=_formulation,
                    help="MILP formulation: bigm (default), split, extended, partition[:N[:equal_size|equal_range]]")
+    o.add_argument("--cuts", action="store_const", const="all", default=False,
+                   help="add valid inequalities to the MILP (root ideal cuts and implication inequalities)")
+    o.add_argument("--cut-kinds", type=_cuts, default=None, metavar="KINDS",
+                   help="add only these valid inequalities (comma-separated: ideal, implication)")
     o.add_argument("--seed", type=_seed, default=0, help=f"random seed of the gradient ascent (0 to {_MAX_SEED})")
     o.add_argument("--device", default=None, help="gradient-ascent device: cpu, cuda or cuda:N (default: cuda if available)")
     o.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
@@ -468,7 +472,8 @@ def _cmd_optimize(args, start_time: float) -> int:
     sense = "max" if args.maximize is not None else "min"
     res = optimize_instance(args.onnx, args.vnnlib, args.maximize if sense == "max" else args.minimize, sense=sense,
                             timeout=max(args.timeout - (time.monotonic() - start_time), 0.01),
-                            formulation=args.formulation, seed=args.seed, device=args.device)
+                            formulation=args.formulation, seed=args.seed, device=args.device,
+                            cuts=args.cut_kinds or args.cuts)
     word = "upper bound" if sense == "max" else "lower bound"
     if args.json:
         d = res.to_dict()

@@ -149,9 +149,11 @@ def _optimize_iv(network, region, objective, offset, constraints, timeout):
     return box, c, d, G, g
 
 
-def _options_iv(formulation, attack_share, walk_share, rtol, atol) -> None:
+def _options_iv(formulation, attack_share, walk_share, rtol, atol, cuts=False) -> None:
+    from .milp.cuts import cut_kinds
     from .milp.encode import Formulation
 
+    cut_kinds(cuts)
     if not isinstance(formulation, str):
         raise InvalidInputError(f"`formulation` must be a name such as 'bigm' or 'partition:2', got {formulation!r}")
     Formulation.parse(formulation)
@@ -199,10 +201,12 @@ def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
 
 def optimize(network: Network, region, objective, *, offset: float = 0.0, constraints=None, timeout: float = 60.0,
              formulation: str = "bigm", seed: int = 0, device=None, attack_share: float = 0.15,
-             walk_share: float = 0.25, rtol: float = 1e-4, atol: float = 1e-4, config=None) -> OptimizeResult:
+             walk_share: float = 0.25, rtol: float = 1e-4, atol: float = 1e-4, config=None,
+             cuts: bool | str = False) -> OptimizeResult:
     """Maximise ``objective . f(x) + offset`` over ``region`` (and ``G x <= g`` for
     ``constraints=(G, g)``) within ``timeout`` seconds; ``objective`` is a coefficient vector over
-    the outputs or an expression such as ``"Y_0 - 2*Y_1"``. See the module docstring."""
+    the outputs or an expression such as ``"Y_0 - 2*Y_1"``; ``cuts`` adds valid inequalities to
+    the MILP (:func:`gpuopt.milp.cuts.cut_kinds`). See the module docstring."""
     from .attacks.geometry import BoxGeometry, L1Geometry
     from .attacks.pgd import AttackConfig
     from .attacks.search import falsify
@@ -216,7 +220,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     t0 = time.monotonic()
     deadline = t0 + float(timeout) if timeout is not None else None
     box, c, d, G, g = _optimize_iv(network, region, objective, offset, constraints, timeout)
-    _options_iv(formulation, attack_share, walk_share, rtol, atol)
+    _options_iv(formulation, attack_share, walk_share, rtol, atol, cuts)
     lo, hi = np.array(box.lower), np.array(box.upper)
     stage_seconds, stage_values = {}, {}
     cons = None
@@ -369,6 +373,11 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     milp_info = None
     if model is not None and not done() and left() > 0:
         t = time.monotonic()
+        if cuts:  # after the walk, whose region LPs need no cuts; ideal rounds in a tenth of the time left
+            from .milp.cuts import strengthen
+
+            model, _ = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * left(), config=SolverConfig())
+            stage_seconds["cuts"] = time.monotonic() - t
         start = complete_assignment(model, blocks, best["x"]) if best["x"] is not None else None
         # stop once the proven bound is within the tolerance of the best value (min = -max + d)
         tol = atol + rtol * abs(best["value"]) if best["x"] is not None else 0.0
