@@ -16,9 +16,12 @@ prepared (CROWN bounds, the MILP model) is built outside the budget and reported
                 its best point for every iterate that stalls; written here, in torch;
 ``ppga+walk``   half the budget PPGA, then the walk from the best distinct PPGA points;
 ``milp-bigm``   HiGHS on the big-M model (incumbent and dual bound);
+``milp-bigm+impl`` the same with the implication inequalities (:mod:`gpuopt.milp.cuts`) added
+                inside the budget;
 ``milp-psplit`` HiGHS on the P-split model (``partition:2``);
 ``optimize``    :func:`gpuopt.optimize` with ``timeout=budget`` (it builds its own bounds and model
-                inside the budget): gradient ascent, walk, then HiGHS.
+                inside the budget): gradient ascent, walk, then HiGHS;
+``optimize+cuts`` the same with ``cuts="all"`` (implication and ideal cuts in its MILP).
 
 Every value is the float64 forward pass (``Network.forward64``) at the returned point, and a point
 outside the box is flagged (``in_box: false``) and never counts as a win. Upper bounds: the MILPs'
@@ -59,7 +62,7 @@ from gpuopt.milp.encode import encode  # noqa: E402
 from gpuopt.milp.highs import MilpStatus, abandoned_runs, solve_milp  # noqa: E402
 from gpuopt.milp.walk import WalkConfig, relax_and_walk  # noqa: E402
 
-METHODS = ("walk", "ppga", "ppga+walk", "milp-bigm", "milp-psplit", "optimize")
+METHODS = ("walk", "ppga", "ppga+walk", "milp-bigm", "milp-bigm+impl", "milp-psplit", "optimize", "optimize+cuts")
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "relax_and_walk.jsonl"
 TOL = 1e-6  # relative/absolute tolerance for ties and bound checks
 
@@ -263,9 +266,13 @@ def run_ppga_walk(inst: Instance, budget: float, args) -> dict:
             "setup_used": ["crown", "encode_bigm"]}
 
 
-def run_milp(inst: Instance, budget: float, args, formulation: str) -> dict:
+def run_milp(inst: Instance, budget: float, args, formulation: str, cuts=False) -> dict:
     model = inst.model(formulation)
     t0 = time.monotonic()
+    if cuts:  # built inside the budget
+        from gpuopt.milp.cuts import strengthen
+
+        model, _ = strengthen(model, inst.blocks, cuts, deadline=t0 + 0.1 * budget)
     res = solve_milp(model, time_limit=budget, threshold=np.inf, deadline=t0 + budget)
     seconds = time.monotonic() - t0
     x = None if res.solution is None else res.solution[model.x_index]
@@ -279,10 +286,10 @@ def run_milp(inst: Instance, budget: float, args, formulation: str) -> dict:
             "setup_used": ["crown", f"encode_{formulation}"]}
 
 
-def run_optimize(inst: Instance, budget: float, args) -> dict:
+def run_optimize(inst: Instance, budget: float, args, cuts=False) -> dict:
     t0 = time.monotonic()
     res = optimize(inst.net, Box(inst.lo, inst.hi), np.array([1.0]), timeout=budget, seed=inst.seed,
-                   formulation="bigm")
+                   formulation="bigm", cuts=cuts)
     seconds = time.monotonic() - t0
     return {"x": res.x, "seconds": seconds, "reported_value": res.best_value,
             "upper_bound": res.upper_bound if math.isfinite(res.upper_bound) else None,
@@ -296,8 +303,10 @@ RUNNERS = {
     "ppga": run_ppga,
     "ppga+walk": run_ppga_walk,
     "milp-bigm": lambda i, b, a: run_milp(i, b, a, "bigm"),
+    "milp-bigm+impl": lambda i, b, a: run_milp(i, b, a, "bigm", cuts="implication"),
     "milp-psplit": lambda i, b, a: run_milp(i, b, a, "partition:2"),
     "optimize": run_optimize,
+    "optimize+cuts": lambda i, b, a: run_optimize(i, b, a, cuts="all"),
 }
 
 

@@ -130,10 +130,10 @@ def _implications(r, w_con, in_set, base, err, n_rows, sign):
     table[rr, pos] = cc
     run = np.cumsum(table, axis=1)[rr, pos]  # inclusive running sum within the row
     if sign > 0:
-        valid_base = base + err[np.arange(n_rows)] <= 0
+        valid_base = base + err <= 0
         drop = base[rr] + run + err[rr] <= 0
     else:
-        valid_base = base - err[np.arange(n_rows)] > 0
+        valid_base = base - err > 0
         drop = base[rr] - run - err[rr] > 0
     keep = idx[~drop]
     has_cover = np.bincount(r[keep], minlength=n_rows) > 0
@@ -161,8 +161,9 @@ def implication_cuts(model: MilpModel, blocks: list[AffineBlock]) -> tuple[sp.cs
             fan = np.bincount(r, minlength=m) + 4
             err = fan * 2 * _U * (np.bincount(r, weights=np.maximum(np.abs(hi_t), np.abs(lo_t)), minlength=m)
                                   + np.abs(b)) + 1e-300
-            for sign, in_set, con, other in ((1, binary & (w > 0), hi_t, hi_t), (-1, binary & (w < 0), lo_t, lo_t)):
-                base = b + np.bincount(r, weights=np.where(in_set, 0.0, other), minlength=m)
+            # P side: the largest contributions (w > 0 predecessors off); Q side: the smallest
+            for sign, in_set, con in ((1, binary & (w > 0), hi_t), (-1, binary & (w < 0), lo_t)):
+                base = b + np.bincount(r, weights=np.where(in_set, 0.0, con), minlength=m)
                 ok, keep = _implications(r, con, in_set, base, err, m, sign)
                 keep = keep[ok[r[keep]]]
                 rows = np.flatnonzero(ok)
