@@ -9,6 +9,7 @@ re-check must leave the box open.
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -136,6 +137,24 @@ def test_a_box_with_overflowing_bounds_is_left_open():
     res = prove_box(problem, problem.network.affine_blocks(), box.lower, box.upper, pre,
                     (bnd.output[0][0].numpy(), bnd.output[1][0].numpy()), [0], BoxProof(), 30.0)
     assert res.closed == [False] and res.seconds == 0.0
+
+
+def test_inconsistent_box_milp_arguments_get_a_precise_error():
+    """A direct caller of prove_box with a short `pre` list, wrong shapes or a disjunct index out
+    of range gets the argument named, not a numpy error."""
+    problem, box, bnd = _open_box_case()
+    blocks = problem.network.affine_blocks()
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bnd.pre_activation]
+    out = (bnd.output[0][0].numpy(), bnd.output[1][0].numpy())
+    K = problem.spec.n_disjuncts
+    for args, message in (((box.lower, box.upper, pre[:-1], out, [0]), "`pre` must hold one (lower, upper) pair"),
+                          ((box.lower[:-1], box.upper, pre, out, [0]), "`lo` must have"),
+                          ((box.lower, box.upper, [(pre[0][0][:-1], pre[0][1])] + pre[1:], out, [0]), "`pre[0]` bounds"),
+                          ((box.lower, box.upper, pre, (out[0],), [0]), "`out_bounds` must be"),
+                          ((box.lower, box.upper, pre, out, [K]), "`disjuncts` must be indices"),
+                          ((box.lower, box.upper, pre, out, [True]), "`disjuncts` must be indices")):
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            prove_box(problem, blocks, *args, BoxProof(), 30.0)
 
 
 @pytest.mark.parametrize("kwargs, name", [({"milp_unstable": -1}, "milp_unstable"), ({"milp_min_age": 1.5}, "milp_min_age"),

@@ -138,6 +138,29 @@ def _finite(pre, out_bounds) -> bool:
     return all(np.all(np.isfinite(a)) for pair in list(pre) + [out_bounds] for a in pair)
 
 
+def _check_box_inputs(problem, blocks, lo, hi, pre, out_bounds, disjuncts) -> None:
+    """Precise errors for inconsistent arguments of :func:`prove_box` (the pipeline always passes
+    consistent ones; a direct caller gets the argument named, not a numpy error)."""
+    n_in = blocks[0].matrix.shape[1]
+    for name, v in (("lo", lo), ("hi", hi)):
+        if np.shape(v) != (n_in,):
+            raise InvalidInputError(f"`{name}` must have {n_in} entries (the network's inputs), got shape {np.shape(v)}")
+    if len(pre) != len(blocks) - 1:
+        raise InvalidInputError(f"`pre` must hold one (lower, upper) pair per hidden layer ({len(blocks) - 1}), "
+                                f"got {len(pre)}")
+    for k, ((l, u), block) in enumerate(zip(pre, blocks[:-1])):
+        if np.shape(l) != (block.matrix.shape[0],) or np.shape(u) != (block.matrix.shape[0],):
+            raise InvalidInputError(f"`pre[{k}]` bounds must have {block.matrix.shape[0]} entries, got "
+                                    f"{np.shape(l)} and {np.shape(u)}")
+    n_out = blocks[-1].matrix.shape[0]
+    if len(out_bounds) != 2 or any(np.shape(a) != (n_out,) for a in out_bounds):
+        raise InvalidInputError(f"`out_bounds` must be a (lower, upper) pair of {n_out} entries each")
+    K = problem.spec.n_disjuncts
+    bad = [k for k in disjuncts if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < K]
+    if bad:
+        raise InvalidInputError(f"`disjuncts` must be indices in 0..{K - 1} of the problem's disjuncts, got {bad}")
+
+
 def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: BoxProof, time_limit: float,
               deadline: float | None = None) -> BoxOutcome:
     """Decide the ``disjuncts`` (indices into ``problem.spec.disjuncts``) of ``problem`` on the
@@ -146,6 +169,7 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
     ``out_bounds``: ``(l_y, u_y)``. Stops at the first disjunct it cannot close (the box stays
     open)."""
     t0 = time.monotonic()
+    _check_box_inputs(problem, blocks, lo, hi, pre, out_bounds, disjuncts)
     closed = [False] * len(disjuncts)
     lower = math.inf
     if not _finite(pre, out_bounds):
