@@ -61,7 +61,8 @@ import numpy as np
 from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
-__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor", "proof_thresholds"]
+__all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor",
+           "proof_thresholds"]
 
 log = logging.getLogger("gpuopt")
 
@@ -117,7 +118,6 @@ def unchecked_floor(scale: float, config: "SolverConfig") -> float:
     return UNCHECKED_TOLERANCES * max(config.primal_feasibility_tolerance, config.mip_feasibility_tolerance) * scale
 
 
-
 def proof_thresholds(A, b, out_lower, out_upper, threshold_abs: float, threshold_rel: float,
                      config: "SolverConfig") -> tuple[float, float]:
     """``(threshold, unchecked)`` for the MILP of the disjunct ``{y : A y <= b}`` over the output
@@ -130,6 +130,7 @@ def proof_thresholds(A, b, out_lower, out_upper, threshold_abs: float, threshold
     scale = max(1.0, float(np.abs(b).max()), float((np.abs(A) @ mag).max()))
     threshold = threshold_abs + threshold_rel * scale
     return threshold, max(threshold, unchecked_floor(scale, config))
+
 
 @dataclass(frozen=True, eq=False)
 class MilpResult:
