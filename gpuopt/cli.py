@@ -175,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
+    v.add_argument("--branching", choices=["babsr", "fsb"], default=None,  # gpuopt.relu_split.BRANCHING
+                   help="activation splitting's branching rule: babsr (the top intercept score) or fsb (a one-pass "
+                        "lookahead at the top candidates, preferring a split whose weaker child gains; default: "
+                        "babsr)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -406,8 +410,13 @@ def _cmd_verify(args, start_time: float) -> int:
     split = SplitConfig() if args.split_milp is None else SplitConfig(milp_unstable=args.split_milp)
     bab = {"auto": dict(split=split), "input": dict(use_relu_split=False, split=replace(split, max_input_dim=2**62)),
            "relu": dict(use_input_split=False), "off": dict(use_input_split=False, use_relu_split=False)}[args.bab]
+    relu = VerifyConfig().relu_split
     if args.handoff is not None:
-        bab["relu_split"] = replace(VerifyConfig().relu_split, handoff=args.handoff)
+        relu = replace(relu, handoff=args.handoff)
+    if args.branching is not None:
+        relu = replace(relu, branching=args.branching)
+    if relu != VerifyConfig().relu_split:
+        bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)

@@ -451,7 +451,7 @@ def test_bab_choices_decide_the_tiny_network(bab, tiny, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
 
 
-@pytest.mark.parametrize("option, bad", [("--bab", "beta"), ("--cut-kinds", "gomory")])
+@pytest.mark.parametrize("option, bad", [("--bab", "beta"), ("--cut-kinds", "gomory"), ("--branching", "sb")])
 def test_choice_options_reject_an_unknown_choice(option, bad, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
     try:
@@ -530,3 +530,22 @@ def test_cut_options_reach_the_config(extra, want, tiny, tmp_path, monkeypatch):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "off"] + extra) == 0
     assert seen["config"].cuts == want
+
+
+@pytest.mark.parametrize("extra, want", [([], None), (["--branching", "fsb"], "fsb"), (["--branching", "babsr"], "babsr"),
+                                         (["--branching", "fsb", "--handoff", "4"], "fsb")])
+def test_branching_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+    """``--branching`` picks activation splitting's rule; ``--handoff`` beside it is kept; the
+    CLI's choices are the module's."""
+    from gpuopt.relu_split import BRANCHING, ReluSplitConfig
+
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    relu = seen["config"].relu_split
+    assert relu.branching == (want or ReluSplitConfig().branching)
+    assert relu.handoff == (4 if "--handoff" in extra else ReluSplitConfig().handoff)
+    from gpuopt.cli import _parser
+
+    verify_parser = _parser()._subparsers._group_actions[0].choices["verify"]
+    assert tuple(next(a.choices for a in verify_parser._actions if "--branching" in a.option_strings)) == BRANCHING

@@ -57,7 +57,8 @@ def test_refined_bounds_hold_on_every_input_of_the_domain_and_only_tighten(seed)
                     upper[j][d, n] = 0.0
         split_layer[d] = 0 if bool((sign[0][d] != 0).any()) else 1
     zeros = [torch.zeros((D, 1, l.shape[1]), dtype=torch.float64) for l in lower]
-    doms = _Domains(lower, upper, sign, zeros, zeros, [torch.zeros_like(l) for l in lower],
+    scores = [torch.zeros_like(l) for l in lower]
+    doms = _Domains(lower, upper, sign, zeros, zeros, scores, scores,
                     torch.zeros(D, dtype=torch.float64), torch.arange(D))  # tag: the domain's index
     x_mid = torch.as_tensor((lo + hi) / 2)[None]
     x_rad = torch.as_tensor((hi - lo) / 2)[None]
@@ -105,7 +106,8 @@ def test_refinement_tightens_later_layers():
         lower[0][0, n], sign[0][0, n] = 0.0, 1
         upper[0][1, n], sign[0][1, n] = 0.0, -1
         zeros = [torch.zeros((2, 1, l.shape[1]), dtype=torch.float64) for l in lower]
-        doms = _Domains(lower, upper, sign, zeros, zeros, [torch.zeros_like(l) for l in lower],
+        scores = [torch.zeros_like(l) for l in lower]
+        doms = _Domains(lower, upper, sign, zeros, zeros, scores, scores,
                         torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
         n_terms = len(lo) + sum(op.shape[0] for op in ops)
         kept, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
