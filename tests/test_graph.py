@@ -33,6 +33,7 @@ from gpuopt.check import _exact_forward, _forward_with_error, check_counterexamp
 from gpuopt.errors import InvalidInputError
 from gpuopt.milp import encode_bigm
 from gpuopt.milp.highs import MilpStatus, solve_milp
+from gpuopt.relu_split import ReluSplitConfig
 from gpuopt.network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten,
                             Gather, MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose)
 
@@ -909,6 +910,9 @@ VERIFY_CONFIGS = {
     # the LP stage (tightening and LP bounds through skips, pools and concats), then the MILP
     "lp": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False, use_crown=False,
                        alpha_steps=0, use_walk=False),
+    # activation splitting with the lookahead rule (candidates among skips, pools and concats)
+    "relu-fsb": VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_walk=False, use_lp=False,
+                             relu_split=ReluSplitConfig(branching="fsb", batch_size=4)),
 }
 
 
