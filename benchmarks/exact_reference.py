@@ -8,6 +8,7 @@ the box with exact margin ``<= 0``, an ``unsat`` an exact minimum ``> 0``. Print
 counts per variant (sat/unsat/unknown/timeout/wrong) and the wrong answers, and writes JSON.
 
     python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu|handoff] [--cuts all]
+                                                                    [--branching fsb]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cuts", default=None, metavar="KINDS",
                     help="add these valid inequalities to every MILP (gpuopt.milp.cuts.cut_kinds: all, ideal, "
                          "implication)")
+    ap.add_argument("--branching", default=None, metavar="RULE",
+                    help="activation splitting's branching rule (gpuopt.relu_split.BRANCHING: babsr, fsb)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -60,6 +63,11 @@ def main(argv=None) -> int:
             from gpuopt.relu_split import ReluSplitConfig
 
             config = replace(config, relu_split=ReluSplitConfig(max_domains=3, batch_size=2, handoff=64))
+    if args.branching is not None:
+        from dataclasses import replace
+
+        # an unknown rule is refused here, before any case
+        config = replace(config, relu_split=replace(config.relu_split, branching=args.branching))
     if args.cuts is not None:
         from dataclasses import replace
 
