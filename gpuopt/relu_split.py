@@ -104,7 +104,9 @@ class ReluSplitConfig:
                 raise InvalidInputError(f"`{name}` must be an integer >= 1, got {v!r}")
         if self.branching not in BRANCHING:
             raise InvalidInputError(f"`branching` must be one of {', '.join(BRANCHING)}, got {self.branching!r}")
-        for name in ("steps", "root_steps", "leaf_steps", "handoff", "candidates"):
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise InvalidInputError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
+        for name in ("steps", "root_steps", "leaf_steps", "handoff"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
@@ -507,7 +509,7 @@ def _lookahead(ops, parents: _Domains, C, d, strict, x_mid, x_rad, n_terms, k: i
     offsets = np.cumsum([0] + [t.shape[1] for t in parents.lower])
     layer = torch.as_tensor(np.searchsorted(offsets, cand.cpu().numpy(), side="right") - 1, device=dev)
     K2 = cand.shape[1]
-    M, n_max = C.shape[1], max(t.shape[1] for t in parents.lower)
+    M, n_max = C.shape[1], max([x_mid.shape[1]] + [t.shape[1] for t in parents.lower])  # the widest coefficients
     per = max(1, CHUNK_ELEMENTS // max(1, 2 * K2 * M * n_max))
     for a in range(0, D, per):
         if deadline is not None and time.monotonic() > deadline:
@@ -538,8 +540,10 @@ def _lookahead(ops, parents: _Domains, C, d, strict, x_mid, x_rad, n_terms, k: i
         worse = torch.where(valid[a:b], torch.nan_to_num(worse, nan=-math.inf), torch.full_like(worse, -math.inf))
         # tiers: 2 the weaker child gains (by how much), 1 a neuron before the last ReLU layer
         # (whose split re-bounds the later layers, unseen here), 0 the rest; ties: score order
-        gain = worse - parents.bound[a:b, None]
-        tier = torch.where(gain > 1e-9 * (1.0 + parents.bound[a:b, None].abs()), 2,
+        parent = parents.bound[a:b, None]
+        gain = worse - parent
+        tol = torch.where(torch.isfinite(parent), 1e-9 * (1.0 + parent.abs()), torch.zeros_like(parent))
+        tier = torch.where(gain > tol, 2,
                            torch.where(layer[a:b] < L - 1, 1, 0))
         tier = torch.where(valid[a:b], tier, -1)
         order = -torch.arange(K2, device=dev, dtype=gain.dtype).expand_as(gain)

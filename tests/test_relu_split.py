@@ -130,7 +130,7 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
     (dict(handoff=-1), "`handoff` must be an integer >= 0, got -1"),
     (dict(refine=1), "`refine` must be True or False, got 1"),
     (dict(branching="sb"), "`branching` must be one of babsr, fsb, got 'sb'"),
-    (dict(candidates=-2), "`candidates` must be an integer >= 0, got -2"),
+    (dict(candidates=0), "`candidates` must be an integer >= 1, got 0"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)):
