@@ -25,7 +25,9 @@ A child keeps the larger of its bound and its parent's (its inputs are a subset 
 Branching (BaBSR-like, Bunel et al. 2020): the bound loses ``-min(a_n, 0) (-s_n l_n)`` through the
 upper relaxation of an unstable neuron ``n`` (``a`` its coefficient on ``h``, ``s`` the upper
 slope); splitting it removes that term, so the neuron with the largest loss is split (ties: the
-widest ``|a| (u - l)``).
+widest ``|a| (u - l)``). That score sees only the inactive child's gain; ``branching="fsb"``
+bounds both children of a few candidates and prefers a split whose weaker child gains
+(:func:`_lookahead`).
 
 A domain with no unstable neuron left is affine in ``x``: after ``leaf_steps`` of multiplier
 optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the disjunct's
@@ -354,7 +356,8 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             empty += gone
         if unsplittable is not None:  # exact relaxation: converge the split multipliers
             bnd, al, be, sc, wd, cx = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
-                                              unsplittable.alpha, unsplittable.beta, unsplittable.tag, config.leaf_steps)
+                                                  unsplittable.alpha, unsplittable.beta, unsplittable.tag,
+                                                  config.leaf_steps)
             closed = bnd > 0
             note_closed(bnd, unsplittable.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
@@ -543,8 +546,7 @@ def _lookahead(ops, parents: _Domains, C, d, strict, x_mid, x_rad, n_terms, k: i
         parent = parents.bound[a:b, None]
         gain = worse - parent
         tol = torch.where(torch.isfinite(parent), 1e-9 * (1.0 + parent.abs()), torch.zeros_like(parent))
-        tier = torch.where(gain > tol, 2,
-                           torch.where(layer[a:b] < L - 1, 1, 0))
+        tier = torch.where(gain > tol, 2, torch.where(layer[a:b] < L - 1, 1, 0))
         tier = torch.where(valid[a:b], tier, -1)
         order = -torch.arange(K2, device=dev, dtype=gain.dtype).expand_as(gain)
         within = torch.where(tier == 2, gain, order)
