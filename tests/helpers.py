@@ -233,6 +233,13 @@ def small_robustness_case(seed: int):
     return net, LinfBall(centre, eps), robustness(label, 3)
 
 
+def shifted_spec(spec: OutputSpec, minima, delta: float) -> OutputSpec:
+    """The spec with each disjunct's right-hand sides moved so that its exact minimum margin
+    ``minima[k]`` becomes ``delta`` (``margin = max_i (A y - b)_i``, so adding ``m - delta`` to
+    ``b`` shifts it)."""
+    return OutputSpec([(A, b + (m - delta)) for (A, b), m in zip(spec.disjuncts, minima)], spec.n_outputs)
+
+
 def random_spec(rng: np.random.Generator, n_out: int, rows_per_disjunct, *, b_scale: float = 0.5) -> OutputSpec:
     """One disjunct per entry of ``rows_per_disjunct``, with that many random rows."""
     disj = []

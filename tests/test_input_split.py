@@ -20,8 +20,10 @@ from gpuopt import Problem
 from gpuopt.bab import SplitConfig, input_split
 from gpuopt.bounds import Bounds, crown, ibp
 
+from gpuopt.errors import InvalidInputError
+
 from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network)
+                     random_dense_network, shifted_spec)
 
 crown_module = importlib.import_module("gpuopt.bounds.crown")
 bab_module = importlib.import_module("gpuopt.bab")
@@ -135,6 +137,55 @@ def test_input_split_agrees_with_brute_force_with_or_without_parent_bounds(seed,
     assert res.status != "unsat" or true_min > 0
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_input_split_with_alpha_crown_agrees_with_brute_force(seed):
+    """With alpha-CROWN on every box CROWN leaves open (from the first box on), verdicts still match
+    exact enumeration on properties that hold by 1e-3 and ones violated by 1e-3."""
+    net, region, spec = _split_case(seed)
+    box = region.to_box()
+    minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+    for delta in (1e-3, -1e-3):
+        res = input_split(Problem(net, region, shifted_spec(spec, minima, delta)), deadline=time.monotonic() + 60,
+                          config=SplitConfig(batch_size=4, attack_boxes=0, alpha_after=0))
+        assert res.status == ("unsat" if delta > 0 else "sat"), (delta, res)
+        if res.status == "sat":
+            y, _ = numpy_forward(net, res.counterexample[None])
+            assert shifted_spec(spec, minima, delta).margin64(y)[0] <= 0
+
+
+def test_alpha_crown_closes_boxes_crown_leaves_open_and_waits_for_its_turn(monkeypatch):
+    """On properties that hold by a small margin, alpha-CROWN on the open boxes must save boxes
+    somewhere (this fails if it never binds) and never change a verdict; before
+    ``alpha_after`` boxes it is not called at all."""
+    calls = []
+    real = bab_module.alpha_crown_linear_lower
+    monkeypatch.setattr(bab_module, "alpha_crown_linear_lower", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    saved = 0
+    for seed in range(12):
+        net, region, spec = _split_case(seed)
+        box = region.to_box()
+        minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+        problem = Problem(net, region, shifted_spec(spec, minima, 1e-2))
+        runs = {}
+        for name, cfg in (("crown", SplitConfig(batch_size=4, attack_boxes=0, alpha_steps=0)),
+                          ("late", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=10**9)),
+                          ("alpha", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=0))):
+            calls.clear()
+            runs[name] = (input_split(problem, deadline=time.monotonic() + 60, config=cfg), list(calls))
+        assert all(r.status == "unsat" for r, _ in runs.values()), (seed, runs)
+        assert not runs["crown"][1] and not runs["late"][1]
+        assert runs["late"][0].boxes == runs["crown"][0].boxes
+        assert runs["alpha"][1] or runs["alpha"][0].boxes == 1  # a box left open gets alpha-CROWN
+        saved += runs["crown"][0].boxes - runs["alpha"][0].boxes
+    assert saved > 0
+
+
+@pytest.mark.parametrize("kwargs, name", [({"alpha_steps": -1}, "alpha_steps"), ({"alpha_after": 0.5}, "alpha_after")])
+def test_bad_alpha_settings_are_refused(kwargs, name):
+    with pytest.raises(InvalidInputError, match=name):
+        SplitConfig(**kwargs)
+
+
 def _id_bounds(ids):
     """Bounds, rows, coefficients and disjunct bounds that encode each box's id."""
     bnd = Bounds(((ids[:, None].repeat(1, 3), ids[:, None].repeat(1, 3) + 0.5),),
@@ -159,7 +210,7 @@ def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
     assert len(stack) == len(kinds) == 20
     bounded = []
 
-    def fake_bound(lo, hi, prior, deadline):
+    def fake_bound(lo, hi, prior, mask, deadline):
         ids = lo[:, 0]
         bounded.extend(ids.tolist())
         for row, i in enumerate(ids.tolist()):  # each box arrives with its own inherited bounds

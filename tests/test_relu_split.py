@@ -20,7 +20,7 @@ from gpuopt.relu_split import BRANCHING, ReluSplitConfig, relu_split
 from gpuopt.specs import OutputSpec
 from gpuopt.verify import VerifyConfig, verify
 
-from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
+from helpers import (brute_force_min_margin, shifted_spec, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
                      random_conv_network, random_dense_network, to_alternating_dense)
 
 
@@ -37,11 +37,6 @@ def _case(seed: int, conv: bool = False):
     disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal(size=1)) for _ in range(2)]
     disj = [(A, np.full(A.shape[0], b[0])) for A, b in disj]
     return net, lo, hi, OutputSpec(disj, 2)
-
-
-def _shifted(spec: OutputSpec, minima: np.ndarray, delta: float) -> OutputSpec:
-    """Right-hand sides moved so that disjunct ``k``'s exact minimum becomes ``delta``."""
-    return OutputSpec([(A, b + (minima[k] - delta)) for k, (A, b) in enumerate(spec.disjuncts)], spec.n_outputs)
 
 
 def _run(net, lo, hi, spec, deadline_s=20.0, config=ReluSplitConfig()):
@@ -61,7 +56,7 @@ def test_verdicts_agree_with_brute_force(conv, branching):
         net, lo, hi, spec = _case(seed, conv)
         minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
         for delta in (0.02, 1e-3, -1e-3, -0.02):  # holds by a small margin, or is just violated
-            s = _shifted(spec, minima, delta)
+            s = shifted_spec(spec, minima, delta)
             res = _run(net, lo, hi, s, config=ReluSplitConfig(branching=branching, batch_size=4))
             total += 1
             for k, closed in enumerate(res.closed):
@@ -89,7 +84,7 @@ def test_exact_leaves_decide_properties_a_millionth_from_the_boundary():
         net, lo, hi, spec = _case(seed)
         minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
         for delta in (1e-6, -1e-6):
-            res = _run(net, lo, hi, _shifted(spec, minima, delta), deadline_s=10)
+            res = _run(net, lo, hi, shifted_spec(spec, minima, delta), deadline_s=10)
             total += 1
             assert res.status != ("sat" if delta > 0 else "unsat"), (seed, delta, res)
             decided += res.status in ("sat", "unsat")
@@ -102,7 +97,7 @@ def test_a_split_is_needed_and_closes_what_crown_alone_cannot():
     for seed in range(40):
         net, lo, hi, spec = _case(seed)
         minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-        s = _shifted(spec, minima, 0.01)
+        s = shifted_spec(spec, minima, 0.01)
         res = _run(net, lo, hi, s)
         if res.status == "unsat" and res.domains > len(spec.disjuncts):
             found = True
@@ -117,7 +112,7 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
         net, lo, hi, spec = _case(seed + 100)
         minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
         for delta in (0.01, -0.01):
-            v = verify(net, Box(lo, hi), _shifted(spec, minima, delta), timeout=60, config=config)
+            v = verify(net, Box(lo, hi), shifted_spec(spec, minima, delta), timeout=60, config=config)
             assert v.status.value == ("unsat" if delta > 0 else "sat"), (seed, delta, v.status, v.message)
 
 
@@ -164,7 +159,7 @@ def test_the_lookahead_splits_only_splittable_neurons_and_runs_out_like_the_inte
     for seed in range(8):
         net, lo, hi, spec = _case(seed)
         minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-        _run(net, lo, hi, _shifted(spec, minima, 1e-3), config=ReluSplitConfig(branching="fsb", batch_size=2))
+        _run(net, lo, hi, shifted_spec(spec, minima, 1e-3), config=ReluSplitConfig(branching="fsb", batch_size=2))
     assert seen
     picks = 0
     for scores, choice in seen:

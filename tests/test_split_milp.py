@@ -23,9 +23,8 @@ from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError
 from gpuopt.milp.box import BoxProof, prove_box
 from gpuopt.milp.box import reduce_network as bab_free_reduce
-from gpuopt.specs import OutputSpec
 
-from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
+from helpers import (brute_force_min_margin, shifted_spec, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
                      small_robustness_case)
 
 #: hand every open sub-box to the MILP at once (no age, no time share)
@@ -36,12 +35,6 @@ def _case(seed):
     return small_robustness_case(9100 + seed)
 
 
-def _shifted(spec: OutputSpec, per_disjunct, delta: float) -> OutputSpec:
-    """The spec with each disjunct's right-hand sides moved so that its exact minimum margin
-    becomes ``delta`` (``margin = max_i (A y - b)_i``, so adding ``m - delta`` to ``b`` shifts it)."""
-    return OutputSpec([(A, b + (m - delta)) for (A, b), m in zip(spec.disjuncts, per_disjunct)], spec.n_outputs)
-
-
 @pytest.mark.parametrize("delta", [0.05, -0.05, 1e-3, -1e-3])
 @pytest.mark.parametrize("seed", range(8))
 def test_hybrid_agrees_with_brute_force(seed, delta):
@@ -50,7 +43,7 @@ def test_hybrid_agrees_with_brute_force(seed, delta):
     net, region, spec = _case(seed)
     box = region.to_box()
     truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-    spec = _shifted(spec, truth, delta)
+    spec = shifted_spec(spec, truth, delta)
     res = input_split(Problem(net, region, spec), deadline=time.monotonic() + 60, config=SplitConfig(**EAGER),
                       milp=BoxProof())
     if delta > 0:
@@ -71,7 +64,7 @@ def test_the_milp_closes_boxes_that_splitting_left_open(monkeypatch):
         net, region, spec = _case(seed)
         box = region.to_box()
         truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, _shifted(spec, truth, 1e-3))
+        problem = Problem(net, region, shifted_spec(spec, truth, 1e-3))
         res = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER), milp=BoxProof())
         plain = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER))
         assert res.status == plain.status == "unsat"
@@ -88,7 +81,7 @@ def _open_box_case():
         net, region, spec = _case(seed)
         box = region.to_box()
         truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, _shifted(spec, truth, 1e-3))
+        problem = Problem(net, region, shifted_spec(spec, truth, 1e-3))
         if input_split(problem, config=SplitConfig(batch_size=1, attack_boxes=0)).boxes == 1:
             continue  # the root's bounds prove it: not the case wanted
         lo, hi = torch.tensor(box.lower)[None], torch.tensor(box.upper)[None]
@@ -122,7 +115,7 @@ def test_a_box_milp_reports_an_exactly_checked_counterexample():
         net, region, spec = _case(seed)
         box = region.to_box()
         truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, _shifted(spec, truth, -1e-3))
+        problem = Problem(net, region, shifted_spec(spec, truth, -1e-3))
         lo, hi = torch.tensor(box.lower)[None], torch.tensor(box.upper)[None]
         res = _prove(problem, box, crown(net, lo, hi), BoxProof())
         assert res.counterexample is not None and not any(res.closed)
