@@ -387,8 +387,11 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
                 better = alpha_crown_linear_lower(net, lo[weak], hi[weak], C, bnd.select(weak),
                                                   steps=config.alpha_steps, deadline=deadline)
                 better = better - b_flat - rounding_pad(finite_b.abs(), 1)
-                rows[weak] = torch.maximum(rows[weak], better)
-                disj[weak] = torch.maximum(disj[weak], better.view(-1, K, M).amax(-1))
+                # fmax: a NaN from alpha-CROWN keeps CROWN's bound. From here on ``rows`` and
+                # ``coef`` no longer belong to one affine minorant: they only rank dimensions
+                # and pick a corner below, never bound anything
+                rows[weak] = torch.fmax(rows[weak], better)
+                disj[weak] = torch.fmax(disj[weak], better.view(-1, K, M).amax(-1))
         return bnd, rows, coef, disj
 
     attack_cfg = AttackConfig(restarts=config.attack_restarts, steps=config.attack_steps, seed=config.seed, rounds=1)
