@@ -240,6 +240,17 @@ def shifted_spec(spec: OutputSpec, minima, delta: float) -> OutputSpec:
     return OutputSpec([(A, b + (m - delta)) for (A, b), m in zip(spec.disjuncts, minima)], spec.n_outputs)
 
 
+def shifted_problem(net, region, spec: OutputSpec, seed: int, delta: float):
+    """``Problem(net, region, spec)`` with each disjunct's exact minimum margin over the region's
+    box (:func:`brute_force_min_margin`) moved to ``delta``: ``(problem, shifted spec)``."""
+    from gpuopt import Problem
+
+    box = region.to_box()
+    minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+    shifted = shifted_spec(spec, minima, delta)
+    return Problem(net, region, shifted), shifted
+
+
 def random_spec(rng: np.random.Generator, n_out: int, rows_per_disjunct, *, b_scale: float = 0.5) -> OutputSpec:
     """One disjunct per entry of ``rows_per_disjunct``, with that many random rows."""
     disj = []

@@ -23,7 +23,7 @@ from gpuopt.bounds import Bounds, crown, ibp
 from gpuopt.errors import InvalidInputError
 
 from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_spec)
+                     random_dense_network, shifted_problem)
 
 crown_module = importlib.import_module("gpuopt.bounds.crown")
 bab_module = importlib.import_module("gpuopt.bab")
@@ -142,15 +142,14 @@ def test_input_split_with_alpha_crown_agrees_with_brute_force(seed):
     """With alpha-CROWN on every box CROWN leaves open (from the first box on), verdicts still match
     exact enumeration on properties that hold by 1e-3 and ones violated by 1e-3."""
     net, region, spec = _split_case(seed)
-    box = region.to_box()
-    minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
     for delta in (1e-3, -1e-3):
-        res = input_split(Problem(net, region, shifted_spec(spec, minima, delta)), deadline=time.monotonic() + 60,
+        problem, shifted = shifted_problem(net, region, spec, seed, delta)
+        res = input_split(problem, deadline=time.monotonic() + 60,
                           config=SplitConfig(batch_size=4, attack_boxes=0, alpha_after=0))
         assert res.status == ("unsat" if delta > 0 else "sat"), (delta, res)
         if res.status == "sat":
             y, _ = numpy_forward(net, res.counterexample[None])
-            assert shifted_spec(spec, minima, delta).margin64(y)[0] <= 0
+            assert shifted.margin64(y)[0] <= 0
 
 
 def test_alpha_crown_closes_boxes_crown_leaves_open_and_waits_for_its_turn(monkeypatch):
@@ -162,10 +161,7 @@ def test_alpha_crown_closes_boxes_crown_leaves_open_and_waits_for_its_turn(monke
     monkeypatch.setattr(bab_module, "alpha_crown_linear_lower", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
     saved = 0
     for seed in range(12):
-        net, region, spec = _split_case(seed)
-        box = region.to_box()
-        minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, shifted_spec(spec, minima, 1e-2))
+        problem, _ = shifted_problem(*_split_case(seed), seed, 1e-2)
         runs = {}
         for name, cfg in (("crown", SplitConfig(batch_size=4, attack_boxes=0, alpha_steps=0)),
                           ("late", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=10**9)),

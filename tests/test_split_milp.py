@@ -24,8 +24,8 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.milp.box import BoxProof, prove_box
 from gpuopt.milp.box import reduce_network as bab_free_reduce
 
-from helpers import (brute_force_min_margin, shifted_spec, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
-                     small_robustness_case)
+from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
+                     shifted_problem, shifted_spec, small_robustness_case)
 
 #: hand every open sub-box to the MILP at once (no age, no time share)
 EAGER = dict(batch_size=4, attack_boxes=0, milp_unstable=64, milp_min_age=0, milp_share=1.0)
@@ -61,10 +61,7 @@ def test_the_milp_closes_boxes_that_splitting_left_open(monkeypatch):
     (``milp_boxes``), and without MILP settings it closes none."""
     closed = 0
     for seed in range(8):
-        net, region, spec = _case(seed)
-        box = region.to_box()
-        truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, shifted_spec(spec, truth, 1e-3))
+        problem, _ = shifted_problem(*_case(seed), seed, 1e-3)
         res = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER), milp=BoxProof())
         plain = input_split(problem, deadline=time.monotonic() + 60, config=SplitConfig(**EAGER))
         assert res.status == plain.status == "unsat"
@@ -80,8 +77,7 @@ def _open_box_case():
     for seed in range(20):
         net, region, spec = _case(seed)
         box = region.to_box()
-        truth = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
-        problem = Problem(net, region, shifted_spec(spec, truth, 1e-3))
+        problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
         if input_split(problem, config=SplitConfig(batch_size=1, attack_boxes=0)).boxes == 1:
             continue  # the root's bounds prove it: not the case wanted
         lo, hi = torch.tensor(box.lower)[None], torch.tensor(box.upper)[None]
