@@ -91,6 +91,14 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share of the time, a number in ``[0, 1]``."""
+    value = _nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -172,6 +180,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="add only these valid inequalities (comma-separated: ideal, implication)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
+    v.add_argument("--milp-refine", type=_share, default=0.0, metavar="SHARE",
+                   help="before activation splitting, refine the intermediate bounds by per-neuron MILPs in this "
+                        "share of the time left (0 to 1; 0, the default, is off); such bounds rest on HiGHS's "
+                        "tolerances, and the verdict says so")
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
@@ -418,7 +430,8 @@ def _cmd_verify(args, start_time: float) -> int:
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
-                          formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp, **bab)
+                          formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
+                          milp_refine_share=args.milp_refine, **bab)
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:

@@ -16,7 +16,8 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
 4. **input splitting** (:mod:`gpuopt.bab`), only for networks with at most
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
    **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
-   ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left; a
+   ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left (with
+   ``milp_refine_share`` > 0, after the intermediate bounds were refined by per-neuron MILPs); a
    disjunct it leaves with at most ``relu_split.handoff`` open domains goes to the MILP as those
    domains (leaves), one MILP each;
 5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct or leaf,
@@ -83,7 +84,11 @@ class VerifyConfig:
     ``"all"``, or a comma-separated choice of ``ideal`` root rounds of ideal-formulation cuts and
     ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
-    the time HiGHS took, and the verdict says how many were."""
+    the time HiGHS took, and the verdict says how many were. ``milp_refine_share`` > 0 (off by
+    default) refines the intermediate bounds of networks that activation splitting takes by
+    per-neuron MILPs (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s
+    each) in that share of the time left, before splitting; those bounds rest on HiGHS's
+    tolerances, and an ``unsat`` verdict that may use them says so."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -107,6 +112,8 @@ class VerifyConfig:
     use_lp: bool = True
     lp_share: float = 0.15
     milp_recheck: bool = True
+    milp_refine_share: float = 0.0
+    milp_refine_neuron_time: float = 1.0
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -129,10 +136,13 @@ class VerifyConfig:
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
-        for name in ("attack_share", "relu_split_share", "walk_share", "lp_share"):
+        for name in ("attack_share", "relu_split_share", "walk_share", "lp_share", "milp_refine_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
+        v = self.milp_refine_neuron_time
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise InvalidInputError(f"`milp_refine_neuron_time` must be a positive number of seconds, got {v!r}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
 

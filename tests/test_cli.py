@@ -549,3 +549,20 @@ def test_branching_option_reaches_activation_splitting(extra, want, tiny, tmp_pa
 
     verify_parser = _parser()._subparsers._group_actions[0].choices["verify"]
     assert tuple(next(a.choices for a in verify_parser._actions if "--branching" in a.option_strings)) == BRANCHING
+
+
+@pytest.mark.parametrize("extra, want", [([], 0.0), (["--milp-refine", "0.4"], 0.4)])
+def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    assert seen["config"].milp_refine_share == want
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half"])
+def test_milp_refine_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(tiny), str(spec), "--milp-refine", value])
+    assert exc.value.code == 2
+    assert "--milp-refine" in capsys.readouterr().err

@@ -537,6 +537,50 @@ def finish_walk(item: ItemState) -> str:
     return "open"
 
 
+def _tighten_pre(item: ItemState, i: int, pre_new) -> None:
+    """Problem ``i`` keeps, per neuron, the tighter of its pre-activation bounds and ``pre_new``."""
+    pre = []
+    for (l, u), (l_new, u_new) in zip(item.bounds.pre_activation, pre_new):
+        l, u = l.clone(), u.clone()  # the stage's tensors may be views shared with other items
+        l[i] = torch.maximum(l[i], torch.as_tensor(l_new, dtype=l.dtype))
+        u[i] = torch.minimum(u[i], torch.as_tensor(u_new, dtype=u.dtype))
+        pre.append((l, u))
+    item.bounds = replace(item.bounds, pre_activation=tuple(pre))
+
+
+def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
+    """One MILP-refinement task per open problem (:func:`gpuopt.engine.tasks.milp_refine_task`);
+    the tasks share ``milp_refine_share`` of the time left."""
+    config = item.config
+    problems = _open_problems(item)
+    specs = []
+    for i in problems:
+        mb = _milp_bounds(item, i)
+        if mb is None:
+            continue
+        specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
+                                                 config.solver, config.milp_refine_neuron_time,
+                                                 config.milp_refine_share / len(problems)),
+                              f"milp_refine p{i}", {"problem": i}))
+    return specs
+
+
+def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    notes = item.stage_notes.setdefault("milp_refine", {"milps": 0, "stabilised": 0, "tightened": 0})
+    for key in notes:
+        notes[key] += value[key]
+    _tighten_pre(item, spec.meta["problem"], value["pre"])
+
+
+def finish_milp_refine(item: ItemState) -> str:
+    return "open"
+
+
+#: the note an ``unsat`` verdict gets when it may rest on MILP-refined intermediate bounds
+REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable), which rest on "
+                "HiGHS's tolerances within its margin")
+
+
 def plan_lp(item: ItemState) -> list[TaskSpec]:
     """One LP task per open problem: LP bound tightening, then the LP bound of each open
     disjunct (proof rows); the tasks share ``lp_share`` of the time left."""
@@ -561,13 +605,7 @@ def merge_lp(item: ItemState, spec: TaskSpec, value: dict) -> None:
     for key in notes:
         notes[key] += value[key]
     i = spec.meta["problem"]
-    pre = []
-    for (l, u), (l_new, u_new) in zip(item.bounds.pre_activation, value["pre"]):
-        l, u = l.clone(), u.clone()  # the stage's tensors may be views shared with other items
-        l[i] = torch.maximum(l[i], torch.as_tensor(l_new, dtype=l.dtype))
-        u[i] = torch.minimum(u[i], torch.as_tensor(u_new, dtype=u.dtype))
-        pre.append((l, u))
-    item.bounds = replace(item.bounds, pre_activation=tuple(pre))
+    _tighten_pre(item, i, value["pre"])
     for k, lb in value["closed"].items():
         _close(item, i, int(k), lb)
 
@@ -713,6 +751,10 @@ STAGES = (
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
+    Stage("milp_refine", "task", plan_milp_refine,
+          lambda c, it: c.milp_refine_share > 0 and c.use_relu_split
+          and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+          and len(it.bounds.pre_activation) > 1, merge_milp_refine, finish_milp_refine),
     Stage("relu_split", "task", plan_relu_split,
           lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
           and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
@@ -742,7 +784,12 @@ def finalize(item: ItemState) -> ItemState:
         note = "no bounds computed" if item.disj_lb is None else f"{closed} of {total} disjuncts proven"
         note += _split_progress(item)
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
-    item.verdict = replace(item.verdict, stage_seconds=dict(item.stage_seconds),
+    refined = item.stage_notes.get("milp_refine", {})
+    message = item.verdict.message
+    if item.verdict.status is Status.UNSAT and (refined.get("stabilised") or refined.get("tightened")) \
+            and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
+        message += REFINED_NOTE.format(stabilised=refined["stabilised"])
+    item.verdict = replace(item.verdict, message=message, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item
 
@@ -781,4 +828,4 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     return finalize(item)
 
 
-from .tasks import lp_task, milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)
+from .tasks import lp_task, milp_refine_task, milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 __all__ = ["verify_instance_task", "verify_sample_task", "radius_sample_task", "milp_task", "split_task", "relu_split_task",
-           "walk_task", "lp_task",
+           "walk_task", "lp_task", "milp_refine_task",
            "resolve_network", "NetworkRef"]
 
 _NETWORKS: dict = {}  # per worker process: ONNX path or network key -> Network
@@ -204,6 +204,25 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
                 closed[k] = lb
     return {"pre": tight.pre, "closed": closed, "lps": tight.lps, "tightened": tight.tightened,
             "stabilised": tight.stabilised, "start": start, "end": time.time()}
+
+
+def milp_refine_task(net_ref, problem_data, pre, solver_config, neuron_time: float, share: float, budget: float,
+                     submitted: float) -> dict:
+    """MILP refinement of one problem's intermediate bounds (:func:`gpuopt.bounds.milp_refine.milp_refine`)
+    for ``share`` of ``budget``, each neuron's MILP for at most ``neuron_time`` seconds. Returns the
+    refined ``pre`` and counts; the bounds rest on HiGHS's tolerances (see that module)."""
+    start = time.time()
+    _setup()
+    from ..bounds.milp_refine import milp_refine
+
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    box = problem.region
+    res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=_task_deadline(budget * share, submitted),
+                      neuron_time=neuron_time, config=solver_config)
+    return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
+            "unstable_before": res.unstable_before, "unstable_after": res.unstable_after, "start": start,
+            "end": time.time()}
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,

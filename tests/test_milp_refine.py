@@ -1,0 +1,135 @@
+"""MILP refinement of intermediate bounds: sound on samples, never looser, stabilises exactly the
+neurons whose exact range lies on one side of 0 (brute force), and through the pipeline the
+verdicts still equal exact enumeration, with the verdict saying what a proof rested on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import Status, VerifyConfig, verify
+from gpuopt.bounds import intermediate_bounds
+from gpuopt.bounds.milp_refine import milp_refine
+from gpuopt.errors import InvalidInputError
+from gpuopt.network import Network
+from gpuopt.specs import OutputSpec
+
+from helpers import (brute_force_min_margin, one_torch_thread, random_dense_network, shifted_problem,  # noqa: F401
+                     small_robustness_case)
+
+
+def _pre_activations(net: Network, x: np.ndarray) -> list[np.ndarray]:
+    out, h = [], x
+    for blk in net.affine_blocks():
+        z = h @ blk.matrix.T + blk.bias
+        out.append(z)
+        h = np.maximum(z, 0.0)
+    return out[:-1]
+
+
+def _case(seed: int):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 3, [8, 8, 6], 2)
+    c = rng.normal(size=3)
+    lo_x, hi_x = c - 0.7, c + 0.7
+    inter = intermediate_bounds(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None])
+    return rng, net, lo_x, hi_x, [(l[0].numpy(), u[0].numpy()) for l, u in inter.pre_activation]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_refined_bounds_hold_on_samples_and_never_loosen(seed):
+    rng, net, lo_x, hi_x, pre = _case(seed)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0)
+    assert res.milps > 0 and res.unstable_before == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in pre)
+    x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
+    corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
+    for (l0, u0), (l, u), z in zip(pre, res.pre, _pre_activations(net, np.vstack([x, corners]))):
+        assert np.all(l >= l0) and np.all(u <= u0)
+        assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+    assert res.unstable_after == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in res.pre)
+
+
+def _exact_range(net: Network, k: int, j: int, lo_x, hi_x) -> tuple[float, float]:
+    """``(min z_kj, max z_kj)`` over the box by exact enumeration of the truncated network."""
+    sub = Network(list(net.layers[:2 * k + 1]), net.input_shape)
+    n = sub.output_size
+    e = np.eye(n)[j:j + 1]
+    low = brute_force_min_margin(sub, lo_x, hi_x, OutputSpec([(e, np.zeros(1))], n)).per_disjunct[0]
+    high = -brute_force_min_margin(sub, lo_x, hi_x, OutputSpec([(-e, np.zeros(1))], n)).per_disjunct[0]
+    return low, high
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stabilises_exactly_the_neurons_whose_exact_range_is_one_sided(seed):
+    """Every neuron left unstable by the interval bounds whose exact range (brute force) stays
+    clear of 0 is made stable, on its own side; none whose range crosses 0 is."""
+    _, net, lo_x, hi_x, pre = _case(seed)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0)
+    checked = 0
+    for k in range(1, len(pre)):
+        l0, u0 = pre[k]
+        l, u = res.pre[k]
+        for j in np.flatnonzero((l0 < 0) & (u0 > 0)):
+            low, high = _exact_range(net, k, j, lo_x, hi_x)
+            checked += 1
+            if high < -1e-4:
+                assert u[j] <= 0, (k, j, high)
+            elif low > 1e-4:
+                assert l[j] >= 0, (k, j, low)
+            elif low < -1e-9 and high > 1e-9:
+                assert l[j] < 0 < u[j]
+            assert l[j] <= low + 1e-9 and u[j] >= high - 1e-9
+    assert checked > 0
+
+
+def test_stabilises_something_somewhere():
+    """The test above must bind: over its seeds some neuron that the interval bounds leave
+    unstable is exactly one-sided and made stable."""
+    made = 0
+    for seed in range(6):
+        _, net, lo_x, hi_x, pre = _case(seed)
+        made += milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0).stabilised
+    assert made > 0
+
+
+def test_stops_at_the_deadline_with_sound_bounds():
+    _, net, lo_x, hi_x, pre = _case(1)
+    import time
+
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() - 1.0)
+    assert res.milps == 0
+    for (l0, u0), (l, u) in zip(pre, res.pre):
+        assert np.array_equal(l0, l) and np.array_equal(u0, u)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("delta", [1e-3, -1e-3])
+def test_pipeline_with_refinement_agrees_with_brute_force(seed, delta):
+    net, region, spec = small_robustness_case(seed)
+    problem, _ = shifted_problem(net, region, spec, seed, delta)
+    config = VerifyConfig(use_input_split=False, use_attack=False, milp_refine_share=0.5)
+    v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+    assert v.status is (Status.UNSAT if delta > 0 else Status.SAT) or v.status in (Status.UNKNOWN, Status.TIMEOUT)
+
+
+def test_an_unsat_verdict_on_refined_bounds_says_so():
+    """A property proven by activation splitting after the refinement moved some bound names it."""
+    said = 0
+    for seed in range(8):
+        net, region, spec = small_robustness_case(seed)
+        problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
+        config = VerifyConfig(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0,
+                              milp_refine_share=0.5)
+        v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+        if v.status is Status.UNSAT and v.decided_by not in ("ibp", "crown", "alpha-crown"):
+            said += "refined by MILP" in v.message and "HiGHS's tolerances" in v.message
+    assert said > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"milp_refine_share": -0.1}, {"milp_refine_share": 1.5},
+                                    {"milp_refine_share": True}, {"milp_refine_neuron_time": 0},
+                                    {"milp_refine_neuron_time": float("inf")}, {"milp_refine_neuron_time": "1"}])
+def test_bad_refinement_settings_are_refused(kwargs):
+    with pytest.raises(InvalidInputError, match="milp_refine"):
+        VerifyConfig(**kwargs)
