@@ -565,11 +565,16 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
     return specs
 
 
-def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    notes = item.stage_notes.setdefault("milp_refine", {"milps": 0, "stabilised": 0, "tightened": 0})
-    for key in notes:
+def _merge_tightening(item: ItemState, spec: TaskSpec, value: dict, stage: str, counts: tuple) -> None:
+    """Add a bound-tightening task's ``counts`` to the stage's notes and keep its tighter ``pre``."""
+    notes = item.stage_notes.setdefault(stage, dict.fromkeys(counts, 0))
+    for key in counts:
         notes[key] += value[key]
     _tighten_pre(item, spec.meta["problem"], value["pre"])
+
+
+def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
+    _merge_tightening(item, spec, value, "milp_refine", ("milps", "stabilised", "tightened"))
 
 
 def finish_milp_refine(item: ItemState) -> str:
@@ -601,11 +606,8 @@ def plan_lp(item: ItemState) -> list[TaskSpec]:
 
 
 def merge_lp(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    notes = item.stage_notes.setdefault("lp", {"lps": 0, "tightened": 0, "stabilised": 0})
-    for key in notes:
-        notes[key] += value[key]
+    _merge_tightening(item, spec, value, "lp", ("lps", "tightened", "stabilised"))
     i = spec.meta["problem"]
-    _tighten_pre(item, i, value["pre"])
     for k, lb in value["closed"].items():
         _close(item, i, int(k), lb)
 
