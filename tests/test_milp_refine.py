@@ -133,3 +133,46 @@ def test_an_unsat_verdict_on_refined_bounds_says_so():
 def test_bad_refinement_settings_are_refused(kwargs):
     with pytest.raises(InvalidInputError, match="milp_refine"):
         VerifyConfig(**kwargs)
+
+
+def test_a_feasibility_tolerance_below_1e_9_is_refused():
+    """Found by review: HiGHS reported a wrong optimum (1 where the maximum is 2) on a dyadic net
+    at ``mip_feasibility_tolerance`` 5e-10 and below with presolve off; the refinement, which trusts
+    HiGHS's bounds, refuses such settings rather than use them."""
+    from gpuopt.milp.highs import SolverConfig
+
+    _, net, lo_x, hi_x, pre = _case(0)
+    tight = SolverConfig(mip_feasibility_tolerance=1e-10, presolve=False)
+    with pytest.raises(InvalidInputError, match="mip_feasibility_tolerance"):
+        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, config=tight)
+    with pytest.raises(InvalidInputError, match="mip_feasibility_tolerance"):
+        VerifyConfig(milp_refine_share=0.5, solver=tight)
+    VerifyConfig(solver=tight)  # without the refinement the setting stays allowed
+
+
+def test_reviewers_dyadic_net_is_refined_soundly_at_the_default_settings():
+    """The review's 3-3-3-3-1 net (integer and half-integer weights), from interval bounds: at
+    the default settings the refined bounds contain the pre-activations at ``x = (-2, 0, 0)``
+    (where layer 1's neuron 1 reaches its maximum 2, which the bad settings bounded by 1) and
+    at every corner and sample of the box."""
+    from gpuopt.bounds import ibp
+    from gpuopt.layers import Dense, ReLU
+
+    weights = [([[1, -0.5, -0.5], [-1, -1, -1], [1, -1, 1]], [1, 1, 1]),
+               ([[0.5, 0, 0], [0.5, 1, -1], [-0.5, 0, -1]], [1, -1, -1]),
+               ([[-1, -2, 2], [-1, 0, -1], [0, -2, 1]], [-1, 1, 1]),
+               ([[0.5, 0.5, -0.5]], [-1])]
+    layers = []
+    for W, b in weights:
+        layers += [Dense(np.array(W, dtype=np.float64), np.array(b, dtype=np.float64)), ReLU()]
+    net = Network(layers[:-1], (3,))
+    lo_x, hi_x = np.array([-2.0, 0.0, 0.0]), np.array([0.0, 1.0, 2.0])
+    bd = ibp(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None])
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in bd.pre_activation]
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0)
+    rng = np.random.default_rng(0)
+    corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
+    x = np.vstack([[-2.0, 0.0, 0.0], corners, lo_x + (hi_x - lo_x) * rng.random((5000, 3))])
+    for (l, u), z in zip(res.pre, _pre_activations(net, x)):
+        assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+    assert res.pre[1][1][1] >= 2.0

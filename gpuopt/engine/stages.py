@@ -582,8 +582,8 @@ def finish_milp_refine(item: ItemState) -> str:
 
 
 #: the note an ``unsat`` verdict gets when it may rest on MILP-refined intermediate bounds
-REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable), which rest on "
-                "HiGHS's tolerances within its margin")
+REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable, {tightened} bounds "
+                "tightened), which rest on HiGHS's tolerances within its margin")
 
 
 def plan_lp(item: ItemState) -> list[TaskSpec]:
@@ -790,7 +790,7 @@ def finalize(item: ItemState) -> ItemState:
     message = item.verdict.message
     if item.verdict.status is Status.UNSAT and (refined.get("stabilised") or refined.get("tightened")) \
             and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
-        message += REFINED_NOTE.format(stabilised=refined["stabilised"])
+        message += REFINED_NOTE.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
     item.verdict = replace(item.verdict, message=message, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item
