@@ -140,11 +140,6 @@ class VerifyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
-        from .bounds.milp_refine import MIN_FEASIBILITY_TOLERANCE
-
-        if self.milp_refine_share > 0 and self.solver.mip_feasibility_tolerance < MIN_FEASIBILITY_TOLERANCE:
-            raise InvalidInputError(f"`milp_refine_share` > 0 needs the solver's `mip_feasibility_tolerance` >= "
-                                    f"{MIN_FEASIBILITY_TOLERANCE:g}, got {self.solver.mip_feasibility_tolerance:g}")
         v = self.milp_refine_neuron_time
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise InvalidInputError(f"`milp_refine_neuron_time` must be a positive number of seconds, got {v!r}")

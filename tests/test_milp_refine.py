@@ -137,17 +137,14 @@ def test_bad_refinement_settings_are_refused(kwargs):
 
 def test_a_feasibility_tolerance_below_1e_9_is_refused():
     """Found by review: HiGHS reported a wrong optimum (1 where the maximum is 2) on a dyadic net
-    at ``mip_feasibility_tolerance`` 5e-10 and below with presolve off; the refinement, which trusts
-    HiGHS's bounds, refuses such settings rather than use them."""
+    at ``mip_feasibility_tolerance`` 5e-10 and below with presolve off, which the refinement (and
+    a MILP proof without the re-check) would trust; such settings are refused."""
     from gpuopt.milp.highs import SolverConfig
 
-    _, net, lo_x, hi_x, pre = _case(0)
-    tight = SolverConfig(mip_feasibility_tolerance=1e-10, presolve=False)
-    with pytest.raises(InvalidInputError, match="mip_feasibility_tolerance"):
-        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, config=tight)
-    with pytest.raises(InvalidInputError, match="mip_feasibility_tolerance"):
-        VerifyConfig(milp_refine_share=0.5, solver=tight)
-    VerifyConfig(solver=tight)  # without the refinement the setting stays allowed
+    for bad in (1e-10, 5e-10):
+        with pytest.raises(InvalidInputError, match=r"mip_feasibility_tolerance.*\[1e-09, 1e-3\]"):
+            SolverConfig(mip_feasibility_tolerance=bad, presolve=False)
+    SolverConfig(mip_feasibility_tolerance=1e-9, primal_feasibility_tolerance=1e-10, presolve=False)
 
 
 def test_reviewers_dyadic_net_is_refined_soundly_at_the_default_settings():
