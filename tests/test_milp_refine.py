@@ -15,17 +15,8 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.network import Network
 from gpuopt.specs import OutputSpec
 
-from helpers import (brute_force_min_margin, one_torch_thread, random_dense_network, shifted_problem,  # noqa: F401
-                     small_robustness_case)
-
-
-def _pre_activations(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    out, h = [], x
-    for blk in net.affine_blocks():
-        z = h @ blk.matrix.T + blk.bias
-        out.append(z)
-        h = np.maximum(z, 0.0)
-    return out[:-1]
+from helpers import (affine_view_values, brute_force_min_margin, one_torch_thread,  # noqa: F401
+                     random_dense_network, shifted_problem, small_robustness_case)
 
 
 def _case(seed: int):
@@ -44,7 +35,7 @@ def test_refined_bounds_hold_on_samples_and_never_loosen(seed):
     assert res.milps > 0 and res.unstable_before == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in pre)
     x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
     corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
-    for (l0, u0), (l, u), z in zip(pre, res.pre, _pre_activations(net, np.vstack([x, corners]))):
+    for (l0, u0), (l, u), z in zip(pre, res.pre, affine_view_values(net, np.vstack([x, corners]))[0]):
         assert np.all(l >= l0) and np.all(u <= u0)
         assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
     assert res.unstable_after == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in res.pre)
@@ -170,6 +161,28 @@ def test_reviewers_dyadic_net_is_refined_soundly_at_the_default_settings():
     rng = np.random.default_rng(0)
     corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
     x = np.vstack([[-2.0, 0.0, 0.0], corners, lo_x + (hi_x - lo_x) * rng.random((5000, 3))])
-    for (l, u), z in zip(res.pre, _pre_activations(net, x)):
+    for (l, u), z in zip(res.pre, affine_view_values(net, x)[0]):
         assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
     assert res.pre[1][1][1] >= 2.0
+
+
+def test_a_bound_that_highs_own_point_contradicts_is_not_used(monkeypatch):
+    """A timed-out MILP whose dual bound claims more than its own incumbent allows (HiGHS wrong)
+    changes nothing: the incumbent's ``z_j``, evaluated in float64, is checked against the bound."""
+    import gpuopt.bounds.milp_refine as mr
+    from gpuopt.milp.highs import MilpResult, MilpStatus
+
+    _, net, lo_x, hi_x, pre = _case(2)
+    centre = (lo_x + hi_x) / 2
+
+    def lying_solver(model, **kw):  # "min sign*z_j >= 50" with the box centre as its point
+        v = np.zeros(model.n_vars)
+        v[model.x_index] = centre
+        return MilpResult(status=MilpStatus.TIME_LIMIT, raw_status="time limit", objective=np.inf, dual_bound=50.0,
+                          solution=v, nodes=0, seconds=0.0)
+
+    monkeypatch.setattr(mr, "solve_milp", lying_solver)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
+    assert res.milps > 0 and res.stabilised == 0 and res.tightened == 0
+    for (l0, u0), (l, u) in zip(pre, res.pre):
+        assert np.array_equal(l0, l) and np.array_equal(u0, u)

@@ -114,12 +114,17 @@ class LpTightening:
     seconds: float
 
 
-def _unstable_order(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
-    """Unstable neurons, the largest triangle (``-l u / (u - l)``, its height at 0) first."""
+def unstable_indices(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
+    """The ReLU neurons with ``l < 0 < u`` (passthrough coordinates have no ReLU)."""
     mask = (l < 0) & (u > 0)
     if passthrough is not None:
         mask &= ~np.asarray(passthrough, dtype=bool)
-    idx = np.flatnonzero(mask)
+    return np.flatnonzero(mask)
+
+
+def _unstable_order(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
+    """Unstable neurons, the largest triangle (``-l u / (u - l)``, its height at 0) first."""
+    idx = unstable_indices(l, u, passthrough)
     area = -l[idx] * u[idx] / (u[idx] - l[idx])
     return idx[np.argsort(-area, kind="stable")]
 

@@ -35,6 +35,8 @@ import numpy as np
 
 from ..milp.encode import encode
 from ..milp.highs import MilpStatus, SolverConfig, solve_milp, unchecked_floor
+from ..milp.walk import forward_pattern
+from .lp import unstable_indices
 
 __all__ = ["MilpRefinement", "milp_refine"]
 
@@ -60,21 +62,9 @@ def _unstable(pre) -> tuple:
 
 def _order(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
     """Unstable neurons, the nearest to stable first (``min(-l, u) / (u - l)`` ascending)."""
-    mask = (l < 0) & (u > 0)
-    if passthrough is not None:
-        mask &= ~np.asarray(passthrough, dtype=bool)
-    idx = np.flatnonzero(mask)
+    idx = unstable_indices(l, u, passthrough)
     near = np.minimum(-l[idx], u[idx]) / (u[idx] - l[idx])
     return idx[np.argsort(near, kind="stable")]
-
-
-def _value(blocks, k: int, j: int, x: np.ndarray, x_lower, x_upper) -> float:
-    """``z_k,j`` at ``x`` clipped to the box, in float64 (a check of HiGHS's bound, not a proof)."""
-    h = np.clip(np.asarray(x, dtype=np.float64), x_lower, x_upper)
-    for blk in blocks[:k]:
-        z = blk.matrix @ h + blk.bias
-        h = np.maximum(z, 0.0) if blk.passthrough is None else np.where(blk.passthrough, z, np.maximum(z, 0.0))
-    return float(np.asarray(blocks[k].matrix[j] @ h).reshape(-1)[0] + blocks[k].bias[j])
 
 
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
@@ -127,9 +117,10 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                         res.status in (MilpStatus.ERROR, MilpStatus.INFEASIBLE):
                     continue
                 bound = res.dual_bound - res.proof_margin - floor  # min sign*z_j >= bound
-                if res.solution is not None and sign * _value(blocks, k, j, res.solution[model.x_index], x_lower,
-                                                              x_upper) < bound:
-                    continue  # HiGHS's own point contradicts its bound: trust neither
+                if res.solution is not None:  # z_j at HiGHS's point, clipped to the box (a check, not a proof)
+                    z_k, _ = forward_pattern(blocks[:k + 1], np.clip(res.solution[model.x_index], x_lower, x_upper))
+                    if sign * z_k[j] < bound:
+                        continue  # HiGHS's own point contradicts its bound: trust neither
                 if sign < 0 and -bound < u[j]:
                     u[j] = max(-bound, l[j])
                 elif sign > 0 and bound > l[j]:

@@ -221,8 +221,7 @@ def milp_refine_task(net_ref, problem_data, pre, solver_config, neuron_time: flo
     res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=_task_deadline(budget * share, submitted),
                       neuron_time=neuron_time, config=solver_config)
     return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
-            "unstable_before": res.unstable_before, "unstable_after": res.unstable_after, "start": start,
-            "end": time.time()}
+            "start": start, "end": time.time()}
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
