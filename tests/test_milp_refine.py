@@ -84,6 +84,45 @@ def test_stabilises_something_somewhere():
     assert made > 0
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_parallel_milps_give_the_same_bounds(seed):
+    """A layer's neurons are independent given the layers before it: three MILPs at once in threads
+    give the very bounds and counts of one at a time."""
+    _, net, lo_x, hi_x, pre = _case(seed)
+    one = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0)
+    three = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, parallel=3)
+    assert (one.milps, one.stabilised, one.tightened) == (three.milps, three.stabilised, three.tightened)
+    for (l1, u1), (l3, u3) in zip(one.pre, three.pre):
+        assert np.array_equal(l1, l3) and np.array_equal(u1, u3)
+
+
+def test_stable_inactive_neurons_leave_the_model():
+    """The MILP of a layer-k neuron keeps only the neurons before it that are not stable-inactive,
+    with their bounds and the matching columns of the next layer."""
+    from gpuopt.bounds.milp_refine import _live_prefix
+
+    _, net, lo_x, hi_x, pre = _case(2)
+    blocks = net.affine_blocks()
+    k = len(pre) - 1
+    prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
+    assert len(prefix) == k and np.array_equal(keep, np.flatnonzero(pre[k - 1][1] > 0))
+    assert all(b.matrix.shape[0] < l.size for b, (l, _) in zip(prefix, pre))  # seed 2: some inactive in each
+    x = lo_x + (hi_x - lo_x) * np.random.default_rng(0).random((500, 3))
+    h = x
+    for block, (l, u) in zip(prefix, prefix_pre):
+        z = h @ block.matrix.T.toarray() + block.bias
+        assert np.all(z >= l - 1e-9) and np.all(z <= u + 1e-9)
+        h = np.maximum(z, 0.0)
+    z_k = affine_view_values(net, x)[0][k]
+    assert np.allclose(h @ blocks[k].matrix[:, keep].T.toarray() + blocks[k].bias, z_k, atol=1e-9)
+
+
+def test_bad_parallel_count_is_refused():
+    _, net, lo_x, hi_x, pre = _case(0)
+    with pytest.raises(InvalidInputError, match="parallel"):
+        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, parallel=0)
+
+
 def test_stops_at_the_deadline_with_sound_bounds():
     _, net, lo_x, hi_x, pre = _case(1)
     import time

@@ -86,8 +86,9 @@ MIN_MIP_FEASIBILITY_TOLERANCE = 1e-9
 @dataclass(frozen=True)
 class SolverConfig:
     """HiGHS settings built per call: ``threads`` (1 inside pool workers), ``seed``
-    (HiGHS ``random_seed``), feasibility tolerances, ``presolve``, and ``objective_cutoff``
-    (pass the threshold to HiGHS as ``objective_bound``; see the module docstring)."""
+    (HiGHS ``random_seed``), feasibility tolerances, ``presolve``, ``objective_cutoff``
+    (pass the threshold to HiGHS as ``objective_bound``; see the module docstring) and
+    ``feasibility_jump`` (HiGHS's feasibility-jump primal heuristic at the root)."""
 
     threads: int = 1
     seed: int = 0
@@ -96,6 +97,7 @@ class SolverConfig:
     dual_feasibility_tolerance: float = 1e-9
     presolve: bool = True
     objective_cutoff: bool = True
+    feasibility_jump: bool = True
 
     def __post_init__(self):
         if not 1 <= int(self.threads) <= 1024:
@@ -323,6 +325,7 @@ def _new_highs(highspy, model: MilpModel, sc: "_Scaled", config: SolverConfig, t
         ("primal_feasibility_tolerance", float(config.primal_feasibility_tolerance)),
         ("dual_feasibility_tolerance", float(config.dual_feasibility_tolerance)),
         ("presolve", "on" if config.presolve else "off"),
+        ("mip_heuristic_run_feasibility_jump", bool(config.feasibility_jump)),
         ("mip_rel_gap", 0.0),
         ("mip_abs_gap", 0.0),
     ):
