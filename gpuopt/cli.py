@@ -259,6 +259,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset mode: divide the features by this (255 for 0..255 pixels)")
     r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="dataset mode: valid input range (default 0 1)")
+    r.add_argument("--milp-refine", type=_share, default=0.0, metavar="SHARE",
+                   help="as for verify: refine the intermediate bounds by per-neuron MILPs (in a worker, one at a "
+                        "time) in this share of each item's time left before activation splitting (0, the default, "
+                        "is off)")
 
     ra = sub.add_parser("radius", help="certified robustness radii (L-inf, L1, L2) of a dataset, into a resumable JSONL file")
     ra.add_argument("--model", required=True, help="the network (.onnx)")
@@ -319,7 +323,7 @@ def _cmd_run(args) -> int:
 
     from .verify import VerifyConfig
 
-    config = VerifyConfig(device=args.device)
+    config = VerifyConfig(device=args.device, milp_refine_share=args.milp_refine)
     dataset_mode = args.model is not None or args.data is not None or args.eps is not None
     if dataset_mode:
         if args.instances is not None:

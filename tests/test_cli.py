@@ -559,6 +559,26 @@ def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monk
     assert seen["config"].milp_refine_share == want
 
 
+@pytest.mark.parametrize("extra, want", [([], 0.0), (["--milp-refine", "0.5"], 0.5)])
+def test_run_milp_refine_option_reaches_every_item(extra, want, tiny, tmp_path, monkeypatch):
+    """``gpuopt run --milp-refine`` sets the share in the config every item of the CSV gets."""
+    import gpuopt.runs as runs
+
+    seen = []
+    real = runs.read_instances
+
+    def capture(*a, **kw):
+        seen.append(kw["config"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runs, "read_instances", capture)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    csv = tmp_path / "instances.csv"
+    csv.write_text(f"{tiny},{spec},10\n")
+    assert main(["run", str(csv), "--results", str(tmp_path / "r.jsonl"), "--workers", "1"] + extra) == 0
+    assert len(seen) == 1 and seen[0].milp_refine_share == want
+
+
 @pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half"])
 def test_milp_refine_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
