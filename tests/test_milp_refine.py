@@ -225,3 +225,53 @@ def test_a_bound_that_highs_own_point_contradicts_is_not_used(monkeypatch):
     assert res.milps > 0 and res.stabilised == 0 and res.tightened == 0
     for (l0, u0), (l, u) in zip(pre, res.pre):
         assert np.array_equal(l0, l) and np.array_equal(u0, u)
+
+
+def _wide_case():
+    rng = np.random.default_rng(11)
+    net = random_dense_network(rng, 3, [30, 30, 30, 30], 2)
+    lo_x, hi_x = -np.ones(3), np.ones(3)
+    inter = intermediate_bounds(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None])
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in inter.pre_activation]
+    assert all(int(((l < 0) & (u > 0)).sum()) > 8 for l, u in pre[1:])  # more than one chunk per layer
+    return net, lo_x, hi_x, pre
+
+
+def _fake_solver(shrink: float):
+    """A stand-in for HiGHS that times out with a dual bound narrowing ``z_j``'s side by ``shrink``
+    (0: a bound that moves nothing)."""
+    from gpuopt.milp.highs import MilpResult, MilpStatus
+
+    def solve(model, **kw):
+        y = int(np.flatnonzero(model.c)[0])
+        sign = model.c[y]
+        side = model.col_upper[y] if sign < 0 else -model.col_lower[y]  # max of -sign*z_j today
+        dual = -side * (1.0 - shrink) if shrink else -np.inf
+        return MilpResult(status=MilpStatus.TIME_LIMIT, raw_status="time limit", objective=np.inf, dual_bound=dual,
+                          solution=None, nodes=0, seconds=0.0)
+    return solve
+
+
+def test_a_layer_whose_first_chunk_moves_nothing_is_cut_short(monkeypatch):
+    """Nearest-to-stable first: when a chunk of MILPs narrows no bound, the rest of the layer is
+    skipped, and two such layers in a row end the refinement (the last layer is not touched)."""
+    import gpuopt.bounds.milp_refine as mr
+
+    net, lo_x, hi_x, pre = _wide_case()
+    monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.0))
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
+    assert res.milps == 2 * 2 * mr.STALL_CHUNK and res.stalled_layers == 2
+    assert res.stabilised == res.tightened == 0
+
+
+def test_layers_that_keep_moving_are_refined_whole(monkeypatch):
+    import gpuopt.bounds.milp_refine as mr
+
+    net, lo_x, hi_x, pre = _wide_case()
+    monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.5))
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
+    unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
+    assert res.stalled_layers == 0 and res.tightened == unstable and res.milps == 2 * unstable
+    for (l0, u0), (l, u) in zip(pre[1:], res.pre[1:]):
+        on = (l0 < 0) & (u0 > 0)
+        assert np.all(u[on] < u0[on]) and np.all(l[on] > l0[on])

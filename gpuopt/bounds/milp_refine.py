@@ -52,12 +52,20 @@ __all__ = ["MilpRefinement", "milp_refine", "REFINE_SOLVER"]
 #: off, the same proofs took 0.2-0.35 s (the tolerances, margin and floor are unchanged)
 REFINE_SOLVER = dict(presolve=False, feasibility_jump=False)
 
+#: a layer's neurons go in chunks of this many (at least ``parallel``), nearest to stable first; when a
+#: chunk narrows no neuron's bounds by ``STALL_GAIN`` of their width, the rest of the layer is skipped,
+#: and after two such layers in a row the refinement ends (MILPs that move nothing within their time,
+#: as on conv nets with thousands of inputs, cost a chunk per layer rather than the whole share)
+STALL_CHUNK = 8
+STALL_GAIN = 0.01
+
 
 @dataclass(frozen=True)
 class MilpRefinement:
     """The result of :func:`milp_refine`: ``pre`` (one ``(lower, upper)`` numpy pair per hidden
     layer, never looser than the input), the MILPs solved, the neurons made stable, those whose
-    bounds only tightened, the unstable count per layer before and after, and the time taken."""
+    bounds only tightened, the unstable count per layer before and after, the time taken, and the
+    layers cut short because a chunk of their MILPs moved nothing (:data:`STALL_CHUNK`)."""
 
     pre: list
     milps: int
@@ -66,6 +74,7 @@ class MilpRefinement:
     unstable_before: tuple
     unstable_after: tuple
     seconds: float
+    stalled_layers: int = 0
 
 
 def _unstable(pre) -> tuple:
@@ -155,12 +164,13 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     config = replace(config, **REFINE_SOLVER)
     pre = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
     before = _unstable(pre)
-    counts = {"milps": 0, "stabilised": 0, "tightened": 0}
+    counts = {"milps": 0, "stabilised": 0, "tightened": 0, "stalled_layers": 0}
 
     def left() -> float:
         return np.inf if deadline is None else deadline - time.monotonic()
 
     pool = ThreadPoolExecutor(int(parallel)) if parallel > 1 else None
+    run = 0  # stalled layers in a row
     try:
         for k in range(max(1, first_layer), len(pre)):
             if left() <= 0:
@@ -176,10 +186,23 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                 return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
                                       config=config, neuron_time=neuron_time, left=left, deadline=deadline)
 
-            for milps, outcome in (map(one, order) if pool is None else pool.map(one, order)):
-                counts["milps"] += milps
-                if outcome is not None:
-                    counts[outcome] += 1
+            chunk, stalled = max(STALL_CHUNK, int(parallel)), False
+            for at in range(0, order.size, chunk):
+                part = order[at:at + chunk]
+                width = u[part] - l[part]
+                for milps, outcome in (map(one, part) if pool is None else pool.map(one, part)):
+                    counts["milps"] += milps
+                    if outcome is not None:
+                        counts[outcome] += 1
+                if left() <= 0:
+                    break
+                if not np.any(u[part] - l[part] <= (1.0 - STALL_GAIN) * width):
+                    stalled = True  # the neurons after these are farther from stable
+                    break
+            counts["stalled_layers"] += stalled
+            run = run + 1 if stalled else 0
+            if run >= 2:
+                break  # two layers in a row (the deeper MILPs are larger still)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
