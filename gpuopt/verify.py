@@ -88,7 +88,9 @@ class VerifyConfig:
     default) refines the intermediate bounds of networks that activation splitting takes by
     per-neuron MILPs (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s
     each) in that share of the time left, before splitting; those bounds rest on HiGHS's
-    tolerances, and an ``unsat`` verdict that may use them says so."""
+    tolerances, and an ``unsat`` verdict that may use them says so. With it on, activation
+    splitting first runs in ``milp_refine_probe_share`` of the time left (0: not at all), so that
+    what it decides quickly does not wait for the refinement."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -114,6 +116,7 @@ class VerifyConfig:
     milp_recheck: bool = True
     milp_refine_share: float = 0.0
     milp_refine_neuron_time: float = 1.0
+    milp_refine_probe_share: float = 0.1
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -136,7 +139,8 @@ class VerifyConfig:
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
-        for name in ("attack_share", "relu_split_share", "walk_share", "lp_share", "milp_refine_share"):
+        for name in ("attack_share", "relu_split_share", "walk_share", "lp_share", "milp_refine_share",
+                     "milp_refine_probe_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")

@@ -138,7 +138,8 @@ def test_stops_at_the_deadline_with_sound_bounds():
 def test_pipeline_with_refinement_agrees_with_brute_force(seed, delta):
     net, region, spec = small_robustness_case(seed)
     problem, _ = shifted_problem(net, region, spec, seed, delta)
-    config = VerifyConfig(use_input_split=False, use_attack=False, milp_refine_share=0.5)
+    config = VerifyConfig(use_input_split=False, use_attack=False, milp_refine_share=0.5,
+                          milp_refine_probe_share=0.1 if seed % 2 else 0.0)
     v = verify(net, problem.region, problem.spec, timeout=60, config=config)
     assert v.status is (Status.UNSAT if delta > 0 else Status.SAT) or v.status in (Status.UNKNOWN, Status.TIMEOUT)
 
@@ -150,16 +151,49 @@ def test_an_unsat_verdict_on_refined_bounds_says_so():
         net, region, spec = small_robustness_case(seed)
         problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
         config = VerifyConfig(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0,
-                              milp_refine_share=0.5)
+                              milp_refine_share=0.5, milp_refine_probe_share=0.0)
         v = verify(net, problem.region, problem.spec, timeout=60, config=config)
         if v.status is Status.UNSAT and v.decided_by not in ("ibp", "crown", "alpha-crown"):
             said += "refined by MILP" in v.message and "HiGHS's tolerances" in v.message
     assert said > 0
 
 
+def _stage_names(v) -> list:
+    return [e["stage"] for e in v.events]
+
+
+def test_the_probe_decides_easy_items_before_any_refinement():
+    """With the refinement on, activation splitting runs first for a short share: an item it
+    proves never waits for (nor rests on) the refinement."""
+    decided = 0
+    for seed in range(8):
+        net, region, spec = small_robustness_case(seed)
+        problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
+        config = VerifyConfig(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0,
+                              milp_refine_share=0.5)
+        v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+        if v.status is Status.UNSAT and v.decided_by == "relu-split" and "relu_split_probe" in v.stage_seconds:
+            assert "milp_refine" not in v.stage_seconds and "refined by MILP" not in v.message
+            decided += 1
+    assert decided > 0
+
+
+def test_what_the_probe_leaves_open_is_refined_then_split_again():
+    """A probe that has no time leaves the item to the refinement and then to activation splitting
+    from the start, in that order."""
+    net, region, spec = small_robustness_case(0)
+    problem, _ = shifted_problem(net, region, spec, 0, 1e-3)
+    config = VerifyConfig(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0,
+                          milp_refine_share=0.5, milp_refine_probe_share=1e-12)
+    v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+    names = _stage_names(v)
+    assert names.index("relu_split_probe") < names.index("milp_refine") < names.index("relu_split")
+
+
 @pytest.mark.parametrize("kwargs", [{"milp_refine_share": -0.1}, {"milp_refine_share": 1.5},
                                     {"milp_refine_share": True}, {"milp_refine_neuron_time": 0},
-                                    {"milp_refine_neuron_time": float("inf")}, {"milp_refine_neuron_time": "1"}])
+                                    {"milp_refine_neuron_time": float("inf")}, {"milp_refine_neuron_time": "1"},
+                                    {"milp_refine_probe_share": -0.5}, {"milp_refine_probe_share": 2}])
 def test_bad_refinement_settings_are_refused(kwargs):
     with pytest.raises(InvalidInputError, match="milp_refine"):
         VerifyConfig(**kwargs)

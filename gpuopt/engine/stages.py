@@ -23,7 +23,10 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
 4. ``input_split``: input-space branch and bound, for networks with few inputs (sub-boxes it
    cannot close with few unstable ReLUs go to an exact MILP inside the task);
-5. ``relu_split``: activation branch and bound, for the others;
+5. ``relu_split``: activation branch and bound, for the others; with the MILP refinement on
+   (``milp_refine_share`` > 0), first ``relu_split_probe`` (activation splitting in a short share
+   of the time) and then ``milp_refine`` (per-neuron MILPs tighten the intermediate bounds of
+   what is left open, :mod:`gpuopt.bounds.milp_refine`), before it;
 6. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
 7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
    dual bounds), for the same networks with two or more hidden layers: tighter big-M constants
@@ -39,6 +42,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -436,9 +440,11 @@ def finish_input_split(item: ItemState) -> str:
     return "open"
 
 
-def plan_relu_split(item: ItemState) -> list[TaskSpec]:
-    """One activation-splitting task per open problem, over its open disjuncts (proof rows)."""
+def plan_relu_split(item: ItemState, *, share: float | None = None, stage: str = "relu_split") -> list[TaskSpec]:
+    """One activation-splitting task per open problem, over its open disjuncts (proof rows), in
+    ``share`` of the time left (default ``relu_split_share``)."""
     config, bounds = item.config, item.bounds
+    share = config.relu_split_share if share is None else share
     specs = []
     for i in _open_problems(item):
         pre = [(l[i].numpy(), u[i].numpy()) for l, u in bounds.pre_activation]
@@ -450,13 +456,13 @@ def plan_relu_split(item: ItemState) -> list[TaskSpec]:
             strict = None if item.strict is None else item.strict[i, k, :Ak.shape[0]].numpy()
             disjuncts.append((k, Ak, bk, strict))
         specs.append(TaskSpec(relu_split_task, (network_ref(item.network), _problem_data(item.problems[i]), disjuncts,
-                                                pre, config.relu_split, config.relu_split_share),
-                              f"relu_split p{i}", {"problem": i}))
+                                                pre, config.relu_split, share),
+                              f"{stage} p{i}", {"problem": i}))
     return specs
 
 
-def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    notes = item.stage_notes.setdefault("relu_split", {"domains": 0, "open": [], "leaves": {}})
+def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict, *, stage: str = "relu_split") -> None:
+    notes = item.stage_notes.setdefault(stage, {"domains": 0, "open": [], "leaves": {}})
     notes["domains"] += value["domains"]
     i = spec.meta["problem"]
     for k, lb in value["closed"].items():
@@ -472,13 +478,27 @@ def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
                              f"worst bound {value['worst']:.4g}")
 
 
-def finish_relu_split(item: ItemState) -> str:
-    notes = item.stage_notes.get("relu_split", {"domains": 0, "open": []})
+def finish_relu_split(item: ItemState, *, stage: str = "relu_split") -> str:
+    notes = item.stage_notes.get(stage, {"domains": 0, "open": []})
     if not item.open:  # every disjunct closed by a proof result
         item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="relu-split",
                     message=f"activation splitting proved every open disjunct on {notes['domains']} domains")
         return "decided"
     return "open"
+
+
+def plan_relu_split_probe(item: ItemState) -> list[TaskSpec]:
+    """Activation splitting first, in ``milp_refine_probe_share`` of the time left, when the MILP
+    refinement is on: what it decides quickly never waits for the refinement. Its open domains and
+    leaves are dropped (its notes are its own); activation splitting starts afresh on refined bounds."""
+    return plan_relu_split(item, share=item.config.milp_refine_probe_share, stage="relu_split_probe")
+
+
+def _refinement_applies(c, it) -> bool:
+    """The MILP refinement's condition: on, activation splitting takes the network, 2+ hidden layers."""
+    return (c.milp_refine_share > 0 and c.use_relu_split
+            and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+            and len(it.bounds.pre_activation) > 1)
 
 
 def _milp_bounds(item: ItemState, i: int):
@@ -753,10 +773,10 @@ STAGES = (
     Stage("input_split", "task", plan_input_split,
           lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
           merge_input_split, finish_input_split),
-    Stage("milp_refine", "task", plan_milp_refine,
-          lambda c, it: c.milp_refine_share > 0 and c.use_relu_split
-          and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 1, merge_milp_refine, finish_milp_refine),
+    Stage("relu_split_probe", "task", plan_relu_split_probe,
+          lambda c, it: _refinement_applies(c, it) and c.milp_refine_probe_share > 0,
+          partial(merge_relu_split, stage="relu_split_probe"), partial(finish_relu_split, stage="relu_split_probe")),
+    Stage("milp_refine", "task", plan_milp_refine, _refinement_applies, merge_milp_refine, finish_milp_refine),
     Stage("relu_split", "task", plan_relu_split,
           lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
           and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
