@@ -602,8 +602,8 @@ def finish_milp_refine(item: ItemState) -> str:
 
 
 #: the note an ``unsat`` verdict gets when it may rest on MILP-refined intermediate bounds
-REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable, {tightened} bounds "
-                "tightened), which rest on HiGHS's tolerances within its margin")
+REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable, {tightened} more "
+                "narrowed), which rest on HiGHS's tolerances within its margin")
 
 
 def plan_lp(item: ItemState) -> list[TaskSpec]:
