@@ -309,3 +309,25 @@ def test_layers_that_keep_moving_are_refined_whole(monkeypatch):
     for (l0, u0), (l, u) in zip(pre[1:], res.pre[1:]):
         on = (l0 < 0) & (u0 > 0)
         assert np.all(u[on] < u0[on]) and np.all(l[on] > l0[on])
+
+
+def test_a_deadline_is_shared_across_the_layers(monkeypatch):
+    """Each layer gets an even share of the time left: MILPs that would fill the whole budget on
+    the first refined layer still leave time for the last one."""
+    import time
+
+    import gpuopt.bounds.milp_refine as mr
+
+    net, lo_x, hi_x, pre = _wide_case()
+    fake = _fake_solver(0.5)
+
+    def slow(model, **kw):
+        time.sleep(0.03)
+        return fake(model, **kw)
+
+    monkeypatch.setattr(mr, "solve_milp", slow)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 1.2)
+    narrowed = [int(((u < u0) & (l0 < 0) & (u0 > 0)).sum()) for (l0, u0), (l, u) in zip(pre, res.pre)]
+    unstable = [int(((l0 < 0) & (u0 > 0)).sum()) for l0, u0 in pre]
+    assert narrowed[1] < unstable[1]  # the first refined layer was cut short (2 x 30 ms per neuron)
+    assert narrowed[-1] > 0 and res.seconds < 3.0

@@ -155,7 +155,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                 config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1) -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring), each MILP for at most ``neuron_time``
-    seconds, until ``deadline`` (``time.monotonic()``). ``parallel`` MILPs of a layer run at once,
+    seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
+    over the layers still to refine, nearest-to-stable neurons first). ``parallel`` MILPs of a layer run at once,
     in threads (HiGHS releases the GIL while it solves; a layer's neurons are independent given the
     layers before it, so the bounds do not depend on it, up to where the deadline cuts)."""
     if not 1 <= int(parallel) <= 1024:
@@ -172,19 +173,29 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     pool = ThreadPoolExecutor(int(parallel)) if parallel > 1 else None
     run = 0  # stalled layers in a row
     try:
-        for k in range(max(1, first_layer), len(pre)):
+        layers = range(max(1, first_layer), len(pre))
+        for k in layers:
             if left() <= 0:
                 break
             l, u = pre[k]
             order = _order(l, u, blocks[k].passthrough)
             if not order.size:
                 continue
+            # this layer's share: the time left split evenly over the layers still to refine (the
+            # time a layer does not use passes on), so the last layers are reached
+            to_do = sum(1 for kk in layers if kk >= k and _order(*pre[kk], blocks[kk].passthrough).size)
+            layer_end = None if deadline is None else time.monotonic() + left() / to_do
+
+            def layer_left(layer_end=layer_end) -> float:
+                return np.inf if layer_end is None else layer_end - time.monotonic()
+
             prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
             row_matrix = blocks[k].matrix if keep is None else blocks[k].matrix[:, keep]
 
-            def one(j, k=k, l=l, u=u, prefix=prefix, prefix_pre=prefix_pre, row_matrix=row_matrix):
+            def one(j, k=k, l=l, u=u, prefix=prefix, prefix_pre=prefix_pre, row_matrix=row_matrix, end=layer_end,
+                    layer_left=layer_left):
                 return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
-                                      config=config, neuron_time=neuron_time, left=left, deadline=deadline)
+                                      config=config, neuron_time=neuron_time, left=layer_left, deadline=end)
 
             chunk, stalled = max(STALL_CHUNK, int(parallel)), False
             for at in range(0, order.size, chunk):
@@ -194,7 +205,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                     counts["milps"] += milps
                     if outcome is not None:
                         counts[outcome] += 1
-                if left() <= 0:
+                if layer_left() <= 0:
                     break
                 if not np.any(u[part] - l[part] <= (1.0 - STALL_GAIN) * width):
                     stalled = True  # the neurons after these are farther from stable
