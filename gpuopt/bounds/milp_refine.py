@@ -139,10 +139,13 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
             z_k, _ = forward_pattern(blocks[:k + 1], np.clip(res.solution[model.x_index], x_lower, x_upper))
             if sign * z_k[j] < bound:
                 continue  # HiGHS's own point contradicts its bound: trust neither
-        if sign < 0 and -bound < u[j]:
-            u[j] = max(-bound, l[j])
-        elif sign > 0 and bound > l[j]:
-            l[j] = min(bound, u[j])
+        value = sign * bound  # the new upper (sign -1) or lower (sign +1) bound of z_j
+        if not l[j] <= value <= u[j]:
+            continue  # beyond the other bound, which is sound: then HiGHS is wrong, trust neither
+        if sign < 0 and value < u[j]:
+            u[j] = value
+        elif sign > 0 and value > l[j]:
+            l[j] = value
         else:
             continue
         if u[j] <= 0 or l[j] >= 0:
