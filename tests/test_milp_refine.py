@@ -294,18 +294,28 @@ def test_a_layer_whose_first_chunk_moves_nothing_is_cut_short(monkeypatch):
     net, lo_x, hi_x, pre = _wide_case()
     monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.0))
     res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
-    assert res.milps == 2 * 2 * mr.STALL_CHUNK and res.stalled_layers == 2
+    assert res.milps == 2 * 2 * mr.STALL_CHUNK and res.passes == 1  # a pass that moved nothing is the last
     assert res.stabilised == res.tightened == 0
 
 
-def test_layers_that_keep_moving_are_refined_whole(monkeypatch):
+def test_layers_that_keep_moving_are_refined_whole_pass_after_pass(monkeypatch):
+    """MILPs that run out of time but narrow every bound: each pass takes every neuron, and the
+    passes go on (with twice the time per MILP) up to ``MAX_PASSES``."""
     import gpuopt.bounds.milp_refine as mr
 
     net, lo_x, hi_x, pre = _wide_case()
-    monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.5))
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
+    fake, limits = _fake_solver(0.5), []
+
+    def recording(model, **kw):
+        limits.append(kw["time_limit"])
+        return fake(model, **kw)
+
+    monkeypatch.setattr(mr, "solve_milp", recording)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=0.5)
     unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
-    assert res.stalled_layers == 0 and res.tightened == unstable and res.milps == 2 * unstable
+    assert res.passes == mr.MAX_PASSES and res.tightened == unstable
+    assert res.milps == len(limits) == 2 * unstable * mr.MAX_PASSES
+    assert sorted(set(limits)) == [0.5 * 2 ** p for p in range(mr.MAX_PASSES)]
     for (l0, u0), (l, u) in zip(pre[1:], res.pre[1:]):
         on = (l0 < 0) & (u0 > 0)
         assert np.all(u[on] < u0[on]) and np.all(l[on] > l0[on])
@@ -331,3 +341,39 @@ def test_a_deadline_is_shared_across_the_layers(monkeypatch):
     unstable = [int(((l0 < 0) & (u0 > 0)).sum()) for l0, u0 in pre]
     assert narrowed[1] < unstable[1]  # the first refined layer was cut short (2 x 30 ms per neuron)
     assert narrowed[-1] > 0 and res.seconds < 3.0
+
+
+def test_a_second_pass_retries_only_the_neurons_that_ran_out_of_time(monkeypatch):
+    """Neurons whose searches both ended (a point on the other side, here) are settled; one that
+    ran out of time is tried again with twice the time, and proven then."""
+    import gpuopt.bounds.milp_refine as mr
+    from gpuopt.milp.highs import MilpResult, MilpStatus
+
+    net, lo_x, hi_x, pre = _wide_case()
+    k = 1
+    hard = int(mr._order(*pre[k], None)[0])  # the first neuron of layer 1 needs 2 s
+    calls = []
+
+    assert pre[k][1][hard] <= -pre[k][0][hard]  # its inactive side is tried first
+
+    def solver(model, **kw):
+        y = int(np.flatnonzero(model.c)[0])
+        calls.append(kw["time_limit"])
+        if model.col_lower[y] == pre[k][0][hard]:  # the hard neuron (its lower bound never moves here)
+            if model.c[y] > 0:  # the active side: out of time, nothing learnt
+                return MilpResult(status=MilpStatus.TIME_LIMIT, raw_status="", objective=np.inf,
+                                  dual_bound=-np.inf, solution=None, nodes=1, seconds=0.0)
+            if kw["time_limit"] >= 2.0:  # proven inactive at last
+                return MilpResult(status=MilpStatus.DUAL_BOUND_REACHED, raw_status="", objective=np.inf,
+                                  dual_bound=1.0, solution=None, nodes=1, seconds=0.0)
+            return MilpResult(status=MilpStatus.TIME_LIMIT, raw_status="", objective=np.inf,
+                              dual_bound=-0.5 * model.col_upper[y], solution=None, nodes=1, seconds=0.0)
+        return MilpResult(status=MilpStatus.SOLUTION_ACCEPTED, raw_status="", objective=-1.0, dual_bound=-np.inf,
+                          solution=None, nodes=1, seconds=0.0)
+
+    monkeypatch.setattr(mr, "solve_milp", solver)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=1.0)
+    assert res.pre[k][1][hard] <= 0 and res.stabilised == 1
+    unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
+    assert res.passes == 2 and res.milps == 2 * unstable + 1  # pass 2: only the hard neuron, one side
+    assert calls[-1] == 2.0

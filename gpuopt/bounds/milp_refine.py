@@ -53,19 +53,23 @@ __all__ = ["MilpRefinement", "milp_refine", "REFINE_SOLVER"]
 REFINE_SOLVER = dict(presolve=False, feasibility_jump=False)
 
 #: a layer's neurons go in chunks of this many (at least ``parallel``), nearest to stable first; when a
-#: chunk narrows no neuron's bounds by ``STALL_GAIN`` of their width, the rest of the layer is skipped,
-#: and after two such layers in a row the refinement ends (MILPs that move nothing within their time,
-#: as on conv nets with thousands of inputs, cost a chunk per layer rather than the whole share)
+#: chunk's MILPs all run out of time and narrow no neuron's bounds by ``STALL_GAIN`` of their width,
+#: the rest of the layer is skipped, two such layers in a row end the pass, and a pass that narrows
+#: nothing ends the refinement (MILPs that move nothing within their time, as on conv nets with
+#: thousands of inputs, cost a chunk per layer rather than the whole share)
 STALL_CHUNK = 8
 STALL_GAIN = 0.01
+
+#: passes over the neurons whose MILPs ran out of time, each with twice the time per MILP
+MAX_PASSES = 4
 
 
 @dataclass(frozen=True)
 class MilpRefinement:
     """The result of :func:`milp_refine`: ``pre`` (one ``(lower, upper)`` numpy pair per hidden
     layer, never looser than the input), the MILPs solved, the neurons made stable, those whose
-    bounds only tightened, the unstable count per layer before and after, the time taken, and the
-    layers cut short because a chunk of their MILPs moved nothing (:data:`STALL_CHUNK`)."""
+    bounds only narrowed, the unstable count per layer before and after, the time taken, and the
+    passes made (see :func:`milp_refine`)."""
 
     pre: list
     milps: int
@@ -74,7 +78,7 @@ class MilpRefinement:
     unstable_before: tuple
     unstable_after: tuple
     seconds: float
-    stalled_layers: int = 0
+    passes: int = 1
 
 
 def _unstable(pre) -> tuple:
@@ -106,14 +110,15 @@ def _live_prefix(blocks, pre, k: int) -> tuple[list, list, np.ndarray | None]:
 
 
 def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper, *,
-                   config: SolverConfig, neuron_time: float, left, deadline) -> tuple[int, str | None]:
+                   config: SolverConfig, neuron_time: float, left, deadline) -> tuple[int, bool]:
     """Refine ``l[j]``, ``u[j]`` of layer ``k`` in place (the module docstring's two MILPs); returns the
-    MILPs solved and ``"stabilised"``, ``"tightened"`` or None."""
+    MILPs solved and whether the neuron is settled: stable, or both searches ended within their time
+    (a point on the other side, or the optimum), so that more time would not move it."""
     row = AffineBlock(row_matrix[[j]].tocsr(), np.asarray(blocks[k].bias)[[j]])
     model = encode(prefix + [row], prefix_pre, (l[[j]], u[[j]]), x_lower, x_upper, np.eye(1), [0.0])
     floor = unchecked_floor(max(1.0, float(-l[j]), float(u[j])), config)
     y = int(model.y_index[0])
-    milps, outcome = 0, None
+    milps, finished = 0, 0
     for sign in ((-1.0, 1.0) if u[j] <= -l[j] else (1.0, -1.0)):  # -1: min -z_j (inactive); +1: min z_j (active)
         if left() <= 0 or not (l[j] < 0 < u[j]):
             break
@@ -126,12 +131,13 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
         res = solve_milp(replace(model, c=c, offset=0.0), time_limit=min(neuron_time, max(left(), 0.0)),
                          threshold=floor, accept_solution=other_side, config=config, deadline=deadline)
         milps += 1
+        finished += res.status not in (MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED)
         if res.proves_above(floor):
             if sign < 0:
                 u[j] = min(u[j], 0.0)
             else:
                 l[j] = max(l[j], 0.0)
-            return milps, "stabilised"
+            return milps, True
         if res.warnings or not np.isfinite(res.dual_bound) or res.status in (MilpStatus.ERROR, MilpStatus.INFEASIBLE):
             continue
         bound = res.dual_bound - res.proof_margin - floor  # min sign*z_j >= bound
@@ -149,9 +155,63 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
         else:
             continue
         if u[j] <= 0 or l[j] >= 0:
-            return milps, "stabilised"
-        outcome = "tightened"
-    return milps, outcome
+            return milps, True
+    return milps, finished == 2 or not (l[j] < 0 < u[j])
+
+
+def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
+                 deadline) -> tuple[int, bool]:
+    """One pass over ``layers`` (the neurons not ``settled``, a set of ``(k, j)`` it adds to); returns
+    the MILPs solved and whether any bound narrowed by :data:`STALL_GAIN` of its width."""
+    milps, moved, run = 0, False, 0  # run: stalled layers in a row
+    for k in layers:
+        if left() <= 0:
+            break
+        l, u = pre[k]
+
+        def todo(kk):
+            return [j for j in _order(*pre[kk], blocks[kk].passthrough) if (kk, int(j)) not in settled]
+
+        order = todo(k)
+        if not order:
+            continue
+        # this layer's share: the time left split evenly over the layers still to refine (the
+        # time a layer does not use passes on), so the last layers are reached
+        layer_end = None if deadline is None else \
+            time.monotonic() + left() / sum(1 for kk in layers if kk >= k and todo(kk))
+
+        def layer_left(layer_end=layer_end) -> float:
+            return np.inf if layer_end is None else layer_end - time.monotonic()
+
+        prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
+        row_matrix = blocks[k].matrix if keep is None else blocks[k].matrix[:, keep]
+
+        def one(j, k=k, l=l, u=u, prefix=prefix, prefix_pre=prefix_pre, row_matrix=row_matrix, end=layer_end,
+                layer_left=layer_left):
+            return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
+                                  config=config, neuron_time=neuron_time, left=layer_left, deadline=end)
+
+        chunk, stalled = max(STALL_CHUNK, int(parallel)), False
+        for at in range(0, len(order), chunk):
+            part = np.array(order[at:at + chunk])
+            width = u[part] - l[part]
+            ended = 0
+            for j, (n, done) in zip(part, map(one, part) if pool is None else pool.map(one, part)):
+                milps += n
+                if done:
+                    settled.add((k, int(j)))
+                    ended += 1
+            narrowed = bool(np.any(u[part] - l[part] <= (1.0 - STALL_GAIN) * width))
+            moved |= narrowed
+            if layer_left() <= 0:
+                break
+            if not narrowed and not ended:
+                stalled = True  # every MILP ran out of time, learning nothing: the neurons after are farther
+                break
+        run = run + 1 if stalled else 0
+        if run >= 2:
+            break  # two layers in a row (the deeper MILPs are larger still)
+    return milps, moved
 
 
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
@@ -159,66 +219,42 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring), each MILP for at most ``neuron_time``
     seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
-    over the layers still to refine, nearest-to-stable neurons first). ``parallel`` MILPs of a layer run at once,
-    in threads (HiGHS releases the GIL while it solves; a layer's neurons are independent given the
-    layers before it, so the bounds do not depend on it, up to where the deadline cuts)."""
+    over the layers still to refine, nearest-to-stable neurons first). A pass that leaves time goes
+    on with another over the neurons whose MILPs ran out of time (up to :data:`MAX_PASSES`, each
+    with twice the time per MILP, on the bounds the last one left), while a pass narrows some bound.
+    ``parallel`` MILPs of a layer run at once, in threads (HiGHS releases the GIL while it solves; a
+    layer's neurons are independent given the layers before it, so the bounds do not depend on it,
+    up to where the deadline cuts)."""
     if not 1 <= int(parallel) <= 1024:
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
     t0 = time.monotonic()
     config = replace(config, **REFINE_SOLVER)
-    pre = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
-    before = _unstable(pre)
-    counts = {"milps": 0, "stabilised": 0, "tightened": 0, "stalled_layers": 0}
+    start = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
+    pre = [(l.copy(), u.copy()) for l, u in start]
+    milps, passes, settled = 0, 0, set()
 
     def left() -> float:
         return np.inf if deadline is None else deadline - time.monotonic()
 
     pool = ThreadPoolExecutor(int(parallel)) if parallel > 1 else None
-    run = 0  # stalled layers in a row
     try:
-        layers = range(max(1, first_layer), len(pre))
-        for k in layers:
-            if left() <= 0:
+        while passes < MAX_PASSES and left() > 0:
+            n, moved = _refine_pass(blocks, pre, range(max(1, first_layer), len(pre)), x_lower, x_upper, settled,
+                                    config=config, neuron_time=neuron_time * 2 ** passes, parallel=parallel, pool=pool,
+                                    left=left, deadline=deadline)
+            if not n:
+                break  # nothing left to try
+            milps += n
+            passes += 1
+            if not moved:
                 break
-            l, u = pre[k]
-            order = _order(l, u, blocks[k].passthrough)
-            if not order.size:
-                continue
-            # this layer's share: the time left split evenly over the layers still to refine (the
-            # time a layer does not use passes on), so the last layers are reached
-            to_do = sum(1 for kk in layers if kk >= k and _order(*pre[kk], blocks[kk].passthrough).size)
-            layer_end = None if deadline is None else time.monotonic() + left() / to_do
-
-            def layer_left(layer_end=layer_end) -> float:
-                return np.inf if layer_end is None else layer_end - time.monotonic()
-
-            prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
-            row_matrix = blocks[k].matrix if keep is None else blocks[k].matrix[:, keep]
-
-            def one(j, k=k, l=l, u=u, prefix=prefix, prefix_pre=prefix_pre, row_matrix=row_matrix, end=layer_end,
-                    layer_left=layer_left):
-                return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
-                                      config=config, neuron_time=neuron_time, left=layer_left, deadline=end)
-
-            chunk, stalled = max(STALL_CHUNK, int(parallel)), False
-            for at in range(0, order.size, chunk):
-                part = order[at:at + chunk]
-                width = u[part] - l[part]
-                for milps, outcome in (map(one, part) if pool is None else pool.map(one, part)):
-                    counts["milps"] += milps
-                    if outcome is not None:
-                        counts[outcome] += 1
-                if layer_left() <= 0:
-                    break
-                if not np.any(u[part] - l[part] <= (1.0 - STALL_GAIN) * width):
-                    stalled = True  # the neurons after these are farther from stable
-                    break
-            counts["stalled_layers"] += stalled
-            run = run + 1 if stalled else 0
-            if run >= 2:
-                break  # two layers in a row (the deeper MILPs are larger still)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return MilpRefinement(pre=pre, unstable_before=before, unstable_after=_unstable(pre),
-                          seconds=time.monotonic() - t0, **counts)
+    was_open = [(l0 < 0) & (u0 > 0) for l0, u0 in start]
+    now_open = [(l < 0) & (u > 0) for l, u in pre]
+    stabilised = sum(int((w & ~n).sum()) for w, n in zip(was_open, now_open))
+    tightened = sum(int((n & ((l > l0) | (u < u0))).sum()) for n, (l0, u0), (l, u) in zip(now_open, start, pre))
+    return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
+                          unstable_before=_unstable(start), unstable_after=_unstable(pre),
+                          seconds=time.monotonic() - t0, passes=passes)
