@@ -8,7 +8,7 @@ the box with exact margin ``<= 0``, an ``unsat`` an exact minimum ``> 0``. Print
 counts per variant (sat/unsat/unknown/timeout/wrong) and the wrong answers, and writes JSON.
 
     python benchmarks/exact_reference.py --cases 500 --seed 1000 --out results.json [--bab relu|handoff] [--cuts all]
-                                                                    [--branching fsb] [--milp-refine 0.5]
+                                                                    [--branching fsb] [--milp-refine 0.5 [--milp-refine-probe 0]]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--milp-refine", type=float, default=None, metavar="SHARE",
                     help="refine the intermediate bounds by per-neuron MILPs in this share of the time left "
                          "(gpuopt.bounds.milp_refine; with --bab relu, so that activation splitting runs)")
+    ap.add_argument("--milp-refine-probe", type=float, default=None, metavar="SHARE",
+                    help="with --milp-refine: activation splitting's share before the refinement (0: none, so that "
+                         "the refinement runs on every case splitting has not closed)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -79,6 +82,10 @@ def main(argv=None) -> int:
         from dataclasses import replace
 
         config = replace(config, milp_refine_share=args.milp_refine)  # a share outside [0, 1] is refused here
+    if args.milp_refine_probe is not None:
+        from dataclasses import replace
+
+        config = replace(config, milp_refine_probe_share=args.milp_refine_probe)
     outcomes, cases_info, ref_seconds = [], [], 0.0
     t0 = time.monotonic()
     for seed in range(args.seed, args.seed + args.cases):
