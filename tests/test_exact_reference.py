@@ -251,3 +251,14 @@ def test_randomized_verdicts_are_mostly_decided():
     assert decided >= 0.5 * len(_OUTCOMES), f"only {decided}/{len(_OUTCOMES)} decided"
     far = [o for o in _OUTCOMES if o.label in ("rel-1", "rel+1")]
     assert sum(o.status in ("sat", "unsat") for o in far) >= 0.6 * len(far)
+
+
+def test_a_region_lp_highs_refuses_ends_the_walk_not_the_item():
+    """Found by the exact reference (seed 320007, just below the boundary, activation splitting):
+    a region LP with a composed coefficient of 2.4e15 is refused by HiGHS; the walk ends there
+    instead of the verify call failing, and the verdict stays right."""
+    from dataclasses import replace
+
+    case = make_case(320007)
+    (o,) = run_case(case, timeout=4, config=replace(cheap_config(), use_input_split=False), labels=["ulp-"])
+    assert o.status != "error" and not o.wrong, o.reason

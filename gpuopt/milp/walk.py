@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SolverError
 from ..network import AffineBlock
 from .encode import InputConstraints, MilpModel
 from .highs import MilpStatus, SolverConfig, solve_lp, solve_milp
@@ -221,8 +221,12 @@ class _RegionLP:
             blocks_.append(R)
             lo.append(np.asarray(rlo, dtype=np.float64))
             hi.append(np.asarray(rhi, dtype=np.float64))
-        res = solve_lp(c, sp.vstack(blocks_).tocsr(), np.concatenate(lo), np.concatenate(hi), self.col_lower,
-                       self.col_upper, time_limit=time_limit, basis=self.basis, config=self.solver)
+        try:
+            res = solve_lp(c, sp.vstack(blocks_).tocsr(), np.concatenate(lo), np.concatenate(hi), self.col_lower,
+                           self.col_upper, time_limit=time_limit, basis=self.basis, config=self.solver)
+        except SolverError:  # HiGHS refuses the region's LP (a composed coefficient of 1e15 or more):
+            self.basis = None  # this walk ends there, as at any LP that does not solve
+            return "error", None, np.inf, None, None
         if res.status != "optimal":
             if self.basis is not None and res.status == "error":
                 self.basis = None
