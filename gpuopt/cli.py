@@ -99,6 +99,17 @@ def _share(text: str) -> float:
     return value
 
 
+def _refine_share(text: str) -> float | None:
+    """An argparse type: ``auto`` (None: :meth:`gpuopt.verify.VerifyConfig.refine_share` decides
+    per network) or a share of the time in ``[0, 1]``."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return _share(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number in [0, 1], got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -180,10 +191,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="add only these valid inequalities (comma-separated: ideal, implication)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
-    v.add_argument("--milp-refine", type=_share, default=0.0, metavar="SHARE",
+    v.add_argument("--milp-refine", type=_refine_share, default=None, metavar="SHARE",
                    help="before activation splitting, refine the intermediate bounds by per-neuron MILPs in this "
-                        "share of the time left (0 to 1; 0, the default, is off); such bounds rest on HiGHS's "
-                        "tolerances, and the verdict says so")
+                        "share of the time left (0 to 1; 0 is off); the default, auto, is 0.8 on networks with at "
+                        "most 1024 inputs and 2048 ReLUs, with a timeout of 60 s or more (or none), and off "
+                        "otherwise; such bounds rest on HiGHS's tolerances, and the verdict says so")
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
@@ -259,10 +271,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset mode: divide the features by this (255 for 0..255 pixels)")
     r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="dataset mode: valid input range (default 0 1)")
-    r.add_argument("--milp-refine", type=_share, default=0.0, metavar="SHARE",
+    r.add_argument("--milp-refine", type=_refine_share, default=None, metavar="SHARE",
                    help="as for verify: refine the intermediate bounds by per-neuron MILPs (in a worker, one at a "
-                        "time) in this share of each item's time left before activation splitting (0, the default, "
-                        "is off)")
+                        "time) in this share of each item's time left before activation splitting (0: off; the "
+                        "default, auto, is 0.8 on networks with at most 1024 inputs and 2048 ReLUs in items of 60 s "
+                        "or more)")
 
     ra = sub.add_parser("radius", help="certified robustness radii (L-inf, L1, L2) of a dataset, into a resumable JSONL file")
     ra.add_argument("--model", required=True, help="the network (.onnx)")

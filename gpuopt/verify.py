@@ -65,6 +65,17 @@ __all__ = ["VerifyConfig", "verify", "verify_problems", "verify_instance"]
 log = logging.getLogger("gpuopt")
 
 
+#: ``VerifyConfig.milp_refine_share=None`` (auto): the refinement's share of the time on networks
+#: with at most AUTO_REFINE_MAX_INPUTS inputs and AUTO_REFINE_MAX_NEURONS ReLUs (mnist_fc's 784
+#: inputs and up to 6 x 256 ReLUs; not the conv nets of oval21), where per-neuron MILPs are cheap
+#: whose item has at least AUTO_REFINE_MIN_SECONDS in all (or no timeout): a neuron's MILP takes
+#: about 1 s, and the refinement pays after hundreds of them
+AUTO_REFINE_SHARE = 0.8
+AUTO_REFINE_MAX_INPUTS = 1024
+AUTO_REFINE_MAX_NEURONS = 2048
+AUTO_REFINE_MIN_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     """Pipeline settings. ``device``: where the attack runs (``None``: CUDA if available, else
@@ -84,13 +95,17 @@ class VerifyConfig:
     ``"all"``, or a comma-separated choice of ``ideal`` root rounds of ideal-formulation cuts and
     ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
-    the time HiGHS took, and the verdict says how many were. ``milp_refine_share`` > 0 (off by
-    default) refines the intermediate bounds of networks that activation splitting takes by
-    per-neuron MILPs (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s
-    each) in that share of the time left, before splitting; those bounds rest on HiGHS's
-    tolerances, and an ``unsat`` verdict that may use them says so. With it on, activation
-    splitting first runs in ``milp_refine_probe_share`` of the time left (0: not at all), so that
-    what it decides quickly does not wait for the refinement."""
+    the time HiGHS took, and the verdict says how many were. ``milp_refine_share`` > 0 refines
+    the intermediate bounds of networks that activation splitting takes by per-neuron MILPs
+    (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s each) in that share
+    of the time left, before splitting; those bounds rest on HiGHS's tolerances, and an ``unsat``
+    verdict that may use them says so. ``None`` (the default, "auto") is
+    :data:`AUTO_REFINE_SHARE` on networks whose per-neuron MILPs are cheap enough to pay (at
+    most :data:`AUTO_REFINE_MAX_INPUTS` inputs and :data:`AUTO_REFINE_MAX_NEURONS` ReLUs, as
+    the mnist_fc nets) for items with a timeout of at least :data:`AUTO_REFINE_MIN_SECONDS` (or
+    none), 0 otherwise (see :meth:`refine_share`); 0 is off. With it on,
+    activation splitting first runs in ``milp_refine_probe_share`` of the time left (0: not at
+    all), so that what it decides quickly does not wait for the refinement."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -114,7 +129,7 @@ class VerifyConfig:
     use_lp: bool = True
     lp_share: float = 0.15
     milp_recheck: bool = True
-    milp_refine_share: float = 0.0
+    milp_refine_share: float | None = None
     milp_refine_neuron_time: float = 1.0
     milp_refine_probe_share: float = 0.1
     milp_threshold_abs: float = 1e-6
@@ -142,6 +157,8 @@ class VerifyConfig:
         for name in ("attack_share", "relu_split_share", "walk_share", "lp_share", "milp_refine_share",
                      "milp_refine_probe_share"):
             v = getattr(self, name)
+            if v is None and name == "milp_refine_share":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
         v = self.milp_refine_neuron_time
@@ -149,6 +166,23 @@ class VerifyConfig:
             raise InvalidInputError(f"`milp_refine_neuron_time` must be a positive number of seconds, got {v!r}")
         if self.milp_threshold_abs <= 0 or self.milp_threshold_rel < 0:
             raise InvalidInputError("`milp_threshold_abs` must be > 0 and `milp_threshold_rel` >= 0")
+
+    def refine_share(self, input_size: int, relus: int, seconds: float | None = None) -> float:
+        """The MILP refinement's share of the time for a network with ``input_size`` inputs and
+        ``relus`` hidden ReLUs, in an item of ``seconds`` in all (``None``: no timeout):
+        ``milp_refine_share``, or when it is ``None`` (auto) :data:`AUTO_REFINE_SHARE` if
+        ``input_size <= AUTO_REFINE_MAX_INPUTS``, ``relus <= AUTO_REFINE_MAX_NEURONS`` and
+        ``seconds`` is ``None`` or at least :data:`AUTO_REFINE_MIN_SECONDS`, else 0. (On the conv
+        nets of oval21, 3,072 inputs, a 1 s neuron MILP often ends at its root with no bound,
+        and the refinement takes time that splitting would use; in a short item it has time
+        for too few MILPs; on mnist_fc 256x4 and 256x6 it decides four instances more at the
+        official timeouts, see the README.)"""
+        if self.milp_refine_share is not None:
+            return float(self.milp_refine_share)
+        if input_size <= AUTO_REFINE_MAX_INPUTS and relus <= AUTO_REFINE_MAX_NEURONS and \
+                (seconds is None or seconds >= AUTO_REFINE_MIN_SECONDS):
+            return AUTO_REFINE_SHARE
+        return 0.0
 
 
 def _timeout_iv(timeout) -> float | None:

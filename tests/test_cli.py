@@ -551,7 +551,8 @@ def test_branching_option_reaches_activation_splitting(extra, want, tiny, tmp_pa
     assert tuple(next(a.choices for a in verify_parser._actions if "--branching" in a.option_strings)) == BRANCHING
 
 
-@pytest.mark.parametrize("extra, want", [([], 0.0), (["--milp-refine", "0.4"], 0.4)])
+@pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),
+                                         (["--milp-refine", "AUTO"], None)])
 def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):
     seen = _capture_config(monkeypatch)
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
@@ -559,7 +560,7 @@ def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monk
     assert seen["config"].milp_refine_share == want
 
 
-@pytest.mark.parametrize("extra, want", [([], 0.0), (["--milp-refine", "0.5"], 0.5)])
+@pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.5"], 0.5), (["--milp-refine", "auto"], None)])
 def test_run_milp_refine_option_reaches_every_item(extra, want, tiny, tmp_path, monkeypatch):
     """``gpuopt run --milp-refine`` sets the share in the config every item of the CSV gets."""
     import gpuopt.runs as runs
@@ -579,7 +580,7 @@ def test_run_milp_refine_option_reaches_every_item(extra, want, tiny, tmp_path, 
     assert len(seen) == 1 and seen[0].milp_refine_share == want
 
 
-@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half"])
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half", "autoo", ""])
 def test_milp_refine_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     with pytest.raises(SystemExit) as exc:

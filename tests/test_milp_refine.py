@@ -377,3 +377,38 @@ def test_a_second_pass_retries_only_the_neurons_that_ran_out_of_time(monkeypatch
     unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
     assert res.passes == 2 and res.milps == 2 * unstable + 1  # pass 2: only the hard neuron, one side
     assert calls[-1] == 2.0
+
+
+def test_auto_refines_small_dense_nets_only():
+    """``milp_refine_share=None`` (the default) is 0.8 up to 1024 inputs and 2048 ReLUs in items
+    of 60 s or more (or without a timeout), and off beyond either or in shorter items; an explicit
+    share is kept whatever the network and the time."""
+    from gpuopt.verify import AUTO_REFINE_MAX_INPUTS, AUTO_REFINE_MAX_NEURONS, AUTO_REFINE_MIN_SECONDS, AUTO_REFINE_SHARE
+
+    auto = VerifyConfig()
+    assert auto.milp_refine_share is None
+    assert auto.refine_share(784, 6 * 256) == AUTO_REFINE_SHARE == 0.8
+    assert auto.refine_share(AUTO_REFINE_MAX_INPUTS, AUTO_REFINE_MAX_NEURONS) == 0.8
+    assert auto.refine_share(AUTO_REFINE_MAX_INPUTS + 1, 100) == 0.0  # cifar-sized input (oval21: 3072)
+    assert auto.refine_share(784, AUTO_REFINE_MAX_NEURONS + 1) == 0.0
+    assert auto.refine_share(784, 512, 300.0) == auto.refine_share(784, 512, AUTO_REFINE_MIN_SECONDS) == 0.8
+    assert auto.refine_share(784, 512, AUTO_REFINE_MIN_SECONDS - 0.5) == 0.0
+    for share in (0.0, 0.3):
+        assert VerifyConfig(milp_refine_share=share).refine_share(784, 512) == share
+        assert VerifyConfig(milp_refine_share=share).refine_share(3072, 10_000, 1.0) == share
+
+
+def test_by_default_a_small_dense_net_that_splitting_leaves_open_is_refined():
+    """The default config runs the probe, the refinement and splitting again on a small dense net
+    (here the probe gets no time, so the refinement must run), and not with the refinement off,
+    nor in an item shorter than AUTO_REFINE_MIN_SECONDS."""
+    net, region, spec = small_robustness_case(0)
+    problem, _ = shifted_problem(net, region, spec, 0, 1e-3)
+    base = dict(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0, milp_refine_probe_share=1e-12)
+    v = verify(net, problem.region, problem.spec, timeout=60, config=VerifyConfig(**base))
+    names = _stage_names(v)
+    assert names.index("relu_split_probe") < names.index("milp_refine") < names.index("relu_split")
+    off = verify(net, problem.region, problem.spec, timeout=60, config=VerifyConfig(milp_refine_share=0.0, **base))
+    assert "milp_refine" not in _stage_names(off) and "relu_split_probe" not in _stage_names(off)
+    short = verify(net, problem.region, problem.spec, timeout=30, config=VerifyConfig(**base))
+    assert "milp_refine" not in _stage_names(short) and "relu_split_probe" not in _stage_names(short)

@@ -24,9 +24,10 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 4. ``input_split``: input-space branch and bound, for networks with few inputs (sub-boxes it
    cannot close with few unstable ReLUs go to an exact MILP inside the task);
 5. ``relu_split``: activation branch and bound, for the others; with the MILP refinement on
-   (``milp_refine_share`` > 0), first ``relu_split_probe`` (activation splitting in a short share
-   of the time) and then ``milp_refine`` (per-neuron MILPs tighten the intermediate bounds of
-   what is left open, :mod:`gpuopt.bounds.milp_refine`), before it;
+   (``milp_refine_share`` > 0, or by default on small dense nets), first ``relu_split_probe``
+   (activation splitting in a short share of the time) and then ``milp_refine`` (per-neuron
+   MILPs tighten the intermediate bounds of what is left open, :mod:`gpuopt.bounds.milp_refine`),
+   before it;
 6. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
 7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
    dual bounds), for the same networks with two or more hidden layers: tighter big-M constants
@@ -494,11 +495,17 @@ def plan_relu_split_probe(item: ItemState) -> list[TaskSpec]:
     return plan_relu_split(item, share=item.config.milp_refine_probe_share, stage="relu_split_probe")
 
 
+def _refine_share(c, it) -> float:
+    """The MILP refinement's share of the time for this item's network (:meth:`VerifyConfig.refine_share`)."""
+    seconds = None if it.deadline is None else it.deadline - it.t0
+    return c.refine_share(it.network.input_size, sum(int(l.shape[-1]) for l, _ in it.bounds.pre_activation), seconds)
+
+
 def _refinement_applies(c, it) -> bool:
-    """The MILP refinement's condition: on, activation splitting takes the network, 2+ hidden layers."""
-    return (c.milp_refine_share > 0 and c.use_relu_split
-            and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-            and len(it.bounds.pre_activation) > 1)
+    """The MILP refinement's condition: on (for this network), activation splitting takes the
+    network, 2+ hidden layers."""
+    return (c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+            and len(it.bounds.pre_activation) > 1 and _refine_share(c, it) > 0)
 
 
 def _milp_bounds(item: ItemState, i: int):
@@ -570,8 +577,9 @@ def _tighten_pre(item: ItemState, i: int, pre_new) -> None:
 
 def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
     """One MILP-refinement task per open problem (:func:`gpuopt.engine.tasks.milp_refine_task`);
-    the tasks share ``milp_refine_share`` of the time left."""
+    the tasks share the refinement's share of the time left (:func:`_refine_share`)."""
     config = item.config
+    share = _refine_share(config, item)
     problems = _open_problems(item)
     specs = []
     for i in problems:
@@ -580,7 +588,7 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
             continue
         specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
                                                  config.solver, config.milp_refine_neuron_time,
-                                                 config.milp_refine_share / len(problems)),
+                                                 share / len(problems)),
                               f"milp_refine p{i}", {"problem": i}))
     return specs
 
