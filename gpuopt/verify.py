@@ -67,9 +67,9 @@ log = logging.getLogger("gpuopt")
 
 #: ``VerifyConfig.milp_refine_share=None`` (auto): the refinement's share of the time on networks
 #: with at most AUTO_REFINE_MAX_INPUTS inputs and AUTO_REFINE_MAX_NEURONS ReLUs (mnist_fc's 784
-#: inputs and up to 6 x 256 ReLUs; not the conv nets of oval21), where per-neuron MILPs are cheap
-#: whose item has at least AUTO_REFINE_MIN_SECONDS in all (or no timeout): a neuron's MILP takes
-#: about 1 s, and the refinement pays after hundreds of them
+#: inputs and up to 6 x 256 ReLUs; not the conv nets of oval21), where per-neuron MILPs are cheap,
+#: in items of at least AUTO_REFINE_MIN_SECONDS in all (or without a timeout): a neuron's MILP
+#: takes about 1 s, and the refinement pays after hundreds of them
 AUTO_REFINE_SHARE = 0.8
 AUTO_REFINE_MAX_INPUTS = 1024
 AUTO_REFINE_MAX_NEURONS = 2048
