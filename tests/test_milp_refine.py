@@ -412,3 +412,50 @@ def test_by_default_a_small_dense_net_that_splitting_leaves_open_is_refined():
     assert "milp_refine" not in _stage_names(off) and "relu_split_probe" not in _stage_names(off)
     short = verify(net, problem.region, problem.spec, timeout=30, config=VerifyConfig(**base))
     assert "milp_refine" not in _stage_names(short) and "relu_split_probe" not in _stage_names(short)
+
+
+def test_a_refused_neuron_milp_leaves_its_bounds_and_the_refinement_goes_on(monkeypatch):
+    """HiGHS may refuse a model (a coefficient of 1e15 or more): that neuron keeps its bounds, the
+    other MILPs still run, and nothing is raised."""
+    import gpuopt.bounds.milp_refine as mr
+    from gpuopt.errors import SolverError
+
+    _, net, lo_x, hi_x, pre = _case(0)
+    real, calls = mr.solve_milp, []
+
+    def refuse_first(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SolverError("HiGHS refused the model")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mr, "solve_milp", refuse_first)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0)
+    assert len(calls) == res.milps > 1
+    rng = np.random.default_rng(0)
+    x = lo_x + (hi_x - lo_x) * rng.random((5000, 3))
+    for (l0, u0), (l, u), z in zip(pre, res.pre, affine_view_values(net, x)[0]):
+        assert np.all(l >= l0) and np.all(u <= u0) and np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+
+    monkeypatch.setattr(mr, "solve_milp", lambda *a, **kw: (_ for _ in ()).throw(SolverError("HiGHS refused the model")))
+    none = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0)
+    assert none.milps > 0 and none.stabilised == 0
+    for (l0, u0), (l, u) in zip(pre, none.pre):
+        assert np.array_equal(l0, l) and np.array_equal(u0, u)
+
+
+def test_a_refused_disjunct_milp_ends_the_item_unknown_not_error(monkeypatch):
+    """A disjunct MILP that HiGHS refuses leaves the item ``unknown`` with the reason, not ``error``."""
+    import gpuopt.milp.highs as highs
+    from gpuopt.errors import SolverError
+
+    def refuse(*a, **kw):
+        raise SolverError("HiGHS refused the model")
+
+    monkeypatch.setattr(highs, "solve_milp", refuse)
+    net, region, spec = small_robustness_case(1)
+    problem, _ = shifted_problem(net, region, spec, 1, 1e-3)
+    config = VerifyConfig(use_attack=False, use_crown=False, alpha_steps=0, use_input_split=False,
+                          use_relu_split=False, use_walk=False, use_lp=False)
+    v = verify(net, problem.region, problem.spec, timeout=30, config=config)
+    assert v.status is Status.UNKNOWN and "HiGHS refused the model" in v.message, (v.status, v.message)

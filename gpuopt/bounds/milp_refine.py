@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SolverError
 from ..milp.encode import encode
 from ..milp.highs import MilpStatus, SolverConfig, solve_milp, unchecked_floor
 from ..milp.walk import forward_pattern
@@ -128,8 +128,12 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
         def other_side(x, sign=sign):
             return float(sign * x[y]) < -floor  # a point with z_j on the other side
 
-        res = solve_milp(replace(model, c=c, offset=0.0), time_limit=min(neuron_time, max(left(), 0.0)),
-                         threshold=floor, accept_solution=other_side, config=config, deadline=deadline)
+        try:
+            res = solve_milp(replace(model, c=c, offset=0.0), time_limit=min(neuron_time, max(left(), 0.0)),
+                             threshold=floor, accept_solution=other_side, config=config, deadline=deadline)
+        except SolverError:  # HiGHS refused the model (e.g. a coefficient of 1e15 or more): no bound from it
+            milps += 1
+            continue
         milps += 1
         finished += res.status not in (MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED)
         if res.proves_above(floor):

@@ -241,6 +241,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     start = time.time()
     _setup()
     from ..check import check_counterexample
+    from ..errors import SolverError
     from ..milp.encode import complete_assignment, encode
     from ..milp.highs import MilpStatus, solve_milp
 
@@ -276,8 +277,12 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         return out
     if not recheck:  # HiGHS's word alone: it must clear the floor of its tolerances
         threshold = unchecked
-    res = solve_milp(model, time_limit=min(left, 1e7), threshold=threshold, start=mip_start,
-                     accept_solution=accept, config=solver_config, deadline=deadline)
+    try:
+        res = solve_milp(model, time_limit=min(left, 1e7), threshold=threshold, start=mip_start,
+                         accept_solution=accept, config=solver_config, deadline=deadline)
+    except SolverError as exc:  # e.g. a coefficient of 1e15 or more: the item goes on without this MILP
+        out.update(kind="unknown", note=f"no MILP: {exc}", end=time.time())
+        return out
     out.update(nodes=res.nodes, raw_status=res.raw_status)
     if not found and res.solution is not None:
         c = check_counterexample(problem, res.solution[model.x_index])
