@@ -518,3 +518,17 @@ def test_verify_with_default_refinement_on_a_graph_net_agrees_with_enumeration(s
             refined += 1
     assert decided == 2
     assert refined >= 1  # the +1e-3 case is not decided by the probe that has no time
+
+
+def test_unstable_counts_leave_out_carried_coordinates():
+    """``unstable_before``/``unstable_after`` count ReLU neurons only: a carried (passthrough)
+    coordinate with ``l < 0 < u`` is not an unstable neuron."""
+    net, lo, hi, pre, res = _sample_case(0, next(iter(METHODS)))
+    blocks = net.affine_blocks()
+    carried_open = 0
+    for k, ((l0, u0), (l, u)) in enumerate(zip(pre, res.pre)):
+        mask = relu_mask(blocks[k], l0.shape[0])
+        carried_open += int(((l0 < 0) & (u0 > 0) & ~mask).sum())
+        assert res.unstable_before[k] == int(((l0 < 0) & (u0 > 0) & mask).sum())
+        assert res.unstable_after[k] == int(((l < 0) & (u > 0) & mask).sum())
+    assert carried_open > 0  # the case has such coordinates, so the counts above differ from a plain count

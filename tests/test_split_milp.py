@@ -243,3 +243,21 @@ def test_an_unchecked_box_proof_must_clear_the_solvers_tolerances():
         assert res.closed == [False], proof
     for scale in (1.0, 3.7, 1e6):
         assert unchecked_floor(scale, SolverConfig()) <= 1e-6 + 1e-5 * scale
+
+
+def test_a_box_milp_highs_refuses_leaves_the_box_open(monkeypatch):
+    """HiGHS may refuse a model (a coefficient of 1e15 or more): the box stays open, nothing raises."""
+    import gpuopt.milp.box as box_module
+    from gpuopt.errors import SolverError
+
+    problem, box, bnd = _open_box_case()
+    assert all(_prove(problem, box, bnd, BoxProof()).closed)  # the real solver closes it
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(1)
+        raise SolverError("HiGHS refused the model")
+
+    monkeypatch.setattr(box_module, "solve_milp", refuse)
+    res = _prove(problem, box, bnd, BoxProof())
+    assert calls and not any(res.closed) and res.counterexample is None

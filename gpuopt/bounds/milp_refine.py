@@ -81,8 +81,9 @@ class MilpRefinement:
     passes: int = 1
 
 
-def _unstable(pre) -> tuple:
-    return tuple(int(((l < 0) & (u > 0)).sum()) for l, u in pre)
+def _unstable(pre, blocks) -> tuple:
+    """Per layer, the ReLU neurons with ``l < 0 < u`` (a graph net's passthrough coordinates have none)."""
+    return tuple(int(unstable_indices(l, u, blk.passthrough).size) for (l, u), blk in zip(pre, blocks))
 
 
 def _order(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
@@ -260,5 +261,5 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     stabilised = sum(int((w & ~n).sum()) for w, n in zip(was_open, now_open))
     tightened = sum(int((n & ((l > l0) | (u < u0))).sum()) for n, (l0, u0), (l, u) in zip(now_open, start, pre))
     return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
-                          unstable_before=_unstable(start), unstable_after=_unstable(pre),
+                          unstable_before=_unstable(start, blocks), unstable_after=_unstable(pre, blocks),
                           seconds=time.monotonic() - t0, passes=passes)

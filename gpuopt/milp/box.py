@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..check import check_counterexample
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SolverError
 from ..network import AffineBlock
 from .encode import encode
 from .highs import SolverConfig, proof_thresholds, solve_milp
@@ -198,8 +198,11 @@ def prove_box(problem, blocks, lo, hi, pre, out_bounds, disjuncts, settings: Box
                 found["x"] = c.x
             return c.ok
 
-        res = solve_milp(model, time_limit=left, threshold=threshold, accept_solution=accept,
-                         config=settings.solver, deadline=deadline)
+        try:
+            res = solve_milp(model, time_limit=left, threshold=threshold, accept_solution=accept,
+                             config=settings.solver, deadline=deadline)
+        except SolverError:  # HiGHS refused the model (e.g. a coefficient of 1e15 or more): the box stays open
+            break
         if not found and res.solution is not None:
             accept(res.solution)
         if found:
