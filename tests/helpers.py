@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from gpuopt.network import Add, Concat, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
 from gpuopt.specs import OutputSpec
 
 __all__ = [
@@ -417,3 +417,45 @@ def sexpr_tree(tokens) -> list:
             stack[-1].append(t)
     assert len(stack) == 1, "unbalanced parentheses"
     return stack[0]
+
+
+def random_dag_network(rng: np.random.Generator, n_layers: int, n_in: int, *, dense,
+                       kinds=("dense", "relu", "relu", "add", "concat"), min_w: int = 1, max_w: int = 4,
+                       any_last: bool = False) -> Network:
+    """A random DAG of Dense, ReLU, Add and Concat layers on vectors of ``n_in`` inputs: each
+    layer (its kind drawn from ``kinds``) reads the last tensor, one of the last three, or any
+    earlier one (or the input), so skips span any number of ReLU layers, and some branches may be
+    unused. Dense layers come from ``dense(rng, n_out, n_in)`` with ``min_w..max_w`` outputs; a
+    Concat joins tensors of at most ``max_w`` and ``2 max_w`` entries. The last layer is a Dense
+    of 2 outputs on the layer before (with ``any_last``, one time in ten on a random earlier one)."""
+    layers, inputs, sizes = [], [], {-1: n_in}
+    for i in range(n_layers):
+        earlier = list(sizes)
+        kind = rng.choice(list(kinds))
+        r = rng.random()
+        a = earlier[-1] if r < 0.5 else int(rng.choice(earlier[-3:])) if r < 0.8 else int(rng.choice(earlier))
+        if kind == "add":
+            b = int(rng.choice([j for j in earlier if sizes[j] == sizes[a]]))
+            layers.append(Add())
+            inputs.append((a, b))
+            sizes[i] = sizes[a]
+        elif kind == "concat" and sizes[a] <= max_w:
+            b = int(rng.choice([j for j in earlier if sizes[j] + sizes[a] <= 2 * max_w]))
+            layers.append(Concat(0))
+            inputs.append((a, b))
+            sizes[i] = sizes[a] + sizes[b]
+        elif kind == "relu":
+            layers.append(ReLU())
+            inputs.append((a,))
+            sizes[i] = sizes[a]
+        else:
+            width = int(rng.integers(min_w, max_w + 1))
+            layers.append(dense(rng, width, sizes[a]))
+            inputs.append((a,))
+            sizes[i] = width
+    last = n_layers - 1
+    if any_last and rng.random() >= 0.9:
+        last = int(rng.integers(-1, n_layers))
+    layers.append(dense(rng, 2, sizes[last]))
+    inputs.append((last,))
+    return Network(layers, (n_in,), inputs=inputs)

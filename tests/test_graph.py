@@ -37,7 +37,7 @@ from gpuopt.relu_split import ReluSplitConfig
 from gpuopt.network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten,
                             Gather, MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose)
 
-from helpers import affine_view_values, box_points, one_torch_thread, random_spec  # noqa: F401  (autouse fixture)
+from helpers import affine_view_values, box_points, one_torch_thread, random_dag_network, random_spec  # noqa: F401  (autouse fixture)
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -353,40 +353,9 @@ def net_selection_only(rng):
 
 
 def random_dag(rng, n_layers: int = 8, n_in: int = 3) -> Network:
-    """A random DAG of Dense, ReLU, Add and Concat layers on vectors: every layer reads random
-    earlier tensors (or the input), so skips span any number of ReLU layers; some branches may
-    be unused. The last layer is a Dense of (mostly) the layer before."""
-    layers, inputs, sizes = [], [], {-1: n_in}
-    for i in range(n_layers):
-        earlier = list(sizes)
-        kind = rng.choice(["dense", "relu", "relu", "add", "concat"])
-        r = rng.random()
-        a = earlier[-1] if r < 0.5 else int(rng.choice(earlier[-3:])) if r < 0.8 else int(rng.choice(earlier))
-        if kind == "add":
-            same = [j for j in earlier if sizes[j] == sizes[a]]
-            b = int(rng.choice(same))
-            layers.append(Add())
-            inputs.append((a, b))
-            sizes[i] = sizes[a]
-        elif kind == "concat" and sizes[a] <= 4:
-            small = [j for j in earlier if sizes[j] + sizes[a] <= 8]
-            b = int(rng.choice(small))
-            layers.append(Concat(0))
-            inputs.append((a, b))
-            sizes[i] = sizes[a] + sizes[b]
-        elif kind == "relu":
-            layers.append(ReLU())
-            inputs.append((a,))
-            sizes[i] = sizes[a]
-        else:
-            width = int(rng.integers(1, 5))
-            layers.append(_dense(rng, width, sizes[a]))
-            inputs.append((a,))
-            sizes[i] = width
-    last = n_layers - 1 if rng.random() < 0.9 else int(rng.integers(-1, n_layers))
-    layers.append(_dense(rng, 2, sizes[last]))
-    inputs.append((last,))
-    return Network(layers, (n_in,), inputs=inputs)
+    """A random DAG of Dense, ReLU, Add and Concat layers on vectors (:func:`helpers.random_dag_network`):
+    layers of 1 to 4 units, the last Dense of (mostly) the layer before."""
+    return random_dag_network(rng, n_layers, n_in, dense=_dense, any_last=True)
 
 
 NETS = {

@@ -33,7 +33,7 @@ from gpuopt.bounds import ibp, intermediate_bounds
 from gpuopt.bounds.milp_refine import milp_refine
 from gpuopt.network import Add, Concat, Dense, ElementwiseAffine, Flatten, MaxPool2d, Network, ReLU
 
-from helpers import affine_view_values, box_points, one_torch_thread, shifted_spec  # noqa: F401  (autouse fixture)
+from helpers import affine_view_values, box_points, one_torch_thread, random_dag_network, shifted_spec  # noqa: F401  (autouse fixture)
 
 
 # ============================================================================ networks
@@ -88,36 +88,10 @@ def net_pool_residual(rng):
 
 
 def random_dag(rng, n_layers: int, n_in: int, max_w: int = 8) -> Network:
-    """A random DAG of Dense, ReLU, Add and Concat on vectors (each layer reads the last tensor,
-    one of the last three, or any earlier one, so skips span any number of ReLU layers)."""
-    layers, inputs, sizes = [], [], {-1: n_in}
-    for i in range(n_layers):
-        earlier = list(sizes)
-        kind = rng.choice(["dense", "dense", "relu", "relu", "add", "concat"])
-        r = rng.random()
-        a = earlier[-1] if r < 0.5 else int(rng.choice(earlier[-3:])) if r < 0.8 else int(rng.choice(earlier))
-        if kind == "add":
-            b = int(rng.choice([j for j in earlier if sizes[j] == sizes[a]]))
-            layers.append(Add())
-            inputs.append((a, b))
-            sizes[i] = sizes[a]
-        elif kind == "concat" and sizes[a] <= max_w:
-            b = int(rng.choice([j for j in earlier if sizes[j] + sizes[a] <= 2 * max_w]))
-            layers.append(Concat(0))
-            inputs.append((a, b))
-            sizes[i] = sizes[a] + sizes[b]
-        elif kind == "relu":
-            layers.append(ReLU())
-            inputs.append((a,))
-            sizes[i] = sizes[a]
-        else:
-            w = int(rng.integers(2, max_w + 1))
-            layers.append(_dense(rng, w, sizes[a]))
-            inputs.append((a,))
-            sizes[i] = w
-    layers.append(_dense(rng, 2, sizes[n_layers - 1]))
-    inputs.append((n_layers - 1,))
-    return Network(layers, (n_in,), inputs=inputs)
+    """A random DAG of Dense, ReLU, Add and Concat on vectors (:func:`helpers.random_dag_network`),
+    layers of 2 to ``max_w`` units, dense layers twice as likely as in the graph tests."""
+    return random_dag_network(rng, n_layers, n_in, dense=_dense,
+                              kinds=("dense", "dense", "relu", "relu", "add", "concat"), min_w=2, max_w=max_w)
 
 
 # ============================================================================ independent reference
