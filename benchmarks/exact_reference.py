@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -62,29 +63,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     config = VerifyConfig(device="cpu") if args.full_attack else cheap_config()
     if args.bab in ("relu", "handoff"):
-        from dataclasses import replace
-
         config = replace(config, use_input_split=False)
         if args.bab == "handoff":
             from gpuopt.relu_split import ReluSplitConfig
 
             config = replace(config, relu_split=ReluSplitConfig(max_domains=3, batch_size=2, handoff=64))
     if args.branching is not None:
-        from dataclasses import replace
-
         # an unknown rule is refused here, before any case
         config = replace(config, relu_split=replace(config.relu_split, branching=args.branching))
     if args.cuts is not None:
-        from dataclasses import replace
-
         config = replace(config, cuts=args.cuts)  # an unknown family is refused here, before any case
     if args.milp_refine is not None:
-        from dataclasses import replace
-
         config = replace(config, milp_refine_share=args.milp_refine)  # a share outside [0, 1] is refused here
     if args.milp_refine_probe is not None:
-        from dataclasses import replace
-
         config = replace(config, milp_refine_probe_share=args.milp_refine_probe)
     outcomes, cases_info, ref_seconds = [], [], 0.0
     t0 = time.monotonic()

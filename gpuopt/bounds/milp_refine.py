@@ -129,13 +129,12 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
         def other_side(x, sign=sign):
             return float(sign * x[y]) < -floor  # a point with z_j on the other side
 
+        milps += 1
         try:
             res = solve_milp(replace(model, c=c, offset=0.0), time_limit=min(neuron_time, max(left(), 0.0)),
                              threshold=floor, accept_solution=other_side, config=config, deadline=deadline)
         except SolverError:  # HiGHS refused the model (e.g. a coefficient of 1e15 or more): no bound from it
-            milps += 1
             continue
-        milps += 1
         finished += res.status not in (MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED)
         if res.proves_above(floor):
             if sign < 0:

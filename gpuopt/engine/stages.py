@@ -498,7 +498,7 @@ def plan_relu_split_probe(item: ItemState) -> list[TaskSpec]:
 def _refine_share(c, it) -> float:
     """The MILP refinement's share of the time for this item's network (:meth:`VerifyConfig.refine_share`)."""
     seconds = None if it.deadline is None else it.deadline - it.t0
-    return c.refine_share(it.network.input_size, sum(int(l.shape[-1]) for l, _ in it.bounds.pre_activation), seconds)
+    return c.refine_share(it.network.input_size, it.network.n_relus, seconds)
 
 
 def _refinement_applies(c, it) -> bool:
