@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SolverError
 from .network import Network
 from .regions import Box, L1Ball, LinfBall
 
@@ -193,7 +193,10 @@ def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
     c[-1] = -1.0
     col_lo = np.concatenate([lo, np.zeros(n_r), [0.0]])
     col_hi = np.concatenate([hi, np.full(n_r, np.inf), [1.0]])
-    res = solve_lp(c, A, rlo, rhi, col_lo, col_hi, time_limit=10.0)
+    try:
+        res = solve_lp(c, A, rlo, rhi, col_lo, col_hi, time_limit=10.0)
+    except SolverError:  # HiGHS refused the LP (a coefficient of 1e15 or more): no interior point from it
+        return None
     if res.status != "optimal":
         return None
     return np.clip(res.x[:n], lo, hi)  # slack 0 still gives a point of a set without interior
@@ -382,18 +385,23 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         # stop once the proven bound is within the tolerance of the best value (min = -max + d)
         tol = atol + rtol * abs(best["value"]) if best["x"] is not None else 0.0
         threshold = -(best["value"] - d) - tol + dev_c if best["x"] is not None else np.inf
-        res = solve_milp(model, time_limit=max(left(), 0.01), threshold=threshold, start=start,
-                         config=SolverConfig(), deadline=deadline)
-        if res.solution is not None:
-            offer(res.solution[model.x_index], "milp")
-        if res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED,
-                          MilpStatus.DUAL_BOUND_REACHED) and not res.warnings \
-                and np.isfinite(res.dual_bound):
-            # max c^T y + d = -(min -c^T y) + d <= -(dual - margin) + d, widened by the deviation
-            upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c
-                        + 4 * np.finfo(np.float64).eps * (abs(res.dual_bound) + res.proof_margin + abs(d)))
-        milp_info = {"status": res.status.value, "raw_status": res.raw_status, "nodes": res.nodes,
-                     "dual_bound": res.dual_bound, "warnings": list(res.warnings)}
+        try:
+            res = solve_milp(model, time_limit=max(left(), 0.01), threshold=threshold, start=start,
+                             config=SolverConfig(), deadline=deadline)
+        except SolverError as exc:  # HiGHS refused the model (a coefficient of 1e15 or more): no MILP bound
+            res, milp_info = None, {"status": "refused", "raw_status": str(exc), "nodes": 0, "dual_bound": None,
+                                    "warnings": [str(exc)]}
+        if res is not None:
+            if res.solution is not None:
+                offer(res.solution[model.x_index], "milp")
+            if res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT, MilpStatus.INTERRUPTED,
+                              MilpStatus.DUAL_BOUND_REACHED) and not res.warnings \
+                    and np.isfinite(res.dual_bound):
+                # max c^T y + d = -(min -c^T y) + d <= -(dual - margin) + d, widened by the deviation
+                upper = min(upper, -(res.dual_bound - res.proof_margin) + d + dev_c
+                            + 4 * np.finfo(np.float64).eps * (abs(res.dual_bound) + res.proof_margin + abs(d)))
+            milp_info = {"status": res.status.value, "raw_status": res.raw_status, "nodes": res.nodes,
+                         "dual_bound": res.dual_bound, "warnings": list(res.warnings)}
         stage_seconds["milp"] = time.monotonic() - t
     gap = upper - best["value"]
     return OptimizeResult(best_value=best["value"], upper_bound=upper, gap=gap, x=best["x"],

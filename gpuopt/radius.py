@@ -63,7 +63,7 @@ from .attacks import AttackConfig, pgd_attack
 from .attacks.geometry import L1Geometry, L2Geometry
 from .attacks.search import falsify
 from .check import check_counterexample
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SolverError
 from .problem import Problem
 from .network import Network
 from .regions import LinfBall
@@ -389,15 +389,22 @@ def min_distortion_milp(network: Network, x0: np.ndarray, spec: OutputSpec, radi
             ints = np.flatnonzero(model.integrality)
             col_lower[ints], col_upper[ints] = d, d
             model = replace(model, col_lower=col_lower, col_upper=col_upper)
-        res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
+        try:
+            res = solve_milp(model, time_limit=min(left, 1e7), threshold=np.inf, deadline=deadline)
+        except SolverError:  # HiGHS refused the model (a coefficient of 1e15 or more): nothing proven here
+            lowers.append(0.0)
+            continue
         if region_of is not None:
             lowers.append(0.0)
         elif res.status is MilpStatus.INFEASIBLE:
             # unreachable within the ball, if the verification MILP (minimise the disjunct's margin)
             # proves it through its dual bound and tolerance margin; HiGHS's word alone is not taken
             left = math.inf if deadline is None else deadline - time.monotonic()
-            check = solve_milp(m, time_limit=min(max(left, 0.01), 1e7), threshold=0.0, deadline=deadline) \
-                if left > 0 else None
+            try:
+                check = solve_milp(m, time_limit=min(max(left, 0.01), 1e7), threshold=0.0, deadline=deadline) \
+                    if left > 0 else None
+            except SolverError:
+                check = None
             lowers.append(radius if check is not None and check.proves_above(0.0) else 0.0)
         elif res.status in (MilpStatus.OPTIMAL, MilpStatus.TIME_LIMIT) and not res.warnings \
                 and np.isfinite(res.dual_bound):

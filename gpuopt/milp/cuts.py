@@ -48,7 +48,7 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SolverError
 from ..network import AffineBlock
 from .encode import MilpModel
 from .highs import MilpStatus, SolverConfig, solve_milp
@@ -219,8 +219,11 @@ def add_root_cuts(model: MilpModel, blocks: list[AffineBlock], *, rounds: int = 
         left = np.inf if deadline is None else deadline - time.monotonic()
         if left <= 0:
             break
-        res = solve_milp(model.relaxed(), time_limit=min(left, 1e7), threshold=np.inf, config=config,
-                         deadline=deadline)
+        try:
+            res = solve_milp(model.relaxed(), time_limit=min(left, 1e7), threshold=np.inf, config=config,
+                             deadline=deadline)
+        except SolverError:  # HiGHS refused the relaxation (a coefficient of 1e15 or more): no more cuts
+            break
         if res.status is not MilpStatus.OPTIMAL or res.solution is None:
             break
         bounds.append(res.objective)

@@ -358,8 +358,11 @@ class _Walker:
         if self.out_of_budget():
             return relaxation
         # the LP relaxation of the MILP: every binary free in [0, 1]
-        res = solve_milp(model.relaxed(), time_limit=max(min(self.time_left(), 1e7), 0.01), threshold=np.inf,
-                         config=self.solver, deadline=self.deadline)
+        try:
+            res = solve_milp(model.relaxed(), time_limit=max(min(self.time_left(), 1e7), 0.01), threshold=np.inf,
+                             config=self.solver, deadline=self.deadline)
+        except SolverError:  # HiGHS refused the relaxation (a coefficient of 1e15 or more): no restarts from it
+            return relaxation
         self.lps += 1
         if res.solution is None or res.status is not MilpStatus.OPTIMAL:
             return relaxation
