@@ -459,3 +459,79 @@ def test_a_refused_disjunct_milp_ends_the_item_unknown_not_error(monkeypatch):
                           use_relu_split=False, use_walk=False, use_lp=False)
     v = verify(net, problem.region, problem.spec, timeout=30, config=config)
     assert v.status is Status.UNKNOWN and "HiGHS refused the model" in v.message, (v.status, v.message)
+
+
+# ---------------------------------------------------------------------------- re-bounding the layers after
+def _rebound_for(net, lo_x, hi_x, pre, steps=20):
+    from gpuopt.bounds.milp_refine import alpha_crown_rebound
+
+    out = intermediate_bounds(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None]).output
+    return alpha_crown_rebound(net, lo_x, hi_x, (out[0][0].numpy(), out[1][0].numpy()), steps=steps)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_refinement_with_rebound_holds_on_samples_and_is_exact_where_it_finishes(seed):
+    """With alpha-CROWN re-bounding the layers after each refined one: bounds never loosen, hold on
+    samples and corners, and (every MILP finishing) contain each neuron's exact range and stabilise
+    exactly the one-sided neurons, as without it."""
+    rng, net, lo_x, hi_x, pre = _case(seed)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0,
+                      rebound=_rebound_for(net, lo_x, hi_x, pre))
+    x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
+    corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
+    for (l0, u0), (l, u), z in zip(pre, res.pre, affine_view_values(net, np.vstack([x, corners]))[0]):
+        assert np.all(l >= l0) and np.all(u <= u0)
+        assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+    for k in range(1, len(pre)):
+        l0, u0 = pre[k]
+        l, u = res.pre[k]
+        for j in np.flatnonzero((l0 < 0) & (u0 > 0)):
+            low, high = _exact_range(net, k, j, lo_x, hi_x)
+            assert l[j] <= low + 1e-9 and u[j] >= high - 1e-9
+            if high < -1e-4:
+                assert u[j] <= 0
+            elif low > 1e-4:
+                assert l[j] >= 0
+
+
+def test_rebound_runs_after_each_layer_but_the_last_on_the_refined_bounds():
+    _, net, lo_x, hi_x, pre = _case(2)
+    calls = []
+
+    def rebound(pre_now, k):
+        calls.append((k, [(l.copy(), u.copy()) for l, u in pre_now]))
+        return [(l.copy(), u.copy()) for l, u in pre_now]
+
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, rebound=rebound)
+    assert [k for k, _ in calls] == [1]  # layers 1 and 2 refined; nothing after layer 2
+    k, seen = calls[0]
+    assert np.array_equal(seen[1][0], res.pre[1][0]) and np.array_equal(seen[1][1], res.pre[1][1])
+
+
+def test_a_rebound_that_stabilises_a_neuron_saves_its_milps_and_a_crossing_one_is_ignored():
+    """The re-bound's tighter bounds are kept (a neuron it makes stable gets no MILP); where its
+    bounds would cross the refinement's, that neuron keeps its own."""
+    _, net, lo_x, hi_x, pre = _case(3)
+    exact = [[_exact_range(net, 2, j, lo_x, hi_x) for j in range(pre[2][0].size)]]
+    l2, u2 = pre[2]
+    open2 = [int(j) for j in np.flatnonzero((l2 < 0) & (u2 > 0))]
+    one_sided = [j for j in open2 if exact[0][j][0] > 1e-6 or exact[0][j][1] < -1e-6]
+    assert one_sided and len(open2) >= 2, "the case must leave two neurons of layer 2 open, one of them one-sided"
+    a = one_sided[0]
+    b = next(j for j in open2 if j != a)
+
+    def rebound(pre_now, k):
+        out = [(l.copy(), u.copy()) for l, u in pre_now]
+        l, u = out[2]
+        low, high = exact[0][a]
+        l[a], u[a] = low - 1e-9, high + 1e-9  # the exact range: sound
+        l[b], u[b] = u2[b] + 1.0, u2[b] + 2.0  # above the upper bound: crosses
+        return out
+
+    plain = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, rebound=rebound)
+    low, high = exact[0][a]
+    assert res.pre[2][0][a] >= low - 1e-9 - 1e-12 and res.pre[2][1][a] <= high + 1e-9 + 1e-12
+    assert res.pre[2][0][b] <= exact[0][b][0] + 1e-9 and res.pre[2][1][b] >= exact[0][b][1] - 1e-9
+    assert res.milps < plain.milps  # a is one-sided: the re-bound settled it, no MILP for it
+    assert not (res.pre[2][0][a] < 0 < res.pre[2][1][a])

@@ -23,6 +23,13 @@ one that runs out of its ``neuron_time`` keeps HiGHS's dual bound ``D`` as a tig
 numerical warning, and unless the point HiGHS returned contradicts it (its ``z_j`` evaluated in
 float64 lies beyond the bound: then HiGHS is wrong, and neither is used).
 
+**Re-bounding the layers after.** When a layer's MILPs are done, ``rebound`` (optional; e.g.
+:func:`alpha_crown_rebound`) recomputes the bounds of the layers after it from the refined ones:
+their relaxations are only as tight as the bounds of the layers before them, so a neuron the
+earlier refinement did not reach may become stable, and the later MILPs get smaller big-M
+constants. Each neuron keeps the tighter of its bounds and the re-bound's, unless the two cross
+(then the re-bound's is dropped for that neuron).
+
 **What it rests on.** Unlike the LP bounds of :mod:`gpuopt.bounds.lp` (safe dual bounds, exact),
 these bounds rest on HiGHS's branch-and-bound within its tolerances, covered by the margin and the
 floor as for a MILP proof without the independent re-check (:mod:`gpuopt.milp.recheck`). A
@@ -45,7 +52,7 @@ from ..milp.walk import forward_pattern
 from ..network import AffineBlock
 from .lp import unstable_indices
 
-__all__ = ["MilpRefinement", "milp_refine", "REFINE_SOLVER"]
+__all__ = ["MilpRefinement", "REFINE_SOLVER", "alpha_crown_rebound", "milp_refine"]
 
 #: HiGHS settings the refinement's MILPs override: on mnist-net_256x4 (784 inputs, per-neuron models
 #: of 40-50k non-zeros) presolve took 0.25 s of a 0.6 s proof and feasibility jump another tenth; both
@@ -164,7 +171,7 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
 
 
 def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
-                 deadline) -> tuple[int, bool]:
+                 deadline, rebound=None) -> tuple[int, bool]:
     """One pass over ``layers`` (the neurons not ``settled``, a set of ``(k, j)`` it adds to); returns
     the MILPs solved and whether any bound narrowed by :data:`STALL_GAIN` of its width."""
     milps, moved, run = 0, False, 0  # run: stalled layers in a row
@@ -212,14 +219,29 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
             if not narrowed and not ended:
                 stalled = True  # every MILP ran out of time, learning nothing: the neurons after are farther
                 break
+        if rebound is not None and k < len(pre) - 1 and left() > 0:
+            _intersect_after(pre, k, rebound(pre, k))
         run = run + 1 if stalled else 0
         if run >= 2:
             break  # two layers in a row (the deeper MILPs are larger still)
     return milps, moved
 
 
+def _intersect_after(pre, k: int, new) -> None:
+    """Layers after ``k`` keep, per neuron, the tighter of their bounds and ``new``'s (in place), except
+    where the two would cross: an empty interval there means one of them is wrong, and ``new`` is not
+    used for that neuron."""
+    for kk in range(k + 1, len(pre)):
+        l, u = pre[kk]
+        l_new, u_new = (np.asarray(a, dtype=np.float64).reshape(-1) for a in new[kk])
+        lo, hi = np.fmax(l, l_new), np.fmin(u, u_new)
+        ok = lo <= hi
+        l[ok], u[ok] = lo[ok], hi[ok]
+
+
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
-                config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1) -> MilpRefinement:
+                config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1,
+                rebound=None) -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring), each MILP for at most ``neuron_time``
     seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
@@ -228,7 +250,9 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     with twice the time per MILP, on the bounds the last one left), while a pass narrows some bound.
     ``parallel`` MILPs of a layer run at once, in threads (HiGHS releases the GIL while it solves; a
     layer's neurons are independent given the layers before it, so the bounds do not depend on it,
-    up to where the deadline cuts)."""
+    up to where the deadline cuts). ``rebound(pre, k)``: bounds of every layer that hold on the box,
+    computed from ``pre`` after layer ``k`` was refined (see the module docstring); it is called
+    only while time is left and must keep to ``deadline`` itself."""
     if not 1 <= int(parallel) <= 1024:
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
     t0 = time.monotonic()
@@ -245,7 +269,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
         while passes < MAX_PASSES and left() > 0:
             n, moved = _refine_pass(blocks, pre, range(max(1, first_layer), len(pre)), x_lower, x_upper, settled,
                                     config=config, neuron_time=neuron_time * 2 ** passes, parallel=parallel, pool=pool,
-                                    left=left, deadline=deadline)
+                                    left=left, deadline=deadline, rebound=rebound)
             if not n:
                 break  # nothing left to try
             milps += n
@@ -262,3 +286,32 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
                           unstable_before=_unstable(start, blocks), unstable_after=_unstable(pre, blocks),
                           seconds=time.monotonic() - t0, passes=passes)
+
+
+#: the share of the time left that one re-bound may take (alpha-CROWN's layers not reached keep their bounds)
+REBOUND_SHARE = 0.05
+
+
+def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, deadline: float | None = None):
+    """A ``rebound`` for :func:`milp_refine`: CROWN, then alpha-CROWN with ``steps`` steps on the
+    intermediate layers, over the box, from the bounds it is given (their layers' relaxations
+    use them); ``output`` the output bounds (a ``(lower, upper)`` pair) they are intersected with. Each
+    call takes at most :data:`REBOUND_SHARE` of the time left to ``deadline``."""
+    import torch
+
+    from .base import Bounds
+    from .crown import alpha_crown_bounds, crown
+
+    lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(1, -1))
+    hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(1, -1))
+    out = tuple(torch.tensor(np.asarray(a, dtype=np.float64).reshape(1, -1)) for a in output)
+
+    def rebound(pre, k: int) -> list:
+        stop = None if deadline is None else time.monotonic() + REBOUND_SHARE * max(deadline - time.monotonic(), 0.0)
+        prior = Bounds(tuple((torch.tensor(l[None]), torch.tensor(u[None])) for l, u in pre), out, "prior")
+        bounds = crown(network, lo, hi, prior=prior, deadline=stop)
+        if steps > 0:
+            bounds = alpha_crown_bounds(network, lo, hi, bounds, steps=steps, deadline=stop)
+        return [(l[0].numpy(), u[0].numpy()) for l, u in bounds.pre_activation]
+
+    return rebound

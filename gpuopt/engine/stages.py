@@ -587,8 +587,8 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
         if mb is None:
             continue
         specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
-                                                 config.solver, config.milp_refine_neuron_time,
-                                                 share / len(problems)),
+                                                 mb[1], config.solver, config.milp_refine_neuron_time,
+                                                 config.alpha_steps, share / len(problems)),
                               f"milp_refine p{i}", {"problem": i}))
     return specs
 
