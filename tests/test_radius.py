@@ -97,7 +97,7 @@ def test_radius_command_on_a_benchmark_network(benchmarks_dir, tmp_path, capsys)
     out = tmp_path / "r.jsonl"
     assert main(["radius", "--model", str(benchmarks_dir / "vnncomp2022" / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx"),
                  "--data", str(benchmarks_dir / "mnist" / "mnist_test_first100.csv"), "--scale", "255",
-                 "--limit", "1", "--timeout", "20", "--eps-max", "0.1", "--results", str(out), "--workers", "1"]) == 0
+                 "--limit", "1", "--timeout", "60", "--eps-max", "0.1", "--results", str(out), "--workers", "1"]) == 0
     assert "1 samples:" in capsys.readouterr().out
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert rec["status"] in ("exact", "bracket") and 0 <= rec["lower"] <= rec["upper"] <= 0.1
