@@ -293,7 +293,7 @@ def test_a_layer_whose_first_chunk_moves_nothing_is_cut_short(monkeypatch):
 
     net, lo_x, hi_x, pre = _wide_case()
     monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.0))
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, witnesses=False)  # the MILP counts of the schedule alone
     assert res.milps == 2 * 2 * mr.STALL_CHUNK and res.passes == 1  # a pass that moved nothing is the last
     assert res.stabilised == res.tightened == 0
 
@@ -311,7 +311,7 @@ def test_layers_that_keep_moving_are_refined_whole_pass_after_pass(monkeypatch):
         return fake(model, **kw)
 
     monkeypatch.setattr(mr, "solve_milp", recording)
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=0.5)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=0.5, witnesses=False)
     unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
     assert res.passes == mr.MAX_PASSES and res.tightened == unstable
     assert res.milps == len(limits) == 2 * unstable * mr.MAX_PASSES
@@ -336,7 +336,7 @@ def test_a_deadline_is_shared_across_the_layers(monkeypatch):
         return fake(model, **kw)
 
     monkeypatch.setattr(mr, "solve_milp", slow)
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 1.2)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 1.2, witnesses=False)
     narrowed = [int(((u < u0) & (l0 < 0) & (u0 > 0)).sum()) for (l0, u0), (l, u) in zip(pre, res.pre)]
     unstable = [int(((l0 < 0) & (u0 > 0)).sum()) for l0, u0 in pre]
     assert narrowed[1] < unstable[1]  # the first refined layer was cut short (2 x 30 ms per neuron)
@@ -372,7 +372,7 @@ def test_a_second_pass_retries_only_the_neurons_that_ran_out_of_time(monkeypatch
                           solution=None, nodes=1, seconds=0.0)
 
     monkeypatch.setattr(mr, "solve_milp", solver)
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=1.0)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=1.0, witnesses=False)
     assert res.pre[k][1][hard] <= 0 and res.stabilised == 1
     unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre[1:])
     assert res.passes == 2 and res.milps == 2 * unstable + 1  # pass 2: only the hard neuron, one side
@@ -502,7 +502,7 @@ def test_rebound_runs_after_each_layer_but_the_last_on_the_refined_bounds():
         calls.append((k, [(l.copy(), u.copy()) for l, u in pre_now]))
         return [(l.copy(), u.copy()) for l, u in pre_now]
 
-    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, rebound=rebound)
+    res = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, rebound=rebound, witnesses=False)
     assert [k for k, _ in calls] == [1]  # layers 1 and 2 refined; nothing after layer 2
     k, seen = calls[0]
     assert np.array_equal(seen[1][0], res.pre[1][0]) and np.array_equal(seen[1][1], res.pre[1][1])
@@ -535,3 +535,50 @@ def test_a_rebound_that_stabilises_a_neuron_saves_its_milps_and_a_crossing_one_i
     assert res.pre[2][0][b] <= exact[0][b][0] + 1e-9 and res.pre[2][1][b] >= exact[0][b][1] - 1e-9
     assert res.milps < plain.milps  # a is one-sided: the re-bound settled it, no MILP for it
     assert not (res.pre[2][0][a] < 0 < res.pre[2][1][a])
+
+
+# ---------------------------------------------------------------------------- witnesses
+@pytest.mark.parametrize("seed", range(4))
+def test_witnesses_are_real_and_find_most_crossing_neurons(seed):
+    """A neuron witnessed below (above) 0 has an exact minimum < 0 (maximum > 0); of the neurons
+    whose exact range crosses 0 by 1e-3, the search finds both sides for most."""
+    from gpuopt.bounds.milp_refine import _witnesses
+
+    _, net, lo_x, hi_x, pre = _case(seed)
+    blocks = net.affine_blocks()
+    crossing = found = 0
+    for k in range(1, len(pre)):
+        l, u = pre[k]
+        idx = np.flatnonzero((l < 0) & (u > 0))
+        below, above = _witnesses(blocks, k, idx, lo_x, hi_x, left=lambda: 1.0)
+        for j, b, a in zip(idx, below, above):
+            low, high = _exact_range(net, k, j, lo_x, hi_x)
+            assert not b or low < 0, (k, j, low)
+            assert not a or high > 0, (k, j, high)
+            if low < -1e-3 and high > 1e-3:
+                crossing += 1
+                found += bool(b and a)
+    assert found >= 0.8 * crossing, (found, crossing)
+
+
+def test_witnesses_save_milps_and_change_no_stabilisation():
+    saved = 0
+    for seed in range(4):
+        _, net, lo_x, hi_x, pre = _case(seed)
+        with_w = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0)
+        without = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0, witnesses=False)
+        for (l1, u1), (l2, u2) in zip(with_w.pre, without.pre):
+            assert np.array_equal((l1 >= 0) | (u1 <= 0), (l2 >= 0) | (u2 <= 0))
+        saved += without.milps - with_w.milps
+        assert with_w.milps <= without.milps
+    assert saved > 0
+
+
+def test_witness_search_stops_when_no_time_is_left():
+    from gpuopt.bounds.milp_refine import _witnesses
+
+    _, net, lo_x, hi_x, pre = _case(0)
+    l, u = pre[1]
+    idx = np.flatnonzero((l < 0) & (u > 0))
+    below, above = _witnesses(net.affine_blocks(), 1, idx, lo_x, hi_x, left=lambda: 0.0)
+    assert idx.size and not below.any() and not above.any()
