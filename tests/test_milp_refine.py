@@ -494,7 +494,11 @@ def test_refinement_with_rebound_holds_on_samples_and_is_exact_where_it_finishes
                 assert l[j] >= 0
 
 
-def test_rebound_runs_after_each_layer_but_the_last_on_the_refined_bounds():
+def test_rebound_runs_after_each_layer_but_the_last_on_the_refined_bounds(monkeypatch):
+    """After each layer whose bounds the MILPs changed (not after the last layer), on the bounds
+    refined so far; not after a layer they left as it was."""
+    import gpuopt.bounds.milp_refine as mr
+
     _, net, lo_x, hi_x, pre = _case(2)
     calls = []
 
@@ -506,6 +510,10 @@ def test_rebound_runs_after_each_layer_but_the_last_on_the_refined_bounds():
     assert [k for k, _ in calls] == [1]  # layers 1 and 2 refined; nothing after layer 2
     k, seen = calls[0]
     assert np.array_equal(seen[1][0], res.pre[1][0]) and np.array_equal(seen[1][1], res.pre[1][1])
+    calls.clear()
+    monkeypatch.setattr(mr, "solve_milp", _fake_solver(0.0))  # MILPs that learn nothing
+    milp_refine(net.affine_blocks(), pre, lo_x, hi_x, rebound=rebound, witnesses=False)
+    assert calls == []
 
 
 def test_a_rebound_that_stabilises_a_neuron_saves_its_milps_and_a_crossing_one_is_ignored():

@@ -85,6 +85,8 @@ MAX_PASSES = 4
 WITNESS_STEPS = 30
 WITNESS_BATCH = 512
 
+#: the share of the time left that one re-bound may take (alpha-CROWN's layers not reached keep their bounds)
+REBOUND_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -287,10 +289,10 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
                 layer_left=layer_left, seen=seen):
             return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
                                   config=config, neuron_time=neuron_time, left=layer_left, deadline=end,
-                                  witnessed=(False, False) if seen is None or (seen[0][j] and seen[1][j])
-                                  else (bool(seen[0][j]), bool(seen[1][j])))
+                                  witnessed=(False, False) if seen is None else (bool(seen[0][j]), bool(seen[1][j])))
 
         chunk, stalled = max(STALL_CHUNK, int(parallel)), False
+        l_before, u_before = l.copy(), u.copy()
         for at in range(0, len(order), chunk):
             part = np.array(order[at:at + chunk])
             width = u[part] - l[part]
@@ -307,7 +309,8 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
             if not narrowed and not ended:
                 stalled = True  # every MILP ran out of time, learning nothing: the neurons after are farther
                 break
-        if rebound is not None and k < len(pre) - 1 and left() > 0:
+        changed = bool(np.any(l != l_before) or np.any(u != u_before))
+        if rebound is not None and changed and k < len(pre) - 1 and left() > 0:
             _intersect_after(pre, k, rebound(pre, k))
         run = run + 1 if stalled else 0
         if run >= 2:
@@ -376,10 +379,6 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
                           unstable_before=_unstable(start, blocks), unstable_after=_unstable(pre, blocks),
                           seconds=time.monotonic() - t0, passes=passes)
-
-
-#: the share of the time left that one re-bound may take (alpha-CROWN's layers not reached keep their bounds)
-REBOUND_SHARE = 0.05
 
 
 def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, deadline: float | None = None):
