@@ -553,12 +553,12 @@ def test_witnesses_are_real_and_find_most_crossing_neurons(seed):
     from gpuopt.bounds.milp_refine import _witnesses
 
     _, net, lo_x, hi_x, pre = _case(seed)
-    blocks = net.affine_blocks()
+    ops = net.linear_ops("cpu", torch.float64)
     crossing = found = 0
     for k in range(1, len(pre)):
         l, u = pre[k]
         idx = np.flatnonzero((l < 0) & (u > 0))
-        below, above = _witnesses(blocks, k, idx, lo_x, hi_x, left=lambda: 1.0)
+        below, above = _witnesses(ops, k, idx, lo_x, hi_x, left=lambda: 1.0)
         for j, b, a in zip(idx, below, above):
             low, high = _exact_range(net, k, j, lo_x, hi_x)
             assert not b or low < 0, (k, j, low)
@@ -588,5 +588,5 @@ def test_witness_search_stops_when_no_time_is_left():
     _, net, lo_x, hi_x, pre = _case(0)
     l, u = pre[1]
     idx = np.flatnonzero((l < 0) & (u > 0))
-    below, above = _witnesses(net.affine_blocks(), 1, idx, lo_x, hi_x, left=lambda: 0.0)
+    below, above = _witnesses(net.linear_ops("cpu", torch.float64), 1, idx, lo_x, hi_x, left=lambda: 0.0)
     assert idx.size and not below.any() and not above.any()

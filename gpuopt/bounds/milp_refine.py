@@ -135,20 +135,19 @@ def _live_prefix(blocks, pre, k: int) -> tuple[list, list, np.ndarray | None]:
     return out_blocks, out_pre, keep_prev
 
 
-def _witnesses(blocks, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _witnesses(ops, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(below, above)``, bool over the neurons ``idx`` of layer ``k``: a point of the box was found
     where ``z_kj < 0`` (resp. ``> 0``). Two points per neuron, from uniform random starts, descend
     ``z_kj`` (resp. ``-z_kj``) by projected sign-gradient steps (:data:`WITNESS_STEPS`); every final
-    point counts for every neuron it is evaluated at (in float64). Chunks start while ``left() > 0``."""
+    point counts for every neuron it is evaluated at (in float64). ``ops``: the blocks as float64
+    :class:`~gpuopt.network.LinearOp` (layers ``0..k`` are used). Chunks start while ``left() > 0``."""
     import torch
-
-    from ..network import LinearOp
 
     n = idx.size
     below, above = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     if n == 0:
         return below, above
-    ops = [LinearOp(b.matrix, b.bias, "cpu", torch.float64, b.passthrough) for b in blocks[:k + 1]]
+    ops = ops[:k + 1]
     lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(1, -1))
     hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(1, -1))
     gen = torch.Generator().manual_seed(seed)
@@ -245,11 +244,12 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
 
 
 def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
-                 deadline, rebound=None, witness=None) -> tuple[int, bool]:
+                 deadline, rebound=None, witness=None, witness_ops=None) -> tuple[int, bool]:
     """One pass over ``layers`` (the neurons not ``settled``, a set of ``(k, j)`` it adds to); returns
     the MILPs solved and whether any bound narrowed by :data:`STALL_GAIN` of its width. ``witness``:
     a dict ``k -> (below, above)`` over layer ``k``'s neurons, filled by :func:`_witnesses` on a
-    layer's first visit; a neuron witnessed on both sides is settled without a MILP."""
+    layer's first visit (``witness_ops()`` gives the blocks it searches with); a neuron witnessed on
+    both sides is settled without a MILP."""
     milps, moved, run = 0, False, 0  # run: stalled layers in a row
     for k in layers:
         if left() <= 0:
@@ -264,7 +264,7 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
             if k not in witness:
                 below, above = np.zeros(l.size, dtype=bool), np.zeros(l.size, dtype=bool)
                 idx = np.array(order, dtype=np.int64)
-                below[idx], above[idx] = _witnesses(blocks, k, idx, x_lower, x_upper, left=left, seed=k)
+                below[idx], above[idx] = _witnesses(witness_ops(), k, idx, x_lower, x_upper, left=left, seed=k)
                 witness[k] = (below, above)
             below, above = witness[k]
             both = [j for j in order if below[j] and above[j]]  # truly unstable: settled without a MILP
@@ -353,6 +353,16 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     pre = [(l.copy(), u.copy()) for l, u in start]
     milps, passes, settled = 0, 0, set()
     witness = {} if witnesses else None
+    ops_cache = []
+
+    def witness_ops():  # the blocks in torch, built once, on the first layer that needs them
+        if not ops_cache:
+            import torch
+
+            from ..network import LinearOp
+
+            ops_cache.extend(LinearOp(b.matrix, b.bias, "cpu", torch.float64, b.passthrough) for b in blocks)
+        return ops_cache
 
     def left() -> float:
         return np.inf if deadline is None else deadline - time.monotonic()
@@ -362,7 +372,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
         while passes < MAX_PASSES and left() > 0:
             n, moved = _refine_pass(blocks, pre, range(max(1, first_layer), len(pre)), x_lower, x_upper, settled,
                                     config=config, neuron_time=neuron_time * 2 ** passes, parallel=parallel, pool=pool,
-                                    left=left, deadline=deadline, rebound=rebound, witness=witness)
+                                    left=left, deadline=deadline, rebound=rebound, witness=witness,
+                                    witness_ops=witness_ops)
             if not n:
                 break  # nothing left to try
             milps += n
