@@ -116,6 +116,14 @@ class LinearOp:
         """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
         return (self.abs_matrix @ v.T).T
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """``M[idx]`` ``(len(idx), n_in)``, dense (exactly ``e_idx^T M``)."""
+        if self.dense is not None:
+            return self.dense[idx]
+        pick = torch.zeros((idx.numel(), self.shape[0]), dtype=self.bias.dtype, device=self.bias.device)
+        pick[torch.arange(idx.numel(), device=pick.device), idx] = 1.0
+        return self.rmatmul(pick)
+
     def rmatmul(self, A: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
             return A @ self.dense

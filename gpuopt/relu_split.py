@@ -60,6 +60,7 @@ import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
 from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, open_rows, tighten_layer
+from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .network import Network
@@ -270,12 +271,16 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         d_all[k, :m] = torch.as_tensor(np.array(d, dtype=np.float64)).to(dev, dtype).reshape(-1)
         if strict is not None:
             s_all[k, :m] = torch.as_tensor(np.asarray(strict, dtype=bool)).to(dev)
-    ops = network.linear_ops(dev, dtype)
-    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    # the neurons dead on the whole box drop out of every pass (the domains carry the others)
+    prune = DeadPruning(network, [(l.to(dev, dtype), u.to(dev, dtype)) for l, u in bounds.pre_activation])
+    ops = prune.ops(dev, dtype)
+    n_terms = lo.shape[1] + sum(b.matrix.shape[0] for b in network.affine_blocks())  # the full count
     x_mid, x_rad = center_radius(lo, hi)
     tag0 = torch.arange(K, device=dev)
-    pre_l = [l.to(dev, dtype).reshape(1, -1).expand(K, -1) for l, _ in bounds.pre_activation]
-    pre_u = [u.to(dev, dtype).reshape(1, -1).expand(K, -1) for _, u in bounds.pre_activation]
+    pre_l = [prune.narrow(l.to(dev, dtype).reshape(1, -1), j).expand(K, -1)
+             for j, (l, _) in enumerate(bounds.pre_activation)]
+    pre_u = [prune.narrow(u.to(dev, dtype).reshape(1, -1), j).expand(K, -1)
+             for j, (_, u) in enumerate(bounds.pre_activation)]
     sign = [torch.zeros_like(l, dtype=torch.int8) for l in pre_l]
     alpha0 = [_relaxation(l, u, op.passthrough)[0][:, None, :].expand(K, M, l.shape[1]).clone()
               for l, u, op in zip(pre_l, pre_u, ops)]
@@ -316,7 +321,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if found is not None:
             return ReluSplitResult("sat", closed, explored, n_open, worst, tuple(proven), found.x, found.y, found.margin)
         return ReluSplitResult(status, closed, explored, n_open, worst, tuple(proven),
-                               leaves=_leaves(domains, K, config.handoff))
+                               leaves=_leaves(domains, K, config.handoff, prune))
 
     bound, alpha, beta, scores, widths, coef_x = bound_batch(pre_l, pre_u, sign, alpha0, beta0, tag0,
                                                              config.root_steps)
@@ -368,8 +373,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                     if deadline is not None and time.monotonic() > deadline:
                         break
                     k = int(unsplittable.tag[i])
-                    kind, value = _exact_leaf(network, lo[0], hi[0], [l[i] for l in unsplittable.lower],
-                                              [u[i] for u in unsplittable.upper], disjuncts[k][0], disjuncts[k][1],
+                    kind, value = _exact_leaf(network, lo[0], hi[0],
+                                              [prune.widen(l[i], j, 0) for j, l in enumerate(unsplittable.lower)],
+                                              [prune.widen(u[i], j, 1) for j, u in enumerate(unsplittable.upper)],
+                                              disjuncts[k][0], disjuncts[k][1],
                                               problem, deadline)
                     if kind == "closed":
                         closed[i] = True
@@ -402,9 +409,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     return result(status, _Domains.cat([domains, stuck]), explored)
 
 
-def _leaves(domains: _Domains | None, K: int, limit: int) -> tuple:
-    """Per disjunct, its open domains as ``(bound, [(lower, upper), ...])`` weakest first when
-    there are at most ``limit`` of them, else None (closed disjuncts: an empty tuple)."""
+def _leaves(domains: _Domains | None, K: int, limit: int, prune: DeadPruning) -> tuple:
+    """Per disjunct, its open domains as ``(bound, [(lower, upper), ...])`` (every neuron of the
+    network, the dropped ones with their root bounds) weakest first when there are at most
+    ``limit`` of them, else None (closed disjuncts: an empty tuple)."""
     out = []
     tags = None if domains is None else domains.tag.tolist()
     for k in range(K):
@@ -414,9 +422,9 @@ def _leaves(domains: _Domains | None, K: int, limit: int) -> tuple:
             continue
         idx.sort(key=lambda i: float(domains.bound[i]))
         out.append(tuple((float(domains.bound[i]),
-                          [(l[i].detach().to("cpu", torch.float64).numpy().copy(),
-                            u[i].detach().to("cpu", torch.float64).numpy().copy())
-                           for l, u in zip(domains.lower, domains.upper)]) for i in idx))
+                          [(prune.widen(l[i], j, 0).detach().to("cpu", torch.float64).numpy().copy(),
+                            prune.widen(u[i], j, 1).detach().to("cpu", torch.float64).numpy().copy())
+                           for j, (l, u) in enumerate(zip(domains.lower, domains.upper))]) for i in idx))
     return tuple(out)
 
 

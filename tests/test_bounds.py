@@ -274,3 +274,42 @@ def test_crown_and_alpha_crown_are_sound_and_ordered(seed):
         assert np.all(alpha_rows[i].numpy() <= true_min + 1e-12)
         assert np.all(crown_rows[i].numpy() <= true_min + 1e-12)
         assert np.all(ibp_rows[i].numpy() <= true_min + 1e-9)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_selector_head_equals_the_one_hot_rows(conv):
+    """:func:`gpuopt.bounds.crown.selector_head` starts the backward pass of the rows ``+-z_k[part]``
+    without the one-hot product: the same bounds and coefficients as the rows themselves, for all
+    boxes of a batch and per (box, neuron) pair."""
+    from gpuopt.bounds.base import center_radius
+    from gpuopt.bounds.crown import _backward, _magnitudes, _relaxation, crown, row_selectors, selector_head
+
+    rng = np.random.default_rng(3)
+    if conv:
+        net = random_conv_network(rng, (1, 4, 4), 2, (2, 2), (1, 1), (0, 0, 0, 0), 6, 3)
+        n_in = 16
+    else:
+        net = random_dense_network(rng, 5, [7, 6, 5], 3)
+        n_in = 5
+    lo = torch.tensor(rng.normal(size=(3, n_in)))
+    hi = lo + 0.5
+    b = crown(net, lo, hi)
+    ops = net.linear_ops("cpu", torch.float64)
+    x_mid, x_rad = center_radius(lo, hi)
+    n_terms = n_in + sum(op.shape[0] for op in ops)
+    k = len(ops) - 2
+    pre = [(l, u) for l, u in b.pre_activation[:k]]
+    relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
+    hmax = _magnitudes(x_mid, x_rad, pre, ops)
+    part = torch.tensor([0, 2, 3])
+    want, want_a = _backward(row_selectors(part, ops[k].shape[0], 3, lo), k, ops, relax, x_mid, x_rad, n_terms, hmax)
+    got, got_a = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, head=selector_head(part, k, ops, hmax, 3))
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(got_a, want_a, rtol=1e-13, atol=1e-13)
+    box, neuron = torch.tensor([0, 2, 2, 1]), torch.tensor([1, 0, 3, 4])
+    eye = torch.eye(ops[k].shape[0], dtype=torch.float64)
+    want, _ = _backward(torch.stack([eye[neuron], -eye[neuron]], dim=1), k, ops, relax, x_mid, x_rad, n_terms, hmax,
+                        index=box)
+    got, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, index=box,
+                       head=selector_head(neuron, k, ops, hmax, 3, index=box))
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)

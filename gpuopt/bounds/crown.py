@@ -92,8 +92,29 @@ def row_selectors(part: torch.Tensor, n: int, B: int, like: torch.Tensor) -> tor
     return torch.cat([pick, -pick]).expand(B, 2 * m, n)
 
 
-def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
-              record: list | None = None, ball=None, index: torch.Tensor | None = None):
+def selector_head(part: torch.Tensor, k: int, ops, hmax, B: int, index: torch.Tensor | None = None):
+    """The start of :func:`_backward` for the rows ``+z_k[part]`` then ``-z_k[part]``
+    (:func:`row_selectors`) without multiplying by the one-hot rows: ``(A, const, abs_acc)``,
+    the coefficients on ``h_{k-1}`` ``(B, 2m, n_{k-1})``, the constant and the magnitude sum, exactly
+    what the one-hot product gives. With ``index`` (``(P,)``, pairs mode), row block ``b`` is
+    neuron ``part[b]`` of box ``index[b]`` and ``B`` is ignored: ``(P, 2, n_{k-1})``."""
+    M = ops[k].rows(part)
+    c = ops[k].bias[part]
+    mv = ops[k].abs_matvec(hmax[k - 1])  # (boxes, n_k)
+    if index is None:
+        m = part.numel()
+        A = torch.cat([M, -M]).expand(B, 2 * m, M.shape[1])
+        const = torch.cat([c, -c]).expand(B, 2 * m)
+        acc = c.abs() + mv[:, part]
+        return A, const, torch.cat([acc, acc], dim=1)
+    A = torch.stack([M, -M], dim=1)
+    const = torch.stack([c, -c], dim=1)
+    acc = c.abs() + mv[index, part]
+    return A, const, torch.stack([acc, acc], dim=1)
+
+
+def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
+              record: list | None = None, ball=None, index: torch.Tensor | None = None, head=None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -114,14 +135,21 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
     ``index`` (optional, ``(B,)``): row block ``b`` of ``lam`` belongs to box ``index[b]`` of the
     per-box tensors (``relax``, ``x_mid``, ``x_rad``, ``hmax``, ``ball``), which are gathered
     layer by layer; this lets each box carry only its own rows.
+
+    ``head`` (optional, replaces ``lam``): ``(A, const, abs_acc)`` already through block ``k``
+    (:func:`selector_head`).
     """
     def pick(t):
         return t if index is None else t[index]
 
-    c = ops[k].bias
-    const = lam @ c
-    abs_acc = lam.abs() @ c.abs() + (lam.abs() @ pick(ops[k].abs_matvec(hmax[k - 1]))[:, :, None]).squeeze(-1)
-    A = ops[k].rmatmul(lam)
+    if head is not None:
+        A, const, abs_acc = head
+    else:
+        c = ops[k].bias
+        const = lam @ c
+        lam_abs = lam.abs()
+        abs_acc = (lam_abs @ (c.abs() + pick(ops[k].abs_matvec(hmax[k - 1])))[:, :, None]).squeeze(-1)
+        A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt = (pick(t) for t in relax[j])
         if record is not None:
@@ -134,13 +162,15 @@ def _backward(lam: torch.Tensor, k: int, ops, relax, x_mid, x_rad, n_terms: int,
             coef = coef + split_terms[j]
         cj = ops[j].bias
         const = const + extra + coef @ cj
-        cabs = coef.abs()
-        abs_acc = abs_acc + extra.abs() + cabs @ cj.abs() + (cabs @ pick(ops[j].abs_matvec(hmax[j - 1]))[:, :, None]).squeeze(-1)
+        weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
+        abs_acc = abs_acc + extra.abs() + (coef.abs() @ weight[:, :, None]).squeeze(-1)
         A = ops[j].rmatmul(coef)
     x_mid, x_rad = pick(x_mid), pick(x_rad)
     Aabs = A.abs()
-    lower = (A @ x_mid[:, :, None]).squeeze(-1) - (Aabs @ x_rad[:, :, None]).squeeze(-1) + const
-    mag = (Aabs @ (x_mid.abs() + x_rad)[:, :, None]).squeeze(-1) + abs_acc
+    # one pass over |A| for the radius term and the magnitude: columns x_rad, |x_mid| + x_rad
+    spread = (Aabs @ torch.stack([x_rad, x_mid.abs() + x_rad], dim=-1))
+    lower = (A @ x_mid[:, :, None]).squeeze(-1) - spread[..., 0] + const
+    mag = spread[..., 1] + abs_acc
     lower = lower - rounding_pad(mag, n_terms)
     if ball is not None:
         x0, eps, norm = pick(ball[0]), pick(ball[1]), ball[2]
@@ -175,7 +205,6 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
         if B > 1 and int(open_.sum()) < PAIR_SHARE * B * rows.numel():
             pairs = torch.nonzero(open_, as_tuple=True)
     if pairs is not None:
-        eye = torch.eye(ops[k].shape[0], dtype=l.dtype, device=l.device)
         chunk, total = max(1, CHUNK_ELEMENTS // (2 * width)), pairs[0].numel()
     else:
         chunk, total = max(1, CHUNK_ELEMENTS // (2 * B * width)), rows.numel()
@@ -185,16 +214,16 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             return l, u, False, last
         if pairs is not None:
             b, r = pairs[0][start:start + chunk], pairs[1][start:start + chunk]
-            lam = torch.stack([eye[r], -eye[r]], dim=1)
-            bound, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b)
+            bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b,
+                                 head=selector_head(r, k, ops, hmax, B, index=b))
             bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             l[b, r] = torch.maximum(bound[:, 0], il[b, r])
             u[b, r] = torch.minimum(-bound[:, 1], iu[b, r])
         else:
             part = rows[start:start + chunk]
             m = part.numel()
-            bound, _ = _backward(row_selectors(part, ops[k].shape[0], B, l), k, ops, relax, x_mid, x_rad, n_terms,
-                                 hmax, ball=ball)
+            bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball,
+                                 head=selector_head(part, k, ops, hmax, B))
             bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             l[:, part] = torch.maximum(bound[:, :m], il[:, part])
             u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])

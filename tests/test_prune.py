@@ -1,0 +1,152 @@
+"""Dead-neuron pruning (:mod:`gpuopt.bounds.prune`): the pruned blocks compute the network's
+pre-activations on every point of the box (dense, conv and graph networks, skip connections
+included), a dropped neuron is dead there, and activation splitting gives the same answers and
+full-width leaves with the pruning as without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import relu_split as relu_split_module
+from gpuopt.bounds.crown import crown
+from gpuopt.bounds.prune import DeadPruning
+from gpuopt.layers import Dense
+from gpuopt.relu_split import ReluSplitConfig, relu_split
+
+from helpers import (affine_view_values, box_points, one_torch_thread, random_conv_network,  # noqa: F401
+                     random_dag_network, random_dense_network)
+
+
+def _dag_dense(rng, n_out, n_in):
+    return Dense(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), 0.3 * rng.normal(size=n_out) - 0.4)
+
+
+def _net(kind: str, seed: int):
+    rng = np.random.default_rng(seed)
+    if kind == "dense":
+        n_in = 4
+        net = random_dense_network(rng, n_in, [8, 8, 6], 3, bias_scale=1.0)
+    elif kind == "conv":
+        n_in = 9
+        net = random_conv_network(rng, (1, 3, 3), 3, (2, 2), (1, 1), (0, 0, 0, 0), 5, 2)
+    else:
+        n_in = 3
+        net = random_dag_network(rng, 9, n_in, dense=_dag_dense, any_last=True)
+    centre = rng.normal(size=n_in)
+    return net, centre - 0.3, centre + 0.3
+
+
+def _pruned_forward(prune: DeadPruning, x: np.ndarray):
+    """The pre-activations (kept neurons) and outputs through the pruned blocks, in float64."""
+    ops = prune.ops("cpu", torch.float64)
+    h = torch.as_tensor(x, dtype=torch.float64)
+    pre = []
+    for j, op in enumerate(ops):
+        z = op.matvec(h)
+        if j == len(ops) - 1:
+            return pre, z.numpy()
+        pre.append(z.numpy())
+        h = z.clamp(min=0) if op.passthrough is None else torch.where(op.passthrough, z, z.clamp(min=0))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "graph"])
+def test_pruned_blocks_compute_the_network_on_the_box(kind):
+    dropped = 0
+    for seed in range(12):
+        net, lo, hi = _net(kind, seed)
+        b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+        prune = DeadPruning(net, b.pre_activation)
+        dropped += prune.dropped
+        x = box_points(np.random.default_rng(seed), lo, hi, 300)
+        full_pre, full_out = affine_view_values(net, x)
+        pre, out = _pruned_forward(prune, x)
+        np.testing.assert_allclose(out, full_out, rtol=1e-12, atol=1e-12)
+        for j, (z_full, z) in enumerate(zip(full_pre, pre)):
+            keep = prune.keep[j].numpy()
+            np.testing.assert_allclose(z, z_full[:, keep], rtol=1e-12, atol=1e-12)
+            gone = np.setdiff1d(np.arange(z_full.shape[1]), keep)
+            assert np.all(z_full[:, gone] <= 0), f"layer {j}: a dropped neuron is active on the box"
+            # narrow and widen are inverse on the kept neurons, the dropped ones get their own bounds
+            lo_j, up_j = (t[0] for t in b.pre_activation[j])
+            assert torch.equal(prune.widen(prune.narrow(lo_j, j), j, 0), lo_j)
+            assert torch.equal(prune.widen(prune.narrow(up_j, j), j, 1), up_j)
+    assert dropped > 0, "no case dropped a neuron: the test does not bind"
+
+
+def test_passthrough_coordinates_are_never_dropped():
+    for seed in range(20):
+        net, lo, hi = _net("graph", seed)
+        b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+        prune = DeadPruning(net, b.pre_activation)
+        for j, blk in enumerate(net.affine_blocks()[:-1]):
+            if blk.passthrough is not None:
+                kept = set(prune.keep[j].tolist())
+                assert all(i in kept for i in np.flatnonzero(blk.passthrough))
+
+
+def test_nothing_dead_keeps_the_network_ops():
+    net = random_dense_network(np.random.default_rng(0), 3, [4], 2)
+    pre = [(torch.full((1, 4), -1.0), torch.full((1, 4), 1.0))]
+    prune = DeadPruning(net, pre)
+    assert prune.dropped == 0
+    assert prune.ops("cpu", torch.float64) is net.linear_ops("cpu", torch.float64)
+
+
+def test_a_neuron_dead_in_one_row_only_is_kept():
+    net = random_dense_network(np.random.default_rng(0), 3, [4], 2)
+    up = torch.tensor([[-1.0, 1.0, -1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])
+    prune = DeadPruning(net, [(up - 2, up)])
+    assert prune.keep[0].tolist() == [0, 1, 3]
+    nan = torch.tensor([[float("nan"), -1.0, -1.0, -1.0]])
+    assert DeadPruning(net, [(nan - 1, nan)]).keep[0].tolist() == [0]  # NaN proves nothing
+
+
+class _NoPruning(DeadPruning):
+    def __init__(self, network, pre):
+        super().__init__(network, [(lo, torch.full_like(torch.as_tensor(up), 1.0)) for lo, up in pre])
+
+
+def _split_case(seed: int):
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 3, [10, 10], 2, bias_scale=1.0)
+    centre = rng.normal(size=3)
+    lo, hi = centre - 0.5, centre + 0.5
+    b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+    # the unsafe set y_0 - y_1 <= d, with d near the sampled minimum: some hold by small margins,
+    # some are just violated
+    _, y = affine_view_values(net, box_points(rng, lo, hi, 2000))
+    C = np.array([[1.0, -1.0]])
+    d = np.array([float((y[:, 0] - y[:, 1]).min()) + 0.05 * rng.normal()])
+    return net, lo, hi, [(C, d, None)], b
+
+
+def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch):
+    """Without pruning (every neuron kept) and with it, activation splitting bounds the same
+    domains the same way: the same status, domain count and bounds up to rounding."""
+    config = ReluSplitConfig(batch_size=4, max_domains=400, handoff=8)
+    dropped, compared, leaf_count = 0, 0, 0
+    for seed in range(16):
+        net, lo, hi, disj, b = _split_case(seed)
+        dropped += DeadPruning(net, b.pre_activation).dropped
+        got = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b, config=config)
+        with monkeypatch.context() as m:
+            m.setattr(relu_split_module, "DeadPruning", _NoPruning)
+            ref = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b, config=config)
+        assert got.status == ref.status and got.closed == ref.closed
+        assert got.domains == ref.domains
+        if np.isfinite(ref.worst_bound):
+            assert got.worst_bound == pytest.approx(ref.worst_bound, rel=1e-9, abs=1e-9)
+        compared += 1
+        # leaves come back at full width; the dropped neurons keep their root bounds (dead)
+        keep = DeadPruning(net, b.pre_activation).keep
+        for leaves in got.leaves:
+            for _, layers in leaves or ():
+                leaf_count += 1
+                for j, ((l, u), (l0, u0)) in enumerate(zip(layers, b.pre_activation)):
+                    assert l.shape == u.shape == (l0.shape[1],)
+                    gone = np.setdiff1d(np.arange(l0.shape[1]), keep[j].numpy())
+                    assert np.array_equal(u[gone], u0[0].numpy()[gone]) and np.all(u[gone] <= 0)
+                    assert np.array_equal(l[gone], l0[0].numpy()[gone])
+    assert dropped > 0 and compared == 16 and leaf_count > 0
