@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, open_rows, tighten_layer
+from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, _term_count, open_rows, tighten_layer
 from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -270,11 +270,11 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         C_all[k, :m] = C.to(dev, dtype)
         d_all[k, :m] = torch.as_tensor(np.array(d, dtype=np.float64)).to(dev, dtype).reshape(-1)
         if strict is not None:
-            s_all[k, :m] = torch.as_tensor(np.asarray(strict, dtype=bool)).to(dev)
+            s_all[k, :m] = torch.as_tensor(np.array(strict, dtype=bool)).to(dev)
     # the neurons dead on the whole box drop out of every pass (the domains carry the others)
     prune = DeadPruning(network, [(l.to(dev, dtype), u.to(dev, dtype)) for l, u in bounds.pre_activation])
     ops = prune.ops(dev, dtype)
-    n_terms = lo.shape[1] + sum(b.matrix.shape[0] for b in network.affine_blocks())  # the full count
+    n_terms = _term_count(network, lo)
     x_mid, x_rad = center_radius(lo, hi)
     tag0 = torch.arange(K, device=dev)
     pre_l = [prune.narrow(l.to(dev, dtype).reshape(1, -1), j).expand(K, -1)

@@ -5,6 +5,8 @@ full-width leaves with the pruning as without it."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,38 @@ def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch)
                     assert np.array_equal(u[gone], u0[0].numpy()[gone]) and np.all(u[gone] <= 0)
                     assert np.array_equal(l[gone], l0[0].numpy()[gone])
     assert dropped > 0 and compared == 16 and leaf_count > 0
+
+
+def test_alpha_crown_gives_the_same_bounds_with_and_without_pruning(monkeypatch):
+    """alpha-CROWN on the intermediate layers and on spec rows, over a batch of boxes whose dead
+    neurons differ: the same bounds up to rounding, each box's dropped neurons keep their own
+    bounds, and sampled pre-activations lie inside."""
+    crown_module = importlib.import_module("gpuopt.bounds.crown")  # the module (the package exports the function)
+
+    dropped = 0
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        net = random_dense_network(rng, 3, [10, 10, 8], 2, bias_scale=1.0)
+        lo = torch.tensor(rng.normal(size=(3, 3)))
+        lo[1] = lo[0] + 0.1  # overlapping boxes: some neurons dead in all three
+        hi = lo + 0.4
+        b = crown(net, lo, hi)
+        dropped += DeadPruning(net, b.pre_activation).dropped
+        C = torch.tensor(rng.normal(size=(2, 2)))
+        got = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5)
+        got_rows = crown_module.alpha_crown_linear_lower(net, lo, hi, C, b, steps=5)
+        with monkeypatch.context() as m:
+            m.setattr(crown_module, "DeadPruning", _NoPruning)
+            ref = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5)
+            ref_rows = crown_module.alpha_crown_linear_lower(net, lo, hi, C, b, steps=5)
+        torch.testing.assert_close(got_rows, ref_rows, rtol=1e-9, atol=1e-9)
+        for j, ((gl, gu), (rl, ru), (bl, bu)) in enumerate(zip(got.pre_activation, ref.pre_activation,
+                                                               b.pre_activation)):
+            torch.testing.assert_close(gl, rl, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(gu, ru, rtol=1e-9, atol=1e-9)
+            assert bool((gl >= bl).all() and (gu <= bu).all())
+        for i in range(3):
+            pre, _ = affine_view_values(net, box_points(rng, lo[i].numpy(), hi[i].numpy(), 300))
+            for (gl, gu), z in zip(got.pre_activation, pre):
+                assert np.all(z >= gl[i].numpy() - 1e-9) and np.all(z <= gu[i].numpy() + 1e-9)
+    assert dropped > 0

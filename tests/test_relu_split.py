@@ -191,3 +191,24 @@ def test_the_lookahead_ends_the_stall_of_one_sided_splits(benchmarks_dir, monkey
                         config=config)
     assert v.status.value == "unsat" and v.decided_by == "relu-split", v.message
     assert len(results) == 1 and results[0].domains < 1500, results[0].domains
+
+
+def test_splitting_benchmark_runs_and_compares(benchmarks_dir, tmp_path):
+    """``benchmarks/relu_split.py`` on two real instances: one JSON line each, decided, none wrong
+    against the reference labels, and ``--compare`` prints the side-by-side table."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "relu_split.py"
+    out = tmp_path / "split.jsonl"
+    run = subprocess.run([sys.executable, str(script), "--suites", "mnist_fc", "--limit", "2", "--timeout", "20",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    assert all(r["status"] in ("sat", "unsat") and not r["wrong"] and r["reference"] == r["status"] for r in records)
+    table = subprocess.run([sys.executable, str(script), "--compare", str(out), str(out)], capture_output=True,
+                           text=True, timeout=60)
+    assert table.returncode == 0 and "2 instances; decided:" in table.stdout

@@ -35,6 +35,7 @@ import torch
 from ..network import Network
 from .base import Bounds, center_radius, rounding_pad
 from .ibp import _ibp_iv, ibp
+from .prune import DeadPruning
 
 __all__ = ["alpha_crown_bounds", "alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
@@ -250,13 +251,19 @@ def _magnitudes(x_mid, x_rad, pre, ops) -> dict:
     return hmax
 
 
+def _term_count(network: Network, lo: torch.Tensor) -> int:
+    """The rounding pads' term count: every input and every neuron of the full network (also
+    when the passes run on pruned blocks, :mod:`gpuopt.bounds.prune`, an over-count there)."""
+    return lo.shape[1] + sum(b.matrix.shape[0] for b in network.affine_blocks())
+
+
 def _prepare(network: Network, lower, upper):
     lo, hi = _ibp_iv(network, lower, upper)
     base = ibp(network, lo, hi)
     lo = lo.reshape(lo.shape[0], -1)
     hi = hi.reshape(hi.shape[0], -1)
     ops = network.linear_ops(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    n_terms = _term_count(network, lo)
     return lo, hi, base, ops, n_terms
 
 
@@ -326,7 +333,7 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     lo = lo.reshape(lo.shape[0], -1)
     hi = hi.reshape(hi.shape[0], -1)
     ops = network.linear_ops(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    n_terms = _term_count(network, lo)
     if C.dim() == 2:
         C = C.expand(lo.shape[0], *C.shape)
     relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(bounds.pre_activation, ops)]
@@ -344,19 +351,21 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     Any lower slope ``alpha in [0, 1]`` of an unstable ReLU gives a valid relaxation, so the
     bound of :func:`crown_linear_lower` is maximised over one ``alpha`` per (item, row, neuron)
     by projected Adam steps. Every iterate is sound; the best bound seen per row is returned,
-    ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point). Stops early at
+    ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; up to rounding, as
+    the neurons dead in every box are dropped from the passes). Stops early at
     ``deadline``.
     """
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()
-    ops = network.linear_ops(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    prune = DeadPruning(network, bounds.pre_activation)  # neurons dead in every box drop out
+    ops = prune.ops(lo.device, lo.dtype)
+    n_terms = _term_count(network, lo)
     B = lo.shape[0]
     if C.dim() == 2:
         C = C.expand(B, *C.shape)
     x_mid, x_rad = center_radius(lo, hi)
-    pre = [(l.detach(), u.detach()) for l, u in bounds.pre_activation]
+    pre = [(prune.narrow(l.detach(), j), prune.narrow(u.detach(), j)) for j, (l, u) in enumerate(bounds.pre_activation)]
     return _optimised_rows(C.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
 
 
@@ -409,10 +418,12 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()
-    ops = network.linear_ops(lo.device, lo.dtype)
-    n_terms = lo.shape[1] + sum(op.shape[0] for op in ops)
+    prune = DeadPruning(network, bounds.pre_activation)  # neurons dead in every box drop out
+    ops = prune.ops(lo.device, lo.dtype)
+    n_terms = _term_count(network, lo)
     x_mid, x_rad = center_radius(lo, hi)
-    pre = [(l.detach().clone(), u.detach().clone()) for l, u in bounds.pre_activation]
+    pre = [(prune.narrow(l.detach(), j).clone(), prune.narrow(u.detach(), j).clone())
+           for j, (l, u) in enumerate(bounds.pre_activation)]
     B = lo.shape[0]
     for k in range(1, len(pre)):
         if deadline is not None and time.monotonic() > deadline:
@@ -430,4 +441,6 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
             bound = _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
             l[:, part] = torch.maximum(l[:, part], bound[:, :n])
             u[:, part] = torch.minimum(u[:, part], -bound[:, n:])
+    pre = [(prune.widen(l, j, 0, l0.detach()), prune.widen(u, j, 1, u0.detach()))
+           for j, ((l, u), (l0, u0)) in enumerate(zip(pre, bounds.pre_activation))]
     return Bounds(tuple(pre), bounds.output, bounds.method + "+alpha")

@@ -68,12 +68,15 @@ class DeadPruning:
         """The kept neurons of layer ``j`` of ``t`` (``(..., n_j)``)."""
         return t if not self.dropped else t[..., self.keep[j].to(t.device)]
 
-    def widen(self, t: torch.Tensor, j: int, side: int) -> torch.Tensor:
-        """``t`` (``(..., kept_j)``) at the kept neurons of layer ``j`` and the dropped neurons'
-        own bounds elsewhere (``side`` 0: lower, 1: upper)."""
+    def widen(self, t: torch.Tensor, j: int, side: int, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``t`` (``(..., kept_j)``) at the kept neurons of layer ``j`` and, elsewhere, the dropped
+        neurons' bounds: ``base`` (``(..., n_j)``, e.g. each batch row's own), else the first
+        row's of ``pre`` (``side`` 0: lower, 1: upper)."""
         if not self.dropped:
             return t
-        base = self.dropped_bounds[j][side].to(t.device, t.dtype)
+        if base is None:
+            base = self.dropped_bounds[j][side]
+        base = base.to(t.device, t.dtype)
         out = base.expand(*t.shape[:-1], base.shape[-1]).clone()
         out[..., self.keep[j].to(t.device)] = t
         return out
