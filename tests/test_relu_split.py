@@ -75,6 +75,23 @@ def test_verdicts_agree_with_brute_force(conv, branching):
     assert decided >= 0.75 * total, (decided, total)
 
 
+def test_children_bounded_below_their_parent_are_retried():
+    """Children whose own bound falls below their parent's get ``retry_steps`` more steps (and
+    none with ``retry_steps=0``); either way every verdict agrees with brute force."""
+    retried = {0: 0, 10: 0}
+    for seed in range(10):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        for delta in (0.01, -0.01):
+            s = shifted_spec(spec, minima, delta)
+            for steps in retried:
+                res = _run(net, lo, hi, s, config=ReluSplitConfig(batch_size=2, retry_steps=steps))
+                retried[steps] += res.retried
+                assert res.status != ("sat" if delta > 0 else "unsat"), (seed, delta, steps)
+                assert all(not closed or delta > 0 for closed in res.closed), (seed, delta, steps)
+    assert retried[0] == 0 and retried[10] > 0, retried
+
+
 def test_exact_leaves_decide_properties_a_millionth_from_the_boundary():
     """A domain with no unstable neuron left is affine: its LP (safe dual bound, and its minimiser
     checked in float64) decides it where the beta multipliers only approach the optimum. At
@@ -126,6 +143,8 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
     (dict(refine=1), "`refine` must be True or False, got 1"),
     (dict(branching="sb"), "`branching` must be one of babsr, fsb, got 'sb'"),
     (dict(candidates=0), "`candidates` must be an integer >= 1, got 0"),
+    (dict(retry_steps=-2), "`retry_steps` must be an integer >= 0, got -2"),
+    (dict(retry_steps=True), "`retry_steps` must be an integer >= 0, got True"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)):
