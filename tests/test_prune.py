@@ -187,3 +187,26 @@ def test_alpha_crown_gives_the_same_bounds_with_and_without_pruning(monkeypatch)
             for (gl, gu), z in zip(got.pre_activation, pre):
                 assert np.all(z >= gl[i].numpy() - 1e-9) and np.all(z <= gu[i].numpy() + 1e-9)
     assert dropped > 0
+
+
+def test_sparse_blocks_prune_and_select_rows_like_dense_ones():
+    """A conv net large enough for sparse blocks (:class:`gpuopt.network.LinearOp` keeps them as
+    CSR): the pruned sparse blocks compute the network on the box, and ``rows`` of a sparse block
+    equals the dense rows."""
+    rng = np.random.default_rng(7)
+    net = random_conv_network(rng, (1, 16, 16), 4, (3, 3), (1, 1), (0, 0, 0, 0), 6, 2)
+    assert net.linear_ops("cpu", torch.float64)[0].dense is None, "the first block should be sparse"
+    centre = rng.uniform(0.2, 0.8, size=256)
+    lo, hi = centre - 0.05, centre + 0.05
+    b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+    prune = DeadPruning(net, b.pre_activation)
+    assert prune.dropped > 0  # (a pruned block may come out dense: fewer entries)
+    x = box_points(rng, lo, hi, 100)
+    full_pre, full_out = affine_view_values(net, x)
+    pre, out = _pruned_forward(prune, x)
+    np.testing.assert_allclose(out, full_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pre[0], full_pre[0][:, prune.keep[0].numpy()], rtol=1e-12, atol=1e-12)
+    op = net.linear_ops("cpu", torch.float64)[0]
+    idx = torch.tensor([0, 5, 783, 5])
+    want = net.affine_blocks()[0].matrix.toarray()[idx.numpy()]
+    np.testing.assert_array_equal(op.rows(idx).numpy(), want)
