@@ -351,8 +351,8 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     Any lower slope ``alpha in [0, 1]`` of an unstable ReLU gives a valid relaxation, so the
     bound of :func:`crown_linear_lower` is maximised over one ``alpha`` per (item, row, neuron)
     by projected Adam steps. Every iterate is sound; the best bound seen per row is returned,
-    ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; up to rounding, as
-    the neurons dead in every box are dropped from the passes). Stops early at
+    ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; the passes drop the
+    neurons dead in every box, so CROWN's own rows are kept where rounding leaves them higher). Stops early at
     ``deadline``.
     """
     lo, hi = _ibp_iv(network, lower, upper)
@@ -366,7 +366,12 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
         C = C.expand(B, *C.shape)
     x_mid, x_rad = center_radius(lo, hi)
     pre = [(prune.narrow(l.detach(), j), prune.narrow(u.detach(), j)) for j, (l, u) in enumerate(bounds.pre_activation)]
-    return _optimised_rows(C.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+    rows = _optimised_rows(C.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+    if not prune.dropped:
+        return rows
+    # the pruned passes round differently from CROWN's own: keep CROWN's rows where they are higher,
+    # so that the result is never below crown_linear_lower's, exactly
+    return torch.maximum(rows, crown_linear_lower(network, lower, upper, C, bounds)[0])
 
 
 def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline):
