@@ -196,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                         "share of the time left (0 to 1; 0 is off); the default, auto, is 0.8 on networks with at "
                         "most 1024 inputs and 2048 ReLUs, with a timeout of 60 s or more (or none), and off "
                         "otherwise; such bounds rest on HiGHS's tolerances, and the verdict says so")
+    v.add_argument("--refine-method", choices=("split", "milp"), default=None,
+                   help="how the refinement proves each neuron's bounds: activation splitting (beta-CROWN on the "
+                        "layers before it; CROWN's padded float64 arithmetic) or a MILP in HiGHS (its tolerances)")
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
@@ -276,6 +279,8 @@ def _parser() -> argparse.ArgumentParser:
                         "time) in this share of each item's time left before activation splitting (0: off; the "
                         "default, auto, is 0.8 on networks with at most 1024 inputs and 2048 ReLUs in items of 60 s "
                         "or more)")
+    r.add_argument("--refine-method", choices=("split", "milp"), default=None,
+                   help="as for verify: the refinement's per-neuron proofs, activation splitting or MILP")
 
     ra = sub.add_parser("radius", help="certified robustness radii (L-inf, L1, L2) of a dataset, into a resumable JSONL file")
     ra.add_argument("--model", required=True, help="the network (.onnx)")
@@ -336,7 +341,8 @@ def _cmd_run(args) -> int:
 
     from .verify import VerifyConfig
 
-    config = VerifyConfig(device=args.device, milp_refine_share=args.milp_refine)
+    config = VerifyConfig(device=args.device, milp_refine_share=args.milp_refine,
+                          **({} if args.refine_method is None else {"refine_method": args.refine_method}))
     dataset_mode = args.model is not None or args.data is not None or args.eps is not None
     if dataset_mode:
         if args.instances is not None:
@@ -448,7 +454,8 @@ def _cmd_verify(args, start_time: float) -> int:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
-                          milp_refine_share=args.milp_refine, **bab)
+                          milp_refine_share=args.milp_refine, **bab,
+                          **({} if args.refine_method is None else {"refine_method": args.refine_method}))
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:

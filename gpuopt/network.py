@@ -33,7 +33,7 @@ from .regions import _real_array
 __all__ = [
     "Dense", "Conv2d", "ConvTranspose2d", "ReLU", "Flatten", "Reshape", "ElementwiseAffine", "MaxPool2d",
     "AvgPool2d", "Add", "Concat", "Pad", "Slice", "Gather", "Transpose", "Layer", "AffineBlock", "LinearOp",
-    "Network", "from_torch",
+    "Network", "BlockChain", "from_torch",
 ]
 
 
@@ -130,6 +130,57 @@ class LinearOp:
         lead = A.shape[:-1]
         flat = A.reshape(-1, A.shape[-1])
         return (self.sparse_t @ flat.T).T.reshape(*lead, self.shape[1])
+
+
+
+class BlockChain:
+    """A network given by its affine blocks alone, ``blocks[0], act, blocks[1], ..., act,
+    blocks[-1]`` (``act``: ReLU, except on a block's ``passthrough`` coordinates): the view that
+    the bounds and activation splitting take of a :class:`Network`. :meth:`Network.prefix` gives
+    the sub-network from the input to one hidden layer's pre-activations."""
+
+    def __init__(self, blocks: Sequence[AffineBlock]):
+        if not blocks:
+            raise InvalidInputError("a block chain needs at least one affine block")
+        for i in range(1, len(blocks)):
+            if blocks[i].matrix.shape[1] != blocks[i - 1].matrix.shape[0]:
+                raise InvalidInputError(f"block {i} takes {blocks[i].matrix.shape[1]} inputs, but block {i - 1} "
+                                        f"gives {blocks[i - 1].matrix.shape[0]}")
+        self._blocks = tuple(blocks)
+        self._ops = {}
+
+    @property
+    def input_size(self) -> int:
+        return int(self._blocks[0].matrix.shape[1])
+
+    @property
+    def output_size(self) -> int:
+        return int(self._blocks[-1].matrix.shape[0])
+
+    @property
+    def n_relus(self) -> int:
+        return sum(int(b.matrix.shape[0]) for b in self._blocks[:-1])
+
+    def affine_blocks(self) -> list[AffineBlock]:
+        return list(self._blocks)
+
+    def linear_ops(self, device, dtype) -> list[LinearOp]:
+        """The blocks as :class:`LinearOp` on ``device`` in ``dtype`` (cached)."""
+        key = (str(device), dtype)
+        if key not in self._ops:
+            self._ops[key] = [LinearOp(b.matrix, b.bias, device, dtype, b.passthrough) for b in self._blocks]
+        return self._ops[key]
+
+    def forward64(self, x) -> np.ndarray:
+        """The chain in float64 on a batch ``(B, n_in)``; returns ``(B, n_out)``."""
+        h = np.array(x, dtype=np.float64).reshape(-1, self.input_size)
+        for i, b in enumerate(self._blocks):
+            z = (b.matrix @ h.T).T + b.bias
+            if i == len(self._blocks) - 1:
+                return z
+            h = np.maximum(z, 0.0) if b.passthrough is None else np.where(np.asarray(b.passthrough, bool), z,
+                                                                            np.maximum(z, 0.0))
+        return h
 
 
 class Network:
@@ -313,6 +364,14 @@ class Network:
             self._param_cache[key] = [LinearOp(b.matrix, b.bias, device, dtype, b.passthrough)
                                       for b in self.affine_blocks()]
         return self._param_cache[key]
+
+    def prefix(self, k: int) -> BlockChain:
+        """The sub-network from the input to the pre-activations ``z_k`` of ReLU layer ``k``
+        (the affine blocks ``0..k``, the activations between them), as a :class:`BlockChain`."""
+        blocks = self.affine_blocks()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(blocks) - 1:
+            raise InvalidInputError(f"`k` must be a ReLU layer index in [0, {len(blocks) - 2}], got {k!r}")
+        return BlockChain(blocks[:int(k) + 1])
 
     def affine_blocks(self) -> list[AffineBlock]:
         """The network as ``A_0, act, A_1, ..., act, A_L`` on flattened vectors (float64), built

@@ -132,6 +132,7 @@ class VerifyConfig:
     milp_refine_share: float | None = None
     milp_refine_neuron_time: float = 1.0
     milp_refine_probe_share: float = 0.1
+    refine_method: str = "split"
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
 
@@ -161,6 +162,10 @@ class VerifyConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InvalidInputError(f"`{name}` must be a number in [0, 1], got {v!r}")
+        from .bounds.milp_refine import PROVERS
+
+        if self.refine_method not in PROVERS:
+            raise InvalidInputError(f"`refine_method` must be one of {', '.join(PROVERS)}, got {self.refine_method!r}")
         v = self.milp_refine_neuron_time
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise InvalidInputError(f"`milp_refine_neuron_time` must be a positive number of seconds, got {v!r}")

@@ -49,6 +49,7 @@ the deadline is safe.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -92,7 +93,8 @@ REBOUND_SHARE = 0.05
 @dataclass(frozen=True)
 class MilpRefinement:
     """The result of :func:`milp_refine`: ``pre`` (one ``(lower, upper)`` numpy pair per hidden
-    layer, never looser than the input), the MILPs solved, the neurons made stable, those whose
+    layer, never looser than the input), the per-neuron proofs run (``milps``: MILPs, or
+    searches with ``method="split"``), the neurons made stable, those whose
     bounds only narrowed, the unstable count per layer before and after, the time taken, and the
     passes made (see :func:`milp_refine`)."""
 
@@ -104,6 +106,13 @@ class MilpRefinement:
     unstable_after: tuple
     seconds: float
     passes: int = 1
+    method: str = "milp"
+
+    @property
+    def on_solver_tolerances(self) -> bool:
+        """Whether the bounds may rest on HiGHS's tolerances: MILPs were solved (activation
+        splitting's bounds and the re-bounds are CROWN's padded float64 arithmetic)."""
+        return self.method == "milp" and self.milps > 0
 
 
 def _unstable(pre, blocks) -> tuple:
@@ -243,8 +252,95 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
     return milps, finished == 2 or not (l[j] < 0 < u[j])
 
 
+
+def _milp_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
+    """Layer ``k``'s per-neuron prover by MILP (:func:`_refine_neuron`), on the live prefix of the
+    layers before it (built once per layer)."""
+    prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
+    row_matrix = blocks[k].matrix if keep is None else blocks[k].matrix[:, keep]
+
+    def prove(j, l, u, *, neuron_time, left, deadline, witnessed):
+        return _refine_neuron(blocks, k, j, prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper, config=config,
+                              neuron_time=neuron_time, left=left, deadline=deadline, witnessed=witnessed)
+
+    return prove
+
+
+def _split_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
+    """Layer ``k``'s per-neuron prover by activation splitting (:func:`_split_neuron`) on the
+    sub-network up to ``z_k`` (built once per layer)."""
+    import torch
+
+    from ..bounds.base import Bounds
+    from ..network import BlockChain
+
+    chain = BlockChain(blocks[:k + 1])
+    lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(-1))
+    hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(-1))
+    before = tuple((torch.tensor(l[None]), torch.tensor(u[None])) for l, u in pre[:k])
+
+    def prove(j, l, u, *, neuron_time, left, deadline, witnessed):
+        prior = Bounds(before, (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
+        return _split_neuron(chain, j, prior, lo, hi, l, u, neuron_time=neuron_time, left=left, witnessed=witnessed)
+
+    return prove
+
+
+#: activation splitting's settings for one neuron's bound (no leaves are handed on)
+SPLIT_NEURON_CONFIG = dict(handoff=0)
+
+
+def _split_neuron(chain, j: int, prior, lo, hi, l, u, *, neuron_time: float, left,
+                  witnessed: tuple[bool, bool] = (False, False)) -> tuple[int, bool]:
+    """Refine ``l[j]``, ``u[j]`` of the last layer of ``chain`` in place by activation splitting
+    (:func:`gpuopt.relu_split.relu_split`, beta-CROWN), as :func:`_refine_neuron` does by MILP:
+    the disjunct ``{z : z_j >= 0}`` (rows ``-z_j``) is closed on the box iff ``z_j < 0`` there
+    (``u := 0``), and ``{z : z_j <= 0}`` (rows ``z_j``) iff ``z_j > 0`` (``l := 0``). A search
+    that runs out of its ``neuron_time`` still bounds the row below on every domain, the closed
+    ones above 0: ``min_x s z_j >= min(worst, 0)`` for its worst open bound, so ``u := min(u,
+    -worst)`` (``l := max(l, worst)``). These bounds are CROWN's float64 arithmetic with its
+    rounding pads (``prior``: sound bounds of the layers before), not a solver's tolerances.
+    Returns the searches run and whether the neuron is settled (stable, or both sides ended
+    within their time)."""
+    from ..relu_split import ReluSplitConfig, relu_split
+
+    searches, finished = 0, 0
+    for sign in ((-1.0, 1.0) if u[j] <= -l[j] else (1.0, -1.0)):
+        if left() <= 0 or not (l[j] < 0 < u[j]):
+            break
+        if witnessed[0 if sign > 0 else 1]:  # a point with z_j < 0 (resp. > 0): this side cannot be proven
+            finished += 1
+            continue
+        C = np.zeros((1, chain.output_size))
+        C[0, j] = sign
+        searches += 1
+        res = relu_split(chain, lo, hi, [(C, np.zeros(1), None)], prior,
+                         deadline=time.monotonic() + min(neuron_time, max(left(), 0.0)),
+                         config=ReluSplitConfig(**SPLIT_NEURON_CONFIG))
+        if res.status == "unsat":
+            if sign < 0:
+                u[j] = min(u[j], 0.0)
+            else:
+                l[j] = max(l[j], 0.0)
+            return searches, True
+        finished += res.status != "timeout"
+        if not math.isfinite(res.worst_bound):
+            continue
+        value = sign * min(res.worst_bound, 0.0)  # the new upper (sign -1) or lower (sign +1) bound of z_j
+        if not l[j] <= value <= u[j]:
+            continue
+        if sign < 0:
+            u[j] = value
+        else:
+            l[j] = value
+    return searches, finished == 2 or not (l[j] < 0 < u[j])
+
+
+#: the per-neuron provers of the refinement, by name (:func:`milp_refine`'s ``method``)
+PROVERS = {"milp": _milp_prover, "split": _split_prover}
+
 def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
-                 deadline, rebound=None, witness=None, witness_ops=None) -> tuple[int, bool]:
+                 deadline, rebound=None, witness=None, witness_ops=None, prover=_milp_prover) -> tuple[int, bool]:
     """One pass over ``layers`` (the neurons not ``settled``, a set of ``(k, j)`` it adds to); returns
     the MILPs solved and whether any bound narrowed by :data:`STALL_GAIN` of its width. ``witness``:
     a dict ``k -> (below, above)`` over layer ``k``'s neurons, filled by :func:`_witnesses` on a
@@ -280,16 +376,12 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
         def layer_left(layer_end=layer_end) -> float:
             return np.inf if layer_end is None else layer_end - time.monotonic()
 
-        prefix, prefix_pre, keep = _live_prefix(blocks, pre, k)
-        row_matrix = blocks[k].matrix if keep is None else blocks[k].matrix[:, keep]
-
+        prove = prover(blocks, pre, k, x_lower, x_upper, config)
         seen = witness.get(k) if witness is not None else None
 
-        def one(j, k=k, l=l, u=u, prefix=prefix, prefix_pre=prefix_pre, row_matrix=row_matrix, end=layer_end,
-                layer_left=layer_left, seen=seen):
-            return _refine_neuron(blocks, k, int(j), prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper,
-                                  config=config, neuron_time=neuron_time, left=layer_left, deadline=end,
-                                  witnessed=(False, False) if seen is None else (bool(seen[0][j]), bool(seen[1][j])))
+        def one(j, l=l, u=u, end=layer_end, layer_left=layer_left, seen=seen, prove=prove):
+            return prove(int(j), l, u, neuron_time=neuron_time, left=layer_left, deadline=end,
+                         witnessed=(False, False) if seen is None else (bool(seen[0][j]), bool(seen[1][j])))
 
         chunk, stalled = max(STALL_CHUNK, int(parallel)), False
         l_before, u_before = l.copy(), u.copy()
@@ -332,9 +424,11 @@ def _intersect_after(pre, k: int, new) -> None:
 
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
                 config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1,
-                rebound=None, witnesses: bool = True) -> MilpRefinement:
+                rebound=None, witnesses: bool = True, method: str = "milp") -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
-    ``[x_lower, x_upper]`` (see the module docstring), each MILP for at most ``neuron_time``
+    ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
+    (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_neuron`),
+    each for at most ``neuron_time``
     seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
     over the layers still to refine, nearest-to-stable neurons first). A pass that leaves time goes
     on with another over the neurons whose MILPs ran out of time (up to :data:`MAX_PASSES`, each
@@ -344,9 +438,15 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     up to where the deadline cuts). ``rebound(pre, k)``: bounds of every layer that hold on the box,
     computed from ``pre`` after layer ``k`` was refined (see the module docstring); it is called
     only while time is left and must keep to ``deadline`` itself. ``witnesses``: search for points on
-    each side of every unstable neuron first and skip the MILPs they rule out (module docstring)."""
+    each side of every unstable neuron first and skip the MILPs they rule out (module docstring).
+    Activation splitting runs one neuron at a time (``parallel`` applies to MILPs; torch's own
+    threads serve the splitting)."""
     if not 1 <= int(parallel) <= 1024:
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
+    if method not in PROVERS:
+        raise InvalidInputError(f"`method` must be one of {', '.join(PROVERS)}, got {method!r}")
+    if method != "milp":
+        parallel = 1
     t0 = time.monotonic()
     config = replace(config, **REFINE_SOLVER)
     start = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
@@ -373,7 +473,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
             n, moved = _refine_pass(blocks, pre, range(max(1, first_layer), len(pre)), x_lower, x_upper, settled,
                                     config=config, neuron_time=neuron_time * 2 ** passes, parallel=parallel, pool=pool,
                                     left=left, deadline=deadline, rebound=rebound, witness=witness,
-                                    witness_ops=witness_ops)
+                                    witness_ops=witness_ops, prover=PROVERS[method])
             if not n:
                 break  # nothing left to try
             milps += n
@@ -389,7 +489,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     tightened = sum(int((n & ((l > l0) | (u < u0))).sum()) for n, (l0, u0), (l, u) in zip(now_open, start, pre))
     return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
                           unstable_before=_unstable(start, blocks), unstable_after=_unstable(pre, blocks),
-                          seconds=time.monotonic() - t0, passes=passes)
+                          seconds=time.monotonic() - t0, passes=passes, method=method)
 
 
 def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, deadline: float | None = None):

@@ -588,7 +588,7 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
             continue
         specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
                                                  mb[1], config.solver, config.milp_refine_neuron_time,
-                                                 config.alpha_steps, share / len(problems)),
+                                                 config.alpha_steps, share / len(problems), config.refine_method),
                               f"milp_refine p{i}", {"problem": i}))
     return specs
 
@@ -603,6 +603,8 @@ def _merge_tightening(item: ItemState, spec: TaskSpec, value: dict, stage: str, 
 
 def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
     _merge_tightening(item, spec, value, "milp_refine", ("milps", "stabilised", "tightened"))
+    notes = item.stage_notes["milp_refine"]
+    notes["on_tolerances"] = bool(notes.get("on_tolerances")) or bool(value.get("on_tolerances", True))
 
 
 def finish_milp_refine(item: ItemState) -> str:
@@ -612,6 +614,9 @@ def finish_milp_refine(item: ItemState) -> str:
 #: the note an ``unsat`` verdict gets when it may rest on MILP-refined intermediate bounds
 REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable, {tightened} more "
                 "narrowed), which rest on HiGHS's tolerances within its margin")
+#: the note when the refinement solved no MILP (activation splitting per neuron: CROWN's padded arithmetic)
+SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting per neuron ({stabilised} neurons made "
+                      "stable, {tightened} more narrowed)")
 
 
 def plan_lp(item: ItemState) -> list[TaskSpec]:
@@ -818,7 +823,8 @@ def finalize(item: ItemState) -> ItemState:
     message = item.verdict.message
     if item.verdict.status is Status.UNSAT and (refined.get("stabilised") or refined.get("tightened")) \
             and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
-        message += REFINED_NOTE.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
+        note = REFINED_NOTE if refined.get("on_tolerances", True) else SPLIT_REFINED_NOTE
+        message += note.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
     item.verdict = replace(item.verdict, message=message, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item

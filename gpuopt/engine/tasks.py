@@ -207,12 +207,14 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
 
 
 def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neuron_time: float, alpha_steps: int,
-                     share: float, budget: float, submitted: float) -> dict:
+                     share: float, method: str, budget: float, submitted: float) -> dict:
     """MILP refinement of one problem's intermediate bounds (:func:`gpuopt.bounds.milp_refine.milp_refine`)
     for ``share`` of ``budget``, each neuron's MILP for at most ``neuron_time`` seconds, as many MILPs at
     once as this process has torch threads (1 in a pool worker; ``gpuopt verify --threads``); after each
     layer, the layers after it are re-bounded by CROWN and alpha-CROWN (``alpha_steps``) from the refined
-    bounds. Returns the refined ``pre`` and counts; the bounds rest on HiGHS's tolerances (see that module)."""
+    bounds. ``method``: the per-neuron proofs, ``"milp"`` or ``"split"`` (activation splitting). Returns
+    the refined ``pre``, counts, and ``on_tolerances``: whether the bounds may rest on HiGHS's
+    tolerances (MILPs were solved; see that module)."""
     start = time.time()
     _setup()
     import torch
@@ -225,9 +227,9 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
     deadline = _task_deadline(budget * share, submitted)
     rebound = alpha_crown_rebound(net, box.lower, box.upper, out_bounds, steps=alpha_steps, deadline=deadline)
     res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=deadline, neuron_time=neuron_time,
-                      config=solver_config, parallel=torch.get_num_threads(), rebound=rebound)
+                      config=solver_config, parallel=torch.get_num_threads(), rebound=rebound, method=method)
     return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
-            "start": start, "end": time.time()}
+            "on_tolerances": res.on_solver_tolerances, "method": method, "start": start, "end": time.time()}
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
