@@ -191,14 +191,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="add only these valid inequalities (comma-separated: ideal, implication)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
-    v.add_argument("--milp-refine", type=_refine_share, default=None, metavar="SHARE",
-                   help="before activation splitting, refine the intermediate bounds by per-neuron MILPs in this "
+    v.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,
+                   metavar="SHARE",
+                   help="before activation splitting, refine the intermediate bounds by per-neuron proofs in this "
                         "share of the time left (0 to 1; 0 is off); the default, auto, is 0.8 on networks with at "
                         "most 1024 inputs and 2048 ReLUs, with a timeout of 60 s or more (or none), and off "
-                        "otherwise; such bounds rest on HiGHS's tolerances, and the verdict says so")
+                        "otherwise")
     v.add_argument("--refine-method", choices=("split", "milp"), default=None,
-                   help="how the refinement proves each neuron's bounds: activation splitting (beta-CROWN on the "
-                        "layers before it; CROWN's padded float64 arithmetic) or a MILP in HiGHS (its tolerances)")
+                   help="how the refinement proves each neuron's bounds: split (the default; activation splitting "
+                        "on the layers before the neuron, in CROWN's padded float64 arithmetic) or milp (a MILP in "
+                        "HiGHS, whose bounds rest on its tolerances; the verdict says so)")
     v.add_argument("--handoff", type=_handoff, default=None,
                    help="activation splitting hands a disjunct left with at most N open domains to one MILP per "
                         "domain (default 32; 0: never, the MILP then takes the whole disjunct)")
@@ -274,8 +276,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset mode: divide the features by this (255 for 0..255 pixels)")
     r.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="dataset mode: valid input range (default 0 1)")
-    r.add_argument("--milp-refine", type=_refine_share, default=None, metavar="SHARE",
-                   help="as for verify: refine the intermediate bounds by per-neuron MILPs (in a worker, one at a "
+    r.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,
+                   metavar="SHARE",
+                   help="as for verify: refine the intermediate bounds by per-neuron proofs (in a worker, one at a "
                         "time) in this share of each item's time left before activation splitting (0: off; the "
                         "default, auto, is 0.8 on networks with at most 1024 inputs and 2048 ReLUs in items of 60 s "
                         "or more)")

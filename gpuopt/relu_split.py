@@ -376,9 +376,9 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             closed = bnd > 0
             note_closed(bnd, unsplittable.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
-            if found is None and problem is not None:
+            if found is None:
                 # the network is affine on such a domain: its LP is exact; a safe bound above 0
-                # closes it, and the LP's minimiser is checked as a counterexample
+                # closes it, and the LP's minimiser is checked as a counterexample (with a problem)
                 for i in torch.nonzero(~closed).flatten().tolist():
                     if deadline is not None and time.monotonic() > deadline:
                         break
@@ -458,7 +458,8 @@ def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline)
     (a split neuron's bounds hold its sign: ``l >= 0`` active, ``u <= 0`` inactive), minimising
     ``max_i (C f(x) - d)_i`` (:func:`gpuopt.milp.encode.encode`, relaxed; exact when no neuron is
     unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0, ``("sat", check)``
-    when the LP's minimiser passes the float64 check against ``problem``, else ``("open", None)``."""
+    when the LP's minimiser passes the float64 check against ``problem`` (``None``: no check), else
+    ``("open", None)``."""
     from .bounds.lp import LpSession
     from .errors import GpuoptError
     from .milp.encode import encode
@@ -491,6 +492,8 @@ def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline)
     bound = session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)
     if bound > 0:
         return "closed", bound
+    if problem is None:
+        return "open", None
     sol = session.h.getSolution()
     if not sol.value_valid:
         return "open", None

@@ -552,7 +552,7 @@ def test_branching_option_reaches_activation_splitting(extra, want, tiny, tmp_pa
 
 
 @pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),
-                                         (["--milp-refine", "AUTO"], None)])
+                                         (["--milp-refine", "AUTO"], None), (["--refine", "0.3"], 0.3)])
 def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):
     seen = _capture_config(monkeypatch)
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")

@@ -174,7 +174,7 @@ def test_the_probe_decides_easy_items_before_any_refinement():
                               milp_refine_share=0.5)
         v = verify(net, problem.region, problem.spec, timeout=60, config=config)
         if v.status is Status.UNSAT and v.decided_by == "relu-split" and "relu_split_probe" in v.stage_seconds:
-            assert "milp_refine" not in v.stage_seconds and "refined by" not in v.message
+            assert "refine" not in v.stage_seconds and "refined by" not in v.message
             decided += 1
     assert decided > 0
 
@@ -188,7 +188,7 @@ def test_what_the_probe_leaves_open_is_refined_then_split_again():
                           milp_refine_share=0.5, milp_refine_probe_share=1e-12)
     v = verify(net, problem.region, problem.spec, timeout=60, config=config)
     names = _stage_names(v)
-    assert names.index("relu_split_probe") < names.index("milp_refine") < names.index("relu_split")
+    assert names.index("relu_split_probe") < names.index("refine") < names.index("relu_split")
 
 
 @pytest.mark.parametrize("kwargs", [{"milp_refine_share": -0.1}, {"milp_refine_share": 1.5},
@@ -408,11 +408,11 @@ def test_by_default_a_small_dense_net_that_splitting_leaves_open_is_refined():
     base = dict(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0, milp_refine_probe_share=1e-12)
     v = verify(net, problem.region, problem.spec, timeout=60, config=VerifyConfig(**base))
     names = _stage_names(v)
-    assert names.index("relu_split_probe") < names.index("milp_refine") < names.index("relu_split")
+    assert names.index("relu_split_probe") < names.index("refine") < names.index("relu_split")
     off = verify(net, problem.region, problem.spec, timeout=60, config=VerifyConfig(milp_refine_share=0.0, **base))
-    assert "milp_refine" not in _stage_names(off) and "relu_split_probe" not in _stage_names(off)
+    assert "refine" not in _stage_names(off) and "relu_split_probe" not in _stage_names(off)
     short = verify(net, problem.region, problem.spec, timeout=30, config=VerifyConfig(**base))
-    assert "milp_refine" not in _stage_names(short) and "relu_split_probe" not in _stage_names(short)
+    assert "refine" not in _stage_names(short) and "relu_split_probe" not in _stage_names(short)
 
 
 def test_a_refused_neuron_milp_leaves_its_bounds_and_the_refinement_goes_on(monkeypatch):

@@ -489,7 +489,7 @@ def test_verify_with_default_refinement_on_a_graph_net_agrees_with_enumeration(s
         decided += v.status in (Status.SAT, Status.UNSAT)
         if "relu_split_probe" in names and names[-1] != "relu_split_probe":  # the probe left it open
             at = names.index("relu_split_probe")
-            assert names[at + 1] == "milp_refine", names
+            assert names[at + 1] == "refine", names
             assert "relu_split" in names[at + 2:], names
             refined += 1
     assert decided == 2

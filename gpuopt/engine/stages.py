@@ -23,11 +23,11 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
 4. ``input_split``: input-space branch and bound, for networks with few inputs (sub-boxes it
    cannot close with few unstable ReLUs go to an exact MILP inside the task);
-5. ``relu_split``: activation branch and bound, for the others; with the MILP refinement on
+5. ``relu_split``: activation branch and bound, for the others; with the refinement on
    (``milp_refine_share`` > 0, or by default on small dense nets), first ``relu_split_probe``
-   (activation splitting in a short share of the time) and then ``milp_refine`` (per-neuron
-   MILPs tighten the intermediate bounds of what is left open, :mod:`gpuopt.bounds.milp_refine`),
-   before it;
+   (activation splitting in a short share of the time) and then ``refine`` (per-neuron proofs,
+   by activation splitting on the layers before each neuron or by MILP, ``refine_method``, tighten
+   the intermediate bounds of what is left open, :mod:`gpuopt.bounds.milp_refine`), before it;
 6. ``walk``: Relax-and-Walk on the weakest open disjuncts, for networks input splitting does not take;
 7. ``lp``: LP bound tightening of the unstable neurons, then the LP of each open disjunct (safe
    dual bounds), for the same networks with two or more hidden layers: tighter big-M constants
@@ -589,7 +589,7 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
         specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
                                                  mb[1], config.solver, config.milp_refine_neuron_time,
                                                  config.alpha_steps, share / len(problems), config.refine_method),
-                              f"milp_refine p{i}", {"problem": i}))
+                              f"refine p{i}", {"problem": i}))
     return specs
 
 
@@ -602,8 +602,8 @@ def _merge_tightening(item: ItemState, spec: TaskSpec, value: dict, stage: str, 
 
 
 def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    _merge_tightening(item, spec, value, "milp_refine", ("milps", "stabilised", "tightened"))
-    notes = item.stage_notes["milp_refine"]
+    _merge_tightening(item, spec, value, "refine", ("milps", "stabilised", "tightened"))
+    notes = item.stage_notes["refine"]
     notes["on_tolerances"] = bool(notes.get("on_tolerances")) or bool(value.get("on_tolerances", True))
 
 
@@ -789,7 +789,7 @@ STAGES = (
     Stage("relu_split_probe", "task", plan_relu_split_probe,
           lambda c, it: _refinement_applies(c, it) and c.milp_refine_probe_share > 0,
           partial(merge_relu_split, stage="relu_split_probe"), partial(finish_relu_split, stage="relu_split_probe")),
-    Stage("milp_refine", "task", plan_milp_refine, _refinement_applies, merge_milp_refine, finish_milp_refine),
+    Stage("refine", "task", plan_milp_refine, _refinement_applies, merge_milp_refine, finish_milp_refine),
     Stage("relu_split", "task", plan_relu_split,
           lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
           and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
@@ -819,7 +819,7 @@ def finalize(item: ItemState) -> ItemState:
         note = "no bounds computed" if item.disj_lb is None else f"{closed} of {total} disjuncts proven"
         note += _split_progress(item)
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
-    refined = item.stage_notes.get("milp_refine", {})
+    refined = item.stage_notes.get("refine", {})
     message = item.verdict.message
     if item.verdict.status is Status.UNSAT and (refined.get("stabilised") or refined.get("tightened")) \
             and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):

@@ -1,0 +1,547 @@
+"""Refinement of intermediate bounds by activation splitting per neuron (``milp_refine(...,
+method="split")``, ``VerifyConfig(refine_method="split")``) and the sub-networks it runs on
+(:class:`gpuopt.network.BlockChain`, :meth:`Network.prefix`). Checked here:
+
+* the refined bounds never loosen and contain every sampled pre-activation (dense nets, the
+  adversarial nets of ``test_milp_refine_exact`` and the graph nets of ``test_milp_refine_graph``),
+  and contain the exact range of every neuron (brute force / enumeration);
+* every neuron whose exact range is clearly one-sided is made stable on its side, none whose range
+  crosses 0 is (a neuron 1.5e-4 clear of 0 included: its domains with no unstable neuron left get
+  their exact LP);
+* a deadline mid-refinement leaves sound bounds; the result records its method and says whether it
+  rests on HiGHS's tolerances;
+* ``net.prefix(k).forward64`` equals the block form's ``z_k`` (dense and graph nets), and bad
+  indices or blocks are refused;
+* through ``verify`` the verdicts equal brute force on problems shifted to +-1e-3, and an ``unsat``
+  verdict on split-refined bounds names activation splitting, not HiGHS's tolerances;
+* bad methods are refused by the config, by ``milp_refine`` and by the command line.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from gpuopt import Status, VerifyConfig, verify
+from gpuopt.bounds import ibp, intermediate_bounds
+from gpuopt.bounds.milp_refine import PROVERS, milp_refine
+from gpuopt.errors import InvalidInputError
+from gpuopt.layers import Dense
+from gpuopt.network import AffineBlock, BlockChain, Network
+
+from helpers import (affine_view_values, box_points, one_torch_thread,  # noqa: F401  (autouse fixture)
+                     random_dense_network, shifted_problem, small_robustness_case)
+from test_milp_refine import _case, _exact_range
+from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer, _many_inactive, _net
+from test_milp_refine_exact import _pre as _pre_exact
+from test_milp_refine_graph import (EXACT_CASES, METHODS, NETS, SAMPLE_CASES, _assert_sound_on_points, _box,
+                                    _check_matching, _dag_case, _exact_case, enumerate_exact, net_residual,
+                                    relu_mask, relus_by_level)
+from test_milp_refine_graph import _pre as _pre_graph
+
+
+def _split(net, pre, lo, hi, **kw):
+    kw.setdefault("neuron_time", 5.0)
+    return milp_refine(net.affine_blocks(), pre, lo, hi, method="split", **kw)
+
+
+# ============================================================================ dense nets
+@functools.lru_cache(maxsize=None)
+def _dense_case(seed: int, witnesses: bool = True):
+    """``(net, lo, hi, pre, refinement by splitting)`` of ``test_milp_refine._case(seed)`` (cached:
+    the exactness and binding tests reuse it)."""
+    _, net, lo_x, hi_x, pre = _case(seed)
+    return net, lo_x, hi_x, pre, _split(net, pre, lo_x, hi_x, neuron_time=10.0, witnesses=witnesses)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_refined_bounds_hold_on_samples_and_never_loosen(seed):
+    """20000 samples and the box corners: every pre-activation inside the refined bounds, which are
+    inside the input bounds; the unstable counts are those of the bounds."""
+    rng = np.random.default_rng(1000 + seed)
+    net, lo_x, hi_x, pre, res = _dense_case(seed)
+    assert res.milps > 0 and res.method == "split"
+    assert res.unstable_before == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in pre)
+    x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
+    corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
+    for (l0, u0), (l, u), z in zip(pre, res.pre, affine_view_values(net, np.vstack([x, corners]))[0]):
+        assert np.all(l >= l0) and np.all(u <= u0)
+        assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+    assert res.unstable_after == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in res.pre)
+
+
+def _check_exact(net, lo_x, hi_x, pre, res) -> int:
+    """Every neuron left unstable by ``pre`` whose exact range (brute force, one enumeration per
+    layer) stays 1e-4 clear of 0 is stable on its side in ``res``; none whose range crosses 0 is;
+    every refined bound contains the exact range. Returns the neurons checked."""
+    checked = 0
+    for k in range(1, len(pre)):
+        l0, u0 = pre[k]
+        l, u = res.pre[k]
+        emin, emax = _exact_layer(net, k, lo_x, hi_x)
+        for j in np.flatnonzero((l0 < 0) & (u0 > 0)):
+            low, high = emin[j], emax[j]
+            checked += 1
+            if high < -1e-4:
+                assert u[j] <= 0, (k, j, high, u[j])
+            elif low > 1e-4:
+                assert l[j] >= 0, (k, j, low, l[j])
+            elif low < -1e-9 and high > 1e-9:
+                assert l[j] < 0 < u[j], (k, j, low, high)
+            assert l[j] <= low + 1e-9 and u[j] >= high - 1e-9, (k, j, low, high, l[j], u[j])
+    return checked
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_stabilises_exactly_the_neurons_whose_exact_range_is_one_sided(seed):
+    """Every neuron left unstable by the bounds whose exact range (brute force) stays 1e-4 clear of
+    0 is made stable on its side; none whose range crosses 0 is; every refined bound contains the
+    exact range."""
+    assert _check_exact(*_dense_case(seed)) > 0
+
+
+def test_split_stabilises_something_somewhere():
+    """The test above binds: over its seeds splitting makes some neuron stable that the bounds left
+    unstable (and the counts agree with the bounds)."""
+    made = 0
+    for seed in range(6):
+        res = _dense_case(seed)[-1]
+        assert res.stabilised == sum(a - b for a, b in zip(res.unstable_before, res.unstable_after))
+        made += res.stabilised
+    assert made > 0
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_split_without_witnesses_narrows_crossing_neurons_to_sound_bounds(seed):
+    """Without the witness search every unstable neuron gets its searches: those that cross 0 end
+    open, and their worst open bound narrows the bound (close to the exact range); still every
+    refined bound contains the exact range and the stabilised ones are those above."""
+    net, lo_x, hi_x, pre, res = _dense_case(seed, witnesses=False)
+    assert _check_exact(net, lo_x, hi_x, pre, res) > 0
+    assert res.tightened > 0  # the worst-bound path ran
+    assert res.stabilised == _dense_case(seed)[-1].stabilised
+
+
+@functools.lru_cache(maxsize=None)
+def _near_boundary_case(eps: float = 1.5e-4):
+    """``_case(4)`` with the bias of layer 2's neuron 2 moved so that its exact minimum over the box
+    is ``+eps`` (CROWN's bounds still leave it unstable): ``(net, lo, hi, pre, k, j, exact range,
+    refinement by splitting)``."""
+    _, net, lo_x, hi_x, _ = _case(4)
+    k, j = 2, 2
+    low, _ = _exact_range(net, k, j, lo_x, hi_x)
+    layers = list(net.layers)
+    bias = np.array(layers[2 * k].bias, dtype=np.float64)
+    bias[j] += eps - low
+    layers[2 * k] = Dense(np.array(layers[2 * k].weight), bias)
+    net = Network(layers, net.input_shape)
+    inter = intermediate_bounds(net, torch.tensor(lo_x)[None], torch.tensor(hi_x)[None])
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in inter.pre_activation]
+    exact = _exact_range(net, k, j, lo_x, hi_x)
+    return net, lo_x, hi_x, pre, k, j, exact, _split(net, pre, lo_x, hi_x, neuron_time=10.0)
+
+
+def test_a_neuron_1_5e_4_clear_of_zero_is_refined_soundly():
+    """The near-boundary neuron: its exact minimum is +1.5e-4 and CROWN leaves it unstable; the MILP
+    method makes it active; splitting's bounds contain the exact range and its lower bound comes
+    within 1e-5 of 0 (made stable or not: see the test below)."""
+    net, lo_x, hi_x, pre, k, j, (low, high), res = _near_boundary_case()
+    assert abs(low - 1.5e-4) < 1e-9 and pre[k][0][j] < 0 < pre[k][1][j]
+    assert milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=10.0).pre[k][0][j] >= 0
+    l, u = res.pre[k]
+    assert l[j] <= low + 1e-9 and u[j] >= high - 1e-9, (l[j], u[j], low, high)
+    assert l[j] >= -1e-5, l[j]
+    x = lo_x + (hi_x - lo_x) * np.random.default_rng(0).random((20000, 3))
+    for (lk, uk), z in zip(res.pre, affine_view_values(net, x)[0]):
+        assert np.all(z >= lk - 1e-12) and np.all(z <= uk + 1e-12)
+
+
+def test_split_stabilises_a_neuron_1_5e_4_clear_of_zero():
+    """Splitting makes the near-boundary neuron active, as the MILP method does: a domain with no
+    unstable neuron left gets its exact LP even without a problem to check points against (found
+    while writing these tests: without it that domain's bound stayed at -7.7e-7 after its leaf
+    steps, where the exact minimum is +1.5e-4)."""
+    _, _, _, _, k, j, _, res = _near_boundary_case()
+    assert res.pre[k][0][j] >= 0, res.pre[k][0][j]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_ignores_parallel_and_gives_the_same_bounds(seed, monkeypatch):
+    """``parallel`` applies to MILPs only: with splitting no thread pool is made, and the bounds and
+    counts equal those of ``parallel=1``."""
+    import gpuopt.bounds.milp_refine as mr
+
+    _, net, lo_x, hi_x, pre = _case(seed)
+    one = _split(net, pre, lo_x, hi_x)
+
+    def no_pool(*a, **kw):
+        raise AssertionError("a thread pool was made for activation splitting")
+
+    monkeypatch.setattr(mr, "ThreadPoolExecutor", no_pool)
+    three = _split(net, pre, lo_x, hi_x, parallel=3)
+    assert (one.milps, one.stabilised, one.tightened) == (three.milps, three.stabilised, three.tightened)
+    for (l1, u1), (l3, u3) in zip(one.pre, three.pre):
+        assert np.array_equal(l1, l3) and np.array_equal(u1, u3)
+
+
+# ============================================================================ adversarial nets
+DYADIC = [(0, "ibp"), (1, "ibp"), (2, "ibp"), (3, "crown"), (4, "crown"), (5, "ibp")]
+
+
+@functools.lru_cache(maxsize=None)
+def _dyadic_case(seed: int, kind: str):
+    net, lo, hi = _dyadic(seed, boundary=True)
+    pre = _pre_exact(net, lo, hi, kind)
+    return net, lo, hi, pre, _split(net, pre, lo, hi)
+
+
+@pytest.mark.parametrize("seed, kind", DYADIC)
+def test_split_on_dyadic_nets_with_ranges_touching_zero_is_sound(seed, kind):
+    """Neurons whose exact maximum (minimum) is exactly 0: not made stable the wrong way."""
+    net, lo, hi, pre, res = _dyadic_case(seed, kind)
+    _assert_sound(net, pre, res, lo, hi)
+
+
+def test_the_dyadic_split_tests_bind():
+    """Over those cases splitting moves some bound and makes some neuron stable."""
+    moved = stab = 0
+    for seed, kind in DYADIC:
+        _, _, _, pre, res = _dyadic_case(seed, kind)
+        moved += sum(int(((a != c) | (b != d)).sum()) for (a, b), (c, d) in zip(pre, res.pre))
+        stab += res.stabilised
+    assert moved > 0 and stab > 0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_split_on_nets_with_many_stable_inactive_neurons_is_sound(seed):
+    net, lo, hi = _many_inactive(seed)
+    pre = _pre_exact(net, lo, hi, "ibp")
+    assert any((u <= 0).any() for _, u in pre[:-1])
+    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
+
+
+def test_split_on_a_degenerate_box_is_sound():
+    """An input coordinate fixed (lower == upper)."""
+    net, lo, hi = _dyadic(12, boundary=True)
+    hi = hi.copy()
+    hi[0] = lo[0]
+    pre = _pre_exact(net, lo, hi, "ibp")
+    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_split_on_badly_scaled_weights_is_sound(seed):
+    """Weights 1e-4 next to 1e3, some biases 1e3 (as in ``test_milp_refine_exact``)."""
+    rng = np.random.default_rng(200 + seed)
+    dims = [2, 6, 6, 1]
+    ws = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        W = rng.normal(size=(b, a)) / np.sqrt(a)
+        W *= np.where(rng.random((b, a)) < 0.3, 1e-4, 1.0) * np.where(rng.random((b, a)) < 0.2, 1e3, 1.0)
+        ws.append([W, 0.5 * rng.normal(size=b) * np.where(rng.random(b) < 0.3, 1e3, 1.0)])
+    net = _net(ws)
+    c = rng.normal(size=2)
+    lo, hi = c - 0.5, c + 0.5
+    pre = _pre_exact(net, lo, hi, "ibp")
+    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
+
+
+# ============================================================================ graph nets
+@pytest.mark.parametrize("case, method", [(1, "ibp"), (3, "ibp"), (6, "ibp"), (7, "crown")])
+def test_split_refined_bounds_hold_on_samples_of_graph_nets(case, method):
+    """Residual, branch, concat and deep-skip nets (``test_milp_refine_graph.SAMPLE_CASES``): sound
+    on samples, corners and vertices; the passthrough (carried) coordinates untouched."""
+    kind, size, radius = SAMPLE_CASES[case]
+    rng = np.random.default_rng(100 + case)
+    net = NETS[kind](rng, **size)
+    lo, hi = _box(rng, net.input_size, radius)
+    pre = _pre_graph(net, lo, hi, METHODS[method])
+    res = _split(net, pre, lo, hi, neuron_time=1.0)
+    assert not net.is_chain and any(b.passthrough is not None for b in net.affine_blocks()[:-1])
+    assert res.milps > 0
+    x = box_points(np.random.default_rng(case), lo, hi, 6000, max_corner_dim=8, n_random_vertices=300)
+    assert _assert_sound_on_points(net, pre, res, x, _check_matching(net, x)) > 0
+
+
+@functools.lru_cache(maxsize=None)
+def _graph_exact_case(kind: str, seed: int):
+    net, lo, hi = _exact_case(kind, seed)
+    pre = _pre_graph(net, lo, hi, ibp)
+    return net, lo, hi, pre, _split(net, pre, lo, hi, neuron_time=10.0)
+
+
+@pytest.mark.parametrize("kind, seed", EXACT_CASES)
+def test_split_refined_bounds_contain_the_exact_ranges_of_graph_nets(kind, seed):
+    """Every refined bound of a ReLU coordinate contains its exact range (enumeration); one whose
+    range is 1e-4 clear of 0 is made stable on that side, one whose range crosses 0 by 1e-6 is not."""
+    net, lo, hi, pre, res = _graph_exact_case(kind, seed)
+    blocks = net.affine_blocks()
+    ranges, _ = enumerate_exact(net, lo, hi)
+    by = relus_by_level(net)
+    x = box_points(np.random.default_rng(seed), lo, hi, 2000)
+    _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
+    checked = 0
+    for k in range(len(pre)):
+        keep = relu_mask(blocks[k], pre[k][0].size)
+        mn = np.concatenate([ranges[i][0] for i in by[k + 1]])
+        mx = np.concatenate([ranges[i][1] for i in by[k + 1]])
+        (l0, u0), (l, u) = pre[k], res.pre[k]
+        l0, u0, l, u = l0[keep], u0[keep], l[keep], u[keep]
+        tol = 1e-9 * np.maximum(1.0, np.maximum(np.abs(l0), np.abs(u0)))
+        assert np.all(l <= mn + tol), (k, l, mn)
+        assert np.all(u >= mx - tol), (k, u, mx)
+        if k >= 1:
+            assert np.all(u[mx < -1e-4] <= 0), (k, u, mx)
+            assert np.all(l[mn > 1e-4] >= 0), (k, l, mn)
+            crosses = (mn < -1e-6) & (mx > 1e-6)
+            assert np.all((l[crosses] < 0) & (u[crosses] > 0))
+        checked += l.size
+    assert checked == net.n_relus
+
+
+def test_the_graph_exact_range_split_tests_bind():
+    """Over those cases splitting makes some coordinate stable that IBP left unstable."""
+    stabilised = 0
+    for kind, seed in EXACT_CASES:
+        stabilised += _graph_exact_case(kind, seed)[-1].stabilised
+    assert stabilised >= 5, stabilised
+
+
+def test_split_on_random_dags_is_sound():
+    """12 random DAGs with 2+ hidden levels (some input coordinates fixed), IBP or CROWN bounds,
+    each refinement cut off after 1.5 s (searches of 0.3 s, doubling per pass)."""
+    nets = searches = changed = 0
+    for seed in range(200):
+        rng, net, lo, hi = _dag_case(seed)
+        if len(net.affine_blocks()) < 3:
+            continue
+        pre = _pre_graph(net, lo, hi, ibp if seed % 2 else intermediate_bounds)
+        res = _split(net, pre, lo, hi, neuron_time=0.3, deadline=time.monotonic() + 1.5)
+        x = box_points(rng, lo, hi, 2000, n_random_vertices=100)
+        _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
+        nets += 1
+        searches += res.milps
+        changed += res.stabilised + res.tightened
+        if nets == 12:
+            break
+    assert nets == 12 and searches > 10 and changed > 0, (nets, searches, changed)
+
+
+# ============================================================================ result, deadline
+def test_only_milps_rest_on_solver_tolerances():
+    """``on_solver_tolerances`` is True after MILPs were solved, False for splitting (even with
+    searches run) and for a MILP refinement that solved none; ``method`` is recorded."""
+    _, net, lo_x, hi_x, pre = _case(0)
+    split = _split(net, pre, lo_x, hi_x)
+    milp = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0)
+    none = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() - 1.0)
+    assert split.method == "split" and split.milps > 0 and split.on_solver_tolerances is False
+    assert milp.method == "milp" and milp.milps > 0 and milp.on_solver_tolerances is True
+    assert none.method == "milp" and none.milps == 0 and none.on_solver_tolerances is False
+    assert set(PROVERS) == {"milp", "split"}
+
+
+def test_split_stops_at_a_past_deadline_with_the_input_bounds():
+    _, net, lo_x, hi_x, pre = _case(1)
+    res = _split(net, pre, lo_x, hi_x, deadline=time.monotonic() - 1.0)
+    assert res.milps == 0 and res.method == "split"
+    for (l0, u0), (l, u) in zip(pre, res.pre):
+        assert np.array_equal(l0, l) and np.array_equal(u0, u)
+
+
+@pytest.mark.parametrize("seconds", [0.02, 0.1, 0.5])
+def test_a_deadline_mid_split_refinement_leaves_sound_bounds(seconds):
+    """Cut off part-way on a residual net (some layers refined, searches interrupted): still sound,
+    and the refinement ends soon after the deadline."""
+    rng = np.random.default_rng(11)
+    net = net_residual(rng, n=12, w=12)
+    lo, hi = _box(rng, net.input_size, 0.8)
+    pre = _pre_graph(net, lo, hi, ibp)
+    res = _split(net, pre, lo, hi, deadline=time.monotonic() + seconds, neuron_time=0.05)
+    assert res.seconds < seconds + 5.0
+    x = box_points(rng, lo, hi, 5000, n_random_vertices=300)
+    _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
+
+
+# ============================================================================ BlockChain, Network.prefix
+def _dense_net():
+    return random_dense_network(np.random.default_rng(5), 4, [7, 6, 5], 3)
+
+
+def _graph_net():
+    return net_residual(np.random.default_rng(3), n=6, w=8)
+
+
+@pytest.mark.parametrize("make", [_dense_net, _graph_net])
+def test_prefix_forward_equals_the_pre_activations(make):
+    """``net.prefix(k).forward64(x)`` is the block form's ``z_k`` (``helpers.affine_view_values``,
+    ReLU off on passthrough coordinates), for every hidden layer ``k``; sizes agree."""
+    net = make()
+    blocks = net.affine_blocks()
+    x = np.random.default_rng(0).normal(size=(300, net.input_size)) * 2.0
+    zs, _ = affine_view_values(net, x)
+    assert len(zs) == len(blocks) - 1
+    if make is _graph_net:
+        assert any(b.passthrough is not None and np.any(b.passthrough) for b in blocks[:-1])
+    for k, z in enumerate(zs):
+        chain = net.prefix(k)
+        assert isinstance(chain, BlockChain) and len(chain.affine_blocks()) == k + 1
+        assert chain.input_size == net.input_size and chain.output_size == z.shape[1]
+        assert chain.n_relus == sum(b.matrix.shape[0] for b in blocks[:k])
+        np.testing.assert_allclose(chain.forward64(x), z, rtol=0, atol=1e-12 * max(1.0, np.abs(z).max()))
+    whole = BlockChain(blocks)
+    np.testing.assert_allclose(whole.forward64(x), net.forward64(x), rtol=0, atol=1e-10)
+    chain = net.prefix(len(zs) - 1)
+    ops = chain.linear_ops("cpu", torch.float64)
+    assert len(ops) == len(zs) and chain.linear_ops("cpu", torch.float64) is ops  # cached
+    for op, blk in zip(ops, blocks):
+        assert op.shape == blk.matrix.shape
+        assert (op.passthrough is None) == (blk.passthrough is None)
+
+
+@pytest.mark.parametrize("k", [-1, 3, 4, True, False, 1.0, "0", None])
+def test_prefix_refuses_an_index_outside_the_hidden_layers(k):
+    """The dense net has hidden layers 0..2: -1, 3 (the output block), bools, floats and strings
+    are refused."""
+    with pytest.raises(InvalidInputError, match="`k`"):
+        _dense_net().prefix(k)
+
+
+def test_prefix_accepts_numpy_integers():
+    net = _dense_net()
+    assert net.prefix(np.int64(2)).output_size == net.prefix(2).output_size == 5
+
+
+def test_block_chain_refuses_no_blocks_and_mismatched_shapes():
+    a = AffineBlock(sp.csr_matrix(np.ones((3, 2))), np.zeros(3))
+    b = AffineBlock(sp.csr_matrix(np.ones((4, 3))), np.zeros(4))
+    with pytest.raises(InvalidInputError, match="at least one"):
+        BlockChain([])
+    with pytest.raises(InvalidInputError, match="block 1"):
+        BlockChain([a, a])
+    with pytest.raises(InvalidInputError, match="block 2"):
+        BlockChain([a, b, a])
+    chain = BlockChain([a, b])
+    assert (chain.input_size, chain.output_size, chain.n_relus) == (2, 4, 3)
+    assert np.array_equal(chain.forward64(np.array([[1.0, -2.0]])), np.zeros((1, 4)))  # relu(-1) = 0
+
+
+# ============================================================================ through verify
+SPLIT_CONFIG = dict(use_input_split=False, use_attack=False, milp_refine_share=0.5, milp_refine_probe_share=0.0,
+                    refine_method="split")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("delta", [1e-3, -1e-3])
+def test_pipeline_with_split_refinement_agrees_with_brute_force(seed, delta):
+    """Exact minimum margin moved to +1e-3 (never sat) or -1e-3 (never unsat), with the refinement
+    by splitting on (no probe first); no verdict mentions a MILP refinement."""
+    net, region, spec = small_robustness_case(seed)
+    problem, _ = shifted_problem(net, region, spec, seed, delta)
+    v = verify(net, problem.region, problem.spec, timeout=60, config=VerifyConfig(**SPLIT_CONFIG))
+    assert v.status is (Status.UNSAT if delta > 0 else Status.SAT) or v.status in (Status.UNKNOWN, Status.TIMEOUT), v
+    assert "refined by MILP" not in v.message
+
+
+def test_an_unsat_verdict_on_split_refined_bounds_says_so():
+    """A property proven after the split refinement moved some bound names activation splitting per
+    neuron, and never HiGHS's tolerances for the refinement."""
+    said = 0
+    for seed in range(8):
+        net, region, spec = small_robustness_case(seed)
+        problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
+        config = VerifyConfig(**{**SPLIT_CONFIG, "use_crown": False, "alpha_steps": 0})
+        v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+        assert "refined by MILP" not in v.message, v.message
+        if v.status is Status.UNSAT and v.decided_by not in ("ibp", "crown", "alpha-crown"):
+            if "refined by activation splitting per neuron" in v.message:
+                assert "refine" in v.stage_seconds
+                if v.decided_by == "relu-split":
+                    assert "HiGHS's tolerances" not in v.message, v.message
+                said += 1
+    assert said > 0
+
+
+# ============================================================================ refused settings
+@pytest.mark.parametrize("bad", ["lp", "MILP", "", None, 1])
+def test_a_bad_refine_method_is_refused_by_the_config(bad):
+    with pytest.raises(InvalidInputError, match="refine_method"):
+        VerifyConfig(refine_method=bad)
+
+
+def test_the_config_takes_split_and_milp():
+    """Splitting is the pipeline's default; the MILP method can be chosen."""
+    assert VerifyConfig().refine_method == "split"
+    assert VerifyConfig(refine_method="milp").refine_method == "milp"
+
+
+@pytest.mark.parametrize("bad", ["nope", "SPLIT", "lp"])
+def test_a_bad_method_is_refused_by_milp_refine(bad):
+    _, net, lo_x, hi_x, pre = _case(0)
+    with pytest.raises(InvalidInputError, match="method"):
+        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, method=bad)
+
+
+def _tiny_instance(tmp_path):
+    from test_cli import _write_tiny_onnx, _write_vnnlib
+
+    onnx = _write_tiny_onnx(tmp_path / "tiny.onnx")
+    return onnx, _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+
+
+@pytest.mark.parametrize("extra, want", [([], "split"), (["--refine-method", "split"], "split"),
+                                         (["--refine-method", "milp"], "milp")])
+def test_refine_method_option_reaches_the_config(extra, want, tmp_path, monkeypatch):
+    """``gpuopt verify --refine-method`` sets ``VerifyConfig.refine_method`` (default: the config's)."""
+    from gpuopt.cli import main
+    from test_cli import _capture_config
+
+    seen = _capture_config(monkeypatch)
+    onnx, spec = _tiny_instance(tmp_path)
+    try:
+        assert main(["verify", str(onnx), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    finally:
+        torch.set_num_threads(1)
+    assert seen["config"].refine_method == want
+
+
+def test_run_refine_method_option_reaches_every_item(tmp_path, monkeypatch):
+    """``gpuopt run --refine-method split`` sets it in the config every item of the CSV gets."""
+    import gpuopt.runs as runs
+    from gpuopt.cli import main
+
+    seen, real = [], runs.read_instances
+
+    def capture(*a, **kw):
+        seen.append(kw["config"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runs, "read_instances", capture)
+    onnx, spec = _tiny_instance(tmp_path)
+    csv = tmp_path / "instances.csv"
+    csv.write_text(f"{onnx},{spec},10\n")
+    try:
+        assert main(["run", str(csv), "--results", str(tmp_path / "r.jsonl"), "--workers", "1",
+                     "--refine-method", "split"]) == 0
+    finally:
+        torch.set_num_threads(1)
+    assert len(seen) == 1 and seen[0].refine_method == "split"
+
+
+@pytest.mark.parametrize("command", ["verify", "run"])
+@pytest.mark.parametrize("value", ["foo", "lp", ""])
+def test_refine_method_option_refuses_other_values(command, value, tmp_path, capsys):
+    from gpuopt.cli import main
+
+    onnx, spec = _tiny_instance(tmp_path)
+    args = ["verify", str(onnx), str(spec)] if command == "verify" else \
+        ["run", str(tmp_path / "none.csv"), "--results", str(tmp_path / "r.jsonl")]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--refine-method", value])
+    assert exc.value.code == 2
+    assert "--refine-method" in capsys.readouterr().err
