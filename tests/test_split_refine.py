@@ -545,3 +545,83 @@ def test_refine_method_option_refuses_other_values(command, value, tmp_path, cap
         main(args + ["--refine-method", value])
     assert exc.value.code == 2
     assert "--refine-method" in capsys.readouterr().err
+
+
+# ============================================================================ ending once the property follows
+def _ibp_pre(net, lo, hi):
+    b = intermediate_bounds(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+    return [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation]
+
+
+@pytest.mark.parametrize("method", ["split", "milp"])
+def test_the_refinement_ends_when_enough_says_so(method):
+    """``enough(pre)`` is asked after a layer whose bounds changed, with those bounds; True ends the
+    refinement there (``ended_early``, fewer proofs than the whole refinement), and the bounds it
+    leaves are sound; an ``enough`` that always says False changes nothing."""
+    rng, net, lo_x, hi_x, pre = _case(3)  # layer 1 changes, and layer 2 has proofs after it
+    seen = []
+
+    def stop_at_once(p):
+        seen.append([(l.copy(), u.copy()) for l, u in p])
+        return True
+
+    early = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0, method=method, enough=stop_at_once)
+    full = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0, method=method)
+    never = milp_refine(net.affine_blocks(), pre, lo_x, hi_x, neuron_time=5.0, method=method, enough=lambda p: False)
+    assert early.ended_early and len(seen) == 1 and not full.ended_early and not never.ended_early
+    assert 0 < early.milps < full.milps
+    for (ls, us), (l, u) in zip(seen[0], early.pre):
+        assert np.array_equal(ls, l) and np.array_equal(us, u)
+    for (l1, u1), (l2, u2) in zip(full.pre, never.pre):
+        assert np.array_equal(l1, l2) and np.array_equal(u1, u2)
+    x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
+    for (l0, u0), (l, u), z in zip(pre, early.pre, affine_view_values(net, x)[0]):
+        assert np.all(l >= l0) and np.all(u <= u0) and np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
+
+
+def test_the_property_check_proves_only_what_holds():
+    """``property_check``'s ``enough`` says True on properties that hold by 1e-3 (exact minimum
+    margin shifted there; binding: on most seeds) and never on ones violated by 1e-3."""
+    from gpuopt.bounds.milp_refine import property_check
+
+    proven = 0
+    for seed in range(6):
+        net, region, spec = small_robustness_case(seed)
+        box = region.to_box()
+        pre = _ibp_pre(net, box.lower, box.upper)
+        for delta in (1e-3, -1e-3):
+            problem, shifted = shifted_problem(net, region, spec, seed, delta)
+            rows = [(A, b, None) for A, b in shifted.disjuncts]
+            says = property_check(net, box.lower, box.upper, rows)(pre)
+            if delta < 0:
+                assert not says, seed
+            else:
+                proven += says
+    assert proven >= 4, proven
+
+
+def test_the_pipeline_refinement_ends_once_the_property_follows(monkeypatch):
+    """Through ``verify``: the refinement task asks the property check after its layers, and once it
+    proves the property the refinement ends early and activation splitting decides the item."""
+    import gpuopt.bounds.milp_refine as mr
+
+    ended = []
+    real = mr.milp_refine
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        ended.append((kw.get("enough") is not None, res.ended_early))
+        return res
+
+    monkeypatch.setattr(mr, "milp_refine", spy)
+    decided = 0
+    for seed in range(8):
+        net, region, spec = small_robustness_case(seed)
+        problem, _ = shifted_problem(net, region, spec, seed, 1e-3)
+        config = VerifyConfig(use_input_split=False, use_attack=False, use_crown=False, alpha_steps=0,
+                              milp_refine_share=0.5, milp_refine_probe_share=0.0)
+        v = verify(net, problem.region, problem.spec, timeout=60, config=config)
+        assert v.status in (Status.UNSAT, Status.TIMEOUT, Status.UNKNOWN)
+        decided += v.status is Status.UNSAT
+    assert ended and all(asked for asked, _ in ended)
+    assert any(early for _, early in ended) and decided > 0

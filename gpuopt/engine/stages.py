@@ -451,15 +451,21 @@ def plan_relu_split(item: ItemState, *, share: float | None = None, stage: str =
         pre = [(l[i].numpy(), u[i].numpy()) for l, u in bounds.pre_activation]
         if not all(np.all(np.isfinite(l)) and np.all(np.isfinite(u)) for l, u in pre):
             continue  # overflowing bounds: nothing sound to split on
-        disjuncts = []
-        for k in sorted(k for (j, k) in item.open if j == i):
-            Ak, bk = item.proof_problems[i].spec.disjuncts[k]
-            strict = None if item.strict is None else item.strict[i, k, :Ak.shape[0]].numpy()
-            disjuncts.append((k, Ak, bk, strict))
-        specs.append(TaskSpec(relu_split_task, (network_ref(item.network), _problem_data(item.problems[i]), disjuncts,
+        specs.append(TaskSpec(relu_split_task, (network_ref(item.network), _problem_data(item.problems[i]),
+                                                _proof_disjuncts(item, i),
                                                 pre, config.relu_split, share),
                               f"{stage} p{i}", {"problem": i}))
     return specs
+
+
+def _proof_disjuncts(item: ItemState, i: int) -> list:
+    """Problem ``i``'s open disjuncts as ``(k, C_k, d_k, strict_k)`` (proof rows)."""
+    out = []
+    for k in sorted(k for (j, k) in item.open if j == i):
+        Ak, bk = item.proof_problems[i].spec.disjuncts[k]
+        strict = None if item.strict is None else item.strict[i, k, :Ak.shape[0]].numpy()
+        out.append((k, Ak, bk, strict))
+    return out
 
 
 def merge_relu_split(item: ItemState, spec: TaskSpec, value: dict, *, stage: str = "relu_split") -> None:
@@ -588,7 +594,8 @@ def plan_milp_refine(item: ItemState) -> list[TaskSpec]:
             continue
         specs.append(TaskSpec(milp_refine_task, (network_ref(item.network), _problem_data(item.problems[i]), mb[0],
                                                  mb[1], config.solver, config.milp_refine_neuron_time,
-                                                 config.alpha_steps, share / len(problems), config.refine_method),
+                                                 config.alpha_steps, share / len(problems), config.refine_method,
+                                                 _proof_disjuncts(item, i), config.relu_split),
                               f"refine p{i}", {"problem": i}))
     return specs
 

@@ -207,29 +207,37 @@ def lp_task(net_ref, problem_data, pre, out_bounds, disjuncts, solver_config, sh
 
 
 def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neuron_time: float, alpha_steps: int,
-                     share: float, method: str, budget: float, submitted: float) -> dict:
+                     share: float, method: str, disjuncts, relu_config, budget: float, submitted: float) -> dict:
     """MILP refinement of one problem's intermediate bounds (:func:`gpuopt.bounds.milp_refine.milp_refine`)
     for ``share`` of ``budget``, each neuron's MILP for at most ``neuron_time`` seconds, as many MILPs at
     once as this process has torch threads (1 in a pool worker; ``gpuopt verify --threads``); after each
     layer, the layers after it are re-bounded by CROWN and alpha-CROWN (``alpha_steps``) from the refined
-    bounds. ``method``: the per-neuron proofs, ``"milp"`` or ``"split"`` (activation splitting). Returns
+    bounds. ``method``: the per-neuron proofs, ``"milp"`` or ``"split"`` (activation splitting).
+    ``disjuncts`` (``(k, C_k, d_k, strict_k)``, proof rows): after each layer, activation splitting
+    (``relu_config``) tries them briefly on the bounds so far, and the refinement ends once it
+    proves them all (:func:`gpuopt.bounds.milp_refine.property_check`). Returns
     the refined ``pre``, counts, and ``on_tolerances``: whether the bounds may rest on HiGHS's
     tolerances (MILPs were solved; see that module)."""
     start = time.time()
     _setup()
     import torch
 
-    from ..bounds.milp_refine import alpha_crown_rebound, milp_refine
+    from ..bounds.milp_refine import alpha_crown_rebound, milp_refine, property_check
 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
     box = problem.region
     deadline = _task_deadline(budget * share, submitted)
     rebound = alpha_crown_rebound(net, box.lower, box.upper, out_bounds, steps=alpha_steps, deadline=deadline)
+    enough = None if not disjuncts else property_check(net, box.lower, box.upper,
+                                                       [(C, d, strict) for _, C, d, strict in disjuncts],
+                                                       config=relu_config, deadline=deadline)
     res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=deadline, neuron_time=neuron_time,
-                      config=solver_config, parallel=torch.get_num_threads(), rebound=rebound, method=method)
+                      config=solver_config, parallel=torch.get_num_threads(), rebound=rebound, method=method,
+                      enough=enough)
     return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
-            "on_tolerances": res.on_solver_tolerances, "method": method, "start": start, "end": time.time()}
+            "on_tolerances": res.on_solver_tolerances, "method": method, "ended_early": res.ended_early,
+            "start": start, "end": time.time()}
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
