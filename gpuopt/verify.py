@@ -17,7 +17,8 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
    ``split.max_input_dim`` inputs: branch and bound over sub-boxes with CROWN bounds;
    **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
    ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left (with
-   ``milp_refine_share`` > 0, after the intermediate bounds were refined by per-neuron MILPs); a
+   ``milp_refine_share`` > 0, after the intermediate bounds were refined by per-neuron proofs:
+   activation splitting on the layers before each neuron, or MILPs, ``refine_method``); a
    disjunct it leaves with at most ``relu_split.handoff`` open domains goes to the MILP as those
    domains (leaves), one MILP each;
 5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct or leaf,
@@ -96,11 +97,14 @@ class VerifyConfig:
     ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
     the time HiGHS took, and the verdict says how many were. ``milp_refine_share`` > 0 refines
-    the intermediate bounds of networks that activation splitting takes by per-neuron MILPs
+    the intermediate bounds of networks that activation splitting takes by per-neuron proofs
     (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s each) in that share
-    of the time left, before splitting; those bounds rest on HiGHS's tolerances, and an ``unsat``
-    verdict that may use them says so. ``None`` (the default, "auto") is
-    :data:`AUTO_REFINE_SHARE` on networks whose per-neuron MILPs are cheap enough to pay (at
+    of the time left, before splitting, and ends once a short splitting run proves the property
+    on the bounds so far; ``refine_method`` ``"split"`` (the default) proves each neuron by
+    activation splitting on the layers before it (CROWN's padded float64 arithmetic), ``"milp"``
+    by a MILP, whose bounds rest on HiGHS's tolerances (an ``unsat`` verdict that may use them
+    says so). ``None`` (the default, "auto") is
+    :data:`AUTO_REFINE_SHARE` on networks whose per-neuron proofs are cheap enough to pay (at
     most :data:`AUTO_REFINE_MAX_INPUTS` inputs and :data:`AUTO_REFINE_MAX_NEURONS` ReLUs, as
     the mnist_fc nets) for items with a timeout of at least :data:`AUTO_REFINE_MIN_SECONDS` (or
     none), 0 otherwise (see :meth:`refine_share`); 0 is off. With it on,

@@ -269,7 +269,6 @@ def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u,
     return milps, finished == 2 or not (l[j] < 0 < u[j])
 
 
-
 def _milp_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
     """Layer ``k``'s per-neuron prover by MILP (:func:`_refine_neuron`), on the live prefix of the
     layers before it (built once per layer)."""
@@ -355,6 +354,7 @@ def _split_neuron(chain, j: int, prior, lo, hi, l, u, *, neuron_time: float, lef
 
 #: the per-neuron provers of the refinement, by name (:func:`milp_refine`'s ``method``)
 PROVERS = {"milp": _milp_prover, "split": _split_prover}
+
 
 def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
                  deadline, rebound=None, witness=None, witness_ops=None, prover=_milp_prover,
@@ -452,8 +452,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
     (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_neuron`),
-    each for at most ``neuron_time``
-    seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
+    each for at most ``neuron_time`` seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
     over the layers still to refine, nearest-to-stable neurons first). A pass that leaves time goes
     on with another over the neurons whose MILPs ran out of time (up to :data:`MAX_PASSES`, each
     with twice the time per MILP, on the bounds the last one left), while a pass narrows some bound.
@@ -461,8 +460,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     layer's neurons are independent given the layers before it, so the bounds do not depend on it,
     up to where the deadline cuts). ``enough(pre)``: asked after each layer whose bounds changed
     (after the re-bound); True ends the refinement there (``ended_early``), e.g. once the property
-    follows from the bounds so far (:func:`property_check`). ``rebound(pre, k)``: bounds of every layer that hold on the box,
-    computed from ``pre`` after layer ``k`` was refined (see the module docstring); it is called
+    follows from the bounds so far (:func:`property_check`). ``rebound(pre, k)``: bounds of every
+    layer that hold on the box, computed from ``pre`` after layer ``k`` was refined (see the module docstring); it is called
     only while time is left and must keep to ``deadline`` itself. ``witnesses``: search for points on
     each side of every unstable neuron first and skip the MILPs they rule out (module docstring).
     Activation splitting runs one neuron at a time (``parallel`` applies to MILPs; torch's own
