@@ -116,28 +116,31 @@ def _many_inactive(seed):
     return _net(ws), c - 1.0, c + 1.0
 
 
+@pytest.mark.parametrize("method", ["milp", "split"])
 @pytest.mark.parametrize("seed", range(2))
-def test_nets_with_many_stable_inactive_neurons_are_refined_soundly(seed):
+def test_nets_with_many_stable_inactive_neurons_are_refined_soundly(seed, method):
     net, lo, hi = _many_inactive(seed)
     pre = _pre(net, lo, hi, "ibp")
     assert any((u <= 0).any() for _, u in pre[:-1])
-    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0)
+    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0, method=method)
     _assert_sound(net, pre, res, lo, hi)
 
 
+@pytest.mark.parametrize("method", ["milp", "split"])
 @pytest.mark.parametrize("seed", [2])
-def test_degenerate_box_is_refined_soundly(seed):
+def test_degenerate_box_is_refined_soundly(seed, method):
     """Some input coordinates fixed (lower == upper)."""
     net, lo, hi = _dyadic(10 + seed, boundary=True)
     hi = hi.copy()
     hi[0] = lo[0]
     pre = _pre(net, lo, hi, "ibp")
-    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0)
+    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0, method=method)
     _assert_sound(net, pre, res, lo, hi)
 
 
+@pytest.mark.parametrize("method", ["milp", "split"])
 @pytest.mark.parametrize("seed", [0, 2])
-def test_badly_scaled_weights_are_refined_soundly(seed):
+def test_badly_scaled_weights_are_refined_soundly(seed, method):
     """Weights 1e-4 next to 1e3, some biases 1e3."""
     rng = np.random.default_rng(200 + seed)
     dims = [2, 6, 6, 1]
@@ -150,7 +153,7 @@ def test_badly_scaled_weights_are_refined_soundly(seed):
     c = rng.normal(size=2)
     lo, hi = c - 0.5, c + 0.5
     pre = _pre(net, lo, hi, "ibp")
-    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0)
+    res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=5.0, method=method)
     _assert_sound(net, pre, res, lo, hi)
 
 

@@ -334,21 +334,30 @@ def _dag_case(seed):
 
 def test_random_dags_are_refined_soundly():
     """60 random DAGs with 2+ hidden levels, bounds by IBP or CROWN, one or two MILPs at once."""
-    nets = milps = changed = 0
+    nets, milps, changed = refine_random_dags(60, lambda net, pre, lo, hi, seed: milp_refine(
+        net.affine_blocks(), pre, lo, hi, neuron_time=2.0, parallel=1 + seed % 3 // 2))
+    assert nets == 60 and milps > 100 and changed > 10, (nets, milps, changed)
+
+
+def refine_random_dags(count: int, refine) -> tuple[int, int, int]:
+    """The first ``count`` random DAGs with 2+ hidden levels (bounds by IBP or CROWN, in turn),
+    each refined by ``refine(net, pre, lo, hi, seed)`` and checked sound on points; returns the
+    nets, the proofs run and the neurons moved (stabilised or narrowed)."""
+    nets = proofs = changed = 0
     for seed in range(200):
         rng, net, lo, hi = _dag_case(seed)
         if len(net.affine_blocks()) < 3:
             continue
         pre = _pre(net, lo, hi, ibp if seed % 2 else intermediate_bounds)
-        res = milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=2.0, parallel=1 + seed % 3 // 2)
+        res = refine(net, pre, lo, hi, seed)
         x = box_points(rng, lo, hi, 2000, n_random_vertices=100)
         _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
         nets += 1
-        milps += res.milps
+        proofs += res.milps
         changed += res.stabilised + res.tightened
-        if nets == 60:
+        if nets == count:
             break
-    assert nets == 60 and milps > 100 and changed > 10, (nets, milps, changed)
+    return nets, proofs, changed
 
 
 # ============================================================================ 3. exact ranges
@@ -371,8 +380,15 @@ def test_refined_bounds_contain_the_exact_ranges(kind, seed):
     on that side, and one whose range clearly crosses 0 stays unstable."""
     net, lo, hi = _exact_case(kind, seed)
     pre = _pre(net, lo, hi, ibp)
+    assert_contains_exact_ranges(net, lo, hi, pre, milp_refine(net.affine_blocks(), pre, lo, hi, neuron_time=10.0),
+                                 seed)
+
+
+def assert_contains_exact_ranges(net, lo, hi, pre, res, seed, clear=1e-6):
+    """Every refined bound of a ReLU coordinate contains its exact range over the box (the
+    enumeration, and samples); from layer 1 on, one whose exact range lies ``clear`` on one side of
+    0 is stable on that side, and one whose range crosses 0 by 1e-6 stays unstable."""
     blocks = net.affine_blocks()
-    res = milp_refine(blocks, pre, lo, hi, neuron_time=10.0)
     ranges, _ = enumerate_exact(net, lo, hi)
     by = relus_by_level(net)
     x = box_points(np.random.default_rng(seed), lo, hi, 2000)
@@ -389,8 +405,8 @@ def test_refined_bounds_contain_the_exact_ranges(kind, seed):
         assert np.all(l <= mn + tol), (k, l, mn)
         assert np.all(u >= mx - tol), (k, u, mx)
         if k >= 1:  # the layers the refinement works on
-            assert np.all(u[mx < -1e-6] <= 0), (k, u, mx)
-            assert np.all(l[mn > 1e-6] >= 0), (k, l, mn)
+            assert np.all(u[mx < -clear] <= 0), (k, u, mx)
+            assert np.all(l[mn > clear] >= 0), (k, l, mn)
             crosses = (mn < -1e-6) & (mx > 1e-6)
             assert np.all((l[crosses] < 0) & (u[crosses] > 0))
         checked += l.size

@@ -3,8 +3,9 @@ method="split")``, ``VerifyConfig(refine_method="split")``) and the sub-networks
 (:class:`gpuopt.network.BlockChain`, :meth:`Network.prefix`). Checked here:
 
 * the refined bounds never loosen and contain every sampled pre-activation (dense nets, the
-  adversarial nets of ``test_milp_refine_exact`` and the graph nets of ``test_milp_refine_graph``),
-  and contain the exact range of every neuron (brute force / enumeration);
+  dyadic nets of ``test_milp_refine_exact``, whose other adversarial nets run both methods there,
+  and the graph nets of ``test_milp_refine_graph``), and contain the exact range of every neuron
+  (brute force / enumeration);
 * every neuron whose exact range is clearly one-sided is made stable on its side, none whose range
   crosses 0 is (a neuron 1.5e-4 clear of 0 included: its domains with no unstable neuron left get
   their exact LP);
@@ -36,12 +37,12 @@ from gpuopt.network import AffineBlock, BlockChain, Network
 
 from helpers import (affine_view_values, box_points, one_torch_thread,  # noqa: F401  (autouse fixture)
                      random_dense_network, shifted_problem, small_robustness_case)
-from test_milp_refine import _case, _exact_range
-from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer, _many_inactive, _net
+from test_milp_refine import _case, _exact_range, assert_sound_on_samples
+from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer
 from test_milp_refine_exact import _pre as _pre_exact
 from test_milp_refine_graph import (EXACT_CASES, METHODS, NETS, SAMPLE_CASES, _assert_sound_on_points, _box,
-                                    _check_matching, _dag_case, _exact_case, enumerate_exact, net_residual,
-                                    relu_mask, relus_by_level)
+                                    _check_matching, _exact_case, assert_contains_exact_ranges, net_residual,
+                                    refine_random_dags)
 from test_milp_refine_graph import _pre as _pre_graph
 
 
@@ -63,16 +64,9 @@ def _dense_case(seed: int, witnesses: bool = True):
 def test_split_refined_bounds_hold_on_samples_and_never_loosen(seed):
     """20000 samples and the box corners: every pre-activation inside the refined bounds, which are
     inside the input bounds; the unstable counts are those of the bounds."""
-    rng = np.random.default_rng(1000 + seed)
     net, lo_x, hi_x, pre, res = _dense_case(seed)
-    assert res.milps > 0 and res.method == "split"
-    assert res.unstable_before == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in pre)
-    x = lo_x + (hi_x - lo_x) * rng.random((20000, 3))
-    corners = np.array(np.meshgrid(*zip(lo_x, hi_x))).reshape(3, -1).T
-    for (l0, u0), (l, u), z in zip(pre, res.pre, affine_view_values(net, np.vstack([x, corners]))[0]):
-        assert np.all(l >= l0) and np.all(u <= u0)
-        assert np.all(z >= l - 1e-12) and np.all(z <= u + 1e-12)
-    assert res.unstable_after == tuple(int(((l < 0) & (u > 0)).sum()) for l, u in res.pre)
+    assert res.method == "split"
+    assert_sound_on_samples(np.random.default_rng(1000 + seed), net, lo_x, hi_x, pre, res)
 
 
 def _check_exact(net, lo_x, hi_x, pre, res) -> int:
@@ -217,40 +211,6 @@ def test_the_dyadic_split_tests_bind():
     assert moved > 0 and stab > 0
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_split_on_nets_with_many_stable_inactive_neurons_is_sound(seed):
-    net, lo, hi = _many_inactive(seed)
-    pre = _pre_exact(net, lo, hi, "ibp")
-    assert any((u <= 0).any() for _, u in pre[:-1])
-    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
-
-
-def test_split_on_a_degenerate_box_is_sound():
-    """An input coordinate fixed (lower == upper)."""
-    net, lo, hi = _dyadic(12, boundary=True)
-    hi = hi.copy()
-    hi[0] = lo[0]
-    pre = _pre_exact(net, lo, hi, "ibp")
-    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
-
-
-@pytest.mark.parametrize("seed", [0, 2])
-def test_split_on_badly_scaled_weights_is_sound(seed):
-    """Weights 1e-4 next to 1e3, some biases 1e3 (as in ``test_milp_refine_exact``)."""
-    rng = np.random.default_rng(200 + seed)
-    dims = [2, 6, 6, 1]
-    ws = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        W = rng.normal(size=(b, a)) / np.sqrt(a)
-        W *= np.where(rng.random((b, a)) < 0.3, 1e-4, 1.0) * np.where(rng.random((b, a)) < 0.2, 1e3, 1.0)
-        ws.append([W, 0.5 * rng.normal(size=b) * np.where(rng.random(b) < 0.3, 1e3, 1.0)])
-    net = _net(ws)
-    c = rng.normal(size=2)
-    lo, hi = c - 0.5, c + 0.5
-    pre = _pre_exact(net, lo, hi, "ibp")
-    _assert_sound(net, pre, _split(net, pre, lo, hi), lo, hi)
-
-
 # ============================================================================ graph nets
 @pytest.mark.parametrize("case, method", [(1, "ibp"), (3, "ibp"), (6, "ibp"), (7, "crown")])
 def test_split_refined_bounds_hold_on_samples_of_graph_nets(case, method):
@@ -280,28 +240,7 @@ def test_split_refined_bounds_contain_the_exact_ranges_of_graph_nets(kind, seed)
     """Every refined bound of a ReLU coordinate contains its exact range (enumeration); one whose
     range is 1e-4 clear of 0 is made stable on that side, one whose range crosses 0 by 1e-6 is not."""
     net, lo, hi, pre, res = _graph_exact_case(kind, seed)
-    blocks = net.affine_blocks()
-    ranges, _ = enumerate_exact(net, lo, hi)
-    by = relus_by_level(net)
-    x = box_points(np.random.default_rng(seed), lo, hi, 2000)
-    _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
-    checked = 0
-    for k in range(len(pre)):
-        keep = relu_mask(blocks[k], pre[k][0].size)
-        mn = np.concatenate([ranges[i][0] for i in by[k + 1]])
-        mx = np.concatenate([ranges[i][1] for i in by[k + 1]])
-        (l0, u0), (l, u) = pre[k], res.pre[k]
-        l0, u0, l, u = l0[keep], u0[keep], l[keep], u[keep]
-        tol = 1e-9 * np.maximum(1.0, np.maximum(np.abs(l0), np.abs(u0)))
-        assert np.all(l <= mn + tol), (k, l, mn)
-        assert np.all(u >= mx - tol), (k, u, mx)
-        if k >= 1:
-            assert np.all(u[mx < -1e-4] <= 0), (k, u, mx)
-            assert np.all(l[mn > 1e-4] >= 0), (k, l, mn)
-            crosses = (mn < -1e-6) & (mx > 1e-6)
-            assert np.all((l[crosses] < 0) & (u[crosses] > 0))
-        checked += l.size
-    assert checked == net.n_relus
+    assert_contains_exact_ranges(net, lo, hi, pre, res, seed, clear=1e-4)
 
 
 def test_the_graph_exact_range_split_tests_bind():
@@ -315,20 +254,8 @@ def test_the_graph_exact_range_split_tests_bind():
 def test_split_on_random_dags_is_sound():
     """12 random DAGs with 2+ hidden levels (some input coordinates fixed), IBP or CROWN bounds,
     each refinement cut off after 1.5 s (searches of 0.3 s, doubling per pass)."""
-    nets = searches = changed = 0
-    for seed in range(200):
-        rng, net, lo, hi = _dag_case(seed)
-        if len(net.affine_blocks()) < 3:
-            continue
-        pre = _pre_graph(net, lo, hi, ibp if seed % 2 else intermediate_bounds)
-        res = _split(net, pre, lo, hi, neuron_time=0.3, deadline=time.monotonic() + 1.5)
-        x = box_points(rng, lo, hi, 2000, n_random_vertices=100)
-        _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
-        nets += 1
-        searches += res.milps
-        changed += res.stabilised + res.tightened
-        if nets == 12:
-            break
+    nets, searches, changed = refine_random_dags(12, lambda net, pre, lo, hi, seed: _split(
+        net, pre, lo, hi, neuron_time=0.3, deadline=time.monotonic() + 1.5))
     assert nets == 12 and searches > 10 and changed > 0, (nets, searches, changed)
 
 
