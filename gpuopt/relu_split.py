@@ -602,6 +602,8 @@ def _split(parents: _Domains, choice: torch.Tensor | None = None):
     L = len(parents.lower)
     dev = parents.bound.device
     flat = torch.cat(parents.scores, dim=1)  # (D, sum n_j)
+    if not flat.shape[1]:  # every neuron pruned as dead: nothing to split anywhere
+        return None, 0, parents, None
     best, where = flat.max(dim=1)
     if choice is not None:
         where = torch.where(choice >= 0, choice, where)

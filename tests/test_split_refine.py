@@ -38,7 +38,7 @@ from gpuopt.network import AffineBlock, BlockChain, Network
 from helpers import (affine_view_values, box_points, one_torch_thread,  # noqa: F401  (autouse fixture)
                      random_dense_network, shifted_problem, small_robustness_case)
 from test_milp_refine import _case, _exact_range, assert_sound_on_samples
-from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer
+from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer, _net
 from test_milp_refine_exact import _pre as _pre_exact
 from test_milp_refine_graph import (EXACT_CASES, METHODS, NETS, SAMPLE_CASES, _assert_sound_on_points, _box,
                                     _check_matching, _exact_case, assert_contains_exact_ranges, net_residual,
@@ -552,3 +552,31 @@ def test_the_pipeline_refinement_ends_once_the_property_follows(monkeypatch):
         decided += v.status is Status.UNSAT
     assert ended and all(asked for asked, _ in ended)
     assert any(early for _, early in ended) and decided > 0
+
+
+# ============================================================================ found by the adversarial review
+def test_a_layer_dead_on_the_whole_box_before_a_neuron_at_exactly_zero_does_not_crash():
+    """Layer 0 dead everywhere on the box, so layer 1 is exactly 0 while a sound prior leaves it at
+    [-1, 1]: every neuron of the sub-network is pruned and nothing is left to split (activation
+    splitting used to fail on the empty branching scores); the refined bounds hold."""
+    ws = [[np.eye(2), np.array([-5.0, -5.0])], [np.array([[1.0, 1.0], [1.0, -1.0]]), np.zeros(2)],
+          [np.array([[1.0, 1.0], [1.0, -1.0]]), np.zeros(2)], [np.array([[1.0, -1.0]]), np.zeros(1)]]
+    net = _net(ws)
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    pre = _pre_exact(net, lo, hi, "ibp")
+    pre[1] = (np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
+    res = _split(net, pre, lo, hi, neuron_time=1.0, witnesses=False)
+    for (l, u) in res.pre[1:]:
+        assert np.all(l <= 0.0) and np.all(u >= 0.0) and np.all(u - l <= 2.0)
+
+
+@pytest.mark.parametrize("method", ["split", "milp"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_input_bounds_are_refused(method, bad):
+    """A NaN or infinite bound in ``pre`` proves nothing: refused with the layer named (a NaN lower
+    bound read as an inactive neuron once gave a layer-1 upper bound of 0 below a reachable 1.74)."""
+    _, net, lo_x, hi_x, pre = _case(0)
+    pre = [(l.copy(), u.copy()) for l, u in pre]
+    pre[0][0][0] = bad
+    with pytest.raises(InvalidInputError, match="layer 0 must be finite"):
+        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, method=method)

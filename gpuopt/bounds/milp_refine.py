@@ -472,6 +472,9 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
         raise InvalidInputError(f"`method` must be one of {', '.join(PROVERS)}, got {method!r}")
     if method != "milp":
         parallel = 1
+    for k, (l, u) in enumerate(pre):
+        if not (np.all(np.isfinite(l)) and np.all(np.isfinite(u))):
+            raise InvalidInputError(f"`pre` bounds of layer {k} must be finite (NaN or inf proves nothing to refine from)")
     t0 = time.monotonic()
     config = replace(config, **REFINE_SOLVER)
     start = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
