@@ -267,6 +267,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     lo = torch.as_tensor(lower).reshape(1, -1)
     hi = torch.as_tensor(upper).reshape(1, -1).to(lo)
     dtype, dev = lo.dtype, lo.device
+    for j, (l, u) in enumerate(bounds.pre_activation):
+        if not (bool(torch.isfinite(torch.as_tensor(l)).all()) and bool(torch.isfinite(torch.as_tensor(u)).all())):
+            raise InvalidInputError(f"the pre-activation bounds of ReLU layer {j} must be finite (a NaN or inf "
+                                    "bound proves nothing to split from)")
     K = len(disjuncts)
     M = max(np.asarray(C).reshape(-1, network.output_size).shape[0] for C, _, _ in disjuncts)
     C_all = torch.zeros((K, M, network.output_size), dtype=dtype, device=dev)

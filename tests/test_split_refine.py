@@ -580,3 +580,18 @@ def test_non_finite_input_bounds_are_refused(method, bad):
     pre[0][0][0] = bad
     with pytest.raises(InvalidInputError, match="layer 0 must be finite"):
         milp_refine(net.affine_blocks(), pre, lo_x, hi_x, method=method)
+
+
+def test_activation_splitting_refuses_non_finite_bounds():
+    """The same for activation splitting itself: a NaN or inf pre-activation bound is refused with
+    the layer named, never read as a stable neuron."""
+    from gpuopt.bounds.base import Bounds
+    from gpuopt.relu_split import relu_split
+
+    _, net, lo_x, hi_x, pre = _case(0)
+    for bad in (np.nan, np.inf):
+        tens = [(torch.tensor(l[None]), torch.tensor(u[None])) for l, u in pre]
+        tens[1][1][0, 0] = bad
+        rows = [(np.eye(net.output_size)[:1], np.zeros(1), None)]
+        with pytest.raises(InvalidInputError, match="ReLU layer 1 must be finite"):
+            relu_split(net, torch.tensor(lo_x), torch.tensor(hi_x), rows, Bounds(tuple(tens), (None, None), "test"))
