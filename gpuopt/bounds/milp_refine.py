@@ -48,8 +48,8 @@ is unreachable iff the neuron is inactive. Activation splitting (beta-CROWN, :mo
 answers it with the bounds of the layers before as its root, in CROWN's float64 arithmetic with its
 rounding pads; a search cut short still bounds the row on every domain, and its worst open bound
 narrows the neuron's. On mnist-net_256x4 prop_13_0.05, from alpha-CROWN's bounds, the MILPs
-stabilised 0 of 12 third-layer neurons in 12.5 s and splitting 11 in 4.9 s (20 second-layer ones:
-4.8 s and 0.8 s); in 60 s the refinement left (37, 61, 18, 128) unstable neurons by MILP and
+stabilised 0 of 12 fourth-layer neurons in 12.5 s and splitting 11 in 4.9 s (20 second-layer ones:
+all by both, in 4.8 s and 0.8 s); in 60 s the refinement left (37, 61, 18, 128) unstable neurons by MILP and
 (37, 41, 1, 1) by splitting, in 48 s. Such bounds rest on no solver tolerance
 (:attr:`MilpRefinement.on_solver_tolerances`).
 
