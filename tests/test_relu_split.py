@@ -16,7 +16,7 @@ from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError
 from gpuopt.problem import Problem
 from gpuopt.regions import Box
-from gpuopt.relu_split import BRANCHING, ReluSplitConfig, relu_split
+from gpuopt.relu_split import BRANCHING, ReluSplitConfig, _fair_order, relu_split
 from gpuopt.specs import OutputSpec
 from gpuopt.verify import VerifyConfig, verify
 
@@ -145,6 +145,8 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
     (dict(candidates=0), "`candidates` must be an integer >= 1, got 0"),
     (dict(retry_steps=-2), "`retry_steps` must be an integer >= 0, got -2"),
     (dict(retry_steps=True), "`retry_steps` must be an integer >= 0, got True"),
+    (dict(selection="best"), "`selection` must be one of worst, fair, got 'best'"),
+    (dict(disjunct_domains=-1), "`disjunct_domains` must be an integer >= 0, got -1"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)):
@@ -231,3 +233,38 @@ def test_splitting_benchmark_runs_and_compares(benchmarks_dir, tmp_path):
     table = subprocess.run([sys.executable, str(script), "--compare", str(out), str(out)], capture_output=True,
                            text=True, timeout=60)
     assert table.returncode == 0 and "2 instances; decided:" in table.stdout
+
+
+def test_fair_order_goes_round_the_disjuncts_nearest_to_closing_first():
+    bound = torch.tensor([-1.0, -5.0, -0.1, -3.0, -2.0])
+    tag = torch.tensor([0, 0, 1, 1, 2])
+    # rank 0: each disjunct's weakest (-5, -3, -2), highest first; then rank 1 (-0.1, -1)
+    assert _fair_order(bound, tag).tolist() == [4, 3, 1, 2, 0]
+    assert _fair_order(bound[:0], tag[:0]).tolist() == []
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_given_up_disjuncts_stay_open_and_their_open_bound_holds(cap):
+    """With ``disjunct_domains``, a disjunct is dropped after that many splits: it is not closed,
+    the search is never ``unsat`` because of it, it hands on no leaves, and its ``open_bound`` (the
+    worst bound of its domains when dropped) is still a lower bound of its true minimum margin."""
+    given_up = 0
+    for seed in range(12):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        for delta in (0.02, 1e-3, -1e-3):
+            res = _run(net, lo, hi, shifted_spec(spec, minima, delta),
+                       config=ReluSplitConfig(batch_size=1, selection="fair", disjunct_domains=cap, handoff=64))
+            assert len(res.open_bound) == len(spec.disjuncts)
+            for k, closed in enumerate(res.closed):
+                if res.status == "sat":
+                    continue
+                # the true minimum of the shifted disjunct's margin is delta
+                assert min(res.open_bound[k], res.proven_bound[k]) <= delta + 1e-9, (seed, delta, k, res)
+                if closed:
+                    assert delta > 0 and res.open_bound[k] == math.inf
+                elif res.leaves[k] is None and math.isfinite(res.open_bound[k]):
+                    given_up += 1
+            if not all(res.closed):
+                assert res.status != "unsat", (seed, delta, res)
+    assert given_up > 0
