@@ -341,7 +341,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         open_bound = dict(given_up)  # disjunct -> its lowest open bound
         if domains is not None:
             for k, v in zip(domains.tag.tolist(), domains.bound.tolist()):
-                open_bound[k] = min(open_bound.get(k, math.inf), v)
+                open_bound[k] = min(open_bound.get(k, math.inf), _nan_low(v))
         closed = tuple(k not in open_bound for k in range(K))
         if status != "sat" and all(closed):
             status = "unsat"
@@ -371,7 +371,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         return result("sat", domains, explored, found)
     stuck = None  # domains with no neuron left to split: open for good (the MILP may decide them)
     status = "unsat"
-    spent = torch.ones(K, dtype=torch.long)  # per disjunct, the domains split so far (and its root)
+    spent = torch.zeros(K, dtype=torch.long)  # per disjunct, the domains split so far
     while domains is not None and len(domains):
         if deadline is not None and time.monotonic() > deadline:
             status = "timeout"
@@ -482,6 +482,12 @@ def _fair_order(bound: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
     return o[highest[torch.argsort(rank[highest], stable=True)]]
 
 
+def _nan_low(v: float) -> float:
+    """A domain's bound as a lower bound: NaN (an overflow in the bounding) bounds nothing, -inf
+    (Python's ``min`` would skip a NaN)."""
+    return -math.inf if v != v else v
+
+
 def _drop_disjuncts(domains: _Domains | None, over: torch.Tensor, given_up: dict) -> _Domains | None:
     """``domains`` without those of the disjuncts marked in ``over``; each dropped disjunct's lowest
     bound goes into ``given_up``."""
@@ -491,7 +497,7 @@ def _drop_disjuncts(domains: _Domains | None, over: torch.Tensor, given_up: dict
     if not bool(hit.any()):
         return domains
     for k, v in zip(domains.tag[hit].tolist(), domains.bound[hit].tolist()):
-        given_up[k] = min(given_up.get(k, math.inf), v)
+        given_up[k] = min(given_up.get(k, math.inf), _nan_low(v))
     return domains.take(torch.nonzero(~hit).flatten())
 
 

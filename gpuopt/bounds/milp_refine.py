@@ -339,29 +339,33 @@ def _split_layer(chain, order, prior, lo, hi, l, u, *, splits: int, left, seen=N
             if seen is not None and seen[0 if sign > 0 else 1][j]:
                 continue
             sides.append((j, sign))
-    if sides and left() > 0:
-        rows = []
-        for j, sign in sides:
-            C = np.zeros((1, chain.output_size))
-            C[0, j] = sign
-            rows.append((C, np.zeros(1), None))
-        res = relu_split(chain, lo, hi, rows, prior, deadline=time.monotonic() + max(left(), 0.0),
-                         config=ReluSplitConfig(**SPLIT_LAYER_CONFIG, disjunct_domains=int(splits)))
-        for (j, sign), closed, worst in zip(sides, res.closed, res.open_bound):
-            if closed:
-                value = 0.0
-            elif math.isfinite(worst):
-                value = sign * min(worst, 0.0)  # the new upper (sign -1) or lower (sign +1) bound of z_j
-            else:
-                continue
-            if not l[j] <= value <= u[j]:
-                continue
-            if sign < 0:
-                u[j] = value
-            else:
-                l[j] = value
-    stable = [int(j) for j in order if not (l[j] < 0 < u[j])]
-    return len(sides), stable
+
+    def stable() -> list:
+        return [int(j) for j in order if not (l[j] < 0 < u[j])]
+
+    if not sides or left() <= 0:
+        return 0, stable()
+    rows = []
+    for j, sign in sides:
+        C = np.zeros((1, chain.output_size))
+        C[0, j] = sign
+        rows.append((C, np.zeros(1), None))
+    res = relu_split(chain, lo, hi, rows, prior, deadline=time.monotonic() + max(left(), 0.0),
+                     config=ReluSplitConfig(**SPLIT_LAYER_CONFIG, disjunct_domains=int(splits)))
+    for (j, sign), closed, worst in zip(sides, res.closed, res.open_bound):
+        if closed:
+            value = 0.0
+        elif math.isfinite(worst):
+            value = sign * min(worst, 0.0)  # the new upper (sign -1) or lower (sign +1) bound of z_j
+        else:
+            continue
+        if not l[j] <= value <= u[j]:
+            continue
+        if sign < 0:
+            u[j] = value
+        else:
+            l[j] = value
+    return len(sides), stable()
 
 
 #: the per-neuron provers of the refinement, by name (:func:`milp_refine`'s ``method``)

@@ -621,8 +621,9 @@ def finish_milp_refine(item: ItemState) -> str:
 #: the note an ``unsat`` verdict gets when it may rest on MILP-refined intermediate bounds
 REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons made stable, {tightened} more "
                 "narrowed), which rest on HiGHS's tolerances within its margin")
-#: the note when the refinement solved no MILP (activation splitting per neuron: CROWN's padded arithmetic)
-SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting per neuron ({stabilised} neurons made "
+#: the note when the refinement solved no MILP (activation splitting on each layer's neurons: CROWN's
+#: padded arithmetic)
+SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting ({stabilised} neurons made "
                       "stable, {tightened} more narrowed)")
 
 
