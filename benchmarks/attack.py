@@ -1,4 +1,4 @@
-"""gpuopt's attack side by side with torchattacks (CPU, one thread), in three sections.
+"""gpuopt's attack side by side with torchattacks (CPU, one thread; or ``--device cuda``), in three sections.
 
 ``falsify``: time to the first *confirmed* counterexample on the VNN-COMP 2022 instances that the
 reference labels ``sat``: mnist_fc (all three networks, 18 instances) and acasxu (47), each with
@@ -98,13 +98,14 @@ class Logits(torch.nn.Module):
     ``(batch, n)``. With ``lower``/``upper`` the input ``u`` in ``[0, 1]^n`` is first mapped onto
     the box ``lower + u (upper - lower)``."""
 
-    def __init__(self, net, lower=None, upper=None):
+    def __init__(self, net, lower=None, upper=None, device="cpu"):
         super().__init__()
         self.net = net
         # torchattacks reads the device from the first parameter
-        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
-        self.lo = None if lower is None else torch.as_tensor(lower, dtype=torch.float32).reshape(1, -1)
-        self.scale = None if lower is None else (torch.as_tensor(upper, dtype=torch.float32).reshape(1, -1) - self.lo)
+        self.anchor = torch.nn.Parameter(torch.zeros(1, device=device), requires_grad=False)
+        self.lo = None if lower is None else torch.as_tensor(lower, dtype=torch.float32, device=device).reshape(1, -1)
+        self.scale = None if lower is None else (
+            torch.as_tensor(upper, dtype=torch.float32, device=device).reshape(1, -1) - self.lo)
 
     def forward(self, x):
         x = x.reshape(x.shape[0], -1)
@@ -166,6 +167,12 @@ def confirmed(problems, x) -> tuple[bool, float]:
         if c.ok and np.all(p.inner.lower <= x) and np.all(x <= p.inner.upper):
             return True, float(c.margin)
     return False, float(best)
+
+
+def sync(device) -> None:
+    """Waits for the device's queued work, so that a timer read after it counts that work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def median(xs):
@@ -248,12 +255,12 @@ def summarise(rows) -> dict:
 
 
 # ------------------------------------------------------------------------------------ falsify
-def gpuopt_falsify(problems, budget: float, config) -> dict:
+def gpuopt_falsify(problems, budget: float, config, device: str) -> dict:
     from gpuopt.verdict import Status
     from gpuopt.verify import attack_problems
 
     t0 = time.monotonic()
-    v = attack_problems(problems, timeout=budget, attack=config, device="cpu")
+    v = attack_problems(problems, timeout=budget, attack=config, device=device)
     wall = time.monotonic() - t0
     found = v.status is Status.SAT
     row = {"found": found, "seconds": v.seconds if found else None, "wall": wall, "status": v.status.value,
@@ -266,12 +273,13 @@ def gpuopt_falsify(problems, budget: float, config) -> dict:
     return row
 
 
-def torchattacks_falsify(problems, net, x0: np.ndarray, eps: float, label: int, budget: float, which: str) -> dict:
+def torchattacks_falsify(problems, net, x0: np.ndarray, eps: float, label: int, budget: float, which: str,
+                         device: str) -> dict:
     import torchattacks
 
-    model = Logits(net).eval()
-    img = torch.as_tensor(x0, dtype=torch.float32).reshape(1, 1, 1, -1)  # APGD wants 4-d inputs
-    y = torch.tensor([label])
+    model = Logits(net, device=device).eval()
+    img = torch.as_tensor(x0, dtype=torch.float32, device=device).reshape(1, 1, 1, -1)  # APGD wants 4-d inputs
+    y = torch.tensor([label], device=device)
     if which == "torchattacks-pgd":
         atk = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=100, random_start=True)
     else:
@@ -288,7 +296,7 @@ def torchattacks_falsify(problems, net, x0: np.ndarray, eps: float, label: int, 
             atk.seed = k  # APGD re-seeds the global RNG with its own seed on every call
         adv = atk(img, y)
         k += 1
-        x = adv.detach().to(torch.float64).reshape(-1).numpy()
+        x = adv.detach().to("cpu", torch.float64).reshape(-1).numpy()
         outside = max(outside, float(np.maximum(box.lower - x, x - box.upper).max()))
         ok, m = confirmed(problems, np.clip(x, box.lower, box.upper))
         best = min(best, m)
@@ -345,14 +353,14 @@ def run_falsify(args, report: Report) -> None:
                 if tool not in warm:  # one untimed warm-up call per tool and suite
                     if tool.startswith("gpuopt"):
                         attack_problems(problems, timeout=None, attack=AttackConfig(restarts=2, steps=2, rounds=1),
-                                        device="cpu")
+                                        device=args.device)
                     else:
-                        torchattacks_falsify(problems, net, x0, eps, label, 0.0, tool)
+                        torchattacks_falsify(problems, net, x0, eps, label, 0.0, tool, args.device)
                     warm.add(tool)
                 if tool.startswith("gpuopt"):
-                    row = gpuopt_falsify(problems, args.budget, configs[tool])
+                    row = gpuopt_falsify(problems, args.budget, configs[tool], args.device)
                 else:
-                    row = torchattacks_falsify(problems, net, x0, eps, label, args.budget, tool)
+                    row = torchattacks_falsify(problems, net, x0, eps, label, args.budget, tool, args.device)
                 report.add({**base, **row})
                 fp = "  FALSE POSITIVE" if row["false_positive"] else ""
                 parts.append(f"{tool} " + (f"{row['seconds']:.2f}s" if row["found"] else "--") + fp)
@@ -386,31 +394,35 @@ def run_throughput(args, report: Report) -> None:
         if label is None:
             print(f"throughput {key}: {name}: {why}; skipped")
             continue
-        model = Logits(net, lower[0], upper[0]).eval()
+        dev = args.device
+        model = Logits(net, lower[0], upper[0], device=dev).eval()
         print(f"\n== throughput {key}: {onnx.name} on {name} (label {label}, n = {net.input_size}), {S} steps",
               flush=True)
         # untimed warm-up of both
-        pgd_attack(net, lower, upper, A, b, config=AttackConfig(restarts=8, steps=2, rounds=1), device="cpu")
-        torchattacks.PGD(model, eps=0.5, alpha=0.125, steps=2)(torch.full((8, net.input_size), 0.5),
-                                                                 torch.full((8,), label))
+        pgd_attack(net, lower, upper, A, b, config=AttackConfig(restarts=8, steps=2, rounds=1), device=dev)
+        torchattacks.PGD(model, eps=0.5, alpha=0.125, steps=2)(torch.full((8, net.input_size), 0.5, device=dev),
+                                                                 torch.full((8,), label, device=dev))
+        sync(dev)
         for R in args.restarts_list:
             base = {"section": "throughput", "suite": key, "instance": name, "network": onnx.name, "restarts": R,
                     "steps": S}
             cfg = AttackConfig(restarts=R, steps=S, rounds=1)
-            x = torch.full((R, net.input_size), 0.5)
-            y = torch.full((R,), label)
+            x = torch.full((R, net.input_size), 0.5, device=dev)
+            y = torch.full((R,), label, device=dev)
             atk = torchattacks.PGD(model, eps=0.5, alpha=0.5 / 4, steps=S, random_start=True)
             g_times, t_times = [], []
             for rep in range(args.repeats):  # alternating which goes first; the best of the repeats counts
                 for tool in (("gpuopt", "torchattacks") if rep % 2 == 0 else ("torchattacks", "gpuopt")):
                     if tool == "gpuopt":
                         t0 = time.monotonic()
-                        cand = pgd_attack(net, lower, upper, A, b, config=cfg, device="cpu")
+                        cand = pgd_attack(net, lower, upper, A, b, config=cfg, device=dev)
+                        sync(dev)
                         g_times.append(time.monotonic() - t0)
                     else:
                         torch.manual_seed(rep)
                         t0 = time.monotonic()
                         atk(x, y)
+                        sync(dev)
                         t_times.append(time.monotonic() - t0)
             sec, tsec = min(g_times), min(t_times)
             early = bool(cand.success.any()) or cand.steps < S
@@ -437,8 +449,9 @@ def run_api(args, report: Report) -> None:
 
     import gpuopt
 
-    model = small_cnn()
-    x = torch.rand(128, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    dev = args.device
+    model = small_cnn().to(dev)
+    x = torch.rand(128, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(dev)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     eps = 8 / 255
@@ -459,8 +472,10 @@ def run_api(args, report: Report) -> None:
     for k in range(args.api_calls):  # the tools take turns, rotating which goes first (a shared machine's load)
         for tool in names[k % len(names):] + names[: k % len(names)]:
             torch.manual_seed(k)
+            sync(dev)
             t0 = time.perf_counter()
             adv = calls[tool]()
+            sync(dev)
             times[tool].append(time.perf_counter() - t0)
             with torch.no_grad():
                 linf[tool] = max(linf[tool], float((adv - x).abs().max()))
@@ -522,8 +537,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2,
                     help="throughput: timed runs per tool and R, alternating which goes first; the fastest counts")
     ap.add_argument("--api-calls", type=int, default=10, help="api: timed calls per tool (after 2 warm-up calls)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both tools run (default cpu)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "attack.json"))
     args = ap.parse_args(argv)
+    from gpuopt.devices import check_device
+
+    args.device = str(check_device(args.device, "--device"))
     if not BENCH.is_dir():
         print(f"benchmark folder not found: {BENCH} (expected ../shared/benchmarks beside the repo); nothing to run")
         return 0
@@ -532,10 +552,11 @@ def main(argv=None) -> int:
     except ImportError:
         print("torchattacks is not installed (pip install --no-deps torchattacks); nothing to compare against")
         return 0
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     meta = {"argv": sys.argv[1:], "budget": args.budget, "sections": args.sections, "suites": args.suites,
             "variants": args.variants, "limit": args.limit, "restarts_list": args.restarts_list, "steps": args.steps,
-            "repeats": args.repeats,
+            "repeats": args.repeats, "device": args.device,
+            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
             "torch": torch.__version__, "torchattacks": torchattacks.__version__, "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     report = Report(Path(args.out), meta)

@@ -124,12 +124,17 @@ def published_scores() -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def child_env() -> dict:
+    """This environment with the repository first on ``PYTHONPATH`` (what was there is kept)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
 def run_one(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None) -> dict:
     cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout), *(extra or [])]
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+                              env=child_env())
         lines = proc.stdout.strip().splitlines()
         status = lines[-1].strip() if proc.returncode == 0 and lines else "error"
         detail = lines[-2] if len(lines) >= 2 else proc.stderr.strip()[-300:]
@@ -138,7 +143,7 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None)
     return {"status": status, "seconds": time.monotonic() - t0, "detail": detail}
 
 
-def run_bulk(todo, limits, workers) -> tuple[list[dict], float]:
+def run_bulk(todo, limits, workers, extra: list | None = None) -> tuple[list[dict], float]:
     """All of ``todo`` through one ``gpuopt run``; one result per instance, in order, and the
     run's wall-clock seconds (start-up included)."""
     import tempfile
@@ -150,8 +155,9 @@ def run_bulk(todo, limits, workers) -> tuple[list[dict], float]:
         cmd = [sys.executable, "-m", "gpuopt", "run", str(csv_path), "--results", str(results)]
         if workers:
             cmd += ["--workers", str(workers)]
+        cmd += extra or []
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
         wall = time.monotonic() - t0
         by_key = {}
         for line in results.read_text().splitlines() if results.exists() else []:
@@ -206,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-args", default="", help="extra options for each `gpuopt verify`, e.g. '--bab off'")
     ap.add_argument("--bulk", action="store_true", help="one `gpuopt run` over the suite instead of a process each")
     ap.add_argument("--workers", type=int, default=None, help="--bulk: gpuopt run --workers")
+    ap.add_argument("--run-args", default="", help="--bulk: extra options for `gpuopt run`, e.g. '--device cuda'")
     args = ap.parse_args(argv)
     if not BENCH.is_dir():
         print(f"benchmark folder not found: {BENCH} (expected ../shared/benchmarks beside the repo)")
@@ -226,7 +233,7 @@ def main(argv=None) -> int:
     for suite, onnx, vnnlib, timeout in todo:
         t = timeout * args.timeout_scale
         limits.append(min(t, args.max_timeout) if args.max_timeout is not None else t)
-    bulk, wall = run_bulk(todo, limits, args.workers) if args.bulk and todo else (None, None)
+    bulk, wall = run_bulk(todo, limits, args.workers, args.run_args.split()) if args.bulk and todo else (None, None)
     for n, ((suite, onnx, vnnlib, timeout), t) in enumerate(zip(todo, limits), 1):
         name = instance_name(onnx, vnnlib)
         res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t, args.verify_args.split())
@@ -297,6 +304,7 @@ def main(argv=None) -> int:
               "included); an instance's seconds count from its admission, so they overlap")
     summary_path = out.with_suffix(".summary.json")
     summary_path.write_text(json.dumps({"timeout_scale": args.timeout_scale, "bulk_wall_seconds": wall,
+                                        "run_args": args.run_args,
                                         "suites": summary}, indent=2))
     print(f"\nresults: {out}\nsummary: {summary_path}")
     return 1 if any(r["wrong"] for r in records) else 0

@@ -1,0 +1,103 @@
+"""The CUDA kernels against their torch fallbacks: identical results, and the time of each.
+
+``pack_and_hash`` (``cuda_kernels/patterns.cu``, :mod:`gpuopt.kernels.patterns`) on seeded random
+activation patterns of several shapes ``(rows, neurons)``: each implementation's median of
+``--repeats`` timed calls after one warm-up (the CUDA queue drained before the timer stops), and
+whether both return the same packed bytes and hashes. The fallback packs on the device and hashes
+on the host, so its time includes the copy back; the kernel's result stays on the device.
+
+Without CUDA and CuPy only the fallback runs (on ``--device``, default ``cuda`` when available).
+The JSON (``--out``) holds every row and is rewritten after each.
+
+    python benchmarks/kernels.py --shapes 4096x1024 65536x1536 262144x512 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gpuopt.devices import check_device  # noqa: E402
+from gpuopt.kernels import cupy_available  # noqa: E402
+from gpuopt.kernels.patterns import pack_and_hash  # noqa: E402
+
+
+def shape_arg(text: str) -> tuple[int, int]:
+    try:
+        rows, neurons = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROWSxNEURONS, e.g. 4096x1024") from None
+    if rows < 0 or neurons < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: rows and neurons must be >= 0")
+    return rows, neurons
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, tuple]:
+    """The median seconds of ``repeats`` calls of ``fn`` after one warm-up, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", type=shape_arg, default=[(4096, 1024), (65536, 1536), (262144, 512)])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "kernels.json"))
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    device = check_device(args.device, "--device")
+    kernel = device.type == "cuda" and cupy_available()
+    meta = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cupy": kernel, "torch": torch.__version__, "machine": platform.machine(), "repeats": args.repeats,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not kernel:
+        print(f"no CUDA kernel on {device} (needs a CUDA device and CuPy): the fallback alone is timed")
+    rows_out = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{'rows':>8s} {'neurons':>8s} {'fallback ms':>12s} {'kernel ms':>10s} {'speed-up':>9s} {'identical':>9s}")
+    for rows, neurons in args.shapes:
+        gen = torch.Generator().manual_seed(rows * 7919 + neurons)
+        bits = (torch.rand((rows, neurons), generator=gen) < 0.5).to(device)
+        t_fb, (p_fb, h_fb) = timed(lambda: pack_and_hash(bits, impl="torch"), device, args.repeats)
+        row = {"kernel": "pack_and_hash", "rows": rows, "neurons": neurons, "fallback_seconds": t_fb}
+        if kernel:
+            t_k, (p_k, h_k) = timed(lambda: pack_and_hash(bits, impl="cupy"), device, args.repeats)
+            same = bool(torch.equal(p_k.cpu(), p_fb.cpu()) and torch.equal(h_k.cpu(), h_fb.cpu()))
+            row.update(kernel_seconds=t_k, speedup=t_fb / t_k if t_k > 0 else None, identical=same)
+        rows_out.append(row)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
+        os.replace(tmp, out)
+        k = f"{1e3 * row['kernel_seconds']:10.3f}" if kernel else f"{'-':>10s}"
+        s = f"{row['speedup']:9.1f}" if kernel and row["speedup"] else f"{'-':>9s}"
+        same = str(row.get("identical", "-"))
+        print(f"{rows:8d} {neurons:8d} {1e3 * t_fb:12.3f} {k} {s} {same:>9s}", flush=True)
+    print(f"results: {out}")
+    return 1 if any(r.get("identical") is False for r in rows_out) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
