@@ -6,7 +6,8 @@
 #   nvcc       cuda_kernels/*.cu compiled to PTX (as .ci/run does where nvcc is on the PATH)
 #   kernels    benchmarks/kernels.py: the CuPy kernels against their torch fallbacks (identical? how fast?)
 #   attack     benchmarks/attack.py --device cuda: restart-steps per second and the per-call API time
-#   tests      the whole test suite with CUDA visible (so every `device=None` path runs on the GPU)
+#   tests      the whole test suite with CUDA visible (so every `device=None` path runs on the GPU);
+#              -v names each failure as it happens (a suite cut at its cap still says which failed)
 #   acasxu     all 186 acasxu instances, official timeouts, one `gpuopt run --device cuda` (bulk wall time)
 #   falsify    benchmarks/attack.py --device cuda --sections falsify (gpuopt and torchattacks' PGD)
 #   mnist_fc   all 90 mnist_fc instances through `gpuopt run --device cuda`, timeouts scaled by
@@ -49,6 +50,9 @@ phase() {  # phase NAME CAP_SECONDS COMMAND...: runs COMMAND under min(CAP, time
     echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))$([ $rc -eq 124 ] && echo ' (cut at its cap)')" \
         | tee -a "$OUT/phases.txt"
     tail -n "${TAIL_LINES:-15}" "$WORK/$name.log"
+    # failures by name, also from a run cut at its cap (pytest -v prints each as it ends)
+    grep -E " (FAILED|ERROR) " "$WORK/$name.log" | sed 's/^\[gw[0-9]*\] *//' | head -40 \
+        | tee -a "$OUT/phases.txt"
     pack
 }
 
@@ -69,7 +73,7 @@ phase kernels 40 $PY benchmarks/kernels.py --out "$WORK/kernels.json" \
     --shapes 4096x1024 65536x1536 262144x512 1000000x256
 phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api \
     --restarts-list 1000 4000 16000 --out "$WORK/attack_throughput.json"
-phase tests 180 $PY -m pytest -q -p no:cacheprovider -n "$WORKERS" -rfEs -k "not cifar_biasfield"
+phase tests 240 $PY -m pytest -v -p no:cacheprovider -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield"
 phase acasxu 90 $PY benchmarks/vnncomp.py --suites acasxu_all --bulk --workers "$WORKERS" --run-args "--device cuda" \
     --results "$WORK/acasxu_all.jsonl"
 phase falsify 130 $PY benchmarks/attack.py --device cuda --sections falsify --budget "${FALSIFY_BUDGET:-5}" \

@@ -140,3 +140,36 @@ def test_a_bad_item_ends_as_an_error_and_the_run_goes_on(demo):
         out = dict(run_hybrid(sources, ex))
     assert isinstance(out["bad"], ValueError) and out["s0"].verdict.status in (Status.UNSAT, Status.SAT)
     assert np.isfinite(out["s0"].verdict.seconds)
+
+
+def _plan_fast(item):
+    return [TaskSpec(sleep_task, (0.3, "decide"), "fast")]
+
+
+def _plan_late(item):
+    return [TaskSpec(sleep_task, (2.0, "decide"), "late")]
+
+
+def test_a_decision_merged_late_keeps_the_time_its_task_ended(demo):
+    # one worker: while s1's 2 s batch stage blocks this process, s0's 0.3 s task ends in the pool
+    # and is merged only afterwards; s0's verdict is timed at its task's end, not at the merge
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("slow", "batch", _slow_batch, lambda c, it: True),
+              Stage("fast", "task", _plan_fast, lambda c, it: True, _merge, _finish))
+    got = _run(_sources(demo, range(2), 0.3, config), stages, workers=1, group_size=1, max_active=2)
+    ev = {k: {e["stage"]: e for e in v.events} for k, v in got.items()}
+    s0 = got["s0"]
+    assert s0.decided_by == "race"
+    task_end = ev["s0"]["fast"]["end"]
+    assert ev["s1"]["slow"]["end"] > task_end + 1.0  # the merge really was late
+    assert abs(s0.seconds - (task_end - ev["s0"]["bounds"]["start"])) < 0.25, (s0.seconds, ev["s0"])
+
+
+def test_a_task_that_ends_after_the_deadline_ends_the_item_timeout(demo):
+    # the task decides at 2 s, within the cancel grace of a 1 s deadline: too late all the same
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("late", "task", _plan_late, lambda c, it: True, _merge, _finish))
+    got = _run(_sources(demo, [0], 0.3, config, timeout=1.0), stages, workers=1)
+    v = got["s0"]
+    assert v.status is Status.TIMEOUT and v.decided_by != "race", v
+    assert "after the item's deadline" in v.message

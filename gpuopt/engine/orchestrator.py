@@ -16,7 +16,10 @@ The loop:
    cancelled (their workers are freed at once); an item whose stage has no task left is finished
    by that stage, and moves to the next task stage or ends ``unknown``.
 4. **Deadlines**: an item past its deadline (plus a small grace for tasks to report) has its tasks
-   cancelled and ends ``timeout``.
+   cancelled and ends ``timeout``. A task result counts only if the task *ended* by the item's
+   deadline (its own ``end`` stamp): one that ran past it ends the item ``timeout`` whatever it
+   found, and a decision merged late (this process was busy with another group's batch stages)
+   keeps the time at which its task ended. No task starts for an item with no time left.
 
 So while the pool solves MILPs (or splits inputs) for earlier items, this process bounds and
 attacks the next ones; the items' stage events (wall-clock start and end of each stage and task)
@@ -30,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 from ..verdict import Status
@@ -106,7 +109,8 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
     def dispatch():
         """Submits queued tasks while fewer than ``n_workers`` are in the pool (see the module docstring)."""
         while len(owner) < n_workers:
-            waiting = [a for a in active.values() if a.queue]
+            # an item with no time left starts nothing more: step 3 ends it
+            waiting = [a for a in active.values() if a.queue and a.item.left() > 0]
             if not waiting:
                 return
             act = min(waiting, key=lambda a: (len(a.handles), a.order))
@@ -162,7 +166,7 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
             outcome = h.result()
             if outcome.status is TaskStatus.OK:
                 value = outcome.value
-                stage.merge(item, spec, value)
+                _merge_in_time(item, stage, spec, value)
                 record_event(item, stage.name, value.get("start", act.started), value.get("end", time.time()),
                              _word(item), value.get("end", 0.0) - value.get("start", 0.0))
             elif outcome.status is TaskStatus.TIMEOUT:
@@ -180,9 +184,27 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
         # 3. deadlines
         now = time.monotonic()
         for act in list(active.values()):
-            if act.item.deadline is not None and now > act.item.deadline + DEADLINE_GRACE:
+            # at once when none of its tasks runs; else after the grace, for them to report
+            if act.item.deadline is not None and now > act.item.deadline + (DEADLINE_GRACE if act.handles else 0.0):
                 act.item.decide(Status.TIMEOUT)
                 yield end(act)
+
+
+def _merge_in_time(item: ItemState, stage, spec, value: dict) -> None:
+    """Merges a task's result if the task ended by the item's deadline, else ends the item
+    ``timeout``; a decision it brings is timed at the task's end, not at this (possibly late) merge."""
+    ended = value.get("end")
+    if ended is not None and item.deadline is not None:
+        now_wall, now = time.time(), time.monotonic()
+        late = ended - (now_wall + (item.deadline - now))  # seconds past the deadline, on the wall clock
+        if late > 0:
+            item.decide(Status.TIMEOUT, message=f"{spec.label}: its result came {late:.2f} s after the item's deadline")
+            return
+    undecided = item.verdict is None
+    stage.merge(item, spec, value)
+    if undecided and item.verdict is not None and ended is not None:
+        at = ended - (time.time() - (time.monotonic() - item.t0))  # the task's end, in seconds from the item's start
+        item.verdict = replace(item.verdict, seconds=max(0.0, min(item.verdict.seconds, at)))
 
 
 def _word(item: ItemState) -> str:
