@@ -143,13 +143,17 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None)
     return {"status": status, "seconds": time.monotonic() - t0, "detail": detail}
 
 
-def run_bulk(todo, limits, workers, extra: list | None = None) -> tuple[list[dict], float]:
+def run_bulk(todo, limits, workers, extra: list | None = None, results: Path | None = None) -> tuple[list[dict], float]:
     """All of ``todo`` through one ``gpuopt run``; one result per instance, in order, and the
-    run's wall-clock seconds (start-up included)."""
+    run's wall-clock seconds (start-up included). ``results``: where ``gpuopt run`` appends its
+    records as items end (kept, so that a run cut short still shows what it decided; replaced
+    at the start), else a temporary file."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path, results = Path(tmp) / "instances.csv", Path(tmp) / "results.jsonl"
+        csv_path = Path(tmp) / "instances.csv"
+        results = Path(results) if results is not None else Path(tmp) / "results.jsonl"
+        results.unlink(missing_ok=True)
         with open(csv_path, "w", newline="") as fh:
             csv.writer(fh).writerows([str(o), str(v), repr(t)] for (_, o, v, _), t in zip(todo, limits))
         cmd = [sys.executable, "-m", "gpuopt", "run", str(csv_path), "--results", str(results)]
@@ -210,7 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "first_path.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip instances already in the results file")
     ap.add_argument("--verify-args", default="", help="extra options for each `gpuopt verify`, e.g. '--bab off'")
-    ap.add_argument("--bulk", action="store_true", help="one `gpuopt run` over the suite instead of a process each")
+    ap.add_argument("--bulk", action="store_true", help="one `gpuopt run` over the suite instead of a process each "
+                    "(its own records, appended as items end, go to RESULTS with the suffix .run.jsonl)")
     ap.add_argument("--workers", type=int, default=None, help="--bulk: gpuopt run --workers")
     ap.add_argument("--run-args", default="", help="--bulk: extra options for `gpuopt run`, e.g. '--device cuda'")
     args = ap.parse_args(argv)
@@ -233,7 +238,8 @@ def main(argv=None) -> int:
     for suite, onnx, vnnlib, timeout in todo:
         t = timeout * args.timeout_scale
         limits.append(min(t, args.max_timeout) if args.max_timeout is not None else t)
-    bulk, wall = run_bulk(todo, limits, args.workers, args.run_args.split()) if args.bulk and todo else (None, None)
+    bulk, wall = (run_bulk(todo, limits, args.workers, args.run_args.split(), out.with_suffix(".run.jsonl"))
+                  if args.bulk and todo else (None, None))
     for n, ((suite, onnx, vnnlib, timeout), t) in enumerate(zip(todo, limits), 1):
         name = instance_name(onnx, vnnlib)
         res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t, args.verify_args.split())

@@ -85,13 +85,30 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
     """The objective of :func:`descend` for padded specs ``A`` ``(batch, K, M, n_out)``, ``b``
     ``(batch, K, M)`` (padding rows ``b = +inf``, padding disjuncts ``b[k, 0] = -inf``)."""
 
+    last: dict = {}  # the spec rows of the last ``items`` (the loop passes one tensor until it retires items)
+
     def margins(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if last.get("items") is not items:
+            last.update(items=items, A=A[items], b=b[items][:, None])
         bsz, r, n = x.shape
         y = network.forward(x.reshape(bsz * r, n)).reshape(bsz, r, -1)
-        rows = torch.einsum("bkmo,bro->brkm", A[items], y) - b[items][:, None]
+        rows = torch.einsum("bkmo,bro->brkm", last["A"], y) - last["b"]
         return rows.amax(dim=-1).amin(dim=-1)
 
     return margins
+
+
+def _in_chunk(objective, chunk: torch.Tensor):
+    """``objective`` on the items ``chunk[items]``; the same ``items`` tensor maps to the same index
+    tensor, so that the objective's per-items rows are gathered once per retirement, not per step."""
+    last: dict = {}
+
+    def local(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if last.get("items") is not items:
+            last.update(items=items, mapped=chunk[items])
+        return objective(x, last["mapped"])
+
+    return local
 
 
 def _row_bytes(network: Network, dtype: torch.dtype) -> int:
@@ -198,7 +215,7 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
             gens = generators(round_seed, chunk.tolist())
             sub = geometry.select(chunk)
             try:
-                local = lambda x, items, c=chunk: objective(x, c[items])  # noqa: E731
+                local = _in_chunk(objective, chunk)
                 x0 = _starts(network, lambda x: local(x, torch.arange(x.shape[0], device=dev)), sub, config, gens,
                              rounds == 0)
                 res = descend(local, sub, x0, config, target=target[chunk], deadline=deadline)
