@@ -91,7 +91,10 @@ def _check_sat(verdict, net, region, spec):
     ya, _ = numpy_forward(net, x[None], absolute=True)
     m = float(numpy_margin(spec, y)[0])
     assert m <= 1e-12 * max(1.0, float(ya.max())), f"counterexample has margin {m}"
-    np.testing.assert_array_equal(verdict.output, net.forward64(x[None])[0])
+    # the output is the check's float64 forward (numpy, step by step); torch's float64 forward
+    # sums in another order (its kernels vary with the CPU), so the two agree to rounding only
+    ref = net.forward64(x[None])[0]
+    assert np.all(np.abs(verdict.output - ref) <= 1e-12 * max(1.0, float(ya.max()))), (verdict.output, ref)
     assert spec.margin64(verdict.output[None])[0] <= 0.0
     assert verdict.margin_upper <= 0.0
 
