@@ -459,6 +459,10 @@ def _cmd_verify(args, start_time: float) -> int:
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
                           milp_refine_share=args.milp_refine, **bab,
                           **({} if args.refine_method is None else {"refine_method": args.refine_method}))
+    from .devices import warm_up
+    from .engine.stages import attack_device
+
+    warm_up(attack_device(config))  # CUDA's start-up overlaps loading and bounding
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:
@@ -482,6 +486,9 @@ def _cmd_attack(args, start_time: float) -> int:
     torch.set_num_threads(args.threads)
     attack = AttackConfig(seed=args.seed, **{k: getattr(args, k) for k in ("restarts", "steps")
                                              if getattr(args, k) is not None})
+    from .devices import warm_up
+
+    warm_up(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))  # overlaps loading
     verdict = attack_instance(args.onnx, args.vnnlib, timeout=args.timeout, attack=attack, device=args.device,
                               start_time=start_time)
     if args.out:

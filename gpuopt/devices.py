@@ -1,10 +1,18 @@
-"""Validating a device name before any work: ``cpu``, ``cuda`` or ``cuda:N`` for an available N."""
+"""Validating a device name before any work: ``cpu``, ``cuda`` or ``cuda:N`` for an available N;
+and starting a CUDA device's initialisation early, in the background."""
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from .errors import InvalidInputError
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "warm_up"]
+
+log = logging.getLogger("gpuopt")
+_warmed: dict = {}  # device name -> the thread that initialised it (one per device and process)
+_warm_lock = threading.Lock()
 
 
 def check_device(value, name: str = "`device`"):
@@ -32,3 +40,31 @@ def check_device(value, name: str = "`device`"):
         raise InvalidInputError(f"{name} {value!r}: there is no CUDA device {dev.index} (this machine has {count}: "
                                 f"cuda:0 to cuda:{count - 1})")
     return dev
+
+
+def warm_up(device) -> threading.Thread | None:
+    """Starts initialising ``device`` (a CUDA context, the first allocation and cuBLAS, together
+    about a second or more) in a background thread, once per device and process, so that it
+    overlaps the loading and bounding that come before the attack; the first real use then waits
+    for it under torch's own lock. Returns the thread (``None`` for the CPU). A failure is only
+    logged: the first real use raises it where it belongs."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    with _warm_lock:
+        if str(dev) in _warmed:
+            return _warmed[str(dev)]
+
+        def run():
+            try:
+                a = torch.ones((8, 8), device=dev)
+                (a @ a).sum().item()
+            except Exception as err:  # noqa: BLE001 - reported by the first real use
+                log.debug("warming %s failed: %s", dev, err)
+
+        thread = threading.Thread(target=run, name=f"gpuopt-warm-{dev}", daemon=True)
+        _warmed[str(dev)] = thread
+        thread.start()
+        return thread
