@@ -235,3 +235,39 @@ def test_screening_draws_only_on_low_dimensional_inputs(n_in, draws):
         plain = search._starts(net, objective, geom, AttackConfig(restarts=8, screen=1, corners=0.0, odi=0.0),
                                search.generators(0, [0, 1]), False)
         assert torch.all(x.sum(-1) <= plain.sum(-1))
+
+
+@pytest.mark.parametrize("K, M", [(1, 1), (3, 1), (1, 3), (4, 3)])
+def test_spec_margins_match_a_float64_reference_with_padding(K, M):
+    """``min_k max_m (A y - b)`` over each item's real rows, with padding rows (``b = +inf``) and
+    padding disjuncts (``b[k, 0] = -inf``) as the engine stacks them; any ``items`` subset, and a
+    new ``items`` tensor is never served the rows cached for the last one."""
+    rng = np.random.default_rng(K * 10 + M)
+    net = random_dense_network(rng, 4, [10], 5)
+    P, R = 3, 7
+    A = np.zeros((P, K, M, 5))
+    b = np.full((P, K, M), np.inf)
+    real = []
+    for i in range(P):
+        k_i = int(rng.integers(1, K + 1))
+        disj = []
+        for k in range(K):
+            if k >= k_i:
+                b[i, k, 0] = -np.inf  # a padding disjunct: its row value +inf is never the min
+                continue
+            m_k = int(rng.integers(1, M + 1))
+            A[i, k, :m_k] = rng.normal(size=(m_k, 5))
+            b[i, k, :m_k] = rng.normal(size=m_k)
+            disj.append((A[i, k, :m_k], b[i, k, :m_k]))
+        real.append(disj)
+    margins = search.spec_margins(net, torch.tensor(A), torch.tensor(b))
+    x = torch.tensor(rng.uniform(-1, 1, (P, R, 4)))
+    for items in (torch.arange(P), torch.tensor([2, 0]), torch.tensor([1])):
+        xs = x[: len(items)].clone().requires_grad_(True)
+        got = margins(xs, items)
+        y = net.forward64(xs.detach().reshape(-1, 4).numpy()).reshape(len(items), R, 5)
+        want = np.array([[min(float(np.max(Ak @ y[j, r] - bk)) for Ak, bk in real[int(i)]) for r in range(R)]
+                         for j, i in enumerate(items)])
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-12)
+        (g,) = torch.autograd.grad(got.sum(), xs)
+        assert torch.isfinite(g).all()

@@ -85,15 +85,20 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
     """The objective of :func:`descend` for padded specs ``A`` ``(batch, K, M, n_out)``, ``b``
     ``(batch, K, M)`` (padding rows ``b = +inf``, padding disjuncts ``b[k, 0] = -inf``)."""
 
+    _, K, M, n_out = A.shape
     last: dict = {}  # the spec rows of the last ``items`` (the loop passes one tensor until it retires items)
 
     def margins(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if last.get("items") is not items:
-            last.update(items=items, A=A[items], b=b[items][:, None])
+            # rows as one batched product: (bsz, n_out, K M) and the right-hand sides negated
+            last.update(items=items, At=A[items].reshape(-1, K * M, n_out).transpose(1, 2).contiguous(),
+                        nb=-b[items].reshape(-1, 1, K * M))
         bsz, r, n = x.shape
-        y = network.forward(x.reshape(bsz * r, n)).reshape(bsz, r, -1)
-        rows = torch.einsum("bkmo,bro->brkm", last["A"], y) - last["b"]
-        return rows.amax(dim=-1).amin(dim=-1)
+        y = network.forward(x.reshape(bsz * r, n)).reshape(bsz, r, n_out)
+        rows = torch.baddbmm(last["nb"], y, last["At"])  # (bsz, r, K M): A y - b
+        if M > 1:
+            rows = rows.reshape(bsz, r, K, M).max(dim=-1).values
+        return rows.min(dim=-1).values if K > 1 else rows[..., 0]
 
     return margins
 
