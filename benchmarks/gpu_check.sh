@@ -74,9 +74,9 @@ phase kernels 40 $PY benchmarks/kernels.py --out "$WORK/kernels.json" \
 phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api \
     --restarts-list 1000 4000 16000 --out "$WORK/attack_throughput.json"
 phase tests 240 $PY -m pytest -v -p no:cacheprovider -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield"
-phase acasxu 90 $PY benchmarks/vnncomp.py --suites acasxu_all --bulk --workers "$WORKERS" --run-args "--device cuda" \
-    --results "$WORK/acasxu_all.jsonl"
-phase falsify 130 $PY benchmarks/attack.py --device cuda --sections falsify --budget "${FALSIFY_BUDGET:-5}" \
+phase acasxu 120 $PY benchmarks/vnncomp.py --suites acasxu_all --bulk --workers "$WORKERS" --run-args "--device cuda" \
+    --results "$WORK/acasxu_all.jsonl"  # gpuopt run's own records, kept if cut: $WORK/acasxu_all.run.jsonl
+phase falsify 150 $PY benchmarks/attack.py --device cuda --sections falsify --budget "${FALSIFY_BUDGET:-10}" \
     --variants gpuopt torchattacks-pgd --out "$WORK/attack_falsify.json"
 phase mnist_fc 600 $PY -m gpuopt run ../shared/benchmarks/vnncomp2022/mnist_fc/instances.csv --device cuda \
     --workers "$WORKERS" --timeout-scale "${MNIST_SCALE:-0.25}" --results "$WORK/mnist_fc.jsonl"
