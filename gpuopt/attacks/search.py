@@ -86,13 +86,15 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
     ``(batch, K, M)`` (padding rows ``b = +inf``, padding disjuncts ``b[k, 0] = -inf``)."""
 
     _, K, M, n_out = A.shape
-    last: dict = {}  # the spec rows of the last ``items`` (the loop passes one tensor until it retires items)
+    # the spec rows of the last ``items`` and its version (the loop passes one tensor until it
+    # retires items; a tensor changed in place has a new version)
+    last: dict = {}
 
     def margins(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if last.get("items") is not items:
+        if last.get("items") is not items or last["version"] != items._version:
             # rows as one batched product: (bsz, n_out, K M) and the right-hand sides negated
-            last.update(items=items, At=A[items].reshape(-1, K * M, n_out).transpose(1, 2).contiguous(),
-                        nb=-b[items].reshape(-1, 1, K * M))
+            At = A[items].reshape(-1, K * M, n_out).transpose(1, 2).contiguous()
+            last.update(items=items, version=items._version, At=At, nb=-b[items].reshape(-1, 1, K * M))
         bsz, r, n = x.shape
         y = network.forward(x.reshape(bsz * r, n)).reshape(bsz, r, n_out)
         rows = torch.baddbmm(last["nb"], y, last["At"])  # (bsz, r, K M): A y - b
@@ -104,13 +106,13 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
 
 
 def _in_chunk(objective, chunk: torch.Tensor):
-    """``objective`` on the items ``chunk[items]``; the same ``items`` tensor maps to the same index
-    tensor, so that the objective's per-items rows are gathered once per retirement, not per step."""
+    """``objective`` on the items ``chunk[items]``; the same ``items`` tensor (unchanged) maps to the
+    same index tensor, so that the objective's per-items rows are gathered once per retirement, not per step."""
     last: dict = {}
 
     def local(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if last.get("items") is not items:
-            last.update(items=items, mapped=chunk[items])
+        if last.get("items") is not items or last["version"] != items._version:
+            last.update(items=items, version=items._version, mapped=chunk[items])
         return objective(x, last["mapped"])
 
     return local
@@ -265,7 +267,9 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
         margin = rows.amax(dim=-1).amin(dim=-1)
     pools = tuple(_pool(network, pool_x[i], pool_m[i], config.keep, dev, dtype, n) for i in range(B))
     if confirm is None:
-        success = success | (margin <= 0)
+        # the margin recomputed at the returned point decides (the descent's batched value may
+        # round to the other side of 0 in float32)
+        success = margin <= 0
     return Candidates(best_x, margin, success, tuple(patterns), pools, steps, rounds, launched, evaluations)
 
 

@@ -19,7 +19,10 @@ The loop:
    cancelled and ends ``timeout``. A task result counts only if the task *ended* by the item's
    deadline (its own ``end`` stamp): one that ran past it ends the item ``timeout`` whatever it
    found, and a decision merged late (this process was busy with another group's batch stages)
-   keeps the time at which its task ended. No task starts for an item with no time left.
+   keeps the time at which its task ended (a stage's ``finish`` deciding on its merged results:
+   the time the last of them ended). Results that arrive together merge in the order their tasks
+   ended, so a late sibling cannot overrule an in-time decision. No task starts for an item with
+   no time left.
 
 So while the pool solves MILPs (or splits inputs) for earlier items, this process bounds and
 attacks the next ones; the items' stage events (wall-clock start and end of each stage and task)
@@ -31,6 +34,7 @@ again the item ends ``error`` with the cause. Each item yields exactly one finis
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -68,6 +72,7 @@ class _Active:
     handles: set = field(default_factory=set)
     queue: deque = field(default_factory=deque)  # planned tasks of the current stage, not yet submitted
     started: float = 0.0  # time.time() when the current stage was planned
+    last_end: float | None = None  # time.time() at which the last task of this stage merged in time ended
 
 
 def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_size: int = 8,
@@ -94,7 +99,7 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
             stage = stages[s]
             if stage.kind != "task" or not stage.enabled(item.config, item):
                 continue
-            act.stage, act.started = s, time.time()
+            act.stage, act.started, act.last_end = s, time.time(), None
             specs = stage.run(item)
             if not specs:  # nothing to run: the stage concludes on what it has
                 stage.finish(item)
@@ -117,7 +122,7 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
             spec = act.queue.popleft()
             budget = max(0.0, act.item.left())
             h = executor.submit(spec.fn, *spec.args, budget, time.time(),
-                                timeout=budget + DEADLINE_GRACE + 5.0, retries=1)
+                                timeout=budget + DEADLINE_GRACE + 5.0 if math.isfinite(budget) else None, retries=1)
             owner[h] = (act.key, spec)
             act.handles.add(h)
 
@@ -156,7 +161,10 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
         # 2. merge finished tasks
         can_admit = not exhausted and len(active) < max_active
         done = wait_any(list(owner), timeout=0.0 if can_admit else 0.5) if owner else []
-        for h in done:
+        # results that ended first merge first: a late sibling cannot overrule an in-time decision
+        for h in sorted(done, key=_ended):
+            if h not in owner:  # its item ended with an earlier result of this batch (its tasks cancelled)
+                continue
             key, spec = owner.pop(h)
             act = active.get(key)
             if act is None:
@@ -166,7 +174,8 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
             outcome = h.result()
             if outcome.status is TaskStatus.OK:
                 value = outcome.value
-                _merge_in_time(item, stage, spec, value)
+                if _merge_in_time(item, stage, spec, value) and value.get("end") is not None:
+                    act.last_end = max(act.last_end or 0.0, value["end"])
                 record_event(item, stage.name, value.get("start", act.started), value.get("end", time.time()),
                              _word(item), value.get("end", 0.0) - value.get("start", 0.0))
             elif outcome.status is TaskStatus.TIMEOUT:
@@ -178,6 +187,8 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                 yield end(act)
             elif not act.handles and not act.queue:
                 stage.finish(item)
+                if item.verdict is not None and act.last_end is not None:
+                    _time_at(item, act.last_end)  # concluded on its tasks: timed when the last one ended
                 if item.verdict is not None or not submit_next_stage(act):
                     yield end(act)
         dispatch()
@@ -190,21 +201,37 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                 yield end(act)
 
 
-def _merge_in_time(item: ItemState, stage, spec, value: dict) -> None:
-    """Merges a task's result if the task ended by the item's deadline, else ends the item
-    ``timeout``; a decision it brings is timed at the task's end, not at this (possibly late) merge."""
+def _ended(handle) -> float:
+    """The wall-clock end of a finished task's run (``inf`` when it reported none)."""
+    outcome = handle.result()
+    value = outcome.value if outcome.status is TaskStatus.OK else None
+    end = value.get("end") if isinstance(value, dict) else None
+    return end if isinstance(end, (int, float)) else math.inf
+
+
+def _merge_in_time(item: ItemState, stage, spec, value: dict) -> bool:
+    """Merges a task's result if the task ended by the item's deadline (True), else ends the item
+    ``timeout`` (False); a decision it brings is timed at the task's end, not at this (possibly
+    late) merge."""
     ended = value.get("end")
     if ended is not None and item.deadline is not None:
         now_wall, now = time.time(), time.monotonic()
         late = ended - (now_wall + (item.deadline - now))  # seconds past the deadline, on the wall clock
         if late > 0:
             item.decide(Status.TIMEOUT, message=f"{spec.label}: its result came {late:.2f} s after the item's deadline")
-            return
+            return False
     undecided = item.verdict is None
     stage.merge(item, spec, value)
     if undecided and item.verdict is not None and ended is not None:
-        at = ended - (time.time() - (time.monotonic() - item.t0))  # the task's end, in seconds from the item's start
-        item.verdict = replace(item.verdict, seconds=max(0.0, min(item.verdict.seconds, at)))
+        _time_at(item, ended)
+    return True
+
+
+def _time_at(item: ItemState, wall: float) -> None:
+    """Times the item's verdict at the wall-clock moment ``wall`` (when the work that decided it
+    ended), if that is earlier than the moment it was recorded."""
+    at = wall - (time.time() - (time.monotonic() - item.t0))  # in seconds from the item's start
+    item.verdict = replace(item.verdict, seconds=max(0.0, min(item.verdict.seconds, at)))
 
 
 def _word(item: ItemState) -> str:
