@@ -462,7 +462,8 @@ def _cmd_verify(args, start_time: float) -> int:
     from .devices import warm_up
     from .engine.stages import attack_device
 
-    warm_up(attack_device(config))  # CUDA's start-up overlaps loading and bounding
+    if config.use_attack:
+        warm_up(attack_device(config))  # CUDA's start-up overlaps loading and bounding
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
     if args.out:
         try:

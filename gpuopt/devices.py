@@ -53,6 +53,7 @@ def warm_up(device) -> threading.Thread | None:
     dev = torch.device(device)
     if dev.type != "cuda":
         return None
+    dev = torch.device("cuda", dev.index or 0)  # "cuda" and "cuda:0" are one device (torch's default is 0)
     with _warm_lock:
         if str(dev) in _warmed:
             return _warmed[str(dev)]

@@ -34,6 +34,7 @@ def test_a_cuda_device_is_warmed_once_per_process_in_the_background(fresh, monke
     t.join(10)
     assert calls == ["cuda:0"]
     assert devices.warm_up(torch.device("cuda:0")) is t  # the same thread: nothing runs twice
+    assert devices.warm_up("cuda") is t  # torch's default device is cuda:0
     devices.warm_up("cuda:1").join(10)
     assert calls == ["cuda:0", "cuda:1"]
 
