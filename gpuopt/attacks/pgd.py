@@ -160,8 +160,9 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
     """Minimise ``objective(x, items)`` from the starts ``x0`` ``(batch, restarts, n)`` (points of
     ``geometry``). ``objective`` maps the points of the items ``items`` (indices into the batch)
     to ``(len(items), restarts)`` margins (or a pair ``(margins, surrogate)``, see
-    :func:`_value_and_grad`). An item stops once a restart reaches ``target`` (0 by
-    default; looked at every :data:`STOP_CHECK_EVERY` steps); the loop stops at ``deadline`` (``time.monotonic()``) with the best so far."""
+    :func:`_value_and_grad`). An item stops once a restart reaches ``target`` (0 by default;
+    looked at every :data:`STOP_CHECK_EVERY` steps); the loop stops at ``deadline``
+    (``time.monotonic()``) with the best so far."""
     B, R, _ = x0.shape
     dev = x0.device
     target = torch.zeros(B, dtype=x0.dtype, device=dev) if target is None else target.to(dev, x0.dtype)

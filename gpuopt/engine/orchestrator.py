@@ -229,7 +229,9 @@ def _merge_in_time(item: ItemState, stage, spec, value: dict) -> bool:
 
 def _time_at(item: ItemState, wall: float) -> None:
     """Times the item's verdict at the wall-clock moment ``wall`` (when the work that decided it
-    ended), if that is earlier than the moment it was recorded."""
+    ended), if that is earlier than the moment it was recorded; a ``timeout`` keeps its time."""
+    if item.verdict.status is Status.TIMEOUT:
+        return
     at = wall - (time.time() - (time.monotonic() - item.t0))  # in seconds from the item's start
     item.verdict = replace(item.verdict, seconds=max(0.0, min(item.verdict.seconds, at)))
 
