@@ -173,3 +173,25 @@ def test_a_task_that_ends_after_the_deadline_ends_the_item_timeout(demo):
     v = got["s0"]
     assert v.status is Status.TIMEOUT and v.decided_by != "race", v
     assert "after the item's deadline" in v.message
+
+
+def _slow_batch_1s(items):
+    time.sleep(1.0)
+    return ["open"] * len(items)
+
+
+def test_results_merge_between_the_groups_of_an_admission(demo):
+    # one worker, groups of one, room for three: s0's 0.3 s task ends while s1 is bounded (1 s);
+    # it is merged before s2's group is bounded, not after every group of the admission
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("slow", "batch", _slow_batch_1s, lambda c, it: True),
+              Stage("fast", "task", _plan_fast, lambda c, it: True, _merge, _finish))
+    yielded = {}
+    with LocalExecutor(1) as ex:
+        ex.submit(sleep_task, 0.0, "warm", 0.0, 0.0, timeout=60).result()  # the worker is up first
+        for key, state in run_hybrid(_sources(demo, range(3), 0.3, config), ex, stages=stages, group_size=1,
+                                     max_active=3):
+            yielded[key] = (time.time(), state.verdict)
+    assert all(v.decided_by == "race" for _, v in yielded.values())
+    s2_slow = next(e for e in yielded["s2"][1].events if e["stage"] == "slow")
+    assert yielded["s0"][0] < s2_slow["start"], (yielded["s0"][0], s2_slow)

@@ -24,8 +24,9 @@ The loop:
    ended, so a late sibling cannot overrule an in-time decision. No task starts for an item with
    no time left.
 
-So while the pool solves MILPs (or splits inputs) for earlier items, this process bounds and
-attacks the next ones; the items' stage events (wall-clock start and end of each stage and task)
+Steps 2 and 3 also run between the groups of step 1, so that results are merged (and workers
+refilled) while the admission goes on. So while the pool solves MILPs (or splits inputs) for
+earlier items, this process bounds and attacks the next ones; the items' stage events (wall-clock start and end of each stage and task)
 show the overlap. A task that crashes its worker is retried once by the executor; if it fails
 again the item ends ``error`` with the cause. Each item yields exactly one finished
 :class:`ItemState` (or an exception from building it).
@@ -135,32 +136,10 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
         active.pop(act.key, None)
         return act.key, finalize(act.item)
 
-    while True:
-        # 1. admit a group while the pool has room
-        while not exhausted and len(active) < max_active:
-            group, built = [], []
-            # a group fills the free places (items decided by the batch stages leave at once)
-            while len(group) < min(group_size, max_active - len(active)):
-                try:
-                    src = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                group.append(src)
-            for src in group:
-                try:
-                    built.append((src.key, src.build()))
-                except Exception as err:  # noqa: BLE001 - a bad item ends as an error, the run goes on
-                    yield src.key, err
-            if built:
-                yield from _admit(built, stages, active, submit_next_stage, end, admitted)
-            dispatch()  # the pool starts on this group's tasks while the next group is bounded
-        dispatch()
-        if exhausted and not active:
-            return
-        # 2. merge finished tasks
-        can_admit = not exhausted and len(active) < max_active
-        done = wait_any(list(owner), timeout=0.0 if can_admit else 0.5) if owner else []
+    def merge_and_expire(wait: float):
+        """Steps 2 and 3: merges the tasks finished within ``wait`` seconds, refills the pool and
+        ends the items past their deadlines; yields the items that end."""
+        done = wait_any(list(owner), timeout=wait) if owner else []
         # results that ended first merge first: a late sibling cannot overrule an in-time decision
         for h in sorted(done, key=_ended):
             if h not in owner:  # its item ended with an earlier result of this batch (its tasks cancelled)
@@ -192,13 +171,42 @@ def run_hybrid(sources: Iterable[ItemSource], executor, *, stages=STAGES, group_
                 if item.verdict is not None or not submit_next_stage(act):
                     yield end(act)
         dispatch()
-        # 3. deadlines
         now = time.monotonic()
         for act in list(active.values()):
             # at once when none of its tasks runs; else after the grace, for them to report
             if act.item.deadline is not None and now > act.item.deadline + (DEADLINE_GRACE if act.handles else 0.0):
                 act.item.decide(Status.TIMEOUT)
                 yield end(act)
+
+    while True:
+        # 1. admit a group while the pool has room
+        while not exhausted and len(active) < max_active:
+            group, built = [], []
+            # a group fills the free places (items decided by the batch stages leave at once)
+            while len(group) < min(group_size, max_active - len(active)):
+                try:
+                    src = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                group.append(src)
+            for src in group:
+                try:
+                    built.append((src.key, src.build()))
+                except Exception as err:  # noqa: BLE001 - a bad item ends as an error, the run goes on
+                    yield src.key, err
+            if built:
+                yield from _admit(built, stages, active, submit_next_stage, end, admitted)
+            dispatch()  # the pool starts on this group's tasks while the next group is bounded
+            # what finished while this group was bounded merges now, not after the next groups:
+            # their workers get new tasks, and decisions are not held back
+            yield from merge_and_expire(0.0)
+        dispatch()
+        if exhausted and not active:
+            return
+        # 2. merge finished tasks, 3. deadlines
+        can_admit = not exhausted and len(active) < max_active
+        yield from merge_and_expire(0.0 if can_admit else 0.5)
 
 
 def _ended(handle) -> float:
