@@ -11,26 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from gpuopt.demo import load_demo_model
-from gpuopt.engine import LocalExecutor
-from gpuopt.engine.orchestrator import ItemSource, run_hybrid
+from gpuopt.engine.orchestrator import ItemSource
 from gpuopt.engine.stages import STAGES, Stage, TaskSpec
 from gpuopt.runs import _build_sample
 from gpuopt.verdict import Status
 from gpuopt.verify import VerifyConfig
 from tests._orchestrator_tasks import sleep_task
+from tests import test_orchestrator as orchestrator_tests
 
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_demo_model()
+# the orchestrator tests' fixtures and runner
+demo = orchestrator_tests.demo
+_keep_torch_threads = orchestrator_tests._keep_torch_threads
+_run = orchestrator_tests._run
 
 
 # ------------------------------------------------------------------ orchestrator: deadlines
@@ -40,15 +32,7 @@ def _source(demo, key, i, timeout, config):
 
 
 def _run_warm(sources, stages, workers, **kw):
-    """run_hybrid on an executor whose workers have already run a task (so a task's timing does
-    not include a worker's start-up on this loaded machine)."""
-    with LocalExecutor(workers) as ex:
-        hs = [ex.submit(sleep_task, 0.3, "warm", 0.0, 0.0, timeout=60) for _ in range(workers)]
-        for h in hs:
-            h.result()
-        out = dict(run_hybrid(sources, ex, stages=stages, **kw))
-    assert all(not isinstance(v, BaseException) for v in out.values()), out
-    return {k: v.verdict for k, v in out.items()}
+    return _run(sources, stages, workers, warm=True, **kw)
 
 
 def _merge_decide(item, spec, value):

@@ -43,8 +43,13 @@ def _sources(demo, idx, eps, config, timeout=30.0):
                                                           timeout, config)) for i in idx]
 
 
-def _run(sources, stages=STAGES, workers=2, **kw):
+def _run(sources, stages=STAGES, workers=2, *, warm=False, **kw):
+    """The verdicts of a run; ``warm``: every worker runs a task first (so that a task's timing does
+    not include a worker's start-up on a loaded machine)."""
     with LocalExecutor(workers) as ex:
+        if warm:
+            for h in [ex.submit(sleep_task, 0.3, "warm", 0.0, 0.0, timeout=60) for _ in range(workers)]:
+                h.result()
         out = dict(run_hybrid(sources, ex, stages=stages, **kw))
     assert all(not isinstance(v, BaseException) for v in out.values()), out
     return {k: v.verdict for k, v in out.items()}
