@@ -91,8 +91,12 @@ def _check_sat(verdict, net, region, spec):
     ya, _ = numpy_forward(net, x[None], absolute=True)
     m = float(numpy_margin(spec, y)[0])
     assert m <= 1e-12 * max(1.0, float(ya.max())), f"counterexample has margin {m}"
-    # the output is the check's float64 forward (numpy, step by step); torch's float64 forward
-    # sums in another order (its kernels vary with the CPU), so the two agree to rounding only
+    # the output is, bit for bit, the float64 forward of the exact check that confirmed the point;
+    # torch's float64 forward sums in another order (its kernels vary with the CPU), so it agrees
+    # with that to rounding only
+    from gpuopt.check import _forward_with_error
+
+    np.testing.assert_array_equal(verdict.output, _forward_with_error(net, x)[0])
     ref = net.forward64(x[None])[0]
     assert np.all(np.abs(verdict.output - ref) <= 1e-12 * max(1.0, float(ya.max()))), (verdict.output, ref)
     assert spec.margin64(verdict.output[None])[0] <= 0.0
