@@ -5,6 +5,7 @@
 #   env        nvidia-smi, versions of python, torch, CuPy, HiGHS
 #   nvcc       cuda_kernels/*.cu compiled to PTX (as .ci/run does where nvcc is on the PATH)
 #   kernels    benchmarks/kernels.py: the CuPy kernels against their torch fallbacks (identical? how fast?)
+#   profile    benchmarks/attack_profile.py --device cuda: where the attack's time goes, beside torchattacks
 #   attack     benchmarks/attack.py --device cuda: restart-steps per second and the per-call API time
 #   tests      the whole test suite with CUDA visible (so every `device=None` path runs on the GPU);
 #              -v names each failure as it happens (a suite cut at its cap still says which failed)
@@ -18,6 +19,8 @@
 # Needs ../shared/benchmarks beside the repository (a copy may be linked there first: set
 # BENCH_COPY to a folder holding the benchmarks) and highspy, pebble and torchattacks installed
 # (WHEELS: a folder of wheels to install offline first).
+#
+# PHASES (default: all of them) names the phases to run, e.g. PHASES="env attack tests".
 #
 #   OUT=/tmp/out BENCH_COPY=.gpubench/benchmarks WHEELS=.whl bash benchmarks/gpu_check.sh
 set -u
@@ -37,6 +40,7 @@ pack() { tar czf "$OUT/gpu_check.tgz.tmp" -C "$WORK" . && mv "$OUT/gpu_check.tgz
 phase() {  # phase NAME CAP_SECONDS COMMAND...: runs COMMAND under min(CAP, time left), logs to $WORK/NAME.log
     local name=$1 cap=$2 rest t t0 rc
     shift 2
+    case " ${PHASES:-$name} " in *" $name "*) ;; *) return ;; esac
     rest=$(left)
     t=$(( cap < rest ? cap : rest ))
     if [ "$t" -le 5 ]; then
@@ -71,9 +75,22 @@ import cupy; print(\"cupy\", cupy.__version__)'"
 phase nvcc 30 bash -c 'for src in cuda_kernels/*.cu; do nvcc --ptx -arch=sm_90 -o /dev/null "$src" && echo "$src ok"; done'
 phase kernels 40 $PY benchmarks/kernels.py --out "$WORK/kernels.json" \
     --shapes 4096x1024 65536x1536 262144x512 1000000x256
+phase profile 60 $PY benchmarks/attack_profile.py --device cuda --restarts-list ${PROFILE_RESTARTS:-4000 16000} \
+    --out "$WORK/attack_profile.json"
 phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api \
     --restarts-list 1000 4000 16000 --out "$WORK/attack_throughput.json"
-phase tests 240 $PY -m pytest -v -p no:cacheprovider -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield"
+# TESTS: test files or node ids to run (default: the whole suite); each failure's traceback goes
+# to $WORK/failures.txt as it happens (tests/conftest.py), so a run cut at its cap keeps them
+# TESTS_FILE: a file of test node ids, one a line (ids may hold spaces), run instead
+if [ -n "${TESTS_FILE:-}" ]; then
+    GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -c "import sys, pytest
+ids = [l.rstrip('\n') for l in open(sys.argv[1]) if l.strip()]
+sys.exit(pytest.main(['-v', '-p', 'no:cacheprovider', '-n', sys.argv[2], '-rfEs', '--durations=25'] + ids))" \
+        "$TESTS_FILE" "$WORKERS"
+else
+    GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -m pytest -v -p no:cacheprovider \
+        -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield" ${TESTS:-}
+fi
 phase acasxu 120 $PY benchmarks/vnncomp.py --suites acasxu_all --bulk --workers "$WORKERS" --run-args "--device cuda" \
     --results "$WORK/acasxu_all.jsonl"  # gpuopt run's own records, kept if cut: $WORK/acasxu_all.run.jsonl
 phase falsify 150 $PY benchmarks/attack.py --device cuda --sections falsify --budget "${FALSIFY_BUDGET:-10}" \

@@ -6,6 +6,11 @@ activation patterns of several shapes ``(rows, neurons)``: each implementation's
 whether both return the same packed bytes and hashes. The fallback packs on the device and hashes
 on the host, so its time includes the copy back; the kernel's result stays on the device.
 
+``box_step`` (``cuda_kernels/box_step.cu``, :mod:`gpuopt.kernels.step`): the attack's fused
+projected step with momentum and best-iterate tracking on seeded points of shapes
+``(items, restarts, n)`` (``--step-shapes``), timed the same way on inputs it updates in place,
+and checked identical on fresh copies.
+
 Without CUDA and CuPy only the fallback runs (on ``--device``, default ``cuda`` when available).
 The JSON (``--out``) holds every row and is rewritten after each.
 
@@ -31,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from gpuopt.devices import check_device  # noqa: E402
 from gpuopt.kernels import cupy_available  # noqa: E402
 from gpuopt.kernels.patterns import pack_and_hash  # noqa: E402
+from gpuopt.kernels.step import box_step  # noqa: E402
 
 
 def shape_arg(text: str) -> tuple[int, int]:
@@ -41,6 +47,38 @@ def shape_arg(text: str) -> tuple[int, int]:
     if rows < 0 or neurons < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: rows and neurons must be >= 0")
     return rows, neurons
+
+
+def step_shape_arg(text: str) -> tuple[int, int, int]:
+    try:
+        items, restarts, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ITEMSxRESTARTSxN, e.g. 1x16000x784") from None
+    if min(items, restarts, n) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be >= 0")
+    return items, restarts, n
+
+
+def step_inputs(shape, device) -> dict:
+    """Seeded inputs of :func:`box_step`: points in a box, gradients, masks, step lengths."""
+    B, R, n = shape
+    gen = torch.Generator().manual_seed(B * 7919 + R * 31 + n)
+    lower = torch.rand((B, n), generator=gen) - 1
+    upper = lower + 2 * torch.rand((B, n), generator=gen)
+
+    def rnd(*size):
+        return torch.rand(size, generator=gen)
+    c = {"x": lower[:, None] + (upper - lower)[:, None] * rnd(B, R, n), "x_prev": lower[:, None] + rnd(B, R, n),
+         "g": rnd(B, R, n) - 0.5, "best_x": lower[:, None] + rnd(B, R, n), "best_g": rnd(B, R, n) - 0.5,
+         "t": rnd(B, R), "radius": (upper - lower) / 2, "lower": lower, "upper": upper,
+         "better": rnd(B, R) < 0.5, "back": rnd(B, R) < 0.1}
+    return {k: v.to(device) for k, v in c.items()}
+
+
+def run_step(c: dict, impl: str):
+    out = box_step(c["x"], c["x_prev"], c["g"], c["t"], c["radius"], c["lower"], c["upper"], best_x=c["best_x"],
+                   best_g=c["best_g"], better=c["better"], back=c["back"], momentum=0.75, impl=impl)
+    return out, c["x"], c["best_x"], c["best_g"]
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, tuple]:
@@ -61,6 +99,7 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, tuple]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", type=shape_arg, default=[(4096, 1024), (65536, 1536), (262144, 512)])
+    ap.add_argument("--step-shapes", nargs="*", type=step_shape_arg, default=[(1, 4000, 784), (1, 16000, 784)])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "kernels.json"))
@@ -95,6 +134,24 @@ def main(argv=None) -> int:
         s = f"{row['speedup']:9.1f}" if kernel and row["speedup"] else f"{'-':>9s}"
         same = str(row.get("identical", "-"))
         print(f"{rows:8d} {neurons:8d} {1e3 * t_fb:12.3f} {k} {s} {same:>9s}", flush=True)
+    for shape in args.step_shapes:
+        c = step_inputs(shape, device)
+        t_fb, _ = timed(lambda: run_step(c, "torch"), device, args.repeats)
+        row = {"kernel": "box_step", "shape": list(shape), "fallback_seconds": t_fb}
+        if kernel:
+            t_k, _ = timed(lambda: run_step(c, "cupy"), device, args.repeats)
+            fresh = step_inputs(shape, device)
+            a, b = run_step({k: v.clone() for k, v in fresh.items()}, "cupy"), run_step(fresh, "torch")
+            same = all(torch.equal(u, v) for u, v in zip(a, b))
+            row.update(kernel_seconds=t_k, speedup=t_fb / t_k if t_k > 0 else None, identical=same)
+        rows_out.append(row)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
+        os.replace(tmp, out)
+        k = f"{1e3 * row['kernel_seconds']:10.3f}" if kernel else f"{'-':>10s}"
+        sp = f"{row['speedup']:9.1f}" if kernel and row["speedup"] else f"{'-':>9s}"
+        print(f"box_step {'x'.join(map(str, shape)):>17s} {1e3 * t_fb:12.3f} {k} {sp} {str(row.get('identical', '-')):>9s}",
+              flush=True)
     print(f"results: {out}")
     return 1 if any(r.get("identical") is False for r in rows_out) else 0
 

@@ -22,6 +22,7 @@ from gpuopt.specs import OutputSpec
 
 __all__ = [
     "affine_view_forward",
+    "onnx_model",
     "one_torch_thread",
     "random_dense_network",
     "random_conv_network",
@@ -459,3 +460,18 @@ def random_dag_network(rng: np.random.Generator, n_layers: int, n_in: int, *, de
     layers.append(dense(rng, 2, sizes[last]))
     inputs.append((last,))
     return Network(layers, (n_in,), inputs=inputs)
+
+
+# Pinned so that any onnxruntime since 1.10 reads the test models: `make_model` otherwise stamps
+# the newest IR version of the installed onnx, which an older onnxruntime rejects (as on the GPU
+# machine's image, where every hand-built model in test_onnx_import failed to load).
+TEST_ONNX_IR_VERSION = 8
+
+
+def onnx_model(graph, opset: int = 13):
+    """An ONNX model of ``graph`` at default-domain ``opset``, IR version pinned (see above)."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = TEST_ONNX_IR_VERSION
+    return model

@@ -177,3 +177,23 @@ def test_attack_on_cuda_matches_cpu_semantics():
     assert bool(((x >= lo.float().double()) & (x <= hi.float().double())).all())
     y = net.forward64(x.numpy())
     np.testing.assert_allclose(robustness(0, 4).margin64(y), cand.margin.double().cpu().numpy(), atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_starts_are_drawn_on_the_device_per_item_and_reproducible():
+    """On a GPU each item's generator lives there (no host draw and copy); an item's starts do
+    not depend on the other items of its batch, and the same seed draws the same starts."""
+    from gpuopt.attacks.geometry import BoxGeometry
+    from gpuopt.attacks.pgd import generators
+
+    lo = torch.zeros((3, 5), device="cuda")
+    geom = BoxGeometry(lo, lo + 1)
+    gens = generators(4, [0, 1, 2], "cuda")
+    assert all(g.device.type == "cuda" for g in gens)
+    x = geom.random_start(7, gens)
+    assert x.device.type == "cuda" and x.shape == (3, 7, 5)
+    again = geom.random_start(7, generators(4, [0, 1, 2], "cuda"))
+    alone = geom.select(torch.tensor([1], device="cuda")).random_start(7, generators(4, [1], "cuda"))
+    assert torch.equal(x, again) and torch.equal(x[1:2], alone)
+    assert not torch.equal(x[0], x[1])

@@ -18,6 +18,7 @@ from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
 from gpuopt.network import Dense, from_torch
 from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from helpers import onnx_model
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((2, 3)).astype(np.float32)
@@ -35,7 +36,7 @@ def _onnx(nodes, inits=None, *, opset=13, extra_inputs=()):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx_model(graph, opset)
 
 
 def _gemm(src="x", dst="g"):

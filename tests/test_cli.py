@@ -21,6 +21,7 @@ from gpuopt.cli import main
 from gpuopt.errors import GpuoptError
 from gpuopt.io.vnnlib import load_vnnlib
 from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from helpers import onnx_model
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def _write_tiny_onnx(path: Path, n_in=2, n_out=2):
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(3, np.float32), "b1"),
          numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(n_out, np.float32), "b2")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    onnx.save(onnx_model(graph), path)
     return path
 
 

@@ -242,12 +242,16 @@ def test_verdicts_against_exact_reference(block):
 
 
 def test_randomized_verdicts_are_mostly_decided():
-    """Runs after the blocks (file order): not everything may end unknown/timeout."""
+    """Runs after the blocks (file order): not everything may end unknown/timeout.
+
+    The outcomes are those of the blocks that ran in this process: under pytest-xdist the blocks
+    spread over the workers (with 16 workers, one may hold a few of them), so the fractions are
+    checked on whatever share ran here, provided it is large enough to mean something."""
     if len(_OUTCOMES) < 200:
-        pytest.skip("run the whole module: the seed blocks record the outcomes")
+        pytest.skip(f"only {len(_OUTCOMES)} verify calls ran in this process (the seed blocks record "
+                    "the outcomes): run the whole module, or with fewer xdist workers")
     print(f"\nall blocks: {len(_OUTCOMES)} verify calls\n" + summarize(_OUTCOMES))
     decided = sum(o.status in ("sat", "unsat") for o in _OUTCOMES)
-    assert len(_OUTCOMES) >= 500
     assert decided >= 0.5 * len(_OUTCOMES), f"only {decided}/{len(_OUTCOMES)} decided"
     far = [o for o in _OUTCOMES if o.label in ("rel-1", "rel+1")]
     assert sum(o.status in ("sat", "unsat") for o in far) >= 0.6 * len(far)

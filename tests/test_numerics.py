@@ -14,6 +14,7 @@ from gpuopt.check import _exact_forward, check_counterexample
 from gpuopt.milp.encode import encode_bigm
 from gpuopt.milp.highs import MilpStatus, _scale, solve_milp
 from gpuopt.network import Dense, Network, ReLU
+from helpers import onnx_model
 
 
 def affine_net(w, b):
@@ -229,7 +230,7 @@ def _onnx_chain(tmp_path, name, nodes, inits):
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])], tensors)
     path = tmp_path / f"{name}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    onnx.save(onnx_model(graph), path)
     return path
 
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
 from gpuopt.network import Add, Conv2d, Dense, ElementwiseAffine, Flatten, ReLU
-from helpers import affine_view_forward
+from helpers import affine_view_forward, onnx_model
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the `test` extra) is needed to cross-check the importer")
 
@@ -53,7 +53,7 @@ def _model(nodes, in_shape, inits=(), *, extra_inputs=(), name="g"):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = onnx_model(graph)
     return onnx.shape_inference.infer_shapes(model)  # fills in the output type the checker requires
 
 
@@ -445,7 +445,7 @@ def test_low_precision_cast_on_the_data_path_is_unsupported():
              helper.make_node("MatMul", ["c2", "w"], ["y"], name="mm")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = onnx_model(graph)
     with pytest.raises(UnsupportedLayerError, match=re.escape("node 'to_half' (op Cast) is not supported")):
         from_onnx(model)
 

@@ -24,6 +24,7 @@ from gpuopt.demo import load_demo_model
 from gpuopt.engine.store import ResultStore, read_records
 from gpuopt.errors import InvalidInputError
 from gpuopt.runs import RunItem, run_items, verify_dataset
+from helpers import onnx_model
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = (0.02, 0.05)
@@ -71,8 +72,7 @@ def _export_onnx(net, path: Path) -> None:
         nodes, "digits_demo",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, net.input_size])],
         [helper.make_tensor_value_info(cur, TensorProto.FLOAT, [1, net.output_size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    model = onnx_model(graph)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 

@@ -22,6 +22,7 @@ from gpuopt import Status
 
 from exact_reference import exact_forward, exact_min_margin
 from helpers import one_torch_thread  # noqa: F401
+from helpers import onnx_model
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -40,8 +41,7 @@ def _save(path, nodes, inits, n_in, n_out, opset=13):
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, n_in])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n_out])],
         inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model = onnx_model(graph, opset)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from ..kernels.step import box_step, momentum_point_, track_best_
+
 __all__ = ["BoxGeometry", "Geometry", "L1Geometry", "L2Geometry"]
 
 
@@ -73,6 +75,17 @@ class Geometry(abc.ABC):
         """``project(x)``, in ``x``'s buffer where the geometry can (the result is returned)."""
         return self.project(x)
 
+    def tracked_step(self, x, x_prev, g, t, *, best_x, best_g=None, better=None, back=None, momentum=None):
+        """One step of the loop with the best-iterate bookkeeping before it, as
+        :func:`gpuopt.kernels.step.box_step` defines it for any geometry: ``best_x``/``best_g``
+        take the restarts marked ``better``; restarts marked ``back`` restart from their best;
+        then ``z = step(x, g, t)``, and with momentum ``a`` the new point is
+        ``project(x + a (z - x) + (1 - a)(x - x_prev))``. Buffers are reused: the caller must not
+        read ``g`` or ``x_prev`` afterwards."""
+        track_best_(x, x_prev, g, best_x, best_g, better, back)
+        z = self.step(x, g, t)
+        return z if momentum is None else self.project_(momentum_point_(x, x_prev, z, momentum))
+
     def hull(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, upper)`` ``(batch, n)``: a finite box holding the set where the set is bounded
         (the starts' vertices are drawn from it)."""
@@ -87,13 +100,24 @@ class Geometry(abc.ABC):
 
     def _uniform(self, restarts: int, generators) -> torch.Tensor:
         """``(batch, restarts, n)`` uniform numbers in [0, 1): each item from its own generator
-        (a list), or all from one ``torch.Generator``."""
-        n = self.lower.shape[1]
-        if isinstance(generators, torch.Generator):
-            u = torch.rand((self.lower.shape[0], restarts, n), generator=generators, dtype=self.lower.dtype)
-            return u.to(self.lower.device)
-        u = torch.stack([torch.rand((restarts, n), generator=g, dtype=self.lower.dtype) for g in generators])
-        return u.to(self.lower.device)
+        (a list), or all from one ``torch.Generator``; drawn on the generators' device (see
+        :func:`gpuopt.attacks.pgd.generators`), then moved to the geometry's."""
+        return uniform_numbers(generators, self.lower.shape[0], restarts, self.lower.shape[1],
+                               self.lower.dtype).to(self.lower.device)
+
+
+def uniform_numbers(generators, batch: int, rows: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(batch, rows, n)`` uniform numbers in [0, 1) on the device of ``generators``: one
+    ``torch.Generator`` for all, or a list of ``batch``, one per item (written in place into one
+    buffer: no copy)."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand((batch, rows, n), generator=generators, dtype=dtype, device=generators.device)
+    if len(generators) != batch:
+        raise ValueError(f"{len(generators)} generators for {batch} items")
+    u = torch.empty((batch, rows, n), dtype=dtype, device=generators[0].device if batch else "cpu")
+    for i, g in enumerate(generators):
+        u[i].uniform_(generator=g)
+    return u
 
 
 def _shrunk(eps: torch.Tensor) -> torch.Tensor:
@@ -133,6 +157,11 @@ class BoxGeometry(Geometry):
 
     def project_(self, x):
         return torch.clamp(x, self.lower[:, None], self.upper[:, None], out=x)
+
+    def tracked_step(self, x, x_prev, g, t, *, best_x, best_g=None, better=None, back=None, momentum=None):
+        # one fused pass on a GPU (cuda_kernels/box_step.cu); the same bits from torch elsewhere
+        return box_step(x, x_prev, g, t, self.radius, self.lower, self.upper, best_x=best_x, best_g=best_g,
+                        better=better, back=back, momentum=momentum)
 
     def project(self, x):
         return self.clamp(x)

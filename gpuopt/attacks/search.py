@@ -37,7 +37,7 @@ import torch
 from ..errors import InvalidInputError
 from ..kernels.patterns import distinct_rows, pack_and_hash
 from ..network import Network
-from .geometry import BoxGeometry, Geometry
+from .geometry import BoxGeometry, Geometry, uniform_numbers
 from .pgd import AttackConfig, descend, generators
 
 __all__ = ["CandidatePool", "Candidates", "falsify", "pgd_attack", "spec_margins"]
@@ -172,8 +172,7 @@ def _diversify(network: Network, geometry: Geometry, x: torch.Tensor, generators
     """ODI: ``steps`` steps of relative length 1 that maximise ``w . f(x)``, one random ``w`` in
     ``[-1, 1]^n_out`` per restart."""
     b, r, n = x.shape
-    w = torch.stack([2 * torch.rand((r, network.output_size), generator=g, dtype=x.dtype) - 1 for g in generators])
-    w = w.to(x.device)
+    w = (2 * uniform_numbers(generators, b, r, network.output_size, x.dtype) - 1).to(x.device)
     t = torch.ones((b, r), dtype=x.dtype, device=x.device)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
@@ -219,7 +218,7 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
         start = 0
         while start < open_items.numel() and not (stop_at_first and bool(success.any())):
             chunk = open_items[start:start + size]
-            gens = generators(round_seed, chunk.tolist())
+            gens = generators(round_seed, chunk.tolist(), dev)
             sub = geometry.select(chunk)
             try:
                 local = _in_chunk(objective, chunk)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError
 
-__all__ = ["cupy_available", "kernel_source", "load_kernel"]
+__all__ = ["cupy_available", "kernel_source", "load_kernel", "torch_stream"]
 
 #: where the .cu sources live: the repository's cuda_kernels/ folder
 SOURCES = Path(__file__).resolve().parents[2] / "cuda_kernels"
@@ -46,3 +46,12 @@ def load_kernel(name: str, function: str):
     except ImportError:
         raise MissingDependencyError("CUDA kernels need CuPy: pip install 'gpuopt[gpu]'") from None
     return cupy.RawModule(code=kernel_source(name)).get_function(function)
+
+
+def torch_stream(device):
+    """A CuPy stream context on torch's current stream of ``device``: a kernel launched in it runs
+    in order with the torch operations before and after it (also inside ``torch.cuda.stream``)."""
+    import cupy
+    import torch
+
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
