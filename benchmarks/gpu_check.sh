@@ -74,7 +74,8 @@ print(\"numpy\", numpy.__version__, \"highspy\", highspy.__version__ if hasattr(
 import cupy; print(\"cupy\", cupy.__version__)'"
 phase nvcc 30 bash -c 'for src in cuda_kernels/*.cu; do nvcc --ptx -arch=sm_90 -o /dev/null "$src" && echo "$src ok"; done'
 phase kernels 40 $PY benchmarks/kernels.py --out "$WORK/kernels.json" \
-    --shapes 4096x1024 65536x1536 262144x512 1000000x256
+    --shapes ${KERNEL_SHAPES:-4096x1024 65536x1536 262144x512 1000000x256} \
+    --step-shapes ${STEP_SHAPES:-1x4000x784 1x16000x784 64x256x3072}
 phase profile 60 $PY benchmarks/attack_profile.py --device cuda --restarts-list ${PROFILE_RESTARTS:-4000 16000} \
     --out "$WORK/attack_profile.json"
 phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api \
