@@ -21,6 +21,8 @@ contiguous CUDA tensors when CuPy is installed.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -30,6 +32,7 @@ from . import SOURCES, cupy_available, load_kernel, torch_stream
 __all__ = ["IMPLEMENTATIONS", "box_step", "momentum_point_", "track_best_"]
 
 IMPLEMENTATIONS = ("auto", "torch", "cupy")
+log = logging.getLogger(__name__)
 
 
 def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Tensor, radius: torch.Tensor,
@@ -42,12 +45,29 @@ def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Te
     if back is not None and best_g is None:
         raise InvalidInputError("`back` needs `best_g`: a restart sent back takes its best point's gradient")
     points = [x, x_prev, g, best_x] + ([best_g] if best_g is not None else [])
+    args = (x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
     if impl == "auto":
-        impl = "cupy" if (x.is_cuda and all(p.is_contiguous() for p in points) and cupy_available()
-                          and (SOURCES / "box_step.cu").is_file()) else "torch"
+        if (_broken is None and x.is_cuda and all(p.is_contiguous() for p in points) and cupy_available()
+                and (SOURCES / "box_step.cu").is_file()):
+            try:
+                return _box_step_cupy(*args)
+            except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch (before it
+                # writes anything) leaves the torch fallback, which gives the same bits
+                _disable(err)
+        impl = "torch"
     if impl == "cupy":
-        return _box_step_cupy(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
-    return _box_step_torch(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
+        return _box_step_cupy(*args)
+    return _box_step_torch(*args)
+
+
+#: why the kernel failed in this process (``auto`` then takes the fallback), or None
+_broken: str | None = None
+
+
+def _disable(err: Exception) -> None:
+    global _broken
+    _broken = f"{type(err).__name__}: {err}"
+    log.warning("box_step kernel disabled, the torch fallback runs instead: %s", _broken)
 
 
 def track_best_(x, x_prev, g, best_x, best_g, better, back) -> None:
