@@ -197,3 +197,28 @@ def test_cuda_starts_are_drawn_on_the_device_per_item_and_reproducible():
     alone = geom.select(torch.tensor([1], device="cuda")).random_start(7, generators(4, [1], "cuda"))
     assert torch.equal(x, again) and torch.equal(x[1:2], alone)
     assert not torch.equal(x[0], x[1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lagged_stop_check_keeps_results_valid(seed, monkeypatch):
+    """The stop check a GPU uses (flags read one check late, without waiting), forced on the CPU:
+    items still stop once falsified, every returned point is in its box, its margin recomputes,
+    and the lag costs at most STOP_CHECK_EVERY steps over the immediate check."""
+    import gpuopt.attacks.pgd as pgd_module
+
+    rng = np.random.default_rng(seed)
+    net = random_dense_network(rng, 3, [8, 8], 3)
+    centres = rng.normal(size=(5, 3))
+    lo, hi = centres - 1.0, centres + 1.0
+    label = int(np.argmax(net.forward64(centres[:1])[0]))
+    spec = robustness(label, 3)
+    A, b = spec.padded()
+    cfg = AttackConfig(restarts=8, steps=40, seed=seed, rounds=1)
+    now = pgd_attack(net, lo, hi, A, b, config=cfg)
+    monkeypatch.setattr(pgd_module, "LAGGED_STOP_CHECK", True)
+    late = pgd_attack(net, lo, hi, A, b, config=cfg)
+    lo32, hi32 = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    assert torch.all(late.x >= lo32) and torch.all(late.x <= hi32)
+    torch.testing.assert_close(late.margin, _margin_of(net, late.x, spec, torch.float32))
+    assert torch.equal(late.success, now.success)
+    assert now.evaluations <= late.evaluations <= now.evaluations + 5 * 8 * pgd_module.STOP_CHECK_EVERY

@@ -112,6 +112,10 @@ class AttackConfig:
         return float(self.step_size) if self.step_size is not None else _DEFAULT_STEP[self.schedule]
 
 
+#: read the stop flags one check late, without waiting for the device (None: on CUDA devices only)
+LAGGED_STOP_CHECK: bool | None = None
+
+
 def checkpoints(steps: int) -> list[int]:
     """APGD's checkpoints ``ceil(p_j steps)`` in ``(0, steps]``."""
     p = [0.0, 0.22]
@@ -216,11 +220,32 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         t, decreased, t_last, best_last, target = t[keep], decreased[keep], t_last[keep], best_last[keep], target[keep]
 
     stoppable = bool(torch.isfinite(target).any())
+    # on a GPU the stop flags are copied to the host without waiting and read at the next check
+    # (STOP_CHECK_EVERY steps later): a read-back that waits empties the device's queue, and the
+    # host then cannot queue steps ahead (a done item stays done: best_m only decreases)
+    lagged = LAGGED_STOP_CHECK if LAGGED_STOP_CHECK is not None else dev.type == "cuda"
+    flags = None
     for k in range(config.steps):
         if stoppable and k % STOP_CHECK_EVERY == 0:
-            done = (best_m <= target[:, None]).any(dim=1)
-            if done.any():
-                retire(~done)
+            if not lagged:
+                done = (best_m <= target[:, None]).any(dim=1)
+                if done.any():
+                    retire(~done)
+            else:
+                if flags is not None:
+                    host, ready = flags
+                    if ready is not None:
+                        ready.synchronize()
+                    if bool(host.any()):
+                        retire(~host.to(dev))
+                now = (best_m <= target[:, None]).any(dim=1)
+                host, ready = now, None
+                if dev.type == "cuda":
+                    host = torch.empty(now.shape, dtype=torch.bool, pin_memory=True)
+                    host.copy_(now, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record(torch.cuda.current_stream(dev))
+                flags = (host, ready)
         if items.numel() == 0 or (deadline is not None and time.monotonic() > deadline):
             break
         if not apgd:
@@ -248,12 +273,11 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
             stalled = (t == t_last) & (best_m >= best_last)
             halve = few | stalled
             t_last, best_last = t, best_m
-            if halve.any():
-                t = torch.where(halve, t / 2, t)
-                # halved restarts go back to their best point (its gradient is kept with it): the
-                # next step does it
-                back = halve
-                m = torch.where(halve, best_m, m)
+            # halved restarts go back to their best point (its gradient is kept with it): the next
+            # step does it (no read-back here: the masked updates cost less than a device sync)
+            t = torch.where(halve, t / 2, t)
+            back = halve
+            m = torch.where(halve, best_m, m)
             decreased.zero_()
             last_mark = steps_done
     if items.numel():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError
 
-__all__ = ["cupy_available", "kernel_source", "load_kernel", "torch_stream"]
+__all__ = ["cupy_available", "kernel_source", "launch", "load_kernel"]
 
 #: where the .cu sources live: the repository's cuda_kernels/ folder
 SOURCES = Path(__file__).resolve().parents[2] / "cuda_kernels"
@@ -48,10 +48,24 @@ def load_kernel(name: str, function: str):
     return cupy.RawModule(code=kernel_source(name)).get_function(function)
 
 
-def torch_stream(device):
-    """A CuPy stream context on torch's current stream of ``device``: a kernel launched in it runs
-    in order with the torch operations before and after it (also inside ``torch.cuda.stream``)."""
+def launch(kernel, blocks: int, threads: int, args: tuple, device) -> None:
+    """Runs ``kernel`` on torch's current stream of ``device`` (so in order with the torch
+    operations around it, also inside ``torch.cuda.stream``). Tensors in ``args`` are passed as
+    raw device pointers: wrapped as CuPy arrays, the eleven tensors of the fused attack step made
+    it take 0.53 ms of wall time at 4,000 restarts on an H200, where the torch fallback took 0.27 ms
+    (the kernel itself runs in a fraction of that)."""
     import cupy
+    import numpy as np
     import torch
 
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    ptrs = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
+    with cupy.cuda.Device(device.index if device.index is not None else torch.cuda.current_device()), \
+            _external_stream(torch.cuda.current_stream(device).cuda_stream):
+        kernel((blocks,), (threads,), ptrs)
+
+
+@functools.lru_cache(maxsize=64)
+def _external_stream(handle: int):
+    import cupy
+
+    return cupy.cuda.ExternalStream(handle)

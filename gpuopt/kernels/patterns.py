@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import SOURCES, cupy_available, load_kernel, torch_stream
+from . import SOURCES, cupy_available, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "distinct_rows", "pack_and_hash"]
 
@@ -69,8 +69,6 @@ def _pack_and_hash_torch(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _pack_and_hash_cupy(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import cupy
-
     rows, n = bits.shape
     n_bytes = (n + 7) // 8
     packed = torch.empty((rows, n_bytes), dtype=torch.uint8, device=bits.device)
@@ -82,10 +80,8 @@ def _pack_and_hash_cupy(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         return packed, hashes
     kernel = load_kernel("patterns", "pack_and_hash")
     threads = 128
-    with cupy.cuda.Device(bits.device.index or 0), torch_stream(bits.device):
-        kernel(((rows + threads - 1) // threads,), (threads,),
-               (cupy.from_dlpack(bits.view(torch.uint8)), np.int64(rows), np.int64(n),
-                cupy.from_dlpack(packed), cupy.from_dlpack(hashes)))
+    launch(kernel, (rows + threads - 1) // threads, threads,
+           (bits.view(torch.uint8), np.int64(rows), np.int64(n), packed, hashes), bits.device)
     return packed, hashes
 
 

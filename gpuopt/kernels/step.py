@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import SOURCES, cupy_available, load_kernel, torch_stream
+from . import SOURCES, cupy_available, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "box_step", "momentum_point_", "track_best_"]
 
@@ -113,8 +113,6 @@ def _box_step_torch(x, x_prev, g, t, radius, lower, upper, best_x, best_g, bette
 
 
 def _box_step_cupy(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum):
-    import cupy
-
     B, R, n = x.shape
     dt = x.dtype
     if dt not in (torch.float32, torch.float64):
@@ -131,14 +129,12 @@ def _box_step_cupy(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better
     a = 0.0 if momentum is None else float(momentum)
     kernel = load_kernel("box_step", "box_step_f32" if dt == torch.float32 else "box_step_f64")
 
-    def ptr(v):  # a null pointer for "none"
-        return np.uint64(0) if v is None else cupy.from_dlpack(v.detach())
     threads = 256
     blocks = int(min((x.numel() + threads - 1) // threads, 65535 * 8))
-    with cupy.cuda.Device(x.device.index or 0), torch_stream(x.device):
-        kernel((blocks,), (threads,),
-               (ptr(x), ptr(x_prev), ptr(g), ptr(best_x), ptr(best_g), ptr(masks[0]), ptr(masks[1]),
-                ptr(per_restart), ptr(per_item[0]), ptr(per_item[1]), ptr(per_item[2]),
-                np.int64(B), np.int64(R), np.int64(n), np.int32(momentum is not None),
-                scalar(a - 1), scalar(2 * (1 - a)), scalar(a)))
+    null = np.uint64(0)  # "none" for a mask or best_g
+    launch(kernel, blocks, threads,
+           (x, x_prev, g, best_x, null if best_g is None else best_g, null if masks[0] is None else masks[0],
+            null if masks[1] is None else masks[1], per_restart, *per_item,
+            np.int64(B), np.int64(R), np.int64(n), np.int32(momentum is not None),
+            scalar(a - 1), scalar(2 * (1 - a)), scalar(a)), x.device)
     return g if momentum is None else x_prev
