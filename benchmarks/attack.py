@@ -114,6 +114,19 @@ class Logits(torch.nn.Module):
         return self.net.forward(x)
 
 
+def throughput_case(onnx, vnnlib):
+    """``(network, lower, upper, A, b, label, why)`` of an instance: the boxes ``(K, n)`` and the
+    stacked spec of its problems, and its robustness label (``None`` and why not)."""
+    from gpuopt.engine.stages import stacked_spec
+    from gpuopt.verify import load_instance
+
+    problems = load_instance(onnx, vnnlib)
+    lower = np.stack([p.region.lower for p in problems])
+    upper = np.stack([p.region.upper for p in problems])
+    A, b = stacked_spec(problems)
+    return (problems[0].network, lower, upper, A, b) + robustness_label(problems[0])
+
+
 def robustness_label(problem) -> tuple[int | None, str]:
     """The true class of a robustness spec (every disjunct one row ``y_label - y_j <= 0``, the j
     all other classes), or ``None`` and why not."""
@@ -371,8 +384,6 @@ def run_falsify(args, report: Report) -> None:
 def run_throughput(args, report: Report) -> None:
     import torchattacks
     from gpuopt.attacks import AttackConfig, pgd_attack
-    from gpuopt.engine.stages import stacked_spec
-    from gpuopt.verify import load_instance
 
     labels = reference_labels()
     S = args.steps
@@ -385,12 +396,7 @@ def run_throughput(args, report: Report) -> None:
             continue
         onnx, vnnlib = pick
         name = instance_name(onnx, vnnlib)
-        problems = load_instance(onnx, vnnlib)
-        net = problems[0].network
-        lower = np.stack([p.region.lower for p in problems])
-        upper = np.stack([p.region.upper for p in problems])
-        A, b = stacked_spec(problems)
-        label, why = robustness_label(problems[0])
+        net, lower, upper, A, b, label, why = throughput_case(onnx, vnnlib)
         if label is None:
             print(f"throughput {key}: {name}: {why}; skipped")
             continue

@@ -18,16 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack import Logits, robustness_label, sync  # noqa: E402
+from attack import Logits, sync, throughput_case  # noqa: E402
 
 import gpuopt.attacks.search as search  # noqa: E402
 from gpuopt.attacks import AttackConfig, pgd_attack  # noqa: E402
-from gpuopt.engine.stages import stacked_spec  # noqa: E402
-from gpuopt.verify import load_instance  # noqa: E402
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2022" / "mnist_fc"
 PARTS = ("_starts", "descend", "_collect", "_pool")
@@ -83,12 +80,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     dev = args.device
-    problems = load_instance(args.onnx, args.vnnlib)
-    net = problems[0].network
-    lower = np.stack([p.region.lower for p in problems])
-    upper = np.stack([p.region.upper for p in problems])
-    A, b = stacked_spec(problems)
-    label, why = robustness_label(problems[0])
+    net, lower, upper, A, b, label, why = throughput_case(args.onnx, args.vnnlib)
     if label is None:
         print(f"not a robustness property: {why}")
         return 2

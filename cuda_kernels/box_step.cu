@@ -66,20 +66,16 @@ __device__ void box_step(T* __restrict__ x, T* __restrict__ x_prev, T* __restric
     }
 }
 
-extern "C" __global__ void box_step_f32(float* x, float* x_prev, float* g, float* best_x, float* best_g,
-                                        const unsigned char* better, const unsigned char* back,
-                                        const float* t, const float* radius, const float* lower,
-                                        const float* upper, long long items, long long restarts, long long n,
-                                        int momentum, float a_minus_1, float two_one_minus_a, float a) {
-    box_step<float>(x, x_prev, g, best_x, best_g, better, back, t, radius, lower, upper, items, restarts, n,
-                    momentum, a_minus_1, two_one_minus_a, a);
-}
+// one entry point per precision, with C names for CuPy's RawModule
+#define BOX_STEP_ENTRY(NAME, T)                                                                   \
+    extern "C" __global__ void NAME(T* x, T* x_prev, T* g, T* best_x, T* best_g,                  \
+                                    const unsigned char* better, const unsigned char* back,        \
+                                    const T* t, const T* radius, const T* lower, const T* upper,   \
+                                    long long items, long long restarts, long long n, int momentum, \
+                                    T a_minus_1, T two_one_minus_a, T a) {                         \
+        box_step<T>(x, x_prev, g, best_x, best_g, better, back, t, radius, lower, upper, items,    \
+                    restarts, n, momentum, a_minus_1, two_one_minus_a, a);                         \
+    }
 
-extern "C" __global__ void box_step_f64(double* x, double* x_prev, double* g, double* best_x, double* best_g,
-                                        const unsigned char* better, const unsigned char* back,
-                                        const double* t, const double* radius, const double* lower,
-                                        const double* upper, long long items, long long restarts, long long n,
-                                        int momentum, double a_minus_1, double two_one_minus_a, double a) {
-    box_step<double>(x, x_prev, g, best_x, best_g, better, back, t, radius, lower, upper, items, restarts, n,
-                     momentum, a_minus_1, two_one_minus_a, a);
-}
+BOX_STEP_ENTRY(box_step_f32, float)
+BOX_STEP_ENTRY(box_step_f64, double)
