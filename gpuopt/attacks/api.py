@@ -118,8 +118,9 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     ``eps``: the radius (a number >= 0) in the norm ``norm`` (``"linf"``, ``"l2"``, ``"l1"``);
     ``clip``: the valid input range, ``(low, high)`` numbers or tensors that broadcast to ``x``
     (``None``: unbounded); ``targeted``: ``None`` or target classes ``(batch,)``; ``restarts``
-    random starts per sample and ``steps`` steps each; ``seed``: for the starts (``None``: a fresh
-    one; the global random state is never used); ``step_size``, ``schedule``: see
+    random starts per sample and ``steps`` steps each; ``seed``: for the starts, drawn on ``x``'s
+    device (the same seed, the same starts on one kind of device; ``None``: a fresh one; the global
+    random state is never used); ``step_size``, ``schedule``: see
     :class:`~gpuopt.attacks.AttackConfig`; ``stop_on_success``: a sample stops at its first
     success (``False``: all steps run, for the strongest point, e.g. in adversarial training);
     ``loss``: the steps follow the margin's gradient (``"margin"``) or cross-entropy's
@@ -222,7 +223,9 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
             ce = torch.logsumexp(z, dim=-1) - z.gather(-1, col.expand(b, r, 1))[..., 0]
             return m, -sign * ce
 
-        starts = geometry.random_start(restarts, torch.Generator().manual_seed(seed))
+        # drawn on the model's device (a host draw and copy costs more than a step on a GPU): the
+        # same seed gives the same starts on one device, other starts on another
+        starts = geometry.random_start(restarts, torch.Generator(device=dev).manual_seed(seed))
         if stop_on_success:
             # m <= -(smallest subnormal) is m < 0: success is strict
             target = torch.full((B,), -torch.finfo(x.dtype).tiny * torch.finfo(x.dtype).eps, dtype=x.dtype, device=dev)
