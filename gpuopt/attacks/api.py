@@ -215,7 +215,11 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
                 raise InvalidInputError("`model`'s logits do not depend on `x` through autograd (detached, or not "
                                         "differentiable): no gradient to follow")
             col, off = (column, away) if b == B else (column[items], away[items])
-            m = sign * (z.gather(-1, col.expand(b, r, 1))[..., 0] - (z + off).amax(dim=-1))
+            # max, not amax: its backward routes the gradient to one index (cheaper than amax's
+            # tie-splitting mask)
+            m = z.gather(-1, col.expand(b, r, 1))[..., 0] - (z + off).max(dim=-1).values
+            if sign != 1.0:
+                m = sign * m
             if loss == "margin":
                 return m
             # cross-entropy of the goal class: minimised untargeted as -CE (pushed away from the

@@ -159,7 +159,7 @@ def _value_and_grad(objective: Objective, x: torch.Tensor, items: torch.Tensor):
     with torch.enable_grad():
         out = objective(x, items)
         m, surrogate = out if isinstance(out, tuple) else (out, out)
-        (g,) = torch.autograd.grad(surrogate.sum(), x)
+        (g,) = torch.autograd.grad(surrogate, x, grad_outputs=torch.ones_like(surrogate))
     return m.detach(), g
 
 

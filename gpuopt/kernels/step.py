@@ -83,11 +83,15 @@ def track_best_(x, x_prev, g, best_x, best_g, better, back) -> None:
         _take_rows_(g, best_g, back)
 
 
+#: below this many elements a CPU ``where`` costs less than finding and copying the rows
+_ROW_COPY_MIN = 1 << 15
+
+
 def _take_rows_(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
     """``dst[rows] = src[rows]`` for a ``(batch, restarts)`` mask ``rows``: a masked select on a
     GPU (no read-back), a copy of the marked rows on a CPU (a broadcast ``where`` there costs
     about 1 ns an element, whatever the mask)."""
-    if dst.device.type == "cpu" and dst.is_contiguous() and src.is_contiguous():
+    if dst.device.type == "cpu" and dst.numel() >= _ROW_COPY_MIN and dst.is_contiguous() and src.is_contiguous():
         idx = rows.reshape(-1).nonzero().flatten()
         if idx.numel():
             n = dst.shape[-1]
