@@ -82,16 +82,8 @@ phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api
     --restarts-list 1000 4000 16000 --out "$WORK/attack_throughput.json"
 # TESTS: test files or node ids to run (default: the whole suite); each failure's traceback goes
 # to $WORK/failures.txt as it happens (tests/conftest.py), so a run cut at its cap keeps them
-# TESTS_FILE: a file of test node ids, one a line (ids may hold spaces), run instead
-if [ -n "${TESTS_FILE:-}" ]; then
-    GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -c "import sys, pytest
-ids = [l.rstrip('\n') for l in open(sys.argv[1]) if l.strip()]
-sys.exit(pytest.main(['-v', '-p', 'no:cacheprovider', '-n', sys.argv[2], '-rfEs', '--durations=25'] + ids))" \
-        "$TESTS_FILE" "$WORKERS"
-else
-    GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -m pytest -v -p no:cacheprovider \
-        -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield" ${TESTS:-}
-fi
+GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -m pytest -v -p no:cacheprovider \
+    -n "$WORKERS" -rfEs --durations=25 -k "not cifar_biasfield" ${TESTS:-}
 phase acasxu 120 $PY benchmarks/vnncomp.py --suites acasxu_all --bulk --workers "$WORKERS" --run-args "--device cuda" \
     --results "$WORK/acasxu_all.jsonl"  # gpuopt run's own records, kept if cut: $WORK/acasxu_all.run.jsonl
 phase falsify 150 $PY benchmarks/attack.py --device cuda --sections falsify --budget "${FALSIFY_BUDGET:-10}" \
