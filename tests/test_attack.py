@@ -222,3 +222,34 @@ def test_lagged_stop_check_keeps_results_valid(seed, monkeypatch):
     torch.testing.assert_close(late.margin, _margin_of(net, late.x, spec, torch.float32))
     assert torch.equal(late.success, now.success)
     assert now.evaluations <= late.evaluations <= now.evaluations + 5 * 8 * pgd_module.STOP_CHECK_EVERY
+
+
+def test_a_nan_margin_is_never_the_best():
+    """A restart that evaluates to NaN somewhere keeps its best finite margin and the point that
+    reached it (adversarial review: a NaN used to stick in the best margin while the best point
+    moved on)."""
+    import math
+
+    from gpuopt.attacks.pgd import descend
+
+    def objective(x, items):
+        m = x[..., 0] + 0.0 * x[..., 1]
+        return torch.where(x[..., 0] < -0.9, torch.full_like(m, math.nan), m)
+
+    geom = BoxGeometry(torch.tensor([[-1.0, -1.0]]), torch.tensor([[1.0, 1.0]]))
+    x0 = torch.tensor([[[0.5, 0.0], [0.95, 0.0]]])
+    res = descend(objective, geom, x0, AttackConfig(restarts=2, steps=10, schedule="cosine"),
+                  target=torch.tensor([-math.inf]))
+    assert torch.isfinite(res.margin).all()
+    assert torch.equal(res.margin, objective(res.x, torch.arange(1)))
+
+
+@pytest.mark.parametrize("bad", ["A", "b"])
+def test_pgd_attack_refuses_nan_in_the_spec(bad):
+    rng = np.random.default_rng(0)
+    net = random_dense_network(rng, 3, [4], 3)
+    A, b = robustness(0, 3).padded()
+    A, b = torch.as_tensor(A, dtype=torch.float64).clone(), torch.as_tensor(b, dtype=torch.float64).clone()
+    (A if bad == "A" else b).view(-1)[0] = float("nan")
+    with pytest.raises(InvalidInputError, match="spec `A` must be finite and `b` free of NaN"):
+        pgd_attack(net, np.zeros(3), np.ones(3), A, b)

@@ -132,3 +132,27 @@ def test_cupy_kernel_matches_the_fallback(shape, momentum, dtype, masks):
     for key in ("x", "best_x") + (("best_g",) if masks else ()):
         assert torch.equal(a[key], b[key]), key
     assert torch.equal(out_k, out_t)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 100), (2, 64, 256)])  # the where path, then the row-copy path
+def test_masks_broadcast_over_restarts_on_both_row_paths(shape):
+    """An (items, 1) mask marks every restart of its item, on either CPU path (adversarial review:
+    the row-copy path once read it as flat row indices)."""
+    B, R, n = shape
+    g = torch.Generator().manual_seed(0)
+    lower, upper = -torch.ones(B, n), torch.ones(B, n)
+    x = torch.rand(B, R, n, generator=g) - 0.5
+    best_x = torch.zeros(B, R, n)
+    better = torch.zeros(B, 1, dtype=torch.bool)
+    better[-1] = True
+    box_step(x.clone(), x.clone(), torch.randn(B, R, n, generator=g), torch.ones(B, R), (upper - lower) / 2,
+             lower, upper, best_x=best_x, better=better, impl="torch")
+    assert torch.equal(best_x, torch.where(better[..., None], x, torch.zeros_like(x)))
+
+
+def test_a_nan_gradient_leaves_its_coordinate():
+    c = _case(2, 3, 4, torch.float32, seed=3, masks=False)
+    c["g"][0, 1, 2] = float("nan")
+    x0 = c["x"].clone()
+    out, _ = _run(c, None, "torch")
+    assert not torch.isnan(out).any() and out[0, 1, 2] == x0[0, 1, 2]

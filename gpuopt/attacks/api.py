@@ -121,8 +121,9 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     random starts per sample and ``steps`` steps each; ``seed``: for the starts, drawn on ``x``'s
     device (the same seed, the same starts on one kind of device; ``None``: a fresh one; the global
     random state is never used); ``step_size``, ``schedule``: see
-    :class:`~gpuopt.attacks.AttackConfig`; ``stop_on_success``: a sample stops at its first
-    success (``False``: all steps run, for the strongest point, e.g. in adversarial training);
+    :class:`~gpuopt.attacks.AttackConfig`; ``stop_on_success``: a sample stops within a few
+    steps of its first success (looked at every 4 steps, on a GPU read one look later; ``False``:
+    all steps run, for the strongest point, e.g. in adversarial training);
     ``loss``: the steps follow the margin's gradient (``"margin"``) or cross-entropy's
     (``"ce"``: raised for the label, lowered for a target), while the margin always decides
     successes and the best point.

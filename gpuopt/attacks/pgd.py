@@ -160,7 +160,13 @@ def _value_and_grad(objective: Objective, x: torch.Tensor, items: torch.Tensor):
         out = objective(x, items)
         m, surrogate = out if isinstance(out, tuple) else (out, out)
         (g,) = torch.autograd.grad(surrogate, x, grad_outputs=torch.ones_like(surrogate))
-    return m.detach(), g
+    return _no_nan(m.detach()), g
+
+
+def _no_nan(m: torch.Tensor) -> torch.Tensor:
+    """Margins with NaN read as +inf: a point whose margin is NaN is never the best (a NaN best
+    margin would stay NaN, ``m < NaN`` being false, while its best point moved on)."""
+    return torch.nan_to_num(m, nan=math.inf, posinf=math.inf, neginf=-math.inf)
 
 
 def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: AttackConfig, *,
@@ -259,7 +265,7 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         if k == config.steps - 1:  # the last iterate needs its value only, not a gradient
             with torch.no_grad():
                 out = objective(x, items)
-                m_new = (out[0] if isinstance(out, tuple) else out).detach()
+                m_new = _no_nan((out[0] if isinstance(out, tuple) else out).detach())
         else:
             m_new, g = _value_and_grad(objective, x, items)
         evaluations += m_new.numel()

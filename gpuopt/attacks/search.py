@@ -338,5 +338,8 @@ def pgd_attack(network: Network, lower, upper, A, b, *, config: AttackConfig = A
     if A.dim() != 4 or A.shape[0] != lo.shape[0] or A.shape[-1] != network.output_size or b.shape != A.shape[:3]:
         raise InvalidInputError(f"spec `A` of shape {tuple(A.shape)} and `b` of shape {tuple(b.shape)} do not match "
                                 f"batch {lo.shape[0]} and {network.output_size} outputs")
+    if not bool(torch.isfinite(A).all()) or bool(torch.isnan(b).any()):
+        raise InvalidInputError("spec `A` must be finite and `b` free of NaN (`b` may hold +inf for a padding row "
+                                "and -inf for a padding disjunct)")
     return falsify(network, BoxGeometry(lo, hi), A, b, config=config, deadline=deadline, confirm=confirm,
                    stop_at_first=stop_at_first)

@@ -12,7 +12,10 @@ For points ``x``, ``x_prev``, gradients ``g``, best points ``best_x`` and their 
    ``x + a (z - x) + (1 - a)(x - x_prev)``).
 
 The new point is written into ``g``'s buffer (no momentum) or ``x_prev``'s (momentum) and
-returned. ``impl="cupy"`` runs ``cuda_kernels/box_step.cu`` (one pass where the torch fallback
+returned; the defined results are that point, ``x``, ``best_x`` and ``best_g``; whatever else is
+left in ``g`` and ``x_prev`` is scratch (the kernel and the fallback leave different values
+there). ``sign(g)`` is ``(g > 0) - (g < 0)``: a NaN gradient does not move its coordinate. The
+masks are ``(items, restarts)``, or broadcast to it. ``impl="cupy"`` runs ``cuda_kernels/box_step.cu`` (one pass where the torch fallback
 makes about a dozen, measured on an H200 in ``benchmarks/attack_profile.py``); ``impl="torch"``
 composes torch operations. Both round every product and sum on its own in the same order, so they
 give the same bits (the sign of a zero aside), on the same device. ``auto`` takes the kernel for
@@ -45,10 +48,13 @@ def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Te
     if back is not None and best_g is None:
         raise InvalidInputError("`back` needs `best_g`: a restart sent back takes its best point's gradient")
     points = [x, x_prev, g, best_x] + ([best_g] if best_g is not None else [])
+    B, R = x.shape[:2]
+    better = None if better is None else better.expand(B, R)
+    back = None if back is None else back.expand(B, R)
     args = (x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
     if impl == "auto":
-        if (_broken is None and x.is_cuda and all(p.is_contiguous() for p in points) and cupy_available()
-                and (SOURCES / "box_step.cu").is_file()):
+        if _broken is None and _kernel_takes(x, points, (t, radius, lower, upper, better, back)) and \
+                cupy_available() and (SOURCES / "box_step.cu").is_file():
             try:
                 return _box_step_cupy(*args)
             except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch (before it
@@ -58,6 +64,15 @@ def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Te
     if impl == "cupy":
         return _box_step_cupy(*args)
     return _box_step_torch(*args)
+
+
+def _kernel_takes(x, points, others) -> bool:
+    """The kernel's preconditions: float32/float64 contiguous point tensors of one shape on one
+    CUDA device, the other tensors on that device too."""
+    return (x.is_cuda and x.dtype in (torch.float32, torch.float64)
+            and all(p.is_contiguous() and p.shape == x.shape and p.dtype == x.dtype and p.device == x.device
+                    for p in points)
+            and all(o is None or o.device == x.device for o in others))
 
 
 #: why the kernel failed in this process (``auto`` then takes the fallback), or None
@@ -110,7 +125,10 @@ def momentum_point_(x, x_prev, z, momentum: float) -> torch.Tensor:
 def _box_step_torch(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum):
     track_best_(x, x_prev, g, best_x, best_g, better, back)
     lo, hi = lower[:, None], upper[:, None]
-    z = torch.clamp(g.sign_().mul_(t[..., None]).mul_(radius[:, None]).neg_().add_(x), lo, hi, out=g)
+    s = g.sign_()
+    if s.is_cuda:  # torch.sign keeps NaN on some builds; the definition (and the CPU's sign) gives 0
+        s.nan_to_num_(nan=0.0)
+    z = torch.clamp(s.mul_(t[..., None]).mul_(radius[:, None]).neg_().add_(x), lo, hi, out=g)
     if momentum is None:
         return z
     return torch.clamp(momentum_point_(x, x_prev, z, momentum), lo, hi, out=x_prev)
@@ -119,11 +137,10 @@ def _box_step_torch(x, x_prev, g, t, radius, lower, upper, best_x, best_g, bette
 def _box_step_cupy(x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum):
     B, R, n = x.shape
     dt = x.dtype
-    if dt not in (torch.float32, torch.float64):
-        raise InvalidInputError(f"the box step kernel takes float32 or float64, got {dt}")
     points = [x, x_prev, g, best_x] + ([best_g] if best_g is not None else [])
-    if not all(p.is_cuda and p.is_contiguous() and p.shape == x.shape and p.dtype == dt for p in points):
-        raise InvalidInputError("`impl='cupy'` needs contiguous CUDA point tensors of one shape and dtype")
+    if not _kernel_takes(x, points, (t, radius, lower, upper, better, back)):
+        raise InvalidInputError("`impl='cupy'` needs contiguous float32 or float64 CUDA point tensors of one shape, "
+                                "and every other tensor on their device")
     if x.numel() == 0:
         return g if momentum is None else x_prev
     per_restart = t.to(dt).expand(B, R).contiguous()
