@@ -108,7 +108,9 @@ def _take_rows_(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> Non
     about 1 ns an element, whatever the mask)."""
     if dst.device.type == "cpu" and dst.numel() >= _ROW_COPY_MIN and dst.is_contiguous() and src.is_contiguous():
         idx = rows.reshape(-1).nonzero().flatten()
-        if idx.numel():
+        if idx.numel() == rows.numel():  # every row (most restarts improve early on): one plain copy
+            dst.copy_(src)
+        elif idx.numel():
             n = dst.shape[-1]
             dst.view(-1, n).index_copy_(0, idx, src.reshape(-1, n).index_select(0, idx))
     else:
