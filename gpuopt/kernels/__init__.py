@@ -12,14 +12,16 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError
 
-__all__ = ["cupy_available", "kernel_source", "launch", "load_kernel"]
+__all__ = ["cupy_available", "kernel_ready", "kernel_source", "launch", "load_kernel"]
 
 #: where the .cu sources live: the repository's cuda_kernels/ folder
 SOURCES = Path(__file__).resolve().parents[2] / "cuda_kernels"
 
 
+@functools.lru_cache(maxsize=None)
 def cupy_available() -> bool:
-    """True when CuPy imports and sees a CUDA device."""
+    """True when CuPy imports and sees a CUDA device (asked once per process: the attack asks at
+    every step)."""
     try:
         import cupy
     except ImportError:
@@ -28,6 +30,13 @@ def cupy_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - no driver, no device: CuPy raises its own runtime errors
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_ready(name: str) -> bool:
+    """CuPy sees a CUDA device and ``cuda_kernels/<name>.cu`` ships with the source tree (once per
+    process)."""
+    return cupy_available() and (SOURCES / f"{name}.cu").is_file()
 
 
 def kernel_source(name: str) -> str:

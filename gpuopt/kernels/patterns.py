@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import SOURCES, cupy_available, launch, load_kernel
+from . import kernel_ready, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "distinct_rows", "pack_and_hash"]
 
@@ -48,7 +48,7 @@ def pack_and_hash(bits: torch.Tensor, *, impl: str = "auto") -> tuple[torch.Tens
         raise InvalidInputError(f"`impl` must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
     if impl == "auto":
         # the kernel needs CuPy, a CUDA tensor and the .cu source (shipped with the source tree)
-        if _broken is None and bits.is_cuda and cupy_available() and (SOURCES / "patterns.cu").is_file():
+        if _broken is None and bits.is_cuda and kernel_ready("patterns"):
             try:
                 return _pack_and_hash_cupy(bits)
             except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch leaves

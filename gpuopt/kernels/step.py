@@ -15,9 +15,11 @@ The new point is written into ``g``'s buffer (no momentum) or ``x_prev``'s (mome
 returned; the defined results are that point, ``x``, ``best_x`` and ``best_g``; whatever else is
 left in ``g`` and ``x_prev`` is scratch (the kernel and the fallback leave different values
 there). ``sign(g)`` is ``(g > 0) - (g < 0)``: a NaN gradient does not move its coordinate. The
-masks are ``(items, restarts)``, or broadcast to it. ``impl="cupy"`` runs ``cuda_kernels/box_step.cu`` (one pass where the torch fallback
-makes about a dozen, measured on an H200 in ``benchmarks/attack_profile.py``); ``impl="torch"``
-composes torch operations. Both round every product and sum on its own in the same order, so they
+masks are ``(items, restarts)``, or broadcast to it.
+
+``impl="cupy"`` runs ``cuda_kernels/box_step.cu`` (one pass where the torch fallback makes about
+a dozen, measured on an H200 in ``benchmarks/attack_profile.py``); ``impl="torch"`` composes
+torch operations. Both round every product and sum on its own in the same order, so they
 give the same bits (the sign of a zero aside), on the same device. ``auto`` takes the kernel for
 contiguous CUDA tensors when CuPy is installed.
 """
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import SOURCES, cupy_available, launch, load_kernel
+from . import kernel_ready, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "box_step", "momentum_point_", "track_best_"]
 
@@ -54,7 +56,7 @@ def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Te
     args = (x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
     if impl == "auto":
         if _broken is None and _kernel_takes(x, points, (t, radius, lower, upper, better, back)) and \
-                cupy_available() and (SOURCES / "box_step.cu").is_file():
+                kernel_ready("box_step"):
             try:
                 return _box_step_cupy(*args)
             except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch (before it
