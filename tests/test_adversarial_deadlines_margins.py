@@ -23,6 +23,8 @@ from tests import test_orchestrator as orchestrator_tests
 demo = orchestrator_tests.demo
 _keep_torch_threads = orchestrator_tests._keep_torch_threads
 _run = orchestrator_tests._run
+_merge_decide = orchestrator_tests._merge  # a "decide" result decides the item (decided_by="race")
+_finish_open = orchestrator_tests._finish
 
 
 # ------------------------------------------------------------------ orchestrator: deadlines
@@ -35,21 +37,22 @@ def _run_warm(sources, stages, workers, **kw):
     return _run(sources, stages, workers, warm=True, **kw)
 
 
-def _merge_decide(item, spec, value):
-    if value["kind"] == "decide":
-        item.decide(Status.UNKNOWN, decided_by="race", message="the fast task decided")
-
-
-def _finish_open(item):
-    return "open"
-
-
 def _slow_for_long_items(items):
     """A batch stage that takes 4 s for items with a long budget (s1), none for s0: it blocks
     this process while s0's tasks end in the pool."""
     if any(it.deadline - it.t0 > 10 for it in items):
         time.sleep(4.0)
     return ["open"] * len(items)
+
+
+def _beside_slow_batch(demo, name, plan, merge, finish, s0_budget, workers):
+    """s0 (``s0_budget`` seconds) runs the task stage ``name`` while this process is busy with s1's
+    4 s batch stage (s1: 60 s); the verdicts by key."""
+    config = VerifyConfig(device="cpu", use_attack=False)
+    stages = (STAGES[0], Stage("slow", "batch", _slow_for_long_items, lambda c, it: True),
+              Stage(name, "task", plan, lambda c, it: True, merge, finish))
+    return _run_warm([_source(demo, "s0", 0, s0_budget, config), _source(demo, "s1", 1, 60.0, config)], stages,
+                     workers=workers, group_size=1, max_active=2)
 
 
 def _plan_late_then_fast(item):
@@ -66,11 +69,7 @@ def test_an_in_time_decision_is_not_lost_to_a_late_sibling_merged_before_it(demo
     dropped. By the rule (a result counts if its task ended by the deadline) s0 was decided by the
     fast task at ~0.3 s; the outcome must not depend on the order in which finished tasks are merged
     (e.g. merge the in-time results first, or sort by their "end" stamps)."""
-    config = VerifyConfig(device="cpu", use_attack=False)
-    stages = (STAGES[0], Stage("slow", "batch", _slow_for_long_items, lambda c, it: True),
-              Stage("pair", "task", _plan_late_then_fast, lambda c, it: True, _merge_decide, _finish_open))
-    got = _run_warm([_source(demo, "s0", 0, 2.0, config), _source(demo, "s1", 1, 60.0, config)], stages,
-                    workers=2, group_size=1, max_active=2)
+    got = _beside_slow_batch(demo, "pair", _plan_late_then_fast, _merge_decide, _finish_open, 2.0, workers=2)
     v = got["s0"]
     ev = {e["stage"]: e for e in v.events}
     assert v.decided_by == "race" and v.status is Status.UNKNOWN, (v.status, v.message, ev)
@@ -88,11 +87,7 @@ def test_two_finished_tasks_of_one_item_merged_together_do_not_crash_the_run(dem
     pops the second handle from ``owner``; the loop then reaches the second handle and
     ``owner.pop(h)`` raises KeyError out of run_hybrid: the whole run dies. Correct: s0 is decided
     by its first task, the sibling is skipped (``owner.pop(h, None)`` and continue), s1 goes on."""
-    config = VerifyConfig(device="cpu", use_attack=False)
-    stages = (STAGES[0], Stage("slow", "batch", _slow_for_long_items, lambda c, it: True),
-              Stage("two", "task", _plan_two_deciding, lambda c, it: True, _merge_decide, _finish_open))
-    got = _run_warm([_source(demo, "s0", 0, 30.0, config), _source(demo, "s1", 1, 60.0, config)], stages,
-                    workers=2, group_size=1, max_active=2)
+    got = _beside_slow_batch(demo, "two", _plan_two_deciding, _merge_decide, _finish_open, 30.0, workers=2)
     assert got["s0"].decided_by == "race" and got["s1"].decided_by == "race"
 
 
@@ -117,11 +112,7 @@ def test_a_decision_made_by_finish_after_a_late_merge_keeps_the_time_its_last_ta
     merged after s1's 4 s batch stage; finish then decides UNSAT timed at the merge (~4 s): an
     UNSAT verdict reported as taking twice the item's whole timeout. It should be timed at the task's
     end (~0.3 s), as a decision made in ``merge`` is."""
-    config = VerifyConfig(device="cpu", use_attack=False)
-    stages = (STAGES[0], Stage("slow", "batch", _slow_for_long_items, lambda c, it: True),
-              Stage("proof", "task", _plan_fast_open, lambda c, it: True, _merge_nothing, _finish_unsat))
-    got = _run_warm([_source(demo, "s0", 0, 2.0, config), _source(demo, "s1", 1, 60.0, config)], stages,
-                    workers=1, group_size=1, max_active=2)
+    got = _beside_slow_batch(demo, "proof", _plan_fast_open, _merge_nothing, _finish_unsat, 2.0, workers=1)
     v = got["s0"]
     ev = {e["stage"]: e for e in v.events}
     assert v.status is Status.UNSAT and v.decided_by == "finish", v
