@@ -156,3 +156,17 @@ def test_a_nan_gradient_leaves_its_coordinate():
     x0 = c["x"].clone()
     out, _ = _run(c, None, "torch")
     assert not torch.isnan(out).any() and out[0, 1, 2] == x0[0, 1, 2]
+
+
+def test_a_disabled_kernel_is_not_ready_and_says_why(monkeypatch, caplog):
+    """A kernel that failed to build or launch is switched off for the process (its fallback runs),
+    with one warning naming it and the cause."""
+    import gpuopt.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_disabled", {})
+    monkeypatch.setattr(kernels, "_installed", lambda name: True)
+    assert kernels.kernel_ready("box_step")
+    with caplog.at_level("WARNING"):
+        kernels.disable("box_step", RuntimeError("no kernel image for this GPU"))
+    assert not kernels.kernel_ready("box_step") and kernels.kernel_ready("patterns")
+    assert "box_step" in caplog.text and "no kernel image for this GPU" in caplog.text

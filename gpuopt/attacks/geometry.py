@@ -150,16 +150,9 @@ class BoxGeometry(Geometry):
     def descent(self, x, grad, t):
         return -t[..., None] * self.radius[:, None] * torch.sign(grad)
 
-    def step(self, x, grad, t):
-        # grad's buffer becomes the new point: the loop takes a fresh gradient after each step
-        z = grad.sign_().mul_(t[..., None]).mul_(self.radius[:, None]).neg_().add_(x)
-        return self.project_(z)
-
-    def project_(self, x):
-        return torch.clamp(x, self.lower[:, None], self.upper[:, None], out=x)
-
     def tracked_step(self, x, x_prev, g, t, *, best_x, best_g=None, better=None, back=None, momentum=None):
-        # one fused pass on a GPU (cuda_kernels/box_step.cu); the same bits from torch elsewhere
+        # the whole step fused: one pass on a GPU (cuda_kernels/box_step.cu), the same bits from
+        # torch elsewhere, in place (the generic step and project_ are not needed here)
         return box_step(x, x_prev, g, t, self.radius, self.lower, self.upper, best_x=best_x, best_g=best_g,
                         better=better, back=back, momentum=momentum)
 

@@ -8,11 +8,12 @@ built on its first use and cached per process.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from ..errors import MissingDependencyError
 
-__all__ = ["cupy_available", "kernel_ready", "kernel_source", "launch", "load_kernel"]
+__all__ = ["cupy_available", "disable", "kernel_ready", "kernel_source", "launch", "load_kernel"]
 
 #: where the .cu sources live: the repository's cuda_kernels/ folder
 SOURCES = Path(__file__).resolve().parents[2] / "cuda_kernels"
@@ -32,11 +33,26 @@ def cupy_available() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
 def kernel_ready(name: str) -> bool:
-    """CuPy sees a CUDA device and ``cuda_kernels/<name>.cu`` ships with the source tree (once per
-    process)."""
+    """CuPy sees a CUDA device, ``cuda_kernels/<name>.cu`` ships with the source tree (both asked
+    once per process), and the kernel has not failed in this process (:func:`disable`)."""
+    return name not in _disabled and _installed(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(name: str) -> bool:
     return cupy_available() and (SOURCES / f"{name}.cu").is_file()
+
+
+#: kernels that failed to build or launch in this process, and why (their fallbacks run instead)
+_disabled: dict[str, str] = {}
+
+
+def disable(name: str, err: Exception) -> None:
+    """Marks kernel ``name`` as failed: ``auto`` callers take the fallback from now on (logged once)."""
+    _disabled[name] = f"{type(err).__name__}: {err}"
+    logging.getLogger(__name__).warning("CUDA kernel %s disabled, its torch fallback runs instead: %s", name,
+                                        _disabled[name])
 
 
 def kernel_source(name: str) -> str:

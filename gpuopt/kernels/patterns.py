@@ -13,18 +13,15 @@ installed. Both return the same bytes and hashes (the hashes as ``int64``, the s
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import kernel_ready, launch, load_kernel
+from . import disable, kernel_ready, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "distinct_rows", "pack_and_hash"]
 
 IMPLEMENTATIONS = ("auto", "torch", "cupy")
-log = logging.getLogger(__name__)
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
@@ -48,28 +45,18 @@ def pack_and_hash(bits: torch.Tensor, *, impl: str = "auto") -> tuple[torch.Tens
         raise InvalidInputError(f"`impl` must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
     if impl == "auto":
         # the kernel needs CuPy, a CUDA tensor and the .cu source (shipped with the source tree)
-        if _broken is None and bits.is_cuda and kernel_ready("patterns"):
+        if bits.is_cuda and kernel_ready("patterns"):
             try:
                 return _pack_and_hash_cupy(bits)
             except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch leaves
                 # the fallback, which gives the same bytes and hashes
-                _disable(err)
+                disable("patterns", err)
         impl = "torch"
     if impl == "cupy":
         if not bits.is_cuda:
             raise InvalidInputError("`impl='cupy'` needs `bits` on a CUDA device")
         return _pack_and_hash_cupy(bits)
     return _pack_and_hash_torch(bits)
-
-
-#: why the kernel failed in this process (``auto`` then takes the fallback), or None
-_broken: str | None = None
-
-
-def _disable(err: Exception) -> None:
-    global _broken
-    _broken = f"{type(err).__name__}: {err}"
-    log.warning("pack_and_hash kernel disabled, the torch fallback runs instead: %s", _broken)
 
 
 def _pack_and_hash_torch(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,18 +26,15 @@ contiguous CUDA tensors when CuPy is installed.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import kernel_ready, launch, load_kernel
+from . import disable, kernel_ready, launch, load_kernel
 
 __all__ = ["IMPLEMENTATIONS", "box_step", "momentum_point_", "track_best_"]
 
 IMPLEMENTATIONS = ("auto", "torch", "cupy")
-log = logging.getLogger(__name__)
 
 
 def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Tensor, radius: torch.Tensor,
@@ -55,13 +52,13 @@ def box_step(x: torch.Tensor, x_prev: torch.Tensor, g: torch.Tensor, t: torch.Te
     back = None if back is None else back.expand(B, R)
     args = (x, x_prev, g, t, radius, lower, upper, best_x, best_g, better, back, momentum)
     if impl == "auto":
-        if _broken is None and _kernel_takes(x, points, (t, radius, lower, upper, better, back)) and \
+        if _kernel_takes(x, points, (t, radius, lower, upper, better, back)) and \
                 kernel_ready("box_step"):
             try:
                 return _box_step_cupy(*args)
             except Exception as err:  # noqa: BLE001 - a kernel that fails to build or launch (before it
                 # writes anything) leaves the torch fallback, which gives the same bits
-                _disable(err)
+                disable("box_step", err)
         impl = "torch"
     if impl == "cupy":
         return _box_step_cupy(*args)
@@ -75,16 +72,6 @@ def _kernel_takes(x, points, others) -> bool:
             and all(p.is_contiguous() and p.shape == x.shape and p.dtype == x.dtype and p.device == x.device
                     for p in points)
             and all(o is None or o.device == x.device for o in others))
-
-
-#: why the kernel failed in this process (``auto`` then takes the fallback), or None
-_broken: str | None = None
-
-
-def _disable(err: Exception) -> None:
-    global _broken
-    _broken = f"{type(err).__name__}: {err}"
-    log.warning("box_step kernel disabled, the torch fallback runs instead: %s", _broken)
 
 
 def track_best_(x, x_prev, g, best_x, best_g, better, back) -> None:
