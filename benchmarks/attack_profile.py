@@ -7,6 +7,9 @@ device synchronisations, so the parts add up), and then a ``torch.profiler`` tab
 over ``--profile-steps`` steps: the operators that take the most device time (CUDA) or CPU time
 (CPU), with their call counts. The tables say which operators a fused step would remove.
 
+``--host-overhead`` times both tools per step on a tiny MLP instead, where a step is almost all
+host overhead (the launch and dispatch cost that dominates a GPU at few restarts).
+
     python benchmarks/attack_profile.py --device cuda --restarts-list 4000 16000
 """
 
@@ -60,6 +63,42 @@ def profile_table(fn, device, rows: int) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def host_overhead(args) -> int:
+    """Microseconds per step of both tools on a tiny MLP, median of 7 calls after a warm-up."""
+    import statistics
+
+    import torchattacks
+
+    import gpuopt
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = args.device
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval().to(dev)
+    x = torch.rand(8, 4, device=dev)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    pgd = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=args.steps)
+    tools = {"gpuopt": lambda: gpuopt.attack(model, x, y, eps=0.1, steps=args.steps, clip=(0, 1), seed=0,
+                                             stop_on_success=False),
+             "torchattacks": lambda: pgd(x, y)}
+    rows = {}
+    for name, call in tools.items():
+        call()
+        times = []
+        for _ in range(7):
+            sync(dev)
+            t = time.perf_counter()
+            call()
+            sync(dev)
+            times.append(time.perf_counter() - t)
+        rows[name] = 1e6 * statistics.median(times) / args.steps
+        print(f"{name:14s} {rows[name]:8.1f} us per step ({args.steps} steps, tiny MLP, batch 8, {dev})", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"argv": sys.argv[1:], "host_overhead_us_per_step": rows}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -72,7 +111,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON of the timings")
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="instead: time per step of gpuopt.attack and torchattacks.PGD on a tiny MLP (4-8-3, "
+                         "batch 8, --steps steps), where almost all of a step is host overhead")
     args = ap.parse_args(argv)
+    if args.host_overhead:
+        return host_overhead(args)
     if not Path(args.onnx).is_file():
         print(f"network not found: {args.onnx} (../shared/benchmarks is needed)")
         return 2
