@@ -442,6 +442,29 @@ def prepare_instance(onnx: Path, vnnlib: Path, prep_timeout: float, nets: dict):
                                          "attack_sat": attack_sat}
 
 
+def refine_instance(item, seconds: float, method: str) -> dict:
+    """gpuopt's refinement stage (:func:`gpuopt.engine.stages.plan_milp_refine`: per-neuron proofs
+    by activation splitting or MILP, re-bounding the later layers, ended early once activation
+    splitting proves the property on the bounds so far) for ``seconds``, its tighter bounds merged into
+    ``item``; what it did, for the prep record."""
+    from dataclasses import replace
+
+    from gpuopt.engine.stages import merge_milp_refine, plan_milp_refine
+
+    def unstable() -> int:
+        return sum(int(((l < 0) & (u > 0)).sum()) for l, u in item.bounds.pre_activation)
+
+    before, t0 = unstable(), time.monotonic()
+    item.config = replace(item.config, milp_refine_share=1.0, refine_method=method)
+    ended_early = False
+    for spec in plan_milp_refine(item):
+        value = spec.fn(*spec.args, seconds, time.time())
+        merge_milp_refine(item, spec, value)
+        ended_early |= bool(value.get("ended_early"))
+    return {"refine_s": time.monotonic() - t0, "refine_method": method, "unstable_before_refine": before,
+            "unstable_after_refine": unstable(), "refine_ended_early": ended_early}
+
+
 def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
     from vnncomp import SUITES, instance_name, instances, reference_labels, reference_side
 
@@ -455,13 +478,15 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
     labels = reference_labels()
     nets: dict = {}
     prep = {r["instance_key"]: r for r in results.records if r.get("kind") == "prep"}
+    variants = [(f, False) for f in formulations] + [(f, True) for f in args.seeded if f != OMLT]
     for suite in args.vnn_suites:
         kept = sum(1 for r in prep.values() if r["suite"] == suite and r["open"])
         for _, onnx, vnnlib, _timeout in instances([suite]):
             name = instance_name(onnx, vnnlib)
             if args.match and not re.search(args.match, name):
                 continue
-            ikey = f"{suite}|{name}"
+            tag = f"-refine{args.vnn_refine:g}" if args.vnn_refine > 0 else ""
+            ikey = f"{suite}|{name}{tag}"
             p = prep.get(ikey)
             if p is not None and not p["open"]:
                 continue
@@ -469,25 +494,35 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                 continue
             if p is None and args.limit is not None and kept >= args.limit:
                 break
+            if p is not None and all(f"vnncomp|{name}{tag}-p{i}-d{k}|{f}|{'start' if s else 'cold'}" in results.done
+                                     for i, k in p["open"] for f, s in variants):
+                continue  # every solve of this instance is in the file: no need to prepare (or refine) it again
             item, prep_s, info = prepare_instance(onnx, vnnlib, args.prep_timeout, nets)
+            if args.vnn_refine > 0 and item.open and not (info or {}).get("attack_sat"):
+                info = {**(info or {}), **refine_instance(item, args.vnn_refine, args.refine_method)}
             open_pairs = sorted(item.open) if p is None else [tuple(ik) for ik in p["open"]]
             if p is None:
                 p = {"key": f"prep|{ikey}", "kind": "prep", "instance_key": ikey, "suite": suite, "instance": name,
+                     "instance_label": name + tag,
                      "reference": reference_side(labels.get((SUITES[suite][2], name), "?")), "prep_s": prep_s,
                      "open": [list(map(int, ik)) for ik in open_pairs],
                      "disjuncts": int(sum(pr.spec.n_disjuncts for pr in item.problems)), **(info or {})}
                 results.add(p)
                 prep[ikey] = p
+                refined = "" if "refine_s" not in p else \
+                    (f", refined in {p['refine_s']:.1f}s: unstable {p['unstable_before_refine']} -> "
+                     f"{p['unstable_after_refine']}")
                 print(f"vnncomp {name}: {len(open_pairs)} open disjunct(s) after {p.get('bounds_method')} "
-                      f"({prep_s:.1f}s), attack margin {fmt(p.get('attack_margin'))}, reference {p['reference']}",
-                      flush=True)
+                      f"({prep_s:.1f}s){refined}, attack margin {fmt(p.get('attack_margin'))}, "
+                      f"reference {p['reference']}", flush=True)
                 if not open_pairs or (p["attack_sat"] and not args.keep_attack_sat):
                     continue
                 kept += 1
             blocks = item.network.affine_blocks()
-            variants = [(f, False) for f in formulations] + [(f, True) for f in args.seeded if f != OMLT]
+            spent = {v: 0.0 for v in variants}  # per variant: this instance's solve seconds so far
+            ended = {}  # per variant: why its remaining disjuncts are not solved (the instance is settled)
             for i, k in open_pairs:
-                case = f"{name}-p{i}-d{k}"
+                case = f"{name}{tag}-p{i}-d{k}"
                 problem = item.problems[i]
                 # counterexamples are checked against disjunct k alone (exactly): a point that only
                 # falsifies another disjunct does not decide this one
@@ -506,16 +541,25 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                         continue
                     if seeded and start_x is None:
                         continue
-                    base = {"key": key, "suite": "vnncomp", "vnn_suite": suite, "instance": name, "case": case,
+                    limit = args.time_limit
+                    if args.instance_limit is not None:
+                        limit = min(limit, args.instance_limit - spent[(form, seeded)])
+                    base = {"key": key, "suite": "vnncomp", "vnn_suite": suite, "instance": name + tag, "case": case,
                             "problem": i, "disjunct": k, "reference": p["reference"], "formulation": form,
-                            "start": seeded, "time_limit": args.time_limit, "threshold": args.vnn_threshold,
-                            "unstable": n_unstable(pre), "bounds": p.get("bounds_method")}
+                            "start": seeded, "time_limit": limit, "threshold": args.vnn_threshold,
+                            "unstable": n_unstable(pre), "bounds": p.get("bounds_method"),
+                            "refine_s": p.get("refine_s")}
+                    why = ended.get((form, seeded)) or ("instance budget spent" if limit <= 0 else None)
+                    if why is not None:
+                        results.add({**base, "status": "skipped", "decision": "skipped", "why": why, "seconds": 0.0,
+                                     "nodes": 0, "build_s": 0.0})
+                        continue
                     try:
                         if form == OMLT:
-                            rec = omlt_solve(blocks, pre, out, lo, hi, A, b, time_limit=args.time_limit,
+                            rec = omlt_solve(blocks, pre, out, lo, hi, A, b, time_limit=limit,
                                              cutoff=args.vnn_threshold, target=0.0, threads=args.threads)
                         else:
-                            rec = gpuopt_solve(blocks, pre, out, lo, hi, A, b, form, time_limit=args.time_limit,
+                            rec = gpuopt_solve(blocks, pre, out, lo, hi, A, b, form, time_limit=limit,
                                                threshold=args.vnn_threshold, start_x=start_x if seeded else None,
                                                accept=lambda x, pr=disj: check_counterexample(pr, x).ok,
                                                threads=args.threads)
@@ -528,6 +572,11 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                         rec = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "decision": "error"}
                     rec = {**base, **rec}
                     results.add(rec)
+                    spent[(form, seeded)] += rec.get("seconds", 0.0) + rec.get("build_s", 0.0)
+                    if rec["decision"] == "sat":
+                        ended[(form, seeded)] = "the instance is sat"
+                    elif rec["decision"] != "unsat" and args.instance_limit is not None:
+                        ended[(form, seeded)] = "an earlier disjunct stayed open"
                     print(f"vnncomp {case:48s} {form:24s} {'start' if seeded else 'cold ':5s} {rec['decision']:8s} "
                           f"{rec.get('seconds', 0):7.2f}s nodes {rec.get('nodes', '-')} obj {fmt(rec.get('objective'))} "
                           f"dual {fmt(rec.get('dual_bound'))}", flush=True)
@@ -699,14 +748,14 @@ def print_vnncomp(recs: list[dict]) -> None:
             r = rs.get(v)
             if r is None:
                 cells.append("")
-            elif r["decision"] == "error":
-                cells.append("error")
+            elif r["decision"] in ("error", "skipped"):
+                cells.append(r["decision"])
             else:
                 cells.append(f"{r['decision'][:5]} {r['seconds']:.1f}s n{r['nodes']}")
         print(f"{case[:52]:52s} {ref:5s} | " + " | ".join(f"{c:>{width}s}" for c in cells))
     print("-" * len(head))
     for (f, s), n in zip(variants, names):
-        rs = [r for r in recs if (r["formulation"], r["start"]) == (f, s) and r["decision"] != "error"]
+        rs = [r for r in recs if (r["formulation"], r["start"]) == (f, s) and r["decision"] not in ("error", "skipped")]
         if not rs:
             continue
         dec = [r for r in rs if r["decision"] in ("sat", "unsat")]
@@ -714,6 +763,7 @@ def print_vnncomp(recs: list[dict]) -> None:
         print(f"{n:>16s}: decided {len(dec):3d}/{len(rs):<3d} sgm {shifted_geomean(times):7.2f}s   "
               f"build {statistics.mean(r['build_s'] for r in rs):5.2f}s   nodes median "
               f"{statistics.median(r['nodes'] for r in rs):.0f}   root LP median {fmt(_median_root(rs), '.4g')}")
+    print_vnncomp_instances(recs, prep, variants, names)
     # decisions that contradict each other or the reference label
     for case in sorted({r["case"] for r in recs}):
         rs = [r for r in recs if r["case"] == case and r["decision"] in ("sat", "unsat")]
@@ -726,6 +776,55 @@ def print_vnncomp(recs: list[dict]) -> None:
     for r in recs:
         if r["decision"] == "error":
             print(f"   error: {r['case']} {r['formulation']}: {r.get('error')}")
+
+
+def instance_decision(rs: list[dict]) -> tuple[str, float]:
+    """One instance's decision by one formulation from its disjuncts' records: ``sat`` when one is
+    sat, ``unsat`` when every one is unsat, ``open`` otherwise; and the seconds spent (solves and
+    model building)."""
+    seconds = sum(r.get("seconds", 0.0) + r.get("build_s", 0.0) for r in rs)
+    decisions = {r["decision"] for r in rs}
+    if "sat" in decisions:
+        return "sat", seconds
+    return ("unsat" if decisions == {"unsat"} else "open"), seconds
+
+
+def print_vnncomp_instances(recs: list[dict], prep: list[dict], variants: list, names: list[str]) -> None:
+    """Per instance (all its open disjuncts): decided or not by each formulation, and the time."""
+    instances = sorted({r["instance"] for r in recs})
+    if not instances:
+        return
+    refine = {p.get("instance_label", p["instance"]): p for p in prep}
+    print("\nper instance (its open disjuncts in turn; time = solves and model building"
+          + ("; refinement before them, as noted" if any("refine_s" in p for p in prep) else "") + ")")
+    width = 18
+    head = f"{'instance':44s} {'refined':>16s} | " + " | ".join(f"{n[:width]:>{width}s}" for n in names)
+    print(head)
+    print("-" * len(head))
+    tally = {v: [0, 0, []] for v in variants}
+    for inst in instances:
+        p = refine.get(inst, {})
+        note = "" if "refine_s" not in p else \
+            f"{p['refine_s']:.0f}s {p['unstable_before_refine']}->{p['unstable_after_refine']}"
+        cells = []
+        for v in variants:
+            rs = [r for r in recs if r["instance"] == inst and (r["formulation"], r["start"]) == v]
+            if not rs:
+                cells.append("")
+                continue
+            dec, seconds = instance_decision(rs)
+            tally[v][1] += 1
+            if dec != "open":
+                tally[v][0] += 1
+                tally[v][2].append(seconds)
+            cells.append(f"{dec} {seconds:.1f}s")
+        print(f"{inst[:44]:44s} {note:>16s} | " + " | ".join(f"{c:>{width}s}" for c in cells))
+    print("-" * len(head))
+    for v, n in zip(variants, names):
+        done, total, times = tally[v]
+        if total:
+            med = f", median {statistics.median(times):.1f}s" if times else ""
+            print(f"{n:>16s}: {done}/{total} instances decided{med}")
 
 
 def print_table(recs: list[dict]) -> None:
@@ -773,6 +872,17 @@ def main(argv=None) -> int:
     g.add_argument("--keep-attack-sat", action="store_true",
                    help="also solve instances that the attack falsifies (by default they are left out: in gpuopt's "
                         "pipeline they never reach the MILP)")
+    g.add_argument("--vnn-refine", type=float, default=0.0, metavar="SECONDS",
+                   help="before the MILPs, refine the intermediate bounds for this long with gpuopt's refinement "
+                        "stage (per-neuron proofs, ended once activation splitting proves the property on the "
+                        "bounds so far); every formulation, OMLT too, gets the refined bounds (default 0: off)")
+    g.add_argument("--refine-method", choices=["split", "milp"], default="split",
+                   help="the refinement's per-neuron proofs (default split)")
+    g.add_argument("--instance-limit", type=float, default=None, metavar="SECONDS",
+                   help="the open disjuncts of one instance share this many seconds per formulation (model "
+                        "building included); once one stays open, or is sat, the instance is settled for that "
+                        "formulation and its other disjuncts are skipped (default: none, each disjunct gets "
+                        "--time-limit)")
     g.add_argument("--seeded", type=parse_list, default=["bigm"],
                    help="formulations also run with a MIP start from the attack's best point (default bigm; '' none)")
     args = ap.parse_args(argv)
