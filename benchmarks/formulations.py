@@ -24,7 +24,9 @@ file), and a table at the end (``--table-only`` prints it from an existing file)
     pre-activation bounds written into its big-M constants, solved by the same HiGHS through
     Pyomo's appsi interface, with ``objective_bound`` as cutoff and ``objective_target = 0``, as
     it has no callbacks), and, for the formulations in ``--seeded``, a second gpuopt run with a
-    MIP start from the attack's best point.
+    MIP start from the attack's best point, and for those in ``--seeded-walk`` a third, with a MIP
+    start from Relax-and-Walk's best point (``--walk-seconds`` per disjunct from the attack's point,
+    as the pipeline's walk stage runs it; its seconds count in that variant's time to decision).
 
     python benchmarks/formulations.py --suite psplit --images 1 --eps 1 --time-limit 10
     python benchmarks/formulations.py --suite vnncomp --limit 2 --formulations bigm,extended,omlt-bigm
@@ -478,7 +480,8 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
     labels = reference_labels()
     nets: dict = {}
     prep = {r["instance_key"]: r for r in results.records if r.get("kind") == "prep"}
-    variants = [(f, False) for f in formulations] + [(f, True) for f in args.seeded if f != OMLT]
+    variants = [(f, False) for f in formulations] + [(f, True) for f in args.seeded if f != OMLT] + \
+        [(f, WALK) for f in args.seeded_walk if f != OMLT]
     for suite in args.vnn_suites:
         kept = sum(1 for r in prep.values() if r["suite"] == suite and r["open"])
         for _, onnx, vnnlib, _timeout in instances([suite]):
@@ -494,7 +497,7 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                 continue
             if p is None and args.limit is not None and kept >= args.limit:
                 break
-            if p is not None and all(f"vnncomp|{name}{tag}-p{i}-d{k}|{f}|{'start' if s else 'cold'}" in results.done
+            if p is not None and all(f"vnncomp|{name}{tag}-p{i}-d{k}|{f}|{start_tag(s)}" in results.done
                                      for i, k in p["open"] for f, s in variants):
                 continue  # every solve of this instance is in the file: no need to prepare (or refine) it again
             item, prep_s, info = prepare_instance(onnx, vnnlib, args.prep_timeout, nets)
@@ -535,20 +538,28 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                 out = (item.bounds.output[0][i].numpy().copy(), item.bounds.output[1][i].numpy().copy())
                 lo, hi = problem.region.lower, problem.region.upper
                 start_x = item.best_x.get(i)
+                walked = None  # Relax-and-Walk's result on this disjunct, once a variant needs it
                 for form, seeded in variants:
-                    key = f"vnncomp|{case}|{form}|{'start' if seeded else 'cold'}"
+                    key = f"vnncomp|{case}|{form}|{start_tag(seeded)}"
                     if key in results.done:
                         continue
                     if seeded and start_x is None:
                         continue
+                    walk_s = 0.0
+                    if seeded == WALK:
+                        if walked is None:
+                            walked = walk_start(blocks, pre, out, lo, hi, A, b, start_x, args.walk_seconds, disj)
+                        walk_s = walked["walk_s"]
                     limit = args.time_limit
                     if args.instance_limit is not None:
-                        limit = min(limit, args.instance_limit - spent[(form, seeded)])
+                        limit = min(limit, args.instance_limit - spent[(form, seeded)] - walk_s)
                     base = {"key": key, "suite": "vnncomp", "vnn_suite": suite, "instance": name + tag, "case": case,
                             "problem": i, "disjunct": k, "reference": p["reference"], "formulation": form,
                             "start": seeded, "time_limit": limit, "threshold": args.vnn_threshold,
                             "unstable": n_unstable(pre), "bounds": p.get("bounds_method"),
-                            "refine_s": p.get("refine_s")}
+                            "refine_s": p.get("refine_s"), "walk_s": walk_s,
+                            **({} if walked is None or seeded != WALK else
+                               {k: v for k, v in walked.items() if k != "x"})}
                     why = ended.get((form, seeded)) or ("instance budget spent" if limit <= 0 else None)
                     if why is not None:
                         results.add({**base, "status": "skipped", "decision": "skipped", "why": why, "seconds": 0.0,
@@ -560,7 +571,8 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                                              cutoff=args.vnn_threshold, target=0.0, threads=args.threads)
                         else:
                             rec = gpuopt_solve(blocks, pre, out, lo, hi, A, b, form, time_limit=limit,
-                                               threshold=args.vnn_threshold, start_x=start_x if seeded else None,
+                                               threshold=args.vnn_threshold,
+                                               start_x=(walked["x"] if seeded == WALK else start_x) if seeded else None,
                                                accept=lambda x, pr=disj: check_counterexample(pr, x).ok,
                                                threads=args.threads)
                         x = rec.get("x")
@@ -572,14 +584,44 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                         rec = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "decision": "error"}
                     rec = {**base, **rec}
                     results.add(rec)
-                    spent[(form, seeded)] += rec.get("seconds", 0.0) + rec.get("build_s", 0.0)
+                    spent[(form, seeded)] += rec.get("seconds", 0.0) + rec.get("build_s", 0.0) + walk_s
                     if rec["decision"] == "sat":
                         ended[(form, seeded)] = "the instance is sat"
                     elif rec["decision"] != "unsat" and args.instance_limit is not None:
                         ended[(form, seeded)] = "an earlier disjunct stayed open"
-                    print(f"vnncomp {case:48s} {form:24s} {'start' if seeded else 'cold ':5s} {rec['decision']:8s} "
+                    print(f"vnncomp {case:48s} {form:24s} {start_tag(seeded):5s} {rec['decision']:8s} "
                           f"{rec.get('seconds', 0):7.2f}s nodes {rec.get('nodes', '-')} obj {fmt(rec.get('objective'))} "
-                          f"dual {fmt(rec.get('dual_bound'))}", flush=True)
+                          f"dual {fmt(rec.get('dual_bound'))}" + (f" (walk {walk_s:.2f}s)" if walk_s else ""), flush=True)
+
+
+#: the ``start`` of a variant seeded by Relax-and-Walk (False: cold, True: the attack's point)
+WALK = "walk"
+
+
+def start_tag(start) -> str:
+    return WALK if start == WALK else ("start" if start else "cold")
+
+
+def start_label(start) -> str:
+    return "+walk" if start == WALK else ("+start" if start else "")
+
+
+def walk_start(blocks, pre, out, lo, hi, A, b, start_x, seconds: float, disj) -> dict:
+    """Relax-and-Walk (:func:`gpuopt.milp.walk.relax_and_walk`, the pipeline's walk stage) on the
+    disjunct ``{y : A y <= b}`` from the attack's point ``start_x`` for ``seconds``: its best point
+    ``x`` (``start_x`` when it found no better one), the float64 value there, and what it did."""
+    from gpuopt.check import check_counterexample
+    from gpuopt.milp.encode import encode_bigm
+    from gpuopt.milp.walk import relax_and_walk
+
+    t0 = time.monotonic()
+    model = encode_bigm(blocks, pre, out, lo, hi, A, b)
+    res = relax_and_walk(model, blocks, starts=[start_x], deadline=t0 + seconds,
+                         accept=lambda x: check_counterexample(disj, x).ok)
+    x = start_x if res.x is None else res.x
+    return {"x": x, "walk_s": time.monotonic() - t0, "walk_value": finite(res.value), "walk_lps": res.lps,
+            "walk_regions": res.regions, "walk_stopped": res.stopped,
+            "attack_value": spec_value(A, b, forward(blocks, np.asarray(start_x, dtype=np.float64)))}
 
 
 def decision(rec: dict, threshold: float, omlt: bool = False) -> str:
@@ -727,15 +769,16 @@ def print_vnncomp(recs: list[dict]) -> None:
     if not prep and not recs:
         return
     print(f"\nvnncomp: {len(prep)} instance(s) prepared, {sum(1 for p in prep if p['open'])} with open disjuncts "
-          "after CROWN/alpha-CROWN; time to decision (s, nodes), seeded = MIP start from the attack's best point")
+          "after CROWN/alpha-CROWN; time to decision (s, nodes), +start = MIP start from the attack's best point, "
+          "+walk = from Relax-and-Walk's (its seconds included)")
     variants = []
     for r in recs:
         v = (r["formulation"], r["start"])
         if v not in variants:
             variants.append(v)
     order = {f: i for i, f in enumerate(ALL_FORMULATIONS + [OMLT])}
-    variants.sort(key=lambda v: (order.get(v[0], 99), v[1]))
-    names = [label(f) + ("+start" if s else "") for f, s in variants]
+    variants.sort(key=lambda v: (order.get(v[0], 99), {False: 0, True: 1, WALK: 2}[v[1]]))
+    names = [label(f) + start_label(s) for f, s in variants]
     width = 18
     head = f"{'case':52s} {'inst':5s} | " + " | ".join(f"{n[:width]:>{width}s}" for n in names)
     print(head)
@@ -751,7 +794,7 @@ def print_vnncomp(recs: list[dict]) -> None:
             elif r["decision"] in ("error", "skipped"):
                 cells.append(r["decision"])
             else:
-                cells.append(f"{r['decision'][:5]} {r['seconds']:.1f}s n{r['nodes']}")
+                cells.append(f"{r['decision'][:5]} {r['seconds'] + r.get('walk_s', 0.0):.1f}s n{r['nodes']}")
         print(f"{case[:52]:52s} {ref:5s} | " + " | ".join(f"{c:>{width}s}" for c in cells))
     print("-" * len(head))
     for (f, s), n in zip(variants, names):
@@ -759,7 +802,7 @@ def print_vnncomp(recs: list[dict]) -> None:
         if not rs:
             continue
         dec = [r for r in rs if r["decision"] in ("sat", "unsat")]
-        times = [r["seconds"] if r in dec else r.get("time_limit", r["seconds"]) for r in rs]
+        times = [(r["seconds"] if r in dec else r.get("time_limit", r["seconds"])) + r.get("walk_s", 0.0) for r in rs]
         print(f"{n:>16s}: decided {len(dec):3d}/{len(rs):<3d} sgm {shifted_geomean(times):7.2f}s   "
               f"build {statistics.mean(r['build_s'] for r in rs):5.2f}s   nodes median "
               f"{statistics.median(r['nodes'] for r in rs):.0f}   root LP median {fmt(_median_root(rs), '.4g')}")
@@ -768,7 +811,7 @@ def print_vnncomp(recs: list[dict]) -> None:
     for case in sorted({r["case"] for r in recs}):
         rs = [r for r in recs if r["case"] == case and r["decision"] in ("sat", "unsat")]
         if len({r["decision"] for r in rs}) > 1:
-            print(f"   !! {case}: decisions differ: " + ", ".join(f"{r['formulation']}{'+start' if r['start'] else ''}="
+            print(f"   !! {case}: decisions differ: " + ", ".join(f"{r['formulation']}{start_label(r['start'])}="
                                                             f"{r['decision']}" for r in rs))
         for r in rs:
             if r["decision"] == "sat" and r["reference"] == "unsat":
@@ -782,7 +825,7 @@ def instance_decision(rs: list[dict]) -> tuple[str, float]:
     """One instance's decision by one formulation from its disjuncts' records: ``sat`` when one is
     sat, ``unsat`` when every one is unsat, ``open`` otherwise; and the seconds spent (solves and
     model building)."""
-    seconds = sum(r.get("seconds", 0.0) + r.get("build_s", 0.0) for r in rs)
+    seconds = sum(r.get("seconds", 0.0) + r.get("build_s", 0.0) + r.get("walk_s", 0.0) for r in rs)
     decisions = {r["decision"] for r in rs}
     if "sat" in decisions:
         return "sat", seconds
@@ -883,6 +926,10 @@ def main(argv=None) -> int:
                         "building included); once one stays open, or is sat, the instance is settled for that "
                         "formulation and its other disjuncts are skipped (default: none, each disjunct gets "
                         "--time-limit)")
+    g.add_argument("--seeded-walk", type=parse_list, default=[],
+                   help="formulations also run with a MIP start from Relax-and-Walk's best point (default none)")
+    g.add_argument("--walk-seconds", type=float, default=5.0,
+                   help="Relax-and-Walk's seconds per disjunct for --seeded-walk (default 5)")
     g.add_argument("--seeded", type=parse_list, default=["bigm"],
                    help="formulations also run with a MIP start from the attack's best point (default bigm; '' none)")
     args = ap.parse_args(argv)
@@ -897,7 +944,7 @@ def main(argv=None) -> int:
     from gpuopt.milp.cuts import cut_kinds
     from gpuopt.milp.encode import Formulation
 
-    for f in formulations + list(args.seeded):
+    for f in formulations + list(args.seeded) + list(args.seeded_walk):
         if f != OMLT:
             name, _, cuts = f.partition("+")
             Formulation.parse(name)  # a precise error before any work
