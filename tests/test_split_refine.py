@@ -595,3 +595,58 @@ def test_activation_splitting_refuses_non_finite_bounds():
         rows = [(np.eye(net.output_size)[:1], np.zeros(1), None)]
         with pytest.raises(InvalidInputError, match="ReLU layer 1 must be finite"):
             relu_split(net, torch.tensor(lo_x), torch.tensor(hi_x), rows, Bounds(tuple(tens), (None, None), "test"))
+
+
+# ============================================================================ the layer schedule
+def _record_passes(monkeypatch, moves: int = 2):
+    """Replace the refinement's pass by a recorder: each call's layers and its deadline's distance
+    from now; the first ``moves`` calls of each layer set narrow something, later ones nothing."""
+    import gpuopt.bounds.milp_refine as mr
+
+    calls = []
+
+    def fake_pass(blocks, pre, layers, *a, deadline, **kw):
+        layers = list(layers)
+        calls.append((layers, None if deadline is None else deadline - time.monotonic()))
+        moved = sum(1 for ls, _ in calls if ls == layers) <= moves
+        return 1, moved, False
+
+    monkeypatch.setattr(mr, "_refine_pass", fake_pass)
+    return calls
+
+
+@pytest.mark.parametrize("method", sorted(PROVERS))
+def test_the_last_hidden_layer_is_refined_after_the_others_in_its_share(monkeypatch, method):
+    """With a deadline, the layers before the last hidden one get their passes (while a bound moves)
+    in ``1 - last_share`` of the time, and the last layer comes after them with the rest; without
+    ``last_share`` (None), or without a deadline, every pass covers all layers."""
+    _, net, lo_x, hi_x, pre = _case(3)  # hidden layers 0, 1, 2: layers 1 and 2 are refined
+    calls = _record_passes(monkeypatch)
+    milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 10.0, method=method,
+                last_share=0.4)
+    assert [ls for ls, _ in calls] == [[1], [1], [1], [2], [2], [2]]  # two passes move, the third ends a phase
+    assert all(5.5 < left <= 6.0 for _, left in calls[:3])
+    assert all(9.0 < left <= 10.0 for _, left in calls[3:])
+
+    calls.clear()
+    milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 10.0, method=method,
+                last_share=None)
+    assert [ls for ls, _ in calls] == [[1, 2]] * 3 and all(9.0 < left <= 10.0 for _, left in calls)
+
+    calls.clear()
+    milp_refine(net.affine_blocks(), pre, lo_x, hi_x, method=method)  # no deadline: nothing to share
+    assert [ls for ls, left in calls] == [[1, 2]] * 3 and all(left is None for _, left in calls)
+
+
+def test_one_layer_to_refine_has_one_phase(monkeypatch):
+    _, net, lo_x, hi_x, pre = _case(3)
+    calls = _record_passes(monkeypatch)
+    milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 10.0, first_layer=2)
+    assert [ls for ls, _ in calls] == [[2]] * 3 and all(9.0 < left <= 10.0 for _, left in calls)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_a_bad_last_share_is_refused(bad):
+    _, net, lo_x, hi_x, pre = _case(3)
+    with pytest.raises(InvalidInputError, match="last_share"):
+        milp_refine(net.affine_blocks(), pre, lo_x, hi_x, deadline=time.monotonic() + 1.0, last_share=bad)
