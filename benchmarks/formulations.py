@@ -483,7 +483,8 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
     variants = [(f, False) for f in formulations] + [(f, True) for f in args.seeded if f != OMLT] + \
         [(f, WALK) for f in args.seeded_walk if f != OMLT]
     for suite in args.vnn_suites:
-        kept = sum(1 for r in prep.values() if r["suite"] == suite and r["open"])
+        kept = sum(1 for r in prep.values() if r["suite"] == suite and r["open"]
+                   and (args.keep_attack_sat or not r.get("attack_sat")))  # as counted when they were prepared
         for _, onnx, vnnlib, _timeout in instances([suite]):
             name = instance_name(onnx, vnnlib)
             if args.match and not re.search(args.match, name):
