@@ -547,7 +547,7 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                     if seeded and start_x is None:
                         continue
                     walk_s = 0.0
-                    if seeded == WALK:
+                    if seeded == WALK and (form, seeded) not in ended:  # (a settled instance skips it)
                         if walked is None:
                             walked = walk_start(blocks, pre, out, lo, hi, A, b, start_x, args.walk_seconds, disj)
                         walk_s = walked["walk_s"]
