@@ -502,6 +502,8 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                                      for i, k in p["open"] for f, s in variants):
                 continue  # every solve of this instance is in the file: no need to prepare (or refine) it again
             item, prep_s, info = prepare_instance(onnx, vnnlib, args.prep_timeout, nets)
+            # a resumed instance is refined again: the refinement runs to a deadline, so its bounds
+            # may differ from those its prep record describes (the solves in the file keep theirs)
             if args.vnn_refine > 0 and item.open and not (info or {}).get("attack_sat"):
                 info = {**(info or {}), **refine_instance(item, args.vnn_refine, args.refine_method)}
             open_pairs = sorted(item.open) if p is None else [tuple(ik) for ik in p["open"]]

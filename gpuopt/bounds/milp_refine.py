@@ -487,8 +487,9 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
     (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_layer`),
-    each for at most ``neuron_time`` seconds, until ``deadline`` (``time.monotonic()``; each layer gets an even share of the time left
-    over the layers still to refine, nearest-to-stable neurons first). A pass that leaves time goes
+    each for at most ``neuron_time`` seconds, until ``deadline`` (``time.monotonic()``; within a phase
+    of ``last_share`` below, each layer gets an even share of the phase's time left over its layers
+    still to refine, nearest-to-stable neurons first). A pass that leaves time goes
     on with another over the neurons whose MILPs ran out of time (up to :data:`MAX_PASSES`, each
     with twice the time per MILP, on the bounds the last one left), while a pass narrows some bound.
     ``parallel`` MILPs of a layer run at once, in threads (HiGHS releases the GIL while it solves; a
