@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpuopt.bounds.milp_refine import PROVERS  # noqa: E402  (after the path set-up)
+
 BENCH = REPO.parent / "shared" / "benchmarks"
 PSPLIT_FILE = BENCH / "psplit" / "mnist2x50instances.npz"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "formulations.jsonl"
@@ -551,7 +553,7 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                     walk_s = 0.0
                     if seeded == WALK and (form, seeded) not in ended:  # (a settled instance skips it)
                         if walked is None:
-                            walked = walk_start(blocks, pre, out, lo, hi, A, b, start_x, args.walk_seconds, disj)
+                            walked = walk_start(disj, pre, out, A, b, start_x, args.walk_seconds)
                         walk_s = walked["walk_s"]
                     limit = args.time_limit
                     if args.instance_limit is not None:
@@ -609,22 +611,21 @@ def start_label(start) -> str:
     return "+walk" if start == WALK else ("+start" if start else "")
 
 
-def walk_start(blocks, pre, out, lo, hi, A, b, start_x, seconds: float, disj) -> dict:
-    """Relax-and-Walk (:func:`gpuopt.milp.walk.relax_and_walk`, the pipeline's walk stage) on the
-    disjunct ``{y : A y <= b}`` from the attack's point ``start_x`` for ``seconds``: its best point
-    ``x`` (``start_x`` when it found no better one), the float64 value there, and what it did."""
-    from gpuopt.check import check_counterexample
-    from gpuopt.milp.encode import encode_bigm
-    from gpuopt.milp.walk import relax_and_walk
+def walk_start(disj, pre, out, A, b, start_x, seconds: float) -> dict:
+    """The pipeline's walk task (:func:`gpuopt.engine.tasks.walk_task`, Relax-and-Walk) on the
+    disjunct problem ``disj`` (``{y : A y <= b}``, proof rows) from the attack's point ``start_x``
+    for ``seconds``: its best point ``x`` (``start_x`` when it found none), that point's checked
+    float64 margin, and what it did."""
+    from gpuopt.engine.tasks import walk_task
+    from gpuopt.milp.highs import SolverConfig
+    from gpuopt.milp.walk import WalkConfig
 
     t0 = time.monotonic()
-    model = encode_bigm(blocks, pre, out, lo, hi, A, b)
-    res = relax_and_walk(model, blocks, starts=[start_x], deadline=t0 + seconds,
-                         accept=lambda x: check_counterexample(disj, x).ok)
-    x = start_x if res.x is None else res.x
-    return {"x": x, "walk_s": time.monotonic() - t0, "walk_value": finite(res.value), "walk_lps": res.lps,
-            "walk_regions": res.regions, "walk_stopped": res.stopped,
-            "attack_value": spec_value(A, b, forward(blocks, np.asarray(start_x, dtype=np.float64)))}
+    res = walk_task(disj.network, (disj.region, disj.spec, disj.inner), A, b, pre, out, [start_x], WalkConfig(),
+                    SolverConfig(), 1.0, seconds, time.time())
+    return {"x": start_x if res["x"] is None else res["x"], "walk_s": time.monotonic() - t0,
+            "walk_kind": res["kind"], "walk_margin": finite(res["margin"]), "walk_lps": res["lps"],
+            "walk_regions": res["regions"], "walk_stopped": res["stopped"]}
 
 
 def decision(rec: dict, threshold: float, omlt: bool = False) -> str:
@@ -922,7 +923,7 @@ def main(argv=None) -> int:
                    help="before the MILPs, refine the intermediate bounds for this long with gpuopt's refinement "
                         "stage (per-neuron proofs, ended once activation splitting proves the property on the "
                         "bounds so far); every formulation, OMLT too, gets the refined bounds (default 0: off)")
-    g.add_argument("--refine-method", choices=["split", "milp"], default="split",
+    g.add_argument("--refine-method", choices=sorted(PROVERS), default="split",
                    help="the refinement's per-neuron proofs (default split)")
     g.add_argument("--instance-limit", type=float, default=None, metavar="SECONDS",
                    help="the open disjuncts of one instance share this many seconds per formulation (model "
