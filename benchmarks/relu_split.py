@@ -48,7 +48,29 @@ def revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
+def split_config(pairs) -> "object":
+    """A :class:`~gpuopt.relu_split.ReluSplitConfig` with ``KEY=VALUE`` overrides (values parsed as
+    Python literals: ``steps=20``, ``float32_steps=True``, ``branching='fsb'``)."""
+    import ast
+    from dataclasses import fields, replace
+
+    from gpuopt.relu_split import ReluSplitConfig
+
+    config = ReluSplitConfig()
+    names = {f.name for f in fields(ReluSplitConfig)}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"--config expects KEY=VALUE with KEY one of {', '.join(sorted(names))}, got {pair!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a bare word: a string
+        config = replace(config, **{key: value})
+    return config
+
+
+def run_one(onnx: Path, vnnlib: Path, timeout: float, config=None) -> dict:
     import numpy as np
     import torch
 
@@ -71,7 +93,8 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float) -> dict:
         disjuncts = [(A, b, strict) for (A, b), strict in zip(proof.spec.disjuncts, p.spec.strict)]
         start = time.monotonic()
         left = timeout - seconds
-        res = relu_split(p.network, lo[0], hi[0], disjuncts, bounds, problem=p, deadline=start + left)
+        res = relu_split(p.network, lo[0], hi[0], disjuncts, bounds, problem=p, deadline=start + left,
+                         **({} if config is None else {"config": config}))
         seconds += time.monotonic() - start
         domains += res.domains
         open_domains += res.open_domains
@@ -120,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most this many instances per suite")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "relu_split.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip the instances already in --out")
+    ap.add_argument("--config", nargs="+", metavar="KEY=VALUE",
+                    help="ReluSplitConfig overrides, e.g. steps=20 float32_steps=True")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two result files side by side")
     args = ap.parse_args(argv)
     if args.compare:
@@ -138,6 +163,8 @@ def main(argv=None) -> int:
     if args.resume and out.exists():
         done = {json.loads(line)["instance"] for line in out.read_text().split("\n") if line.strip()}
     rev = revision()
+    config = split_config(args.config)
+    overrides = {} if not args.config else dict(p.partition("=")[::2] for p in args.config)
     counts: dict = {}
     with open(out, "a" if args.resume else "w") as fh:
         for suite, onnx, vnnlib, _ in instances(args.suites):
@@ -148,7 +175,8 @@ def main(argv=None) -> int:
             if name in done:
                 continue
             ref = reference_side(labels.get((SUITES[suite][2], name), "unknown"))
-            rec = {"suite": suite, "instance": name, "rev": rev, "reference": ref, **run_one(onnx, vnnlib, args.timeout)}
+            rec = {"suite": suite, "instance": name, "rev": rev, "reference": ref, "config": overrides,
+                   **run_one(onnx, vnnlib, args.timeout, config)}
             rec["wrong"] = rec["status"] in ("sat", "unsat") and ref in ("sat", "unsat") and rec["status"] != ref
             fh.write(json.dumps(rec) + "\n")
             fh.flush()

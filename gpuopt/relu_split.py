@@ -16,7 +16,10 @@ Bounding a domain (beta-CROWN, Wang et al., NeurIPS 2021): for any ``beta >= 0``
 added terms are ``<= 0`` on the domain. So the CROWN backward pass gets ``-beta s`` added to the
 coefficient on each split ``z_j`` (:func:`gpuopt.bounds.crown._backward`), and every ``beta >= 0``
 and every lower slope ``alpha in [0, 1]`` gives a sound bound. Both are optimised by projected
-Adam ascent on the bound, warm-started from the parent; the best bound seen per domain is kept.
+Adam ascent on the bound, warm-started from the parent. The steps skip the rounding pads of
+:mod:`gpuopt.bounds.crown` (about a sixth of a step; their values only choose): the multipliers
+that bound best are evaluated once more with the pads, and that bound (or the starting
+multipliers' padded one, if higher) is the domain's.
 The intermediate bounds start from the root's; each child's split neuron gets its sign's bound,
 and the layers after it are re-bounded by CROWN with the child's own relaxation (:func:`_refine`,
 as beta-CROWN recomputes the layers after a split), so that one split tightens every later layer.
@@ -209,18 +212,18 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     split = [(sg != 0)[:, None, :] for sg in sign]
     sgn = [sg.to(C.dtype)[:, None, :] for sg in sign]
 
-    def evaluate(alpha_, beta_, record=None):
+    def evaluate(alpha_, beta_, record=None, pad=True):
         rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
                for a, unst, (a0, s, ic) in zip(alpha_, unstable, relax)]
         terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split, sgn)]
-        rows, coef = _backward(C, L, ops, rel, x_mid, x_rad, n_terms, hmax, split_terms=terms, record=record)
+        rows, coef = _backward(C, L, ops, rel, x_mid, x_rad, n_terms, hmax, split_terms=terms, record=record, pad=pad)
         return strict_adjust(rows - d, strict), coef
 
     alpha = [a.clone() for a in alpha]
     beta = [b.clone() for b in beta]
     with torch.no_grad():
-        rows, coef = evaluate(alpha, beta)
-    best_rows = rows
+        first, _ = evaluate(alpha, beta)  # sound (padded): the multipliers the domain came with
+    best_rows = torch.full_like(first, -math.inf)  # the steps' values, unpadded: they only choose
     best_alpha, best_beta = [a.clone() for a in alpha], [b.clone() for b in beta]
     params = [p.requires_grad_(True) for p in alpha + beta]
     lrs = [config.lr_alpha] * len(alpha) + [config.lr_beta] * len(beta)
@@ -232,7 +235,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         if deadline is not None and t0 + last > deadline:
             break
         with torch.enable_grad():
-            rows, _ = evaluate(params[:len(alpha)], params[len(alpha):])
+            rows, _ = evaluate(params[:len(alpha)], params[len(alpha):], pad=False)
             grads = torch.autograd.grad(rows.amax(dim=1).sum(), params)
         with torch.no_grad():
             better = rows.amax(dim=1) > best_rows.amax(dim=1)
@@ -252,7 +255,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     record = []
     with torch.no_grad():
         rows, coef = evaluate(best_alpha, best_beta, record)
-    rows = torch.maximum(rows, best_rows)  # both are sound; keep the better per row
+    rows = torch.maximum(rows, first)  # both are sound; keep the better per row
     bound, r_best = rows.max(dim=1)
     idx = torch.arange(D, device=C.device)
     scores, widths = [], []

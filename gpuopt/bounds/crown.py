@@ -115,7 +115,8 @@ def selector_head(part: torch.Tensor, k: int, ops, hmax, B: int, index: torch.Te
 
 
 def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
-              record: list | None = None, ball=None, index: torch.Tensor | None = None, head=None):
+              record: list | None = None, ball=None, index: torch.Tensor | None = None, head=None,
+              pad: bool = True):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -139,6 +140,10 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
 
     ``head`` (optional, replaces ``lam``): ``(A, const, abs_acc)`` already through block ``k``
     (:func:`selector_head`).
+
+    ``pad=False`` skips the magnitudes and the rounding pads: the value is then the relaxation's
+    bound as rounded, *not* a sound bound, for optimisation steps only (their gradient is the
+    same); the multipliers found are evaluated once more with the pads.
     """
     def pick(t):
         return t if index is None else t[index]
@@ -148,8 +153,9 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     else:
         c = ops[k].bias
         const = lam @ c
-        lam_abs = lam.abs()
-        abs_acc = (lam_abs @ (c.abs() + pick(ops[k].abs_matvec(hmax[k - 1])))[:, :, None]).squeeze(-1)
+        abs_acc = None
+        if pad:
+            abs_acc = (lam.abs() @ (c.abs() + pick(ops[k].abs_matvec(hmax[k - 1])))[:, :, None]).squeeze(-1)
         A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt = (pick(t) for t in relax[j])
@@ -163,10 +169,15 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
             coef = coef + split_terms[j]
         cj = ops[j].bias
         const = const + extra + coef @ cj
-        weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
-        abs_acc = abs_acc + extra.abs() + (coef.abs() @ weight[:, :, None]).squeeze(-1)
+        if pad:
+            weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
+            abs_acc = abs_acc + extra.abs() + (coef.abs() @ weight[:, :, None]).squeeze(-1)
         A = ops[j].rmatmul(coef)
     x_mid, x_rad = pick(x_mid), pick(x_rad)
+    if not pad:
+        if ball is not None:
+            raise ValueError("pad=False is for box inputs only")
+        return ((A @ x_mid[:, :, None]) - (A.abs() @ x_rad[:, :, None])).squeeze(-1) + const, A
     Aabs = A.abs()
     # one pass over |A| for the radius term and the magnitude: columns x_rad, |x_mid| + x_rad
     spread = (Aabs @ torch.stack([x_rad, x_mid.abs() + x_rad], dim=-1))
@@ -350,8 +361,9 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
 
     Any lower slope ``alpha in [0, 1]`` of an unstable ReLU gives a valid relaxation, so the
     bound of :func:`crown_linear_lower` is maximised over one ``alpha`` per (item, row, neuron)
-    by projected Adam steps. Every iterate is sound; the best bound seen per row is returned,
-    ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; the passes drop the
+    by projected Adam steps. The steps' values are taken without the rounding pads (they only
+    choose); the best slopes per row are bounded once more with the pads, and the larger of that
+    and the starting point's bound is returned, ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; the passes drop the
     neurons dead in every box, so CROWN's own rows are kept where rounding leaves them higher). Stops early at
     ``deadline``.
     """
@@ -385,9 +397,13 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
                 for (l, u), op in zip(pre[:k], ops)]
     params = [a[:, None, :].expand(B, m, a.shape[1]).clone().requires_grad_(True) for a, _, _ in relax]
     with torch.no_grad():
-        best, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax)
+        first, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax)
     if not params or steps <= 0:
-        return best
+        return first
+    # the steps run without the rounding pads (their values only choose the best slopes per row);
+    # the best slopes are bounded once more with the pads at the end
+    best = torch.full_like(first, -math.inf)
+    keep = [p.detach().clone() for p in params]
     # Adam written out: torch.optim's first use imports torch._dynamo (over a second)
     moment1 = [torch.zeros_like(p) for p in params]
     moment2 = [torch.zeros_like(p) for p in params]
@@ -400,17 +416,24 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
         with torch.enable_grad():
             rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
                    for p, unst, (a, s, icpt) in zip(params, unstable, relax)]
-            bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax)
+            bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, pad=False)
             grads = torch.autograd.grad(bound.sum(), params)
-        best = torch.maximum(best, bound.detach())
         with torch.no_grad():
+            better = bound > best
+            best = torch.where(better, bound, best)
+            for kp, p in zip(keep, params):
+                kp.copy_(torch.where(better[:, :, None], p, kp))
             for p, g, m1, m2 in zip(params, grads, moment1, moment2):
                 m1.mul_(beta1).add_(g, alpha=1 - beta1)
                 m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 step = lr * (m1 / (1 - beta1 ** t)) / ((m2 / (1 - beta2 ** t)).sqrt() + 1e-12)
                 p.add_(step).clamp_(0.0, 1.0)  # ascent on the bound, projected onto [0, 1]
         last = time.monotonic() - t0
-    return best
+    with torch.no_grad():
+        rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
+               for p, unst, (a, s, icpt) in zip(keep, unstable, relax)]
+        bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax)
+    return torch.maximum(first, bound)  # both sound
 
 
 def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps: int = 20, lr: float = 0.25,
