@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most this many instances per suite")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "relu_split.jsonl"))
     ap.add_argument("--resume", action="store_true", help="skip the instances already in --out")
+    ap.add_argument("--match", nargs="+", metavar="TEXT",
+                    help="only the instances whose name contains one of these")
     ap.add_argument("--config", nargs="+", metavar="KEY=VALUE",
                     help="ReluSplitConfig overrides, e.g. steps=20 float32_steps=True")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two result files side by side")
@@ -172,6 +174,9 @@ def main(argv=None) -> int:
                 continue
             counts[suite] = counts.get(suite, 0) + 1
             name = instance_name(onnx, vnnlib)
+            if args.match and not any(t in name for t in args.match):
+                counts[suite] -= 1
+                continue
             if name in done:
                 continue
             ref = reference_side(labels.get((SUITES[suite][2], name), "unknown"))

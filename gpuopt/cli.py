@@ -208,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="activation splitting's branching rule: babsr (the top intercept score) or fsb (a one-pass "
                         "lookahead at the top candidates, preferring a split whose weaker child gains; default: "
                         "babsr)")
+    v.add_argument("--relu-refine", choices=("auto", "on", "off"), default=None,
+                   help="activation splitting re-bounds each child's later layers: on (every step), off, or auto "
+                        "(the default: while it makes neurons stable or children empty, at least 0.2 per child)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -453,6 +456,8 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, handoff=args.handoff)
     if args.branching is not None:
         relu = replace(relu, branching=args.branching)
+    if args.relu_refine is not None:
+        relu = replace(relu, refine={"auto": "auto", "on": True, "off": False}[args.relu_refine])
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,

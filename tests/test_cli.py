@@ -452,7 +452,8 @@ def test_bab_choices_decide_the_tiny_network(bab, tiny, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"
 
 
-@pytest.mark.parametrize("option, bad", [("--bab", "beta"), ("--cut-kinds", "gomory"), ("--branching", "sb")])
+@pytest.mark.parametrize("option, bad", [("--bab", "beta"), ("--cut-kinds", "gomory"), ("--branching", "sb"),
+                                         ("--relu-refine", "maybe")])
 def test_choice_options_reject_an_unknown_choice(option, bad, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 0)")
     try:
@@ -550,6 +551,17 @@ def test_branching_option_reaches_activation_splitting(extra, want, tiny, tmp_pa
 
     verify_parser = _parser()._subparsers._group_actions[0].choices["verify"]
     assert tuple(next(a.choices for a in verify_parser._actions if "--branching" in a.option_strings)) == BRANCHING
+
+
+@pytest.mark.parametrize("extra, want", [([], "auto"), (["--relu-refine", "on"], True), (["--relu-refine", "off"], False),
+                                         (["--relu-refine", "auto", "--branching", "fsb"], "auto")])
+def test_relu_refine_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    relu = seen["config"].relu_split
+    assert relu.refine is want if isinstance(want, bool) else relu.refine == want
+    assert relu.branching == ("fsb" if "fsb" in extra else "babsr")
 
 
 @pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gpuopt.bounds import crown
+from gpuopt.errors import InvalidInputError
 from gpuopt.problem import Problem
 from gpuopt.regions import Box
 from gpuopt.relu_split import ReluSplitConfig, _Domains, _refine, relu_split
@@ -20,7 +21,7 @@ from gpuopt.bab import SplitConfig
 from gpuopt.verify import VerifyConfig, verify
 
 from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network)
+                     random_dense_network, shifted_spec, to_alternating_dense)
 
 
 def _net_box(seed: int, hidden=(6, 6, 5)):
@@ -63,8 +64,15 @@ def test_refined_bounds_hold_on_every_input_of_the_domain_and_only_tighten(seed)
     x_mid = torch.as_tensor((lo + hi) / 2)[None]
     x_rad = torch.as_tensor((hi - lo) / 2)[None]
     n_terms = len(lo) + sum(op.shape[0] for op in ops)
-    kept, empty = _refine(ops, doms, split_layer, x_mid, x_rad, n_terms)
+    open_before = sum(int(((lower[k][d] < 0) & (upper[k][d] > 0)).sum())
+                      for k in range(1, len(lower)) for d in range(D) if split_layer[d] < k)
+    kept, empty, stabilised = _refine(ops, doms, split_layer, x_mid, x_rad, n_terms)
     assert len(kept) + empty == D
+    assert stabilised >= 0
+    if empty == 0:  # then every domain is kept, in order: the count is the drop in open neurons
+        open_after = sum(int(((kept.lower[k][d] < 0) & (kept.upper[k][d] > 0)).sum())
+                         for k in range(1, len(lower)) for d in range(D) if split_layer[d] < k)
+        assert stabilised == open_before - open_after
     where = {int(t): i for i, t in enumerate(kept.tag)}
     xs = lo + (hi - lo) * rng.random((20000, len(lo)))
     _, pre = numpy_forward(net, xs)
@@ -110,7 +118,7 @@ def test_refinement_tightens_later_layers():
         doms = _Domains(lower, upper, sign, zeros, zeros, scores, scores,
                         torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
         n_terms = len(lo) + sum(op.shape[0] for op in ops)
-        kept, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
+        kept, _, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
                           torch.as_tensor((hi - lo) / 2)[None], n_terms)
         cases += 1
         width_before = sum(float((u - l).clamp(min=0).sum()) for l, u in zip(lower[1:], upper[1:]))
@@ -204,3 +212,71 @@ def test_an_overflowing_rebound_is_no_evidence_of_an_empty_domain():
     config = VerifyConfig(device="cpu", split=SplitConfig(max_input_dim=1), use_attack=False, use_walk=False,
                           alpha_intermediate=False)
     assert verify(net, Box(lo, hi), spec, timeout=30, config=config).status.value != "unsat"
+
+
+def test_refine_gate_schedule():
+    """``refine="auto"``: refined steps until WINDOW refinements are seen, on while they yield
+    MIN_YIELD per child together, then one probe every PROBE_EVERY steps; a probe that yields
+    turns refinement back on; steps that re-bounded nothing do not count."""
+    from gpuopt.relu_split import _RefineGate as Gate
+
+    always, never = Gate(True), Gate(False)
+    assert all(always.now() for _ in range(100)) and not any(never.now() for _ in range(100))
+    for _ in range(20):
+        always.record(0, 100)  # True ignores the yield
+    assert always.now()
+    g = Gate("auto")
+    for i in range(Gate.WINDOW):
+        assert g.now()
+        g.record(0, 0)  # nothing re-bounded: not counted
+        g.record(0 if i else int(Gate.MIN_YIELD * 100 * Gate.WINDOW), 100)  # one rich step carries the window
+    assert g.now()
+    g.record(0, 100)  # the rich step leaves the window: the window now yields nothing
+    pattern = [g.now() for _ in range(Gate.PROBE_EVERY)]
+    assert pattern == [False] * (Gate.PROBE_EVERY - 1) + [True]
+    g.record(int(Gate.MIN_YIELD * 100) - 1, 100)  # a probe just under the yield: off again
+    assert [g.now() for _ in range(Gate.PROBE_EVERY)][-2:] == [False, True]
+    g.record(int(Gate.MIN_YIELD * 100), 100)  # a probe that yields: back on
+    assert all(g.now() for _ in range(3 * Gate.WINDOW))
+
+
+def test_refine_auto_stops_refining_when_it_yields_nothing(monkeypatch):
+    """With a refinement that changes nothing (the domains back as they came: sound), ``"auto"``
+    calls it until WINDOW of its calls re-bounded something, and then only on probes; ``True``
+    at every step; the verdict and the search are the same."""
+    import gpuopt.relu_split as rs
+
+    calls = []
+
+    def idle_refine(ops, doms, split_layer, *args, **kwargs):
+        calls.append(len(doms))
+        return doms, 0, 0
+
+    monkeypatch.setattr(rs, "_refine", idle_refine)
+    for seed in range(20):  # the first case that holds by a small margin and takes several steps
+        net, lo, hi, rng = _net_box(seed + 300, hidden=(12, 12))
+        spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1))], 2)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        spec = shifted_spec(spec, minima, 1e-3)
+        (A, b), = spec.disjuncts
+        root = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+        runs = {}
+        for mode in (True, "auto"):
+            calls.clear()
+            res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None)], root,
+                             problem=Problem(net, Box(lo, hi), spec),
+                             config=ReluSplitConfig(refine=mode, batch_size=1, max_domains=400))
+            runs[mode] = (res.status, res.domains, len(calls))
+        if runs[True][2] > rs._RefineGate.WINDOW + rs._RefineGate.PROBE_EVERY + 4:
+            break
+    assert runs[True][:2] == runs["auto"][:2]
+    steps = runs[True][2]
+    gate = rs._RefineGate
+    assert steps > gate.WINDOW + gate.PROBE_EVERY + 4, runs  # the case must take many steps
+    assert gate.WINDOW <= runs["auto"][2] < steps - gate.PROBE_EVERY // 2, runs
+
+
+def test_refine_setting_is_checked():
+    for bad in ("yes", 1, None):
+        with pytest.raises(InvalidInputError, match="refine"):
+            ReluSplitConfig(refine=bad)

@@ -140,7 +140,7 @@ def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
     (dict(lr_beta=0), "`lr_beta` must be a number > 0, got 0"),
     (dict(max_domains=True), "`max_domains` must be an integer >= 1, got True"),
     (dict(handoff=-1), "`handoff` must be an integer >= 0, got -1"),
-    (dict(refine=1), "`refine` must be True or False, got 1"),
+    (dict(refine=1), "`refine` must be True, False or 'auto', got 1"),
     (dict(branching="sb"), "`branching` must be one of babsr, fsb, got 'sb'"),
     (dict(candidates=0), "`candidates` must be an integer >= 1, got 0"),
     (dict(retry_steps=-2), "`retry_steps` must be an integer >= 0, got -2"),
