@@ -80,6 +80,9 @@ log = logging.getLogger("gpuopt")
 
 #: branching rules of activation splitting (:attr:`ReluSplitConfig.branching`)
 BRANCHING = ("babsr", "fsb")
+#: the share of a batch's domains that must be proven before they leave its optimisation steps
+#: (:func:`_bound`; each departure copies the others' data once)
+COMPACT_SHARE = 0.125
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
 
@@ -215,45 +218,84 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     split = [(sg != 0)[:, None, :] for sg in sign]
     sgn = [sg.to(C.dtype)[:, None, :] for sg in sign]
 
-    def evaluate(alpha_, beta_, record=None, pad=True):
-        rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
-               for a, unst, (a0, s, ic) in zip(alpha_, unstable, relax)]
-        terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split, sgn)]
-        rows, coef = _backward(C, L, ops, rel, x_mid, x_rad, n_terms, hmax, split_terms=terms, record=record, pad=pad)
-        return strict_adjust(rows - d, strict), coef
+    full = (relax, unstable, split, sgn, C, d, strict, x_mid, x_rad, hmax)
 
-    alpha = [a.clone() for a in alpha]
-    beta = [b.clone() for b in beta]
+    def evaluate(alpha_, beta_, record=None, pad=True, ctx=full):
+        """The rows at the multipliers ``alpha_``/``beta_`` of the domains whose data ``ctx`` holds."""
+        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_ = ctx
+        rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
+               for a, unst, (a0, s, ic) in zip(alpha_, unstable_, relax_)]
+        terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split_, sgn_)]
+        rows, coef = _backward(C_, L, ops, rel, x_mid_, x_rad_, n_terms, hmax_, split_terms=terms, record=record,
+                               pad=pad)
+        return strict_adjust(rows - d_, strict_), coef
+
+    def subset(ctx, idx):
+        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_ = ctx
+        return ([tuple(t[idx] for t in r) for r in relax_], [t[idx] for t in unstable_], [t[idx] for t in split_],
+                [t[idx] for t in sgn_], C_[idx], d_[idx], strict_[idx], x_mid_[idx], x_rad_[idx],
+                {j: h[idx] for j, h in hmax_.items()})
+
     with torch.no_grad():
         first, _ = evaluate(alpha, beta)  # sound (padded): the multipliers the domain came with
     best_rows = torch.full_like(first, -math.inf)  # the steps' values, unpadded: they only choose
     best_alpha, best_beta = [a.clone() for a in alpha], [b.clone() for b in beta]
-    params = [p.requires_grad_(True) for p in alpha + beta]
-    lrs = [config.lr_alpha] * len(alpha) + [config.lr_beta] * len(beta)
+    # the steps run on the domains not yet proven: one closed by its starting multipliers (a child
+    # often is, by its parent's) leaves out, and when a share of those left are proven by the steps
+    # (COMPACT_SHARE), they leave the batch too, whose later steps then cost less
+    act = torch.nonzero(~(first.amax(dim=1) > 0)).flatten()
+    n_a = len(alpha)
+    ctx = full if act.numel() == D else subset(full, act)
+    params = [p[act].detach().clone().requires_grad_(True) for p in alpha + beta]
+    whole = act.numel() == D  # then the batch's best are the results themselves, updated in place
+    keep = best_alpha + best_beta if whole else [p.detach().clone() for p in params]  # the batch's best multipliers
+    top = best_rows if whole else best_rows[act]  # and their best rows
+    lrs = [config.lr_alpha] * n_a + [config.lr_beta] * len(beta)
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
+
+    def write_back():
+        if whole:  # the multipliers are in place; the rows are a new tensor each step
+            best_rows.copy_(top)
+            return
+        best_rows[act] = top
+        for dst, src in zip(best_alpha + best_beta, keep):
+            dst[act] = src
+
     last = 0.0
     for t in range(1, steps + 1):
         t0 = time.monotonic()
-        if deadline is not None and t0 + last > deadline:
+        if act.numel() == 0 or deadline is not None and t0 + last > deadline:
             break
         with torch.enable_grad():
-            rows, _ = evaluate(params[:len(alpha)], params[len(alpha):], pad=False)
+            rows, _ = evaluate(params[:n_a], params[n_a:], pad=False, ctx=ctx)
             grads = torch.autograd.grad(rows.amax(dim=1).sum(), params)
         with torch.no_grad():
-            better = rows.amax(dim=1) > best_rows.amax(dim=1)
-            best_rows = torch.where(better[:, None], rows.detach(), best_rows)
-            for keep, p in zip(best_alpha + best_beta, params):
-                keep.copy_(torch.where(better[:, None, None], p.detach(), keep))
+            better = rows.amax(dim=1) > top.amax(dim=1)
+            top = torch.where(better[:, None], rows.detach(), top)
+            for kp, p in zip(keep, params):
+                kp.copy_(torch.where(better[:, None, None], p.detach(), kp))
             for p, g, a1, a2, lr in zip(params, grads, m1, m2, lrs):
                 a1.mul_(0.9).add_(g, alpha=0.1)
                 a2.mul_(0.999).addcmul_(g, g, value=0.001)
                 p.add_(lr * (a1 / (1 - 0.9 ** t)) / ((a2 / (1 - 0.999 ** t)).sqrt() + 1e-12))
-            for p in params[:len(alpha)]:
+            for p in params[:n_a]:
                 p.clamp_(0.0, 1.0)
-            for p in params[len(alpha):]:
+            for p in params[n_a:]:
                 p.clamp_(min=0.0)
+            done = top.amax(dim=1) > 0  # proven by the best step so far (the padded evaluation decides)
+            n_done = int(done.sum())
+            if n_done and (n_done == done.numel() or n_done >= COMPACT_SHARE * done.numel()) and t < steps:
+                write_back()
+                if whole:  # from here on the batch keeps copies of its best
+                    whole, keep = False, [k[act] for k in keep]
+                stay = torch.nonzero(~done).flatten()
+                act, ctx, top = act[stay], subset(ctx, stay), top[stay]
+                params = [p.detach()[stay].requires_grad_(True) for p in params]
+                keep = [k[stay] for k in keep]
+                m1, m2 = [a[stay] for a in m1], [a[stay] for a in m2]
         last = time.monotonic() - t0
+    write_back()
     # the branching scores and the input coefficients at the best parameters
     record = []
     with torch.no_grad():

@@ -268,3 +268,34 @@ def test_given_up_disjuncts_stay_open_and_their_open_bound_holds(cap):
             if not all(res.closed):
                 assert res.status != "unsat", (seed, delta, res)
     assert given_up > 0
+
+
+def test_steps_leave_out_the_domains_already_proven(monkeypatch):
+    """A domain proven by its starting multipliers takes no optimisation steps, and one proven by a
+    step leaves the batch for the later steps: with one disjunct unreachable by far and one that
+    needs steps, the steps' passes carry only the second; the verdicts stay those of brute force."""
+    import importlib
+
+    rs = importlib.import_module("gpuopt.relu_split")
+    real = rs._backward
+    step_batches = []
+
+    def spy(*args, **kwargs):
+        if kwargs.get("pad") is False:
+            step_batches.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rs, "_backward", spy)
+    for seed in range(12):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        tight = shifted_spec(spec, minima, 1e-3).disjuncts[0]
+        far = (np.array([[-1.0, 1.0]]), np.array([-1e6]))  # y0 - y1 >= 1e6: unreachable by far
+        step_batches.clear()
+        res = _run(net, lo, hi, OutputSpec([far, tight], 2), config=ReluSplitConfig(batch_size=4))
+        assert res.closed[0] and res.status in ("unsat", "timeout", "unknown")
+        if step_batches:
+            assert step_batches[0] == 1, (seed, step_batches[:5])  # the root steps: the tight disjunct only
+            break
+    else:
+        pytest.fail("no case needed optimisation steps")
