@@ -170,13 +170,12 @@ def main(argv=None) -> int:
     counts: dict = {}
     with open(out, "a" if args.resume else "w") as fh:
         for suite, onnx, vnnlib, _ in instances(args.suites):
+            name = instance_name(onnx, vnnlib)
+            if args.match and not any(t in name for t in args.match):
+                continue
             if args.limit is not None and counts.get(suite, 0) >= args.limit:
                 continue
             counts[suite] = counts.get(suite, 0) + 1
-            name = instance_name(onnx, vnnlib)
-            if args.match and not any(t in name for t in args.match):
-                counts[suite] -= 1
-                continue
             if name in done:
                 continue
             ref = reference_side(labels.get((SUITES[suite][2], name), "unknown"))
