@@ -50,7 +50,7 @@ def revision() -> str:
 
 def split_config(pairs) -> "object":
     """A :class:`~gpuopt.relu_split.ReluSplitConfig` with ``KEY=VALUE`` overrides (values parsed as
-    Python literals: ``steps=20``, ``float32_steps=True``, ``branching='fsb'``)."""
+    Python literals: ``steps=20``, ``refine=False``, ``branching='fsb'``)."""
     import ast
     from dataclasses import fields, replace
 
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--match", nargs="+", metavar="TEXT",
                     help="only the instances whose name contains one of these")
     ap.add_argument("--config", nargs="+", metavar="KEY=VALUE",
-                    help="ReluSplitConfig overrides, e.g. steps=20 float32_steps=True")
+                    help="ReluSplitConfig overrides, e.g. steps=20 refine=False")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two result files side by side")
     args = ap.parse_args(argv)
     if args.compare:
