@@ -287,8 +287,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
             n_done = int(done.sum())
             if n_done and (n_done == done.numel() or n_done >= COMPACT_SHARE * done.numel()) and t < steps:
                 write_back()
-                if whole:  # from here on the batch keeps copies of its best
-                    whole, keep = False, [k[act] for k in keep]
+                whole = False  # from here on the batch keeps copies of its best (indexing copies)
                 stay = torch.nonzero(~done).flatten()
                 act, ctx, top = act[stay], subset(ctx, stay), top[stay]
                 params = [p.detach()[stay].requires_grad_(True) for p in params]
