@@ -1,5 +1,5 @@
 """Validating a device name before any work: ``cpu``, ``cuda`` or ``cuda:N`` for an available N;
-and starting a CUDA device's initialisation early, in the background."""
+starting a CUDA device's initialisation early, in the background; and the memory a device has free."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 from .errors import InvalidInputError
 
-__all__ = ["check_device", "warm_up"]
+__all__ = ["check_device", "free_memory", "warm_up"]
 
 log = logging.getLogger("gpuopt")
 _warmed: dict = {}  # device name -> the thread that initialised it (one per device and process)
@@ -69,3 +69,25 @@ def warm_up(device) -> threading.Thread | None:
         _warmed[str(dev)] = thread
         thread.start()
         return thread
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on ``device`` now: CUDA's free memory, or on the CPU the kernel's estimate of
+    the memory available without swapping (``MemAvailable`` in ``/proc/meminfo``, Linux);
+    ``None`` where it cannot be read."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -85,6 +85,13 @@ BRANCHING = ("babsr", "fsb")
 COMPACT_SHARE = 0.125
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
+#: the share of the memory free when a search starts that its open domains may hold, when
+#: :attr:`ReluSplitConfig.max_domains` is ``None`` (:func:`_domain_limit`): a step holds two
+#: copies of them (the rest, then with the children), and the rest covers the batch's passes
+#: and other processes
+DOMAIN_MEMORY_SHARE = 0.25
+#: the open-domain limit when the free memory cannot be read
+DEFAULT_MAX_DOMAINS = 50_000
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,12 @@ class ReluSplitConfig:
     only the split constraints' multipliers remain to converge: the bound then tends to the LP
     optimum over the domain),
     ``lr_alpha``/``lr_beta`` their Adam step sizes; ``max_domains`` the open-domain limit (a
-    memory guard: the search answers ``unknown`` beyond it); ``refine``: re-bound each child's
-    later layers (:func:`_refine`): ``True`` always, ``False`` never, ``"auto"`` while it pays
-    (:class:`_RefineGate`); ``handoff``: a disjunct left with at most this many open
-    domains when the search stops gets them back as leaves for an exact MILP each (0: none);
+    memory guard: the search answers ``unknown`` beyond it; ``None``, the default: as many as
+    fit in :data:`DOMAIN_MEMORY_SHARE` of the memory free at the start, :func:`_domain_limit`);
+    ``refine``: re-bound each child's later layers (:func:`_refine`): ``True`` always,
+    ``False`` never, ``"auto"`` while it pays (:class:`_RefineGate`); ``handoff``: a disjunct
+    left with at most this many open domains when the search stops gets them back as leaves
+    for an exact MILP each (0: none);
     ``branching``: ``"babsr"`` splits the neuron with the top intercept score, ``"fsb"`` looks
     ahead at ``candidates`` neurons per score (:func:`_lookahead`) and splits one whose weaker
     child gains; ``retry_steps``: a child whose own bound falls below its parent's gets this many
@@ -114,7 +123,7 @@ class ReluSplitConfig:
     leaf_steps: int = 200
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
-    max_domains: int = 50_000
+    max_domains: int | None = None
     refine: bool | str = "auto"
     handoff: int = 32
     branching: str = "babsr"
@@ -126,6 +135,8 @@ class ReluSplitConfig:
     def __post_init__(self):
         for name in ("batch_size", "max_domains"):
             v = getattr(self, name)
+            if name == "max_domains" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"`{name}` must be an integer >= 1, got {v!r}")
         if self.branching not in BRANCHING:
@@ -418,13 +429,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         return result("sat", domains, explored, found)
     stuck = None  # domains with no neuron left to split: open for good (the MILP may decide them)
     gate = _RefineGate(config.refine)
+    limit = _domain_limit(roots, config) if config.max_domains is None else config.max_domains
     status = "unsat"
     spent = torch.zeros(K, dtype=torch.long)  # per disjunct, the domains split so far
     while domains is not None and len(domains):
         if deadline is not None and time.monotonic() > deadline:
             status = "timeout"
             break
-        if len(domains) > config.max_domains:
+        if len(domains) > limit:
             status = "unknown"
             break
         if log.isEnabledFor(logging.DEBUG):
@@ -437,6 +449,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         order = _fair_order(domains.bound, domains.tag) if config.selection == "fair" else domains.bound.argsort()
         rest = domains.take(order[config.batch_size:])
         parents = domains.take(order[: config.batch_size])
+        domains = None  # two copies of the open domains at most: the rest, and with the children
         spent += torch.bincount(parents.tag.cpu(), minlength=K)
         choice = None
         if config.branching == "fsb":
@@ -513,6 +526,19 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     if stuck is not None and status == "unsat":
         status = "unknown"
     return result(status, _Domains.cat([domains, stuck]), explored)
+
+
+def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
+    """The open-domain limit when :attr:`ReluSplitConfig.max_domains` is ``None``: the domains
+    whose tensors fill :data:`DOMAIN_MEMORY_SHARE` of the memory free on their device now
+    (:data:`DEFAULT_MAX_DOMAINS` where that cannot be read), and at least four batches."""
+    from .devices import free_memory
+
+    per = sum(t[:1].numel() * t.element_size() for f in _Domains.FIELDS for t in getattr(roots, f))
+    per += roots.bound.element_size() + roots.tag.element_size()
+    free = free_memory(roots.bound.device)
+    limit = DEFAULT_MAX_DOMAINS if free is None else int(DOMAIN_MEMORY_SHARE * free / max(per, 1))
+    return max(limit, 4 * config.batch_size)
 
 
 def _fair_order(bound: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:

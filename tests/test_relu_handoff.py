@@ -280,3 +280,45 @@ def test_refine_setting_is_checked():
     for bad in ("yes", 1, None):
         with pytest.raises(InvalidInputError, match="refine"):
             ReluSplitConfig(refine=bad)
+
+
+def _limit_case(seed: int, deltas=(1e-3,)):
+    """A 3-12-12-2 net, a box, and one row shifted to hold by each of ``deltas``."""
+    net, lo, hi, rng = _net_box(seed, hidden=(12, 12))
+    spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1))], 2)
+    minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+    return net, lo, hi, [shifted_spec(spec, minima, delta) for delta in deltas]
+
+
+def _split_run(net, lo, hi, spec, config):
+    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    return relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in spec.disjuncts],
+                      bounds, problem=Problem(net, Box(lo, hi), spec), deadline=time.monotonic() + 20, config=config)
+
+
+def test_the_default_domain_limit_follows_the_free_memory(monkeypatch):
+    """``max_domains=None``: the limit is the domains that fill ``DOMAIN_MEMORY_SHARE`` of the
+    free memory (here faked to fit 5 of this case's domains, with a batch of 1), the same search
+    as ``max_domains=5``; with the free memory unknown, ``DEFAULT_MAX_DOMAINS``."""
+    import gpuopt.devices as devices
+    import gpuopt.relu_split as rs
+
+    net, lo, hi, (spec,) = _limit_case(301)
+    n = [l.shape[1] for l, _ in crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]).pre_activation]
+    # lower/upper, sign, alpha/beta (one row), scores/widths per neuron; bound and tag per domain
+    per = sum(n) * (8 + 8 + 1 + 8 + 8 + 8 + 8) + 8 + 8
+    runs = {}
+    for name, free, limit in (("derived", int(5.5 * per / rs.DOMAIN_MEMORY_SHARE), None), ("fixed", None, 5),
+                              ("unbounded", None, 10_000), ("unknown memory", None, None)):
+        monkeypatch.setattr(devices, "free_memory", lambda device, free=free: free)
+        monkeypatch.setattr(rs, "DEFAULT_MAX_DOMAINS", 5)
+        res = _split_run(net, lo, hi, spec, ReluSplitConfig(batch_size=1, max_domains=limit))
+        runs[name] = (res.status, res.domains)
+    assert runs["derived"] == runs["fixed"] == runs["unknown memory"] != runs["unbounded"], runs
+
+
+def test_free_memory_reads_the_cpu():
+    from gpuopt.devices import free_memory
+
+    free = free_memory("cpu")
+    assert free is None or 0 < free < 1 << 50
