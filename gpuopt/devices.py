@@ -71,10 +71,18 @@ def warm_up(device) -> threading.Thread | None:
         return thread
 
 
+#: where the CPU's free memory is read: the kernel's estimate, then the memory cgroup's limit and
+#: use (v2, then v1), which bound a container's or a batch job's memory below the machine's
+MEMINFO = "/proc/meminfo"
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
 def free_memory(device) -> int | None:
-    """Bytes free on ``device`` now: CUDA's free memory, or on the CPU the kernel's estimate of
-    the memory available without swapping (``MemAvailable`` in ``/proc/meminfo``, Linux);
-    ``None`` where it cannot be read."""
+    """Bytes free on ``device`` now: CUDA's free memory; on the CPU the smaller of the kernel's
+    estimate of the memory available without swapping (``MemAvailable``, Linux) and what the
+    memory cgroup's limit leaves (limit less use; a container or batch job may get much less
+    than the machine has). ``None`` where none of these can be read."""
     import torch
 
     dev = torch.device(device)
@@ -83,11 +91,24 @@ def free_memory(device) -> int | None:
             return int(torch.cuda.mem_get_info(dev)[0])
         except (RuntimeError, AssertionError):
             return None
+    found = []
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # reported in kB
+                    found.append(int(line.split()[1]) * 1024)  # reported in kB
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit_path, use_path in CGROUP_FILES:
+        try:
+            with open(limit_path) as f:
+                limit = f.read().strip()
+            with open(use_path) as f:
+                use = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" (v2) or a huge number (v1): no limit
+            found.append(max(0, int(limit) - use))
+        break
+    return min(found) if found else None

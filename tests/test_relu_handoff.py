@@ -322,3 +322,25 @@ def test_free_memory_reads_the_cpu():
 
     free = free_memory("cpu")
     assert free is None or 0 < free < 1 << 50
+
+
+def test_free_memory_heeds_the_cgroup_limit(monkeypatch, tmp_path):
+    """On the CPU: the smaller of MemAvailable and the cgroup's limit less its use; no limit
+    (``max``, or v1's huge number) leaves MemAvailable; nothing readable gives ``None``."""
+    import gpuopt.devices as devices
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683664 kB\nMemAvailable:   8000000 kB\n")
+    limit, use = tmp_path / "memory.max", tmp_path / "memory.current"
+    monkeypatch.setattr(devices, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(devices, "CGROUP_FILES", ((str(limit), str(use)),))
+    use.write_text("1000000000\n")
+    for text, want in (("3000000000\n", 2_000_000_000), ("max\n", 8_000_000 * 1024),
+                       ("9223372036854771712\n", 8_000_000 * 1024), ("900000000\n", 0)):
+        limit.write_text(text)
+        assert devices.free_memory("cpu") == want, text
+    monkeypatch.setattr(devices, "MEMINFO", str(tmp_path / "missing"))
+    limit.write_text("3000000000\n")
+    assert devices.free_memory("cpu") == 2_000_000_000
+    monkeypatch.setattr(devices, "CGROUP_FILES", ())
+    assert devices.free_memory("cpu") is None
