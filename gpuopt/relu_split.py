@@ -103,7 +103,8 @@ class ReluSplitConfig:
     optimum over the domain),
     ``lr_alpha``/``lr_beta`` their Adam step sizes; ``max_domains`` the open-domain limit (a
     memory guard: the search answers ``unknown`` beyond it; ``None``, the default: as many as
-    fit in :data:`DOMAIN_MEMORY_SHARE` of the memory free at the start, :func:`_domain_limit`);
+    fit in :data:`DOMAIN_MEMORY_SHARE` of the memory free at the start, on the CPU at most
+    :data:`DEFAULT_MAX_DOMAINS`, :func:`_domain_limit`);
     ``refine``: re-bound each child's later layers (:func:`_refine`): ``True`` always,
     ``False`` never, ``"auto"`` while it pays (:class:`_RefineGate`); ``handoff``: a disjunct
     left with at most this many open domains when the search stops gets them back as leaves
@@ -531,13 +532,18 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
 def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
     """The open-domain limit when :attr:`ReluSplitConfig.max_domains` is ``None``: the domains
     whose tensors fill :data:`DOMAIN_MEMORY_SHARE` of the memory free on their device now
-    (:data:`DEFAULT_MAX_DOMAINS` where that cannot be read), and at least four batches."""
+    (:data:`DEFAULT_MAX_DOMAINS` where that cannot be read), and at least four batches. On the
+    CPU at most :data:`DEFAULT_MAX_DOMAINS` too: the engine's pool runs several searches at once
+    there, each sizing itself from the same free memory."""
     from .devices import free_memory
 
     per = sum(t[:1].numel() * t.element_size() for f in _Domains.FIELDS for t in getattr(roots, f))
     per += roots.bound.element_size() + roots.tag.element_size()
-    free = free_memory(roots.bound.device)
+    dev = roots.bound.device
+    free = free_memory(dev)
     limit = DEFAULT_MAX_DOMAINS if free is None else int(DOMAIN_MEMORY_SHARE * free / max(per, 1))
+    if dev.type == "cpu":
+        limit = min(limit, DEFAULT_MAX_DOMAINS)
     return max(limit, 4 * config.batch_size)
 
 
