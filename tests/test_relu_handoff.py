@@ -320,10 +320,15 @@ def test_the_default_domain_limit_follows_the_free_memory(monkeypatch):
 
 
 def test_free_memory_reads_the_cpu():
+    """On this machine's real files: bytes, at most the machine's memory (MemTotal)."""
     from gpuopt.devices import free_memory
 
     free = free_memory("cpu")
-    assert free is None or 0 < free < 1 << 50
+    try:
+        total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/meminfo here")
+    assert free is not None and 0 <= free <= total
 
 
 def test_free_memory_heeds_the_cgroup_limit(monkeypatch, tmp_path):
