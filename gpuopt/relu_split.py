@@ -837,12 +837,12 @@ class _RefineGate:
     empty, and the search without it bounded about twice the domains per second and ended with
     the same tree on the instances it decided (cifar_wide_kw img19: 2,859 and 2,869 domains);
     on mnist_fc's dense nets it made 0.4-2.5 neurons stable per child and decided in 4-11 s what
-    30 s did not decide without it (mnist-net_256x4 prop_3_0.05, prop_8_0.03). So the steps refine until :attr:`WINDOW` refinements (steps that
-    re-bounded some layer: a split in the last ReLU layer leaves nothing to re-bound and says
-    nothing) have been seen, and go on while those last ones yield at least :attr:`MIN_YIELD`
-    (empty children plus stabilised neurons) per child; otherwise one step in
-    :attr:`PROBE_EVERY` refines, and a probe that yields that much on its own turns refinement
-    back on. Any choice keeps the search sound: refinement only tightens bounds that hold."""
+    30 s did not decide without it (mnist-net_256x4 prop_3_0.05, prop_8_0.03). So the steps
+    refine until :attr:`WINDOW` refinements (steps that re-bounded some layer: a split in the
+    last ReLU layer leaves nothing to re-bound and says nothing) have been seen, and go on while
+    those last ones yield at least :attr:`MIN_YIELD` (empty children plus stabilised neurons) per
+    child; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that yields that much on
+    its own turns refinement back on. Any choice keeps the search sound: refinement only tightens bounds that hold."""
 
     MIN_YIELD = 0.2
     WINDOW = 8
