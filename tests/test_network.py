@@ -83,3 +83,31 @@ def test_from_torch_unsupported_module():
     with pytest.raises(UnsupportedLayerError, match=re.escape("module '1' of type Sigmoid is not supported")) as info:
         from_torch(model, (4,))
     assert info.value.op_type == "Sigmoid" and info.value.node == "1"
+
+
+def test_sparse_linear_op_products_match_the_dense_ones_with_their_gradients():
+    """A sparse LinearOp (a convolution's matrix) gives the same ``A @ M``, ``|M| v`` and gradient
+    of ``A @ M`` as the dense matrix, row-major (the bound passes' batched products need it)."""
+    import scipy.sparse as sp
+
+    from gpuopt.network import LinearOp
+
+    gen = np.random.default_rng(3)
+    n_out, n_in = 300, 400
+    dense = gen.standard_normal((n_out, n_in)) * (gen.random((n_out, n_in)) < 0.05)
+    op = LinearOp(sp.csr_matrix(dense), gen.standard_normal(n_out), "cpu", torch.float64)
+    assert op.dense is None  # the sparse path is the one under test
+    M = torch.tensor(dense)
+    A = torch.tensor(gen.standard_normal((5, 3, n_out)), requires_grad=True)
+    weight = torch.tensor(gen.standard_normal((5, 3, n_in)))
+    out = op.rmatmul(A)
+    assert out.shape == (5, 3, n_in) and out.is_contiguous()
+    torch.testing.assert_close(out, A @ M, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad((out * weight).sum(), A)
+    torch.testing.assert_close(grad, weight @ M.T, rtol=1e-12, atol=1e-12)
+    v = torch.tensor(gen.random((7, n_in)))
+    mv = op.abs_matvec(v)
+    assert mv.is_contiguous()
+    torch.testing.assert_close(mv, v @ M.abs().T, rtol=1e-12, atol=1e-12)
+    dense_op = LinearOp(sp.csr_matrix(dense[:20, :20] + 1.0), np.zeros(20), "cpu", torch.float64)
+    assert dense_op.dense is not None and dense_op.abs_matvec(v[:, :20]).is_contiguous()
