@@ -299,3 +299,56 @@ def test_steps_leave_out_the_domains_already_proven(monkeypatch):
             break
     else:
         pytest.fail("no case needed optimisation steps")
+
+
+def test_domain_store_keeps_every_row_through_pops_and_growth():
+    """The open-domain store against a plain set: after random pushes (past its capacity, so
+    that it grows) and pops (holes filled from the end), it holds exactly the rows pushed and not
+    popped, each row's fields still together, and a pop returns exactly the rows asked for."""
+    from gpuopt.relu_split import _Domains, _DomainStore
+
+    gen = torch.Generator().manual_seed(5)
+    widths = (3, 2)
+    factor = {f: i + 1 for i, f in enumerate(_Domains.FIELDS)}
+    next_id = [0]
+
+    def value(ids, f, j):
+        """Every entry of row ``id``, field ``f``, layer ``j`` (a row torn apart shows)."""
+        return (ids * 10 * factor[f] + j) % 100 if f == "sign" else ids * 10.0 * factor[f] + j
+
+    def batch(k):
+        ids = torch.arange(next_id[0], next_id[0] + k)
+        next_id[0] += k
+        fields = {}
+        for f in _Domains.FIELDS:
+            shape = (lambda n: (k, 2, n)) if f in ("alpha", "beta") else (lambda n: (k, n))
+            dtype = torch.int8 if f == "sign" else torch.float64
+            fields[f] = [value(ids, f, j).to(dtype).reshape((k,) + (1,) * (len(shape(n)) - 1)).expand(shape(n)).clone()
+                         for j, n in enumerate(widths)]
+        return _Domains(*[fields[f] for f in _Domains.FIELDS], ids.to(torch.float64), ids % 4)
+
+    def ids_of(d):
+        if d is None or not len(d):
+            return []
+        ids = d.bound.long()
+        assert torch.equal(d.tag, ids % 4)
+        for f in _Domains.FIELDS:
+            for j, t in enumerate(getattr(d, f)):
+                want = value(ids, f, j).to(t.dtype)
+                assert torch.equal(t.reshape(len(d), -1), want[:, None].expand(len(d), t[0].numel())), (f, j)
+        return sorted(ids.tolist())
+
+    store = _DomainStore(batch(5))
+    held = set(range(5))
+    for _ in range(40):
+        k = int(torch.randint(0, 150, (1,), generator=gen))
+        store.push(batch(k))
+        held |= set(range(next_id[0] - k, next_id[0]))
+        assert len(store) == len(held)
+        idx = torch.randperm(len(store), generator=gen)[:int(torch.randint(0, len(store) + 1, (1,), generator=gen))]
+        asked = sorted(store.view().bound[idx].long().tolist()) if len(store) else []
+        assert ids_of(store.pop(idx)) == asked
+        held -= set(asked)
+        assert ids_of(store.view()) == sorted(held)
+    store.push(None)
+    assert len(store) == len(held)
