@@ -219,10 +219,11 @@ class _Domains:
 class _DomainStore:
     """The open domains of a search, in buffers with rows to spare. Taking a batch out copies the
     batch and moves at most as many rows (the last rows fill the holes it leaves); adding writes
-    into the spare rows, and the buffers grow by half when full. A step then copies rows in proportion to
-    its batch; taking the rest out and joining it with the children copied every open domain twice
-    a step (with 20,000 open domains of mnist-net_256x4, about 0.8 GB each time). The rows' order
-    in the buffers is not the order of selection, which sorts by bound each step."""
+    into the spare rows, and the buffers grow by half when full (they never shrink). A step then
+    copies rows in proportion to its batch; taking the rest out and joining it with the children
+    copied every open domain twice a step (with 20,000 open domains of mnist-net_256x4, about
+    0.8 GB each time). The rows' order in the buffers is not the order of selection, which sorts
+    by bound each step."""
 
     def __init__(self, domains: _Domains | None):
         self.n = 0
