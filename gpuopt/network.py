@@ -78,6 +78,8 @@ class LinearOp:
     ``M^T``. :meth:`rmatmul` computes ``A @ M`` for batched row vectors ``A`` ``(..., n_out)``."""
 
     sparse_density = 0.1
+    #: and when it has at least this many entries (smaller ones are cheaper dense)
+    sparse_min_entries = 1 << 16
 
     def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None):
         self.shape = matrix.shape
@@ -85,7 +87,7 @@ class LinearOp:
         self.bias = torch.tensor(bias, dtype=dtype, device=device)
         self._matrix, self._sparse = matrix, None
         density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
-        if density <= self.sparse_density and matrix.shape[0] * matrix.shape[1] >= 1 << 16:
+        if density <= self.sparse_density and matrix.shape[0] * matrix.shape[1] >= self.sparse_min_entries:
             self.dense = None
             self.sparse_t = self._torch_csr(matrix.T, dtype, device)
             self.abs_matrix = self._torch_csr(abs(matrix), dtype, device)

@@ -914,7 +914,8 @@ class _RefineGate:
     last ReLU layer leaves nothing to re-bound and says nothing) have been seen, and go on while
     those last ones yield at least :attr:`MIN_YIELD` (empty children plus stabilised neurons) per
     child; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that yields that much on
-    its own turns refinement back on. Any choice keeps the search sound: refinement only tightens bounds that hold."""
+    its own turns refinement back on. Any choice keeps the search sound: refinement only tightens
+    bounds that hold."""
 
     MIN_YIELD = 0.2
     WINDOW = 8

@@ -49,11 +49,20 @@ def _run(net, lo, hi, spec, deadline_s=20.0, config=ReluSplitConfig()):
 
 
 @pytest.mark.parametrize("branching", BRANCHING)
-@pytest.mark.parametrize("conv", [False, True])
-def test_verdicts_agree_with_brute_force(conv, branching):
+@pytest.mark.parametrize("conv,sparse", [(False, False), (True, False), (True, True)])
+def test_verdicts_agree_with_brute_force(conv, sparse, branching, monkeypatch):
+    """``sparse``: every layer's matrix through the sparse CSR path (its products and their own
+    gradient, :class:`gpuopt.network.LinearOp`), which only conv nets of realistic size take."""
+    if sparse:
+        from gpuopt.network import LinearOp
+
+        monkeypatch.setattr(LinearOp, "sparse_density", 1.0)
+        monkeypatch.setattr(LinearOp, "sparse_min_entries", 0)
     decided = total = 0
     for seed in range(12 if not conv else 6):
         net, lo, hi, spec = _case(seed, conv)
+        if sparse:
+            assert all(op.dense is None for op in net.linear_ops("cpu", torch.float64))
         minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
         for delta in (0.02, 1e-3, -1e-3, -0.02):  # holds by a small margin, or is just violated
             s = shifted_spec(spec, minima, delta)
