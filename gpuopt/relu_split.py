@@ -43,6 +43,12 @@ optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the
 margin over the domain in HiGHS): a safe dual bound above 0 closes it, and the LP's minimiser is
 checked in float64 as a counterexample.
 
+With ``lp_rescue`` (off by default), a plateau, the weakest open bound unchanged for
+:data:`STALL_STEPS` steps, gets LP branch and bound: its domains are searched by their LPs in
+HiGHS, warm-started, splitting the neuron the LP's minimiser needs (:mod:`gpuopt.lp_dive`; empty
+nodes closed by Farkas certificates, the others by safe dual bounds), and what a dive leaves open
+returns to the search as split domains.
+
 When the search stops undecided, a disjunct with at most ``handoff`` open domains gets them back
 as *leaves* (:attr:`ReluSplitResult.leaves`): the engine gives each leaf its own MILP, with the
 leaf's bounds (its split neurons thereby fixed, no binary) — a disjunct holds iff it holds on
@@ -61,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -92,6 +99,13 @@ SELECTION = ("worst", "fair")
 DOMAIN_MEMORY_SHARE = 0.25
 #: the open-domain limit when the free memory cannot be read
 DEFAULT_MAX_DOMAINS = 50_000
+#: the LP dives (:attr:`ReluSplitConfig.lp_rescue`): once the weakest open bound has not risen
+#: for ``STALL_STEPS`` steps (a plateau), the plateau's domains get LP dives
+#: (:func:`gpuopt.lp_dive.lp_dive`) ``DIVE_SECONDS`` at a time, while the dives have taken at most
+#: ``LP_SHARE`` of the search's time; meanwhile the steps split only domains above the plateau
+STALL_STEPS = 4
+DIVE_SECONDS = 2.0
+LP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,8 @@ class ReluSplitConfig:
     optimum over the domain),
     ``lr_alpha``/``lr_beta`` their Adam step sizes; ``max_domains`` the open-domain limit (a
     memory guard: the search answers ``unknown`` beyond it; ``None``, the default: as many as
-    fit in :data:`DOMAIN_MEMORY_SHARE` of the memory free at the start, on the CPU at most
-    :data:`DEFAULT_MAX_DOMAINS`, :func:`_domain_limit`);
+    fit in :data:`DOMAIN_MEMORY_SHARE` of the memory free at the start, in a pool worker on the
+    CPU at most :data:`DEFAULT_MAX_DOMAINS`, :func:`_domain_limit`);
     ``refine``: re-bound each child's later layers (:func:`_refine`): ``True`` always,
     ``False`` never, ``"auto"`` while it pays (:class:`_RefineGate`); ``handoff``: a disjunct
     left with at most this many open domains when the search stops gets them back as leaves
@@ -116,7 +130,9 @@ class ReluSplitConfig:
     disjuncts first, ``"fair"`` goes round the disjuncts (:func:`_fair_order`: each one's weakest
     domain, then each one's second weakest, ...), for many independent disjuncts searched at once;
     ``disjunct_domains``: a disjunct whose domains have had this many splits is given up, its open
-    domains dropped and their worst bound kept (:attr:`ReluSplitResult.open_bound`; 0: no limit)."""
+    domains dropped and their worst bound kept (:attr:`ReluSplitResult.open_bound`; 0: no limit);
+    ``lp_rescue``: when the weakest open bound stalls on a plateau, the plateau's domains get
+    LP branch and bound in HiGHS (:data:`STALL_STEPS`, :func:`gpuopt.lp_dive.lp_dive`)."""
 
     batch_size: int = 128
     steps: int = 10
@@ -132,6 +148,7 @@ class ReluSplitConfig:
     retry_steps: int = 10
     selection: str = "worst"
     disjunct_domains: int = 0
+    lp_rescue: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "max_domains"):
@@ -500,6 +517,52 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     limit = _domain_limit(roots, config) if config.max_domains is None else config.max_domains
     status = "unsat"
     spent = torch.zeros(K, dtype=torch.long)  # per disjunct, the domains split so far
+    weakest = []  # per step, the weakest open bound (the stall test of the LP dives)
+    plateau = None  # the weakest bound while it has stalled
+    lp_seconds, search_start = 0.0, time.monotonic()
+
+    def dive(parents: _Domains, until: float):
+        """The LP dives (:func:`gpuopt.lp_dive.lp_dive`) of ``parents``, weakest first, until
+        ``until``. Returns the domains left open (a dive's open nodes as domains with its splits,
+        their bounds the LPs'), the LPs solved, and a counterexample if a dive's LP minimiser
+        passed the float64 check."""
+        from .lp_dive import lp_dive
+
+        left, lps = [], 0
+        for n, i in enumerate(torch.argsort(parents.bound).tolist()):
+            dom = parents.take(torch.tensor([i], device=dev))
+            if time.monotonic() >= until:
+                left.append(dom)
+                continue
+            k = int(dom.tag[0])
+            model = _leaf_model(network, lo[0], hi[0], [prune.widen(l[0], j, 0) for j, l in enumerate(dom.lower)],
+                                [prune.widen(u[0], j, 1) for j, u in enumerate(dom.upper)],
+                                disjuncts[k][0], disjuncts[k][1])
+            if model is None:
+                left.append(dom)
+                continue
+            res = lp_dive(model, until)
+            lps += res.lps
+            if res.proven < math.inf:
+                note_closed(torch.tensor([res.proven], dtype=dtype), dom.tag, torch.ones(1, dtype=torch.bool))
+            for x in res.points if problem is not None else ():
+                check = check_counterexample(problem, x)
+                if check.ok:
+                    return _Domains.cat(left + [dom]), lps, check
+            for b, splits in res.open:
+                child = dom.take(torch.zeros(1, dtype=torch.long, device=dev))
+                for j, neuron, active in splits:
+                    kept = prune.keep[j]
+                    p = int(torch.searchsorted(kept, neuron))
+                    if p < kept.numel() and int(kept[p]) == neuron:
+                        if active:
+                            child.lower[j][0, p] = child.lower[j][0, p].clamp(min=0.0)
+                        else:
+                            child.upper[j][0, p] = child.upper[j][0, p].clamp(max=0.0)
+                        child.sign[j][0, p] = 1 if active else -1
+                child.bound[0] = max(float(child.bound[0]), b)
+                left.append(child)
+        return (_Domains.cat(left) if left else None), lps, None
     while len(store):
         if deadline is not None and time.monotonic() > deadline:
             status = "timeout"
@@ -515,7 +578,35 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g; "
                       "per disjunct open/worst %s", explored, len(domains), int(depth.min()), int(depth.median()),
                       int(depth.max()), float(domains.bound.min()), per)
+        low = float(domains.bound.min())
+        weakest.append(low)
+        tol = 1e-9 * max(1.0, abs(low))
+        if plateau is not None and low > plateau + tol:
+            plateau = None  # the plateau is cleared
+        if (config.lp_rescue and plateau is None and len(weakest) > STALL_STEPS
+                and low <= weakest[-1 - STALL_STEPS] + tol):
+            plateau = low
+        if plateau is not None and lp_seconds <= LP_SHARE * (time.monotonic() - search_start):
+            # a plateau: its domains are searched by LP dives, within the LPs' share of the time
+            t_lp = time.monotonic()
+            at = torch.nonzero(domains.bound <= plateau + tol).flatten()[: config.batch_size]
+            parents = store.pop(at)
+            domains = None
+            until = t_lp + DIVE_SECONDS if deadline is None else min(deadline, t_lp + DIVE_SECONDS)
+            left, lps, found = dive(parents, until)
+            explored += lps
+            lp_seconds += time.monotonic() - t_lp
+            if found is not None:
+                return result("sat", _Domains.cat([store.view(), left, stuck]), explored, found)
+            log.debug("relu_split: LP dives from %d domains at %.6g: %d LPs, %d open after them", len(parents),
+                      plateau, lps, 0 if left is None else len(left))
+            store.push(left)
+            continue
         order = _fair_order(domains.bound, domains.tag) if config.selection == "fair" else domains.bound.argsort()
+        if plateau is not None:  # out of LP time: the domains above the plateau are split meanwhile
+            above = domains.bound[order] > plateau + tol
+            if bool(above.any()):
+                order = order[above]
         parents = store.pop(order[: config.batch_size])
         domains = None  # the view is stale once the store changes
         spent += torch.bincount(parents.tag.cpu(), minlength=K)
@@ -604,9 +695,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
 def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
     """The open-domain limit when :attr:`ReluSplitConfig.max_domains` is ``None``: the domains
     whose tensors fill :data:`DOMAIN_MEMORY_SHARE` of the memory free on their device now
-    (:data:`DEFAULT_MAX_DOMAINS` where that cannot be read), and at least four batches. On the
-    CPU at most :data:`DEFAULT_MAX_DOMAINS` too: the engine's pool runs several searches at once
-    there, each sizing itself from the same free memory."""
+    (:data:`DEFAULT_MAX_DOMAINS` where that cannot be read), and at least four batches. In a
+    worker of the engine's process pool on the CPU, at most :data:`DEFAULT_MAX_DOMAINS` too: the
+    pool runs several searches at once there, each sizing itself from the same free memory. A
+    search run in the caller's process (``gpuopt verify``, the refinement) is the only one."""
     from .devices import free_memory
 
     per = sum(t[:1].numel() * t.element_size() for f in _Domains.FIELDS for t in getattr(roots, f))
@@ -614,7 +706,7 @@ def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
     dev = roots.bound.device
     free = free_memory(dev)
     limit = DEFAULT_MAX_DOMAINS if free is None else int(DOMAIN_MEMORY_SHARE * free / max(per, 1))
-    if dev.type == "cpu":
+    if dev.type == "cpu" and "_gpuopt_worker" in sys.modules:
         limit = min(limit, DEFAULT_MAX_DOMAINS)
     return max(limit, 4 * config.batch_size)
 
@@ -679,14 +771,12 @@ def _leaves(domains: _Domains | None, K: int, limit: int, prune: DeadPruning, dr
     return tuple(out)
 
 
-def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
-    """The LP of one disjunct ``{y : C y <= d}`` over a domain given by its pre-activation bounds
-    (a split neuron's bounds hold its sign: ``l >= 0`` active, ``u <= 0`` inactive), minimising
-    ``max_i (C f(x) - d)_i`` (:func:`gpuopt.milp.encode.encode`, relaxed; exact when no neuron is
-    unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0, ``("sat", check)``
-    when the LP's minimiser passes the float64 check against ``problem`` (``None``: no check), else
-    ``("open", None)``."""
-    from .bounds.lp import LpSession
+def _leaf_model(network: Network, lo, hi, lower, upper, C, d):
+    """The LP relaxation (:func:`gpuopt.milp.encode.encode`, big-M relaxed: the triangle of
+    every unstable neuron) of one disjunct ``{y : C y <= d}`` over a domain given by its
+    pre-activation bounds over every neuron (a split neuron's bounds hold its sign: ``l >= 0``
+    active, ``u <= 0`` inactive), minimising ``max_i (C f(x) - d)_i``; None where it cannot be
+    built (a one-layer network, crossing bounds)."""
     from .errors import GpuoptError
     from .milp.encode import encode
 
@@ -694,7 +784,7 @@ def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline)
     pre = [(np.asarray(l.detach().to("cpu", torch.float64)), np.asarray(u.detach().to("cpu", torch.float64)))
            for l, u in zip(lower, upper)]
     if len(blocks) < 2:
-        return "open", None
+        return None
     h_lo, h_hi = np.maximum(pre[-1][0], 0.0), np.maximum(pre[-1][1], 0.0)
     if blocks[-2].passthrough is not None:  # coordinates the last activation passes through
         pt = np.asarray(blocks[-2].passthrough, dtype=bool)
@@ -709,10 +799,22 @@ def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline)
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     d = np.asarray(d, dtype=np.float64).reshape(-1)
     try:
-        model = encode(blocks, pre, out, np.asarray(lo.detach().cpu(), dtype=np.float64),
-                       np.asarray(hi.detach().cpu(), dtype=np.float64), C, d).relaxed()
+        return encode(blocks, pre, out, np.asarray(lo.detach().cpu(), dtype=np.float64),
+                      np.asarray(hi.detach().cpu(), dtype=np.float64), C, d).relaxed()
     except GpuoptError:
-        return "open", None  # e.g. crossing bounds: leave the domain to the other stages
+        return None  # e.g. crossing bounds: leave the domain to the other stages
+
+
+def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
+    """The LP of one disjunct over a domain (:func:`_leaf_model`; exact when no neuron is
+    unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0, ``("sat",
+    check)`` when the LP's minimiser passes the float64 check against ``problem`` (``None``: no
+    check), else ``("open", None)``."""
+    from .bounds.lp import LpSession
+
+    model = _leaf_model(network, lo, hi, lower, upper, C, d)
+    if model is None:
+        return "open", None
     session = LpSession(model)
     nz = np.flatnonzero(model.c)
     bound = session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)

@@ -299,8 +299,12 @@ def _split_run(net, lo, hi, spec, config):
 def test_the_default_domain_limit_follows_the_free_memory(monkeypatch):
     """``max_domains=None``: the limit is the domains that fill ``DOMAIN_MEMORY_SHARE`` of the
     free memory (here faked to fit 5 of this case's domains, with a batch of 1), the same search
-    as ``max_domains=5``; on the CPU never above ``DEFAULT_MAX_DOMAINS`` (faked to 5 with ample
-    memory), which is also the limit when the free memory is unknown."""
+    as ``max_domains=5``; in a pool worker on the CPU never above ``DEFAULT_MAX_DOMAINS`` (faked
+    to 5 with ample memory), which is also the limit when the free memory is unknown; a search in
+    the caller's process with ample memory is not capped."""
+    import sys
+    import types
+
     import gpuopt.devices as devices
     import gpuopt.relu_split as rs
 
@@ -309,14 +313,21 @@ def test_the_default_domain_limit_follows_the_free_memory(monkeypatch):
     # lower/upper, sign, alpha/beta (one row), scores/widths per neuron; bound and tag per domain
     per = sum(n) * (8 + 8 + 1 + 8 + 8 + 8 + 8) + 8 + 8
     runs = {}
-    for name, free, default, limit in (("derived", int(5.5 * per / rs.DOMAIN_MEMORY_SHARE), 10_000, None),
-                                       ("fixed", None, 10_000, 5), ("unbounded", None, 10_000, 10_000),
-                                       ("capped", 1 << 40, 5, None), ("unknown memory", None, 5, None)):
+    for name, free, default, limit, worker in (
+            ("derived", int(5.5 * per / rs.DOMAIN_MEMORY_SHARE), 10_000, None, False),
+            ("fixed", None, 10_000, 5, False), ("unbounded", None, 10_000, 10_000, False),
+            ("capped", 1 << 40, 5, None, True), ("inline", 1 << 40, 5, None, False),
+            ("unknown memory", None, 5, None, False)):
         monkeypatch.setattr(devices, "free_memory", lambda device, free=free: free)
         monkeypatch.setattr(rs, "DEFAULT_MAX_DOMAINS", default)
+        if worker:
+            monkeypatch.setitem(sys.modules, "_gpuopt_worker", types.ModuleType("_gpuopt_worker"))
+        else:
+            monkeypatch.delitem(sys.modules, "_gpuopt_worker", raising=False)
         res = _split_run(net, lo, hi, spec, ReluSplitConfig(batch_size=1, max_domains=limit))
         runs[name] = (res.status, res.domains)
     assert runs["derived"] == runs["fixed"] == runs["capped"] == runs["unknown memory"] != runs["unbounded"], runs
+    assert runs["inline"] == runs["unbounded"], runs
 
 
 def test_free_memory_reads_the_cpu():

@@ -1,0 +1,125 @@
+"""LP branch and bound inside a domain (:mod:`gpuopt.lp_dive`) and the Farkas certificate it
+closes empty nodes with (:meth:`gpuopt.bounds.lp.LpSession.infeasible`): against brute-force
+enumeration of linear regions on tiny networks, at margins of +-0.02 and +-1e-3. A dive never
+closes a reachable disjunct, and given the time it decides every one; activation splitting with
+the dives forced at every step agrees with brute force too."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import relu_split as rs
+from gpuopt.bounds import crown
+from gpuopt.bounds.lp import LpSession
+from gpuopt.layers import Dense, ReLU
+from gpuopt.lp_dive import lp_dive
+from gpuopt.milp.encode import encode
+from gpuopt.milp.highs import SolverConfig
+from gpuopt.network import Network
+from gpuopt.problem import Problem
+from gpuopt.regions import Box
+from gpuopt.relu_split import ReluSplitConfig, _leaf_model, relu_split
+from gpuopt.specs import OutputSpec
+
+from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
+                     random_dense_network, shifted_spec)
+
+
+def _case(seed: int):
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(2, 4))
+    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(2)], 2)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - 0.7, centre + 0.7
+    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
+    spec = OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
+    return net, lo, hi, spec
+
+
+def _root(net, lo, hi):
+    b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    return [l[0] for l, _ in b.pre_activation], [u[0] for _, u in b.pre_activation]
+
+
+def test_dives_decide_as_brute_force_does():
+    closed_count = open_count = 0
+    for seed in range(10):
+        net, lo, hi, spec = _case(seed)
+        minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+        lower, upper = _root(net, lo, hi)
+        for delta in (0.02, 1e-3, -1e-3, -0.02):
+            s = shifted_spec(spec, minima, delta)
+            for k, (A, b) in enumerate(s.disjuncts):
+                model = _leaf_model(net, torch.as_tensor(lo), torch.as_tensor(hi), lower, upper, A, b)
+                res = lp_dive(model, time.monotonic() + 30)
+                if res.closed:
+                    assert delta > 0, (seed, delta, k)
+                    assert 0 < res.proven <= delta + 1e-7, (seed, delta, k, res.proven)
+                    closed_count += 1
+                else:
+                    # the time sufficed: every node left is one whose minimiser is a network point
+                    assert res.points, (seed, delta, k)
+                    assert abs(delta) < 0.01 or delta < 0, (seed, delta, k)
+                    if delta < 0:  # such a point is a counterexample, up to HiGHS's tolerances
+                        y, _ = numpy_forward(net, np.stack(res.points))
+                        margins = numpy_margin(OutputSpec([(A, b)], 2), y)
+                        assert margins.min() <= 1e-6, (seed, delta, k, margins.min())
+                    open_count += 1
+                for bound, splits in res.open:
+                    assert bound <= 1e-9 or delta > 0, (seed, delta, k, bound)
+                    assert all(isinstance(a, bool) for *_, a in splits)
+    assert closed_count >= 30 and open_count >= 30, (closed_count, open_count)
+
+
+def _one_neuron_model(x_upper: float):
+    """``z = x`` on ``x in [-1, x_upper]``, ``y = h``; the LP of ``min y``."""
+    net = Network([Dense(np.array([[1.0]]), np.array([0.0])), ReLU(), Dense(np.array([[1.0]]), np.array([0.0]))],
+                  (1,))
+    blocks = net.affine_blocks()
+    pre = [(np.array([-1.0]), np.array([1.0]))]
+    return encode(blocks, pre, (np.array([0.0]), np.array([1.0])), np.array([-1.0]), np.array([x_upper]),
+                  np.array([[1.0]]), np.array([0.0])).relaxed()
+
+
+@pytest.mark.parametrize("x_upper,empty", [(-0.5, True), (0.5, False), (0.0, False)])
+def test_farkas_certificate_only_for_an_empty_node(x_upper, empty):
+    """The neuron fixed active (``d = 1``: ``h = z >= 0``) on inputs ``x <= x_upper``: empty for
+    ``x_upper < 0``, a single point at ``x_upper = 0``, feasible above."""
+    model = _one_neuron_model(x_upper)
+    d = int(model.layers[0][3][0])
+    lo, hi = model.col_lower.copy(), model.col_upper.copy()
+    lo[d] = hi[d] = 1.0
+    s = LpSession(model, config=SolverConfig(presolve=False), simplex_scaling=False)
+    s.h.changeColsBounds(1, np.array([d], dtype=np.int32), np.array([1.0]) / s.sc.col_scale[[d]],
+                         np.array([1.0]) / s.sc.col_scale[[d]])
+    s.minimize(np.flatnonzero(model.c), model.c[np.flatnonzero(model.c)], float(model.offset))
+    assert s.infeasible(lo, hi) is empty
+    # the same dual ray priced over the model's own bounds (d free): the node is not empty there
+    assert not s.infeasible()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_relu_split_with_dives_at_every_step_agrees_with_brute_force(seed, monkeypatch):
+    """``STALL_STEPS = 0``, ``LP_SHARE = 1``: every step is a dive; dives of 4 ms leave most
+    domains open, so their open nodes return to the search as split domains."""
+    monkeypatch.setattr(rs, "STALL_STEPS", 0)
+    monkeypatch.setattr(rs, "LP_SHARE", 1.0)
+    monkeypatch.setattr(rs, "DIVE_SECONDS", 0.004)
+    net, lo, hi, spec = _case(seed)
+    minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    for delta in (0.02, -0.02):
+        s = shifted_spec(spec, minima, delta)
+        res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
+                         bounds, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 20,
+                         config=ReluSplitConfig(batch_size=2, lp_rescue=True))
+        assert res.status == ("unsat" if delta > 0 else "sat"), (seed, delta, res.status)
+        if res.status == "sat":
+            y, _ = numpy_forward(net, res.x[None])
+            assert numpy_margin(s, y)[0] <= 0
+        else:
+            assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
