@@ -30,7 +30,6 @@ import numpy as np
 
 from .bounds.lp import LpSession
 from .milp.encode import MilpModel
-from .milp.highs import SolverConfig
 
 __all__ = ["DiveResult", "lp_dive"]
 
@@ -53,7 +52,7 @@ class DiveResult:
 class _Dive:
     def __init__(self, model: MilpModel):
         self.model = model
-        self.session = LpSession(model, config=SolverConfig(presolve=False), simplex_scaling=False)
+        self.session = LpSession(model, presolve=False, simplex_scaling=False)
         layers = [(j, z[u], h[u], u, d) for j, (z, h, u, d) in enumerate(model.layers) if u.size]
         self.d = np.concatenate([d for *_, d in layers]).astype(np.int32) if layers else np.zeros(0, np.int32)
         self.z = np.concatenate([z for _, z, *_ in layers]) if layers else np.zeros(0, int)

@@ -18,7 +18,6 @@ from gpuopt.bounds.lp import LpSession
 from gpuopt.layers import Dense, ReLU
 from gpuopt.lp_dive import lp_dive
 from gpuopt.milp.encode import encode
-from gpuopt.milp.highs import SolverConfig
 from gpuopt.network import Network
 from gpuopt.problem import Problem
 from gpuopt.regions import Box
@@ -93,7 +92,7 @@ def test_farkas_certificate_only_for_an_empty_node(x_upper, empty):
     d = int(model.layers[0][3][0])
     lo, hi = model.col_lower.copy(), model.col_upper.copy()
     lo[d] = hi[d] = 1.0
-    s = LpSession(model, config=SolverConfig(presolve=False), simplex_scaling=False)
+    s = LpSession(model, presolve=False, simplex_scaling=False)
     s.h.changeColsBounds(1, np.array([d], dtype=np.int32), np.array([1.0]) / s.sc.col_scale[[d]],
                          np.array([1.0]) / s.sc.col_scale[[d]])
     s.minimize(np.flatnonzero(model.c), model.c[np.flatnonzero(model.c)], float(model.offset))

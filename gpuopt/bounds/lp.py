@@ -47,19 +47,21 @@ class LpSession:
     #: seconds one LP may take (a stuck LP gives no bound rather than holding up the rest)
     lp_time_limit = 10.0
 
-    def __init__(self, model: MilpModel, *, config: SolverConfig = SolverConfig(), simplex_scaling: bool = True):
+    def __init__(self, model: MilpModel, *, config: SolverConfig = SolverConfig(), presolve: bool = True,
+                 simplex_scaling: bool = True):
         self.highspy = hs = _highspy()
         self.model = model
         h = self.h = hs.Highs()
         h.silent()
-        # presolve (``config.presolve``) speeds the first (cold) LP up 10-25x on whole networks,
-        # and HiGHS keeps the basis for the next ones (dual simplex: primal simplex took over 10 s
-        # on some cold mnist LPs that dual simplex solves in 0.2 s). The LP of one split domain
-        # is faster without presolve and without HiGHS's own scaling (the columns are already
-        # scaled by powers of two): 0.11-0.17 s against 0.2-3 s on mnist-net_256x4, and an
-        # infeasible one then comes with the dual ray that :meth:`infeasible` checks
+        # presolve speeds the first (cold) LP up 10-25x on whole networks (``config.presolve``,
+        # the MILP's, does not apply here), and HiGHS keeps the basis for the next ones (dual
+        # simplex: primal simplex took over 10 s on some cold mnist LPs that dual simplex solves
+        # in 0.2 s). The LP of one split domain is faster without presolve and without HiGHS's
+        # own scaling (the columns are already scaled by powers of two): 0.11-0.17 s against
+        # 0.2-3 s on mnist-net_256x4, and an infeasible one then comes with the dual ray that
+        # :meth:`infeasible` checks
         for name, value in (("threads", int(config.threads)), ("random_seed", int(config.seed)),
-                            ("presolve", "on" if config.presolve else "off"), ("output_flag", False)):
+                            ("presolve", "on" if presolve else "off"), ("output_flag", False)):
             h.setOptionValue(name, value)
         if not simplex_scaling:
             h.setOptionValue("simplex_scale_strategy", 0)
