@@ -62,10 +62,11 @@ class _Dive:
         self.c = np.zeros(model.n_vars)
         self.c[self.cost_cols] = model.c[self.cost_cols]
 
-    def solve(self, fix: dict):
+    def solve(self, fix: dict, until: float):
         """The node whose binaries ``fix`` (position in ``self.d`` -> 0 or 1) are fixed: ``("empty",
         None, None)``, ``("closed", bound, None)`` or ``("open", bound, branch)`` with ``branch`` the
-        position to split (``None``: the minimiser uses no triangle)."""
+        position to split (``None``: the minimiser uses no triangle). HiGHS stops at ``until``; a
+        certificate or dual priced over this node's bounds is sound whichever LP it came from."""
         s, m = self.session, self.model
         lo, hi = np.zeros(self.d.size), np.ones(self.d.size)
         for i, v in fix.items():
@@ -74,7 +75,7 @@ class _Dive:
         s.h.changeColsBounds(self.d.size, self.d, lo / scale, hi / scale)
         col_lo, col_hi = m.col_lower.copy(), m.col_upper.copy()
         col_lo[self.d], col_hi[self.d] = lo, hi
-        s.minimize(self.cost_cols, m.c[self.cost_cols], float(m.offset))
+        s.minimize(self.cost_cols, m.c[self.cost_cols], float(m.offset), deadline=max(until, time.monotonic() + 0.05))
         if s.refused:
             return "open", -np.inf, None
         if s.infeasible(col_lo, col_hi):
@@ -110,7 +111,7 @@ def lp_dive(model: MilpModel, until: float) -> DiveResult:
     stack = []
 
     def visit(fix: dict, inherited: float):
-        kind, bound, branch = dive.solve(fix)
+        kind, bound, branch = dive.solve(fix, until)
         out.lps += 1
         if kind == "empty":
             return

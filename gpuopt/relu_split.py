@@ -529,7 +529,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         from .lp_dive import lp_dive
 
         left, lps = [], 0
-        for n, i in enumerate(torch.argsort(parents.bound).tolist()):
+        for i in torch.argsort(parents.bound).tolist():
             dom = parents.take(torch.tensor([i], device=dev))
             if time.monotonic() >= until:
                 left.append(dom)
