@@ -211,6 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--relu-refine", choices=("auto", "on", "off"), default=None,
                    help="activation splitting re-bounds each child's later layers: on (every step), off, or auto "
                         "(the default: while it makes neurons stable or children empty, at least 0.2 per child)")
+    v.add_argument("--lp-dives", choices=("on", "off"), default=None,
+                   help="activation splitting searches a plateau (its weakest bound unchanged for a few steps) by "
+                        "LP branch and bound in HiGHS, within half of its time (default: off)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -458,6 +461,8 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, branching=args.branching)
     if args.relu_refine is not None:
         relu = replace(relu, refine={"auto": "auto", "on": True, "off": False}[args.relu_refine])
+    if args.lp_dives is not None:
+        relu = replace(relu, lp_rescue=args.lp_dives == "on")
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,

@@ -564,6 +564,14 @@ def test_relu_refine_option_reaches_activation_splitting(extra, want, tiny, tmp_
     assert relu.branching == ("fsb" if "fsb" in extra else "babsr")
 
 
+@pytest.mark.parametrize("extra, want", [([], False), (["--lp-dives", "on"], True), (["--lp-dives", "off"], False)])
+def test_lp_dives_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    assert seen["config"].relu_split.lp_rescue is want
+
+
 @pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),
                                          (["--milp-refine", "AUTO"], None), (["--refine", "0.3"], 0.3)])
 def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):
