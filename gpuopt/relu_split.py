@@ -524,12 +524,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     def dive(parents: _Domains, until: float):
         """The LP dives (:func:`gpuopt.lp_dive.lp_dive`) of ``parents``, weakest first, until
         ``until``. Returns the domains left open (a dive's open nodes as domains with its splits,
-        their bounds the LPs'), the LPs solved, and a counterexample if a dive's LP minimiser
-        passed the float64 check."""
+        their bounds the LPs'; with a counterexample, every parent not dived yet too), the LPs
+        solved, whether a dive closed or split anything, and a counterexample if a dive's LP
+        minimiser passed the float64 check."""
         from .lp_dive import lp_dive
 
-        left, lps = [], 0
-        for i in torch.argsort(parents.bound).tolist():
+        left, lps, progress = [], 0, False
+        order = torch.argsort(parents.bound).tolist()
+        for n, i in enumerate(order):
             dom = parents.take(torch.tensor([i], device=dev))
             if time.monotonic() >= until:
                 left.append(dom)
@@ -543,12 +545,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 continue
             res = lp_dive(model, until)
             lps += res.lps
+            progress |= res.closed or res.proven < math.inf or any(splits for _, splits in res.open)
             if res.proven < math.inf:
                 note_closed(torch.tensor([res.proven], dtype=dtype), dom.tag, torch.ones(1, dtype=torch.bool))
             for x in res.points if problem is not None else ():
                 check = check_counterexample(problem, x)
-                if check.ok:
-                    return _Domains.cat(left + [dom]), lps, check
+                if check.ok:  # every domain still open stays so: the disjuncts' answers hold
+                    rest = parents.take(torch.tensor(order[n + 1:], dtype=torch.long, device=dev))
+                    return _Domains.cat(left + [dom, rest]), lps, progress, check
             for b, splits in res.open:
                 child = dom.take(torch.zeros(1, dtype=torch.long, device=dev))
                 for j, neuron, active in splits:
@@ -562,7 +566,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                         child.sign[j][0, p] = 1 if active else -1
                 child.bound[0] = max(float(child.bound[0]), b)
                 left.append(child)
-        return (_Domains.cat(left) if left else None), lps, None
+        return (_Domains.cat(left) if left else None), lps, progress, None
     while len(store):
         if deadline is not None and time.monotonic() > deadline:
             status = "timeout"
@@ -593,7 +597,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             parents = store.pop(at)
             domains = None
             until = t_lp + DIVE_SECONDS if deadline is None else min(deadline, t_lp + DIVE_SECONDS)
-            left, lps, found = dive(parents, until)
+            left, lps, progress, found = dive(parents, until)
             explored += lps
             lp_seconds += time.monotonic() - t_lp
             if found is not None:
@@ -601,6 +605,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: LP dives from %d domains at %.6g: %d LPs, %d open after them", len(parents),
                       plateau, lps, 0 if left is None else len(left))
             store.push(left)
+            if not progress:
+                # the dives closed and split nothing (their minimisers are network points the exact
+                # check rejects, at a margin of about 0): the steps take over until the next stall
+                plateau, weakest = None, []
             continue
         order = _fair_order(domains.bound, domains.tag) if config.selection == "fair" else domains.bound.argsort()
         if plateau is not None:  # out of LP time: the domains above the plateau are split meanwhile

@@ -117,8 +117,34 @@ def test_relu_split_with_dives_at_every_step_agrees_with_brute_force(seed, monke
                          bounds, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 20,
                          config=ReluSplitConfig(batch_size=2, lp_rescue=True))
         assert res.status == ("unsat" if delta > 0 else "sat"), (seed, delta, res.status)
+        assert delta > 0 or not any(res.closed), (seed, delta, res.closed)
         if res.status == "sat":
             y, _ = numpy_forward(net, res.x[None])
             assert numpy_margin(s, y)[0] <= 0
         else:
             assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
+
+
+@pytest.mark.parametrize("seed", [27, 29, 34])
+def test_a_counterexample_from_a_dive_leaves_every_reachable_disjunct_open(seed, monkeypatch):
+    """Three copies of one reachable disjunct (exact minimum margin -1e-4) tie on the plateau, so
+    a dive batch holds all three, and the first complete dive finds the counterexample: the
+    parents not dived yet must stay open, or their disjuncts are reported closed (the engine
+    closes what the search reports closed). An adversarial review found this; these seeds
+    reported two of the three closed before the fix."""
+    monkeypatch.setattr(rs, "STALL_STEPS", 0)
+    monkeypatch.setattr(rs, "LP_SHARE", 1.0)
+    monkeypatch.setattr(rs, "DIVE_SECONDS", 10.0)
+    rng = np.random.default_rng(1000 + seed)
+    n_in = int(rng.integers(2, 4))
+    net = random_dense_network(rng, n_in, [int(rng.integers(5, 12)) for _ in range(int(rng.integers(1, 4)))], 2)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - 0.7, centre + 0.7
+    A = rng.normal(size=(int(rng.integers(1, 3)), 2))
+    one = OutputSpec([(A, np.full(A.shape[0], 0.3 * rng.normal()))], 2)
+    (A, b), = shifted_spec(one, brute_force_min_margin(net, lo, hi, one).per_disjunct, -1e-4).disjuncts
+    res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None)] * 3,
+                     crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]),
+                     problem=Problem(net, Box(lo, hi), OutputSpec([(A, b)] * 3, 2)),
+                     deadline=time.monotonic() + 20, config=ReluSplitConfig(lp_rescue=True))
+    assert res.status == "sat" and not any(res.closed), (res.status, res.closed)
