@@ -19,6 +19,9 @@ child of the last (the basis nearly fits, and few nodes are held).
 node's own column bounds (above 0), or as empty by a Farkas certificate (HiGHS's dual ray making
 the safe bound of ``min 0`` positive): neither rests on HiGHS's tolerances. The two children of a
 node cover it: every network point has ``d_j = 1`` (``z_j >= 0``) or ``d_j = 0`` (``z_j <= 0``).
+
+On that instance the plateau's tree proved larger than the time (README, "Plateaus"), so
+activation splitting dives only with ``ReluSplitConfig.lp_rescue`` (off by default).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class DiveResult:
 
 
 class _Dive:
+    """One HiGHS instance holding ``model``'s LP, and per unstable neuron its binary's column
+    (``d``), its pre- and post-activation columns (``z``, ``h``) and ``(layer, neuron)``."""
+
     def __init__(self, model: MilpModel):
         self.model = model
         self.session = LpSession(model, presolve=False, simplex_scaling=False)
