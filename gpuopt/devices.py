@@ -78,6 +78,15 @@ CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
 
 
+def in_pool_worker() -> bool:
+    """Whether this process is a worker of the engine's local process pool, which runs several
+    tasks at once beside it (its initializer registers the module ``_gpuopt_worker``; see
+    :mod:`gpuopt.engine.executor`)."""
+    import sys
+
+    return "_gpuopt_worker" in sys.modules
+
+
 def free_memory(device) -> int | None:
     """Bytes free on ``device`` now: CUDA's free memory; on the CPU the smaller of the kernel's
     estimate of the memory available without swapping (``MemAvailable``, Linux) and what the

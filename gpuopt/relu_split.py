@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -601,14 +600,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g; "
                       "per disjunct open/worst %s", explored, len(domains), int(depth.min()), int(depth.median()),
                       int(depth.max()), float(domains.bound.min()), per)
-        low = float(domains.bound.min())
-        weakest.append(low)
-        tol = 1e-9 * max(1.0, abs(low))
-        if plateau is not None and low > plateau + tol:
-            plateau = None  # the plateau is cleared
-        if (config.lp_rescue and plateau is None and len(weakest) > STALL_STEPS
-                and low <= weakest[-1 - STALL_STEPS] + tol):
-            plateau = low
+        if config.lp_rescue:  # the plateau test (a device sync per step, so only when asked)
+            low = float(domains.bound.min())
+            weakest.append(low)
+            tol = 1e-9 * max(1.0, abs(low))
+            if plateau is not None and low > plateau + tol:
+                plateau = None  # the plateau is cleared
+            if plateau is None and len(weakest) > STALL_STEPS and low <= weakest[-1 - STALL_STEPS] + tol:
+                plateau = low
         if plateau is not None and lp_seconds <= LP_SHARE * (time.monotonic() - search_start):
             # a plateau: its domains are searched by LP dives, within the LPs' share of the time
             t_lp = time.monotonic()
@@ -726,14 +725,14 @@ def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
     worker of the engine's process pool on the CPU, at most :data:`DEFAULT_MAX_DOMAINS` too: the
     pool runs several searches at once there, each sizing itself from the same free memory. A
     search run in the caller's process (``gpuopt verify``, the refinement) is the only one."""
-    from .devices import free_memory
+    from .devices import free_memory, in_pool_worker
 
     per = sum(t[:1].numel() * t.element_size() for f in _Domains.FIELDS for t in getattr(roots, f))
     per += roots.bound.element_size() + roots.tag.element_size()
     dev = roots.bound.device
     free = free_memory(dev)
     limit = DEFAULT_MAX_DOMAINS if free is None else int(DOMAIN_MEMORY_SHARE * free / max(per, 1))
-    if dev.type == "cpu" and "_gpuopt_worker" in sys.modules:
+    if dev.type == "cpu" and in_pool_worker():
         limit = min(limit, DEFAULT_MAX_DOMAINS)
     return max(limit, 4 * config.batch_size)
 

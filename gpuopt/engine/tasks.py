@@ -330,11 +330,11 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
 def _setup():
     """One torch thread in a pool worker (the workers share the cores); a task run inline keeps
     the caller's thread count (``gpuopt verify --threads``): nothing else runs beside it."""
-    import sys
-
     import torch
 
-    if "_gpuopt_worker" in sys.modules and torch.get_num_threads() != 1:
+    from ..devices import in_pool_worker
+
+    if in_pool_worker() and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
 
 
