@@ -214,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lp-dives", choices=("on", "off"), default=None,
                    help="activation splitting searches a plateau (its weakest bound unchanged for a few steps) by "
                         "LP branch and bound in HiGHS, within half of its time (default: off)")
+    v.add_argument("--stall-tighten", choices=("on", "off"), default=None,
+                   help="on a plateau of activation splitting, the children bounded below their parents get "
+                        "intermediate bounds optimised with their split constraints and more multiplier steps, "
+                        "within half of its time (default: off)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -463,6 +467,8 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, refine={"auto": "auto", "on": True, "off": False}[args.relu_refine])
     if args.lp_dives is not None:
         relu = replace(relu, lp_rescue=args.lp_dives == "on")
+    if args.stall_tighten is not None:
+        relu = replace(relu, stall_tighten=args.stall_tighten == "on")
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,

@@ -43,6 +43,10 @@ optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the
 margin over the domain in HiGHS): a safe dual bound above 0 closes it, and the LP's minimiser is
 checked in float64 as a counterexample.
 
+With ``stall_tighten`` (off by default), on a plateau (below) the children bounded below their
+parents get intermediate bounds optimised with their own split constraints (:func:`_split_tighten`,
+as alpha-beta-CROWN optimises intermediate bounds) and more steps; an empty one is closed.
+
 With ``lp_rescue`` (off by default), a plateau, the weakest open bound unchanged for
 :data:`STALL_STEPS` steps, gets LP branch and bound: its domains are searched by their LPs in
 HiGHS, warm-started, splitting the neuron the LP's minimiser needs (:mod:`gpuopt.lp_dive`; empty
@@ -74,7 +78,8 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, _term_count, open_rows, tighten_layer
+from .bounds.crown import (CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, _term_count, open_rows,
+                           row_selectors, tighten_layer)
 from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -108,6 +113,13 @@ LP_SHARE = 0.5
 #: a dive first tightens its domain's intermediate bounds by LP (:func:`gpuopt.bounds.lp.lp_tighten`,
 #: 12-26 s a domain of mnist-net_256x4: off, since a 2-s dive cuts it short)
 DIVE_TIGHTEN = False
+#: on a plateau, the children bounded below their parents (:attr:`ReluSplitConfig.stall_tighten`):
+#: their intermediate bounds are optimised with their split constraints (:func:`_split_tighten`,
+#: ``STALL_TIGHTEN_STEPS`` steps a chunk of rows) and their bounds get ``STALL_BOUND_STEPS`` steps,
+#: while that has taken at most ``STALL_SHARE`` of the search's time
+STALL_TIGHTEN_STEPS = 20
+STALL_BOUND_STEPS = 50
+STALL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,10 @@ class ReluSplitConfig:
     domain, then each one's second weakest, ...), for many independent disjuncts searched at once;
     ``disjunct_domains``: a disjunct whose domains have had this many splits is given up, its open
     domains dropped and their worst bound kept (:attr:`ReluSplitResult.open_bound`; 0: no limit);
+    ``stall_tighten``: while the weakest open bound stalls on a plateau (:data:`STALL_STEPS`),
+    the children bounded below their parents get intermediate bounds optimised with their split
+    constraints (:func:`_split_tighten`) and :data:`STALL_BOUND_STEPS` multiplier steps (instead of
+    ``retry_steps``);
     ``lp_rescue``: when the weakest open bound stalls on a plateau, the plateau's domains get
     LP branch and bound in HiGHS (:data:`STALL_STEPS`, :func:`gpuopt.lp_dive.lp_dive`)."""
 
@@ -150,6 +166,7 @@ class ReluSplitConfig:
     retry_steps: int = 10
     selection: str = "worst"
     disjunct_domains: int = 0
+    stall_tighten: bool = False
     lp_rescue: bool = False
 
     def __post_init__(self):
@@ -169,6 +186,9 @@ class ReluSplitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
+        for name in ("stall_tighten", "lp_rescue"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.refine, bool) or self.refine == "auto"):
             raise InvalidInputError(f"`refine` must be True, False or 'auto', got {self.refine!r}")
         for name in ("lr_alpha", "lr_beta"):
@@ -522,6 +542,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     weakest = []  # per step, the weakest open bound (the stall test of the LP dives)
     plateau = None  # the weakest bound while it has stalled
     lp_seconds, search_start = 0.0, time.monotonic()
+    stall_seconds = 0.0  # spent on the plateau's children (config.stall_tighten)
 
     def dive(parents: _Domains, until: float):
         """The LP dives (:func:`gpuopt.lp_dive.lp_dive`) of ``parents``, weakest first, until
@@ -600,7 +621,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g; "
                       "per disjunct open/worst %s", explored, len(domains), int(depth.min()), int(depth.median()),
                       int(depth.max()), float(domains.bound.min()), per)
-        if config.lp_rescue:  # the plateau test (a device sync per step, so only when asked)
+        if config.lp_rescue or config.stall_tighten:  # the plateau test (a device sync per step)
             low = float(domains.bound.min())
             weakest.append(low)
             tol = 1e-9 * max(1.0, abs(low))
@@ -608,7 +629,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 plateau = None  # the plateau is cleared
             if plateau is None and len(weakest) > STALL_STEPS and low <= weakest[-1 - STALL_STEPS] + tol:
                 plateau = low
-        if plateau is not None and lp_seconds <= LP_SHARE * (time.monotonic() - search_start):
+        if config.lp_rescue and plateau is not None and lp_seconds <= LP_SHARE * (time.monotonic() - search_start):
             # a plateau: its domains are searched by LP dives, within the LPs' share of the time
             t_lp = time.monotonic()
             at = torch.nonzero(domains.bound <= plateau + tol).flatten()[: config.batch_size]
@@ -629,7 +650,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 plateau, weakest = None, []
             continue
         order = _fair_order(domains.bound, domains.tag) if config.selection == "fair" else domains.bound.argsort()
-        if plateau is not None:  # out of LP time: the domains above the plateau are split meanwhile
+        if config.lp_rescue and plateau is not None:  # out of LP time: the domains above the plateau are split meanwhile
             above = domains.bound[order] > plateau + tol
             if bool(above.any()):
                 order = order[above]
@@ -680,21 +701,46 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if live is not None and len(live):
             bnd, al, be, sc, wd, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta,
                                                   live.tag, config.steps)
-            low = torch.nonzero(bnd < live.bound).flatten() if config.retry_steps else ()
+            # on a plateau (the weakest bound stalled), within STALL_SHARE of the time
+            stalled = (config.stall_tighten and plateau is not None
+                       and stall_seconds <= STALL_SHARE * (time.monotonic() - search_start))
+            low = torch.nonzero(bnd < live.bound).flatten() if config.retry_steps or stalled else ()
             if len(low):
                 # children bounded below their parent: more steps from where they stopped (their
-                # descendants start from these multipliers), keeping the better result per child
+                # descendants start from these multipliers), keeping the better result per child;
+                # on a plateau their intermediate bounds are first optimised with their splits
+                # (an empty one is closed) and they get STALL_BOUND_STEPS
+                t_stall = time.monotonic()
                 sub = live.take(low)
-                b2, al2, be2, sc2, wd2, cx2 = bound_batch(sub.lower, sub.upper, sub.sign, [a[low] for a in al],
-                                                          [b[low] for b in be], sub.tag, config.retry_steps)
-                better = b2 > bnd[low]
-                upd = low[better]
-                bnd[upd] = b2[better]
-                for field, field2 in ((al, al2), (be, be2), (sc, sc2), (wd, wd2)):
-                    for t, t2 in zip(field, field2):
-                        t[upd] = t2[better]
-                cx[upd] = cx2[better]
-                retried += len(low)
+                steps, n_low, n_gone = config.retry_steps, len(low), 0
+                if stalled:
+                    sub, nonempty = _split_tighten(ops, sub, x_mid, x_rad, n_terms, STALL_TIGHTEN_STEPS,
+                                                   config.lr_alpha, config.lr_beta, deadline)
+                    n_gone = int((~nonempty).sum())
+                    bnd[low[~nonempty]] = math.inf  # no input reaches it
+                    low, sub, steps = low[nonempty], sub.take(torch.nonzero(nonempty).flatten()), STALL_BOUND_STEPS
+                    for t, t2 in zip(live.lower + live.upper, sub.lower + sub.upper):
+                        t[low] = t2
+                if len(low):
+                    b2, al2, be2, sc2, wd2, cx2 = bound_batch(sub.lower, sub.upper, sub.sign, [a[low] for a in al],
+                                                              [b[low] for b in be], sub.tag, steps)
+                    better = b2 > bnd[low]
+                    upd = low[better]
+                    bnd[upd] = b2[better]
+                    for field, field2 in ((al, al2), (be, be2), (sc, sc2), (wd, wd2)):
+                        for t, t2 in zip(field, field2):
+                            t[upd] = t2[better]
+                    cx[upd] = cx2[better]
+                    if stalled:  # the branching scores of the new bounds, whichever bound is kept
+                        for field, field2 in ((sc, sc2), (wd, wd2)):
+                            for t, t2 in zip(field, field2):
+                                t[low] = t2
+                retried += n_low
+                if stalled:
+                    stall_seconds += time.monotonic() - t_stall
+                    log.debug("relu_split: plateau at %.6g: %d children below their parents tightened, %d empty, "
+                              "%d raised (%.2f s)", plateau, n_low, n_gone,
+                              int((bnd[low] > live.bound[low]).sum()) if len(low) else 0, time.monotonic() - t_stall)
             bnd = torch.fmax(bnd, live.bound)  # a child's inputs are its parent's: the parent's bound holds
             explored += len(live)
             closed = bnd > 0
@@ -833,19 +879,22 @@ def _leaf_model(network: Network, lo, hi, lower, upper, C, d):
 
 def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
     """The LP of one disjunct over a domain (:func:`_leaf_model`; exact when no neuron is
-    unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0, ``("sat",
-    check)`` when the LP's minimiser passes the float64 check against ``problem`` (``None``: no
+    unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0 (``+inf`` when a
+    Farkas certificate proves the domain empty), ``("sat", check)`` when the LP's minimiser passes the float64 check against ``problem`` (``None``: no
     check), else ``("open", None)``."""
     from .bounds.lp import LpSession
 
     model = _leaf_model(network, lo, hi, lower, upper, C, d)
     if model is None:
         return "open", None
-    session = LpSession(model)
+    # without presolve an infeasible LP comes with HiGHS's dual ray (:meth:`LpSession.infeasible`)
+    session = LpSession(model, presolve=False, simplex_scaling=False)
     nz = np.flatnonzero(model.c)
     bound = session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)
     if bound > 0:
         return "closed", bound
+    if session.infeasible():  # a Farkas certificate: no input reaches the domain
+        return "closed", math.inf
     if problem is None:
         return "open", None
     sol = session.h.getSolution()
@@ -1025,6 +1074,103 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)
     nonempty = _nonempty(lower, upper)
     return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stabilised
+
+
+def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, lr_beta,
+                   deadline=None) -> tuple[_Domains, torch.Tensor]:
+    """Intermediate bounds of each domain optimised with its split constraints (beta-CROWN on the
+    hidden layers, as alpha-beta-CROWN's optimised intermediate bounds): for every ReLU layer
+    ``k >= 1``, in order, the neurons open in some domain get the best lower bound of ``+z_k`` and
+    ``-z_k`` over projected Adam steps on per-row lower slopes ``alpha in [0, 1]`` of the layers
+    before ``k`` and per-row multipliers ``beta >= 0`` of the domain's splits there,
+    ``min z_k >= min_{x in X} z_k(x) - sum_j beta_j s_j z_j(x)`` over the relaxation (each added
+    term is ``<= 0`` on the domain). Sound for any slopes and multipliers, as the domain's own
+    bound; the steps skip the rounding pads, and the best multipliers are evaluated once more with
+    them (the starting slopes' padded bound is kept where higher). Each layer's new bounds enter the
+    relaxations of the layers after it. Past ``deadline`` the rows not reached keep their bounds.
+    Returns the domains with their new bounds, and per domain whether they do not cross (where
+    they do, no input reaches the domain)."""
+    L = len(doms.lower)
+    D = len(doms)
+    lower, upper = [t.clone() for t in doms.lower], [t.clone() for t in doms.upper]
+    xm, xr = x_mid.expand(D, -1), x_rad.expand(D, -1)
+    dtype = lower[0].dtype
+    for k in range(1, L):
+        rows = open_rows(lower[k], upper[k], ops[k])
+        if not rows.numel():
+            continue
+        pre = list(zip(lower[:k], upper[:k]))
+        relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
+        hmax = _magnitudes(xm, xr, pre, ops)
+        unstable = [_unstable(l, u, op)[:, None, :] for (l, u), op in zip(pre, ops)]
+        split = [(sg != 0)[:, None, :] for sg in doms.sign[:k]]
+        sgn = [sg.to(dtype)[:, None, :] for sg in doms.sign[:k]]
+        width = sum(op.shape[1] for op in ops[: k + 1])
+        chunk = max(1, CHUNK_ELEMENTS // (2 * D * width))
+        for start in range(0, rows.numel(), chunk):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            part = rows[start:start + chunk]
+            m = part.numel()
+            lam = row_selectors(part, ops[k].shape[0], D, lower[0])
+
+            def evaluate(al, be, pad):
+                rel = [(torch.where(un, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
+                       for a, un, (a0, s, ic) in zip(al, unstable, relax)]
+                terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b))
+                         for b, sp, sg in zip(be, split, sgn)]
+                return _backward(lam, k, ops, rel, xm, xr, n_terms, hmax, split_terms=terms, pad=pad)[0]
+
+            params = [a0[:, None, :].expand(D, 2 * m, a0.shape[1]).clone() for a0, _, _ in relax]
+            params += [torch.zeros_like(p) for p in params]
+            with torch.no_grad():
+                first = evaluate(params[:k], params[k:], True)
+            best = _adam_ascent(lambda ps: evaluate(ps[:k], ps[k:], False), params, [lr_alpha] * k + [lr_beta] * k,
+                                [(0.0, 1.0)] * k + [(0.0, None)] * k, steps, deadline)
+            with torch.no_grad():
+                bound = torch.maximum(first, evaluate(best[:k], best[k:], True))
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            lower[k][:, part] = torch.maximum(lower[k][:, part], bound[:, :m])
+            upper[k][:, part] = torch.minimum(upper[k][:, part], -bound[:, m:])
+    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)
+    return doms, _nonempty(lower, upper)
+
+
+def _unstable(l, u, op) -> torch.Tensor:
+    """``(B, n)``: the neurons whose relaxation has a free lower slope (open, not passed through)."""
+    return (l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough)
+
+
+def _adam_ascent(value, params, lrs, boxes, steps, deadline=None) -> list:
+    """Projected Adam ascent on ``value(params).sum()`` (each entry of ``value``'s ``(B, m)`` its
+    own objective) from ``params``; ``boxes`` the ``(low, high)`` projection of each parameter
+    (``None``: unbounded). Returns, per entry, the parameters of its best step (copies)."""
+    params = [p.detach().clone().requires_grad_(True) for p in params]
+    keep = [p.detach().clone() for p in params]
+    best = None
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    last = 0.0
+    for t in range(1, steps + 1):
+        t0 = time.monotonic()
+        if deadline is not None and t0 + last > deadline:
+            break
+        with torch.enable_grad():
+            v = value(params)
+            grads = torch.autograd.grad(v.sum(), params)
+        with torch.no_grad():
+            v = v.detach()
+            better = torch.ones_like(v, dtype=torch.bool) if best is None else v > best
+            best = v if best is None else torch.where(better, v, best)
+            for kp, p in zip(keep, params):
+                kp.copy_(torch.where(better[..., None], p, kp))
+            for p, g, a1, a2, lr, (low, high) in zip(params, grads, m1, m2, lrs, boxes):
+                a1.mul_(0.9).add_(g, alpha=0.1)
+                a2.mul_(0.999).addcmul_(g, g, value=0.001)
+                p.add_(lr * (a1 / (1 - 0.9 ** t)) / ((a2 / (1 - 0.999 ** t)).sqrt() + 1e-12))
+                p.clamp_(min=low, max=high)
+        last = time.monotonic() - t0
+    return keep
 
 
 class _RefineGate:

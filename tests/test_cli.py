@@ -572,6 +572,15 @@ def test_lp_dives_option_reaches_activation_splitting(extra, want, tiny, tmp_pat
     assert seen["config"].relu_split.lp_rescue is want
 
 
+@pytest.mark.parametrize("extra, want", [([], False), (["--stall-tighten", "on"], True),
+                                         (["--stall-tighten", "off"], False)])
+def test_stall_tighten_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    assert seen["config"].relu_split.stall_tighten is want
+
+
 @pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),
                                          (["--milp-refine", "AUTO"], None), (["--refine", "0.3"], 0.3)])
 def test_milp_refine_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):

@@ -151,3 +151,44 @@ def test_a_counterexample_from_a_dive_leaves_every_reachable_disjunct_open(seed,
                      problem=Problem(net, Box(lo, hi), OutputSpec([(A, b)] * 3, 2)),
                      deadline=time.monotonic() + 20, config=ReluSplitConfig(lp_rescue=True))
     assert res.status == "sat" and not any(res.closed), (res.status, res.closed)
+
+
+def test_an_empty_leaf_is_closed_by_its_farkas_certificate():
+    """``x in [-1, 1]``, ``a = x``, ``b = -x - 0.5``, both split active: no neuron is unstable,
+    and ``a >= 0`` with ``b >= 0`` (``x <= -0.5``) holds nowhere. The leaf's LP is infeasible;
+    its Farkas certificate closes it (before, such a leaf stayed open and an unsat search ended
+    ``unknown``)."""
+    net = Network([Dense(np.array([[1.0], [-1.0]]), np.array([0.0, -0.5])), ReLU(),
+                   Dense(np.array([[1.0, 1.0]]), np.zeros(1))], (1,))
+    lower, upper = [torch.tensor([0.0, 0.0])], [torch.tensor([1.0, 0.5])]
+    kind, value = rs._exact_leaf(net, torch.tensor([-1.0]), torch.tensor([1.0]), lower, upper,
+                                 np.array([[1.0]]), np.array([100.0]), None, None)
+    assert (kind, value) == ("closed", float("inf"))
+    # the same leaf with a reachable split (b inactive: x >= -0.5 and x >= 0) stays open
+    kind, _ = rs._exact_leaf(net, torch.tensor([-1.0]), torch.tensor([1.0]), [torch.tensor([0.0, -1.5])],
+                             [torch.tensor([1.0, 0.0])],
+                             np.array([[1.0]]), np.array([100.0]), None, None)
+    assert kind == "open"
+
+
+def test_a_search_whose_last_leaves_are_empty_ends_unsat():
+    """One step at a time with one multiplier step: the search reaches leaves with no unstable
+    neuron whose splits exclude each other; the seed ended ``unknown`` before the certificate."""
+    net, lo, hi, spec = _case_deep(3)
+    minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+    s = shifted_spec(spec, minima, 1e-3)
+    res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
+                     crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]),
+                     problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 30,
+                     config=ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0))
+    assert res.status == "unsat", res
+
+
+def _case_deep(seed: int):
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(2, 4))
+    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(3)], 2)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - 0.7, centre + 0.7
+    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
+    return net, lo, hi, OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
