@@ -880,8 +880,8 @@ def _leaf_model(network: Network, lo, hi, lower, upper, C, d):
 def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
     """The LP of one disjunct over a domain (:func:`_leaf_model`; exact when no neuron is
     unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0 (``+inf`` when a
-    Farkas certificate proves the domain empty), ``("sat", check)`` when the LP's minimiser passes the float64 check against ``problem`` (``None``: no
-    check), else ``("open", None)``."""
+    Farkas certificate proves the domain empty), ``("sat", check)`` when the LP's minimiser passes
+    the float64 check against ``problem`` (``None``: no check), else ``("open", None)``."""
     from .bounds.lp import LpSession
 
     model = _leaf_model(network, lo, hi, lower, upper, C, d)
@@ -1129,7 +1129,7 @@ def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, 
                                 [(0.0, 1.0)] * k + [(0.0, None)] * k, steps, deadline)
             with torch.no_grad():
                 bound = torch.maximum(first, evaluate(best[:k], best[k:], True))
-            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)  # +inf: an overflow
             lower[k][:, part] = torch.maximum(lower[k][:, part], bound[:, :m])
             upper[k][:, part] = torch.minimum(upper[k][:, part], -bound[:, m:])
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)

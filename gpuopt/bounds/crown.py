@@ -205,7 +205,8 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
     (the neurons stable in a box then keep their bounds there). Rows
     run in chunks of :data:`CHUNK_ELEMENTS`; a chunk starts only if, by the last chunk's time, it
     ends before ``deadline``, and the rows not reached keep their bounds (``finished`` False). A
-    NaN bound (an overflow, ``inf * 0``) carries no information and changes nothing."""
+    NaN bound (an overflow, ``inf * 0``) or a lower bound of ``+inf`` (an overflow too) carries no
+    information and changes nothing."""
     B = l.shape[0]
     il, iu = l, u
     l, u = l.clone(), u.clone()
@@ -228,7 +229,7 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             b, r = pairs[0][start:start + chunk], pairs[1][start:start + chunk]
             bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b,
                                  head=selector_head(r, k, ops, hmax, B, index=b))
-            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)  # +inf: an overflow
             l[b, r] = torch.maximum(bound[:, 0], il[b, r])
             u[b, r] = torch.minimum(-bound[:, 1], iu[b, r])
         else:
@@ -236,7 +237,7 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             m = part.numel()
             bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball,
                                  head=selector_head(part, k, ops, hmax, B))
-            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            bound = torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)  # +inf: an overflow
             l[:, part] = torch.maximum(bound[:, :m], il[:, part])
             u[:, part] = torch.minimum(-bound[:, m:], iu[:, part])
         last = time.monotonic() - t0
