@@ -115,8 +115,8 @@ LP_SHARE = 0.5
 DIVE_TIGHTEN = False
 #: on a plateau, the children bounded below their parents (:attr:`ReluSplitConfig.stall_tighten`):
 #: their intermediate bounds are optimised with their split constraints (:func:`_split_tighten`,
-#: ``STALL_TIGHTEN_STEPS`` steps a chunk of rows) and their bounds get ``STALL_BOUND_STEPS`` steps,
-#: while that has taken at most ``STALL_SHARE`` of the search's time
+#: ``STALL_TIGHTEN_STEPS`` steps a chunk of rows; 0: no tightening, only the steps) and their bounds
+#: get ``STALL_BOUND_STEPS`` steps, while that has taken at most ``STALL_SHARE`` of the search's time
 STALL_TIGHTEN_STEPS = 20
 STALL_BOUND_STEPS = 50
 STALL_SHARE = 0.5
@@ -714,11 +714,13 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 sub = live.take(low)
                 steps, n_low, n_gone = config.retry_steps, len(low), 0
                 if stalled:
+                    steps = STALL_BOUND_STEPS
+                if stalled and STALL_TIGHTEN_STEPS:
                     sub, nonempty = _split_tighten(ops, sub, x_mid, x_rad, n_terms, STALL_TIGHTEN_STEPS,
                                                    config.lr_alpha, config.lr_beta, deadline)
                     n_gone = int((~nonempty).sum())
                     bnd[low[~nonempty]] = math.inf  # no input reaches it
-                    low, sub, steps = low[nonempty], sub.take(torch.nonzero(nonempty).flatten()), STALL_BOUND_STEPS
+                    low, sub = low[nonempty], sub.take(torch.nonzero(nonempty).flatten())
                     for t, t2 in zip(live.lower + live.upper, sub.lower + sub.upper):
                         t[low] = t2
                 if len(low):

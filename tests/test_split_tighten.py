@@ -123,12 +123,15 @@ def _case(seed: int):
     return net, lo, hi, OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
 
 
+@pytest.mark.parametrize("tighten_steps", [20, 0])
 @pytest.mark.parametrize("seed", range(8))
-def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, monkeypatch):
+def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, tighten_steps, monkeypatch):
     """``STALL_STEPS = 0``, ``STALL_SHARE = 1``: every step after the first is on a plateau, so
-    every child is tightened with its splits and bounded with the plateau's steps."""
+    every child bounded below its parent is tightened with its splits (``tighten_steps`` 0: not
+    tightened, only given the plateau's steps) and bounded with the plateau's steps."""
     monkeypatch.setattr(rs, "STALL_STEPS", 0)
     monkeypatch.setattr(rs, "STALL_SHARE", 1.0)
+    monkeypatch.setattr(rs, "STALL_TIGHTEN_STEPS", tighten_steps)
     calls = []
     real = rs._split_tighten
 
@@ -156,7 +159,7 @@ def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, monke
             assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
         explored = max(explored, res.domains)
     # from the second step on every step is on the plateau (2 roots, at most 4 children a step)
-    assert calls or explored <= 6, explored
+    assert calls or explored <= 6 or not tighten_steps, explored
 
 
 def test_stall_tighten_is_a_validated_switch():
