@@ -234,6 +234,44 @@ def small_robustness_case(seed: int):
     return net, LinfBall(centre, eps), robustness(label, 3)
 
 
+def two_disjunct_case(seed: int, n_hidden: int = 2):
+    """A random dense net (2-3 inputs, ``n_hidden`` ReLU layers of 4-7, 2 outputs), the box of
+    half-width 0.7 about a random centre, and a spec of two disjuncts of 1-2 random rows each:
+    ``(net, lower, upper, spec)``."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(2, 4))
+    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(n_hidden)], 2)
+    centre = rng.normal(size=n_in)
+    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
+    return net, centre - 0.7, centre + 0.7, OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
+
+
+def check_relu_split(net, lo, hi, spec: OutputSpec, minima, delta: float, config, seconds: float = 30.0):
+    """Activation splitting on ``spec`` with each disjunct's exact minimum margin ``minima[k]``
+    moved to ``delta``: ``unsat`` with every proven bound in ``(0, delta]`` when ``delta > 0``, else
+    ``sat`` with a counterexample that the independent forward pass confirms and no disjunct
+    closed. Returns the result."""
+    import time
+
+    from gpuopt.bounds import crown
+    from gpuopt.problem import Problem
+    from gpuopt.regions import Box
+    from gpuopt.relu_split import relu_split
+
+    s = shifted_spec(spec, minima, delta)
+    res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
+                     crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]),
+                     problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + seconds, config=config)
+    assert res.status == ("unsat" if delta > 0 else "sat"), (delta, res.status)
+    assert delta > 0 or not any(res.closed), (delta, res.closed)
+    if res.status == "sat":
+        y, _ = numpy_forward(net, res.x[None])
+        assert numpy_margin(s, y)[0] <= 0
+    else:
+        assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
+    return res
+
+
 def shifted_spec(spec: OutputSpec, minima, delta: float) -> OutputSpec:
     """The spec with each disjunct's right-hand sides moved so that its exact minimum margin
     ``minima[k]`` becomes ``delta`` (``margin = max_i (A y - b)_i``, so adding ``m - delta`` to

@@ -25,18 +25,11 @@ from gpuopt.relu_split import ReluSplitConfig, _leaf_model, relu_split
 from gpuopt.specs import OutputSpec
 
 from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_spec)
+                     check_relu_split, random_dense_network, shifted_spec, two_disjunct_case)
 
 
 def _case(seed: int):
-    rng = np.random.default_rng(seed)
-    n_in = int(rng.integers(2, 4))
-    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(2)], 2)
-    centre = rng.normal(size=n_in)
-    lo, hi = centre - 0.7, centre + 0.7
-    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
-    spec = OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
-    return net, lo, hi, spec
+    return two_disjunct_case(seed, 2)
 
 
 def _root(net, lo, hi):
@@ -113,19 +106,8 @@ def test_relu_split_with_dives_at_every_step_agrees_with_brute_force(seed, tight
     monkeypatch.setattr(rs, "DIVE_TIGHTEN", tighten)
     net, lo, hi, spec = _case(seed)
     minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
     for delta in (0.02, -0.02):
-        s = shifted_spec(spec, minima, delta)
-        res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
-                         bounds, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 20,
-                         config=ReluSplitConfig(batch_size=2, lp_rescue=True))
-        assert res.status == ("unsat" if delta > 0 else "sat"), (seed, delta, res.status)
-        assert delta > 0 or not any(res.closed), (seed, delta, res.closed)
-        if res.status == "sat":
-            y, _ = numpy_forward(net, res.x[None])
-            assert numpy_margin(s, y)[0] <= 0
-        else:
-            assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
+        check_relu_split(net, lo, hi, spec, minima, delta, ReluSplitConfig(batch_size=2, lp_rescue=True), 20.0)
 
 
 @pytest.mark.parametrize("seed", [27, 29, 34])
@@ -174,7 +156,7 @@ def test_an_empty_leaf_is_closed_by_its_farkas_certificate():
 def test_a_search_whose_last_leaves_are_empty_ends_unsat():
     """One step at a time with one multiplier step: the search reaches leaves with no unstable
     neuron whose splits exclude each other; the seed ended ``unknown`` before the certificate."""
-    net, lo, hi, spec = _case_deep(3)
+    net, lo, hi, spec = two_disjunct_case(3, 3)
     minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
     s = shifted_spec(spec, minima, 1e-3)
     res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
@@ -182,13 +164,3 @@ def test_a_search_whose_last_leaves_are_empty_ends_unsat():
                      problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 30,
                      config=ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0))
     assert res.status == "unsat", res
-
-
-def _case_deep(seed: int):
-    rng = np.random.default_rng(seed)
-    n_in = int(rng.integers(2, 4))
-    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(3)], 2)
-    centre = rng.normal(size=n_in)
-    lo, hi = centre - 0.7, centre + 0.7
-    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
-    return net, lo, hi, OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)

@@ -6,8 +6,6 @@ brute-force enumeration does."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -19,13 +17,10 @@ from gpuopt.bounds.crown import _term_count
 from gpuopt.bounds.prune import DeadPruning
 from gpuopt.layers import Dense, ReLU
 from gpuopt.network import Network
-from gpuopt.problem import Problem
-from gpuopt.regions import Box
-from gpuopt.relu_split import ReluSplitConfig, _Domains, _refine, _split_tighten, relu_split
-from gpuopt.specs import OutputSpec
+from gpuopt.relu_split import ReluSplitConfig, _Domains, _refine, _split_tighten
 
-from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_spec)
+from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
+                     check_relu_split, random_dense_network, two_disjunct_case)
 
 
 def _domains(net, lo, hi, signs):
@@ -113,16 +108,6 @@ def test_split_multipliers_tighten_what_crown_cannot():
     assert float(tight.lower[1][0, 0]) <= -0.25
 
 
-def _case(seed: int):
-    rng = np.random.default_rng(seed)
-    n_in = int(rng.integers(2, 4))
-    net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(3)], 2)
-    centre = rng.normal(size=n_in)
-    lo, hi = centre - 0.7, centre + 0.7
-    disj = [(rng.normal(size=(int(rng.integers(1, 3)), 2)), 0.3 * rng.normal()) for _ in range(2)]
-    return net, lo, hi, OutputSpec([(A, np.full(A.shape[0], b)) for A, b in disj], 2)
-
-
 @pytest.mark.parametrize("tighten_steps", [20, 0])
 @pytest.mark.parametrize("seed", range(8))
 def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, tighten_steps, monkeypatch):
@@ -140,24 +125,12 @@ def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, tight
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rs, "_split_tighten", spy)
-    net, lo, hi, spec = _case(seed)
+    net, lo, hi, spec = two_disjunct_case(seed, 3)
     minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-    bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
     explored = 0
     for delta in (0.02, 1e-3, -1e-3, -0.02):
-        s = shifted_spec(spec, minima, delta)
-        res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, b, None) for A, b in s.disjuncts],
-                         bounds, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 30,
-                         config=ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0,
-                                                stall_tighten=True))
-        assert res.status == ("unsat" if delta > 0 else "sat"), (seed, delta, res.status)
-        assert delta > 0 or not any(res.closed), (seed, delta, res.closed)
-        if res.status == "sat":
-            y, _ = numpy_forward(net, res.x[None])
-            assert numpy_margin(s, y)[0] <= 0
-        else:
-            assert all(0 < b <= delta + 1e-7 for b in res.proven_bound), res.proven_bound
-        explored = max(explored, res.domains)
+        config = ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0, stall_tighten=True)
+        explored = max(explored, check_relu_split(net, lo, hi, spec, minima, delta, config).domains)
     # from the second step on every step is on the plateau (2 roots, at most 4 children a step)
     assert calls or explored <= 6 or not tighten_steps, explored
 
