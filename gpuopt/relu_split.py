@@ -329,8 +329,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     L = len(ops) - 1
     relax = [_relaxation(l, u, op.passthrough) for l, u, op in zip(pre_l, pre_u, ops)]
     hmax = _magnitudes(x_mid, x_rad, list(zip(pre_l, pre_u)), ops)
-    unstable = [((l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough))[:, None, :]
-                for l, u, op in zip(pre_l, pre_u, ops)]
+    unstable = [_unstable(l, u, op)[:, None, :] for l, u, op in zip(pre_l, pre_u, ops)]
     split = [(sg != 0)[:, None, :] for sg in sign]
     sgn = [sg.to(C.dtype)[:, None, :] for sg in sign]
 
@@ -915,7 +914,7 @@ def _relaxed(ops, parents: _Domains, rep: torch.Tensor):
     rel, terms = [], []
     for j, ((l, u), op) in enumerate(zip(pre, ops)):
         a0, s, ic = _relaxation(l, u, op.passthrough)
-        unst = ((l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough))[:, None, :]
+        unst = _unstable(l, u, op)[:, None, :]
         rel.append((torch.where(unst, parents.alpha[j][rep].clamp(0.0, 1.0), a0[:, None, :]), s, ic))
         sg = parents.sign[j][rep]
         terms.append(torch.where((sg != 0)[:, None, :], -parents.beta[j][rep].clamp(min=0.0) * sg.to(l.dtype)[:, None, :],
