@@ -214,10 +214,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lp-dives", choices=("on", "off"), default=None,
                    help="activation splitting searches a plateau (its weakest bound unchanged for a few steps) by "
                         "LP branch and bound in HiGHS, within half of its time (default: off)")
+    v.add_argument("--stall-retry", choices=("on", "off"), default=None,
+                   help="on a plateau of activation splitting whose weakest domain's LP shows its bound inherited "
+                        "(empty, or above it), the children bounded below their parents get 50 multiplier steps "
+                        "instead of 10, within half of its time (default: on)")
     v.add_argument("--stall-tighten", choices=("on", "off"), default=None,
-                   help="on a plateau of activation splitting, the children bounded below their parents get "
-                        "intermediate bounds optimised with their split constraints and more multiplier steps, "
-                        "within half of its time (default: off)")
+                   help="on such a plateau those children first get intermediate bounds optimised with their "
+                        "split constraints (default: off)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -467,6 +470,8 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, refine={"auto": "auto", "on": True, "off": False}[args.relu_refine])
     if args.lp_dives is not None:
         relu = replace(relu, lp_rescue=args.lp_dives == "on")
+    if args.stall_retry is not None:
+        relu = replace(relu, stall_retry=args.stall_retry == "on")
     if args.stall_tighten is not None:
         relu = replace(relu, stall_tighten=args.stall_tighten == "on")
     if relu != VerifyConfig().relu_split:

@@ -43,9 +43,14 @@ optimisation, one that is still open gets its exact LP (:func:`_exact_leaf`, the
 margin over the domain in HiGHS): a safe dual bound above 0 closes it, and the LP's minimiser is
 checked in float64 as a counterexample.
 
-With ``stall_tighten`` (off by default), on a plateau (below) the children bounded below their
-parents get intermediate bounds optimised with their own split constraints (:func:`_split_tighten`,
-as alpha-beta-CROWN optimises intermediate bounds) and more steps; an empty one is closed.
+A plateau (below: the weakest open bound unchanged for a few steps) is of one of two kinds. Its
+weakest domain's LP (HiGHS, the same relaxation and bounds) may be empty or well above the bound,
+which the domain then only inherits from an ancestor, its own steps falling short; or it may equal
+the bound, the relaxation itself being the limit. With ``stall_retry`` (on by default) the first
+kind gives the children bounded below their parents :data:`STALL_BOUND_STEPS` steps instead of
+``retry_steps``; with ``stall_tighten`` (off) their intermediate bounds are first optimised with
+their own split constraints (:func:`_split_tighten`, as alpha-beta-CROWN optimises intermediate
+bounds), an empty one being closed.
 
 With ``lp_rescue`` (off by default), a plateau, the weakest open bound unchanged for
 :data:`STALL_STEPS` steps, gets LP branch and bound: its domains are searched by their LPs in
@@ -113,13 +118,16 @@ LP_SHARE = 0.5
 #: a dive first tightens its domain's intermediate bounds by LP (:func:`gpuopt.bounds.lp.lp_tighten`,
 #: 12-26 s a domain of mnist-net_256x4: off, since a 2-s dive cuts it short)
 DIVE_TIGHTEN = False
-#: on a plateau, the children bounded below their parents (:attr:`ReluSplitConfig.stall_tighten`):
-#: their intermediate bounds are optimised with their split constraints (:func:`_split_tighten`,
-#: ``STALL_TIGHTEN_STEPS`` steps a chunk of rows; 0: no tightening, only the steps) and their bounds
-#: get ``STALL_BOUND_STEPS`` steps, while that has taken at most ``STALL_SHARE`` of the search's time
+#: on a plateau whose weakest domain's LP (at most ``STALL_LP_SECONDS``) is empty or above its bound
+#: by 1% (:attr:`ReluSplitConfig.stall_retry`), the children bounded below their parents get
+#: ``STALL_BOUND_STEPS`` steps, with :attr:`ReluSplitConfig.stall_tighten` after their intermediate
+#: bounds are optimised with their split constraints (:func:`_split_tighten`,
+#: ``STALL_TIGHTEN_STEPS`` steps a chunk of rows), while that has taken at most ``STALL_SHARE`` of
+#: the search's time
 STALL_TIGHTEN_STEPS = 20
 STALL_BOUND_STEPS = 50
 STALL_SHARE = 0.5
+STALL_LP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -145,10 +153,11 @@ class ReluSplitConfig:
     domain, then each one's second weakest, ...), for many independent disjuncts searched at once;
     ``disjunct_domains``: a disjunct whose domains have had this many splits is given up, its open
     domains dropped and their worst bound kept (:attr:`ReluSplitResult.open_bound`; 0: no limit);
-    ``stall_tighten``: while the weakest open bound stalls on a plateau (:data:`STALL_STEPS`),
-    the children bounded below their parents get intermediate bounds optimised with their split
-    constraints (:func:`_split_tighten`) and :data:`STALL_BOUND_STEPS` multiplier steps (instead of
-    ``retry_steps``);
+    ``stall_retry``: while the weakest open bound stalls on a plateau (:data:`STALL_STEPS`) whose
+    weakest domain's LP shows the bound inherited (empty, or above it), the children bounded below
+    their parents get :data:`STALL_BOUND_STEPS` multiplier steps instead of ``retry_steps``;
+    ``stall_tighten``: on such a plateau they first get intermediate bounds optimised with their
+    split constraints (:func:`_split_tighten`);
     ``lp_rescue``: when the weakest open bound stalls on a plateau, the plateau's domains get
     LP branch and bound in HiGHS (:data:`STALL_STEPS`, :func:`gpuopt.lp_dive.lp_dive`)."""
 
@@ -166,6 +175,7 @@ class ReluSplitConfig:
     retry_steps: int = 10
     selection: str = "worst"
     disjunct_domains: int = 0
+    stall_retry: bool = True
     stall_tighten: bool = False
     lp_rescue: bool = False
 
@@ -186,7 +196,7 @@ class ReluSplitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an integer >= 0, got {v!r}")
-        for name in ("stall_tighten", "lp_rescue"):
+        for name in ("stall_retry", "stall_tighten", "lp_rescue"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.refine, bool) or self.refine == "auto"):
@@ -541,7 +551,30 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     weakest = []  # per step, the weakest open bound (the stall test of the LP dives)
     plateau = None  # the weakest bound while it has stalled
     lp_seconds, search_start = 0.0, time.monotonic()
-    stall_seconds = 0.0  # spent on the plateau's children (config.stall_tighten)
+    stall_seconds = 0.0  # spent on the plateau's children (config.stall_retry, config.stall_tighten)
+    inherited = False  # the plateau's kind
+
+    def plateau_kind(dom: _Domains) -> bool:
+        """Whether the plateau's weakest domain ``dom`` (one) only inherits its bound: its LP is
+        empty (a Farkas certificate) or its safe LP bound is above the bound by 1%."""
+        from .bounds.lp import LpSession
+
+        k = int(dom.tag[0])
+        model = _leaf_model(network, lo[0], hi[0], [prune.widen(l[0], j, 0) for j, l in enumerate(dom.lower)],
+                            [prune.widen(u[0], j, 1) for j, u in enumerate(dom.upper)], disjuncts[k][0],
+                            disjuncts[k][1])
+        if model is None:
+            return False
+        session = LpSession(model, presolve=False, simplex_scaling=False)
+        nz = np.flatnonzero(model.c)
+        until = time.monotonic() + STALL_LP_SECONDS
+        value = session.minimize(nz, model.c[nz], float(model.offset),
+                                 deadline=until if deadline is None else min(until, deadline))
+        b = float(dom.bound[0])
+        kind = _inherited(value, b, session.infeasible())
+        log.debug("relu_split: plateau at %.6g, its weakest domain's LP %.6g: %s", b, value,
+                  "inherited" if kind else "the relaxation's")
+        return kind
 
     def dive(parents: _Domains, until: float):
         """The LP dives (:func:`gpuopt.lp_dive.lp_dive`) of ``parents``, weakest first, until
@@ -620,7 +653,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: %d explored, %d open (depth min %d median %d max %d), worst bound %.4g; "
                       "per disjunct open/worst %s", explored, len(domains), int(depth.min()), int(depth.median()),
                       int(depth.max()), float(domains.bound.min()), per)
-        if config.lp_rescue or config.stall_tighten:  # the plateau test (a device sync per step)
+        if config.lp_rescue or config.stall_retry or config.stall_tighten:  # the plateau test (a sync a step)
             low = float(domains.bound.min())
             weakest.append(low)
             tol = 1e-9 * max(1.0, abs(low))
@@ -628,6 +661,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 plateau = None  # the plateau is cleared
             if plateau is None and len(weakest) > STALL_STEPS and low <= weakest[-1 - STALL_STEPS] + tol:
                 plateau = low
+                if config.stall_retry or config.stall_tighten:
+                    t_kind = time.monotonic()
+                    inherited = plateau_kind(domains.take(torch.argmin(domains.bound).reshape(1)))
+                    stall_seconds += time.monotonic() - t_kind
         if config.lp_rescue and plateau is not None and lp_seconds <= LP_SHARE * (time.monotonic() - search_start):
             # a plateau: its domains are searched by LP dives, within the LPs' share of the time
             t_lp = time.monotonic()
@@ -701,7 +738,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             bnd, al, be, sc, wd, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta,
                                                   live.tag, config.steps)
             # on a plateau (the weakest bound stalled), within STALL_SHARE of the time
-            stalled = (config.stall_tighten and plateau is not None
+            stalled = ((config.stall_retry or config.stall_tighten) and plateau is not None and inherited
                        and stall_seconds <= STALL_SHARE * (time.monotonic() - search_start))
             low = torch.nonzero(bnd < live.bound).flatten() if config.retry_steps or stalled else ()
             if len(low):
@@ -714,7 +751,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 steps, n_low, n_gone = config.retry_steps, len(low), 0
                 if stalled:
                     steps = STALL_BOUND_STEPS
-                if stalled and STALL_TIGHTEN_STEPS:
+                if stalled and config.stall_tighten:
                     sub, nonempty = _split_tighten(ops, sub, x_mid, x_rad, n_terms, STALL_TIGHTEN_STEPS,
                                                    config.lr_alpha, config.lr_beta, deadline)
                     n_gone = int((~nonempty).sum())
@@ -1135,6 +1172,14 @@ def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, 
             upper[k][:, part] = torch.minimum(upper[k][:, part], -bound[:, m:])
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)
     return doms, _nonempty(lower, upper)
+
+
+def _inherited(lp_bound: float, bound: float, empty: bool) -> bool:
+    """A plateau's kind from its weakest domain: its bound ``bound`` is only inherited when the
+    domain's LP is ``empty`` or its safe bound ``lp_bound`` lies above ``bound`` by 1% (and 1e-6);
+    else the relaxation itself holds it there (an LP that gave no bound, ``-inf`` or NaN, says
+    nothing, so not inherited)."""
+    return bool(empty) or lp_bound > bound + 0.01 * abs(bound) + 1e-6
 
 
 def _unstable(l, u, op) -> torch.Tensor:

@@ -572,13 +572,15 @@ def test_lp_dives_option_reaches_activation_splitting(extra, want, tiny, tmp_pat
     assert seen["config"].relu_split.lp_rescue is want
 
 
-@pytest.mark.parametrize("extra, want", [([], False), (["--stall-tighten", "on"], True),
-                                         (["--stall-tighten", "off"], False)])
-def test_stall_tighten_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra, retry, tighten", [([], True, False), (["--stall-tighten", "on"], True, True),
+                                                  (["--stall-tighten", "off"], True, False),
+                                                  (["--stall-retry", "off"], False, False)])
+def test_stall_options_reach_activation_splitting(extra, retry, tighten, tiny, tmp_path, monkeypatch):
     seen = _capture_config(monkeypatch)
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
-    assert seen["config"].relu_split.stall_tighten is want
+    assert seen["config"].relu_split.stall_retry is retry
+    assert seen["config"].relu_split.stall_tighten is tighten
 
 
 @pytest.mark.parametrize("extra, want", [([], None), (["--milp-refine", "0.4"], 0.4), (["--milp-refine", "0"], 0.0),

@@ -1,10 +1,13 @@
-"""Intermediate bounds optimised with a domain's split constraints (:func:`gpuopt.relu_split._split_tighten`)
-and their use on a plateau of activation splitting (``ReluSplitConfig.stall_tighten``): the bounds
-hold at every sampled input of the domain, they are tighter than CROWN without the split
-multipliers where the splits matter, and the search with the tightening at every step decides as
-brute-force enumeration does."""
+"""Intermediate bounds optimised with a domain's split constraints
+(:func:`gpuopt.relu_split._split_tighten`) and the plateaus of activation splitting
+(``ReluSplitConfig.stall_retry``, ``stall_tighten``): the bounds hold at every sampled input of the
+domain, they are tighter than CROWN without the split multipliers where the splits matter, a
+plateau's kind follows its weakest domain's LP, and the search with the plateau's steps (and the
+tightening) at every step decides as brute-force enumeration does."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -108,15 +111,16 @@ def test_split_multipliers_tighten_what_crown_cannot():
     assert float(tight.lower[1][0, 0]) <= -0.25
 
 
-@pytest.mark.parametrize("tighten_steps", [20, 0])
+@pytest.mark.parametrize("tighten", [True, False])
 @pytest.mark.parametrize("seed", range(8))
-def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, tighten_steps, monkeypatch):
-    """``STALL_STEPS = 0``, ``STALL_SHARE = 1``: every step after the first is on a plateau, so
-    every child bounded below its parent is tightened with its splits (``tighten_steps`` 0: not
-    tightened, only given the plateau's steps) and bounded with the plateau's steps."""
+def test_relu_split_on_plateaus_at_every_step_agrees_with_brute_force(seed, tighten, monkeypatch):
+    """``STALL_STEPS = 0``, ``STALL_SHARE = 1`` and every plateau taken for an inherited one: every
+    step after the first is on a plateau, so every child bounded below its parent gets the
+    plateau's steps (``tighten``: after its intermediate bounds are tightened with its splits)."""
     monkeypatch.setattr(rs, "STALL_STEPS", 0)
     monkeypatch.setattr(rs, "STALL_SHARE", 1.0)
-    monkeypatch.setattr(rs, "STALL_TIGHTEN_STEPS", tighten_steps)
+    kinds = []
+    monkeypatch.setattr(rs, "_inherited", lambda *args: kinds.append(args) or True)
     calls = []
     real = rs._split_tighten
 
@@ -129,12 +133,24 @@ def test_relu_split_tightening_at_every_step_agrees_with_brute_force(seed, tight
     minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
     explored = 0
     for delta in (0.02, 1e-3, -1e-3, -0.02):
-        config = ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0, stall_tighten=True)
+        config = ReluSplitConfig(batch_size=2, root_steps=0, steps=1, retry_steps=0, stall_tighten=tighten)
         explored = max(explored, check_relu_split(net, lo, hi, spec, minima, delta, config).domains)
     # from the second step on every step is on the plateau (2 roots, at most 4 children a step)
-    assert calls or explored <= 6 or not tighten_steps, explored
+    assert explored <= 6 or kinds, explored
+    assert bool(calls) == (tighten and bool(kinds)) or explored <= 6, (len(calls), len(kinds), explored)
 
 
-def test_stall_tighten_is_a_validated_switch():
-    with pytest.raises(Exception, match="stall_tighten"):
-        ReluSplitConfig(stall_tighten="yes")
+def test_a_plateau_is_inherited_only_when_its_lp_says_so():
+    assert rs._inherited(0.5, -1.0, False)  # the LP proves the domain
+    assert rs._inherited(-0.5, -1.0, False)  # the LP is well above the bound
+    assert rs._inherited(-math.inf, -1.0, True)  # empty
+    assert not rs._inherited(-0.995, -1.0, False)  # within 1%: the relaxation's own value
+    assert not rs._inherited(-1.0, -1.0, False)
+    assert not rs._inherited(-math.inf, -1.0, False)  # no LP bound: nothing known
+    assert not rs._inherited(math.nan, -1.0, False)
+
+
+@pytest.mark.parametrize("name", ["stall_retry", "stall_tighten"])
+def test_the_plateau_switches_are_validated(name):
+    with pytest.raises(Exception, match=name):
+        ReluSplitConfig(**{name: "yes"})
