@@ -557,19 +557,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     def plateau_kind(dom: _Domains) -> bool:
         """Whether the plateau's weakest domain ``dom`` (one) only inherits its bound: its LP is
         empty (a Farkas certificate) or its safe LP bound is above the bound by 1%."""
-        from .bounds.lp import LpSession
-
         k = int(dom.tag[0])
-        model = _leaf_model(network, lo[0], hi[0], [prune.widen(l[0], j, 0) for j, l in enumerate(dom.lower)],
-                            [prune.widen(u[0], j, 1) for j, u in enumerate(dom.upper)], disjuncts[k][0],
-                            disjuncts[k][1])
-        if model is None:
-            return False
-        session = LpSession(model, presolve=False, simplex_scaling=False)
-        nz = np.flatnonzero(model.c)
         until = time.monotonic() + STALL_LP_SECONDS
-        value = session.minimize(nz, model.c[nz], float(model.offset),
-                                 deadline=until if deadline is None else min(until, deadline))
+        lp = _domain_lp(network, lo[0], hi[0], [prune.widen(l[0], j, 0) for j, l in enumerate(dom.lower)],
+                        [prune.widen(u[0], j, 1) for j, u in enumerate(dom.upper)], disjuncts[k][0], disjuncts[k][1],
+                        until if deadline is None else min(until, deadline))
+        if lp is None:
+            return False
+        session, _, value = lp
         b = float(dom.bound[0])
         kind = _inherited(value, b, session.infeasible())
         log.debug("relu_split: plateau at %.6g, its weakest domain's LP %.6g: %s", b, value,
@@ -915,20 +910,29 @@ def _leaf_model(network: Network, lo, hi, lower, upper, C, d):
         return None  # e.g. crossing bounds: leave the domain to the other stages
 
 
+def _domain_lp(network: Network, lo, hi, lower, upper, C, d, deadline):
+    """The LP of one disjunct over a domain (:func:`_leaf_model`) solved once in HiGHS without
+    presolve, so that an infeasible one comes with its dual ray (:meth:`LpSession.infeasible`):
+    ``(session, model, safe lower bound)``, or None where the model cannot be built."""
+    from .bounds.lp import LpSession
+
+    model = _leaf_model(network, lo, hi, lower, upper, C, d)
+    if model is None:
+        return None
+    session = LpSession(model, presolve=False, simplex_scaling=False)
+    nz = np.flatnonzero(model.c)
+    return session, model, session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)
+
+
 def _exact_leaf(network: Network, lo, hi, lower, upper, C, d, problem, deadline):
     """The LP of one disjunct over a domain (:func:`_leaf_model`; exact when no neuron is
     unstable). Returns ``("closed", bound)`` when the safe dual bound is above 0 (``+inf`` when a
     Farkas certificate proves the domain empty), ``("sat", check)`` when the LP's minimiser passes
     the float64 check against ``problem`` (``None``: no check), else ``("open", None)``."""
-    from .bounds.lp import LpSession
-
-    model = _leaf_model(network, lo, hi, lower, upper, C, d)
-    if model is None:
+    lp = _domain_lp(network, lo, hi, lower, upper, C, d, deadline)
+    if lp is None:
         return "open", None
-    # without presolve an infeasible LP comes with HiGHS's dual ray (:meth:`LpSession.infeasible`)
-    session = LpSession(model, presolve=False, simplex_scaling=False)
-    nz = np.flatnonzero(model.c)
-    bound = session.minimize(nz, model.c[nz], float(model.offset), deadline=deadline)
+    session, model, bound = lp
     if bound > 0:
         return "closed", bound
     if session.infeasible():  # a Farkas certificate: no input reaches the domain
