@@ -221,6 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--stall-tighten", choices=("on", "off"), default=None,
                    help="on such a plateau those children first get intermediate bounds optimised with their "
                         "split constraints (default: off)")
+    v.add_argument("--step-dtype", choices=("float32", "float64"), default=None,  # gpuopt.bounds.crown.STEP_DTYPES
+                   help="the dtype of the multiplier steps of alpha-CROWN and activation splitting (their bounds are "
+                        "always evaluated in float64 with rounding pads; default: float32)")
     v.add_argument("--split-milp", type=_split_milp, default=None,
                    help="input splitting hands a sub-box it cannot close, with at most N unstable ReLUs, to an "
                         "exact MILP over the box (default 16; 0: never)")
@@ -474,6 +477,8 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, stall_retry=args.stall_retry == "on")
     if args.stall_tighten is not None:
         relu = replace(relu, stall_tighten=args.stall_tighten == "on")
+    if args.step_dtype is not None:
+        relu = replace(relu, step_dtype=args.step_dtype)
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,

@@ -83,8 +83,8 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import (CHUNK_ELEMENTS, _backward, _magnitudes, _relaxation, _term_count, open_rows,
-                           row_selectors, tighten_layer)
+from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation,
+                           _term_count, open_rows, row_selectors, step_torch_dtype, tighten_layer)
 from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -159,7 +159,11 @@ class ReluSplitConfig:
     ``stall_tighten``: on such a plateau they first get intermediate bounds optimised with their
     split constraints (:func:`_split_tighten`);
     ``lp_rescue``: when the weakest open bound stalls on a plateau, the plateau's domains get
-    LP branch and bound in HiGHS (:data:`STALL_STEPS`, :func:`gpuopt.lp_dive.lp_dive`)."""
+    LP branch and bound in HiGHS (:data:`STALL_STEPS`, :func:`gpuopt.lp_dive.lp_dive`);
+    ``step_dtype``: the dtype of the multiplier optimisation steps (one of
+    :data:`~gpuopt.bounds.crown.STEP_DTYPES`, float32 by default): a domain's bound is still
+    evaluated in the search's dtype, with the rounding pads, at the multipliers the steps found,
+    so only the choice of the multipliers is made in the narrower dtype."""
 
     batch_size: int = 128
     steps: int = 10
@@ -178,6 +182,7 @@ class ReluSplitConfig:
     stall_retry: bool = True
     stall_tighten: bool = False
     lp_rescue: bool = False
+    step_dtype: str = STEP_DTYPE
 
     def __post_init__(self):
         for name in ("batch_size", "max_domains"):
@@ -199,6 +204,8 @@ class ReluSplitConfig:
         for name in ("stall_retry", "stall_tighten", "lp_rescue"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+        if self.step_dtype not in STEP_DTYPES:
+            raise InvalidInputError(f"`step_dtype` must be one of {', '.join(STEP_DTYPES)}, got {self.step_dtype!r}")
         if not (isinstance(self.refine, bool) or self.refine == "auto"):
             raise InvalidInputError(f"`refine` must be True, False or 'auto', got {self.refine!r}")
         for name in ("lr_alpha", "lr_beta"):
@@ -330,11 +337,15 @@ class _DomainStore:
         return out
 
 
-def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_terms, steps, config, deadline):
+def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_terms, steps, config, deadline,
+           step_ops=None):
     """alpha/beta-optimised bounds of the rows ``C y - d`` on a batch of domains.
 
     Returns ``(bound (D,), alpha, beta, scores, widths, coef_x (D, n_in) of the best row)``; ``bound`` is
-    the max over rows of the row lower bounds (strictness folded in), the best over the steps."""
+    the max over rows of the row lower bounds (strictness folded in), the best over the steps.
+    ``step_ops``: the blocks in a narrower dtype (:attr:`ReluSplitConfig.step_dtype`) for the
+    optimisation steps, whose values only choose the multipliers; the bound returned is evaluated
+    in the dtype of ``ops``, with the rounding pads, at the best multipliers found (cast back)."""
     D = pre_l[0].shape[0]
     L = len(ops) - 1
     relax = [_relaxation(l, u, op.passthrough) for l, u, op in zip(pre_l, pre_u, ops)]
@@ -345,13 +356,13 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
 
     full = (relax, unstable, split, sgn, C, d, strict, x_mid, x_rad, hmax)
 
-    def evaluate(alpha_, beta_, record=None, pad=True, ctx=full):
+    def evaluate(alpha_, beta_, record=None, pad=True, ctx=full, ops_=ops):
         """The rows at the multipliers ``alpha_``/``beta_`` of the domains whose data ``ctx`` holds."""
         relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_ = ctx
         rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
                for a, unst, (a0, s, ic) in zip(alpha_, unstable_, relax_)]
         terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split_, sgn_)]
-        rows, coef = _backward(C_, L, ops, rel, x_mid_, x_rad_, n_terms, hmax_, split_terms=terms, record=record,
+        rows, coef = _backward(C_, L, ops_, rel, x_mid_, x_rad_, n_terms, hmax_, split_terms=terms, record=record,
                                pad=pad)
         return strict_adjust(rows - d_, strict_), coef
 
@@ -371,10 +382,15 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     act = torch.nonzero(~(first.amax(dim=1) > 0)).flatten()
     n_a = len(alpha)
     ctx = full if act.numel() == D else subset(full, act)
-    params = [p[act].detach().requires_grad_(True) for p in alpha + beta]  # indexing copies
-    whole = act.numel() == D  # then the batch's best are the results themselves, updated in place
+    low = step_ops is not None and steps > 0 and act.numel() > 0  # the steps in step_ops' dtype
+    step_dtype = step_ops[0].bias.dtype if low else C.dtype
+    if low:
+        ctx = _cast_context(ctx, step_dtype)
+    params = [p[act].detach().to(step_dtype).requires_grad_(True) for p in alpha + beta]  # indexing copies
+    # whole: the batch's best are the results themselves, updated in place
+    whole = act.numel() == D and not low
     keep = best_alpha + best_beta if whole else [p.detach().clone() for p in params]  # the batch's best multipliers
-    top = best_rows if whole else best_rows[act]  # and their best rows
+    top = best_rows if whole else best_rows[act].to(step_dtype)  # and their best rows
     lrs = [config.lr_alpha] * n_a + [config.lr_beta] * len(beta)
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
@@ -383,9 +399,9 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         if whole:  # the multipliers are in place; the rows are a new tensor each step
             best_rows.copy_(top)
             return
-        best_rows[act] = top
+        best_rows[act] = top.to(best_rows.dtype)
         for dst, src in zip(best_alpha + best_beta, keep):
-            dst[act] = src
+            dst[act] = src.to(dst.dtype)
 
     last = 0.0
     for t in range(1, steps + 1):
@@ -393,7 +409,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         if act.numel() == 0 or deadline is not None and t0 + last > deadline:
             break
         with torch.enable_grad():
-            rows, _ = evaluate(params[:n_a], params[n_a:], pad=False, ctx=ctx)
+            rows, _ = evaluate(params[:n_a], params[n_a:], pad=False, ctx=ctx, ops_=step_ops if low else ops)
             grads = torch.autograd.grad(rows.amax(dim=1).sum(), params)
         with torch.no_grad():
             better = rows.amax(dim=1) > top.amax(dim=1)
@@ -441,6 +457,17 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     return bound, best_alpha, best_beta, scores, widths, coef[idx, r_best]
 
 
+def _cast_context(ctx, dtype):
+    """:func:`_bound`'s per-domain data with its floating tensors in ``dtype`` (the masks as they are;
+    the magnitudes ``hmax``, for the pads only, left out)."""
+    def cast(t):
+        return t.to(dtype) if t.is_floating_point() else t
+
+    relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, _ = ctx
+    return ([tuple(cast(t) for t in r) for r in relax_], unstable_, split_, [cast(t) for t in sgn_], cast(C_), cast(d_),
+            strict_, cast(x_mid_), cast(x_rad_), {})
+
+
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
                deadline: float | None = None, config: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitResult:
     """Prove every disjunct unreachable on the box ``[lower, upper]`` (``(n_in,)``) by activation
@@ -472,6 +499,8 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     # the neurons dead on the whole box drop out of every pass (the domains carry the others)
     prune = DeadPruning(network, [(l.to(dev, dtype), u.to(dev, dtype)) for l, u in bounds.pre_activation])
     ops = prune.ops(dev, dtype)
+    step_dtype = step_torch_dtype(config.step_dtype)
+    step_ops = prune.ops(dev, step_dtype) if step_dtype != dtype else None  # the steps' blocks in their own dtype
     n_terms = _term_count(network, lo)
     x_mid, x_rad = center_radius(lo, hi)
     tag0 = torch.arange(K, device=dev)
@@ -488,7 +517,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     def bound_batch(pl, pu, sg, al, be, tag, steps):
         D = tag.shape[0]
         return _bound(ops, pl, pu, sg, al, be, C_all[tag], d_all[tag], s_all[tag], x_mid.expand(D, -1),
-                      x_rad.expand(D, -1), n_terms, steps, config, deadline)
+                      x_rad.expand(D, -1), n_terms, steps, config, deadline, step_ops=step_ops)
 
     def try_points(coef_x, bnd):
         """The input points minimising each domain's linear bound, checked in float64."""

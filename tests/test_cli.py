@@ -619,3 +619,19 @@ def test_milp_refine_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, c
         main(["verify", str(tiny), str(spec), "--milp-refine", value])
     assert exc.value.code == 2
     assert "--milp-refine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, want", [([], "float32"), (["--step-dtype", "float64"], "float64"),
+                                         (["--step-dtype", "float32"], "float32")])
+def test_step_dtype_option_reaches_activation_splitting(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--bab", "relu"] + extra) == 0
+    assert seen["config"].relu_split.step_dtype == want
+
+
+def test_a_wrong_step_dtype_is_refused_by_the_cli(tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    with pytest.raises(SystemExit):
+        main(["verify", str(tiny), str(spec), "--step-dtype", "float16"])
+    assert "--step-dtype" in capsys.readouterr().err

@@ -69,6 +69,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -77,6 +78,7 @@ from ..milp.encode import encode
 from ..milp.highs import MilpStatus, SolverConfig, solve_milp, unchecked_floor
 from ..milp.walk import forward_pattern
 from ..network import AffineBlock
+from .crown import STEP_DTYPE, step_torch_dtype
 from .lp import unstable_indices
 
 __all__ = ["MilpRefinement", "REFINE_SOLVER", "alpha_crown_rebound", "milp_refine", "property_check"]
@@ -292,9 +294,10 @@ def _milp_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
     return prove
 
 
-def _split_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
+def _split_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig, step_dtype: str = STEP_DTYPE):
     """Layer ``k``'s prover by activation splitting (:func:`_split_layer`) on the sub-network up to
-    ``z_k`` (built once per layer): it takes the layer's neurons at once (``prove.batched``)."""
+    ``z_k`` (built once per layer): it takes the layer's neurons at once (``prove.batched``), its
+    multiplier steps in ``step_dtype``."""
     import torch
 
     from ..bounds.base import Bounds
@@ -308,7 +311,7 @@ def _split_prover(blocks, pre, k: int, x_lower, x_upper, config: SolverConfig):
     def prove(order, l, u, *, neuron_time, left, seen):
         prior = Bounds(before, (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
         return _split_layer(chain, order, prior, lo, hi, l, u, splits=max(1, round(neuron_time * SPLITS_PER_SECOND)),
-                            left=left, seen=seen)
+                            left=left, seen=seen, step_dtype=step_dtype)
 
     prove.batched = True
     return prove
@@ -324,7 +327,8 @@ SPLIT_LAYER_CONFIG = dict(handoff=0, selection="fair")
 SPLITS_PER_SECOND = 256
 
 
-def _split_layer(chain, order, prior, lo, hi, l, u, *, splits: int, left, seen=None) -> tuple[int, list]:
+def _split_layer(chain, order, prior, lo, hi, l, u, *, splits: int, left, seen=None,
+                 step_dtype: str = STEP_DTYPE) -> tuple[int, list]:
     """Refine ``l[j]``, ``u[j]`` (``j`` in ``order``) of the last layer of ``chain`` in place by one
     activation splitting search (:func:`gpuopt.relu_split.relu_split`, beta-CROWN) over all of
     them, as :func:`_refine_neuron` does one neuron by MILP: the disjunct ``{z : z_j >= 0}`` (row
@@ -359,7 +363,7 @@ def _split_layer(chain, order, prior, lo, hi, l, u, *, splits: int, left, seen=N
         C[0, j] = sign
         rows.append((C, np.zeros(1), None))
     res = relu_split(chain, lo, hi, rows, prior, deadline=time.monotonic() + max(left(), 0.0),
-                     config=ReluSplitConfig(**SPLIT_LAYER_CONFIG, disjunct_domains=int(splits)))
+                     config=ReluSplitConfig(**SPLIT_LAYER_CONFIG, disjunct_domains=int(splits), step_dtype=step_dtype))
     for (j, sign), closed, worst in zip(sides, res.closed, res.open_bound):
         if closed:
             value = 0.0
@@ -483,7 +487,7 @@ def _intersect_after(pre, k: int, new) -> None:
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
                 config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1,
                 rebound=None, witnesses: bool = True, method: str = "milp", enough=None,
-                last_share: float | None = LAST_LAYER_SHARE) -> MilpRefinement:
+                last_share: float | None = LAST_LAYER_SHARE, step_dtype: str = STEP_DTYPE) -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
     (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_layer`),
@@ -501,7 +505,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     only while time is left and must keep to ``deadline`` itself. ``witnesses``: search for points on
     each side of every unstable neuron first and skip the MILPs they rule out (module docstring).
     Activation splitting takes a layer's neurons in one search (``parallel`` applies to MILPs;
-    torch's own threads serve the splitting).
+    torch's own threads serve the splitting), its multiplier steps in ``step_dtype``.
 
     ``last_share`` (with a deadline and two or more layers to refine): the layers before the last
     are refined first, their passes in ``1 - last_share`` of the time left (and what they leave
@@ -511,8 +515,11 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
     if method not in PROVERS:
         raise InvalidInputError(f"`method` must be one of {', '.join(PROVERS)}, got {method!r}")
+    step_torch_dtype(step_dtype)  # a clear error for an unknown name
+    prover = PROVERS[method]
     if method != "milp":
         parallel = 1
+        prover = partial(prover, step_dtype=step_dtype)
     for k, (l, u) in enumerate(pre):
         if not (np.all(np.isfinite(l)) and np.all(np.isfinite(u))):
             raise InvalidInputError(f"`pre` bounds of layer {k} must be finite (NaN or inf proves nothing to refine from)")
@@ -553,7 +560,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                 n, moved, stop = _refine_pass(blocks, pre, phase_layers, x_lower, x_upper, settled, config=config,
                                               neuron_time=neuron_time * 2 ** done, parallel=parallel, pool=pool,
                                               left=phase_left, deadline=phase_end, rebound=rebound, witness=witness,
-                                              witness_ops=witness_ops, prover=PROVERS[method], enough=enough)
+                                              witness_ops=witness_ops, prover=prover, enough=enough)
                 milps += n
                 done += bool(n)
                 if stop:
@@ -611,7 +618,8 @@ def property_check(network, x_lower, x_upper, disjuncts, *, config=None, deadlin
     return enough
 
 
-def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, deadline: float | None = None):
+def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, deadline: float | None = None,
+                        step_dtype: str = STEP_DTYPE):
     """A ``rebound`` for :func:`milp_refine`: CROWN, then alpha-CROWN with ``steps`` steps on the
     intermediate layers, over the box, from the bounds it is given (their layers' relaxations
     use them); ``output`` the output bounds (a ``(lower, upper)`` pair) they are intersected with. Each
@@ -630,7 +638,7 @@ def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, d
         prior = Bounds(tuple((torch.tensor(l[None]), torch.tensor(u[None])) for l, u in pre), out, "prior")
         bounds = crown(network, lo, hi, prior=prior, deadline=stop)
         if steps > 0:
-            bounds = alpha_crown_bounds(network, lo, hi, bounds, steps=steps, deadline=stop)
+            bounds = alpha_crown_bounds(network, lo, hi, bounds, steps=steps, deadline=stop, step_dtype=step_dtype)
         return [(l[0].numpy(), u[0].numpy()) for l, u in bounds.pre_activation]
 
     return rebound

@@ -300,7 +300,8 @@ def _crown_group(items) -> list[str]:
         # tighter bounds serve the spec rows here and the splitting and MILP stages after
         stop = time.monotonic() + ALPHA_INTERMEDIATE_SHARE * left()
         bounds = alpha_crown_bounds(net, lower, upper, bounds, steps=config.alpha_steps,
-                                    deadline=stop if deadline is None else min(stop, deadline))
+                                    deadline=stop if deadline is None else min(stop, deadline),
+                                    step_dtype=config.relu_split.step_dtype)
         decided_by, disj_lb = alpha_rows(bounds)
     offset = 0
     for it in items:

@@ -228,13 +228,14 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
     problem = _problem(net, problem_data)
     box = problem.region
     deadline = _task_deadline(budget * share, submitted)
-    rebound = alpha_crown_rebound(net, box.lower, box.upper, out_bounds, steps=alpha_steps, deadline=deadline)
+    rebound = alpha_crown_rebound(net, box.lower, box.upper, out_bounds, steps=alpha_steps, deadline=deadline,
+                                  step_dtype=relu_config.step_dtype)
     enough = None if not disjuncts else property_check(net, box.lower, box.upper,
                                                        [(C, d, strict) for _, C, d, strict in disjuncts],
                                                        config=relu_config, deadline=deadline)
     res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=deadline, neuron_time=neuron_time,
                       config=solver_config, parallel=torch.get_num_threads(), rebound=rebound, method=method,
-                      enough=enough)
+                      enough=enough, step_dtype=relu_config.step_dtype)
     return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
             "on_tolerances": res.on_solver_tolerances, "method": method, "ended_early": res.ended_early,
             "start": start, "end": time.time()}
