@@ -7,6 +7,8 @@
 #   kernels    benchmarks/kernels.py: the CuPy kernels against their torch fallbacks (identical? how fast?)
 #   profile    benchmarks/attack_profile.py --device cuda: where the attack's time goes, beside torchattacks
 #   attack     benchmarks/attack.py --device cuda: restart-steps per second and the per-call API time
+#   steps      benchmarks/relu_split.py --device cuda at equal work (300 splits a disjunct), the
+#              multiplier steps in float64 and then in float32 (ReluSplitConfig.step_dtype)
 #   tests      the whole test suite with CUDA visible (so every `device=None` path runs on the GPU);
 #              -v names each failure as it happens (a suite cut at its cap still says which failed)
 #   acasxu     all 186 acasxu instances, official timeouts, one `gpuopt run --device cuda` (bulk wall time)
@@ -80,6 +82,9 @@ phase profile 60 $PY benchmarks/attack_profile.py --device cuda --restarts-list 
     --out "$WORK/attack_profile.json"
 phase attack 90 $PY benchmarks/attack.py --device cuda --sections throughput api \
     --restarts-list 1000 4000 16000 --out "$WORK/attack_throughput.json"
+phase steps 90 bash -c "for dt in float64 float32; do $PY benchmarks/relu_split.py --device cuda --timeout 120 \
+    --suites mnist_fc_256x4 mnist_fc_256x6 --match ${STEPS_MATCH:-prop_6_0.03 prop_2_0.05} \
+    --config step_dtype=\$dt disjunct_domains=300 --out $WORK/relu_split_steps_\$dt.jsonl; done"
 # TESTS: test files or node ids to run (default: the whole suite); each failure's traceback goes
 # to $WORK/failures.txt as it happens (tests/conftest.py), so a run cut at its cap keeps them
 GPUOPT_FAILURE_LOG="$WORK/failures.txt" phase tests "${TESTS_CAP:-240}" $PY -m pytest -v -p no:cacheprovider \

@@ -13,6 +13,7 @@ other one), then ``--compare A.jsonl B.jsonl`` prints them side by side: decided
 on the instances both decide, and the ratio of domains per second.
 
     python benchmarks/relu_split.py [--suites mnist_fc_256x4 ...] [--timeout 60] [--limit N] [--out FILE]
+                                    [--device cuda] [--config KEY=VALUE ...]
     python benchmarks/relu_split.py --compare A.jsonl B.jsonl
 """
 
@@ -70,7 +71,7 @@ def split_config(pairs) -> "object":
     return config
 
 
-def run_one(onnx: Path, vnnlib: Path, timeout: float, config=None) -> dict:
+def run_one(onnx: Path, vnnlib: Path, timeout: float, config=None, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
@@ -84,11 +85,11 @@ def run_one(onnx: Path, vnnlib: Path, timeout: float, config=None) -> dict:
     problems = load_instance(onnx, vnnlib)
     status, domains, open_domains, worst, seconds = "unsat", 0, 0, math.inf, 0.0
     for p in problems:  # an instance is unsat when every problem is; sat at the first found
-        lo = torch.tensor(np.asarray(p.region.lower), dtype=torch.float64)[None]
-        hi = torch.tensor(np.asarray(p.region.upper), dtype=torch.float64)[None]
+        lo = torch.tensor(np.asarray(p.region.lower), dtype=torch.float64, device=device)[None]
+        hi = torch.tensor(np.asarray(p.region.upper), dtype=torch.float64, device=device)[None]
         bounds = alpha_crown_bounds(p.network, lo, hi, intermediate_bounds(p.network, lo, hi), steps=20)
         out = ibp(p.network, lo, hi).output
-        y_abs = torch.maximum(out[0].abs(), out[1].abs())[0].numpy()
+        y_abs = torch.maximum(out[0].abs(), out[1].abs())[0].cpu().numpy()
         proof = proof_problem(p, y_abs)
         disjuncts = [(A, b, strict) for (A, b), strict in zip(proof.spec.disjuncts, p.spec.strict)]
         start = time.monotonic()
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
                     help="only the instances whose name contains one of these")
     ap.add_argument("--config", nargs="+", metavar="KEY=VALUE",
                     help="ReluSplitConfig overrides, e.g. steps=20 refine=False")
+    ap.add_argument("--device", default="cpu", help="torch device of the search, e.g. cuda (default cpu)")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two result files side by side")
     args = ap.parse_args(argv)
     if args.compare:
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
                 continue
             ref = reference_side(labels.get((SUITES[suite][2], name), "unknown"))
             rec = {"suite": suite, "instance": name, "rev": rev, "reference": ref, "config": overrides,
-                   **run_one(onnx, vnnlib, args.timeout, config)}
+                   "device": args.device, **run_one(onnx, vnnlib, args.timeout, config, args.device)}
             rec["wrong"] = rec["status"] in ("sat", "unsat") and ref in ("sat", "unsat") and rec["status"] != ref
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
