@@ -84,7 +84,7 @@ import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
 from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation,
-                           _term_count, open_rows, row_selectors, step_torch_dtype, tighten_layer)
+                           _term_count, grad_scale, open_rows, row_selectors, step_torch_dtype, tighten_layer)
 from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -403,7 +403,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         for dst, src in zip(best_alpha + best_beta, keep):
             dst[act] = src.to(dst.dtype)
 
-    last = 0.0
+    last, scale = 0.0, None
     for t in range(1, steps + 1):
         t0 = time.monotonic()
         if act.numel() == 0 or deadline is not None and t0 + last > deadline:
@@ -412,6 +412,9 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
             rows, _ = evaluate(params[:n_a], params[n_a:], pad=False, ctx=ctx, ops_=step_ops if low else ops)
             grads = torch.autograd.grad(rows.amax(dim=1).sum(), params)
         with torch.no_grad():
+            if low:  # narrower steps: each domain's gradients scaled (grad_scale), so g * g cannot overflow
+                scale = grad_scale(grads, 1) if scale is None else scale
+                grads = [g / scale[:, None, None] for g in grads]
             better = rows.amax(dim=1) > top.amax(dim=1)
             top = torch.where(better[:, None], rows.detach(), top)
             for kp, p in zip(keep, params):
@@ -434,6 +437,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
                 params = [p.detach()[stay].requires_grad_(True) for p in params]
                 keep = [k[stay] for k in keep]
                 m1, m2 = [a[stay] for a in m1], [a[stay] for a in m2]
+                scale = None if scale is None else scale[stay]
         last = time.monotonic() - t0
     write_back()
     # the branching scores and the input coefficients at the best parameters

@@ -126,8 +126,9 @@ def _split_case(seed: int):
 
 def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch):
     """Without pruning (every neuron kept) and with it, activation splitting bounds the same
-    domains the same way: the same status, domain count and bounds up to rounding."""
-    config = ReluSplitConfig(batch_size=4, max_domains=400, handoff=8)
+    domains the same way: the same status, domain count and bounds up to rounding (float64 steps:
+    float32 ones round at 1e-7, and their choices then differ by that much)."""
+    config = ReluSplitConfig(batch_size=4, max_domains=400, handoff=8, step_dtype="float64")
     dropped, compared, leaf_count = 0, 0, 0
     for seed in range(16):
         net, lo, hi, disj, b = _split_case(seed)
@@ -156,8 +157,8 @@ def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch)
 
 def test_alpha_crown_gives_the_same_bounds_with_and_without_pruning(monkeypatch):
     """alpha-CROWN on the intermediate layers and on spec rows, over a batch of boxes whose dead
-    neurons differ: the same bounds up to rounding, each box's dropped neurons keep their own
-    bounds, and sampled pre-activations lie inside."""
+    neurons differ: the same bounds up to rounding (float64 steps), each box's dropped neurons keep
+    their own bounds, and sampled pre-activations lie inside."""
     crown_module = importlib.import_module("gpuopt.bounds.crown")  # the module (the package exports the function)
 
     dropped = 0
@@ -170,11 +171,11 @@ def test_alpha_crown_gives_the_same_bounds_with_and_without_pruning(monkeypatch)
         b = crown(net, lo, hi)
         dropped += DeadPruning(net, b.pre_activation).dropped
         C = torch.tensor(rng.normal(size=(2, 2)))
-        got = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5)
+        got = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5, step_dtype="float64")
         got_rows = crown_module.alpha_crown_linear_lower(net, lo, hi, C, b, steps=5)
         with monkeypatch.context() as m:
             m.setattr(crown_module, "DeadPruning", _NoPruning)
-            ref = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5)
+            ref = crown_module.alpha_crown_bounds(net, lo, hi, b, steps=5, step_dtype="float64")
             ref_rows = crown_module.alpha_crown_linear_lower(net, lo, hi, C, b, steps=5)
         torch.testing.assert_close(got_rows, ref_rows, rtol=1e-9, atol=1e-9)
         for j, ((gl, gu), (rl, ru), (bl, bu)) in enumerate(zip(got.pre_activation, ref.pre_activation,

@@ -404,6 +404,16 @@ def step_torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def grad_scale(grads, lead: int) -> torch.Tensor:
+    """Per problem (the first ``lead`` dims of every tensor of ``grads``), the largest ``|g|`` over
+    all of them; 1 where that is 0 or not finite. Adam's steps do not change when a problem's
+    gradients are divided by a constant (its epsilon aside), and divided by this scale, taken at
+    the first step, their squares cannot overflow a narrow dtype: in float32 ``g * g`` is ``inf``
+    beyond 1.8e19, and the steps then stop (found with the first layer's weights scaled by 1e20)."""
+    s = torch.stack([g.abs().flatten(lead).amax(dim=-1) for g in grads]).amax(dim=0)
+    return torch.where((s > 0) & torch.isfinite(s), s, torch.ones_like(s))
+
+
 def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops=None):
     """The best lower bound of ``lam @ z_k`` ``(B, m)`` over projected Adam steps on one lower
     slope per (item, row, unstable neuron) of the layers before ``k``, from CROWN's adaptive
@@ -434,7 +444,7 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
     moment1 = [torch.zeros_like(p) for p in params]
     moment2 = [torch.zeros_like(p) for p in params]
     beta1, beta2 = 0.9, 0.999
-    last = 0.0  # the time of the last step: one more must fit before the deadline
+    last, scale = 0.0, None  # the time of the last step: one more must fit before the deadline
     for t in range(1, steps + 1):
         t0 = time.monotonic()
         if deadline is not None and t0 + last > deadline:
@@ -445,6 +455,9 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
             bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, pad=False)
             grads = torch.autograd.grad(bound.sum(), params)
         with torch.no_grad():
+            if step_dtype != final[1].dtype:  # narrower steps: each row's gradients scaled (grad_scale)
+                scale = grad_scale(grads, 2) if scale is None else scale
+                grads = [g / scale[:, :, None] for g in grads]
             better = bound > best
             best = torch.where(better, bound, best)
             for kp, p in zip(keep, params):

@@ -629,6 +629,7 @@ def alpha_crown_rebound(network, x_lower, x_upper, output, *, steps: int = 20, d
     from .base import Bounds
     from .crown import alpha_crown_bounds, crown
 
+    step_torch_dtype(step_dtype)  # a clear error for an unknown name, now rather than at the first call
     lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(1, -1))
     hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(1, -1))
     out = tuple(torch.tensor(np.asarray(a, dtype=np.float64).reshape(1, -1)) for a in output)
