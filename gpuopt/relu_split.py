@@ -343,9 +343,10 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
 
     Returns ``(bound (D,), alpha, beta, scores, widths, coef_x (D, n_in) of the best row)``; ``bound`` is
     the max over rows of the row lower bounds (strictness folded in), the best over the steps.
-    ``step_ops``: the blocks in a narrower dtype (:attr:`ReluSplitConfig.step_dtype`) for the
-    optimisation steps, whose values only choose the multipliers; the bound returned is evaluated
-    in the dtype of ``ops``, with the rounding pads, at the best multipliers found (cast back)."""
+    ``step_ops``: the blocks in the steps' own dtype (:attr:`ReluSplitConfig.step_dtype`, when it
+    is not that of ``ops``) for the optimisation steps, whose values only choose the multipliers;
+    the bound returned is evaluated in the dtype of ``ops``, with the rounding pads, at the best
+    multipliers found (cast back)."""
     D = pre_l[0].shape[0]
     L = len(ops) - 1
     relax = [_relaxation(l, u, op.passthrough) for l, u, op in zip(pre_l, pre_u, ops)]
