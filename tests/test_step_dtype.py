@@ -109,3 +109,17 @@ def test_a_wrong_step_dtype_is_refused_by_name():
     pre = [(l[0].numpy(), u[0].numpy()) for l, u in crown(net, lo_t, hi_t).pre_activation]
     with pytest.raises(InvalidInputError, match="step dtype"):
         milp_refine(net.affine_blocks(), pre, lo, hi, method="split", step_dtype="float8")
+
+
+def test_grad_scale_is_per_problem_and_takes_empty_layers():
+    """The largest |g| per problem over every tensor; a layer whose neurons were all pruned (no
+    column) adds nothing, and a problem with no gradient at all, or only zeros or non-finite ones,
+    gets 1. The CI found the empty layer (a reduction over a zero-size dim) in the refinement."""
+    from gpuopt.bounds.crown import grad_scale
+
+    g1 = torch.tensor([[[1.0, -3.0]], [[0.0, 0.0]], [[float("inf"), 1.0]]], dtype=torch.float32)  # (3, 1, 2)
+    empty = torch.zeros((3, 1, 0), dtype=torch.float32)
+    g2 = torch.tensor([[[2.0]], [[0.0]], [[5.0]]], dtype=torch.float32)
+    assert grad_scale([g1, empty, g2], 1).tolist() == [3.0, 1.0, 1.0]
+    assert grad_scale([empty], 1).tolist() == [1.0, 1.0, 1.0]
+    assert grad_scale([g1, empty], 2).tolist() == [[3.0], [1.0], [1.0]]

@@ -412,7 +412,10 @@ def grad_scale(grads, lead: int) -> torch.Tensor:
     gradients are divided by a constant (its epsilon aside), and divided by this scale, taken at
     the first step, their squares cannot overflow a narrow dtype: in float32 ``g * g`` is ``inf``
     beyond 1.8e19, and the steps then stop (found with the first layer's weights scaled by 1e20)."""
-    s = torch.stack([g.abs().flatten(lead).amax(dim=-1) for g in grads]).amax(dim=0)
+    parts = [g.abs().flatten(lead).amax(dim=-1) for g in grads if g.flatten(lead).shape[-1]]  # layers all pruned: none
+    if not parts:
+        return torch.ones(grads[0].shape[:lead], dtype=grads[0].dtype, device=grads[0].device)
+    s = torch.stack(parts).amax(dim=0)
     return torch.where((s > 0) & torch.isfinite(s), s, torch.ones_like(s))
 
 
