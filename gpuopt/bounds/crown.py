@@ -438,7 +438,8 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
     # slopes per row); the best slopes are bounded once more with the pads, in ops' dtype, at the end
     final, final_ops = (relax, lam, x_mid, x_rad), ops
     step_dtype = lam.dtype if step_ops is None else step_ops[0].bias.dtype
-    if step_dtype != lam.dtype:
+    low = step_dtype != lam.dtype  # the steps in another dtype
+    if low:
         ops = step_ops
         relax = [tuple(t.to(step_dtype) for t in r) for r in relax]
         lam, x_mid, x_rad = lam.to(step_dtype), x_mid.to(step_dtype), x_rad.to(step_dtype)
@@ -460,7 +461,7 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
             bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, pad=False)
             grads = torch.autograd.grad(bound.sum(), params)
         with torch.no_grad():
-            if step_dtype != final[1].dtype:  # narrower steps: each row's gradients scaled (grad_scale)
+            if low:  # steps in another dtype: each row's gradients scaled (grad_scale)
                 scale = grad_scale(grads, 2) if scale is None else scale
                 grads = [g / scale[:, :, None] for g in grads]
             better = bound > best
