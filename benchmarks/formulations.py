@@ -165,51 +165,84 @@ def load_records(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ gpuopt solves
 def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit: float, threshold: float,
-                 constraints=None, start_x=None, accept=None, threads: int = 1) -> dict:
-    """Encode with ``formulation`` (``NAME[+CUTS]``: a formulation, and optionally the cut families
-    of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``) and solve; the
-    record's solver fields, with the LP relaxation's value of the model solved (``root_lp``)."""
+                 constraints=None, start_x=None, accept=None, threads: int = 1, condition_share: float = 0.25) -> dict:
+    """Encode with ``formulation`` (``NAME[+CUTS][:cond]``: a formulation, optionally the cut families
+    of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``, and optionally
+    conditioned as the pipeline's MILP task does it: the MILP alone for its first
+    :data:`gpuopt.engine.tasks.MILP_FIRST_SHARE` of the time, then, if undecided,
+    :func:`gpuopt.bounds.lp.lp_tighten_conditioned` at ``tau = threshold`` in at most
+    ``condition_share`` of the time left and the MILP again on its bounds) and solve; the record's
+    solver fields, with the LP relaxation's value of the model solved (``root_lp``). ``seconds``
+    counts the whole solve, conditioning included."""
+    from gpuopt.bounds.lp import lp_tighten_conditioned
+    from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE
     from gpuopt.milp.cuts import strengthen
     from gpuopt.milp.encode import complete_assignment, encode
     from gpuopt.milp.highs import MilpStatus, SolverConfig, solve_milp
 
+    formulation, conditioned = (formulation[:-5], True) if formulation.endswith(":cond") else (formulation, False)
     formulation, _, cuts = formulation.partition("+")
+    config = SolverConfig(threads=threads)
     t0 = time.monotonic()
-    model = encode(blocks, pre, out, lo, hi, A, b, formulation=formulation, constraints=constraints)
-    cut_info = {}
-    if cuts:  # ideal root rounds get at most a tenth of the budget
-        model, cut_info = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * time_limit,
-                                     config=SolverConfig(threads=threads))
+
+    def build(pre, out):
+        model = encode(blocks, pre, out, lo, hi, A, b, formulation=formulation, constraints=constraints)
+        info = {}
+        if cuts:  # ideal root rounds get at most a tenth of the budget
+            model, info = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * time_limit, config=config)
+        return model, info
+
+    model, cut_info = build(pre, out)
     build_s = time.monotonic() - t0
-    root = solve_milp(model.relaxed(), time_limit=time_limit, threshold=np.inf, config=SolverConfig(threads=threads))
     start = None
     if start_x is not None:
         start = complete_assignment(model, blocks, start_x)
     accepted = {}
 
     def accept_fn(v):
-        ok = accept(v[model.x_index])
+        ok = accept(v[model_now[0].x_index])
         if ok:
-            accepted["x"] = v[model.x_index].copy()
+            accepted["x"] = v[model_now[0].x_index].copy()
         return ok
 
-    res = solve_milp(model, time_limit=time_limit, threshold=threshold, start=start,
-                     accept_solution=None if accept is None else accept_fn,
-                     config=SolverConfig(threads=threads))
+    model_now, first_model = [model], model
+    t_solve = time.monotonic()
+    first = time_limit if not conditioned else min(time_limit, max(MILP_FIRST_SECONDS, MILP_FIRST_SHARE * time_limit))
+    res = solve_milp(model, time_limit=first, threshold=threshold, start=start,
+                     accept_solution=None if accept is None else accept_fn, config=config)
+    cond_rec, nodes = {}, 0
+    if conditioned and not accepted and not res.proves_above(threshold) and time.monotonic() - t_solve < time_limit:
+        end = t_solve + time_limit
+        cond = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, threshold, constraints=constraints,
+                                      deadline=time.monotonic() + condition_share * (end - time.monotonic()), config=config)
+        cond_rec = {"condition_s": cond.seconds, "condition_lps": cond.lps, "condition_tightened": cond.tightened,
+                    "condition_stabilised": cond.stabilised, "condition_empty": cond.empty,
+                    "first_nodes": res.nodes, "first_dual_bound": finite(res.dual_bound)}
+        nodes = res.nodes
+        if not cond.empty:
+            model, _ = build(cond.pre, cond.out)
+            model_now[0] = model
+            res = solve_milp(model, time_limit=max(end - time.monotonic(), 0.01), threshold=threshold,
+                             accept_solution=None if accept is None else accept_fn, config=config)
+    seconds = time.monotonic() - t_solve
+    root = solve_milp(model.relaxed(), time_limit=time_limit, threshold=np.inf, config=config)
     rec = {"status": res.status.value, "raw_status": res.raw_status, "objective": finite(res.objective),
-           "dual_bound": finite(res.dual_bound), "nodes": res.nodes, "seconds": res.seconds, "build_s": build_s,
+           "dual_bound": finite(res.dual_bound), "nodes": res.nodes + nodes, "seconds": seconds, "build_s": build_s,
            "n_vars": model.n_vars, "n_rows": int(model.A.shape[0]), "binaries": model.n_binaries,
            "nnz": int(model.A.nnz), "proof_margin": res.proof_margin, "warnings": list(res.warnings)[:3],
            "root_lp": finite(root.objective) if root.status is MilpStatus.OPTIMAL else None,
-           "root_lp_s": root.seconds, "cuts": {k: v for k, v in cut_info.items() if k != "lp_bounds"}}
+           "root_lp_s": root.seconds, "cuts": {k: v for k, v in cut_info.items() if k != "lp_bounds"}, **cond_rec}
+    if cond_rec.get("condition_empty"):  # no point with margin <= threshold: proven by a Farkas certificate
+        rec.update(status="dual_bound_reached", raw_status="conditioned LP infeasible", dual_bound=threshold,
+                   proof_margin=0.0, objective=None, empty_proof=True)
     gap = res.objective - res.dual_bound
     rec["gap"] = finite(gap) if np.isfinite(res.objective) and np.isfinite(res.dual_bound) else None
     x = accepted.get("x")
-    if x is None and res.solution is not None:
+    if x is None and res.solution is not None and not cond_rec.get("condition_empty"):
         x = res.solution[model.x_index]
     rec["x"] = x
     if start is not None:
-        rec["start_objective"] = float(start @ model.c + model.offset)
+        rec["start_objective"] = float(start @ first_model.c + first_model.offset)
     return rec
 
 
@@ -579,7 +612,7 @@ def run_vnncomp(args, results: Results, formulations: list[str]) -> None:
                                                threshold=args.vnn_threshold,
                                                start_x=(walked["x"] if seeded == WALK else start_x) if seeded else None,
                                                accept=lambda x, pr=disj: check_counterexample(pr, x).ok,
-                                               threads=args.threads)
+                                               threads=args.threads, condition_share=args.condition_share)
                         x = rec.get("x")
                         rec["counterexample"] = None if x is None else bool(check_counterexample(disj, x).ok)
                         rec["instance_counterexample"] = None if x is None else bool(check_counterexample(problem, x).ok)
@@ -634,6 +667,8 @@ def decision(rec: dict, threshold: float, omlt: bool = False) -> str:
     the cutoff), ``timeout`` or ``unknown``."""
     if rec.get("counterexample"):
         return "sat"
+    if rec.get("empty_proof"):  # a conditioned LP infeasible by a checked Farkas certificate
+        return "unsat"
     status, raw = rec["status"], str(rec.get("raw_status", ""))
     dual, obj = rec.get("dual_bound"), rec.get("objective")
     if not omlt:
@@ -934,6 +969,8 @@ def main(argv=None) -> int:
                    help="formulations also run with a MIP start from Relax-and-Walk's best point (default none)")
     g.add_argument("--walk-seconds", type=float, default=5.0,
                    help="Relax-and-Walk's seconds per disjunct for --seeded-walk (default 5)")
+    g.add_argument("--condition-share", type=float, default=0.25, metavar="SHARE",
+                   help="for the NAME:cond variants: the share of the time left that conditioning may take (default 0.25)")
     g.add_argument("--seeded", type=parse_list, default=["bigm"],
                    help="formulations also run with a MIP start from the attack's best point (default bigm; '' none)")
     args = ap.parse_args(argv)
@@ -950,7 +987,7 @@ def main(argv=None) -> int:
 
     for f in formulations + list(args.seeded) + list(args.seeded_walk):
         if f != OMLT:
-            name, _, cuts = f.partition("+")
+            name, _, cuts = f.removesuffix(":cond").partition("+")
             Formulation.parse(name)  # a precise error before any work
             cut_kinds(cuts)
     results = Results(args.results, args.resume)

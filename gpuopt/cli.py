@@ -189,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
                         "implication inequalities between the binaries")
     v.add_argument("--cut-kinds", type=_cuts, default=None, metavar="KINDS",
                    help="add only these valid inequalities (comma-separated: ideal, implication)")
+    v.add_argument("--milp-condition", type=_share, default=None, metavar="SHARE",
+                   help="a MILP not decided in its first seconds tightens its last layer's and outputs' bounds by LP "
+                        "over the points where its disjunct's margin is small, in at most this share of its time "
+                        "left, and starts again on them (0 to 1; 0 is off; default 0.25)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
     v.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,
@@ -484,7 +488,8 @@ def _cmd_verify(args, start_time: float) -> int:
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
                           milp_refine_share=args.milp_refine, **bab,
-                          **({} if args.refine_method is None else {"refine_method": args.refine_method}))
+                          **({} if args.refine_method is None else {"refine_method": args.refine_method}),
+                          **({} if args.milp_condition is None else {"milp_condition_share": args.milp_condition}))
     from .devices import warm_up
     from .engine.stages import attack_device
 

@@ -96,7 +96,10 @@ class VerifyConfig:
     ``"all"``, or a comma-separated choice of ``ideal`` root rounds of ideal-formulation cuts and
     ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
-    the time HiGHS took, and the verdict says how many were. ``milp_refine_share`` > 0 refines
+    the time HiGHS took, and the verdict says how many were. ``milp_condition_share`` > 0: a MILP
+    not decided in its first seconds tightens its last layer's and outputs' bounds by LP over the
+    points where its disjunct's margin is small (in at most that share of its time left) and starts
+    again on them (:func:`gpuopt.engine.tasks.milp_task`). ``milp_refine_share`` > 0 refines
     the intermediate bounds of networks that activation splitting takes by per-neuron proofs
     (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s each) in that share
     of the time left, before splitting, and ends once a short splitting run proves the property
@@ -133,6 +136,7 @@ class VerifyConfig:
     use_lp: bool = True
     lp_share: float = 0.15
     milp_recheck: bool = True
+    milp_condition_share: float = 0.25
     milp_refine_share: float | None = None
     milp_refine_neuron_time: float = 1.0
     milp_refine_probe_share: float = 0.1
@@ -160,7 +164,7 @@ class VerifyConfig:
         if self.alpha_steps < 0:
             raise InvalidInputError(f"`alpha_steps` must be >= 0, got {self.alpha_steps}")
         for name in ("attack_share", "relu_split_share", "walk_share", "lp_share", "milp_refine_share",
-                     "milp_refine_probe_share"):
+                     "milp_refine_probe_share", "milp_condition_share"):
             v = getattr(self, name)
             if v is None and name == "milp_refine_share":
                 continue

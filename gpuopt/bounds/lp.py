@@ -14,6 +14,16 @@ early stop: a wrong dual only weakens it. One HiGHS instance per layer keeps its
 objective to the next (warm starts); LPs stop at the deadline, and what was tightened so far is
 returned (every intermediate state is sound).
 
+**Conditioned on a disjunct** (:func:`lp_tighten_conditioned`). To prove a disjunct
+``{y : A y <= b}`` unreachable it suffices to prove ``max_i (A f(x) - b)_i > tau`` (for a
+``tau >= 0``) on ``S = {x : A f(x) <= b + tau}``: every ``x`` outside ``S`` clears ``tau``
+already. So the LPs may carry the rows ``A y <= b + tau`` too, and the bounds they give hold on
+``S`` only: much tighter near the output when the disjunct is barely unreachable (OBBT with the
+objective cutoff, as MILP solvers do it). A MILP built on them proves the disjunct when its minimum
+clears ``tau`` or less; an LP that is infeasible with these rows, by a checked Farkas certificate,
+proves it at once (``S`` is empty). These bounds are the disjunct's own: no other disjunct and no
+counterexample search may use them as bounds on the box.
+
 Like CROWN and the MILP, the LP bounds the float64 affine blocks
 (:meth:`~gpuopt.network.Network.affine_blocks`); the deviation from the source model is added
 where proofs are made (:func:`gpuopt.check.parameter_deviation`).
@@ -25,13 +35,16 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
+from ..errors import InvalidInputError, SolverError
+from ..milp.cuts import add_rows
 from ..milp.encode import InputConstraints, MilpModel, encode
-from ..errors import SolverError
 from ..milp.highs import SolverConfig, _highspy, _pass_model, _scale
 from ..milp.safe import SafeBounder
 
-__all__ = ["LpSession", "LpTightening", "lp_tighten", "lp_row_bounds"]
+__all__ = ["LpSession", "LpTightening", "ConditionedTightening", "lp_tighten", "lp_tighten_conditioned",
+           "lp_row_bounds"]
 
 
 class LpSession:
@@ -124,8 +137,8 @@ class LpSession:
 @dataclass(frozen=True)
 class LpTightening:
     """The result of :func:`lp_tighten`: ``pre`` (one ``(lower, upper)`` numpy pair per hidden
-    layer, never looser than the input), the LPs solved, the neurons whose bounds moved and those
-    that became stable, the layers finished, and the time taken."""
+    layer, never looser than the input), the LPs solved, the bounds that moved (a neuron's lower
+    and upper count apart), the neurons that became stable, the layers finished, and the time taken."""
 
     pre: list
     lps: int
@@ -150,6 +163,36 @@ def _unstable_order(l: np.ndarray, u: np.ndarray, passthrough) -> np.ndarray:
     return idx[np.argsort(-area, kind="stable")]
 
 
+def _tighten_columns(session: LpSession, cols, order, l: np.ndarray, u: np.ndarray, *, deadline, relu: bool,
+                     farkas: bool = False) -> tuple[bool, int, int, bool]:
+    """Maximise, then minimise, each column ``cols[j]`` (``j`` in ``order``) over ``session``'s LP
+    and narrow ``l[j], u[j]`` in place to the safe bounds (never crossing). ``relu``: a neuron whose
+    upper bound falls to ``<= 0`` is stable and skips its minimum. ``farkas``: an LP without a dual
+    solution is checked for a certificate of infeasibility (:meth:`LpSession.infeasible`), which
+    ends the pass. Returns ``(finished, tightened, stabilised, infeasible)``."""
+    tightened = stabilised = 0
+    for j in order:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False, tightened, stabilised, False
+        upper = -session.minimize([cols[j]], [-1.0], deadline=deadline)  # max v = -min(-v)
+        if farkas and upper == np.inf and session.infeasible():
+            return True, tightened, stabilised, True
+        if upper < u[j]:
+            u[j] = max(upper, l[j])
+            tightened += 1
+        if relu and u[j] <= 0:
+            stabilised += 1
+            continue
+        lower = session.minimize([cols[j]], [1.0], deadline=deadline)
+        if farkas and lower == -np.inf and session.infeasible():
+            return True, tightened, stabilised, True
+        if lower > l[j]:
+            l[j] = min(lower, u[j])
+            tightened += 1
+            stabilised += int(relu and l[j] >= 0)
+    return True, tightened, stabilised, False
+
+
 def lp_tighten(blocks, pre, x_lower, x_upper, *, constraints: InputConstraints | None = None,
                deadline: float | None = None, config: SolverConfig = SolverConfig(),
                first_layer: int | None = None) -> LpTightening:
@@ -172,30 +215,81 @@ def lp_tighten(blocks, pre, x_lower, x_upper, *, constraints: InputConstraints |
         model = encode(blocks[:k + 1], pre[:k], (l, u), x_lower, x_upper, np.eye(1, l.size), [0.0],
                        constraints=constraints).relaxed()
         session = LpSession(model, config=config)
-        y = model.y_index
-        finished = True
-        for j in order:
-            if deadline is not None and time.monotonic() >= deadline:
-                finished = False
-                break
-            upper = -session.minimize([y[j]], [-1.0], deadline=deadline)  # max z_j = -min(-z_j)
-            if upper < u[j]:
-                u[j] = max(upper, l[j])
-                tightened += 1
-            if u[j] <= 0:
-                stabilised += 1
-                continue
-            lower = session.minimize([y[j]], [1.0], deadline=deadline)
-            if lower > l[j]:
-                l[j] = min(lower, u[j])
-                tightened += 1
-                stabilised += int(l[j] >= 0)
+        finished, moved, stable, _ = _tighten_columns(session, model.y_index, order, l, u, deadline=deadline, relu=True)
+        tightened += moved
+        stabilised += stable
         lps += session.lps
         done += int(finished)
         if not finished:
             break
     return LpTightening(pre=pre, lps=lps, tightened=tightened, stabilised=stabilised, layers_done=done,
                         seconds=time.monotonic() - t0)
+
+
+@dataclass(frozen=True)
+class ConditionedTightening:
+    """The result of :func:`lp_tighten_conditioned`: ``pre`` and ``out`` (never looser than the
+    input), which hold on ``S`` (module docstring) only; ``empty``: an LP with the disjunct's rows is
+    infeasible by a checked Farkas certificate, so ``S`` is empty and the disjunct's margin exceeds
+    ``tau`` on the whole region; the LPs solved, the bounds that moved (a neuron's lower and upper
+    count apart), the neurons that became stable, the layers finished, and the time taken."""
+
+    pre: list
+    out: tuple
+    empty: bool
+    lps: int
+    tightened: int
+    stabilised: int
+    layers_done: int
+    seconds: float
+
+
+def lp_tighten_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, tau: float, *, depth: int = 1,
+                           constraints: InputConstraints | None = None, deadline: float | None = None,
+                           config: SolverConfig = SolverConfig()) -> ConditionedTightening:
+    """Tighten the bounds of the last ``depth`` hidden layers' unstable neurons and of the outputs
+    over ``S = {x in region : A f(x) <= b + tau}`` (``tau >= 0``; see the module docstring): each
+    layer's LP is the whole network's, with the rows ``A y <= b + tau`` (their right-hand side
+    rounded up) and the bounds tightened so far, the widest triangles first; until ``deadline``.
+    Every state it stops in is sound on ``S``."""
+    t0 = time.monotonic()
+    A = np.atleast_2d(np.asarray(A, dtype=np.float64))
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    tau = float(tau)
+    if not (np.isfinite(tau) and tau >= 0):
+        raise InvalidInputError(f"`tau` must be finite and >= 0 (bounds on S prove margins of at most tau), got {tau!r}")
+    if int(depth) < 0:
+        raise InvalidInputError(f"`depth` must be >= 0, got {depth!r}")
+    pre = [(np.array(l, dtype=np.float64).reshape(-1), np.array(u, dtype=np.float64).reshape(-1)) for l, u in pre]
+    out = tuple(np.array(a, dtype=np.float64).reshape(-1) for a in out_bounds)
+    rhs = np.nextafter(b + tau, np.inf)  # b + tau rounded up: S only grows
+    lps = tightened = stabilised = done = 0
+    empty = False
+    n_hidden = len(pre)
+    for k in list(range(max(n_hidden - int(depth), 0), n_hidden)) + [n_hidden]:  # then the outputs
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        hidden = k < n_hidden
+        l, u = pre[k] if hidden else out
+        order = _unstable_order(l, u, blocks[k].passthrough) if hidden else np.arange(l.size)
+        if not order.size:
+            done += 1
+            continue
+        model = encode(blocks, pre, out, x_lower, x_upper, A, b, constraints=constraints).relaxed()
+        r, c = np.nonzero(A)
+        model = add_rows(model, sp.csr_matrix((A[r, c], (r, model.y_index[c])), shape=(A.shape[0], model.n_vars)), rhs)
+        session = LpSession(model, config=config)
+        cols = model.layers[k][0] if hidden else model.y_index
+        finished, moved, stable, empty = _tighten_columns(session, cols, order, l, u, deadline=deadline, relu=hidden,
+                                                          farkas=True)
+        lps += session.lps
+        tightened += moved
+        stabilised += stable
+        done += int(finished)
+        if empty or not finished:
+            break
+    return ConditionedTightening(pre=pre, out=out, empty=empty, lps=lps, tightened=tightened, stabilised=stabilised,
+                                 layers_done=done, seconds=time.monotonic() - t0)
 
 
 def lp_row_bounds(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, constraints: InputConstraints | None = None,

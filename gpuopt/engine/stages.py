@@ -724,7 +724,8 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
             seed = start if n is None or start is None or _in_region(item.network, start, region) else None
             specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk,
                                               region, (ly, uy), seed, threshold, unchecked, config.solver,
-                                              config.formulation, config.cuts, config.milp_recheck),
+                                              config.formulation, config.cuts, config.milp_recheck,
+                                              config.milp_condition_share),
                                   label, {"problem": i, "disjunct": k, "leaf": n}))
     return specs
 

@@ -241,8 +241,15 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
             "start": start, "end": time.time()}
 
 
+#: with conditioning on, the MILP first runs alone for this share of the time left (at least
+#: :data:`MILP_FIRST_SECONDS`; both 0: not at all): a disjunct it decides quickly does not wait for
+#: the LPs
+MILP_FIRST_SHARE = 0.1
+MILP_FIRST_SECONDS = 5.0
+
+
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
-              cuts, recheck, budget: float, submitted: float) -> dict:
+              cuts, recheck, condition_share: float, budget: float, submitted: float) -> dict:
     """The MILP (``formulation``, see :mod:`gpuopt.milp.encode`; with ``cuts``, strengthened by
     :func:`gpuopt.milp.cuts.strengthen`) of one disjunct ``{y : A y <= b}`` (proof rows) over the problem's box with
     the given pre-activation and output bounds, seeded with ``start_x``. Returns ``kind``:
@@ -251,9 +258,22 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     With ``recheck``, a proof is re-checked independently (:func:`gpuopt.milp.recheck.recheck_milp`,
     safe dual bounds only) in at most the time HiGHS took: ``rechecked`` says whether it was. A
     proof the re-check did not confirm must clear ``unchecked`` (at least ``threshold``; see
-    :func:`gpuopt.milp.highs.unchecked_floor`), else it is ``unknown``."""
+    :func:`gpuopt.milp.highs.unchecked_floor`), else it is ``unknown``.
+
+    ``condition_share`` > 0: when the MILP has not decided in its first
+    :data:`MILP_FIRST_SHARE` of the time, the last hidden layer's and the outputs' bounds are
+    tightened by LP over the points where the disjunct's margin is at most ``tau = unchecked``
+    (:func:`gpuopt.bounds.lp.lp_tighten_conditioned`), in at most that share of the time left, and
+    the MILP starts again on them. Every point outside that set clears ``tau``, which is at least
+    either threshold, so a proof on the conditioned model proves the disjunct (its ``lb`` is then
+    at most ``tau``); an LP with a certified empty set proves it outright, on safe dual bounds
+    (``rechecked``; ``conditioned``: what the conditioning did)."""
     start = time.time()
     _setup()
+    from dataclasses import replace
+
+    import numpy as np
+
     from ..check import check_counterexample
     from ..errors import SolverError
     from ..milp.encode import complete_assignment, encode
@@ -291,11 +311,44 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         return out
     if not recheck:  # HiGHS's word alone: it must clear the floor of its tolerances
         threshold = unchecked
+    ceiling = np.inf  # the largest margin a proof may claim (tau, once the bounds are conditioned)
     try:
-        res = solve_milp(model, time_limit=min(left, 1e7), threshold=threshold, start=mip_start,
-                         accept_solution=accept, config=solver_config, deadline=deadline)
+        first = left if condition_share <= 0 else min(left, max(MILP_FIRST_SECONDS, MILP_FIRST_SHARE * left))
+        res = None if first <= 0 else \
+            solve_milp(model, time_limit=min(first, 1e7), threshold=threshold, start=mip_start, accept_solution=accept,
+                       config=solver_config, deadline=min(deadline, time.monotonic() + first))
+        if not found and (res is None or not res.proves_above(threshold)) and condition_share > 0 \
+                and deadline > time.monotonic():
+            from ..bounds.lp import lp_tighten_conditioned
+
+            nodes = 0 if res is None else res.nodes
+            tau = float(unchecked)
+            cond = lp_tighten_conditioned(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, tau,
+                                          deadline=time.monotonic() + condition_share * (deadline - time.monotonic()),
+                                          config=solver_config)
+            out["conditioned"] = {"lps": cond.lps, "tightened": cond.tightened, "stabilised": cond.stabilised,
+                                  "empty": cond.empty, "seconds": cond.seconds}
+            if cond.empty:  # no point has a margin of at most tau: proven on a Farkas certificate
+                out.update(kind="proven", lb=tau, nodes=nodes, raw_status="conditioned LP infeasible", rechecked=True,
+                           end=time.time())
+                return out
+            ceiling = tau
+            model = encode(blocks, cond.pre, cond.out, problem.region.lower, problem.region.upper, A, b,
+                           formulation=formulation)
+            if cuts:
+                from ..milp.cuts import strengthen
+
+                model, _ = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * (deadline - time.monotonic()),
+                                      config=solver_config)
+            # the best point's margin may exceed tau: outside the conditioned model, so no start
+            res = solve_milp(model, time_limit=min(max(deadline - time.monotonic(), 0.01), 1e7), threshold=threshold,
+                             accept_solution=accept, config=solver_config, deadline=deadline)
+            res = replace(res, nodes=res.nodes + nodes)
     except SolverError as exc:  # e.g. a coefficient of 1e15 or more: the item goes on without this MILP
         out.update(kind="unknown", note=f"no MILP: {exc}", end=time.time())
+        return out
+    if res is None:  # no first run, and no time left for the conditioning
+        out.update(kind="timeout", note="no time left for the MILP", end=time.time())
         return out
     out.update(nodes=res.nodes, raw_status=res.raw_status)
     if not found and res.solution is not None:
@@ -306,7 +359,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     if found:
         out.update(kind="sat", **found)
     elif res.proves_above(threshold):
-        out.update(kind="proven", lb=res.dual_bound - res.proof_margin)
+        out.update(kind="proven", lb=min(res.dual_bound - res.proof_margin, ceiling))
         if recheck:  # the independent re-check, in at most the time HiGHS took (and the time left)
             from ..milp.recheck import recheck_milp
 
