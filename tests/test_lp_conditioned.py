@@ -366,15 +366,20 @@ def test_past_deadline_returns_the_input_bounds():
         assert np.array_equal(l, l0) and np.array_equal(u, u0)
 
 
-def test_any_deadline_leaves_sound_bounds():
-    """Deadlines that cut the pass at various points: whatever came back is sound on S and
-    never looser."""
+def _median_row_case():
+    """Case 2 with the disjunct ``y_1 <= median`` (tau 0.1): the blocks, box and bounds, 5000
+    samples' pre-activations and outputs, the row, and which samples lie in S."""
     rng, net, lo, hi, pre, out = _case(2)
-    blocks = net.affine_blocks()
     _, zs, y = _samples(rng, net, lo, hi, 5000)
     A = np.eye(3)[[1]]
     b = np.median(y[:, 1], keepdims=True)
-    keep = y[:, 1] <= b[0] + 0.1
+    return net.affine_blocks(), lo, hi, pre, out, zs, y, A, b, y[:, 1] <= b[0] + 0.1
+
+
+def test_any_deadline_leaves_sound_bounds():
+    """Deadlines that cut the pass at various points: whatever came back is sound on S and
+    never looser."""
+    blocks, lo, hi, pre, out, zs, y, A, b, keep = _median_row_case()
     for budget in (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2):
         res = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, 0.1, depth=2,
                                      deadline=time.monotonic() + budget)
@@ -391,12 +396,7 @@ def test_deadline_stops_the_pass_and_every_partial_state_is_sound(monkeypatch):
 
     import gpuopt.bounds.lp as lp_module
 
-    rng, net, lo, hi, pre, out = _case(2)
-    blocks = net.affine_blocks()
-    _, zs, y = _samples(rng, net, lo, hi, 5000)
-    A = np.eye(3)[[1]]
-    b = np.median(y[:, 1], keepdims=True)
-    keep = y[:, 1] <= b[0] + 0.1
+    blocks, lo, hi, pre, out, zs, y, A, b, keep = _median_row_case()
     full = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, 0.1, depth=2)
     assert full.layers_done == 3 and full.lps > 10
     ticks = iter(range(10**9))
