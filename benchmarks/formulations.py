@@ -173,7 +173,9 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     :func:`gpuopt.bounds.lp.lp_tighten_conditioned` at ``tau = threshold`` in at most
     ``condition_share`` of the time left and the MILP again on its bounds) and solve; the record's
     solver fields, with the LP relaxation's value of the model solved (``root_lp``). ``seconds``
-    counts the whole solve, conditioning included."""
+    counts the whole solve, conditioning included. A conditioned record's ``dual_bound`` holds
+    where the margin is at most ``tau`` (every other point clears ``tau``): it decides the sign,
+    but the disjunct's proven bound is ``min(dual_bound - proof_margin, tau)``."""
     from gpuopt.bounds.lp import lp_tighten_conditioned
     from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE
     from gpuopt.milp.cuts import strengthen
@@ -215,7 +217,7 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
         end = t_solve + time_limit
         cond = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, threshold, constraints=constraints,
                                       deadline=time.monotonic() + condition_share * (end - time.monotonic()), config=config)
-        cond_rec = {"condition_s": cond.seconds, "condition_lps": cond.lps, "condition_tightened": cond.tightened,
+        cond_rec = {"tau": threshold, "condition_s": cond.seconds, "condition_lps": cond.lps, "condition_tightened": cond.tightened,
                     "condition_stabilised": cond.stabilised, "condition_empty": cond.empty,
                     "first_nodes": res.nodes, "first_dual_bound": finite(res.dual_bound)}
         nodes = res.nodes

@@ -125,3 +125,18 @@ def test_verify_with_conditioning_matches_enumeration(seed, offset):
 def test_bad_condition_share_is_refused(share):
     with pytest.raises(InvalidInputError, match="milp_condition_share"):
         VerifyConfig(milp_condition_share=share)
+
+
+def test_overflowing_spec_skips_conditioning_instead_of_raising(conditioning_first):
+    """A spec whose scale overflows float64 makes the thresholds infinite: no tau to condition on,
+    so the task goes on without it (``unknown``/``timeout``), as with conditioning off."""
+    net, lo, hi, a, m0, pre, out = _case(0)
+    A, b = np.array([[1e300, 1e300, 0.0]]), np.array([-1e300])
+    problem = Problem(net, Box(lo, hi), OutputSpec([(A, b)], net.output_size))
+    config = SolverConfig()
+    # the scale over outputs of 1e10 overflows, as in proof_thresholds on such a spec
+    threshold, unchecked = proof_thresholds(A, b, out[0] * 1e10, out[1] * 1e10, 1e-6, 1e-5, config)
+    assert not np.isfinite(unchecked)
+    value = tasks.milp_task(network_ref(net), _problem_data(problem), A, b, pre, out, None, threshold, unchecked,
+                            config, "bigm", False, True, 0.5, 10.0, time.time())
+    assert value["kind"] in ("unknown", "timeout") and "conditioned" not in value, value

@@ -317,8 +317,9 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         res = None if first <= 0 else \
             solve_milp(model, time_limit=min(first, 1e7), threshold=threshold, start=mip_start, accept_solution=accept,
                        config=solver_config, deadline=min(deadline, time.monotonic() + first))
+        # (an overflowing spec has no finite tau: nothing to condition on)
         if not found and (res is None or not res.proves_above(threshold)) and condition_share > 0 \
-                and deadline > time.monotonic():
+                and np.isfinite(unchecked) and deadline > time.monotonic():
             from ..bounds.lp import lp_tighten_conditioned
 
             nodes = 0 if res is None else res.nodes
