@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--milp-condition", type=_share, default=None, metavar="SHARE",
                    help="a MILP not decided in its first seconds tightens its last layer's and outputs' bounds by LP "
                         "over the points where its disjunct's margin is small, in at most this share of its time "
-                        "left, and starts again on them (0 to 1; 0 is off; default 0.25)")
+                        "left, and starts again on them (0 to 1; default 0, off)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
     v.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,

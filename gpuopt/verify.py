@@ -96,10 +96,11 @@ class VerifyConfig:
     ``"all"``, or a comma-separated choice of ``ideal`` root rounds of ideal-formulation cuts and
     ``implication`` inequalities between the binaries); with ``milp_recheck`` each MILP proof is
     re-checked by a branch and bound of safe dual bounds (:mod:`gpuopt.milp.recheck`) in at most
-    the time HiGHS took, and the verdict says how many were. ``milp_condition_share`` > 0: a MILP
-    not decided in its first seconds tightens its last layer's and outputs' bounds by LP over the
-    points where its disjunct's margin is small (in at most that share of its time left) and starts
-    again on them (:func:`gpuopt.engine.tasks.milp_task`). ``milp_refine_share`` > 0 refines
+    the time HiGHS took, and the verdict says how many were. ``milp_condition_share`` > 0 (0, off,
+    by default: on the mnist_fc MILPs it decided nothing more, see the README): a MILP not decided
+    in its first seconds tightens its last layer's and outputs' bounds by LP over the points where
+    its disjunct's margin is small (in at most that share of its time left) and starts again on
+    them (:func:`gpuopt.engine.tasks.milp_task`). ``milp_refine_share`` > 0 refines
     the intermediate bounds of networks that activation splitting takes by per-neuron proofs
     (:mod:`gpuopt.bounds.milp_refine`, at most ``milp_refine_neuron_time`` s each) in that share
     of the time left, before splitting, and ends once a short splitting run proves the property
@@ -136,7 +137,7 @@ class VerifyConfig:
     use_lp: bool = True
     lp_share: float = 0.15
     milp_recheck: bool = True
-    milp_condition_share: float = 0.25
+    milp_condition_share: float = 0.0
     milp_refine_share: float | None = None
     milp_refine_neuron_time: float = 1.0
     milp_refine_probe_share: float = 0.1
