@@ -52,6 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--milp-refine-probe", type=float, default=None, metavar="SHARE",
                     help="with --milp-refine: activation splitting's share before the refinement (0: none, so that "
                          "the refinement runs on every case splitting has not closed)")
+    ap.add_argument("--milp-condition", type=float, default=None, metavar="SHARE",
+                    help="condition every MILP's bounds on its disjunct in this share of its time left, with no "
+                         "MILP run before it (gpuopt.engine.tasks.milp_task; MILP_FIRST_SHARE and "
+                         "MILP_FIRST_SECONDS set to 0 in this process, which runs the tasks inline)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -77,6 +81,11 @@ def main(argv=None) -> int:
         config = replace(config, milp_refine_share=args.milp_refine)  # a share outside [0, 1] is refused here
     if args.milp_refine_probe is not None:
         config = replace(config, milp_refine_probe_share=args.milp_refine_probe)
+    if args.milp_condition is not None:
+        from gpuopt.engine import tasks
+
+        config = replace(config, milp_condition_share=args.milp_condition)  # a share outside [0, 1] is refused here
+        tasks.MILP_FIRST_SHARE = tasks.MILP_FIRST_SECONDS = 0.0
     outcomes, cases_info, ref_seconds = [], [], 0.0
     t0 = time.monotonic()
     for seed in range(args.seed, args.seed + args.cases):
