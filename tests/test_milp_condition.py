@@ -89,7 +89,7 @@ def test_unreachable_disjunct_is_proven_by_the_empty_lp(seed, conditioning_first
     interval_min = float(Ap @ out[0] + An @ out[1])  # below every point's a f(x), so the LP's too
     value, _, tau = _task(net, lo, hi, a, interval_min - 1.0, pre, out, condition_share=1.0)
     assert value["kind"] == "proven", value
-    assert value["conditioned"]["empty"] and value["nodes"] == 0 and value["rechecked"]
+    assert value["conditioned"]["empty"] and value["nodes"] == 0 and value["farkas"]
     assert value["lb"] == tau
     assert m0 - (interval_min - 1.0) > tau  # the claim is true
 
@@ -143,3 +143,31 @@ def test_overflowing_spec_skips_conditioning_instead_of_raising(conditioning_fir
     value = tasks.milp_task(network_ref(net), _problem_data(problem), A, b, pre, out, None, threshold, unchecked,
                             config, "bigm", False, True, 0.5, 10.0, time.time())
     assert value["kind"] in ("unknown", "timeout") and "conditioned" not in value, value
+
+
+def test_verdict_names_the_farkas_proofs(conditioning_first):
+    """End to end, a disjunct that interval bounds leave open but whose conditioned LP is empty is
+    proven by the certificate alone, and the verdict says so."""
+    from gpuopt.bounds import ibp
+    from gpuopt.bounds.lp import lp_row_bounds
+
+    for seed in range(6):
+        net, lo, hi, a, m0, _, _ = _case(seed)
+        b = ibp(net, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))
+        pre = [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation]
+        out = (b.output[0][0].numpy(), b.output[1][0].numpy())
+        Ap, An = np.maximum(a, 0), np.minimum(a, 0)
+        interval_min = float(Ap @ out[0] + An @ out[1])
+        lp_min = float(lp_row_bounds(net.affine_blocks(), pre, out, lo, hi, a[None], np.zeros(1))[0])
+        if lp_min - interval_min > 0.2:  # room between what intervals and the LP prove
+            break
+    else:
+        pytest.fail("no case where the LP proves more than interval bounds")
+    rhs = lp_min - 0.1  # the LP (so the conditioned one too) is infeasible below its minimum
+    assert interval_min < rhs < m0
+    spec = OutputSpec([(a[None], np.array([rhs]))], 3)
+    config = VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_relu_split=False,
+                          use_crown=False, alpha_steps=0, use_walk=False, use_lp=False, milp_condition_share=1.0)
+    v = verify(net, Box(lo, hi), spec, timeout=60, config=config)
+    assert v.status.value == "unsat" and v.decided_by == "milp", v
+    assert "1 by a conditioned LP's Farkas certificate" in v.message, v.message

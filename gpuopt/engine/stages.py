@@ -751,6 +751,7 @@ def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
                 _close(item, *ik, notes["leaf_lb"][ik])
         notes["proven"] = notes.get("proven", 0) + 1
         notes["rechecked"] = notes.get("rechecked", 0) + bool(value.get("rechecked"))
+        notes["farkas"] = notes.get("farkas", 0) + bool(value.get("farkas"))
     elif value["kind"] == "timeout":
         item.decide(Status.TIMEOUT, message=value["note"] + _split_progress(item))
     else:  # another disjunct may still hold a counterexample: go on
@@ -775,12 +776,15 @@ def finish_milp(item: ItemState) -> str:
         unproven = [f"problem {i} disjunct {k} not proven" for i, k in sorted(item.open)]
         item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven) + _split_progress(item))
         return "open"
-    proven, rechecked = notes.get("proven", 0), notes.get("rechecked", 0)
+    proven, rechecked, farkas = notes.get("proven", 0), notes.get("rechecked", 0), notes.get("farkas", 0)
+    # a conditioned LP's Farkas certificate rests on safe bounds alone, as the re-check does
+    by_lp = f", {farkas} by a conditioned LP's Farkas certificate on safe bounds" if farkas else ""
     if item.config.milp_recheck:
-        how = (f"{rechecked} of {proven} proofs re-checked independently by safe-bound branch and bound; the "
+        how = (f"{rechecked} of {proven} proofs re-checked independently by safe-bound branch and bound{by_lp}; the "
                "others rest on HiGHS's tree within its tolerance margin")
     else:
-        how = "the proofs rest on HiGHS's tree within its tolerance margin; re-check off"
+        how = (f"{farkas} of {proven} proofs by a conditioned LP's Farkas certificate on safe bounds, the others"
+               if farkas else "the proofs") + " rest on HiGHS's tree within its tolerance margin; re-check off"
     leaves = notes.get("leaves_proven", 0)
     on = f", {leaves} of them on leaves activation splitting left" if leaves else ""
     item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",

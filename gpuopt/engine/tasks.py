@@ -267,7 +267,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     the MILP starts again on them. Every point outside that set clears ``tau``, which is at least
     either threshold, so a proof on the conditioned model proves the disjunct (its ``lb`` is then
     at most ``tau``); an LP with a certified empty set proves it outright, on safe dual bounds
-    (``rechecked``; ``conditioned``: what the conditioning did)."""
+    (``farkas``; ``conditioned``: what the conditioning did)."""
     start = time.time()
     _setup()
     from dataclasses import replace
@@ -330,7 +330,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
             out["conditioned"] = {"lps": cond.lps, "tightened": cond.tightened, "stabilised": cond.stabilised,
                                   "empty": cond.empty, "seconds": cond.seconds}
             if cond.empty:  # no point has a margin of at most tau: proven on a Farkas certificate
-                out.update(kind="proven", lb=tau, nodes=nodes, raw_status="conditioned LP infeasible", rechecked=True,
+                out.update(kind="proven", lb=tau, nodes=nodes, raw_status="conditioned LP infeasible", farkas=True,
                            end=time.time())
                 return out
             ceiling = tau
