@@ -635,3 +635,20 @@ def test_a_wrong_step_dtype_is_refused_by_the_cli(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["verify", str(tiny), str(spec), "--step-dtype", "float16"])
     assert "--step-dtype" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, want", [([], 0.0), (["--milp-condition", "0.3"], 0.3), (["--milp-condition", "0"], 0.0)])
+def test_milp_condition_option_reaches_the_config(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30"] + extra) == 0
+    assert seen["config"].milp_condition_share == want
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "some"])
+def test_milp_condition_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(tiny), str(spec), "--milp-condition", value])
+    assert exc.value.code == 2
+    assert "--milp-condition" in capsys.readouterr().err
