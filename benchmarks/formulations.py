@@ -201,13 +201,13 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
         start = complete_assignment(model, blocks, start_x)
     accepted = {}
 
-    def accept_fn(v):
-        ok = accept(v[model_now[0].x_index])
+    def accept_fn(v):  # (every model here has its inputs in the same columns)
+        ok = accept(v[model.x_index])
         if ok:
-            accepted["x"] = v[model_now[0].x_index].copy()
+            accepted["x"] = v[model.x_index].copy()
         return ok
 
-    model_now, first_model = [model], model
+    first_model = model
     t_solve = time.monotonic()
     first = time_limit if not conditioned else min(time_limit, max(MILP_FIRST_SECONDS, MILP_FIRST_SHARE * time_limit))
     res = solve_milp(model, time_limit=first, threshold=threshold, start=start,
@@ -217,13 +217,12 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
         end = t_solve + time_limit
         cond = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, threshold, constraints=constraints,
                                       deadline=time.monotonic() + condition_share * (end - time.monotonic()), config=config)
-        cond_rec = {"tau": threshold, "condition_s": cond.seconds, "condition_lps": cond.lps, "condition_tightened": cond.tightened,
-                    "condition_stabilised": cond.stabilised, "condition_empty": cond.empty,
+        cond_rec = {"tau": threshold, "condition_s": cond.seconds, "condition_lps": cond.lps,
+                    "condition_tightened": cond.tightened, "condition_stabilised": cond.stabilised, "condition_empty": cond.empty,
                     "first_nodes": res.nodes, "first_dual_bound": finite(res.dual_bound)}
         nodes = res.nodes
         if not cond.empty:
             model, _ = build(cond.pre, cond.out)
-            model_now[0] = model
             res = solve_milp(model, time_limit=max(end - time.monotonic(), 0.01), threshold=threshold,
                              accept_solution=None if accept is None else accept_fn, config=config)
     seconds = time.monotonic() - t_solve

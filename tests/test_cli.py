@@ -613,12 +613,13 @@ def test_run_milp_refine_option_reaches_every_item(extra, want, tiny, tmp_path, 
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half", "autoo", ""])
-def test_milp_refine_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--milp-refine", "--milp-condition"])
+def test_share_options_refuse_a_share_outside_0_1(option, value, tiny, tmp_path, capsys):
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
     with pytest.raises(SystemExit) as exc:
-        main(["verify", str(tiny), str(spec), "--milp-refine", value])
+        main(["verify", str(tiny), str(spec), option, value])
     assert exc.value.code == 2
-    assert "--milp-refine" in capsys.readouterr().err
+    assert option in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, want", [([], "float32"), (["--step-dtype", "float64"], "float64"),
@@ -644,11 +645,3 @@ def test_milp_condition_option_reaches_the_config(extra, want, tiny, tmp_path, m
     assert main(["verify", str(tiny), str(spec), "--timeout", "30"] + extra) == 0
     assert seen["config"].milp_condition_share == want
 
-
-@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "some"])
-def test_milp_condition_option_refuses_a_share_outside_0_1(value, tiny, tmp_path, capsys):
-    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
-    with pytest.raises(SystemExit) as exc:
-        main(["verify", str(tiny), str(spec), "--milp-condition", value])
-    assert exc.value.code == 2
-    assert "--milp-condition" in capsys.readouterr().err
