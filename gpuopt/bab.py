@@ -116,7 +116,11 @@ class SplitResult:
     proven disjunct bound over closed sub-boxes (a certificate strength indicator);
     ``closed_fraction`` the share of the input box's volume (over its non-degenerate dimensions)
     in sub-boxes where every disjunct was proven unreachable: the anytime answer of a search
-    that ran out of time (1 when ``unsat``); ``milp_boxes`` the sub-boxes closed by MILP."""
+    that ran out of time (1 when ``unsat``); ``milp_boxes`` the sub-boxes closed by MILP;
+    ``open_lower`` a lower bound of every searched disjunct's margin over the whole input box: the
+    least of the closed sub-boxes' proven bounds and the open ones' last bounds (a box not yet
+    bounded has its parent's), ``-inf`` before the first bounding; the anytime bound of a search
+    that ran out of time or boxes (``margin_lower`` when ``unsat``)."""
 
     status: str
     counterexample: np.ndarray | None
@@ -124,6 +128,7 @@ class SplitResult:
     margin_lower: float
     closed_fraction: float = 0.0
     milp_boxes: int = 0
+    open_lower: float = -math.inf
 
 
 def _max_of_affine_lower(rows: torch.Tensor, coef: torch.Tensor, rad: torch.Tensor, steps: int = 30):
@@ -191,9 +196,10 @@ def _cat_bounds(parts: list, sizes: list) -> Bounds | None:
 
 class _BoxStack:
     """Sub-boxes waiting to be bounded, as chunks ``(lower, upper, open-disjunct mask, bounds known
-    to hold on them or None, their own bounding results or None, age)``; :meth:`pop` takes boxes
-    from the top and copies only those. A box's age counts the splits its line had while already
-    small enough for the MILP (:func:`_milp_leaves`)."""
+    to hold on them or None, their own bounding results or None, age, floor)``; :meth:`pop` takes
+    boxes from the top and copies only those. A box's age counts the splits its line had while
+    already small enough for the MILP (:func:`_milp_leaves`); its floor is a lower bound of its
+    open disjuncts' margins (its parent's weakest open bound; ``-inf`` when none is known)."""
 
     def __init__(self):
         self._chunks: list = []
@@ -202,13 +208,19 @@ class _BoxStack:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, lo, hi, mask, prior, done=None, age=None):
+    def push(self, lo, hi, mask, prior, done=None, age=None, floor=None):
         """``done``: ``(bounds, rows, coefficients, disjunct bounds)`` already computed for these
-        boxes (with ``prior``), so that they are not bounded again; ``age`` (default 0) per box."""
+        boxes (with ``prior``), so that they are not bounded again; ``age`` (default 0) and
+        ``floor`` (default ``-inf``) per box."""
         if lo.shape[0]:
             age = torch.zeros(lo.shape[0], dtype=torch.int64) if age is None else age
-            self._chunks.append((lo, hi, mask, None if done is not None else prior, done, age))
+            floor = torch.full((lo.shape[0],), -math.inf, dtype=torch.float64) if floor is None else floor
+            self._chunks.append((lo, hi, mask, None if done is not None else prior, done, age, floor))
             self._size += lo.shape[0]
+
+    def floor(self) -> float:
+        """The least floor of the boxes on the stack (``inf`` when it is empty)."""
+        return min((float(c[6].min()) for c in self._chunks), default=math.inf)
 
     def pop(self, n: int) -> list:
         """The top ``n`` boxes, as chunks in the stack's order (the top box last)."""
@@ -233,9 +245,9 @@ def _result_rows(results, index):
 
 def _rows_of(chunk, index):
     """The boxes ``index`` of a stack chunk."""
-    lo, hi, mask, prior, done, age = chunk
+    lo, hi, mask, prior, done, age, floor = chunk
     return (lo[index], hi[index], mask[index], None if prior is None else prior.select(index),
-            None if done is None else _result_rows(done, index), age[index])
+            None if done is None else _result_rows(done, index), age[index], floor[index])
 
 
 def _bound_chunks(chunks, bound_boxes, deadline):
@@ -358,7 +370,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     K_all = problem.spec.n_disjuncts
     kept = list(range(K_all)) if open_disjuncts is None else sorted(open_disjuncts)
     if not kept:
-        return SplitResult("unsat", None, 0, math.inf, 1.0)
+        return SplitResult("unsat", None, 0, math.inf, 1.0, open_lower=math.inf)
     A_pad, b_pad = problem.spec.padded(dtype=torch.float64)
     A_pad, b_pad = A_pad[kept], b_pad[kept]
     K, M, n_out = A_pad.shape
@@ -409,9 +421,9 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     t_start, milp_spent = time.monotonic(), [0.0, 0, 0]  # MILP seconds, boxes tried, boxes closed
     while len(stack):
         if deadline is not None and time.monotonic() > deadline:
-            return SplitResult("timeout", None, boxes, proven, closed_volume, milp_spent[2])
+            return SplitResult("timeout", None, boxes, proven, closed_volume, milp_spent[2], min(proven, stack.floor()))
         if len(stack) > config.max_boxes:
-            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2])
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2], min(proven, stack.floor()))
         # pop up to batch_size boxes from the top of the stack
         take = min(config.batch_size, len(stack))
         if per_box > 0:
@@ -502,7 +514,8 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         mid = (lo[ar, dim] + hi[ar, dim]) / 2
         if not ((mid > lo[ar, dim]) & (mid < hi[ar, dim])).all():
             # a box too thin to halve in floating point that bounds cannot close
-            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2])
+            return SplitResult("unknown", None, boxes, proven, closed_volume, milp_spent[2],
+                               min(proven, stack.floor(), float(dmask.amin())))
         lo2, hi1 = lo.clone(), hi.clone()
         hi1[torch.arange(n), dim] = mid
         lo2[torch.arange(n), dim] = mid
@@ -512,6 +525,7 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         else:
             left = right = None
         age = torch.where(small, age + 1, torch.zeros_like(age))
-        stack.push(lo, hi1, mask, bnd if keep else None, left, age)
-        stack.push(lo2, hi, mask, bnd if keep else None, right, age)
-    return SplitResult("unsat", None, boxes, proven, 1.0, milp_spent[2])
+        floor = dmask.amin(dim=1)  # the halves' margins are at least their parent's bound
+        stack.push(lo, hi1, mask, bnd if keep else None, left, age, floor)
+        stack.push(lo2, hi, mask, bnd if keep else None, right, age, floor)
+    return SplitResult("unsat", None, boxes, proven, 1.0, milp_spent[2], proven)

@@ -15,14 +15,15 @@ the time budget, each feeding the next:
 3. **Relax-and-Walk** (:mod:`gpuopt.milp.walk`) from those points and the LP relaxation: the last
    step inside a linear region;
 4. **input splitting** (:func:`gpuopt.bab.input_split`, networks with at most 16 inputs over a
-   box): proves ``c^T f(x) + d < best + tol / 2`` on the whole box, or finds a better point and
-   tries again from it;
+   box): proves ``c^T f(x) + d < best + tol / 2`` on the whole box, or finds a better point, walks
+   from it and tries again;
 5. **MILP** (HiGHS, the chosen formulation) seeded with the best point: better points and the
    proven bound.
 
 Every reported value is the float64 forward pass of the network at a point inside the region
-(``best_value``); ``upper_bound`` is sound: the least of the CROWN bound and the MILP's dual bound
-less HiGHS's tolerance margin (:class:`~gpuopt.milp.highs.MilpResult`), both widened by the
+(``best_value``); ``upper_bound`` is sound: the least of the CROWN bound, input splitting's (the
+least bound of its open sub-boxes, when it runs out of time) and the MILP's dual bound less HiGHS's
+tolerance margin (:class:`~gpuopt.milp.highs.MilpResult`), each widened by the
 deviation of the MILP's composed float64 weights from the network's
 (:func:`gpuopt.check.parameter_deviation`). ``status`` is ``optimal`` when
 ``upper_bound - best_value <= atol + rtol |best_value|`` (``1e-4`` each by default: HiGHS's
@@ -335,6 +336,25 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
             offer(s, "attack")
         stage_seconds["attack"] = time.monotonic() - t
 
+    # the MILP model (the walk solves its region LPs from it too)
+    blocks = network.affine_blocks()
+    model = None
+    if not done() and left() > 0:
+        model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
+                       constraints=cons)
+    def walk(walk_starts) -> None:
+        """Relax-and-Walk from ``walk_starts`` in ``walk_share`` of the time left."""
+        t = time.monotonic()
+        res = relax_and_walk(model, blocks, starts=walk_starts, constraints=cons,
+                             deadline=time.monotonic() + walk_share * left(), config=WalkConfig())
+        offer(res.x, "walk")
+        stage_seconds["walk"] = stage_seconds.get("walk", 0.0) + time.monotonic() - t
+
+    # 3. Relax-and-Walk (before input splitting: the walk reaches the top of a point's linear
+    # regions in a few LPs, where input splitting, which cannot end before the time does on most
+    # networks, would only climb by its counterexamples)
+    if model is not None and not done() and left() > 0:
+        walk(([best["x"]] if best["x"] is not None else []) + starts)
     # few inputs: input splitting proves c^T f(x) + d < best + tol/2, or finds a better point
     # (then again from it); for such networks it closes what the MILP cannot (ACAS Xu)
     if network.input_size <= SPLIT_MAX_INPUTS and G is None and not isinstance(region, L1Ball):
@@ -352,26 +372,20 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
                 upper = min(upper, target + 4 * np.finfo(np.float64).eps * (abs(target) + abs(d)) + dev_c)
                 break
             if res.status != "sat":
+                # out of time or boxes: the margin target - d - c^T f(x) is at least open_lower
+                # on the whole box, so c^T f(x) + d <= target - open_lower
+                m = res.open_lower
+                if math.isfinite(m):
+                    upper = min(upper, target - m + 4 * np.finfo(np.float64).eps * (abs(target) + abs(d) + abs(m))
+                                + dev_c)
                 break
             offer(res.counterexample, "input_split")
             if best["value"] <= v:  # no progress in float64: leave it to the MILP
                 break
+            if model is not None and not done() and left() > 0:  # the top of the new point's regions
+                walk([best["x"]])
         stage_seconds["input_split"] = time.monotonic() - t
 
-    # the MILP model (the walk solves its region LPs from it too)
-    blocks = network.affine_blocks()
-    model = None
-    if not done() and left() > 0:
-        model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
-                       constraints=cons)
-    # 3. Relax-and-Walk
-    if model is not None and not done() and left() > 0:
-        t = time.monotonic()
-        walk_starts = ([best["x"]] if best["x"] is not None else []) + starts
-        res = relax_and_walk(model, blocks, starts=walk_starts, constraints=cons,
-                             deadline=time.monotonic() + walk_share * left(), config=WalkConfig())
-        offer(res.x, "walk")
-        stage_seconds["walk"] = time.monotonic() - t
     # 4. MILP
     milp_info = None
     if model is not None and not done() and left() > 0:

@@ -21,6 +21,7 @@ from gpuopt.bab import SplitConfig, input_split
 from gpuopt.bounds import Bounds, crown, ibp
 
 from gpuopt.errors import InvalidInputError
+from gpuopt.specs import OutputSpec
 
 from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, one_torch_thread,  # noqa: F401
                      random_dense_network, shifted_problem)
@@ -192,16 +193,19 @@ def _id_bounds(ids):
 def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
     """Chunks with bounds, without, and with their own bounding results, popped in sizes that
     split chunks: every popped box keeps its own data, last pushed first, nothing is lost, and
-    only the boxes without results are bounded (once, with their own inherited bounds)."""
+    only the boxes without results are bounded (once, with their own inherited bounds). Each box
+    keeps its floor (``-inf`` when pushed without one), and the stack's floor is the least left."""
     stack = bab_module._BoxStack()
-    kinds = []
+    kinds, floors = [], []
     for n, kind in [(3, "none"), (4, "prior"), (1, "done"), (5, "none"), (2, "prior"), (3, "done"), (2, "done")]:
         ids = torch.arange(len(kinds), len(kinds) + n, dtype=torch.float64)
         lo = torch.stack([ids, -ids], 1)
         prior = _id_bounds(ids)[0] if kind != "none" else None
         done = _id_bounds(ids) if kind == "done" else None
-        stack.push(lo, lo + 1, torch.ones((n, 1), dtype=torch.bool), prior, done)
+        floor = None if kind == "none" else 7.5 - ids  # -inf for the boxes pushed without one
+        stack.push(lo, lo + 1, torch.ones((n, 1), dtype=torch.bool), prior, done, floor=floor)
         kinds += [kind] * n
+        floors += [-math.inf] * n if floor is None else floor.tolist()
     stack.push(torch.zeros((0, 2)), torch.zeros((0, 2)), torch.zeros((0, 1), dtype=torch.bool), None)
     assert len(stack) == len(kinds) == 20
     bounded = []
@@ -218,8 +222,11 @@ def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
 
     order = []
     for n in [2, 6, 1, 4, 2, 5]:
+        left = floors[: len(stack)]  # the boxes still on the stack (the first pushed)
+        assert stack.floor() == min(left)
         chunks = stack.pop(n)
         lo = torch.cat([c[0] for c in chunks])
+        assert torch.cat([c[6] for c in chunks]).tolist() == [floors[int(i)] for i in lo[:, 0].tolist()]
         assert lo.shape == (n, 2) and torch.equal(torch.cat([c[1] for c in chunks]), lo + 1)
         ids = lo[:, 0].tolist()
         assert ids == sorted(ids)  # the stack's order is kept inside a batch
@@ -229,6 +236,31 @@ def test_box_stack_pops_from_the_top_and_keeps_each_box_with_its_bounds():
         assert torch.equal(bnd.output[1], want[0].output[1])
         assert torch.equal(rows, want[1]) and torch.equal(coef, want[2]) and torch.equal(disj, want[3])
         order += ids[::-1]
-    assert len(stack) == 0
+    assert len(stack) == 0 and stack.floor() == math.inf
     assert order == [float(i) for i in range(19, -1, -1)]  # last pushed, first popped
     assert sorted(bounded) == [float(i) for i, k in enumerate(kinds) if k != "done"]
+
+
+@pytest.mark.parametrize("seed", [0, 3, 6, 7, 9, 12, 15])
+def test_an_unfinished_search_bounds_every_margin_from_below(seed):
+    """A search stopped by its box limit reports ``open_lower``: at most the exact least margin,
+    over the box, of every disjunct (brute force; the disjuncts are shifted to hold by different
+    margins, so a bound taken from the wrong disjunct shows); finite once a box was bounded; and
+    with more boxes it rises above the root's bound. (These seeds' roots are left open.)"""
+    net, region, spec = _split_case(seed)
+    box = region.to_box()
+    minima = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct
+    deltas = 0.02 + 0.3 * np.arange(spec.n_disjuncts)
+    spec = OutputSpec([(A, b + (m - d)) for (A, b), m, d in zip(spec.disjuncts, minima, deltas)], spec.n_outputs)
+    problem = Problem(net, region, spec)
+    found = {}
+    for max_boxes in (1, 8, 64):
+        res = input_split(problem, config=SplitConfig(batch_size=2, attack_boxes=0, max_boxes=max_boxes))
+        assert res.status in ("unsat", "unknown"), res
+        assert res.open_lower <= deltas.min() + 1e-9, (max_boxes, res)
+        assert math.isfinite(res.open_lower)
+        if res.status == "unsat":
+            assert res.open_lower == res.margin_lower > 0
+        found[max_boxes] = (res.status, res.open_lower)
+    assert found[1][0] == "unknown", found
+    assert found[64][1] > found[1][1], found

@@ -238,3 +238,44 @@ def test_optimize_cli_cut_options(extra, tmp_path, capsys, monkeypatch):
     assert main(["optimize", str(onnx_path), str(spec), "--maximize", "Y_0 - Y_1", "--timeout", "20"] + extra) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "optimal"
     assert seen == ["all" if extra == ["--cuts"] else "implication"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_input_splitting_cut_short_still_bounds_the_maximum(seed, monkeypatch):
+    """Input splitting that runs out of boxes still bounds the maximum by the least bound of its
+    open sub-boxes: never below the exact maximum (brute force), and below the root's bound. (The
+    MILP is refused here, so the bound is input splitting's.)"""
+    import functools
+    import importlib
+
+    from gpuopt.errors import SolverError
+    from gpuopt.specs import OutputSpec
+
+    from helpers import brute_force_min_margin
+
+    bab_module = importlib.import_module("gpuopt.bab")
+    highs_module = importlib.import_module("gpuopt.milp.highs")
+
+    def refuse(*args, **kwargs):
+        raise SolverError("refused in this test")
+
+    monkeypatch.setattr(highs_module, "solve_milp", refuse)
+    rng = np.random.default_rng(300 + seed)
+    net = random_dense_network(rng, 4, [12, 10], 3)
+    lo = rng.normal(size=4)
+    hi = lo + rng.uniform(0.5, 1.5, size=4)
+    c = rng.normal(size=3)
+    exact = -float(brute_force_min_margin(net, lo, hi, OutputSpec([(-c[None], np.zeros(1))], 3)).per_disjunct[0])
+    real, found = bab_module.SplitConfig, {}
+    for max_boxes in (1, 4, 64):
+        monkeypatch.setattr(bab_module, "SplitConfig", functools.partial(real, max_boxes=max_boxes))
+        res = optimize(net, Box(lo, hi), c, timeout=60, seed=seed)
+        assert "input_split" in res.stage_seconds
+        assert exact - 1e-9 <= res.upper_bound and res.best_value <= exact + 1e-9, (res, exact)
+        if res.status != "optimal":
+            assert res.milp["status"] == "refused"
+        found[max_boxes] = (res.status, res.upper_bound)
+    assert found[1][0] == "timeout", found  # the root alone leaves the bound open
+    assert found[64][1] < found[1][1], found
+    if found[4][0] == "timeout":  # cut short after 4 boxes (seed 1): their bounds already tighten it
+        assert found[4][1] < found[1][1], found

@@ -5,6 +5,7 @@ counterexample that is not one; most cases decided. Then the stage in the pipeli
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -39,6 +40,19 @@ def _case(seed: int, conv: bool = False):
     return net, lo, hi, OutputSpec(disj, 2)
 
 
+@functools.lru_cache(maxsize=None)
+def _minima(seed: int, conv: bool):
+    net, lo, hi, spec = _case(seed, conv)
+    return brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+
+
+def _solved_case(seed: int, conv: bool = False):
+    """A fresh ``_case(seed, conv)`` (a network caches its operators) and its exact per-disjunct
+    minima by brute force, computed once per worker: several tests take the same cases, and a
+    conv case's enumeration takes up to 10 s."""
+    return (*_case(seed, conv), _minima(seed, conv))
+
+
 def _run(net, lo, hi, spec, deadline_s=20.0, config=ReluSplitConfig()):
     problem = Problem(net, Box(lo, hi), spec)
     bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
@@ -60,13 +74,13 @@ def test_verdicts_agree_with_brute_force(conv, sparse, branching, monkeypatch):
         monkeypatch.setattr(LinearOp, "sparse_min_entries", 0)
     decided = total = 0
     for seed in range(12 if not conv else 6):
-        net, lo, hi, spec = _case(seed, conv)
+        net, lo, hi, spec, minima = _solved_case(seed, conv)
         if sparse:
             assert all(op.dense is None for op in net.linear_ops("cpu", torch.float64))
-        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
         for delta in (0.02, 1e-3, -1e-3, -0.02):  # holds by a small margin, or is just violated
             s = shifted_spec(spec, minima, delta)
-            res = _run(net, lo, hi, s, config=ReluSplitConfig(branching=branching, batch_size=4))
+            # (one of the 96 runs takes its whole limit under fsb: 10 s, as 20 s, leaves it open)
+            res = _run(net, lo, hi, s, deadline_s=10.0, config=ReluSplitConfig(branching=branching, batch_size=4))
             total += 1
             for k, closed in enumerate(res.closed):
                 if closed:  # a closed disjunct must be unreachable
@@ -90,8 +104,7 @@ def test_children_bounded_below_their_parent_are_retried():
     with brute force."""
     retried = {0: 0, 10: 0}
     for seed in range(10):
-        net, lo, hi, spec = _case(seed)
-        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        net, lo, hi, spec, minima = _solved_case(seed)
         for delta in (0.01, -0.01):
             s = shifted_spec(spec, minima, delta)
             for steps in retried:
@@ -109,8 +122,7 @@ def test_exact_leaves_decide_properties_a_millionth_from_the_boundary():
     margins of +-1e-6 this decided 14 of 24 cases before, 23 after; never a wrong answer."""
     decided = total = 0
     for seed in range(12):
-        net, lo, hi, spec = _case(seed)
-        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        net, lo, hi, spec, minima = _solved_case(seed)
         for delta in (1e-6, -1e-6):
             res = _run(net, lo, hi, shifted_spec(spec, minima, delta), deadline_s=10)
             total += 1
@@ -261,8 +273,7 @@ def test_given_up_disjuncts_stay_open_and_their_open_bound_holds(cap):
     worst bound of its domains when dropped) is still a lower bound of its true minimum margin."""
     given_up = 0
     for seed in range(12):
-        net, lo, hi, spec = _case(seed)
-        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        net, lo, hi, spec, minima = _solved_case(seed)
         for delta in (0.02, 1e-3, -1e-3):
             res = _run(net, lo, hi, shifted_spec(spec, minima, delta),
                        config=ReluSplitConfig(batch_size=1, selection="fair", disjunct_domains=cap, handoff=64))
@@ -298,8 +309,7 @@ def test_steps_leave_out_the_domains_already_proven(monkeypatch):
 
     monkeypatch.setattr(rs, "_backward", spy)
     for seed in range(12):
-        net, lo, hi, spec = _case(seed)
-        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        net, lo, hi, spec, minima = _solved_case(seed)
         tight = shifted_spec(spec, minima, 1e-3).disjuncts[0]
         far = (np.array([[-1.0, 1.0]]), np.array([-1e6]))  # y0 - y1 >= 1e6: unreachable by far
         step_batches.clear()
