@@ -321,8 +321,29 @@ def _lp(c, A_ub, b_ub, bounds):
     return res
 
 
+_BRUTE_FORCE_CACHE: dict = {}
+
+
 def brute_force_min_margin(network: Network, lower, upper, spec: OutputSpec, *, n_samples: int = 512,
                            seed: int = 0) -> BruteForce:
+    """:func:`enumerate_min_margin`, remembered per test process: many tests enumerate the same
+    cases (a case's enumeration takes up to 10 s). The key is the weights, the box, the spec and
+    the sampling settings, pickled; the result is a fresh copy."""
+    import copy
+    import hashlib
+    import pickle
+
+    key = hashlib.sha256(pickle.dumps((dense_weights(network), np.asarray(lower, dtype=np.float64),
+                                       np.asarray(upper, dtype=np.float64),
+                                       [(np.asarray(A), np.asarray(b)) for A, b in spec.disjuncts],
+                                       n_samples, seed))).digest()
+    if key not in _BRUTE_FORCE_CACHE:
+        _BRUTE_FORCE_CACHE[key] = enumerate_min_margin(network, lower, upper, spec, n_samples=n_samples, seed=seed)
+    return copy.deepcopy(_BRUTE_FORCE_CACHE[key])
+
+
+def enumerate_min_margin(network: Network, lower, upper, spec: OutputSpec, *, n_samples: int = 512,
+                         seed: int = 0) -> BruteForce:
     """``min_{x in box} max_i (A_k f(x) - b_k)_i`` for every disjunct ``k``, exactly (up to LP
     tolerances), for a ``Dense, ReLU, ..., Dense`` network.
 

@@ -5,7 +5,6 @@ counterexample that is not one; most cases decided. Then the stage in the pipeli
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 
@@ -40,17 +39,10 @@ def _case(seed: int, conv: bool = False):
     return net, lo, hi, OutputSpec(disj, 2)
 
 
-@functools.lru_cache(maxsize=None)
-def _minima(seed: int, conv: bool):
-    net, lo, hi, spec = _case(seed, conv)
-    return brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
-
-
 def _solved_case(seed: int, conv: bool = False):
-    """A fresh ``_case(seed, conv)`` (a network caches its operators) and its exact per-disjunct
-    minima by brute force, computed once per worker: several tests take the same cases, and a
-    conv case's enumeration takes up to 10 s."""
-    return (*_case(seed, conv), _minima(seed, conv))
+    """``_case(seed, conv)`` and its exact per-disjunct minima by brute force."""
+    net, lo, hi, spec = _case(seed, conv)
+    return net, lo, hi, spec, brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
 
 
 def _run(net, lo, hi, spec, deadline_s=20.0, config=ReluSplitConfig()):
