@@ -416,9 +416,11 @@ def merge_input_split(item: ItemState, spec: TaskSpec, value: dict) -> None:
                     decided_by="input-split", message=f"input-splitting counterexample after {notes['boxes']} "
                                                       f"boxes, float64 margin {value['margin']:.6g}")
     elif value["kind"] == "timeout":
+        weakest = value.get("open_lower", -math.inf)
         item.decide(Status.TIMEOUT, message=f"input splitting timed out after {notes['boxes']} boxes, with "
                                             f"{value.get('closed_fraction', 0.0):.2%} of problem {spec.meta['problem']}'s "
-                                            "input volume proven safe")
+                                            "input volume proven safe"
+                                            + (f"; its weakest open bound {weakest:.4g}" if math.isfinite(weakest) else ""))
     elif value["kind"] == "unsat":
         for k in spec.meta["disjuncts"]:
             _close(item, spec.meta["problem"], k, value["lb"])

@@ -76,7 +76,7 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_p
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
                       open_disjuncts=disjuncts, milp=box_proof)
     out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
-           "milp_boxes": res.milp_boxes, "start": start}
+           "open_lower": res.open_lower, "milp_boxes": res.milp_boxes, "start": start}
     if res.status == "sat":
         c = check_counterexample(problem, res.counterexample)
         if c.ok:
