@@ -69,6 +69,8 @@ def test_conditioned_milp_agrees_with_enumeration(seed, offset, conditioning_fir
     net, lo, hi, a, m0, pre, out = _case(seed)
     value, problem, tau = _task(net, lo, hi, a, m0 + offset, pre, out, condition_share=0.5)
     assert "conditioned" in value, value
+    # a margin at a point HiGHS returned: never below the least margin over the box, -offset
+    assert value["margin_upper"] is None or value["margin_upper"] >= -offset - 1e-9, value
     if offset < 0:
         assert value["kind"] == "proven", value
         # the certified bound never claims more than the truth, nor more than tau
@@ -99,9 +101,11 @@ def test_conditioning_off_and_on_decide_alike(seed):
     """With the first MILP run in place (the default), the verdicts are those without conditioning."""
     net, lo, hi, a, m0, pre, out = _case(seed)
     for offset in (-0.02, 0.02):
-        kinds = {share: _task(net, lo, hi, a, m0 + offset, pre, out, condition_share=share)[0]["kind"]
-                 for share in (0.0, 0.5)}
+        values = {share: _task(net, lo, hi, a, m0 + offset, pre, out, condition_share=share)[0] for share in (0.0, 0.5)}
+        kinds = {share: v["kind"] for share, v in values.items()}
         assert kinds[0.0] == kinds[0.5] == ("proven" if offset < 0 else "sat"), kinds
+        for v in values.values():
+            assert v["margin_upper"] is None or v["margin_upper"] >= -offset - 1e-9, v
 
 
 def test_no_time_left_is_a_timeout_not_a_crash(conditioning_first):

@@ -323,6 +323,8 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
             from ..bounds.lp import lp_tighten_conditioned
 
             nodes = 0 if res is None else res.nodes
+            if res is not None and res.solution is not None:  # the first run's point bounds the margin from above
+                out["margin_upper"] = check_counterexample(problem, res.solution[model.x_index]).margin
             tau = float(unchecked)
             cond = lp_tighten_conditioned(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, tau,
                                           deadline=time.monotonic() + condition_share * (deadline - time.monotonic()),
@@ -354,7 +356,8 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     out.update(nodes=res.nodes, raw_status=res.raw_status)
     if not found and res.solution is not None:
         c = check_counterexample(problem, res.solution[model.x_index])
-        out["margin_upper"] = c.margin
+        if out["margin_upper"] is None or c.margin < out["margin_upper"]:
+            out["margin_upper"] = c.margin
         if c.ok:
             found.update(x=c.x, y=c.y, margin=c.margin)
     if found:
