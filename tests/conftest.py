@@ -7,6 +7,25 @@ import pytest
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request, monkeypatch):
+    """Every test runs torch on one thread, and so does the CLI, which otherwise gives torch every
+    usable CPU (it owns its process). In a test worker beside another (``pytest -n 2`` on 2
+    cores) more threads oversubscribe the cores, and torch's threads then wait on each other at
+    every small op: a verify that takes 2 s alone took 98 s. A test marked ``all_cpus`` keeps the
+    CLI's own choice. Each test's thread count is restored after it."""
+    import torch
+
+    import gpuopt.cli
+
+    saved = torch.get_num_threads()
+    if request.node.get_closest_marker("all_cpus") is None:
+        monkeypatch.setattr(gpuopt.cli, "_usable_cpus", lambda: 1)
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
     """The read-only third-party benchmark folder ``../shared/benchmarks``; skips when absent."""

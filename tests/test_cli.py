@@ -514,6 +514,7 @@ def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monke
     assert (split.max_input_dim > 16) == (bab == "input")
 
 
+@pytest.mark.all_cpus
 def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, tmp_path):
     from gpuopt.cli import _usable_cpus
 
