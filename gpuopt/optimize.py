@@ -342,6 +342,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     if not done() and left() > 0:
         model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
                        constraints=cons)
+
     def walk(walk_starts) -> None:
         """Relax-and-Walk from ``walk_starts`` in ``walk_share`` of the time left."""
         t = time.monotonic()
