@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 import torch
 from scipy.optimize import linprog
 
@@ -23,7 +22,6 @@ from gpuopt.specs import OutputSpec
 __all__ = [
     "affine_view_forward",
     "onnx_model",
-    "one_torch_thread",
     "random_dense_network",
     "random_conv_network",
     "numpy_forward",
@@ -36,17 +34,6 @@ __all__ = [
     "BruteForce",
     "brute_force_min_margin",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Autouse in every module that imports it: run torch single-threaded. Tiny tensors gain
-    nothing from intra-op threads, and on a busy 2-core machine each multi-threaded op can stall
-    for milliseconds (the default CPU attack on a 10-neuron network then takes seconds)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def affine_view_forward(net, x: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.network import Dense, Network, ReLU
 from gpuopt.specs import OutputSpec, robustness
 
-from helpers import numpy_forward, one_torch_thread, random_dense_network  # noqa: F401 (autouse fixture)
+from helpers import numpy_forward, random_dense_network
 
 FAST = AttackConfig(restarts=16, steps=40, seed=0)
 

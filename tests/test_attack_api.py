@@ -14,7 +14,6 @@ import torch
 import gpuopt
 from gpuopt.errors import InvalidInputError
 
-from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 DUAL = {"linf": 1, "l2": 2, "l1": math.inf}
 

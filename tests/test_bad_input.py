@@ -17,7 +17,6 @@ from gpuopt import Box, LinfBall
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
 from gpuopt.network import Dense, from_torch
-from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers import onnx_model
 
 RNG = np.random.default_rng(0)

@@ -19,8 +19,7 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Network, ReLU
 from gpuopt.specs import OutputSpec
 
-from helpers import (box_points, numpy_forward, one_torch_thread, random_conv_network,  # noqa: F401
-                     random_dense_network, random_spec)
+from helpers import box_points, numpy_forward, random_conv_network, random_dense_network, random_spec
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

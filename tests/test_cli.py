@@ -20,7 +20,6 @@ from gpuopt import from_onnx
 from gpuopt.cli import main
 from gpuopt.errors import GpuoptError
 from gpuopt.io.vnnlib import load_vnnlib
-from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers import onnx_model
 
 

@@ -22,7 +22,7 @@ from gpuopt.specs import OutputSpec
 from exact_reference import (Outcome, cheap_config, default_labels, exact_forward,
                              exact_margin, exact_min_margin, float_above, float_below, lp_minimize,
                              make_case, make_network, run_case, summarize)
-from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import brute_force_min_margin, random_dense_network
 
 F = Fraction
 

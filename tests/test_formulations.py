@@ -20,8 +20,8 @@ from gpuopt.milp.encode import Formulation, InputConstraints, complete_assignmen
 from gpuopt.milp.highs import MilpStatus, solve_milp
 from gpuopt.network import Conv2d, Dense, Flatten, Network, ReLU
 
-from helpers import (box_points, brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, random_spec, to_alternating_dense)
+from helpers import (box_points, brute_force_min_margin, numpy_forward, random_dense_network, random_spec,
+                     to_alternating_dense)
 
 FORMULATIONS = ["bigm", "split", "partition:1", "partition:2", "partition:3:equal_range", "extended"]
 

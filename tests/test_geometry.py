@@ -11,7 +11,6 @@ import torch
 from gpuopt.attacks.geometry import BoxGeometry, L1Geometry, L2Geometry, _project_l1
 from gpuopt.attacks.pgd import checkpoints
 
-from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def _ball(kind, rng, batch=3, n=7, dtype=torch.float64, clip=(0.0, 1.0)):

@@ -37,7 +37,7 @@ from gpuopt.relu_split import ReluSplitConfig
 from gpuopt.network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten,
                             Gather, MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose)
 
-from helpers import affine_view_values, box_points, one_torch_thread, random_dag_network, random_spec  # noqa: F401  (autouse fixture)
+from helpers import affine_view_values, box_points, random_dag_network, random_spec
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

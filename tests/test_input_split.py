@@ -23,8 +23,8 @@ from gpuopt.bounds import Bounds, crown, ibp
 from gpuopt.errors import InvalidInputError
 from gpuopt.specs import OutputSpec
 
-from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_problem)
+from helpers import (box_points, brute_force_min_margin, small_robustness_case, numpy_forward, random_dense_network,
+                     shifted_problem)
 
 crown_module = importlib.import_module("gpuopt.bounds.crown")
 bab_module = importlib.import_module("gpuopt.bab")

@@ -18,7 +18,7 @@ from gpuopt.cli import main
 from gpuopt.milp.encode import encode
 from gpuopt.milp.safe import safe_lower_bound
 
-from helpers import one_torch_thread, random_dense_network  # noqa: F401  (fixture)
+from helpers import random_dense_network
 
 
 def _linprog(c, A, rl, ru, lo, hi):

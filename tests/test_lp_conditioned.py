@@ -24,8 +24,7 @@ from gpuopt.milp.encode import encode
 from gpuopt.milp.highs import MilpStatus, solve_milp
 from gpuopt.specs import OutputSpec
 
-from helpers import (affine_view_values, box_points, brute_force_min_margin, dense_weights,  # noqa: F401
-                     one_torch_thread, random_dense_network)
+from helpers import affine_view_values, box_points, brute_force_min_margin, dense_weights, random_dense_network
 
 WIDTHS = ([8, 8], [6, 10], [10, 6], [9, 7])
 

@@ -24,8 +24,8 @@ from gpuopt.regions import Box
 from gpuopt.relu_split import ReluSplitConfig, _leaf_model, relu_split
 from gpuopt.specs import OutputSpec
 
-from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
-                     check_relu_split, random_dense_network, shifted_spec, two_disjunct_case)
+from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, check_relu_split, random_dense_network,
+                     shifted_spec, two_disjunct_case)
 
 
 def _case(seed: int):

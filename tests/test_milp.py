@@ -19,8 +19,8 @@ from gpuopt.milp import complete_assignment, encode_bigm
 from gpuopt.milp.highs import MilpStatus, solve_milp
 from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
 
-from helpers import (box_points, brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, random_spec, to_alternating_dense)
+from helpers import (box_points, brute_force_min_margin, numpy_forward, random_dense_network, random_spec,
+                     to_alternating_dense)
 
 # (inputs, hidden widths, outputs, rows per disjunct): 2..10 ReLUs in total
 ARCHS = {

@@ -15,8 +15,8 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.network import Network
 from gpuopt.specs import OutputSpec
 
-from helpers import (affine_view_values, brute_force_min_margin, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_problem, small_robustness_case)
+from helpers import (affine_view_values, brute_force_min_margin, random_dense_network, shifted_problem,
+                     small_robustness_case)
 
 
 def _case(seed: int):

@@ -16,7 +16,7 @@ from gpuopt.layers import Dense, ReLU
 from gpuopt.network import Network
 from gpuopt.specs import OutputSpec
 
-from helpers import affine_view_values, brute_force_min_margin, one_torch_thread  # noqa: F401
+from helpers import affine_view_values, brute_force_min_margin
 
 
 def _net(weights):

@@ -33,7 +33,7 @@ from gpuopt.bounds import ibp, intermediate_bounds
 from gpuopt.bounds.milp_refine import milp_refine
 from gpuopt.network import Add, Concat, Dense, ElementwiseAffine, Flatten, MaxPool2d, Network, ReLU
 
-from helpers import affine_view_values, box_points, one_torch_thread, random_dag_network, shifted_spec  # noqa: F401  (autouse fixture)
+from helpers import affine_view_values, box_points, random_dag_network, shifted_spec
 
 
 # ============================================================================ networks

@@ -15,7 +15,7 @@ from gpuopt.network import Dense, Network, ReLU
 from gpuopt.optimize import optimize, parse_objective
 from gpuopt.regions import Box, L1Ball, LinfBall
 
-from helpers import box_points, numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import box_points, numpy_forward, random_dense_network
 from test_cli import _write_tiny_onnx, _write_vnnlib
 
 

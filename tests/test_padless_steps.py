@@ -18,7 +18,7 @@ from gpuopt.regions import Box
 from gpuopt.relu_split import ReluSplitConfig, relu_split
 from gpuopt.specs import OutputSpec
 
-from helpers import numpy_forward, one_torch_thread, random_conv_network, random_dense_network  # noqa: F401
+from helpers import numpy_forward, random_conv_network, random_dense_network
 
 PAD = 10.0
 crown_module = importlib.import_module("gpuopt.bounds.crown")  # the package exports a function of that name

@@ -17,8 +17,7 @@ from gpuopt.bounds.prune import DeadPruning
 from gpuopt.layers import Dense
 from gpuopt.relu_split import ReluSplitConfig, relu_split
 
-from helpers import (affine_view_values, box_points, one_torch_thread, random_conv_network,  # noqa: F401
-                     random_dag_network, random_dense_network)
+from helpers import affine_view_values, box_points, random_conv_network, random_dag_network, random_dense_network
 
 
 def _dag_dense(rng, n_out, n_in):

@@ -14,7 +14,7 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.network import Dense, Network, ReLU
 from gpuopt.specs import robustness
 
-from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import brute_force_min_margin, random_dense_network
 
 
 def _classified(seed, n_in: int, hidden, centre_range=(0.3, 0.7)):

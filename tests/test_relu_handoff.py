@@ -20,8 +20,7 @@ from gpuopt.specs import OutputSpec
 from gpuopt.bab import SplitConfig
 from gpuopt.verify import VerifyConfig, verify
 
-from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, shifted_spec, to_alternating_dense)
+from helpers import brute_force_min_margin, numpy_forward, random_dense_network, shifted_spec, to_alternating_dense
 
 
 def _net_box(seed: int, hidden=(6, 6, 5)):

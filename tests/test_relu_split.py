@@ -20,8 +20,8 @@ from gpuopt.relu_split import BRANCHING, ReluSplitConfig, _fair_order, relu_spli
 from gpuopt.specs import OutputSpec
 from gpuopt.verify import VerifyConfig, verify
 
-from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
-                     random_conv_network, random_dense_network, shifted_spec, to_alternating_dense)
+from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, random_conv_network, random_dense_network,
+                     shifted_spec, to_alternating_dense)
 
 
 def _case(seed: int, conv: bool = False):

@@ -14,7 +14,7 @@ from gpuopt.bounds.rows import row_bounds
 from gpuopt.cli import main
 from gpuopt.errors import InvalidInputError
 
-from helpers import one_torch_thread, random_conv_network, random_dense_network  # noqa: F401
+from helpers import random_conv_network, random_dense_network
 
 
 @pytest.mark.parametrize("seed", range(6))

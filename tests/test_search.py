@@ -18,7 +18,7 @@ from gpuopt.kernels.patterns import pack_and_hash
 from gpuopt.network import Dense, Network, ReLU
 from gpuopt.specs import OutputSpec, robustness
 
-from helpers import one_torch_thread, random_dense_network  # noqa: F401 (autouse fixture)
+from helpers import random_dense_network
 
 
 def _unreachable():

@@ -18,7 +18,7 @@ from gpuopt.optimize import optimize
 from gpuopt.regions import Box
 from gpuopt.specs import robustness
 
-from helpers import numpy_forward, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import numpy_forward, random_dense_network
 from test_radius import _classified, _true_radius
 from test_walk import _model
 

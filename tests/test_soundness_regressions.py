@@ -21,7 +21,6 @@ import gpuopt
 from gpuopt import Status
 
 from exact_reference import exact_forward, exact_min_margin
-from helpers import one_torch_thread  # noqa: F401
 from helpers import onnx_model
 
 onnx = pytest.importorskip("onnx")

@@ -35,8 +35,8 @@ from gpuopt.bounds.base import Bounds
 from gpuopt.bounds.milp_refine import _split_layer, milp_refine
 from gpuopt.relu_split import ReluSplitConfig, _fair_order, relu_split
 
-from helpers import (affine_view_values, box_points, brute_force_min_margin, one_torch_thread,  # noqa: F401
-                     random_conv_network, random_dense_network, shifted_spec, to_alternating_dense)
+from helpers import (affine_view_values, box_points, brute_force_min_margin, random_conv_network,
+                     random_dense_network, shifted_spec, to_alternating_dense)
 from test_milp_refine_exact import _assert_sound, _dyadic, _net
 from test_milp_refine_exact import _pre as _pre_exact
 from test_milp_refine_graph import NETS, _assert_sound_on_points, _box, _check_matching

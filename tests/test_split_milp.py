@@ -24,8 +24,8 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.milp.box import BoxProof, prove_box
 from gpuopt.milp.box import reduce_network as bab_free_reduce
 
-from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread, random_dense_network,  # noqa: F401
-                     shifted_problem, shifted_spec, small_robustness_case)
+from helpers import (brute_force_min_margin, numpy_forward, random_dense_network, shifted_problem, shifted_spec,
+                     small_robustness_case)
 
 #: hand every open sub-box to the MILP at once (no age, no time share)
 EAGER = dict(batch_size=4, attack_boxes=0, milp_unstable=64, milp_min_age=0, milp_share=1.0)

@@ -35,8 +35,7 @@ from gpuopt.errors import InvalidInputError
 from gpuopt.layers import Dense
 from gpuopt.network import AffineBlock, BlockChain, Network
 
-from helpers import (affine_view_values, box_points, one_torch_thread,  # noqa: F401  (autouse fixture)
-                     random_dense_network, shifted_problem, small_robustness_case)
+from helpers import affine_view_values, box_points, random_dense_network, shifted_problem, small_robustness_case
 from test_milp_refine import _case, _exact_range, assert_sound_on_samples
 from test_milp_refine_exact import _assert_sound, _dyadic, _exact_layer, _net
 from test_milp_refine_exact import _pre as _pre_exact

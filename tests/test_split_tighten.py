@@ -22,8 +22,7 @@ from gpuopt.layers import Dense, ReLU
 from gpuopt.network import Network
 from gpuopt.relu_split import ReluSplitConfig, _Domains, _refine, _split_tighten
 
-from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     check_relu_split, random_dense_network, two_disjunct_case)
+from helpers import brute_force_min_margin, numpy_forward, check_relu_split, random_dense_network, two_disjunct_case
 
 
 def _domains(net, lo, hi, signs):

@@ -18,8 +18,7 @@ from gpuopt.bounds.milp_refine import milp_refine
 from gpuopt.errors import InvalidInputError
 from gpuopt.relu_split import ReluSplitConfig
 
-from helpers import (brute_force_min_margin, check_relu_split, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, two_disjunct_case)
+from helpers import brute_force_min_margin, check_relu_split, numpy_forward, random_dense_network, two_disjunct_case
 
 
 def _case(seed):

@@ -23,8 +23,7 @@ from gpuopt.network import Dense, Network
 from gpuopt.relu_split import ReluSplitConfig, relu_split
 from gpuopt.specs import OutputSpec
 
-from helpers import (brute_force_min_margin, numpy_forward, one_torch_thread,  # noqa: F401
-                     random_dense_network, two_disjunct_case)
+from helpers import brute_force_min_margin, numpy_forward, random_dense_network, two_disjunct_case
 
 
 def _first_scaled(net, s):

@@ -16,8 +16,7 @@ from gpuopt.attacks import AttackConfig
 from gpuopt.errors import InvalidInputError
 from gpuopt.network import Dense, Network, ReLU
 
-from helpers import (brute_force_min_margin, numpy_forward, numpy_margin, one_torch_thread,  # noqa: F401
-                     random_dense_network, random_spec)
+from helpers import brute_force_min_margin, numpy_forward, numpy_margin, random_dense_network, random_spec
 
 NEAR_ZERO = 1e-4
 N_CASES = 48

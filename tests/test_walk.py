@@ -17,7 +17,7 @@ from gpuopt.milp.highs import MilpStatus, solve_milp
 from gpuopt.milp.walk import WalkConfig, forward_pattern, relax_and_walk
 from gpuopt.network import Dense, Network, ReLU
 
-from helpers import numpy_forward, one_torch_thread, random_dense_network, random_spec  # noqa: F401
+from helpers import numpy_forward, random_dense_network, random_spec
 
 
 def _model(seed, n_in=3, hidden=(8, 6), rows=1, constraints=None, formulation="bigm"):

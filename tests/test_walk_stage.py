@@ -10,7 +10,7 @@ from gpuopt.check import check_counterexample
 from gpuopt.problem import Problem
 from gpuopt.verdict import Status
 
-from helpers import brute_force_min_margin, one_torch_thread, random_dense_network  # noqa: F401
+from helpers import brute_force_min_margin, random_dense_network
 
 ONLY_WALK = dict(use_attack=False, use_input_split=False, use_relu_split=False, use_milp=False, use_crown=False,
                  alpha_steps=0, walk_share=1.0, use_lp=False)
