@@ -7,6 +7,18 @@ import pytest
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_for_shared_fixtures():
+    """Module- and session-scoped fixtures are built before any test's own fixtures: they run
+    on one torch thread too."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(autouse=True)
 def one_thread(request, monkeypatch):
     """Every test runs torch on one thread, and so does the CLI, which otherwise gives torch every
