@@ -1,4 +1,5 @@
-"""Piecewise-linear ONNX operators imported as exact ReLU graphs: LeakyRelu, PRelu, Clip (ReLU6),
+"""Piecewise-linear ONNX operators (and torch modules and functions) imported as exact ReLU graphs:
+LeakyRelu, PRelu, Clip (ReLU6),
 Abs, HardSigmoid, Max and Min (with constants and between data tensors).
 
 Each is checked against onnxruntime, its affine-block view against the forward pass, CROWN's
@@ -218,3 +219,74 @@ def test_verify_instances_with_piecewise_ops_on_both_sides_of_the_optimum(name, 
             x = np.asarray(verdict.counterexample, dtype=np.float64).reshape(1, -1)
             y = _ort_outputs(model, x)[0]
             assert y[0] - y[1] >= t - 1e-5
+
+
+# ---------------------------------------------------------------------- the same maps from torch models
+class _TorchPiecewise(torch.nn.Module):
+    """Every piecewise-linear module and function the torch importer maps to ReLUs."""
+
+    def __init__(self, n_in, width):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        nn = torch.nn
+        self.l1, self.l2, self.l3 = nn.Linear(n_in, width), nn.Linear(n_in, width), nn.Linear(width, 2)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.8)
+        self.acts = nn.ModuleList([nn.LeakyReLU(0.1), nn.PReLU(width), nn.ReLU6(), nn.Hardtanh(-0.4, 0.7),
+                                   nn.Hardsigmoid()])
+        with torch.no_grad():
+            self.acts[1].weight.copy_(torch.linspace(-0.5, 1.5, width))
+
+    def forward(self, x):
+        h, k = self.l1(x) * 3, self.l2(x) * 3
+        a = self.acts[0](h) + self.acts[1](k) + self.acts[2](h) - self.acts[3](k) + self.acts[4](h)
+        a = a + F.leaky_relu(k, 0.3) + F.relu6(h) - F.hardtanh(k, -0.2, 0.3) + F.hardsigmoid(k)
+        a = a + torch.abs(h) - k.abs() + torch.clamp(h, -0.5, 0.5) + k.clamp(min=0.1) + h.clip(max=0.2)
+        a = a + torch.maximum(h, k) - torch.minimum(h, k) + torch.maximum(h, torch.tensor(0.25))
+        return self.l3(a)
+
+
+F = torch.nn.functional
+
+
+def test_torch_piecewise_modules_and_functions():
+    model = _TorchPiecewise(2, 5).eval()
+    net = gpuopt.from_torch(model, (2,))  # from_torch itself checks the forward on random inputs
+    x = torch.rand(400, 2, dtype=torch.float64) * 8 - 4  # every side of every kink
+    with torch.no_grad():
+        ref = model.double()(x).numpy()
+    assert np.abs(net.forward64(x.numpy()) - ref).max() <= 1e-9 * max(1.0, np.abs(ref).max())
+    from helpers import affine_view_forward
+
+    assert np.abs(affine_view_forward(net, x.numpy()) - ref).max() <= 1e-9 * max(1.0, np.abs(ref).max())
+    # the proven optimum against a dense grid
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 161), np.linspace(-1, 1, 161)), -1).reshape(-1, 2)
+    with torch.no_grad():
+        yg = model(torch.tensor(g)).numpy()
+    res = gpuopt.optimize(net, gpuopt.Box(lo, hi), "Y_0 - Y_1", timeout=30)
+    grid_max = float((yg[:, 0] - yg[:, 1]).max())
+    assert res.upper_bound >= grid_max - 1e-9 and res.status == "optimal"
+    assert res.best_value >= grid_max - 1e-3 * max(1.0, abs(grid_max))
+
+
+def test_torch_piecewise_errors_name_the_node():
+    class DataBound(torch.nn.Module):
+        def forward(self, x):
+            return torch.clamp(x, x * 0.5)
+
+    class Broadcast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return torch.maximum(x, self.lin(x))
+
+    with pytest.raises(UnsupportedLayerError, match=r"node 'clamp'"):
+        gpuopt.from_torch(DataBound(), (3,))
+    with pytest.raises(UnsupportedLayerError, match=r"node 'maximum'"):
+        gpuopt.from_torch(Broadcast(), (3,))
+    with pytest.raises(UnsupportedLayerError, match=r"PReLU with 4 slopes on data of shape \(3,\)"):
+        gpuopt.from_torch(torch.nn.Sequential(torch.nn.PReLU(4)), (3,))

@@ -5,12 +5,14 @@
 tensor methods; each node becomes zero or more layers, and a node that reads several data tensors
 (``x + self.block(x)``, ``torch.cat``) a graph layer. Supported:
 
-* modules: Linear, Conv2d (groups=1, zero padding), ConvTranspose2d (groups=1), ReLU, Flatten,
+* modules: Linear, Conv2d (groups=1, zero padding), ConvTranspose2d (groups=1), ReLU, LeakyReLU,
+  PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs, :mod:`gpuopt.io.piecewise`), Flatten,
   BatchNorm1d/2d (running statistics; folded into the Linear/Conv2d that feeds only it, else an
   elementwise map), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d,
   Identity, Dropout; containers are traced through;
-* functions and methods: relu, add/sub of two data tensors or of a constant, mul/div by a
-  constant, neg, cat, flatten, view/reshape (the batch axis kept, as ``x.size(0)``, ``x.shape[0]``
+* functions and methods: relu, leaky_relu, relu6, hardtanh, hardsigmoid, abs, clamp/clip (constant
+  bounds), maximum/minimum (of two data tensors or with a constant), add/sub of two data tensors
+  or of a constant, mul/div by a constant, neg, cat, flatten, view/reshape (the batch axis kept, as ``x.size(0)``, ``x.shape[0]``
   or ``-1``), max_pool2d/avg_pool2d/adaptive_avg_pool2d, pad (constant), dropout (identity at
   inference), contiguous.
 
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedLayerError
+from . import piecewise
 from .folding import batchnorm_affine, fold_affine
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, MaxPool2d,
                       Pad, ReLU, Reshape)
@@ -88,17 +91,7 @@ class _Tracer:
 
     def const_map(self, node, ref, c, kind):
         """``x * c`` (kind "mul") or ``x + c`` (kind "add") for a constant ``c``: an ElementwiseAffine."""
-        shape = self.shapes[ref]
-        c = np.asarray(c, dtype=np.float64)
-        if c.ndim == len(shape) + 1:
-            if c.shape[0] != 1:
-                raise self.unsupported(node, "a constant that varies along the batch axis")
-            c = c[0]
-        try:
-            if np.broadcast_shapes(c.shape, shape) != tuple(shape):
-                raise ValueError
-        except ValueError:
-            raise self.unsupported(node, f"a constant of shape {c.shape} on data of shape {shape}") from None
+        c = self.per_sample_constant(node, ref, c)
         scale, shift = (c, np.zeros(())) if kind == "mul" else (np.ones(()), c)
         return ("data", self.add(ElementwiseAffine(scale, shift), (ref,), node))
 
@@ -187,6 +180,8 @@ class _Tracer:
                                          mod.dilation), (x,), node)
         elif isinstance(mod, nn.ReLU):
             i = self.add(ReLU(), (x,), node)
+        elif isinstance(mod, (nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)):
+            i = self.piecewise_module(node, mod, x)
         elif isinstance(mod, nn.Flatten):
             if mod.start_dim != 1 or mod.end_dim != -1:
                 refuse("Flatten must flatten dims 1..-1")
@@ -215,11 +210,38 @@ class _Tracer:
         elif isinstance(mod, (nn.Identity, nn.Dropout)):
             i = x
         else:
-            refuse("(supported: Linear, Conv2d, ConvTranspose2d, ReLU, Flatten, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
+            refuse("(supported: Linear, Conv2d, ConvTranspose2d, ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
+                   "Flatten, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
                    "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, and containers)")
         if i != x:
             self.producer[i] = node
         return ("data", i)
+
+    # ------------------------------------------------------------------ piecewise-linear maps
+    def piecewise(self, node, x, terms_const) -> int:
+        """Appends a piecewise-linear map as ReLUs (:mod:`gpuopt.io.piecewise`)."""
+        terms, const = terms_const
+        try:
+            return piecewise.add_relu_terms(lambda layer, inputs: self.add(layer, inputs, node), x, terms, const,
+                                            record=self._record_errors)
+        except ValueError as err:
+            raise self.unsupported(node, str(err)) from None
+
+    def piecewise_module(self, node, mod, x) -> int:
+        nn = torch.nn
+        if isinstance(mod, nn.LeakyReLU):
+            return self.piecewise(node, x, piecewise.leaky_terms(np.asarray(float(mod.negative_slope))))
+        if isinstance(mod, nn.PReLU):
+            w, shape = _np(mod.weight), self.shapes[x]
+            if w.size != 1:
+                if not shape or shape[0] != w.size:
+                    raise self.unsupported(node, f"PReLU with {w.size} slopes on data of shape {shape}")
+                w = w.reshape((w.size,) + (1,) * (len(shape) - 1))
+            return self.piecewise(node, x, piecewise.leaky_terms(w.reshape(()) if w.size == 1 else w))
+        if isinstance(mod, nn.Hardsigmoid):
+            return self.piecewise(node, x, _hardsigmoid_terms())
+        lo, hi = (0.0, 6.0) if isinstance(mod, nn.ReLU6) else (float(mod.min_val), float(mod.max_val))
+        return self.piecewise(node, x, piecewise.clip_terms(np.asarray(lo), np.asarray(hi)))
 
     def batchnorm(self, node, bn, x, users):
         """Folded into the Conv2d/Linear that feeds only it, else an elementwise map; the
@@ -281,6 +303,9 @@ class _Tracer:
             raise self.unsupported(node, "a per-sample size used as a value")
         if name in ("relu", "relu_"):
             return ("data", self.add(ReLU(), (self.data(node, args[0]),), node))
+        if t in (F.leaky_relu, F.relu6, F.hardtanh, F.hardsigmoid, torch.abs, torch.clamp, torch.clip, torch.maximum,
+                 torch.minimum) or (node.op == "call_method" and name in ("abs", "clamp", "clip", "maximum", "minimum")):
+            return self.piecewise_function(node, t, name, args, kwargs)
         if name in ("contiguous", "clone", "detach") or (name == "dropout" and not kwargs.get("training", False)
                                                           and not (len(args) > 2 and args[2])):
             return args[0]
@@ -325,6 +350,58 @@ class _Tracer:
         if t is F.max_pool2d or t is F.avg_pool2d or t is F.adaptive_avg_pool2d or t is F.pad:
             return self.functional_pool(node, t, args, kwargs)
         raise self.unsupported(node, f"{node.op} {name}")
+
+    def piecewise_function(self, node, t, name, args, kwargs):
+        if t in (torch.maximum, torch.minimum) or name in ("maximum", "minimum"):
+            op = "max" if t is torch.maximum or name == "maximum" else "min"
+            a, b = args[0], args[1] if len(args) > 1 else kwargs["other"]
+            if self.is_data(a) and self.is_data(b):
+                if self.shapes[a[1]] != self.shapes[b[1]]:
+                    raise self.unsupported(node, f"{op}imum of data tensors of shapes {self.shapes[a[1]]} and "
+                                                 f"{self.shapes[b[1]]}")
+                return ("data", piecewise.add_pairwise_extreme(lambda layer, inputs: self.add(layer, inputs, node),
+                                                               (a[1], b[1]), op))
+            x, c = (a, b) if self.is_data(a) else (b, a)
+            c = self.per_sample_constant(node, self.data(node, x), c)
+            return ("data", self.piecewise(node, x[1], (piecewise.max_const_terms if op == "max"
+                                                         else piecewise.min_const_terms)(c)))
+        x = self.data(node, args[0])
+        if t is torch.abs or name == "abs":
+            return ("data", self.piecewise(node, x, piecewise.abs_terms()))
+        if t is F.hardsigmoid:
+            return ("data", self.piecewise(node, x, _hardsigmoid_terms()))
+        if t is F.leaky_relu:
+            slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+            return ("data", self.piecewise(node, x, piecewise.leaky_terms(np.asarray(float(slope)))))
+        if t is F.relu6:
+            lo, hi = 0.0, 6.0
+        elif t is F.hardtanh:
+            lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+            hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        else:  # clamp / clip
+            lo = args[1] if len(args) > 1 else kwargs.get("min")
+            hi = args[2] if len(args) > 2 else kwargs.get("max")
+        bounds = []
+        for v in (lo, hi):
+            if v is not None and (self.is_data(v) or np.asarray(v).size != 1):
+                raise self.unsupported(node, f"{name} with a bound that is not a constant number")
+            bounds.append(None if v is None else np.asarray(float(np.asarray(v).reshape(()))))
+        return ("data", self.piecewise(node, x, piecewise.clip_terms(*bounds)))
+
+    def per_sample_constant(self, node, ref, c) -> np.ndarray:
+        """A constant operand without its batch axis, checked to broadcast to the data's shape."""
+        shape = self.shapes[ref]
+        c = np.asarray(c, dtype=np.float64)
+        if c.ndim == len(shape) + 1:
+            if c.shape[0] != 1:
+                raise self.unsupported(node, "a constant that varies along the batch axis")
+            c = c[0]
+        try:
+            if np.broadcast_shapes(c.shape, shape) != tuple(shape):
+                raise ValueError
+        except ValueError:
+            raise self.unsupported(node, f"a constant of shape {c.shape} on data of shape {shape}") from None
+        return c
 
     def binary(self, node, args, kwargs, kind):
         a, b = args[0], args[1]
@@ -402,6 +479,14 @@ class _Tracer:
         if kwargs.get("divisor_override") is not None:
             raise self.unsupported(node, "divisor_override")
         return ("data", self.add(AvgPool2d(kernel, stride, (ph, pw, ph, pw), include), (x,), node))
+
+
+def _hardsigmoid_terms():
+    """torch's ``hardsigmoid(x) = relu6(x + 3) / 6``: ``r relu(x + 3) - r relu(x - 3)`` with
+    ``r = fl(1/6)``, its rounding bounded by one ulp."""
+    r = np.asarray(1.0 / 6.0)
+    err = np.spacing(r)
+    return [piecewise.Term(r, True, b=3.0, scale_err=err), piecewise.Term(-r, True, b=-3.0, scale_err=err)], 0.0
 
 
 def trace_layers(model: torch.nn.Module, shape: tuple[int, ...], prefix) -> tuple[list, list, dict]:

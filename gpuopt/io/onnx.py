@@ -69,7 +69,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
-from .folding import batchnorm_affine, fold_affine, two_prod, two_sum
+from . import piecewise
+from .folding import batchnorm_affine, fold_affine, two_prod
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
 
@@ -782,102 +783,54 @@ class _Importer:
         self._affine(-np.ones(()), np.zeros(()), label, "Neg")
 
     # ------------------------------------------------------------------ piecewise-linear ops as ReLUs
-    def _relu_terms(self, label: str, op: str, terms, const=0.0):
-        """Appends ``y = sum_k s_k * v_k + const`` on the current tensor ``x``, where ``v_k`` is
-        ``x`` (``inner=None``) or ``relu(a_k * x + b_k)`` (``inner=(a_k, b_k)``); ``terms`` is a
-        list of ``(s_k, inner_k)``. Each number is a per-sample array broadcastable to the ONNX
-        shape, with an optional third entry in ``inner`` and ``(s, inner, s_err)``: bounds on how
-        far ``b_k`` and ``s_k`` are from the exact values (kept in ``param_errors``)."""
-        src = self.cur
-        refs = []
+    def _piecewise(self, label: str, op: str, terms_const):
+        """Appends a piecewise-linear map of the current tensor (:mod:`gpuopt.io.piecewise`)."""
+        terms, const = terms_const
 
-        def affine(ref, scale, shift, scale_err=0.0, shift_err=0.0):
-            s = self._to_nshape(np.asarray(scale, dtype=np.float64))
-            t = self._to_nshape(np.asarray(shift, dtype=np.float64))
-            if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))):
-                raise self._invalid(f"node {label!r} (op {op}): a coefficient is NaN or infinite")
-            self.cur = ref
-            self._add(self._append(lambda: ElementwiseAffine(s, t), label, op))
-            es = self._to_nshape(np.broadcast_to(np.abs(np.asarray(scale_err, dtype=np.float64)), s.shape))
-            et = self._to_nshape(np.broadcast_to(np.abs(np.asarray(shift_err, dtype=np.float64)), t.shape))
-            if np.any(es) or np.any(et):
-                self.errors[self.cur] = (es, et)
-            return self.cur
+        def add(layer, inputs):
+            return self._add(layer, inputs)
 
-        for k, term in enumerate(terms):
-            scale, inner = term[0], term[1]
-            scale_err = term[2] if len(term) > 2 else 0.0
-            ref = src
-            if inner is not None:
-                a, b = inner[0], inner[1]
-                b_err = inner[2] if len(inner) > 2 else 0.0
-                if not (np.all(np.asarray(a) == 1) and np.all(np.asarray(b) == 0)):
-                    ref = affine(src, a, b, 0.0, b_err)
-                self.cur = ref
-                ref = self._add(ReLU())
-            shift = const if k == 0 else 0.0
-            if len(terms) > 1 and np.all(np.asarray(scale) == 1) and np.all(np.asarray(shift) == 0) \
-                    and not np.any(scale_err):
-                refs.append(ref)  # the term as it is: no identity layer
-            else:
-                refs.append(affine(ref, scale, shift, scale_err, 0.0))
-        if len(refs) > 1:
-            self.cur = self._add(self._append(lambda: Add(len(refs)), label, op), refs)
+        def record(i, es, et):
+            self.errors[i] = (es, et)
 
-    def _op_Relu6_like(self, label, op, lo, hi):
-        """``clip(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)`` (either side may be None)."""
-        if lo is not None and hi is not None:
-            if np.any(lo > hi):  # ONNX (and numpy's min(max(x, lo), hi)) give hi there
-                lo = np.minimum(lo, hi)
-            self._relu_terms(label, op, [(1.0, (1.0, -lo)), (-1.0, (1.0, -hi))], const=lo)
-        elif lo is not None:
-            self._relu_terms(label, op, [(1.0, (1.0, -lo))], const=lo)
-        elif hi is not None:
-            self._relu_terms(label, op, [(1.0, None), (-1.0, (1.0, -hi))])
+        try:
+            self.cur = piecewise.add_relu_terms(add, self.cur, terms, const, convert=self._to_nshape, record=record)
+        except ValueError as err:
+            raise self._invalid(f"node {label!r} (op {op}): {err}") from None
+
+    def _data_first(self, node, label, op):
+        if node.input[0] != self.current:
+            raise self._unsupported(label, op, "the data must be the first input")
 
     def _op_Clip(self, node, label, attrs):
-        if node.input[0] != self.current:
-            raise self._unsupported(label, "Clip", "the data must be the first input")
+        self._data_first(node, label, "Clip")
         if self.opset is not None and self.opset < 11:
-            lo, hi = attrs.get("min"), attrs.get("max")
-            lo = None if lo is None else np.asarray(float(lo))
-            hi = None if hi is None else np.asarray(float(hi))
+            lo, hi = (None if attrs.get(k) is None else np.asarray(float(attrs[k])) for k in ("min", "max"))
         else:
-            if len(node.input) > 1 and node.input[1] and node.input[1] not in self.consts:
-                raise self._unsupported(label, "Clip", "a bound that is not a constant")
             lo = self._weight(node, label, 1, required=False)
             hi = self._weight(node, label, 2, required=False)
         for name, v in (("min", lo), ("max", hi)):
             if v is not None and v.size != 1:
                 raise self._invalid(f"node {label!r} (op Clip): {name} must be a scalar, got shape {v.shape}")
-        self._op_Relu6_like(label, "Clip", None if lo is None else lo.reshape(()), None if hi is None else hi.reshape(()))
-
-    def _leaky(self, label, op, alpha):
-        """``alpha x + (1 - alpha) relu(x)``: one ReLU per element; ``1 - alpha`` is rounded at
-        most once, and its error is kept."""
-        beta, err = two_sum(np.ones_like(alpha), -alpha)
-        self._relu_terms(label, op, [(alpha, None), (beta, (1.0, 0.0), err)])
+        self._piecewise(label, "Clip", piecewise.clip_terms(None if lo is None else lo.reshape(()),
+                                                            None if hi is None else hi.reshape(())))
 
     def _op_LeakyRelu(self, node, label, attrs):
-        self._leaky(label, "LeakyRelu", np.asarray(float(attrs.get("alpha", 0.01))))
+        self._piecewise(label, "LeakyRelu", piecewise.leaky_terms(np.asarray(float(attrs.get("alpha", 0.01)))))
 
     def _op_PRelu(self, node, label, attrs):
-        if node.input[0] != self.current:
-            raise self._unsupported(label, "PRelu", "the data must be the first input")
+        self._data_first(node, label, "PRelu")
         if len(node.input) != 2:
             raise self._invalid(f"node {label!r} (op PRelu) must have two inputs")
         slope = self._per_sample_const(self._weight(node, label, 1), label, "PRelu")
-        self._leaky(label, "PRelu", slope)
+        self._piecewise(label, "PRelu", piecewise.leaky_terms(slope))
 
     def _op_Abs(self, node, label, attrs):
-        self._relu_terms(label, "Abs", [(-1.0, None), (2.0, (1.0, 0.0))])  # |x| = 2 relu(x) - x
+        self._piecewise(label, "Abs", piecewise.abs_terms())
 
     def _op_HardSigmoid(self, node, label, attrs):
-        """``max(0, min(1, alpha x + beta)) = relu(alpha x + beta) - relu(alpha x + beta - 1)``."""
-        alpha = np.asarray(float(attrs.get("alpha", 0.2)))
-        beta = np.asarray(float(attrs.get("beta", 0.5)))
-        b1, err = two_sum(beta, -np.ones_like(beta))
-        self._relu_terms(label, "HardSigmoid", [(1.0, (alpha, beta)), (-1.0, (alpha, b1, err))])
+        alpha, beta = (np.asarray(float(attrs.get(k, v))) for k, v in (("alpha", 0.2), ("beta", 0.5)))
+        self._piecewise(label, "HardSigmoid", piecewise.hard_sigmoid_terms(alpha, beta))
 
     def _extreme_const(self, node, label, op):
         """The elementwise max (``Max``) or min (``Min``) of a node's constant operands, or None."""
@@ -891,49 +844,28 @@ class _Importer:
             out = reduce(out, c)
         return out
 
-    def _max_min_const(self, label, op, c):
-        """``max(x, c) = c + relu(x - c)``, ``min(x, c) = x - relu(x - c)``."""
-        if op == "Max":
-            self._relu_terms(label, op, [(1.0, (1.0, -c))], const=c)
-        else:
-            self._relu_terms(label, op, [(1.0, None), (-1.0, (1.0, -c))])
+    def _max_min_const(self, node, label, op):
+        c = self._extreme_const(node, label, op)
+        if c is not None:
+            self._piecewise(label, op, (piecewise.max_const_terms if op == "Max" else piecewise.min_const_terms)(c))
 
     def _op_Max(self, node, label, attrs):
-        c = self._extreme_const(node, label, "Max")
-        if c is not None:
-            self._max_min_const(label, "Max", c)
+        self._max_min_const(node, label, "Max")
 
     def _op_Min(self, node, label, attrs):
-        c = self._extreme_const(node, label, "Min")
-        if c is not None:
-            self._max_min_const(label, "Min", c)
+        self._max_min_const(node, label, "Min")
 
     def _multi_extreme(self, node, label, op, data_ins):
-        """``max(p, q) = q + relu(p - q)`` and ``min(p, q) = p - relu(p - q)``, folded over the
-        data operands (of one shape), then the constant operands as in :meth:`_max_min_const`."""
+        """The data operands (of one shape) folded pairwise, then the constant ones."""
         shapes = {tuple(self.data[n][2]) for n in data_ins}
         if len(shapes) != 1:
             raise self._unsupported(label, op, f"data tensors of shapes {', '.join(map(str, sorted(shapes)))} "
                                                "(broadcasting two data tensors)")
         shape = shapes.pop()
         refs = [self._data_operand(n, label, op) for n in data_ins]
-        acc = refs[0]
-        for q in refs[1:]:
-            self.cur = q
-            neg_q = self._add(ElementwiseAffine(-np.ones(()), np.zeros(())))
-            diff = self._add(Add(2), [acc, neg_q])
-            self.cur = diff
-            r = self._add(ReLU())
-            if op == "Max":
-                acc = self._add(Add(2), [q, r])
-            else:
-                neg_r = self._add(ElementwiseAffine(-np.ones(()), np.zeros(())))
-                acc = self._add(Add(2), [acc, neg_r])
-        self.cur = acc
+        self.cur = piecewise.add_pairwise_extreme(lambda layer, inputs: self._add(layer, inputs), refs, op.lower())
         self.oshape = self.nshape = shape
-        c = self._extreme_const(node, label, op)
-        if c is not None:
-            self._max_min_const(label, op, c)
+        self._max_min_const(node, label, op)
         self.current = node.output[0]
         self.layer_tensor[self.cur] = node.output[0]
 
