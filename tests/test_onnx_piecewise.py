@@ -1,6 +1,6 @@
 """Piecewise-linear ONNX operators (and torch modules and functions) imported as exact ReLU graphs:
-LeakyRelu, PRelu, Clip (ReLU6),
-Abs, HardSigmoid, Max and Min (with constants and between data tensors).
+LeakyRelu, PRelu, Clip (ReLU6), Abs, HardSigmoid, Max and Min (with constants and between data
+tensors).
 
 Each is checked against onnxruntime, its affine-block view against the forward pass, CROWN's
 bounds against sampled outputs, and ``gpuopt.optimize``'s proven optimum against a dense grid.
