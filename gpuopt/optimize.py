@@ -33,6 +33,7 @@ that holds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -78,7 +79,8 @@ class OptimizeResult:
                 "milp": self.milp}
 
 
-_TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*\*?\s*)?(Y_(\d+))?\s*")
+_TERM = re.compile(r"\s*([+-]?)\s*(?:([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)\s*\*?\s*)?"
+                   r"(Y_([0-9]+))?\s*")
 
 
 def parse_objective(text: str, n_outputs: int) -> tuple[np.ndarray, float]:
@@ -116,6 +118,11 @@ def _optimize_iv(network, region, objective, offset, constraints, timeout):
     box = region.to_box()
     if box.size != n:
         raise InvalidInputError(f"`region` must have {n} inputs (the network's), got {box.size}")
+    with np.errstate(over="ignore"):
+        wide = ~np.isfinite(np.asarray(box.upper) - np.asarray(box.lower))
+    if np.any(wide):
+        raise InvalidInputError(f"`region` is too wide: the width of input {int(np.flatnonzero(wide)[0])} overflows "
+                                "float64")
     if isinstance(offset, bool) or not isinstance(offset, (int, float, np.integer, np.floating)):
         raise InvalidInputError(f"`offset` must be a number, got {type(offset).__name__}")
     if isinstance(objective, str):
@@ -166,6 +173,20 @@ def _options_iv(formulation, attack_share, walk_share, rtol, atol, cuts=False) -
             raise InvalidInputError(f"`{name}` must be a finite number >= 0, got {v!r}")
 
 
+def _inner_iv(inner, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds of ``inner`` (default: ``lo, hi``), checked to lie inside ``[lo, hi]``."""
+    if inner is None:
+        return lo, hi
+    if not isinstance(inner, Box):
+        raise InvalidInputError(f"`inner` must be a Box, got {type(inner).__name__}")
+    ilo, ihi = np.array(inner.lower, dtype=np.float64), np.array(inner.upper, dtype=np.float64)
+    if ilo.shape != lo.shape:
+        raise InvalidInputError(f"`inner` must have {lo.size} inputs (the region's), got {ilo.size}")
+    if np.any(ilo < lo) or np.any(ihi > hi):
+        raise InvalidInputError("`inner` must lie inside the region's box")
+    return ilo, ihi
+
+
 def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
     """A point of the box, the L1 ball and ``G x <= g`` with the largest common slack ``t`` (an
     LP: ``G x + t |G_i| <= g``, ``sum |x - c| + t <= eps``), or None when the set is empty."""
@@ -206,11 +227,13 @@ def _interior_point(lo: np.ndarray, hi: np.ndarray, cons) -> np.ndarray | None:
 def optimize(network: Network, region, objective, *, offset: float = 0.0, constraints=None, timeout: float = 60.0,
              formulation: str = "bigm", seed: int = 0, device=None, attack_share: float = 0.15,
              walk_share: float = 0.25, rtol: float = 1e-4, atol: float = 1e-4, config=None,
-             cuts: bool | str = False) -> OptimizeResult:
+             cuts: bool | str = False, inner: Box | None = None) -> OptimizeResult:
     """Maximise ``objective . f(x) + offset`` over ``region`` (and ``G x <= g`` for
     ``constraints=(G, g)``) within ``timeout`` seconds; ``objective`` is a coefficient vector over
     the outputs or an expression such as ``"Y_0 - 2*Y_1"``; ``cuts`` adds valid inequalities to
-    the MILP (:func:`gpuopt.milp.cuts.cut_kinds`). See the module docstring."""
+    the MILP (:func:`gpuopt.milp.cuts.cut_kinds`); ``inner``: a box inside the region's box that every reported point must lie in (a VNNLIB
+    region's float64 points, where the region's box is rounded outwards), while the bounds hold
+    on the whole region."""
     from .attacks.geometry import BoxGeometry, L1Geometry
     from .attacks.pgd import AttackConfig
     from .attacks.search import falsify
@@ -226,6 +249,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     box, c, d, G, g = _optimize_iv(network, region, objective, offset, constraints, timeout)
     _options_iv(formulation, attack_share, walk_share, rtol, atol, cuts)
     lo, hi = np.array(box.lower), np.array(box.upper)
+    plo, phi = _inner_iv(inner, lo, hi)  # where reported points lie
     stage_seconds, stage_values = {}, {}
     cons = None
     if isinstance(region, L1Ball) or G is not None:
@@ -233,14 +257,14 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         cons = InputConstraints(l1_center=region.center if l1 else None, l1_eps=region.eps if l1 else None, G=G, g=g)
 
     def inside(x) -> bool:
-        return bool(np.all(x >= lo) and np.all(x <= hi)) and (cons is None or cons.contains(x))
+        return bool(np.all(x >= plo) and np.all(x <= phi)) and (cons is None or cons.contains(x))
 
     # an interior point: points that solver tolerances left just outside are pulled towards it
     # (with linear rows, the point of largest slack: a centre on a row's boundary would pull every
     # point that tolerances leave 1 ulp outside back to the centre)
-    anchor = np.clip(region.center if not isinstance(region, Box) else box.center, lo, hi)
+    anchor = np.clip(region.center if not isinstance(region, Box) else box.center, plo, phi)
     if G is not None or (cons is not None and not inside(anchor)):
-        deep = _interior_point(lo, hi, cons)
+        deep = _interior_point(plo, phi, cons)
         if deep is not None and inside(deep):
             anchor = deep
         elif not inside(anchor):
@@ -248,7 +272,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
                                     "linear constraints (or the set is too thin to hold one)")
 
     def pulled_inside(x) -> np.ndarray:
-        x = np.clip(x, lo, hi)
+        x = np.clip(x, plo, phi)
         if inside(x):
             return x
         a, b_ = 0.0, 1.0  # the largest fraction of the way from the anchor to x that stays inside
@@ -266,8 +290,14 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     def offer(x, stage):
         if x is None:
             return
-        x = pulled_inside(np.asarray(x, dtype=np.float64).reshape(-1))
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(x)):  # a float32 stage overflowed on a huge region: no point
+            return
+        x = pulled_inside(x)
         v = value(x)
+        if not math.isfinite(v):
+            raise InvalidInputError(f"the objective's value at a point of the region is {v} in float64: scale the "
+                                    "objective (or the network) down")
         stage_values[stage] = max(stage_values.get(stage, -math.inf), v)
         if v > best["value"]:
             best.update(x=x.copy(), value=v)
@@ -287,6 +317,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     dev_c = 0.0 if dev is None else float(np.abs(c) @ dev[0])
     terms = np.maximum(c * ly, c * uy)
     upper = float(terms.sum() + d)
+    upper = math.inf if math.isnan(upper) else upper  # inf - inf in an overflowing network: no bound
     upper = upper + 1e-12 * (float(np.abs(terms).sum()) + abs(d)) + dev_c
     # the objective row itself by CROWN, then alpha-CROWN (both sound in float64, and far
     # tighter than the output box when the objective combines outputs)
@@ -339,9 +370,14 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     # the MILP model (the walk solves its region LPs from it too)
     blocks = network.affine_blocks()
     model = None
+    milp_info = None
     if not done() and left() > 0:
-        model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
-                       constraints=cons)
+        try:
+            model = encode(blocks, pre, (ly, uy), lo, hi, -c[None], np.array([0.0]), formulation=formulation,
+                           constraints=cons)
+        except InvalidInputError as exc:  # bounds that overflow float64: no big-M model, no walk, no MILP
+            milp_info = {"status": "refused", "raw_status": str(exc), "nodes": 0, "dual_bound": None,
+                         "warnings": [str(exc)]}
 
     def walk(walk_starts) -> None:
         """Relax-and-Walk from ``walk_starts`` in ``walk_share`` of the time left."""
@@ -388,7 +424,6 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         stage_seconds["input_split"] = time.monotonic() - t
 
     # 4. MILP
-    milp_info = None
     if model is not None and not done() and left() > 0:
         t = time.monotonic()
         if cuts:  # after the walk, whose region LPs need no cuts; ideal rounds in a tenth of the time left
@@ -418,6 +453,7 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
             milp_info = {"status": res.status.value, "raw_status": res.raw_status, "nodes": res.nodes,
                          "dual_bound": res.dual_bound, "warnings": list(res.warnings)}
         stage_seconds["milp"] = time.monotonic() - t
+    upper = float(upper)
     gap = upper - best["value"]
     return OptimizeResult(best_value=best["value"], upper_bound=upper, gap=gap, x=best["x"],
                           status="optimal" if done() else "timeout", seconds=time.monotonic() - t0,
@@ -429,7 +465,10 @@ def optimize_instance(onnx_path: str, vnnlib_path: str, objective: str, *, sense
     """:func:`optimize` over the input region of a VNNLIB file (its output constraints are
     ignored); a file with several input boxes is optimised over their union, each box getting an
     equal share of the time left. ``sense="min"`` minimises: the result's ``best_value`` is then
-    the least value found and ``upper_bound`` the proven *lower* bound (``gap = best - bound``)."""
+    the least value found and ``upper_bound`` the proven *lower* bound (``gap = best - bound``).
+    The bounds hold on each box rounded outwards; reported points lie in its float64 points
+    (strict bounds excluded). A term that a constant atom makes false (``(<= 1 0)``) holds no
+    point and is dropped with its box; a file left with none is refused."""
     from .io.onnx import from_onnx
     from .io.vnnlib import load_vnnlib
 
@@ -441,18 +480,24 @@ def optimize_instance(onnx_path: str, vnnlib_path: str, objective: str, *, sense
     if sense == "min":
         c, d = -c, -d
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
+    if not props:
+        raise InvalidInputError("the file describes no input region: every term of its formula holds a constantly "
+                                "false atom", path=str(vnnlib_path))
     boxes, seen = [], set()
     for p in props:
         key = (p.box.lower.tobytes(), p.box.upper.tobytes())
         if key not in seen:
             seen.add(key)
-            boxes.append(p.box)
+            boxes.append((p.box, p.inner))
     results = []
-    for k, box in enumerate(boxes):
+    for k, (box, inner) in enumerate(boxes):
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
             break
-        results.append(optimize(net, box, c, offset=d, timeout=left / (len(boxes) - k), **options))
+        r = optimize(net, box, c, offset=d, timeout=left / (len(boxes) - k), inner=inner, **options)
+        if inner is None:  # no float64 point in the exact box: its bound counts, no point of it does
+            r = dataclasses.replace(r, best_value=-math.inf, x=None, gap=math.inf, status="timeout")
+        results.append(r)
     found = [r for r in results if r.x is not None]
     best = max(found, key=lambda r: r.best_value) if found else None
     upper = max(r.upper_bound for r in results) if len(results) == len(boxes) else math.inf
@@ -465,7 +510,7 @@ def optimize_instance(onnx_path: str, vnnlib_path: str, objective: str, *, sense
         for key, v in r.stage_seconds.items():
             stage_seconds[key] = stage_seconds.get(key, 0.0) + v
     sign = 1.0 if sense == "max" else -1.0
-    return OptimizeResult(best_value=sign * value, upper_bound=sign * upper, gap=upper - value,
+    return OptimizeResult(best_value=sign * value + 0.0, upper_bound=sign * upper + 0.0, gap=upper - value,
                           x=None if best is None else best.x, status=status, seconds=seconds,
-                          stage_values={k: sign * v for k, v in (best.stage_values if best else {}).items()},
+                          stage_values={k: sign * v + 0.0 for k, v in (best.stage_values if best else {}).items()},
                           stage_seconds=stage_seconds, milp=best.milp if best else None)

@@ -293,3 +293,20 @@ def test_a_balls_box_contains_the_exact_ball_and_its_inner_box_lies_inside():
     assert np.any(center - eps > outer.lower) or np.any(center + eps < outer.upper)
     problem = Problem(affine_net(np.eye(200)[:1], [0.0]), ball, OutputSpec([([[1.0]], [0.0])], 1))
     assert np.array_equal(problem.inner.lower, inner.lower) and np.array_equal(problem.region.upper, outer.upper)
+
+
+def test_scaling_never_overflows_the_objective():
+    """A column whose scaled cost would overflow float64 keeps the factor 1 (HiGHS otherwise
+    takes an infinite cost and reports a finite bound of it)."""
+    from gpuopt.milp.encode import MilpModel
+    import scipy.sparse as sp
+
+    # max 1e308 * v0 over v0 in [0, 4] (min of the negation): the column's factor would be 4
+    A = sp.csr_matrix(np.array([[1.0, -1.0]]))
+    model = MilpModel(c=np.array([-1e308, 0.0]), offset=0.0, A=A, row_lower=np.zeros(1), row_upper=np.zeros(1),
+                      col_lower=np.array([0.0, 0.0]), col_upper=np.array([4.0, 4.0]),
+                      integrality=np.zeros(2, dtype=bool), x_index=np.arange(1), y_index=np.arange(1, 2),
+                      t_index=None, layers=(), spec_A=np.ones((1, 1)), spec_b=np.zeros(1))
+    sc = _scale(model)
+    assert np.all(np.isfinite(sc.c)) and sc.col_scale[0] == 1.0
+    assert sc.c[0] * sc.cost_scale == -1e308

@@ -279,3 +279,95 @@ def test_input_splitting_cut_short_still_bounds_the_maximum(seed, monkeypatch):
     assert found[64][1] < found[1][1], found
     if found[4][0] == "timeout":  # cut short after 4 boxes (seed 1): their bounds already tighten it
         assert found[4][1] < found[1][1], found
+
+
+def _identity_onnx(path):
+    """``y = relu(x) - relu(-x) = x`` on one input, as an ONNX file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from helpers import onnx_model
+
+    inits = [numpy_helper.from_array(np.array([[1.0], [-1.0]], np.float32), "W1"),
+             numpy_helper.from_array(np.array([[1.0, -1.0]], np.float32), "W2")]
+    nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "id", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    onnx.save(onnx_model(graph), path)
+    return path
+
+
+def test_reported_points_lie_in_the_exact_vnnlib_region(tmp_path):
+    """The VNNLIB box is rounded outwards for the bounds, but the reported point must satisfy the
+    exact (decimal, strict) bounds: 0.1 is not a float64, and ``(> X_0 0)`` excludes 0."""
+    from fractions import Fraction
+
+    from gpuopt.optimize import optimize_instance
+
+    net = _identity_onnx(tmp_path / "id.onnx")
+    head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+    spec = tmp_path / "a.vnnlib"
+    spec.write_text(head + "(assert (>= X_0 0.1))\n(assert (<= X_0 1))\n")
+    res = optimize_instance(net, spec, "-1e16*Y_0 + 1e15", timeout=10)
+    assert Fraction(float(res.x[0])) >= Fraction(1, 10)
+    assert res.best_value <= 0.0 <= res.upper_bound
+    spec.write_text(head + "(assert (> X_0 0))\n(assert (<= X_0 1))\n")
+    res = optimize_instance(net, spec, "Y_0", sense="min", timeout=10)
+    assert res.x[0] > 0 and res.best_value > 0 and res.upper_bound <= res.best_value
+
+
+def test_optimize_refuses_overflow_and_empty_regions(tmp_path):
+    from gpuopt.optimize import optimize_instance
+
+    absolute = Network([Dense(np.array([[1.0], [-1.0]]), np.zeros(2)), ReLU(), Dense(np.array([[1.0, 1.0]]),
+                                                                                      np.zeros(1))], (1,))
+    # the objective overflows float64 at points of the region: refused, never "optimal" with best inf
+    with pytest.raises(InvalidInputError, match="objective's value at a point of the region is inf"):
+        optimize(absolute, L1Ball([0.5], 1.5, [-1.0], [2.0]), [1e308], timeout=5)
+    with pytest.raises(InvalidInputError, match="too wide"):
+        optimize(absolute, Box([-1.7e308], [1.7e308]), [1.0], timeout=5)
+    # a huge but finite region: a sound answer
+    tiny = Network([Dense(np.array([[1.0], [-1.0]]), np.zeros(2)), ReLU(),
+                    Dense(np.array([[1e-10, 1e-10]]), np.zeros(1))], (1,))
+    res = optimize(tiny, Box([-1e300], [1e300]), [1.0], timeout=5)
+    assert res.best_value == pytest.approx(1e290) and res.upper_bound >= 1e290
+    # a file whose every term is constantly false holds no region
+    net = _identity_onnx(tmp_path / "id.onnx")
+    spec = tmp_path / "f.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+                    "(assert (<= 1 0))\n")
+    with pytest.raises(InvalidInputError, match="describes no input region"):
+        optimize_instance(net, spec, "Y_0", timeout=5)
+    assert main(["optimize", str(net), str(spec), "--maximize", "Y_0"]) == 2
+
+
+def test_optimize_inner_box_is_validated():
+    rng = np.random.default_rng(0)
+    net = random_dense_network(rng, 2, [4], 1)
+    with pytest.raises(InvalidInputError, match="`inner` must lie inside"):
+        optimize(net, Box([0.0, 0.0], [1.0, 1.0]), [1.0], inner=Box([-0.5, 0.0], [1.0, 1.0]), timeout=5)
+    with pytest.raises(InvalidInputError, match="`inner` must have 2 inputs"):
+        optimize(net, Box([0.0, 0.0], [1.0, 1.0]), [1.0], inner=Box([0.0], [1.0]), timeout=5)
+    res = optimize(net, Box([0.0, 0.0], [1.0, 1.0]), [1.0], inner=Box([0.5, 0.5], [0.6, 0.6]), timeout=10)
+    assert np.all(res.x >= 0.5) and np.all(res.x <= 0.6)
+
+
+def test_a_model_the_encoder_refuses_still_gives_an_anytime_answer(monkeypatch):
+    """When the MILP cannot be built (big-M constants from bounds that overflow), optimize reports
+    its other bounds with the refusal, instead of failing."""
+    import importlib
+
+    encode_module = importlib.import_module("gpuopt.milp.encode")
+
+    def refuse(*args, **kwargs):
+        raise InvalidInputError("`layer 0 pre-activation` bounds must be finite to build big-M constants")
+
+    monkeypatch.setattr(encode_module, "encode", refuse)
+    rng = np.random.default_rng(1)
+    net = random_dense_network(rng, 20, [16, 16], 2)
+    lo, hi = -np.ones(20), np.ones(20)
+    res = optimize(net, Box(lo, hi), [1.0, -1.0], timeout=5)
+    assert res.milp is not None and res.milp["status"] == "refused" and "walk" not in res.stage_seconds
+    y, _ = numpy_forward(net, rng.uniform(lo, hi, size=(20000, 20)))
+    assert float((y[:, 0] - y[:, 1]).max()) <= res.upper_bound and res.best_value <= res.upper_bound

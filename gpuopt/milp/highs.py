@@ -262,7 +262,7 @@ def _scale(model: MilpModel) -> _Scaled:
     """Exact power-of-two scaling and the sound removal of tiny entries (see the module docstring).
 
     Scale factors stay within ``2^-1000 .. 2^1000`` (their reciprocals are finite), and a column or
-    row whose scaled entries or bounds would overflow keeps the factor 1: every factor is exact."""
+    row whose scaled entries, cost or bounds would overflow keeps the factor 1: every factor is exact."""
     import scipy.sparse as sp
 
     lo, hi = model.col_lower, model.col_upper
@@ -272,7 +272,8 @@ def _scale(model: MilpModel) -> _Scaled:
     A0 = model.A.tocsr()
     with np.errstate(over="ignore", invalid="ignore"):
         A = (A0 @ sp.diags(col_scale)).tocsr()
-        bad_cols = np.unique(A.indices[~np.isfinite(A.data)])
+        bad_cols = np.unique(np.concatenate([A.indices[~np.isfinite(A.data)],
+                                             np.flatnonzero(~np.isfinite(model.c * col_scale))]))
         if bad_cols.size:
             col_scale[bad_cols] = 1.0
             A = (A0 @ sp.diags(col_scale)).tocsr()
@@ -302,7 +303,11 @@ def _scale(model: MilpModel) -> _Scaled:
         row_upper = np.where(widened, np.nextafter(row_upper + slack, np.inf), row_upper)
         A.data[tiny] = 0.0
         A.eliminate_zeros()
-    c = model.c * col_scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = model.c * col_scale
+    if not np.all(np.isfinite(c)):  # HiGHS would take an infinite cost and report a bound of it
+        raise SolverError("the objective overflows float64 once the columns are scaled (a coefficient or a "
+                          "variable's range near 1e308): no solver bound")
     cost_scale = float(_pow2(np.abs(c).max()) if c.size and np.abs(c).max() > 0 else 1.0)
     return _Scaled(A=A.tocsc(), c=c / cost_scale, col_lower=col_lower, col_upper=col_upper,
                    row_lower=row_lower, row_upper=row_upper, col_scale=col_scale, cost_scale=cost_scale,
