@@ -157,3 +157,23 @@ def test_batchnorm_fold_rounding_is_bounded():
         for idx in np.ndindex(w0.shape[1:]):
             exact = D(w0[(c, *idx)]) * scale
             assert abs(D(layer.weight[(c, *idx)]) - exact) <= D(err[0][(c, *idx)])
+
+
+def test_grouped_and_one_dimensional_layers():
+    """Conv1d (grouped too), depthwise Conv2d, MaxPool1d and AvgPool1d: the same function."""
+    torch.manual_seed(3)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2), nn.ReLU(), nn.MaxPool1d(2, 1),
+                          nn.Conv1d(6, 6, 2, groups=6, dilation=2), nn.ReLU(), nn.AvgPool1d(2), nn.Flatten(),
+                          nn.Linear(6 * 3, 3)).double().eval()
+    net = from_torch(model, (4, 20))
+    x = torch.randn(50, 4, 20, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(net.forward64(x.numpy()) - ref).max() <= 1e-10
+    image = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 2)).double().eval()
+    net = from_torch(image, (3, 6, 6))
+    x = torch.randn(20, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        ref = image(x).numpy()
+    assert np.abs(net.forward64(x.numpy()) - ref).max() <= 1e-10

@@ -427,12 +427,45 @@ def test_nan_weight_names_node():
         from_onnx(model)
 
 
-def test_grouped_conv_is_unsupported_and_matmul_on_the_last_axis_is_row_wise():
+def test_grouped_and_one_dimensional_convolutions_and_pooling():
+    """Grouped (and depthwise) convolutions become one convolution whose kernel is zero between
+    the groups; 1-D convolutions and pooling of ``(C, L)`` the 2-D ones of ``(C, 1, L)``."""
+    import torch
+
+    from gpuopt.bounds import crown
+
     rng = np.random.default_rng(13)
     conv = _model([helper.make_node("Conv", ["x", "W"], ["y"], name="gc", group=2)], [1, 2, 4, 4],
-                  {"W": _f32(rng, 2, 1, 3, 3)})
-    with pytest.raises(UnsupportedLayerError, match=re.escape("node 'gc' (op Conv) is not supported: group=2")):
-        from_onnx(conv)
+                  {"W": _f32(rng, 4, 1, 3, 3)})
+    w = _check_model(conv).layers[0].weight
+    assert np.all(w[:2, 1] == 0) and np.all(w[2:, 0] == 0)
+    depthwise = _model([helper.make_node("Conv", ["x", "K", "b"], ["c"], group=6), helper.make_node("Relu", ["c"], ["r"]),
+                        helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "W"], ["y"], transB=1)],
+                       [1, 6, 6, 6], {"K": _f32(rng, 6, 1, 3, 3), "b": _f32(rng, 6), "W": _f32(rng, 2, 6 * 4 * 4)})
+    _check_model(depthwise)
+    inits = {"K1": _f32(rng, 4, 3, 3), "b1": _f32(rng, 4), "K2": _f32(rng, 6, 2, 2), "W": _f32(rng, 5, 6)}
+    nodes = [helper.make_node("Conv", ["x", "K1", "b1"], ["c1"], strides=[2], pads=[1, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2], strides=[1]),
+             helper.make_node("Conv", ["p1", "K2"], ["c2"], group=2, auto_pad="SAME_UPPER"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("AveragePool", ["r2"], ["a2"], kernel_shape=[2], strides=[2]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    net = _check_model(_model(nodes, [1, 3, 20], inits), n=30)
+    lo, hi = np.full((1, 60), -0.5), np.full((1, 60), 0.5)
+    b = crown(net, torch.tensor(lo), torch.tensor(hi))
+    y = net.forward64(np.random.default_rng(1).uniform(-0.5, 0.5, (500, 60)))
+    assert np.all(y >= b.output[0].numpy() - 1e-9) and np.all(y <= b.output[1].numpy() + 1e-9)
+    bad = _model([helper.make_node("Conv", ["x", "W"], ["y"], name="gc", group=3)], [1, 4, 4, 4],
+                 {"W": _f32(rng, 3, 2, 3, 3)})
+    with pytest.raises(InvalidInputError, match=re.escape("node 'gc' (op Conv): weight (3, 2, 3, 3) with group=3")):
+        from_onnx(bad)
+
+
+def test_matmul_on_the_last_axis_is_row_wise():
+    rng = np.random.default_rng(13)
     mm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [1, 2, 3], {"W": _f32(rng, 3, 4)})
     assert [type(l) for l in _check_model(mm).layers] == [Flatten, Dense]  # block-diagonal weight
 

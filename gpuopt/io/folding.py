@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["two_prod", "two_sum", "fold_affine", "batchnorm_affine"]
+__all__ = ["two_prod", "two_sum", "fold_affine", "batchnorm_affine", "ungroup_kernel"]
 
 _U = 2.0 ** -53  # unit roundoff of float64
 
@@ -66,3 +66,15 @@ def batchnorm_affine(gamma, beta, mean, var, eps: float) -> tuple:
     es = 4 * np.spacing(np.abs(scale))
     et = (np.abs(mean) * es + 2 * np.spacing(np.abs(mean * scale)) + 2 * np.spacing(np.abs(shift))) * (1 + 8 * _U)
     return scale, shift, es, et
+
+
+def ungroup_kernel(w: np.ndarray, group: int) -> np.ndarray:
+    """The kernel of a grouped convolution as one ungrouped kernel: output channel ``o`` of group
+    ``g`` reads input channels ``g C/group .. (g + 1) C/group - 1`` with ``w[o]``, and zeros
+    elsewhere."""
+    c_out, c_per = w.shape[:2]
+    full = np.zeros((c_out, c_per * group) + w.shape[2:])
+    o_per = c_out // group
+    for g in range(group):
+        full[g * o_per:(g + 1) * o_per, g * c_per:(g + 1) * c_per] = w[g * o_per:(g + 1) * o_per]
+    return full

@@ -5,16 +5,18 @@
 tensor methods; each node becomes zero or more layers, and a node that reads several data tensors
 (``x + self.block(x)``, ``torch.cat``) a graph layer. Supported:
 
-* modules: Linear, Conv2d (groups=1, zero padding), ConvTranspose2d (groups=1), ReLU, LeakyReLU,
-  PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs, :mod:`gpuopt.io.piecewise`), Flatten,
-  BatchNorm1d/2d (running statistics; folded into the Linear/Conv2d that feeds only it, else an
-  elementwise map), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d,
-  Identity, Dropout; containers are traced through;
+* modules: Linear, Conv2d and Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
+  ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
+  :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
+  Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
+  AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d, Identity, Dropout; containers are traced
+  through; a grouped kernel becomes one kernel that is zero between the groups, and a 1-D layer
+  on ``(C, L)`` the 2-D one on ``(C, 1, L)``;
 * functions and methods: relu, leaky_relu, relu6, hardtanh, hardsigmoid, abs, clamp/clip (constant
   bounds), maximum/minimum (of two data tensors or with a constant), add/sub of two data tensors
-  or of a constant, mul/div by a constant, neg, cat, flatten, view/reshape (the batch axis kept, as ``x.size(0)``, ``x.shape[0]``
-  or ``-1``), max_pool2d/avg_pool2d/adaptive_avg_pool2d, pad (constant), dropout (identity at
-  inference), contiguous.
+  or of a constant, mul/div by a constant, neg, cat, flatten, view/reshape (the batch axis kept,
+  as ``x.size(0)``, ``x.shape[0]`` or ``-1``), max_pool2d/avg_pool2d/adaptive_avg_pool2d, pad
+  (constant), dropout (identity at inference), contiguous.
 
 Anything else raises :class:`~gpuopt.errors.UnsupportedLayerError` naming the node. Control flow
 that depends on the data cannot be traced and is refused with the tracer's message.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
-from .folding import batchnorm_affine, fold_affine
+from .folding import batchnorm_affine, fold_affine, ungroup_kernel
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, MaxPool2d,
                       Pad, ReLU, Reshape)
 
@@ -42,6 +44,10 @@ _BATCH = object()  # the value of x.size(0) / x.shape[0]
 
 def _np(t) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _single(v) -> int:
+    return int(v) if isinstance(v, int) else int(v[0])
 
 
 def _pair(v) -> tuple[int, int]:
@@ -163,14 +169,27 @@ class _Tracer:
             out_shape = tuple(shape[:-1]) + (mod.out_features,) if len(shape) != 1 else None
             if out_shape is not None:
                 i = self.add(Reshape(out_shape), (i,), node)
-        elif isinstance(mod, nn.Conv2d):
-            if mod.groups != 1:
-                refuse(f"groups={mod.groups}")
+        elif isinstance(mod, (nn.Conv2d, nn.Conv1d)):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 refuse(f"padding {mod.padding!r} / mode {mod.padding_mode!r}")
             b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_channels)
-            ph, pw = mod.padding
-            i = self.add(Conv2d(_np(mod.weight), b, mod.stride, (ph, pw, ph, pw), mod.dilation), (x,), node)
+            w = ungroup_kernel(_np(mod.weight), mod.groups) if mod.groups != 1 else _np(mod.weight)
+            if isinstance(mod, nn.Conv1d):  # on (C, L) as a 2-D convolution on (C, 1, L)
+                i = self.one_d(node, x, lambda v: self.add(
+                    Conv2d(w[:, :, None, :], b, (1,) + tuple(mod.stride), (0, mod.padding[0], 0, mod.padding[0]),
+                           (1,) + tuple(mod.dilation)), (v,), node))
+            else:
+                ph, pw = mod.padding
+                i = self.add(Conv2d(w, b, mod.stride, (ph, pw, ph, pw), mod.dilation), (x,), node)
+        elif isinstance(mod, (nn.MaxPool1d, nn.AvgPool1d)):
+            if mod.ceil_mode or getattr(mod, "return_indices", False):
+                refuse("ceil_mode / return_indices")
+            k, st, p = (_single(v) for v in (mod.kernel_size, mod.stride or mod.kernel_size, mod.padding))
+            if isinstance(mod, nn.MaxPool1d):
+                layer = MaxPool2d((1, k), (1, st), (0, p, 0, p), (1, _single(mod.dilation)))
+            else:
+                layer = AvgPool2d((1, k), (1, st), (0, p, 0, p), mod.count_include_pad)
+            i = self.one_d(node, x, lambda v: self.add(layer, (v,), node))
         elif isinstance(mod, nn.ConvTranspose2d):
             if mod.groups != 1 or mod.padding_mode != "zeros":
                 refuse(f"groups={mod.groups}, mode {mod.padding_mode!r}")
@@ -210,12 +229,21 @@ class _Tracer:
         elif isinstance(mod, (nn.Identity, nn.Dropout)):
             i = x
         else:
-            refuse("(supported: Linear, Conv2d, ConvTranspose2d, ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
-                   "Flatten, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
+            refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
+                   "Flatten, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
                    "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, and containers)")
         if i != x:
             self.producer[i] = node
         return ("data", i)
+
+    def one_d(self, node, x, add_2d) -> int:
+        """A 2-D layer ``add_2d(ref)`` applied to 1-D data ``(C, L)`` viewed as ``(C, 1, L)``."""
+        shape = self.shapes[x]
+        if len(shape) != 2:
+            raise self.unsupported(node, f"a 1-D layer on data of per-sample shape {shape}")
+        i = add_2d(self.add(Reshape((shape[0], 1, shape[1])), (x,), node))
+        c, _, length = self.shapes[i]
+        return self.add(Reshape((c, length)), (i,), node)
 
     # ------------------------------------------------------------------ piecewise-linear maps
     def piecewise(self, node, x, terms_const) -> int:

@@ -19,7 +19,10 @@ Mapping of the supported operators (default domain only):
 * ``Gemm`` (``transA=0``, any ``alpha``/``beta``/``transB``) -> ``Dense``;
 * ``MatMul`` ``x @ W`` with a constant 2-D ``W`` of shape ``(in, out)`` -> ``Dense(W.T)``; on an
   N-D tensor only when every per-sample axis but the last has size 1;
-* ``Conv`` (2-D, ``group=1``, any strides/dilations, explicit pads or ``auto_pad``) -> ``Conv2d``;
+* ``Conv`` (2-D or 1-D, any strides/dilations, explicit pads or ``auto_pad``) -> ``Conv2d``: a
+  grouped (or depthwise) kernel becomes one kernel that is zero between the groups, and a 1-D
+  convolution of ``(C, L)`` the 2-D one of ``(C, 1, L)`` (so do 1-D ``MaxPool``/``AveragePool``/
+  ``GlobalAveragePool``);
 * ``Relu`` -> ``ReLU``;
 * ``Flatten`` (batch kept on axis 0) and ``Reshape`` to ``(batch, -1)``-like shapes -> ``Flatten``;
   a ``Reshape`` that only adds or removes unit dimensions is a no-op, any other is refused;
@@ -70,7 +73,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
-from .folding import batchnorm_affine, fold_affine, two_prod
+from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
 
@@ -706,19 +709,24 @@ class _Importer:
         if node.input[0] != self.current:
             raise self._unsupported(label, "Conv", "the data must be the first input")
         w = self._weight(node, label, 1)
-        if w.ndim != 4:
-            raise self._unsupported(label, "Conv", f"only 2-D convolutions are supported (weight shape {w.shape})")
-        if int(attrs.get("group", 1)) != 1:
-            raise self._unsupported(label, "Conv", f"group={attrs.get('group')}")
-        if len(self.oshape) != 3 or self.oshape[0] != w.shape[1]:
-            raise self._invalid(f"node {label!r} (op Conv): weight {w.shape} does not fit per-sample shape {self.oshape}")
-        self._materialize(label, "Conv")
-        kh, kw = w.shape[2:]
-        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
+        if w.ndim not in (3, 4):
+            raise self._unsupported(label, "Conv", f"only 1-D and 2-D convolutions are supported (weight shape {w.shape})")
+        group = int(attrs.get("group", 1))
+        if len(self.oshape) != w.ndim - 1 or group < 1 or self.oshape[0] != w.shape[1] * group or w.shape[0] % group:
+            raise self._invalid(f"node {label!r} (op Conv): weight {w.shape} with group={group} does not fit "
+                                f"per-sample shape {self.oshape}")
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != tuple(w.shape[2:]):
             raise self._invalid(f"node {label!r} (op Conv): kernel_shape {attrs['kernel_shape']} != weight {w.shape}")
         b = self._weight(node, label, 2, required=False)
         if b is None:
             b = np.zeros(w.shape[0])
+        if group > 1:  # one convolution whose kernel is zero between the groups (exact)
+            w = ungroup_kernel(w, group)
+        one_d = w.ndim == 3
+        if one_d:  # (O, C, K) on (C, L): a 2-D convolution of (O, C, 1, K) on (C, 1, L)
+            w, attrs = w[:, :, None, :], _attrs_as_2d(attrs)
+        self._image_view(label, "Conv")
+        kh, kw = w.shape[2:]
         strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
         dil = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
         auto_pad = attrs.get("auto_pad", "NOTSET")
@@ -728,7 +736,7 @@ class _Importer:
             pads = (0, 0, 0, 0)
         elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             begin, end = [], []
-            for size, k, s, d in zip(self.oshape[1:], (kh, kw), strides, dil):
+            for size, k, s, d in zip(self.nshape[1:], (kh, kw), strides, dil):
                 out = -(-size // s)
                 total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
                 small, big = total // 2, total - total // 2
@@ -739,11 +747,23 @@ class _Importer:
             raise self._unsupported(label, "Conv", f"auto_pad={auto_pad!r}")
         layer = self._append(lambda: Conv2d(w, b, strides, pads, dil), label, "Conv")
         try:
-            out_shape = layer.output_shape(tuple(self.oshape))
+            out_shape = layer.output_shape(tuple(self.nshape))
         except InvalidInputError as err:
             raise self._invalid(f"node {label!r} (op Conv): {err}") from None
         self._add(layer)
-        self.oshape = self.nshape = out_shape
+        self.nshape = out_shape
+        self.oshape = (out_shape[0], out_shape[2]) if one_d else out_shape
+
+    def _image_view(self, label, op):
+        """Makes the Network tensor ``(C, H, W)``: the ONNX shape, or ``(C, 1, L)`` for 1-D data
+        ``(C, L)`` (a Reshape layer where needed; free in every stage)."""
+        if len(self.oshape) == 2:
+            want = (self.oshape[0], 1, self.oshape[1])
+            if tuple(self.nshape) != want:
+                self._add(self._append(lambda: Reshape(want), label, op))
+                self.nshape = want
+        else:
+            self._materialize(label, op)
 
     def _binary(self, node, label, op):
         """Returns ``(constant, data_is_left)`` for a binary op with one constant operand."""
@@ -898,31 +918,44 @@ class _Importer:
 
     # ------------------------------------------------------------------ graph and shape ops
 
+    def _pool(self, label, op, attrs, make):
+        """A 2-D pooling layer ``make(kernel, strides, pads, dilations)``; 1-D pooling of ``(C, L)``
+        as 2-D pooling of ``(C, 1, L)``."""
+        one_d = len(self.oshape) == 2
+        if one_d:
+            attrs = _attrs_as_2d(attrs)
+        self._image_view(label, op)
+        layer = make(*_pool_geometry(self, label, op, attrs, self.nshape))
+        try:
+            out_shape = tuple(layer.output_shape(tuple(self.nshape)))
+        except InvalidInputError as err:
+            raise self._invalid(f"node {label!r} (op {op}): {err}") from None
+        self._add(layer)
+        self.nshape = out_shape
+        self.oshape = (out_shape[0], out_shape[2]) if one_d else out_shape
+
     def _op_MaxPool(self, node, label, attrs):
         if len(node.output) > 1 and node.output[1]:
             raise self._unsupported(label, "MaxPool", "the Indices output")
-        self._materialize(label, "MaxPool")
-        k, st, pads, dil = _pool_geometry(self, label, "MaxPool", attrs, self.oshape)
-        layer = self._append(lambda: MaxPool2d(k, st, pads, dil), label, "MaxPool")
-        self._shaped_layer(layer, label, "MaxPool")
-
+        self._pool(label, "MaxPool", attrs,
+                   lambda k, st, pads, dil: self._append(lambda: MaxPool2d(k, st, pads, dil), label, "MaxPool"))
 
     def _op_AveragePool(self, node, label, attrs):
-        self._materialize(label, "AveragePool")
-        k, st, pads, dil = _pool_geometry(self, label, "AveragePool", attrs, self.oshape)
-        if dil != (1, 1):
-            raise self._unsupported(label, "AveragePool", f"dilations {dil}")
         include = bool(int(attrs.get("count_include_pad", 0)))
-        layer = self._append(lambda: AvgPool2d(k, st, pads, include), label, "AveragePool")
-        self._shaped_layer(layer, label, "AveragePool")
 
+        def make(k, st, pads, dil):
+            if dil != (1, 1):
+                raise self._unsupported(label, "AveragePool", f"dilations {dil}")
+            return self._append(lambda: AvgPool2d(k, st, pads, include), label, "AveragePool")
+
+        self._pool(label, "AveragePool", attrs, make)
 
     def _op_GlobalAveragePool(self, node, label, attrs):
-        self._materialize(label, "GlobalAveragePool")
-        if len(self.oshape) != 3:
-            raise self._unsupported(label, "GlobalAveragePool", f"per-sample shape {self.oshape} is not (C, H, W)")
-        layer = self._append(lambda: AvgPool2d(self.oshape[1:], (1, 1)), label, "GlobalAveragePool")
-        self._shaped_layer(layer, label, "GlobalAveragePool")
+        if len(self.oshape) not in (2, 3):
+            raise self._unsupported(label, "GlobalAveragePool", f"per-sample shape {self.oshape} is not (C, H, W) "
+                                                                "or (C, L)")
+        self._pool(label, "GlobalAveragePool", {"kernel_shape": tuple(self.oshape[1:])},
+                   lambda k, st, pads, dil: self._append(lambda: AvgPool2d(k, (1, 1)), label, "GlobalAveragePool"))
 
 
     def _shaped_layer(self, layer, label, op):
@@ -1179,6 +1212,19 @@ def from_onnx(path_or_model, *, input_shape=None) -> Network:
     """
     model, path = _load(path_or_model)
     return _Importer(model, path, input_shape).run()
+
+
+def _attrs_as_2d(attrs: dict) -> dict:
+    """The attributes of a 1-D convolution or pooling over ``L`` as those of its 2-D form over
+    ``(1, L)``."""
+    out = dict(attrs)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in attrs:
+            out[key] = (1,) + tuple(int(v) for v in attrs[key])
+    if "pads" in attrs:
+        begin, end = (int(v) for v in attrs["pads"])
+        out["pads"] = (0, begin, 0, end)
+    return out
 
 
 def _pool_geometry(imp, label: str, op: str, attrs: dict, shape) -> tuple:
