@@ -290,3 +290,78 @@ def test_torch_piecewise_errors_name_the_node():
         gpuopt.from_torch(Broadcast(), (3,))
     with pytest.raises(UnsupportedLayerError, match=r"PReLU with 4 slopes on data of shape \(3,\)"):
         gpuopt.from_torch(torch.nn.Sequential(torch.nn.PReLU(4)), (3,))
+
+
+# ---------------------------------------------------------------------- review findings
+def test_clip_and_max_with_float32_lowest_as_the_missing_bound():
+    """Converters write "no lower bound" as float32's lowest number: ``lo + relu(x - lo)`` would
+    cancel to 0 there; the importer's forms add no such term."""
+    lowest = np.float32(np.finfo(np.float32).min)
+    rng = np.random.default_rng(8)
+    inits = {"W": _f32(rng, 4, 3), "b": _f32(rng, 4), "lo": np.array(lowest), "hi": np.array(0.6, np.float32)}
+    for nodes in ([_gemm("x", "W", "b", "h"), helper.make_node("Clip", ["h", "lo", "hi"], ["y"])],
+                  [_gemm("x", "W", "b", "h"), helper.make_node("Max", ["h", "lo"], ["y"])]):
+        net = _check_model(_model(nodes, [1, 3], inits), n=30)
+        lo, hi = -np.ones((1, 3)), np.ones((1, 3))
+        b = crown(net, torch.tensor(lo), torch.tensor(hi))
+        y = net.forward64(np.random.default_rng(0).uniform(-1, 1, (500, 3)))
+        assert np.all(np.isfinite(b.output[0].numpy())) and np.all(np.isfinite(b.output[1].numpy()))
+        assert np.all(y >= b.output[0].numpy() - 1e-9) and np.all(y <= b.output[1].numpy() + 1e-9)
+    nodes = [_gemm("x", "W", "b", "h"), helper.make_node("Clip", ["h"], ["y"], min=float(lowest), max=0.6)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4])],
+                              initializer=[helper.make_tensor(k, 1, inits[k].shape, inits[k].reshape(-1))
+                                           for k in ("W", "b")])
+    from helpers import onnx_model
+
+    _check_model(onnx_model(graph, opset=10), n=30)
+
+
+def test_steep_leaky_slopes_stay_exact_and_tight():
+    """A slope above 1 uses ``x + (1 - a) relu(-x)``: on x > 0 it is x exactly, so CROWN's bounds
+    of a positive input stay those of x."""
+    for alpha in (1e4, 1e8, 1e20):
+        nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=alpha)]
+        model = _model(nodes, [1, 2])
+        net = _check_model(model, n=30)
+        for dtype in (torch.float64, torch.float32):  # float32: the GPU stages' working precision
+            b = crown(net, torch.tensor([[0.5, -1.0]], dtype=dtype), torch.tensor([[1.0, -0.5]], dtype=dtype))
+            assert b.output[0][0, 0] >= 0.5 - 1e-5 and b.output[1][0, 0] <= 1.0 + 1e-5
+        with torch.no_grad():
+            y32 = net(torch.tensor([[0.75, -0.75]], dtype=torch.float32)).numpy()
+        assert y32[0, 0] == np.float32(0.75) and y32[0, 1] == pytest.approx(-0.75 * np.float32(alpha), rel=1e-6)
+
+
+def test_malformed_pads_and_inputs_without_a_batch_axis_are_refused():
+    rng = np.random.default_rng(9)
+    def explicit(nodes, in_shape, out_shape, inits=()):  # shape inference cannot type these outputs
+        from helpers import onnx_model
+
+        return onnx_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", 1, in_shape)], [helper.make_tensor_value_info("y", 1, out_shape)],
+            initializer=[helper.make_tensor(k, 1, v.shape, v.reshape(-1)) for k, v in dict(inits).items()]))
+
+    conv1d = explicit([helper.make_node("Conv", ["x", "K"], ["y"], name="cv", pads=[1, 1, 1, 1])], [1, 2, 8],
+                      [1, 3, 8], {"K": _f32(rng, 3, 2, 3)})
+    with pytest.raises(InvalidInputError, match=re.escape("node 'cv' (op Conv): pads [1, 1, 1, 1] must have 2")):
+        from_onnx(conv1d)
+    pool = explicit([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], pads=[1, 1])],
+                    [1, 2, 4, 4], [1, 2, 4, 4])
+    with pytest.raises(InvalidInputError, match=re.escape("node 'mp' (op MaxPool): pads [1, 1] must have 4")):
+        from_onnx(pool)
+    # a leading dimension fixed above 1 is no batch axis, but GlobalAveragePool reads it as one
+    gap = _model([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], [2, 3, 7])
+    with pytest.raises(UnsupportedLayerError, match=r"node 'gap' \(op GlobalAveragePool\).*no batch axis"):
+        from_onnx(gap)
+
+
+def test_torch_keyword_only_calls():
+    class KeywordOnly(torch.nn.Module):
+        def forward(self, x):
+            return torch.maximum(input=x, other=x * 0.5) + torch.clamp(input=x, min=0.1)
+
+    model = KeywordOnly().eval()
+    net = gpuopt.from_torch(model, (3,))
+    x = torch.randn(20, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert np.abs(net.forward64(x.numpy()) - model(x).numpy()).max() <= 1e-12

@@ -382,7 +382,8 @@ class _Tracer:
     def piecewise_function(self, node, t, name, args, kwargs):
         if t in (torch.maximum, torch.minimum) or name in ("maximum", "minimum"):
             op = "max" if t is torch.maximum or name == "maximum" else "min"
-            a, b = args[0], args[1] if len(args) > 1 else kwargs["other"]
+            a = args[0] if args else kwargs.get("input")
+            b = args[1] if len(args) > 1 else kwargs.get("other")
             if self.is_data(a) and self.is_data(b):
                 if self.shapes[a[1]] != self.shapes[b[1]]:
                     raise self.unsupported(node, f"{op}imum of data tensors of shapes {self.shapes[a[1]]} and "
@@ -393,7 +394,7 @@ class _Tracer:
             c = self.per_sample_constant(node, self.data(node, x), c)
             return ("data", self.piecewise(node, x[1], (piecewise.max_const_terms if op == "max"
                                                          else piecewise.min_const_terms)(c)))
-        x = self.data(node, args[0])
+        x = self.data(node, args[0] if args else kwargs.get("input"))
         if t is torch.abs or name == "abs":
             return ("data", self.piecewise(node, x, piecewise.abs_terms()))
         if t is F.hardsigmoid:

@@ -708,6 +708,7 @@ class _Importer:
     def _op_Conv(self, node, label, attrs):
         if node.input[0] != self.current:
             raise self._unsupported(label, "Conv", "the data must be the first input")
+        self._batch_first(label, "Conv")
         w = self._weight(node, label, 1)
         if w.ndim not in (3, 4):
             raise self._unsupported(label, "Conv", f"only 1-D and 2-D convolutions are supported (weight shape {w.shape})")
@@ -724,7 +725,7 @@ class _Importer:
             w = ungroup_kernel(w, group)
         one_d = w.ndim == 3
         if one_d:  # (O, C, K) on (C, L): a 2-D convolution of (O, C, 1, K) on (C, 1, L)
-            w, attrs = w[:, :, None, :], _attrs_as_2d(attrs)
+            w, attrs = w[:, :, None, :], self._attrs_as_2d(attrs, label, "Conv")
         self._image_view(label, "Conv")
         kh, kw = w.shape[2:]
         strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
@@ -753,6 +754,29 @@ class _Importer:
         self._add(layer)
         self.nshape = out_shape
         self.oshape = (out_shape[0], out_shape[2]) if one_d else out_shape
+
+    def _attrs_as_2d(self, attrs: dict, label: str, op: str) -> dict:
+        """The attributes of a 1-D convolution or pooling over ``L`` as those of its 2-D form over
+        ``(1, L)``."""
+        out = dict(attrs)
+        for key, size in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("pads", 2)):
+            if key in attrs and len(attrs[key]) != size:
+                raise self._invalid(f"node {label!r} (op {op}): {key} {list(attrs[key])} must have {size} "
+                                    f"entr{'y' if size == 1 else 'ies'} for 1-D data")
+        for key in ("kernel_shape", "strides", "dilations"):
+            if key in attrs:
+                out[key] = (1,) + tuple(int(v) for v in attrs[key])
+        if "pads" in attrs:
+            begin, end = (int(v) for v in attrs["pads"])
+            out["pads"] = (0, begin, 0, end)
+        return out
+
+    def _batch_first(self, label: str, op: str):
+        """Convolutions, pooling and batch normalisation read ONNX axis 0 as the batch and axis 1
+        as the channels: refused on an input without a batch axis (its axis 0 is a feature axis)."""
+        if not self.batched:
+            raise self._unsupported(label, op, "the input has no batch axis (its leading dimension is fixed "
+                                               "above 1 or it has rank 1), but this op reads axis 0 as the batch")
 
     def _image_view(self, label, op):
         """Makes the Network tensor ``(C, H, W)``: the ONNX shape, or ``(C, 1, L)`` for 1-D data
@@ -898,6 +922,7 @@ class _Importer:
     def _op_BatchNormalization(self, node, label, attrs):
         if node.input[0] != self.current:
             raise self._unsupported(label, "BatchNormalization", "the data must be the first input")
+        self._batch_first(label, "BatchNormalization")
         if int(attrs.get("training_mode", 0)):
             raise self._unsupported(label, "BatchNormalization", "training_mode=1")
         if int(attrs.get("spatial", 1)) != 1:
@@ -921,9 +946,10 @@ class _Importer:
     def _pool(self, label, op, attrs, make):
         """A 2-D pooling layer ``make(kernel, strides, pads, dilations)``; 1-D pooling of ``(C, L)``
         as 2-D pooling of ``(C, 1, L)``."""
+        self._batch_first(label, op)
         one_d = len(self.oshape) == 2
         if one_d:
-            attrs = _attrs_as_2d(attrs)
+            attrs = self._attrs_as_2d(attrs, label, op)
         self._image_view(label, op)
         layer = make(*_pool_geometry(self, label, op, attrs, self.nshape))
         try:
@@ -1120,6 +1146,7 @@ class _Importer:
     def _op_ConvTranspose(self, node, label, attrs):
         if node.input[0] != self.current:
             raise self._unsupported(label, "ConvTranspose", "the data must be the first input")
+        self._batch_first(label, "ConvTranspose")
         w = self._weight(node, label, 1)
         if w.ndim != 4:
             raise self._unsupported(label, "ConvTranspose", f"only 2-D transposed convolutions (weight shape {w.shape})")
@@ -1214,19 +1241,6 @@ def from_onnx(path_or_model, *, input_shape=None) -> Network:
     return _Importer(model, path, input_shape).run()
 
 
-def _attrs_as_2d(attrs: dict) -> dict:
-    """The attributes of a 1-D convolution or pooling over ``L`` as those of its 2-D form over
-    ``(1, L)``."""
-    out = dict(attrs)
-    for key in ("kernel_shape", "strides", "dilations"):
-        if key in attrs:
-            out[key] = (1,) + tuple(int(v) for v in attrs[key])
-    if "pads" in attrs:
-        begin, end = (int(v) for v in attrs["pads"])
-        out["pads"] = (0, begin, 0, end)
-    return out
-
-
 def _pool_geometry(imp, label: str, op: str, attrs: dict, shape) -> tuple:
     """``(kernel, strides, pads (top, left, bottom, right), dilations)`` of a 2-D pooling node."""
     if len(shape) != 3:
@@ -1239,6 +1253,8 @@ def _pool_geometry(imp, label: str, op: str, attrs: dict, shape) -> tuple:
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("NOTSET", ""):
         p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+        if len(p) != 4:
+            raise imp._invalid(f"node {label!r} (op {op}): pads {list(p)} must have 4 entries for 2-D pooling")
         pads = (p[0], p[1], p[2], p[3])
     elif auto_pad == "VALID":
         pads = (0, 0, 0, 0)

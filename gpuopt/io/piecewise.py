@@ -3,12 +3,16 @@
 Each activation is a sum ``y = sum_k s_k v_k + c`` over terms ``v_k`` that are either the input
 ``x`` or ``relu(a_k x + b_k)``, every coefficient a per-element array:
 
-* leaky ReLU / PReLU with slope ``a``: ``a x + (1 - a) relu(x)`` (one ReLU per element);
+* leaky ReLU / PReLU with slope ``a``: ``a x + (1 - a) relu(x)`` for ``a <= 1`` and
+  ``x + (1 - a) relu(-x)`` for ``a > 1`` (one ReLU per element; each form adds no large terms
+  that cancel on its side of the kink);
 * ``|x| = 2 relu(x) - x``;
-* ``clip(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)`` (``hi`` when ``lo > hi``, as ONNX and
-  ``min(max(x, lo), hi)`` give); with one side only ``lo + relu(x - lo)`` or ``x - relu(x - hi)``;
+* ``clip(x, lo, hi) = x + relu(lo - x) - relu(x - hi)`` (``hi`` when ``lo > hi``, as ONNX and
+  ``min(max(x, lo), hi)`` give); with one side only ``x + relu(lo - x)`` or ``x - relu(x - hi)``
+  (never ``lo + relu(x - lo)``: with float32's lowest number as ``lo``, a converter's way of
+  writing "no lower bound", that form cancels to 0);
 * hard sigmoid ``max(0, min(1, a x + b)) = relu(a x + b) - relu(a x + b - 1)``;
-* ``max(x, c) = c + relu(x - c)``, ``min(x, c) = x - relu(x - c)``;
+* ``max(x, c) = x + relu(c - x)``, ``min(x, c) = x - relu(x - c)``;
 * between two data tensors ``max(p, q) = q + relu(p - q)``, ``min(p, q) = p - relu(p - q)``.
 
 These are identities of real numbers, so every stage (bounds, attack, MILP) treats the result as
@@ -44,11 +48,15 @@ class Term:
 
 
 def leaky_terms(alpha) -> tuple[list[Term], object]:
+    alpha = np.asarray(alpha, dtype=np.float64)
     if _is(alpha, 0):
         return [Term(1.0, True)], 0.0
     with np.errstate(invalid="ignore"):  # a non-finite slope is refused by add_relu_terms
-        beta, err = two_sum(np.ones_like(np.asarray(alpha, dtype=np.float64)), -np.asarray(alpha, dtype=np.float64))
-    return [Term(alpha), Term(beta, True, scale_err=err)], 0.0
+        beta, err = two_sum(np.ones_like(alpha), -alpha)
+        steep = alpha > 1  # x + (1 - a) relu(-x) there, a x + (1 - a) relu(x) elsewhere
+    if not np.any(steep):
+        return [Term(alpha), Term(beta, True, scale_err=err)], 0.0
+    return [Term(np.where(steep, 1.0, alpha)), Term(beta, True, a=np.where(steep, -1.0, 1.0), scale_err=err)], 0.0
 
 
 def abs_terms() -> tuple[list[Term], object]:
@@ -59,9 +67,9 @@ def clip_terms(lo, hi) -> tuple[list[Term], object]:
     """``lo`` or ``hi`` may be None (that side open); neither: the identity."""
     if lo is not None and hi is not None:
         lo = np.minimum(lo, hi)
-        return [Term(1.0, True, b=-lo), Term(-1.0, True, b=-hi)], lo
+        return [Term(1.0), Term(1.0, True, a=-1.0, b=lo), Term(-1.0, True, b=-hi)], 0.0
     if lo is not None:
-        return [Term(1.0, True, b=-lo)], lo
+        return [Term(1.0), Term(1.0, True, a=-1.0, b=lo)], 0.0
     if hi is not None:
         return [Term(1.0), Term(-1.0, True, b=-hi)], 0.0
     return [Term(1.0)], 0.0
@@ -74,7 +82,7 @@ def hard_sigmoid_terms(alpha, beta) -> tuple[list[Term], object]:
 
 
 def max_const_terms(c) -> tuple[list[Term], object]:
-    return [Term(1.0, True, b=-np.asarray(c, dtype=np.float64))], c
+    return [Term(1.0), Term(1.0, True, a=-1.0, b=np.asarray(c, dtype=np.float64))], 0.0
 
 
 def min_const_terms(c) -> tuple[list[Term], object]:
