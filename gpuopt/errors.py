@@ -38,6 +38,11 @@ class UnsupportedLayerError(GpuoptError):
         self.op_type = op_type
 
 
+class NetworkTooLargeError(GpuoptError):
+    """The network's exact linear form (sparse matrices of every layer) would not fit in memory,
+    so the stages built on it (bounds, splitting, MILP, the exact counterexample check) cannot run."""
+
+
 class SolverError(GpuoptError):
     """The LP/MILP solver failed in a way that is not a timeout or an infeasibility."""
 

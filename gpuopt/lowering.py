@@ -23,14 +23,16 @@ bounds the effect.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import NetworkTooLargeError
 from .layers import Conv2d, Dense, ElementwiseAffine, Flatten, MaxPool2d, ReLU, Reshape, pool_windows
 
-__all__ = ["Step", "network_steps", "lower"]
+__all__ = ["Step", "network_steps", "lower", "lowered_nonzeros", "max_nonzeros", "check_lowering_size"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,11 +107,73 @@ def _maxpool_steps(steps: list, src: int, layer: MaxPool2d, shape) -> int:
     return cur
 
 
+#: the memory one (estimated) nonzero of the linear form costs at the peak of building it and
+#: running the pipeline on it (values, indices, a convolution's intermediate index arrays, the
+#: copies of CSR/CSC conversions): `gpuopt verify` peaked at 4.8 GB on a 4-layer conv net over
+#: 3x112x112 inputs with 7.6e7 estimated nonzeros (63 bytes each), with room to spare here
+BYTES_PER_NONZERO = 100
+
+
+def _memory_bytes() -> int:
+    """The machine's physical memory (0 when unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def max_nonzeros() -> int:
+    """The most nonzeros a network's linear form may have: half the physical memory at
+    :data:`BYTES_PER_NONZERO` each (``GPUOPT_MAX_NONZEROS`` overrides it)."""
+    env = os.environ.get("GPUOPT_MAX_NONZEROS")
+    if env:
+        return int(float(env))
+    mem = _memory_bytes()
+    return mem // (2 * BYTES_PER_NONZERO) if mem else 10 ** 9
+
+
+def layer_nonzeros(layer, shapes) -> int:
+    """An estimate of the nonzeros of ``layer``'s matrix on inputs of ``shapes``, from the shapes
+    alone (a convolution: one per output and kernel tap; a selection: one per output)."""
+    out = math.prod(layer.output_shape(*shapes))
+    if isinstance(layer, (Flatten, Reshape, ReLU)):
+        return 0
+    if isinstance(layer, Dense):
+        return int(layer.weight.size)
+    if isinstance(layer, Conv2d):
+        return out * int(math.prod(layer.weight.shape[1:]))
+    if isinstance(layer, MaxPool2d):  # a tree of ReLUs over the gathered windows
+        return 3 * out * int(math.prod(layer.kernel))
+    weight = getattr(layer, "weight", None)
+    if weight is not None:  # a transposed convolution: each input position feeds c_out * kh * kw outputs
+        return math.prod(shapes[0]) * int(math.prod(weight.shape[1:]))
+    kernel = getattr(layer, "kernel", None)  # average pooling: a tap per output; else a selection or sum
+    return out * (int(math.prod(kernel)) if kernel is not None else len(shapes))
+
+
+def lowered_nonzeros(network) -> int:
+    """The estimated nonzeros of the network's linear form (:func:`layer_nonzeros`, summed)."""
+    return sum(layer_nonzeros(layer, network.input_shapes(i)) for i, layer in enumerate(network.layers))
+
+
+def check_lowering_size(network) -> None:
+    """Raises :class:`~gpuopt.errors.NetworkTooLargeError` when the linear form would need more
+    than :func:`max_nonzeros` nonzeros."""
+    n, limit = lowered_nonzeros(network), max_nonzeros()
+    if n > limit:
+        raise NetworkTooLargeError(
+            f"the network's exact linear form needs about {n:.3g} nonzeros (~{n * BYTES_PER_NONZERO / 2 ** 30:.0f} GiB "
+            f"at its peak), more than this machine's limit of {limit:.3g} (half its memory; GPUOPT_MAX_NONZEROS "
+            "sets it): bounds, splitting, MILP and the exact counterexample check cannot run on it")
+
+
 def network_steps(network) -> tuple[tuple[Step, ...], int]:
-    """The network's primitive steps and the index of the output step (cached)."""
+    """The network's primitive steps and the index of the output step (cached); refused with
+    :class:`~gpuopt.errors.NetworkTooLargeError` above :func:`max_nonzeros` (see there)."""
     cache = network._param_cache
     if "steps" in cache:
         return cache["steps"]
+    check_lowering_size(network)
     steps: list[Step] = []
     ref: dict[int, int] = {-1: -1}  # layer -> step holding its output
     errors = network.param_errors or (None,) * len(network.layers)

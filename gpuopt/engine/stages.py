@@ -54,6 +54,8 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
+from ..errors import NetworkTooLargeError
+from ..lowering import check_lowering_size
 from ..milp.box import BoxProof
 from ..milp.highs import proof_thresholds
 from ..problem import Problem
@@ -234,6 +236,12 @@ def _conclude(items, disj_lb: torch.Tensor, decided_by: str) -> list[str]:
 def _ibp_group(items) -> list[str]:
     problems = [p for it in items for p in it.problems]
     net = items[0].network
+    try:  # every stage after this one works on the network's linear form
+        check_lowering_size(net)
+    except NetworkTooLargeError as exc:
+        for it in items:
+            it.decide(Status.UNKNOWN, message=str(exc))
+        return ["decided"] * len(items)
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
     bounds = ibp(net, lower, upper)
