@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import NetworkTooLargeError
+from .errors import InvalidInputError, NetworkTooLargeError
 from .layers import Conv2d, Dense, ElementwiseAffine, Flatten, MaxPool2d, ReLU, Reshape, pool_windows
 
 __all__ = ["Step", "network_steps", "lower", "lowered_nonzeros", "max_nonzeros", "check_lowering_size"]
@@ -127,7 +127,10 @@ def max_nonzeros() -> int:
     :data:`BYTES_PER_NONZERO` each (``GPUOPT_MAX_NONZEROS`` overrides it)."""
     env = os.environ.get("GPUOPT_MAX_NONZEROS")
     if env:
-        return int(float(env))
+        try:
+            return int(float(env))
+        except (ValueError, OverflowError):
+            raise InvalidInputError(f"GPUOPT_MAX_NONZEROS must be a number of nonzeros, got {env!r}") from None
     mem = _memory_bytes()
     return mem // (2 * BYTES_PER_NONZERO) if mem else 10 ** 9
 

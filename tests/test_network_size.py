@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuopt import Box, NetworkTooLargeError, OutputSpec, verify
+from gpuopt import Box, InvalidInputError, NetworkTooLargeError, OutputSpec, verify
 from gpuopt.layers import AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
 from gpuopt.lowering import lowered_nonzeros, max_nonzeros, network_steps
 from gpuopt.network import Network
@@ -41,5 +41,8 @@ def test_a_network_above_the_limit_is_refused(monkeypatch):
     spec = OutputSpec([(np.array([[1.0, -1.0]]), np.array([1e6]))], 2)  # y0 - y1 <= 1e6: reachable
     v = verify(net, Box(np.zeros(128), np.ones(128)), spec, timeout=20)
     assert v.status.value == "unknown" and "linear form needs about" in v.message
+    monkeypatch.setenv("GPUOPT_MAX_NONZEROS", "lots")
+    with pytest.raises(InvalidInputError, match="GPUOPT_MAX_NONZEROS must be a number"):
+        max_nonzeros()
     monkeypatch.setenv("GPUOPT_MAX_NONZEROS", str(n))
     assert verify(net, Box(np.zeros(128), np.ones(128)), spec, timeout=20).status.value == "sat"
