@@ -33,10 +33,11 @@ Mapping of the supported operators (default domain only):
   as an ``ElementwiseAffine`` (so ``MatMul`` + ``Add`` becomes one ``Dense``);
 * ``Identity``, inference ``Dropout`` and a float ``Cast`` -> nothing;
 * piecewise-linear operators -> exact graphs of ReLUs, affine maps and ``Add`` (every stage then
-  treats them as it treats ReLU networks): ``LeakyRelu`` and ``PRelu`` (constant slopes ``a``)
-  as ``a x + (1 - a) relu(x)``; ``Abs`` as ``2 relu(x) - x``; ``Clip`` with constant bounds
-  (``ReLU6``) as ``lo + relu(x - lo) - relu(x - hi)``; ``HardSigmoid`` as
-  ``relu(a x + b) - relu(a x + b - 1)``; ``Max``/``Min`` with constants as ``c + relu(x - c)`` and
+  treats them as it treats ReLU networks; the forms are in :mod:`gpuopt.io.piecewise`):
+  ``LeakyRelu`` and ``PRelu`` (constant slopes ``a``) as ``a x + (1 - a) relu(x)`` (or
+  ``x + (1 - a) relu(-x)`` for ``a > 1``); ``Abs`` as ``2 relu(x) - x``; ``Clip`` with constant
+  bounds (``ReLU6``) as ``x + relu(lo - x) - relu(x - hi)``; ``HardSigmoid`` as
+  ``relu(a x + b) - relu(a x + b - 1)``; ``Max``/``Min`` with constants as ``x + relu(c - x)`` and
   ``x - relu(x - c)``, and between data tensors of one shape as ``q + relu(p - q)`` and
   ``p - relu(p - q)``. A coefficient such as ``1 - a`` that float64 cannot hold exactly is
   rounded once, and its error is kept in ``param_errors`` like a fold's.
