@@ -31,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .errors import NetworkTooLargeError
 from .lowering import network_steps
 from .network import Network
 
@@ -71,8 +72,12 @@ def _row_terms(step) -> np.ndarray:
 
 def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Float64 output of one input and an upper bound on its distance to the exact output, over
-    the network's steps (:func:`gpuopt.lowering.network_steps`)."""
-    steps, out = network_steps(network)
+    the network's steps (:func:`gpuopt.lowering.network_steps`), or layer by layer
+    (:func:`_forward_with_error_layers`) when those would not fit in memory."""
+    try:
+        steps, out = network_steps(network)
+    except NetworkTooLargeError:
+        return _forward_with_error_layers(network, x)
     vals = {-1: (x.astype(np.float64), np.zeros(x.size))}
     for s, st in enumerate(steps):
         if st.kind == "relu":
@@ -99,6 +104,68 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
         e = prop * (1 + g) + g * mag * (1 + 2 * g) + _ETA * (n_terms + 2)
         vals[s] = (z, e)
     return vals[out]
+
+
+def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_forward_with_error` layer by layer in float64 torch operations, for networks whose
+    step form would not fit in memory. A linear layer ``z = L(h) + c`` (Dense, Conv2d,
+    ConvTranspose2d, ElementwiseAffine, AvgPool2d, Add) gets the same bound as a step, with
+    ``|L|`` applied through the layer itself on absolute parameters, and ``n`` at least the
+    number of terms of any output (all kernel taps, padding included: ``gamma_n`` grows with
+    ``n``, so more is sound); any summation order the library picks is within ``gamma_n`` (Higham,
+    3.1). Selections (Pad, Slice, Gather, Transpose, Concat, reshapes) move values and errors
+    alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error."""
+    import torch
+
+    from .layers import (Add, AvgPool2d, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, MaxPool2d, Pad, ReLU)
+
+    def tensor(a):
+        return torch.tensor(np.asarray(a, dtype=np.float64))
+
+    errors = network.param_errors or (None,) * len(network.layers)
+    x0 = tensor(x).reshape(1, *network.input_shape)
+    vals = {-1: (x0, torch.zeros_like(x0))}
+    with torch.no_grad():
+        for i, (layer, ins) in enumerate(zip(network.layers, network.inputs)):
+            hs, es = [vals[j][0] for j in ins], [vals[j][1] for j in ins]
+            if isinstance(layer, ReLU):
+                vals[i] = (hs[0].clamp_min(0.0), es[0])
+                continue
+            params = tuple(tensor(a) for a in layer.params())
+            if isinstance(layer, MaxPool2d):
+                vals[i] = (layer.apply(params, hs[0]), layer.apply(params, es[0]))
+                continue
+            linear = isinstance(layer, (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine, AvgPool2d, Add))
+            if not linear:  # a selection: the error moves with the value (padding adds exact entries)
+                e = layer.select(es[0]) if isinstance(layer, Pad) else layer.apply(params, *es)
+                vals[i] = (layer.apply(params, *hs), e)
+                continue
+            z = layer.apply(params, *hs)
+            if isinstance(layer, (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine)):
+                w_abs = params[0].abs()
+                mag = layer.apply((w_abs, params[1].abs()), hs[0].abs())  # |L| |h| + |c|
+                prop = layer.apply((w_abs, torch.zeros_like(params[1])), es[0])
+                if errors[i] is not None:  # the stored parameters differ from the source model's by this
+                    prop = prop + layer.apply(tuple(tensor(a) for a in errors[i]), hs[0].abs() + es[0])
+                if isinstance(layer, Dense):
+                    n_terms = layer.weight.shape[1] + 1
+                elif isinstance(layer, ElementwiseAffine):
+                    n_terms = 2
+                elif isinstance(layer, Conv2d):  # weight (c_out, c_in, kh, kw)
+                    n_terms = int(np.prod(layer.weight.shape[1:])) + 1
+                else:  # ConvTranspose2d, weight (c_in, c_out, kh, kw): an output sums at most c_in kh kw taps
+                    n_terms = layer.weight.shape[0] * int(np.prod(layer.weight.shape[2:])) + 1
+            elif isinstance(layer, AvgPool2d):  # window sums over the window's count (exact semantics)
+                mag, prop = layer.apply((), hs[0].abs()), layer.apply((), es[0])
+                n_terms = int(np.prod(layer.kernel)) + 1
+            else:  # Add
+                mag, prop = sum(h.abs() for h in hs), sum(es)
+                n_terms = len(hs)
+            g = float(_gamma(n_terms))
+            e = prop * (1 + g) + g * mag * (1 + 2 * g) + _ETA * (n_terms + 2)
+            vals[i] = (z, e)
+    y, e = vals[len(network.layers) - 1]
+    return y.reshape(-1).numpy(), e.reshape(-1).numpy()
 
 
 def parameter_deviation(network: Network, lower, upper) -> np.ndarray | None:
@@ -160,7 +227,10 @@ def _to_ints(v: np.ndarray) -> tuple[list[int], int]:
 def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fraction] | None:
     """The exact output (Fractions) of the float64 input ``x``, or ``None`` when the network has
     more than ``max_weights`` weights or an inexact parameter."""
-    steps, out = network_steps(network)
+    try:
+        steps, out = network_steps(network)
+    except NetworkTooLargeError:
+        return None
     affine = [st for st in steps if st.kind == "affine"]
     if any(st.errors is not None for st in affine) or sum(M.nnz for st in affine for M in st.matrices) > max_weights:
         return None  # rounded parameters: exact arithmetic on them would not be exact for the source

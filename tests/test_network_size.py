@@ -40,9 +40,29 @@ def test_a_network_above_the_limit_is_refused(monkeypatch):
         network_steps(net)
     spec = OutputSpec([(np.array([[1.0, -1.0]]), np.array([1e6]))], 2)  # y0 - y1 <= 1e6: reachable
     v = verify(net, Box(np.zeros(128), np.ones(128)), spec, timeout=20)
-    assert v.status.value == "unknown" and "linear form needs about" in v.message
+    assert v.status.value == "sat" and v.decided_by == "attack"  # the attack needs no linear form
     monkeypatch.setenv("GPUOPT_MAX_NONZEROS", "lots")
     with pytest.raises(InvalidInputError, match="GPUOPT_MAX_NONZEROS must be a number"):
         max_nonzeros()
     monkeypatch.setenv("GPUOPT_MAX_NONZEROS", str(n))
     assert verify(net, Box(np.zeros(128), np.ones(128)), spec, timeout=20).status.value == "sat"
+
+
+def test_a_too_large_network_still_gets_the_attack(monkeypatch):
+    """Above the limit, the attack runs alone and its counterexamples are checked layer by layer:
+    a reachable property is ``sat``, an unreachable one ``unknown`` with the reason."""
+    rng = np.random.default_rng(4)
+    net = _conv_pool_net(rng)
+    monkeypatch.setenv("GPUOPT_MAX_NONZEROS", "100")
+    lo, hi = np.zeros(128), np.ones(128)
+    x = rng.uniform(lo, hi)
+    y = net.forward64(x[None])[0]
+    reach = OutputSpec([(np.array([[1.0, -1.0]]), np.array([y[0] - y[1] + 1e-3]))], 2)  # y0 - y1 <= value + 1e-3
+    v = verify(net, Box(lo, hi), reach, timeout=20)
+    assert v.status.value == "sat"
+    z = net.forward64(np.asarray(v.counterexample)[None])[0]
+    assert z[0] - z[1] <= y[0] - y[1] + 1e-3
+    never = OutputSpec([(np.array([[1.0, 0.0]]), np.array([-1e9]))], 2)  # y0 <= -1e9: unreachable
+    v = verify(net, Box(lo, hi), never, timeout=6)
+    assert v.status.value in ("unknown", "timeout") and "linear form needs about" in v.message
+    assert set(v.stage_seconds) <= {"bounds", "attack"}

@@ -46,7 +46,9 @@ class ItemState:
       smallest exact-checked margin seen; ``candidates``: per problem, the attack's
       :class:`~gpuopt.attacks.CandidatePool` (best points with distinct activation patterns);
     * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics;
-      ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes).
+      ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes);
+    * ``too_large``: why the network's linear form was refused
+      (:class:`~gpuopt.errors.NetworkTooLargeError`): only the attack runs, no bounds.
     """
 
     problems: list
@@ -72,6 +74,7 @@ class ItemState:
     milp_status: str | None = None
     stage_notes: dict = field(default_factory=dict)
     verdict: Verdict | None = None
+    too_large: str | None = None
 
     @property
     def network(self):

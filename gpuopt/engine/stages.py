@@ -236,12 +236,10 @@ def _conclude(items, disj_lb: torch.Tensor, decided_by: str) -> list[str]:
 def _ibp_group(items) -> list[str]:
     problems = [p for it in items for p in it.problems]
     net = items[0].network
-    try:  # every stage after this one works on the network's linear form
+    try:  # every stage but the attack works on the network's linear form
         check_lowering_size(net)
-    except NetworkTooLargeError as exc:
-        for it in items:
-            it.decide(Status.UNKNOWN, message=str(exc))
-        return ["decided"] * len(items)
+    except NetworkTooLargeError as exc:  # the attack alone, its points checked layer by layer
+        return _attack_only(items, str(exc))
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
     bounds = ibp(net, lower, upper)
@@ -265,6 +263,32 @@ def _ibp_group(items) -> list[str]:
         it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
         it.bounds = bounds.select(sl)
     return _conclude(items, disj_lb, "ibp")
+
+
+def _attack_only(items, why: str) -> list[str]:
+    """Sets items up for the attack without bounds: no proof can follow, so the spec rows are the
+    problems' own."""
+    offset, problems = 0, [p for it in items for p in it.problems]
+    A_all, b_all = stacked_spec(problems)
+    S_all = stacked_strict(problems, b_all.shape)
+    lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
+    upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
+    for it in items:
+        n = len(it.problems)
+        sl = slice(offset, offset + n)
+        offset += n
+        K_it = max(p.spec.n_disjuncts for p in it.problems)
+        M_it = max(A.shape[0] for p in it.problems for A, _ in p.spec.disjuncts)
+        it.lower, it.upper, it.proof_problems = lower[sl], upper[sl], list(it.problems)
+        it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
+        it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
+        it.too_large = why
+    return ["open"] * len(items)
+
+
+def _lowered(enabled):
+    """``enabled``, and the network's linear form was not refused (see :func:`_attack_only`)."""
+    return lambda c, it: it.too_large is None and enabled(c, it)
 
 
 #: the share of an item's time left that alpha-CROWN on the intermediate layers may take
@@ -335,6 +359,8 @@ def attack_stage(items) -> list[str]:
         # the attack stops at its budget (at least 2 s), so that an expensive network still leaves
         # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
+        if all(it.too_large is not None for it in group):  # nothing else can run: all the time
+            stop = deadline
         rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
         if rows:
             _attack_rows(group[0].network, rows, config, stop)
@@ -806,24 +832,24 @@ def finish_milp(item: ItemState) -> str:
 STAGES = (
     Stage("bounds", "batch", bounds_stage, lambda c, it: True),
     Stage("attack", "batch", attack_stage, lambda c, it: c.use_attack),
-    Stage("crown", "batch", crown_stage, lambda c, it: c.use_crown),
+    Stage("crown", "batch", crown_stage, _lowered(lambda c, it: c.use_crown)),
     Stage("input_split", "task", plan_input_split,
-          lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim,
+          _lowered(lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim),
           merge_input_split, finish_input_split),
     Stage("relu_split_probe", "task", plan_relu_split_probe,
-          lambda c, it: _refinement_applies(c, it) and c.milp_refine_probe_share > 0,
+          _lowered(lambda c, it: _refinement_applies(c, it) and c.milp_refine_probe_share > 0),
           partial(merge_relu_split, stage="relu_split_probe"), partial(finish_relu_split, stage="relu_split_probe")),
-    Stage("refine", "task", plan_milp_refine, _refinement_applies, merge_milp_refine, finish_milp_refine),
+    Stage("refine", "task", plan_milp_refine, _lowered(_refinement_applies), merge_milp_refine, finish_milp_refine),
     Stage("relu_split", "task", plan_relu_split,
-          lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 0, merge_relu_split, finish_relu_split),
+          _lowered(lambda c, it: c.use_relu_split and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+                   and len(it.bounds.pre_activation) > 0), merge_relu_split, finish_relu_split),
     Stage("walk", "task", plan_walk,
-          lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 0, merge_walk, finish_walk),
+          _lowered(lambda c, it: c.use_walk and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+                   and len(it.bounds.pre_activation) > 0), merge_walk, finish_walk),
     Stage("lp", "task", plan_lp,
-          lambda c, it: c.use_lp and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
-          and len(it.bounds.pre_activation) > 1, merge_lp, finish_lp),
-    Stage("milp", "task", plan_milp, lambda c, it: c.use_milp, merge_milp, finish_milp),
+          _lowered(lambda c, it: c.use_lp and (not c.use_input_split or it.network.input_size > c.split.max_input_dim)
+                   and len(it.bounds.pre_activation) > 1), merge_lp, finish_lp),
+    Stage("milp", "task", plan_milp, _lowered(lambda c, it: c.use_milp), merge_milp, finish_milp),
 )
 
 
@@ -841,6 +867,8 @@ def finalize(item: ItemState) -> ItemState:
         closed = sum(1 for i, p in enumerate(item.problems) for k in range(p.spec.n_disjuncts) if (i, k) not in item.open)
         total = sum(p.spec.n_disjuncts for p in item.problems)
         note = "no bounds computed" if item.disj_lb is None else f"{closed} of {total} disjuncts proven"
+        if item.too_large is not None:
+            note += f": {item.too_large}"
         note += _split_progress(item)
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
     refined = item.stage_notes.get("refine", {})
