@@ -117,7 +117,8 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
     alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error."""
     import torch
 
-    from .layers import (Add, AvgPool2d, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, MaxPool2d, Pad, ReLU)
+    from .layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
+                         MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
 
     def tensor(a):
         return torch.tensor(np.asarray(a, dtype=np.float64))
@@ -135,10 +136,14 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
             if isinstance(layer, MaxPool2d):
                 vals[i] = (layer.apply(params, hs[0]), layer.apply(params, es[0]))
                 continue
-            linear = isinstance(layer, (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine, AvgPool2d, Add))
-            if not linear:  # a selection: the error moves with the value (padding adds exact entries)
+            if isinstance(layer, (Flatten, Reshape, Transpose, Pad, Slice, Gather, Concat)):
+                # a selection: the error moves with the value (padding adds exact entries)
                 e = layer.select(es[0]) if isinstance(layer, Pad) else layer.apply(params, *es)
                 vals[i] = (layer.apply(params, *hs), e)
+                continue
+            if not isinstance(layer, (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine, AvgPool2d, Add)):
+                z = layer.apply(params, *hs)  # a layer this bound does not know: nothing is decided from it
+                vals[i] = (z, torch.full_like(z, math.inf))
                 continue
             z = layer.apply(params, *hs)
             if isinstance(layer, (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine)):
