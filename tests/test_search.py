@@ -39,6 +39,8 @@ def _batch(seed=3, items=5):
 
 def test_rounds_continue_until_the_deadline():
     net, A, b = _unreachable()
+    pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=10))  # warm-up: the
+    # first autograd call of a process can take most of the 0.5 s budget
     t0 = time.monotonic()
     cand = pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=10),
                       deadline=t0 + 0.5)
@@ -271,3 +273,22 @@ def test_spec_margins_match_a_float64_reference_with_padding(K, M):
         np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-12)
         (g,) = torch.autograd.grad(got.sum(), xs)
         assert torch.isfinite(g).all()
+
+
+def test_a_step_that_would_end_past_the_deadline_is_not_started():
+    """On a large network one step takes seconds: the loop stops before a step whose (estimated)
+    end is past the deadline, instead of overrunning it by a step."""
+    from gpuopt.attacks.pgd import descend
+
+    def slow(x, items):  # 0.3 s per evaluation; the margin x stays above its target
+        time.sleep(0.3)
+        return (x[..., 0] ** 2 + 1.0)
+
+    geometry = BoxGeometry(torch.tensor([[-1.0]]), torch.tensor([[1.0]]))
+    x0 = torch.full((1, 2, 1), 0.5)
+    descend(slow, geometry, x0, AttackConfig(restarts=2, steps=1))  # warm-up (the first autograd call)
+    t0 = time.monotonic()
+    res = descend(slow, geometry, x0, AttackConfig(restarts=2, steps=50), deadline=t0 + 1.0)
+    took = time.monotonic() - t0
+    assert took <= 1.0 + 0.1, took  # the start's evaluation and two steps fit; a third would end at 1.2 s
+    assert res.steps == 2

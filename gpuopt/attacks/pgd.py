@@ -175,8 +175,9 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
     ``geometry``). ``objective`` maps the points of the items ``items`` (indices into the batch)
     to ``(len(items), restarts)`` margins (or a pair ``(margins, surrogate)``, see
     :func:`_value_and_grad`). An item stops once a restart reaches ``target`` (0 by default;
-    looked at every :data:`STOP_CHECK_EVERY` steps); the loop stops at ``deadline``
-    (``time.monotonic()``) with the best so far."""
+    looked at every :data:`STOP_CHECK_EVERY` steps); the loop stops with the best so far before
+    a step that would end past ``deadline`` (``time.monotonic()``; the last step's time is the
+    estimate)."""
     B, R, _ = x0.shape
     dev = x0.device
     target = torch.zeros(B, dtype=x0.dtype, device=dev) if target is None else target.to(dev, x0.dtype)
@@ -201,7 +202,7 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
     x_prev = x.clone()
     decreased = torch.zeros((B, R), dtype=torch.int64, device=dev)
     last_mark, t_last, best_last = 0, t.clone(), best_m.clone()
-    steps_done = 0
+    steps_done, step_seconds = 0, 0.0
 
     def best_points(keep=None) -> torch.Tensor:
         """``best_x`` with the pending ``better`` points, of the items ``keep`` (all by default)."""
@@ -252,8 +253,11 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
                     ready = torch.cuda.Event()
                     ready.record(torch.cuda.current_stream(dev))
                 flags = (host, ready)
-        if items.numel() == 0 or (deadline is not None and time.monotonic() > deadline):
+        # a step that would end past the deadline is not started (the last one's time is the
+        # estimate: on a large network one step takes seconds)
+        if items.numel() == 0 or (deadline is not None and time.monotonic() + step_seconds > deadline):
             break
+        step_start = time.monotonic()
         if not apgd:
             t = torch.full_like(t, t0 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / max(1, config.steps)))))
         # x + a (z - x) + (1 - a)(x - x_prev) from the second step on (APGD); the new point is in
@@ -274,6 +278,7 @@ def descend(objective: Objective, geometry: Geometry, x0: torch.Tensor, config: 
         better = m < best_m
         best_m = torch.minimum(m, best_m)
         steps_done = k + 1
+        step_seconds = time.monotonic() - step_start
         if steps_done in marks and steps_done < config.steps:
             few = decreased < 0.75 * (steps_done - last_mark)
             stalled = (t == t_last) & (best_m >= best_last)

@@ -208,10 +208,13 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
     # None: no limit on the number of rounds (one round when there is no deadline either)
     max_rounds = config.rounds if config.rounds is not None else (1 if deadline is None else None)
     rounds = steps = evaluations = launched = 0
+    step_seconds = 0.0
     since_better, record = 0, math.inf
     while max_rounds is None or rounds < max_rounds:
         open_items = torch.nonzero(~success).flatten()
-        if open_items.numel() == 0 or (stop_at_first and bool(success.any())) or (deadline is not None and time.monotonic() > deadline):
+        # a round that could not take a step before the deadline is not started
+        if open_items.numel() == 0 or (stop_at_first and bool(success.any())) or \
+                (deadline is not None and time.monotonic() + 2 * step_seconds > deadline):
             break
         round_seed = config.seed + 7919 * rounds
         size = max(1, budget // max(per_item, 1))
@@ -224,7 +227,9 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
                 local = _in_chunk(objective, chunk)
                 x0 = _starts(network, lambda x: local(x, torch.arange(x.shape[0], device=dev)), sub, config, gens,
                              rounds == 0)
+                t_chunk = time.monotonic()
                 res = descend(local, sub, x0, config, target=target[chunk], deadline=deadline)
+                step_seconds = (time.monotonic() - t_chunk) / (res.steps + 1)  # the start's evaluation and the steps
             except RuntimeError as err:
                 if not _is_oom(err) or size == 1:
                     raise

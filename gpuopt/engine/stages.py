@@ -39,6 +39,7 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -343,6 +344,10 @@ def _crown_group(items) -> list[str]:
     return _conclude(items, disj_lb, decided_by)
 
 
+#: restarts per attack round on a network too large for its linear form
+TOO_LARGE_RESTARTS = 8
+
+
 def attack_stage(items) -> list[str]:
     """Attack over the open problems of all items on one network, one batch row per (item,
     problem) pair (:func:`~gpuopt.attacks.falsify`): rounds of fresh restarts until every row is
@@ -359,8 +364,12 @@ def attack_stage(items) -> list[str]:
         # the attack stops at its budget (at least 2 s), so that an expensive network still leaves
         # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
-        if all(it.too_large is not None for it in group):  # nothing else can run: all the time
+        if all(it.too_large is not None for it in group):
+            # nothing else can run: all the time; a network this large takes seconds per step, so
+            # fewer restarts per round, no output-diversified start steps and one point kept
             stop = deadline
+            config = dataclasses.replace(config, attack=dataclasses.replace(
+                config.attack, restarts=min(config.attack.restarts, TOO_LARGE_RESTARTS), odi=0.0, keep=1))
         rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
         if rows:
             _attack_rows(group[0].network, rows, config, stop)
@@ -401,6 +410,8 @@ def _attack_rows(network, rows, config, deadline) -> None:
         it.candidates[i] = cand.pools[r]
         if it.verdict is not None:
             continue
+        if it.too_large is not None and deadline is not None and time.monotonic() > deadline:
+            continue  # checking a point of a network this large takes seconds: not past the deadline
         ok, x64, y64, m = check_point(it.problems[i], xs[r])
         if m < it.margin_upper or i not in it.best_x:
             it.best_x[i] = x64
@@ -890,7 +901,7 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
         if item.verdict is not None:
             break
         if stage.name != "bounds" and item.left() <= 0:
-            item.decide(Status.TIMEOUT)
+            item.decide(Status.TIMEOUT, message=item.too_large or "")
             break
         if not stage.enabled(item.config, item):
             continue
