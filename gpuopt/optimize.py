@@ -231,9 +231,9 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
     """Maximise ``objective . f(x) + offset`` over ``region`` (and ``G x <= g`` for
     ``constraints=(G, g)``) within ``timeout`` seconds; ``objective`` is a coefficient vector over
     the outputs or an expression such as ``"Y_0 - 2*Y_1"``; ``cuts`` adds valid inequalities to
-    the MILP (:func:`gpuopt.milp.cuts.cut_kinds`); ``inner``: a box inside the region's box that every reported point must lie in (a VNNLIB
-    region's float64 points, where the region's box is rounded outwards), while the bounds hold
-    on the whole region."""
+    the MILP (:func:`gpuopt.milp.cuts.cut_kinds`); ``inner``: a box inside the region's box that
+    every reported point must lie in (a VNNLIB region's float64 points, where the region's box is
+    rounded outwards), while the bounds hold on the whole region."""
     from .attacks.geometry import BoxGeometry, L1Geometry
     from .attacks.pgd import AttackConfig
     from .attacks.search import falsify

@@ -237,58 +237,51 @@ def _conclude(items, disj_lb: torch.Tensor, decided_by: str) -> list[str]:
 def _ibp_group(items) -> list[str]:
     problems = [p for it in items for p in it.problems]
     net = items[0].network
-    try:  # every stage but the attack works on the network's linear form
-        check_lowering_size(net)
-    except NetworkTooLargeError as exc:  # the attack alone, its points checked layer by layer
-        return _attack_only(items, str(exc))
     lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
+    try:  # every stage but the attack works on the network's linear form
+        check_lowering_size(net)
+    except NetworkTooLargeError as exc:
+        # the attack alone, its points checked layer by layer: no proof can follow, so the spec
+        # rows are the problems' own
+        _set_spec(items, problems, lower, upper)
+        for it in items:
+            it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
+            it.too_large = str(exc)
+        return ["open"] * len(items)
     bounds = ibp(net, lower, upper)
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
     # counterexamples are always checked against the original problems
     y_abs = torch.maximum(bounds.output[0].abs(), bounds.output[1].abs()).numpy()
     dev = parameter_deviation(net, lower.numpy(), upper.numpy())
     proof_problems = [proof_problem(p, y_abs[i], None if dev is None else dev[i]) for i, p in enumerate(problems)]
-    A_all, b_all = stacked_spec(proof_problems)
-    S_all = stacked_strict(problems, b_all.shape)
-    disj_lb = disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all)
+    A_all, b_all, S_all = _set_spec(items, proof_problems, lower, upper)
     offset = 0
     for it in items:
-        n = len(it.problems)
-        sl = slice(offset, offset + n)
-        offset += n
+        it.bounds = bounds.select(slice(offset, offset + len(it.problems)))
+        offset += len(it.problems)
+    return _conclude(items, disjunct_lower_bounds(bounds.output[0], bounds.output[1], A_all, b_all, S_all), "ibp")
+
+
+def _set_spec(items, proof_problems, lower, upper):
+    """Each item's boxes, proof problems and padded spec tensors (from ``proof_problems``, one per
+    problem of the items in order); returns the stacked ``(A, b, strict)`` of all of them."""
+    A_all, b_all = stacked_spec(proof_problems)
+    S_all = stacked_strict([p for it in items for p in it.problems], b_all.shape)
+    offset = 0
+    for it in items:
+        sl = slice(offset, offset + len(it.problems))
+        offset += len(it.problems)
         K_it = max(p.spec.n_disjuncts for p in it.problems)
         M_it = max(A.shape[0] for p in proof_problems[sl] for A, _ in p.spec.disjuncts)
-        it.lower, it.upper = lower[sl], upper[sl]
-        it.proof_problems = proof_problems[sl]
+        it.lower, it.upper, it.proof_problems = lower[sl], upper[sl], list(proof_problems[sl])
         it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
-        it.bounds = bounds.select(sl)
-    return _conclude(items, disj_lb, "ibp")
-
-
-def _attack_only(items, why: str) -> list[str]:
-    """Sets items up for the attack without bounds: no proof can follow, so the spec rows are the
-    problems' own."""
-    offset, problems = 0, [p for it in items for p in it.problems]
-    A_all, b_all = stacked_spec(problems)
-    S_all = stacked_strict(problems, b_all.shape)
-    lower = torch.as_tensor(np.stack([p.region.lower for p in problems]))
-    upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
-    for it in items:
-        n = len(it.problems)
-        sl = slice(offset, offset + n)
-        offset += n
-        K_it = max(p.spec.n_disjuncts for p in it.problems)
-        M_it = max(A.shape[0] for p in it.problems for A, _ in p.spec.disjuncts)
-        it.lower, it.upper, it.proof_problems = lower[sl], upper[sl], list(it.problems)
-        it.A, it.b, it.strict = A_all[sl, :K_it, :M_it], b_all[sl, :K_it, :M_it], S_all[sl, :K_it, :M_it]
-        it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
-        it.too_large = why
-    return ["open"] * len(items)
+    return A_all, b_all, S_all
 
 
 def _lowered(enabled):
-    """``enabled``, and the network's linear form was not refused (see :func:`_attack_only`)."""
+    """``enabled``, and the network's linear form was not refused (``too_large``, set by the
+    bounds stage)."""
     return lambda c, it: it.too_large is None and enabled(c, it)
 
 

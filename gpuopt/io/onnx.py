@@ -832,14 +832,12 @@ class _Importer:
         """Appends a piecewise-linear map of the current tensor (:mod:`gpuopt.io.piecewise`)."""
         terms, const = terms_const
 
-        def add(layer, inputs):
-            return self._add(layer, inputs)
-
         def record(i, es, et):
             self.errors[i] = (es, et)
 
         try:
-            self.cur = piecewise.add_relu_terms(add, self.cur, terms, const, convert=self._to_nshape, record=record)
+            self.cur = piecewise.add_relu_terms(self._add, self.cur, terms, const, convert=self._to_nshape,
+                                                record=record)
         except ValueError as err:
             raise self._invalid(f"node {label!r} (op {op}): {err}") from None
 
@@ -908,7 +906,7 @@ class _Importer:
                                                "(broadcasting two data tensors)")
         shape = shapes.pop()
         refs = [self._data_operand(n, label, op) for n in data_ins]
-        self.cur = piecewise.add_pairwise_extreme(lambda layer, inputs: self._add(layer, inputs), refs, op.lower())
+        self.cur = piecewise.add_pairwise_extreme(self._add, refs, op.lower())
         self.oshape = self.nshape = shape
         self._max_min_const(node, label, op)
         self.current = node.output[0]

@@ -305,9 +305,8 @@ def _scale(model: MilpModel) -> _Scaled:
         A.eliminate_zeros()
     with np.errstate(over="ignore", invalid="ignore"):
         c = model.c * col_scale
-    if not np.all(np.isfinite(c)):  # HiGHS would take an infinite cost and report a bound of it
-        raise SolverError("the objective overflows float64 once the columns are scaled (a coefficient or a "
-                          "variable's range near 1e308): no solver bound")
+    if not np.all(np.isfinite(c)):  # a cost that is not finite itself: HiGHS would report a bound of it
+        raise SolverError("the objective has a coefficient that is not finite: no solver bound")
     cost_scale = float(_pow2(np.abs(c).max()) if c.size and np.abs(c).max() > 0 else 1.0)
     return _Scaled(A=A.tocsc(), c=c / cost_scale, col_lower=col_lower, col_upper=col_upper,
                    row_lower=row_lower, row_upper=row_upper, col_scale=col_scale, cost_scale=cost_scale,
