@@ -79,6 +79,7 @@ _INF = math.inf
 _BY_POSITION = itemgetter(1)
 
 
+
 class Property(tuple):
     """One ``(box, spec)`` pair of a VNNLIB file (it unpacks as a pair), with ``inner``: the
     float64 box of points that satisfy the exact input constraints (``box`` is its outward-rounded
@@ -130,6 +131,140 @@ def _box(lower: list, upper: list) -> Box:
     object.__setattr__(box, "lower", lo)
     object.__setattr__(box, "upper", hi)
     return box
+
+
+def _sign_against(tok: str, f: float) -> int:
+    """The sign of ``f - value(tok)`` for a number token (of a modest exponent), exactly."""
+    mant, _, ex = tok.lower().partition("e")
+    whole, _, frac = mant.partition(".")
+    exponent = (int(ex) if ex else 0) - len(frac)
+    m = int(whole + frac)
+    n, d = f.as_integer_ratio()
+    diff = n - m * 10 ** exponent * d if exponent >= 0 else n * 10 ** -exponent - m * d
+    return (diff > 0) - (diff < 0)
+
+
+class _BaseBox:
+    """Bounds ``X_i >= c`` / ``X_i <= c`` asserted on lines of their own (at most one lower and one
+    upper bound per input; further ones are read by the general reader): they hold in every DNF
+    term. Each is kept as its token (its exact value is made when another atom meets it) and as
+    its outer and inner float64 bounds, computed in bulk with the same rounding as
+    :func:`~gpuopt.specs.float_down` / :func:`~gpuopt.specs.float_up`."""
+
+    def __init__(self):
+        self.tokens = ({}, {})  # [is_upper][i] -> (token, strict)
+
+    def add(self, i: int, is_upper: bool, tok: str, strict: bool) -> bool:
+        """Record one bound; False (nothing recorded) when ``i`` has that side already or ``tok``
+        is out of float64's range (the general reader reports that)."""
+        side = self.tokens[is_upper]
+        if i in side:
+            return False
+        try:
+            f = float(tok)
+        except ValueError:
+            return False
+        if len(tok) > 300 or f - f != 0.0 or (f == 0.0 and abs(int(tok.lower().partition("e")[2] or 0)) > 400):
+            return False
+        side[i] = (tok, strict)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.tokens[0]) + len(self.tokens[1])
+
+    def finish(self, n_in: int) -> None:
+        """Arrays over the ``n_in`` inputs: ``nearest``, ``outer``, ``inner`` per side (NaN where
+        the side has no base bound), and ``empty``: the inputs whose two base bounds admit no
+        value, decided exactly."""
+        self.nearest, self.outer, self.inner = [], [], []
+        for is_upper, side in enumerate(self.tokens):
+            near, outer, inner = (np.full(n_in, np.nan) for _ in range(3))
+            if side:
+                idx = np.fromiter(side, dtype=np.int64, count=len(side))
+                toks = [t for t, _ in side.values()]
+                f = np.array([float(t) for t in toks]) + 0.0  # -0.0 is 0 (as the exact value gives)
+                sign = np.array([_sign_against(t, x) for t, x in zip(toks, f.tolist())])
+                strict = np.array([s for _, s in side.values()], dtype=bool)
+                towards = np.inf if is_upper else -np.inf
+                near[idx] = f
+                # lower: outer = largest float <= c, inner = smallest float >= c (> c when strict);
+                # upper: the mirror images (sign is the sign of f - c)
+                out_moves = sign < 0 if is_upper else sign > 0
+                in_moves = (sign > 0 if is_upper else sign < 0) | (strict & (sign == 0))
+                outer[idx] = np.where(out_moves, np.nextafter(f, towards), f)
+                inner[idx] = np.where(in_moves, np.nextafter(f, -towards), f)
+            self.nearest.append(near)
+            self.outer.append(outer)
+            self.inner.append(inner)
+        # rounding to nearest is monotone: nearest(lo) < nearest(hi) implies lo < hi exactly
+        both = np.flatnonzero(~(self.nearest[0] < self.nearest[1]) & ~np.isnan(self.nearest[0])
+                              & ~np.isnan(self.nearest[1]))
+        self.empty = {}
+        for i in both.tolist():
+            (l, ls), (h, hs) = (self.exact(side, i) for side in (0, 1))
+            if l > h or (l == h and (ls or hs)):
+                self.empty[i] = ((l, ls), (h, hs))
+
+    def exact(self, is_upper: int, i: int):
+        """``(exact value, strict)`` of input ``i``'s base bound on one side, or None."""
+        t = self.tokens[is_upper].get(i)
+        return None if t is None else (Fraction(t[0]), t[1])
+
+
+def _plain_lines(text: str, source: str):
+    """Read the lines that hold one ``(declare-const X_i Real)`` or one bound ``(assert (op X_i
+    number))`` (or ``(op number X_i)``), written with single spaces as large files are, in bulk;
+    returns ``(text, declared, decl_lines, base)``: the text with those lines blanked (line
+    numbers are kept), the variables declared that way (``name -> (kind, index)``, with their
+    lines), and a :class:`_BaseBox` of the bounds, or None. Other lines go to the general reader.
+
+    The same file read by the general reader alone gives the same result: a declaration is taken
+    only before anything else but comments (so every later command sees it declared, as it
+    would), and a bound only where no expression is open and its input was declared above it.
+    A token is a number here when ``float`` reads it and it has only the characters of one
+    (``float`` then reads exactly what ``_NUMBER`` matches).
+    """
+    if "(declare-const" not in text:
+        return text, {}, {}, None
+    lines = text.split("\n")
+    declared: dict[str, tuple[str, int]] = {}
+    decl_lines: dict[str, int] = {}
+    base = _BaseBox()
+    depth = 0  # of parentheses opened by the general text so far
+    general = False  # whether the general text has a command yet
+    for n, line in enumerate(lines):
+        parts = line.split() if depth == 0 else ()
+        if len(parts) == 4 and parts[0] == "(assert" and parts[1] in _BOUND_OPS and parts[3][-2:] == "))":
+            a, b, upper = parts[2], parts[3][:-2], parts[1] in ("(<=", "(<")
+            var = declared.get(a)
+            if var is None:
+                var, a, b, upper = declared.get(b), b, a, not upper
+            if (var is not None and var[0] == "X" and not b.strip(_NUMBER_CHARS)
+                    and base.add(var[1], upper, b, parts[1] in ("(<", "(>"))):
+                lines[n] = ""  # read: the line is left out
+                continue
+        elif len(parts) == 3 and parts[0] == "(declare-const" and parts[2] == "Real)" and not general:
+            m = _VAR_NAME.fullmatch(parts[1])
+            if m is not None:
+                name = parts[1]
+                if name in declared:
+                    raise InvalidInputError(f"{name} is declared twice (first on line {decl_lines[name]})",
+                                            path=source, line=n + 1)
+                declared[name] = (m.group(1), int(m.group(2)))
+                decl_lines[name] = n + 1
+                lines[n] = ""
+                continue
+        code = line.partition(";")[0]
+        if code and not code.isspace():
+            general = True
+            depth += code.count("(") - code.count(")")
+    if not declared:
+        return text, {}, {}, None
+    return "\n".join(lines), declared, decl_lines, (base if len(base) else None)
+
+
+_BOUND_OPS = frozenset(("(<=", "(>=", "(<", "(>"))
+_NUMBER_CHARS = "0123456789.eE+-"
 
 
 class _List:
@@ -218,13 +353,12 @@ class _Parser:
     """Turns VNNLIB text into the list of ``(Box, OutputSpec)`` pairs; see the module docstring."""
 
     def __init__(self, text: str, source: str):
-        self.text = text
+        self.text, self.declared, self.decl_lines, self.base = _plain_lines(text, source)
         self.source = source
-        self.declared: dict[str, tuple[str, int]] = {}
         self.decl_pos: dict[str, int] = {}
         self.numbers: dict[str, Fraction] = {}  # number token -> exact value
         self.atoms: dict[tuple, object] = {}  # (op, a, b) of a one-token comparison -> its atom
-        self.n_comparisons = 0  # comparisons read so far
+        self.n_comparisons = len(self.base) if self.base is not None else 0  # comparisons read so far
         self.unit_rows: dict[tuple, tuple] = {}  # (j, y_j <= c) -> row of y_j <= c or -y_j <= -c
 
     # -- errors ---------------------------------------------------------------------------------
@@ -547,7 +681,7 @@ class _Parser:
         if isinstance(typ, _List) or typ[0] != "Real":
             raise self.error(f"{name[0]} must be declared 'Real', got {_show(typ)}", _pos(typ))
         if name[0] in self.declared:
-            first = self.line(self.decl_pos[name[0]])
+            first = self.decl_lines.get(name[0]) or self.line(self.decl_pos[name[0]])
             raise self.error(f"{name[0]} is declared twice (first on line {first})", name[1])
         self.declared[name[0]] = (m.group(1), int(m.group(2)))
         self.decl_pos[name[0]] = name[1]
@@ -587,6 +721,8 @@ class _Parser:
         self.atoms = self.numbers = None
         n_in = self.count("X", n_inputs)
         n_out = self.count("Y", n_outputs)
+        if self.base is not None:
+            self.base.finish(n_in)
         dnf = self.conjoin(dnfs, None)
         del dnfs
         return self.group(dnf, n_in, n_out)
@@ -669,6 +805,8 @@ class _Parser:
     def exact_box(self, x_atoms: tuple, n_in: int, n_terms: int) -> tuple | str:
         """Intersect input atoms exactly: ``(key, (lo, hi, lo_in, hi_in))``, the outer and inner
         float bounds (lists) and their bytes as a key, or a message when the exact box is empty."""
+        if self.base is not None:
+            return self.exact_box_on_base(x_atoms, n_in, n_terms)
         low: list = [None] * n_in  # the tightest exact bounds, as (Fraction, strict), or None
         high: list = [None] * n_in
         for _, i, is_upper, c, strict in x_atoms:
@@ -695,6 +833,48 @@ class _Parser:
         hi_in = [float_down(h, s) for h, s in high]
         key = struct.pack(f"{4 * n_in}d", *lo, *hi, *lo_in, *hi_in)
         return key, (lo, hi, lo_in, hi_in)
+
+
+    def exact_box_on_base(self, x_atoms: tuple, n_in: int, n_terms: int) -> tuple | str:
+        """:meth:`exact_box` where the :class:`_BaseBox` holds in every term: the inputs this
+        term's atoms touch are intersected exactly (the base bound among them), the others take
+        the base's float bounds as they are."""
+        base = self.base
+        sides: tuple[dict, dict] = ({}, {})  # [is_upper][i] -> the tightest (exact value, strict)
+        for _, i, is_upper, c, strict in x_atoms:
+            side = sides[is_upper]
+            b = side[i] if i in side else base.exact(is_upper, i)
+            if b is None or (c < b[0] if is_upper else c > b[0]) or (strict and c == b[0]):
+                b = (c, strict)
+            side[i] = b
+        low, high = sides
+        has = [np.isfinite(base.nearest[k]) for k in (0, 1)]
+        for k in (0, 1):
+            has[k][list(sides[k])] = True
+        if not (has[0].all() and has[1].all()):
+            i = int(np.flatnonzero(~(has[0] & has[1]))[0])
+            side = "lower" if has[1][i] else "upper" if has[0][i] else "lower or upper"
+            raise self.error(f"input X_{i} has no {side} bound" + (" in one of the disjuncts" if n_terms > 1 else ""))
+        empty = {}
+        for i in set(low) | set(high):
+            (l, l_strict), (h, h_strict) = low.get(i) or base.exact(0, i), high.get(i) or base.exact(1, i)
+            if l > h or (l == h and (l_strict or h_strict)):
+                empty[i] = ((l, l_strict), (h, h_strict))
+        empty.update((i, v) for i, v in base.empty.items() if i not in low and i not in high)
+        if empty:
+            i = min(empty)
+            (l, l_strict), (h, h_strict) = empty[i]
+            lo_op = "<" if l_strict else "<="
+            hi_op = "<" if h_strict else "<="
+            return f"the input box is empty: {l} {lo_op} X_{i} {hi_op} {h} has no solution"
+        lo, hi = base.outer[0].copy(), base.outer[1].copy()
+        lo_in, hi_in = base.inner[0].copy(), base.inner[1].copy()
+        for i, (l, strict) in low.items():
+            lo[i], lo_in[i] = float_down(l), float_up(l, strict)
+        for i, (h, strict) in high.items():
+            hi[i], hi_in[i] = float_up(h), float_down(h, strict)
+        key = b"".join(a.tobytes() for a in (lo, hi, lo_in, hi_in))
+        return key, (lo.tolist(), hi.tolist(), lo_in.tolist(), hi_in.tolist())
 
 
 def parse_vnnlib(text: str, *, n_inputs: int | None = None, n_outputs: int | None = None,
