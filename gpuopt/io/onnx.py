@@ -32,6 +32,15 @@ Mapping of the supported operators (default domain only):
   ``ElementwiseAffine`` when the previous layer produced the current tensor, otherwise appended
   as an ``ElementwiseAffine`` (so ``MatMul`` + ``Add`` becomes one ``Dense``);
 * ``Identity``, inference ``Dropout`` and a float ``Cast`` -> nothing;
+* entries copied, repeated or resampled -> exact selections (``Slice``, ``Gather`` with repeated
+  indices, ``Transpose``): ``Split`` (one ``Slice`` per used output; the ``split`` attribute or
+  input, equal parts, or opset 18's ``num_outputs``), ``Tile`` and ``Expand`` (not along the
+  batch axis), nearest-neighbour ``Resize`` (every coordinate transform but
+  ``tf_crop_and_resize``, every ``nearest_mode``; the source indices computed in float32 as
+  onnxruntime does) and ``Upsample``, ``DepthToSpace`` (DCR, CRD) and ``SpaceToDepth``;
+* ``ReduceSum``/``ReduceMean``/``ReduceMax``/``ReduceMin`` over per-sample axes -> the reduced
+  axes moved last, a ``(rest, 1, k)`` view, and ``(1, k)`` average pooling (times ``k`` for a
+  sum) or max pooling (between two negations for a min);
 * piecewise-linear operators -> exact graphs of ReLUs, affine maps and ``Add`` (every stage then
   treats them as it treats ReLU networks; the forms are in :mod:`gpuopt.io.piecewise`):
   ``LeakyRelu`` and ``PRelu`` (constant slopes ``a``) as ``a x + (1 - a) relu(x)`` (or
@@ -51,8 +60,9 @@ random operators (``RandomNormal``, ``RandomUniform``, their ``*Like`` forms, ``
 output, even on constants.
 
 Constants are initializers and ``Constant`` nodes; ``Shape``, ``Gather``, ``Unsqueeze``,
-``Squeeze``, ``Concat``, ``Cast``, ``Reshape``, ``Identity`` and arithmetic on constants are
-evaluated (so ``x.view(x.size(0), -1)`` exports work; ``Shape`` reports a batch of 1). Weights are
+``Squeeze``, ``Concat``, ``Cast``, ``Reshape``, ``Identity``, ``ConstantOfShape``, ``Range``,
+``Expand``, ``Tile``, ``Slice``, ``Split``, ``Transpose``, ``Where``, comparisons and arithmetic
+on constants are evaluated (so ``x.view(x.size(0), -1)`` exports work; ``Shape`` reports a batch of 1). Weights are
 converted to float64. Folding an elementwise map into the previous layer can round (``Div`` by
 3, a bias plus a shift, BatchNorm's ``gamma / sqrt(var + eps)``, Gemm's alpha and beta): each
 rounding is measured exactly (TwoProduct, TwoSum) and kept, with the errors it propagates, in
@@ -66,6 +76,7 @@ malformed models raise :class:`~gpuopt.errors.InvalidInputError`.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -266,7 +277,13 @@ class _Importer:
             self.consts[node.output[0]] = full[attrs.get("start", 0): attrs.get("end", len(full))]
             return
         if not data_ins:
-            self.consts[node.output[0]] = self._fold_constant(node, label, op, attrs)
+            value = self._fold_constant(node, label, op, attrs)
+            if op == "Split":
+                if len(value) != len(node.output):
+                    raise self._invalid(f"node {label!r} (op Split): {len(value)} parts for {len(node.output)} outputs")
+                self.consts.update((out, v) for out, v in zip(node.output, value) if out)
+            else:
+                self.consts[node.output[0]] = value
             return
         if len(data_ins) > 1 or op in ("Sum", "Concat"):
             handler = getattr(self, f"_multi_{op}", None)
@@ -281,7 +298,8 @@ class _Importer:
             self.current = data_ins[0]
             self.cur, self.nshape, self.oshape = self.data[data_ins[0]]
             before = self.cur
-            handler(node, label, attrs)
+            if handler(node, label, attrs):
+                return  # the handler registered its outputs itself (Split)
             if self.cur != before or (self.cur >= 0 and self.layer_tensor.get(self.cur) == data_ins[0]
                                       and self._uses(data_ins[0]) == 1):
                 self.layer_tensor[self.cur] = node.output[0]  # the layer's output is now this tensor
@@ -381,7 +399,7 @@ class _Importer:
 
     def _fold_constant(self, node, label: str, op: str, attrs: dict) -> np.ndarray:
         """Evaluates a node whose inputs are all constants."""
-        from onnx import helper
+        from onnx import helper, numpy_helper
 
         vals = [self.consts[n] if n else None for n in node.input]
         try:
@@ -423,6 +441,46 @@ class _Importer:
                 return a / b
             if op == "Neg":
                 return -vals[0]
+            if op == "ConstantOfShape":
+                fill = attrs.get("value")
+                fill = np.zeros(1, np.float32) if fill is None else numpy_helper.to_array(fill).reshape(-1)
+                return np.full([int(v) for v in vals[0].reshape(-1)], fill[0], dtype=fill.dtype)
+            if op == "Range":
+                return np.arange(vals[0].reshape(()), vals[1].reshape(()), vals[2].reshape(())).astype(vals[0].dtype)
+            if op == "Expand":
+                shape = [int(v) for v in vals[1].reshape(-1)]
+                return np.broadcast_to(vals[0], np.broadcast_shapes(vals[0].shape, tuple(shape))).copy()
+            if op == "Tile":
+                return np.tile(vals[0], [int(v) for v in vals[1].reshape(-1)])
+            if op == "Transpose":
+                return np.transpose(vals[0], attrs.get("perm"))
+            if op in ("Equal", "Less", "Greater"):
+                return {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[op](vals[0], vals[1])
+            if op == "Not":
+                return np.logical_not(vals[0])
+            if op == "Where":
+                return np.where(vals[0], vals[1], vals[2])
+            if op in ("Max", "Min") and all(v is not None for v in vals):
+                return functools.reduce(np.maximum if op == "Max" else np.minimum, vals)
+            if op == "Slice" and (self.opset is None or self.opset >= 10):
+                x = vals[0]
+                starts, ends = (vals[k].reshape(-1).tolist() for k in (1, 2))
+                axes = vals[3].reshape(-1).tolist() if len(vals) > 3 and vals[3] is not None else range(len(starts))
+                steps = vals[4].reshape(-1).tolist() if len(vals) > 4 and vals[4] is not None else [1] * len(starts)
+                index = [slice(None)] * x.ndim
+                for a, b, e, st in zip(axes, starts, ends, steps):
+                    index[int(a)] = slice(int(b), int(e), int(st))
+                return x[tuple(index)]
+            if op == "Split":
+                x, axis = vals[0], int(attrs.get("axis", 0))
+                parts = attrs.get("split")
+                if parts is None and len(vals) > 1 and vals[1] is not None:
+                    parts = vals[1].reshape(-1).tolist()
+                if parts is None:
+                    n = int(attrs.get("num_outputs", len(node.output)))
+                    chunk = -(-x.shape[axis] // n)
+                    parts = [min(chunk, x.shape[axis] - k * chunk) for k in range(n)]
+                return np.split(x, np.cumsum([int(v) for v in parts])[:-1], axis=axis)
         except (ValueError, IndexError, KeyError, TypeError) as err:
             raise self._invalid(f"node {label!r} (op {op}) cannot be evaluated on its constant inputs: {err}") from None
         raise self._unsupported(label, op, "constant folding of this op")
@@ -1142,6 +1200,235 @@ class _Importer:
         self.oshape = tuple(full[off:])
 
 
+    def _select_along(self, axis: int, indices, label: str, op: str):
+        """Appends ``Gather(axis, indices)`` on the ONNX-shaped tensor (nothing when it selects
+        every entry in order): the exact form of repeating, broadcasting and resampling."""
+        indices = tuple(int(i) for i in indices)
+        if indices == tuple(range(self.oshape[axis])):
+            return
+        self._materialize(label, op)
+        layer = self._append(lambda: Gather(axis, indices), label, op)
+        self._shaped_layer(layer, label, op)
+
+    def _op_Split(self, node, label, attrs):
+        off = int(self.batched)
+        axis = self._axis_of(attrs.get("axis", 0), label, "Split")
+        size = self.oshape[axis]
+        outs = list(node.output)
+        parts = attrs.get("split")
+        if parts is None and len(node.input) > 1 and node.input[1]:
+            parts = self._const(node, label, 1)
+        if parts is not None:
+            parts = [int(v) for v in np.asarray(parts).reshape(-1)]
+        else:
+            n = int(attrs.get("num_outputs", len(outs)))
+            if n != len(outs) or n < 1:
+                raise self._invalid(f"node {label!r} (op Split): num_outputs {n} but {len(outs)} outputs")
+            if "num_outputs" not in attrs and size % n:
+                raise self._invalid(f"node {label!r} (op Split): axis {axis + off} of size {size} does not split "
+                                    f"into {n} equal parts")
+            chunk = -(-size // n)  # opset 18: the last part may be smaller
+            parts = [min(chunk, size - k * chunk) for k in range(n)]
+        if len(parts) != len(outs) or min(parts) < 0 or sum(parts) != size:
+            raise self._invalid(f"node {label!r} (op Split): parts {parts} do not split axis {axis + off} of size "
+                                f"{size} into {len(outs)} outputs")
+        source = (self.cur, self.nshape, self.oshape)
+        start = 0
+        for out, length in zip(outs, parts):
+            lo, start = start, start + length
+            if not out or not self._uses(out):
+                continue
+            if length == 0:
+                raise self._unsupported(label, "Split", f"output {out!r} is empty")
+            self.cur, self.nshape, self.oshape = source
+            if length < size:
+                self._materialize(label, "Split")
+                self._shaped_layer(self._append(lambda: Slice(axis, lo, lo + length, 1), label, "Split"), label,
+                                   "Split")
+                self.layer_tensor[self.cur] = out
+            self.data[out] = (self.cur, self.nshape, self.oshape)
+        return True
+
+    def _op_Tile(self, node, label, attrs):
+        off = int(self.batched)
+        reps = [int(v) for v in np.asarray(self._const(node, label, 1)).reshape(-1)]
+        if len(reps) != len(self.oshape) + off:
+            raise self._invalid(f"node {label!r} (op Tile): {len(reps)} repeats for a rank-{len(self.oshape) + off} "
+                                "tensor")
+        if min(reps) < 1:
+            raise self._unsupported(label, "Tile", f"repeats {reps} (an empty output)")
+        if off and reps[0] != 1:
+            raise self._unsupported(label, "Tile", "repeating the batch axis")
+        for a, r in enumerate(reps[off:]):
+            if r > 1:
+                self._select_along(a, tuple(range(self.oshape[a])) * r, label, "Tile")
+
+    def _op_Expand(self, node, label, attrs):
+        off = int(self.batched)
+        shape = [int(v) for v in np.asarray(self._const(node, label, 1)).reshape(-1)]
+        full = self._full_shape(self.oshape)
+        try:
+            target = np.broadcast_shapes(full, tuple(shape))
+        except ValueError:
+            raise self._invalid(f"node {label!r} (op Expand): shape {shape} does not broadcast with {full}") from None
+        if len(target) > len(full):
+            if off:
+                raise self._unsupported(label, "Expand", f"shape {shape} adds axes before the batch axis")
+            self.oshape = (1,) * (len(target) - len(full)) + tuple(self.oshape)
+        if off and target[0] != 1:
+            raise self._unsupported(label, "Expand", "broadcasting along the batch axis")
+        for a, n in enumerate(target[off:]):
+            if n != self.oshape[a]:
+                self._select_along(a, (0,) * n, label, "Expand")
+
+    def _op_Resize(self, node, label, attrs):
+        self._resize(node, label, "Resize", attrs)
+
+    def _op_Upsample(self, node, label, attrs):
+        # Upsample (opsets 7-9): output[i] = input[floor(i / scale)] per axis
+        self._resize(node, label, "Upsample", dict(attrs, coordinate_transformation_mode="asymmetric",
+                                                   nearest_mode="floor"))
+
+    def _resize(self, node, label, op, attrs):
+        """Nearest-neighbour resizing as one ``Gather`` per resized axis; the source index of each
+        output position follows onnxruntime's float32 arithmetic (see :func:`nearest_indices`)."""
+        off = int(self.batched)
+        mode = attrs.get("mode", "nearest")
+        if mode != "nearest":
+            raise self._unsupported(label, op, f"mode={mode!r} (only nearest-neighbour resizing is supported)")
+        ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
+        nearest = attrs.get("nearest_mode", "round_prefer_floor")
+        if ctm not in _RESIZE_TRANSFORMS:
+            raise self._unsupported(label, op, f"coordinate_transformation_mode={ctm!r}")
+        if nearest not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            raise self._unsupported(label, op, f"nearest_mode={nearest!r}")
+        if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise self._unsupported(label, op, f"keep_aspect_ratio_policy={attrs['keep_aspect_ratio_policy']!r}")
+        full = self._full_shape(self.oshape)
+        rank = len(full)
+        axes = [int(a) + rank if int(a) < 0 else int(a) for a in attrs.get("axes", range(rank))]
+        if op == "Upsample" or (self.opset is not None and self.opset < 11):
+            scales = attrs.get("scales")
+            if scales is None:
+                scales = self._const(node, label, 1)
+            sizes = None
+        else:
+            scales = self._const(node, label, 2, required=False)
+            sizes = self._const(node, label, 3, required=False)
+            if scales is not None and np.asarray(scales).size == 0:
+                scales = None
+        if (scales is None) == (sizes is None or np.asarray(sizes).size == 0):
+            raise self._invalid(f"node {label!r} (op {op}): give exactly one of scales and sizes")
+        given = np.asarray(scales if scales is not None else sizes).reshape(-1)
+        if len(given) != len(axes) or sorted(set(axes)) != sorted(axes) or not all(0 <= a < rank for a in axes):
+            raise self._invalid(f"node {label!r} (op {op}): {len(given)} scales or sizes for axes {axes} of a "
+                                f"rank-{rank} tensor")
+        plan = []
+        for a, g in zip(axes, given.tolist()):
+            n_in = full[a]
+            if scales is not None:
+                scale = np.float32(g)
+                if not (np.isfinite(scale) and scale > 0):
+                    raise self._invalid(f"node {label!r} (op {op}): scale {g} must be positive")
+                n_out = int(math.floor(float(n_in) * float(scale)))
+            else:
+                n_out = int(g)
+                scale = np.float32(n_out) / np.float32(n_in)
+            if n_out < 1:
+                raise self._unsupported(label, op, f"axis {a} resized to {n_out}")
+            if a < off:
+                if n_out != n_in:
+                    raise self._unsupported(label, op, "resizing the batch axis")
+                continue
+            plan.append((a - off, nearest_indices(n_in, n_out, scale, ctm, nearest)))
+        for a, idx in plan:
+            self._select_along(a, idx, label, op)
+
+    def _reduce(self, node, label, op, attrs, kind):
+        """``Reduce{Sum,Mean,Max,Min}`` over per-sample axes: the reduced axes moved last, the
+        tensor viewed as ``(rest, 1, k)`` and pooled by a ``(1, k)`` window (average, times ``k``
+        for a sum; max, negated on both sides for a min)."""
+        off = int(self.batched)
+        rank = len(self.oshape) + off
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in np.asarray(self._const(node, label, 1)).reshape(-1)]
+        if not axes:
+            if int(attrs.get("noop_with_empty_axes", 0)):
+                return
+            axes = range(rank)
+        axes = sorted({int(a) + rank if int(a) < 0 else int(a) for a in axes})
+        if not all(0 <= a < rank for a in axes):
+            raise self._invalid(f"node {label!r} (op {op}): axes {axes} out of range for rank {rank}")
+        if off and 0 in axes:
+            raise self._unsupported(label, op, "it reduces the batch axis")
+        red = [a - off for a in axes]
+        keep = [a for a in range(len(self.oshape)) if a not in red]
+        keepdims = int(attrs.get("keepdims", 1))
+        out = tuple(1 if a in red else d for a, d in enumerate(self.oshape)) if keepdims else \
+            tuple(self.oshape[a] for a in keep)
+        k = math.prod(self.oshape[a] for a in red)
+        rest = math.prod(self.oshape[a] for a in keep)
+        if k > 1:
+            self._materialize(label, op)
+            if keep + red != list(range(len(self.oshape))):
+                self._shaped_layer(self._append(lambda: Transpose(tuple(keep + red)), label, op), label, op)
+            self._add(Reshape((rest, 1, k)))
+            self.oshape = self.nshape = (rest, 1, k)
+            if kind == "min":
+                self._add(ElementwiseAffine(-np.ones(()), np.zeros(())))
+            pool = MaxPool2d((1, k), (1, k)) if kind in ("max", "min") else AvgPool2d((1, k), (1, k))
+            self._add(self._append(lambda: pool, label, op))
+            self.oshape = self.nshape = (rest, 1, 1)
+            if kind in ("min", "sum"):
+                self._add(ElementwiseAffine(np.array(-1.0 if kind == "min" else float(k)), np.zeros(())))
+        self.oshape = out or (1,)
+
+    def _op_ReduceSum(self, node, label, attrs):
+        self._reduce(node, label, "ReduceSum", attrs, "sum")
+
+    def _op_ReduceMean(self, node, label, attrs):
+        self._reduce(node, label, "ReduceMean", attrs, "mean")
+
+    def _op_ReduceMax(self, node, label, attrs):
+        self._reduce(node, label, "ReduceMax", attrs, "max")
+
+    def _op_ReduceMin(self, node, label, attrs):
+        self._reduce(node, label, "ReduceMin", attrs, "min")
+
+    def _op_DepthToSpace(self, node, label, attrs):
+        self._batch_first(label, "DepthToSpace")
+        if len(self.oshape) != 3:
+            raise self._unsupported(label, "DepthToSpace", f"per-sample shape {self.oshape} is not (C, H, W)")
+        b = int(attrs.get("blocksize", 0))
+        c, h, w = self.oshape
+        if b < 1 or c % (b * b):
+            raise self._invalid(f"node {label!r} (op DepthToSpace): blocksize {b} does not divide {c} channels")
+        if attrs.get("mode", "DCR") == "DCR":
+            view, perm = (b, b, c // (b * b), h, w), (2, 3, 0, 4, 1)
+        else:
+            view, perm = (c // (b * b), b, b, h, w), (0, 3, 1, 4, 2)
+        self._permute_view(view, perm, (c // (b * b), h * b, w * b), label, "DepthToSpace")
+
+    def _op_SpaceToDepth(self, node, label, attrs):
+        self._batch_first(label, "SpaceToDepth")
+        if len(self.oshape) != 3:
+            raise self._unsupported(label, "SpaceToDepth", f"per-sample shape {self.oshape} is not (C, H, W)")
+        b = int(attrs.get("blocksize", 0))
+        c, h, w = self.oshape
+        if b < 1 or h % b or w % b:
+            raise self._invalid(f"node {label!r} (op SpaceToDepth): blocksize {b} does not divide {h}x{w}")
+        self._permute_view((c, h // b, b, w // b, b), (2, 4, 0, 1, 3), (c * b * b, h // b, w // b), label,
+                           "SpaceToDepth")
+
+    def _permute_view(self, view, perm, out, label, op):
+        """Reshape to ``view``, permute its axes by ``perm``, and read the result as ``out``."""
+        self._materialize(label, op)
+        self._add(Reshape(view))
+        self.oshape = self.nshape = tuple(view)
+        self._shaped_layer(self._append(lambda: Transpose(perm), label, op), label, op)
+        self.oshape = tuple(out)
+
     def _op_ConvTranspose(self, node, label, attrs):
         if node.input[0] != self.current:
             raise self._unsupported(label, "ConvTranspose", "the data must be the first input")
@@ -1227,6 +1514,46 @@ class _Importer:
             self.cur, self.nshape, self.oshape = self.data[data_ins[0]]
             return
         self._combine(node, label, "Concat", data_ins, lambda n: Concat(axis, n))
+
+
+_RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                      "half_pixel_symmetric")
+
+
+def nearest_indices(n_in: int, n_out: int, scale, transform: str, nearest: str) -> list[int]:
+    """Source index of each of ``n_out`` output positions of a nearest-neighbour resize of an axis
+    of ``n_in`` entries: the ONNX ``Resize`` coordinate transform ``x -> x_original``, then the
+    rounding ``nearest``, clamped to ``[0, n_in - 1]``. Computed in float32 as onnxruntime does
+    (``scale`` is a float32), so ties fall as they fall there."""
+    f = np.float32
+    scale = f(scale)
+    x = np.arange(n_out, dtype=np.float32)
+    half = f(0.5)
+    if transform == "asymmetric":
+        orig = x / scale
+    elif transform == "tf_half_pixel_for_nn":
+        orig = (x + half) / scale
+    elif transform == "align_corners":
+        orig = x * (f(n_in - 1) / f(n_out - 1)) if n_out > 1 else np.zeros(n_out, np.float32)
+    elif transform == "pytorch_half_pixel":
+        orig = (x + half) / scale - half if n_out > 1 else np.zeros(n_out, np.float32)
+    elif transform == "half_pixel_symmetric":
+        adjustment = f(n_out) / (scale * f(n_in))
+        offset = f(n_in) / f(2) * (f(1) - adjustment)
+        orig = offset + (x + half) / scale - half
+    else:  # half_pixel
+        orig = (x + half) / scale - half
+    floor = np.floor(orig)
+    tie = orig - floor == half
+    if nearest == "floor":
+        idx = floor
+    elif nearest == "ceil":
+        idx = np.ceil(orig)
+    elif nearest == "round_prefer_ceil":
+        idx = np.where(tie, floor + 1, np.round(orig))
+    else:  # round_prefer_floor
+        idx = np.where(tie, floor, np.round(orig))
+    return np.clip(idx, 0, n_in - 1).astype(np.int64).tolist()
 
 
 def from_onnx(path_or_model, *, input_shape=None) -> Network:
