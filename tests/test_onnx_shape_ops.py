@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 import gpuopt
 from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
-from gpuopt.io.onnx import from_onnx, nearest_indices
+from gpuopt.io.onnx import from_onnx
+from gpuopt.io.selection import onnx_nearest_indices as nearest_indices
 
 from helpers import onnx_model
 from test_onnx_import import _assert_close, _f32, _ort_outputs, affine_view_forward

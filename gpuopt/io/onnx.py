@@ -85,6 +85,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
+from .selection import (ONNX_RESIZE_TRANSFORMS, depth_to_space_layers, onnx_nearest_indices, reduce_layers,
+                        space_to_depth_layers)
 from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
@@ -1291,14 +1293,14 @@ class _Importer:
 
     def _resize(self, node, label, op, attrs):
         """Nearest-neighbour resizing as one ``Gather`` per resized axis; the source index of each
-        output position follows onnxruntime's float32 arithmetic (see :func:`nearest_indices`)."""
+        output position follows onnxruntime's float32 arithmetic (see :func:`~gpuopt.io.selection.onnx_nearest_indices`)."""
         off = int(self.batched)
         mode = attrs.get("mode", "nearest")
         if mode != "nearest":
             raise self._unsupported(label, op, f"mode={mode!r} (only nearest-neighbour resizing is supported)")
         ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
         nearest = attrs.get("nearest_mode", "round_prefer_floor")
-        if ctm not in _RESIZE_TRANSFORMS:
+        if ctm not in ONNX_RESIZE_TRANSFORMS:
             raise self._unsupported(label, op, f"coordinate_transformation_mode={ctm!r}")
         if nearest not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
             raise self._unsupported(label, op, f"nearest_mode={nearest!r}")
@@ -1340,7 +1342,7 @@ class _Importer:
                 if n_out != n_in:
                     raise self._unsupported(label, op, "resizing the batch axis")
                 continue
-            plan.append((a - off, nearest_indices(n_in, n_out, scale, ctm, nearest)))
+            plan.append((a - off, onnx_nearest_indices(n_in, n_out, scale, ctm, nearest)))
         for a, idx in plan:
             self._select_along(a, idx, label, op)
 
@@ -1367,21 +1369,7 @@ class _Importer:
         keepdims = int(attrs.get("keepdims", 1))
         out = tuple(1 if a in red else d for a, d in enumerate(self.oshape)) if keepdims else \
             tuple(self.oshape[a] for a in keep)
-        k = math.prod(self.oshape[a] for a in red)
-        rest = math.prod(self.oshape[a] for a in keep)
-        if k > 1:
-            self._materialize(label, op)
-            if keep + red != list(range(len(self.oshape))):
-                self._shaped_layer(self._append(lambda: Transpose(tuple(keep + red)), label, op), label, op)
-            self._add(Reshape((rest, 1, k)))
-            self.oshape = self.nshape = (rest, 1, k)
-            if kind == "min":
-                self._add(ElementwiseAffine(-np.ones(()), np.zeros(())))
-            pool = MaxPool2d((1, k), (1, k)) if kind in ("max", "min") else AvgPool2d((1, k), (1, k))
-            self._add(self._append(lambda: pool, label, op))
-            self.oshape = self.nshape = (rest, 1, 1)
-            if kind in ("min", "sum"):
-                self._add(ElementwiseAffine(np.array(-1.0 if kind == "min" else float(k)), np.zeros(())))
+        self._apply_layers(reduce_layers(tuple(self.oshape), red, kind), label, op)
         self.oshape = out or (1,)
 
     def _op_ReduceSum(self, node, label, attrs):
@@ -1404,11 +1392,7 @@ class _Importer:
         c, h, w = self.oshape
         if b < 1 or c % (b * b):
             raise self._invalid(f"node {label!r} (op DepthToSpace): blocksize {b} does not divide {c} channels")
-        if attrs.get("mode", "DCR") == "DCR":
-            view, perm = (b, b, c // (b * b), h, w), (2, 3, 0, 4, 1)
-        else:
-            view, perm = (c // (b * b), b, b, h, w), (0, 3, 1, 4, 2)
-        self._permute_view(view, perm, (c // (b * b), h * b, w * b), label, "DepthToSpace")
+        self._apply_layers(depth_to_space_layers((c, h, w), b, attrs.get("mode", "DCR")), label, "DepthToSpace")
 
     def _op_SpaceToDepth(self, node, label, attrs):
         self._batch_first(label, "SpaceToDepth")
@@ -1418,16 +1402,13 @@ class _Importer:
         c, h, w = self.oshape
         if b < 1 or h % b or w % b:
             raise self._invalid(f"node {label!r} (op SpaceToDepth): blocksize {b} does not divide {h}x{w}")
-        self._permute_view((c, h // b, b, w // b, b), (2, 4, 0, 1, 3), (c * b * b, h // b, w // b), label,
-                           "SpaceToDepth")
+        self._apply_layers(space_to_depth_layers((c, h, w), b), label, "SpaceToDepth")
 
-    def _permute_view(self, view, perm, out, label, op):
-        """Reshape to ``view``, permute its axes by ``perm``, and read the result as ``out``."""
+    def _apply_layers(self, layers, label, op):
+        """Appends a chain of layers on the ONNX-shaped tensor; the last one's shape is the new one."""
         self._materialize(label, op)
-        self._add(Reshape(view))
-        self.oshape = self.nshape = tuple(view)
-        self._shaped_layer(self._append(lambda: Transpose(perm), label, op), label, op)
-        self.oshape = tuple(out)
+        for layer in layers:
+            self._shaped_layer(self._append(lambda: layer, label, op), label, op)
 
     def _op_ConvTranspose(self, node, label, attrs):
         if node.input[0] != self.current:
@@ -1514,46 +1495,6 @@ class _Importer:
             self.cur, self.nshape, self.oshape = self.data[data_ins[0]]
             return
         self._combine(node, label, "Concat", data_ins, lambda n: Concat(axis, n))
-
-
-_RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
-                      "half_pixel_symmetric")
-
-
-def nearest_indices(n_in: int, n_out: int, scale, transform: str, nearest: str) -> list[int]:
-    """Source index of each of ``n_out`` output positions of a nearest-neighbour resize of an axis
-    of ``n_in`` entries: the ONNX ``Resize`` coordinate transform ``x -> x_original``, then the
-    rounding ``nearest``, clamped to ``[0, n_in - 1]``. Computed in float32 as onnxruntime does
-    (``scale`` is a float32), so ties fall as they fall there."""
-    f = np.float32
-    scale = f(scale)
-    x = np.arange(n_out, dtype=np.float32)
-    half = f(0.5)
-    if transform == "asymmetric":
-        orig = x / scale
-    elif transform == "tf_half_pixel_for_nn":
-        orig = (x + half) / scale
-    elif transform == "align_corners":
-        orig = x * (f(n_in - 1) / f(n_out - 1)) if n_out > 1 else np.zeros(n_out, np.float32)
-    elif transform == "pytorch_half_pixel":
-        orig = (x + half) / scale - half if n_out > 1 else np.zeros(n_out, np.float32)
-    elif transform == "half_pixel_symmetric":
-        adjustment = f(n_out) / (scale * f(n_in))
-        offset = f(n_in) / f(2) * (f(1) - adjustment)
-        orig = offset + (x + half) / scale - half
-    else:  # half_pixel
-        orig = (x + half) / scale - half
-    floor = np.floor(orig)
-    tie = orig - floor == half
-    if nearest == "floor":
-        idx = floor
-    elif nearest == "ceil":
-        idx = np.ceil(orig)
-    elif nearest == "round_prefer_ceil":
-        idx = np.where(tie, floor + 1, np.round(orig))
-    else:  # round_prefer_floor
-        idx = np.where(tie, floor, np.round(orig))
-    return np.clip(idx, 0, n_in - 1).astype(np.int64).tolist()
 
 
 def from_onnx(path_or_model, *, input_shape=None) -> Network:
