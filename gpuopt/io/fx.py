@@ -9,14 +9,20 @@ tensor methods; each node becomes zero or more layers, and a node that reads sev
   ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
-  AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d, Identity, Dropout; containers are traced
+  AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d, Identity, Dropout, Upsample (nearest),
+  PixelShuffle/PixelUnshuffle; containers are traced
   through; a grouped kernel becomes one kernel that is zero between the groups, and a 1-D layer
   on ``(C, L)`` the 2-D one on ``(C, 1, L)``;
 * functions and methods: relu, leaky_relu, relu6, hardtanh, hardsigmoid, abs, clamp/clip (constant
   bounds), maximum/minimum (of two data tensors or with a constant), add/sub of two data tensors
   or of a constant, mul/div by a constant, neg, cat, flatten, view/reshape (the batch axis kept,
   as ``x.size(0)``, ``x.shape[0]`` or ``-1``), max_pool2d/avg_pool2d/adaptive_avg_pool2d, pad
-  (constant), dropout (identity at inference), contiguous.
+  (constant), dropout (identity at inference), contiguous;
+* selections, as exact ``Slice``/``Gather``/``Transpose``/pooling layers (:mod:`gpuopt.io.selection`):
+  split/chunk (and unpacking their parts), indexing ``x[:, ...]`` with ints, slices (positive
+  steps), ``None`` and ``...``, repeat, expand/expand_as, permute/transpose (the batch axis first),
+  unsqueeze/squeeze, sum/mean/amax/amin over given per-sample dims, nearest and nearest-exact
+  interpolate, pixel_shuffle/pixel_unshuffle.
 
 Anything else raises :class:`~gpuopt.errors.UnsupportedLayerError` naming the node. Control flow
 that depends on the data cannot be traced and is refused with the tracer's message.
@@ -34,8 +40,9 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
 from .folding import batchnorm_affine, fold_affine, ungroup_kernel
-from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, MaxPool2d,
-                      Pad, ReLU, Reshape)
+from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
+                      MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
+from .selection import depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, torch_nearest_indices
 
 __all__ = ["trace_layers"]
 
@@ -228,10 +235,16 @@ class _Tracer:
             i = self.add(Pad((0, top, left, 0, bottom, right), float(getattr(mod, "value", 0.0))), (x,), node)
         elif isinstance(mod, (nn.Identity, nn.Dropout)):
             i = x
+        elif isinstance(mod, nn.Upsample):
+            i = self.resize(node, x, mod.size, mod.scale_factor, mod.mode, mod.recompute_scale_factor)
+        elif isinstance(mod, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            block = mod.upscale_factor if isinstance(mod, nn.PixelShuffle) else mod.downscale_factor
+            i = self.pixel_shuffle(node, x, int(block), isinstance(mod, nn.PixelShuffle))
         else:
             refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
                    "Flatten, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
-                   "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, and containers)")
+                   "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, Upsample (nearest), "
+                   "PixelShuffle, PixelUnshuffle, and containers)")
         if i != x:
             self.producer[i] = node
         return ("data", i)
@@ -377,7 +390,223 @@ class _Tracer:
             return self.reshape(node, args)
         if t is F.max_pool2d or t is F.avg_pool2d or t is F.adaptive_avg_pool2d or t is F.pad:
             return self.functional_pool(node, t, args, kwargs)
+        if t is operator.getitem and isinstance(args[0], list):  # one part of a split
+            return args[0][args[1]]
+        if t is operator.getitem and self.is_data(args[0]):
+            return ("data", self.index(node, args[0][1], args[1]))
+        return self.selection(node, t, name, args, kwargs)
+
+    # ------------------------------------------------------------------ selections
+    def per_sample_dim(self, node, ref, dim, what) -> int:
+        """The per-sample axis of torch dimension ``dim`` (the batch axis is dimension 0)."""
+        rank = len(self.shapes[ref]) + 1
+        if not isinstance(dim, int) or not -rank <= dim < rank:
+            raise self.unsupported(node, f"{what} along dimension {dim!r}")
+        dim = dim + rank if dim < 0 else dim
+        if dim == 0:
+            raise self.unsupported(node, f"{what} along the batch axis")
+        return dim - 1
+
+    def chain(self, node, ref, layers) -> int:
+        for layer in layers:
+            ref = self.add(layer, (ref,), node)
+        return ref
+
+    def select(self, node, ref, axis, indices) -> int:
+        """``Gather(axis, indices)`` unless it selects every entry in order."""
+        indices = tuple(int(i) for i in indices)
+        if indices == tuple(range(self.shapes[ref][axis])):
+            return ref
+        return self.add(Gather(axis, indices), (ref,), node)
+
+    def selection(self, node, t, name, args, kwargs):
+        """Splits, indexing, repeats, broadcasts, permutations, reductions and resampling."""
+        method = node.op == "call_method"
+        x = args[0] if args else kwargs.get("input")
+        if t in (torch.split, torch.chunk) or (method and name in ("split", "chunk")):
+            ref = self.data(node, x)
+            size = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size",
+                                                                                          kwargs.get("chunks")))
+            axis = self.per_sample_dim(node, ref, args[2] if len(args) > 2 else kwargs.get("dim", 0), name)
+            n = self.shapes[ref][axis]
+            if name == "chunk" or t is torch.chunk:
+                size = -(-n // int(size))
+            parts = [size] * (-(-n // size)) if isinstance(size, int) else list(size)
+            if isinstance(size, int):
+                parts[-1] = n - size * (len(parts) - 1)
+            if min(parts) < 1 or sum(parts) != n:
+                raise self.unsupported(node, f"{name} of a dimension of size {n} into {parts}")
+            out, start = [], 0
+            for length in parts:
+                ref_k = ref if length == n else self.add(Slice(axis, start, start + length), (ref,), node)
+                out.append(("data", ref_k))
+                start += length
+            return out
+        if method and name == "repeat":
+            ref = self.data(node, x)
+            reps = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+            shape = self.shapes[ref]
+            if len(reps) != len(shape) + 1 or reps[0] != 1 or min(reps) < 1:
+                raise self.unsupported(node, f"repeat{tuple(reps)} of per-sample shape {shape} (the batch axis "
+                                             "must repeat once, and no axis may be added)")
+            for a, r in enumerate(reps[1:]):
+                if r > 1:
+                    ref = self.select(node, ref, a, tuple(range(shape[a])) * r)
+            return ("data", ref)
+        if method and name in ("expand", "expand_as"):
+            ref = self.data(node, x)
+            if name == "expand_as":
+                other = args[1]
+                sizes = [-1] + list(self.shapes[self.data(node, other)]) if self.is_data(other) else list(
+                    np.shape(other))
+            else:
+                sizes = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+            shape = self.shapes[ref]
+            if len(sizes) != len(shape) + 1 or not (sizes[0] is _BATCH or sizes[0] == -1):
+                raise self.unsupported(node, f"expand to {sizes} from per-sample shape {shape}")
+            for a, n in enumerate(sizes[1:]):
+                if n != -1 and n != shape[a]:
+                    if shape[a] != 1 or not isinstance(n, int) or n < 1:
+                        raise self.unsupported(node, f"expand of per-sample shape {shape} to {sizes}")
+                    ref = self.select(node, ref, a, (0,) * n)
+            return ("data", ref)
+        if t in (torch.permute, torch.transpose) or (method and name in ("permute", "transpose")):
+            ref = self.data(node, x)
+            rank = len(self.shapes[ref]) + 1
+            if name == "transpose" or t is torch.transpose:
+                d0, d1 = (d + rank if d < 0 else d for d in args[1:3])
+                perm = list(range(rank))
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+            else:
+                dims = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+                perm = [d + rank if d < 0 else d for d in (dims or kwargs.get("dims", ()))]
+            if sorted(perm) != list(range(rank)) or perm[0] != 0:
+                raise self.unsupported(node, f"{name} {perm} (the batch axis must stay first)")
+            if perm == list(range(rank)):
+                return ("data", ref)
+            return ("data", self.add(Transpose(tuple(p - 1 for p in perm[1:])), (ref,), node))
+        if t in (torch.unsqueeze, torch.squeeze) or (method and name in ("unsqueeze", "squeeze")):
+            ref = self.data(node, x)
+            shape = list(self.shapes[ref])
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if name == "unsqueeze":
+                rank = len(shape) + 2
+                dim = dim + rank if dim < 0 else dim
+                if not 1 <= dim < rank:
+                    raise self.unsupported(node, f"unsqueeze({dim}) before the batch axis")
+                shape.insert(dim - 1, 1)
+            elif dim is None:
+                shape = [d for d in shape if d != 1] or [1]
+            else:
+                axis = self.per_sample_dim(node, ref, dim, "squeeze")
+                if shape[axis] == 1 and len(shape) > 1:
+                    shape.pop(axis)
+            return ("data", self.add(Reshape(tuple(shape)), (ref,), node))
+        if t in (torch.sum, torch.mean, torch.amax, torch.amin) or (method and name in ("sum", "mean", "amax", "amin")):
+            ref = self.data(node, x)
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+            keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+            if kwargs.get("dtype") is not None:
+                raise self.unsupported(node, f"{name} with a dtype")
+            if dim is None or (isinstance(dim, (list, tuple)) and not dim):
+                raise self.unsupported(node, f"{name} over every dimension (the batch axis too); give dim")
+            dims = [dim] if isinstance(dim, int) else list(dim)
+            axes = sorted({self.per_sample_dim(node, ref, d, name) for d in dims})
+            shape = self.shapes[ref]
+            out = tuple(1 if a in axes else n for a, n in enumerate(shape)) if keepdim else tuple(
+                n for a, n in enumerate(shape) if a not in axes)
+            kind = {"sum": "sum", "mean": "mean", "amax": "max", "amin": "min"}[name]
+            ref = self.chain(node, ref, reduce_layers(shape, axes, kind))
+            return ("data", self.add(Reshape(out or (1,)), (ref,), node))
+        if t is F.interpolate:
+            ref = self.data(node, x)
+            names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")
+            vals = {n: (args[k + 1] if len(args) > k + 1 else kwargs.get(n)) for k, n in enumerate(names)}
+            return ("data", self.resize(node, ref, vals["size"], vals["scale_factor"], vals["mode"] or "nearest",
+                                        vals["recompute_scale_factor"]))
+        if t in (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle):
+            return ("data", self.pixel_shuffle(node, self.data(node, x), int(args[1] if len(args) > 1 else next(
+                iter(kwargs.values()))), "unshuffle" not in name))
         raise self.unsupported(node, f"{node.op} {name}")
+
+    def index(self, node, ref, key) -> int:
+        """``x[key]`` with the batch axis kept: ints, slices (positive steps), ``None`` and ``...``."""
+        key = list(key) if isinstance(key, tuple) else [key]
+        if any(not isinstance(k, (int, slice, type(None), type(Ellipsis))) or isinstance(k, bool) for k in key):
+            raise self.unsupported(node, f"indexing with {key!r} (ints, slices, None and ... only)")
+        if key.count(Ellipsis) > 1:
+            raise self.unsupported(node, "indexing with two ...")
+        shape = list(self.shapes[ref])
+        if Ellipsis in key:  # ... stands for the dimensions (the batch axis among them) no other entry takes
+            k = key.index(Ellipsis)
+            fill = len(shape) + 1 - sum(1 for v in key if v is not None and v is not Ellipsis)
+            key[k:k + 1] = [slice(None)] * max(fill, 0)
+        if not key or key[0] != slice(None):
+            raise self.unsupported(node, "indexing that does not keep the batch axis whole (x[:, ...])")
+        key = key[1:]
+        if sum(1 for v in key if v is not None) > len(shape):
+            raise self.unsupported(node, f"indexing {len(key)} dimensions of per-sample shape {tuple(shape)}")
+        axis = 0
+        for k in key:
+            if k is None:
+                shape.insert(axis, 1)
+                ref = self.add(Reshape(tuple(shape)), (ref,), node)
+                axis += 1
+            elif isinstance(k, int):
+                n = shape[axis]
+                if not -n <= k < n:
+                    raise self.unsupported(node, f"index {k} out of range for a dimension of size {n}")
+                if len(shape) == 1:
+                    raise self.unsupported(node, "an index that leaves no per-sample axis")
+                ref = self.add(Gather(axis, k + n if k < 0 else k), (ref,), node)
+                shape.pop(axis)
+            else:
+                start, stop, step = k.indices(shape[axis])
+                if step < 1:
+                    raise self.unsupported(node, f"slice step {step} (only positive steps)")
+                if start >= stop:
+                    raise self.unsupported(node, f"the empty slice {k}")
+                if (start, stop, step) != (0, shape[axis], 1):
+                    ref = self.add(Slice(axis, start, stop, step), (ref,), node)
+                    shape = list(self.shapes[ref])
+                axis += 1
+        return ref
+
+    def resize(self, node, ref, size, scale_factor, mode, recompute) -> int:
+        """torch's nearest-neighbour ``interpolate`` (and ``nn.Upsample``) as one ``Gather`` per
+        resized axis of ``(C, L)`` or ``(C, H, W)``."""
+        shape = self.shapes[ref]
+        if mode not in ("nearest", "nearest-exact"):
+            raise self.unsupported(node, f"interpolate mode {mode!r} (only nearest and nearest-exact)")
+        if len(shape) not in (2, 3):
+            raise self.unsupported(node, f"interpolate of per-sample shape {shape} (expected (C, L) or (C, H, W))")
+        spatial = shape[1:]
+        k = len(spatial)
+        if (size is None) == (scale_factor is None):
+            raise self.unsupported(node, "interpolate needs exactly one of size and scale_factor")
+        sizes = [size] * k if isinstance(size, int) else list(size) if size is not None else None
+        scales = [scale_factor] * k if isinstance(scale_factor, (int, float)) else (
+            list(scale_factor) if scale_factor is not None else None)
+        for a in range(k):
+            n_in = spatial[a]
+            if sizes is not None:
+                n_out, s = int(sizes[a]), None
+            else:
+                n_out = int(math.floor(n_in * float(scales[a])))
+                s = None if recompute else float(scales[a])
+            if n_out < 1:
+                raise self.unsupported(node, f"interpolate to size {n_out}")
+            ref = self.select(node, ref, a + 1, torch_nearest_indices(n_in, n_out, s, mode == "nearest-exact"))
+        return ref
+
+    def pixel_shuffle(self, node, ref, block: int, shuffle: bool) -> int:
+        shape = self.shapes[ref]
+        if len(shape) != 3 or block < 1 or (shuffle and shape[0] % (block * block)) or (
+                not shuffle and (shape[1] % block or shape[2] % block)):
+            raise self.unsupported(node, f"pixel_{'shuffle' if shuffle else 'unshuffle'}({block}) of per-sample "
+                                         f"shape {shape}")
+        layers = depth_to_space_layers(shape, block, "CRD") if shuffle else pixel_unshuffle_layers(shape, block)
+        return self.chain(node, ref, layers)
 
     def piecewise_function(self, node, t, name, args, kwargs):
         if t in (torch.maximum, torch.minimum) or name in ("maximum", "minimum"):
