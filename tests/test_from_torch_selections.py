@@ -87,7 +87,18 @@ class Resample1d(nn.Module):
         return self.out(torch.cat([a, b], dim=2).flatten(1))
 
 
-MODELS = [(SplitCat, (4,)), (IndexRepeat, (4,)), (PermuteReduce, (2, 5, 4)), (Resample, (1, 3, 3)),
+class RowwiseLinear(nn.Module):
+    """A Linear on every row (as in mixer and sequence models): a 1x1 convolution over the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.out = nn.Linear(4, 6), nn.Linear(5 * 6, 2)
+
+    def forward(self, x):  # x: (5, 4)
+        return self.out(F.relu(self.mix(x)).flatten(1))
+
+
+MODELS = [(RowwiseLinear, (5, 4)), (SplitCat, (4,)), (IndexRepeat, (4,)), (PermuteReduce, (2, 5, 4)), (Resample, (1, 3, 3)),
           (Resample1d, (1, 4))]
 
 

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
+from gpuopt.lowering import lowered_nonzeros
 from gpuopt.network import Add, Conv2d, Dense, ElementwiseAffine, Flatten, ReLU
 from helpers import affine_view_forward, onnx_model
 
@@ -467,7 +468,12 @@ def test_grouped_and_one_dimensional_convolutions_and_pooling():
 def test_matmul_on_the_last_axis_is_row_wise():
     rng = np.random.default_rng(13)
     mm = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [1, 2, 3], {"W": _f32(rng, 3, 4)})
-    assert [type(l) for l in _check_model(mm).layers] == [Flatten, Dense]  # block-diagonal weight
+    assert sum(isinstance(l, Conv2d) for l in _check_model(mm).layers) == 1  # a 1x1 convolution over the rows
+    # 300 rows: a block-diagonal dense weight would hold 300^2 x 200 entries; the convolution holds 200
+    big = _model([helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+                  helper.make_node("Relu", ["a"], ["y"])], [1, 300, 20], {"W": _f32(rng, 20, 10), "b": _f32(rng, 10)})
+    net = _check_model(big, n=4)
+    assert lowered_nonzeros(net) < 10 * 300 * 20 * 3
 
 
 def test_low_precision_cast_on_the_data_path_is_unsupported():

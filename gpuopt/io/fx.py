@@ -5,7 +5,7 @@
 tensor methods; each node becomes zero or more layers, and a node that reads several data tensors
 (``x + self.block(x)``, ``torch.cat``) a graph layer. Supported:
 
-* modules: Linear, Conv2d and Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
+* modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
   ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
@@ -42,7 +42,8 @@ from . import piecewise
 from .folding import batchnorm_affine, fold_affine, ungroup_kernel
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                       MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
-from .selection import depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, torch_nearest_indices
+from .selection import (depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, rowwise_linear_layers,
+                        torch_nearest_indices)
 
 __all__ = ["trace_layers"]
 
@@ -167,11 +168,13 @@ class _Tracer:
             raise UnsupportedLayerError(msg + (f": {why}" if why else ""), node=name, op_type=type(mod).__name__)
 
         if isinstance(mod, nn.Linear):
-            if len(shape) != 1:
-                if math.prod(shape[:-1]) != 1:
-                    refuse(f"Linear on the last axis of per-sample shape {shape}")
-                x = self.add(Flatten(), (x,), node)
             b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_features)
+            if len(shape) != 1 and math.prod(shape[:-1]) != 1:  # on every row of the last axis
+                i = self.chain(node, x, rowwise_linear_layers(shape, _np(mod.weight), b))
+                self.producer[i] = node
+                return ("data", i)
+            if len(shape) != 1:
+                x = self.add(Flatten(), (x,), node)
             i = self.add(Dense(_np(mod.weight), b), (x,), node)
             out_shape = tuple(shape[:-1]) + (mod.out_features,) if len(shape) != 1 else None
             if out_shape is not None:

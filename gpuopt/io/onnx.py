@@ -18,7 +18,8 @@ Mapping of the supported operators (default domain only):
 
 * ``Gemm`` (``transA=0``, any ``alpha``/``beta``/``transB``) -> ``Dense``;
 * ``MatMul`` ``x @ W`` with a constant 2-D ``W`` of shape ``(in, out)`` -> ``Dense(W.T)``; on an
-  N-D tensor only when every per-sample axis but the last has size 1;
+  N-D tensor, on every row of the last axis: a 1x1 ``Conv2d`` over the rows (see
+  :func:`~gpuopt.io.selection.rowwise_linear_layers`);
 * ``Conv`` (2-D or 1-D, any strides/dilations, explicit pads or ``auto_pad``) -> ``Conv2d``: a
   grouped (or depthwise) kernel becomes one kernel that is zero between the groups, and a 1-D
   convolution of ``(C, L)`` the 2-D one of ``(C, 1, L)`` (so do 1-D ``MaxPool``/``AveragePool``/
@@ -86,7 +87,7 @@ import numpy as np
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
 from .selection import (ONNX_RESIZE_TRANSFORMS, depth_to_space_layers, onnx_nearest_indices, reduce_layers,
-                        space_to_depth_layers)
+                        rowwise_linear_layers, space_to_depth_layers)
 from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
@@ -756,14 +757,10 @@ class _Importer:
             raise self._invalid(
                 f"node {label!r} (op MatMul): W of shape {w.shape} does not fit per-sample shape {self.oshape}"
             )
-        rows = math.prod(self.oshape[:-1])
-        weight = w.T
-        if rows != 1:  # x @ W on every row of the last axis: a block-diagonal Dense (exact: entries W or 0)
-            if rows * rows * w.size > 1 << 24:
-                raise self._unsupported(label, "MatMul", f"multiplying the last axis of per-sample shape {self.oshape} "
-                                                         "(the block-diagonal weight would be too large)")
-            weight = np.kron(np.eye(rows), w.T)
-        self._dense(weight, np.zeros(weight.shape[0]), label, "MatMul")
+        if math.prod(self.oshape[:-1]) != 1:  # x @ W on every row of the last axis: a 1x1 convolution
+            self._apply_layers(rowwise_linear_layers(tuple(self.oshape), w.T, np.zeros(w.shape[1])), label, "MatMul")
+            return
+        self._dense(w.T, np.zeros(w.shape[1]), label, "MatMul")
         self.oshape = tuple(self.oshape[:-1]) + (w.shape[1],)
 
     def _op_Conv(self, node, label, attrs):

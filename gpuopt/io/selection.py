@@ -8,7 +8,10 @@ the ONNX and torch importers.
   ``(rest, 1, k)`` and pools each row by a ``(1, k)`` window: average pooling for a mean, times
   ``k`` for a sum, max pooling for a max, between two negations for a min (:func:`reduce_layers`);
 * depth-to-space and space-to-depth are a reshape, a permutation of five axes and a reshape
-  (:func:`depth_to_space_layers`, :func:`space_to_depth_layers`).
+  (:func:`depth_to_space_layers`, :func:`space_to_depth_layers`);
+* a matrix applied to every row of the last axis (``x @ W`` on ``(..., k)``) is a 1x1
+  convolution over the rows viewed as pixels (:func:`rowwise_linear_layers`), whose linear form
+  keeps only ``W``'s entries (a block-diagonal dense matrix would hold ``rows^2`` times as many).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import math
 
 import numpy as np
 
-from ..layers import AvgPool2d, ElementwiseAffine, MaxPool2d, Reshape, Transpose
+from ..layers import AvgPool2d, Conv2d, ElementwiseAffine, MaxPool2d, Reshape, Transpose
 
 __all__ = ["ONNX_RESIZE_TRANSFORMS", "onnx_nearest_indices", "torch_nearest_indices", "reduce_layers",
-           "depth_to_space_layers", "space_to_depth_layers", "pixel_unshuffle_layers"]
+           "depth_to_space_layers", "space_to_depth_layers", "pixel_unshuffle_layers", "rowwise_linear_layers"]
 
 ONNX_RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
                           "half_pixel_symmetric")
@@ -123,3 +126,15 @@ def pixel_unshuffle_layers(shape: tuple, block: int) -> list:
     c, h, w = shape
     return [Reshape((c, h // block, block, w // block, block)), Transpose((0, 2, 4, 1, 3)),
             Reshape((c * block * block, h // block, w // block))]
+
+
+def rowwise_linear_layers(shape: tuple, weight: np.ndarray, bias: np.ndarray) -> list:
+    """``x -> x @ weight.T + bias`` on every row of the last axis of the per-sample ``shape``
+    ``(..., k)`` (``weight`` of shape ``(m, k)``), giving ``(..., m)``: the rows as the ``R``
+    pixels of a ``(k, 1, R)`` image, a 1x1 convolution to ``m`` channels, and back."""
+    k = shape[-1]
+    rows = math.prod(shape[:-1])
+    m = weight.shape[0]
+    return [Reshape((rows, k)), Transpose((1, 0)), Reshape((k, 1, rows)),
+            Conv2d(np.asarray(weight, dtype=np.float64)[:, :, None, None], np.asarray(bias, dtype=np.float64)),
+            Reshape((m, rows)), Transpose((1, 0)), Reshape(tuple(shape[:-1]) + (m,))]
