@@ -497,7 +497,7 @@ def test_inputs_without_a_batch_axis_are_one_sample(shape):
         nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
                  helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
         inits = {"W": _f32(rng, 5, 4), "b": _f32(rng, 4), "W2": _f32(rng, 4, 3)}
-    else:  # a row-wise MatMul (block-diagonal), then axes that count from 0 without a batch
+    else:  # a row-wise MatMul (a 1x1 convolution), then axes that count from 0 without a batch
         nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
                  helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]),
                  helper.make_node("Slice", ["t", "st", "en", "ax"], ["sl"]),
