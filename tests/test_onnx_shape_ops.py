@@ -20,7 +20,7 @@ import gpuopt
 from gpuopt.bounds import crown
 from gpuopt.errors import InvalidInputError, UnsupportedLayerError
 from gpuopt.io.onnx import from_onnx
-from gpuopt.io.selection import onnx_nearest_indices as nearest_indices
+from gpuopt.io.selection import onnx_resize_axis
 
 from helpers import onnx_model
 from test_onnx_import import _assert_close, _f32, _ort_outputs, affine_view_forward
@@ -214,32 +214,64 @@ def test_shape_ops_optimum_matches_a_grid(name):
     assert abs((ort_y[0] - ort_y[1]) - res.best_value) <= 1e-5 * max(1.0, abs(res.best_value))
 
 
-def test_nearest_indices_follow_the_onnx_formulas():
-    assert nearest_indices(3, 6, 2.0, "asymmetric", "floor") == [0, 0, 1, 1, 2, 2]
+def test_resize_indices_are_exact_or_refused():
+    assert onnx_resize_axis(3, 2.0, None, "asymmetric", "floor") == (6, [0, 0, 1, 1, 2, 2])
     # half_pixel, 2x: x_original = (x + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, ...: nearest rounds
-    assert nearest_indices(3, 6, 2.0, "half_pixel", "round_prefer_floor") == [0, 0, 1, 1, 2, 2]
-    # ties: 4 -> 2 with asymmetric gives x_original 0, 2; with half_pixel 0.5, 2.5
-    assert nearest_indices(4, 2, 0.5, "half_pixel", "round_prefer_floor") == [0, 2]
-    assert nearest_indices(4, 2, 0.5, "half_pixel", "round_prefer_ceil") == [1, 3]
-    assert nearest_indices(4, 2, 0.5, "half_pixel", "ceil") == [1, 3]
-    assert nearest_indices(3, 5, 5 / 3, "align_corners", "round_prefer_floor") == [0, 0, 1, 1, 2]
-    assert nearest_indices(3, 1, 1 / 3, "pytorch_half_pixel", "floor") == [0]
-    assert nearest_indices(2, 5, 2.5, "tf_half_pixel_for_nn", "floor") == [0, 0, 1, 1, 1]
+    assert onnx_resize_axis(3, 2.0, None, "half_pixel", "round_prefer_floor") == (6, [0, 0, 1, 1, 2, 2])
+    # exact ties (4 -> 2, half_pixel: 0.5 and 2.5) fall by the mode
+    assert onnx_resize_axis(4, 0.5, None, "half_pixel", "round_prefer_floor") == (2, [0, 2])
+    assert onnx_resize_axis(4, None, 2, "half_pixel", "round_prefer_ceil") == (2, [1, 3])
+    assert onnx_resize_axis(4, 0.5, None, "half_pixel", "ceil") == (2, [1, 3])
+    assert onnx_resize_axis(3, None, 5, "align_corners", "round_prefer_floor") == (5, [0, 0, 1, 1, 2])
+    assert onnx_resize_axis(3, None, 1, "pytorch_half_pixel", "floor") == (1, [0])
+    assert onnx_resize_axis(2, None, 5, "tf_half_pixel_for_nn", "floor") == (5, [0, 0, 1, 1, 1])
+    # onnxruntime's rule for Resize-10 and Upsample: truncation, ceil when downsampling
+    assert onnx_resize_axis(4, 1.75, None, "asymmetric", "simple") == (7, [0, 0, 1, 1, 2, 2, 3])
+    assert onnx_resize_axis(6, 0.5, None, "asymmetric", "simple") == (3, [0, 2, 4])
+    # 7 -> 2: x_original of position 1 is 3.5 exactly (a tie, rounded up: 4) but 3.4999998 in float32
+    with pytest.raises(ValueError, match="reads entry 4 exactly but 3 in float32"):
+        onnx_resize_axis(7, None, 2, "asymmetric", "round_prefer_ceil")
+    # 10 * 0.7f is 6.99999988 exactly, 7 in float32 arithmetic: the output size itself is ambiguous
+    with pytest.raises(ValueError, match=r"output size .* \[6, 7\]"):
+        onnx_resize_axis(10, 0.7, None, "half_pixel", "round_prefer_floor")
 
 
+def _resize_probe(n_in, opset, **attrs):
+    """A model that resizes ``x = 0..n_in-1`` along its last axis (outputs are the source indices)."""
+    inits = {k: v for k, v in attrs.pop("inits").items()}
+    ins = ["x"] + attrs.pop("ins")
+    nodes = [helper.make_node("Resize", ins, ["y"], mode="nearest", **attrs)]
+    return _model(nodes, [1, 1, 1, n_in], inits, opset, out_shape=None)
+
+
+def test_resize_10_follows_onnxruntime_and_same_shape_resizes_copy():
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 1, 4)
+    m = _resize_probe(4, 10, ins=["sc"], inits={"sc": np.array([1, 1, 1, 1.75], np.float32)})
+    assert from_onnx(m).forward64(x).reshape(-1).tolist() == _ort_outputs(m, x).reshape(-1).tolist() \
+        == [0, 0, 1, 1, 2, 2, 3]
+    # 3 -> 3 (sizes): onnxruntime copies; the transform's own mapping (1, 2, 2) would move entries
+    m = _resize_probe(3, 13, ins=["", "", "sz"], inits={"sz": _i64(1, 1, 1, 3)},
+                      coordinate_transformation_mode="tf_half_pixel_for_nn", nearest_mode="round_prefer_ceil")
+    with pytest.raises(UnsupportedLayerError, match="input's own shape"):
+        from_onnx(m)
+    m = _resize_probe(3, 13, ins=["", "", "sz"], inits={"sz": _i64(1, 1, 1, 3)})  # half_pixel: the identity
+    assert from_onnx(m).forward64(x[..., :3]).reshape(-1).tolist() == [0, 1, 2]
 def _resize_model(**attrs):
     rng = np.random.default_rng(0)
     I = {"Wc": _f32(rng, 1, 1, 1, 1), "bc": _f32(rng, 1), "roi": np.zeros(0, np.float32),
          "sc": np.array(attrs.pop("scales", [1, 1, 2, 2]), np.float32), "Wo": _f32(rng, 2, 36), "bo": _f32(rng, 2)}
     nodes = [_conv("x", "Wc", "bc", "c", pads=0), helper.make_node("Resize", ["c", "roi", "sc"], ["f"], **attrs)]
-    return _model(nodes + _head(), [1, 1, 3, 3], I)
+    return _model(nodes + _head(), [1, 1, 3, 3], I, out_shape=[1, 2])
 
 
 def test_refusals_name_the_node_and_the_reason():
     with pytest.raises(UnsupportedLayerError, match=r"Resize.*mode='linear'"):
         from_onnx(_resize_model(mode="linear"))
-    with pytest.raises(UnsupportedLayerError, match=r"tf_crop_and_resize"):
-        from_onnx(_resize_model(mode="nearest", coordinate_transformation_mode="tf_crop_and_resize"))
+    for ctm in ("tf_crop_and_resize", "half_pixel_symmetric"):  # the second: onnxruntime and ONNX differ
+        with pytest.raises(UnsupportedLayerError, match=ctm):
+            from_onnx(_resize_model(mode="nearest", coordinate_transformation_mode=ctm))
+    with pytest.raises(UnsupportedLayerError, match="too large"):
+        from_onnx(_resize_model(mode="nearest", scales=[1, 1, 1e9, 1]))
     with pytest.raises(UnsupportedLayerError, match=r"batch axis"):
         from_onnx(_resize_model(mode="nearest", scales=[2, 1, 2, 2]))
     rng = np.random.default_rng(0)
@@ -254,6 +286,24 @@ def test_refusals_name_the_node_and_the_reason():
     with pytest.raises(UnsupportedLayerError, match=r"ReduceSum.*batch axis"):
         from_onnx(_model([gemm, helper.make_node("ReduceSum", ["h", "axes"], ["f"])] + _head(),
                          [1, 3], out_shape=[1, 2], inits=dict(base, axes=_i64(0))))
+    with pytest.raises(UnsupportedLayerError, match=r"Tile.*entries per sample"):
+        from_onnx(_model([gemm, helper.make_node("Reshape", ["h", "s"], ["v"]),
+                          helper.make_node("Tile", ["v", "reps"], ["f"])] + _head(),
+                         [1, 3], out_shape=[1, 2], inits=dict(base, s=_i64(1, 4), reps=_i64(1, 10 ** 9))))
+    with pytest.raises(UnsupportedLayerError, match=r"ConstantOfShape.*a constant of"):
+        from_onnx(_model([helper.make_node("ConstantOfShape", ["cs"], ["c"]), gemm,
+                          helper.make_node("Add", ["h", "c"], ["f"])] + _head(),
+                         [1, 3], out_shape=[1, 2], inits=dict(base, cs=_i64(10 ** 6, 10 ** 6))))
+    # a float Range: ONNX defines start + i delta, onnxruntime adds delta repeatedly; they differ here
+    with pytest.raises(UnsupportedLayerError, match="Range"):
+        from_onnx(_model([helper.make_node("Range", ["r0", "r1", "rd"], ["c"]), gemm,
+                          helper.make_node("Add", ["h", "c"], ["f"])] + _head(), [1, 3], out_shape=[1, 2],
+                         inits=dict(base, r0=np.array(0, np.float32), r1=np.array(3, np.float32),
+                                    rd=np.array(0.1, np.float32))))
+    with pytest.raises(InvalidInputError, match="mode 'dcr'"):
+        from_onnx(_model([helper.make_node("Reshape", ["x", "s4"], ["v"]), helper.make_node(
+            "DepthToSpace", ["v"], ["f"], blocksize=1, mode="dcr")] + _head(), [1, 3], out_shape=[1, 2],
+            inits=dict(base, s4=_i64(1, 3, 1, 1), Wo=_f32(rng, 2, 3))))
     with pytest.raises(InvalidInputError, match=r"Split.*parts \[3, 3\]"):
         from_onnx(_model([gemm, helper.make_node("Split", ["h", "parts"], ["a", "f"], axis=1)] + _head(),
                          [1, 3], out_shape=[1, 2], inits=dict(base, parts=_i64(3, 3))))

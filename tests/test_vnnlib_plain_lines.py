@@ -5,6 +5,7 @@ that tie or cross after rounding, general asserts, comments, multi-line expressi
 declarations and malformed lines. Errors must match too (message and line)."""
 
 import random
+import warnings
 
 import numpy as np
 
@@ -15,8 +16,8 @@ from gpuopt.io.vnnlib import parse_vnnlib
 NUMBERS = ["0", "1", "-1", "0.1", "0.10000000000000001", "0.3", ".5", "5.", "+2", "-0.0", "1e-3", "2.5E+2",
            "0.1000000000000000055511151231257827021181583404541015625", "1e-320", "4.9406564584124654e-324",
            "0.30000000000000004", "123456789012345678901234567890", "1e-999", "1e999", "0x1", "1_0", "nan", "1e",
-           "0.7", "0.69999999999999996"]
-GOOD_NUMBERS = [c for c in NUMBERS if c not in ("1e-999", "1e999", "0x1", "1_0", "nan", "1e")]
+           "0.7", "0.69999999999999996", "1.79769313486231575e308", "1.7976931348623157e308", "-1e-330", "-0e5"]
+GOOD_NUMBERS = [c for c in NUMBERS if c not in ("1e-999", "1e999", "0x1", "1_0", "nan", "1e", "1.79769313486231575e308")]
 
 
 def _bound_line(rng, n_in, clean):
@@ -79,7 +80,7 @@ def random_file(rng) -> str:
 
 
 def _general_only(monkeypatch):
-    monkeypatch.setattr(vnnlib, "_plain_lines", lambda text, source: (text, {}, {}, None))
+    monkeypatch.setattr(vnnlib, "_plain_lines", lambda text, source: (text, {}, {}, None, []))
 
 
 def _outcome(text):
@@ -112,11 +113,46 @@ def test_bulk_reader_equals_the_general_reader(monkeypatch):
     assert kinds["ok"] > 300 and kinds["error"] > 300, kinds
 
 
+def test_the_dnf_size_limit_counts_the_bounds_read_above(monkeypatch):
+    """The size limit grows with the comparisons read so far: bounds read in bulk count where
+    they stand in the file, as the general reader counts them."""
+    monkeypatch.setattr(vnnlib, "MAX_DNF_TERMS", 4)
+    rng = random.Random(7)
+    texts = []
+    for _ in range(300):
+        n = rng.randint(1, 4)
+        lines = [f"(declare-const X_{i} Real)" for i in range(n)] + ["(declare-const Y_0 Real)"]
+        body = [f"(assert (>= X_{i} -1))" for i in range(n)] + [f"(assert (<= X_{i} 1))" for i in range(n)]
+        for _ in range(rng.randint(1, 2)):  # a product of disjunctions within one assert
+            ors = [" ".join(f"(<= Y_0 {j})" for j in range(rng.randint(2, 3))) for _ in range(2)]
+            body.insert(rng.randrange(len(body) + 1), "(assert (and " + " ".join(f"(or {o})" for o in ors) + "))")
+        texts.append("\n".join(lines + body))
+    fast = [_outcome(t) for t in texts]
+    _general_only(monkeypatch)
+    slow = [_outcome(t) for t in texts]
+    assert fast == slow
+    assert 50 < sum(f[0] == "error" for f in fast) < 250  # the limit is reached in some, not all
+
+
+def test_bounds_at_the_float64_limits_and_signed_zeros(monkeypatch):
+    texts = ["(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 -1))\n"
+             f"(assert (<= X_0 {c}))\n(assert (<= Y_0 0))" for c in ("1.79769313486231575e308",
+                                                                    "1.7976931348623157e308", "-1e-330", "-0.0")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning from rounding a bound of DBL_MAX
+        fast = [_outcome(t) for t in texts]
+    assert fast[0][0] == "error" and "out of the float64 range" in fast[0][1]
+    assert fast[2][1][0][1] == np.array([-0.0]).tobytes()  # a negative bound that underflows keeps its sign
+    assert fast[3][1][0][1] == np.array([0.0]).tobytes()
+    _general_only(monkeypatch)
+    assert fast == [_outcome(t) for t in texts]
+
+
 def test_bulk_reader_takes_the_plain_lines():
     text = "\n".join(["(declare-const X_0 Real)", "(declare-const X_1 Real)", "(declare-const Y_0 Real)",
                       "(assert (<= X_0 0.1))", "(assert (>= 0.5 X_1))", "(assert (> X_0 -0.1))",
                       "(assert (<= X_0 0.05))", "(assert (>= X_1 0))", "(assert (<= Y_0 1))"])
-    out, declared, lines, base = vnnlib._plain_lines(text, "f")
+    out, declared, lines, base, starts = vnnlib._plain_lines(text, "f")
     assert set(declared) == {"X_0", "X_1", "Y_0"} and lines["Y_0"] == 3
     # the second upper bound of X_0 and the output bound are left to the general reader, lines kept
     assert out.split("\n") == [""] * 6 + ["(assert (<= X_0 0.05))", "", "(assert (<= Y_0 1))"]

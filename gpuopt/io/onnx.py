@@ -86,13 +86,16 @@ import numpy as np
 
 from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
-from .selection import (ONNX_RESIZE_TRANSFORMS, depth_to_space_layers, onnx_nearest_indices, reduce_layers,
-                        rowwise_linear_layers, space_to_depth_layers)
+from .selection import (ONNX_NEAREST_MODES, ONNX_RESIZE_TRANSFORMS, depth_to_space_layers, onnx_resize_axis,
+                        reduce_layers, rowwise_linear_layers, space_to_depth_layers)
 from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                        MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
 
 __all__ = ["from_onnx"]
+
+#: the most entries a per-sample tensor (or a folded constant) may have: 2^27, 1 GiB of float64
+MAX_TENSOR_ENTRIES = 1 << 27
 
 
 def _load(path_or_model):
@@ -439,22 +442,29 @@ class _Importer:
                     return a - b
                 if op == "Mul":
                     return a * b
-                if np.issubdtype(np.result_type(a, b), np.integer):
-                    return np.trunc(a / b).astype(np.result_type(a, b))
+                if np.issubdtype(np.result_type(a, b), np.integer):  # exactly, truncated towards zero
+                    q = np.floor_divide(a, b)
+                    return np.where((np.remainder(a, b) != 0) & ((a < 0) != (b < 0)), q + 1, q).astype(
+                        np.result_type(a, b))
                 return a / b
             if op == "Neg":
                 return -vals[0]
             if op == "ConstantOfShape":
                 fill = attrs.get("value")
                 fill = np.zeros(1, np.float32) if fill is None else numpy_helper.to_array(fill).reshape(-1)
-                return np.full([int(v) for v in vals[0].reshape(-1)], fill[0], dtype=fill.dtype)
+                shape = [int(v) for v in vals[0].reshape(-1)]
+                self._check_const_entries(math.prod(shape), label, op)
+                return np.full(shape, fill[0], dtype=fill.dtype)
             if op == "Range":
-                return np.arange(vals[0].reshape(()), vals[1].reshape(()), vals[2].reshape(())).astype(vals[0].dtype)
+                return self._fold_range(vals[0].reshape(()), vals[1].reshape(()), vals[2].reshape(()), label)
             if op == "Expand":
-                shape = [int(v) for v in vals[1].reshape(-1)]
-                return np.broadcast_to(vals[0], np.broadcast_shapes(vals[0].shape, tuple(shape))).copy()
+                shape = np.broadcast_shapes(vals[0].shape, tuple(int(v) for v in vals[1].reshape(-1)))
+                self._check_const_entries(math.prod(shape), label, op)
+                return np.broadcast_to(vals[0], shape).copy()
             if op == "Tile":
-                return np.tile(vals[0], [int(v) for v in vals[1].reshape(-1)])
+                reps = [int(v) for v in vals[1].reshape(-1)]
+                self._check_const_entries(vals[0].size * math.prod(reps), label, op)
+                return np.tile(vals[0], reps)
             if op == "Transpose":
                 return np.transpose(vals[0], attrs.get("perm"))
             if op in ("Equal", "Less", "Greater"):
@@ -481,12 +491,38 @@ class _Importer:
                     parts = vals[1].reshape(-1).tolist()
                 if parts is None:
                     n = int(attrs.get("num_outputs", len(node.output)))
+                    if "num_outputs" not in attrs and x.shape[axis] % n:
+                        raise ValueError(f"axis {axis} of size {x.shape[axis]} does not split into {n} equal parts")
                     chunk = -(-x.shape[axis] // n)
                     parts = [min(chunk, x.shape[axis] - k * chunk) for k in range(n)]
                 return np.split(x, np.cumsum([int(v) for v in parts])[:-1], axis=axis)
         except (ValueError, IndexError, KeyError, TypeError) as err:
             raise self._invalid(f"node {label!r} (op {op}) cannot be evaluated on its constant inputs: {err}") from None
         raise self._unsupported(label, op, "constant folding of this op")
+
+    def _check_const_entries(self, n: int, label: str, op: str):
+        if n > MAX_TENSOR_ENTRIES:
+            raise self._unsupported(label, op, f"a constant of {n} entries (at most {MAX_TENSOR_ENTRIES})")
+
+    def _fold_range(self, start, limit, delta, label: str) -> np.ndarray:
+        """ONNX ``Range``: ``start + i delta`` by its definition; onnxruntime adds ``delta`` once per
+        entry instead, which rounds differently in floating point: a float range the two disagree on
+        is refused."""
+        if delta == 0:
+            raise ValueError("delta is 0")
+        n = max(int(np.ceil((limit - start) / delta)), 0)
+        self._check_const_entries(n, label, "Range")
+        dtype = np.result_type(start, limit, delta)
+        out = (start + np.arange(n, dtype=dtype) * delta).astype(dtype)
+        if np.issubdtype(dtype, np.floating):
+            acc, added = dtype.type(start), np.empty(n, dtype)
+            for i in range(n):
+                added[i] = acc
+                acc = dtype.type(acc + delta)
+            if not np.array_equal(out, added):
+                raise self._unsupported(label, "Range", "a floating-point range whose entries depend on how it is "
+                                                        "computed (start + i delta, or repeated additions)")
+        return out
 
     @staticmethod
     def _resolve_reshape(in_shape: Sequence[int], target, allowzero: int) -> tuple[int, ...]:
@@ -1258,6 +1294,7 @@ class _Importer:
             raise self._unsupported(label, "Tile", f"repeats {reps} (an empty output)")
         if off and reps[0] != 1:
             raise self._unsupported(label, "Tile", "repeating the batch axis")
+        self._check_entries(math.prod(self.oshape) * math.prod(reps[off:]), label, "Tile")
         for a, r in enumerate(reps[off:]):
             if r > 1:
                 self._select_along(a, tuple(range(self.oshape[a])) * r, label, "Tile")
@@ -1276,21 +1313,26 @@ class _Importer:
             self.oshape = (1,) * (len(target) - len(full)) + tuple(self.oshape)
         if off and target[0] != 1:
             raise self._unsupported(label, "Expand", "broadcasting along the batch axis")
+        self._check_entries(math.prod(target[off:]), label, "Expand")
         for a, n in enumerate(target[off:]):
             if n != self.oshape[a]:
                 self._select_along(a, (0,) * n, label, "Expand")
 
     def _op_Resize(self, node, label, attrs):
+        if self.opset is not None and self.opset < 11:  # Resize-10: onnxruntime's asymmetric, simple rounding
+            attrs = dict(attrs, coordinate_transformation_mode="asymmetric", nearest_mode="simple")
         self._resize(node, label, "Resize", attrs)
 
     def _op_Upsample(self, node, label, attrs):
-        # Upsample (opsets 7-9): output[i] = input[floor(i / scale)] per axis
+        # Upsample (opsets 7-9): output[i] = input[floor(i / scale)] per axis (scales >= 1)
         self._resize(node, label, "Upsample", dict(attrs, coordinate_transformation_mode="asymmetric",
-                                                   nearest_mode="floor"))
+                                                   nearest_mode="simple"))
 
     def _resize(self, node, label, op, attrs):
-        """Nearest-neighbour resizing as one ``Gather`` per resized axis; the source index of each
-        output position follows onnxruntime's float32 arithmetic (see :func:`~gpuopt.io.selection.onnx_nearest_indices`)."""
+        """Nearest-neighbour resizing as one ``Gather`` per resized axis, the source indices exact
+        (:func:`~gpuopt.io.selection.onnx_resize_axis`); an axis whose indices rounding could move
+        is refused, and so is a resize to the input's own shape that would move entries (which
+        onnxruntime copies unchanged)."""
         off = int(self.batched)
         mode = attrs.get("mode", "nearest")
         if mode != "nearest":
@@ -1299,7 +1341,7 @@ class _Importer:
         nearest = attrs.get("nearest_mode", "round_prefer_floor")
         if ctm not in ONNX_RESIZE_TRANSFORMS:
             raise self._unsupported(label, op, f"coordinate_transformation_mode={ctm!r}")
-        if nearest not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        if nearest not in ONNX_NEAREST_MODES:
             raise self._unsupported(label, op, f"nearest_mode={nearest!r}")
         if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise self._unsupported(label, op, f"keep_aspect_ratio_policy={attrs['keep_aspect_ratio_policy']!r}")
@@ -1322,26 +1364,39 @@ class _Importer:
         if len(given) != len(axes) or sorted(set(axes)) != sorted(axes) or not all(0 <= a < rank for a in axes):
             raise self._invalid(f"node {label!r} (op {op}): {len(given)} scales or sizes for axes {axes} of a "
                                 f"rank-{rank} tensor")
-        plan = []
+        plan, out_shape = [], list(full)
         for a, g in zip(axes, given.tolist()):
             n_in = full[a]
-            if scales is not None:
-                scale = np.float32(g)
-                if not (np.isfinite(scale) and scale > 0):
-                    raise self._invalid(f"node {label!r} (op {op}): scale {g} must be positive")
-                n_out = int(math.floor(float(n_in) * float(scale)))
-            else:
-                n_out = int(g)
-                scale = np.float32(n_out) / np.float32(n_in)
+            if scales is not None and not (math.isfinite(g) and g > 0 and (op != "Upsample" or g >= 1)):
+                raise self._invalid(f"node {label!r} (op {op}): scale {g} must be {'>= 1' if op == 'Upsample' else 'positive'}")
+            if scales is not None and n_in * g > MAX_TENSOR_ENTRIES or sizes is not None and g > MAX_TENSOR_ENTRIES:
+                raise self._unsupported(label, op, f"axis {a} of {n_in} entries resized by {g}: too large")
+            try:
+                n_out, idx = onnx_resize_axis(n_in, g if scales is not None else None,
+                                              None if scales is not None else int(g), ctm, nearest)
+            except ValueError as err:
+                raise self._unsupported(label, op, f"axis {a}: {err}") from None
             if n_out < 1:
                 raise self._unsupported(label, op, f"axis {a} resized to {n_out}")
+            out_shape[a] = n_out
             if a < off:
                 if n_out != n_in:
                     raise self._unsupported(label, op, "resizing the batch axis")
                 continue
-            plan.append((a - off, onnx_nearest_indices(n_in, n_out, scale, ctm, nearest)))
+            plan.append((a - off, idx))
+        if tuple(out_shape) == tuple(full):  # onnxruntime copies the input
+            if any(idx != list(range(full[a + off])) for a, idx in plan):
+                raise self._unsupported(label, op, f"a resize to the input's own shape {tuple(full)} that moves "
+                                                   "entries (onnxruntime copies the input unchanged)")
+            return
+        self._check_entries(math.prod(out_shape[off:]), label, op)
         for a, idx in plan:
             self._select_along(a, idx, label, op)
+
+    def _check_entries(self, n: int, label: str, op: str):
+        """Refuses a per-sample tensor of more than ``MAX_TENSOR_ENTRIES`` entries."""
+        if n > MAX_TENSOR_ENTRIES:
+            raise self._unsupported(label, op, f"its output has {n} entries per sample (at most {MAX_TENSOR_ENTRIES})")
 
     def _reduce(self, node, label, op, attrs, kind):
         """``Reduce{Sum,Mean,Max,Min}`` over per-sample axes: the reduced axes moved last, the
@@ -1389,6 +1444,8 @@ class _Importer:
         c, h, w = self.oshape
         if b < 1 or c % (b * b):
             raise self._invalid(f"node {label!r} (op DepthToSpace): blocksize {b} does not divide {c} channels")
+        if attrs.get("mode", "DCR") not in ("DCR", "CRD"):
+            raise self._invalid(f"node {label!r} (op DepthToSpace): mode {attrs['mode']!r} is not DCR or CRD")
         self._apply_layers(depth_to_space_layers((c, h, w), b, attrs.get("mode", "DCR")), label, "DepthToSpace")
 
     def _op_SpaceToDepth(self, node, label, attrs):

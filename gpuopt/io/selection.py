@@ -1,9 +1,10 @@
 """Operators that copy, repeat, resample or reduce entries, as chains of exact layers: shared by
 the ONNX and torch importers.
 
-* nearest-neighbour resizing of one axis is a ``Gather`` with repeated indices;
-  :func:`onnx_nearest_indices` and :func:`torch_nearest_indices` give the source index of each
-  output position as onnxruntime and torch compute it (in float32, so ties fall as they do there);
+* nearest-neighbour resizing of one axis is a ``Gather`` with repeated indices:
+  :func:`onnx_resize_axis` gives the source index of each output position exactly and refuses
+  an axis where float32 or float64 arithmetic would pick another entry (a tie or a boundary
+  that rounding moves); :func:`torch_nearest_indices` computes them as torch does;
 * a reduction over some per-sample axes moves them last (``Transpose``), views the tensor as
   ``(rest, 1, k)`` and pools each row by a ``(1, k)`` window: average pooling for a mean, times
   ``k`` for a sum, max pooling for a max, between two negations for a min (:func:`reduce_layers`);
@@ -17,56 +18,118 @@ the ONNX and torch importers.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
 from ..layers import AvgPool2d, Conv2d, ElementwiseAffine, MaxPool2d, Reshape, Transpose
 
-__all__ = ["ONNX_RESIZE_TRANSFORMS", "onnx_nearest_indices", "torch_nearest_indices", "reduce_layers",
+__all__ = ["ONNX_RESIZE_TRANSFORMS", "ONNX_NEAREST_MODES", "onnx_resize_axis", "torch_nearest_indices", "reduce_layers",
            "depth_to_space_layers", "space_to_depth_layers", "pixel_unshuffle_layers", "rowwise_linear_layers"]
 
-ONNX_RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
-                          "half_pixel_symmetric")
+ONNX_RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
+ONNX_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 
 
-def onnx_nearest_indices(n_in: int, n_out: int, scale, transform: str, nearest: str) -> list[int]:
-    """Source index of each of ``n_out`` output positions of an ONNX nearest-neighbour ``Resize``
-    of an axis of ``n_in`` entries: the coordinate transform ``x -> x_original``, then the
-    rounding ``nearest``, clamped to ``[0, n_in - 1]``, in float32 as onnxruntime computes them
-    (``scale`` is a float32)."""
-    f = np.float32
-    scale = f(scale)
-    x = np.arange(n_out, dtype=np.float32)
-    half = f(0.5)
+def _original(x, n_in: int, n_out: int, scale, transform: str, half):
+    """``x_original`` of output positions ``x`` by the ONNX coordinate transform, in the arithmetic
+    of the arguments (Fractions, or numpy float32 / float64 arrays)."""
     if transform == "asymmetric":
-        orig = x / scale
-    elif transform == "tf_half_pixel_for_nn":
-        orig = (x + half) / scale
-    elif transform == "align_corners":
-        orig = x * (f(n_in - 1) / f(n_out - 1)) if n_out > 1 else np.zeros(n_out, np.float32)
-    elif transform == "pytorch_half_pixel":
-        orig = (x + half) / scale - half if n_out > 1 else np.zeros(n_out, np.float32)
-    elif transform == "half_pixel_symmetric":
-        adjustment = f(n_out) / (scale * f(n_in))
-        offset = f(n_in) / f(2) * (f(1) - adjustment)
-        orig = offset + (x + half) / scale - half
-    elif transform == "half_pixel":
-        orig = (x + half) / scale - half
-    else:
-        raise ValueError(f"unknown coordinate transform {transform!r}")
-    floor = np.floor(orig)
-    tie = orig - floor == half
+        return x / scale
+    if transform == "tf_half_pixel_for_nn":
+        return (x + half) / scale
+    if transform == "align_corners":
+        return x * (type(half)(n_in - 1) / type(half)(n_out - 1)) if n_out > 1 else x * 0
+    if transform == "pytorch_half_pixel" and n_out == 1:
+        return x * 0
+    return (x + half) / scale - half  # half_pixel, pytorch_half_pixel
+
+
+def _original_by_reciprocal(x, n_out: int, inv, transform: str, half):
+    """:func:`_original` with the division by the scale done as a product by its reciprocal."""
+    if transform == "asymmetric":
+        return x * inv
+    if transform == "tf_half_pixel_for_nn":
+        return (x + half) * inv
+    if transform == "pytorch_half_pixel" and n_out == 1:
+        return x * 0
+    return (x + half) * inv - half
+
+
+def _nearest(orig, nearest: str, downsample: bool, half) -> list[int]:
+    """The ONNX ``nearest_mode`` rounding of each ``orig`` (Fractions or a float array); ``simple``
+    is onnxruntime's rule for Resize-10 and Upsample: ceil when downsampling, else truncation."""
+    if isinstance(orig, list):  # exact
+        out = []
+        for q in orig:
+            fl = math.floor(q)
+            if nearest == "floor" or (nearest == "simple" and not downsample):
+                out.append(fl if q >= 0 or nearest == "floor" else math.ceil(q))
+            elif nearest in ("ceil", "simple"):
+                out.append(math.ceil(q))
+            elif q - fl == half:
+                out.append(fl + 1 if nearest == "round_prefer_ceil" else fl)
+            else:
+                out.append(math.floor(q + half))
+        return out
+    fl = np.floor(orig)
     if nearest == "floor":
-        idx = floor
+        idx = fl
+    elif nearest == "simple":
+        idx = np.ceil(orig) if downsample else np.trunc(orig)
     elif nearest == "ceil":
         idx = np.ceil(orig)
-    elif nearest == "round_prefer_ceil":
-        idx = np.where(tie, floor + 1, np.round(orig))
-    elif nearest == "round_prefer_floor":
-        idx = np.where(tie, floor, np.round(orig))
     else:
-        raise ValueError(f"unknown nearest mode {nearest!r}")
-    return np.clip(idx, 0, n_in - 1).astype(np.int64).tolist()
+        tie = orig - fl == half
+        idx = np.where(tie, fl + 1 if nearest == "round_prefer_ceil" else fl, np.floor(orig + half))
+    return idx.astype(np.int64).tolist()
+
+
+def onnx_resize_axis(n_in: int, scale, size, transform: str, nearest: str) -> tuple[int, list[int]]:
+    """Output length and source index of each output position of an ONNX nearest-neighbour
+    ``Resize`` (or ``Upsample``) of an axis of ``n_in`` entries, given its float32 ``scale`` or its
+    output ``size``: the coordinate transform, then the rounding ``nearest``, clamped to
+    ``[0, n_in - 1]``.
+
+    Computed exactly (in rationals, with ``scale = size / n_in`` when a size is given) and in the
+    float32 and float64 arithmetic implementations use (onnxruntime, the ONNX reference); where
+    they disagree, the network's function depends on rounding, and ``ValueError`` says where.
+    """
+    half = Fraction(1, 2)
+    if size is None:
+        s32 = np.float32(scale)
+        exact_scale = Fraction(float(s32))
+        sizes = {math.floor(n_in * exact_scale), int(np.floor(np.float32(n_in) * s32)),
+                 math.floor(float(n_in) * float(s32))}
+        if len(sizes) != 1:
+            raise ValueError(f"the output size of an axis of {n_in} scaled by {float(s32)!r} is {sorted(sizes)} "
+                             "depending on the arithmetic")
+        n_out = sizes.pop()
+        scales = (s32, np.float64(s32))
+    else:
+        n_out = int(size)
+        exact_scale = Fraction(n_out, n_in)
+        scales = (np.float32(n_out) / np.float32(n_in), np.float64(n_out) / np.float64(n_in))
+    if n_out < 1:
+        return n_out, []
+    downsample = exact_scale < 1
+    exact = _nearest([_original(Fraction(x), n_in, n_out, exact_scale, transform, half) for x in range(n_out)],
+                     nearest, downsample, half)
+    for dtype, sc in zip((np.float32, np.float64), scales):
+        x = np.arange(n_out, dtype=dtype)
+        h = dtype(0.5)
+        # the transform as written, and with the division by the scale as a product by its reciprocal
+        variants = [_original(x, n_in, n_out, sc, transform, h)]
+        if transform != "align_corners":
+            variants.append(_original_by_reciprocal(x, n_out, dtype(1) / sc, transform, h))
+        for orig in variants:
+            got = _nearest(orig, nearest, downsample, h)
+            for p, (a, b) in enumerate(zip(exact, got)):
+                if min(max(a, 0), n_in - 1) != min(max(b, 0), n_in - 1):
+                    raise ValueError(f"output position {p} of an axis resized from {n_in} to {n_out} reads entry "
+                                     f"{min(max(a, 0), n_in - 1)} exactly but {min(max(b, 0), n_in - 1)} in "
+                                     f"{np.dtype(dtype).name} arithmetic")
+    return n_out, [min(max(i, 0), n_in - 1) for i in exact]
 
 
 def torch_nearest_indices(n_in: int, n_out: int, scale_factor: float | None, exact: bool) -> list[int]:

@@ -104,6 +104,7 @@ def _fits_float(q: Fraction) -> bool:
 
 
 _FLOAT_MAX = Fraction(np.finfo(np.float64).max)
+_DBL_MAX = float(np.finfo(np.float64).max)
 
 
 def _plain_box() -> bool:
@@ -164,7 +165,10 @@ class _BaseBox:
             f = float(tok)
         except ValueError:
             return False
-        if len(tok) > 300 or f - f != 0.0 or (f == 0.0 and abs(int(tok.lower().partition("e")[2] or 0)) > 400):
+        # the largest double or beyond (the exact value may exceed float64's range), or an exponent
+        # too large to compare exactly in integers: the general reader decides those
+        if len(tok) > 300 or not abs(f) < _DBL_MAX or (
+                f == 0.0 and abs(int(tok.lower().partition("e")[2] or 0)) > 400):
             return False
         side[i] = (tok, strict)
         return True
@@ -182,8 +186,9 @@ class _BaseBox:
             if side:
                 idx = np.fromiter(side, dtype=np.int64, count=len(side))
                 toks = [t for t, _ in side.values()]
-                f = np.array([float(t) for t in toks]) + 0.0  # -0.0 is 0 (as the exact value gives)
+                f = np.array([float(t) for t in toks])
                 sign = np.array([_sign_against(t, x) for t, x in zip(toks, f.tolist())])
+                f[(f == 0) & (sign == 0)] = 0.0  # "-0.0" is 0; a negative value that underflows stays -0.0
                 strict = np.array([s for _, s in side.values()], dtype=bool)
                 towards = np.inf if is_upper else -np.inf
                 near[idx] = f
@@ -214,9 +219,11 @@ class _BaseBox:
 def _plain_lines(text: str, source: str):
     """Read the lines that hold one ``(declare-const X_i Real)`` or one bound ``(assert (op X_i
     number))`` (or ``(op number X_i)``), written with single spaces as large files are, in bulk;
-    returns ``(text, declared, decl_lines, base)``: the text with those lines blanked (line
+    returns ``(text, declared, decl_lines, base, starts)``: the text with those lines blanked (line
     numbers are kept), the variables declared that way (``name -> (kind, index)``, with their
-    lines), and a :class:`_BaseBox` of the bounds, or None. Other lines go to the general reader.
+    lines), a :class:`_BaseBox` of the bounds, or None, and for each command left to the general
+    reader the number of bounds read in bulk above it (the DNF size limit counts them as read).
+    Other lines go to the general reader.
 
     The same file read by the general reader alone gives the same result: a declaration is taken
     only before anything else but comments (so every later command sees it declared, as it
@@ -225,8 +232,9 @@ def _plain_lines(text: str, source: str):
     (``float`` then reads exactly what ``_NUMBER`` matches).
     """
     if "(declare-const" not in text:
-        return text, {}, {}, None
+        return text, {}, {}, None, []
     lines = text.split("\n")
+    starts: list[int] = []
     declared: dict[str, tuple[str, int]] = {}
     decl_lines: dict[str, int] = {}
     base = _BaseBox()
@@ -257,10 +265,19 @@ def _plain_lines(text: str, source: str):
         code = line.partition(";")[0]
         if code and not code.isspace():
             general = True
-            depth += code.count("(") - code.count(")")
+            if "(" not in code:
+                depth -= code.count(")")
+                continue
+            for ch in code:  # each command the general reader will read: the bounds read in bulk before it
+                if ch == "(":
+                    if depth == 0:
+                        starts.append(len(base))
+                    depth += 1
+                elif ch == ")":
+                    depth -= 1
     if not declared:
-        return text, {}, {}, None
-    return "\n".join(lines), declared, decl_lines, (base if len(base) else None)
+        return text, {}, {}, None, []
+    return "\n".join(lines), declared, decl_lines, (base if len(base) else None), starts
 
 
 _BOUND_OPS = frozenset(("(<=", "(>=", "(<", "(>"))
@@ -353,12 +370,13 @@ class _Parser:
     """Turns VNNLIB text into the list of ``(Box, OutputSpec)`` pairs; see the module docstring."""
 
     def __init__(self, text: str, source: str):
-        self.text, self.declared, self.decl_lines, self.base = _plain_lines(text, source)
+        self.text, self.declared, self.decl_lines, self.base, self.bulk_starts = _plain_lines(text, source)
+        self.bulk_read = 0  # bounds read in bulk above the command being read
         self.source = source
         self.decl_pos: dict[str, int] = {}
         self.numbers: dict[str, Fraction] = {}  # number token -> exact value
         self.atoms: dict[tuple, object] = {}  # (op, a, b) of a one-token comparison -> its atom
-        self.n_comparisons = len(self.base) if self.base is not None else 0  # comparisons read so far
+        self.n_comparisons = 0  # comparisons read so far (by the general reader)
         self.unit_rows: dict[tuple, tuple] = {}  # (j, y_j <= c) -> row of y_j <= c or -y_j <= -c
 
     # -- errors ---------------------------------------------------------------------------------
@@ -595,8 +613,8 @@ class _Parser:
         return value if value.__class__ is _Dnf else _atom_dnf(value)
 
     def check_size(self, n_terms: int, n_atoms: int, pos: int | None) -> None:
-        max_terms = max(MAX_DNF_TERMS, self.n_comparisons)
-        max_atoms = max(MAX_DNF_ATOMS, self.n_comparisons)
+        max_terms = max(MAX_DNF_TERMS, self.n_comparisons + self.bulk_read)
+        max_atoms = max(MAX_DNF_ATOMS, self.n_comparisons + self.bulk_read)
         if n_terms > max_terms or n_atoms > max_atoms:
             raise self.error(f"the formula expands to more than {max_terms} DNF terms "
                              f"or {max_atoms} atoms; unsupported", pos)
@@ -702,7 +720,9 @@ class _Parser:
 
     def parse(self, n_inputs: int | None, n_outputs: int | None) -> list[Property]:
         dnfs = []
-        for node in self.read():
+        for k, node in enumerate(self.read()):
+            if self.base is not None:
+                self.bulk_read = self.bulk_starts[k] if k < len(self.bulk_starts) else len(self.base)
             cmd = self.head(node, "a command")
             if cmd == "declare-const":
                 self.declare(node)
@@ -718,6 +738,7 @@ class _Parser:
         if not self.declared:
             raise self.error("the file declares no variables (empty or not a VNNLIB file)")
         node = None  # the syntax trees and the caches are no longer needed
+        self.bulk_read = len(self.base) if self.base is not None else 0
         self.atoms = self.numbers = None
         n_in = self.count("X", n_inputs)
         n_out = self.count("Y", n_outputs)
