@@ -5,7 +5,8 @@
 tensor methods; each node becomes zero or more layers, and a node that reads several data tensors
 (``x + self.block(x)``, ``torch.cat``) a graph layer. Supported:
 
-* modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
+* modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and
+  Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
   ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,

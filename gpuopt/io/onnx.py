@@ -1368,7 +1368,8 @@ class _Importer:
         for a, g in zip(axes, given.tolist()):
             n_in = full[a]
             if scales is not None and not (math.isfinite(g) and g > 0 and (op != "Upsample" or g >= 1)):
-                raise self._invalid(f"node {label!r} (op {op}): scale {g} must be {'>= 1' if op == 'Upsample' else 'positive'}")
+                least = ">= 1" if op == "Upsample" else "positive"
+                raise self._invalid(f"node {label!r} (op {op}): scale {g} must be {least}")
             if scales is not None and n_in * g > MAX_TENSOR_ENTRIES or sizes is not None and g > MAX_TENSOR_ENTRIES:
                 raise self._unsupported(label, op, f"axis {a} of {n_in} entries resized by {g}: too large")
             try:

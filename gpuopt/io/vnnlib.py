@@ -31,7 +31,9 @@ Size. The DNF is kept factored while it is built, as blocks ``(input terms) x (o
 input bounds asserted apart from a disjunction of output conditions, or ``(or box_1 box_2)``
 conjoined with ``(or out_1 ... out_k)``, are not multiplied out, and a long disjunction of
 ``(and box output)`` terms (nn4sys' ``lindex_60000.vnnlib``: 120000 such terms, 11 MB) is read
-in linear time and memory. The expanded DNF may have at most ``MAX_DNF_TERMS`` terms and
+in linear time and memory. Declarations and single-input bounds that stand on lines of their own
+(a 224x224x3 image's box is 301,056 such lines) are read in bulk, with the same results (see
+:func:`_plain_lines`). The expanded DNF may have at most ``MAX_DNF_TERMS`` terms and
 ``MAX_DNF_ATOMS`` atoms, or as many as the file has comparisons when that is more (a DNF no
 longer than its text is linear); beyond that the formula is refused: conjunctions of
 disjunctions multiply (an ``and`` of 30 two-way ``or``s has 2^30 terms). Within one pair,
@@ -77,7 +79,6 @@ _ONE = Fraction(1)
 _MINUS_ONE = Fraction(-1)
 _INF = math.inf
 _BY_POSITION = itemgetter(1)
-
 
 
 class Property(tuple):
@@ -854,7 +855,6 @@ class _Parser:
         hi_in = [float_down(h, s) for h, s in high]
         key = struct.pack(f"{4 * n_in}d", *lo, *hi, *lo_in, *hi_in)
         return key, (lo, hi, lo_in, hi_in)
-
 
     def exact_box_on_base(self, x_atoms: tuple, n_in: int, n_terms: int) -> tuple | str:
         """:meth:`exact_box` where the :class:`_BaseBox` holds in every term: the inputs this
