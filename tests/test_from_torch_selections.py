@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from gpuopt.bounds import crown
 from gpuopt.errors import UnsupportedLayerError
+from gpuopt.io.selection import torch_nearest_indices
 from gpuopt.network import from_torch
 
 from test_onnx_import import affine_view_forward
@@ -87,6 +88,16 @@ class Resample1d(nn.Module):
         return self.out(torch.cat([a, b], dim=2).flatten(1))
 
 
+class TransposeKeywords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = F.relu(self.fc(x)).reshape(-1, 2, 4).transpose(dim0=1, dim1=2)
+        return self.out(h.reshape(h.size(0), -1))
+
+
 class RowwiseLinear(nn.Module):
     """A Linear on every row (as in mixer and sequence models): a 1x1 convolution over the rows."""
 
@@ -98,7 +109,7 @@ class RowwiseLinear(nn.Module):
         return self.out(F.relu(self.mix(x)).flatten(1))
 
 
-MODELS = [(RowwiseLinear, (5, 4)), (SplitCat, (4,)), (IndexRepeat, (4,)), (PermuteReduce, (2, 5, 4)), (Resample, (1, 3, 3)),
+MODELS = [(TransposeKeywords, (3,)), (RowwiseLinear, (5, 4)), (SplitCat, (4,)), (IndexRepeat, (4,)), (PermuteReduce, (2, 5, 4)), (Resample, (1, 3, 3)),
           (Resample1d, (1, 4))]
 
 
@@ -128,7 +139,29 @@ class _Wrap(nn.Module):
         return self.fn(self.fc(x))
 
 
+def test_nearest_indices_are_exact_or_refused():
+    assert torch_nearest_indices(3, 6, 2.0, False) == [0, 0, 1, 1, 2, 2]
+    assert torch_nearest_indices(4, 7, 1.75, False) == [0, 0, 1, 1, 2, 2, 3]
+    assert torch_nearest_indices(4, 7, 1.75, True) == [0, 0, 1, 2, 2, 3, 3]
+    # 10 x 1.05 keeps 10 entries: torch's copy kernel reads entry 1 where floor(1 / 1.05) is 0
+    with pytest.raises(ValueError, match="copy kernel"):
+        torch_nearest_indices(10, 10, 1.05, False)
+    with pytest.raises(ValueError, match="halving kernel"):
+        torch_nearest_indices(7, 14, 2.01, False)
+    # 14 -> 46: position 23 is 23 * 14 / 46 = 7 exactly, 6.9999995 in float32
+    with pytest.raises(ValueError, match="reads entry 7 exactly but 6 by float32"):
+        torch_nearest_indices(14, 46, None, False)
+
+
 @pytest.mark.parametrize("fn,match", [
+    (lambda h: F.interpolate(h[:, None, :], scale_factor=1.05), "copy kernel"),
+    (lambda h: h.split(0, 1), "ZeroDivisionError"),
+    (lambda h: torch.chunk(h, 0, 1), "ZeroDivisionError"),
+    (lambda h: h.split(3, 1)[5], "IndexError"),
+    (lambda h: h[:, ::0], "ValueError"),
+    (lambda h: h.transpose(1, 5), "transpose of dimensions"),
+    (lambda h: F.interpolate(h[:, None, :], scale_factor=2, align_corners=True), "align_corners"),
+    (lambda h: h[:, :, None].sum(dim=(1, -2)), "twice"),
     (lambda h: h.sum(), "every dimension"),
     (lambda h: h.sum(dim=0), "batch axis"),
     (lambda h: h.repeat(2, 1), "batch axis must repeat once"),

@@ -240,7 +240,8 @@ class _Tracer:
         elif isinstance(mod, (nn.Identity, nn.Dropout)):
             i = x
         elif isinstance(mod, nn.Upsample):
-            i = self.resize(node, x, mod.size, mod.scale_factor, mod.mode, mod.recompute_scale_factor)
+            i = self.resize(node, x, mod.size, mod.scale_factor, mod.mode, mod.recompute_scale_factor,
+                            mod.align_corners)
         elif isinstance(mod, (nn.PixelShuffle, nn.PixelUnshuffle)):
             block = mod.upscale_factor if isinstance(mod, nn.PixelShuffle) else mod.downscale_factor
             i = self.pixel_shuffle(node, x, int(block), isinstance(mod, nn.PixelShuffle))
@@ -394,11 +395,15 @@ class _Tracer:
             return self.reshape(node, args)
         if t is F.max_pool2d or t is F.avg_pool2d or t is F.adaptive_avg_pool2d or t is F.pad:
             return self.functional_pool(node, t, args, kwargs)
-        if t is operator.getitem and isinstance(args[0], list):  # one part of a split
-            return args[0][args[1]]
-        if t is operator.getitem and self.is_data(args[0]):
-            return ("data", self.index(node, args[0][1], args[1]))
-        return self.selection(node, t, name, args, kwargs)
+        try:
+            if t is operator.getitem and isinstance(args[0], list):  # one part of a split
+                return args[0][args[1]]
+            if t is operator.getitem and self.is_data(args[0]):
+                return ("data", self.index(node, args[0][1], args[1]))
+            return self.selection(node, t, name, args, kwargs)
+        except (ValueError, TypeError, IndexError, ZeroDivisionError) as err:  # malformed or data-dependent arguments
+            raise self.unsupported(node, f"{node.op} {name} with arguments {node.args!r} ({type(err).__name__}: "
+                                         f"{err})") from None
 
     # ------------------------------------------------------------------ selections
     def per_sample_dim(self, node, ref, dim, what) -> int:
@@ -478,7 +483,10 @@ class _Tracer:
             ref = self.data(node, x)
             rank = len(self.shapes[ref]) + 1
             if name == "transpose" or t is torch.transpose:
-                d0, d1 = (d + rank if d < 0 else d for d in args[1:3])
+                dims = list(args[1:3]) + [kwargs[k] for k in ("dim0", "dim1") if k in kwargs]
+                if len(dims) != 2 or not all(isinstance(d, int) and -rank <= d < rank for d in dims):
+                    raise self.unsupported(node, f"transpose of dimensions {dims} of a rank-{rank} tensor")
+                d0, d1 = (d + rank if d < 0 else d for d in dims)
                 perm = list(range(rank))
                 perm[d0], perm[d1] = perm[d1], perm[d0]
             else:
@@ -516,6 +524,8 @@ class _Tracer:
                 raise self.unsupported(node, f"{name} over every dimension (the batch axis too); give dim")
             dims = [dim] if isinstance(dim, int) else list(dim)
             axes = sorted({self.per_sample_dim(node, ref, d, name) for d in dims})
+            if len(axes) != len(dims):
+                raise self.unsupported(node, f"{name} over the dimensions {dims}, one of them twice")
             shape = self.shapes[ref]
             out = tuple(1 if a in axes else n for a, n in enumerate(shape)) if keepdim else tuple(
                 n for a, n in enumerate(shape) if a not in axes)
@@ -524,10 +534,11 @@ class _Tracer:
             return ("data", self.add(Reshape(out or (1,)), (ref,), node))
         if t is F.interpolate:
             ref = self.data(node, x)
-            names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")
+            names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
             vals = {n: (args[k + 1] if len(args) > k + 1 else kwargs.get(n)) for k, n in enumerate(names)}
-            return ("data", self.resize(node, ref, vals["size"], vals["scale_factor"], vals["mode"] or "nearest",
-                                        vals["recompute_scale_factor"]))
+            mode = vals["mode"] if len(args) > 3 or "mode" in kwargs else "nearest"
+            return ("data", self.resize(node, ref, vals["size"], vals["scale_factor"], mode,
+                                        vals["recompute_scale_factor"], vals["align_corners"], vals["antialias"]))
         if t in (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle):
             return ("data", self.pixel_shuffle(node, self.data(node, x), int(args[1] if len(args) > 1 else next(
                 iter(kwargs.values()))), "unshuffle" not in name))
@@ -576,12 +587,14 @@ class _Tracer:
                 axis += 1
         return ref
 
-    def resize(self, node, ref, size, scale_factor, mode, recompute) -> int:
+    def resize(self, node, ref, size, scale_factor, mode, recompute, align_corners=None, antialias=False) -> int:
         """torch's nearest-neighbour ``interpolate`` (and ``nn.Upsample``) as one ``Gather`` per
         resized axis of ``(C, L)`` or ``(C, H, W)``."""
         shape = self.shapes[ref]
         if mode not in ("nearest", "nearest-exact"):
             raise self.unsupported(node, f"interpolate mode {mode!r} (only nearest and nearest-exact)")
+        if align_corners is not None or antialias:
+            raise self.unsupported(node, "align_corners or antialias with nearest interpolation")
         if len(shape) not in (2, 3):
             raise self.unsupported(node, f"interpolate of per-sample shape {shape} (expected (C, L) or (C, H, W))")
         spatial = shape[1:]
@@ -591,6 +604,8 @@ class _Tracer:
         sizes = [size] * k if isinstance(size, int) else list(size) if size is not None else None
         scales = [scale_factor] * k if isinstance(scale_factor, (int, float)) else (
             list(scale_factor) if scale_factor is not None else None)
+        if len(sizes or scales) != k:
+            raise self.unsupported(node, f"interpolate with {len(sizes or scales)} sizes or scales for {k} axes")
         for a in range(k):
             n_in = spatial[a]
             if sizes is not None:
@@ -600,7 +615,11 @@ class _Tracer:
                 s = None if recompute else float(scales[a])
             if n_out < 1:
                 raise self.unsupported(node, f"interpolate to size {n_out}")
-            ref = self.select(node, ref, a + 1, torch_nearest_indices(n_in, n_out, s, mode == "nearest-exact"))
+            try:
+                idx = torch_nearest_indices(n_in, n_out, s, mode == "nearest-exact")
+            except ValueError as err:
+                raise self.unsupported(node, f"interpolate: {err}") from None
+            ref = self.select(node, ref, a + 1, idx)
         return ref
 
     def pixel_shuffle(self, node, ref, block: int, shuffle: bool) -> int:

@@ -134,13 +134,32 @@ def onnx_resize_axis(n_in: int, scale, size, transform: str, nearest: str) -> tu
 
 def torch_nearest_indices(n_in: int, n_out: int, scale_factor: float | None, exact: bool) -> list[int]:
     """Source index of each output position of torch's ``interpolate(mode="nearest")`` (or
-    ``"nearest-exact"`` when ``exact``): ``floor(x * s)`` (``floor((x + 0.5) * s)``) with the
-    float32 ``s = 1 / scale_factor`` when a scale factor is used, else ``n_in / n_out``."""
-    f = np.float32
-    s = f(1.0 / scale_factor) if scale_factor else f(n_in) / f(n_out)
-    x = np.arange(n_out, dtype=np.float32)
-    src = np.floor((x + f(0.5)) * s if exact else x * s)
-    return np.minimum(src, n_in - 1).astype(np.int64).tolist()
+    ``"nearest-exact"`` when ``exact``): ``floor(x s)`` (``floor((x + 1/2) s)``) with ``s = 1 /
+    scale_factor`` when a scale factor is used, else ``n_in / n_out``, computed exactly.
+
+    torch computes ``s`` and the products in float32 or float64 (by the tensor's dtype and the
+    kernel), and copies or halves the index when ``n_out`` is ``n_in`` or ``2 n_in``; where any of
+    these would read another entry, ``ValueError`` says where (the network would depend on which
+    kernel runs)."""
+    half = Fraction(1, 2)
+    s = 1 / Fraction(scale_factor) if scale_factor else Fraction(n_in, n_out)
+    exact_idx = [min(math.floor(((x + half) if exact else x) * s), n_in - 1) for x in range(n_out)]
+    variants = []
+    for dtype in (np.float32, np.float64):
+        sd = dtype(1.0 / scale_factor) if scale_factor else dtype(n_in) / dtype(n_out)
+        x = np.arange(n_out, dtype=dtype)
+        src = np.floor((x + dtype(0.5)) * sd if exact else x * sd)
+        variants.append((np.dtype(dtype).name, np.minimum(src, n_in - 1).astype(np.int64).tolist()))
+    if n_out == n_in:
+        variants.append(("the copy kernel", list(range(n_out))))
+    elif n_out == 2 * n_in:
+        variants.append(("the halving kernel", [x >> 1 for x in range(n_out)]))
+    for how, idx in variants:
+        for p, (a, b) in enumerate(zip(exact_idx, idx)):
+            if a != b:
+                raise ValueError(f"output position {p} of an axis resized from {n_in} to {n_out} reads entry {a} "
+                                 f"exactly but {b} by {how}")
+    return exact_idx
 
 
 def reduce_layers(shape: tuple, axes, kind: str) -> list:
