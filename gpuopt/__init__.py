@@ -5,8 +5,8 @@ bounds and attacks produce Bounds and Candidates; the MILP stage produces :class
 """
 
 from .attacks.api import AttackResult, attack
-from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NetworkTooLargeError, SolverError,
-                     UnsupportedLayerError)
+from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NetworkTooLargeError, NoLinearFormError,
+                     NotPiecewiseLinearError, SolverError, UnsupportedLayerError)
 from .network import Network, from_torch
 from .problem import Problem
 from .radius import RadiusResult, certify_radius
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttackResult", "attack", "Box", "L1Ball", "OptimizeResult", "optimize", "RadiusResult", "certify_radius", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network", "NetworkTooLargeError",
-    "OutputSpec", "Problem", "SolverError", "Status", "UnsupportedLayerError", "Verdict",
+    "NoLinearFormError", "NotPiecewiseLinearError", "OutputSpec", "Problem", "SolverError", "Status", "UnsupportedLayerError", "Verdict",
     "VerifyConfig", "from_onnx", "from_torch", "load_vnnlib", "robustness", "targeted", "verify",
     "verify_instance", "verify_problems",
 ]

@@ -31,7 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import NetworkTooLargeError
+from .errors import NoLinearFormError
 from .lowering import network_steps
 from .network import Network
 
@@ -76,7 +76,7 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
     (:func:`_forward_with_error_layers`) when those would not fit in memory."""
     try:
         steps, out = network_steps(network)
-    except NetworkTooLargeError:
+    except NoLinearFormError:
         return _forward_with_error_layers(network, x)
     vals = {-1: (x.astype(np.float64), np.zeros(x.size))}
     for s, st in enumerate(steps):
@@ -106,6 +106,11 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
     return vals[out]
 
 
+#: a bound on the absolute error of torch's float64 sigmoid and tanh (values in [-1, 1]; the math
+#: library's exp and tanh are within a few ulps, 2.2e-16 each, and 1 / (1 + e) adds two roundings)
+SMOOTH_EVAL_ERROR = 1e-14
+
+
 def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_forward_with_error` layer by layer in float64 torch operations, for networks whose
     step form would not fit in memory. A linear layer ``z = L(h) + c`` (Dense, Conv2d,
@@ -114,11 +119,13 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
     number of terms of any output (all kernel taps, padding included: ``gamma_n`` grows with
     ``n``, so more is sound); any summation order the library picks is within ``gamma_n`` (Higham,
     3.1). Selections (Pad, Slice, Gather, Transpose, Concat, reshapes) move values and errors
-    alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error."""
+    alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error; sigmoid and tanh are
+    1/4- and 1-Lipschitz, and their float64 evaluation is within :data:`SMOOTH_EVAL_ERROR` (this
+    rests on the math library's accuracy: torch's float64 exp and tanh are within a few ulps)."""
     import torch
 
-    from .layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                         MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
+    from .layers import (SMOOTH_TYPES, Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine,
+                         Flatten, Gather, MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
 
     def tensor(a):
         return torch.tensor(np.asarray(a, dtype=np.float64))
@@ -135,6 +142,11 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
             params = tuple(tensor(a) for a in layer.params())
             if isinstance(layer, MaxPool2d):
                 vals[i] = (layer.apply(params, hs[0]), layer.apply(params, es[0]))
+                continue
+            if isinstance(layer, SMOOTH_TYPES):
+                # L-Lipschitz: the input's error scaled by L, plus the evaluation's own error (the
+                # math library's float64 exp and tanh are within a few ulps of values in [-1, 1])
+                vals[i] = (layer.apply(params, hs[0]), es[0] * layer.lipschitz + SMOOTH_EVAL_ERROR)
                 continue
             if isinstance(layer, (Flatten, Reshape, Transpose, Pad, Slice, Gather, Concat)):
                 # a selection: the error moves with the value (padding adds exact entries)
@@ -234,7 +246,7 @@ def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fr
     more than ``max_weights`` weights or an inexact parameter."""
     try:
         steps, out = network_steps(network)
-    except NetworkTooLargeError:
+    except NoLinearFormError:
         return None
     affine = [st for st in steps if st.kind == "affine"]
     if any(st.errors is not None for st in affine) or sum(M.nnz for st in affine for M in st.matrices) > max_weights:

@@ -38,9 +38,21 @@ class UnsupportedLayerError(GpuoptError):
         self.op_type = op_type
 
 
-class NetworkTooLargeError(GpuoptError):
+class NoLinearFormError(GpuoptError):
+    """The network has no exact linear form (sparse matrices between ReLUs) that the stages built
+    on it can use (bounds, splitting, MILP, the exact counterexample check): it is too large
+    (:class:`NetworkTooLargeError`) or not piecewise linear (:class:`NotPiecewiseLinearError`).
+    Only the attack runs on it, its counterexamples checked layer by layer."""
+
+
+class NetworkTooLargeError(NoLinearFormError):
     """The network's exact linear form (sparse matrices of every layer) would not fit in memory,
     so the stages built on it (bounds, splitting, MILP, the exact counterexample check) cannot run."""
+
+
+class NotPiecewiseLinearError(NoLinearFormError):
+    """The network has a layer that is not piecewise linear (sigmoid, tanh), so it has no exact
+    linear form."""
 
 
 class SolverError(GpuoptError):

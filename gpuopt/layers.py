@@ -259,6 +259,45 @@ class ReLU(_LayerBase):
 
 
 @dataclass(frozen=True, eq=False)
+class Sigmoid(_LayerBase):
+    """``y = 1 / (1 + exp(-x))`` elementwise: not piecewise linear, so a network with it gets the
+    attack alone (:class:`~gpuopt.errors.NotPiecewiseLinearError`); 1/4-Lipschitz."""
+
+    linear = False
+    lipschitz = 0.25
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def apply(self, p, x):
+        return torch.sigmoid(x)
+
+    def operator(self, *shapes):
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Tanh(_LayerBase):
+    """``y = tanh(x)`` elementwise: not piecewise linear (see :class:`Sigmoid`); 1-Lipschitz."""
+
+    linear = False
+    lipschitz = 1.0
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def apply(self, p, x):
+        return torch.tanh(x)
+
+    def operator(self, *shapes):
+        return None
+
+
+#: layers that are not piecewise linear
+SMOOTH_TYPES = (Sigmoid, Tanh)
+
+
+@dataclass(frozen=True, eq=False)
 class Flatten(_LayerBase):
     """Row-major flattening of the per-sample tensor (the identity on flattened samples)."""
 
@@ -718,7 +757,7 @@ class Concat(_LayerBase):
 Layer = Union[Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
               Add, Concat, Pad, Slice, Gather, Transpose]
 LAYER_TYPES = (Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
-               Add, Concat, Pad, Slice, Gather, Transpose)
+               Add, Concat, Pad, Slice, Gather, Transpose, Sigmoid, Tanh)
 #: the layer types of the original chains, for which IBP walks the layers (every other network is
 #: bounded on its affine blocks)
 CHAIN_TYPES = (Dense, Conv2d, ReLU, Flatten, ElementwiseAffine)

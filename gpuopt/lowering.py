@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InvalidInputError, NetworkTooLargeError
-from .layers import Conv2d, Dense, ElementwiseAffine, Flatten, MaxPool2d, ReLU, Reshape, pool_windows
+from .errors import InvalidInputError, NetworkTooLargeError, NotPiecewiseLinearError
+from .layers import SMOOTH_TYPES, Conv2d, Dense, ElementwiseAffine, Flatten, MaxPool2d, ReLU, Reshape, pool_windows
 
 __all__ = ["Step", "network_steps", "lower", "lowered_nonzeros", "max_nonzeros", "check_lowering_size"]
 
@@ -160,8 +160,14 @@ def lowered_nonzeros(network) -> int:
 
 
 def check_lowering_size(network) -> None:
-    """Raises :class:`~gpuopt.errors.NetworkTooLargeError` when the linear form would need more
-    than :func:`max_nonzeros` nonzeros."""
+    """Raises :class:`~gpuopt.errors.NotPiecewiseLinearError` when a layer is not piecewise linear,
+    and :class:`~gpuopt.errors.NetworkTooLargeError` when the linear form would need more than
+    :func:`max_nonzeros` nonzeros."""
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, SMOOTH_TYPES):
+            raise NotPiecewiseLinearError(
+                f"layer {i} ({type(layer).__name__}) is not piecewise linear: the network has no exact linear form, "
+                "so bounds, splitting, MILP and the exact counterexample check cannot run on it")
     n, limit = lowered_nonzeros(network), max_nonzeros()
     if n > limit:
         raise NetworkTooLargeError(

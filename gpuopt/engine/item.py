@@ -48,7 +48,9 @@ class ItemState:
     * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics;
       ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes);
     * ``too_large``: why the network's linear form was refused
-      (:class:`~gpuopt.errors.NetworkTooLargeError`): only the attack runs, no bounds.
+      (:class:`~gpuopt.errors.NoLinearFormError`: too large, or not piecewise linear): only the
+      attack runs, no bounds; ``heavy`` when it was refused for its size (the attack then runs
+      fewer restarts per round).
     """
 
     problems: list
@@ -75,6 +77,7 @@ class ItemState:
     stage_notes: dict = field(default_factory=dict)
     verdict: Verdict | None = None
     too_large: str | None = None
+    heavy: bool = False
 
     @property
     def network(self):

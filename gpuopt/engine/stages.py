@@ -55,7 +55,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..check import check_counterexample, parameter_deviation
-from ..errors import NetworkTooLargeError
+from ..errors import NetworkTooLargeError, NoLinearFormError
 from ..lowering import check_lowering_size
 from ..milp.box import BoxProof
 from ..milp.highs import proof_thresholds
@@ -241,13 +241,14 @@ def _ibp_group(items) -> list[str]:
     upper = torch.as_tensor(np.stack([p.region.upper for p in problems]))
     try:  # every stage but the attack works on the network's linear form
         check_lowering_size(net)
-    except NetworkTooLargeError as exc:
+    except NoLinearFormError as exc:
         # the attack alone, its points checked layer by layer: no proof can follow, so the spec
         # rows are the problems' own
         _set_spec(items, problems, lower, upper)
         for it in items:
             it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
             it.too_large = str(exc)
+            it.heavy = isinstance(exc, NetworkTooLargeError)
         return ["open"] * len(items)
     bounds = ibp(net, lower, upper)
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
@@ -358,9 +359,10 @@ def attack_stage(items) -> list[str]:
         # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
         if all(it.too_large is not None for it in group):
-            # nothing else can run: all the time; a network this large takes seconds per step, so
-            # fewer restarts per round, no output-diversified start steps and one point kept
-            stop = deadline
+            stop = deadline  # nothing else can run: all the time
+        if any(it.heavy for it in group):
+            # a network too large for its linear form takes seconds per step: fewer restarts per
+            # round, no output-diversified start steps and one point kept
             config = dataclasses.replace(config, attack=dataclasses.replace(
                 config.attack, restarts=min(config.attack.restarts, TOO_LARGE_RESTARTS), odi=0.0, keep=1))
         rows = [(it, i) for it in group if it.verdict is None for i in _open_problems(it)]
@@ -403,7 +405,7 @@ def _attack_rows(network, rows, config, deadline) -> None:
         it.candidates[i] = cand.pools[r]
         if it.verdict is not None:
             continue
-        if it.too_large is not None and deadline is not None and time.monotonic() > deadline:
+        if it.heavy and deadline is not None and time.monotonic() > deadline:
             continue  # checking a point of a network this large takes seconds: not past the deadline
         ok, x64, y64, m = check_point(it.problems[i], xs[r])
         if m < it.margin_upper or i not in it.best_x:

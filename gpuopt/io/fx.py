@@ -7,7 +7,8 @@ tensor methods; each node becomes zero or more layers, and a node that reads sev
 
 * modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and
   Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
-  ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
+  ReLU, Sigmoid and Tanh (not piecewise linear: the attack alone runs on such a network), LeakyReLU,
+  PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
   AdaptiveAvgPool2d to 1x1, ZeroPad2d/ConstantPad2d, Identity, Dropout, Upsample (nearest),
@@ -42,7 +43,7 @@ from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
 from .folding import batchnorm_affine, fold_affine, ungroup_kernel
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                      MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
+                      MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Tanh, Transpose)
 from .selection import (depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, rowwise_linear_layers,
                         torch_nearest_indices)
 
@@ -210,6 +211,8 @@ class _Tracer:
                                          mod.dilation), (x,), node)
         elif isinstance(mod, nn.ReLU):
             i = self.add(ReLU(), (x,), node)
+        elif isinstance(mod, (nn.Sigmoid, nn.Tanh)):
+            i = self.add(Sigmoid() if isinstance(mod, nn.Sigmoid) else Tanh(), (x,), node)
         elif isinstance(mod, (nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)):
             i = self.piecewise_module(node, mod, x)
         elif isinstance(mod, nn.Flatten):
@@ -246,7 +249,7 @@ class _Tracer:
             block = mod.upscale_factor if isinstance(mod, nn.PixelShuffle) else mod.downscale_factor
             i = self.pixel_shuffle(node, x, int(block), isinstance(mod, nn.PixelShuffle))
         else:
-            refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
+            refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
                    "Flatten, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
                    "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, Upsample (nearest), "
                    "PixelShuffle, PixelUnshuffle, and containers)")
@@ -349,6 +352,8 @@ class _Tracer:
             raise self.unsupported(node, "a per-sample size used as a value")
         if name in ("relu", "relu_"):
             return ("data", self.add(ReLU(), (self.data(node, args[0]),), node))
+        if name in ("sigmoid", "tanh"):
+            return ("data", self.add(Sigmoid() if name == "sigmoid" else Tanh(), (self.data(node, args[0]),), node))
         if t in (F.leaky_relu, F.relu6, F.hardtanh, F.hardsigmoid, torch.abs, torch.clamp, torch.clip, torch.maximum,
                  torch.minimum) or (node.op == "call_method" and name in ("abs", "clamp", "clip", "maximum", "minimum")):
             return self.piecewise_function(node, t, name, args, kwargs)

@@ -24,7 +24,8 @@ Mapping of the supported operators (default domain only):
   grouped (or depthwise) kernel becomes one kernel that is zero between the groups, and a 1-D
   convolution of ``(C, L)`` the 2-D one of ``(C, 1, L)`` (so do 1-D ``MaxPool``/``AveragePool``/
   ``GlobalAveragePool``);
-* ``Relu`` -> ``ReLU``;
+* ``Relu`` -> ``ReLU``; ``Sigmoid`` and ``Tanh`` -> ``Sigmoid``, ``Tanh`` (not piecewise linear: such
+  a network gets the attack alone, see :class:`~gpuopt.errors.NotPiecewiseLinearError`);
 * ``Flatten`` (batch kept on axis 0) and ``Reshape`` to ``(batch, -1)``-like shapes -> ``Flatten``;
   a ``Reshape`` that only adds or removes unit dimensions is a no-op, any other is refused;
 * ``Add``/``Sub``/``Mul``/``Div`` with one constant operand (``x / c`` but not ``c / x``),
@@ -90,7 +91,7 @@ from .selection import (ONNX_NEAREST_MODES, ONNX_RESIZE_TRANSFORMS, depth_to_spa
                         reduce_layers, rowwise_linear_layers, space_to_depth_layers)
 from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                       MaxPool2d, Network, Pad, ReLU, Reshape, Slice, Transpose, _input_shape_iv)
+                       MaxPool2d, Network, Pad, ReLU, Reshape, Sigmoid, Slice, Tanh, Transpose, _input_shape_iv)
 
 __all__ = ["from_onnx"]
 
@@ -704,6 +705,12 @@ class _Importer:
 
     def _op_Relu(self, node, label, attrs):
         self._add(ReLU())
+
+    def _op_Sigmoid(self, node, label, attrs):
+        self._add(Sigmoid())
+
+    def _op_Tanh(self, node, label, attrs):
+        self._add(Tanh())
 
     def _op_Flatten(self, node, label, attrs):
         rank = len(self.oshape) + 1

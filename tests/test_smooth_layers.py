@@ -1,0 +1,142 @@
+"""Networks with sigmoid or tanh layers: they load (ONNX and torch) and match the source model,
+but they are not piecewise linear, so they have no exact linear form: ``verify`` runs the attack
+alone, its counterexamples checked layer by layer with the layers' Lipschitz constants and the
+float64 evaluation error, and anything the attack cannot falsify is ``unknown`` with the reason.
+The bound, MILP and optimisation APIs refuse such a network by name."""
+
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from onnx import helper
+
+import gpuopt
+from gpuopt import Box, OutputSpec, verify
+from gpuopt.bounds import crown, ibp
+from gpuopt.check import _forward_with_error_layers
+from gpuopt.errors import NotPiecewiseLinearError
+from gpuopt.io.onnx import from_onnx
+from gpuopt.network import Dense, Network, ReLU, Sigmoid, Tanh, from_torch
+
+from test_onnx_import import _assert_close, _f32, _model, _ort_outputs
+
+
+def _onnx_smooth(rng):
+    inits = {"W1": _f32(rng, 6, 3), "b1": _f32(rng, 6), "W2": _f32(rng, 5, 6), "b2": _f32(rng, 5),
+             "W3": _f32(rng, 2, 5), "b3": _f32(rng, 2)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["a"], transB=1), helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("Gemm", ["t", "W2", "b2"], ["c"], transB=1), helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]), helper.make_node("Gemm", ["r", "W3", "b3"], ["y"], transB=1)]
+    return _model(nodes, [1, 3], inits)
+
+
+def test_onnx_sigmoid_and_tanh_match_onnxruntime():
+    model = _onnx_smooth(np.random.default_rng(0))
+    net = from_onnx(model)
+    assert [type(layer) for layer in net.layers] == [Dense, Tanh, Dense, Sigmoid, ReLU, Dense]
+    x = np.random.default_rng(1).uniform(-4, 4, (50, 3))
+    _assert_close(net.forward64(x), _ort_outputs(model, x), "forward64")
+
+
+def test_torch_sigmoid_and_tanh_modules_and_functions():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(4, 2)
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.c(torch.sigmoid(self.b(self.act(self.a(x)))).tanh())
+
+    torch.manual_seed(0)
+    model = M().double().eval()
+    net = from_torch(model, (3,))
+    x = torch.rand(40, 3, dtype=torch.float64) * 8 - 4
+    with torch.no_grad():
+        assert np.abs(net.forward64(x.numpy()) - model(x).numpy()).max() <= 1e-14
+
+
+def _exact_output(net, x) -> list[Decimal]:
+    """The network's output at ``x`` in 60-digit decimal arithmetic (Dense, ReLU, Sigmoid, Tanh)."""
+    getcontext().prec = 60
+    h = [Decimal(Fraction(float(v)).numerator) / Decimal(Fraction(float(v)).denominator) for v in x]
+    for layer in net.layers:
+        if isinstance(layer, Dense):
+            h = [sum(Decimal(float(w)) * v for w, v in zip(row, h)) + Decimal(float(b))
+                 for row, b in zip(layer.weight, layer.bias)]
+        elif isinstance(layer, ReLU):
+            h = [max(v, Decimal(0)) for v in h]
+        elif isinstance(layer, Sigmoid):
+            h = [1 / (1 + (-v).exp()) for v in h]
+        else:
+            h = [((2 * v).exp() - 1) / ((2 * v).exp() + 1) for v in h]
+    return h
+
+
+def test_layerwise_check_bounds_the_exact_output():
+    rng = np.random.default_rng(3)
+    net = Network([Dense(rng.normal(size=(8, 4)) * 3, rng.normal(size=8)), Sigmoid(),
+                   Dense(rng.normal(size=(6, 8)) * 3, rng.normal(size=6)), Tanh(), Dense(rng.normal(size=(2, 6)),
+                                                                                     rng.normal(size=2))], (4,))
+    worst = 0.0
+    for _ in range(30):
+        x = rng.uniform(-3, 3, 4)
+        y, e = _forward_with_error_layers(net, x)
+        exact = _exact_output(net, x)
+        err = [abs(Decimal(float(a)) - b) for a, b in zip(y, exact)]
+        assert all(d <= Decimal(float(b)) for d, b in zip(err, e)), (err, e)
+        worst = max(worst, max(float(d) / float(b) for d, b in zip(err, e)))
+    assert worst < 1.0
+
+
+def test_smooth_layer_error_terms():
+    """The two terms of a smooth layer's bound: the float64 evaluation's own error (the exact
+    sigmoid of a float input is not a float: without the term the bound would be 0 and wrong),
+    and the input's error scaled by the Lipschitz constant."""
+    rng = np.random.default_rng(8)
+    for layer in (Sigmoid(), Tanh()):
+        alone = Network([layer], (64,))
+        x = rng.uniform(-5, 5, 64)
+        y, e = _forward_with_error_layers(alone, x)
+        err = np.array([float(abs(Decimal(float(a)) - b)) for a, b in zip(y, _exact_output(alone, x))])
+        assert np.any(err > 0) and np.all(err <= e)
+    dense = Dense(rng.normal(size=(3, 400)) * 100, rng.normal(size=3))
+    x = rng.uniform(-1, 1, 400)
+    _, e1 = _forward_with_error_layers(Network([dense], (400,)), x)
+    for layer, lip in ((Sigmoid(), 0.25), (Tanh(), 1.0)):
+        _, e2 = _forward_with_error_layers(Network([dense, layer], (400,)), x)
+        assert np.allclose(e2, lip * e1 + 1e-14, rtol=1e-12, atol=0) and np.all(e1 > 1e-11)
+
+
+def test_verify_runs_the_attack_alone_and_checks_its_counterexamples():
+    rng = np.random.default_rng(5)
+    net = Network([Dense(rng.normal(size=(8, 3)), rng.normal(size=8)), Tanh(), Dense(rng.normal(size=(2, 8)),
+                                                                                     rng.normal(size=2)),
+                   Sigmoid()], (3,))
+    lo, hi = -np.ones(3), np.ones(3)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 21)] * 3), -1).reshape(-1, 3)
+    y = net.forward64(grid)
+    target = float(np.quantile(y[:, 0], 0.99))
+    reach = OutputSpec([(np.array([[-1.0, 0.0]]), np.array([-target]))], 2)  # y0 >= target: reachable
+    v = verify(net, Box(lo, hi), reach, timeout=20)
+    assert v.status.value == "sat" and v.decided_by == "attack"
+    assert net.forward64(np.asarray(v.counterexample)[None])[0][0] >= target
+    never = OutputSpec([(np.array([[-1.0, 0.0]]), np.array([-1.5]))], 2)  # sigmoid >= 1.5: impossible
+    v = verify(net, Box(lo, hi), never, timeout=6)
+    assert v.status.value in ("unknown", "timeout") and "not piecewise linear" in v.message
+    assert set(v.stage_seconds) <= {"bounds", "attack"}
+
+
+def test_bound_and_optimisation_apis_refuse_by_name():
+    net = Network([Dense(np.ones((2, 2)), np.zeros(2)), Sigmoid()], (2,))
+    lo, hi = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    for fn in (crown, ibp):
+        with pytest.raises(NotPiecewiseLinearError, match=r"layer 1 \(Sigmoid\) is not piecewise linear"):
+            fn(net, lo, hi)
+    with pytest.raises(NotPiecewiseLinearError):
+        gpuopt.optimize(net, Box(np.zeros(2), np.ones(2)), "Y_0", timeout=5)
