@@ -120,12 +120,14 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
     ``n``, so more is sound); any summation order the library picks is within ``gamma_n`` (Higham,
     3.1). Selections (Pad, Slice, Gather, Transpose, Concat, reshapes) move values and errors
     alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error; sigmoid and tanh are
-    1/4- and 1-Lipschitz, and their float64 evaluation is within :data:`SMOOTH_EVAL_ERROR` (this
-    rests on the math library's accuracy: torch's float64 exp and tanh are within a few ulps)."""
+    1/4- and 1-Lipschitz, softmax 1/2-Lipschitz in the max-norm along its axis, and their float64
+    evaluation is within :data:`SMOOTH_EVAL_ERROR` (softmax: plus ``gamma_{n+4}``, its sum of
+    ``n`` exponentials and the division; this rests on the math library's accuracy: torch's
+    float64 exp and tanh are within a few ulps)."""
     import torch
 
     from .layers import (SMOOTH_TYPES, Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine,
-                         Flatten, Gather, MaxPool2d, Pad, ReLU, Reshape, Slice, Transpose)
+                         Flatten, Gather, MaxPool2d, Pad, ReLU, Reshape, Slice, Softmax, Transpose)
 
     def tensor(a):
         return torch.tensor(np.asarray(a, dtype=np.float64))
@@ -145,8 +147,14 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
                 continue
             if isinstance(layer, SMOOTH_TYPES):
                 # L-Lipschitz: the input's error scaled by L, plus the evaluation's own error (the
-                # math library's float64 exp and tanh are within a few ulps of values in [-1, 1])
-                vals[i] = (layer.apply(params, hs[0]), es[0] * layer.lipschitz + SMOOTH_EVAL_ERROR)
+                # math library's float64 exp and tanh are within a few ulps of values in [-1, 1]);
+                # softmax mixes its axis: the largest error along it, and a sum of n exponentials
+                e = es[0]
+                eval_error = SMOOTH_EVAL_ERROR
+                if isinstance(layer, Softmax):
+                    e = e.amax(dim=-1, keepdim=True).expand_as(e)
+                    eval_error = SMOOTH_EVAL_ERROR + float(_gamma(hs[0].shape[-1] + 4))
+                vals[i] = (layer.apply(params, hs[0]), e * layer.lipschitz + eval_error)
                 continue
             if isinstance(layer, (Flatten, Reshape, Transpose, Pad, Slice, Gather, Concat)):
                 # a selection: the error moves with the value (padding adds exact entries)

@@ -293,8 +293,27 @@ class Tanh(_LayerBase):
         return None
 
 
+@dataclass(frozen=True, eq=False)
+class Softmax(_LayerBase):
+    """``y_i = exp(x_i) / sum_j exp(x_j)`` along the last per-sample axis: not piecewise linear
+    (see :class:`Sigmoid`). In the max-norm it is 1/2-Lipschitz: row ``i`` of its Jacobian sums
+    to ``2 y_i (1 - y_i) <= 1/2`` in absolute value."""
+
+    linear = False
+    lipschitz = 0.5
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def apply(self, p, x):
+        return torch.softmax(x, dim=-1)
+
+    def operator(self, *shapes):
+        return None
+
+
 #: layers that are not piecewise linear
-SMOOTH_TYPES = (Sigmoid, Tanh)
+SMOOTH_TYPES = (Sigmoid, Tanh, Softmax)
 
 
 @dataclass(frozen=True, eq=False)
@@ -757,7 +776,7 @@ class Concat(_LayerBase):
 Layer = Union[Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
               Add, Concat, Pad, Slice, Gather, Transpose]
 LAYER_TYPES = (Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
-               Add, Concat, Pad, Slice, Gather, Transpose, Sigmoid, Tanh)
+               Add, Concat, Pad, Slice, Gather, Transpose, Sigmoid, Tanh, Softmax)
 #: the layer types of the original chains, for which IBP walks the layers (every other network is
 #: bounded on its affine blocks)
 CHAIN_TYPES = (Dense, Conv2d, ReLU, Flatten, ElementwiseAffine)

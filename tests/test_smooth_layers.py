@@ -48,10 +48,11 @@ def test_torch_sigmoid_and_tanh_modules_and_functions():
         def __init__(self):
             super().__init__()
             self.a, self.b, self.c = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(4, 2)
-            self.act = nn.Tanh()
+            self.act, self.soft = nn.Tanh(), nn.Softmax(dim=-1)
 
         def forward(self, x):
-            return self.c(torch.sigmoid(self.b(self.act(self.a(x)))).tanh())
+            h = self.c(torch.sigmoid(self.b(self.act(self.a(x)))).tanh())
+            return torch.cat([self.soft(h), torch.softmax(h * 3, dim=1)], dim=1)
 
     torch.manual_seed(0)
     model = M().double().eval()
@@ -140,3 +141,45 @@ def test_bound_and_optimisation_apis_refuse_by_name():
             fn(net, lo, hi)
     with pytest.raises(NotPiecewiseLinearError):
         gpuopt.optimize(net, Box(np.zeros(2), np.ones(2)), "Y_0", timeout=5)
+
+
+@pytest.mark.parametrize("opset,axis,shape", [(13, None, [1, 5]), (11, None, [1, 5]), (13, -1, [1, 2, 5]),
+                                              (11, 1, [1, 2, 5])])
+def test_onnx_softmax_matches_onnxruntime(opset, axis, shape):
+    from helpers import onnx_model
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(9)
+    n = shape[-1]
+    attrs = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Softmax", ["h"], ["s"], **attrs),
+             helper.make_node("Flatten", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(_f32(rng, n, n) * 3, "W")])
+    model = onnx.shape_inference.infer_shapes(onnx_model(graph, opset))
+    net = from_onnx(model)
+    x = rng.uniform(-2, 2, (20,) + tuple(shape[1:]))
+    _assert_close(net.forward64(x), _ort_outputs(model, x), "forward64")
+
+
+def test_softmax_check_bound_and_verify():
+    rng = np.random.default_rng(10)
+    from gpuopt.network import Softmax
+    net = Network([Dense(rng.normal(size=(4, 3)) * 4, rng.normal(size=4)), Softmax()], (3,))
+    for _ in range(20):
+        x = rng.uniform(-2, 2, 3)
+        y, e = _forward_with_error_layers(net, x)
+        getcontext().prec = 60
+        z = [sum(Decimal(float(w)) * Decimal(float(v)) for w, v in zip(row, x)) + Decimal(float(b))
+             for row, b in zip(net.layers[0].weight, net.layers[0].bias)]
+        ex = [v.exp() for v in z]
+        exact = [v / sum(ex) for v in ex]
+        assert all(abs(Decimal(float(a)) - b) <= Decimal(float(c)) for a, b, c in zip(y, exact, e))
+    # the largest probability of class 0 on the box is reachable: verify finds a point
+    grid = rng.uniform(-1, 1, (4000, 3))
+    top = float(net.forward64(grid)[:, 0].max())
+    v = verify(net, Box(-np.ones(3), np.ones(3)), OutputSpec([(np.array([[-1.0, 0, 0, 0]]), np.array([-top]))], 4),
+               timeout=20)
+    assert v.status.value == "sat" and net.forward64(np.asarray(v.counterexample)[None])[0][0] >= top

@@ -7,7 +7,8 @@ tensor methods; each node becomes zero or more layers, and a node that reads sev
 
 * modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and
   Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
-  ReLU, Sigmoid and Tanh (not piecewise linear: the attack alone runs on such a network), LeakyReLU,
+  ReLU, Sigmoid, Tanh and Softmax along the last axis (not piecewise linear: the attack alone runs
+  on such a network), LeakyReLU,
   PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
@@ -43,7 +44,7 @@ from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
 from .folding import batchnorm_affine, fold_affine, ungroup_kernel
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                      MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Tanh, Transpose)
+                      MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose)
 from .selection import (depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, rowwise_linear_layers,
                         torch_nearest_indices)
 
@@ -213,6 +214,8 @@ class _Tracer:
             i = self.add(ReLU(), (x,), node)
         elif isinstance(mod, (nn.Sigmoid, nn.Tanh)):
             i = self.add(Sigmoid() if isinstance(mod, nn.Sigmoid) else Tanh(), (x,), node)
+        elif isinstance(mod, nn.Softmax):
+            i = self.softmax(node, x, mod.dim)
         elif isinstance(mod, (nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)):
             i = self.piecewise_module(node, mod, x)
         elif isinstance(mod, nn.Flatten):
@@ -354,6 +357,8 @@ class _Tracer:
             return ("data", self.add(ReLU(), (self.data(node, args[0]),), node))
         if name in ("sigmoid", "tanh"):
             return ("data", self.add(Sigmoid() if name == "sigmoid" else Tanh(), (self.data(node, args[0]),), node))
+        if name == "softmax" and not kwargs.get("dtype") and not (len(args) > 2 and args[2] is not None):
+            return ("data", self.softmax(node, self.data(node, args[0]), args[1] if len(args) > 1 else kwargs.get("dim")))
         if t in (F.leaky_relu, F.relu6, F.hardtanh, F.hardsigmoid, torch.abs, torch.clamp, torch.clip, torch.maximum,
                  torch.minimum) or (node.op == "call_method" and name in ("abs", "clamp", "clip", "maximum", "minimum")):
             return self.piecewise_function(node, t, name, args, kwargs)
@@ -626,6 +631,13 @@ class _Tracer:
                 raise self.unsupported(node, f"interpolate: {err}") from None
             ref = self.select(node, ref, a + 1, idx)
         return ref
+
+    def softmax(self, node, ref, dim) -> int:
+        """Softmax along the last axis (the only one supported)."""
+        rank = len(self.shapes[ref]) + 1
+        if not isinstance(dim, int) or (dim + rank if dim < 0 else dim) != rank - 1:
+            raise self.unsupported(node, f"softmax along dimension {dim!r} (only the last one)")
+        return self.add(Softmax(), (ref,), node)
 
     def pixel_shuffle(self, node, ref, block: int, shuffle: bool) -> int:
         shape = self.shapes[ref]
