@@ -258,27 +258,10 @@ class ReLU(_LayerBase):
         return None
 
 
-@dataclass(frozen=True, eq=False)
-class Sigmoid(_LayerBase):
-    """``y = 1 / (1 + exp(-x))`` elementwise: not piecewise linear, so a network with it gets the
-    attack alone (:class:`~gpuopt.errors.NotPiecewiseLinearError`); 1/4-Lipschitz."""
-
-    linear = False
-    lipschitz = 0.25
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return input_shape
-
-    def apply(self, p, x):
-        return torch.sigmoid(x)
-
-    def operator(self, *shapes):
-        return None
-
-
-@dataclass(frozen=True, eq=False)
-class Tanh(_LayerBase):
-    """``y = tanh(x)`` elementwise: not piecewise linear (see :class:`Sigmoid`); 1-Lipschitz."""
+class _Smooth(_LayerBase):
+    """An elementwise (or along-the-last-axis) map that is not piecewise linear: a network with it
+    gets the attack alone (:class:`~gpuopt.errors.NotPiecewiseLinearError`); ``lipschitz`` bounds
+    how much it moves an input error in the max-norm (the layer-wise check uses it)."""
 
     linear = False
     lipschitz = 1.0
@@ -286,30 +269,37 @@ class Tanh(_LayerBase):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return input_shape
 
-    def apply(self, p, x):
-        return torch.tanh(x)
-
     def operator(self, *shapes):
         return None
 
 
 @dataclass(frozen=True, eq=False)
-class Softmax(_LayerBase):
-    """``y_i = exp(x_i) / sum_j exp(x_j)`` along the last per-sample axis: not piecewise linear
-    (see :class:`Sigmoid`). In the max-norm it is 1/2-Lipschitz: row ``i`` of its Jacobian sums
-    to ``2 y_i (1 - y_i) <= 1/2`` in absolute value."""
+class Sigmoid(_Smooth):
+    """``y = 1 / (1 + exp(-x))`` elementwise; 1/4-Lipschitz."""
 
-    linear = False
+    lipschitz = 0.25
+
+    def apply(self, p, x):
+        return torch.sigmoid(x)
+
+
+@dataclass(frozen=True, eq=False)
+class Tanh(_Smooth):
+    """``y = tanh(x)`` elementwise; 1-Lipschitz."""
+
+    def apply(self, p, x):
+        return torch.tanh(x)
+
+
+@dataclass(frozen=True, eq=False)
+class Softmax(_Smooth):
+    """``y_i = exp(x_i) / sum_j exp(x_j)`` along the last per-sample axis; 1/2-Lipschitz in the
+    max-norm (row ``i`` of its Jacobian sums to ``2 y_i (1 - y_i) <= 1/2`` in absolute value)."""
+
     lipschitz = 0.5
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return input_shape
 
     def apply(self, p, x):
         return torch.softmax(x, dim=-1)
-
-    def operator(self, *shapes):
-        return None
 
 
 #: layers that are not piecewise linear
