@@ -120,7 +120,8 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
     ``n``, so more is sound); any summation order the library picks is within ``gamma_n`` (Higham,
     3.1). Selections (Pad, Slice, Gather, Transpose, Concat, reshapes) move values and errors
     alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error; sigmoid and tanh are
-    1/4- and 1-Lipschitz, softmax 1/2-Lipschitz in the max-norm along its axis, and their float64
+    1/4- and 1-Lipschitz (and monotone: no further from the value than ``f(h +- e)``, which bounds
+    the error where they saturate), softmax 1/2-Lipschitz in the max-norm along its axis, and their float64
     evaluation is within :data:`SMOOTH_EVAL_ERROR` (softmax: plus ``gamma_{n+4}``, its sum of
     ``n`` exponentials and the division; this rests on the math library's accuracy: torch's
     float64 exp and tanh are within a few ulps)."""
@@ -154,7 +155,16 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
                 if isinstance(layer, Softmax):
                     e = e.amax(dim=-1, keepdim=True).expand_as(e)
                     eval_error = SMOOTH_EVAL_ERROR + float(_gamma(hs[0].shape[-1] + 4))
-                vals[i] = (layer.apply(params, hs[0]), e * layer.lipschitz + eval_error)
+                z = layer.apply(params, hs[0])
+                e_out = e * layer.lipschitz + eval_error
+                if not isinstance(layer, Softmax):
+                    # monotone: the exact value lies between f(h - e) and f(h + e), each rounded
+                    # outwards and evaluated within eval_error (tight where f saturates)
+                    inf = torch.full_like(z, math.inf)
+                    hi = layer.apply(params, torch.nextafter(hs[0] + e, inf))
+                    lo = layer.apply(params, torch.nextafter(hs[0] - e, -inf))
+                    e_out = torch.minimum(e_out, torch.nextafter(hi - lo, inf) + 3 * eval_error)
+                vals[i] = (z, e_out)
                 continue
             if isinstance(layer, (Flatten, Reshape, Transpose, Pad, Slice, Gather, Concat)):
                 # a selection: the error moves with the value (padding adds exact entries)

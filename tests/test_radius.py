@@ -408,3 +408,21 @@ def test_targeted_brackets_contain_the_brute_force_radius_on_relu_networks(norm,
         if checked == 2:
             break
     assert checked == 2, checked
+
+
+def test_a_float64_tie_at_the_clean_point_is_not_a_counterexample():
+    """0.1 + 0.2 rounds to 0.30000000000000004, the other class's score; exactly it is 2^-55 below
+    it, so the clean point is classified correctly and its radius is not 0. The float64 tie must
+    not decide it (nor mark it misclassified in a dataset run)."""
+    from fractions import Fraction
+
+    from gpuopt.runs import _misclassified
+
+    c = 0.30000000000000004
+    net = Network([Dense(np.array([[1.0, 1.0], [0.0, 0.0]]), np.array([0.0, c])), ReLU()], (2,))
+    x0 = np.array([0.1, 0.2])
+    assert net.forward64(x0[None])[0][0] == c and Fraction(c) - (Fraction(0.1) + Fraction(0.2)) > 0
+    r = gpuopt.certify_radius(net, x0, 1, eps_max=1e-3, clip=None, timeout=10)
+    assert r.x_adv is None or not np.array_equal(r.x_adv, x0)
+    assert r.upper > 0 and r.lower <= r.upper
+    assert not _misclassified(net, x0, 1) and _misclassified(net, x0, 0)

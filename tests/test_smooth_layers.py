@@ -51,7 +51,7 @@ def test_torch_sigmoid_and_tanh_modules_and_functions():
             self.act, self.soft = nn.Tanh(), nn.Softmax(dim=-1)
 
         def forward(self, x):
-            h = self.c(torch.sigmoid(self.b(self.act(self.a(x)))).tanh())
+            h = self.c(torch.sigmoid(input=self.b(self.act(self.a(x)))).tanh())
             return torch.cat([self.soft(h), torch.softmax(h * 3, dim=1)], dim=1)
 
     torch.manual_seed(0)
@@ -106,12 +106,22 @@ def test_smooth_layer_error_terms():
         y, e = _forward_with_error_layers(alone, x)
         err = np.array([float(abs(Decimal(float(a)) - b)) for a, b in zip(y, _exact_output(alone, x))])
         assert np.any(err > 0) and np.all(err <= e)
-    dense = Dense(rng.normal(size=(3, 400)) * 100, rng.normal(size=3))
-    x = rng.uniform(-1, 1, 400)
-    _, e1 = _forward_with_error_layers(Network([dense], (400,)), x)
+    dense = Dense(rng.normal(size=(3, 400)) * 5, rng.normal(size=3))
+    x = rng.uniform(-0.1, 0.1, 400)
+    h, e1 = _forward_with_error_layers(Network([dense], (400,)), x)
+    assert np.all(e1 > 1e-13)
+    getcontext().prec = 60
+    exact = {Sigmoid: lambda v: 1 / (1 + (-v).exp()), Tanh: lambda v: ((2 * v).exp() - 1) / ((2 * v).exp() + 1)}
     for layer, lip in ((Sigmoid(), 0.25), (Tanh(), 1.0)):
-        _, e2 = _forward_with_error_layers(Network([dense, layer], (400,)), x)
-        assert np.allclose(e2, lip * e1 + 1e-14, rtol=1e-12, atol=0) and np.all(e1 > 1e-11)
+        y, e2 = _forward_with_error_layers(Network([dense, layer], (400,)), x)
+        assert np.all(e2 <= lip * e1 + 1e-14 + 1e-30)
+        for sign in (-1, 1):  # the exact input may lie at either end of its error
+            f = exact[type(layer)]
+            dev = [abs(f(Decimal(float(a)) + sign * Decimal(float(b))) - Decimal(float(c))) for a, b, c in zip(h, e1, y)]
+            assert all(d <= Decimal(float(b)) for d, b in zip(dev, e2)), (dev, e2)
+    # where it saturates, an enormous input error leaves a tiny output error (monotone bound)
+    big = Network([Dense(np.array([[1e300]]), np.zeros(1)), Sigmoid()], (1,))
+    assert _forward_with_error_layers(big, np.array([0.3]))[1][0] <= 1e-13
 
 
 def test_verify_runs_the_attack_alone_and_checks_its_counterexamples():
@@ -141,6 +151,8 @@ def test_bound_and_optimisation_apis_refuse_by_name():
             fn(net, lo, hi)
     with pytest.raises(NotPiecewiseLinearError):
         gpuopt.optimize(net, Box(np.zeros(2), np.ones(2)), "Y_0", timeout=5)
+    with pytest.raises(NotPiecewiseLinearError):  # refused up front, before any attack
+        gpuopt.certify_radius(net, np.zeros(2), 0, timeout=5)
 
 
 @pytest.mark.parametrize("opset,axis,shape", [(13, None, [1, 5]), (11, None, [1, 5]), (13, -1, [1, 2, 5]),

@@ -359,7 +359,9 @@ def attack_stage(items) -> list[str]:
         # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
         if all(it.too_large is not None for it in group):
-            stop = deadline  # nothing else can run: all the time
+            # nothing else can run: all the time, however long the search stalls
+            stop = deadline
+            config = dataclasses.replace(config, attack=dataclasses.replace(config.attack, patience=None))
         if any(it.heavy for it in group):
             # a network too large for its linear form takes seconds per step: fewer restarts per
             # round, no output-diversified start steps and one point kept

@@ -353,12 +353,12 @@ class _Tracer:
             if args[1] == 0:
                 return _BATCH
             raise self.unsupported(node, "a per-sample size used as a value")
-        if name in ("relu", "relu_"):
-            return ("data", self.add(ReLU(), (self.data(node, args[0]),), node))
-        if name in ("sigmoid", "tanh"):
-            return ("data", self.add(Sigmoid() if name == "sigmoid" else Tanh(), (self.data(node, args[0]),), node))
+        if name in ("relu", "relu_", "sigmoid", "tanh"):
+            layer = ReLU() if name.startswith("relu") else Sigmoid() if name == "sigmoid" else Tanh()
+            return ("data", self.add(layer, (self.data(node, args[0] if args else kwargs.get("input")),), node))
         if name == "softmax" and not kwargs.get("dtype") and not (len(args) > 2 and args[2] is not None):
-            return ("data", self.softmax(node, self.data(node, args[0]), args[1] if len(args) > 1 else kwargs.get("dim")))
+            x = self.data(node, args[0] if args else kwargs.get("input"))
+            return ("data", self.softmax(node, x, args[1] if len(args) > 1 else kwargs.get("dim")))
         if t in (F.leaky_relu, F.relu6, F.hardtanh, F.hardsigmoid, torch.abs, torch.clamp, torch.clip, torch.maximum,
                  torch.minimum) or (node.op == "call_method" and name in ("abs", "clamp", "clip", "maximum", "minimum")):
             return self.piecewise_function(node, t, name, args, kwargs)
