@@ -45,7 +45,10 @@ def test_rounds_continue_until_the_deadline():
     cand = pgd_attack(net, [[-3.0]], [[3.0]], A, b, config=AttackConfig(restarts=4, steps=10),
                       deadline=t0 + 0.5)
     assert cand.rounds > 1 and cand.restarts == 4 * cand.rounds
-    assert time.monotonic() - t0 >= 0.5
+    # rounds go on until the deadline is near: a round is not started when its steps would end
+    # past it, so the search stops at most about a round before it (a loaded machine's rounds are slower)
+    elapsed = time.monotonic() - t0
+    assert elapsed >= 0.5 - 3 * elapsed / cand.rounds - 0.05
     assert not bool(cand.success[0])
 
 
