@@ -51,7 +51,7 @@ class NetworkTooLargeError(NoLinearFormError):
 
 
 class NotPiecewiseLinearError(NoLinearFormError):
-    """The network has a layer that is not piecewise linear (sigmoid, tanh), so it has no exact
+    """The network has a layer that is not piecewise linear (sigmoid, tanh, softmax), so it has no exact
     linear form."""
 
 
