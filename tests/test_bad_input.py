@@ -174,8 +174,8 @@ def test_from_torch_allow_training_mode_gives_the_eval_network():
 
 
 def test_from_torch_unsupported_module_is_reported_before_training_mode():
-    with pytest.raises(UnsupportedLayerError, match=re.escape("module '1' of type Tanh is not supported")):
-        from_torch(nn.Sequential(nn.Linear(2, 2), nn.Tanh()).train(), (2,))
+    with pytest.raises(UnsupportedLayerError, match=re.escape("module '1' of type GELU is not supported")):
+        from_torch(nn.Sequential(nn.Linear(2, 2), nn.GELU()).train(), (2,))
 
 
 # ---------------------------------------------------------------------- from_torch: arguments
