@@ -311,21 +311,52 @@ def _lp(c, A_ub, b_ub, bounds):
 _BRUTE_FORCE_CACHE: dict = {}
 
 
+def _enumeration_store():
+    """The folder where test processes share their enumerations (pytest-xdist's workers each
+    meet the same cases), and the digest of this file and of SciPy's version, part of every key,
+    so that a changed enumeration never reads an old result."""
+    import hashlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import scipy
+
+    digest = hashlib.sha256(Path(__file__).read_bytes() + scipy.__version__.encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"gpuopt-test-enumerations-{os.getuid()}"
+    return folder, digest
+
+
 def brute_force_min_margin(network: Network, lower, upper, spec: OutputSpec, *, n_samples: int = 512,
                            seed: int = 0) -> BruteForce:
-    """:func:`enumerate_min_margin`, remembered per test process: many tests enumerate the same
-    cases (a case's enumeration takes up to 10 s). The key is the weights, the box, the spec and
-    the sampling settings, pickled; the result is a fresh copy."""
+    """:func:`enumerate_min_margin`, remembered per test process and shared between the test
+    processes through files (:func:`_enumeration_store`): many tests enumerate the same cases (a
+    case's enumeration takes up to 15 s). The key is this file's digest, the weights, the box, the
+    spec and the sampling settings, pickled; the result is a fresh copy."""
     import copy
     import hashlib
+    import os
     import pickle
 
-    key = hashlib.sha256(pickle.dumps((dense_weights(network), np.asarray(lower, dtype=np.float64),
+    folder, digest = _enumeration_store()
+    key = hashlib.sha256(pickle.dumps((digest, dense_weights(network), np.asarray(lower, dtype=np.float64),
                                        np.asarray(upper, dtype=np.float64),
                                        [(np.asarray(A), np.asarray(b)) for A, b in spec.disjuncts],
-                                       n_samples, seed))).digest()
+                                       n_samples, seed))).hexdigest()
     if key not in _BRUTE_FORCE_CACHE:
-        _BRUTE_FORCE_CACHE[key] = enumerate_min_margin(network, lower, upper, spec, n_samples=n_samples, seed=seed)
+        path = folder / f"{key}.pkl"
+        try:
+            _BRUTE_FORCE_CACHE[key] = pickle.loads(path.read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            result = enumerate_min_margin(network, lower, upper, spec, n_samples=n_samples, seed=seed)
+            _BRUTE_FORCE_CACHE[key] = result
+            try:  # written whole, then renamed: a reader never sees half a file
+                folder.mkdir(parents=True, exist_ok=True)
+                part = folder / f"{key}.{os.getpid()}.part"
+                part.write_bytes(pickle.dumps(result))
+                os.replace(part, path)
+            except OSError:
+                pass
     return copy.deepcopy(_BRUTE_FORCE_CACHE[key])
 
 

@@ -129,7 +129,7 @@ def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch)
     float32 ones round at 1e-7, and their choices then differ by that much)."""
     config = ReluSplitConfig(batch_size=4, max_domains=400, handoff=8, step_dtype="float64")
     dropped, compared, leaf_count = 0, 0, 0
-    for seed in range(16):
+    for seed in range(8):
         net, lo, hi, disj, b = _split_case(seed)
         dropped += DeadPruning(net, b.pre_activation).dropped
         got = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b, config=config)
@@ -151,7 +151,7 @@ def test_relu_split_gives_the_same_answers_with_and_without_pruning(monkeypatch)
                     gone = np.setdiff1d(np.arange(l0.shape[1]), keep[j].numpy())
                     assert np.array_equal(u[gone], u0[0].numpy()[gone]) and np.all(u[gone] <= 0)
                     assert np.array_equal(l[gone], l0[0].numpy()[gone])
-    assert dropped > 0 and compared == 16 and leaf_count > 0
+    assert dropped > 0 and compared == 8 and leaf_count > 0
 
 
 def test_alpha_crown_gives_the_same_bounds_with_and_without_pruning(monkeypatch):

@@ -252,7 +252,8 @@ def test_refine_auto_stops_refining_when_it_yields_nothing(monkeypatch):
         return doms, 0, 0
 
     monkeypatch.setattr(rs, "_refine", idle_refine)
-    for seed in range(20):  # the first case that holds by a small margin and takes several steps
+    # the first case that holds by a small margin and takes several steps (seed 0 takes too few)
+    for seed in range(1, 20):
         net, lo, hi, rng = _net_box(seed + 300, hidden=(12, 12))
         spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1))], 2)
         minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
