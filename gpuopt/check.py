@@ -121,14 +121,15 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
     3.1). Selections (Pad, Slice, Gather, Transpose, Concat, reshapes) move values and errors
     alike; ReLU and max-pooling are 1-Lipschitz in each coordinate's error; sigmoid and tanh are
     1/4- and 1-Lipschitz (and monotone: no further from the value than ``f(h +- e)``, which bounds
-    the error where they saturate), softmax 1/2-Lipschitz in the max-norm along its axis, and their float64
-    evaluation is within :data:`SMOOTH_EVAL_ERROR` (softmax: plus ``gamma_{n+4}``, its sum of
-    ``n`` exponentials and the division; this rests on the math library's accuracy: torch's
-    float64 exp and tanh are within a few ulps)."""
+    the error where they saturate), softmax 1/2- and log-softmax 2-Lipschitz in the max-norm along
+    their axis, and their float64 evaluation is within :data:`SMOOTH_EVAL_ERROR` (softmax: plus
+    ``gamma_{n+4}``, its sum of ``n`` exponentials and the division; log-softmax: that, the log's
+    ``(1 + log n)`` of it and ``8 u`` of the magnitudes its subtractions round at; this rests on
+    the math library's accuracy: torch's float64 exp, log and tanh are within a few ulps)."""
     import torch
 
     from .layers import (SMOOTH_TYPES, Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine,
-                         Flatten, Gather, MaxPool2d, Pad, ReLU, Reshape, Slice, Softmax, Transpose)
+                         Flatten, Gather, LogSoftmax, MaxPool2d, Pad, ReLU, Reshape, Slice, Softmax, Transpose)
 
     def tensor(a):
         return torch.tensor(np.asarray(a, dtype=np.float64))
@@ -152,12 +153,19 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
                 # softmax mixes its axis: the largest error along it, and a sum of n exponentials
                 e = es[0]
                 eval_error = SMOOTH_EVAL_ERROR
-                if isinstance(layer, Softmax):
-                    e = e.amax(dim=-1, keepdim=True).expand_as(e)
-                    eval_error = SMOOTH_EVAL_ERROR + float(_gamma(hs[0].shape[-1] + 4))
                 z = layer.apply(params, hs[0])
+                if isinstance(layer, (Softmax, LogSoftmax)):
+                    n = hs[0].shape[-1]
+                    e = e.amax(dim=-1, keepdim=True).expand_as(e)
+                    eval_error = SMOOTH_EVAL_ERROR + float(_gamma(n + 4))
+                    if isinstance(layer, LogSoftmax):
+                        # x_i - m - log(sum_j exp(x_j - m)): the log turns the sum's relative error
+                        # into an absolute one, and the two subtractions round at the magnitudes
+                        top = hs[0].abs().amax(dim=-1, keepdim=True)
+                        eval_error = eval_error + SMOOTH_EVAL_ERROR * (1 + math.log(n)) + 8 * _U * (
+                            hs[0].abs() + top + z.abs() + math.log(n))
                 e_out = e * layer.lipschitz + eval_error
-                if not isinstance(layer, Softmax):
+                if not isinstance(layer, (Softmax, LogSoftmax)):
                     # monotone: the exact value lies between f(h - e) and f(h + e), each rounded
                     # outwards and evaluated within eval_error (tight where f saturates)
                     inf = torch.full_like(z, math.inf)

@@ -302,8 +302,20 @@ class Softmax(_Smooth):
         return torch.softmax(x, dim=-1)
 
 
+@dataclass(frozen=True, eq=False)
+class LogSoftmax(_Smooth):
+    """``y_i = x_i - log sum_j exp(x_j)`` along the last per-sample axis; 2-Lipschitz in the
+    max-norm (row ``i`` of its Jacobian is ``e_i - softmax(x)``, of absolute sum ``2 (1 - y_i')``
+    with ``y_i'`` the softmax entry)."""
+
+    lipschitz = 2.0
+
+    def apply(self, p, x):
+        return torch.log_softmax(x, dim=-1)
+
+
 #: layers that are not piecewise linear
-SMOOTH_TYPES = (Sigmoid, Tanh, Softmax)
+SMOOTH_TYPES = (Sigmoid, Tanh, Softmax, LogSoftmax)
 
 
 @dataclass(frozen=True, eq=False)
@@ -766,7 +778,7 @@ class Concat(_LayerBase):
 Layer = Union[Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
               Add, Concat, Pad, Slice, Gather, Transpose]
 LAYER_TYPES = (Dense, Conv2d, ConvTranspose2d, ReLU, Flatten, Reshape, ElementwiseAffine, MaxPool2d, AvgPool2d,
-               Add, Concat, Pad, Slice, Gather, Transpose, Sigmoid, Tanh, Softmax)
+               Add, Concat, Pad, Slice, Gather, Transpose, Sigmoid, Tanh, Softmax, LogSoftmax)
 #: the layer types of the original chains, for which IBP walks the layers (every other network is
 #: bounded on its affine blocks)
 CHAIN_TYPES = (Dense, Conv2d, ReLU, Flatten, ElementwiseAffine)

@@ -27,13 +27,14 @@ import torch
 
 from .errors import InvalidInputError, UnsupportedLayerError
 from .layers import (CHAIN_TYPES, LAYER_TYPES, Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense,  # noqa: F401
-                     ElementwiseAffine, Flatten, Gather, Layer, MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax,
-                     Tanh, Transpose)
+                     ElementwiseAffine, Flatten, Gather, Layer, LogSoftmax, MaxPool2d, Pad, ReLU, Reshape, Sigmoid,
+                     Slice, Softmax, Tanh, Transpose)
 from .regions import _real_array
 
 __all__ = [
     "Dense", "Conv2d", "ConvTranspose2d", "ReLU", "Flatten", "Reshape", "ElementwiseAffine", "MaxPool2d",
-    "AvgPool2d", "Add", "Concat", "Pad", "Slice", "Gather", "Transpose", "Sigmoid", "Tanh", "Softmax", "Layer", "AffineBlock",
+    "AvgPool2d", "Add", "Concat", "Pad", "Slice", "Gather", "Transpose", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Layer",
+    "AffineBlock",
     "LinearOp",
     "Network", "BlockChain", "from_torch",
 ]

@@ -111,7 +111,9 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     """The bracket on the L-inf robustness radius of ``network`` at ``x`` (flattened or input
     shaped) for class ``label`` (or towards ``target`` with ``margin``), searched in
     ``[0, eps_max]`` within ``timeout`` seconds; ``clip`` the valid input range (``None``:
-    unbounded). See the module docstring."""
+    unbounded). A final Softmax or LogSoftmax that keeps the compared outputs' order is taken off
+    (:mod:`gpuopt.output_order`). See the module docstring."""
+    from .output_order import reduce_output_order
     from .verify import VerifyConfig, verify
 
     t0 = time.monotonic()
@@ -125,7 +127,6 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     x0 = np.asarray(x, dtype=np.float64).reshape(-1)
     if x0.size != network.input_size or not np.all(np.isfinite(x0)):
         raise InvalidInputError(f"`x` must hold {network.input_size} finite numbers, got {x0.size}")
-    check_lowering_size(network)  # the certified side needs the linear form: refused by name
     n_cls = network.output_size
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < n_cls:
         raise InvalidInputError(f"`label` must be a class index in [0, {n_cls}), got {label!r}")
@@ -144,6 +145,12 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
         m = 1.0 if margin is None else float(margin)
         rows = np.array([m * np.eye(n_cls)[j] - np.eye(n_cls)[int(target)] for j in range(n_cls) if j != int(target)])
         spec = OutputSpec([(rows, np.zeros(len(rows)))], n_cls)
+    # a final Softmax or LogSoftmax that keeps the order of the compared outputs over the largest
+    # ball comes off (gpuopt.output_order): the radius is the logits' one
+    reduction = reduce_output_order([Problem(network, LinfBall(x0, eps_max, lo_clip, hi_clip), spec)])
+    if reduction is not None:
+        network = reduction.problems[0].network
+    check_lowering_size(network)  # the certified side needs the linear form: refused by name
     deadline = t0 + timeout
     calls = 0
 

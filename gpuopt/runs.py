@@ -282,7 +282,8 @@ def _build_instance(onnx_path: str, vnnlib_path: str, timeout: float, config):
     net = _MAIN_NETWORKS[onnx_path]
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
     problems = [Problem(net, p.box, p.spec, inner=p.inner) for p in props]
-    item = ItemState(problems=problems, config=config, t0=t0, deadline=t0 + timeout)
+    item = ItemState(config=config, t0=t0, deadline=t0 + timeout,
+                     **_order_reduced(problems, f"onnx:{onnx_path}#logits"))
     if not problems:
         item.decide(Status.UNSAT, margin_lower=math.inf, decided_by="spec", message="the unsafe region is empty")
     return item
@@ -301,7 +302,20 @@ def _build_sample(network, x, label: int, eps: float, clip: tuple, timeout: floa
     net = _with_task_ref(network, f"net:{id(network)}")
     region = LinfBall(x, eps, clip_lower=clip[0], clip_upper=clip[1])
     problem = Problem(net, region, robustness(int(label), net.output_size))
-    return ItemState(problems=[problem], config=config, t0=t0, deadline=t0 + timeout)
+    return ItemState(config=config, t0=t0, deadline=t0 + timeout, **_order_reduced([problem], None))
+
+
+def _order_reduced(problems, key: str | None) -> dict:
+    """The ItemState fields for ``problems``: on the network without its final Softmax or
+    LogSoftmax where that is exact (:mod:`gpuopt.output_order`), its task reference attached."""
+    from .output_order import reduce_output_order
+
+    reduction = reduce_output_order(problems)
+    if reduction is None:
+        return {"problems": problems}
+    net = reduction.problems[0].network
+    _with_task_ref(net, key or f"net:{id(net)}")
+    return reduction.item_fields()
 
 
 def _outcome_record(item: RunItem, outcome) -> dict:

@@ -219,6 +219,7 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
     """
     from .engine.item import ItemState
     from .engine.stages import run_stages
+    from .output_order import reduce_output_order
 
     t0 = time.monotonic() if start_time is None else start_time
     timeout = _timeout_iv(timeout)
@@ -233,7 +234,9 @@ def verify_problems(problems: Sequence[Problem], *, timeout: float | None = None
             raise InvalidInputError(f"`problems` must hold Problems, got {type(p).__name__}")
         if p.network is not problems[0].network:
             raise InvalidInputError("all problems must share one network")
-    item = ItemState(problems=problems, config=config, t0=t0, deadline=None if timeout is None else t0 + timeout)
+    reduction = reduce_output_order(problems)
+    fields = reduction.item_fields() if reduction is not None else {"problems": problems}
+    item = ItemState(config=config, t0=t0, deadline=None if timeout is None else t0 + timeout, **fields)
     return run_stages(item).verdict
 
 

@@ -51,6 +51,10 @@ class ItemState:
       (:class:`~gpuopt.errors.NoLinearFormError`: too large, or not piecewise linear): only the
       attack runs, no bounds; ``heavy`` when it was refused for its size (the attack then runs
       fewer restarts per round).
+    * ``original``: the network of the caller's problems where ``problems`` are the same ones on
+      the network without its final Softmax or LogSoftmax (:mod:`gpuopt.output_order`; its
+      ``reduction_note`` joins the verdict's message, and a counterexample reports the original
+      network's output); ``None`` otherwise.
     """
 
     problems: list
@@ -78,6 +82,8 @@ class ItemState:
     verdict: Verdict | None = None
     too_large: str | None = None
     heavy: bool = False
+    original: object = None
+    reduction_note: str = ""
 
     @property
     def network(self):
@@ -107,5 +113,9 @@ class ItemState:
         kw.setdefault("margin_upper", self.margin_upper)
         kw.setdefault("milp_nodes", self.milp_nodes)
         kw.setdefault("milp_status", self.milp_status)
+        if self.original is not None:
+            if kw.get("counterexample") is not None:
+                kw["output"] = self.original.forward64(np.asarray(kw["counterexample"], dtype=np.float64)[None])[0]
+            kw["message"] = "; ".join(m for m in (kw.get("message", ""), self.reduction_note) if m)
         self.verdict = Verdict(status=status, seconds=time.monotonic() - self.t0,
                                stage_seconds=dict(self.stage_seconds), **kw)

@@ -7,8 +7,8 @@ tensor methods; each node becomes zero or more layers, and a node that reads sev
 
 * modules: Linear (on every row of the last axis of an N-D input: a 1x1 convolution), Conv2d and
   Conv1d (any groups, zero padding), ConvTranspose2d (groups=1),
-  ReLU, Sigmoid, Tanh and Softmax along the last axis (not piecewise linear: the attack alone runs
-  on such a network), LeakyReLU,
+  ReLU, Sigmoid, Tanh, Softmax and LogSoftmax along the last axis (not piecewise linear: the attack
+  alone runs on such a network, unless :mod:`gpuopt.output_order` takes off its final one), LeakyReLU,
   PReLU, ReLU6, Hardtanh, Hardsigmoid (exact ReLU graphs,
   :mod:`gpuopt.io.piecewise`), Flatten, BatchNorm1d/2d (running statistics; folded into the
   Linear/Conv2d that feeds only it, else an elementwise map), MaxPool1d/2d, AvgPool1d/2d,
@@ -44,7 +44,7 @@ from ..errors import InvalidInputError, UnsupportedLayerError
 from . import piecewise
 from .folding import batchnorm_affine, fold_affine, ungroup_kernel
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                      MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose)
+                      LogSoftmax, MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose)
 from .selection import (depth_to_space_layers, pixel_unshuffle_layers, reduce_layers, rowwise_linear_layers,
                         torch_nearest_indices)
 
@@ -214,8 +214,8 @@ class _Tracer:
             i = self.add(ReLU(), (x,), node)
         elif isinstance(mod, (nn.Sigmoid, nn.Tanh)):
             i = self.add(Sigmoid() if isinstance(mod, nn.Sigmoid) else Tanh(), (x,), node)
-        elif isinstance(mod, nn.Softmax):
-            i = self.softmax(node, x, mod.dim)
+        elif isinstance(mod, (nn.Softmax, nn.LogSoftmax)):
+            i = self.softmax(node, x, mod.dim, log=isinstance(mod, nn.LogSoftmax))
         elif isinstance(mod, (nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)):
             i = self.piecewise_module(node, mod, x)
         elif isinstance(mod, nn.Flatten):
@@ -252,8 +252,8 @@ class _Tracer:
             block = mod.upscale_factor if isinstance(mod, nn.PixelShuffle) else mod.downscale_factor
             i = self.pixel_shuffle(node, x, int(block), isinstance(mod, nn.PixelShuffle))
         else:
-            refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, Sigmoid, Tanh, LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, "
-                   "Flatten, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
+            refuse("(supported: Linear, Conv2d, Conv1d, ConvTranspose2d, ReLU, Sigmoid, Tanh, Softmax, LogSoftmax, "
+                   "LeakyReLU, PReLU, ReLU6, Hardtanh, Hardsigmoid, Flatten, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d, "
                    "AdaptiveAvgPool2d to 1x1, ZeroPad2d, ConstantPad2d, Identity, Dropout, Upsample (nearest), "
                    "PixelShuffle, PixelUnshuffle, and containers)")
         if i != x:
@@ -356,9 +356,10 @@ class _Tracer:
         if name in ("relu", "relu_", "sigmoid", "tanh"):
             layer = ReLU() if name.startswith("relu") else Sigmoid() if name == "sigmoid" else Tanh()
             return ("data", self.add(layer, (self.data(node, args[0] if args else kwargs.get("input")),), node))
-        if name == "softmax" and not kwargs.get("dtype") and not (len(args) > 2 and args[2] is not None):
+        if name in ("softmax", "log_softmax") and not kwargs.get("dtype") and not (len(args) > 2 and args[2] is not None):
             x = self.data(node, args[0] if args else kwargs.get("input"))
-            return ("data", self.softmax(node, x, args[1] if len(args) > 1 else kwargs.get("dim")))
+            return ("data", self.softmax(node, x, args[1] if len(args) > 1 else kwargs.get("dim"),
+                                         log=name == "log_softmax"))
         if t in (F.leaky_relu, F.relu6, F.hardtanh, F.hardsigmoid, torch.abs, torch.clamp, torch.clip, torch.maximum,
                  torch.minimum) or (node.op == "call_method" and name in ("abs", "clamp", "clip", "maximum", "minimum")):
             return self.piecewise_function(node, t, name, args, kwargs)
@@ -632,12 +633,13 @@ class _Tracer:
             ref = self.select(node, ref, a + 1, idx)
         return ref
 
-    def softmax(self, node, ref, dim) -> int:
-        """Softmax along the last axis (the only one supported)."""
+    def softmax(self, node, ref, dim, log: bool = False) -> int:
+        """Softmax (``log``: LogSoftmax) along the last axis (the only one supported)."""
         rank = len(self.shapes[ref]) + 1
+        what = "log_softmax" if log else "softmax"
         if not isinstance(dim, int) or (dim + rank if dim < 0 else dim) != rank - 1:
-            raise self.unsupported(node, f"softmax along dimension {dim!r} (only the last one)")
-        return self.add(Softmax(), (ref,), node)
+            raise self.unsupported(node, f"{what} along dimension {dim!r} (only the last one)")
+        return self.add(LogSoftmax() if log else Softmax(), (ref,), node)
 
     def pixel_shuffle(self, node, ref, block: int, shuffle: bool) -> int:
         shape = self.shapes[ref]

@@ -24,9 +24,10 @@ Mapping of the supported operators (default domain only):
   grouped (or depthwise) kernel becomes one kernel that is zero between the groups, and a 1-D
   convolution of ``(C, L)`` the 2-D one of ``(C, 1, L)`` (so do 1-D ``MaxPool``/``AveragePool``/
   ``GlobalAveragePool``);
-* ``Relu`` -> ``ReLU``; ``Sigmoid``, ``Tanh`` and ``Softmax`` (along the last axis) -> ``Sigmoid``,
-  ``Tanh``, ``Softmax`` (not piecewise linear: such a network gets the attack alone, see
-  :class:`~gpuopt.errors.NotPiecewiseLinearError`);
+* ``Relu`` -> ``ReLU``; ``Sigmoid``, ``Tanh``, ``Softmax`` and ``LogSoftmax`` (along the last axis) ->
+  ``Sigmoid``, ``Tanh``, ``Softmax``, ``LogSoftmax`` (not piecewise linear: such a network gets the
+  attack alone, see :class:`~gpuopt.errors.NotPiecewiseLinearError`, unless
+  :mod:`gpuopt.output_order` takes off its final one);
 * ``Flatten`` (batch kept on axis 0) and ``Reshape`` to ``(batch, -1)``-like shapes -> ``Flatten``;
   a ``Reshape`` that only adds or removes unit dimensions is a no-op, any other is refused;
 * ``Add``/``Sub``/``Mul``/``Div`` with one constant operand (``x / c`` but not ``c / x``),
@@ -92,7 +93,7 @@ from .selection import (ONNX_NEAREST_MODES, ONNX_RESIZE_TRANSFORMS, depth_to_spa
                         reduce_layers, rowwise_linear_layers, space_to_depth_layers)
 from .folding import batchnorm_affine, fold_affine, two_prod, ungroup_kernel
 from ..network import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
-                       MaxPool2d, Network, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose,
+                       LogSoftmax, MaxPool2d, Network, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose,
                        _input_shape_iv)
 
 __all__ = ["from_onnx"]
@@ -714,23 +715,27 @@ class _Importer:
     def _op_Tanh(self, node, label, attrs):
         self._add(Tanh())
 
-    def _op_Softmax(self, node, label, attrs):
+    def _op_Softmax(self, node, label, attrs, kind=Softmax):
         off = int(self.batched)
         rank = len(self.oshape) + off
         legacy = self.opset is not None and self.opset < 13  # before 13: over the axes from `axis` on, flattened
         axis = int(attrs.get("axis", 1 if legacy else -1))
         axis = axis + rank if axis < 0 else axis
         whole = legacy and axis == off and len(self.oshape) > 1
+        op = kind.__name__
         if axis != rank - 1 and not whole:
-            raise self._unsupported(label, "Softmax", f"along axis {attrs.get('axis')} of a rank-{rank} tensor "
-                                                      "(only along the last axis)")
-        self._materialize(label, "Softmax")
+            raise self._unsupported(label, op, f"along axis {attrs.get('axis')} of a rank-{rank} tensor "
+                                               "(only along the last axis)")
+        self._materialize(label, op)
         if whole:  # over every per-sample entry
             self._add(Flatten())
-            self._add(Softmax())
+            self._add(kind())
             self._add(Reshape(tuple(self.oshape)))
             return
-        self._add(Softmax())
+        self._add(kind())
+
+    def _op_LogSoftmax(self, node, label, attrs):
+        self._op_Softmax(node, label, attrs, kind=LogSoftmax)
 
     def _op_Flatten(self, node, label, attrs):
         rank = len(self.oshape) + 1
