@@ -167,7 +167,8 @@ def check_lowering_size(network) -> None:
         if isinstance(layer, SMOOTH_TYPES):
             raise NotPiecewiseLinearError(
                 f"layer {i} ({type(layer).__name__}) is not piecewise linear: the network has no exact linear form, "
-                "so bounds, splitting, MILP and the exact counterexample check cannot run on it")
+                "so CROWN, splitting, MILP and the exact counterexample check cannot run on it (interval bounds and the "
+                "attack do)")
     n, limit = lowered_nonzeros(network), max_nonzeros()
     if n > limit:
         raise NetworkTooLargeError(

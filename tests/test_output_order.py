@@ -1,8 +1,9 @@
 """A final Softmax or LogSoftmax comes off when every spec row compares outputs
 (:mod:`gpuopt.output_order`): verdicts on such networks agree with brute force on the logits,
 at margins of a thousandth either side of 0; rows that do not compare outputs, a Softmax whose
-logits may underflow, and any other layer arrangement keep the attack-only path and are never
-proven; counterexamples report the original network's output."""
+logits may underflow, and any other layer arrangement keep the network as it is (interval
+bounds and the attack), proven only where no sampled point reaches the unsafe region;
+counterexamples report the original network's output."""
 
 from __future__ import annotations
 
@@ -133,11 +134,15 @@ def test_rows_that_do_not_compare_outputs_are_not_reduced_and_never_proven():
         # one row qualifies, the other disjunct's does not: nothing comes off
         (soft, OutputSpec([(np.array([e[0] - e[1]]), np.zeros(1)), (np.array([e[2]]), np.array([0.0]))], 4)),
     ]
+    x = np.random.default_rng(30).uniform(-1, 1, (20000, 3))
     for net, spec in refused:
         assert reduce_output_order([_problem(net, spec)]) is None, spec.disjuncts
         v = verify(net, Box(-np.ones(3), np.ones(3)), spec, timeout=2)
-        assert v.status is not Status.UNSAT
         assert "decided on the logits" not in v.message
+        if v.status is Status.UNSAT:  # by interval bounds on the network as it is: nothing sampled reaches it
+            y = net.forward64(x)
+            assert v.decided_by == "interval"
+            assert all(np.all((A @ y.T - b[:, None]).max(axis=0) > 0) for A, b in spec.disjuncts)
     # the exact coefficients decide: 0.1 y_0 - 0.1 y_1 (decimal 0.1, not a float) compares
     tenth = Fraction(1, 10)
     spec = OutputSpec([(np.array([[tenth, -tenth, 0, 0]], dtype=object), np.zeros(1))], 4)
@@ -158,9 +163,13 @@ def test_other_arrangements_keep_the_attack_alone():
         Network(body + [Tanh()], (3,)),
         Network([body[0], Tanh()] + body[2:] + [Softmax()], (3,)),  # a hidden smooth layer stays
     ]
+    x = np.random.default_rng(31).uniform(-1, 1, (20000, 3))
     for net in nets:
         assert reduce_output_order([_problem(net, pair)]) is None, net
-        assert verify(net, Box(-np.ones(3), np.ones(3)), pair, timeout=2).status is not Status.UNSAT
+        v = verify(net, Box(-np.ones(3), np.ones(3)), pair, timeout=2)
+        if v.status is Status.UNSAT:  # only by interval bounds, and only if no sampled point reaches it
+            y = net.forward64(x)
+            assert v.decided_by == "interval" and np.all(y[:, 0] - y[:, 1] > 0)
 
 
 def test_softmax_whose_logits_may_underflow_is_not_taken_off():

@@ -54,6 +54,7 @@ from ..attacks import pgd_attack
 from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear_lower, disjunct_lower_bounds, ibp,
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
+from ..bounds.interval import interval_bounds
 from ..check import check_counterexample, parameter_deviation
 from ..errors import NetworkTooLargeError, NoLinearFormError
 from ..lowering import check_lowering_size
@@ -242,14 +243,21 @@ def _ibp_group(items) -> list[str]:
     try:  # every stage but the attack works on the network's linear form
         check_lowering_size(net)
     except NoLinearFormError as exc:
-        # the attack alone, its points checked layer by layer: no proof can follow, so the spec
-        # rows are the problems' own
-        _set_spec(items, problems, lower, upper)
+        # the attack alone, its points checked layer by layer; a network that is only not
+        # piecewise linear first gets interval bounds, layer by layer, which may prove it
         for it in items:
-            it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
             it.too_large = str(exc)
             it.heavy = isinstance(exc, NetworkTooLargeError)
-        return ["open"] * len(items)
+        if isinstance(exc, NetworkTooLargeError):
+            _set_spec(items, problems, lower, upper)
+            for it in items:
+                it.open = {(i, k) for i, p in enumerate(it.problems) for k in range(p.spec.n_disjuncts)}
+            return ["open"] * len(items)
+        out_lo, out_hi = interval_bounds(net, lower, upper)
+        y_abs = torch.maximum(out_lo.abs(), out_hi.abs()).numpy()
+        proof_problems = [proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
+        A_all, b_all, S_all = _set_spec(items, proof_problems, lower, upper)
+        return _conclude(items, disjunct_lower_bounds(out_lo, out_hi, A_all, b_all, S_all), "interval")
     bounds = ibp(net, lower, upper)
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
     # counterexamples are always checked against the original problems

@@ -1,0 +1,130 @@
+"""Interval bounds of networks with smooth layers (:mod:`gpuopt.bounds.interval`): sampled and
+corner outputs lie inside; the (log-)softmax bounds contain the exact extremes over the logit box
+(60-digit arithmetic) and are within rounding of them, overflowing exponents included; on
+ReLU networks they agree with IBP; and ``verify`` proves by them what holds by a clear margin,
+never what a sampled point violates."""
+
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import Box, OutputSpec, Status, verify
+from gpuopt.bounds import ibp
+from gpuopt.bounds.interval import interval_bounds
+from gpuopt.network import (Add, AvgPool2d, Concat, Conv2d, Dense, Flatten, LogSoftmax, MaxPool2d, Network, ReLU,
+                            Sigmoid, Softmax, Tanh)
+
+from helpers import box_points, random_dense_network
+
+
+def _smooth_chain(rng, n_in=3):
+    return Network([Dense(rng.normal(size=(7, n_in)) * 2, rng.normal(size=7)), Tanh(),
+                    Dense(rng.normal(size=(6, 7)), rng.normal(size=6)), Sigmoid(),
+                    Dense(rng.normal(size=(5, 6)) * 3, rng.normal(size=5)), ReLU(),
+                    Dense(rng.normal(size=(4, 5)), rng.normal(size=4)), Softmax()], (n_in,))
+
+
+def _smooth_graph(rng):
+    """A conv net with max- and average-pooling, a residual Add and a Concat, Tanh, LogSoftmax."""
+    conv = Conv2d(rng.normal(size=(2, 1, 2, 2)), rng.normal(size=2), (1, 1), (0, 0, 0, 0))
+    layers = [conv, Tanh(), MaxPool2d((2, 2), (1, 1)), AvgPool2d((2, 2), (1, 1)), Flatten(),
+              Dense(rng.normal(size=(8, 8)), rng.normal(size=8)), Sigmoid(), Add(), Concat(0),
+              Dense(rng.normal(size=(3, 16)) * 2, rng.normal(size=3)), LogSoftmax()]
+    inputs = [(-1,), (0,), (1,), (2,), (3,), (4,), (5,), (4, 6), (7, 4), (8,), (9,)]
+    return Network(layers, (1, 5, 5), inputs=inputs)
+
+
+@pytest.mark.parametrize("kind", ["chain", "graph"])
+def test_samples_and_corners_lie_inside(kind):
+    rng = np.random.default_rng(0 if kind == "chain" else 1)
+    for trial in range(6):
+        net = _smooth_chain(rng) if kind == "chain" else _smooth_graph(rng)
+        n = net.input_size
+        centre = rng.normal(size=n)
+        rad = rng.uniform(0.01, 1.0) * np.ones(n)
+        lo, hi = interval_bounds(net, torch.tensor((centre - rad)[None]), torch.tensor((centre + rad)[None]))
+        lo, hi = lo[0].numpy(), hi[0].numpy()
+        x = box_points(rng, centre - rad, centre + rad, 3000, max_corner_dim=8, n_random_vertices=200)
+        y = net.forward64(x)
+        slack = 1e-13 * (1 + np.abs(y))
+        assert np.all(y >= lo - slack) and np.all(y <= hi + slack), (trial, (lo - y).max(), (y - hi).max())
+        assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))
+
+
+def _exact_softmax_extremes(l, u, log):
+    """``(lower, upper)`` of (log-)softmax over the logit box ``[l, u]`` in 60-digit arithmetic:
+    output ``i`` is lowest at ``z_i = l_i``, ``z_j = u_j`` and highest the other way round."""
+    getcontext().prec = 60
+    L, U = [Decimal(float(v)) for v in l], [Decimal(float(v)) for v in u]
+    lows, highs = [], []
+    for i in range(len(L)):
+        lo_den = L[i].exp() + sum(U[j].exp() for j in range(len(L)) if j != i)
+        hi_den = U[i].exp() + sum(L[j].exp() for j in range(len(L)) if j != i)
+        if log:
+            lows.append(L[i] - lo_den.ln())
+            highs.append(U[i] - hi_den.ln())
+        else:
+            lows.append(L[i].exp() / lo_den)
+            highs.append(U[i].exp() / hi_den)
+    return lows, highs
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_bounds_contain_the_exact_extremes_within_rounding(log):
+    rng = np.random.default_rng(2)
+    layer = LogSoftmax() if log else Softmax()
+    for scale in (1.0, 30.0, 400.0, 900.0):  # 900: exponents beyond float64's range
+        for _ in range(5):
+            n = int(rng.integers(1, 6))
+            a, b = rng.normal(size=n) * scale, rng.normal(size=n) * scale * 0.1
+            l, u = np.minimum(a, a + b), np.maximum(a, a + b)
+            lo, hi = interval_bounds(Network([layer], (n,)), torch.tensor(l[None]), torch.tensor(u[None]))
+            ex_lo, ex_hi = _exact_softmax_extremes(l, u, log)
+            for i in range(n):
+                assert Decimal(float(lo[0, i])) <= ex_lo[i] and Decimal(float(hi[0, i])) >= ex_hi[i], (scale, i)
+                for got, want in ((lo[0, i], ex_lo[i]), (hi[0, i], ex_hi[i])):
+                    tol = 1e-9 * (1 + abs(float(want))) + (1e-299 if not log else 0.0)
+                    assert abs(float(got) - float(want)) <= tol, (scale, i, float(got), float(want))
+
+
+def test_relu_networks_agree_with_ibp():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        net = random_dense_network(rng, 4, [8, 6], 3)
+        c = rng.normal(size=4)
+        lo_x, hi_x = torch.tensor((c - 0.5)[None]), torch.tensor((c + 0.5)[None])
+        lo, hi = interval_bounds(net, lo_x, hi_x)
+        ref = ibp(net, lo_x, hi_x).output
+        assert torch.allclose(lo, ref[0], rtol=1e-9, atol=1e-12) and torch.allclose(hi, ref[1], rtol=1e-9, atol=1e-12)
+
+
+def test_verify_proves_by_interval_bounds_only_what_holds():
+    """A Sigmoid/Tanh network whose spec holds by a clear margin on a small box is ``unsat`` by
+    the interval bounds; a threshold just below the sampled maximum of an output is never
+    ``unsat``."""
+    rng = np.random.default_rng(4)
+    proven = 0
+    for seed in range(6):
+        net = _smooth_chain(np.random.default_rng(100 + seed))
+        net = Network(list(net.layers[:-1]), (3,))  # the logits: no final softmax
+        centre = rng.normal(size=3)
+        for rad, below in ((0.01, False), (0.5, True)):
+            lo_x, hi_x = centre - rad, centre + rad
+            x = box_points(rng, lo_x, hi_x, 4000)
+            top = float(net.forward64(x)[:, 0].max())
+            if below:  # unsafe: y_0 >= top - 1e-3, which a sampled point reaches
+                spec = OutputSpec([(np.array([[-1.0, 0, 0, 0]]), np.array([-(top - 1e-3)]))], 4)
+                v = verify(net, Box(lo_x, hi_x), spec, timeout=10)
+                assert v.status is not Status.UNSAT, seed
+            else:  # unsafe: y_0 >= top + 0.5 on a box of radius 0.01
+                spec = OutputSpec([(np.array([[-1.0, 0, 0, 0]]), np.array([-(top + 0.5)]))], 4)
+                v = verify(net, Box(lo_x, hi_x), spec, timeout=10)
+                assert v.status is not Status.SAT, seed
+                if v.status is Status.UNSAT:
+                    assert v.decided_by == "interval"
+                    proven += 1
+    assert proven >= 5
