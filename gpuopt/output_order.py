@@ -1,4 +1,4 @@
-"""Specs that compare outputs are decided on the logits, before a final Softmax or LogSoftmax.
+"""Specs that compare outputs are taken to the logits, before a final Softmax or LogSoftmax.
 
 A network that ends in ``y = g(z)`` with ``g`` not piecewise linear has no exact linear form,
 so only the attack runs on it (:class:`~gpuopt.errors.NotPiecewiseLinearError`). But for the
@@ -18,18 +18,24 @@ kept and the final layer dropped (with any Flatten or Reshape after it, which on
 row-major order). Proofs and counterexamples on the reduced problem are proofs and
 counterexamples of the original one.
 
-Float evaluation is where the two can part, and only for Softmax: an output whose logit lies more
-than about 87 below its group's largest underflows in float32 (745 in float64), so two such
-outputs tie at 0 however far apart their logits are, and a float-evaluated ``y_i <= y_j`` holds
-where the exact one does not. A Softmax is therefore taken off only when interval bounds of the
-logits over the input box keep every compared output within :data:`SOFTMAX_SPREAD` of its
-group's largest logit; nearer ties are float rounding at the level of the logits' own (float32
-``2^-24`` relative), as for any network. Sigmoid and Tanh saturate in float32 at ``|z|`` of 9 to
-17, a region rather than a boundary, and are not taken off.
+Float evaluation is where the two can part. An output whose logit lies more than about 87 below
+its group's largest underflows in float32 (745 in float64), so two such outputs tie at 0 however
+far apart their logits are, and a float-evaluated ``y_i <= y_j`` holds where the exact one does
+not. A Softmax is therefore taken off only when interval bounds of the logits over the input box
+keep every compared output within :data:`SOFTMAX_SPREAD` of its group's largest logit. Both
+layers also round ``z_i - max`` or ``z_i - logsumexp`` at the scale of the group's largest logit
+(float32: ``2^-24`` of it), so float outputs can tie where logits differ by less than that: the
+rounding of any network whose outputs are that large, and decided here in exact arithmetic, as
+everywhere. Sigmoid and Tanh saturate in float32 at ``|z|`` of 9 to 17, a region rather than a
+boundary, and are not taken off.
+
+The verdict's margins are the logits' for a LogSoftmax (the same numbers); for a Softmax they are
+mapped to sound ones on the original outputs (:meth:`OrderReduction.margins`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -58,14 +64,34 @@ class OrderReduction:
 
     def item_fields(self) -> dict:
         """The :class:`~gpuopt.engine.item.ItemState` fields of an item on the reduced problems."""
-        return {"problems": self.problems, "original": self.original, "reduction_note": self.note}
+        return {"problems": self.problems, "reduction": self}
 
     @property
     def note(self) -> str:
         what = ("every spec row sums to 0 over the LogSoftmax axis, so it is the same on the logits"
                 if self.layer == "LogSoftmax" else
-                "every spec row compares two outputs of the Softmax axis, whose order is the logits'")
-        return f"decided on the logits before the final {self.layer}: {what}"
+                "every spec row compares two outputs of the Softmax axis, whose order is the logits'; "
+                "margins quoted above are the logits'")
+        return f"property taken to the logits before the final {self.layer}: {what}"
+
+    def margins(self, lower: float, upper: float, counterexample) -> tuple[float, float]:
+        """The verdict's margins on the original outputs from the logits' ones. A LogSoftmax keeps
+        them (``a . y = a . z``). Through a Softmax a row ``c (z_i - z_j) = c d`` becomes
+        ``c y_j (e^d - 1)``: at most ``c d`` below 0, and above 0 at least ``y_j c d`` with
+        ``y_j >= e^-SPREAD / n`` (the spread guard), so a lower bound maps to itself where it is
+        ``<= 0`` and to that share of it where it is positive. The upper margin is the float64
+        one at the counterexample, or none."""
+        if self.layer == "LogSoftmax":
+            return lower, upper
+        if lower > 0:
+            lower = float(np.nextafter(lower * math.exp(-SOFTMAX_SPREAD) / self.original.output_size * (1 - 1e-9), 0))
+        if counterexample is None:
+            return lower, math.inf
+        x = np.asarray(counterexample, dtype=np.float64).reshape(-1)
+        y = self.original.forward64(x[None])[0]
+        inside = [p for p in self.problems if np.all(x >= p.region.lower) and np.all(x <= p.region.upper)]
+        margins = [float(np.max(A @ y - b)) for p in inside for A, b in p.spec.disjuncts]
+        return lower, min(margins, default=math.inf)
 
 
 def _final_smooth(network: Network):
@@ -80,6 +106,8 @@ def _final_smooth(network: Network):
     readers = [i for i, ins in enumerate(inputs) if s in ins]
     if readers not in ([], [s + 1]):
         return None
+    if s == len(layers) - 1 and inputs[s] != (s - 1,):
+        return None  # the output is the last layer: without it, the one before would be, not its input
     return s, layers[s]
 
 

@@ -128,3 +128,32 @@ def test_verify_proves_by_interval_bounds_only_what_holds():
                     assert v.decided_by == "interval"
                     proven += 1
     assert proven >= 5
+
+
+def test_interval_splitting_decides_smooth_networks_with_few_inputs():
+    """Two inputs, Tanh and Sigmoid layers: ``y_0 >= t`` with ``t`` just below the largest value on
+    a dense grid is never proven and is falsified; with ``t`` clearly above it, input splitting on
+    interval bounds proves it, where the bounds of the whole box do not."""
+    proven = falsified = 0
+    for seed in range(6):
+        rng = np.random.default_rng(200 + seed)
+        net = Network([Dense(rng.normal(size=(8, 2)) * 2, rng.normal(size=8)), Tanh(),
+                       Dense(rng.normal(size=(6, 8)), rng.normal(size=6)), Sigmoid(),
+                       Dense(rng.normal(size=(2, 6)) * 2, rng.normal(size=2))], (2,))
+        lo, hi = -np.ones(2), np.ones(2)
+        g = np.linspace(-1, 1, 401)
+        grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+        top = float(net.forward64(grid)[:, 0].max())
+        whole = interval_bounds(net, torch.tensor(lo[None]), torch.tensor(hi[None]))[1][0, 0]
+        for t in (top - 1e-3, top + 0.05):
+            spec = OutputSpec([(np.array([[-1.0, 0.0]]), np.array([-t]))], 2)
+            v = verify(net, Box(lo, hi), spec, timeout=20)
+            if t < top:
+                assert v.status is not Status.UNSAT, seed
+                if v.status is Status.SAT:
+                    assert net.forward64(np.asarray(v.counterexample)[None])[0, 0] >= t - 1e-12
+                    falsified += 1
+            elif v.status is Status.UNSAT:
+                assert v.decided_by in ("interval", "input-split"), v.decided_by
+                proven += v.decided_by == "input-split" and float(whole) >= t
+    assert proven >= 3 and falsified >= 5, (proven, falsified)

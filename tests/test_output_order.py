@@ -69,7 +69,7 @@ def test_pairwise_verdicts_agree_with_brute_force_on_the_logits(final):
             total += 1
             if v.status is Status.UNSAT:
                 assert delta > 0, (seed, delta)
-                assert "decided on the logits" in v.message
+                assert "taken to the logits" in v.message
                 decided += 1
             elif v.status is Status.SAT:
                 assert delta < 0, (seed, delta)
@@ -138,10 +138,10 @@ def test_rows_that_do_not_compare_outputs_are_not_reduced_and_never_proven():
     for net, spec in refused:
         assert reduce_output_order([_problem(net, spec)]) is None, spec.disjuncts
         v = verify(net, Box(-np.ones(3), np.ones(3)), spec, timeout=2)
-        assert "decided on the logits" not in v.message
+        assert "taken to the logits" not in v.message
         if v.status is Status.UNSAT:  # by interval bounds on the network as it is: nothing sampled reaches it
             y = net.forward64(x)
-            assert v.decided_by == "interval"
+            assert v.decided_by in ("interval", "input-split")
             assert all(np.all((A @ y.T - b[:, None]).max(axis=0) > 0) for A, b in spec.disjuncts)
     # the exact coefficients decide: 0.1 y_0 - 0.1 y_1 (decimal 0.1, not a float) compares
     tenth = Fraction(1, 10)
@@ -169,7 +169,7 @@ def test_other_arrangements_keep_the_attack_alone():
         v = verify(net, Box(-np.ones(3), np.ones(3)), pair, timeout=2)
         if v.status is Status.UNSAT:  # only by interval bounds, and only if no sampled point reaches it
             y = net.forward64(x)
-            assert v.decided_by == "interval" and np.all(y[:, 0] - y[:, 1] > 0)
+            assert v.decided_by in ("interval", "input-split") and np.all(y[:, 0] - y[:, 1] > 0)
 
 
 def test_softmax_whose_logits_may_underflow_is_not_taken_off():
@@ -369,8 +369,55 @@ def test_bulk_runs_decide_a_softmax_classifier_like_its_logits():
     for key, rec in runs["softmax"].items():
         assert rec["status"] == runs["logits"][key]["status"], key
         if rec["status"] == "unsat":
-            assert "decided on the logits" in rec["message"]
+            assert "taken to the logits" in rec["message"]
         if rec["status"] == "sat":
             assert abs(sum(rec["output"]) - 1) < 1e-12  # the original network's output
     statuses = {r["status"] for r in runs["softmax"].values()}
     assert {"unsat", "sat"} <= statuses
+
+
+@pytest.mark.parametrize("final", [Softmax, LogSoftmax])
+def test_a_final_layer_that_reads_an_earlier_branch_stays(final):
+    """The (log-)softmax reads layer 0 while layer 1 is a dead branch: taken off, the dead branch
+    would become the output (a wrong unsat here, a wrong sat the other way round)."""
+    live = Dense(np.array([[1.0], [0.0]]), np.array([0.0, 0.0]))  # logits (x, 0)
+    dead = Dense(np.array([[0.0], [0.0]]), np.array([1.0, 0.0]))  # constant (1, 0)
+    spec = OutputSpec([(np.array([[1.0, -1.0]]), np.array([0.0]))], 2)  # unsafe: y_0 <= y_1 (at x <= 0)
+    box = Box(np.array([-1.0]), np.array([1.0]))
+    for a, b, truth in ((live, dead, Status.SAT), (dead, live, Status.UNSAT)):
+        net = Network([a, b, final()], (1,), inputs=[(-1,), (-1,), (0,)])
+        assert reduce_output_order([Problem(net, box, spec)]) is None
+        v = verify(net, box, spec, timeout=10)
+        assert v.status is not (Status.UNSAT if truth is Status.SAT else Status.SAT), (final, v.message)
+
+    class Unused(torch.nn.Module):  # the same from torch: a branch computed and never used
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(1, 2), nn.Linear(1, 2)
+
+        def forward(self, x):
+            z, _ = self.fc1(x), self.fc2(x)
+            return torch.log_softmax(z, -1) if final is LogSoftmax else torch.softmax(z, -1)
+
+    model = Unused().double().eval()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.tensor([[1.0], [0.0]]))
+        model.fc1.bias.zero_()
+        model.fc2.weight.zero_()
+        model.fc2.bias.copy_(torch.tensor([1.0, 0.0]))
+    v = verify(from_torch(model, (1,)), box, spec, timeout=10)
+    assert v.status is not Status.UNSAT
+
+
+def test_softmax_margins_are_sound_on_the_probabilities():
+    """Through a Softmax the logits' margin is not the probabilities': the verdict's lower margin
+    is mapped to a sound one (positive, at most the sampled minimum), and a counterexample's
+    upper margin is the probabilities' own."""
+    net = Network([Dense(np.array([[1.0], [0.0]]), np.array([10.0, 0.0])), Softmax()], (1,))  # z = (x + 10, 0)
+    box = Box(np.array([-1.0]), np.array([1.0]))
+    y = net.forward64(np.linspace(-1, 1, 2001)[:, None])
+    v = verify(net, box, OutputSpec([(np.array([[1.0, -1.0]]), np.array([0.0]))], 2), timeout=10)
+    assert v.status is Status.UNSAT and 0 < v.margin_lower <= float(np.min(y[:, 0] - y[:, 1]))
+    v = verify(net, box, OutputSpec([(np.array([[-1.0, 1.0]]), np.array([0.0]))], 2), timeout=10)
+    assert v.status is Status.SAT and v.margin_upper == pytest.approx(float(v.output[1] - v.output[0]), abs=1e-15)
+    assert -1 <= v.margin_upper < 0

@@ -51,10 +51,10 @@ class ItemState:
       (:class:`~gpuopt.errors.NoLinearFormError`: too large, or not piecewise linear): only the
       attack runs, no bounds; ``heavy`` when it was refused for its size (the attack then runs
       fewer restarts per round).
-    * ``original``: the network of the caller's problems where ``problems`` are the same ones on
-      the network without its final Softmax or LogSoftmax (:mod:`gpuopt.output_order`; its
-      ``reduction_note`` joins the verdict's message, and a counterexample reports the original
-      network's output); ``None`` otherwise.
+    * ``reduction``: where ``problems`` are the caller's on the network without its final Softmax
+      or LogSoftmax, the :class:`~gpuopt.output_order.OrderReduction` (its note joins the
+      verdict's message, its margins replace the logits', and a counterexample reports the
+      original network's output); ``None`` otherwise.
     """
 
     problems: list
@@ -82,8 +82,7 @@ class ItemState:
     verdict: Verdict | None = None
     too_large: str | None = None
     heavy: bool = False
-    original: object = None
-    reduction_note: str = ""
+    reduction: object = None
 
     @property
     def network(self):
@@ -113,9 +112,11 @@ class ItemState:
         kw.setdefault("margin_upper", self.margin_upper)
         kw.setdefault("milp_nodes", self.milp_nodes)
         kw.setdefault("milp_status", self.milp_status)
-        if self.original is not None:
-            if kw.get("counterexample") is not None:
-                kw["output"] = self.original.forward64(np.asarray(kw["counterexample"], dtype=np.float64)[None])[0]
-            kw["message"] = "; ".join(m for m in (kw.get("message", ""), self.reduction_note) if m)
+        if self.reduction is not None:
+            x = kw.get("counterexample")
+            if x is not None:
+                kw["output"] = self.reduction.original.forward64(np.asarray(x, dtype=np.float64)[None])[0]
+            kw["margin_lower"], kw["margin_upper"] = self.reduction.margins(kw["margin_lower"], kw["margin_upper"], x)
+            kw["message"] = "; ".join(m for m in (kw.get("message", ""), self.reduction.note) if m)
         self.verdict = Verdict(status=status, seconds=time.monotonic() - self.t0,
                                stage_seconds=dict(self.stage_seconds), **kw)

@@ -366,7 +366,7 @@ def attack_stage(items) -> list[str]:
         # the attack stops at its budget (at least 2 s), so that an expensive network still leaves
         # its bounds and MILP most of the item's time
         stop = None if deadline is None else min(deadline, t0 + max(budget, 2.0))
-        if all(it.too_large is not None for it in group):
+        if all(it.too_large is not None and not _splits_on_intervals(config, it) for it in group):
             # nothing else can run: all the time, however long the search stalls
             stop = deadline
             config = dataclasses.replace(config, attack=dataclasses.replace(config.attack, patience=None))
@@ -454,6 +454,25 @@ def plan_input_split(item: ItemState) -> list[TaskSpec]:
         specs.append(TaskSpec(split_task, (network_ref(item.network), _problem_data(item.problems[i]),
                                            item.proof_problems[i].spec, ks, config.split, box_proof),
                               f"input_split p{i}", {"problem": i, "disjuncts": ks}))
+    return specs
+
+
+def _splits_on_intervals(config, item: ItemState) -> bool:
+    """The network is only not piecewise linear (not too large) and has few inputs: input
+    splitting on interval bounds applies (:mod:`gpuopt.interval_split`)."""
+    return (item.too_large is not None and not item.heavy and config.use_input_split
+            and item.network.input_size <= config.split.max_input_dim)
+
+
+def plan_interval_split(item: ItemState) -> list[TaskSpec]:
+    """One interval-splitting task per open problem (proof rows), its results merged as input
+    splitting's."""
+    specs = []
+    for i in _open_problems(item):
+        ks = sorted(k for (j, k) in item.open if j == i)
+        specs.append(TaskSpec(interval_split_task, (network_ref(item.network), _problem_data(item.problems[i]),
+                                                    item.proof_problems[i].spec, ks, item.config.split),
+                              f"interval_split p{i}", {"problem": i, "disjuncts": ks}))
     return specs
 
 
@@ -852,6 +871,7 @@ STAGES = (
     Stage("input_split", "task", plan_input_split,
           _lowered(lambda c, it: c.use_input_split and it.network.input_size <= c.split.max_input_dim),
           merge_input_split, finish_input_split),
+    Stage("interval_split", "task", plan_interval_split, _splits_on_intervals, merge_input_split, finish_input_split),
     Stage("relu_split_probe", "task", plan_relu_split_probe,
           _lowered(lambda c, it: _refinement_applies(c, it) and c.milp_refine_probe_share > 0),
           partial(merge_relu_split, stage="relu_split_probe"), partial(finish_relu_split, stage="relu_split_probe")),
@@ -932,4 +952,6 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     return finalize(item)
 
 
-from .tasks import lp_task, milp_refine_task, milp_task, relu_split_task, split_task, walk_task  # noqa: E402  (the task functions import this module's helpers lazily)
+# (the task functions import this module's helpers lazily)
+from .tasks import (interval_split_task, lp_task, milp_refine_task, milp_task, relu_split_task,  # noqa: E402
+                    split_task, walk_task)

@@ -87,6 +87,35 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_p
     return out
 
 
+def interval_split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, budget: float,
+                        submitted: float) -> dict:
+    """Input splitting on interval bounds (:func:`gpuopt.interval_split.interval_split`) on one
+    problem of a network that is not piecewise linear, over its open ``disjuncts``; the same
+    result fields as :func:`split_task`."""
+    start = time.time()
+    _setup()
+    from ..interval_split import interval_split
+
+    net = resolve_network(net_ref)
+    problem = _problem(net, problem_data)
+    proof = _problem(net, (problem.region, proof_spec, problem.inner))
+    res = interval_split(problem, proof, disjuncts, deadline=_task_deadline(budget, submitted),
+                         batch_size=split_config.batch_size, max_boxes=split_config.max_boxes)
+    out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
+           "open_lower": res.open_lower, "milp_boxes": 0, "start": start}
+    if res.status == "sat":
+        out.update(x=res.counterexample, y=net.forward64(res.counterexample[None])[0],
+                   margin=float(_point_margin(problem, res.counterexample)))
+    out["end"] = time.time()
+    return out
+
+
+def _point_margin(problem, x) -> float:
+    from ..check import check_counterexample
+
+    return check_counterexample(problem, x).margin
+
+
 def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float, budget: float,
                     submitted: float) -> dict:
     """Activation splitting (:func:`gpuopt.relu_split.relu_split`) on one problem over its open

@@ -1,0 +1,109 @@
+"""Input splitting on interval bounds, for networks that are not piecewise linear.
+
+A network with Sigmoid, Tanh, Softmax or LogSoftmax layers has no exact linear form, so CROWN,
+activation splitting and the MILP do not apply (:class:`~gpuopt.errors.NotPiecewiseLinearError`).
+Its interval bounds (:func:`gpuopt.bounds.interval.interval_bounds`) are sound on every sub-box
+and shrink with it (every layer is continuous), so for few inputs the box is covered by
+sub-boxes on a stack (depth first): a batch at a time is bounded, and on each sub-box every open
+disjunct's margin ``max_i (A_k y - b_k)_i`` is lower-bounded over the output box (proof rows). A
+sub-box with every open disjunct above 0 is closed. The centre of each sub-box left open is
+checked as a counterexample (:func:`gpuopt.check.check_counterexample`, with the smooth layers'
+error bounds), and the sub-box is halved along the dimension that is widest relative to the root
+box. Halves share their float midpoint and cover the parent, so the property holds (``unsat``)
+when the stack empties with every sub-box closed; a sub-box too thin to halve ends the search
+``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .bounds.base import disjunct_lower_bounds
+from .bounds.interval import interval_bounds
+from .check import check_counterexample
+from .problem import Problem
+
+__all__ = ["IntervalSplitResult", "interval_split"]
+
+
+@dataclass(frozen=True)
+class IntervalSplitResult:
+    """``status`` ``sat``/``unsat``/``timeout``/``unknown``; ``boxes`` bounded; ``margin_lower``
+    the least proven disjunct bound over the closed sub-boxes (``unsat``); ``closed_fraction`` of
+    the input volume; ``open_lower`` the weakest bound of a sub-box left open; ``counterexample``
+    an exactly checked point (``sat``)."""
+
+    status: str
+    boxes: int
+    margin_lower: float
+    closed_fraction: float
+    open_lower: float
+    counterexample: np.ndarray | None = None
+
+
+def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: float | None = None,
+                   batch_size: int = 256, max_boxes: int = 1_000_000) -> IntervalSplitResult:
+    """Decide the ``disjuncts`` (indices) of ``problem`` by input splitting on interval bounds;
+    ``proof`` is the same problem with the proof rows (:func:`gpuopt.engine.stages.proof_problem`).
+    See the module docstring."""
+    net = problem.network
+    spec = proof.spec
+    A_pad, b_pad = spec.padded()
+    ks = torch.as_tensor(list(disjuncts), dtype=torch.long)
+    A, b = A_pad[ks], b_pad[ks]
+    strict = torch.zeros(b.shape, dtype=torch.bool)
+    for r, k in enumerate(ks.tolist()):
+        strict[r, : spec.strict[k].size] = torch.from_numpy(spec.strict[k].copy())
+    lo0 = torch.tensor(np.array(problem.region.lower, dtype=np.float64))
+    hi0 = torch.tensor(np.array(problem.region.upper, dtype=np.float64))
+    width0 = torch.where(hi0 > lo0, hi0 - lo0, torch.ones_like(hi0))
+    stack_lo, stack_hi = [lo0[None]], [hi0[None]]
+    n_open, boxes = 1, 0
+    closed_volume, least, weakest = 0.0, math.inf, math.inf
+    stuck = False
+    while n_open:
+        if deadline is not None and time.monotonic() >= deadline:
+            return IntervalSplitResult("timeout", boxes, -math.inf, closed_volume, weakest)
+        if n_open > max_boxes:
+            return IntervalSplitResult("unknown", boxes, -math.inf, closed_volume, weakest)
+        lo, hi = torch.cat(stack_lo), torch.cat(stack_hi)
+        lo, hi, rest_lo, rest_hi = lo[-batch_size:], hi[-batch_size:], lo[:-batch_size], hi[:-batch_size]
+        out_lo, out_hi = interval_bounds(net, lo, hi)
+        boxes += lo.shape[0]
+        lb = disjunct_lower_bounds(out_lo, out_hi, A, b, strict)  # (batch, K)
+        worst = lb.min(dim=1).values
+        closed = worst > 0
+        if closed.any():
+            least = min(least, float(worst[closed].min()))
+            closed_volume += float(torch.prod((hi[closed] - lo[closed]) / width0, dim=1).sum())
+        lo, hi, worst = lo[~closed], hi[~closed], worst[~closed]
+        if lo.shape[0]:
+            weakest = float(worst.min())
+            # the centre of every open sub-box, checked exactly (the weakest first)
+            for j in torch.argsort(worst).tolist():
+                x = ((lo[j] + hi[j]) / 2).numpy()
+                c = check_counterexample(problem, x)
+                if c.ok:
+                    return IntervalSplitResult("sat", boxes, -math.inf, closed_volume, weakest, c.x)
+            dim = torch.argmax((hi - lo) / width0, dim=1)
+            rows = torch.arange(lo.shape[0])
+            mid = (lo[rows, dim] + hi[rows, dim]) / 2
+            splittable = (mid > lo[rows, dim]) & (mid < hi[rows, dim])
+            stuck = stuck or not bool(splittable.all())
+            lo, hi, dim, mid, rows = lo[splittable], hi[splittable], dim[splittable], mid[splittable], rows[:int(
+                splittable.sum())]
+            left_hi, right_lo = hi.clone(), lo.clone()
+            left_hi[rows, dim] = mid
+            right_lo[rows, dim] = mid
+            rest_lo = torch.cat([rest_lo, right_lo, lo])
+            rest_hi = torch.cat([rest_hi, hi, left_hi])
+        stack_lo, stack_hi = [rest_lo], [rest_hi]
+        n_open = rest_lo.shape[0]
+    if stuck:
+        return IntervalSplitResult("unknown", boxes, -math.inf, closed_volume, weakest)
+    return IntervalSplitResult("unsat", boxes, least, 1.0, math.inf)
