@@ -94,6 +94,13 @@ class OrderReduction:
         return lower, min(margins, default=math.inf)
 
 
+def final_order_layer(network: Network):
+    """The network's final Softmax or LogSoftmax that :func:`reduce_output_order` could take off
+    (``None`` when there is none), whatever the spec."""
+    found = _final_smooth(network)
+    return None if found is None else found[1]
+
+
 def _final_smooth(network: Network):
     """``(s, layer)``: the last layer that is not a Flatten or Reshape, when it is a Softmax or
     LogSoftmax read only by the chain of reshapes after it; else ``None``."""

@@ -113,7 +113,8 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     ``[0, eps_max]`` within ``timeout`` seconds; ``clip`` the valid input range (``None``:
     unbounded). A final Softmax or LogSoftmax that keeps the compared outputs' order is taken off
     (:mod:`gpuopt.output_order`). See the module docstring."""
-    from .output_order import reduce_output_order
+    from .errors import NotPiecewiseLinearError
+    from .output_order import SOFTMAX_SPREAD, final_order_layer, reduce_output_order
     from .verify import VerifyConfig, verify
 
     t0 = time.monotonic()
@@ -150,7 +151,15 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     reduction = reduce_output_order([Problem(network, LinfBall(x0, eps_max, lo_clip, hi_clip), spec)])
     if reduction is not None:
         network = reduction.problems[0].network
-    check_lowering_size(network)  # the certified side needs the linear form: refused by name
+    try:
+        check_lowering_size(network)  # the certified side needs the linear form: refused by name
+    except NotPiecewiseLinearError as err:
+        if final_order_layer(network) is None:
+            raise
+        raise NotPiecewiseLinearError(
+            f"{err}; its final Softmax or LogSoftmax stays: the spec's rows do not only compare outputs (a `target` "
+            "with a `margin` other than 1), or a Softmax's logits may spread by more than "
+            f"{SOFTMAX_SPREAD:g} over the ball of radius eps_max (a smaller eps_max may qualify)") from None
     deadline = t0 + timeout
     calls = 0
 

@@ -421,3 +421,12 @@ def test_softmax_margins_are_sound_on_the_probabilities():
     v = verify(net, box, OutputSpec([(np.array([[-1.0, 1.0]]), np.array([0.0]))], 2), timeout=10)
     assert v.status is Status.SAT and v.margin_upper == pytest.approx(float(v.output[1] - v.output[0]), abs=1e-15)
     assert -1 <= v.margin_upper < 0
+
+
+def test_radius_refusal_says_why_the_softmax_stays():
+    rng = np.random.default_rng(16)
+    logits = random_dense_network(rng, 2, [6], 3)
+    *body, last = logits.layers
+    steep = Network(list(body) + [Dense(last.weight * 500, last.bias), Softmax()], (2,))
+    with pytest.raises(gpuopt.NotPiecewiseLinearError, match="a smaller eps_max may qualify"):
+        gpuopt.certify_radius(steep, np.zeros(2), 0, eps_max=50.0, clip=None, timeout=5)
