@@ -370,6 +370,10 @@ def attack_stage(items) -> list[str]:
             # nothing else can run: all the time, however long the search stalls
             stop = deadline
             config = dataclasses.replace(config, attack=dataclasses.replace(config.attack, patience=None))
+        elif deadline is not None and all(it.too_large is not None for it in group):
+            # interval splitting follows, whose counterexample search (sub-box centres) is weaker:
+            # the attack may take up to SMOOTH_ATTACK_SHARE of the time while it improves
+            stop = min(deadline, t0 + max(budget, 2.0, SMOOTH_ATTACK_SHARE * (deadline - t0)))
         if any(it.heavy for it in group):
             # a network too large for its linear form takes seconds per step: fewer restarts per
             # round, no output-diversified start steps and one point kept
@@ -455,6 +459,11 @@ def plan_input_split(item: ItemState) -> list[TaskSpec]:
                                            item.proof_problems[i].spec, ks, config.split, box_proof),
                               f"input_split p{i}", {"problem": i, "disjuncts": ks}))
     return specs
+
+
+#: the share of its time the attack may take, while it improves, on a network that is not
+#: piecewise linear before interval splitting
+SMOOTH_ATTACK_SHARE = 0.3
 
 
 def _splits_on_intervals(config, item: ItemState) -> bool:
