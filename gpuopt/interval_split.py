@@ -66,7 +66,8 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
         strict[r, : spec.strict[k].size] = torch.from_numpy(spec.strict[k].copy())
     lo0 = torch.tensor(np.array(problem.region.lower, dtype=np.float64))
     hi0 = torch.tensor(np.array(problem.region.upper, dtype=np.float64))
-    width0 = torch.where(hi0 > lo0, hi0 - lo0, torch.ones_like(hi0))
+    flat = ~(hi0 > lo0)  # fixed inputs: never split, and no share of the volume
+    width0 = torch.where(flat, torch.ones_like(hi0), hi0 - lo0)
     stack_lo, stack_hi = [lo0[None]], [hi0[None]]
     n_open, boxes = 1, 0
     closed_volume, least, weakest = 0.0, math.inf, math.inf
@@ -85,7 +86,8 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
         closed = worst > 0
         if closed.any():
             least = min(least, float(worst[closed].min()))
-            closed_volume += float(torch.prod((hi[closed] - lo[closed]) / width0, dim=1).sum())
+            share = torch.where(flat, torch.ones_like(width0), (hi[closed] - lo[closed]) / width0)
+            closed_volume += float(torch.prod(share, dim=1).sum())
         lo, hi, worst = lo[~closed], hi[~closed], worst[~closed]
         if lo.shape[0]:
             weakest = float(worst.min())

@@ -157,3 +157,46 @@ def test_interval_splitting_decides_smooth_networks_with_few_inputs():
                 assert v.decided_by in ("interval", "input-split"), v.decided_by
                 proven += v.decided_by == "input-split" and float(whole) >= t
     assert proven >= 3 and falsified >= 5, (proven, falsified)
+
+
+def test_softmax_lower_bound_below_the_normal_range():
+    """``softmax_0`` of logits ``(0, 745)`` is about 2.8e-324, which float64 ``exp`` rounds up to
+    the smallest subnormal: the lower bound needs an absolute pad, else a row ``100 y_0 <=
+    3e-322`` (reached at ``z_1 = 745``) is wrongly proven unreachable."""
+    getcontext().prec = 80
+    lo, hi = interval_bounds(Network([Softmax()], (2,)), torch.tensor([[0.0, 744.5]]), torch.tensor([[0.0, 745.0]]))
+    exact = 1 / (1 + Decimal(745).exp())
+    assert Decimal(float(lo[0, 0])) <= exact <= Decimal(float(hi[0, 0]))
+    net = Network([Dense(np.eye(2), np.zeros(2)), Softmax()], (2,))
+    spec = OutputSpec([(np.array([[100.0, 0.0]]), np.array([3e-322]))], 2)
+    v = verify(net, Box(np.array([0.0, 744.5]), np.array([0.0, 745.0])), spec, timeout=5)
+    assert v.status is not Status.UNSAT
+
+
+def test_softmax_bounds_in_chunks_are_the_same(monkeypatch):
+    import gpuopt.bounds.interval as iv
+
+    rng = np.random.default_rng(5)
+    l = torch.tensor(rng.normal(size=(3, 2, 40)) * 5)
+    u = l + torch.tensor(rng.uniform(0, 2, size=(3, 2, 40)))
+    net = Network([LogSoftmax(), Flatten()], (2, 40))
+    whole = interval_bounds(net, l, u)
+    monkeypatch.setattr(iv, "CHUNK_ELEMENTS", 100)  # one or two outputs at a time
+    chunked = interval_bounds(net, l, u)
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
+
+
+def test_closed_share_of_a_box_with_a_fixed_input():
+    """A fixed input (lower == upper) has no share of the volume: a search cut short still
+    reports the share it closed."""
+    import time as _time
+
+    from gpuopt.interval_split import interval_split
+    from gpuopt.problem import Problem
+
+    net = Network([Dense(np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([0.0, -0.01])), Tanh(),
+                   Dense(np.array([[1.0, -1.0]]), np.zeros(1))], (2,))
+    spec = OutputSpec([(np.array([[-1.0]]), [-0.0099999167])], 1)  # just above the maximum 2 tanh(0.005)
+    p = Problem(net, Box([-3.0, 0.0], [3.0, 0.0]), spec)
+    r = interval_split(p, p, [0], deadline=_time.monotonic() + 1.0)
+    assert r.status in ("timeout", "unsat") and r.closed_fraction > 0.05

@@ -34,6 +34,9 @@ from .ibp import _ibp_iv
 
 __all__ = ["interval_bounds"]
 
+#: the (log-)softmax bounds form their pairwise differences in chunks of at most this many entries
+CHUNK_ELEMENTS = 1 << 22
+
 _LINEAR = (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine, AvgPool2d)
 _MONOTONE = (ReLU, MaxPool2d, Flatten, Reshape, Pad, Slice, Gather, Transpose)
 
@@ -62,36 +65,41 @@ def _lse_error(d_abs_max: torch.Tensor, lse: torch.Tensor, n: int) -> torch.Tens
 
 
 def _softmax_bounds(lo: torch.Tensor, hi: torch.Tensor, log: bool):
-    """``(lower, upper)`` of (log-)softmax along the last axis over ``[lo, hi]``."""
+    """``(lower, upper)`` of (log-)softmax along the last axis over ``[lo, hi]``; the ``n x n``
+    differences are formed for a chunk of outputs at a time (at most :data:`CHUNK_ELEMENTS`)."""
     n = lo.shape[-1]
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        bad = ~(torch.isfinite(lo).all(dim=-1, keepdim=True) & torch.isfinite(hi).all(dim=-1, keepdim=True))
-    else:
-        bad = None
+    shape = lo.shape
+    lo, hi = lo.reshape(-1, n), hi.reshape(-1, n)
+    bad = ~(torch.isfinite(lo).all(dim=-1, keepdim=True) & torch.isfinite(hi).all(dim=-1, keepdim=True))
     lo_f = torch.nan_to_num(lo, nan=0.0, posinf=0.0, neginf=0.0)
     hi_f = torch.nan_to_num(hi, nan=0.0, posinf=0.0, neginf=0.0)
-    eye = torch.eye(n, dtype=torch.bool, device=lo.device)
-    zero = torch.zeros(lo.shape[:-1] + (n, 1), dtype=lo.dtype, device=lo.device)
+    rows = max(1, CHUNK_ELEMENTS // max(1, lo.shape[0] * n))
+    lows, highs = [], []
+    for i0 in range(0, n, rows):
+        out = torch.arange(i0, min(n, i0 + rows), device=lo.device)
+        own = out[:, None] == torch.arange(n, device=lo.device)[None, :]  # (r, n): term i of output i
+        zero = torch.zeros(lo.shape[0], out.numel(), 1, dtype=lo.dtype, device=lo.device)
 
-    def lse(d):  # d[..., i, j] = the exponent of term j for output i; the term i itself is exp(0)
-        d = torch.where(eye, torch.zeros_like(d), d)
-        full = torch.cat([zero, d.masked_fill(eye, -math.inf)], dim=-1)
-        val = torch.logsumexp(full, dim=-1)
-        return val, _lse_error(d.abs().amax(dim=-1), val, n)
+        def lse(d):  # d[b, i, j]: the exponent of term j for output i; output i's own term is exp(0)
+            d = d.masked_fill(own, 0.0)
+            val = torch.logsumexp(torch.cat([zero, d.masked_fill(own, -math.inf)], dim=-1), dim=-1)
+            return val, _lse_error(d.abs().amax(dim=-1), val, n)
 
-    big, e_big = lse(hi_f[..., None, :] - lo_f[..., :, None])  # u_j - l_i: the lower end's L
-    small, e_small = lse(lo_f[..., None, :] - hi_f[..., :, None])  # l_j - u_i: the upper end's L
-    low, high = -(big + e_big), -(small - e_small)
+        big, e_big = lse(hi_f[:, None, :] - lo_f[:, out, None])  # u_j - l_i: the lower end's L
+        small, e_small = lse(lo_f[:, None, :] - hi_f[:, out, None])  # l_j - u_i: the upper end's L
+        lows.append(-(big + e_big))
+        highs.append(-(small - e_small))
+    low, high = torch.cat(lows, dim=-1), torch.cat(highs, dim=-1)
     if log:
-        out = (low, torch.minimum(high, torch.zeros_like(high)))
-        if bad is not None:
-            out = (torch.where(bad, torch.full_like(low, -math.inf), out[0]), torch.where(bad, torch.zeros_like(high), out[1]))
-        return out
-    low = torch.exp(low) * (1 - SMOOTH_EVAL_ERROR)
-    high = torch.clamp(torch.exp(high) * (1 + SMOOTH_EVAL_ERROR) + 1e-300, max=1.0)
-    if bad is not None:
+        low = torch.where(bad, torch.full_like(low, -math.inf), low)
+        high = torch.where(bad, torch.zeros_like(high), torch.minimum(high, torch.zeros_like(high)))
+    else:
+        # exp is within a few ulps relative, and below the normal range within half a subnormal
+        # absolutely: both covered by the absolute 1e-300
+        low = torch.clamp(torch.exp(low) * (1 - SMOOTH_EVAL_ERROR) - 1e-300, min=0.0)
+        high = torch.clamp(torch.exp(high) * (1 + SMOOTH_EVAL_ERROR) + 1e-300, max=1.0)
         low, high = torch.where(bad, torch.zeros_like(low), low), torch.where(bad, torch.ones_like(high), high)
-    return low, high
+    return low.reshape(shape), high.reshape(shape)
 
 
 def _linear_bounds(layer, params, errors, lo, hi):
