@@ -27,7 +27,7 @@ from gpuopt.output_order import SOFTMAX_SPREAD, reduce_output_order
 from gpuopt.problem import Problem
 
 from helpers import brute_force_min_margin, numpy_forward, onnx_model, random_dense_network, shifted_spec
-from test_onnx_import import _assert_close, _f32, _ort_outputs
+from test_onnx_import import _f32
 
 DELTAS = (0.02, 1e-3, -1e-3, -0.02)
 
@@ -217,26 +217,6 @@ def test_several_problems_share_one_reduced_network():
 
 
 # ------------------------------------------------------------------------------ importers
-@pytest.mark.parametrize("opset,axis,shape", [(13, None, [1, 5]), (11, None, [1, 5]), (13, -1, [1, 2, 5]),
-                                              (11, 1, [1, 2, 5])])
-def test_onnx_logsoftmax_matches_onnxruntime(opset, axis, shape):
-    import onnx
-
-    rng = np.random.default_rng(9)
-    n = shape[-1]
-    attrs = {} if axis is None else {"axis": axis}
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("LogSoftmax", ["h"], ["s"], **attrs),
-             helper.make_node("Flatten", ["s"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(_f32(rng, n, n) * 3, "W")])
-    model = onnx.shape_inference.infer_shapes(onnx_model(graph, opset))
-    net = from_onnx(model)
-    assert any(isinstance(layer, LogSoftmax) for layer in net.layers)
-    x = rng.uniform(-2, 2, (20,) + tuple(shape[1:]))
-    _assert_close(net.forward64(x), _ort_outputs(model, x), "forward64")
-
-
 def test_onnx_logsoftmax_along_another_axis_is_refused_by_name():
     import onnx
 

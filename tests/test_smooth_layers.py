@@ -163,9 +163,10 @@ def test_bound_and_optimisation_apis_refuse_by_name():
         gpuopt.certify_radius(net, np.zeros(2), 0, timeout=5)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("opset,axis,shape", [(13, None, [1, 5]), (11, None, [1, 5]), (13, -1, [1, 2, 5]),
                                               (11, 1, [1, 2, 5])])
-def test_onnx_softmax_matches_onnxruntime(opset, axis, shape):
+def test_onnx_softmax_matches_onnxruntime(opset, axis, shape, op):
     from helpers import onnx_model
     import onnx
     from onnx import TensorProto, numpy_helper
@@ -173,13 +174,14 @@ def test_onnx_softmax_matches_onnxruntime(opset, axis, shape):
     rng = np.random.default_rng(9)
     n = shape[-1]
     attrs = {} if axis is None else {"axis": axis}
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Softmax", ["h"], ["s"], **attrs),
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node(op, ["h"], ["s"], **attrs),
              helper.make_node("Flatten", ["s"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(_f32(rng, n, n) * 3, "W")])
     model = onnx.shape_inference.infer_shapes(onnx_model(graph, opset))
     net = from_onnx(model)
+    assert any(type(layer).__name__ == op for layer in net.layers)
     x = rng.uniform(-2, 2, (20,) + tuple(shape[1:]))
     _assert_close(net.forward64(x), _ort_outputs(model, x), "forward64")
 

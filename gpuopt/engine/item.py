@@ -48,9 +48,10 @@ class ItemState:
     * ``stage_seconds``, ``events``: timings; ``milp_nodes``, ``milp_status``: solver statistics;
       ``stage_notes``: per task stage, what its merged results left (proven bounds, open notes);
     * ``too_large``: why the network's linear form was refused
-      (:class:`~gpuopt.errors.NoLinearFormError`: too large, or not piecewise linear): only the
-      attack runs, no bounds; ``heavy`` when it was refused for its size (the attack then runs
-      fewer restarts per round).
+      (:class:`~gpuopt.errors.NoLinearFormError`: too large, or not piecewise linear): the attack
+      runs, and only interval bounds and interval splitting where it is not piecewise linear
+      (:mod:`gpuopt.interval_split`); ``heavy`` when it was refused for its size (the attack then
+      runs fewer restarts per round, and nothing else).
     * ``reduction``: where ``problems`` are the caller's on the network without its final Softmax
       or LogSoftmax, the :class:`~gpuopt.output_order.OrderReduction` (its note joins the
       verdict's message, its margins replace the logits', and a counterexample reports the

@@ -68,15 +68,22 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_p
     start = time.time()
     _setup()
     from ..bab import input_split
-    from ..check import check_counterexample
 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
     proof = _problem(net, (problem.region, proof_spec, problem.inner))
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
                       open_disjuncts=disjuncts, milp=box_proof)
+    return _split_result(problem, res, res.milp_boxes, start)
+
+
+def _split_result(problem, res, milp_boxes: int, start: float) -> dict:
+    """The result of a splitting search (input or interval splitting); a ``sat`` point only after
+    the exact check."""
+    from ..check import check_counterexample
+
     out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
-           "open_lower": res.open_lower, "milp_boxes": res.milp_boxes, "start": start}
+           "open_lower": res.open_lower, "milp_boxes": milp_boxes, "start": start}
     if res.status == "sat":
         c = check_counterexample(problem, res.counterexample)
         if c.ok:
@@ -101,19 +108,7 @@ def interval_split_task(net_ref, problem_data, proof_spec, disjuncts, split_conf
     proof = _problem(net, (problem.region, proof_spec, problem.inner))
     res = interval_split(problem, proof, disjuncts, deadline=_task_deadline(budget, submitted),
                          batch_size=split_config.batch_size, max_boxes=split_config.max_boxes)
-    out = {"kind": res.status, "boxes": res.boxes, "lb": res.margin_lower, "closed_fraction": res.closed_fraction,
-           "open_lower": res.open_lower, "milp_boxes": 0, "start": start}
-    if res.status == "sat":
-        out.update(x=res.counterexample, y=net.forward64(res.counterexample[None])[0],
-                   margin=float(_point_margin(problem, res.counterexample)))
-    out["end"] = time.time()
-    return out
-
-
-def _point_margin(problem, x) -> float:
-    from ..check import check_counterexample
-
-    return check_counterexample(problem, x).margin
+    return _split_result(problem, res, 0, start)
 
 
 def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float, budget: float,
