@@ -111,6 +111,26 @@ def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np
 SMOOTH_EVAL_ERROR = 1e-14
 
 
+def layer_terms(layer) -> int:
+    """The most terms an output of a linear layer sums, its bias included: Dense its inputs,
+    ElementwiseAffine 2, Conv2d ``c_in kh kw`` (weight ``(c_out, c_in, kh, kw)``), ConvTranspose2d
+    ``c_in kh kw`` (weight ``(c_in, c_out, kh, kw)``: an output sums at most that many taps),
+    AvgPool2d its window."""
+    from .layers import AvgPool2d, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine
+
+    if isinstance(layer, Dense):
+        return layer.weight.shape[1] + 1
+    if isinstance(layer, ElementwiseAffine):
+        return 2
+    if isinstance(layer, Conv2d):
+        return int(np.prod(layer.weight.shape[1:])) + 1
+    if isinstance(layer, ConvTranspose2d):
+        return layer.weight.shape[0] * int(np.prod(layer.weight.shape[2:])) + 1
+    if isinstance(layer, AvgPool2d):
+        return int(np.prod(layer.kernel)) + 1
+    raise TypeError(f"{type(layer).__name__} is not a linear layer")
+
+
 def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_forward_with_error` layer by layer in float64 torch operations, for networks whose
     step form would not fit in memory. A linear layer ``z = L(h) + c`` (Dense, Conv2d,
@@ -190,17 +210,10 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
                 prop = layer.apply((w_abs, torch.zeros_like(params[1])), es[0])
                 if errors[i] is not None:  # the stored parameters differ from the source model's by this
                     prop = prop + layer.apply(tuple(tensor(a) for a in errors[i]), hs[0].abs() + es[0])
-                if isinstance(layer, Dense):
-                    n_terms = layer.weight.shape[1] + 1
-                elif isinstance(layer, ElementwiseAffine):
-                    n_terms = 2
-                elif isinstance(layer, Conv2d):  # weight (c_out, c_in, kh, kw)
-                    n_terms = int(np.prod(layer.weight.shape[1:])) + 1
-                else:  # ConvTranspose2d, weight (c_in, c_out, kh, kw): an output sums at most c_in kh kw taps
-                    n_terms = layer.weight.shape[0] * int(np.prod(layer.weight.shape[2:])) + 1
+                n_terms = layer_terms(layer)
             elif isinstance(layer, AvgPool2d):  # window sums over the window's count (exact semantics)
                 mag, prop = layer.apply((), hs[0].abs()), layer.apply((), es[0])
-                n_terms = int(np.prod(layer.kernel)) + 1
+                n_terms = layer_terms(layer)
             else:  # Add
                 mag, prop = sum(h.abs() for h in hs), sum(es)
                 n_terms = len(hs)

@@ -57,31 +57,27 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
     ``proof`` is the same problem with the proof rows (:func:`gpuopt.engine.stages.proof_problem`).
     See the module docstring."""
     net = problem.network
-    spec = proof.spec
-    A_pad, b_pad = spec.padded()
+    A, b = proof.spec.padded()
     ks = torch.as_tensor(list(disjuncts), dtype=torch.long)
-    A, b = A_pad[ks], b_pad[ks]
-    strict = torch.zeros(b.shape, dtype=torch.bool)
-    for r, k in enumerate(ks.tolist()):
-        strict[r, : spec.strict[k].size] = torch.from_numpy(spec.strict[k].copy())
+    A, b = A[ks], b[ks]  # a strict row is closed, as the others, by a bound above 0
     lo0 = torch.tensor(np.array(problem.region.lower, dtype=np.float64))
     hi0 = torch.tensor(np.array(problem.region.upper, dtype=np.float64))
     flat = ~(hi0 > lo0)  # fixed inputs: never split, and no share of the volume
     width0 = torch.where(flat, torch.ones_like(hi0), hi0 - lo0)
-    stack_lo, stack_hi = [lo0[None]], [hi0[None]]
-    n_open, boxes = 1, 0
+    open_lo, open_hi = lo0[None], hi0[None]  # the stack of open sub-boxes, its top last
+    boxes = 0
     closed_volume, least, weakest = 0.0, math.inf, math.inf
     stuck = False
-    while n_open:
+    while open_lo.shape[0]:
         if deadline is not None and time.monotonic() >= deadline:
             return IntervalSplitResult("timeout", boxes, -math.inf, closed_volume, weakest)
-        if n_open > max_boxes:
+        if open_lo.shape[0] > max_boxes:
             return IntervalSplitResult("unknown", boxes, -math.inf, closed_volume, weakest)
-        lo, hi = torch.cat(stack_lo), torch.cat(stack_hi)
-        lo, hi, rest_lo, rest_hi = lo[-batch_size:], hi[-batch_size:], lo[:-batch_size], hi[:-batch_size]
+        lo, hi = open_lo[-batch_size:], open_hi[-batch_size:]
+        open_lo, open_hi = open_lo[:-batch_size], open_hi[:-batch_size]
         out_lo, out_hi = interval_bounds(net, lo, hi)
         boxes += lo.shape[0]
-        lb = disjunct_lower_bounds(out_lo, out_hi, A, b, strict)  # (batch, K)
+        lb = disjunct_lower_bounds(out_lo, out_hi, A, b)  # (batch, K)
         worst = lb.min(dim=1).values
         closed = worst > 0
         if closed.any():
@@ -95,8 +91,7 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
             # above 0 are checked exactly (the lowest first, a few per batch)
             centres = ((lo + hi) / 2).numpy()
             y = net.forward64(centres)
-            margin = np.min([np.max(y @ A_k.T - b_k, axis=1) for A_k, b_k in (problem.spec.disjuncts[k] for k in
-                                                                                ks.tolist())], axis=0)
+            margin = problem.spec.margin64(y)
             near = np.flatnonzero(margin <= 1e-9 * (1 + np.abs(y).max(axis=1)))
             for j in near[np.argsort(margin[near])][:CHECKS_PER_BATCH].tolist():
                 c = check_counterexample(problem, centres[j])
@@ -112,10 +107,8 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
             left_hi, right_lo = hi.clone(), lo.clone()
             left_hi[rows, dim] = mid
             right_lo[rows, dim] = mid
-            rest_lo = torch.cat([rest_lo, right_lo, lo])
-            rest_hi = torch.cat([rest_hi, hi, left_hi])
-        stack_lo, stack_hi = [rest_lo], [rest_hi]
-        n_open = rest_lo.shape[0]
+            open_lo = torch.cat([open_lo, right_lo, lo])
+            open_hi = torch.cat([open_hi, hi, left_hi])
     if stuck:
         return IntervalSplitResult("unknown", boxes, -math.inf, closed_volume, weakest)
     return IntervalSplitResult("unsat", boxes, least, 1.0, math.inf)

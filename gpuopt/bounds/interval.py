@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ..check import SMOOTH_EVAL_ERROR
+from ..check import SMOOTH_EVAL_ERROR, layer_terms
 from ..errors import InvalidInputError
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                       LogSoftmax, MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose)
@@ -39,19 +39,6 @@ CHUNK_ELEMENTS = 1 << 22
 
 _LINEAR = (Dense, Conv2d, ConvTranspose2d, ElementwiseAffine, AvgPool2d)
 _MONOTONE = (ReLU, MaxPool2d, Flatten, Reshape, Pad, Slice, Gather, Transpose)
-
-
-def _terms(layer) -> int:
-    """The most terms an output of a linear layer sums (bias included)."""
-    if isinstance(layer, Dense):
-        return layer.weight.shape[1] + 1
-    if isinstance(layer, ElementwiseAffine):
-        return 2
-    if isinstance(layer, Conv2d):
-        return math.prod(layer.weight.shape[1:]) + 1
-    if isinstance(layer, ConvTranspose2d):
-        return layer.weight.shape[0] * math.prod(layer.weight.shape[2:]) + 1
-    return math.prod(layer.kernel) + 1  # AvgPool2d
 
 
 def _lse_error(d_abs_max: torch.Tensor, lse: torch.Tensor, n: int) -> torch.Tensor:
@@ -112,7 +99,7 @@ def _linear_bounds(layer, params, errors, lo, hi):
         m = layer.apply(params, mid)
         r = layer.apply((w_abs, torch.zeros_like(params[1])), rad)
         s = layer.apply((w_abs, params[1].abs()), mag)
-    pad = rounding_pad(s, _terms(layer))
+    pad = rounding_pad(s, layer_terms(layer))
     if errors is not None:
         pad = pad + layer.apply(errors, mag) * (1 + 1e-12)
     return m - r - pad, m + r + pad
