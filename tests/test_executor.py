@@ -374,3 +374,29 @@ def test_a_task_blamed_for_a_neighbours_death_is_rerun_uncounted_and_the_real_vi
         # a task pebble blames before its runner started is rerun uncounted too
         out = _blame(ex, "b", victim_pid, 0)
         assert (out.status, out.value, out.attempts) == (TaskStatus.OK, "b", 1)
+
+
+def test_a_pool_aborted_before_pebble_read_the_start_charges_only_the_task_that_died(monkeypatch):
+    """pebble's race: a worker starts a task and dies before pebble has read its
+    acknowledgement; pebble then finds no task running, raises "All workers expired" and aborts
+    every task of the pool. The acknowledgement is delayed here so that the race happens every
+    time: the crashing task is charged both attempts with its worker's exit code, the tasks
+    aborted beside it rerun uncounted."""
+    from pebble.pool import process as pebble_process
+
+    start = pebble_process.TaskManager.task_start
+
+    def late_start(self, task_id, worker_id):
+        time.sleep(0.5)
+        return start(self, task_id, worker_id)
+
+    monkeypatch.setattr(pebble_process.TaskManager, "task_start", late_start)
+    with LocalExecutor(workers=1) as one:
+        crash = one.submit(tasks.crash_if, True, 0, timeout=30)
+        after = [one.submit(tasks.add, i, 1, timeout=30) for i in range(3)]
+        out = crash.result(timeout=60)
+        assert (out.status, out.attempts, out.error) == (TaskStatus.CRASHED, 2,
+                                                         "worker died (exit code 7)")
+        for i, h in enumerate(after):
+            out = h.result(timeout=60)
+            assert (out.status, out.value, out.attempts) == (TaskStatus.OK, i + 1, 1), i

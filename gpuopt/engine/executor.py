@@ -523,6 +523,18 @@ class _LocalHandle(TaskHandle):
                 status, value, error, retryable = TaskStatus.CRASHED, None, self._victim, True
             else:
                 status, value, error, retryable = _classify(fut, self._timeout, self._name)
+                if _broke_pool(fut) and self._uncounted < 3:
+                    # the whole pool was aborted (pebble's "All workers expired": a worker
+                    # died before pebble read which task it had started). Only the task that
+                    # was running in the dead worker is charged an attempt; the others rerun.
+                    code = self._executor._exit_code(self._running_pid())
+                    if code is None or not self._died_running():
+                        logger.debug("gpuopt executor: task %s was aborted with its broken pool; "
+                                     "rerunning it", self._name)
+                        self._uncounted += 1
+                        self._start(count=False)
+                        return
+                    error = f"worker died ({_describe_exit(code)})"
                 dead_pid = _expired_pid(fut)
                 if dead_pid is not None and not self._died_running() and self._uncounted < 3:
                     # pebble blames the last task it saw acknowledged by the dead worker; this
@@ -550,16 +562,20 @@ class _LocalHandle(TaskHandle):
         return (mark is None or (os.path.exists(mark + ".start")
                                  and not os.path.exists(mark + ".done")))
 
-    def _running_in(self, pid: int) -> bool:
-        """Whether the current attempt started in worker ``pid`` and has not finished."""
+    def _running_pid(self) -> int | None:
+        """The worker the current attempt started in, while it has not finished."""
         mark = self._mark
         if mark is None or os.path.exists(mark + ".done"):
-            return False
+            return None
         try:
             with open(mark + ".start") as f:
-                return f.read() == str(pid)
-        except OSError:
-            return False
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def _running_in(self, pid: int) -> bool:
+        """Whether the current attempt started in worker ``pid`` and has not finished."""
+        return self._running_pid() == pid
 
     def _rescue(self, old_gen: int) -> None:  # takes the lock
         """Resubmit after the pool of generation ``old_gen`` broke, if still on it."""
@@ -603,6 +619,11 @@ def _expired_pid(fut: concurrent.futures.Future) -> int | None:
     return exc.pid if isinstance(exc, ProcessExpired) and exc.pid else None
 
 
+def _broke_pool(fut: concurrent.futures.Future) -> bool:
+    """Whether pebble failed ``fut`` by aborting its whole pool."""
+    return not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
+
+
 def _retire_pool(pool: Any, orphans: list[_LocalHandle], old_gen: int) -> None:
     for handle in orphans:
         handle._rescue(old_gen)
@@ -633,6 +654,7 @@ class LocalExecutor(Executor):
         self._gen = 0
         self._marks = tempfile.mkdtemp(prefix="gpuopt-tasks-")
         self._mark_ids = itertools.count()
+        self._exit_codes: dict[int, int] = {}  # pid -> exit code of workers seen dead
         self._pool = self._new_pool()
 
     def __repr__(self) -> str:
@@ -651,8 +673,36 @@ class LocalExecutor(Executor):
                                   context=multiprocessing.get_context("spawn"),
                                   initializer=exec,
                                   initargs=(_WORKER_INIT, {"RUNNER_SOURCE": _RUNNER_SOURCE}))
+        self._record_exit_codes(pool)
         _ = pool.active  # reading it starts the pool: workers spawn now, not at the first task
         return pool
+
+    def _record_exit_codes(self, pool: Any) -> None:
+        """Keep the exit code of every worker pebble finds dead.
+
+        When a worker dies before pebble has read which task it started, pebble aborts the
+        whole pool without saying which worker died or how; the record lets the task that was
+        running there (its marker names the worker) report ``worker died (exit code N)``.
+        Without pebble's worker manager (another pebble version) nothing is recorded and such
+        a task is rerun as one that never started, at most three times.
+        """
+        manager = getattr(getattr(pool, "_pool_manager", None), "worker_manager", None)
+        inspect = getattr(manager, "inspect_workers", None)
+        if inspect is None:
+            return
+        codes = self._exit_codes
+
+        def inspect_and_record():
+            expired = inspect()
+            for pid, code in expired:
+                codes[pid] = code
+            return expired
+
+        manager.inspect_workers = inspect_and_record
+
+    def _exit_code(self, pid: int | None) -> int | None:
+        """Exit code of worker ``pid`` if pebble has seen it die."""
+        return None if pid is None else self._exit_codes.get(pid)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None,
                retries: int = 1, **kwargs: Any) -> TaskHandle:
