@@ -105,6 +105,22 @@ class LinearMap:
     bias: np.ndarray
     matrix_errors: tuple | None = None
     selection: bool = False
+    conv: "ConvGeometry | None" = None
+
+
+@dataclass(frozen=True, eq=False)
+class ConvGeometry:
+    """A matrix that is exactly the convolution (no bias, groups=1) with ``weight`` (float64
+    ``(c_out, c_in, kh, kw)``), ``stride``, ``padding`` (top, left, bottom, right) and ``dilation``
+    on flattened NCHW samples of shape ``in_shape`` (giving ``out_shape``): the bound passes can
+    then multiply by it with a convolution instead of a sparse product."""
+
+    weight: np.ndarray
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    in_shape: tuple
+    out_shape: tuple
 
 
 class _LayerBase:
@@ -239,7 +255,8 @@ class Conv2d(_LayerBase):
 
     def operator(self, shape):
         out = self.output_shape(shape)
-        return LinearMap((_conv_as_sparse(self, shape),), np.repeat(self.bias, out[1] * out[2]))
+        geometry = ConvGeometry(self.weight, self.stride, self.padding, self.dilation, tuple(shape), tuple(out))
+        return LinearMap((_conv_as_sparse(self, shape),), np.repeat(self.bias, out[1] * out[2]), conv=geometry)
 
 
 @dataclass(frozen=True, eq=False)

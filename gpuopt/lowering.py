@@ -49,6 +49,7 @@ class Step:
     bias: np.ndarray | None = None
     errors: tuple | None = None
     selection: bool = False
+    conv: object = None  # the layers.ConvGeometry of a step that is one convolution
 
 
 def _error_operator(layer, err, shape):
@@ -208,7 +209,7 @@ def network_steps(network) -> tuple[tuple[Step, ...], int]:
                 em, ec = _error_operator(layer, errors[i], shapes[0])
                 errs = ((em,), ec) if errs is None else ((errs[0][0] + em,), ec)
             steps.append(Step("affine", srcs, size, lm.matrices, np.asarray(lm.bias, dtype=np.float64), errs,
-                              lm.selection))
+                              lm.selection, lm.conv))
         ref[i] = len(steps) - 1
     out = ref[len(network.layers) - 1]
     cache["steps"] = (tuple(steps), out)
@@ -243,8 +244,17 @@ def lower(network) -> list:
         if level[s] <= n_levels and s in last_read:
             by_level[level[s]].append(s)
 
+    # the steps whose composed value is exactly their own convolution of the whole current state
+    # (a chain's convolution layer), so that the block they feed keeps the convolution's geometry
+    conv_of: dict = {}
+
     def compose(s: int, expr: dict):
         st = steps[s]
+        if st.conv is not None and len(st.inputs) == 1:
+            X = expr[st.inputs[0]][0]
+            if (isinstance(X, _Selection) and X.n_state == X.columns.size
+                    and np.array_equal(X.columns, np.arange(X.n_state))):
+                conv_of[s] = st.conv
         mat, bias = None, st.bias.copy()
         for M, j in zip(st.matrices, st.inputs):
             Xj, cj = expr[j]
@@ -270,7 +280,8 @@ def lower(network) -> list:
         bias = np.concatenate([np.zeros(p[0].columns.size) if isinstance(p[0], _Selection) else p[1] for p in parts])
         mask = np.concatenate([np.zeros(steps[s].size, dtype=bool) for s in relus]
                               + [np.ones(size(j), dtype=bool) for j in carry])
-        blocks.append(AffineBlock(mat, bias, mask if mask.any() else None))
+        conv = conv_of.get(steps[relus[0]].inputs[0]) if len(relus) == 1 and not carry else None
+        blocks.append(AffineBlock(mat, bias, mask if mask.any() else None, conv))
         n_state = mask.size
         new_expr, offset = {}, 0
         for j in relus + carry:
@@ -284,7 +295,7 @@ def lower(network) -> list:
     mat, bias = expr[out]
     if isinstance(mat, _Selection):
         mat, bias = mat.matrix(), np.zeros(mat.columns.size)
-    blocks.append(AffineBlock(mat.tocsr(), np.asarray(bias, dtype=np.float64)))
+    blocks.append(AffineBlock(mat.tocsr(), np.asarray(bias, dtype=np.float64), None, conv_of.get(out)))
     return blocks
 
 

@@ -6,6 +6,7 @@ Reference values come from ``helpers.numpy_forward`` (an independent float64 num
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from gpuopt.bounds import disjunct_lower_bounds, ibp, margin_lower_bound
 from gpuopt.errors import InvalidInputError
-from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Network, ReLU
+from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
 from gpuopt.specs import OutputSpec
 
 from helpers import box_points, numpy_forward, random_conv_network, random_dense_network, random_spec
@@ -312,3 +313,54 @@ def test_selector_head_equals_the_one_hot_rows(conv):
     got, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, index=box,
                        head=selector_head(neuron, k, ops, hmax, 3, index=box))
     torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_through_convolutions_equal_those_through_their_sparse_matrices(seed, monkeypatch):
+    """CROWN, alpha-CROWN and forward bounds of a network of two convolutions come out the same
+    (to rounding) whether its convolution blocks multiply as convolutions or as sparse
+    matrices, and contain sampled values."""
+    from gpuopt.bounds import alpha_crown_linear_lower, crown, crown_linear_lower
+    from gpuopt.bounds.forward import forward_crown
+    from gpuopt.network import LinearOp
+
+    rng = np.random.default_rng(70 + seed)
+    layers = [Conv2d(rng.normal(size=(3, 2, 3, 3)) / 4, 0.2 * rng.normal(size=3), (1, 1), (1, 0, 1, 1)), ReLU(),
+              Conv2d(rng.normal(size=(4, 3, 2, 3)) / 4, 0.2 * rng.normal(size=4), (2, 1), (0, 1, 1, 0), (1, 2)),
+              ReLU(), Flatten()]
+    hidden = Network(layers, (2, 6, 5))
+    n_flat = hidden.output_size
+    layers += [Dense(rng.normal(size=(3, n_flat)) / math.sqrt(n_flat), 0.2 * rng.normal(size=3))]
+    monkeypatch.setattr(LinearOp, "sparse_min_entries", 0)
+    monkeypatch.setattr(LinearOp, "sparse_density", 1.0)
+    monkeypatch.setattr(LinearOp, "conv_min_channels", 1)
+    results = []
+    for conv_density in (1.0, -1.0):  # convolutions, then sparse products
+        monkeypatch.setattr(LinearOp, "conv_density", conv_density)
+        net = Network(layers, (2, 6, 5))
+        ops = net.linear_ops("cpu", torch.float64)
+        assert [op.conv is not None for op in ops] == [conv_density > 0] * 2 + [False]
+        lo = torch.tensor(rng.uniform(-1, 0, (2, net.input_size))) if not results else results[0][0]
+        hi = lo + 0.4
+        C = torch.tensor(rng.normal(size=(4, 3))) if not results else results[0][1]
+        b = crown(net, lo, hi)
+        rows, _ = crown_linear_lower(net, lo, hi, C, b)
+        alpha = alpha_crown_linear_lower(net, lo, hi, C, b, steps=5)
+        fwd = forward_crown(net, lo, hi)
+        results.append((lo, C, b, rows, alpha, fwd))
+    (lo, C, b1, r1, a1, f1), (_, _, b2, r2, a2, f2) = results
+    for (l1, u1), (l2, u2) in zip(b1.pre_activation + (b1.output,), b2.pre_activation + (b2.output,)):
+        torch.testing.assert_close(l1, l2, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(u1, u2, rtol=1e-9, atol=1e-9)
+    for (l1, u1), (l2, u2) in zip(f1.pre_activation + (f1.output,), f2.pre_activation + (f2.output,)):
+        torch.testing.assert_close(l1, l2, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(u1, u2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(r1, r2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a1, a2, rtol=1e-6, atol=1e-6)
+    for i in range(2):
+        x = box_points(rng, lo[i].numpy(), lo[i].numpy() + 0.4, n=300)
+        y, _ = numpy_forward(net, x)
+        true_min = (y @ C.numpy().T).min(axis=0)
+        assert np.all(r1[i].numpy() <= true_min + 1e-12) and np.all(a1[i].numpy() <= true_min + 1e-12)
+        assert np.all(f1.output[0][i].numpy() <= y.min(axis=0) + 1e-12)
+        assert np.all(f1.output[1][i].numpy() >= y.max(axis=0) - 1e-12)

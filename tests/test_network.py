@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gpuopt.errors import UnsupportedLayerError
-from gpuopt.network import Conv2d, Dense, ElementwiseAffine, Flatten, ReLU, from_torch
+from gpuopt.network import Add, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU, Reshape, from_torch
 from helpers import affine_view_forward
 
 
@@ -111,3 +111,67 @@ def test_sparse_linear_op_products_match_the_dense_ones_with_their_gradients():
     torch.testing.assert_close(mv, v @ M.abs().T, rtol=1e-12, atol=1e-12)
     dense_op = LinearOp(sp.csr_matrix(dense[:20, :20] + 1.0), np.zeros(20), "cpu", torch.float64)
     assert dense_op.dense is not None and dense_op.abs_matvec(v[:, :20]).is_contiguous()
+
+
+_CONV_GEOMETRIES = [  # (c_in, h, w, c_out, kh, kw, stride, padding (t, l, b, r), dilation)
+    (3, 9, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    (2, 10, 11, 3, 4, 3, (2, 3), (0, 2, 1, 0), (1, 2)),  # asymmetric padding, uneven strides
+    (4, 7, 7, 5, 2, 2, (2, 2), (0, 0, 0, 0), (2, 1)),  # the last row and column read by no output
+    (1, 5, 6, 2, 5, 6, (1, 1), (2, 3, 2, 3), (1, 1)),
+    (3, 12, 12, 2, 3, 3, (3, 2), (1, 0, 2, 1), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("geometry", _CONV_GEOMETRIES)
+def test_convolution_linear_op_matches_its_sparse_matrix(geometry, monkeypatch):
+    """A LinearOp that multiplies by the convolution (and its transpose) gives the same
+    ``M v + c``, ``|M| v``, ``A @ M`` with its gradient and rows of ``M`` as the sparse matrix of
+    the same convolution, for strides, dilations and asymmetric paddings."""
+    from gpuopt.network import LinearOp
+
+    c_in, h, w, c_out, kh, kw, stride, padding, dilation = geometry
+    gen = np.random.default_rng(sum(geometry[:6]))
+    layer = Conv2d(gen.standard_normal((c_out, c_in, kh, kw)), gen.standard_normal(c_out), stride, padding, dilation)
+    lm = layer.operator((c_in, h, w))
+    matrix = lm.matrices[0]
+    monkeypatch.setattr(LinearOp, "sparse_min_entries", 0)
+    monkeypatch.setattr(LinearOp, "conv_density", 1.0)
+    monkeypatch.setattr(LinearOp, "conv_min_channels", 1)
+    monkeypatch.setattr(LinearOp, "sparse_density", 1.0)
+    conv = LinearOp(matrix, lm.bias, "cpu", torch.float64, None, lm.conv)
+    sparse = LinearOp(matrix, lm.bias, "cpu", torch.float64)
+    assert conv.conv is not None and conv.dense is None and sparse.conv is None
+    assert LinearOp(matrix, lm.bias, "cpu", torch.float32, None, lm.conv).conv is None  # float64 only
+    v = torch.tensor(gen.standard_normal((3, matrix.shape[1])))
+    torch.testing.assert_close(conv.matvec(v), sparse.matvec(v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.abs_matvec(v.abs()), sparse.abs_matvec(v.abs()), rtol=1e-12, atol=1e-12)
+    A = torch.tensor(gen.standard_normal((2, 5, matrix.shape[0])), requires_grad=True)
+    weight = torch.tensor(gen.standard_normal((2, 5, matrix.shape[1])))
+    got, want = conv.rmatmul(A), sparse.rmatmul(A)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (g1,) = torch.autograd.grad((got * weight).sum(), A)
+    (g2,) = torch.autograd.grad((want * weight).sum(), A)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    rows = torch.tensor([0, 2, matrix.shape[0] - 1])
+    torch.testing.assert_close(conv.rows(rows), torch.tensor(matrix[rows.numpy()].toarray()), rtol=0, atol=1e-15)
+    torch.testing.assert_close(conv.abs_matrix.to_dense(), torch.tensor(abs(matrix).toarray()))
+
+
+def test_lowering_keeps_the_geometry_of_exactly_one_convolution():
+    """A chain's convolution blocks carry their geometry; a block composed of a dense layer and a
+    convolution, a dense block, and a residual network's blocks (which carry a skip tensor) do not."""
+    gen = np.random.default_rng(5)
+    chain = Network([Dense(gen.standard_normal((48, 4)), gen.standard_normal(48)), Reshape((3, 4, 4)),
+                     Conv2d(gen.standard_normal((2, 3, 3, 3)), gen.standard_normal(2), (1, 1), (1, 1, 1, 1)), ReLU(),
+                     Conv2d(gen.standard_normal((3, 2, 2, 2)), gen.standard_normal(3), (2, 2)), ReLU(),
+                     Conv2d(gen.standard_normal((2, 3, 2, 2)), gen.standard_normal(2)), Flatten()], (4,))
+    blocks = chain.affine_blocks()
+    assert [b.conv is not None for b in blocks] == [False, True, True]
+    assert blocks[1].conv.in_shape == (2, 4, 4) and blocks[1].conv.out_shape == (3, 2, 2)
+    res = Network([Conv2d(gen.standard_normal((2, 2, 3, 3)), np.zeros(2), (1, 1), (1, 1, 1, 1)), ReLU(),
+                   Conv2d(gen.standard_normal((2, 2, 3, 3)), np.zeros(2), (1, 1), (1, 1, 1, 1)), Add(), ReLU(),
+                   Flatten(), Dense(gen.standard_normal((3, 32)), np.zeros(3))], (2, 4, 4),
+                  inputs=[(-1,), (0,), (1,), (2, -1), (3,), (4,), (5,)])
+    rblocks = res.affine_blocks()
+    assert rblocks[0].passthrough is not None and rblocks[0].conv is None
+    assert all(b.conv is None for b in rblocks[1:])
