@@ -4,10 +4,11 @@ splitting decide beyond the attack alone.
 Seeded random Tanh/Sigmoid networks (``--inputs`` inputs, two hidden layers of ``--width``),
 each with properties "output 0 stays below t" over a box, with ``t`` at the largest value seen on
 ``--samples`` random points plus an offset (``--offsets``; negative ones are reachable, positive
-ones may or may not be). Each property is verified three ways in one run: the attack alone
+ones may or may not be). Each property is verified four ways in one run: the attack alone
 (:func:`gpuopt.verify.attack_problems`, until the deadline: the behaviour before interval bounds),
-interval bounds without splitting
-(``use_input_split=False``), and the default (interval bounds, then interval splitting). It
+interval bounds and splitting without the linear relaxation (:mod:`gpuopt.bounds.smooth` switched
+off: the behaviour before it), the bounds without splitting (``use_input_split=False``), and the
+default (interval bounds and the relaxation, then splitting). It
 prints a table of verdict counts and times and writes JSON; a ``sat`` is re-checked on the
 network, and an ``unsat`` where a sampled point reaches the region counts as wrong.
 
@@ -27,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuopt import Box, OutputSpec, verify  # noqa: E402
+from gpuopt.bounds import smooth  # noqa: E402
 from gpuopt.network import Dense, Network, Sigmoid, Tanh  # noqa: E402
 from gpuopt.problem import Problem  # noqa: E402
 from gpuopt.verify import VerifyConfig, attack_problems  # noqa: E402
@@ -50,8 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/smooth_networks.json")
     args = ap.parse_args(argv)
 
-    modes = {"attack alone": None, "interval bounds": VerifyConfig(use_input_split=False),
-             "bounds + splitting": VerifyConfig()}
+    modes = {"attack alone": None, "intervals + splitting": VerifyConfig(),
+             "bounds": VerifyConfig(use_input_split=False), "bounds + splitting": VerifyConfig()}
     rows = []
     for n in range(args.nets):
         rng = np.random.default_rng(args.seed + n)
@@ -69,7 +71,13 @@ def main(argv=None) -> int:
                     status = v.status.value
                 else:
                     t0 = time.monotonic()
-                    v = verify(net, Box(lo, hi), spec, timeout=args.timeout, config=config)
+                    relaxation = smooth.smooth_chain
+                    if mode == "intervals + splitting":  # the relaxation off
+                        smooth.smooth_chain = lambda network: None
+                    try:
+                        v = verify(net, Box(lo, hi), spec, timeout=args.timeout, config=config)
+                    finally:
+                        smooth.smooth_chain = relaxation
                     status = v.status.value
                 seconds = time.monotonic() - t0
                 wrong = status == "unsat" and off < 0

@@ -2,8 +2,10 @@
 
 A network with Sigmoid, Tanh, Softmax or LogSoftmax layers has no exact linear form, so CROWN,
 activation splitting and the MILP do not apply (:class:`~gpuopt.errors.NotPiecewiseLinearError`).
-Its interval bounds (:func:`gpuopt.bounds.interval.interval_bounds`) are sound on every sub-box
-and shrink with it (every layer is continuous), so for few inputs the box is covered by
+Its interval bounds (:func:`gpuopt.bounds.interval.interval_bounds`), and for a chain of affine
+layers and ReLU/Sigmoid/Tanh the tighter linear relaxation of
+:func:`gpuopt.bounds.smooth.smooth_disjunct_lower_bounds` (the larger of the two is kept), are
+sound on every sub-box and shrink with it (every layer is continuous), so for few inputs the box is covered by
 sub-boxes on a stack (depth first): a batch at a time is bounded, and on each sub-box every open
 disjunct's margin ``max_i (A_k y - b_k)_i`` is lower-bounded over the output box (proof rows). A
 sub-box with every open disjunct above 0 is closed. The centres of the sub-boxes left open are
@@ -26,6 +28,7 @@ import torch
 
 from .bounds.base import disjunct_lower_bounds
 from .bounds.interval import interval_bounds
+from .bounds.smooth import smooth_disjunct_lower_bounds
 from .check import check_counterexample
 from .problem import Problem
 
@@ -78,6 +81,9 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
         out_lo, out_hi = interval_bounds(net, lo, hi)
         boxes += lo.shape[0]
         lb = disjunct_lower_bounds(out_lo, out_hi, A, b)  # (batch, K)
+        relaxed = smooth_disjunct_lower_bounds(net, lo, hi, A, b)
+        if relaxed is not None:
+            lb = torch.fmax(lb, relaxed)
         worst = lb.min(dim=1).values
         closed = worst > 0
         if closed.any():

@@ -125,7 +125,7 @@ def test_verify_proves_by_interval_bounds_only_what_holds():
                 v = verify(net, Box(lo_x, hi_x), spec, timeout=10)
                 assert v.status is not Status.SAT, seed
                 if v.status is Status.UNSAT:
-                    assert v.decided_by == "interval"
+                    assert v.decided_by in ("interval", "crown")
                     proven += 1
     assert proven >= 5
 

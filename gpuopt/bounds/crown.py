@@ -125,6 +125,9 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     bounds the magnitude of the products whose rounding the pad must cover, even where the
     back-substituted coefficients cancel.
 
+    ``relax[j]`` is ``(lower slope, upper slope, upper intercept)`` (the ReLU's lower line passes
+    through 0), or with a fourth entry, the lower line's intercept.
+
     ``split_terms[j]`` (optional, ``(B, m, n_j)``) is added to the coefficient on ``z_j``: the
     beta-CROWN term ``-beta s`` of split constraints ``s z_j >= 0`` (see
     :mod:`gpuopt.relu_split`); it is zero off the split neurons. ``record``, when given, receives
@@ -159,11 +162,17 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
             abs_acc = (lam.abs() @ (c.abs() + pick(ops[k].abs_matvec(hmax[k - 1])))[:, :, None]).squeeze(-1)
         A = ops[k].rmatmul(lam)
     for j in range(k - 1, -1, -1):
-        alpha, s, icpt = (pick(t) for t in relax[j])
+        alpha, s, icpt, *low = (pick(t) for t in relax[j])
         if record is not None:
             record.append(A)
         neg = A.clamp(max=0)
         extra = (neg @ icpt[:, :, None]).squeeze(-1)
+        extra_abs = None
+        if low:  # a lower line with an intercept (smooth activations, gpuopt.bounds.smooth)
+            pos = A.clamp(min=0)
+            extra = extra + (pos @ low[0][:, :, None]).squeeze(-1)
+            if pad:
+                extra_abs = ((neg.abs() @ icpt.abs()[:, :, None]) + (pos @ low[0].abs()[:, :, None])).squeeze(-1)
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
         coef = A * torch.where(A >= 0, lower_slope, s[:, None, :])
         if split_terms is not None and split_terms[j] is not None:
@@ -172,7 +181,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         const = const + extra + coef @ cj
         if pad:
             weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
-            abs_acc = abs_acc + extra.abs() + (coef.abs() @ weight[:, :, None]).squeeze(-1)
+            abs_acc = abs_acc + (extra.abs() if extra_abs is None else extra_abs) + (
+                coef.abs() @ weight[:, :, None]).squeeze(-1)
         A = ops[j].rmatmul(coef)
     x_mid, x_rad = pick(x_mid), pick(x_rad)
     if not pad:

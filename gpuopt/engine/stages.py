@@ -55,6 +55,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
                       intermediate_bounds)
 from ..bounds.base import rounding_pad, strict_adjust
 from ..bounds.interval import interval_bounds
+from ..bounds.smooth import smooth_disjunct_lower_bounds
 from ..check import check_counterexample, parameter_deviation
 from ..errors import NetworkTooLargeError, NoLinearFormError
 from ..lowering import check_lowering_size
@@ -257,7 +258,12 @@ def _ibp_group(items) -> list[str]:
         y_abs = torch.maximum(out_lo.abs(), out_hi.abs()).numpy()
         proof_problems = [proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
         A_all, b_all, S_all = _set_spec(items, proof_problems, lower, upper)
-        return _conclude(items, disjunct_lower_bounds(out_lo, out_hi, A_all, b_all, S_all), "interval")
+        lb = disjunct_lower_bounds(out_lo, out_hi, A_all, b_all, S_all)
+        # a chain of affine layers and ReLU/Sigmoid/Tanh also gets CROWN's linear relaxation
+        relaxed = smooth_disjunct_lower_bounds(net, lower, upper, A_all, b_all, S_all)
+        if relaxed is None:
+            return _conclude(items, lb, "interval")
+        return _conclude(items, torch.fmax(lb, relaxed), "crown")
     bounds = ibp(net, lower, upper)
     # proofs run on specs whose float rows are sound for the exact rows (see OutputSpec.proof_rhs);
     # counterexamples are always checked against the original problems
