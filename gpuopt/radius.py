@@ -48,6 +48,11 @@ bound ``a^T x + c`` is also concretised over the L2 ball, ``a^T x0 + c - eps ||a
 larger kept, layer by layer (:func:`gpuopt.bounds.crown.crown` with ``ball``). ``status`` is
 ``exact`` only where the two ends meet. The same bisection, with the L1 ball's dual norm
 (``eps max |a|``), gives L1 radii their first certified lower end, before the MILP.
+
+A chain of affine layers and Sigmoid/Tanh (and ReLU) layers has no exact linear form: its L-inf
+radius is bracketed by the attack and the bisection with the verifier alone (whose proofs there
+rest on the linear relaxation of :mod:`gpuopt.bounds.smooth` and interval splitting), without the
+region LP and the MILP; its L1 and L2 radii are refused.
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     ``[0, eps_max]`` within ``timeout`` seconds; ``clip`` the valid input range (``None``:
     unbounded). A final Softmax or LogSoftmax that keeps the compared outputs' order is taken off
     (:mod:`gpuopt.output_order`). See the module docstring."""
+    from .bounds.smooth import smooth_chain
     from .errors import NotPiecewiseLinearError
     from .output_order import SOFTMAX_SPREAD, final_order_layer, reduce_output_order
     from .verify import VerifyConfig, verify
@@ -151,15 +157,22 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     reduction = reduce_output_order([Problem(network, LinfBall(x0, eps_max, lo_clip, hi_clip), spec)])
     if reduction is not None:
         network = reduction.problems[0].network
+    smooth = False  # a chain with Sigmoid/Tanh: L-inf bisection with the verifier alone, no MILP
     try:
         check_lowering_size(network)  # the certified side needs the linear form: refused by name
     except NotPiecewiseLinearError as err:
-        if final_order_layer(network) is None:
+        if smooth_chain(network) is not None:
+            if norm != "linf":
+                raise NotPiecewiseLinearError(
+                    f"{err}; its L1 and L2 radii need that form, its L-inf radius does not (norm='linf')") from None
+            smooth = True
+        elif final_order_layer(network) is None:
             raise
-        raise NotPiecewiseLinearError(
-            f"{err}; its final Softmax or LogSoftmax stays: the spec's rows do not only compare outputs (a `target` "
-            "with a `margin` other than 1), or a Softmax's logits may spread by more than "
-            f"{SOFTMAX_SPREAD:g} over the ball of radius eps_max (a smaller eps_max may qualify)") from None
+        else:
+            raise NotPiecewiseLinearError(
+                f"{err}; its final Softmax or LogSoftmax stays: the spec's rows do not only compare outputs (a "
+                "`target` with a `margin` other than 1), or a Softmax's logits may spread by more than "
+                f"{SOFTMAX_SPREAD:g} over the ball of radius eps_max (a smaller eps_max may qualify)") from None
     deadline = t0 + timeout
     calls = 0
 
@@ -264,13 +277,13 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
             floor = mid
             continue
         x_adv, upper = xa, _distance_up(xa, x0, norm)
-    if norm != "l2" and upper_found and left() > 0 and upper - lower > rtol * upper + atol:
+    if norm != "l2" and not smooth and upper_found and left() > 0 and upper - lower > rtol * upper + atol:
         # the attack's point refined inside its own linear region (an LP: the binaries fixed)
         _, r_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
                                      norm=norm, region_of=x_adv)
         if r_x is not None and _distance_up(r_x, x0, norm) < upper:
             x_adv, upper = r_x, _distance_up(r_x, x0, norm)
-    if norm != "l2" and (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
+    if norm != "l2" and not smooth and (upper_found or norm == "l1") and left() > 0 and upper - lower > rtol * upper + atol:
         m_lower, m_x = min_distortion_milp(network, x0, spec, upper, clip=(lo_clip, hi_clip), deadline=deadline,
                                            norm=norm)
         lower = max(lower, min(m_lower, upper))

@@ -426,3 +426,39 @@ def test_a_float64_tie_at_the_clean_point_is_not_a_counterexample():
     assert r.x_adv is None or not np.array_equal(r.x_adv, x0)
     assert r.upper > 0 and r.lower <= r.upper
     assert not _misclassified(net, x0, 1) and _misclassified(net, x0, 0)
+
+
+def test_linf_radius_of_sigmoid_and_tanh_networks_brackets_a_dense_grid():
+    """Two inputs, Tanh and Sigmoid layers: the L-inf bracket contains the grid's radius (up to the
+    grid step h: the true radius lies in [d_grid - h, d_grid]) and is narrow; the bisection's proofs
+    rest on the linear relaxation and interval splitting. L1 and L2 radii are refused by name."""
+    from gpuopt.errors import NotPiecewiseLinearError
+    from gpuopt.network import Sigmoid, Tanh
+
+    X, h = _clip_box_grid(801)
+    checked = 0
+    for seed in range(30):
+        rng = np.random.default_rng(900 + seed)
+        net = Network([Dense(rng.normal(size=(8, 2)) * 2, rng.normal(size=8)), Tanh(),
+                       Dense(rng.normal(size=(6, 8)), rng.normal(size=6)), Sigmoid(),
+                       Dense(rng.normal(size=(3, 6)) * 3, rng.normal(size=3))], (2,))
+        x0 = rng.uniform(0.3, 0.7, 2)
+        label = int(np.argmax(net.forward64(x0[None])[0]))
+        Y = net.forward64(X)
+        wrong = np.max(np.delete(Y, label, axis=1), axis=1) >= Y[:, label]
+        if not wrong.any():
+            continue
+        d_grid = float(np.abs(X[wrong] - x0).max(1).min())
+        r = gpuopt.certify_radius(net, x0, label, eps_max=1.0, timeout=20, rtol=1e-3)
+        assert 0 < r.lower <= d_grid + 1e-9, (seed, r, d_grid)
+        assert r.upper_found and r.upper >= d_grid - h - 1e-9, (seed, r, d_grid)
+        y = net.forward64(r.x_adv[None])[0]
+        assert np.max(np.delete(y, label)) >= y[label] and np.abs(r.x_adv - x0).max() <= r.upper
+        assert r.upper - r.lower <= 0.05 * r.upper, (seed, r)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3, checked
+    for norm in ("l1", "l2"):
+        with pytest.raises(NotPiecewiseLinearError, match="its L-inf radius does not"):
+            gpuopt.certify_radius(net, x0, label, norm=norm, timeout=5)
