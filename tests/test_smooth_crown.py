@@ -187,3 +187,39 @@ def test_verify_proves_with_the_relaxation_what_intervals_cannot():
     spec = OutputSpec([(np.array([[1.0, -1.0, 0.0]]), np.array([found + 1e-3]))], 3)
     v = verify(net, Box(lo, hi), spec, timeout=10)
     assert v.status.value == "sat"
+
+
+def test_bounds_command_on_a_sigmoid_tanh_onnx_network(tmp_path, capsys):
+    """``gpuopt bounds`` on an ONNX Tanh/Sigmoid network: ``ibp`` (interval bounds) and ``crown``
+    (the relaxation, at least as tight) contain sampled values of each row; ``alpha-crown`` is
+    refused by name."""
+    import json
+
+    import onnx
+
+    from gpuopt.cli import main
+    from gpuopt.io.onnx import from_onnx
+    from test_smooth_layers import _onnx_smooth
+
+    model = _onnx_smooth(np.random.default_rng(4))
+    onnx.save(model, tmp_path / "net.onnx")
+    lo, hi = np.array([-0.3, 0.1, 0.2]), np.array([-0.1, 0.3, 0.25])
+    text = "".join(f"(declare-const X_{i} Real)\n" for i in range(3)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    text += "".join(f"(assert (>= X_{i} {float(lo[i])!r}))\n(assert (<= X_{i} {float(hi[i])!r}))\n" for i in range(3))
+    text += "(assert (or (and (<= Y_0 Y_1)) (and (>= Y_0 0.5) (<= Y_1 -0.25))))\n"
+    (tmp_path / "p.vnnlib").write_text(text)
+    args = [str(tmp_path / "net.onnx"), str(tmp_path / "p.vnnlib"), "--json"]
+    got = {}
+    for method in ("ibp", "crown"):
+        assert main(["bounds", *args, "--method", method]) == 0
+        got[method] = json.loads(capsys.readouterr().out)["disjuncts"]
+    y = from_onnx(model).forward64(np.random.default_rng(5).uniform(lo, hi, (20000, 3)))
+    values = [[y[:, 0] - y[:, 1]], [-y[:, 0] + 0.5, y[:, 1] + 0.25]]  # each row's lhs - rhs
+    for k, rows in enumerate(values):
+        for i, v in enumerate(rows):
+            c, b = got["crown"][k][i], got["ibp"][k][i]
+            assert b["lower"] <= c["lower"] <= v.min() and v.max() <= c["upper"] <= b["upper"], (k, i)
+    assert any(got["crown"][k][i]["upper"] - got["crown"][k][i]["lower"]
+               < 0.5 * (got["ibp"][k][i]["upper"] - got["ibp"][k][i]["lower"]) for k in range(2) for i in range(len(values[k])))
+    assert main(["bounds", *args, "--method", "alpha-crown"]) != 0
+    assert "'ibp' (interval bounds) and 'crown'" in capsys.readouterr().err

@@ -15,6 +15,11 @@ For a matrix ``A`` ``(m, n_out)`` and a method:
 
 Every bound is sound (float64 with rounding pads). An upper bound is the negated lower bound of
 ``-a``.
+
+A chain with Sigmoid or Tanh layers (:func:`~gpuopt.bounds.smooth.smooth_chain`) has no exact
+linear form: ``ibp`` is then :func:`~gpuopt.bounds.interval.interval_bounds`, ``crown`` the linear
+relaxation of :mod:`gpuopt.bounds.smooth` (each row the better of the two); ``alpha-crown`` and
+``lp`` are refused by name.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NotPiecewiseLinearError
 from ..network import Network
 from .base import disjunct_lower_bounds
+from .interval import interval_bounds
+from .smooth import smooth_chain, smooth_disjunct_lower_bounds
 from .crown import alpha_crown_bounds, alpha_crown_linear_lower, crown_linear_lower
 from .forward import intermediate_bounds
 from .ibp import ibp
@@ -45,6 +52,8 @@ def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alph
     A = torch.tensor(np.array(A, dtype=np.float64)).reshape(-1, network.output_size)
     m = A.shape[0]
     both = torch.cat([A, -A])
+    if smooth_chain(network) is not None:
+        return _smooth_rows(network, lo, hi, both, method, m)
     base = ibp(network, lo, hi)
     # IBP's row bounds: disjunct_lower_bounds with one row per "disjunct" and b = 0
     rows = disjunct_lower_bounds(*base.output, both[:, None, :], torch.zeros(2 * m, 1, dtype=torch.float64))[0]
@@ -60,6 +69,20 @@ def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alph
         if method == "lp":
             rows = torch.maximum(rows, torch.as_tensor(_lp_rows(network, lo[0].numpy(), hi[0].numpy(), both.numpy(),
                                                                 inter, deadline)))
+    return rows[:m], -rows[m:]
+
+
+def _smooth_rows(network: Network, lo, hi, both, method: str, m: int):
+    """:func:`row_bounds` of a Sigmoid/Tanh chain (see the module docstring)."""
+    if method not in ("ibp", "crown"):
+        raise NotPiecewiseLinearError(f"the network has Sigmoid or Tanh layers: method {method!r} needs a piecewise "
+                                      "linear network; 'ibp' (interval bounds) and 'crown' (its linear relaxation) "
+                                      "apply")
+    out = interval_bounds(network, lo, hi)
+    zeros = torch.zeros(2 * m, 1, dtype=torch.float64)
+    rows = disjunct_lower_bounds(*out, both[:, None, :], zeros)[0]
+    if method == "crown":
+        rows = torch.fmax(rows, smooth_disjunct_lower_bounds(network, lo, hi, both[:, None, :], zeros)[0])
     return rows[:m], -rows[m:]
 
 
