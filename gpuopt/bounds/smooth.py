@@ -12,10 +12,18 @@ takes the lower line, ``a < 0`` the upper one). For ``f`` = sigmoid or tanh, con
 
 * ``u <= 0``: the chord (above) and the tangent at the midpoint (below);
 * ``l >= 0``: the chord (below) and the tangent at the midpoint (above);
+* ``l < 0 < u``: above, the tangent at a ``d`` in ``[0, u]``, raised where needed to pass
+  ``(l, f(l))``: it is above ``f`` on the concave side, and on ``[l, 0]`` above the chord from
+  ``(l, f(l))`` to ``(0, f(0))``, which is above ``f``; ``d`` is the smallest point of ``[0, u]``
+  whose tangent already passes ``(l, f(l))`` (bisection; ``u`` if none does). Below,
+  symmetrically, the tangent at a ``d`` in ``[l, 0]`` lowered to pass ``(u, f(u))``. Each is
+  kept where it is tighter on average over ``[l, u]`` (at the midpoint) than the parallel line
+  below; for wide intervals the flat lines are;
 * otherwise, and wherever a bound is not finite: the two lines of slope
-  ``lambda = min(f'(l), f'(u))`` through ``(l, f(l))`` (below) and ``(u, f(u))`` (above).
-  ``f'`` decreases in ``|z|``, so ``f' >= lambda`` on ``[l, u]`` and ``f(z) - f(l) >=
-  lambda (z - l)``, ``f(u) - f(z) >= lambda (u - z)``.
+  ``lambda = min(f'(l), f'(u))``
+  through ``(l, f(l))`` (below) and ``(u, f(u))`` (above). ``f'`` decreases in ``|z|``, so
+  ``f' >= lambda`` on ``[l, u]`` and ``f(z) - f(l) >= lambda (z - l)``, ``f(u) - f(z) >=
+  lambda (u - z)``.
 
 Floating point: ``f`` is evaluated within ``E`` = :data:`~gpuopt.check.SMOOTH_EVAL_ERROR`, so
 ``f'`` (``s (1 - s)``, ``1 - t^2``) within ``2.01 E`` and a chord's slope within ``(2 E + 4u |f(u)
@@ -148,7 +156,48 @@ def smooth_relaxation(kind: str, l: torch.Tensor, u: torch.Tensor):
     aL = torch.where(convex, tangent, torch.where(concave, chord, aL))
     bL = torch.where(convex, fm - tangent * m - tangent_shift,
                      torch.where(concave, fl - chord * ls - chord_shift, bL))
+    # across the inflection point: tangents at d >= 0 (above) and d <= 0 (below), each raised
+    # (lowered) to pass the far end's value
+    mixed = finite & (l < 0) & (u > 0)
+    if bool(mixed.any()):
+        zero = torch.zeros_like(ls)
+        d_up = _tangent_point(kind, ls, zero, us, fl, mixed, upper=True)
+        d_lo = _tangent_point(kind, us, zero, ls, fu, mixed, upper=False)
+        for d, upper in ((d_up, True), (d_lo, False)):
+            fd = _activation(kind, d)
+            slope = _derivative(kind, fd)
+            shift = E + (2.01 * E + 4 * _U * slope) * width + _intercept_pad(slope, ls, us, fd)
+            # each line replaces the parallel one where it is lower (higher) at the midpoint, i.e.
+            # on average over [l, u]: for wide intervals the flat lines are the tighter
+            if upper:  # above the tangent at d, and through (l, f(l))
+                end = fl + E - slope * ls + _intercept_pad(slope, ls, us, fl)
+                icpt = torch.maximum(fd - slope * d + shift, end)
+                better = mixed & (slope * m + icpt < aU * m + bU)
+                aU, bU = torch.where(better, slope, aU), torch.where(better, icpt, bU)
+            else:  # below the tangent at d, and through (u, f(u))
+                end = fu - E - slope * us - _intercept_pad(slope, ls, us, fu)
+                icpt = torch.minimum(fd - slope * d - shift, end)
+                better = mixed & (slope * m + icpt > aL * m + bL)
+                aL, bL = torch.where(better, slope, aL), torch.where(better, icpt, bL)
     return aL, aU, bU, bL
+
+
+def _tangent_point(kind: str, point, start, end, f_far, mask, *, upper: bool, steps: int = 40):
+    """A tangent point ``d`` between ``start`` (0) and ``end`` for the lines across the inflection
+    point, by bisection: for the upper line (``end = u``) the smallest ``d`` whose tangent is at
+    least ``f(l)`` at ``point = l``; for the lower one (``end = l``) the ``d`` nearest 0 whose
+    tangent is at most ``f(u)`` at ``point = u``; ``end`` where none is. Any ``d`` on the concave
+    (convex) side gives a sound upper (lower) line once it is made to pass the far end's value,
+    which the caller does; the search only makes the line tight."""
+    a = torch.where(mask, start, torch.zeros_like(start))  # not valid
+    b = torch.where(mask, end, torch.zeros_like(end))  # valid, or the far end
+    for _ in range(steps):
+        mid = (a + b) / 2
+        fm = _activation(kind, mid)
+        gap = fm + _derivative(kind, fm) * (point - mid) - f_far
+        ok = gap >= 0 if upper else gap <= 0
+        a, b = torch.where(ok, a, mid), torch.where(ok, mid, b)
+    return b
 
 
 def _magnitude(kind: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
