@@ -224,3 +224,72 @@ def test_bounds_command_on_a_sigmoid_tanh_onnx_network(tmp_path, capsys):
                < 0.5 * (got["ibp"][k][i]["upper"] - got["ibp"][k][i]["lower"]) for k in range(2) for i in range(len(values[k])))
     assert main(["bounds", *args, "--method", "alpha-crown"]) != 0
     assert "'ibp' (interval bounds) and 'crown'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_optimised_tangent_points_tighten_the_rows_and_stay_sound(seed):
+    """With ``steps``, the per-row tangent points are optimised: every row bound is at least the
+    default one, most are higher, and all stay below the attacked margins."""
+    rng = np.random.default_rng(700 + seed)
+    acts = [(Sigmoid, Tanh, Sigmoid), (Tanh, Tanh), (Sigmoid, ReLU, Tanh), (Tanh, Sigmoid)][seed]
+    net = _chain(rng, 5, [16] * len(acts), acts, final_sigmoid=seed == 1)
+    A = torch.tensor(rng.normal(size=(4, 1, 3)))
+    b = torch.zeros(4, 1, dtype=torch.float64)
+    lo = rng.uniform(-1, 0.5, (2, 5))
+    hi = lo + rng.uniform(0.1, 0.8, (2, 1))
+    plain = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(hi), A, b)
+    tuned = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(hi), A, b, steps=15)
+    assert bool((tuned >= plain).all())
+    assert int((tuned > plain + 1e-9).sum()) >= 5, (plain, tuned)
+    for i in range(2):
+        found = _attacked_minima(net, lo[i], hi[i], A, b, rng)
+        assert np.all(tuned[i].numpy() <= found), (seed, i, tuned[i], found)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_relaxation_at_any_tangent_points_of_the_sound_ranges_holds(kind):
+    """:func:`relaxation_at` with tangent points anywhere in their ranges (``[l, u]`` on a convex
+    or concave interval; ``[0, u]`` above and ``[l, 0]`` below across 0) gives valid lines."""
+    from gpuopt.bounds.smooth import relaxation_at
+
+    ivs = [(a, b) for a, b in _intervals() if math.isfinite(a) and math.isfinite(b) and b > a]
+    l = torch.tensor([a for a, _ in ivs], dtype=torch.float64)
+    u = torch.tensor([b for _, b in ivs], dtype=torch.float64)
+    mixed = (l < 0) & (u > 0)
+    for t in (0.0, 0.02, 0.5, 0.97, 1.0):
+        d_up = torch.where(mixed, t * u, l + t * (u - l))
+        d_lo = torch.where(mixed, t * l, l + t * (u - l))
+        aL, aU, bU, bL = (x.tolist() for x in relaxation_at(kind, l, u, d_up, d_lo))
+        for i, (a, b) in enumerate(ivs):
+            for z in [a + (b - a) * s for s in np.linspace(0, 1, 41)]:
+                fz, zq = _exact(kind, z), mpmath.mpf(z)
+                assert mpmath.mpf(aL[i]) * zq + mpmath.mpf(bL[i]) <= fz, (kind, t, a, b, z)
+                assert mpmath.mpf(aU[i]) * zq + mpmath.mpf(bU[i]) >= fz, (kind, t, a, b, z)
+
+
+def test_the_optimiser_keeps_its_tangent_points_in_the_sound_ranges(monkeypatch):
+    """Every tangent point the optimisation steps (and its final evaluation) pass to
+    :func:`relaxation_at` lies in the range where any point gives sound lines."""
+    from gpuopt.bounds import smooth
+
+    seen = []
+    original = smooth.relaxation_at
+
+    def checked(kind, l, u, d_up, d_lo, **kw):
+        shape = torch.broadcast_shapes(l.shape, d_up.shape)
+        L, U, du, dl = (t.detach().expand(shape) for t in (l, u, d_up, d_lo))
+        fin = torch.isfinite(L) & torch.isfinite(U) & (U > L)
+        mixed = fin & (L < 0) & (U > 0)
+        convex, concave = fin & (U <= 0), fin & (L >= 0)
+        assert bool(((du >= 0) & (du <= U))[mixed].all() and ((dl >= L) & (dl <= 0))[mixed].all())
+        assert bool(((dl >= L) & (dl <= U))[convex].all() and ((du >= L) & (du <= U))[concave].all())
+        seen.append(int(mixed.sum()))
+        return original(kind, l, u, d_up, d_lo, **kw)
+
+    monkeypatch.setattr(smooth, "relaxation_at", checked)
+    rng = np.random.default_rng(12)
+    net = _chain(rng, 4, [10, 10], [Tanh, Sigmoid])
+    lo = rng.uniform(-1, 0, (2, 4))
+    smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.7), torch.tensor(rng.normal(size=(2, 1, 3))),
+                                 torch.zeros(2, 1, dtype=torch.float64), steps=10)
+    assert len(seen) > 20 and sum(seen) > 0

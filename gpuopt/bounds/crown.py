@@ -126,7 +126,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     back-substituted coefficients cancel.
 
     ``relax[j]`` is ``(lower slope, upper slope, upper intercept)`` (the ReLU's lower line passes
-    through 0), or with a fourth entry, the lower line's intercept.
+    through 0), or with a fourth entry, the lower line's intercept; each ``(B, n_j)``, or
+    ``(B, m, n_j)`` for one line per row.
 
     ``split_terms[j]`` (optional, ``(B, m, n_j)``) is added to the coefficient on ``z_j``: the
     beta-CROWN term ``-beta s`` of split constraints ``s z_j >= 0`` (see
@@ -166,15 +167,15 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         if record is not None:
             record.append(A)
         neg = A.clamp(max=0)
-        extra = (neg @ icpt[:, :, None]).squeeze(-1)
+        extra = _row_dot(neg, icpt)
         extra_abs = None
         if low:  # a lower line with an intercept (smooth activations, gpuopt.bounds.smooth)
             pos = A.clamp(min=0)
-            extra = extra + (pos @ low[0][:, :, None]).squeeze(-1)
+            extra = extra + _row_dot(pos, low[0])
             if pad:
-                extra_abs = ((neg.abs() @ icpt.abs()[:, :, None]) + (pos @ low[0].abs()[:, :, None])).squeeze(-1)
+                extra_abs = _row_dot(neg.abs(), icpt.abs()) + _row_dot(pos, low[0].abs())
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
-        coef = A * torch.where(A >= 0, lower_slope, s[:, None, :])
+        coef = A * torch.where(A >= 0, lower_slope, s if s.dim() == 3 else s[:, None, :])
         if split_terms is not None and split_terms[j] is not None:
             coef = coef + split_terms[j]
         cj = ops[j].bias
@@ -203,6 +204,14 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * A.shape[-1] + 8))
     return lower, A
+
+
+def _row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(B, m)``: each row of ``A`` ``(B, m, n)`` times ``v``, one vector per box ``(B, n)`` or
+    one per row ``(B, m, n)`` (per-row relaxations)."""
+    if v.dim() == 3:
+        return (A * v).sum(-1)
+    return (A @ v[:, :, None]).squeeze(-1)
 
 
 def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch.Tensor, u: torch.Tensor, *,

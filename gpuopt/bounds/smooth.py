@@ -38,6 +38,7 @@ backward pass pads its own rounding as in :mod:`gpuopt.bounds.crown`, with ``|h|
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -124,61 +125,89 @@ def _intercept_pad(slope: torch.Tensor, l: torch.Tensor, u: torch.Tensor, value:
 def smooth_relaxation(kind: str, l: torch.Tensor, u: torch.Tensor):
     """``(aL, aU, bU, bL)``: lines with ``aL z + bL <= f(z) <= aU z + bU`` for ``z`` in
     ``[l, u]``, for the exact activation ``kind`` (see the module docstring), each ``(B, n)``, in
-    the order :func:`gpuopt.bounds.crown._backward` reads them."""
+    the order :func:`gpuopt.bounds.crown._backward` reads them: tangents at the midpoint of a
+    convex or concave interval, at the bisected points across the inflection point (each line
+    kept where it beats the parallel one at the midpoint)."""
+    mixed, m, d_up, d_lo = _default_points(kind, l, u)
+    aL, aU, bU, bL = relaxation_at(kind, l, u, d_up, d_lo)
+    if bool(mixed.any()):  # where the parallel lines are tighter at the midpoint, they stay
+        pL, pU, qU, qL = relaxation_at(kind, l, u, d_up, d_lo, parallel=True)
+        up = mixed & (pU * m + qU < aU * m + bU)
+        lo = mixed & (pL * m + qL > aL * m + bL)
+        aU, bU = torch.where(up, pU, aU), torch.where(up, qU, bU)
+        aL, bL = torch.where(lo, pL, aL), torch.where(lo, qL, bL)
+    return aL, aU, bU, bL
+
+
+def _default_points(kind: str, l: torch.Tensor, u: torch.Tensor):
+    """``(mixed, midpoint, d_up, d_lo)``: where ``[l, u]`` crosses the inflection point, its
+    midpoint, and :func:`smooth_relaxation`'s tangent points (0 where a bound is not finite)."""
+    finite = torch.isfinite(l) & torch.isfinite(u)
+    ls, us = torch.where(finite, l, torch.zeros_like(l)), torch.where(finite, u, torch.zeros_like(u))
+    mixed = finite & (l < 0) & (u > 0)
+    m = (ls + us) / 2
+    d_up, d_lo = m, m
+    if bool(mixed.any()):
+        zero = torch.zeros_like(ls)
+        fl, fu = _activation(kind, l), _activation(kind, u)
+        d_up = torch.where(mixed, _tangent_point(kind, ls, zero, us, fl, mixed, upper=True), m)
+        d_lo = torch.where(mixed, _tangent_point(kind, us, zero, ls, fu, mixed, upper=False), m)
+    return mixed, m, d_up, d_lo
+
+
+def relaxation_at(kind: str, l: torch.Tensor, u: torch.Tensor, d_up: torch.Tensor, d_lo: torch.Tensor, *,
+                  parallel: bool = False):
+    """The lines of :func:`smooth_relaxation` with the tangent points given: ``d_up`` (the upper
+    line's, in ``[l, u]`` on a concave interval, ``[0, u]`` across the inflection point) and
+    ``d_lo`` (the lower one's, ``[l, u]`` convex, ``[l, 0]`` across); any such points give sound
+    lines (module docstring). ``l``/``u`` broadcast against the points (e.g. ``(B, 1, n)``
+    against per-row points ``(B, m, n)``, for optimised lines). ``parallel``: the parallel lines
+    everywhere instead."""
     E = SMOOTH_EVAL_ERROR
+    shape = torch.broadcast_shapes(l.shape, d_up.shape)
+    l, u, d_up, d_lo = (t.expand(shape) for t in (l, u, d_up, d_lo))
     finite = torch.isfinite(l) & torch.isfinite(u)
     ls, us = torch.where(finite, l, torch.zeros_like(l)), torch.where(finite, u, torch.zeros_like(u))
     fl, fu = _activation(kind, l), _activation(kind, u)  # exact at +-inf (0, +-1)
     # parallel lines (every case): slope lambda <= min f' on [l, u]
     lam = torch.minimum(_derivative(kind, fl), _derivative(kind, fu)) - 4 * E
     lam = torch.where(finite, lam.clamp(min=0), torch.zeros_like(lam))
-    aL, aU = lam, lam.clone()
+    aL, aU = lam, lam
     bL = fl - E - lam * ls - _intercept_pad(lam, ls, us, fl)
     bU = fu + E - lam * us + _intercept_pad(lam, ls, us, fu)
-    # chord and tangent where [l, u] lies on one side of the inflection point 0
+    if parallel:
+        return aL, aU, bU, bL
     width = us - ls
+    d_up = torch.where(finite, d_up, torch.zeros_like(d_up))
+    d_lo = torch.where(finite, d_lo, torch.zeros_like(d_lo))
+
+    def tangent(d):  # (slope, intercept, shift): the tangent at d, and how far to move it outwards
+        fd = _activation(kind, d)
+        slope = _derivative(kind, fd)
+        shift = E + (2.01 * E + 4 * _U * slope) * width + _intercept_pad(slope, ls, us, fd)
+        return slope, fd - slope * d, shift
+
+    # chord and tangent where [l, u] lies on one side of the inflection point 0
     curved = finite & (width > 0) & ((u <= 0) | (l >= 0))
     w = torch.where(curved, width, torch.ones_like(width))
     chord = (fu - fl) / w
     chord_err = (2 * E + 4 * _U * (fu - fl).abs()) / w + 4 * _U * chord.abs()
-    m = (ls + us) / 2
-    fm = _activation(kind, m)
-    tangent = _derivative(kind, fm)
-    tangent_err = 2.01 * E + 4 * _U * tangent
-    # the chord through (l, f(l)); the tangent through (m, f(m)), each moved outwards
-    chord_shift = E + chord_err * width + _intercept_pad(chord, ls, us, fl)
-    tangent_shift = E + tangent_err * width + _intercept_pad(tangent, ls, us, fm)
+    chord_shift = E + chord_err * width + _intercept_pad(chord, ls, us, fl)  # the chord through (l, f(l))
+    tu, iu, su = tangent(d_up)
+    tl, il, sl = tangent(d_lo)
     convex = curved & (u <= 0)  # chord above, tangent below
     concave = curved & (l >= 0) & ~convex  # chord below, tangent above
-    aU = torch.where(convex, chord, torch.where(concave, tangent, aU))
-    bU = torch.where(convex, fl - chord * ls + chord_shift,
-                     torch.where(concave, fm - tangent * m + tangent_shift, bU))
-    aL = torch.where(convex, tangent, torch.where(concave, chord, aL))
-    bL = torch.where(convex, fm - tangent * m - tangent_shift,
-                     torch.where(concave, fl - chord * ls - chord_shift, bL))
-    # across the inflection point: tangents at d >= 0 (above) and d <= 0 (below), each raised
+    aU = torch.where(convex, chord, torch.where(concave, tu, aU))
+    bU = torch.where(convex, fl - chord * ls + chord_shift, torch.where(concave, iu + su, bU))
+    aL = torch.where(convex, tl, torch.where(concave, chord, aL))
+    bL = torch.where(convex, il - sl, torch.where(concave, fl - chord * ls - chord_shift, bL))
+    # across the inflection point: the tangents at d_up >= 0 (above) and d_lo <= 0 (below), raised
     # (lowered) to pass the far end's value
     mixed = finite & (l < 0) & (u > 0)
-    if bool(mixed.any()):
-        zero = torch.zeros_like(ls)
-        d_up = _tangent_point(kind, ls, zero, us, fl, mixed, upper=True)
-        d_lo = _tangent_point(kind, us, zero, ls, fu, mixed, upper=False)
-        for d, upper in ((d_up, True), (d_lo, False)):
-            fd = _activation(kind, d)
-            slope = _derivative(kind, fd)
-            shift = E + (2.01 * E + 4 * _U * slope) * width + _intercept_pad(slope, ls, us, fd)
-            # each line replaces the parallel one where it is lower (higher) at the midpoint, i.e.
-            # on average over [l, u]: for wide intervals the flat lines are the tighter
-            if upper:  # above the tangent at d, and through (l, f(l))
-                end = fl + E - slope * ls + _intercept_pad(slope, ls, us, fl)
-                icpt = torch.maximum(fd - slope * d + shift, end)
-                better = mixed & (slope * m + icpt < aU * m + bU)
-                aU, bU = torch.where(better, slope, aU), torch.where(better, icpt, bU)
-            else:  # below the tangent at d, and through (u, f(u))
-                end = fu - E - slope * us - _intercept_pad(slope, ls, us, fu)
-                icpt = torch.minimum(fd - slope * d - shift, end)
-                better = mixed & (slope * m + icpt > aL * m + bL)
-                aL, bL = torch.where(better, slope, aL), torch.where(better, icpt, bL)
+    up = torch.maximum(iu + su, fl + E - tu * ls + _intercept_pad(tu, ls, us, fl))
+    lo = torch.minimum(il - sl, fu - E - tl * us - _intercept_pad(tl, ls, us, fu))
+    aU, bU = torch.where(mixed, tu, aU), torch.where(mixed, up, bU)
+    aL, bL = torch.where(mixed, tl, aL), torch.where(mixed, lo, bL)
     return aL, aU, bU, bL
 
 
@@ -209,13 +238,20 @@ def _magnitude(kind: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor, b: torch.Tensor,
-                                 strict: torch.Tensor | None = None) -> torch.Tensor | None:
+                                 strict: torch.Tensor | None = None, *, steps: int = 0, lr: float = 0.1,
+                                 deadline: float | None = None) -> torch.Tensor | None:
     """Sound lower bounds ``(batch, K)`` on each disjunct margin ``max_i (A_k y - b_k)_i`` over
     the boxes ``[lower, upper]`` (``(batch, n_in)`` float64), as
     :func:`~gpuopt.bounds.base.disjunct_lower_bounds` gives them from an output box, here from
     the linear relaxation of the whole network (module docstring). ``A`` is ``(K, M, n_out)`` or
     ``(batch, K, M, n_out)``, padded rows with ``b = +inf``. None when the network is not a
-    :func:`smooth_chain`."""
+    :func:`smooth_chain`.
+
+    ``steps > 0``: the spec rows' relaxations are then optimised as alpha-CROWN optimises ReLU
+    slopes: one pair of tangent points per (box, row, neuron) of every Sigmoid/Tanh layer, moved
+    by projected Adam steps (``lr``, until ``deadline``) within the ranges where any point gives
+    sound lines (:func:`relaxation_at`), from :func:`smooth_relaxation`'s; each row keeps the
+    better of the two bounds, both evaluated with the rounding pads."""
     sc = smooth_chain(network)
     if sc is None:
         return None
@@ -226,22 +262,92 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
     ops = sc.chain.linear_ops(lo.device, lo.dtype)
     x_mid, x_rad = center_radius(lo, hi)
     hmax = {-1: x_mid.abs() + x_rad}
-    relax = []
+    relax, pre = [], []
     for k, kind in enumerate(sc.activations):
         n = ops[k].shape[0]
         inf = torch.full((B, n), math.inf, dtype=lo.dtype)
         l, u, _, _ = tighten_layer(k, ops, relax, x_mid, x_rad, sc.n_terms, hmax, -inf, inf,
                                    rows=torch.arange(n))
         relax.append(_relaxation(l, u) if kind == "relu" else smooth_relaxation(kind, l, u))
+        pre.append((l, u))
         hmax[k] = _magnitude(kind, l, u)
     if A.dim() == 3:
         A = A.expand(B, *A.shape)
         b = b.expand(B, *b.shape)
     _, K, M, n_out = A.shape
-    rows, _ = _backward(A.reshape(B, K * M, n_out), len(ops) - 1, ops, relax, x_mid, x_rad, sc.n_terms, hmax)
+    lam = A.reshape(B, K * M, n_out)
+    rows, _ = _backward(lam, len(ops) - 1, ops, relax, x_mid, x_rad, sc.n_terms, hmax)
+    if steps > 0:
+        opt = _optimised_rows(sc, lam, ops, relax, pre, x_mid, x_rad, hmax, steps, lr, deadline)
+        rows = torch.fmax(rows, opt)
     rows = rows.reshape(B, K, M)
     finite_b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
     out = rows - b
     out = out - 4 * _U * (rows.abs() + finite_b.abs())
     out = torch.nan_to_num(out, nan=-math.inf, posinf=-math.inf)  # an overflow proves nothing
     return strict_adjust(out, strict).amax(dim=-1)
+
+
+def _optimised_rows(sc: SmoothChain, lam, ops, relax, pre, x_mid, x_rad, hmax, steps: int, lr: float,
+                    deadline: float | None) -> torch.Tensor:
+    """Lower bounds of ``lam @ y`` ``(B, R)`` with per-row tangent points, optimised (see
+    :func:`smooth_disjunct_lower_bounds`); the tangent points are parametrised by ``t`` in
+    ``[0, 1]``: ``l + t (u - l)`` on a convex or concave interval, ``t u`` (above) and ``t l``
+    (below) across the inflection point."""
+    B, R = lam.shape[:2]
+    L = len(ops) - 1
+    smooth = [j for j, kind in enumerate(sc.activations) if kind != "relu"]
+    if not smooth:
+        return torch.full((B, R), -math.inf, dtype=lam.dtype)
+    geo, params = {}, []
+    for j in smooth:
+        l, u = pre[j]
+        mixed, _, d_up, d_lo = _default_points(sc.activations[j], l, u)
+        finite = torch.isfinite(l) & torch.isfinite(u)
+        ls, us = torch.where(finite, l, torch.zeros_like(l)), torch.where(finite, u, torch.zeros_like(u))
+        width = torch.where(us > ls, us - ls, torch.ones_like(us))
+        t_up = torch.where(mixed, d_up / torch.where(mixed, us, torch.ones_like(us)), (d_up - ls) / width)
+        t_lo = torch.where(mixed, d_lo / torch.where(mixed, ls, -torch.ones_like(ls)), (d_lo - ls) / width)
+        geo[j] = (l[:, None, :], u[:, None, :], ls[:, None, :], us[:, None, :], mixed[:, None, :])
+        for t in (t_up, t_lo):
+            params.append(t.clamp(0.0, 1.0)[:, None, :].expand(B, R, t.shape[1]).clone())
+
+    def lines(ps):
+        rel = list(relax)
+        for i, j in enumerate(smooth):
+            l, u, ls, us, mixed = geo[j]
+            t_up, t_lo = ps[2 * i].clamp(0.0, 1.0), ps[2 * i + 1].clamp(0.0, 1.0)
+            d_up = torch.where(mixed, t_up * us, ls + t_up * (us - ls))
+            d_lo = torch.where(mixed, t_lo * ls, ls + t_lo * (us - ls))
+            rel[j] = relaxation_at(sc.activations[j], l, u, d_up, d_lo)
+        return rel
+
+    best = torch.full((B, R), -math.inf, dtype=lam.dtype)
+    keep = [p.clone() for p in params]
+    moment1 = [torch.zeros_like(p) for p in params]
+    moment2 = [torch.zeros_like(p) for p in params]
+    beta1, beta2 = 0.9, 0.999
+    last = 0.0
+    for step in range(1, steps + 1):
+        t0 = time.monotonic()
+        if deadline is not None and t0 + last > deadline:
+            break
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            bound, _ = _backward(lam, L, ops, lines(params), x_mid, x_rad, sc.n_terms, hmax, pad=False)
+            grads = torch.autograd.grad(bound.sum(), params)
+        for p in params:
+            p.requires_grad_(False)
+        better = bound > best
+        best = torch.where(better, bound, best)
+        for kp, p in zip(keep, params):
+            kp.copy_(torch.where(better[:, :, None], p, kp))
+        for p, g, m1, m2 in zip(params, grads, moment1, moment2):
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            m1.mul_(beta1).add_(g, alpha=1 - beta1)
+            m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.add_(lr * (m1 / (1 - beta1 ** step)) / ((m2 / (1 - beta2 ** step)).sqrt() + 1e-12)).clamp_(0.0, 1.0)
+        last = time.monotonic() - t0
+    bound, _ = _backward(lam, L, ops, lines(keep), x_mid, x_rad, sc.n_terms, hmax)
+    return torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf)
