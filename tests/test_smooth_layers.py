@@ -159,8 +159,8 @@ def test_bound_and_optimisation_apis_refuse_by_name():
             fn(net, lo, hi)
     with pytest.raises(NotPiecewiseLinearError):
         gpuopt.optimize(net, Box(np.zeros(2), np.ones(2)), "Y_0", timeout=5)
-    with pytest.raises(NotPiecewiseLinearError):  # refused up front, before any attack
-        gpuopt.certify_radius(net, np.zeros(2), 0, timeout=5)
+    with pytest.raises(NotPiecewiseLinearError, match="its L-inf radius does not"):  # up front, before any attack
+        gpuopt.certify_radius(net, np.zeros(2), 0, norm="l1", timeout=5)
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
