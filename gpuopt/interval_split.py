@@ -81,7 +81,7 @@ def interval_split(problem: Problem, proof: Problem, disjuncts, *, deadline: flo
         out_lo, out_hi = interval_bounds(net, lo, hi)
         boxes += lo.shape[0]
         lb = disjunct_lower_bounds(out_lo, out_hi, A, b)  # (batch, K)
-        relaxed = smooth_disjunct_lower_bounds(net, lo, hi, A, b)
+        relaxed = smooth_disjunct_lower_bounds(net, lo, hi, A, b, deadline=deadline)
         if relaxed is not None:
             lb = torch.fmax(lb, relaxed)
         worst = lb.min(dim=1).values

@@ -111,7 +111,7 @@ class LinearOp:
         self._sparse_t = self._abs_matrix = None
         self.conv = None
         density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
-        big = matrix.shape[0] * matrix.shape[1] >= self.sparse_min_entries
+        big = matrix.shape[0] * matrix.shape[1] >= max(1, self.sparse_min_entries)  # (an empty block: dense)
         on_cpu = torch.device(device).type == "cpu"
         if (conv is not None and dtype == torch.float64 and on_cpu and big and density <= self.conv_density
                 and conv.weight.shape[0] >= self.conv_min_channels):

@@ -175,3 +175,17 @@ def test_lowering_keeps_the_geometry_of_exactly_one_convolution():
     rblocks = res.affine_blocks()
     assert rblocks[0].passthrough is not None and rblocks[0].conv is None
     assert all(b.conv is None for b in rblocks[1:])
+
+
+def test_an_empty_block_is_dense_whatever_the_thresholds(monkeypatch):
+    """A block left without rows (pruning every neuron of a layer) multiplies as a dense matrix,
+    also with the sparse thresholds at 0 (review finding: the sparse path could not reshape it)."""
+    import scipy.sparse as sp
+
+    from gpuopt.network import LinearOp
+
+    monkeypatch.setattr(LinearOp, "sparse_min_entries", 0)
+    op = LinearOp(sp.csr_matrix((0, 5)), np.zeros(0), "cpu", torch.float64)
+    assert op.dense is not None
+    assert op.rmatmul(torch.zeros(2, 3, 0, dtype=torch.float64)).shape == (2, 3, 5)
+    assert op.abs_matvec(torch.ones(4, 5, dtype=torch.float64)).shape == (4, 0)

@@ -293,3 +293,52 @@ def test_the_optimiser_keeps_its_tangent_points_in_the_sound_ranges(monkeypatch)
     smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.7), torch.tensor(rng.normal(size=(2, 1, 3))),
                                  torch.zeros(2, 1, dtype=torch.float64), steps=10)
     assert len(seen) > 20 and sum(seen) > 0
+
+
+def test_consecutive_affine_layers_are_not_composed_into_a_rounded_matrix():
+    """Two Dense layers in a row whose product cancels (1 + 2^-60 - 1): composed in float64 it would
+    be 0 and the bounds those of another network (a wrong unsat, review finding). Each stays its
+    own block, joined by an exact identity: the bound is below the exact margin, and verify
+    never says unsat."""
+    net = Network([Dense(np.array([[1.0], [2.0 ** -60], [-1.0]]), np.zeros(3)), Dense(np.ones((1, 3)), np.zeros(1)),
+                   Sigmoid()], (1,))
+    assert smooth_chain(net).activations == ("identity", "sigmoid")
+    lo, hi = np.array([2.0 ** 60]), np.array([2.0 ** 61])
+    exact = 0.6 - 1 / (1 + mpmath.exp(-mpmath.mpf(2) ** 60 * mpmath.mpf(2) ** -60))  # the margin at lo: < 0
+    lb = smooth_disjunct_lower_bounds(net, torch.tensor(lo)[None], torch.tensor(hi)[None],
+                                      torch.tensor([[[-1.0]]]), torch.tensor([[-0.6]]))
+    assert float(lb[0, 0]) <= exact
+    v = verify(net, Box(lo, hi), OutputSpec([(np.array([[-1.0]]), np.array([-0.6]))], 1), timeout=5)
+    assert v.status.value != "unsat"
+
+
+def test_a_passed_deadline_leaves_flat_lines_and_a_sound_bound():
+    """Past its deadline no neuron is bounded: every layer keeps infinite bounds (flat lines), the
+    rows are still bounded soundly (and more loosely than with time)."""
+    rng = np.random.default_rng(21)
+    net = _chain(rng, 6, [30, 30], [Sigmoid, Tanh])
+    lo = rng.uniform(-1, 0, (1, 6))
+    A = torch.tensor(rng.normal(size=(2, 1, 3)))
+    b = torch.zeros(2, 1, dtype=torch.float64)
+    full = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b)
+    late = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b, steps=10,
+                                        deadline=0.0)
+    assert bool((late <= full).all()) and bool((late < full - 1e-6).any())
+    found = _attacked_minima(net, lo[0], lo[0] + 0.2, A, b, rng, n_samples=500)
+    assert np.all(late[0].numpy() <= found)
+
+
+def test_direct_calls_with_bad_boxes_or_specs_are_refused_by_name():
+    from gpuopt.errors import InvalidInputError
+
+    rng = np.random.default_rng(2)
+    net = _chain(rng, 2, [4], [Tanh])
+    A, b = torch.ones(1, 1, 3, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    box = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    for args, match in (((torch.zeros(1, 3), torch.ones(1, 3), A, b), "must have 2 inputs"),
+                        ((box[1], box[0], A, b), "empty box"),
+                        ((torch.zeros(2), torch.ones(2), A, b), r"\(batch, n_in\)"),
+                        ((*box, torch.ones(1, 1, 2), b), "3 columns"),
+                        ((*box, A, torch.zeros(2)), "its shape without n_out")):
+        with pytest.raises(InvalidInputError, match=match):
+            smooth_disjunct_lower_bounds(net, *args)

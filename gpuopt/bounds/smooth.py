@@ -3,7 +3,9 @@
 A chain of affine layers (Dense, Conv2d, ElementwiseAffine, AvgPool2d; Flatten and Reshape are
 the identity) and elementwise activations (ReLU, Sigmoid, Tanh) is written as blocks
 ``z_0 = M_0 x + c_0``, ``h_j = f_j(z_j)``, ``z_{j+1} = M_{j+1} h_j + c_{j+1}``
-(:func:`smooth_chain`; a chain ending in an activation gets an identity block after it). Every
+(:func:`smooth_chain`), one block per affine layer: two consecutive ones are joined by the
+identity (its relaxation exact) rather than composed, which would round; a chain ending in an
+activation gets an identity block after it. Every
 activation is bracketed on its pre-activation bounds ``[l, u]`` by two lines,
 ``aL z + bL <= f(z) <= aU z + bU``, and the backward pass of :func:`gpuopt.bounds.crown._backward`
 bounds each layer's neurons in turn and then the spec rows (a coefficient ``a >= 0`` on ``h``
@@ -45,6 +47,7 @@ import scipy.sparse as sp
 import torch
 
 from ..check import SMOOTH_EVAL_ERROR
+from ..errors import InvalidInputError
 from ..layers import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, ReLU, Reshape, Sigmoid, Tanh
 from ..network import AffineBlock, BlockChain, Network
 from .base import center_radius, strict_adjust
@@ -58,8 +61,9 @@ _U = 2.0 ** -53
 
 
 class SmoothChain:
-    """``blocks`` (a :class:`~gpuopt.network.BlockChain` of plain affine blocks) and
-    ``activations`` (``"relu"``, ``"sigmoid"`` or ``"tanh"``, one between consecutive blocks)."""
+    """``blocks`` (a :class:`~gpuopt.network.BlockChain` of plain affine blocks, one per affine
+    layer) and ``activations`` (``"relu"``, ``"sigmoid"``, ``"tanh"`` or ``"identity"`` between
+    two affine layers, one between consecutive blocks)."""
 
     def __init__(self, blocks: list[AffineBlock], activations: list[str]):
         self.chain = BlockChain(blocks)
@@ -84,28 +88,32 @@ def smooth_chain(network: Network) -> SmoothChain | None:
 
 
 def _build_chain(network: Network) -> SmoothChain | None:
+    """Every affine layer its own block (consecutive ones are joined by an exact ``identity``
+    activation: composing their matrices would round, and the bounds would then be those of a
+    slightly different network); Flatten and Reshape are no step."""
     blocks, activations = [], []
     n = network.input_size
-    mat, bias = sp.identity(n, format="csr"), np.zeros(n)
+    pending = None  # the affine layer read last, not yet followed by an activation
     for i, layer in enumerate(network.layers):
         if isinstance(layer, (Flatten, Reshape)):
             continue
         if isinstance(layer, _AFFINE):
-            shape = network.input_shapes(i)[0]
-            lm = layer.operator(shape)
+            lm = layer.operator(network.input_shapes(i)[0])
             if lm is None or len(lm.matrices) != 1 or lm.matrix_errors is not None:
                 return None
-            M = lm.matrices[0].tocsr()
-            mat, bias = (M @ mat).tocsr(), M @ bias + np.asarray(lm.bias, dtype=np.float64)
+            if pending is not None:
+                blocks.append(pending)
+                activations.append("identity")
+            pending = AffineBlock(lm.matrices[0].tocsr(), np.asarray(lm.bias, dtype=np.float64))
+            n = pending.matrix.shape[0]
             continue
         kind = _ACTIVATIONS.get(type(layer))
         if kind is None:
             return None
-        blocks.append(AffineBlock(mat, np.asarray(bias, dtype=np.float64)))
+        blocks.append(pending if pending is not None else AffineBlock(sp.identity(n, format="csr"), np.zeros(n)))
         activations.append(kind)
-        n = mat.shape[0]
-        mat, bias = sp.identity(n, format="csr"), np.zeros(n)
-    blocks.append(AffineBlock(mat, np.asarray(bias, dtype=np.float64)))
+        pending = None
+    blocks.append(pending if pending is not None else AffineBlock(sp.identity(n, format="csr"), np.zeros(n)))
     return SmoothChain(blocks, activations)
 
 
@@ -119,7 +127,7 @@ def _derivative(kind: str, f: torch.Tensor) -> torch.Tensor:
 
 def _intercept_pad(slope: torch.Tensor, l: torch.Tensor, u: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """What forming ``value - slope * point`` in float64 can cost, generously."""
-    return 16 * _U * (1 + slope.abs() * (l.abs() + u.abs()) + value.abs())
+    return 16 * _U * (1 + slope.abs() * l.abs() + slope.abs() * u.abs() + value.abs())
 
 
 def smooth_relaxation(kind: str, l: torch.Tensor, u: torch.Tensor):
@@ -145,7 +153,7 @@ def _default_points(kind: str, l: torch.Tensor, u: torch.Tensor):
     finite = torch.isfinite(l) & torch.isfinite(u)
     ls, us = torch.where(finite, l, torch.zeros_like(l)), torch.where(finite, u, torch.zeros_like(u))
     mixed = finite & (l < 0) & (u > 0)
-    m = (ls + us) / 2
+    m = ls / 2 + us / 2  # in [l, u], and no overflow
     d_up, d_lo = m, m
     if bool(mixed.any()):
         zero = torch.zeros_like(ls)
@@ -188,7 +196,8 @@ def relaxation_at(kind: str, l: torch.Tensor, u: torch.Tensor, d_up: torch.Tenso
         return slope, fd - slope * d, shift
 
     # chord and tangent where [l, u] lies on one side of the inflection point 0
-    curved = finite & (width > 0) & ((u <= 0) | (l >= 0))
+    # (a subnormal width would overflow the chord's error bound: the parallel lines are as good there)
+    curved = finite & (width > 1e-200) & ((u <= 0) | (l >= 0))
     w = torch.where(curved, width, torch.ones_like(width))
     chord = (fu - fl) / w
     chord_err = (2 * E + 4 * _U * (fu - fl).abs()) / w + 4 * _U * chord.abs()
@@ -233,6 +242,8 @@ def _magnitude(kind: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """A bound on ``|f(z)|`` for ``z`` in ``[l, u]``."""
     if kind == "relu":
         return u.clamp(min=0)
+    if kind == "identity":
+        return torch.maximum(l.abs(), u.abs())
     return torch.maximum(_activation(kind, l).abs(), _activation(kind, u).abs()) + SMOOTH_EVAL_ERROR
 
 
@@ -249,15 +260,23 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
 
     ``steps > 0``: the spec rows' relaxations are then optimised as alpha-CROWN optimises ReLU
     slopes: one pair of tangent points per (box, row, neuron) of every Sigmoid/Tanh layer, moved
-    by projected Adam steps (``lr``, until ``deadline``) within the ranges where any point gives
-    sound lines (:func:`relaxation_at`), from :func:`smooth_relaxation`'s; each row keeps the
-    better of the two bounds, both evaluated with the rounding pads."""
+    by projected Adam steps (``lr``) within the ranges where any point gives sound lines
+    (:func:`relaxation_at`), from :func:`smooth_relaxation`'s; each row keeps the better of the
+    two bounds, both evaluated with the rounding pads.
+
+    ``deadline`` (a ``time.monotonic()`` value): no new chunk of neurons is bounded and no step
+    taken after it; the neurons not reached keep infinite bounds (flat lines: sound, loose)."""
     sc = smooth_chain(network)
     if sc is None:
         return None
     lo = torch.as_tensor(lower, dtype=torch.float64).reshape(len(lower), -1)
     hi = torch.as_tensor(upper, dtype=torch.float64).reshape(len(upper), -1)
     A, b = torch.as_tensor(A, dtype=lo.dtype), torch.as_tensor(b, dtype=lo.dtype)
+    _bounds_iv(lower, upper, lo, hi, A, b)
+    if lo.shape[1] != network.input_size or A.shape[-1] != network.output_size or (
+            A.dim() == 4 and A.shape[0] != lo.shape[0]):
+        raise InvalidInputError(f"the boxes must have {network.input_size} inputs, `A` {network.output_size} "
+                                f"columns and, if batched, one entry per box; got {tuple(lo.shape)} and {tuple(A.shape)}")
     B = lo.shape[0]
     ops = sc.chain.linear_ops(lo.device, lo.dtype)
     x_mid, x_rad = center_radius(lo, hi)
@@ -267,8 +286,11 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
         n = ops[k].shape[0]
         inf = torch.full((B, n), math.inf, dtype=lo.dtype)
         l, u, _, _ = tighten_layer(k, ops, relax, x_mid, x_rad, sc.n_terms, hmax, -inf, inf,
-                                   rows=torch.arange(n))
-        relax.append(_relaxation(l, u) if kind == "relu" else smooth_relaxation(kind, l, u))
+                                   rows=torch.arange(n), deadline=deadline)
+        if kind == "identity":  # exact: slopes 1, intercepts 0
+            relax.append((torch.ones_like(l), torch.ones_like(l), torch.zeros_like(l)))
+        else:
+            relax.append(_relaxation(l, u) if kind == "relu" else smooth_relaxation(kind, l, u))
         pre.append((l, u))
         hmax[k] = _magnitude(kind, l, u)
     if A.dim() == 3:
@@ -288,6 +310,15 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
     return strict_adjust(out, strict).amax(dim=-1)
 
 
+def _bounds_iv(lower, upper, lo, hi, A, b) -> None:
+    if not (getattr(lower, "ndim", 0) == 2 and tuple(getattr(upper, "shape", ())) == tuple(lower.shape)):
+        raise InvalidInputError("`lower` and `upper` must be (batch, n_in) arrays of one shape")
+    if bool((lo > hi).any()):
+        raise InvalidInputError("`lower` must not exceed `upper`: an empty box")
+    if A.dim() not in (3, 4) or tuple(b.shape) != tuple(A.shape[:-1]):
+        raise InvalidInputError("`A` must be (K, M, n_out) or (batch, K, M, n_out) and `b` its shape without n_out")
+
+
 def _optimised_rows(sc: SmoothChain, lam, ops, relax, pre, x_mid, x_rad, hmax, steps: int, lr: float,
                     deadline: float | None) -> torch.Tensor:
     """Lower bounds of ``lam @ y`` ``(B, R)`` with per-row tangent points, optimised (see
@@ -296,7 +327,7 @@ def _optimised_rows(sc: SmoothChain, lam, ops, relax, pre, x_mid, x_rad, hmax, s
     (below) across the inflection point."""
     B, R = lam.shape[:2]
     L = len(ops) - 1
-    smooth = [j for j, kind in enumerate(sc.activations) if kind != "relu"]
+    smooth = [j for j, kind in enumerate(sc.activations) if kind in ("sigmoid", "tanh")]
     if not smooth:
         return torch.full((B, R), -math.inf, dtype=lam.dtype)
     geo, params = {}, []

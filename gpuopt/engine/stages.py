@@ -237,9 +237,9 @@ def _conclude(items, disj_lb: torch.Tensor, decided_by: str) -> list[str]:
 
 
 #: projected Adam steps on the tangent points of a Sigmoid/Tanh chain's relaxation (per spec row),
-#: and the share of the items' time left they may take
+#: and the share of the items' time left that the relaxation's bounds and steps may take
 SMOOTH_OPTIMISE_STEPS = 20
-SMOOTH_OPTIMISE_SHARE = 0.1
+SMOOTH_BOUNDS_SHARE = 0.25
 
 
 def _ibp_group(items) -> list[str]:
@@ -265,10 +265,12 @@ def _ibp_group(items) -> list[str]:
         proof_problems = [proof_problem(p, y_abs[i]) for i, p in enumerate(problems)]
         A_all, b_all, S_all = _set_spec(items, proof_problems, lower, upper)
         lb = disjunct_lower_bounds(out_lo, out_hi, A_all, b_all, S_all)
+        if bool((lb > 0).all()):
+            return _conclude(items, lb, "interval")
         # a chain of affine layers and ReLU/Sigmoid/Tanh also gets CROWN's linear relaxation, its
-        # tangent points optimised per spec row (a small share of the items' time at most)
+        # tangent points optimised per spec row, within a share of the items' time
         ends = [it.deadline for it in items if it.deadline is not None]
-        share = None if not ends else time.monotonic() + SMOOTH_OPTIMISE_SHARE * max(0.0, min(ends) - time.monotonic())
+        share = None if not ends else time.monotonic() + SMOOTH_BOUNDS_SHARE * max(0.0, min(ends) - time.monotonic())
         relaxed = smooth_disjunct_lower_bounds(net, lower, upper, A_all, b_all, S_all, steps=SMOOTH_OPTIMISE_STEPS,
                                                deadline=share)
         if relaxed is None:
