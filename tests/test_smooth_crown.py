@@ -75,7 +75,7 @@ def _chain(rng, n_in: int, widths, acts, final_sigmoid=False) -> Network:
     return Network(layers, (n_in,))
 
 
-def _attacked_minima(net, lo, hi, A, b, rng, n_samples=4000, steps=60):
+def _attacked_minima(net, lo, hi, A, b, rng, n_samples=1500, steps=40):
     """Each disjunct's smallest margin found by sampling and then projected gradient descent."""
     x = torch.tensor(rng.uniform(lo, hi, (n_samples, lo.size)), requires_grad=True)
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
@@ -308,7 +308,7 @@ def test_consecutive_affine_layers_are_not_composed_into_a_rounded_matrix():
     lb = smooth_disjunct_lower_bounds(net, torch.tensor(lo)[None], torch.tensor(hi)[None],
                                       torch.tensor([[[-1.0]]]), torch.tensor([[-0.6]]))
     assert float(lb[0, 0]) <= exact
-    v = verify(net, Box(lo, hi), OutputSpec([(np.array([[-1.0]]), np.array([-0.6]))], 1), timeout=5)
+    v = verify(net, Box(lo, hi), OutputSpec([(np.array([[-1.0]]), np.array([-0.6]))], 1), timeout=2)
     assert v.status.value != "unsat"
 
 
