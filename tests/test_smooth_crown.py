@@ -312,20 +312,26 @@ def test_consecutive_affine_layers_are_not_composed_into_a_rounded_matrix():
     assert v.status.value != "unsat"
 
 
-def test_a_passed_deadline_leaves_flat_lines_and_a_sound_bound():
-    """Past its deadline no neuron is bounded: every layer keeps infinite bounds (flat lines), the
-    rows are still bounded soundly (and more loosely than with time)."""
+def test_a_passed_deadline_proves_nothing_at_once(monkeypatch):
+    """Past its deadline the pass stops at the first chunk of neurons and the rows get ``-inf``: no
+    relaxation is formed and no row bounded on flat lines (review finding: a cut-short pass still
+    did all of that, seconds past the deadline on wide nets)."""
+    from gpuopt.bounds import smooth
+
     rng = np.random.default_rng(21)
     net = _chain(rng, 6, [30, 30], [Sigmoid, Tanh])
-    lo = rng.uniform(-1, 0, (1, 6))
+    lo = rng.uniform(-1, 0, (3, 6))
     A = torch.tensor(rng.normal(size=(2, 1, 3)))
     b = torch.zeros(2, 1, dtype=torch.float64)
-    full = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b)
-    late = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b, steps=10,
-                                        deadline=0.0)
-    assert bool((late <= full).all()) and bool((late < full - 1e-6).any())
-    found = _attacked_minima(net, lo[0], lo[0] + 0.2, A, b, rng, n_samples=500)
-    assert np.all(late[0].numpy() <= found)
+    full = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b, steps=5)
+    assert bool(torch.isfinite(full).all())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a relaxation formed past the deadline")
+
+    monkeypatch.setattr(smooth, "smooth_relaxation", refuse)
+    late = smooth_disjunct_lower_bounds(net, torch.tensor(lo), torch.tensor(lo + 0.2), A, b, steps=5, deadline=0.0)
+    assert late.shape == (3, 2) and bool((late == -math.inf).all())
 
 
 def test_direct_calls_with_bad_boxes_or_specs_are_refused_by_name():

@@ -138,17 +138,20 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _starts(network: Network, objective, geometry: Geometry, config: AttackConfig, generators: list,
-            first_round: bool) -> torch.Tensor:
+            first_round: bool, deadline: float | None = None) -> torch.Tensor:
     """``(batch, restarts, n)`` starts: the centre (first round), ``corners`` random vertices of
     the box, then uniform points of the set (each the best of ``screen`` draws by the objective
     ``objective(x) -> (batch, restarts)`` when the input has at most ``screen_max_dim``
-    dimensions), of which an ``odi`` share takes two output-diversified steps."""
+    dimensions; the draws stop at ``deadline``), of which an ``odi`` share takes two
+    output-diversified steps."""
     R = config.restarts
     x = geometry.random_start(R, generators)
     if config.screen > 1 and x.shape[-1] <= config.screen_max_dim:
         with torch.no_grad():
             m = objective(x)
             for _ in range(config.screen - 1):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
                 other = geometry.random_start(R, generators)
                 m_other = objective(other)
                 better = m_other < m
@@ -226,7 +229,7 @@ def falsify(network: Network, geometry: Geometry, A: torch.Tensor, b: torch.Tens
             try:
                 local = _in_chunk(objective, chunk)
                 x0 = _starts(network, lambda x: local(x, torch.arange(x.shape[0], device=dev)), sub, config, gens,
-                             rounds == 0)
+                             rounds == 0, deadline)
                 t_chunk = time.monotonic()
                 res = descend(local, sub, x0, config, target=target[chunk], deadline=deadline)
                 step_seconds = (time.monotonic() - t_chunk) / (res.steps + 1)  # the start's evaluation and the steps

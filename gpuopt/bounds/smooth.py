@@ -227,15 +227,17 @@ def _tangent_point(kind: str, point, start, end, f_far, mask, *, upper: bool, st
     tangent is at most ``f(u)`` at ``point = u``; ``end`` where none is. Any ``d`` on the concave
     (convex) side gives a sound upper (lower) line once it is made to pass the far end's value,
     which the caller does; the search only makes the line tight."""
-    a = torch.where(mask, start, torch.zeros_like(start))  # not valid
-    b = torch.where(mask, end, torch.zeros_like(end))  # valid, or the far end
+    out = torch.zeros_like(start)
+    point, f_far = point[mask], f_far[mask]  # only where it is needed
+    a, b = start[mask], end[mask]  # a: not valid; b: valid, or the far end
     for _ in range(steps):
         mid = (a + b) / 2
         fm = _activation(kind, mid)
         gap = fm + _derivative(kind, fm) * (point - mid) - f_far
         ok = gap >= 0 if upper else gap <= 0
         a, b = torch.where(ok, a, mid), torch.where(ok, mid, b)
-    return b
+    out[mask] = b
+    return out
 
 
 def _magnitude(kind: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -264,8 +266,8 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
     (:func:`relaxation_at`), from :func:`smooth_relaxation`'s; each row keeps the better of the
     two bounds, both evaluated with the rounding pads.
 
-    ``deadline`` (a ``time.monotonic()`` value): no new chunk of neurons is bounded and no step
-    taken after it; the neurons not reached keep infinite bounds (flat lines: sound, loose)."""
+    ``deadline`` (a ``time.monotonic()`` value): once it has passed while the neurons are being
+    bounded, the rows get ``-inf`` (nothing proven) at once; no step is taken after it."""
     sc = smooth_chain(network)
     if sc is None:
         return None
@@ -281,22 +283,28 @@ def smooth_disjunct_lower_bounds(network: Network, lower, upper, A: torch.Tensor
     ops = sc.chain.linear_ops(lo.device, lo.dtype)
     x_mid, x_rad = center_radius(lo, hi)
     hmax = {-1: x_mid.abs() + x_rad}
+    if A.dim() == 3:
+        A = A.expand(B, *A.shape)
+        b = b.expand(B, *b.shape)
+    _, K, M, n_out = A.shape
+    nothing = torch.full((B, K), -math.inf, dtype=lo.dtype)  # what a cut-short pass proves
     relax, pre = [], []
+    last = 0.0  # the time of the last chunk: the next one starts only if as long a one fits
     for k, kind in enumerate(sc.activations):
         n = ops[k].shape[0]
         inf = torch.full((B, n), math.inf, dtype=lo.dtype)
-        l, u, _, _ = tighten_layer(k, ops, relax, x_mid, x_rad, sc.n_terms, hmax, -inf, inf,
-                                   rows=torch.arange(n), deadline=deadline)
+        l, u, finished, last = tighten_layer(k, ops, relax, x_mid, x_rad, sc.n_terms, hmax, -inf, inf,
+                                             rows=torch.arange(n), deadline=deadline, last=last)
+        if not finished or (deadline is not None and time.monotonic() > deadline):
+            return nothing  # past the deadline: the rest would bound the rows on flat lines
         if kind == "identity":  # exact: slopes 1, intercepts 0
             relax.append((torch.ones_like(l), torch.ones_like(l), torch.zeros_like(l)))
         else:
             relax.append(_relaxation(l, u) if kind == "relu" else smooth_relaxation(kind, l, u))
         pre.append((l, u))
         hmax[k] = _magnitude(kind, l, u)
-    if A.dim() == 3:
-        A = A.expand(B, *A.shape)
-        b = b.expand(B, *b.shape)
-    _, K, M, n_out = A.shape
+    if deadline is not None and time.monotonic() > deadline:
+        return nothing
     lam = A.reshape(B, K * M, n_out)
     rows, _ = _backward(lam, len(ops) - 1, ops, relax, x_mid, x_rad, sc.n_terms, hmax)
     if steps > 0:
@@ -380,5 +388,7 @@ def _optimised_rows(sc: SmoothChain, lam, ops, relax, pre, x_mid, x_rad, hmax, s
             m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             p.add_(lr * (m1 / (1 - beta1 ** step)) / ((m2 / (1 - beta2 ** step)).sqrt() + 1e-12)).clamp_(0.0, 1.0)
         last = time.monotonic() - t0
+    if not torch.isfinite(best).any():  # no step taken: nothing to evaluate
+        return torch.full((B, R), -math.inf, dtype=lam.dtype)
     bound, _ = _backward(lam, L, ops, lines(keep), x_mid, x_rad, sc.n_terms, hmax)
-    return torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf)
+    return torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
