@@ -83,8 +83,8 @@ import numpy as np
 import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
-from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation,
-                           _term_count, grad_scale, open_rows, row_selectors, step_torch_dtype, tighten_layer)
+from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation, _term_count,
+                           adam_ascent, grad_scale, open_rows, row_selectors, step_torch_dtype, tighten_layer)
 from .bounds.prune import DeadPruning
 from .check import check_counterexample
 from .errors import InvalidInputError
@@ -1201,7 +1201,7 @@ def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, 
             params += [torch.zeros_like(p) for p in params]
             with torch.no_grad():
                 first = evaluate(params[:k], params[k:], True)
-            best = _adam_ascent(lambda ps: evaluate(ps[:k], ps[k:], False), params, [lr_alpha] * k + [lr_beta] * k,
+            best = adam_ascent(lambda ps: evaluate(ps[:k], ps[k:], False), params, [lr_alpha] * k + [lr_beta] * k,
                                 [(0.0, 1.0)] * k + [(0.0, None)] * k, steps, deadline)
             with torch.no_grad():
                 bound = torch.maximum(first, evaluate(best[:k], best[k:], True))
@@ -1223,38 +1223,6 @@ def _inherited(lp_bound: float, bound: float, empty: bool) -> bool:
 def _unstable(l, u, op) -> torch.Tensor:
     """``(B, n)``: the neurons whose relaxation has a free lower slope (open, not passed through)."""
     return (l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough)
-
-
-def _adam_ascent(value, params, lrs, boxes, steps, deadline=None) -> list:
-    """Projected Adam ascent on ``value(params).sum()`` (each entry of ``value``'s ``(B, m)`` its
-    own objective) from ``params``; ``boxes`` the ``(low, high)`` projection of each parameter
-    (``None``: unbounded). Returns, per entry, the parameters of its best step (copies)."""
-    params = [p.detach().clone().requires_grad_(True) for p in params]
-    keep = [p.detach().clone() for p in params]
-    best = None
-    m1 = [torch.zeros_like(p) for p in params]
-    m2 = [torch.zeros_like(p) for p in params]
-    last = 0.0
-    for t in range(1, steps + 1):
-        t0 = time.monotonic()
-        if deadline is not None and t0 + last > deadline:
-            break
-        with torch.enable_grad():
-            v = value(params)
-            grads = torch.autograd.grad(v.sum(), params)
-        with torch.no_grad():
-            v = v.detach()
-            better = torch.ones_like(v, dtype=torch.bool) if best is None else v > best
-            best = v if best is None else torch.where(better, v, best)
-            for kp, p in zip(keep, params):
-                kp.copy_(torch.where(better[..., None], p, kp))
-            for p, g, a1, a2, lr, (low, high) in zip(params, grads, m1, m2, lrs, boxes):
-                a1.mul_(0.9).add_(g, alpha=0.1)
-                a2.mul_(0.999).addcmul_(g, g, value=0.001)
-                p.add_(lr * (a1 / (1 - 0.9 ** t)) / ((a2 / (1 - 0.999 ** t)).sqrt() + 1e-12))
-                p.clamp_(min=low, max=high)
-        last = time.monotonic() - t0
-    return keep
 
 
 class _RefineGate:

@@ -438,6 +438,38 @@ def grad_scale(grads, lead: int) -> torch.Tensor:
     return torch.where((s > 0) & torch.isfinite(s), s, torch.ones_like(s))
 
 
+def adam_ascent(value, params, lrs, boxes, steps, deadline=None) -> list:
+    """Projected Adam ascent on ``value(params).sum()`` (each entry of ``value``'s ``(B, m)`` its
+    own objective) from ``params``; ``boxes`` the ``(low, high)`` projection of each parameter
+    (``None``: unbounded). Returns, per entry, the parameters of its best step (copies)."""
+    params = [p.detach().clone().requires_grad_(True) for p in params]
+    keep = [p.detach().clone() for p in params]
+    best = None
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    last = 0.0
+    for t in range(1, steps + 1):
+        t0 = time.monotonic()
+        if deadline is not None and t0 + last > deadline:
+            break
+        with torch.enable_grad():
+            v = value(params)
+            grads = torch.autograd.grad(v.sum(), params)
+        with torch.no_grad():
+            v = v.detach()
+            better = torch.ones_like(v, dtype=torch.bool) if best is None else v > best
+            best = v if best is None else torch.where(better, v, best)
+            for kp, p in zip(keep, params):
+                kp.copy_(torch.where(better[..., None], p, kp))
+            for p, g, a1, a2, lr, (low, high) in zip(params, grads, m1, m2, lrs, boxes):
+                a1.mul_(0.9).add_(g, alpha=0.1)
+                a2.mul_(0.999).addcmul_(g, g, value=0.001)
+                p.add_(lr * (a1 / (1 - 0.9 ** t)) / ((a2 / (1 - 0.999 ** t)).sqrt() + 1e-12))
+                p.clamp_(min=low, max=high)
+        last = time.monotonic() - t0
+    return keep
+
+
 def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops=None):
     """The best lower bound of ``lam @ z_k`` ``(B, m)`` over projected Adam steps on one lower
     slope per (item, row, unstable neuron) of the layers before ``k``, from CROWN's adaptive

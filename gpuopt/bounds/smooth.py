@@ -51,7 +51,7 @@ from ..errors import InvalidInputError
 from ..layers import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, ReLU, Reshape, Sigmoid, Tanh
 from ..network import AffineBlock, BlockChain, Network
 from .base import center_radius, strict_adjust
-from .crown import _backward, _relaxation, tighten_layer
+from .crown import _backward, _relaxation, adam_ascent, tighten_layer
 
 __all__ = ["SmoothChain", "smooth_chain", "smooth_relaxation", "smooth_disjunct_lower_bounds"]
 
@@ -361,34 +361,9 @@ def _optimised_rows(sc: SmoothChain, lam, ops, relax, pre, x_mid, x_rad, hmax, s
             rel[j] = relaxation_at(sc.activations[j], l, u, d_up, d_lo)
         return rel
 
-    best = torch.full((B, R), -math.inf, dtype=lam.dtype)
-    keep = [p.clone() for p in params]
-    moment1 = [torch.zeros_like(p) for p in params]
-    moment2 = [torch.zeros_like(p) for p in params]
-    beta1, beta2 = 0.9, 0.999
-    last = 0.0
-    for step in range(1, steps + 1):
-        t0 = time.monotonic()
-        if deadline is not None and t0 + last > deadline:
-            break
-        with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            bound, _ = _backward(lam, L, ops, lines(params), x_mid, x_rad, sc.n_terms, hmax, pad=False)
-            grads = torch.autograd.grad(bound.sum(), params)
-        for p in params:
-            p.requires_grad_(False)
-        better = bound > best
-        best = torch.where(better, bound, best)
-        for kp, p in zip(keep, params):
-            kp.copy_(torch.where(better[:, :, None], p, kp))
-        for p, g, m1, m2 in zip(params, grads, moment1, moment2):
-            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-            m1.mul_(beta1).add_(g, alpha=1 - beta1)
-            m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.add_(lr * (m1 / (1 - beta1 ** step)) / ((m2 / (1 - beta2 ** step)).sqrt() + 1e-12)).clamp_(0.0, 1.0)
-        last = time.monotonic() - t0
-    if not torch.isfinite(best).any():  # no step taken: nothing to evaluate
+    if deadline is not None and time.monotonic() > deadline:  # no step: nothing to evaluate
         return torch.full((B, R), -math.inf, dtype=lam.dtype)
+    keep = adam_ascent(lambda ps: _backward(lam, L, ops, lines(ps), x_mid, x_rad, sc.n_terms, hmax, pad=False)[0],
+                       params, [lr] * len(params), [(0.0, 1.0)] * len(params), steps, deadline)
     bound, _ = _backward(lam, L, ops, lines(keep), x_mid, x_rad, sc.n_terms, hmax)
     return torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
