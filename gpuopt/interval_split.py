@@ -1,12 +1,13 @@
 """Input splitting on interval bounds, for networks that are not piecewise linear.
 
-A network with Sigmoid, Tanh, Softmax or LogSoftmax layers has no exact linear form, so CROWN,
-activation splitting and the MILP do not apply (:class:`~gpuopt.errors.NotPiecewiseLinearError`).
-Its interval bounds (:func:`gpuopt.bounds.interval.interval_bounds`), and for a chain of affine
-layers and ReLU/Sigmoid/Tanh the tighter linear relaxation of
+A network with Sigmoid, Tanh, Softmax or LogSoftmax layers has no exact linear form, so the
+piecewise linear bounds, activation splitting and the MILP do not apply
+(:class:`~gpuopt.errors.NotPiecewiseLinearError`). Its interval bounds
+(:func:`gpuopt.bounds.interval.interval_bounds`), and for a chain of affine layers and
+ReLU/Sigmoid/Tanh the tighter linear relaxation of
 :func:`gpuopt.bounds.smooth.smooth_disjunct_lower_bounds` (the larger of the two is kept), are
-sound on every sub-box and shrink with it (every layer is continuous), so for few inputs the box is covered by
-sub-boxes on a stack (depth first): a batch at a time is bounded, and on each sub-box every open
+sound on every sub-box and shrink with it (every layer is continuous), so for few inputs the box
+is covered by sub-boxes on a stack (depth first): a batch at a time is bounded, and on each sub-box every open
 disjunct's margin ``max_i (A_k y - b_k)_i`` is lower-bounded over the output box (proof rows). A
 sub-box with every open disjunct above 0 is closed. The centres of the sub-boxes left open are
 evaluated in float64, and those at most a hair above the boundary are checked as
