@@ -157,11 +157,15 @@ class LinearOp:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``M v + c`` for a batch of vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
+        return self.linear(v) + self.bias
+
+    def linear(self, v: torch.Tensor) -> torch.Tensor:
+        """``M v`` (no bias) for a batch of vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``."""
         if self.dense is not None:
-            return v @ self.dense.T + self.bias
+            return v @ self.dense.T
         if self.conv is not None:
-            return self._convolve(v, self._weight) + self.bias
-        return (self.sparse() @ v.T).T + self.bias
+            return self._convolve(v, self._weight)
+        return (self.sparse() @ v.T).T
 
     def abs_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``,

@@ -83,7 +83,8 @@ class VerifyConfig:
     CPU). ``use_crown``/``use_attack``/``use_input_split``/``use_relu_split``/``use_milp`` switch
     stages off (for ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec
     rows (0: off), and with ``alpha_intermediate`` on the intermediate layers too (when CROWN
-    leaves the item open); ``split`` configures input splitting, ``relu_split`` activation
+    leaves the item open, and not on the few-input nets whose bounds are the forward and zonotope
+    passes); ``split`` configures input splitting, ``relu_split`` activation
     splitting (which gets ``relu_split_share`` of the time an item has left when it starts; the
     MILP the rest). The attack stage runs rounds of ``attack.restarts`` restarts (new seeds each
     round) until ``attack.patience`` rounds in a row did not improve the best margin by 1% (2 by

@@ -48,14 +48,20 @@ def prefers_forward(network: Network) -> bool:
 
 def intermediate_bounds(network: Network, lower, upper, *, deadline: float | None = None,
                         prior: Bounds | None = None) -> Bounds:
-    """The cheaper of CROWN (:func:`gpuopt.bounds.crown.crown`) and :func:`forward_crown` for
-    this network (:func:`prefers_forward`): the pre-activation bounds the final spec bound and
-    the MILP build on. ``prior``: bounds known to hold on these boxes, intersected in."""
+    """The pre-activation bounds the final spec bound and the MILP build on: CROWN
+    (:func:`gpuopt.bounds.crown.crown`), or where forward passes are the cheaper way
+    (:func:`prefers_forward`), :func:`forward_crown` tightened by the zonotope
+    (:func:`gpuopt.bounds.zonotope.zonotope_bounds`), which keeps the correlations the forward
+    bounds lose (on cifar_biasfield's 16-input CNN, output bounds 86 wide instead of 1e5).
+    ``prior``: bounds known to hold on these boxes, intersected in."""
     from .crown import _intersect, crown
+    from .zonotope import zonotope_bounds
 
     if prefers_forward(network):
         bounds = forward_crown(network, lower, upper, deadline=deadline)
-        return bounds if prior is None else _intersect(bounds, prior)
+        if prior is not None:
+            bounds = _intersect(bounds, prior)
+        return zonotope_bounds(network, lower, upper, prior=bounds, deadline=deadline)
     return crown(network, lower, upper, deadline=deadline, prior=prior)
 
 

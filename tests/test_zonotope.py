@@ -1,0 +1,183 @@
+"""Zonotope bounds (gpuopt.bounds.zonotope): soundness on chains, graphs and convolutions, the exact
+value of the relaxation on a known case, rounding at extreme scales, folding symbols under a
+memory cap, deadlines, and the few-input path that uses them."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt import Box, OutputSpec, verify
+from gpuopt.bounds import ibp
+from gpuopt.bounds.crown import crown_linear_lower
+from gpuopt.bounds.forward import forward_crown, intermediate_bounds, prefers_forward
+from gpuopt.bounds.zonotope import zonotope_bounds
+from gpuopt.network import Conv2d, Dense, Flatten, Network, ReLU, Reshape
+from gpuopt.verdict import Status
+
+from helpers import affine_view_values, box_points, random_dense_network
+
+from test_forward_bounds import _graph_net
+
+
+def _conv_net(rng):
+    """A few-input CNN like cifar_biasfield's: a dense lift to an image, then strided convolutions."""
+    return Network([
+        Dense(rng.normal(size=(3 * 8 * 8, 4)), rng.normal(size=3 * 8 * 8) * 0.3),
+        Reshape((3, 8, 8)),
+        Conv2d(rng.normal(size=(6, 3, 3, 3)) / 4, rng.normal(size=6) * 0.2, padding=(1, 1, 1, 1)), ReLU(),
+        Conv2d(rng.normal(size=(8, 6, 3, 3)) / 6, rng.normal(size=8) * 0.2, stride=(2, 2), padding=(1, 1, 1, 1)), ReLU(),
+        Flatten(),
+        Dense(rng.normal(size=(16, 128)) / 10, rng.normal(size=16) * 0.2), ReLU(),
+        Dense(rng.normal(size=(3, 16)) / 4, rng.normal(size=3)),
+    ], (4,))
+
+
+def _nets():
+    rng = np.random.default_rng(21)
+    yield "dense", random_dense_network(rng, 3, [40, 30, 20, 20], 4)
+    yield "graph", _graph_net(rng)
+    yield "conv", _conv_net(rng)
+
+
+def _layers(b):
+    return list(b.pre_activation) + [b.output]
+
+
+@pytest.mark.parametrize("name, net", list(_nets()))
+@pytest.mark.parametrize("seed", range(3))
+def test_zonotope_bounds_contain_sampled_values(name, net, seed):
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-1, 0, (3, net.input_size))
+    hi = lo + rng.choice([0.0, 0.05, 0.5], size=lo.shape)  # some degenerate coordinates
+    b = zonotope_bounds(net, torch.tensor(lo), torch.tensor(hi))
+    assert b.method == "zonotope"
+    for i in range(3):
+        pre, y = affine_view_values(net, box_points(rng, lo[i], hi[i], 400))
+        for k, ((l, u), z) in enumerate(zip(b.pre_activation, pre)):
+            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy()), (name, k)
+        assert np.all(y >= b.output[0][i].numpy()) and np.all(y <= b.output[1][i].numpy()), name
+    # intersected with IBP's
+    b_ibp = ibp(net, torch.tensor(lo), torch.tensor(hi))
+    for (zl, zu), (il, iu) in zip(_layers(b), _layers(b_ibp)):
+        assert bool((zl >= il).all() and (zu <= iu).all())
+
+
+def test_the_relaxation_has_its_exact_value():
+    """y = relu(x) - relu(-x) - 2 relu(x + 2) + 4 = -x on [-1, 1]. Each unstable ReLU becomes
+    0.5 z + 0.25 + 0.25 e (its own symbol) and the third is active, so y = -x + 0.25 e1 - 0.25 e2,
+    in [-1.5, 1.5]; IBP gives [-3, 3]. (The forward bounds are exact here, [-1, 1]: the parallel
+    lines lose where a ReLU's lower line may be the identity, which is why the pipeline
+    intersects the two.)"""
+    net = Network([Dense(np.array([[1.0], [-1.0], [1.0]]), np.array([0.0, 0.0, 2.0])), ReLU(),
+                   Dense(np.array([[1.0, -1.0, -2.0]]), np.array([4.0]))], (1,))
+    lo, hi = torch.tensor([[-1.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)
+    z = zonotope_bounds(net, lo, hi)
+    assert float(z.output[0]) == pytest.approx(-1.5, abs=1e-12) and float(z.output[1]) == pytest.approx(1.5, abs=1e-12)
+    assert float(z.output[0]) <= -1.5 and float(z.output[1]) >= 1.5  # the pads move outwards only
+    assert float(ibp(net, lo, hi).output[0]) == pytest.approx(-3.0, abs=1e-12)
+    f = forward_crown(net, lo, hi)
+    assert float(f.output[0]) == pytest.approx(-1.0, abs=1e-12)
+    both = intermediate_bounds(net, lo, hi)  # one input, widest layer 3: forward is not preferred here
+    assert float(both.output[0]) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_the_zonotope_is_far_tighter_than_forward_bounds_on_a_deep_few_input_net():
+    rng = np.random.default_rng(3)
+    net = random_dense_network(rng, 2, [60] * 6, 3)
+    lo = torch.tensor(rng.uniform(-1, 0, (1, 2)))
+    hi = lo + 0.1
+    f = forward_crown(net, lo, hi)
+    z = zonotope_bounds(net, lo, hi)
+    width = lambda b: float((b.output[1] - b.output[0]).sum())  # noqa: E731
+    assert width(z) < 0.5 * width(f)
+
+
+def _exact_out(weights, x):
+    h = [Fraction(v) for v in x]
+    for k, (W, c) in enumerate(weights):
+        h = [sum((Fraction(float(w)) * v for w, v in zip(row, h)), Fraction(0)) + Fraction(float(cc))
+             for row, cc in zip(W, c)]
+        if k < len(weights) - 1:
+            h = [max(v, Fraction(0)) for v in h]
+    return h
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-3, 1.0, 1e3, 1e150])
+def test_the_bounds_hold_in_exact_arithmetic_at_extreme_scales(scale):
+    """Every corner of a box on which the net is linear (all ReLUs active), evaluated in rationals,
+    lies inside the bounds: the exact extremes sit at corners, so a missing rounding pad shows."""
+    rng = np.random.default_rng(4)
+    W1 = rng.uniform(0.1, 0.9, (5, 3)) / 3
+    W2 = rng.uniform(0.1, 0.9, (4, 5)) / 7
+    W3 = rng.normal(size=(2, 4)) / 11
+    weights = [(W1 * scale, np.full(5, 0.1) * scale), (W2, np.full(4, 0.3) * scale), (W3, np.array([0.7, -0.1]) * scale)]
+    net = Network([Dense(*weights[0]), ReLU(), Dense(*weights[1]), ReLU(), Dense(*weights[2])], (3,))
+    lo, hi = np.array([0.1, 0.2, 0.3]), np.array([0.1 + 1 / 3, 0.7, 0.3 + 1 / 7])
+    b = zonotope_bounds(net, torch.tensor(lo[None]), torch.tensor(hi[None]))
+    for corner in product(*zip(lo, hi)):
+        y = _exact_out(weights, corner)
+        for j, v in enumerate(y):
+            assert Fraction(float(b.output[0][0, j])) <= v <= Fraction(float(b.output[1][0, j])), (scale, j)
+
+
+def test_folding_symbols_under_a_small_memory_cap_stays_sound():
+    rng = np.random.default_rng(5)
+    net = random_dense_network(rng, 3, [50, 50, 50], 3)
+    lo = torch.tensor(rng.uniform(-1, 0, (2, 3)))
+    hi = lo + 0.6
+    full = zonotope_bounds(net, lo, hi)
+    tight = zonotope_bounds(net, lo, hi, max_bytes=8 * 50 * 4)  # 4 symbols kept per layer
+    for i in range(2):
+        pre, y = affine_view_values(net, box_points(rng, lo[i].numpy(), hi[i].numpy(), 400))
+        for (l, u), z in zip(tight.pre_activation, pre):
+            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy())
+        assert np.all(y >= tight.output[0][i].numpy()) and np.all(y <= tight.output[1][i].numpy())
+    # the folded zonotope is a box around some symbols: never tighter than the full one on the first layer
+    assert bool((tight.pre_activation[1][0] <= full.pre_activation[1][0] + 1e-12).all())
+    assert float((tight.output[1] - tight.output[0]).sum()) > float((full.output[1] - full.output[0]).sum())
+
+
+def test_a_passed_deadline_keeps_the_prior_bounds():
+    rng = np.random.default_rng(6)
+    net = random_dense_network(rng, 2, [20, 20], 2)
+    lo = torch.tensor(rng.uniform(-1, 0, (2, 2)))
+    prior = forward_crown(net, lo, lo + 0.5)
+    b = zonotope_bounds(net, lo, lo + 0.5, prior=prior, deadline=0.0)
+    assert b.method == "zonotope-partial"
+    for (a, c), (p, q) in zip(_layers(b), _layers(prior)):
+        assert torch.equal(a, p) and torch.equal(c, q)
+
+
+def test_few_input_wide_nets_get_the_zonotope_through_intermediate_bounds():
+    rng = np.random.default_rng(7)
+    net = random_dense_network(rng, 2, [100, 100, 100], 2)
+    assert prefers_forward(net)
+    lo = torch.tensor(rng.uniform(-1, 0, (2, 2)))
+    b = intermediate_bounds(net, lo, lo + 0.3)
+    f = forward_crown(net, lo, lo + 0.3)
+    assert b.method == "zonotope"
+    for (zl, zu), (fl, fu) in zip(_layers(b), _layers(f)):  # intersected with the forward bounds
+        assert bool((zl >= fl).all() and (zu <= fu).all())
+
+
+def test_verify_proves_at_the_root_what_forward_bounds_leave_open():
+    """A deep 3-input net where the bounds stage takes the few-input path: the spec row's CROWN
+    bound on the forward bounds alone is -65.9 and on the zonotope's -1.81 (the sampled minimum
+    is 0.034), so ``y <= -1.9`` is unreachable and proven by the bounds stage, without splitting."""
+    rng = np.random.default_rng(13)
+    net = random_dense_network(rng, 3, [100] * 5, 1)
+    assert prefers_forward(net)
+    box = Box([-0.2] * 3, [0.2] * 3)
+    lo, hi = torch.tensor(np.array([box.lower])), torch.tensor(np.array([box.upper]))
+    C = torch.ones((1, 1), dtype=torch.float64)
+    assert float(crown_linear_lower(net, lo, hi, C, forward_crown(net, lo, hi))[0]) < -10
+    assert float(crown_linear_lower(net, lo, hi, C, intermediate_bounds(net, lo, hi))[0]) > -1.9
+    y = net.forward64(box_points(rng, box.lower, box.upper, 20000))[:, 0]
+    assert y.min() > -1.9
+    v = verify(net, box, OutputSpec([([[1.0]], [-1.9])], 1), timeout=60)
+    assert v.status is Status.UNSAT and v.decided_by == "crown", v
