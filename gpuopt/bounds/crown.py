@@ -438,16 +438,18 @@ def grad_scale(grads, lead: int) -> torch.Tensor:
     return torch.where((s > 0) & torch.isfinite(s), s, torch.ones_like(s))
 
 
-def adam_ascent(value, params, lrs, boxes, steps, deadline=None) -> list:
+def adam_ascent(value, params, lrs, boxes, steps, deadline=None, scale_lead: int | None = None) -> list:
     """Projected Adam ascent on ``value(params).sum()`` (each entry of ``value``'s ``(B, m)`` its
     own objective) from ``params``; ``boxes`` the ``(low, high)`` projection of each parameter
-    (``None``: unbounded). Returns, per entry, the parameters of its best step (copies)."""
+    (``None``: unbounded). ``scale_lead``: divide the gradients by :func:`grad_scale` over their
+    first ``scale_lead`` dims, taken at the first step (for steps in a narrow dtype). Returns, per
+    entry, the parameters of its best step (copies)."""
     params = [p.detach().clone().requires_grad_(True) for p in params]
     keep = [p.detach().clone() for p in params]
     best = None
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
-    last = 0.0
+    last, scale = 0.0, None  # the time of the last step: one more must fit before the deadline
     for t in range(1, steps + 1):
         t0 = time.monotonic()
         if deadline is not None and t0 + last > deadline:
@@ -456,6 +458,9 @@ def adam_ascent(value, params, lrs, boxes, steps, deadline=None) -> list:
             v = value(params)
             grads = torch.autograd.grad(v.sum(), params)
         with torch.no_grad():
+            if scale_lead is not None:
+                scale = grad_scale(grads, scale_lead) if scale is None else scale
+                grads = [g / scale.reshape(*scale.shape, *(1,) * (g.dim() - scale_lead)) for g in grads]
             v = v.detach()
             better = torch.ones_like(v, dtype=torch.bool) if best is None else v > best
             best = v if best is None else torch.where(better, v, best)
@@ -494,37 +499,17 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
         ops = step_ops
         relax = [tuple(t.to(step_dtype) for t in r) for r in relax]
         lam, x_mid, x_rad = lam.to(step_dtype), x_mid.to(step_dtype), x_rad.to(step_dtype)
-    params = [a[:, None, :].expand(B, m, a.shape[1]).clone().requires_grad_(True) for a, _, _ in relax]
-    best = torch.full_like(first, -math.inf, dtype=step_dtype)
-    keep = [p.detach().clone() for p in params]
-    # Adam written out: torch.optim's first use imports torch._dynamo (over a second)
-    moment1 = [torch.zeros_like(p) for p in params]
-    moment2 = [torch.zeros_like(p) for p in params]
-    beta1, beta2 = 0.9, 0.999
-    last, scale = 0.0, None  # the time of the last step: one more must fit before the deadline
-    for t in range(1, steps + 1):
-        t0 = time.monotonic()
-        if deadline is not None and t0 + last > deadline:
-            break
-        with torch.enable_grad():
-            rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
-                   for p, unst, (a, s, icpt) in zip(params, unstable, relax)]
-            bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, pad=False)
-            grads = torch.autograd.grad(bound.sum(), params)
-        with torch.no_grad():
-            if low:  # steps in another dtype: each row's gradients scaled (grad_scale)
-                scale = grad_scale(grads, 2) if scale is None else scale
-                grads = [g / scale[:, :, None] for g in grads]
-            better = bound > best
-            best = torch.where(better, bound, best)
-            for kp, p in zip(keep, params):
-                kp.copy_(torch.where(better[:, :, None], p, kp))
-            for p, g, m1, m2 in zip(params, grads, moment1, moment2):
-                m1.mul_(beta1).add_(g, alpha=1 - beta1)
-                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step = lr * (m1 / (1 - beta1 ** t)) / ((m2 / (1 - beta2 ** t)).sqrt() + 1e-12)
-                p.add_(step).clamp_(0.0, 1.0)  # ascent on the bound, projected onto [0, 1]
-        last = time.monotonic() - t0
+    params = [a[:, None, :].expand(B, m, a.shape[1]).clone() for a, _, _ in relax]
+
+    def value(params_):
+        rel = [(torch.where(unst, p.clamp(0.0, 1.0), a[:, None, :]), s, icpt)
+               for p, unst, (a, s, icpt) in zip(params_, unstable, relax)]
+        return _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, pad=False)[0]
+
+    # ascent on the bound, each slope projected onto [0, 1]; in another dtype, each row's
+    # gradients scaled (grad_scale)
+    keep = adam_ascent(value, params, [lr] * len(params), [(0.0, 1.0)] * len(params), steps, deadline,
+                       scale_lead=2 if low else None)
     relax, lam, x_mid, x_rad = final
     ops = final_ops
     with torch.no_grad():
