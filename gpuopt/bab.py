@@ -359,12 +359,14 @@ def _milp_leaves(problem, kept, lo, hi, bnd, mask, eligible, unstable, milp, con
 
 
 def input_split(problem: Problem, *, deadline: float | None = None, config: SplitConfig = SplitConfig(),
-                open_disjuncts=None, milp: BoxProof | None = None) -> SplitResult:
+                open_disjuncts=None, milp: BoxProof | None = None, root_bounds: Bounds | None = None) -> SplitResult:
     """Decide ``problem`` by input splitting in float64 on the CPU (see the module docstring).
 
     ``open_disjuncts``: indices of the disjuncts still to decide (default: all); ``milp``: when
     given, open sub-boxes with few unstable ReLUs go to an exact MILP that proves with these
-    settings (:func:`_milp_leaves`).
+    settings (:func:`_milp_leaves`); ``root_bounds``: intermediate bounds already known on the
+    whole box (batch of one; the bounds stage's), taken for the root as they are instead of
+    computed again.
     """
     net = problem.network
     K_all = problem.spec.n_disjuncts
@@ -378,6 +380,8 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
     b_flat = b_pad.reshape(K * M)
     finite_b = torch.where(torch.isfinite(b_flat), b_flat, torch.zeros_like(b_flat))
 
+    root = [root_bounds]
+
     def bound_boxes(lo, hi, prior, mask, deadline):
         """Per box: intermediate bounds, the spec rows' CROWN lower bounds less ``b`` and their
         input coefficients, and each disjunct's lower bound (``> 0``: unreachable there). Once
@@ -385,7 +389,10 @@ def input_split(problem: Problem, *, deadline: float | None = None, config: Spli
         of ``mask`` get alpha-CROWN on the spec rows (``config.alpha_steps``), which keeps the
         better bound per row."""
         n = lo.shape[0]
-        bnd = intermediate_bounds(net, lo, hi, deadline=deadline, prior=prior)
+        if root[0] is not None and n == 1 and prior is None:  # the first call: the root box alone
+            bnd, root[0] = root[0], None
+        else:
+            bnd = intermediate_bounds(net, lo, hi, deadline=deadline, prior=prior)
         rows, coef = crown_linear_lower(net, lo, hi, C, bnd)
         rows = rows - b_flat - rounding_pad(finite_b.abs(), 1)
         disj = rows.view(n, K, M).amax(-1)

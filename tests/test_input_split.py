@@ -138,6 +138,29 @@ def test_input_split_agrees_with_brute_force_with_or_without_parent_bounds(seed,
     assert res.status != "unsat" or true_min > 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_root_bounds_are_taken_as_they_are(seed, monkeypatch):
+    """Given the bounds stage's bounds of the whole box, the search bounds the root with them
+    (one computation of intermediate bounds fewer) and reaches the enumeration's verdict."""
+    net, region, spec = _split_case(seed)
+    box = region.to_box()
+    true_min = brute_force_min_margin(net, box.lower, box.upper, spec, seed=seed).per_disjunct.min()
+    calls = []
+    real = bab_module.intermediate_bounds
+    monkeypatch.setattr(bab_module, "intermediate_bounds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = SplitConfig(batch_size=4, attack_boxes=0)
+    plain = input_split(Problem(net, region, spec), deadline=time.monotonic() + 60, config=config)
+    n_plain, calls[:] = len(calls), []
+    root = crown(net, torch.tensor(box.lower)[None], torch.tensor(box.upper)[None])
+    given = input_split(Problem(net, region, spec), deadline=time.monotonic() + 60, config=config, root_bounds=root)
+    assert len(calls) == n_plain - 1 and given.boxes == plain.boxes
+    assert given.status == plain.status
+    if true_min > 1e-9:
+        assert given.status == "unsat"
+    elif true_min < -1e-9:
+        assert given.status == "sat"
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_input_split_with_alpha_crown_agrees_with_brute_force(seed):
     """With alpha-CROWN on every box CROWN leaves open (from the first box on), verdicts still match

@@ -476,8 +476,10 @@ def plan_input_split(item: ItemState) -> list[TaskSpec]:
     specs = []
     for i in _open_problems(item):
         ks = sorted(k for (j, k) in item.open if j == i)
+        # the crown stage's bounds of the problem's box serve as the root's (not computed again)
+        root = None if item.bounds is None or item.bounds.method == "ibp" else item.bounds.select(slice(i, i + 1))
         specs.append(TaskSpec(split_task, (network_ref(item.network), _problem_data(item.problems[i]),
-                                           item.proof_problems[i].spec, ks, config.split, box_proof),
+                                           item.proof_problems[i].spec, ks, config.split, box_proof, root),
                               f"input_split p{i}", {"problem": i, "disjuncts": ks}))
     return specs
 

@@ -60,11 +60,11 @@ def _problem(net, data):
     return Problem(net, region, spec, inner=inner)
 
 
-def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_proof, budget: float,
+def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_proof, root_bounds, budget: float,
                submitted: float) -> dict:
     """Input splitting on one problem (:func:`gpuopt.bab.input_split`) over its open ``disjuncts``,
     proofs on ``proof_spec``, hard sub-boxes to MILPs proving with ``box_proof`` (``None``: no
-    MILP); a point is reported only after the exact check."""
+    MILP), the root box on ``root_bounds`` (``None``: computed); a point is reported only after the exact check."""
     start = time.time()
     _setup()
     from ..bab import input_split
@@ -73,7 +73,7 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_p
     problem = _problem(net, problem_data)
     proof = _problem(net, (problem.region, proof_spec, problem.inner))
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
-                      open_disjuncts=disjuncts, milp=box_proof)
+                      open_disjuncts=disjuncts, milp=box_proof, root_bounds=root_bounds)
     return _split_result(problem, res, res.milp_boxes, start)
 
 
