@@ -380,6 +380,28 @@ def test_global_average_pool_and_squeeze():
     _check_model(_model(nodes, [1, 1, 5, 5], inits))
 
 
+def test_squeeze_without_axes_drops_the_batch_axis_only_at_the_output():
+    """ONNX's ``Squeeze()`` removes every unit axis, the batch axis of a batch of one too. As the
+    graph's last node that changes nothing per sample; before another node, that node would number
+    its axes without the batch axis, which the importer keeps: refused by name (it once took a
+    following ``Slice`` on axis 0 as the batch axis and kept all six outputs, and interleaved a
+    ``Concat`` wrongly: a wrong sat found by review)."""
+    rng = np.random.default_rng(16)
+    inits = {"W": _f32(rng, 3, 4), "st": np.array([0], np.int64), "en": np.array([1], np.int64),
+             "ax": np.array([0], np.int64)}
+    last = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1), helper.make_node("Squeeze", ["h"], ["y"])]
+    net = _check_model(_model(last, [1, 4], inits))  # (1, 3) -> (3,)
+    assert net.output_size == 3
+    inner = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1), helper.make_node("Squeeze", ["h"], ["s"]),
+             helper.make_node("Slice", ["s", "st", "en", "ax"], ["y"])]  # onnxruntime: the first entry only
+    with pytest.raises(UnsupportedLayerError, match=r"Squeeze.*removes axis 0 .* the batch axis"):
+        from_onnx(_model(inner, [1, 4], inits))
+    named = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1), helper.make_node("Squeeze", ["h", "ax"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    with pytest.raises(UnsupportedLayerError, match=r"Squeeze.*removes axis 0"):
+        from_onnx(_model(named, [1, 4], inits))
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.onnx"
     with pytest.raises(InvalidInputError, match=re.escape(str(path))):

@@ -252,10 +252,28 @@ def test_resize_10_follows_onnxruntime_and_same_shape_resizes_copy():
     # 3 -> 3 (sizes): onnxruntime copies; the transform's own mapping (1, 2, 2) would move entries
     m = _resize_probe(3, 13, ins=["", "", "sz"], inits={"sz": _i64(1, 1, 1, 3)},
                       coordinate_transformation_mode="tf_half_pixel_for_nn", nearest_mode="round_prefer_ceil")
-    with pytest.raises(UnsupportedLayerError, match="input's own shape"):
+    with pytest.raises(UnsupportedLayerError, match="keeps its 3 entries"):
         from_onnx(m)
     m = _resize_probe(3, 13, ins=["", "", "sz"], inits={"sz": _i64(1, 1, 1, 3)})  # half_pixel: the identity
     assert from_onnx(m).forward64(x[..., :3]).reshape(-1).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("nearest", ["ceil", "round_prefer_ceil", "floor", "round_prefer_floor"])
+def test_an_axis_kept_at_scale_1_beside_a_resized_one_is_copied_or_refused(nearest):
+    """tf_half_pixel_for_nn (opset 11) maps position x of a scale-1 axis to x + 1/2, which ceil
+    rounding moves to x + 1: onnxruntime copies such an axis unchanged even while another axis is
+    resized, so that rounding is refused there (it read channel 1 for channel 0, a wrong unsat
+    found by review); floor rounding gives the identity and imports."""
+    x = np.array([1.0, 2.0, 1.0, 2.0], np.float32).reshape(1, 2, 1, 2)
+    m = _model([helper.make_node("Resize", ["x", "roi", "sc"], ["y"], mode="nearest", nearest_mode=nearest,
+                                 coordinate_transformation_mode="tf_half_pixel_for_nn")],
+               [1, 2, 1, 2], {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 1, 2], np.float32)}, opset=11)
+    if nearest.endswith("ceil"):
+        with pytest.raises(UnsupportedLayerError, match="axis 1 keeps its 2 entries"):
+            from_onnx(m)
+    else:
+        got = from_onnx(m).forward64(x).reshape(-1)
+        assert got.tolist() == _ort_outputs(m, x).reshape(-1).tolist()
 def _resize_model(**attrs):
     rng = np.random.default_rng(0)
     I = {"Wc": _f32(rng, 1, 1, 1, 1), "bc": _f32(rng, 1), "roi": np.zeros(0, np.float32),

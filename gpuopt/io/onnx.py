@@ -1243,12 +1243,17 @@ class _Importer:
         off = int(self.batched)
         full = self._full_shape(self.oshape)
         rank = len(full)
-        if axes is None:
-            axes = [a for a in range(off, rank) if full[a] == 1]
+        if axes is None:  # every unit axis, in ONNX the batch axis (of a batch of one) too
+            axes = [a for a in range(rank) if full[a] == 1]
         axes = {int(a) + rank if int(a) < 0 else int(a) for a in axes}
-        if (off and 0 in axes) or any(not 0 <= a < rank or full[a] != 1 for a in axes):
+        if any(not 0 <= a < rank or full[a] != 1 for a in axes):
             raise self._unsupported(label, "Squeeze", f"axes {sorted(axes)} of shape {full}")
-        out = tuple(d for a, d in enumerate(full) if a not in axes)[off:]
+        if off and 0 in axes and node.output[0] != self.output_name:
+            # the nodes after it would number their axes without the batch axis, which every
+            # tensor here keeps: only the graph's output may drop it
+            raise self._unsupported(label, "Squeeze", f"it removes axis 0 of shape {full}, the batch axis, before "
+                                                      "the graph's output (squeeze named axes instead, e.g. x.squeeze(-1))")
+        out = tuple(d for a, d in enumerate(full) if a >= off and a not in axes)
         self.oshape = out or (1,)
 
 
@@ -1363,8 +1368,8 @@ class _Importer:
     def _resize(self, node, label, op, attrs):
         """Nearest-neighbour resizing as one ``Gather`` per resized axis, the source indices exact
         (:func:`~gpuopt.io.selection.onnx_resize_axis`); an axis whose indices rounding could move
-        is refused, and so is a resize to the input's own shape that would move entries (which
-        onnxruntime copies unchanged)."""
+        is refused, and so is an axis kept at its own length whose entries the transform would move
+        (onnxruntime copies it unchanged)."""
         off = int(self.batched)
         mode = attrs.get("mode", "nearest")
         if mode != "nearest":
@@ -1416,11 +1421,13 @@ class _Importer:
                 if n_out != n_in:
                     raise self._unsupported(label, op, "resizing the batch axis")
                 continue
+            if n_out == n_in and idx != list(range(n_in)):
+                # (tf_half_pixel_for_nn with ceil rounding at scale 1): onnxruntime copies such an
+                # axis unchanged, also when others are resized, where the ONNX formula moves it
+                raise self._unsupported(label, op, f"axis {a} keeps its {n_in} entries but the coordinate transform "
+                                                   "would move them (onnxruntime copies such an axis unchanged)")
             plan.append((a - off, idx))
-        if tuple(out_shape) == tuple(full):  # onnxruntime copies the input
-            if any(idx != list(range(full[a + off])) for a, idx in plan):
-                raise self._unsupported(label, op, f"a resize to the input's own shape {tuple(full)} that moves "
-                                                   "entries (onnxruntime copies the input unchanged)")
+        if tuple(out_shape) == tuple(full):  # every axis keeps its entries: onnxruntime copies the input
             return
         self._check_entries(math.prod(out_shape[off:]), label, op)
         for a, idx in plan:
