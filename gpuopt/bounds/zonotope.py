@@ -50,8 +50,10 @@ __all__ = ["zonotope_bounds"]
 
 #: a box's generator matrix is kept under this many bytes, the smallest symbols folded into ``r`` (the
 #: products and absolute values take about three times as much at the peak; on cifar_biasfield the
-#: largest form, 2,443 symbols over 8,192 neurons, takes 160 MB)
-MAX_BYTES = 1 << 28
+#: largest form, 2,443 symbols over 8,192 neurons, takes 160 MB). Folding is a memory guard, not a
+#: speed-up: there, at a cap of 64 MB (512 to 2,048 symbols kept), the spec rows' bounds on eighths
+#: of the box fell from about -1 to -100s
+MAX_BYTES = 1 << 29
 
 
 def _fold_smallest(Gt: torch.Tensor, r: torch.Tensor, keep: int, n_terms: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +134,7 @@ def _one_box(ops, lo, hi, pre, out, i: int, n_terms: int, deadline, max_bytes: i
         fresh[torch.arange(idx.numel(), device=Gt.device), idx] = mu[idx]
         Gt = torch.cat([Gt[Gt.abs().amax(1) > 0], fresh], 0)
         # the next layer's form must fit: fold the smallest symbols in
-        width = max(op.shape[0] for op in ops[k + 1:])
-        keep = max(1, max_bytes // (item * max(width, Gt.shape[1])))
+        keep = max(1, max_bytes // (item * max(ops[k + 1].shape[0], Gt.shape[1])))
         if Gt.shape[0] > keep:
             Gt, r = _fold_smallest(Gt, r, keep, n_terms)
     return True
