@@ -188,7 +188,8 @@ def test_alpha_crown_closes_boxes_crown_leaves_open_and_waits_for_its_turn(monke
         problem, _ = shifted_problem(*_split_case(seed), seed, 1e-2)
         runs = {}
         for name, cfg in (("crown", SplitConfig(batch_size=4, attack_boxes=0, alpha_steps=0)),
-                          ("late", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=10**9)),
+                          ("late", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=10**9,
+                                               alpha_after_seconds=1e9)),
                           ("alpha", SplitConfig(batch_size=4, attack_boxes=0, alpha_after=0))):
             calls.clear()
             runs[name] = (input_split(problem, deadline=time.monotonic() + 60, config=cfg), list(calls))
@@ -200,7 +201,23 @@ def test_alpha_crown_closes_boxes_crown_leaves_open_and_waits_for_its_turn(monke
     assert saved > 0
 
 
-@pytest.mark.parametrize("kwargs, name", [({"alpha_steps": -1}, "alpha_steps"), ({"alpha_after": 0.5}, "alpha_after")])
+def test_alpha_crown_also_starts_after_its_seconds(monkeypatch):
+    """Where boxes are slow to bound, the time binds before the count: with ``alpha_after_seconds``
+    0 the first open box already gets alpha-CROWN, with a count that is never reached."""
+    calls = []
+    real = bab_module.alpha_crown_linear_lower
+    monkeypatch.setattr(bab_module, "alpha_crown_linear_lower", lambda *a, **k: calls.append(1) or real(*a, **k))
+    problem, _ = shifted_problem(*_split_case(3), 3, 1e-2)
+    for seconds, expect in ((1e9, False), (0.0, True)):
+        calls.clear()
+        res = input_split(problem, deadline=time.monotonic() + 60,
+                          config=SplitConfig(batch_size=4, attack_boxes=0, alpha_after=10**9, alpha_after_seconds=seconds))
+        assert res.status == "unsat" and bool(calls) == expect
+
+
+@pytest.mark.parametrize("kwargs, name", [({"alpha_steps": -1}, "alpha_steps"), ({"alpha_after": 0.5}, "alpha_after"),
+                                          ({"alpha_after_seconds": -1.0}, "alpha_after_seconds"),
+                                          ({"alpha_after_seconds": float("nan")}, "alpha_after_seconds")])
 def test_bad_alpha_settings_are_refused(kwargs, name):
     with pytest.raises(InvalidInputError, match=name):
         SplitConfig(**kwargs)
