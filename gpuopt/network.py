@@ -133,6 +133,14 @@ class LinearOp:
         return self._sparse_t
 
     @property
+    def abs_col_max(self) -> float:
+        """``max_i sum_r |M_ri|``: how much a row vector's largest entry can grow through ``A M``."""
+        if getattr(self, "_abs_col_max", None) is None:
+            sums = abs(self._matrix).sum(axis=0)
+            self._abs_col_max = float(sums.max()) if sums.size else 0.0
+        return self._abs_col_max
+
+    @property
     def abs_matrix(self) -> torch.Tensor:
         """``|M|``: dense, or sparse CSR for a sparse block."""
         if self._abs_matrix is None:

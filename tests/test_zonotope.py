@@ -181,3 +181,53 @@ def test_verify_proves_at_the_root_what_forward_bounds_leave_open():
     assert y.min() > -1.9
     v = verify(net, box, OutputSpec([([[1.0]], [-1.9])], 1), timeout=60)
     assert v.status is Status.UNSAT and v.decided_by == "crown", v
+
+
+def _contains(b, lo_exact, hi_exact, what):
+    low, up = Fraction(float(b.output[0][0, 0])), Fraction(float(b.output[1][0, 0]))
+    assert low <= lo_exact and hi_exact <= up, (what, float(low), float(up), float(lo_exact), float(hi_exact))
+
+
+def test_underflow_in_the_products_is_covered_on_subnormal_inputs():
+    """12 inputs in [1e5, 1.2e5] x eta (the least subnormal), all 400 ReLUs active, output weights
+    4.9e-5: each product of the zonotope's and CROWN's passes underflows, losing up to eta apiece,
+    and that is 3% of the range. The exact range (rationals) must lie inside every method's bounds
+    (the zonotope's excluded both ends before: found by review)."""
+    eta = 5e-324
+    n_in, width, w2 = 12, 400, 4.9e-05
+    net = Network([Dense(np.ones((width, n_in)), np.zeros(width)), ReLU(), Dense(np.full((1, width), w2), np.zeros(1))],
+                  (n_in,))
+    lo, hi = np.full(n_in, 1e5 * eta), np.full(n_in, 1.2e5 * eta)
+    exact = lambda x: Fraction(w2) * width * sum(Fraction(float(v)) for v in x)  # noqa: E731
+    tl, th = torch.tensor(lo[None]), torch.tensor(hi[None])
+    for name, b in (("zonotope", zonotope_bounds(net, tl, th)), ("intermediate", intermediate_bounds(net, tl, th)),
+                    ("forward", forward_crown(net, tl, th))):
+        _contains(b, exact(lo), exact(hi), name)
+    rows = crown_linear_lower(net, tl, th, torch.tensor([[1.0], [-1.0]]).T.reshape(2, 1), forward_crown(net, tl, th))[0]
+    assert Fraction(float(rows[0, 0])) <= exact(lo) and Fraction(float(-rows[0, 1])) >= exact(hi)
+
+
+def test_coefficient_underflow_times_huge_inputs_is_covered():
+    """Twelve tents of height 1e-28 at x = 1.37e300, weights 1e-161 in both layers: the input
+    coefficients are products of 1e-322 (subnormal, 1.2% short), and times x ~ 1e300 that error is
+    5e4 times the outputs. CROWN and the forward bounds gave an empty interval on a sub-box where
+    every ReLU is stable (found by review); every method must contain the exact outputs."""
+    from gpuopt.bounds import crown
+
+    a, k, p, d = 1e-161, 12, 1.3712345e300, 1e294
+    W = np.full((3 * k, 1), a)
+    bias = np.repeat([-a * (p - d), -a * p, -a * (p + d)], k)
+    V = np.array([[a, -2 * a, a]]).repeat(k, axis=1)
+    net = Network([Dense(W, bias), ReLU(), Dense(V, np.zeros(1))], (1,))
+
+    def exact(x):
+        x = Fraction(float(x))
+        return sum(Fraction(float(V[0, i])) * max(Fraction(float(W[i, 0])) * x + Fraction(float(bias[i])), Fraction(0))
+                   for i in range(3 * k))
+
+    lo, hi = p - 0.8 * d, p - 0.7 * d  # every ReLU stable: y is affine on the box
+    tl, th = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
+    ys = sorted([exact(lo), exact(hi)])
+    for name, b in (("crown", crown(net, tl, th)), ("forward", forward_crown(net, tl, th)),
+                    ("zonotope", zonotope_bounds(net, tl, th)), ("intermediate", intermediate_bounds(net, tl, th))):
+        _contains(b, ys[0], ys[1], name)

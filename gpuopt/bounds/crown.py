@@ -153,8 +153,15 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     def pick(t):
         return t if index is None else t[index]
 
+    # underflow loses up to eta per product whatever the magnitudes, an absolute error the relative
+    # pads miss: ``under`` bounds it on every entry of a row of A (it grows through the slopes and
+    # by |M_j|'s largest column sum), ``lost`` its effect on the bound (through the constants and
+    # finally |x|). (Without it, weight products of 1e-322 on inputs of 1e300 gave an empty output
+    # interval: found by review.)
+    eta = torch.finfo(ops[k].bias.dtype).tiny * torch.finfo(ops[k].bias.dtype).eps
     if head is not None:
         A, const, abs_acc = head
+        under = torch.zeros_like(const)  # the selected rows of M_k are exact
     else:
         c = ops[k].bias
         const = lam @ c
@@ -162,6 +169,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         if pad:
             abs_acc = (lam.abs() @ (c.abs() + pick(ops[k].abs_matvec(hmax[k - 1])))[:, :, None]).squeeze(-1)
         A = ops[k].rmatmul(lam)
+        under = torch.full_like(const, eta * (ops[k].shape[0] + 2))
+    lost = torch.zeros_like(const) + eta * (ops[k].shape[0] + 2)
     for j in range(k - 1, -1, -1):
         alpha, s, icpt, *low = (pick(t) for t in relax[j])
         if record is not None:
@@ -184,6 +193,12 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
             weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
             abs_acc = abs_acc + (extra.abs() if extra_abs is None else extra_abs) + (
                 coef.abs() @ weight[:, :, None]).squeeze(-1)
+            slope_max = max(1.0, float(alpha.abs().max()) if alpha.numel() else 0.0, float(s.abs().max()) if s.numel() else 0.0)
+            icpt_sum = sum(t if t.dim() == 2 else t[:, None] for t in
+                           [icpt.abs().sum(-1)] + ([low[0].abs().sum(-1)] if low else []))
+            under_coef = under * slope_max + eta
+            lost = lost + under * icpt_sum + under_coef * float(cj.abs().sum()) + 2 * eta * (ops[j].shape[0] + 2)
+            under = under_coef * ops[j].abs_col_max + eta * (ops[j].shape[0] + 2)
         A = ops[j].rmatmul(coef)
     x_mid, x_rad = pick(x_mid), pick(x_rad)
     if not pad:
@@ -195,14 +210,17 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     spread = (Aabs @ torch.stack([x_rad, x_mid.abs() + x_rad], dim=-1))
     lower = (A @ x_mid[:, :, None]).squeeze(-1) - spread[..., 0] + const
     mag = spread[..., 1] + abs_acc
-    lower = lower - rounding_pad(mag, n_terms)
+    n0 = A.shape[-1]
+    lost = lost + eta * (n0 + 2)
+    lower = lower - rounding_pad(mag, n_terms) - 2 * (lost + under * (x_mid.abs() + x_rad).sum(-1)[:, None])
     if ball is not None:
         x0, eps, norm = pick(ball[0]), pick(ball[1]), ball[2]
         dual = torch.linalg.vector_norm(A, dim=-1) if norm == "l2" else A.abs().amax(dim=-1)
         reach = eps[:, None] * dual
         ball = (A @ x0[:, :, None]).squeeze(-1) - reach + const
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
-        lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * A.shape[-1] + 8))
+        lost_b = lost + under * (x0.abs().sum(-1) + n0 * eps)[:, None]
+        lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * n0 + 8) - 2 * lost_b)
     return lower, A
 
 

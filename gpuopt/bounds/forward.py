@@ -20,6 +20,11 @@ values (``A' = |M| A``, ``a' = |M| a + |c|``, plus ``s |lo|`` at a ReLU), which 
 intermediate quantity; every concrete bound is widened by
 :func:`~gpuopt.bounds.base.rounding_pad` of ``A |x| + a`` with as many terms as the whole
 computation has in sequence (inputs, every layer's width, and a few operations per layer).
+Underflow loses up to ``eta`` (the least subnormal) per product whatever the magnitudes: that
+absolute error, bounded per neuron on its coefficients (``e' = |M| e + eta (n_in + 2)``, times the
+slope at a ReLU) and on its constants, adds ``e_coef |x| + e_bias`` (doubled for its own rounding) to
+the pad. (Without it, weight
+products of 1e-322 on inputs of 1e300 gave an empty output interval: found by review.)
 """
 
 from __future__ import annotations
@@ -122,6 +127,12 @@ def _forward_chunk(ops, lo, hi, ibp_pre, ibp_out) -> list:
     # h (the input of the next block): L x + l <= h <= U x + u; A, a: absolute-value companions
     L = U = A = eye
     l = u = a = torch.zeros((B, n0), dtype=dtype, device=device)
+    # underflow: every product may lose up to eta whatever its magnitude, an absolute error that
+    # the relative pads miss; e_coef bounds it on each coefficient of a neuron's rows, e_bias on
+    # its constants (both grow through |M|), and a concrete bound moves out by e_coef |x| + e_bias
+    eta = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    e_coef = e_bias = torch.zeros((B, n0), dtype=dtype, device=device)
+    x_sum = x_mag.sum(dim=1, keepdim=True)
     results = []
     for k, op in enumerate(ops):
         # the bias vectors ride along as an extra column, lower and upper side by side: [L l | U u]
@@ -135,7 +146,10 @@ def _forward_chunk(ops, lo, hi, ibp_pre, ibp_out) -> list:
         Lz, lz = Lz[..., :-1], Lz[..., -1] + op.bias
         Uz, uz = Uz[..., :-1], Uz[..., -1] + op.bias
         Az, az = Az[..., :-1], Az[..., -1] + op.bias.abs()
-        pad = rounding_pad((Az @ x_mag[:, :, None]).squeeze(-1) + az, n_terms)
+        fresh = eta * (op.shape[1] + 2)
+        e_coef = op.abs_matvec(e_coef) + fresh
+        e_bias = op.abs_matvec(e_bias) + fresh
+        pad = rounding_pad((Az @ x_mag[:, :, None]).squeeze(-1) + az, n_terms) + 2 * (e_coef * x_sum + e_bias)
         low = (Lz @ x_mid[:, :, None]).squeeze(-1) - (Lz.abs() @ x_rad[:, :, None]).squeeze(-1) + lz - pad
         up = (Uz @ x_mid[:, :, None]).squeeze(-1) + (Uz.abs() @ x_rad[:, :, None]).squeeze(-1) + uz + pad
         il, iu = ibp_pre[k] if k < len(ops) - 1 else ibp_out
@@ -156,5 +170,7 @@ def _forward_chunk(ops, lo, hi, ibp_pre, ibp_out) -> list:
         L, l = Lz * alpha[..., None], lz * alpha
         U, u = Uz * s[..., None], uz * s + icpt
         A, a = Az * torch.maximum(s, alpha)[..., None], az * torch.maximum(s, alpha) + icpt.abs()
+        e_coef = e_coef * torch.maximum(s, alpha) + eta
+        e_bias = e_bias * torch.maximum(s, alpha) + 2 * eta  # (and the intercept's product)
     return results
 
