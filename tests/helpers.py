@@ -475,6 +475,16 @@ def affine_view_values(net, x) -> tuple[list, np.ndarray]:
     return pre, z.T
 
 
+def assert_bounds_contain_samples(net, bounds, lo, hi, rng, n: int = 400, what: str = "") -> None:
+    """Every sampled point's pre-activations and outputs (of the affine-block view, in float64) lie
+    inside ``bounds`` on each box ``[lo[i], hi[i]]``."""
+    for i in range(len(lo)):
+        pre, y = affine_view_values(net, box_points(rng, np.asarray(lo[i]), np.asarray(hi[i]), n))
+        for k, ((l, u), z) in enumerate(zip(bounds.pre_activation, pre)):
+            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy()), (what, i, k)
+        assert np.all(y >= bounds.output[0][i].numpy()) and np.all(y <= bounds.output[1][i].numpy()), (what, i)
+
+
 def sexpr_tokens(text: str) -> list[str]:
     """Tokens of an S-expression text (``;`` comments dropped)."""
     import re

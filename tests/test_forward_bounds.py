@@ -14,7 +14,7 @@ import gpuopt.bounds.forward as forward_mod
 from gpuopt.network import Add, Concat, Conv2d, Dense, Flatten, MaxPool2d, Network, ReLU, Reshape
 from gpuopt.verdict import Status
 
-from helpers import affine_view_values, box_points, random_dense_network
+from helpers import assert_bounds_contain_samples, box_points, random_dense_network
 
 
 def _graph_net(rng):
@@ -48,11 +48,7 @@ def test_forward_bounds_contain_sampled_values(name, net, seed):
     b = forward_crown(net, torch.tensor(lo), torch.tensor(hi))
     b_ibp = ibp(net, torch.tensor(lo), torch.tensor(hi))
     assert b.method == "forward" and len(b.pre_activation) == len(b_ibp.pre_activation)
-    for i in range(3):
-        pre, y = affine_view_values(net, box_points(rng, lo[i], hi[i], 400))
-        for k, ((l, u), z) in enumerate(zip(b.pre_activation, pre)):
-            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy()), (name, k)
-        assert np.all(y >= b.output[0][i].numpy()) and np.all(y <= b.output[1][i].numpy()), name
+    assert_bounds_contain_samples(net, b, lo, hi, rng, what=name)
     # intersected with IBP, and strictly tighter somewhere on a deep net
     for (fl, fu), (il, iu) in zip(list(b.pre_activation) + [b.output], list(b_ibp.pre_activation) + [b_ibp.output]):
         assert bool((fl >= il).all() and (fu <= iu).all())

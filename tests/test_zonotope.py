@@ -19,7 +19,7 @@ from gpuopt.bounds.zonotope import zonotope_bounds
 from gpuopt.network import Conv2d, Dense, Flatten, Network, ReLU, Reshape
 from gpuopt.verdict import Status
 
-from helpers import affine_view_values, box_points, random_dense_network
+from helpers import assert_bounds_contain_samples, box_points, random_dense_network
 
 from test_forward_bounds import _graph_net
 
@@ -56,11 +56,7 @@ def test_zonotope_bounds_contain_sampled_values(name, net, seed):
     hi = lo + rng.choice([0.0, 0.05, 0.5], size=lo.shape)  # some degenerate coordinates
     b = zonotope_bounds(net, torch.tensor(lo), torch.tensor(hi))
     assert b.method == "zonotope"
-    for i in range(3):
-        pre, y = affine_view_values(net, box_points(rng, lo[i], hi[i], 400))
-        for k, ((l, u), z) in enumerate(zip(b.pre_activation, pre)):
-            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy()), (name, k)
-        assert np.all(y >= b.output[0][i].numpy()) and np.all(y <= b.output[1][i].numpy()), name
+    assert_bounds_contain_samples(net, b, lo, hi, rng, what=name)
     # intersected with IBP's
     b_ibp = ibp(net, torch.tensor(lo), torch.tensor(hi))
     for (zl, zu), (il, iu) in zip(_layers(b), _layers(b_ibp)):
@@ -132,11 +128,7 @@ def test_folding_symbols_under_a_small_memory_cap_stays_sound():
     hi = lo + 0.6
     full = zonotope_bounds(net, lo, hi)
     tight = zonotope_bounds(net, lo, hi, max_bytes=8 * 50 * 4)  # 4 symbols kept per layer
-    for i in range(2):
-        pre, y = affine_view_values(net, box_points(rng, lo[i].numpy(), hi[i].numpy(), 400))
-        for (l, u), z in zip(tight.pre_activation, pre):
-            assert np.all(z >= l[i].numpy()) and np.all(z <= u[i].numpy())
-        assert np.all(y >= tight.output[0][i].numpy()) and np.all(y <= tight.output[1][i].numpy())
+    assert_bounds_contain_samples(net, tight, lo.numpy(), hi.numpy(), rng, what="folded")
     # the folded zonotope is a box around some symbols: never tighter than the full one on the first layer
     assert bool((tight.pre_activation[1][0] <= full.pre_activation[1][0] + 1e-12).all())
     assert float((tight.output[1] - tight.output[0]).sum()) > float((full.output[1] - full.output[0]).sum())
