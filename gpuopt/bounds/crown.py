@@ -193,11 +193,12 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
             weight = cj.abs() + pick(ops[j].abs_matvec(hmax[j - 1]))  # (boxes, n_j): |c_j| + |M_j| hmax_{j-1}
             abs_acc = abs_acc + (extra.abs() if extra_abs is None else extra_abs) + (
                 coef.abs() @ weight[:, :, None]).squeeze(-1)
-            slope_max = max(1.0, float(alpha.abs().max()) if alpha.numel() else 0.0, float(s.abs().max()) if s.numel() else 0.0)
+            # (tensors throughout: no device sync per layer)
+            slope_max = torch.stack([t.abs().amax() if t.numel() else t.new_zeros(()) for t in (alpha, s)]).amax()
             icpt_sum = sum(t if t.dim() == 2 else t[:, None] for t in
                            [icpt.abs().sum(-1)] + ([low[0].abs().sum(-1)] if low else []))
-            under_coef = under * slope_max + eta
-            lost = lost + under * icpt_sum + under_coef * float(cj.abs().sum()) + 2 * eta * (ops[j].shape[0] + 2)
+            under_coef = under * slope_max.clamp(min=1.0) + eta
+            lost = lost + under * icpt_sum + under_coef * cj.abs().sum() + 2 * eta * (ops[j].shape[0] + 2)
             under = under_coef * ops[j].abs_col_max + eta * (ops[j].shape[0] + 2)
         A = ops[j].rmatmul(coef)
     x_mid, x_rad = pick(x_mid), pick(x_rad)

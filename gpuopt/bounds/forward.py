@@ -23,8 +23,8 @@ computation has in sequence (inputs, every layer's width, and a few operations p
 Underflow loses up to ``eta`` (the least subnormal) per product whatever the magnitudes: that
 absolute error, bounded per neuron on its coefficients (``e' = |M| e + eta (n_in + 2)``, times the
 slope at a ReLU) and on its constants, adds ``e_coef |x| + e_bias`` (doubled for its own rounding) to
-the pad. (Without it, weight
-products of 1e-322 on inputs of 1e300 gave an empty output interval: found by review.)
+the pad. (Without it, weight products of 1e-322 on inputs of 1e300 gave an empty output interval:
+found by review.)
 """
 
 from __future__ import annotations
