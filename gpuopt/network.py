@@ -106,7 +106,8 @@ class LinearOp:
     def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None, conv=None):
         self.shape = matrix.shape
         self.passthrough = None if passthrough is None else torch.tensor(passthrough, dtype=torch.bool, device=device)
-        self.bias = torch.tensor(bias, dtype=dtype, device=device)
+        self.bias = (bias.to(device=device, dtype=dtype) if isinstance(bias, torch.Tensor)
+                     else torch.tensor(bias, dtype=dtype, device=device))
         self._matrix, self._sparse = matrix, None
         self._sparse_t = self._abs_matrix = None
         self.conv = None
@@ -124,6 +125,15 @@ class LinearOp:
         else:
             self.dense = torch.tensor(matrix.toarray(), dtype=dtype, device=device)
             self._abs_matrix = self.dense.abs()
+
+    def restrict(self, rows: np.ndarray, cols: np.ndarray) -> "LinearOp":
+        """The block ``M[rows][:, cols]`` with bias ``c[rows]`` (same device and dtype; dense or
+        sparse by its own size and density, without the convolution path)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pt = None if self.passthrough is None else self.passthrough.cpu().numpy()[rows]
+        bias = self.bias[torch.as_tensor(rows, device=self.bias.device)]
+        return LinearOp(self._matrix[rows][:, np.asarray(cols, dtype=np.int64)], bias, self.bias.device,
+                        self.bias.dtype, pt)
 
     @property
     def sparse_t(self) -> torch.Tensor | None:

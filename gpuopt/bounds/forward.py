@@ -52,13 +52,15 @@ def prefers_forward(network: Network) -> bool:
 
 
 def intermediate_bounds(network: Network, lower, upper, *, deadline: float | None = None,
-                        prior: Bounds | None = None) -> Bounds:
+                        prior: Bounds | None = None, outputs=None) -> Bounds:
     """The pre-activation bounds the final spec bound and the MILP build on: CROWN
     (:func:`gpuopt.bounds.crown.crown`), or where forward passes are the cheaper way
     (:func:`prefers_forward`), :func:`forward_crown` tightened by the zonotope
     (:func:`gpuopt.bounds.zonotope.zonotope_bounds`), which keeps the correlations the forward
     bounds lose (on cifar_biasfield's 16-input CNN, output bounds 86 wide instead of 1e5).
-    ``prior``: bounds known to hold on these boxes, intersected in."""
+    ``prior``: bounds known to hold on these boxes, intersected in. ``outputs`` (indices, default
+    all): CROWN bounds only these outputs and the neurons that reach them (see
+    :func:`~gpuopt.bounds.crown.crown`); the others keep IBP's bounds."""
     from .crown import _intersect, crown
     from .zonotope import zonotope_bounds
 
@@ -67,7 +69,7 @@ def intermediate_bounds(network: Network, lower, upper, *, deadline: float | Non
         if prior is not None:
             bounds = _intersect(bounds, prior)
         return zonotope_bounds(network, lower, upper, prior=bounds, deadline=deadline)
-    return crown(network, lower, upper, deadline=deadline, prior=prior)
+    return crown(network, lower, upper, deadline=deadline, prior=prior, outputs=outputs)
 
 
 def _signed_parts(op) -> tuple:

@@ -126,6 +126,13 @@ def stacked_spec(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tenso
     return A, b
 
 
+def spec_outputs(A: torch.Tensor) -> torch.Tensor | None:
+    """The outputs with a nonzero coefficient in some row of the stacked spec ``A`` (``(..., n_out)``),
+    or None when that is every output."""
+    used = (A != 0).reshape(-1, A.shape[-1]).any(dim=0)
+    return None if bool(used.all()) else torch.nonzero(used).flatten()
+
+
 def attack_device(config) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
@@ -326,7 +333,9 @@ def _crown_group(items) -> list[str]:
     A_all, b_all = stacked_spec([p for it in items for p in it.proof_problems])
     S_all = stacked_strict(problems, b_all.shape)
     P = len(problems)
-    bounds = intermediate_bounds(net, lower, upper, deadline=deadline)
+    # the outputs some proof row reads: only they, and the neurons that reach them, need CROWN
+    outputs = spec_outputs(A_all)
+    bounds = intermediate_bounds(net, lower, upper, deadline=deadline, outputs=outputs)
     K, M = A_all.shape[1:3]
     t_rows = time.monotonic()
     rows, _ = crown_linear_lower(net, lower, upper, A_all.reshape(P, K * M, -1), bounds)
@@ -357,7 +366,7 @@ def _crown_group(items) -> list[str]:
         stop = time.monotonic() + ALPHA_INTERMEDIATE_SHARE * left()
         bounds = alpha_crown_bounds(net, lower, upper, bounds, steps=config.alpha_steps,
                                     deadline=stop if deadline is None else min(stop, deadline),
-                                    step_dtype=config.relu_split.step_dtype)
+                                    step_dtype=config.relu_split.step_dtype, outputs=outputs)
         decided_by, disj_lb = alpha_rows(bounds)
     offset = 0
     for it in items:
