@@ -75,8 +75,6 @@ def compacted(ops, k: int, rows: np.ndarray, reach: list[np.ndarray], relax, hma
     :func:`gpuopt.bounds.crown._backward` gives the bounds of the full pass: the coordinates left
     out carry coefficients that are exactly zero, and the products kept are summed over fewer
     terms, which the pass's own term counts then describe."""
-    from ..network import LinearOp
-
     dev = ops[k].bias.device
     idx = [torch.as_tensor(r, device=dev) for r in reach]  # idx[j + 1]: layer j's coordinates
     sub_ops = []
