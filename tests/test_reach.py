@@ -174,3 +174,48 @@ def test_alpha_crown_on_chosen_outputs_tightens_their_cone_only(sparse_blocks):
             moved += int((full.pre_activation[j][side][:, ~m] != start.pre_activation[j][side][:, ~m]).sum())
     assert moved > 0  # the full run did tighten neurons outside the cone
     assert_bounds_contain_samples(net, part, lo.numpy(), hi.numpy(), rng, what="alpha cone")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_row_products_and_their_gradient_match_dense(sparse_blocks, dtype):
+    rng = np.random.default_rng(40)
+    net = _residual_cnn(rng)
+    sparse = [(op, b) for op, b in zip(net.linear_ops("cpu", dtype), net.affine_blocks()) if op.dense is None]
+    assert len(sparse) >= 3
+    for op, block in sparse:
+        M = torch.tensor(block.matrix.toarray(), dtype=dtype)
+        A = torch.tensor(rng.normal(size=(2, 3, op.shape[0])), dtype=dtype, requires_grad=True)
+        out = op.rmatmul(A)
+        assert out.dtype == dtype and out.is_contiguous()
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        assert torch.allclose(out, A.detach() @ M, **tol)
+        G = torch.tensor(rng.normal(size=out.shape), dtype=dtype)
+        (grad,) = torch.autograd.grad((out * G).sum(), A)
+        assert torch.allclose(grad, G @ M.T, **tol)
+
+
+def test_alpha_crown_bounds_starts_no_chunk_past_its_deadline(monkeypatch):
+    """Each chunk's first and last passes ignore the deadline, so no chunk may start after it."""
+    import time
+
+    from gpuopt.bounds.crown import alpha_crown_bounds
+
+    rng = np.random.default_rng(50)
+    net = _residual_cnn(rng)
+    lo, hi = _box(rng, net, 1, eps=0.1)
+    start = crown(net, lo, hi)
+    monkeypatch.setattr(crown_mod, "CHUNK_ELEMENTS", 4096)  # many chunks per layer
+    calls = []
+    real = crown_mod._optimised_rows
+    deadline = time.monotonic() + 3600
+
+    def slow(*args):
+        calls.append(1)
+        out = real(*args)
+        monkeypatch.setattr(time, "monotonic", lambda: deadline + 1.0)  # the deadline has passed
+        return out
+
+    monkeypatch.setattr(crown_mod, "_optimised_rows", slow)
+    got = alpha_crown_bounds(net, lo, hi, start, steps=2, deadline=deadline)
+    assert len(calls) == 1
+    assert_bounds_contain_samples(net, got, lo.numpy(), hi.numpy(), rng, what="cut short")
