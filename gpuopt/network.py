@@ -101,6 +101,8 @@ class LinearOp:
     #: sparse product from 32 channels, 1.2-4x slower below; 2-7x faster than the dense product at
     #: density 0.12, slower at 0.4)
     conv_density = 0.25
+    #: :meth:`abs_matvec` remembers its last result up to this many entries (32 MB in float64)
+    memo_entries = 1 << 22
     conv_min_channels = 32
 
     def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None, conv=None):
@@ -126,14 +128,26 @@ class LinearOp:
             self.dense = torch.tensor(matrix.toarray(), dtype=dtype, device=device)
             self._abs_matrix = self.dense.abs()
 
-    def restrict(self, rows: np.ndarray, cols: np.ndarray) -> "LinearOp":
+    def restrict(self, rows: np.ndarray, cols: np.ndarray, magnitudes=None) -> "LinearOp":
         """The block ``M[rows][:, cols]`` with bias ``c[rows]`` (same device and dtype; dense or
-        sparse by its own size and density, without the convolution path)."""
+        sparse by its own size and density, without the convolution path). Its
+        :attr:`abs_col_max` is this block's (an over-estimate, as its pads need). ``magnitudes =
+        (v, v[:, cols])``: when ``cols`` holds every column with an entry in ``rows``, the
+        restricted block's ``|M| v[:, cols]`` is ``(|M| v)[:, rows]``, taken from this block's
+        (computed once for all restrictions) instead of computed again."""
         rows = np.asarray(rows, dtype=np.int64)
         pt = None if self.passthrough is None else self.passthrough.cpu().numpy()[rows]
-        bias = self.bias[torch.as_tensor(rows, device=self.bias.device)]
-        return LinearOp(self._matrix[rows][:, np.asarray(cols, dtype=np.int64)], bias, self.bias.device,
-                        self.bias.dtype, pt)
+        picked = torch.as_tensor(rows, device=self.bias.device)
+        sub = LinearOp(self._matrix[rows][:, np.asarray(cols, dtype=np.int64)], self.bias[picked], self.bias.device,
+                       self.bias.dtype, pt)
+        sub._abs_col_max = self.abs_col_max
+        if magnitudes is not None:
+            full, part = magnitudes
+            sub._remember(part, self.abs_matvec(full)[:, picked])
+        return sub
+
+    def _remember(self, v: torch.Tensor, out: torch.Tensor) -> None:
+        self._abs_memo = (v, v._version, out, out._version)
 
     def scipy_matrix(self, transposed: bool, absolute: bool = False) -> sp.csr_matrix:
         """``M`` (or ``M^T``, or ``|M|``) as a scipy CSR matrix in the block's dtype (cached)."""
@@ -199,14 +213,23 @@ class LinearOp:
 
     def abs_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``,
-        row-major (see :class:`_SparseRowProduct`)."""
+        row-major (see :class:`_SparseRowProduct`). The last product of a vector not
+        requiring a gradient is remembered: the chunks of a bound pass ask for the same one (the
+        vector's and the result's version counters must be unchanged)."""
+        memo = getattr(self, "_abs_memo", None)
+        if memo is not None and memo[0] is v and memo[1] == v._version and memo[3] == memo[2]._version:
+            return memo[2]
         if self.dense is not None:
-            return v @ self.abs_matrix.T
-        if self.conv is not None:
-            return self._convolve(v, self._abs_weight)
-        if v.device.type == "cpu" and not v.requires_grad:
-            return _scipy_rows(self.scipy_matrix(transposed=False, absolute=True), v)
-        return (self.abs_matrix @ v.T).T.contiguous()
+            out = v @ self.abs_matrix.T
+        elif self.conv is not None:
+            out = self._convolve(v, self._abs_weight)
+        elif v.device.type == "cpu" and not v.requires_grad:
+            out = _scipy_rows(self.scipy_matrix(transposed=False, absolute=True), v)
+        else:
+            out = (self.abs_matrix @ v.T).T.contiguous()
+        if not v.requires_grad and out.numel() <= self.memo_entries:
+            self._remember(v, out)
+        return out
 
     def _convolve(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``W * v`` for flattened samples ``v`` ``(B, n_in)`` (the block's geometry): ``(B, n_out)``."""

@@ -77,10 +77,10 @@ def compacted(ops, k: int, rows: np.ndarray, reach: list[np.ndarray], relax, hma
     terms, which the pass's own term counts then describe."""
     dev = ops[k].bias.device
     idx = [torch.as_tensor(r, device=dev) for r in reach]  # idx[j + 1]: layer j's coordinates
+    sub_hmax = {j: hmax[j][:, idx[j + 1]] for j in range(-1, k)}
     sub_ops = []
     for j in range(k + 1):
         out_rows = np.asarray(rows, dtype=np.int64) if j == k else reach[j + 1]
-        sub_ops.append(ops[j].restrict(out_rows, reach[j]))
+        sub_ops.append(ops[j].restrict(out_rows, reach[j], magnitudes=(hmax[j - 1], sub_hmax[j - 1])))
     sub_relax = [tuple(t[..., idx[j + 1]] for t in relax[j]) for j in range(k)]
-    sub_hmax = {j: hmax[j][:, idx[j + 1]] for j in range(-1, k)}
     return sub_ops, sub_relax, sub_hmax, x_mid[:, idx[0]], x_rad[:, idx[0]]
