@@ -101,9 +101,9 @@ class LinearOp:
     #: sparse product from 32 channels, 1.2-4x slower below; 2-7x faster than the dense product at
     #: density 0.12, slower at 0.4)
     conv_density = 0.25
+    conv_min_channels = 32
     #: :meth:`abs_matvec` remembers its last result up to this many entries (32 MB in float64)
     memo_entries = 1 << 22
-    conv_min_channels = 32
 
     def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None, conv=None):
         self.shape = matrix.shape
@@ -147,7 +147,8 @@ class LinearOp:
         return sub
 
     def _remember(self, v: torch.Tensor, out: torch.Tensor) -> None:
-        self._abs_memo = (v, v._version, out, out._version)
+        if not (v.is_inference() or out.is_inference()):  # (no version counters under inference_mode)
+            self._abs_memo = (v, v._version, out, out._version)
 
     def scipy_matrix(self, transposed: bool, absolute: bool = False) -> sp.csr_matrix:
         """``M`` (or ``M^T``, or ``|M|``) as a scipy CSR matrix in the block's dtype (cached)."""

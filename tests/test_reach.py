@@ -219,3 +219,24 @@ def test_alpha_crown_bounds_starts_no_chunk_past_its_deadline(monkeypatch):
     got = alpha_crown_bounds(net, lo, hi, start, steps=2, deadline=deadline)
     assert len(calls) == 1
     assert_bounds_contain_samples(net, got, lo.numpy(), hi.numpy(), rng, what="cut short")
+
+
+def test_abs_matvec_memo_follows_changes_and_inference_mode(sparse_blocks):
+    rng = np.random.default_rng(60)
+    net = _residual_cnn(rng)
+    op = net.linear_ops("cpu", torch.float64)[1]
+    absM = torch.tensor(abs(net.affine_blocks()[1].matrix).toarray())
+    v = torch.tensor(rng.uniform(0, 1, (2, op.shape[1])))
+    first = op.abs_matvec(v)
+    assert op.abs_matvec(v) is first  # remembered
+    v.mul_(2.0)  # changed in place: computed again
+    assert torch.allclose(op.abs_matvec(v), v @ absM.T)
+    out = op.abs_matvec(v)
+    out.zero_()  # the caller changed the result: computed again
+    assert torch.allclose(op.abs_matvec(v), v @ absM.T)
+    with torch.inference_mode():
+        w = torch.tensor(rng.uniform(0, 1, (2, op.shape[1])))
+        assert torch.allclose(op.abs_matvec(w), w @ absM.T)
+        lo, hi = _box(rng, net)
+        b = crown(net, lo, hi)
+    assert_bounds_contain_samples(net, b, lo.numpy(), hi.numpy(), rng, what="inference mode")

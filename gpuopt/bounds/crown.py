@@ -630,7 +630,7 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
     steps run in ``step_dtype`` (one of :data:`STEP_DTYPES`), the bounds in the dtype of ``lower``.
     ``outputs`` (indices, default all): only the neurons that reach these outputs are tightened
     (:func:`gpuopt.bounds.reach.cone`)."""
-    within = None if outputs is None else cone([op._matrix for op in network.linear_ops("cpu", torch.float64)],
+    within = None if outputs is None else cone([b.matrix for b in network.affine_blocks()],
                                                torch.as_tensor(outputs).cpu().numpy())
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
