@@ -102,8 +102,6 @@ class LinearOp:
     #: density 0.12, slower at 0.4)
     conv_density = 0.25
     conv_min_channels = 32
-    #: :meth:`abs_matvec` remembers its last result up to this many entries (32 MB in float64)
-    memo_entries = 1 << 22
 
     def __init__(self, matrix: sp.csr_matrix, bias: np.ndarray, device, dtype, passthrough=None, conv=None):
         self.shape = matrix.shape
@@ -132,9 +130,10 @@ class LinearOp:
         """The block ``M[rows][:, cols]`` with bias ``c[rows]`` (same device and dtype; dense or
         sparse by its own size and density, without the convolution path). Its
         :attr:`abs_col_max` is this block's (an over-estimate, as its pads need). ``magnitudes =
-        (v, v[:, cols])``: when ``cols`` holds every column with an entry in ``rows``, the
-        restricted block's ``|M| v[:, cols]`` is ``(|M| v)[:, rows]``, taken from this block's
-        (computed once for all restrictions) instead of computed again."""
+        (full, v)`` with ``full = |M| u`` of this block and ``v = u[:, cols]``: when ``cols`` holds
+        every column with an entry in ``rows``, the restricted block's ``|M| v`` is
+        ``full[:, rows]``, and :meth:`abs_matvec` of that very tensor ``v`` returns it (so ``|M| u``
+        is computed once for all restrictions)."""
         rows = np.asarray(rows, dtype=np.int64)
         pt = None if self.passthrough is None else self.passthrough.cpu().numpy()[rows]
         picked = torch.as_tensor(rows, device=self.bias.device)
@@ -143,12 +142,8 @@ class LinearOp:
         sub._abs_col_max = self.abs_col_max
         if magnitudes is not None:
             full, part = magnitudes
-            sub._remember(part, self.abs_matvec(full)[:, picked])
+            sub._given_abs = (part, full[:, picked])
         return sub
-
-    def _remember(self, v: torch.Tensor, out: torch.Tensor) -> None:
-        if not (v.is_inference() or out.is_inference()):  # (no version counters under inference_mode)
-            self._abs_memo = (v, v._version, out, out._version)
 
     def scipy_matrix(self, transposed: bool, absolute: bool = False) -> sp.csr_matrix:
         """``M`` (or ``M^T``, or ``|M|``) as a scipy CSR matrix in the block's dtype (cached)."""
@@ -214,12 +209,11 @@ class LinearOp:
 
     def abs_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``|M| v`` for a batch of non-negative vectors ``v`` ``(B, n_in)``; returns ``(B, n_out)``,
-        row-major (see :class:`_SparseRowProduct`). The last product of a vector not
-        requiring a gradient is remembered: the chunks of a bound pass ask for the same one (the
-        vector's and the result's version counters must be unchanged)."""
-        memo = getattr(self, "_abs_memo", None)
-        if memo is not None and memo[0] is v and memo[1] == v._version and memo[3] == memo[2]._version:
-            return memo[2]
+        row-major (see :class:`_SparseRowProduct`); for a restricted block, the product given
+        to :meth:`restrict` when ``v`` is the very tensor it was given for."""
+        given = getattr(self, "_given_abs", None)
+        if given is not None and given[0] is v:
+            return given[1]
         if self.dense is not None:
             out = v @ self.abs_matrix.T
         elif self.conv is not None:
@@ -228,8 +222,6 @@ class LinearOp:
             out = _scipy_rows(self.scipy_matrix(transposed=False, absolute=True), v)
         else:
             out = (self.abs_matrix @ v.T).T.contiguous()
-        if not v.requires_grad and out.numel() <= self.memo_entries:
-            self._remember(v, out)
         return out
 
     def _convolve(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

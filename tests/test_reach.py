@@ -221,22 +221,38 @@ def test_alpha_crown_bounds_starts_no_chunk_past_its_deadline(monkeypatch):
     assert_bounds_contain_samples(net, got, lo.numpy(), hi.numpy(), rng, what="cut short")
 
 
-def test_abs_matvec_memo_follows_changes_and_inference_mode(sparse_blocks):
+def test_restricted_block_takes_the_given_magnitudes_only_for_their_own_vector(sparse_blocks):
     rng = np.random.default_rng(60)
     net = _residual_cnn(rng)
     op = net.linear_ops("cpu", torch.float64)[1]
-    absM = torch.tensor(abs(net.affine_blocks()[1].matrix).toarray())
-    v = torch.tensor(rng.uniform(0, 1, (2, op.shape[1])))
-    first = op.abs_matvec(v)
-    assert op.abs_matvec(v) is first  # remembered
-    v.mul_(2.0)  # changed in place: computed again
-    assert torch.allclose(op.abs_matvec(v), v @ absM.T)
-    out = op.abs_matvec(v)
-    out.zero_()  # the caller changed the result: computed again
-    assert torch.allclose(op.abs_matvec(v), v @ absM.T)
+    M = net.affine_blocks()[1].matrix.tocsr()
+    rows = np.array([3, 17, 40])
+    cols = row_support(M, rows)
+    u = torch.tensor(rng.uniform(0, 1, (2, op.shape[1])))
+    v = u[:, torch.as_tensor(cols)]
+    sub = op.restrict(rows, cols, magnitudes=(op.abs_matvec(u), v))
+    want = v @ torch.tensor(abs(M[rows][:, cols]).toarray()).T
+    assert torch.allclose(sub.abs_matvec(v), want, rtol=1e-12, atol=0)
+    other = v.clone() * 2  # any other vector is multiplied, not looked up
+    assert torch.allclose(sub.abs_matvec(other), 2 * want, rtol=1e-12, atol=0)
+    assert sub.abs_col_max >= float(abs(M[rows][:, cols]).sum(axis=0).max())
+
+
+def test_crown_under_inference_mode(sparse_blocks):
+    rng = np.random.default_rng(61)
+    net = _residual_cnn(rng)
     with torch.inference_mode():
-        w = torch.tensor(rng.uniform(0, 1, (2, op.shape[1])))
-        assert torch.allclose(op.abs_matvec(w), w @ absM.T)
         lo, hi = _box(rng, net)
-        b = crown(net, lo, hi)
+        b = crown(net, lo, hi, outputs=torch.tensor([5]))
     assert_bounds_contain_samples(net, b, lo.numpy(), hi.numpy(), rng, what="inference mode")
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([3.0]), [-1], [10 ** 6], np.array([True, False])])
+def test_crown_refuses_outputs_that_are_not_output_indices(sparse_blocks, bad):
+    from gpuopt.errors import InvalidInputError
+
+    rng = np.random.default_rng(62)
+    net = _residual_cnn(rng)
+    lo, hi = _box(rng, net)
+    with pytest.raises(InvalidInputError, match="outputs"):
+        crown(net, lo, hi, outputs=bad)

@@ -38,7 +38,7 @@ from ..network import Network
 from .base import Bounds, center_radius, rounding_pad
 from .ibp import _ibp_iv, ibp
 from .prune import DeadPruning
-from .reach import compacted, cone, receptive
+from .reach import compacted, cone, output_indices, receptive
 
 __all__ = ["alpha_crown_bounds", "alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
@@ -294,6 +294,7 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
         order = np.lexsort((r_all, final, first))
         matrices = [op._matrix for op in ops[: k + 1]]
         full = sum(op.shape[1] for op in ops[: k + 1])
+        weights = None  # |M_j| hmax[j - 1] of the full blocks, once for all compacted chunks
         if pairs is not None:
             perm = torch.as_tensor(order, device=pairs[0].device)
             pairs = (pairs[0][perm], pairs[1][perm])
@@ -322,7 +323,9 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
                 chunk = fit
                 continue
             else:
-                sub = compacted(ops, k, r_all[sel], reach, relax, hmax, x_mid, x_rad)
+                if weights is None:
+                    weights = [ops[j].abs_matvec(hmax[j - 1]) for j in range(k + 1)]
+                sub = compacted(ops, k, r_all[sel], reach, relax, hmax, x_mid, x_rad, weights)
                 next_chunk = min(fit, 2 * chunk)
         if pairs is not None:
             b, r = pairs[0][sel], pairs[1][sel]
@@ -413,8 +416,8 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
     others keep their IBP (or ``prior``) bounds, sound and, for those outputs, no loss.
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
-    within = None if outputs is None else cone([op._matrix for op in ops], torch.as_tensor(outputs).cpu().numpy())
-    out_rows = None if within is None else torch.as_tensor(np.unique(torch.as_tensor(outputs).cpu().numpy()),
+    within = None if outputs is None else cone([op._matrix for op in ops], outputs)
+    out_rows = None if within is None else torch.as_tensor(output_indices(outputs, ops[-1].shape[0]),
                                                            device=lo.device)
     if prior is not None:
         base = _intersect(base, prior)
@@ -630,8 +633,7 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
     steps run in ``step_dtype`` (one of :data:`STEP_DTYPES`), the bounds in the dtype of ``lower``.
     ``outputs`` (indices, default all): only the neurons that reach these outputs are tightened
     (:func:`gpuopt.bounds.reach.cone`)."""
-    within = None if outputs is None else cone([b.matrix for b in network.affine_blocks()],
-                                               torch.as_tensor(outputs).cpu().numpy())
+    within = None if outputs is None else cone([b.matrix for b in network.affine_blocks()], outputs)
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()

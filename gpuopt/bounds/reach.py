@@ -19,7 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["compacted", "cone", "receptive", "row_support"]
+from ..errors import InvalidInputError
+
+__all__ = ["compacted", "cone", "output_indices", "receptive", "row_support"]
 
 
 def row_support(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
@@ -50,11 +52,24 @@ def receptive(matrices, k: int, rows: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def output_indices(outputs, n_out: int) -> np.ndarray:
+    """``outputs`` (a sequence, array or tensor of integer indices) as sorted unique int64
+    indices, each in ``[0, n_out)``; anything else is refused by name."""
+    arr = np.asarray(outputs.detach().cpu() if isinstance(outputs, torch.Tensor) else outputs)
+    if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInputError(f"`outputs` must be integer output indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_out):
+        raise InvalidInputError(f"`outputs` must lie in [0, {n_out}), got {int(arr.min())}..{int(arr.max())}")
+    return np.unique(arr)
+
+
 def cone(matrices, outputs) -> list[np.ndarray] | None:
     """Per hidden layer ``j``, the boolean mask of the neurons that reach the outputs ``outputs``
-    (indices into the last block's rows); None when those are all the outputs."""
+    (integer indices into the last block's rows, :func:`output_indices`); None when those are all
+    the outputs."""
     n_out = matrices[-1].shape[0]
-    outputs = np.unique(np.asarray(outputs, dtype=np.int64))
+    outputs = output_indices(outputs, n_out)
     if outputs.size >= n_out:
         return None
     masks = [None] * (len(matrices) - 1)
@@ -67,11 +82,12 @@ def cone(matrices, outputs) -> list[np.ndarray] | None:
     return masks
 
 
-def compacted(ops, k: int, rows: np.ndarray, reach: list[np.ndarray], relax, hmax, x_mid, x_rad):
+def compacted(ops, k: int, rows: np.ndarray, reach: list[np.ndarray], relax, hmax, x_mid, x_rad, weights):
     """The backward pass of rows ``rows`` of block ``k`` restricted to the coordinates they reach
     (``reach``, from :func:`receptive`): ``(ops', relax', hmax', x_mid', x_rad')`` where ``ops'[k]``
     holds just those rows (in order), ``ops'[j]`` the rows ``reach[j + 1]`` and columns ``reach[j]``
-    of block ``j``, and the per-coordinate tensors their entries at ``reach``. Passing these to
+    of block ``j``, and the per-coordinate tensors their entries at ``reach``; ``weights[j]`` is
+    the full block's ``|M_j| hmax[j - 1]`` (computed once per layer's pass). Passing these to
     :func:`gpuopt.bounds.crown._backward` gives the bounds of the full pass: the coordinates left
     out carry coefficients that are exactly zero, and the products kept are summed over fewer
     terms, which the pass's own term counts then describe."""
@@ -81,6 +97,6 @@ def compacted(ops, k: int, rows: np.ndarray, reach: list[np.ndarray], relax, hma
     sub_ops = []
     for j in range(k + 1):
         out_rows = np.asarray(rows, dtype=np.int64) if j == k else reach[j + 1]
-        sub_ops.append(ops[j].restrict(out_rows, reach[j], magnitudes=(hmax[j - 1], sub_hmax[j - 1])))
+        sub_ops.append(ops[j].restrict(out_rows, reach[j], magnitudes=(weights[j], sub_hmax[j - 1])))
     sub_relax = [tuple(t[..., idx[j + 1]] for t in relax[j]) for j in range(k)]
     return sub_ops, sub_relax, sub_hmax, x_mid[:, idx[0]], x_rad[:, idx[0]]
