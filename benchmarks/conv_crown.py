@@ -11,8 +11,8 @@ deadline:
   the crown stage runs).
 
 For each: the seconds per hidden layer (until the deadline), whether it finished, and the least
-spec row bound of CROWN's backward pass for the spec rows on those bounds (above 0 proves the
-disjunct unreachable). Writes one JSON line per (instance, variant) as it goes, then a table.
+disjunct bound of CROWN's backward pass for the spec rows on those bounds (a disjunct's bound is
+its best row's: above 0 proves it unreachable; ``row_lower`` in the JSON has every row). Writes one JSON line per (instance, variant) as it goes, then a table.
 
     python benchmarks/conv_crown.py [--suites yolo] [--instances 1] [--seconds 300]
                                     [--variants full compact cone] [--out FILE]
@@ -37,7 +37,7 @@ SUITES = {
 }
 
 
-def _run(net, lo, hi, C, d, variant: str, seconds: float) -> dict:
+def _run(net, lo, hi, C, d, sizes, variant: str, seconds: float) -> dict:
     import torch
 
     crown_mod = sys.modules["gpuopt.bounds.crown"]
@@ -62,9 +62,14 @@ def _run(net, lo, hi, C, d, variant: str, seconds: float) -> dict:
     finally:
         crown_mod.tighten_layer = real
         crown_mod.COMPACT_SHARE = share
-    spec = crown_mod.crown_linear_lower(net, lo, hi, C, bounds)[0][0] - d
+    rows = (crown_mod.crown_linear_lower(net, lo, hi, C, bounds)[0][0] - d).tolist()
+    # a disjunct (a conjunction of rows) is unreachable when one of its rows' lower bounds is > 0
+    disjuncts, at = [], 0
+    for n in sizes:
+        disjuncts.append(max(rows[at:at + n]))
+        at += n
     return {"variant": variant, "seconds": round(secs, 2), "method": bounds.method, "layers": layers,
-            "spec_lower": float(spec.min())}
+            "row_lower": rows, "spec_lower": min(disjuncts)}
 
 
 def main() -> int:
@@ -102,17 +107,18 @@ def main() -> int:
                                                  for A, _ in prop.spec.disjuncts]))
                 d = torch.tensor(np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1)
                                                  for _, b in prop.spec.disjuncts]))
+                sizes = [np.asarray(b).size for _, b in prop.spec.disjuncts]
                 lo = torch.tensor(np.asarray(prop.box.lower, dtype=np.float64)).reshape(1, -1)
                 hi = torch.tensor(np.asarray(prop.box.upper, dtype=np.float64)).reshape(1, -1)
                 net.linear_ops("cpu", torch.float64)  # the lowering, once, outside the timings
                 for variant in args.variants:
                     rec = {"suite": suite, "instance": f"{onnx}:{vnnlib}",
-                           **_run(net, lo, hi, C, d, variant, args.seconds)}
+                           **_run(net, lo, hi, C, d, sizes, variant, args.seconds)}
                     fh.write(json.dumps(rec) + "\n")
                     fh.flush()
                     rows.append(rec)
                     print(json.dumps(rec), flush=True)
-    print(f"\n{'instance':48s} {'variant':8s} {'seconds':>8s} {'layers done':>11s} {'spec lower':>12s}")
+    print(f"\n{'instance':48s} {'variant':8s} {'seconds':>8s} {'layers done':>11s} {'spec bound':>12s}")
     for r in rows:
         done = sum(layer["finished"] for layer in r["layers"])
         print(f"{r['instance'].split('/')[-1][:48]:48s} {r['variant']:8s} {r['seconds']:8.1f} "
