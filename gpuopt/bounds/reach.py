@@ -72,13 +72,12 @@ def cone(matrices, outputs) -> list[np.ndarray] | None:
     outputs = output_indices(outputs, n_out)
     if outputs.size >= n_out:
         return None
-    masks = [None] * (len(matrices) - 1)
-    cur = outputs
-    for j in range(len(matrices) - 1, 0, -1):
-        cur = row_support(matrices[j], cur)
-        mask = np.zeros(matrices[j].shape[1], dtype=bool)
-        mask[cur] = True
-        masks[j - 1] = mask
+    reach = receptive(matrices[1:], len(matrices) - 2, outputs)  # (the input's coordinates not needed)
+    masks = []
+    for j, coords in enumerate(reach):
+        mask = np.zeros(matrices[j].shape[0], dtype=bool)
+        mask[coords] = True
+        masks.append(mask)
     return masks
 
 
