@@ -164,10 +164,25 @@ def load_records(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ gpuopt solves
+#: the suffixes a variant may end with (:func:`gpuopt_solve`)
+VARIANT_FLAGS = ("cond", "sub", "nosub")
+
+
+def variant_flags(form: str) -> tuple[str, set]:
+    """``bigm+ideal:cond:nosub`` -> ``("bigm+ideal", {"cond", "nosub"})``."""
+    flags = set()
+    while form.rpartition(":")[2] in VARIANT_FLAGS:
+        form, _, flag = form.rpartition(":")
+        flags.add(flag)
+    return form, flags
+
+
 def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit: float, threshold: float,
                  constraints=None, start_x=None, accept=None, threads: int = 1, condition_share: float = 0.25) -> dict:
-    """Encode with ``formulation`` (``NAME[+CUTS][:cond]``: a formulation, optionally the cut families
-    of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``, and optionally
+    """Encode with ``formulation`` (``NAME[+CUTS][:cond][:sub|:nosub]``: a formulation, optionally the
+    cut families of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``;
+    ``:sub``/``:nosub`` turn HiGHS's sub-MIP heuristics on/off, where the default leaves them off
+    for these sign decisions (:attr:`gpuopt.milp.highs.SolverConfig.sub_mips`); optionally
     conditioned as the pipeline's MILP task does it: the MILP alone for its first
     :data:`gpuopt.engine.tasks.MILP_FIRST_SHARE` of the time, then, if undecided,
     :func:`gpuopt.bounds.lp.lp_tighten_conditioned` at ``tau = threshold`` in at most
@@ -182,9 +197,10 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     from gpuopt.milp.encode import complete_assignment, encode
     from gpuopt.milp.highs import MilpStatus, SolverConfig, solve_milp
 
-    formulation, conditioned = (formulation[:-5], True) if formulation.endswith(":cond") else (formulation, False)
+    formulation, flags = variant_flags(formulation)
+    conditioned = "cond" in flags
     formulation, _, cuts = formulation.partition("+")
-    config = SolverConfig(threads=threads)
+    config = SolverConfig(threads=threads, sub_mips=True if "sub" in flags else False if "nosub" in flags else None)
     t0 = time.monotonic()
 
     def build(pre, out):
@@ -700,14 +716,16 @@ def shifted_geomean(xs, shift: float = 1.0) -> float:
 def label(form: str) -> str:
     """A short column name: ``partition:4:equal_range`` -> ``part4-range``,
     ``bigm+implication`` -> ``bigm+impl``."""
+    form, flags = variant_flags(form)
+    tail = "".join(f":{f}" for f in VARIANT_FLAGS if f in flags)
     form, plus, cuts = form.partition("+")
     cuts = plus + cuts.replace("implication", "impl")
     parts = form.split(":")
     if parts[0] != "partition":
-        return form + cuts
+        return form + cuts + tail
     n = parts[1] if len(parts) > 1 else "2"
     kind = parts[2] if len(parts) > 2 else "equal_size"
-    return f"part{n}-{kind.replace('equal_', '')}{cuts}"
+    return f"part{n}-{kind.replace('equal_', '')}{cuts}{tail}"
 
 
 def psplit_cell(r: dict) -> str:
@@ -988,7 +1006,7 @@ def main(argv=None) -> int:
 
     for f in formulations + list(args.seeded) + list(args.seeded_walk):
         if f != OMLT:
-            name, _, cuts = f.removesuffix(":cond").partition("+")
+            name, _, cuts = variant_flags(f)[0].partition("+")
             Formulation.parse(name)  # a precise error before any work
             cut_kinds(cuts)
     results = Results(args.results, args.resume)

@@ -231,7 +231,8 @@ class LinearOp:
         pt, pl, pb, pr = g.padding
         if (pt, pl) != (pb, pr):
             x, pt, pl = F.pad(x, (pl, pr, pt, pb)), 0, 0
-        return F.conv2d(x, weight, None, g.stride, (pt, pl), g.dilation).reshape(v.shape[0], -1)
+        # (explicit widths: a batch of 0 vectors, e.g. a zonotope with no symbols, reshapes too)
+        return F.conv2d(x, weight, None, g.stride, (pt, pl), g.dilation).reshape(v.shape[0], self.shape[0])
 
     def _convolve_t(self, A: torch.Tensor) -> torch.Tensor:
         """``A M`` for rows ``A`` ``(R, n_out)``: the transposed convolution, whose output covers
@@ -251,7 +252,7 @@ class LinearOp:
         else:
             x = F.conv_transpose2d(y, self._weight, None, g.stride, 0, extra, 1, g.dilation)
             x = x[:, :, pt:pt + h, pl:pl + w]
-        return x.reshape(A.shape[0], -1)
+        return x.reshape(A.shape[0], self.shape[1])
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """``M[idx]`` ``(len(idx), n_in)``, dense (exactly ``e_idx^T M``)."""

@@ -436,8 +436,9 @@ def optimize(network: Network, region, objective, *, offset: float = 0.0, constr
         tol = atol + rtol * abs(best["value"]) if best["x"] is not None else 0.0
         threshold = -(best["value"] - d) - tol + dev_c if best["x"] is not None else np.inf
         try:
+            # (an optimisation: its sub-MIP heuristics find better points, so they stay on whatever the threshold)
             res = solve_milp(model, time_limit=max(left(), 0.01), threshold=threshold, start=start,
-                             config=SolverConfig(), deadline=deadline)
+                             config=SolverConfig(sub_mips=True), deadline=deadline)
         except SolverError as exc:  # HiGHS refused the model (a coefficient of 1e15 or more): no MILP bound
             res, milp_info = None, {"status": "refused", "raw_status": str(exc), "nodes": 0, "dual_bound": None,
                                     "warnings": [str(exc)]}

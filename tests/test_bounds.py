@@ -234,13 +234,33 @@ def _tiny_net():
         ([[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0]],
          "`lower` and `upper` must have the same shape, got (2, 2) and (1, 2)"),
         ([[0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]], "`x` must have shape (batch, 2) or (batch, 2), got (1, 3)"),
+        ([[-np.inf, 0.0]], [[1.0, 1.0]], "`lower`/`upper` must be finite"),
+        ([[0.0, 0.0]], [[1.0, np.inf]], "`lower`/`upper` must be finite"),
     ],
-    ids=["nan-lower", "nan-upper", "empty", "batch-mismatch", "size-mismatch"],
+    ids=["nan-lower", "nan-upper", "empty", "batch-mismatch", "size-mismatch", "inf-lower", "inf-upper"],
 )
 def test_ibp_input_validation(lower, upper, message):
     net = _tiny_net()
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         ibp(net, torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64))
+
+
+def test_inf_minus_inf_gives_no_bound_rather_than_nan():
+    """Weights of 1e308 on a finite box overflow to ``inf - inf`` (found by review: NaN bounds came
+    back); IBP and the interval walk must say "unbounded" (-inf, +inf) there, never NaN."""
+    from gpuopt.bounds.interval import interval_bounds
+    from gpuopt.network import Sigmoid
+
+    box = torch.tensor([[10.0, 10.0]], dtype=torch.float64)
+    for net, piecewise_linear in ((Network([Dense([[1e308, -1e308]], [0.0]), ReLU(), Dense([[1.0]], [0.0])], (2,)), True),
+                                  (Network([Dense([[1e308, -1e308]], [0.0]), Sigmoid(), Dense([[1.0]], [0.0])], (2,)), False)):
+        got = [interval_bounds(net, box, box)]
+        if piecewise_linear:
+            b = ibp(net, box, box)
+            got += [b.output, b.pre_activation[0]]
+        for lo, hi in got:
+            assert not torch.isnan(lo).any() and not torch.isnan(hi).any(), (lo, hi)
+            assert bool((lo <= 0.5).all()) and bool((hi >= 0.5).all())
 
 
 @pytest.mark.parametrize("seed", range(12))

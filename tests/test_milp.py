@@ -262,3 +262,43 @@ def test_safe_branch_and_bound_recheck_agrees_with_brute_force(name, seed):
         assert below.bound <= true_min + tol and below.nodes >= 1
         above = recheck_milp(model, true_min + tol)
         assert not above.proven, above
+
+
+@pytest.mark.parametrize("name, seed", [(n, s) for n in ARCHS for s in range(2)])
+def test_sub_mip_heuristics_off_changes_no_optimum(name, seed, monkeypatch):
+    """``SolverConfig(sub_mips=False)`` turns HiGHS's RINS, RENS and root reduced-cost sub-MIPs off
+    (read back from the HiGHS instance) and the optimum still equals brute force; the default
+    (``None``) keeps them when optimising and drops them for a sign decision (finite threshold)."""
+    import gpuopt.milp.highs as highs_mod
+    from gpuopt.milp.highs import SolverConfig
+
+    seen = []
+    make = highs_mod._new_highs
+
+    def spy(*args, **kwargs):
+        h = make(*args, **kwargs)
+        seen.append({o: h.getOptionValue(o)[1] for o in ("mip_heuristic_run_rins", "mip_heuristic_run_rens",
+                                                          "mip_heuristic_run_root_reduced_cost")})
+        return h
+
+    monkeypatch.setattr(highs_mod, "_new_highs", spy)
+    _, net, lo, hi, spec = _problem(name, seed)
+    blocks, pre, out = _milp_inputs(net, lo, hi)
+    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
+    tol = 1e-6 * _scale(net, lo, hi, spec)
+    for k, (A, b) in enumerate(spec.disjuncts):
+        model = encode_bigm(blocks, pre, out, lo, hi, A, b)
+        res = solve_milp(model, time_limit=60, threshold=np.inf, config=SolverConfig(sub_mips=False))
+        assert res.status is MilpStatus.OPTIMAL, (res.status, res.raw_status)
+        assert res.objective == pytest.approx(ref.per_disjunct[k], abs=tol)
+    assert seen and all(not any(s.values()) for s in seen), seen
+    model = encode_bigm(blocks, pre, out, lo, hi, *spec.disjuncts[0])
+    seen.clear()
+    solve_milp(model, time_limit=60, threshold=np.inf)
+    assert seen and all(all(s.values()) for s in seen), seen  # the default keeps them to optimise
+    seen.clear()
+    res = solve_milp(model, time_limit=60, threshold=ref.per_disjunct[0] - 0.1)
+    assert seen and all(not any(s.values()) for s in seen), seen  # ... and drops them for a sign decision
+    assert res.proves_above(ref.per_disjunct[0] - 0.1)
+    with pytest.raises(InvalidInputError, match="sub_mips"):
+        SolverConfig(sub_mips="no")

@@ -17,6 +17,7 @@ covers the interval whatever the rounding of its centre.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,13 @@ def center_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, tor
     mid = (lo + hi) / 2
     rad = torch.maximum((hi - lo) / 2, torch.maximum(hi - mid, mid - lo))
     return mid, rad
+
+
+def nan_to_unbounded(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lo, hi]`` with a NaN end (an ``inf - inf`` in the arithmetic) made infinite: ``-inf``
+    below, ``+inf`` above. Sound, and unlike NaN it reads as "no bound" everywhere after."""
+    return (torch.where(torch.isnan(lo), torch.full_like(lo, -math.inf), lo),
+            torch.where(torch.isnan(hi), torch.full_like(hi, math.inf), hi))
 
 
 @dataclass(frozen=True, eq=False)

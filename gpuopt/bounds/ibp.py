@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 from ..network import Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
-from .base import Bounds, center_radius, rounding_pad
+from .base import Bounds, center_radius, nan_to_unbounded, rounding_pad
 
 __all__ = ["ibp"]
 
@@ -36,6 +36,8 @@ def _ibp_iv(network: Network, lower, upper):
         raise InvalidInputError("`lower` and `upper` must be on the same device")
     if torch.isnan(lower).any() or torch.isnan(upper).any():
         raise InvalidInputError("`lower`/`upper` contain NaN")
+    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        raise InvalidInputError("`lower`/`upper` must be finite (an infinite end gives no bound)")
     if (lower > upper).any():
         raise InvalidInputError("`lower` must be <= `upper` everywhere (the box is empty)")
     return lower, upper
@@ -82,7 +84,7 @@ def ibp(network: Network, lower, upper) -> Bounds:
             pad = rounding_pad(mag * s.abs() + t.abs(), 1, 2 * live * (s != 0) + (t != 0))
         else:  # pragma: no cover - Network rejects other types
             raise InvalidInputError(f"IBP does not support layer {type(layer).__name__}")
-        lo, hi = mid - rad - pad, mid + rad + pad
+        lo, hi = nan_to_unbounded(mid - rad - pad, mid + rad + pad)
     return Bounds(tuple(pre), (lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)), "ibp")
 
 
@@ -104,6 +106,6 @@ def _ibp_blocks(network: Network, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
         zmid = op.matvec(mid)
         zrad = op.abs_matvec(rad)
         pad = rounding_pad(op.abs_matvec(mag) + op.bias.abs(), op.shape[1] + 1)
-        pre.append((zmid - zrad - pad, zmid + zrad + pad))
+        pre.append(nan_to_unbounded(zmid - zrad - pad, zmid + zrad + pad))
     out = pre.pop()
     return Bounds(tuple(pre), out, "ibp")

@@ -29,7 +29,7 @@ from ..errors import InvalidInputError
 from ..layers import (Add, AvgPool2d, Concat, Conv2d, ConvTranspose2d, Dense, ElementwiseAffine, Flatten, Gather,
                       LogSoftmax, MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Slice, Softmax, Tanh, Transpose)
 from ..network import Network
-from .base import center_radius, rounding_pad
+from .base import center_radius, nan_to_unbounded, rounding_pad
 from .ibp import _ibp_iv
 
 __all__ = ["interval_bounds"]
@@ -102,7 +102,7 @@ def _linear_bounds(layer, params, errors, lo, hi):
     pad = rounding_pad(s, layer_terms(layer))
     if errors is not None:
         pad = pad + layer.apply(errors, mag) * (1 + 1e-12)
-    return m - r - pad, m + r + pad
+    return nan_to_unbounded(m - r - pad, m + r + pad)
 
 
 @torch.no_grad()
