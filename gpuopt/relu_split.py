@@ -86,6 +86,7 @@ from .bounds.base import Bounds, center_radius, strict_adjust
 from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation, _term_count,
                            adam_ascent, grad_scale, open_rows, row_selectors, step_torch_dtype, tighten_layer)
 from .bounds.prune import DeadPruning
+from .bounds.reach import spec_outputs
 from .check import check_counterexample
 from .errors import InvalidInputError
 from .network import Network
@@ -99,6 +100,10 @@ BRANCHING = ("babsr", "fsb")
 #: the share of a batch's domains that must be proven before they leave its optimisation steps
 #: (:func:`_bound`; each departure copies the others' data once)
 COMPACT_SHARE = 0.125
+#: activation splitting drops the neurons outside the cone of the outputs its disjuncts read, as it
+#: drops dead ones (:class:`~gpuopt.bounds.prune.DeadPruning`); nothing changes on dense nets, whose
+#: cone is every neuron. A switch for side-by-side runs and tests
+CONE_PRUNING = True
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
 #: the share of the memory free when a search starts that its open domains may hold, when
@@ -501,8 +506,13 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         d_all[k, :m] = torch.as_tensor(np.array(d, dtype=np.float64)).to(dev, dtype).reshape(-1)
         if strict is not None:
             s_all[k, :m] = torch.as_tensor(np.array(strict, dtype=bool)).to(dev)
-    # the neurons dead on the whole box drop out of every pass (the domains carry the others)
-    prune = DeadPruning(network, [(l.to(dev, dtype), u.to(dev, dtype)) for l, u in bounds.pre_activation])
+    # the neurons dead on the whole box drop out of every pass (the domains carry the others), and
+    # so do those outside the cone of the outputs the disjuncts read, with the other outputs
+    used = spec_outputs(C_all) if CONE_PRUNING else None
+    prune = DeadPruning(network, [(l.to(dev, dtype), u.to(dev, dtype)) for l, u in bounds.pre_activation],
+                        outputs=used if used is not None and used.numel() else None)
+    if prune.out_keep is not None:
+        C_all = C_all[..., prune.out_keep.to(dev)].contiguous()
     ops = prune.ops(dev, dtype)
     step_dtype = step_torch_dtype(config.step_dtype)
     step_ops = prune.ops(dev, step_dtype) if step_dtype != dtype else None  # the steps' blocks in their own dtype

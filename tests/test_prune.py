@@ -105,7 +105,7 @@ def test_a_neuron_dead_in_one_row_only_is_kept():
 
 
 class _NoPruning(DeadPruning):
-    def __init__(self, network, pre):
+    def __init__(self, network, pre, outputs=None):  # (no dead neuron, and the whole cone)
         super().__init__(network, [(lo, torch.full_like(torch.as_tensor(up), 1.0)) for lo, up in pre])
 
 
@@ -210,3 +210,75 @@ def test_sparse_blocks_prune_and_select_rows_like_dense_ones():
     idx = torch.tensor([0, 5, 783, 5])
     want = net.affine_blocks()[0].matrix.toarray()[idx.numpy()]
     np.testing.assert_array_equal(op.rows(idx).numpy(), want)
+
+
+def _fully_convolutional(seed: int):
+    """Conv, ReLU, Conv, ReLU, Conv on a 1x6x6 image: every block sparse, each output a 3x3 window
+    of the layer before, so the cone of a corner's outputs is a small part of each layer."""
+    from gpuopt.layers import Conv2d, Flatten, ReLU
+    from gpuopt.network import Network
+
+    rng = np.random.default_rng(seed)
+    pad = (1, 1, 1, 1)
+    net = Network([Conv2d(rng.normal(size=(2, 1, 3, 3)) / 3, rng.normal(size=2) * 0.3, padding=pad), ReLU(),
+                   Conv2d(rng.normal(size=(2, 2, 3, 3)) / 4, rng.normal(size=2) * 0.3, padding=pad), ReLU(),
+                   Conv2d(rng.normal(size=(2, 2, 3, 3)) / 4, rng.normal(size=2) * 0.3, padding=pad), Flatten()],
+                  (1, 6, 6))
+    centre = rng.uniform(-1, 1, size=36)
+    return net, centre - 0.4, centre + 0.4
+
+
+def test_the_cone_of_the_outputs_read_computes_them_exactly():
+    """With ``outputs``, the neurons outside their cone drop out with the other outputs: the kept
+    outputs and pre-activations through the pruned blocks equal the full network's."""
+    outputs = [0, 1, 36 + 6]  # (channel 0 at (0, 0) and (0, 1), channel 1 at (1, 0))
+    for seed in range(6):
+        net, lo, hi = _fully_convolutional(seed)
+        b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+        dead_only = DeadPruning(net, b.pre_activation)
+        prune = DeadPruning(net, b.pre_activation, outputs=outputs)
+        assert prune.out_keep.tolist() == outputs
+        assert prune.dropped > dead_only.dropped + 20  # the cone binds
+        x = box_points(np.random.default_rng(seed), lo, hi, 300)
+        full_pre, full_out = affine_view_values(net, x)
+        pre, out = _pruned_forward(prune, x)
+        np.testing.assert_allclose(out, full_out[:, outputs], rtol=1e-12, atol=1e-12)
+        for j, (z_full, z) in enumerate(zip(full_pre, pre)):
+            np.testing.assert_allclose(z, z_full[:, prune.keep[j].numpy()], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="one box"):
+        DeadPruning(net, [(torch.zeros(2, l.shape[1]), torch.ones(2, l.shape[1])) for l, _ in b.pre_activation],
+                    outputs=outputs)
+
+
+def test_relu_split_on_the_cone_bounds_as_the_full_network(monkeypatch):
+    """Activation splitting on a disjunct that reads two outputs of a fully convolutional net. The
+    root and its first split (``max_domains=1``) give the same domains and the same worst bound
+    with the cone's pruning as with every neuron (the bounds use only the cone). Past that the
+    trees differ: without the pruning, a split may fall on a neuron outside the cone, which
+    changes no bound. A full search answers ``unsat`` only where sampling finds no point of the
+    unsafe set, and ``sat`` only with a point that is one."""
+    decided = 0
+    for seed in range(6):
+        net, lo, hi = _fully_convolutional(seed)
+        b = crown(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+        _, y = affine_view_values(net, box_points(np.random.default_rng(seed), lo, hi, 3000))
+        C = np.zeros((1, net.output_size))
+        C[0, 0], C[0, 7] = 1.0, -1.0
+        margin = y[:, 0] - y[:, 7]
+        for d in (float(margin.min()) - 0.3, float(margin.min()) - 0.02 * (seed % 3)):
+            disj = [(C, np.array([d]), None)]
+            first = ReluSplitConfig(max_domains=1, step_dtype="float64", refine=False)
+            got = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b, config=first)
+            with monkeypatch.context() as m:
+                m.setattr(relu_split_module, "CONE_PRUNING", False)
+                ref = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b, config=first)
+            assert got.status == ref.status and got.domains == ref.domains
+            assert got.worst_bound == pytest.approx(ref.worst_bound, rel=1e-9, abs=1e-12)
+            full = relu_split(net, torch.tensor(lo), torch.tensor(hi), disj, b,
+                              config=ReluSplitConfig(batch_size=4, max_domains=300, step_dtype="float64"))
+            if full.status == "unsat":
+                decided += 1
+                assert np.all(margin > d)
+            if full.status == "sat":
+                assert full.x is None or float(C[0] @ net.forward64(np.asarray(full.x)[None])[0]) <= d + 1e-9
+    assert decided > 0

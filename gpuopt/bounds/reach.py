@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InvalidInputError
 
-__all__ = ["compacted", "cone", "output_indices", "receptive", "row_support"]
+__all__ = ["compacted", "cone", "output_indices", "receptive", "row_support", "spec_outputs"]
 
 
 def row_support(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
@@ -62,6 +62,13 @@ def output_indices(outputs, n_out: int) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() >= n_out):
         raise InvalidInputError(f"`outputs` must lie in [0, {n_out}), got {int(arr.min())}..{int(arr.max())}")
     return np.unique(arr)
+
+
+def spec_outputs(A: torch.Tensor) -> torch.Tensor | None:
+    """The outputs with a nonzero coefficient in some row of the stacked spec ``A`` (``(..., n_out)``),
+    or None when that is every output."""
+    used = (A != 0).reshape(-1, A.shape[-1]).any(dim=0)
+    return None if bool(used.all()) else torch.nonzero(used).flatten()
 
 
 def cone(matrices, outputs) -> list[np.ndarray] | None:

@@ -56,6 +56,7 @@ from ..bounds import (alpha_crown_bounds, alpha_crown_linear_lower, crown_linear
 from ..bounds.base import rounding_pad, strict_adjust
 from ..bounds.forward import prefers_forward
 from ..bounds.interval import interval_bounds
+from ..bounds.reach import spec_outputs
 from ..bounds.smooth import smooth_disjunct_lower_bounds
 from ..check import check_counterexample, parameter_deviation
 from ..errors import NetworkTooLargeError, NoLinearFormError
@@ -124,13 +125,6 @@ def stacked_spec(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tenso
             else:
                 b[i, k, 0] = -math.inf  # row value +inf: this padding disjunct is never the min
     return A, b
-
-
-def spec_outputs(A: torch.Tensor) -> torch.Tensor | None:
-    """The outputs with a nonzero coefficient in some row of the stacked spec ``A`` (``(..., n_out)``),
-    or None when that is every output."""
-    used = (A != 0).reshape(-1, A.shape[-1]).any(dim=0)
-    return None if bool(used.all()) else torch.nonzero(used).flatten()
 
 
 def attack_device(config) -> torch.device:
