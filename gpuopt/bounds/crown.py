@@ -38,7 +38,7 @@ from ..network import Network
 from .base import Bounds, center_radius, rounding_pad
 from .ibp import _ibp_iv, ibp
 from .prune import DeadPruning
-from .reach import compacted, cone, output_indices, receptive
+from .reach import compacted, cone, output_indices, receptive, spec_outputs
 
 __all__ = ["alpha_crown_bounds", "alpha_crown_linear_lower", "crown", "crown_linear_lower"]
 
@@ -495,15 +495,19 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()
-    prune = DeadPruning(network, bounds.pre_activation)  # neurons dead in every box drop out
+    B = lo.shape[0]
+    # neurons dead in every box drop out; for one box, so do those outside the cone of the
+    # outputs the rows read (with the other outputs)
+    used = spec_outputs(C) if B == 1 else None
+    prune = DeadPruning(network, bounds.pre_activation, outputs=used if used is not None and used.numel() else None)
     ops = prune.ops(lo.device, lo.dtype)
     n_terms = _term_count(network, lo)
-    B = lo.shape[0]
     if C.dim() == 2:
         C = C.expand(B, *C.shape)
+    C_kept = C if prune.out_keep is None else C[..., prune.out_keep.to(C.device)]
     x_mid, x_rad = center_radius(lo, hi)
     pre = [(prune.narrow(l.detach(), j), prune.narrow(u.detach(), j)) for j, (l, u) in enumerate(bounds.pre_activation)]
-    rows = _optimised_rows(C.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+    rows = _optimised_rows(C_kept.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
     if not prune.dropped:
         return rows
     # the pruned passes round differently from CROWN's own: keep CROWN's rows where they are higher,
