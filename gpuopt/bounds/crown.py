@@ -637,11 +637,14 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
     steps run in ``step_dtype`` (one of :data:`STEP_DTYPES`), the bounds in the dtype of ``lower``.
     ``outputs`` (indices, default all): only the neurons that reach these outputs are tightened
     (:func:`gpuopt.bounds.reach.cone`)."""
-    within = None if outputs is None else cone([b.matrix for b in network.affine_blocks()], outputs)
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()
-    prune = DeadPruning(network, bounds.pre_activation)  # neurons dead in every box drop out
+    # neurons dead in every box drop out; for one box, so do those outside the cone of ``outputs``
+    # (a batch of boxes keeps them and skips their rows)
+    one_box = outputs is not None and lo.shape[0] == 1
+    within = None if outputs is None or one_box else cone([b.matrix for b in network.affine_blocks()], outputs)
+    prune = DeadPruning(network, bounds.pre_activation, outputs=outputs if one_box else None)
     ops = prune.ops(lo.device, lo.dtype)
     step_ops = prune.ops(lo.device, step_torch_dtype(step_dtype))
     n_terms = _term_count(network, lo)
