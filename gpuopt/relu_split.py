@@ -494,6 +494,9 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if not (bool(torch.isfinite(torch.as_tensor(l)).all()) and bool(torch.isfinite(torch.as_tensor(u)).all())):
             raise InvalidInputError(f"the pre-activation bounds of ReLU layer {j} must be finite (a NaN or inf "
                                     "bound proves nothing to split from)")
+    if not bounds.pre_activation:  # (found by review: an IndexError deep inside the bound passes)
+        raise InvalidInputError("activation splitting needs a network with at least one ReLU layer; this one is "
+                                "affine, so CROWN's bound or the LP over the box is already exact")
     K = len(disjuncts)
     M = max(np.asarray(C).reshape(-1, network.output_size).shape[0] for C, _, _ in disjuncts)
     C_all = torch.zeros((K, M, network.output_size), dtype=dtype, device=dev)

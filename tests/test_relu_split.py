@@ -168,6 +168,17 @@ def test_config_validation(kwargs, message):
         ReluSplitConfig(**kwargs)
 
 
+def test_a_network_without_relu_is_refused_by_name():
+    """Found by review: an affine network crashed with an IndexError inside the bound passes."""
+    from gpuopt.layers import Dense
+    from gpuopt.network import Network
+
+    net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
+    lo, hi = torch.tensor([-1.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    with pytest.raises(InvalidInputError, match="at least one ReLU layer"):
+        relu_split(net, lo, hi, [(np.array([[1.0, 0.0]]), np.array([-2.0]), None)], crown(net, lo[None], hi[None]))
+
+
 def test_benchmark_instance_decided_by_activation_splitting(benchmarks_dir):
     """mnist_fc 256x2 prop_6 at 0.03 (unsat): CROWN leaves it open, the MILP once timed out at 60 s."""
     from gpuopt.verify import verify_instance
