@@ -188,63 +188,46 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     :func:`gpuopt.bounds.lp.lp_tighten_conditioned` at ``tau = threshold`` in at most
     ``condition_share`` of the time left and the MILP again on its bounds) and solve; the record's
     solver fields, with the LP relaxation's value of the model solved (``root_lp``). ``seconds``
-    counts the whole solve, conditioning included. A conditioned record's ``dual_bound`` holds
+    counts the whole solve, conditioning included; the time limit also covers the first model's
+    encoding and cuts (``build_s``). The runs are :func:`gpuopt.milp.conditioned.solve_conditioned`'s. A conditioned record's ``dual_bound`` holds
     where the margin is at most ``tau`` (every other point clears ``tau``): it decides the sign,
     but the disjunct's proven bound is ``min(dual_bound - proof_margin, tau)``."""
-    from gpuopt.bounds.lp import lp_tighten_conditioned
     from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE
-    from gpuopt.milp.cuts import strengthen
-    from gpuopt.milp.encode import complete_assignment, encode
+    from gpuopt.milp.conditioned import solve_conditioned
     from gpuopt.milp.highs import MilpStatus, SolverConfig, solve_milp
 
     formulation, flags = variant_flags(formulation)
     conditioned = "cond" in flags
     formulation, _, cuts = formulation.partition("+")
     config = SolverConfig(threads=threads, sub_mips=True if "sub" in flags else False if "nosub" in flags else None)
-    t0 = time.monotonic()
-
-    def build(pre, out):
-        model = encode(blocks, pre, out, lo, hi, A, b, formulation=formulation, constraints=constraints)
-        info = {}
-        if cuts:  # ideal root rounds get at most a tenth of the budget
-            model, info = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * time_limit, config=config)
-        return model, info
-
-    model, cut_info = build(pre, out)
-    build_s = time.monotonic() - t0
-    start = None
-    if start_x is not None:
-        start = complete_assignment(model, blocks, start_x)
     accepted = {}
 
-    def accept_fn(v):  # (every model here has its inputs in the same columns)
-        ok = accept(v[model.x_index])
+    def accept_x(x):
+        ok = accept(x)
         if ok:
-            accepted["x"] = v[model.x_index].copy()
+            accepted["x"] = np.array(x, dtype=np.float64)
         return ok
 
-    first_model = model
+    # the time limit counts from here, the first model's encoding included (``build_s``, which
+    # ``seconds`` leaves out)
     t_solve = time.monotonic()
-    first = time_limit if not conditioned else min(time_limit, max(MILP_FIRST_SECONDS, MILP_FIRST_SHARE * time_limit))
-    res = solve_milp(model, time_limit=first, threshold=threshold, start=start,
-                     accept_solution=None if accept is None else accept_fn, config=config)
-    cond_rec, nodes = {}, 0
-    if conditioned and not accepted and not res.proves_above(threshold) and time.monotonic() - t_solve < time_limit:
-        end = t_solve + time_limit
-        cond = lp_tighten_conditioned(blocks, pre, out, lo, hi, A, b, threshold, constraints=constraints,
-                                      deadline=time.monotonic() + condition_share * (end - time.monotonic()), config=config)
+    run = solve_conditioned(blocks, pre, out, lo, hi, A, b, threshold=threshold, tau=threshold,
+                            deadline=t_solve + time_limit, condition_share=condition_share if conditioned else 0.0,
+                            formulation=formulation, cuts=cuts, start_x=start_x,
+                            accept=None if accept is None else accept_x, constraints=constraints, config=config,
+                            first_share=MILP_FIRST_SHARE, first_seconds=MILP_FIRST_SECONDS)
+    build_s = run.build_seconds
+    res, model, first_model, start, cut_info = run.result, run.model, run.first_model, run.start, run.cuts or {}
+    cond_rec, cond = {}, run.conditioning
+    if cond is not None:
         cond_rec = {"tau": threshold, "condition_s": cond.seconds, "condition_lps": cond.lps,
-                    "condition_tightened": cond.tightened, "condition_stabilised": cond.stabilised, "condition_empty": cond.empty,
-                    "first_nodes": res.nodes, "first_dual_bound": finite(res.dual_bound)}
-        nodes = res.nodes
-        if not cond.empty:
-            model, _ = build(cond.pre, cond.out)
-            res = solve_milp(model, time_limit=max(end - time.monotonic(), 0.01), threshold=threshold,
-                             accept_solution=None if accept is None else accept_fn, config=config)
-    seconds = time.monotonic() - t_solve
+                    "condition_tightened": cond.tightened, "condition_stabilised": cond.stabilised,
+                    "condition_empty": cond.empty, "first_nodes": run.first.nodes if run.first else 0,
+                    "first_dual_bound": finite(run.first.dual_bound) if run.first else None}
+    seconds = time.monotonic() - t_solve - build_s
     root = solve_milp(model.relaxed(), time_limit=time_limit, threshold=np.inf, config=config)
     rec = {"status": res.status.value, "raw_status": res.raw_status, "objective": finite(res.objective),
-           "dual_bound": finite(res.dual_bound), "nodes": res.nodes + nodes, "seconds": seconds, "build_s": build_s,
+           "dual_bound": finite(res.dual_bound), "nodes": res.nodes, "seconds": seconds, "build_s": build_s,
            "n_vars": model.n_vars, "n_rows": int(model.A.shape[0]), "binaries": model.n_binaries,
            "nnz": int(model.A.nnz), "proof_margin": res.proof_margin, "warnings": list(res.warnings)[:3],
            "root_lp": finite(root.objective) if root.status is MilpStatus.OPTIMAL else None,

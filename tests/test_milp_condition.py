@@ -175,3 +175,37 @@ def test_verdict_names_the_farkas_proofs(conditioning_first):
     v = verify(net, Box(lo, hi), spec, timeout=60, config=config)
     assert v.status.value == "unsat" and v.decided_by == "milp", v
     assert "1 by a conditioned LP's Farkas certificate" in v.message, v.message
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("formulation,cuts", [("bigm", ""), ("extended", "implication")])
+def test_solve_conditioned_directly(seed, formulation, cuts):
+    """:func:`gpuopt.milp.conditioned.solve_conditioned` (shared by the MILP task and the
+    formulation benchmark), the conditioned run forced: below the minimum it proves the disjunct
+    with a bound no higher than ``tau`` or the truth; above it, ``accept`` is called with input
+    points (of the input's length) and takes a point whose margin checks in float64."""
+    from gpuopt.milp.conditioned import solve_conditioned
+
+    net, lo, hi, a, m0, pre, out = _case(seed)
+    blocks = net.affine_blocks()
+    tau = 1e-5
+    for offset in (-0.03, 0.03):
+        A, b = a[None].astype(np.float64), np.array([m0 + offset])
+        seen = []
+
+        def accept(x):
+            seen.append(np.asarray(x).shape)
+            y = net.forward64(np.clip(x, lo, hi)[None])[0]
+            return float(A[0] @ y - b[0]) <= 0
+
+        run = solve_conditioned(blocks, pre, out, lo, hi, A, b, threshold=0.0, tau=tau, deadline=time.monotonic() + 30,
+                                condition_share=0.5, formulation=formulation, cuts=cuts, accept=accept,
+                                first_share=0.0, first_seconds=0.0)
+        assert run.first is None and run.conditioning is not None and run.ceiling == tau
+        assert (run.cuts is not None) == bool(cuts)
+        if offset < 0:
+            assert run.empty or run.result.proves_above(0.0)
+            if not run.empty:
+                assert min(run.result.dual_bound - run.result.proof_margin, run.ceiling) <= -offset + 1e-7
+        else:
+            assert not run.empty and seen and all(s == (4,) for s in seen)

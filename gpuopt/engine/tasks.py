@@ -291,17 +291,14 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     the MILP starts again on them. Every point outside that set clears ``tau``, which is at least
     either threshold, so a proof on the conditioned model proves the disjunct (its ``lb`` is then
     at most ``tau``); an LP with a certified empty set proves it outright, on safe dual bounds
-    (``farkas``; ``conditioned``: what the conditioning did)."""
+    (``farkas``; ``conditioned``: what the conditioning did). The runs are
+    :func:`gpuopt.milp.conditioned.solve_conditioned`'s."""
     start = time.time()
     _setup()
-    from dataclasses import replace
-
-    import numpy as np
-
     from ..check import check_counterexample
     from ..errors import SolverError
-    from ..milp.encode import complete_assignment, encode
-    from ..milp.highs import MilpStatus, solve_milp
+    from ..milp.conditioned import solve_conditioned
+    from ..milp.highs import MilpStatus
 
     deadline = _task_deadline(budget, submitted)
     net = resolve_network(net_ref)
@@ -314,66 +311,42 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     if deadline - time.monotonic() < entries * ENCODE_SECONDS_PER_ENTRY:
         out.update(kind="timeout", note=f"no time left to encode the MILP ({entries} matrix entries)", end=time.time())
         return out
-    model = encode(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, formulation=formulation)
-    if cuts:  # valid inequalities; root rounds of ideal cuts in at most a tenth of the time left
-        from ..milp.cuts import strengthen
-
-        model, out["cuts"] = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * (deadline - time.monotonic()),
-                                        config=solver_config)
-    mip_start = complete_assignment(model, blocks, start_x) if start_x is not None else None
     found = {}
 
-    def accept(v):
-        c = check_counterexample(problem, v[model.x_index])
+    def accept(x):
+        c = check_counterexample(problem, x)
         if c.ok:
             found.update(x=c.x, y=c.y, margin=c.margin)
         return c.ok
 
-    left = deadline - time.monotonic()
-    if left <= 0:
+    if deadline - time.monotonic() <= 0:
         out.update(kind="timeout", note="no time left for the MILP", end=time.time())
         return out
     if not recheck:  # HiGHS's word alone: it must clear the floor of its tolerances
         threshold = unchecked
-    ceiling = np.inf  # the largest margin a proof may claim (tau, once the bounds are conditioned)
-    try:
-        first = left if condition_share <= 0 else min(left, max(MILP_FIRST_SECONDS, MILP_FIRST_SHARE * left))
-        res = None if first <= 0 else \
-            solve_milp(model, time_limit=min(first, 1e7), threshold=threshold, start=mip_start, accept_solution=accept,
-                       config=solver_config, deadline=min(deadline, time.monotonic() + first))
-        # (an overflowing spec has no finite tau: nothing to condition on)
-        if not found and (res is None or not res.proves_above(threshold)) and condition_share > 0 \
-                and np.isfinite(unchecked) and deadline > time.monotonic():
-            from ..bounds.lp import lp_tighten_conditioned
-
-            nodes = 0 if res is None else res.nodes
-            if res is not None and res.solution is not None:  # the first run's point bounds the margin from above
-                out["margin_upper"] = check_counterexample(problem, res.solution[model.x_index]).margin
-            tau = float(unchecked)
-            cond = lp_tighten_conditioned(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b, tau,
-                                          deadline=time.monotonic() + condition_share * (deadline - time.monotonic()),
-                                          config=solver_config)
-            out["conditioned"] = {"lps": cond.lps, "tightened": cond.tightened, "stabilised": cond.stabilised,
-                                  "empty": cond.empty, "seconds": cond.seconds}
-            if cond.empty:  # no point has a margin of at most tau: proven on a Farkas certificate
-                out.update(kind="proven", lb=tau, nodes=nodes, raw_status="conditioned LP infeasible", farkas=True,
-                           end=time.time())
-                return out
-            ceiling = tau
-            model = encode(blocks, cond.pre, cond.out, problem.region.lower, problem.region.upper, A, b,
-                           formulation=formulation)
-            if cuts:
-                from ..milp.cuts import strengthen
-
-                model, _ = strengthen(model, blocks, cuts, deadline=time.monotonic() + 0.1 * (deadline - time.monotonic()),
-                                      config=solver_config)
-            # the best point's margin may exceed tau: outside the conditioned model, so no start
-            res = solve_milp(model, time_limit=min(max(deadline - time.monotonic(), 0.01), 1e7), threshold=threshold,
-                             accept_solution=accept, config=solver_config, deadline=deadline)
-            res = replace(res, nodes=res.nodes + nodes)
+    try:  # (an overflowing spec has no finite tau = unchecked: nothing to condition on)
+        run = solve_conditioned(blocks, pre, out_bounds, problem.region.lower, problem.region.upper, A, b,
+                                threshold=threshold, tau=float(unchecked), deadline=deadline,
+                                condition_share=condition_share, formulation=formulation, cuts=cuts or "",
+                                start_x=start_x, accept=accept, config=solver_config, first_share=MILP_FIRST_SHARE,
+                                first_seconds=MILP_FIRST_SECONDS)
     except SolverError as exc:  # e.g. a coefficient of 1e15 or more: the item goes on without this MILP
         out.update(kind="unknown", note=f"no MILP: {exc}", end=time.time())
         return out
+    if run.cuts is not None:
+        out["cuts"] = run.cuts
+    first = run.first
+    if run.conditioning is not None:
+        cond = run.conditioning
+        out["conditioned"] = {"lps": cond.lps, "tightened": cond.tightened, "stabilised": cond.stabilised,
+                              "empty": cond.empty, "seconds": cond.seconds}
+        if first is not None and first.solution is not None:  # the first run's point bounds the margin from above
+            out["margin_upper"] = check_counterexample(problem, first.solution[run.first_model.x_index]).margin
+    if run.empty:  # no point has a margin of at most tau: proven on a Farkas certificate
+        out.update(kind="proven", lb=run.ceiling, nodes=0 if first is None else first.nodes,
+                   raw_status="conditioned LP infeasible", farkas=True, end=time.time())
+        return out
+    res, model, ceiling = run.result, run.model, run.ceiling
     if res is None:  # no first run, and no time left for the conditioning
         out.update(kind="timeout", note="no time left for the MILP", end=time.time())
         return out
