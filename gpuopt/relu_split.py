@@ -84,7 +84,8 @@ import torch
 
 from .bounds.base import Bounds, center_radius, strict_adjust
 from .bounds.crown import (CHUNK_ELEMENTS, STEP_DTYPE, STEP_DTYPES, _backward, _magnitudes, _relaxation, _term_count,
-                           adam_ascent, grad_scale, open_rows, row_selectors, step_torch_dtype, tighten_layer)
+                           activation_boxes, adam_ascent, grad_scale, open_rows, row_selectors, step_torch_dtype,
+                           tighten_layer)
 from .bounds.prune import DeadPruning
 from .bounds.reach import spec_outputs
 from .check import check_counterexample
@@ -104,6 +105,12 @@ COMPACT_SHARE = 0.125
 #: drops dead ones (:class:`~gpuopt.bounds.prune.DeadPruning`); nothing changes on dense nets, whose
 #: cone is every neuron. A switch for side-by-side runs and tests
 CONE_PRUNING = True
+#: a domain's bound is also concretised over each hidden layer's box on the way back (DeepPoly's
+#: stops, :func:`gpuopt.bounds.crown._backward`'s ``boxes``): where a layer's bounds are tight (after
+#: the refinement) or few of its neurons are live, that beats the substitution to the input. Only
+#: the padded evaluations stop there; the multiplier steps optimise the full substitution (a stop
+#: that wins passes no gradient to the layers before it). A switch for side-by-side runs and tests
+STOP_BOXES = True
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
 #: the share of the memory free when a search starts that its open domains may hold, when
@@ -360,23 +367,24 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     split = [(sg != 0)[:, None, :] for sg in sign]
     sgn = [sg.to(C.dtype)[:, None, :] for sg in sign]
 
-    full = (relax, unstable, split, sgn, C, d, strict, x_mid, x_rad, hmax)
+    boxes = activation_boxes(pre_l, pre_u, ops) if STOP_BOXES else None
+    full = (relax, unstable, split, sgn, C, d, strict, x_mid, x_rad, hmax, boxes)
 
     def evaluate(alpha_, beta_, record=None, pad=True, ctx=full, ops_=ops):
         """The rows at the multipliers ``alpha_``/``beta_`` of the domains whose data ``ctx`` holds."""
-        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_ = ctx
+        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_, boxes_ = ctx
         rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
                for a, unst, (a0, s, ic) in zip(alpha_, unstable_, relax_)]
         terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split_, sgn_)]
         rows, coef = _backward(C_, L, ops_, rel, x_mid_, x_rad_, n_terms, hmax_, split_terms=terms, record=record,
-                               pad=pad)
+                               pad=pad, boxes=boxes_ if pad else None)
         return strict_adjust(rows - d_, strict_), coef
 
     def subset(ctx, idx):
-        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_ = ctx
+        relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_, boxes_ = ctx
         return ([tuple(t[idx] for t in r) for r in relax_], [t[idx] for t in unstable_], [t[idx] for t in split_],
                 [t[idx] for t in sgn_], C_[idx], d_[idx], strict_[idx], x_mid_[idx], x_rad_[idx],
-                {j: h[idx] for j, h in hmax_.items()})
+                {j: h[idx] for j, h in hmax_.items()}, None if boxes_ is None else [(a[idx], b[idx]) for a, b in boxes_])
 
     with torch.no_grad():
         first, _ = evaluate(alpha, beta)  # sound (padded): the multipliers the domain came with
@@ -473,9 +481,9 @@ def _cast_context(ctx, dtype):
     def cast(t):
         return t.to(dtype) if t.is_floating_point() else t
 
-    relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, _ = ctx
+    relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, _, boxes_ = ctx
     return ([tuple(cast(t) for t in r) for r in relax_], unstable_, split_, [cast(t) for t in sgn_], cast(C_), cast(d_),
-            strict_, cast(x_mid_), cast(x_rad_), {})
+            strict_, cast(x_mid_), cast(x_rad_), {}, None if boxes_ is None else [(cast(a), cast(b)) for a, b in boxes_])
 
 
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,

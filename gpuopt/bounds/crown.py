@@ -127,7 +127,7 @@ def selector_head(part: torch.Tensor, k: int, ops, hmax, B: int, index: torch.Te
 
 def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
               record: list | None = None, ball=None, index: torch.Tensor | None = None, head=None,
-              pad: bool = True):
+              pad: bool = True, boxes=None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -159,6 +159,15 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     ``pad=False`` skips the magnitudes and the rounding pads: the value is then the relaxation's
     bound as rounded, *not* a sound bound, for optimisation steps only (their gradient is the
     same); the multipliers found are evaluated once more with the pads.
+
+    ``boxes`` (optional, one entry per layer ``j < k``, each ``None`` or ``(lo_j, hi_j)`` ``(B,
+    n_j)`` bounds on ``h_j``, :func:`activation_boxes`): the substitution is also stopped at each
+    such layer, as DeepPoly does, and concretised there: while passing through layer ``j`` the
+    bound reads ``lam z_k >= A h_j + const`` for every input, so ``min over [lo_j, hi_j]`` of it is
+    a lower bound too, less its rounding pad (the magnitudes so far plus ``|A| hmax_j``). The
+    largest of these and the input's bound is returned. It pays where a layer's bounds are much
+    tighter than the relaxation before it can tell (after a refinement), or where few of its
+    neurons are live. The input coefficients returned are still the full substitution's.
     """
     def pick(t):
         return t if index is None else t[index]
@@ -181,7 +190,11 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         A = ops[k].rmatmul(lam)
         under = torch.full_like(const, eta * (ops[k].shape[0] + 2))
     lost = torch.zeros_like(const) + eta * (ops[k].shape[0] + 2)
+    stops = []  # the bounds concretised at a layer's box (boxes)
     for j in range(k - 1, -1, -1):
+        if boxes is not None and boxes[j] is not None:
+            stops.append(_stop_bound(A, const, pick(boxes[j][0]), pick(boxes[j][1]), pick(hmax[j]) if pad else None, abs_acc,
+                                     lost, under, n_terms, eta, pad))
         alpha, s, icpt, *low = (pick(t) for t in relax[j])
         if record is not None:
             record.append(A)
@@ -215,7 +228,10 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     if not pad:
         if ball is not None:
             raise ValueError("pad=False is for box inputs only")
-        return ((A @ x_mid[:, :, None]) - (A.abs() @ x_rad[:, :, None])).squeeze(-1) + const, A
+        lower = ((A @ x_mid[:, :, None]) - (A.abs() @ x_rad[:, :, None])).squeeze(-1) + const
+        for stop in stops:
+            lower = torch.maximum(lower, stop)
+        return lower, A
     Aabs = A.abs()
     # one pass over |A| for the radius term and the magnitude: columns x_rad, |x_mid| + x_rad
     spread = (Aabs @ torch.stack([x_rad, x_mid.abs() + x_rad], dim=-1))
@@ -232,7 +248,43 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lost_b = lost + under * (x0.abs().sum(-1) + n0 * eps)[:, None]
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * n0 + 8) - 2 * lost_b)
+    for stop in stops:
+        lower = torch.maximum(lower, stop)
     return lower, A
+
+
+def _stop_bound(A, const, lo, hi, hmax, abs_acc, lost, under, n_terms: int, eta: float, pad: bool):
+    """``min A h + const`` over the box ``lo <= h <= hi`` (``(B, n)``; ``A`` ``(B, m, n)``), less the
+    rounding pad of everything summed so far when ``pad`` (as the input's concretisation in
+    :func:`_backward`: ``abs_acc`` the magnitudes of ``const``, ``lost``/``under`` the underflow
+    terms, ``hmax >= |h|``). A box end that is infinite (or a NaN) gives ``-inf``: no bound."""
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    lo_f = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+    hi_f = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
+    value = (pos @ lo_f[:, :, None] + neg @ hi_f[:, :, None]).squeeze(-1) + const
+    # a coefficient that meets an infinite end leaves the minimum unbounded
+    open_lo = (pos > 0) & ~torch.isfinite(lo)[:, None, :]
+    open_hi = (neg < 0) & ~torch.isfinite(hi)[:, None, :]
+    unbounded = (open_lo | open_hi).any(-1)
+    if pad:
+        mag = (A.abs() @ hmax[:, :, None]).squeeze(-1) + abs_acc
+        n = A.shape[-1]
+        value = value - rounding_pad(mag, n_terms) - 2 * (lost + eta * (n + 2) + under * hmax.sum(-1)[:, None])
+    value = torch.where(unbounded | torch.isnan(value), torch.full_like(value, -math.inf), value)
+    return value
+
+
+def activation_boxes(pre_l, pre_u, ops) -> list:
+    """Per hidden layer, bounds ``(lo_j, hi_j)`` on ``h_j`` from the pre-activation bounds:
+    ``[relu(l), relu(u)]``, or ``[l, u]`` on the coordinates the activation passes through
+    (:func:`_backward`'s ``boxes``)."""
+    out = []
+    for l, u, op in zip(pre_l, pre_u, ops):
+        lo, hi = l.clamp(min=0), u.clamp(min=0)
+        if op.passthrough is not None:
+            lo, hi = torch.where(op.passthrough, l, lo), torch.where(op.passthrough, u, hi)
+        out.append((lo, hi))
+    return out
 
 
 def _row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
