@@ -13,7 +13,7 @@ other one), then ``--compare A.jsonl B.jsonl`` prints them side by side: decided
 on the instances both decide, and the ratio of domains per second.
 
     python benchmarks/relu_split.py [--suites mnist_fc_256x4 ...] [--timeout 60] [--limit N] [--out FILE]
-                                    [--device cuda] [--config KEY=VALUE ...]
+                                    [--device cuda] [--config KEY=VALUE ...] [--stops on|off]
     python benchmarks/relu_split.py --compare A.jsonl B.jsonl
 """
 
@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", nargs="+", metavar="KEY=VALUE",
                     help="ReluSplitConfig overrides, e.g. steps=20 refine=False")
     ap.add_argument("--device", default="cpu", help="torch device of the search, e.g. cuda (default cpu)")
+    ap.add_argument("--stops", choices=("on", "off"), default="on",
+                    help="the domain bounds' stops at the hidden layers' boxes (gpuopt.relu_split.STOP_BOXES)")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two result files side by side")
     args = ap.parse_args(argv)
     if args.compare:
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    import gpuopt.relu_split
+
+    gpuopt.relu_split.STOP_BOXES = args.stops == "on"
     labels = reference_labels()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +187,7 @@ def main(argv=None) -> int:
                 continue
             ref = reference_side(labels.get((SUITES[suite][2], name), "unknown"))
             rec = {"suite": suite, "instance": name, "rev": rev, "reference": ref, "config": overrides,
+                   "stops": args.stops,
                    "device": args.device, **run_one(onnx, vnnlib, args.timeout, config, args.device)}
             rec["wrong"] = rec["status"] in ("sat", "unsat") and ref in ("sat", "unsat") and rec["status"] != ref
             fh.write(json.dumps(rec) + "\n")
