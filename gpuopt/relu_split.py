@@ -19,7 +19,10 @@ and every lower slope ``alpha in [0, 1]`` gives a sound bound. Both are optimise
 Adam ascent on the bound, warm-started from the parent. The steps skip the rounding pads of
 :mod:`gpuopt.bounds.crown` (about a sixth of a step; their values only choose): the multipliers
 that bound best are evaluated once more with the pads, and that bound (or the starting
-multipliers' padded one, if higher) is the domain's.
+multipliers' padded one, if higher) is the domain's. With :data:`STOP_BOXES` (off by default) that
+evaluation also stops at every hidden layer's box on the way back: where a layer has few live
+neurons or bounds refined by LP/MILP, the bound concretised over its box can beat the
+substitution to the input.
 The intermediate bounds start from the root's; each child's split neuron gets its sign's bound,
 and the layers after it are re-bounded by CROWN with the child's own relaxation (:func:`_refine`,
 as beta-CROWN recomputes the layers after a split), so that one split tightens every later layer;
@@ -106,11 +109,15 @@ COMPACT_SHARE = 0.125
 #: cone is every neuron. A switch for side-by-side runs and tests
 CONE_PRUNING = True
 #: a domain's bound is also concretised over each hidden layer's box on the way back (DeepPoly's
-#: stops, :func:`gpuopt.bounds.crown._backward`'s ``boxes``): where a layer's bounds are tight (after
-#: the refinement) or few of its neurons are live, that beats the substitution to the input. Only
-#: the padded evaluations stop there; the multiplier steps optimise the full substitution (a stop
-#: that wins passes no gradient to the layers before it). A switch for side-by-side runs and tests
-STOP_BOXES = True
+#: stops, :func:`gpuopt.bounds.crown._backward`'s ``boxes``), and so are the later layers' bounds
+#: :func:`_refine` recomputes: where a layer's bounds are tight (after the refinement) or few of its
+#: neurons are live, that beats the substitution to the input. Only the padded evaluations stop
+#: there; the multiplier steps optimise the full substitution (a stop that wins passes no gradient
+#: to the layers before it). Off by default: on mnist_fc it raised the worst open bounds a little,
+#: decided nothing new, and on 256x4 prop_8_0.03 it hid the children whose own substitution falls
+#: below their parents' (the stop gives both the same bottleneck value), so they got no retry steps
+#: and an instance decided in 12 s timed out (README, "Stops at the hidden layers' boxes")
+STOP_BOXES = False
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
 #: the share of the memory free when a search starts that its open domains may hold, when
@@ -384,7 +391,8 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_, boxes_ = ctx
         return ([tuple(t[idx] for t in r) for r in relax_], [t[idx] for t in unstable_], [t[idx] for t in split_],
                 [t[idx] for t in sgn_], C_[idx], d_[idx], strict_[idx], x_mid_[idx], x_rad_[idx],
-                {j: h[idx] for j, h in hmax_.items()}, None if boxes_ is None else [(a[idx], b[idx]) for a, b in boxes_])
+                {j: h[idx] for j, h in hmax_.items()},
+                None if boxes_ is None else [(a[idx], b[idx]) for a, b in boxes_])
 
     with torch.no_grad():
         first, _ = evaluate(alpha, beta)  # sound (padded): the multipliers the domain came with
@@ -1139,9 +1147,10 @@ def _split(parents: _Domains, choice: torch.Tensor | None = None):
 def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=None) -> tuple[_Domains, int, int]:
     """Tighter pre-activation bounds for the ReLU layers after each domain's newest split (layer
     ``split_layer``): CROWN back-substitution with the domain's own relaxation (its split neurons
-    exact, its earlier layers' refined bounds), intersected with the bounds it had. Sound for the
-    same reason as the domain's bound: on the domain every relaxation used holds. Past
-    ``deadline`` the rows not reached keep their bounds (sound, only looser). Returns the domains
+    exact, its earlier layers' refined bounds; stopping at their boxes, :data:`STOP_BOXES`),
+    intersected with the bounds it had. Sound for the same reason as the domain's bound: on the
+    domain every relaxation used holds. Past ``deadline`` the rows not reached keep their bounds
+    (sound, only looser). Returns the domains
     whose bounds do not cross, the number that cross (empty: no input lies there), and the number
     of (domain, neuron) pairs that were unstable and are stable now."""
     L = len(doms.lower)
@@ -1164,7 +1173,9 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         # (so stable) in one domain but open in another is re-bounded too, and that finds many
         # empty domains
         was_open = int(((l_k < 0) & (u_k > 0)).sum())
-        l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, rows=rows, deadline=deadline)
+        boxes = activation_boxes([l for l, _ in pre], [u for _, u in pre], ops) if STOP_BOXES else None
+        l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, rows=rows, deadline=deadline,
+                                       boxes=boxes)
         stabilised += was_open - int(((l_k < 0) & (u_k > 0)).sum())
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k

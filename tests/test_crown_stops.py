@@ -103,7 +103,8 @@ def test_stops_are_sound_never_worse_and_pay_on_tight_intermediate_bounds():
 @pytest.mark.parametrize("stops", [True, False])
 def test_activation_splitting_with_and_without_stops_decides_like_brute_force(stops, monkeypatch):
     """From LP-tightened intermediate bounds (where the stops pay), at margins of +-1e-3 and
-    +-0.02 around each disjunct's exact minimum: closed only when unreachable, with proven bounds
+    +-0.02 around each disjunct's exact minimum, every child's later layers re-bounded (``refine``,
+    which stops there too): closed only when unreachable, with proven bounds
     no higher than the truth; a counterexample only when reachable, confirmed independently."""
     monkeypatch.setattr(relu_split_module, "STOP_BOXES", stops)
     decided = total = 0
@@ -124,7 +125,7 @@ def test_activation_splitting_with_and_without_stops_decides_like_brute_force(st
             s = shifted_spec(spec, minima, delta)
             res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, c, None) for A, c in s.disjuncts],
                              bounds, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 10,
-                             config=ReluSplitConfig(batch_size=4))
+                             config=ReluSplitConfig(batch_size=4, refine=True))
             total += 1
             for k, closed in enumerate(res.closed):
                 if closed:
@@ -138,3 +139,41 @@ def test_activation_splitting_with_and_without_stops_decides_like_brute_force(st
                 assert numpy_margin(s, y)[0] <= 0
                 decided += 1
     assert decided >= 0.75 * total, (decided, total)
+
+
+def test_tighten_layer_with_stops_contains_every_sample_and_is_never_looser():
+    """A hidden layer's CROWN bounds (:func:`gpuopt.bounds.crown.tighten_layer`, as activation
+    splitting re-bounds a domain's later layers) with the earlier layers' LP-tightened boxes as
+    stops: inside the bounds without them, around every sampled pre-activation, tighter somewhere."""
+    from gpuopt.bounds.crown import tighten_layer
+
+    from helpers import affine_view_values
+
+    gained = 0
+    for seed in range(10):
+        rng = np.random.default_rng(500 + seed)
+        n_in = int(rng.integers(2, 5))
+        net = random_dense_network(rng, n_in, [int(rng.integers(4, 9)) for _ in range(3)], 2)
+        centre = rng.normal(size=n_in)
+        lo, hi = centre - 0.7, centre + 0.7
+        b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+        tight = lp_tighten(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation], lo, hi).pre
+        pre = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in tight]
+        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        ops = net.linear_ops("cpu", torch.float64)
+        x_mid, x_rad = center_radius(lo_t, hi_t)
+        k = len(pre) - 1
+        relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre[:k], ops)]
+        hmax = _magnitudes(x_mid, x_rad, pre[:k], ops)
+        wide_l, wide_u = pre[k][0] - 5.0, pre[k][1] + 5.0  # room to see either result
+        rows = torch.arange(ops[k].shape[0])
+        n_terms = _term_count(net, lo_t)
+        l0, u0, _, _ = tighten_layer(k, ops, relax, x_mid, x_rad, n_terms, hmax, wide_l, wide_u, rows=rows)
+        boxes = activation_boxes([l for l, _ in pre[:k]], [u for _, u in pre[:k]], ops)
+        l1, u1, _, _ = tighten_layer(k, ops, relax, x_mid, x_rad, n_terms, hmax, wide_l, wide_u, rows=rows, boxes=boxes)
+        assert torch.all(l1 >= l0) and torch.all(u1 <= u0)
+        x = np.vstack([rng.uniform(lo, hi, size=(3000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(100, n_in))])
+        z = affine_view_values(net, x)[0][k]
+        assert np.all(z >= l1[0].numpy() - 1e-9) and np.all(z <= u1[0].numpy() + 1e-9), seed
+        gained += int((l1 > l0 + 1e-6).sum() + (u1 < u0 - 1e-6).sum())
+    assert gained > 0

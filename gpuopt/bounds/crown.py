@@ -193,8 +193,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     stops = []  # the bounds concretised at a layer's box (boxes)
     for j in range(k - 1, -1, -1):
         if boxes is not None and boxes[j] is not None:
-            stops.append(_stop_bound(A, const, pick(boxes[j][0]), pick(boxes[j][1]), pick(hmax[j]) if pad else None, abs_acc,
-                                     lost, under, n_terms, eta, pad))
+            stops.append(_stop_bound(A, const, pick(boxes[j][0]), pick(boxes[j][1]), pick(hmax[j]) if pad else None,
+                                     abs_acc, lost, under, n_terms, eta, pad))
         alpha, s, icpt, *low = (pick(t) for t in relax[j])
         if record is not None:
             record.append(A)
@@ -297,7 +297,7 @@ def _row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch.Tensor, u: torch.Tensor, *,
                   rows: torch.Tensor | None = None, deadline: float | None = None, last: float = 0.0, ball=None,
-                  within: torch.Tensor | None = None):
+                  within: torch.Tensor | None = None, boxes=None):
     """CROWN bounds of layer ``k``'s neurons (relaxations ``relax`` of the layers before it),
     intersected with ``l``/``u`` ``(B, n_k)``; returns ``(l, u, finished, last)`` (new tensors).
 
@@ -314,7 +314,10 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
     On sparse blocks (convolutions) a chunk's rows, ordered so that neighbours reach neighbouring
     coordinates, run on just the coordinates they reach (:func:`gpuopt.bounds.reach.compacted`)
     where those are at most :data:`COMPACT_SHARE` of the layers' widths: the same bounds on far
-    narrower matrices."""
+    narrower matrices.
+
+    ``boxes``: bounds on the earlier layers' activations, where :func:`_backward` also stops (on
+    the full blocks only: a compacted chunk substitutes to the input)."""
     B = l.shape[0]
     il, iu = l, u
     l, u = l.clone(), u.clone()
@@ -383,7 +386,7 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             b, r = pairs[0][sel], pairs[1][sel]
             if sub is None:
                 bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball, index=b,
-                                     head=selector_head(r, k, ops, hmax, B, index=b))
+                                     head=selector_head(r, k, ops, hmax, B, index=b), boxes=boxes)
             else:
                 s_ops, s_relax, s_hmax, s_mid, s_rad = sub
                 bound, _ = _backward(None, k, s_ops, s_relax, s_mid, s_rad, n_terms, s_hmax, index=b,
@@ -397,7 +400,7 @@ def tighten_layer(k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, l: torch
             m = part.numel()
             if sub is None:
                 bound, _ = _backward(None, k, ops, relax, x_mid, x_rad, n_terms, hmax, ball=ball,
-                                     head=selector_head(part, k, ops, hmax, B))
+                                     head=selector_head(part, k, ops, hmax, B), boxes=boxes)
             else:
                 s_ops, s_relax, s_hmax, s_mid, s_rad = sub
                 bound, _ = _backward(None, k, s_ops, s_relax, s_mid, s_rad, n_terms, s_hmax,
