@@ -19,6 +19,7 @@ from gpuopt.bounds.lp import lp_tighten
 from gpuopt.problem import Problem
 from gpuopt.regions import Box
 from gpuopt.relu_split import ReluSplitConfig, relu_split
+from gpuopt.specs import OutputSpec
 
 from helpers import brute_force_min_margin, numpy_forward, numpy_margin, random_dense_network, shifted_spec
 
@@ -56,6 +57,19 @@ def test_stop_bound_with_an_infinite_end_is_no_bound():
     assert got.item() == -2.0
 
 
+def _tight_case(seed: int, widths, n_in_range=(2, 5), radius: float = 0.7, n_out: int = 3):
+    """A random dense net, a box, and its intermediate bounds twice: CROWN's (``(1, n_j)``
+    tensors) and LP-tightened ones (numpy ``(n_j,)``)."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(*n_in_range))
+    net = random_dense_network(rng, n_in, [int(rng.integers(*w)) for w in widths], n_out)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - radius, centre + radius
+    b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+    tight = lp_tighten(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation], lo, hi).pre
+    return rng, net, lo, hi, b, tight
+
+
 def _rows_bound(net, lo, hi, C, pre, stops: bool):
     """CROWN's lower bounds of the rows ``C f(x)`` over the box with intermediate bounds ``pre``
     (a list of ``(l, u)``, each ``(1, n_j)``), with or without the stops."""
@@ -76,15 +90,10 @@ def test_stops_are_sound_never_worse_and_pay_on_tight_intermediate_bounds():
     substitution's; with the tightened bounds some rows gain by more than 1e-6."""
     gains = 0
     for seed in range(12):
-        rng = np.random.default_rng(300 + seed)
-        n_in = int(rng.integers(2, 5))
-        net = random_dense_network(rng, n_in, [int(rng.integers(4, 9)) for _ in range(int(rng.integers(2, 4)))], 3)
-        centre = rng.normal(size=n_in)
-        lo, hi = centre - 0.7, centre + 0.7
+        rng, net, lo, hi, b, tight = _tight_case(300 + seed, [(4, 9)] * (2 + seed % 2))
+        n_in = lo.size
         C = rng.normal(size=(4, 3))
-        b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
         pre_crown = [(l, u) for l, u in b.pre_activation]
-        tight = lp_tighten(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in pre_crown], lo, hi).pre
         pre_lp = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in tight]
         x = rng.uniform(lo, hi, size=(4000, n_in))
         corners = lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))
@@ -109,17 +118,9 @@ def test_activation_splitting_with_and_without_stops_decides_like_brute_force(st
     monkeypatch.setattr(relu_split_module, "STOP_BOXES", stops)
     decided = total = 0
     for seed in range(8):
-        rng = np.random.default_rng(900 + seed)
-        n_in = int(rng.integers(2, 4))
-        net = random_dense_network(rng, n_in, [int(rng.integers(4, 8)) for _ in range(3)], 2)
-        centre = rng.normal(size=n_in)
-        lo, hi = centre - 0.6, centre + 0.6
-        from gpuopt.specs import OutputSpec
-
+        rng, net, lo, hi, b, tight = _tight_case(900 + seed, [(4, 8)] * 3, n_in_range=(2, 4), radius=0.6, n_out=2)
         spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1)), (rng.normal(size=(2, 2)), np.zeros(2))], 2)
         minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-        b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
-        tight = lp_tighten(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation], lo, hi).pre
         bounds = type(b)(tuple((torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in tight), b.output, "lp")
         for delta in (0.02, 1e-3, -1e-3, -0.02):
             s = shifted_spec(spec, minima, delta)
@@ -151,13 +152,8 @@ def test_tighten_layer_with_stops_contains_every_sample_and_is_never_looser():
 
     gained = 0
     for seed in range(10):
-        rng = np.random.default_rng(500 + seed)
-        n_in = int(rng.integers(2, 5))
-        net = random_dense_network(rng, n_in, [int(rng.integers(4, 9)) for _ in range(3)], 2)
-        centre = rng.normal(size=n_in)
-        lo, hi = centre - 0.7, centre + 0.7
-        b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
-        tight = lp_tighten(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation], lo, hi).pre
+        rng, net, lo, hi, _, tight = _tight_case(500 + seed, [(4, 9)] * 3, n_out=2)
+        n_in = lo.size
         pre = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in tight]
         lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
         ops = net.linear_ops("cpu", torch.float64)
