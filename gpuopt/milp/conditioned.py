@@ -28,8 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import highs  # HiGHS is called through its module: a stand-in set on it (tests) reaches the calls
 from .encode import MilpModel, complete_assignment, encode
-from . import highs
 from .highs import MilpResult, SolverConfig
 
 __all__ = ["ConditionedRun", "solve_conditioned"]
@@ -66,10 +66,11 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
                       first_seconds: float = 5.0) -> ConditionedRun:
     """The MILP of one disjunct ``{y : A y <= b}`` over the region (box ``[x_lower, x_upper]``,
     optional ``constraints``), stopping once ``min > threshold`` is proven or ``accept`` (a
-    callback on an incumbent's input point, e.g. the float64 re-check) takes a point, conditioned on ``S`` at ``tau`` when the
-    first run leaves it open (module docstring). ``condition_share <= 0`` or an infinite ``tau``:
-    one run to ``deadline`` (a ``time.monotonic()`` value), no conditioning. ``cuts``: cut families
-    (:func:`gpuopt.milp.cuts.cut_kinds`), their root rounds in at most ``cut_share`` of the time
+    callback on an incumbent's input point, e.g. the float64 re-check) takes a point, conditioned
+    on ``S`` at ``tau`` when the first run leaves it open (module docstring). ``condition_share
+    <= 0`` or an infinite ``tau``: one run to ``deadline`` (a ``time.monotonic()`` value), no
+    conditioning. ``cuts``: cut families (:func:`gpuopt.milp.cuts.cut_kinds`), their root rounds
+    in at most ``cut_share`` of the time
     left. ``start_x``: an input point completed into a MIP start of the first model."""
     from ..bounds.lp import lp_tighten_conditioned
 
@@ -81,8 +82,8 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
         if cuts:
             from .cuts import strengthen
 
-            model, info = strengthen(model, blocks, cuts, deadline=time.monotonic() + cut_share * (deadline - time.monotonic()),
-                                     config=config)
+            stop = time.monotonic() + cut_share * (deadline - time.monotonic())
+            model, info = strengthen(model, blocks, cuts, deadline=stop, config=config)
         return model, info
 
     model, cut_info = build(pre, out_bounds)
@@ -105,9 +106,11 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
     conditioning = condition_share > 0 and math.isfinite(tau)
     left = deadline - time.monotonic()
     first = left if not conditioning else min(left, max(first_seconds, first_share * left))
-    res = None if first <= 0 else highs.solve_milp(model, time_limit=min(first, 1e7), threshold=threshold, start=start,
-                                             accept_solution=on_point(model), config=config,
-                                             deadline=min(deadline, time.monotonic() + first))
+    res = None
+    if first > 0:
+        res = highs.solve_milp(model, time_limit=min(first, 1e7), threshold=threshold, start=start,
+                               accept_solution=on_point(model), config=config,
+                               deadline=min(deadline, time.monotonic() + first))
     run = ConditionedRun(result=res, model=model, first=res, first_model=model, start=start, cuts=cut_info,
                          build_seconds=build_seconds)
     if accepted or (res is not None and res.proves_above(threshold)) or not conditioning \
@@ -121,8 +124,7 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
         return replace(run, empty=True)
     model, _ = build(cond.pre, cond.out)
     # the best point's margin may exceed tau: outside the conditioned model, so no start
-    # (through the module: a stand-in solver set on it in tests reaches these calls too)
-    second = highs.solve_milp(model, time_limit=min(max(deadline - time.monotonic(), 0.01), 1e7), threshold=threshold,
-                        accept_solution=on_point(model), config=config, deadline=deadline)
+    second = highs.solve_milp(model, time_limit=min(max(deadline - time.monotonic(), 0.01), 1e7),
+                              threshold=threshold, accept_solution=on_point(model), config=config, deadline=deadline)
     nodes = 0 if res is None else res.nodes
     return replace(run, result=replace(second, nodes=second.nodes + nodes), model=model)
