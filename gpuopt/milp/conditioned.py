@@ -70,8 +70,8 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
     on ``S`` at ``tau`` when the first run leaves it open (module docstring). ``condition_share
     <= 0`` or an infinite ``tau``: one run to ``deadline`` (a ``time.monotonic()`` value), no
     conditioning. ``cuts``: cut families (:func:`gpuopt.milp.cuts.cut_kinds`), their root rounds
-    in at most ``cut_share`` of the time
-    left. ``start_x``: an input point completed into a MIP start of the first model."""
+    in at most ``cut_share`` of the time left. ``start_x``: an input point completed into a MIP
+    start of the first model."""
     from ..bounds.lp import lp_tighten_conditioned
 
     t0 = time.monotonic()
