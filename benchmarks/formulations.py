@@ -189,7 +189,8 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     ``condition_share`` of the time left and the MILP again on its bounds) and solve; the record's
     solver fields, with the LP relaxation's value of the model solved (``root_lp``). ``seconds``
     counts the whole solve, conditioning included; the time limit also covers the first model's
-    encoding and cuts (``build_s``). The runs are :func:`gpuopt.milp.conditioned.solve_conditioned`'s. A conditioned record's ``dual_bound`` holds
+    encoding and cuts (``build_s``). The runs are
+    :func:`gpuopt.milp.conditioned.solve_conditioned`'s. A conditioned record's ``dual_bound`` holds
     where the margin is at most ``tau`` (every other point clears ``tau``): it decides the sign,
     but the disjunct's proven bound is ``min(dual_bound - proof_margin, tau)``."""
     from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE
