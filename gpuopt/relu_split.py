@@ -267,19 +267,22 @@ class _Domains:
     """Open domains as stacked tensors: per ReLU layer ``lower``/``upper`` ``(D, n_j)``, ``sign``
     ``(D, n_j)`` int8, ``alpha``/``beta`` ``(D, m, n_j)``; ``bound`` ``(D,)``; ``tag`` ``(D,)`` the
     disjunct; ``scores`` the branching scores of the last bounding and ``widths`` each neuron's
-    ``|a| (u - l)`` there (both ``-1`` where a neuron cannot be split)."""
+    ``|a| (u - l)`` there (both ``-1`` where a neuron cannot be split); ``plain`` ``(D,)`` the bound
+    without the stops (:data:`STOP_BOXES`), kept as ``bound`` is (the best of the domain's and its
+    ancestors'): a child's retry steps compare theirs with it."""
 
     FIELDS = ("lower", "upper", "sign", "alpha", "beta", "scores", "widths")
 
-    def __init__(self, lower, upper, sign, alpha, beta, scores, widths, bound, tag):
+    def __init__(self, lower, upper, sign, alpha, beta, scores, widths, bound, tag, plain):
         self.lower, self.upper, self.sign, self.alpha, self.beta = lower, upper, sign, alpha, beta
-        self.scores, self.widths, self.bound, self.tag = scores, widths, bound, tag
+        self.scores, self.widths, self.bound, self.tag, self.plain = scores, widths, bound, tag, plain
 
     def __len__(self):
         return self.bound.shape[0]
 
     def take(self, idx):
-        return _Domains(*[[t[idx] for t in getattr(self, f)] for f in self.FIELDS], self.bound[idx], self.tag[idx])
+        return _Domains(*[[t[idx] for t in getattr(self, f)] for f in self.FIELDS], self.bound[idx], self.tag[idx],
+                        self.plain[idx])
 
     @staticmethod
     def cat(parts):
@@ -288,7 +291,8 @@ class _Domains:
             return None
         L = len(parts[0].lower)
         return _Domains(*[[torch.cat([getattr(p, f)[j] for p in parts]) for j in range(L)] for f in _Domains.FIELDS],
-                        torch.cat([p.bound for p in parts]), torch.cat([p.tag for p in parts]))
+                        torch.cat([p.bound for p in parts]), torch.cat([p.tag for p in parts]),
+                        torch.cat([p.plain for p in parts]))
 
 
 class _DomainStore:
@@ -303,7 +307,7 @@ class _DomainStore:
     def __init__(self, domains: _Domains | None):
         self.n = 0
         self._layers = 0
-        self._bufs = None  # the fields' per-layer tensors, then bound and tag, each (capacity, ...)
+        self._bufs = None  # the fields' per-layer tensors, then bound, tag and plain, each (capacity, ...)
         self.push(domains)
 
     def __len__(self):
@@ -311,11 +315,11 @@ class _DomainStore:
 
     @staticmethod
     def _flat(d: _Domains) -> list:
-        return [t for f in _Domains.FIELDS for t in getattr(d, f)] + [d.bound, d.tag]
+        return [t for f in _Domains.FIELDS for t in getattr(d, f)] + [d.bound, d.tag, d.plain]
 
     def _wrap(self, flat: list) -> _Domains:
         L = self._layers
-        return _Domains(*[flat[i * L:(i + 1) * L] for i in range(len(_Domains.FIELDS))], flat[-2], flat[-1])
+        return _Domains(*[flat[i * L:(i + 1) * L] for i in range(len(_Domains.FIELDS))], flat[-3], flat[-2], flat[-1])
 
     def view(self) -> _Domains | None:
         """The open domains as views of the buffers (valid until the next :meth:`push`/:meth:`pop`)."""
@@ -360,8 +364,10 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
            step_ops=None):
     """alpha/beta-optimised bounds of the rows ``C y - d`` on a batch of domains.
 
-    Returns ``(bound (D,), alpha, beta, scores, widths, coef_x (D, n_in) of the best row)``; ``bound`` is
-    the max over rows of the row lower bounds (strictness folded in), the best over the steps.
+    Returns ``(bound (D,), alpha, beta, scores, widths, coef_x (D, n_in) of the best row, plain (D,))``;
+    ``bound`` is the max over rows of the row lower bounds (strictness folded in), the best over the
+    steps; ``plain`` the same without the stops (:data:`STOP_BOXES`; equal to ``bound`` without
+    them), the substitution's own bound, which the steps optimise.
     ``step_ops``: the blocks in the steps' own dtype (:attr:`ReluSplitConfig.step_dtype`, when it
     is not that of ``ops``) for the optimisation steps, whose values only choose the multipliers;
     the bound returned is evaluated in the dtype of ``ops``, with the rounding pads, at the best
@@ -377,14 +383,18 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
     boxes = activation_boxes(pre_l, pre_u, ops) if STOP_BOXES else None
     full = (relax, unstable, split, sgn, C, d, strict, x_mid, x_rad, hmax, boxes)
 
-    def evaluate(alpha_, beta_, record=None, pad=True, ctx=full, ops_=ops):
-        """The rows at the multipliers ``alpha_``/``beta_`` of the domains whose data ``ctx`` holds."""
+    def evaluate(alpha_, beta_, record=None, pad=True, ctx=full, ops_=ops, plain=None):
+        """The rows at the multipliers ``alpha_``/``beta_`` of the domains whose data ``ctx`` holds;
+        ``plain`` (a list) receives the rows before the stops."""
         relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, hmax_, boxes_ = ctx
         rel = [(torch.where(unst, a.clamp(0.0, 1.0), a0[:, None, :]), s, ic)
                for a, unst, (a0, s, ic) in zip(alpha_, unstable_, relax_)]
         terms = [torch.where(sp, -b.clamp(min=0.0) * sg, torch.zeros_like(b)) for b, sp, sg in zip(beta_, split_, sgn_)]
+        before = [] if plain is not None else None
         rows, coef = _backward(C_, L, ops_, rel, x_mid_, x_rad_, n_terms, hmax_, split_terms=terms, record=record,
-                               pad=pad, boxes=boxes_ if pad else None)
+                               pad=pad, boxes=boxes_ if pad else None, plain=before)
+        if plain is not None:
+            plain.append(strict_adjust(before[0] - d_, strict_))
         return strict_adjust(rows - d_, strict_), coef
 
     def subset(ctx, idx):
@@ -394,8 +404,9 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
                 {j: h[idx] for j, h in hmax_.items()},
                 None if boxes_ is None else [(a[idx], b[idx]) for a, b in boxes_])
 
+    first_plain = []
     with torch.no_grad():
-        first, _ = evaluate(alpha, beta)  # sound (padded): the multipliers the domain came with
+        first, _ = evaluate(alpha, beta, plain=first_plain)  # sound (padded): the multipliers the domain came with
     best_rows = torch.full_like(first, -math.inf)  # the steps' values, unpadded: they only choose
     best_alpha, best_beta = [a.clone() for a in alpha], [b.clone() for b in beta]
     # the steps run on the domains not yet proven: one closed by its starting multipliers (a child
@@ -463,11 +474,12 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         last = time.monotonic() - t0
     write_back()
     # the branching scores and the input coefficients at the best parameters
-    record = []
+    record, best_plain = [], []
     with torch.no_grad():
-        rows, coef = evaluate(best_alpha, best_beta, record)
+        rows, coef = evaluate(best_alpha, best_beta, record, plain=best_plain)
     rows = torch.maximum(rows, first)  # both are sound; keep the better per row
     bound, r_best = rows.max(dim=1)
+    plain = torch.maximum(best_plain[0], first_plain[0]).amax(dim=1)
     idx = torch.arange(D, device=C.device)
     scores, widths = [], []
     for j, a_h in zip(range(L - 1, -1, -1), record):
@@ -480,7 +492,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         widths.append(torch.where(can, width, torch.full_like(width, -1.0)))
     scores.reverse()
     widths.reverse()
-    return bound, best_alpha, best_beta, scores, widths, coef[idx, r_best]
+    return bound, best_alpha, best_beta, scores, widths, coef[idx, r_best], plain
 
 
 def _cast_context(ctx, dtype):
@@ -592,14 +604,14 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                                leaves=_leaves(domains, K, config.handoff, prune, dropped=given_up), retried=retried,
                                open_bound=per)
 
-    bound, alpha, beta, scores, widths, coef_x = bound_batch(pre_l, pre_u, sign, alpha0, beta0, tag0,
-                                                             config.root_steps)
+    bound, alpha, beta, scores, widths, coef_x, plain = bound_batch(pre_l, pre_u, sign, alpha0, beta0, tag0,
+                                                                    config.root_steps)
     explored = K
     retried = 0  # children given retry_steps
     given_up = {}  # disjunct -> the lowest bound of its domains when dropped (config.disjunct_domains)
     closed = bound > 0
     note_closed(bound, tag0, closed)
-    roots = _Domains(pre_l, pre_u, sign, alpha, beta, scores, widths, bound, tag0)
+    roots = _Domains(pre_l, pre_u, sign, alpha, beta, scores, widths, bound, tag0, plain)
     found = try_points(coef_x[~closed], bound[~closed])
     domains = roots.take(torch.nonzero(~closed).flatten())
     if found is not None:
@@ -628,7 +640,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         if lp is None:
             return False
         session, _, value = lp
-        b = float(dom.bound[0])
+        b = float(dom.plain[0])  # what the steps reach (without the stops)
         kind = _inherited(value, b, session.infeasible())
         log.debug("relu_split: plateau at %.6g, its weakest domain's LP %.6g: %s", b, value,
                   "inherited" if kind else "the relaxation's")
@@ -694,6 +706,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                             child.upper[j][0, p] = child.upper[j][0, p].clamp(max=0.0)
                         child.sign[j][0, p] = 1 if active else -1
                 child.bound[0] = max(float(child.bound[0]), b)
+                child.plain[0] = max(float(child.plain[0]), b)
                 left.append(child)
         return (_Domains.cat(left) if left else None), lps, progress, None
     while len(store):
@@ -761,9 +774,9 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             gate.record(gone + stabilised, rebounded)
             empty += gone
         if unsplittable is not None:  # exact relaxation: converge the split multipliers
-            bnd, al, be, sc, wd, cx = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
-                                                  unsplittable.alpha, unsplittable.beta, unsplittable.tag,
-                                                  config.leaf_steps)
+            bnd, al, be, sc, wd, cx, plain_b = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
+                                                      unsplittable.alpha, unsplittable.beta, unsplittable.tag,
+                                                      config.leaf_steps)
             closed = bnd > 0
             note_closed(bnd, unsplittable.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
@@ -787,18 +800,22 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                         found = value
                         break
             unsplittable = _Domains(unsplittable.lower, unsplittable.upper, unsplittable.sign, al, be, sc, wd, bnd,
-                                    unsplittable.tag).take(torch.nonzero(~closed).flatten())
+                                    unsplittable.tag, torch.fmax(plain_b, unsplittable.plain)).take(
+                torch.nonzero(~closed).flatten())
             if found is not None:
                 return result("sat", _Domains.cat([store.view(), live, stuck, unsplittable]), explored, found)
         stuck = _Domains.cat([stuck, unsplittable])
         explored += int(empty)
         if live is not None and len(live):
-            bnd, al, be, sc, wd, cx = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta,
-                                                  live.tag, config.steps)
+            bnd, al, be, sc, wd, cx, plain_b = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta,
+                                                      live.tag, config.steps)
             # on a plateau (the weakest bound stalled), within STALL_SHARE of the time
             stalled = ((config.stall_retry or config.stall_tighten) and plateau is not None and inherited
                        and stall_seconds <= STALL_SHARE * (time.monotonic() - search_start))
-            low = torch.nonzero(bnd < live.bound).flatten() if config.retry_steps or stalled else ()
+            # (judged without the stops, whose value a child often shares with its parent: the
+            # steps optimise the substitution, and a child that carries worse multipliers hands
+            # them on)
+            low = torch.nonzero(plain_b < live.plain).flatten() if config.retry_steps or stalled else ()
             if len(low):
                 # children bounded below their parent: more steps from where they stopped (their
                 # descendants start from these multipliers), keeping the better result per child;
@@ -814,15 +831,18 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                                                    config.lr_alpha, config.lr_beta, deadline)
                     n_gone = int((~nonempty).sum())
                     bnd[low[~nonempty]] = math.inf  # no input reaches it
+                    plain_b[low[~nonempty]] = math.inf
                     low, sub = low[nonempty], sub.take(torch.nonzero(nonempty).flatten())
                     for t, t2 in zip(live.lower + live.upper, sub.lower + sub.upper):
                         t[low] = t2
                 if len(low):
-                    b2, al2, be2, sc2, wd2, cx2 = bound_batch(sub.lower, sub.upper, sub.sign, [a[low] for a in al],
-                                                              [b[low] for b in be], sub.tag, steps)
-                    better = b2 > bnd[low]
+                    b2, al2, be2, sc2, wd2, cx2, plain2 = bound_batch(sub.lower, sub.upper, sub.sign,
+                                                                   [a[low] for a in al], [b[low] for b in be],
+                                                                   sub.tag, steps)
+                    better = plain2 > plain_b[low]  # (both bounds hold: the larger is kept)
                     upd = low[better]
-                    bnd[upd] = b2[better]
+                    bnd[upd] = torch.maximum(bnd[upd], b2[better])
+                    plain_b[upd] = plain2[better]
                     for field, field2 in ((al, al2), (be, be2), (sc, sc2), (wd, wd2)):
                         for t, t2 in zip(field, field2):
                             t[upd] = t2[better]
@@ -838,11 +858,12 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                               "%d raised (%.2f s)", plateau, n_low, n_gone,
                               int((bnd[low] > live.bound[low]).sum()) if len(low) else 0, time.monotonic() - t_stall)
             bnd = torch.fmax(bnd, live.bound)  # a child's inputs are its parent's: the parent's bound holds
+            plain_b = torch.fmax(plain_b, live.plain)
             explored += len(live)
             closed = bnd > 0
             note_closed(bnd, live.tag, closed)
             found = try_points(cx[~closed], bnd[~closed])
-            live = _Domains(live.lower, live.upper, live.sign, al, be, sc, wd, bnd, live.tag).take(
+            live = _Domains(live.lower, live.upper, live.sign, al, be, sc, wd, bnd, live.tag, plain_b).take(
                 torch.nonzero(~closed).flatten())
             if found is not None:
                 return result("sat", _Domains.cat([store.view(), live, stuck]), explored, found)
@@ -870,7 +891,7 @@ def _domain_limit(roots: _Domains, config: ReluSplitConfig) -> int:
     from .devices import free_memory, in_pool_worker
 
     per = sum(t[:1].numel() * t.element_size() for f in _Domains.FIELDS for t in getattr(roots, f))
-    per += roots.bound.element_size() + roots.tag.element_size()
+    per += 2 * roots.bound.element_size() + roots.tag.element_size()
     dev = roots.bound.device
     free = free_memory(dev)
     limit = DEFAULT_MAX_DOMAINS if free is None else int(DOMAIN_MEMORY_SHARE * free / max(per, 1))
@@ -1179,7 +1200,8 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         stabilised += was_open - int(((l_k < 0) & (u_k > 0)).sum())
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k
-    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)
+    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag,
+                    doms.plain)
     nonempty = _nonempty(lower, upper)
     return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stabilised
 
@@ -1240,7 +1262,8 @@ def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, 
             bound = torch.nan_to_num(bound, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)  # +inf: an overflow
             lower[k][:, part] = torch.maximum(lower[k][:, part], bound[:, :m])
             upper[k][:, part] = torch.minimum(upper[k][:, part], -bound[:, m:])
-    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag)
+    doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag,
+                    doms.plain)
     return doms, _nonempty(lower, upper)
 
 

@@ -173,3 +173,63 @@ def test_tighten_layer_with_stops_contains_every_sample_and_is_never_looser():
         assert np.all(z >= l1[0].numpy() - 1e-9) and np.all(z <= u1[0].numpy() + 1e-9), seed
         gained += int((l1 > l0 + 1e-6).sum() + (u1 < u0 - 1e-6).sum())
     assert gained > 0
+
+
+def test_plain_is_the_substitution_without_the_stops():
+    """``_backward(..., plain=...)`` hands back the bound the stops are then maxed into: exactly
+    the stop-free substitution's, below the stopped one and, on tightened bounds, strictly below it
+    somewhere (so a caller judging by it sees what the multipliers reach)."""
+    below = 0
+    for seed in range(8):
+        rng, net, lo, hi, _, tight = _tight_case(700 + seed, [(4, 9)] * 3)
+        pre = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in tight]
+        C = torch.as_tensor(rng.normal(size=(1, 4, 3)))
+        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        ops = net.linear_ops("cpu", torch.float64)
+        x_mid, x_rad = center_radius(lo_t, hi_t)
+        relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre, ops)]
+        hmax = _magnitudes(x_mid, x_rad, pre, ops)
+        boxes = activation_boxes([l for l, _ in pre], [u for _, u in pre], ops)
+        n_terms = _term_count(net, lo_t)
+        for pad in (True, False):
+            plain = []
+            stopped, _ = _backward(C, len(ops) - 1, ops, relax, x_mid, x_rad, n_terms, hmax, boxes=boxes, pad=pad,
+                                   plain=plain)
+            alone, _ = _backward(C, len(ops) - 1, ops, relax, x_mid, x_rad, n_terms, hmax, pad=pad)
+            assert torch.equal(plain[0], alone)
+            assert torch.all(stopped >= alone)
+            below += int((alone < stopped - 1e-6).sum())
+    assert below > 0
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_bound_returns_the_stop_free_bound_beside_its_own(stops, monkeypatch):
+    """:func:`gpuopt.relu_split._bound`'s last value: the domains' bound without the stops, equal
+    to the whole bound when they are off and never above it when on; with the same multipliers
+    and no steps, it is exactly the bound the stops-off evaluation gives."""
+    from gpuopt.relu_split import _bound
+
+    rng, net, lo, hi, _, tight = _tight_case(811, [(4, 9)] * 3)
+    ops = net.linear_ops("cpu", torch.float64)
+    D = 3
+    pre_l = [torch.as_tensor(l)[None].expand(D, -1).clone() for l, _ in tight]
+    pre_u = [torch.as_tensor(u)[None].expand(D, -1).clone() for _, u in tight]
+    sign = [torch.zeros_like(l, dtype=torch.int8) for l in pre_l]
+    alpha = [torch.full((D, 2, l.shape[1]), 0.5, dtype=torch.float64) for l in pre_l]
+    beta = [torch.zeros((D, 2, l.shape[1]), dtype=torch.float64) for l in pre_l]
+    C = torch.as_tensor(rng.normal(size=(D, 2, 3)))
+    d = torch.zeros((D, 2), dtype=torch.float64)
+    strict = torch.zeros((D, 2), dtype=torch.bool)
+    lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+    x_mid, x_rad = center_radius(lo_t, hi_t)
+    args = (ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid.expand(D, -1), x_rad.expand(D, -1),
+            _term_count(net, lo_t), 0, ReluSplitConfig(), None)
+    monkeypatch.setattr(relu_split_module, "STOP_BOXES", False)
+    off = _bound(*args)
+    monkeypatch.setattr(relu_split_module, "STOP_BOXES", stops)
+    on = _bound(*args)
+    assert torch.equal(off[-1], off[0])
+    assert torch.equal(on[-1], off[0])
+    assert torch.all(on[0] >= on[-1])
+    if stops:
+        assert bool((on[0] > on[-1] + 1e-6).any())

@@ -59,7 +59,8 @@ def test_refined_bounds_hold_on_every_input_of_the_domain_and_only_tighten(seed)
     zeros = [torch.zeros((D, 1, l.shape[1]), dtype=torch.float64) for l in lower]
     scores = [torch.zeros_like(l) for l in lower]
     doms = _Domains(lower, upper, sign, zeros, zeros, scores, scores,
-                    torch.zeros(D, dtype=torch.float64), torch.arange(D))  # tag: the domain's index
+                    torch.zeros(D, dtype=torch.float64), torch.arange(D),  # tag: the domain's index
+                    torch.zeros(D, dtype=torch.float64))
     x_mid = torch.as_tensor((lo + hi) / 2)[None]
     x_rad = torch.as_tensor((hi - lo) / 2)[None]
     n_terms = len(lo) + sum(op.shape[0] for op in ops)
@@ -115,7 +116,8 @@ def test_refinement_tightens_later_layers():
         zeros = [torch.zeros((2, 1, l.shape[1]), dtype=torch.float64) for l in lower]
         scores = [torch.zeros_like(l) for l in lower]
         doms = _Domains(lower, upper, sign, zeros, zeros, scores, scores,
-                        torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
+                        torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
+                        torch.zeros(2, dtype=torch.float64))
         n_terms = len(lo) + sum(op.shape[0] for op in ops)
         kept, _, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
                           torch.as_tensor((hi - lo) / 2)[None], n_terms)

@@ -349,13 +349,14 @@ def test_domain_store_keeps_every_row_through_pops_and_growth():
             dtype = torch.int8 if f == "sign" else torch.float64
             fields[f] = [value(ids, f, j).to(dtype).reshape((k,) + (1,) * (len(shape(n)) - 1)).expand(shape(n)).clone()
                          for j, n in enumerate(widths)]
-        return _Domains(*[fields[f] for f in _Domains.FIELDS], ids.to(torch.float64), ids % 4)
+        return _Domains(*[fields[f] for f in _Domains.FIELDS], ids.to(torch.float64), ids % 4, ids * 7.0 + 0.5)
 
     def ids_of(d):
         if d is None or not len(d):
             return []
         ids = d.bound.long()
         assert torch.equal(d.tag, ids % 4)
+        assert torch.equal(d.plain, ids * 7.0 + 0.5)
         for f in _Domains.FIELDS:
             for j, t in enumerate(getattr(d, f)):
                 want = value(ids, f, j).to(t.dtype)

@@ -47,7 +47,8 @@ def _domains(net, lo, hi, signs):
                     upper[j][i, p] = upper[j][i, p].clamp(max=0.0)
     pad = [torch.zeros(D, 1, l.shape[1], dtype=l.dtype) for l in lower]
     doms = _Domains(lower, upper, sign, pad, [p.clone() for p in pad], [l.clone() for l in lower],
-                    [l.clone() for l in lower], torch.zeros(D, dtype=lo_t.dtype), torch.zeros(D, dtype=torch.long))
+                    [l.clone() for l in lower], torch.zeros(D, dtype=lo_t.dtype), torch.zeros(D, dtype=torch.long),
+                    torch.zeros(D, dtype=lo_t.dtype))
     x_mid, x_rad = center_radius(lo_t, hi_t)
     return ops, prune, doms, x_mid, x_rad, _term_count(net, lo_t)
 

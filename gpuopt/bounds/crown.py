@@ -127,7 +127,7 @@ def selector_head(part: torch.Tensor, k: int, ops, hmax, B: int, index: torch.Te
 
 def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_terms: int, hmax, *, split_terms=None,
               record: list | None = None, ball=None, index: torch.Tensor | None = None, head=None,
-              pad: bool = True, boxes=None):
+              pad: bool = True, boxes=None, plain: list | None = None):
     """Sound lower bound of ``lam @ z_k`` (lam: (B, m, n_k)) and the input coefficients (B, m, n_0).
 
     ``ops`` are the network's :class:`~gpuopt.network.LinearOp` blocks; ``hmax[j]`` bounds
@@ -168,6 +168,7 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
     largest of these and the input's bound is returned. It pays where a layer's bounds are much
     tighter than the relaxation before it can tell (after a refinement), or where few of its
     neurons are live. The input coefficients returned are still the full substitution's.
+    ``plain`` (a list, optional) receives the bound before the stops: the substitution's alone.
     """
     def pick(t):
         return t if index is None else t[index]
@@ -229,6 +230,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         if ball is not None:
             raise ValueError("pad=False is for box inputs only")
         lower = ((A @ x_mid[:, :, None]) - (A.abs() @ x_rad[:, :, None])).squeeze(-1) + const
+        if plain is not None:
+            plain.append(lower)
         for stop in stops:
             lower = torch.maximum(lower, stop)
         return lower, A
@@ -248,6 +251,8 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         mag_b = (Aabs @ x0.abs()[:, :, None]).squeeze(-1) + reach + abs_acc
         lost_b = lost + under * (x0.abs().sum(-1) + n0 * eps)[:, None]
         lower = torch.maximum(lower, ball - rounding_pad(mag_b, n_terms + 2 * n0 + 8) - 2 * lost_b)
+    if plain is not None:
+        plain.append(lower)
     for stop in stops:
         lower = torch.maximum(lower, stop)
     return lower, A
