@@ -233,3 +233,64 @@ def test_bound_returns_the_stop_free_bound_beside_its_own(stops, monkeypatch):
     assert torch.all(on[0] >= on[-1])
     if stops:
         assert bool((on[0] > on[-1] + 1e-6).any())
+
+
+def test_crown_with_stops_contains_every_sample_and_gains_on_narrow_layers():
+    """:func:`gpuopt.bounds.crown.crown` with ``stops=True``, on random nets with a narrow layer
+    (few live neurons, where a layer's box is tight): every sampled pre-activation and output lies
+    inside its bounds, and the stopped bounds are tighter somewhere than the plain ones."""
+    from gpuopt.bounds.crown import crown_linear_lower
+
+    tighter = 0
+    for seed in range(12):
+        rng = np.random.default_rng(1300 + seed)
+        n_in = int(rng.integers(2, 5))
+        net = random_dense_network(rng, n_in, [int(rng.integers(6, 12)), 2, int(rng.integers(6, 12))], 3)
+        centre = rng.normal(size=n_in)
+        lo, hi = centre - 0.8, centre + 0.8
+        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        plain = crown(net, lo_t, hi_t, stops=False)
+        stopped = crown(net, lo_t, hi_t, stops=True)
+        x = np.vstack([rng.uniform(lo, hi, size=(4000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))])
+        y, zs = numpy_forward(net, x)
+        for (l, u), z in zip(list(stopped.pre_activation) + [stopped.output], list(zs) + [y]):
+            assert np.all(z >= l[0].numpy() - 1e-9) and np.all(z <= u[0].numpy() + 1e-9), seed
+        for (l0, u0), (l1, u1) in zip(list(plain.pre_activation) + [plain.output],
+                                      list(stopped.pre_activation) + [stopped.output]):
+            tighter += int((l1 > l0 + 1e-6).sum() + (u1 < u0 - 1e-6).sum())
+        # the spec rows on the same bounds: the stopped rows are the plain ones or higher, exactly
+        C = torch.as_tensor(rng.normal(size=(1, 4, 3)))
+        r0, _ = crown_linear_lower(net, lo_t, hi_t, C, plain, stops=False)
+        r1, _ = crown_linear_lower(net, lo_t, hi_t, C, plain, stops=True)
+        assert torch.all(r1 >= r0)
+        assert np.all(r1[0].numpy() <= (y @ C[0].numpy().T).min(axis=0) + 1e-9)
+    assert tighter > 0
+
+
+def test_alpha_crown_with_stops_is_sound_and_never_below_without():
+    """alpha-CROWN's rows and intermediate bounds with the stops in their padded evaluations:
+    inside every sample, and (the same steps, the stops only added at the end) never looser."""
+    from gpuopt.bounds.crown import alpha_crown_bounds, alpha_crown_linear_lower
+
+    for seed in range(6):
+        rng = np.random.default_rng(1400 + seed)
+        n_in = int(rng.integers(2, 5))
+        net = random_dense_network(rng, n_in, [int(rng.integers(6, 12)), 3, int(rng.integers(6, 12))], 3)
+        centre = rng.normal(size=n_in)
+        lo, hi = centre - 0.8, centre + 0.8
+        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        b = crown(net, lo_t, hi_t, stops=False)
+        C = torch.as_tensor(rng.normal(size=(1, 4, 3)))
+        x = np.vstack([rng.uniform(lo, hi, size=(4000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))])
+        y, zs = numpy_forward(net, x)
+        r0 = alpha_crown_linear_lower(net, lo_t, hi_t, C, b, steps=10, stops=False)
+        r1 = alpha_crown_linear_lower(net, lo_t, hi_t, C, b, steps=10, stops=True)
+        assert torch.all(r1 >= r0)
+        assert np.all(r1[0].numpy() <= (y @ C[0].numpy().T).min(axis=0) + 1e-9)
+        a0 = alpha_crown_bounds(net, lo_t, hi_t, b, steps=10, stops=False, step_dtype="float64")
+        a1 = alpha_crown_bounds(net, lo_t, hi_t, b, steps=10, stops=True, step_dtype="float64")
+        for (l, u), z in zip(a1.pre_activation, zs):
+            assert np.all(z >= l[0].numpy() - 1e-9) and np.all(z <= u[0].numpy() + 1e-9), seed
+        # layer 1 sees the same earlier bounds either way: there the stopped ones are never looser
+        (l0, u0), (l1, u1) = a0.pre_activation[1], a1.pre_activation[1]
+        assert torch.all(l1 >= l0) and torch.all(u1 <= u0)

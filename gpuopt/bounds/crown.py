@@ -55,6 +55,9 @@ COMPACT_CHUNK_ELEMENTS = 1 << 20
 #: a batch of boxes is bounded per (box, open neuron) pair when the pairs number less than this
 #: share of (boxes x neurons open in any box)
 PAIR_SHARE = 0.75
+#: :func:`crown`'s default for ``stops``: each layer's backward passes also stop at the earlier
+#: layers' boxes (DeepPoly's concretisation, :func:`_backward`'s ``boxes``)
+CROWN_STOPS = False
 
 
 def upper_slope(u: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
@@ -292,6 +295,14 @@ def activation_boxes(pre_l, pre_u, ops) -> list:
     return out
 
 
+def _stop_boxes(pre, ops, stops: bool | None):
+    """:func:`activation_boxes` of the pre-activation bounds ``pre`` (a list of ``(l, u)``) when
+    ``stops`` (``None``: :data:`CROWN_STOPS`) asks for them, else ``None``."""
+    if not (CROWN_STOPS if stops is None else stops) or not pre:
+        return None
+    return activation_boxes([p[0] for p in pre], [p[1] for p in pre], ops)
+
+
 def _row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``(B, m)``: each row of ``A`` ``(B, m, n)`` times ``v``, one vector per box ``(B, n)`` or
     one per row ``(B, m, n)`` (per-row relaxations)."""
@@ -456,7 +467,7 @@ def _prepare(network: Network, lower, upper):
 
 @torch.no_grad()
 def crown(network: Network, lower, upper, *, deadline: float | None = None, ball=None,
-          prior: Bounds | None = None, outputs=None) -> Bounds:
+          prior: Bounds | None = None, outputs=None, stops: bool | None = None) -> Bounds:
     """CROWN bounds (intersected with IBP) over boxes ``[lower, upper]`` of shape
     ``(batch, *input_shape)`` or ``(batch, input_size)``, in the dtype/device of ``lower``.
 
@@ -474,6 +485,8 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
     ``outputs`` (indices, default all): the outputs whose bounds are wanted. Only they, and the
     hidden neurons that reach them (:func:`gpuopt.bounds.reach.cone`), get backward passes; the
     others keep their IBP (or ``prior``) bounds, sound and, for those outputs, no loss.
+    ``stops`` (default :data:`CROWN_STOPS`): each layer's backward passes also stop at every earlier
+    layer's box and keep the best (:func:`_backward`'s ``boxes``); never looser.
     """
     lo, hi, base, ops, n_terms = _prepare(network, lower, upper)
     within = None if outputs is None else cone([op._matrix for op in ops], outputs)
@@ -504,9 +517,11 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
             if k == L - 1:
                 rows = torch.arange(il.shape[1], device=lo.device) if out_rows is None else out_rows
             hmax = _magnitudes(x_mid, x_rad, pre, ops)
+            boxes = _stop_boxes(pre, ops, stops)
             l, u, finished, last = tighten_layer(
                 k, ops, relax, x_mid, x_rad, n_terms, hmax, il, iu, rows=rows, deadline=deadline, last=last,
-                ball=ball, within=None if within is None or k == L - 1 else torch.as_tensor(within[k], device=lo.device))
+                ball=ball, within=None if within is None or k == L - 1 else torch.as_tensor(within[k], device=lo.device),
+                boxes=boxes)
             if not finished:
                 method = "crown-partial"
         if k < L - 1:
@@ -518,8 +533,10 @@ def crown(network: Network, lower, upper, *, deadline: float | None = None, ball
 
 
 @torch.no_grad()
-def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *, ball=None):
-    """Lower bounds of ``C y`` over the boxes using the pre-activation ``bounds``.
+def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *, ball=None,
+                       stops: bool | None = None):
+    """Lower bounds of ``C y`` over the boxes using the pre-activation ``bounds``; ``stops``
+    (default :data:`CROWN_STOPS`) as in :func:`crown`.
 
     ``C`` is ``(batch, m, n_out)`` (or ``(m, n_out)``, shared). Returns ``(lower (batch, m),
     A (batch, m, n_in))`` where ``A`` is the linear coefficient on the input of the bound
@@ -537,11 +554,13 @@ def crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: 
     if ball is not None:
         ball = (ball[0].reshape(lo.shape).to(lo), ball[1].reshape(-1).to(lo), ball[2])
     return _backward(C.to(lo.dtype), len(ops) - 1, ops, relax, x_mid, x_rad, n_terms,
-                     _magnitudes(x_mid, x_rad, bounds.pre_activation, ops), ball=ball)
+                     _magnitudes(x_mid, x_rad, bounds.pre_activation, ops), ball=ball,
+                     boxes=_stop_boxes(bounds.pre_activation, ops, stops))
 
 
 def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bounds: Bounds, *,
-                             steps: int = 20, lr: float = 0.25, deadline: float | None = None) -> torch.Tensor:
+                             steps: int = 20, lr: float = 0.25, deadline: float | None = None,
+                             stops: bool | None = None) -> torch.Tensor:
     """alpha-CROWN for the rows of ``C y`` (Xu et al., ICLR 2021), intermediate bounds fixed.
 
     Any lower slope ``alpha in [0, 1]`` of an unstable ReLU gives a valid relaxation, so the
@@ -550,7 +569,8 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     choose); the best slopes per row are bounded once more with the pads, and the larger of that
     and the starting point's bound is returned, ``(batch, m)``, never worse than CROWN's adaptive choice (the starting point; the passes drop the
     neurons dead in every box, so CROWN's own rows are kept where rounding leaves them higher). Stops early at
-    ``deadline``.
+    ``deadline``. ``stops`` (default :data:`CROWN_STOPS`): the padded evaluations also stop at the
+    hidden layers' boxes, as in :func:`crown` (the steps optimise the full substitution).
     """
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
@@ -567,12 +587,13 @@ def alpha_crown_linear_lower(network: Network, lower, upper, C: torch.Tensor, bo
     C_kept = C if prune.out_keep is None else C[..., prune.out_keep.to(C.device)]
     x_mid, x_rad = center_radius(lo, hi)
     pre = [(prune.narrow(l.detach(), j), prune.narrow(u.detach(), j)) for j, (l, u) in enumerate(bounds.pre_activation)]
-    rows = _optimised_rows(C_kept.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline)
+    rows = _optimised_rows(C_kept.to(lo.dtype), len(ops) - 1, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline,
+                           stops=stops)
     if not prune.dropped:
         return rows
     # the pruned passes round differently from CROWN's own: keep CROWN's rows where they are higher,
     # so that the result is never below crown_linear_lower's, exactly
-    return torch.maximum(rows, crown_linear_lower(network, lower, upper, C, bounds)[0])
+    return torch.maximum(rows, crown_linear_lower(network, lower, upper, C, bounds, stops=stops)[0])
 
 
 #: the dtypes the multiplier (slope) steps of alpha-CROWN and activation splitting may run in, and
@@ -643,19 +664,21 @@ def adam_ascent(value, params, lrs, boxes, steps, deadline=None, scale_lead: int
     return keep
 
 
-def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops=None):
+def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops=None, stops=None):
     """The best lower bound of ``lam @ z_k`` ``(B, m)`` over projected Adam steps on one lower
     slope per (item, row, unstable neuron) of the layers before ``k``, from CROWN's adaptive
     slopes; ``pre`` the pre-activation bounds of those layers. ``step_ops``: the blocks in the
     dtype the steps run in (:data:`STEP_DTYPE`; None: that of ``ops``); the bound is evaluated
-    in ``ops``' dtype, with the rounding pads, at the slopes they found."""
+    in ``ops``' dtype, with the rounding pads, at the slopes they found; with ``stops`` (default
+    :data:`CROWN_STOPS`) these padded evaluations also stop at the earlier layers' boxes."""
     B, m = lam.shape[:2]
+    boxes = _stop_boxes(pre[:k], ops, stops)
     relax = [_relaxation(l, u, op.passthrough) for (l, u), op in zip(pre[:k], ops)]
     hmax = _magnitudes(x_mid, x_rad, pre[:k], ops)
     unstable = [((l < 0) & (u > 0) & (True if op.passthrough is None else ~op.passthrough))[:, None, :]
                 for (l, u), op in zip(pre[:k], ops)]
     with torch.no_grad():
-        first, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax)
+        first, _ = _backward(lam, k, ops, relax, x_mid, x_rad, n_terms, hmax, boxes=boxes)
     if not relax or steps <= 0:
         return first
     # the steps run without the rounding pads, in step_ops' dtype (their values only choose the best
@@ -683,12 +706,13 @@ def _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline
     with torch.no_grad():
         rel = [(torch.where(unst, p.to(a.dtype).clamp(0.0, 1.0), a[:, None, :]), s, icpt)
                for p, unst, (a, s, icpt) in zip(keep, unstable, relax)]
-        bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax)
+        bound, _ = _backward(lam, k, ops, rel, x_mid, x_rad, n_terms, hmax, boxes=boxes)
     return torch.maximum(first, bound)  # both sound
 
 
 def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps: int = 20, lr: float = 0.25,
-                       deadline: float | None = None, step_dtype: str = STEP_DTYPE, outputs=None) -> Bounds:
+                       deadline: float | None = None, step_dtype: str = STEP_DTYPE, outputs=None,
+                       stops: bool | None = None) -> Bounds:
     """Intermediate bounds tightened by alpha-CROWN, layer by layer: for each ReLU layer ``k``
     (from the first hidden one on), the lower and upper bounds of its unstable neurons are
     optimised over per-neuron lower slopes of the layers before it (which already carry their
@@ -696,7 +720,7 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
     the output bounds are kept. Layers not reached by ``deadline`` keep their bounds. The slope
     steps run in ``step_dtype`` (one of :data:`STEP_DTYPES`), the bounds in the dtype of ``lower``.
     ``outputs`` (indices, default all): only the neurons that reach these outputs are tightened
-    (:func:`gpuopt.bounds.reach.cone`)."""
+    (:func:`gpuopt.bounds.reach.cone`). ``stops`` as in :func:`_optimised_rows`."""
     lo, hi = _ibp_iv(network, lower, upper)
     lo = lo.reshape(lo.shape[0], -1).detach()
     hi = hi.reshape(hi.shape[0], -1).detach()
@@ -732,7 +756,8 @@ def alpha_crown_bounds(network: Network, lower, upper, bounds: Bounds, *, steps:
             part = rows[start:start + chunk]
             n = part.numel()
             lam = row_selectors(part, ops[k].shape[0], B, lo)
-            bound = _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops)
+            bound = _optimised_rows(lam, k, ops, pre, x_mid, x_rad, n_terms, steps, lr, deadline, step_ops,
+                                    stops=stops)
             l[:, part] = torch.maximum(l[:, part], bound[:, :n])
             u[:, part] = torch.minimum(u[:, part], -bound[:, n:])
     pre = [(prune.widen(l, j, 0, l0.detach()), prune.widen(u, j, 1, u0.detach()))
