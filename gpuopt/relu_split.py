@@ -402,7 +402,7 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
         return ([tuple(t[idx] for t in r) for r in relax_], [t[idx] for t in unstable_], [t[idx] for t in split_],
                 [t[idx] for t in sgn_], C_[idx], d_[idx], strict_[idx], x_mid_[idx], x_rad_[idx],
                 {j: h[idx] for j, h in hmax_.items()},
-                None if boxes_ is None else [(a[idx], b[idx]) for a, b in boxes_])
+                None if boxes_ is None else [None if bx is None else (bx[0][idx], bx[1][idx]) for bx in boxes_])
 
     first_plain = []
     with torch.no_grad():
@@ -496,10 +496,11 @@ def _bound(ops, pre_l, pre_u, sign, alpha, beta, C, d, strict, x_mid, x_rad, n_t
 
 
 def _stop_layers(pre_l, pre_u, ops):
-    """The boxes where the domains' bounds stop (:data:`STOP_BOXES`; ``None`` when off): each
-    dense layer's :func:`~gpuopt.bounds.crown.activation_boxes`, none at a convolution's (a stop
-    costs about as much as its layer's relaxation step, where a convolution's backward pass is
-    cheap; on oval21's first six it slowed the search by 7-13% and won no bound)."""
+    """The boxes where the domains' bounds stop (:data:`STOP_BOXES`; ``None`` when off): the
+    :func:`~gpuopt.bounds.crown.activation_boxes` of each layer whose block is stored dense, none
+    after a sparse block (convolutions, large sparse layers): a stop costs about as much as its
+    layer's relaxation step, where a sparse block's backward product is cheap (with stops at every
+    layer, oval21's first six searches ran 7-13% slower and won no bound)."""
     if not STOP_BOXES:
         return None
     return [box if op.dense is not None else None for box, op in zip(activation_boxes(pre_l, pre_u, ops), ops)]
@@ -513,7 +514,8 @@ def _cast_context(ctx, dtype):
 
     relax_, unstable_, split_, sgn_, C_, d_, strict_, x_mid_, x_rad_, _, boxes_ = ctx
     return ([tuple(cast(t) for t in r) for r in relax_], unstable_, split_, [cast(t) for t in sgn_], cast(C_), cast(d_),
-            strict_, cast(x_mid_), cast(x_rad_), {}, None if boxes_ is None else [(cast(a), cast(b)) for a, b in boxes_])
+            strict_, cast(x_mid_), cast(x_rad_), {},
+            None if boxes_ is None else [None if bx is None else (cast(bx[0]), cast(bx[1])) for bx in boxes_])
 
 
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
@@ -849,9 +851,9 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                     b2, al2, be2, sc2, wd2, cx2, plain2 = bound_batch(sub.lower, sub.upper, sub.sign,
                                                                    [a[low] for a in al], [b[low] for b in be],
                                                                    sub.tag, steps)
-                    better = plain2 > plain_b[low]  # (both bounds hold: the larger is kept)
+                    better = plain2 > plain_b[low]  # the multipliers that raise the stop-free bound
                     upd = low[better]
-                    bnd[upd] = torch.maximum(bnd[upd], b2[better])
+                    bnd[low] = torch.maximum(bnd[low], b2)  # (both bounds hold: the larger is kept)
                     plain_b[upd] = plain2[better]
                     for field, field2 in ((al, al2), (be, be2), (sc, sc2), (wd, wd2)):
                         for t, t2 in zip(field, field2):

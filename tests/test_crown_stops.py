@@ -294,3 +294,42 @@ def test_alpha_crown_with_stops_is_sound_and_never_below_without():
         # layer 1 sees the same earlier bounds either way: there the stopped ones are never looser
         (l0, u0), (l1, u1) = a0.pre_activation[1], a1.pre_activation[1]
         assert torch.all(l1 >= l0) and torch.all(u1 <= u0)
+
+
+def test_stops_skip_sparse_blocks_and_split_mixed_nets_like_brute_force(monkeypatch):
+    """A conv net whose first block is stored sparse and the next dense: the stops apply after the
+    dense block only (``None`` after the sparse one, through the steps' dtype cast and the
+    batch's compaction), and activation splitting with them decides like brute force."""
+    from gpuopt.network import LinearOp
+    from gpuopt.relu_split import _stop_layers
+
+    from helpers import random_conv_network, to_alternating_dense
+
+    monkeypatch.setattr(relu_split_module, "STOP_BOXES", True)
+    monkeypatch.setattr(LinearOp, "sparse_density", 1.0)
+    monkeypatch.setattr(LinearOp, "sparse_min_entries", 50)
+    decided = total = 0
+    for seed in range(4):
+        rng = np.random.default_rng(1500 + seed)
+        net = random_conv_network(rng, (1, 3, 3), 2, (2, 2), (1, 1), (0, 0, 0, 0), 4, 2)
+        ops = net.linear_ops("cpu", torch.float64)
+        assert ops[0].dense is None and ops[1].dense is not None
+        lo, hi = rng.normal(size=9) - 0.6, None
+        hi = lo + 1.2
+        b = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+        boxes = _stop_layers([l for l, _ in b.pre_activation], [u for _, u in b.pre_activation], ops)
+        assert boxes[0] is None and boxes[1] is not None
+        spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1)), (rng.normal(size=(2, 2)), np.zeros(2))], 2)
+        minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+        for delta in (0.02, -0.02):
+            s = shifted_spec(spec, minima, delta)
+            res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi), [(A, c, None) for A, c in s.disjuncts],
+                             b, problem=Problem(net, Box(lo, hi), s), deadline=time.monotonic() + 10,
+                             config=ReluSplitConfig(batch_size=4))
+            total += 1
+            assert res.status != ("sat" if delta > 0 else "unsat"), (seed, delta)
+            if res.status == "sat":
+                y, _ = numpy_forward(net, res.x[None])
+                assert numpy_margin(s, y)[0] <= 0
+            decided += res.status in ("sat", "unsat")
+    assert decided >= 0.75 * total, (decided, total)
