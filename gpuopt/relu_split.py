@@ -19,17 +19,18 @@ and every lower slope ``alpha in [0, 1]`` gives a sound bound. Both are optimise
 Adam ascent on the bound, warm-started from the parent. The steps skip the rounding pads of
 :mod:`gpuopt.bounds.crown` (about a sixth of a step; their values only choose): the multipliers
 that bound best are evaluated once more with the pads, and that bound (or the starting
-multipliers' padded one, if higher) is the domain's. With :data:`STOP_BOXES` (off by default) that
-evaluation also stops at every hidden layer's box on the way back: where a layer has few live
-neurons or bounds refined by LP/MILP, the bound concretised over its box can beat the
-substitution to the input.
+multipliers' padded one, if higher) is the domain's. With :data:`STOP_BOXES` (on by default) that
+evaluation also stops at the hidden layers' boxes on the way back (after dense blocks): where a
+layer has few live neurons or bounds refined by LP/MILP, the bound concretised over its box can
+beat the substitution to the input. A domain keeps its stop-free bound too (``plain``), which the
+retry rule below reads.
 The intermediate bounds start from the root's; each child's split neuron gets its sign's bound,
 and the layers after it are re-bounded by CROWN with the child's own relaxation (:func:`_refine`,
 as beta-CROWN recomputes the layers after a split), so that one split tightens every later layer;
 by default only while that makes neurons stable or children empty often enough
 (:class:`_RefineGate`).
 A child keeps the larger of its bound and its parent's (its inputs are a subset of the parent's).
-A child whose own bound falls below its parent's gets ``retry_steps`` more steps first: otherwise
+A child whose own bound (stop-free) falls below its parent's gets ``retry_steps`` more steps first: otherwise
 it carries the parent's bound with worse multipliers, its descendants start from those, and copies
 of the weakest bound double at each step without moving it (on mnist-net_256x4 prop_8_0.03 the
 retry decides in 13 s what stalled at -0.0827 for the whole 20 s without it).
@@ -109,15 +110,17 @@ COMPACT_SHARE = 0.125
 #: cone is every neuron. A switch for side-by-side runs and tests
 CONE_PRUNING = True
 #: a domain's bound is also concretised over each hidden layer's box on the way back (DeepPoly's
-#: stops, :func:`gpuopt.bounds.crown._backward`'s ``boxes``), and so are the later layers' bounds
-#: :func:`_refine` recomputes: where a layer's bounds are tight (after the refinement) or few of its
-#: neurons are live, that beats the substitution to the input. Only the padded evaluations stop
-#: there; the multiplier steps optimise the full substitution (a stop that wins passes no gradient
-#: to the layers before it). Off by default: on mnist_fc it raised the worst open bounds a little,
-#: decided nothing new, and on 256x4 prop_8_0.03 it hid the children whose own substitution falls
-#: below their parents' (the stop gives both the same bottleneck value), so they got no retry steps
-#: and an instance decided in 12 s timed out (README, "Stops at the hidden layers' boxes")
-STOP_BOXES = False
+#: stops, :func:`gpuopt.bounds.crown._backward`'s ``boxes``; after dense blocks only,
+#: :func:`_stop_layers`), and so are the later layers' bounds :func:`_refine` recomputes: where a
+#: layer's bounds are tight (after the refinement) or few of its neurons are live, that beats the
+#: substitution to the input. Only the padded evaluations stop there; the multiplier steps optimise
+#: the full substitution (a stop that wins passes no gradient to the layers before it), and a
+#: child's retry steps are judged by that stop-free bound (:attr:`_Domains.plain`): the stop gives a
+#: parent and its children the same bottleneck value, which hid the children that need them (on
+#: mnist-net_256x4 prop_8_0.03 that turned a decision in 12 s into a timeout). With that, on eight
+#: mnist_fc searches at 60 s, no worst bound fell and 256x6 prop_7_0.03 rose from -0.152 to -0.097
+#: (README, "Stops at the hidden layers' boxes")
+STOP_BOXES = True
 #: the order domains are split in (:attr:`ReluSplitConfig.selection`)
 SELECTION = ("worst", "fair")
 #: the share of the memory free when a search starts that its open domains may hold, when

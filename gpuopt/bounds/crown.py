@@ -269,22 +269,26 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
 def _stop_bound(A, const, lo, hi, hmax, abs_acc, lost, under, n_terms: int, eta: float, pad: bool):
     """``min A h + const`` over the box ``lo <= h <= hi`` (``(B, n)``; ``A`` ``(B, m, n)``), less the
     rounding pad of everything summed so far when ``pad`` (as the input's concretisation in
-    :func:`_backward`: ``abs_acc`` the magnitudes of ``const``, ``lost``/``under`` the underflow
-    terms, ``hmax >= |h|``). A box end that is infinite (or a NaN) gives ``-inf``: no bound."""
-    pos, neg = A.clamp(min=0), A.clamp(max=0)
-    lo_f = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
-    hi_f = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
-    value = (pos @ lo_f[:, :, None] + neg @ hi_f[:, :, None]).squeeze(-1) + const
-    # a coefficient that meets an infinite end leaves the minimum unbounded
-    open_lo = (pos > 0) & ~torch.isfinite(lo)[:, None, :]
-    open_hi = (neg < 0) & ~torch.isfinite(hi)[:, None, :]
-    unbounded = (open_lo | open_hi).any(-1)
+    :func:`_backward`: ``A mid - |A| rad``, the box's centre and radius as
+    :func:`~gpuopt.bounds.base.center_radius` rounds them, the pad from the magnitudes
+    ``|A| max(hmax, |mid| + rad)`` plus ``abs_acc`` so far, ``lost``/``under`` the underflow terms,
+    ``hmax >= |h|``). A nonzero coefficient on a coordinate with an infinite (or NaN) end gives
+    ``-inf``, no bound (of either sign: one product over ``|A|`` finds them). Three passes over
+    ``A``-sized data: ``|A|`` and two batched products."""
+    finite = torch.isfinite(lo) & torch.isfinite(hi)
+    mid, rad = center_radius(torch.where(finite, lo, torch.zeros_like(lo)), torch.where(finite, hi, torch.zeros_like(hi)))
+    Aabs = A.abs()
+    cols = [rad, (~finite).to(A.dtype)]
     if pad:
-        mag = (A.abs() @ hmax[:, :, None]).squeeze(-1) + abs_acc
-        n = A.shape[-1]
-        value = value - rounding_pad(mag, n_terms) - 2 * (lost + eta * (n + 2) + under * hmax.sum(-1)[:, None])
-    value = torch.where(unbounded | torch.isnan(value), torch.full_like(value, -math.inf), value)
-    return value
+        cols.append(torch.maximum(hmax, mid.abs() + rad))
+    spread = Aabs @ torch.stack(cols, dim=-1)  # (B, m, 2 or 3)
+    value = (A @ mid[:, :, None]).squeeze(-1) - spread[..., 0] + const
+    if pad:
+        weight = cols[2]
+        value = value - rounding_pad(spread[..., 2] + abs_acc, n_terms) - 2 * (
+            lost + eta * (A.shape[-1] + 2) + under * weight.sum(-1)[:, None])
+    unbounded = spread[..., 1] > 0
+    return torch.where(unbounded | torch.isnan(value), torch.full_like(value, -math.inf), value)
 
 
 def activation_boxes(pre_l, pre_u, ops) -> list:
