@@ -235,6 +235,19 @@ def test_bound_returns_the_stop_free_bound_beside_its_own(stops, monkeypatch):
         assert bool((on[0] > on[-1] + 1e-6).any())
 
 
+def _narrow_case(seed: int, narrow: int):
+    """A random dense net whose middle hidden layer has ``narrow`` neurons, a box of radius 0.8,
+    and 4,200 sampled points' outputs and pre-activations (:func:`helpers.numpy_forward`)."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.integers(2, 5))
+    net = random_dense_network(rng, n_in, [int(rng.integers(6, 12)), narrow, int(rng.integers(6, 12))], 3)
+    centre = rng.normal(size=n_in)
+    lo, hi = centre - 0.8, centre + 0.8
+    x = np.vstack([rng.uniform(lo, hi, size=(4000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))])
+    y, zs = numpy_forward(net, x)
+    return rng, net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None], y, zs
+
+
 def test_crown_with_stops_contains_every_sample_and_gains_on_narrow_layers():
     """:func:`gpuopt.bounds.crown.crown` with ``stops=True``, on random nets with a narrow layer
     (few live neurons, where a layer's box is tight): every sampled pre-activation and output lies
@@ -243,16 +256,9 @@ def test_crown_with_stops_contains_every_sample_and_gains_on_narrow_layers():
 
     tighter = 0
     for seed in range(12):
-        rng = np.random.default_rng(1300 + seed)
-        n_in = int(rng.integers(2, 5))
-        net = random_dense_network(rng, n_in, [int(rng.integers(6, 12)), 2, int(rng.integers(6, 12))], 3)
-        centre = rng.normal(size=n_in)
-        lo, hi = centre - 0.8, centre + 0.8
-        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        rng, net, lo_t, hi_t, y, zs = _narrow_case(1300 + seed, 2)
         plain = crown(net, lo_t, hi_t, stops=False)
         stopped = crown(net, lo_t, hi_t, stops=True)
-        x = np.vstack([rng.uniform(lo, hi, size=(4000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))])
-        y, zs = numpy_forward(net, x)
         for (l, u), z in zip(list(stopped.pre_activation) + [stopped.output], list(zs) + [y]):
             assert np.all(z >= l[0].numpy() - 1e-9) and np.all(z <= u[0].numpy() + 1e-9), seed
         for (l0, u0), (l1, u1) in zip(list(plain.pre_activation) + [plain.output],
@@ -273,16 +279,9 @@ def test_alpha_crown_with_stops_is_sound_and_never_below_without():
     from gpuopt.bounds.crown import alpha_crown_bounds, alpha_crown_linear_lower
 
     for seed in range(6):
-        rng = np.random.default_rng(1400 + seed)
-        n_in = int(rng.integers(2, 5))
-        net = random_dense_network(rng, n_in, [int(rng.integers(6, 12)), 3, int(rng.integers(6, 12))], 3)
-        centre = rng.normal(size=n_in)
-        lo, hi = centre - 0.8, centre + 0.8
-        lo_t, hi_t = torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+        rng, net, lo_t, hi_t, y, zs = _narrow_case(1400 + seed, 3)
         b = crown(net, lo_t, hi_t, stops=False)
         C = torch.as_tensor(rng.normal(size=(1, 4, 3)))
-        x = np.vstack([rng.uniform(lo, hi, size=(4000, n_in)), lo + (hi - lo) * rng.integers(0, 2, size=(200, n_in))])
-        y, zs = numpy_forward(net, x)
         r0 = alpha_crown_linear_lower(net, lo_t, hi_t, C, b, steps=10, stops=False)
         r1 = alpha_crown_linear_lower(net, lo_t, hi_t, C, b, steps=10, stops=True)
         assert torch.all(r1 >= r0)
