@@ -856,7 +856,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                                                                    sub.tag, steps)
                     better = plain2 > plain_b[low]  # the multipliers that raise the stop-free bound
                     upd = low[better]
-                    bnd[low] = torch.maximum(bnd[low], b2)  # (both bounds hold: the larger is kept)
+                    bnd[low] = torch.fmax(bnd[low], b2)  # (both bounds hold: the larger is kept; a NaN is none)
                     plain_b[upd] = plain2[better]
                     for field, field2 in ((al, al2), (be, be2), (sc, sc2), (wd, wd2)):
                         for t, t2 in zip(field, field2):
