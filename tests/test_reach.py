@@ -209,9 +209,9 @@ def test_alpha_crown_bounds_starts_no_chunk_past_its_deadline(monkeypatch):
     real = crown_mod._optimised_rows
     deadline = time.monotonic() + 3600
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         calls.append(1)
-        out = real(*args)
+        out = real(*args, **kwargs)
         monkeypatch.setattr(time, "monotonic", lambda: deadline + 1.0)  # the deadline has passed
         return out
 
