@@ -165,7 +165,7 @@ def load_records(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ gpuopt solves
 #: the suffixes a variant may end with (:func:`gpuopt_solve`)
-VARIANT_FLAGS = ("cond", "sub", "nosub")
+VARIANT_FLAGS = ("cond", "sub", "nosub", "tail")
 
 
 def variant_flags(form: str) -> tuple[str, set]:
@@ -179,10 +179,12 @@ def variant_flags(form: str) -> tuple[str, set]:
 
 def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit: float, threshold: float,
                  constraints=None, start_x=None, accept=None, threads: int = 1, condition_share: float = 0.25) -> dict:
-    """Encode with ``formulation`` (``NAME[+CUTS][:cond][:sub|:nosub]``: a formulation, optionally the
+    """Encode with ``formulation`` (``NAME[+CUTS][:cond][:sub|:nosub][:tail]``: a formulation, optionally the
     cut families of :func:`gpuopt.milp.cuts.cut_kinds` added to it, e.g. ``bigm+implication``;
     ``:sub``/``:nosub`` turn HiGHS's sub-MIP heuristics on/off, where the default leaves them off
-    for these sign decisions (:attr:`gpuopt.milp.highs.SolverConfig.sub_mips`); optionally
+    for these sign decisions (:attr:`gpuopt.milp.highs.SolverConfig.sub_mips`); ``:tail`` tries the
+    tail MILPs after narrow layers first, as the pipeline's MILP task does
+    (:data:`gpuopt.engine.tasks.MILP_TAIL_SHARE`; ``tail``: the layer whose box proved it); optionally
     conditioned as the pipeline's MILP task does it: the MILP alone for its first
     :data:`gpuopt.engine.tasks.MILP_FIRST_SHARE` of the time, then, if undecided,
     :func:`gpuopt.bounds.lp.lp_tighten_conditioned` at ``tau = threshold`` in at most
@@ -193,7 +195,7 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
     :func:`gpuopt.milp.conditioned.solve_conditioned`'s. A conditioned record's ``dual_bound`` holds
     where the margin is at most ``tau`` (every other point clears ``tau``): it decides the sign,
     but the disjunct's proven bound is ``min(dual_bound - proof_margin, tau)``."""
-    from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE
+    from gpuopt.engine.tasks import MILP_FIRST_SECONDS, MILP_FIRST_SHARE, MILP_TAIL_SHARE
     from gpuopt.milp.conditioned import solve_conditioned
     from gpuopt.milp.highs import MilpStatus, SolverConfig, solve_milp
 
@@ -216,7 +218,8 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
                             deadline=t_solve + time_limit, condition_share=condition_share if conditioned else 0.0,
                             formulation=formulation, cuts=cuts, start_x=start_x,
                             accept=None if accept is None else accept_x, constraints=constraints, config=config,
-                            first_share=MILP_FIRST_SHARE, first_seconds=MILP_FIRST_SECONDS)
+                            first_share=MILP_FIRST_SHARE, first_seconds=MILP_FIRST_SECONDS,
+                            tail_share=MILP_TAIL_SHARE if "tail" in flags else 0.0)
     build_s = run.build_seconds
     res, model, first_model, start, cut_info = run.result, run.model, run.first_model, run.start, run.cuts or {}
     cond_rec, cond = {}, run.conditioning
@@ -232,14 +235,15 @@ def gpuopt_solve(blocks, pre, out, lo, hi, A, b, formulation: str, *, time_limit
            "n_vars": model.n_vars, "n_rows": int(model.A.shape[0]), "binaries": model.n_binaries,
            "nnz": int(model.A.nnz), "proof_margin": res.proof_margin, "warnings": list(res.warnings)[:3],
            "root_lp": finite(root.objective) if root.status is MilpStatus.OPTIMAL else None,
-           "root_lp_s": root.seconds, "cuts": {k: v for k, v in cut_info.items() if k != "lp_bounds"}, **cond_rec}
+           "root_lp_s": root.seconds, "cuts": {k: v for k, v in cut_info.items() if k != "lp_bounds"}, **cond_rec,
+           "tail": run.tail, "tails": [list(t) for t in run.tails]}
     if cond_rec.get("condition_empty"):  # no point with margin <= threshold: proven by a Farkas certificate
         rec.update(status="dual_bound_reached", raw_status="conditioned LP infeasible", dual_bound=threshold,
                    proof_margin=0.0, objective=None, empty_proof=True)
     gap = res.objective - res.dual_bound
     rec["gap"] = finite(gap) if np.isfinite(res.objective) and np.isfinite(res.dual_bound) else None
     x = accepted.get("x")
-    if x is None and res.solution is not None and not cond_rec.get("condition_empty"):
+    if x is None and res.solution is not None and not cond_rec.get("condition_empty") and run.tail is None:
         x = res.solution[model.x_index]
     rec["x"] = x
     if start is not None:

@@ -54,6 +54,13 @@ def _task(net, lo, hi, a, rhs, pre, out, condition_share, budget=30.0):
     return value, problem, unchecked
 
 
+@pytest.fixture(autouse=True)
+def no_tails(monkeypatch):
+    """No tail MILPs first (:data:`gpuopt.engine.tasks.MILP_TAIL_SHARE`): on these small nets every
+    layer is narrow, and a tail's proof would end a disjunct before the conditioning it tests."""
+    monkeypatch.setattr(tasks, "MILP_TAIL_SHARE", 0.0)
+
+
 @pytest.fixture
 def conditioning_first(monkeypatch):
     """No MILP run before the conditioning: the conditioned path runs on every disjunct."""

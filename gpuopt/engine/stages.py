@@ -863,6 +863,7 @@ def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
         notes["proven"] = notes.get("proven", 0) + 1
         notes["rechecked"] = notes.get("rechecked", 0) + bool(value.get("rechecked"))
         notes["farkas"] = notes.get("farkas", 0) + bool(value.get("farkas"))
+        notes["tail"] = notes.get("tail", 0) + (value.get("tail") is not None)
     elif value["kind"] == "timeout":
         item.decide(Status.TIMEOUT, message=value["note"] + _split_progress(item))
     else:  # another disjunct may still hold a counterexample: go on
@@ -896,8 +897,9 @@ def finish_milp(item: ItemState) -> str:
     else:
         how = (f"{farkas} of {proven} proofs by a conditioned LP's Farkas certificate on safe bounds, the others"
                if farkas else "the proofs") + " rest on HiGHS's tree within its tolerance margin; re-check off"
-    leaves = notes.get("leaves_proven", 0)
+    leaves, tails = notes.get("leaves_proven", 0), notes.get("tail", 0)
     on = f", {leaves} of them on leaves activation splitting left" if leaves else ""
+    on += f", {tails} by the network's tail after a narrow layer, over that layer's box" if tails else ""
     item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
                 message=f"every open disjunct proven unreachable by MILP{on} ({how})")
     return "decided"

@@ -270,6 +270,9 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
 #: the LPs
 MILP_FIRST_SHARE = 0.1
 MILP_FIRST_SECONDS = 5.0
+#: tail MILPs after narrow hidden layers (:mod:`gpuopt.milp.tail`) try to prove the disjunct first,
+#: in at most this share of the MILP's time (0: never)
+MILP_TAIL_SHARE = 0.1
 
 
 def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, unchecked, solver_config, formulation,
@@ -292,7 +295,8 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     either threshold, so a proof on the conditioned model proves the disjunct (its ``lb`` is then
     at most ``tau``); an LP with a certified empty set proves it outright, on safe dual bounds
     (``farkas``; ``conditioned``: what the conditioning did). The runs are
-    :func:`gpuopt.milp.conditioned.solve_conditioned`'s."""
+    :func:`gpuopt.milp.conditioned.solve_conditioned`'s, tail MILPs first (:data:`MILP_TAIL_SHARE`;
+    ``tail``: the layer whose box proved it)."""
     start = time.time()
     _setup()
     from ..check import check_counterexample
@@ -329,7 +333,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
                                 threshold=threshold, tau=float(unchecked), deadline=deadline,
                                 condition_share=condition_share, formulation=formulation, cuts=cuts or "",
                                 start_x=start_x, accept=accept, config=solver_config, first_share=MILP_FIRST_SHARE,
-                                first_seconds=MILP_FIRST_SECONDS)
+                                first_seconds=MILP_FIRST_SECONDS, tail_share=MILP_TAIL_SHARE)
     except SolverError as exc:  # e.g. a coefficient of 1e15 or more: the item goes on without this MILP
         out.update(kind="unknown", note=f"no MILP: {exc}", end=time.time())
         return out
@@ -351,7 +355,11 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
         out.update(kind="timeout", note="no time left for the MILP", end=time.time())
         return out
     out.update(nodes=res.nodes, raw_status=res.raw_status)
-    if not found and res.solution is not None:
+    if run.tails:
+        out["tails"] = [list(t) for t in run.tails]
+    if run.tail is not None:
+        out["tail"] = run.tail
+    if not found and res.solution is not None and run.tail is None:  # (a tail's variables are no input point)
         c = check_counterexample(problem, res.solution[model.x_index])
         if out["margin_upper"] is None or c.margin < out["margin_upper"]:
             out["margin_upper"] = c.margin

@@ -56,6 +56,8 @@ class ConditionedRun:
     ceiling: float = math.inf
     cuts: dict | None = None
     build_seconds: float = 0.0
+    tail: int | None = None
+    tails: tuple = ()
 
 
 def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, threshold: float, tau: float,
@@ -63,7 +65,7 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
                       cut_share: float = 0.1, start_x: np.ndarray | None = None,
                       accept: Callable[[np.ndarray], bool] | None = None, constraints=None,
                       config: SolverConfig = SolverConfig(), first_share: float = 0.1,
-                      first_seconds: float = 5.0) -> ConditionedRun:
+                      first_seconds: float = 5.0, tail_share: float = 0.0) -> ConditionedRun:
     """The MILP of one disjunct ``{y : A y <= b}`` over the region (box ``[x_lower, x_upper]``,
     optional ``constraints``), stopping once ``min > threshold`` is proven or ``accept`` (a
     callback on an incumbent's input point, e.g. the float64 re-check) takes a point, conditioned
@@ -71,10 +73,21 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
     <= 0`` or an infinite ``tau``: one run to ``deadline`` (a ``time.monotonic()`` value), no
     conditioning. ``cuts``: cut families (:func:`gpuopt.milp.cuts.cut_kinds`), their root rounds
     in at most ``cut_share`` of the time left. ``start_x``: an input point completed into a MIP
-    start of the first model."""
+    start of the first model. ``tail_share`` > 0: first, tail MILPs after narrow layers
+    (:func:`gpuopt.milp.tail.prove_by_tail`) in at most that share of the time; one that proves
+    ends the run (``tail``)."""
     from ..bounds.lp import lp_tighten_conditioned
+    from .tail import prove_by_tail
 
     t0 = time.monotonic()
+    tails = ()
+    if tail_share > 0:
+        proof = prove_by_tail(blocks, pre, out_bounds, A, b, threshold=threshold,
+                              deadline=t0 + tail_share * (deadline - t0), formulation=formulation, config=config)
+        if proof.layer is not None:
+            return ConditionedRun(result=proof.result, model=proof.model, first=proof.result,
+                                  first_model=proof.model, tail=proof.layer, tails=proof.tried)
+        tails = proof.tried
 
     def build(pre_, out_):
         model = encode(blocks, pre_, out_, x_lower, x_upper, A, b, formulation=formulation, constraints=constraints)
@@ -86,8 +99,9 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
             model, info = strengthen(model, blocks, cuts, deadline=stop, config=config)
         return model, info
 
+    t_build = time.monotonic()
     model, cut_info = build(pre, out_bounds)
-    build_seconds = time.monotonic() - t0
+    build_seconds = time.monotonic() - t_build
     start = complete_assignment(model, blocks, start_x) if start_x is not None else None
     accepted = []
 
@@ -112,7 +126,7 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
                                accept_solution=on_point(model), config=config,
                                deadline=min(deadline, time.monotonic() + first))
     run = ConditionedRun(result=res, model=model, first=res, first_model=model, start=start, cuts=cut_info,
-                         build_seconds=build_seconds)
+                         build_seconds=build_seconds, tails=tails)
     if accepted or (res is not None and res.proves_above(threshold)) or not conditioning \
             or time.monotonic() >= deadline:
         return run
