@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpuopt.bounds import intermediate_bounds
+from gpuopt.bounds import ibp, intermediate_bounds
 from gpuopt.engine import tasks
 from gpuopt.engine.stages import _problem_data, network_ref
 from gpuopt.milp.encode import encode
@@ -155,3 +155,34 @@ def test_verify_names_the_tail_proof():
     assert "by the network's tail after a narrow layer" in v.message, v.message
     v = verify(net, Box(lo, hi), OutputSpec([(a[None], np.array([exact + 0.05]))], 2), timeout=60, config=config)
     assert v.status.value == "sat", v
+
+
+def test_tail_stage_closes_disjuncts_before_splitting(monkeypatch):
+    """The tail stage (before activation splitting) proves a disjunct just below the tail's optimum,
+    and the item ends there with the tail named; a reachable one goes on and ends sat."""
+    from gpuopt.engine import stages
+    from gpuopt.verify import VerifyConfig, verify
+
+    calls = []
+    original = stages.tail_task
+
+    def spy(*args):
+        value = original(*args)
+        calls.append(value)
+        return value
+
+    monkeypatch.setattr(stages, "tail_task", spy)
+    config = VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_crown=False, alpha_steps=0,
+                          use_walk=False, use_lp=False, milp_refine_share=0.0)  # (no refinement, no probe)
+    net, lo, hi, a, exact, _, _, _ = _case(1)
+    b = ibp(net, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))  # the bounds the pipeline has here
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation]
+    rhs = _tail_optimum(net, a, pre, (b.output[0][0].numpy(), b.output[1][0].numpy())) - 0.05
+    v = verify(net, Box(lo, hi), OutputSpec([(a[None], np.array([rhs]))], 2), timeout=60, config=config)
+    assert v.status.value == "unsat" and v.decided_by == "milp", v
+    assert calls and calls[0]["kind"] == "proven" and calls[0]["rechecked"], calls
+    assert "tail" in [e["stage"] for e in v.events] and "relu_split" not in [e["stage"] for e in v.events], v.events
+    assert "by the network's tail after a narrow layer" in v.message, v.message
+    calls.clear()
+    v = verify(net, Box(lo, hi), OutputSpec([(a[None], np.array([exact + 0.05]))], 2), timeout=60, config=config)
+    assert v.status.value == "sat" and calls and calls[0]["kind"] == "open", (v, calls)

@@ -7,6 +7,7 @@ same network does not read the ONNX file again. Each function returns a JSON-rea
 
 from __future__ import annotations
 
+import math
 import time
 
 __all__ = ["verify_instance_task", "verify_sample_task", "radius_sample_task", "milp_task", "split_task", "relu_split_task",
@@ -368,17 +369,7 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
     if found:
         out.update(kind="sat", **found)
     elif res.proves_above(threshold):
-        out.update(kind="proven", lb=min(res.dual_bound - res.proof_margin, ceiling))
-        if recheck:  # the independent re-check, in at most the time HiGHS took (and the time left)
-            from ..milp.recheck import recheck_milp
-
-            stop = min(deadline, time.monotonic() + max(0.5, res.seconds))
-            check = recheck_milp(model, threshold, deadline=stop, config=solver_config)
-            out.update(rechecked=check.proven, recheck_nodes=check.nodes)
-        if not out.get("rechecked") and not res.proves_above(unchecked):
-            out.update(kind="unknown", note=f"MILP dual bound {res.dual_bound:.6g} clears the threshold "
-                                            f"{threshold:.3g} but, not re-checked, not the floor {unchecked:.3g} of "
-                                            "HiGHS's feasibility tolerances")
+        _proof(out, res, model, threshold, unchecked, recheck, deadline, solver_config, ceiling)
     else:
         note = (f"MILP ended {res.status.value} ({res.raw_status}) with dual bound {res.dual_bound:.6g} "
                 f"(threshold {threshold:.3g} + tolerance margin {res.proof_margin:.3g})")
@@ -386,6 +377,56 @@ def milp_task(net_ref, problem_data, A, b, pre, out_bounds, start_x, threshold, 
             note += f"; not a proof: HiGHS warned: {res.warnings[0]}"
         timed_out = res.status is MilpStatus.TIME_LIMIT or deadline - time.monotonic() <= 0
         out.update(kind="timeout" if timed_out else "unknown", note=note)
+    out["end"] = time.time()
+    return out
+
+
+def _proof(out: dict, res, model, threshold: float, unchecked: float, recheck: bool, deadline: float,
+           solver_config, ceiling: float = math.inf) -> None:
+    """``out`` for a run ``res`` of ``model`` that proves ``min > threshold``: ``proven`` with the
+    certified bound ``lb``; with ``recheck``, re-checked independently
+    (:func:`gpuopt.milp.recheck.recheck_milp`, safe dual bounds only) in at most the time HiGHS took
+    (``rechecked``); a proof the re-check did not confirm must clear ``unchecked``, else ``unknown``."""
+    out.update(kind="proven", lb=min(res.dual_bound - res.proof_margin, ceiling))
+    if recheck:  # the independent re-check, in at most the time HiGHS took (and the time left)
+        from ..milp.recheck import recheck_milp
+
+        stop = min(deadline, time.monotonic() + max(0.5, res.seconds))
+        check = recheck_milp(model, threshold, deadline=stop, config=solver_config)
+        out.update(rechecked=check.proven, recheck_nodes=check.nodes)
+    if not out.get("rechecked") and not res.proves_above(unchecked):
+        out.update(kind="unknown", note=f"MILP dual bound {res.dual_bound:.6g} clears the threshold "
+                                        f"{threshold:.3g} but, not re-checked, not the floor {unchecked:.3g} of "
+                                        "HiGHS's feasibility tolerances")
+
+
+def tail_task(net_ref, A, b, pre, out_bounds, threshold, unchecked, solver_config, formulation, recheck,
+              share: float, budget: float, submitted: float) -> dict:
+    """Tail MILPs alone (:func:`gpuopt.milp.tail.prove_by_tail`) on one disjunct ``{y : A y <= b}``,
+    in ``share`` of the budget: ``kind`` ``proven`` (``lb``, ``tail``: the layer whose box proved
+    it; re-checked as :func:`milp_task` does), ``unknown`` (a proof that did not clear the floor)
+    or ``open`` (no tail proved; ``tails``: what was tried)."""
+    start = time.time()
+    _setup()
+    from ..errors import SolverError
+    from ..milp.tail import prove_by_tail
+
+    deadline = _task_deadline(budget * share, submitted)
+    blocks = resolve_network(net_ref).affine_blocks()
+    out = {"start": start, "nodes": 0, "kind": "open"}
+    if not recheck:  # HiGHS's word alone: it must clear the floor of its tolerances
+        threshold = unchecked
+    try:
+        proof = prove_by_tail(blocks, pre, out_bounds, A, b, threshold=threshold, deadline=deadline,
+                              formulation=formulation, config=solver_config)
+    except SolverError as exc:
+        out.update(note=f"no tail MILP: {exc}", end=time.time())
+        return out
+    out["tails"] = [list(t) for t in proof.tried]
+    if proof.layer is not None:
+        out.update(tail=proof.layer, nodes=proof.result.nodes)
+        _proof(out, proof.result, proof.model, threshold, unchecked, recheck, max(deadline, time.monotonic() + 0.5),
+               solver_config)
     out["end"] = time.time()
     return out
 
