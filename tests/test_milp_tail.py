@@ -186,3 +186,26 @@ def test_tail_stage_closes_disjuncts_before_splitting(monkeypatch):
     calls.clear()
     v = verify(net, Box(lo, hi), OutputSpec([(a[None], np.array([exact + 0.05]))], 2), timeout=60, config=config)
     assert v.status.value == "sat" and calls and calls[0]["kind"] == "open", (v, calls)
+
+
+def test_refinement_property_check_tries_tails_first(monkeypatch):
+    """The refinement's check (``property_check(output=...)``) ends it once tails prove every
+    disjunct, without splitting; a reachable disjunct keeps it going."""
+    import gpuopt.relu_split as relu_split_module
+    from gpuopt.bounds.milp_refine import property_check
+
+    net, lo, hi, a, exact, pre, out, _ = _case(2)
+    opt = _tail_optimum(net, a, pre, out)
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("splitting ran although the tails proved every disjunct")
+
+    with monkeypatch.context() as m:
+        m.setattr(relu_split_module, "relu_split", no_split)
+        check = property_check(net, lo, hi, [(a[None], np.array([opt - 0.05]), None)], output=out)
+        assert check(pre) is True
+    reachable = property_check(net, lo, hi, [(a[None], np.array([exact + 0.05]), None)], output=out)
+    assert reachable(pre) is False
+    # overflowing output bounds: no tails, splitting alone
+    check = property_check(net, lo, hi, [(a[None], np.array([exact + 0.05]), None)], output=(out[0] * np.inf, out[1]))
+    assert check(pre) is False

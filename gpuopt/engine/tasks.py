@@ -257,7 +257,7 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
                                   step_dtype=relu_config.step_dtype)
     enough = None if not disjuncts else property_check(net, box.lower, box.upper,
                                                        [(C, d, strict) for _, C, d, strict in disjuncts],
-                                                       config=relu_config, deadline=deadline)
+                                                       config=relu_config, deadline=deadline, output=out_bounds)
     res = milp_refine(net.affine_blocks(), pre, box.lower, box.upper, deadline=deadline, neuron_time=neuron_time,
                       config=solver_config, parallel=torch.get_num_threads(), rebound=rebound, method=method,
                       enough=enough, step_dtype=relu_config.step_dtype)
