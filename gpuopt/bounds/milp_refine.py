@@ -614,23 +614,30 @@ def property_check(network, x_lower, x_upper, disjuncts, *, config=None, deadlin
     if output is not None and not all(np.all(np.isfinite(np.asarray(a, dtype=np.float64))) for a in output):
         output = None  # overflowing output bounds: no MILP to encode
     blocks = network.affine_blocks() if output is not None else None
+    proven, tried = set(), {}  # disjuncts the tails proved; when each was last tried
 
     def enough(pre) -> bool:
         now = time.monotonic()
         seconds = CHECK_SECONDS if deadline is None else min(CHECK_SECONDS, CHECK_SHARE * max(deadline - now, 0.0))
         if seconds <= 0:
             return False
-        left = list(disjuncts)
-        if output is not None and tail_layers(blocks, pre):
-            for C, d, _ in disjuncts:
-                proof = prove_by_tail(blocks, pre, output, C, d, threshold=0.0,  # half of the check's time
-                                      deadline=time.monotonic() + 0.5 * seconds / len(disjuncts))
-                if proof.layer is not None:
-                    left = [row for row in left if row[0] is not C]
-            log.debug("refine: property check's tails proved %d of %d disjuncts in %.2f s",
-                      len(disjuncts) - len(left), len(disjuncts), time.monotonic() - now)
-            if not left:
-                return True
+        if output is not None and len(proven) < len(disjuncts) and tail_layers(blocks, pre):
+            # half of the check's time; a disjunct a tail proved stays proven (the bounds only
+            # narrow, and a tail over narrower bounds has an optimum at least as high), and the
+            # next check starts with those this one did not reach
+            tail_end = now + 0.5 * seconds
+            for n in sorted(set(range(len(disjuncts))) - proven, key=lambda n: tried.get(n, -1)):
+                if time.monotonic() >= tail_end:
+                    break
+                C, d, _ = disjuncts[n]
+                tried[n] = now
+                if prove_by_tail(blocks, pre, output, C, d, threshold=0.0, deadline=tail_end).layer is not None:
+                    proven.add(n)
+            log.debug("refine: property check's tails have proved %d of %d disjuncts (%.2f s)", len(proven),
+                      len(disjuncts), time.monotonic() - now)
+        left = [row for n, row in enumerate(disjuncts) if n not in proven]
+        if not left:
+            return True
         end = now + seconds
         if end - time.monotonic() <= 0:
             return False
