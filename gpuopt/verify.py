@@ -18,7 +18,10 @@ instance is violated iff any Problem is), :func:`verify_problems` runs the stage
    **activation splitting** (:mod:`gpuopt.relu_split`) for the others: branch and bound over
    ReLU phases with alpha/beta-CROWN bounds, for ``relu_split_share`` of the time left (with
    ``milp_refine_share`` > 0, after the intermediate bounds were refined by per-neuron proofs:
-   activation splitting on the layers before each neuron, or MILPs, ``refine_method``); a
+   activation splitting on the layers before each neuron, or MILPs, ``refine_method``), after
+   MILPs of the network's tail after a narrow hidden layer, over that layer's box
+   (:mod:`gpuopt.milp.tail`), proved what they can (a relaxation: the same thresholds and
+   re-check as the MILP below); a
    disjunct it leaves with at most ``relu_split.handoff`` open domains goes to the MILP as those
    domains (leaves), one MILP each;
 5. **MILP** (big-M, or ``formulation``, in HiGHS with the CROWN bounds, per remaining disjunct or leaf,

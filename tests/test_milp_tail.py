@@ -209,3 +209,37 @@ def test_refinement_property_check_tries_tails_first(monkeypatch):
     # overflowing output bounds: no tails, splitting alone
     check = property_check(net, lo, hi, [(a[None], np.array([exact + 0.05]), None)], output=(out[0] * np.inf, out[1]))
     assert check(pre) is False
+    # a tail HiGHS refuses is not proven, and the check goes on to splitting (it once raised)
+    import gpuopt.milp.tail as tail_module
+    from gpuopt.errors import SolverError
+
+    def refused(*args, **kwargs):
+        raise SolverError("refused")
+
+    monkeypatch.setattr(tail_module, "prove_by_tail", refused)
+    check = property_check(net, lo, hi, [(a[None], np.array([opt - 0.05]), None)], output=out)
+    assert check(pre) is True  # splitting proves it
+
+
+def test_no_timeout_and_a_later_stage_naming_the_tails():
+    """Without a timeout (the CLI's default) the tail stage runs (an infinite deadline once crashed
+    HiGHS's thread join); when splitting decides after the tails proved some disjuncts, the
+    verdict says so."""
+    from gpuopt.verify import VerifyConfig, verify
+
+    config = VerifyConfig(device="cpu", use_attack=False, use_input_split=False, use_crown=False, alpha_steps=0,
+                          use_walk=False, use_lp=False, milp_refine_share=0.0)
+    net, lo, hi, a, exact, _, _, _ = _case(1)
+    b = ibp(net, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))
+    pre = [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation]
+    opt = _tail_optimum(net, a, pre, (b.output[0][0].numpy(), b.output[1][0].numpy()))
+    # disjunct 0 the tail proves; disjunct 1 (a row the tail cannot reach: above its optimum, below
+    # the network's minimum) is left to splitting
+    rhs0, rhs1 = opt - 0.05, (opt + exact) / 2 if exact - opt > 0.02 else None
+    disjuncts = [(a[None], np.array([rhs0]))] + ([] if rhs1 is None else [(a[None], np.array([rhs1]))])
+    v = verify(net, Box(lo, hi), OutputSpec(disjuncts, 2), timeout=None, config=config)
+    assert v.status.value == "unsat", v
+    if rhs1 is None:
+        assert "by the network's tail" in v.message, v.message
+    else:
+        assert v.decided_by == "relu-split" and "proven before activation splitting by MILPs" in v.message, v

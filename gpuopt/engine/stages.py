@@ -23,7 +23,9 @@ The stages, with their soundness arguments in :mod:`gpuopt.verify`'s docstring:
 3. ``crown``: CROWN (forward bounds for networks with few inputs), then alpha-CROWN on the spec rows;
 4. ``input_split``: input-space branch and bound, for networks with few inputs (sub-boxes it
    cannot close with few unstable ReLUs go to an exact MILP inside the task);
-5. ``relu_split``: activation branch and bound, for the others; with the refinement on
+5. ``tail`` and ``relu_split``: for the others, first MILPs of the network's tail after a narrow
+   hidden layer over that layer's box (:mod:`gpuopt.milp.tail`) on each open disjunct, then
+   activation branch and bound on what they leave; with the refinement on
    (``milp_refine_share`` > 0, or by default on small dense nets), first ``relu_split_probe``
    (activation splitting in a short share of the time) and then ``refine`` (per-neuron proofs,
    by activation splitting on the layers before each neuron or by MILP, ``refine_method``, tighten
@@ -735,6 +737,11 @@ REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons 
                 "narrowed), which rest on HiGHS's tolerances within its margin")
 #: the note when the refinement solved no MILP (activation splitting on each layer's neurons: CROWN's
 #: padded arithmetic)
+#: appended to an ``unsat`` verdict some of whose disjuncts the tail stage proved, when a later
+#: stage decided it
+TAIL_NOTE = ("; {proven} disjuncts proven before activation splitting by MILPs of the network's tail after "
+             "a narrow layer ({rechecked} of them re-checked independently; the others rest on HiGHS's tree "
+             "within its tolerance margin)")
 SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting ({stabilised} neurons made "
                       "stable, {tightened} more narrowed)")
 
@@ -837,7 +844,8 @@ def merge_tail(item: ItemState, spec: TaskSpec, value: dict) -> None:
 def finish_tail(item: ItemState) -> str:
     if item.open:
         return "open"
-    notes = item.stage_notes.get("tail", {"proven": 0, "rechecked": 0})
+    notes = item.stage_notes.setdefault("tail", {"proven": 0, "rechecked": 0})
+    notes["decided"] = True  # (its message names the tails; finalize adds no note)
     how = (f"{notes['rechecked']} of {notes['proven']} proofs re-checked independently by safe-bound branch and "
            "bound; the others rest on HiGHS's tree within its tolerance margin" if item.config.milp_recheck else
            "the proofs rest on HiGHS's tree within its tolerance margin; re-check off")
@@ -1012,6 +1020,9 @@ def finalize(item: ItemState) -> ItemState:
             and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
         note = REFINED_NOTE if refined.get("on_tolerances", True) else SPLIT_REFINED_NOTE
         message += note.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
+    tails = item.stage_notes.get("tail", {})
+    if item.verdict.status is Status.UNSAT and tails.get("proven") and not tails.get("decided"):
+        message += TAIL_NOTE.format(proven=tails["proven"], rechecked=tails["rechecked"])
     item.verdict = replace(item.verdict, message=message, stage_seconds=dict(item.stage_seconds),
                            events=tuple(e.to_dict() for e in item.events))
     return item

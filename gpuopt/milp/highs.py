@@ -46,6 +46,7 @@ trusted as counterexamples (the caller re-checks each point exactly). Any WARNIN
 from __future__ import annotations
 
 import enum
+import math
 import logging
 import atexit
 import os
@@ -459,7 +460,8 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     # HiGHS checks neither its time limit nor any callback during MIP presolve (15 s on a 540k
     # nonzero model): run it in a thread (HiGHS releases the GIL) and stop waiting at the deadline.
     # An abandoned run keeps its thread until HiGHS reaches a callback, which then interrupts it.
-    hard_stop = None if deadline is None else deadline + _DEADLINE_GRACE
+    # (a run without a deadline, e.g. verify without a timeout, may pass inf: thread joins take no inf)
+    hard_stop = None if deadline is None or not math.isfinite(deadline) else deadline + _DEADLINE_GRACE
     runner = threading.Thread(target=h.run, name="gpuopt-highs", daemon=True)
     runner.start()
     runner.join(None if hard_stop is None else max(hard_stop - time.monotonic(), 0.0))
