@@ -801,7 +801,7 @@ def _in_region(network, x, pre) -> bool:
     return True
 
 
-#: the tail stage's share of the time left, split evenly over its tasks
+#: the tail stage's share of the time left, split evenly over its tasks (0: no tail stage)
 TAIL_STAGE_SHARE = 0.1
 
 
@@ -813,6 +813,8 @@ def plan_tail(item: ItemState) -> list[TaskSpec]:
     disjuncts, and splitting then proves the ninth in 9 s, where it ran out of time on all nine."""
     from ..milp.tail import tail_layers
 
+    if TAIL_STAGE_SHARE <= 0:
+        return []
     config = item.config
     blocks = item.network.affine_blocks()
     cases = []
