@@ -124,7 +124,8 @@ class MilpRefinement:
     layer, never looser than the input), the per-neuron proofs run (``milps``: MILPs, or
     searches with ``method="split"``), the neurons made stable, those whose
     bounds only narrowed, the unstable count per layer before and after, the time taken, and the
-    passes made, and whether ``enough`` ended it early (see :func:`milp_refine`)."""
+    passes made, whether ``enough`` ended it early, and the neuron bounds lifted past their signs
+    (``lifted``; see :func:`milp_refine`)."""
 
     pre: list
     milps: int
@@ -136,6 +137,7 @@ class MilpRefinement:
     passes: int = 1
     method: str = "milp"
     ended_early: bool = False
+    lifted: int = 0
 
     @property
     def on_solver_tolerances(self) -> bool:
@@ -175,22 +177,32 @@ def _live_prefix(blocks, pre, k: int) -> tuple[list, list, np.ndarray | None]:
 
 def _witnesses(ops, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(below, above)``, bool over the neurons ``idx`` of layer ``k``: a point of the box was found
-    where ``z_kj < 0`` (resp. ``> 0``). Two points per neuron, from uniform random starts, descend
-    ``z_kj`` (resp. ``-z_kj``) by projected sign-gradient steps (:data:`WITNESS_STEPS`); every final
-    point counts for every neuron it is evaluated at (in float64). ``ops``: the blocks as float64
-    :class:`~gpuopt.network.LinearOp` (layers ``0..k`` are used). Chunks start while ``left() > 0``."""
+    where ``z_kj < 0`` (resp. ``> 0``), by :func:`_extremes`."""
+    zmin, zmax = _extremes(ops, k, idx, x_lower, x_upper, left=left, seed=seed)
+    return zmin < 0, zmax > 0
+
+
+def _extremes(ops, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: int = 0,
+              starts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(zmin, zmax)`` over the neurons ``idx`` of layer ``k``: the least and the largest ``z_kj``
+    found at points of the box (``+inf``/``-inf`` where none was evaluated). ``starts`` points per
+    neuron and side, from uniform random starts, descend ``z_kj`` (resp. ``-z_kj``) by projected
+    sign-gradient steps (:data:`WITNESS_STEPS`); every final point counts for every neuron it is
+    evaluated at (in float64). ``ops``: the blocks as float64 :class:`~gpuopt.network.LinearOp`
+    (layers ``0..k`` are used). Chunks start while ``left() > 0``."""
     import torch
 
     n = idx.size
-    below, above = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    zmin, zmax = np.full(n, np.inf), np.full(n, -np.inf)
     if n == 0:
-        return below, above
+        return zmin, zmax
     ops = ops[:k + 1]
     lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(1, -1))
     hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(1, -1))
     gen = torch.Generator().manual_seed(seed)
-    cols = torch.tensor(np.concatenate([idx, idx]), dtype=torch.int64)
-    side = torch.cat([torch.ones(n), -torch.ones(n)]).double()  # +1: descend z_j; -1: descend -z_j
+    reps = max(1, int(starts))
+    cols = torch.tensor(np.tile(np.concatenate([idx, idx]), reps), dtype=torch.int64)
+    side = torch.cat([torch.ones(n), -torch.ones(n)]).double().repeat(reps)  # +1: descend z_j; -1: descend -z_j
     pick = torch.tensor(idx, dtype=torch.int64)
 
     def layer_k(x):
@@ -200,7 +212,7 @@ def _witnesses(ops, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: in
             h = torch.relu(z) if op.passthrough is None else torch.where(op.passthrough, z, torch.relu(z))
         return ops[-1].matvec(h)
 
-    for at in range(0, 2 * n, WITNESS_BATCH):
+    for at in range(0, cols.numel(), WITNESS_BATCH):
         if left() <= 0:
             break
         c, sd = cols[at:at + WITNESS_BATCH], side[at:at + WITNESS_BATCH]
@@ -217,9 +229,9 @@ def _witnesses(ops, k: int, idx: np.ndarray, x_lower, x_upper, *, left, seed: in
                 step = step / 2
         with torch.no_grad():
             z = layer_k(x)[:, pick].numpy()  # every point at every neuron of idx
-        below |= (z < 0).any(axis=0)
-        above |= (z > 0).any(axis=0)
-    return below, above
+        zmin = np.minimum(zmin, z.min(axis=0))
+        zmax = np.maximum(zmax, z.max(axis=0))
+    return zmin, zmax
 
 
 def _refine_neuron(blocks, k: int, j: int, prefix, prefix_pre, row_matrix, l, u, x_lower, x_upper, *,
@@ -380,19 +392,89 @@ def _split_layer(chain, order, prior, lo, hi, l, u, *, splits: int, left, seen=N
     return len(sides), stable()
 
 
+#: a layer that has at most :data:`~gpuopt.milp.tail.TAIL_MAX_LIVE` live neurons after its first
+#: pass gets them lifted once (:func:`_lift_layer`), in this share of the phase's time left (0: never)
+LIFT_SHARE = 0.25
+#: the lifting's witness search: points per neuron and side (:func:`_extremes`)
+LIFT_STARTS = 8
+#: the lifting's targets lie this share of the witnessed spread ``zmax - zmin`` beyond the witnesses,
+#: so that a side can close and the search end early once the bound is that near
+LIFT_SLACK = 0.01
+
+
+def _lift_layer(chain, live, prior, lo, hi, l, u, zmin, zmax, *, deadline: float,
+                step_dtype: str = STEP_DTYPE) -> int:
+    """Narrow ``l[j]``, ``u[j]`` (``j`` in ``live``) of the last layer of ``chain`` in place, past
+    the sign that :func:`_split_layer` proves: towards the least and largest values ``zmin[j]``,
+    ``zmax[j]`` found at points of the box. The network factors through a narrow layer, so the box
+    ``[relu(l), relu(u)]`` of its live neurons is what a tail MILP (:mod:`gpuopt.milp.tail`) starts
+    from: on mnist-net_256x4 prop_6_0.03 after the refinement the third layer has two live neurons,
+    one with ``l = -0.21`` and a witnessed minimum of 8.9, and the tails miss every disjunct whose
+    margin falls near ``h = 0``; splitting on the layers before lifts ``l`` to 1.4 in 20 s, and
+    every tail's minimum over the lifted box is positive.
+
+    One activation-splitting search (:func:`gpuopt.relu_split.relu_split`, sides taken in turn, no
+    cap per side) over the sides, with ``s`` :data:`LIFT_SLACK` of the spread ``zmax[j] - zmin[j]``:
+    ``{z : z_j <= t = zmin[j] - s}`` (row ``z_j``, searched where ``t > max(l[j], 0)``; pass-through
+    coordinates are left alone) and ``{z : z_j >= t = zmax[j] + s}`` (row ``-z_j``, where ``t <
+    u[j]``). It ends at ``deadline`` or once every side is closed. Every domain is bounded, closed
+    or not, so ``min_x z_j >= t + min(open_bound, proven_bound)`` (and symmetrically ``u``), rounded
+    outward. A bound that would pass its witness (only a rounding of the float64 evaluation can) is
+    not used. These are CROWN's float64 bounds with rounding pads, as :func:`_split_layer`'s.
+    Returns the sides searched."""
+    from ..relu_split import ReluSplitConfig, relu_split
+
+    through = chain.affine_blocks()[-1].passthrough
+    sides = []
+    for j in (int(j) for j in live):
+        if not (np.isfinite(zmin[j]) and np.isfinite(zmax[j])):
+            continue
+        slack = LIFT_SLACK * (zmax[j] - zmin[j])
+        if through is not None and through[j]:
+            continue  # (a pass-through coordinate's bounds are the layer before's business)
+        if zmin[j] - slack > max(l[j], 0.0):
+            sides.append((j, 1.0, float(zmin[j] - slack), float(zmin[j])))
+        if zmax[j] + slack < u[j]:
+            sides.append((j, -1.0, float(zmax[j] + slack), float(zmax[j])))
+    if not sides or deadline <= time.monotonic():
+        return 0
+    rows = []
+    for j, sign, target, _ in sides:
+        C = np.zeros((1, chain.output_size))
+        C[0, j] = sign
+        rows.append((C, np.array([sign * target]), None))
+    res = relu_split(chain, lo, hi, rows, prior, deadline=deadline,
+                     config=ReluSplitConfig(**SPLIT_LAYER_CONFIG, step_dtype=step_dtype))
+    for (j, sign, target, seen), worst, proven in zip(sides, res.open_bound, res.proven_bound):
+        gain = min(worst, proven)  # min_x sign * (z_j - target) over the box
+        if not np.isfinite(gain):
+            continue
+        if sign > 0:
+            value = np.nextafter(target + gain, -np.inf)
+            if l[j] < value <= seen:
+                l[j] = value
+        else:
+            value = np.nextafter(target - gain, np.inf)
+            if seen <= value < u[j]:
+                u[j] = value
+    return len(sides)
+
+
 #: the per-neuron provers of the refinement, by name (:func:`milp_refine`'s ``method``)
 PROVERS = {"milp": _milp_prover, "split": _split_prover}
 
 
 def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neuron_time, parallel, pool, left,
                  deadline, rebound=None, witness=None, witness_ops=None, prover=_milp_prover,
-                 enough=None) -> tuple[int, bool, bool]:
+                 enough=None, lift=None) -> tuple[int, bool, bool]:
     """One pass over ``layers`` (the neurons not ``settled``, a set of ``(k, j)`` it adds to); returns
     the MILPs solved, whether any bound narrowed by :data:`STALL_GAIN` of its width, and whether
     ``enough(pre)`` (asked after each layer whose bounds changed) said to stop. ``witness``:
     a dict ``k -> (below, above)`` over layer ``k``'s neurons, filled by :func:`_witnesses` on a
     layer's first visit (``witness_ops()`` gives the blocks it searches with); a neuron witnessed on
-    both sides is settled without a MILP."""
+    both sides is settled without a MILP. ``lift(pre, k)``: called after layer ``k``'s proofs (before
+    its re-bound), narrows its bounds in place within a share of ``left()`` and returns whether it
+    did (:func:`_lift_layer`)."""
     milps, moved, run = 0, False, 0  # run: stalled layers in a row
     for k in layers:
         if left() <= 0:
@@ -414,6 +496,11 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
             settled.update((k, int(j)) for j in both)
             order = [j for j in order if not (below[j] and above[j])]
         if not order:
+            if lift is not None and lift(pre, k, left) and left() > 0:
+                if rebound is not None and k < len(pre) - 1:
+                    _intersect_after(pre, k, rebound(pre, k))
+                if enough is not None and left() > 0 and enough(pre):
+                    return milps, moved, True
             continue
         # this layer's share: the time left split evenly over the layers still to refine (the
         # time a layer does not use passes on), so the last layers are reached
@@ -458,6 +545,8 @@ def _refine_pass(blocks, pre, layers, x_lower, x_upper, settled, *, config, neur
             if not narrowed and not ended:
                 stalled = True  # every MILP ran out of time, learning nothing: the neurons after are farther
                 break
+        if lift is not None and left() > 0:
+            lift(pre, k, left)
         changed = bool(np.any(l != l_before) or np.any(u != u_before))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("refine layer %d: %d neurons to try, %d still unstable, %.1f s left%s", k, tried,
@@ -487,7 +576,8 @@ def _intersect_after(pre, k: int, new) -> None:
 def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None, neuron_time: float = 1.0,
                 config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1,
                 rebound=None, witnesses: bool = True, method: str = "milp", enough=None,
-                last_share: float | None = LAST_LAYER_SHARE, step_dtype: str = STEP_DTYPE) -> MilpRefinement:
+                last_share: float | None = LAST_LAYER_SHARE, step_dtype: str = STEP_DTYPE,
+                lift_share: float = LIFT_SHARE) -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
     (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_layer`),
@@ -510,7 +600,11 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     ``last_share`` (with a deadline and two or more layers to refine): the layers before the last
     are refined first, their passes in ``1 - last_share`` of the time left (and what they leave
     unused), and the last hidden layer after them, in the rest (see :data:`LAST_LAYER_SHARE`);
-    None: every pass goes over all the layers."""
+    None: every pass goes over all the layers.
+
+    ``lift_share``: a layer with at most :data:`~gpuopt.milp.tail.TAIL_MAX_LIVE` live neurons after
+    its first pass has them lifted once, past their signs, towards the values found at points of the
+    box (:func:`_lift_layer`, activation splitting), in this share of its phase's time left (0: never)."""
     if not 1 <= int(parallel) <= 1024:
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
     if method not in PROVERS:
@@ -543,6 +637,47 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     def left() -> float:
         return np.inf if deadline is None else deadline - time.monotonic()
 
+    if not 0.0 <= lift_share < 1.0:
+        raise InvalidInputError(f"`lift_share` must be in [0, 1), got {lift_share!r}")
+    lifted = set()  # the layers lifted (once each)
+    lift_moves = [0]  # the neuron bounds they moved
+
+    def lift(pre_, k: int, phase_left) -> bool:
+        from ..milp.tail import TAIL_MAX_LIVE
+
+        l, u = pre_[k]
+        through = blocks[k].passthrough
+        live = np.flatnonzero((u > 0) if through is None else (u > 0) | np.asarray(through, dtype=bool))
+        if lift_share <= 0 or k in lifted or not 0 < live.size <= TAIL_MAX_LIVE or deadline is None:
+            return False
+        lifted.add(k)
+        import torch
+
+        from ..network import BlockChain
+        from .base import Bounds
+
+        began = time.monotonic()
+        end = began + lift_share * max(phase_left(), 0.0)
+        zmin, zmax = np.full(l.size, np.inf), np.full(l.size, -np.inf)
+        zmin[live], zmax[live] = _extremes(witness_ops(), k, live, x_lower, x_upper, seed=k, starts=LIFT_STARTS,
+                                           left=lambda: end - time.monotonic())
+        before = (l.copy(), u.copy())
+        prior = Bounds(tuple((torch.tensor(a[None]), torch.tensor(b[None])) for a, b in pre_[:k]),
+                       (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
+        x_lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(-1))
+        x_hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(-1))
+        try:
+            _lift_layer(BlockChain(blocks[:k + 1]), live, prior, x_lo, x_hi, l, u, zmin, zmax, deadline=end,
+                        step_dtype=step_dtype)
+        except GpuoptError as e:  # (a search that cannot start: the bounds stay as they were)
+            log.debug("refine: lifting layer %d failed: %s", k, e)
+        moves = int(np.sum(l != before[0]) + np.sum(u != before[1]))
+        lift_moves[0] += moves
+        changed = moves > 0
+        log.debug("refine: layer %d lifted (%d live neurons) in %.2f s: %s", k, live.size, time.monotonic() - began,
+                  "; ".join(f"z{j} [{before[0][j]:.4g}, {before[1][j]:.4g}] -> [{l[j]:.4g}, {u[j]:.4g}]" for j in live))
+        return changed
+
     if last_share is not None and not 0.0 <= last_share <= 1.0:
         raise InvalidInputError(f"`last_share` must be between 0 and 1 (or None), got {last_share!r}")
     layers = list(range(max(1, first_layer), len(pre)))
@@ -560,7 +695,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                 n, moved, stop = _refine_pass(blocks, pre, phase_layers, x_lower, x_upper, settled, config=config,
                                               neuron_time=neuron_time * 2 ** done, parallel=parallel, pool=pool,
                                               left=phase_left, deadline=phase_end, rebound=rebound, witness=witness,
-                                              witness_ops=witness_ops, prover=prover, enough=enough)
+                                              witness_ops=witness_ops, prover=prover, enough=enough, lift=lift)
                 milps += n
                 done += bool(n)
                 if stop:
@@ -580,7 +715,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     tightened = sum(int((n & ((l > l0) | (u < u0))).sum()) for n, (l0, u0), (l, u) in zip(now_open, start, pre))
     return MilpRefinement(pre=pre, milps=milps, stabilised=stabilised, tightened=tightened,
                           unstable_before=_unstable(start, blocks), unstable_after=_unstable(pre, blocks),
-                          seconds=time.monotonic() - t0, passes=passes, method=method, ended_early=ended_early)
+                          seconds=time.monotonic() - t0, passes=passes, method=method, ended_early=ended_early,
+                          lifted=lift_moves[0])
 
 
 #: the property check's limits (:func:`property_check`): at most this many seconds per check, and at

@@ -263,6 +263,7 @@ def milp_refine_task(net_ref, problem_data, pre, out_bounds, solver_config, neur
                       enough=enough, step_dtype=relu_config.step_dtype)
     return {"pre": res.pre, "milps": res.milps, "stabilised": res.stabilised, "tightened": res.tightened,
             "on_tolerances": res.on_solver_tolerances, "method": method, "ended_early": res.ended_early,
+            "lifted": res.lifted,
             "start": start, "end": time.time()}
 
 

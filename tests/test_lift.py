@@ -1,0 +1,166 @@
+"""Lifting a narrow layer's bounds past their signs (:func:`gpuopt.bounds.milp_refine._lift_layer`,
+``milp_refine(..., lift_share=)``) and the witness search it starts from (:func:`_extremes`).
+Checked here:
+
+* the witnessed extremes are values the layer takes (inside its exact range, by brute force) and
+  near its ends;
+* lifted bounds never loosen, contain the exact range of every neuron (dense nets, brute force) and
+  every sampled pre-activation (graph nets, pass-through coordinates untouched), and move beyond
+  the sign-only refinement somewhere;
+* ``milp_refine`` lifts a narrow layer once, only with a deadline, and its result stays sound;
+  through ``verify`` the verdicts equal brute force with the lifting on;
+* a bad ``lift_share`` is refused.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpuopt.bounds import ibp, intermediate_bounds
+from gpuopt.bounds.base import Bounds
+from gpuopt.bounds.milp_refine import _extremes, _lift_layer, milp_refine
+from gpuopt.errors import InvalidInputError
+from gpuopt.network import BlockChain
+
+from helpers import box_points
+from test_milp_refine import _case
+from test_milp_refine_exact import _exact_layer
+from test_milp_refine_graph import _assert_sound_on_points, _check_matching, _dag_case, _pre
+
+
+def _lift(net, pre, lo, hi, k, seconds=5.0):
+    """Layer ``k`` of ``pre`` lifted (copies), with the witnessed ``(zmin, zmax)``."""
+    blocks = net.affine_blocks()
+    l, u = (a.copy() for a in pre[k])
+    live = np.flatnonzero(u > 0)
+    ops = net.linear_ops("cpu", torch.float64)
+    zmin, zmax = np.full(l.size, np.inf), np.full(l.size, -np.inf)
+    zmin[live], zmax[live] = _extremes(ops, k, live, lo, hi, left=lambda: 1.0, seed=k, starts=8)
+    prior = Bounds(tuple((torch.tensor(a[None]), torch.tensor(b[None])) for a, b in pre[:k]),
+                   (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
+    _lift_layer(BlockChain(blocks[:k + 1]), live, prior, torch.tensor(lo), torch.tensor(hi), l, u, zmin, zmax,
+                deadline=time.monotonic() + seconds)
+    return l, u, zmin, zmax
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_extremes_are_values_the_layer_takes_near_its_ends(seed):
+    """Every witnessed minimum and maximum lies inside the neuron's exact range (brute force), and
+    most lie within 5% of the range of its end."""
+    _, net, lo, hi, pre = _case(seed)
+    ops = net.linear_ops("cpu", torch.float64)
+    near = total = 0
+    for k in range(1, len(pre)):
+        emin, emax = _exact_layer(net, k, lo, hi)
+        idx = np.arange(emin.size)
+        zmin, zmax = _extremes(ops, k, idx, lo, hi, left=lambda: 1.0, seed=seed, starts=8)
+        width = np.maximum(emax - emin, 1e-12)
+        assert np.all(zmin >= emin - 1e-9) and np.all(zmax <= emax + 1e-9), k
+        assert np.all(zmin <= zmax)
+        near += int(np.sum(zmin - emin <= 0.05 * width) + np.sum(emax - zmax <= 0.05 * width))
+        total += 2 * idx.size
+    assert near >= 0.8 * total, (near, total)
+
+
+def test_extremes_without_time_evaluate_nothing():
+    _, net, lo, hi, _ = _case(0)
+    zmin, zmax = _extremes(net.linear_ops("cpu", torch.float64), 1, np.arange(4), lo, hi, left=lambda: 0.0)
+    assert np.all(zmin == np.inf) and np.all(zmax == -np.inf)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lifted_bounds_contain_the_exact_range_and_never_loosen(seed):
+    """Each hidden layer ``k >= 1`` lifted from CROWN's bounds: inside the old bounds, around the
+    exact range of every neuron (brute force), and no bound passes its witness."""
+    _, net, lo, hi, pre = _case(seed)
+    for k in range(1, len(pre)):
+        l0, u0 = pre[k]
+        l, u, zmin, zmax = _lift(net, pre, lo, hi, k)
+        emin, emax = _exact_layer(net, k, lo, hi)
+        assert np.all(l >= l0) and np.all(u <= u0), k
+        assert np.all(l <= emin + 1e-9) and np.all(u >= emax - 1e-9), (k, l - emin, emax - u)
+        live = u0 > 0
+        assert np.all(l[live] <= zmin[live]) and np.all(u[live] >= zmax[live])
+
+
+def test_lifting_moves_bounds_past_their_signs():
+    """The tests above bind: over their nets some neuron's lower bound rises above 0 (from at most
+    0) or an upper bound falls below what a stable sign gives, to within 10% of the exact range."""
+    lifted = 0
+    for seed in range(6):
+        _, net, lo, hi, pre = _case(seed)
+        for k in range(1, len(pre)):
+            l0, u0 = pre[k]
+            l, u, _, _ = _lift(net, pre, lo, hi, k)
+            emin, emax = _exact_layer(net, k, lo, hi)
+            width = emax - emin
+            up = (l > 1e-9) & (l > l0) & (emin - l <= 0.1 * width)
+            down = (u < u0) & (emax > 0) & (u - emax <= 0.1 * width)
+            lifted += int(up.sum() + down.sum())
+    assert lifted >= 5, lifted
+
+
+def test_lifting_ends_early_once_every_side_is_closed():
+    """On a small net every side closes (its leaves' LPs are exact): the search returns long before
+    its deadline."""
+    _, net, lo, hi, pre = _case(1)
+    t = time.monotonic()
+    _lift(net, pre, lo, hi, 1, seconds=60.0)
+    assert time.monotonic() - t < 30.0
+
+
+@pytest.mark.parametrize("lift_share", [0.0, 0.25])
+def test_milp_refine_with_lifting_stays_sound_and_lifts_only_with_a_deadline(lift_share):
+    """``milp_refine`` by splitting with a deadline: sound around the exact ranges; with
+    ``lift_share > 0`` some layer ends tighter than without (the nets' layers are all narrow), and
+    without a deadline the lifting is off (the result equals ``lift_share=0``'s)."""
+    tighter = 0
+    for seed in range(3):
+        _, net, lo, hi, pre = _case(seed)
+        res = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", neuron_time=2.0,
+                          deadline=time.monotonic() + 20.0, lift_share=lift_share)
+        base = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", neuron_time=2.0,
+                           deadline=time.monotonic() + 20.0, lift_share=0.0)
+        for k in range(1, len(pre)):
+            emin, emax = _exact_layer(net, k, lo, hi)
+            l, u = res.pre[k]
+            assert np.all(l <= emin + 1e-9) and np.all(u >= emax - 1e-9), (seed, k)
+            tighter += int(np.sum(l > base.pre[k][0] + 1e-9) + np.sum(u < base.pre[k][1] - 1e-9))
+        free = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", neuron_time=2.0, lift_share=lift_share)
+        for (l, u), (lb, ub) in zip(free.pre, milp_refine(net.affine_blocks(), pre, lo, hi, method="split",
+                                                         neuron_time=2.0, lift_share=0.0).pre):
+            np.testing.assert_array_equal(l, lb)
+            np.testing.assert_array_equal(u, ub)
+    assert (tighter > 0) == (lift_share > 0), tighter
+
+
+def test_lifting_on_graph_nets_is_sound_and_leaves_pass_through_coordinates_alone():
+    """Random DAGs (skip connections: pass-through coordinates): every block pre-activation at
+    2000 points and the box's vertices inside the lifted bounds of every layer, pass-through
+    coordinates unchanged."""
+    nets = 0
+    for seed in range(60):
+        rng, net, lo, hi = _dag_case(seed)
+        blocks = net.affine_blocks()
+        if len(blocks) < 3:
+            continue
+        pre = _pre(net, lo, hi, ibp if seed % 2 else intermediate_bounds)
+        res = milp_refine(blocks, pre, lo, hi, method="split", neuron_time=1.0, deadline=time.monotonic() + 5.0,
+                          lift_share=0.5)
+        x = box_points(rng, lo, hi, 2000, n_random_vertices=100)
+        _assert_sound_on_points(net, pre, res, x, _check_matching(net, x))
+        nets += 1
+        if nets == 8:
+            break
+    assert nets == 8
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, 2.0])
+def test_bad_lift_share_is_refused(share):
+    _, net, lo, hi, pre = _case(0)
+    with pytest.raises(InvalidInputError, match="lift_share"):
+        milp_refine(net.affine_blocks(), pre, lo, hi, method="split", lift_share=share)
