@@ -159,7 +159,7 @@ def test_lifting_on_graph_nets_is_sound_and_leaves_pass_through_coordinates_alon
     assert nets == 8
 
 
-@pytest.mark.parametrize("share", [-0.1, 1.0, 2.0])
+@pytest.mark.parametrize("share", [-0.1, 1.0, 2.0, float("nan"), True, "0.2"])
 def test_bad_lift_share_is_refused(share):
     _, net, lo, hi, pre = _case(0)
     with pytest.raises(InvalidInputError, match="lift_share"):

@@ -178,11 +178,13 @@ def test_pipeline_with_the_hand_off_decides_like_brute_force(delta, attack, firs
     its leaves decide, and agree with brute force on both sides of the boundary; the verdict
     says when leaves closed it. With the attack on, its best point seeds only the leaves it lies
     in (seed 44 was ``unknown`` when every leaf got it: HiGHS warned on the infeasible start)."""
+    from gpuopt.bounds import milp_refine
     from gpuopt.engine import stages
 
-    # no tail stage: on these small nets every layer is narrow, and its proofs would leave the
-    # hand-off, which this test is about, too few disjuncts
+    # no tail stage and no lifting: on these small nets every layer is narrow, and their proofs
+    # would leave the hand-off, which this test is about, too few disjuncts
     monkeypatch.setattr(stages, "TAIL_STAGE_SHARE", 0.0)
+    monkeypatch.setattr(milp_refine, "LIFT_SHARE", 0.0)
     config = VerifyConfig(device="cpu", split=SplitConfig(max_input_dim=1), use_attack=attack, use_walk=False,
                           relu_split=ReluSplitConfig(max_domains=3, batch_size=2, handoff=16))
     on_leaves = 0

@@ -577,7 +577,7 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                 config: SolverConfig = SolverConfig(), first_layer: int = 1, parallel: int = 1,
                 rebound=None, witnesses: bool = True, method: str = "milp", enough=None,
                 last_share: float | None = LAST_LAYER_SHARE, step_dtype: str = STEP_DTYPE,
-                lift_share: float = LIFT_SHARE) -> MilpRefinement:
+                lift_share: float | None = None) -> MilpRefinement:
     """Refine the bounds ``pre`` of the unstable neurons of layers ``first_layer..`` over the box
     ``[x_lower, x_upper]`` (see the module docstring) by per-neuron proofs, ``method`` ``"milp"``
     (HiGHS, :func:`_refine_neuron`) or ``"split"`` (activation splitting, :func:`_split_layer`),
@@ -604,7 +604,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
 
     ``lift_share``: a layer with at most :data:`~gpuopt.milp.tail.TAIL_MAX_LIVE` live neurons after
     its first pass has them lifted once, past their signs, towards the values found at points of the
-    box (:func:`_lift_layer`, activation splitting), in this share of its phase's time left (0: never)."""
+    box (:func:`_lift_layer`, activation splitting), in this share of its phase's time left (0: never;
+    None: :data:`LIFT_SHARE`)."""
     if not 1 <= int(parallel) <= 1024:
         raise InvalidInputError(f"`parallel` must be between 1 and 1024, got {parallel!r}")
     if method not in PROVERS:
@@ -637,7 +638,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     def left() -> float:
         return np.inf if deadline is None else deadline - time.monotonic()
 
-    if not 0.0 <= lift_share < 1.0:
+    lift_share = LIFT_SHARE if lift_share is None else lift_share
+    if isinstance(lift_share, bool) or not isinstance(lift_share, (int, float)) or not 0.0 <= lift_share < 1.0:
         raise InvalidInputError(f"`lift_share` must be in [0, 1), got {lift_share!r}")
     lifted = set()  # the layers lifted (once each)
     lift_moves = [0]  # the neuron bounds they moved
