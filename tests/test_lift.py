@@ -7,8 +7,11 @@ Checked here:
 * lifted bounds never loosen, contain the exact range of every neuron (dense nets, brute force) and
   every sampled pre-activation (graph nets, pass-through coordinates untouched), and move beyond
   the sign-only refinement somewhere;
-* ``milp_refine`` lifts a narrow layer once, only with a deadline, and its result stays sound;
-  through ``verify`` the verdicts equal brute force with the lifting on;
+* ``milp_refine`` lifts a narrow layer once, only with a finite deadline (an infinite one, what a
+  run without a timeout passes, lifts nothing and returns), and its result stays sound; a neuron
+  constant on the box closes its sides (the slack's floor) and the search ends early;
+* through ``verify`` (the refinement forced on) the verdicts equal brute force on both sides of the
+  boundary, and an ``unsat`` on lifted bounds says so;
 * a bad ``lift_share`` is refused.
 """
 
@@ -20,13 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from gpuopt.bounds import ibp, intermediate_bounds
+from gpuopt import Status, VerifyConfig, verify
+from gpuopt.bounds import ibp, intermediate_bounds, milp_refine as milp_refine_module
 from gpuopt.bounds.base import Bounds
 from gpuopt.bounds.milp_refine import _extremes, _lift_layer, milp_refine
 from gpuopt.errors import InvalidInputError
 from gpuopt.network import BlockChain
 
-from helpers import box_points
+from helpers import box_points, random_dense_network, shifted_problem, small_robustness_case
 from test_milp_refine import _case
 from test_milp_refine_exact import _exact_layer
 from test_milp_refine_graph import _assert_sound_on_points, _check_matching, _dag_case, _pre
@@ -164,3 +168,98 @@ def test_bad_lift_share_is_refused(share):
     _, net, lo, hi, pre = _case(0)
     with pytest.raises(InvalidInputError, match="lift_share"):
         milp_refine(net.affine_blocks(), pre, lo, hi, method="split", lift_share=share)
+
+
+def _constant_neuron_net(pairs: int = 8):
+    """A 6-input net whose second hidden layer's first neuron is 1 on the whole box (pairs of equal
+    ReLUs that cancel), a case the review found: its witnessed spread is 0."""
+    from gpuopt.layers import Dense, ReLU
+    from gpuopt.network import Network
+
+    rng = np.random.default_rng(0)
+    A, c = rng.normal(size=(pairs, 6)), 0.1 * rng.normal(size=pairs)
+    W0, b0 = np.repeat(A, 2, axis=0), np.repeat(c, 2)
+    sign = rng.choice([-1.0, 1.0], size=pairs)
+    W1 = np.zeros((2, 2 * pairs))
+    W1[0, 0::2], W1[0, 1::2] = sign, -sign
+    W1[1] = rng.normal(size=2 * pairs) / np.sqrt(2 * pairs)
+    net = Network([Dense(W0, b0), ReLU(), Dense(W1, np.array([1.0, 0.2])), ReLU(),
+                   Dense(rng.normal(size=(2, 2)), np.zeros(2))], (6,))
+    lo, hi = -np.ones(6), np.ones(6)
+    inter = intermediate_bounds(net, torch.tensor(lo)[None], torch.tensor(hi)[None])
+    return net, lo, hi, [(l[0].numpy().copy(), u[0].numpy().copy()) for l, u in inter.pre_activation]
+
+
+def test_an_infinite_deadline_lifts_nothing_and_returns():
+    """What a run without a timeout passes: no lifting (a side that cannot close would search for
+    ever); the result equals ``lift_share=0``'s."""
+    net, lo, hi, pre = _constant_neuron_net()
+    t = time.monotonic()
+    res = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", deadline=float("inf"), lift_share=0.5)
+    base = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", deadline=float("inf"), lift_share=0.0)
+    assert time.monotonic() - t < 120.0
+    assert res.lifted == 0
+    for (l, u), (lb, ub) in zip(res.pre, base.pre):
+        np.testing.assert_array_equal(l, lb)
+        np.testing.assert_array_equal(u, ub)
+
+
+def test_a_constant_neuron_closes_and_the_lifting_ends_early():
+    """The neuron equal to 1 on the box (three pairs): the slack's floor lets both sides close, well
+    before the deadline (without it neither side could), with bounds around 1 (within the floor's
+    1e-5)."""
+    net, lo, hi, pre = _constant_neuron_net(3)
+    t = time.monotonic()
+    l, u, zmin, zmax = _lift(net, pre, lo, hi, 1, seconds=60.0)
+    assert time.monotonic() - t < 30.0
+    assert zmin[0] == pytest.approx(1.0, abs=1e-12) and zmax[0] == pytest.approx(1.0, abs=1e-12)
+    assert 1.0 - 2e-5 <= l[0] <= 1.0 <= u[0] <= 1.0 + 2e-5, (l[0], u[0])
+
+
+def _forced_refinement(method: str) -> VerifyConfig:
+    """The refinement forced on small nets: no input splitting, no attack, no first splitting."""
+    return VerifyConfig(device="cpu", use_input_split=False, use_attack=False, milp_refine_share=0.6,
+                        milp_refine_probe_share=0.0, refine_method=method)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_verify_with_lifting_decides_like_brute_force(seed, monkeypatch):
+    """The refinement forced on (every layer of these nets is narrow, so each is lifted): margins
+    shifted to +-1e-4 by brute force give ``unsat`` and ``sat``, and never a wrong ``unsat`` at
+    -1e-7; the lifting ran (a spy counts the bounds it moved)."""
+    moved = []
+    real = milp_refine_module._lift_layer
+
+    def spy(chain, live, prior, lo, hi, l, u, *args, **kw):
+        l0, u0 = l.copy(), u.copy()
+        out = real(chain, live, prior, lo, hi, l, u, *args, **kw)
+        moved.append(int(np.sum(l != l0) + np.sum(u != u0)))
+        return out
+
+    monkeypatch.setattr(milp_refine_module, "_lift_layer", spy)
+    net, region, spec = small_robustness_case(seed)
+    config = _forced_refinement("split" if seed % 2 == 0 else "milp")
+    for delta, want in ((1e-4, {Status.UNSAT}), (-1e-4, {Status.SAT}), (-1e-7, {Status.SAT, Status.UNKNOWN,
+                                                                               Status.TIMEOUT})):
+        problem, _ = shifted_problem(net, region, spec, seed, delta)
+        v = verify(net, problem.region, problem.spec, timeout=15, config=config)
+        assert v.status in want, (seed, delta, v.status, v.message)
+    assert moved and sum(moved) > 0, moved
+
+
+def test_an_unsat_on_lifted_bounds_says_so():
+    """Over a few seeds, an ``unsat`` reached after the refinement lifted some bound names the
+    lifting in its message."""
+    named = 0
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        net = random_dense_network(rng, 3, [8, 4, 6], 3)
+        from gpuopt import LinfBall, robustness
+
+        centre = rng.normal(size=3)
+        label = int(np.argmax(net.forward64(centre[None])[0]))
+        problem, _ = shifted_problem(net, LinfBall(centre, 0.5), robustness(label, 3), seed, 1e-3)
+        v = verify(net, problem.region, problem.spec, timeout=15, config=_forced_refinement("split"))
+        assert v.status is Status.UNSAT, (seed, v.message)
+        named += "lifted by activation splitting" in v.message
+    assert named > 0

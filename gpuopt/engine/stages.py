@@ -723,7 +723,7 @@ def _merge_tightening(item: ItemState, spec: TaskSpec, value: dict, stage: str, 
 
 
 def merge_milp_refine(item: ItemState, spec: TaskSpec, value: dict) -> None:
-    _merge_tightening(item, spec, value, "refine", ("milps", "stabilised", "tightened"))
+    _merge_tightening(item, spec, value, "refine", ("milps", "stabilised", "tightened", "lifted"))
     notes = item.stage_notes["refine"]
     notes["on_tolerances"] = bool(notes.get("on_tolerances")) or bool(value.get("on_tolerances", True))
 
@@ -742,6 +742,9 @@ REFINED_NOTE = ("; on intermediate bounds refined by MILP ({stabilised} neurons 
 TAIL_NOTE = ("; {proven} disjuncts proven before activation splitting by MILPs of the network's tail after "
              "a narrow layer ({rechecked} of them re-checked independently; the others rest on HiGHS's tree "
              "within its tolerance margin)")
+#: the note when the refinement lifted a narrow layer's bounds past their signs (activation
+#: splitting: CROWN's padded arithmetic)
+LIFTED_NOTE = "; with {lifted} bounds of narrow layers lifted by activation splitting on the layers before"
 SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting ({stabilised} neurons made "
                       "stable, {tightened} more narrowed)")
 
@@ -1018,10 +1021,12 @@ def finalize(item: ItemState) -> ItemState:
         item.decide(Status.TIMEOUT if item.left() <= 0 else Status.UNKNOWN, message=note)
     refined = item.stage_notes.get("refine", {})
     message = item.verdict.message
-    if item.verdict.status is Status.UNSAT and (refined.get("stabilised") or refined.get("tightened")) \
-            and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
-        note = REFINED_NOTE if refined.get("on_tolerances", True) else SPLIT_REFINED_NOTE
-        message += note.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
+    if item.verdict.status is Status.UNSAT and item.verdict.decided_by not in ("ibp", "crown", "alpha-crown"):
+        if refined.get("stabilised") or refined.get("tightened"):
+            note = REFINED_NOTE if refined.get("on_tolerances", True) else SPLIT_REFINED_NOTE
+            message += note.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
+        if refined.get("lifted"):
+            message += LIFTED_NOTE.format(lifted=refined["lifted"])
     tails = item.stage_notes.get("tail", {})
     if item.verdict.status is Status.UNSAT and tails.get("proven") and not tails.get("decided"):
         message += TAIL_NOTE.format(proven=tails["proven"], rechecked=tails["rechecked"])
