@@ -55,6 +55,14 @@ both, in 4.8 s and 0.8 s); in 60 s the refinement left (37, 61, 18, 128) unstabl
 and (37, 41, 1, 1) by per-neuron splitting, in 48 s. Such bounds rest on no solver tolerance
 (:attr:`MilpRefinement.on_solver_tolerances`).
 
+**Lifting narrow layers** (``lift_share``, :func:`_lift_layer`). A layer left with at most
+:data:`~gpuopt.milp.tail.TAIL_MAX_LIVE` live neurons is one the network factors through; its box
+is what a tail MILP starts from, and a stable neuron's box still reaches down to 0. So once per
+such layer the least and largest values found at points of the box become the targets of one
+activation-splitting search on the sub-network up to it, whose worst bounds lift ``l`` above 0
+and lower ``u`` (256x4 prop_6_0.03 and prop_4_0.05: the key lower bound from below 0 to 2.6 and
+4.0, after which tails prove every disjunct).
+
 **What it rests on.** Unlike the LP bounds of :mod:`gpuopt.bounds.lp` (safe dual bounds, exact),
 these bounds rest on HiGHS's branch-and-bound within its tolerances, covered by the margin and the
 floor as for a MILP proof without the independent re-check (:mod:`gpuopt.milp.recheck`). A
@@ -422,8 +430,9 @@ def _lift_layer(chain, live, prior, lo, hi, l, u, zmin, zmax, *, deadline: float
     to 1.6, and the tails then miss one (at -0.014, from -0.31).
 
     One activation-splitting search (:func:`gpuopt.relu_split.relu_split`, :data:`LIFT_CONFIG`: the
-    weakest domains of all sides first, no cap per side) over the sides, with ``s`` :data:`LIFT_SLACK` of the spread ``zmax[j] - zmin[j]``
-    (at least :data:`LIFT_SLACK_FLOOR` of ``max(1, |zmin[j]|, |zmax[j]|)``):
+    weakest domains of all sides first, no cap per side) over the sides, with ``s``
+    :data:`LIFT_SLACK` of the spread ``zmax[j] - zmin[j]`` (at least :data:`LIFT_SLACK_FLOOR` of
+    ``max(1, |zmin[j]|, |zmax[j]|)``):
     ``{z : z_j <= t = zmin[j] - s}`` (row ``z_j``, searched where ``t > max(l[j], 0)``; pass-through
     coordinates are left alone) and ``{z : z_j >= t = zmax[j] + s}`` (row ``-z_j``, where ``t <
     u[j]``). It ends at ``deadline`` or once every side is closed. Every domain is bounded, closed
