@@ -92,8 +92,9 @@ def test_lifted_bounds_contain_the_exact_range_and_never_loosen(seed):
 
 
 def test_lifting_moves_bounds_past_their_signs():
-    """The tests above bind: over their nets some neuron's lower bound rises above 0 (from at most
-    0) or an upper bound falls below what a stable sign gives, to within 10% of the exact range."""
+    """The tests above bind: over their nets at least five bounds move to within 10% of the exact
+    range's end: a lower bound raised to above 0, or an upper bound (of a neuron that can be
+    positive) lowered."""
     lifted = 0
     for seed in range(6):
         _, net, lo, hi, pre = _case(seed)
