@@ -84,6 +84,7 @@ import numpy as np
 from ..errors import GpuoptError, InvalidInputError, SolverError
 from ..milp.encode import encode
 from ..milp.highs import MilpStatus, SolverConfig, solve_milp, unchecked_floor
+from ..milp.tail import TAIL_MAX_LIVE, live_mask
 from ..milp.walk import forward_pattern
 from ..network import AffineBlock
 from .crown import STEP_DTYPE, step_torch_dtype
@@ -174,7 +175,7 @@ def _live_prefix(blocks, pre, k: int) -> tuple[list, list, np.ndarray | None]:
     for i in range(k):
         l, u = pre[i]
         through = blocks[i].passthrough
-        keep = np.flatnonzero((u > 0) if through is None else (u > 0) | np.asarray(through, dtype=bool))
+        keep = np.flatnonzero(live_mask(blocks[i], u))
         m = blocks[i].matrix if keep_prev is None else blocks[i].matrix[:, keep_prev]
         out_blocks.append(AffineBlock(m[keep].tocsr(), np.asarray(blocks[i].bias)[keep],
                                       None if through is None else np.asarray(through, dtype=bool)[keep]))
@@ -664,11 +665,8 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
     lift_moves = [0]  # the neuron bounds they moved
 
     def lift(pre_, k: int, phase_left) -> bool:
-        from ..milp.tail import TAIL_MAX_LIVE
-
         l, u = pre_[k]
-        through = blocks[k].passthrough
-        live = np.flatnonzero((u > 0) if through is None else (u > 0) | np.asarray(through, dtype=bool))
+        live = np.flatnonzero(live_mask(blocks[k], u))
         if lift_share <= 0 or k in lifted or not 0 < live.size <= TAIL_MAX_LIVE or deadline is None \
                 or not math.isfinite(deadline) or phase_left() <= 0:
             return False  # (no deadline: a side that cannot close would search for ever)

@@ -28,7 +28,7 @@ from . import highs  # HiGHS is called through its module: a stand-in set on it 
 from .encode import MilpModel, encode
 from .highs import MilpResult, SolverConfig
 
-__all__ = ["TAIL_MAX_LIVE", "TailProof", "prove_by_tail", "tail_box", "tail_layers"]
+__all__ = ["TAIL_MAX_LIVE", "TailProof", "live_mask", "prove_by_tail", "tail_box", "tail_layers"]
 
 #: a tail starts after a hidden layer with at most this many live neurons (``u > 0``, pass-through
 #: coordinates counted): the network factors through them
@@ -60,6 +60,13 @@ def _binaries(pre, blocks, first: int) -> int:
     return count
 
 
+def live_mask(block, u) -> np.ndarray:
+    """The live neurons of a layer with upper bounds ``u``: ``u > 0``, and every pass-through
+    coordinate of ``block`` (bool, one per neuron)."""
+    live = np.asarray(u, dtype=np.float64).reshape(-1) > 0
+    return live if block.passthrough is None else live | np.asarray(block.passthrough, dtype=bool)
+
+
 def tail_layers(blocks, pre, *, max_live: int = TAIL_MAX_LIVE) -> list[int]:
     """The hidden layers a tail may start from, deepest first (the shortest tail first): those
     with at most ``max_live`` live neurons whose tail has fewer binaries than the whole model."""
@@ -67,9 +74,7 @@ def tail_layers(blocks, pre, *, max_live: int = TAIL_MAX_LIVE) -> list[int]:
     out = []
     for j in range(len(pre) - 1, -1, -1):
         l, u = (np.asarray(a, dtype=np.float64).reshape(-1) for a in pre[j])
-        through = blocks[j].passthrough
-        live = u > 0 if through is None else (u > 0) | np.asarray(through, dtype=bool)
-        if int(live.sum()) <= max_live and _binaries(pre, blocks, j + 1) < whole:
+        if int(live_mask(blocks[j], u).sum()) <= max_live and _binaries(pre, blocks, j + 1) < whole:
             out.append(j)
     return out
 
