@@ -399,6 +399,11 @@ def test_auto_refines_small_dense_nets_only():
     assert auto.refine_share(784, AUTO_REFINE_MAX_NEURONS + 1) == 0.0
     assert auto.refine_share(784, 512, 300.0) == auto.refine_share(784, 512, AUTO_REFINE_MIN_SECONDS) == 0.8
     assert auto.refine_share(784, 512, AUTO_REFINE_MIN_SECONDS - 0.5) == 0.0
+    # an item's length is deadline - t0, and (t0 + 60) - t0 rounds below 60 at some t0 (CI once
+    # skipped the refinement of a 60 s item this way)
+    t0 = 487.17822196781714
+    assert (t0 + AUTO_REFINE_MIN_SECONDS) - t0 < AUTO_REFINE_MIN_SECONDS
+    assert auto.refine_share(784, 512, (t0 + AUTO_REFINE_MIN_SECONDS) - t0) == 0.8
     for share in (0.0, 0.3):
         assert VerifyConfig(milp_refine_share=share).refine_share(784, 512) == share
         assert VerifyConfig(milp_refine_share=share).refine_share(3072, 10_000, 1.0) == share
