@@ -73,8 +73,7 @@ def tail_layers(blocks, pre, *, max_live: int = TAIL_MAX_LIVE) -> list[int]:
     whole = _binaries(pre, blocks, 0)
     out = []
     for j in range(len(pre) - 1, -1, -1):
-        l, u = (np.asarray(a, dtype=np.float64).reshape(-1) for a in pre[j])
-        if int(live_mask(blocks[j], u).sum()) <= max_live and _binaries(pre, blocks, j + 1) < whole:
+        if int(live_mask(blocks[j], pre[j][1]).sum()) <= max_live and _binaries(pre, blocks, j + 1) < whole:
             out.append(j)
     return out
 
