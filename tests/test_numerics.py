@@ -207,6 +207,24 @@ def test_underflow_never_proves_a_reachable_region(net, box, spec):
         assert float(bounds.output[1][0, 0]) >= float(net.forward64(box.upper[None])[0, 0])
 
 
+def test_crown_covers_products_that_underflow_on_huge_inputs():
+    # y = -1e-170 relu(1e-170 x) at x = 1e300 is -1e-40, but the back-substituted coefficient
+    # -1e-340 underflows to -0.0: without the underflow terms CROWN's lower bound was 0 > y. Two
+    # boxes in one batch (the terms are bounded over all boxes), the huge one second
+    from gpuopt.bounds import alpha_crown_bounds, crown
+    import torch
+
+    net = Network([Dense([[1e-170]], [0.0]), ReLU(), Dense([[-1e-170]], [0.0])], input_shape=(1,))
+    lo, hi = torch.tensor([[0.0], [1e300]], dtype=torch.float64), torch.tensor([[1.0], [1e300]], dtype=torch.float64)
+    y = net.forward64(np.array([[0.0], [1.0], [1e300]]))[:, 0]
+    assert y[2] < -1e-41
+    base = crown(net, lo, hi)
+    for bounds in (base, alpha_crown_bounds(net, lo, hi, base, steps=3)):
+        l, u = (t[:, 0].numpy() for t in bounds.output)
+        assert l[0] <= min(y[0], y[1]) and u[0] >= max(y[0], y[1])
+        assert l[1] <= y[2] <= u[1]
+
+
 def test_an_overflowing_forward_pass_gets_a_verdict():
     net = Network([Dense([[1e200]], [0.0]), ReLU(), Dense([[1e200]], [0.0])], input_shape=(1,))
     v = verify(net, Box([0.0], [1.0]), OutputSpec([([[1.0]], [-1.0])], 1), timeout=10)  # y <= -1: unreachable
