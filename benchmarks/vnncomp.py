@@ -11,7 +11,11 @@ times) and writes a JSON summary.
 
     python benchmarks/vnncomp.py [--suites ...] [--timeout-scale 1.0] [--max-timeout S]
                                             [--results FILE] [--resume] [--bulk [--workers N]]
-                                            [--verify-args "--bab off"]
+                                            [--verify-args "--bab off"] [--in-process] [--shard K/N]
+
+``--in-process`` calls ``gpuopt verify --threads 1`` in this process for each instance in turn,
+so that an instance's time leaves out the interpreter's start-up (VNN-COMP subtracts each tool's
+start-up overhead); ``--shard K/N`` runs every N-th instance from the K-th, one process per core.
 
 ``--bulk`` runs the suite through one ``gpuopt run`` (the hybrid engine: bounds and attacks in
 the main process, input splitting and MILPs in N workers) instead of one process per instance;
@@ -129,6 +133,38 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
+def run_in_process(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None) -> dict:
+    """``gpuopt verify --threads 1`` called in this process (the CLI's own code and defaults). Its
+    seconds run from the call: loading the files counts, the interpreter's start-up (paid once)
+    does not, as VNN-COMP subtracts each tool's measured start-up overhead from its times."""
+    import contextlib
+    import io
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from gpuopt.cli import main as gpuopt_main
+
+    out = io.StringIO()
+    t0 = time.monotonic()
+    with contextlib.redirect_stdout(out):
+        rc = gpuopt_main(["verify", str(onnx), str(vnnlib), "--timeout", str(timeout), "--threads", "1", *(extra or [])])
+    seconds = time.monotonic() - t0
+    lines = out.getvalue().strip().splitlines()
+    status = lines[-1].strip() if rc == 0 and lines else "error"
+    return {"status": status, "seconds": seconds, "detail": lines[-2] if len(lines) >= 2 else f"exit {rc}"}
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """``K/N`` -> ``(K, N)`` with ``0 <= K < N``."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def run_one(onnx: Path, vnnlib: Path, timeout: float, extra: list | None = None) -> dict:
     cmd = [sys.executable, "-m", "gpuopt", "verify", str(onnx), str(vnnlib), "--timeout", str(timeout), *(extra or [])]
     t0 = time.monotonic()
@@ -218,6 +254,10 @@ def main(argv=None) -> int:
                     "(its own records, appended as items end, go to RESULTS with the suffix .run.jsonl)")
     ap.add_argument("--workers", type=int, default=None, help="--bulk: gpuopt run --workers")
     ap.add_argument("--run-args", default="", help="--bulk: extra options for `gpuopt run`, e.g. '--device cuda'")
+    ap.add_argument("--in-process", action="store_true", help="each instance through `gpuopt verify --threads 1` "
+                    "called in this process, one after the other (no interpreter start-up per instance)")
+    ap.add_argument("--shard", type=shard_of, default=(0, 1), metavar="K/N",
+                    help="run the instances whose place in the suite is K modulo N (N processes side by side)")
     args = ap.parse_args(argv)
     if not BENCH.is_dir():
         print(f"benchmark folder not found: {BENCH} (expected ../shared/benchmarks beside the repo)")
@@ -228,9 +268,9 @@ def main(argv=None) -> int:
 
     records = list(done.values())
     todo, per_suite = [], {}
-    for s, o, v, t in instances(args.suites):
+    for place, (s, o, v, t) in enumerate(instances(args.suites)):
         per_suite[s] = per_suite.get(s, 0) + 1
-        if args.limit is not None and per_suite[s] > args.limit:
+        if args.limit is not None and per_suite[s] > args.limit or place % args.shard[1] != args.shard[0]:
             continue
         if (s, instance_name(o, v)) not in done:
             todo.append((s, o, v, t))
@@ -242,7 +282,8 @@ def main(argv=None) -> int:
                   if args.bulk and todo else (None, None))
     for n, ((suite, onnx, vnnlib, timeout), t) in enumerate(zip(todo, limits), 1):
         name = instance_name(onnx, vnnlib)
-        res = bulk[n - 1] if bulk is not None else run_one(onnx, vnnlib, t, args.verify_args.split())
+        run = run_in_process if args.in_process else run_one
+        res = bulk[n - 1] if bulk is not None else run(onnx, vnnlib, t, args.verify_args.split())
         ref = labels.get((SUITES[suite][2], name), "?")
         ref_side = reference_side(ref)
         wrong = res["status"] in ("sat", "unsat") and ref_side in ("sat", "unsat") and res["status"] != ref_side
