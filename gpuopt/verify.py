@@ -87,12 +87,13 @@ class VerifyConfig:
     stages off (for ablations and tests); ``alpha_steps`` is the alpha-CROWN budget on the spec
     rows (0: off), and with ``alpha_intermediate`` on the intermediate layers too (when CROWN
     leaves the item open, and not on the few-input nets whose bounds are the forward and zonotope
-    passes); ``split`` configures input splitting, ``relu_split`` activation
+    passes, nor where input splitting follows); ``split`` configures input splitting, ``relu_split`` activation
     splitting (which gets ``relu_split_share`` of the time an item has left when it starts; the
     MILP the rest). The attack stage runs rounds of ``attack.restarts`` restarts (new seeds each
     round) until ``attack.patience`` rounds in a row did not improve the best margin by 1% (2 by
     default here; ``None``: no such stop), ``attack.rounds`` are done, or it has used
-    ``attack_share`` of the time the item had left when it began (at least 2 s). ``use_walk``,
+    ``attack_share`` of the time the item had left when it began (at least 2 s); one round where
+    input splitting follows (it searches its sub-boxes itself). ``use_walk``,
     ``walk`` and ``walk_share`` set the Relax-and-Walk stage; ``use_lp`` and ``lp_share`` the LP
     stage (LP bound tightening, then the LP of each open disjunct); ``formulation`` the MILP's encoding
     (``bigm``, ``split``, ``extended``, ``partition[:N[:equal_size|equal_range]]``), and ``cuts``

@@ -78,3 +78,32 @@ def test_task_stages_never_conclude_unsat_with_a_disjunct_left_open():
         assert item.open == {(0, 0)}
         finish(item)
         assert item.verdict is None or item.verdict.status is Status.UNKNOWN
+
+
+def cancelling_net():
+    """``y = relu(x) - relu(x) = 0`` through two hidden layers (the second an identity on ``h >= 0``):
+    interval bounds and CROWN leave ``y <= -0.5`` open on ``[-1, 1]``, though it is unreachable."""
+    return Network([Dense([[1.0], [1.0]], [0.0, 0.0]), ReLU(), Dense(np.eye(2), np.zeros(2)), ReLU(),
+                    Dense([[1.0, -1.0]], [0.0])], input_shape=(1,))
+
+
+def _run(config):
+    item = ItemState(config=config, t0=time.monotonic(), deadline=time.monotonic() + 20,
+                     problems=[Problem(cancelling_net(), Box([-1.0], [1.0]), OutputSpec([([[1.0]], [-0.5])], 1))])
+    return run_stages(item)
+
+
+def test_where_input_splitting_follows_the_attack_runs_one_round_and_no_intermediate_alpha(monkeypatch):
+    import gpuopt.engine.stages as stages
+
+    calls = []
+    real = stages.alpha_crown_bounds
+    monkeypatch.setattr(stages, "alpha_crown_bounds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    item = _run(VerifyConfig())
+    assert item.verdict.status is Status.UNSAT and item.verdict.decided_by == "input-split"
+    assert item.stage_notes["attack"]["rounds"] == 1 and not calls
+    # without input splitting the same item gets the attack's rounds (patience 2: at least 3
+    # without an improvement) and alpha-CROWN on its intermediate layer
+    item = _run(VerifyConfig(use_input_split=False))
+    assert item.stage_notes["attack"]["rounds"] >= 3 and calls
+    assert item.verdict.status is not Status.SAT
