@@ -302,3 +302,31 @@ def test_sub_mip_heuristics_off_changes_no_optimum(name, seed, monkeypatch):
     assert res.proves_above(ref.per_disjunct[0] - 0.1)
     with pytest.raises(InvalidInputError, match="sub_mips"):
         SolverConfig(sub_mips="no")
+
+
+@pytest.mark.parametrize("formulation", ["bigm", "extended", "partition:2"])
+def test_recheck_branches_deepest_first_and_agrees_with_brute_force_in_every_formulation(formulation):
+    """Each binary's depth is its hidden layer (the layer's ``d`` columns); the re-check, which
+    branches on the deepest fractional binary, proves ``min > t`` below the true minimum and never
+    at it, whatever the formulation's own columns."""
+    from gpuopt.milp.encode import encode
+    from gpuopt.milp.recheck import _binary_depth, recheck_milp
+
+    seen = set()
+    for seed in range(3):
+        _, net, lo, hi, spec = _problem("2-3-3-3-3", seed)
+        blocks, pre, out = _milp_inputs(net, lo, hi)
+        ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
+        tol = 1e-6 * _scale(net, lo, hi, spec)
+        for k, (A, b) in enumerate(spec.disjuncts):
+            model = encode(blocks, pre, out, lo, hi, A, b, formulation=formulation)
+            binaries = np.flatnonzero(model.integrality)
+            depth = _binary_depth(model, binaries)
+            for i, layer in enumerate(model.layers, start=1):
+                d_cols = np.asarray(layer[3], dtype=np.int64).reshape(-1)
+                assert set(depth[np.isin(binaries, d_cols)]) <= {i}
+            seen |= set(depth.tolist())
+            true_min = ref.per_disjunct[k]
+            assert recheck_milp(model, true_min - 10 * tol - 1e-3 * abs(true_min)).proven
+            assert not recheck_milp(model, true_min + tol).proven
+    assert {1, 2, 3} <= seen  # binaries of every hidden layer were met

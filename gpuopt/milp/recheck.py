@@ -10,8 +10,12 @@ module proves the same claim again without trusting any solver value:
   as an oracle: the node is closed when the safe dual bound of :mod:`gpuopt.milp.safe`, computed
   from HiGHS's duals over the node's column bounds, exceeds ``t``; or, for an LP HiGHS calls
   infeasible, when a Farkas ray from HiGHS proves it (a safe bound of ``0`` above ``0``);
-* otherwise it branches on the binary whose LP value is most fractional. A node whose LP point is
-  integral yet not above ``t`` cannot be closed: the check stops there, unproven.
+* otherwise it branches on a fractional binary of the deepest layer that has one, the most
+  fractional there (:func:`_binary_depth`; deepest first, since a late ReLU's phase shapes the
+  objective directly: on ACAS Xu 3_3 prop_2's 563 input-splitting leaves 2,239 nodes in all instead
+  of 20,047 by the most fractional binary overall, 3.2 s of re-checking instead of 14.3 s). A node
+  whose LP point is integral yet not above ``t`` cannot be closed: the check stops there, unproven.
+  The branching order changes how many nodes the check solves, never what it proves.
 
 The claim is re-checked when every node is closed; the returned bound is the smallest node bound.
 Out of time or nodes, the answer is "not re-checked" (never a wrong "proven").
@@ -63,6 +67,7 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
     to_rows = sc.cost_scale / sc.row_scale  # scaled row duals -> the original rows' duals
     bounder = SafeBounder(model.A, model.row_lower, model.row_upper, model.col_lower, model.col_upper)
     binaries = np.flatnonzero(model.integrality).astype(np.int32)
+    depth = _binary_depth(model, binaries)
     lo0, hi0 = model.col_lower.copy(), model.col_upper.copy()
     zeros = np.zeros(model.n_vars)
     S = hs.HighsModelStatus
@@ -106,9 +111,24 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
         if not free.any() or frac.max() <= 1e-9:
             return Recheck(False, -np.inf, nodes, f"a node's LP bound {bound:.6g} does not clear the threshold "
                                                   f"{threshold:.6g} at an integral point")
-        j = int(np.argmax(frac))
+        cand = np.flatnonzero(frac > 1e-9)
+        cand = cand[depth[cand] == depth[cand].max()]
+        j = int(cand[np.argmax(frac[cand])])
         col = int(binaries[j])
         first = float(round(x[j]))  # the side the LP leans to is explored first
         stack.append({**fixed, col: 1.0 - first})
         stack.append({**fixed, col: first})
     return Recheck(True, float(smallest), nodes, f"every one of {nodes} nodes closed by a safe dual bound")
+
+
+def _binary_depth(model: MilpModel, binaries: np.ndarray) -> np.ndarray:
+    """Per binary column of ``binaries``: the 1-based index of the hidden layer whose ReLU phase
+    it is (``model.layers[i][3]``, the layer's ``d`` columns), 0 for a binary of no layer (a
+    formulation's own)."""
+    depth = np.zeros(binaries.size, dtype=np.int64)
+    where = {int(c): i for i, c in enumerate(binaries)}
+    for i, layer in enumerate(model.layers, start=1):
+        for col in np.asarray(layer[3], dtype=np.int64).reshape(-1):
+            if int(col) in where:
+                depth[where[int(col)]] = i
+    return depth
