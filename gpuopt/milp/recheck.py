@@ -126,9 +126,6 @@ def _binary_depth(model: MilpModel, binaries: np.ndarray) -> np.ndarray:
     it is (``model.layers[i][3]``, the layer's ``d`` columns), 0 for a binary of no layer (a
     formulation's own)."""
     depth = np.zeros(binaries.size, dtype=np.int64)
-    where = {int(c): i for i, c in enumerate(binaries)}
     for i, layer in enumerate(model.layers, start=1):
-        for col in np.asarray(layer[3], dtype=np.int64).reshape(-1):
-            if int(col) in where:
-                depth[where[int(col)]] = i
+        depth[np.isin(binaries, np.asarray(layer[3], dtype=np.int64))] = i
     return depth
