@@ -7,6 +7,7 @@ bounds and attacks produce Bounds and Candidates; the MILP stage produces :class
 from .attacks.api import AttackResult, attack
 from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NetworkTooLargeError, NoLinearFormError,
                      NotPiecewiseLinearError, SolverError, UnsupportedLayerError)
+from .host_memory import keep_freed_memory
 from .network import Network, from_torch
 from .problem import Problem
 from .radius import RadiusResult, certify_radius
@@ -19,7 +20,7 @@ from .verify import VerifyConfig, verify, verify_instance, verify_problems
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttackResult", "attack", "Box", "L1Ball", "OptimizeResult", "optimize", "RadiusResult", "certify_radius", "GpuoptError", "InvalidInputError", "LinfBall", "MissingDependencyError", "Network", "NetworkTooLargeError",
+    "AttackResult", "attack", "Box", "L1Ball", "OptimizeResult", "optimize", "RadiusResult", "certify_radius", "GpuoptError", "InvalidInputError", "keep_freed_memory", "LinfBall", "MissingDependencyError", "Network", "NetworkTooLargeError",
     "NoLinearFormError", "NotPiecewiseLinearError", "OutputSpec", "Problem", "SolverError", "Status", "UnsupportedLayerError", "Verdict",
     "VerifyConfig", "from_onnx", "from_torch", "load_vnnlib", "robustness", "targeted", "verify",
     "verify_instance", "verify_problems",

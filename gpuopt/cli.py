@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import GpuoptError, InvalidInputError, UnsupportedLayerError
+from .host_memory import keep_freed_memory
 
 __all__ = ["main", "process_start_monotonic"]
 
@@ -611,6 +612,7 @@ def entry() -> None:
 
 def _run(argv, start_time: float) -> int:
     args = _parser().parse_args(argv)
+    keep_freed_memory()  # the command line owns its process (see gpuopt.host_memory)
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

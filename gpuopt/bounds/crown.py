@@ -209,16 +209,18 @@ def _backward(lam: torch.Tensor | None, k: int, ops, relax, x_mid, x_rad, n_term
         alpha, s, icpt, *low = (pick(t) for t in relax[j])
         if record is not None:
             record.append(A)
-        neg = A.clamp(max=0)
+        neg, pos = A.clamp(max=0), A.clamp(min=0)
         extra = _row_dot(neg, icpt)
         extra_abs = None
         if low:  # a lower line with an intercept (smooth activations, gpuopt.bounds.smooth)
-            pos = A.clamp(min=0)
             extra = extra + _row_dot(pos, low[0])
             if pad:
                 extra_abs = _row_dot(neg.abs(), icpt.abs()) + _row_dot(pos, low[0].abs())
         lower_slope = alpha if alpha.dim() == 3 else alpha[:, None, :]  # per-row slopes (alpha-CROWN)
-        coef = A * torch.where(A >= 0, lower_slope, s if s.dim() == 3 else s[:, None, :])
+        # A * (lower slope where A >= 0, else upper slope): one of ``pos`` and ``neg`` is 0 in each
+        # entry, so the sum is exactly that product (bit for bit; CPU torch.where took 40% of
+        # this loop's time on ACAS Xu)
+        coef = torch.addcmul(pos * lower_slope, neg, s if s.dim() == 3 else s[:, None, :])
         if split_terms is not None and split_terms[j] is not None:
             coef = coef + split_terms[j]
         cj = ops[j].bias

@@ -86,6 +86,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from .. import host_memory
 from ..errors import InvalidInputError
 
 logger = logging.getLogger("gpuopt")
@@ -379,6 +380,11 @@ if "numpy" in sys.modules:
         threadpool_limits(1)
     except ImportError:
         pass
+try:  # gpuopt/host_memory.py run as a file: no gpuopt (and so no torch) import here
+    import runpy
+    runpy.run_path(HOST_MEMORY)["keep_freed_memory"]()
+except Exception:
+    pass
 _module = types.ModuleType("_gpuopt_worker")
 exec(RUNNER_SOURCE, _module.__dict__)
 sys.modules["_gpuopt_worker"] = _module
@@ -672,7 +678,8 @@ class LocalExecutor(Executor):
         pool = pebble.ProcessPool(max_workers=self._n,
                                   context=multiprocessing.get_context("spawn"),
                                   initializer=exec,
-                                  initargs=(_WORKER_INIT, {"RUNNER_SOURCE": _RUNNER_SOURCE}))
+                                  initargs=(_WORKER_INIT, {"RUNNER_SOURCE": _RUNNER_SOURCE,
+                                                           "HOST_MEMORY": host_memory.__file__}))
         self._record_exit_codes(pool)
         _ = pool.active  # reading it starts the pool: workers spawn now, not at the first task
         return pool
