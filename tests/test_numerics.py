@@ -328,3 +328,34 @@ def test_scaling_never_overflows_the_objective():
     sc = _scale(model)
     assert np.all(np.isfinite(sc.c)) and sc.col_scale[0] == 1.0
     assert sc.c[0] * sc.cost_scale == -1e308
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_relaxed_coefficients_equal_the_selected_slope_product_bit_for_bit(grad, per_row):
+    """CROWN's backward step forms ``A * (lower slope where A >= 0, else upper slope)`` from the
+    clamped parts of ``A`` (in place when no gradient is needed): the same bits as the product,
+    on zeros of both signs, subnormals, huge and tiny entries and slopes of 0, 1 and in between."""
+    import torch
+
+    from gpuopt.bounds.crown import _relaxed_coefficients
+
+    gen = torch.Generator().manual_seed(3 + 2 * per_row + grad)
+    B, m, n = 7, 5, 11
+    A = torch.randn(B, m, n, generator=gen, dtype=torch.float64) * torch.logspace(-320, 300, n, dtype=torch.float64)
+    A[0, 0, :4] = torch.tensor([0.0, -0.0, 5e-324, -5e-324], dtype=torch.float64)
+    shape = (B, m, n) if per_row else (B, 1, n)
+    lower = torch.rand(shape, generator=gen, dtype=torch.float64)
+    upper = torch.rand(shape, generator=gen, dtype=torch.float64)
+    lower[..., :3] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    upper[..., 3:5] = torch.tensor([1.0, 1e-300], dtype=torch.float64)
+    expected = A * torch.where(A >= 0, lower, upper)
+    if grad:
+        lower.requires_grad_(True)
+    with torch.set_grad_enabled(grad):
+        got = _relaxed_coefficients(A.clamp(min=0), A.clamp(max=0), lower, upper)
+    assert torch.equal(got.detach(), expected)  # == treats -0.0 and 0.0 alike, NaN never arises here
+    assert got.requires_grad == grad
+    if grad:  # the lower slope's gradient is A where A >= 0, as through the product
+        got.sum().backward()
+        assert torch.equal(lower.grad, A.clamp(min=0).sum(1, keepdim=True) if not per_row else A.clamp(min=0))
