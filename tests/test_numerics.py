@@ -334,8 +334,10 @@ def test_scaling_never_overflows_the_objective():
 @pytest.mark.parametrize("per_row", [False, True])
 def test_relaxed_coefficients_equal_the_selected_slope_product_bit_for_bit(grad, per_row):
     """CROWN's backward step forms ``A * (lower slope where A >= 0, else upper slope)`` from the
-    clamped parts of ``A`` (in place when no gradient is needed): the same bits as the product,
-    on zeros of both signs, subnormals, huge and tiny entries and slopes of 0, 1 and in between."""
+    clamped parts of ``A`` in place when no gradient is needed: the same bits as the product, on
+    zeros of both signs, subnormals, huge and tiny entries and slopes of 0, 1 and in between. With
+    gradients the product itself is used: at ``A == 0`` the gradient on ``A`` is the lower slope
+    (the clamps' would be ``lower + upper``)."""
     import torch
 
     from gpuopt.bounds.crown import _relaxed_coefficients
@@ -351,11 +353,32 @@ def test_relaxed_coefficients_equal_the_selected_slope_product_bit_for_bit(grad,
     upper[..., 3:5] = torch.tensor([1.0, 1e-300], dtype=torch.float64)
     expected = A * torch.where(A >= 0, lower, upper)
     if grad:
+        A.requires_grad_(True)
         lower.requires_grad_(True)
+    pos = A.detach().clamp(min=0)
     with torch.set_grad_enabled(grad):
-        got = _relaxed_coefficients(A.clamp(min=0), A.clamp(max=0), lower, upper)
+        got = _relaxed_coefficients(A, A.clamp(min=0) if grad else pos, A.clamp(max=0), lower, upper)
     assert torch.equal(got.detach(), expected)  # == treats -0.0 and 0.0 alike, NaN never arises here
     assert got.requires_grad == grad
-    if grad:  # the lower slope's gradient is A where A >= 0, as through the product
+    if grad:
         got.sum().backward()
-        assert torch.equal(lower.grad, A.clamp(min=0).sum(1, keepdim=True) if not per_row else A.clamp(min=0))
+        assert torch.equal(A.grad, torch.where(A >= 0, lower, upper).detach())
+        assert torch.equal(lower.grad, A.detach().clamp(min=0).sum(1, keepdim=True) if not per_row
+                           else A.detach().clamp(min=0))
+    else:
+        assert got.data_ptr() == pos.data_ptr()  # formed in place
+
+
+def test_relaxed_coefficients_keep_the_wider_dtype_of_mixed_slopes():
+    """A float32 ``A`` with a float64 upper slope: the product is formed in float64 (as the
+    where-product is), never rounded to float32 first."""
+    import torch
+
+    from gpuopt.bounds.crown import _relaxed_coefficients
+
+    A = torch.tensor([[[3.2e-30, -87017.84727, 1.0]]], dtype=torch.float32)
+    lower = torch.tensor([[[0.3, 0.7, 1 / 3]]], dtype=torch.float32)
+    upper = torch.tensor([[[0.1, 0.123456789012345, 0.9]]], dtype=torch.float64)
+    expected = A * torch.where(A >= 0, lower, upper)
+    got = _relaxed_coefficients(A, A.clamp(min=0), A.clamp(max=0), lower, upper)
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
