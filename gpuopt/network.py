@@ -518,6 +518,44 @@ class Network:
 
     __call__ = forward
 
+    def forward_vjp(self, x):
+        """``(y, vjp)``, or ``None`` unless every layer is Dense, ReLU, Flatten or ElementwiseAffine
+        in a chain: ``y`` the outputs exactly as :meth:`forward` computes them, and ``vjp(g)`` (``g``
+        of ``y``'s shape) the gradient of ``(g * y).sum()`` with respect to ``x``, in the input's
+        canonical shape. The backward runs the operations autograd's would (``grad @ W`` for a
+        dense layer, ``threshold_backward`` for a ReLU, ``grad * scale`` for an elementwise affine
+        one), so the gradient is autograd's bit for bit, without recording a graph: on ACAS Xu's
+        small nets the graph's bookkeeping was most of a projected-gradient step's time."""
+        if not (self._chain and all(type(layer) in (Dense, ReLU, Flatten, ElementwiseAffine)
+                                    for layer in self._layers)):
+            return None
+        h = self.canonical_input(x)
+        params = self._params(h.device, h.dtype)
+        saved = []  # per layer: what its backward needs (the input's shape, or a ReLU's output)
+        with torch.no_grad():
+            for layer, p in zip(self._layers, params):
+                shape = h.shape
+                h = layer.apply(p, h)
+                saved.append(h if isinstance(layer, ReLU) else shape)
+        layers = list(zip(self._layers, params, saved))
+
+        def vjp(g: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                for layer, p, keep in reversed(layers):
+                    if isinstance(layer, Dense):
+                        g = g.mm(p[0])
+                    elif isinstance(layer, ReLU):
+                        g = torch.ops.aten.threshold_backward(g, keep, 0)
+                    elif isinstance(layer, Flatten):
+                        g = g.reshape(keep)
+                    else:  # ElementwiseAffine: mul's backward, summed back to the input's shape
+                        g = g * p[0]
+                        if g.shape != keep:
+                            g = g.sum_to_size(keep)
+            return g
+
+        return h, vjp
+
     def forward64(self, x) -> np.ndarray:
         """Reference forward pass in float64 on the CPU; returns a numpy array ``(batch, n_out)``."""
         xt = torch.as_tensor(np.array(x, dtype=np.float64))  # a copy: read-only input arrays are fine

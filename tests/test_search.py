@@ -295,3 +295,52 @@ def test_a_step_that_would_end_past_the_deadline_is_not_started():
     took = time.monotonic() - t0
     assert took <= 1.0 + 0.1, took  # the start's evaluation and two steps fit; a third would end at 1.2 s
     assert res.steps == 2
+
+
+def _spec(rng, bsz, K, M, n_out):
+    A = torch.as_tensor(rng.normal(size=(bsz, K, M, n_out)))
+    b = torch.as_tensor(rng.normal(size=(bsz, K, M)))
+    return A, b
+
+
+@pytest.mark.parametrize("K,M", [(1, 1), (1, 4), (3, 1), (2, 3)])
+def test_manual_margin_gradient_is_autograds_bit_for_bit(K, M):
+    """On a chain of ElementwiseAffine, Flatten, Dense and ReLU layers, the attack's margins and
+    their gradient come without autograd (Network.forward_vjp): the same bits as autograd's, for
+    one or several disjuncts and rows (the selected row routes the gradient), ties and dead
+    ReLUs included."""
+    from gpuopt.attacks.pgd import _value_and_grad
+    from gpuopt.network import ElementwiseAffine, Flatten
+
+    rng = np.random.default_rng(10 * K + M)
+    dense = random_dense_network(rng, 6, [9, 7], 4)
+    layers = [ElementwiseAffine(rng.uniform(0.5, 2.0, size=(2, 3)), rng.normal(size=(2, 3))), Flatten(),
+              *dense._layers]
+    net = Network(layers, (2, 3))
+    A, b = _spec(rng, 3, K, M, 4)
+    A[0, 0, :, :] = A[0, -1, :, :]  # a tie between two disjuncts' rows of item 0
+    objective = search.spec_margins(net, A, b)
+    x = torch.as_tensor(rng.uniform(-1, 1, size=(3, 5, 6)))
+    x[1, 0] = 0.0  # many ReLUs at exactly 0 pre-activation only by chance; zeros in the input
+    items = torch.arange(3)
+    m_auto, g_auto = _value_and_grad(lambda x_, it: objective(x_, it), x, items)  # no value_and_grad: autograd
+    m_manual, g_manual = _value_and_grad(objective, x, items)
+    assert objective.value_and_grad(x, items) is not None
+    assert torch.equal(m_auto, m_manual) and torch.equal(g_auto, g_manual)
+    assert g_manual.shape == x.shape and bool((g_manual != 0).any())
+
+
+def test_manual_margin_gradient_falls_back_to_autograd_off_plain_chains():
+    """A network with another layer type (a residual Add) has no forward_vjp: autograd runs, and
+    the attack finds the same point as before."""
+    from gpuopt.network import Add
+
+    rng = np.random.default_rng(5)
+    d1 = Dense(rng.normal(size=(4, 4)), rng.normal(size=4))
+    d2 = Dense(rng.normal(size=(2, 4)), rng.normal(size=2))
+    net = Network([d1, ReLU(), Add(), d2], (4,), inputs=[[-1], [0], [1, -1], [2]])
+    assert net.forward_vjp(torch.zeros(1, 4, dtype=torch.float64)) is None
+    A, b = _spec(rng, 2, 1, 2, 2)
+    objective = search.spec_margins(net, A, b)
+    x = torch.as_tensor(rng.uniform(-1, 1, size=(2, 3, 4)))
+    assert objective.value_and_grad(x, torch.arange(2)) is None

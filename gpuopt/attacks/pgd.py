@@ -154,7 +154,14 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _value_and_grad(objective: Objective, x: torch.Tensor, items: torch.Tensor):
     """The margins at ``x`` and the gradient of the objective; an objective may return a pair
     ``(margins, surrogate)``: then the step follows the surrogate's gradient (a smoother loss, such
-    as cross-entropy) while the margins decide successes and best points."""
+    as cross-entropy) while the margins decide successes and best points. An objective with a
+    ``value_and_grad`` attribute (:func:`~gpuopt.attacks.search.spec_margins` on a plain chain)
+    gives both without autograd, where it returns something other than ``None``."""
+    manual = getattr(objective, "value_and_grad", None)
+    if manual is not None:
+        out = manual(x.detach(), items)
+        if out is not None:
+            return _no_nan(out[0]), out[1]
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = objective(x, items)

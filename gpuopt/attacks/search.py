@@ -90,18 +90,51 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
     # retires items; a tensor changed in place has a new version)
     last: dict = {}
 
-    def margins(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def rows_of(items: torch.Tensor):
         if last.get("items") is not items or last["version"] != items._version:
             # rows as one batched product: (bsz, n_out, K M) and the right-hand sides negated
             At = A[items].reshape(-1, K * M, n_out).transpose(1, 2).contiguous()
             last.update(items=items, version=items._version, At=At, nb=-b[items].reshape(-1, 1, K * M))
+        return last["nb"], last["At"]
+
+    def margins(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        nb, At = rows_of(items)
         bsz, r, n = x.shape
         y = network.forward(x.reshape(bsz * r, n)).reshape(bsz, r, n_out)
-        rows = torch.baddbmm(last["nb"], y, last["At"])  # (bsz, r, K M): A y - b
+        rows = torch.baddbmm(nb, y, At)  # (bsz, r, K M): A y - b
         if M > 1:
             rows = rows.reshape(bsz, r, K, M).max(dim=-1).values
         return rows.min(dim=-1).values if K > 1 else rows[..., 0]
 
+    def value_and_grad(x: torch.Tensor, items: torch.Tensor):
+        """The margins and their gradient with respect to ``x`` without autograd, where the
+        network offers :meth:`~gpuopt.network.Network.forward_vjp` (else ``None``): the margin's
+        gradient on the outputs is its selected row (the max over a disjunct's rows, the min over
+        the disjuncts, as autograd routes it), then the network's backward. The same values and
+        gradients as autograd's, bit for bit."""
+        bsz, r, n = x.shape
+        fv = network.forward_vjp(x.reshape(bsz * r, n))
+        if fv is None:
+            return None
+        nb, At = rows_of(items)
+        y, vjp = fv
+        rows = torch.baddbmm(nb, y.reshape(bsz, r, n_out), At)
+        if M > 1:
+            best = rows.reshape(bsz, r, K, M).max(dim=-1)
+            vals, within = best.values, best.indices  # (bsz, r, K)
+        else:
+            vals, within = rows, None
+        if K > 1:
+            worst = vals.min(dim=-1)
+            m, k = worst.values, worst.indices
+        else:
+            m, k = vals[..., 0], torch.zeros((bsz, r), dtype=torch.long, device=x.device)
+        col = k * M + (within.gather(-1, k[..., None])[..., 0] if within is not None else 0)
+        g_y = At.gather(2, col[:, None, :].expand(bsz, n_out, r)).transpose(1, 2)  # (bsz, r, n_out)
+        g = vjp(g_y.reshape(bsz * r, n_out))
+        return m, g.reshape(bsz, r, n)
+
+    margins.value_and_grad = value_and_grad
     return margins
 
 
@@ -110,11 +143,17 @@ def _in_chunk(objective, chunk: torch.Tensor):
     same index tensor, so that the objective's per-items rows are gathered once per retirement, not per step."""
     last: dict = {}
 
-    def local(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def mapped(items: torch.Tensor) -> torch.Tensor:
         if last.get("items") is not items or last["version"] != items._version:
             last.update(items=items, version=items._version, mapped=chunk[items])
-        return objective(x, last["mapped"])
+        return last["mapped"]
 
+    def local(x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return objective(x, mapped(items))
+
+    inner = getattr(objective, "value_and_grad", None)
+    if inner is not None:
+        local.value_and_grad = lambda x, items: inner(x, mapped(items))
     return local
 
 
