@@ -344,3 +344,29 @@ def test_manual_margin_gradient_falls_back_to_autograd_off_plain_chains():
     objective = search.spec_margins(net, A, b)
     x = torch.as_tensor(rng.uniform(-1, 1, size=(2, 3, 4)))
     assert objective.value_and_grad(x, torch.arange(2)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(12))
+def test_manual_margin_gradient_matches_on_one_item_through_a_width_one_layer(seed, dtype):
+    """One item (the usual single-box attack) on a net with a width-1 hidden layer: the output
+    gradient enters the products row-major, as autograd's does (a strided view gave other bits
+    there), and a selected -0.0 becomes +0.0 as in autograd's one-hot product: the bits agree."""
+    from gpuopt.attacks.pgd import _value_and_grad
+
+    rng = np.random.default_rng(seed)
+    net = Network([Dense(rng.normal(size=(1, 3)), [1.0]), ReLU(), Dense(rng.normal(size=(5, 1)), np.zeros(5))], (3,))
+    A = torch.as_tensor(rng.normal(size=(1, 1, 1, 5)), dtype=dtype)
+    A[0, 0, 0, 0] = -0.0
+    b = torch.zeros((1, 1, 1), dtype=dtype)
+    objective = search.spec_margins(net, A, b)
+    x = torch.as_tensor(rng.uniform(-1, 1, size=(1, 20, 3)), dtype=dtype)
+    items = torch.arange(1)
+    m_auto, g_auto = _value_and_grad(lambda x_, it: objective(x_, it), x, items)
+    m_manual, g_manual = _value_and_grad(objective, x, items)
+    bits = torch.int64 if dtype == torch.float64 else torch.int32
+    assert torch.equal(m_auto.view(bits), m_manual.view(bits))
+    assert torch.equal(g_auto.view(bits), g_manual.view(bits))
+    # a strided input goes to autograd (its backward takes another product there)
+    strided = torch.as_tensor(rng.uniform(-1, 1, size=(1, 3, 20)), dtype=dtype).transpose(1, 2)
+    assert not strided.is_contiguous() and objective.value_and_grad(strided, items) is None

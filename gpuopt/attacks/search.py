@@ -113,6 +113,8 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
         the disjuncts, as autograd routes it), then the network's backward. The same values and
         gradients as autograd's, bit for bit."""
         bsz, r, n = x.shape
+        if not x.is_contiguous():  # autograd's backward of a strided input takes another product
+            return None
         fv = network.forward_vjp(x.reshape(bsz * r, n))
         if fv is None:
             return None
@@ -130,7 +132,10 @@ def spec_margins(network: Network, A: torch.Tensor, b: torch.Tensor):
         else:
             m, k = vals[..., 0], torch.zeros((bsz, r), dtype=torch.long, device=x.device)
         col = k * M + (within.gather(-1, k[..., None])[..., 0] if within is not None else 0)
-        g_y = At.gather(2, col[:, None, :].expand(bsz, n_out, r)).transpose(1, 2)  # (bsz, r, n_out)
+        # (bsz, r, n_out), row-major as autograd's one-hot product makes it (a strided view gave
+        # the next product other bits where a layer has width 1: found by review), and + 0.0 turns
+        # a selected -0.0 into the product's +0.0
+        g_y = At.gather(2, col[:, None, :].expand(bsz, n_out, r)).transpose(1, 2).contiguous() + 0.0
         g = vjp(g_y.reshape(bsz * r, n_out))
         return m, g.reshape(bsz, r, n)
 
