@@ -382,3 +382,21 @@ def test_relaxed_coefficients_keep_the_wider_dtype_of_mixed_slopes():
     expected = A * torch.where(A >= 0, lower, upper)
     got = _relaxed_coefficients(A, A.clamp(min=0), A.clamp(max=0), lower, upper)
     assert got.dtype == torch.float64 and torch.equal(got, expected)
+
+
+def test_in_place_coefficients_only_for_slopes_that_broadcast_into_the_coefficients():
+    """The in-place form needs slopes that fit ``A``'s shape; wider slopes (more rows, or more
+    leading dims) take the product, whose result is the broadcast shape."""
+    import torch
+
+    from gpuopt.bounds.crown import _broadcasts_into, _relaxed_coefficients
+
+    assert _broadcasts_into((3, 1, 5), (3, 4, 5)) and _broadcasts_into((5,), (3, 4, 5))
+    assert _broadcasts_into((3, 4, 5), (3, 4, 5)) and _broadcasts_into((), (2,))
+    assert not _broadcasts_into((3, 2, 5), (3, 4, 5)) and not _broadcasts_into((2, 3, 1, 5), (3, 1, 5))
+    assert _broadcasts_into((3, 4, 1), (3, 4, 5))
+    A = torch.tensor([[[1.0, -2.0, 0.5]]], dtype=torch.float64)  # (1, 1, 3)
+    lower = torch.tensor([[[0.5, 0.5, 0.25], [1.0, 0.0, 1.0]]], dtype=torch.float64)  # (1, 2, 3): wider
+    upper = torch.full((1, 1, 3), 0.75, dtype=torch.float64)
+    got = _relaxed_coefficients(A, A.clamp(min=0), A.clamp(max=0), lower, upper)
+    assert got.shape == (1, 2, 3) and torch.equal(got, A * torch.where(A >= 0, lower, upper))

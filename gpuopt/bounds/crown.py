@@ -276,9 +276,18 @@ def _relaxed_coefficients(A: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     kept as it is: at ``A == 0`` the clamps would pass the gradient ``lower + upper``, not a
     subgradient (found by review: looser alpha-CROWN bounds on sparse and convolutional nets)."""
     if torch.is_grad_enabled() or lower_slope.dtype != pos.dtype or upper_slope_.dtype != pos.dtype \
-            or torch.broadcast_shapes(pos.shape, lower_slope.shape, upper_slope_.shape) != pos.shape:
+            or not (_broadcasts_into(lower_slope.shape, pos.shape) and _broadcasts_into(upper_slope_.shape, pos.shape)):
         return A * torch.where(A >= 0, lower_slope, upper_slope_)
     return pos.mul_(lower_slope).addcmul_(neg, upper_slope_)
+
+
+def _broadcasts_into(shape, target) -> bool:
+    """A tensor of ``shape`` broadcasts to ``target`` without enlarging it (so an in-place update of
+    a ``target``-shaped tensor by it is defined). Plain tuple checks: ``torch.broadcast_shapes``
+    cost 100 us a call, once per layer of every backward pass."""
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _underflow_factors(relax_j) -> tuple:
