@@ -43,7 +43,7 @@ def _jobs(args):
         for norm, eps_max in (("linf", 0.1), ("l1", 10.0), ("l2", 3.0)):
             for i in range(args.images):
                 yield ("mnist", f"{norm}:{i}", lambda i=i, norm=norm, eps_max=eps_max: certify_radius(
-                    net, x[i], int(y[i]), norm=norm, eps_max=eps_max, timeout=args.timeout))
+                    net, x[i], int(y[i]), norm=norm, eps_max=eps_max, clip=(0.0, 1.0), timeout=args.timeout))
     if "psplit" in args.parts:
         z = np.load(BENCH / "psplit" / "mnist2x50instances.npz")
         net = Network([Dense(z["w1"], z["b1"]), ReLU(), Dense(z["w2"], z["b2"]), ReLU(), Dense(z["w3"], z["b3"])],
@@ -51,7 +51,8 @@ def _jobs(args):
         for i in range(args.psplit_images):
             label, target = (int(v) for v in z["labels"][i])
             yield ("psplit", f"l1-target:{i}", lambda i=i, label=label, target=target: certify_radius(
-                net, z["images"][i], label, norm="l1", eps_max=30.0, timeout=args.timeout, target=target, margin=1.2))
+                net, z["images"][i], label, norm="l1", eps_max=30.0, clip=(0.0, 1.0), timeout=args.timeout,
+                target=target, margin=1.2))
     if "conv" in args.parts:
         from gpuopt.io.vnnlib import load_vnnlib
 

@@ -1,7 +1,9 @@
 """Command line: ``gpuopt verify``, ``gpuopt demo``. A thin layer over the Python API.
 
 Exit codes: 0 when a verdict was printed (whatever it is), 2 for bad input (missing or malformed
-files, unsupported layers, invalid options, argparse usage errors), 1 for an internal failure.
+files, unsupported layers, invalid options, argparse usage errors, an option whose optional
+dependency is not installed), 1 for an internal failure,
+130 when interrupted (Ctrl-C).
 Every error is one line on stderr, ``gpuopt: error: ...`` (an internal failure: ``gpuopt:
 internal error: ...``, with the traceback logged under ``-v``), never a traceback. Options are
 checked before any work. ``--timeout`` counts from the start of the process
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import GpuoptError, InvalidInputError, UnsupportedLayerError
+from .errors import GpuoptError, InvalidInputError, MissingDependencyError, UnsupportedLayerError, require_file
 from .host_memory import keep_freed_memory
 
 __all__ = ["main", "process_start_monotonic"]
@@ -152,14 +154,31 @@ def _check_device(text: str) -> str:
     return text
 
 
-def _check_out(path: str) -> None:
-    """``--out`` must be writable later: refuse a directory or a missing parent folder now,
-    before the work."""
+def _check_out(path: str, inputs=()) -> None:
+    """``--out`` must be writable later, so it is checked now, before the work: not a directory,
+    not one of the ``inputs`` (the network, the property), in an existing folder, and writable
+    (opened for appending, which changes nothing). A result file left there by an earlier run is
+    removed, so that a run that fails leaves no stale verdict behind."""
     if os.path.isdir(path):
         raise InvalidInputError(f"--out {path!r}: is a directory")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InvalidInputError(f"--out {path!r}: folder {parent!r} does not exist")
+    for name in inputs:
+        if os.path.exists(name) and os.path.exists(path) and os.path.samefile(name, path) \
+                or os.path.abspath(name) == os.path.abspath(path):
+            raise InvalidInputError(f"--out {path!r}: is an input file of this command; the result would replace it")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(f"--out {path!r}: cannot write the result file: {exc.strerror or exc}") from None
+    try:
+        os.remove(path)  # stale (existed) or just created: the result is written at the end
+    except OSError:
+        if existed:  # a folder we may not change: empty the file instead
+            open(path, "w", encoding="utf-8").close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,8 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=_seed, default=0, help=f"random seed of the gradient ascent (0 to {_MAX_SEED})")
     o.add_argument("--device", default=None, help="gradient-ascent device: cpu, cuda or cuda:N (default: cuda if available)")
     o.add_argument("--threads", type=_threads, default=1, help=f"CPU threads for torch, 1 to {_MAX_THREADS}")
-    o.add_argument("--json", action="store_true", help='print one JSON object {"best_value", "upper_bound", "gap", '
-                                                       '"x", "status", "seconds"}')
+    o.add_argument("--json", action="store_true", help='print one JSON object {"best_value", "upper_bound" (with '
+                                                       '--minimize: "lower_bound"), "gap", "x", "status", "seconds", '
+                                                       '"sense"}')
 
     bd = sub.add_parser("bounds", help="sound bounds of every constraint of a VNNLIB's unsafe region")
     bd.add_argument("onnx", help="network file (.onnx)")
@@ -280,7 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--results", required=True, help="results file (JSONL, one record per item, appended as decided)")
     r.add_argument("--resume", action="store_true", help="continue an existing results file, skipping what it holds")
     r.add_argument("--workers", type=_positive_int, default=None,
-                   help="worker processes (default: cores - 1, at least 1)")
+                   help="worker processes (default: cores - 1, at least 1; at most the usable CPUs)")
     r.add_argument("--timeout-scale", type=_positive_float, default=1.0, help="multiply every CSV timeout")
     r.add_argument("--engine", choices=["hybrid", "items"], default="hybrid",
                    help="hybrid (default): bounds and attacks in this process over groups of items, input splitting "
@@ -320,7 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     ra.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                     help="valid input range (default 0 1)")
     ra.add_argument("--resume", action="store_true", help="continue an existing results file")
-    ra.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores - 1)")
+    ra.add_argument("--workers", type=_positive_int, default=None,
+                    help="worker processes (default: cores - 1; at most the usable CPUs)")
 
     rp = sub.add_parser("report", help="summary table of a results file (and PNG plots with the plots extra)")
     rp.add_argument("results", help="results file (JSONL) written by `gpuopt run`")
@@ -328,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the bundled demo (no downloads): robustness of a small digits classifier")
     d.add_argument("--images", type=_positive_int, default=20, help="number of bundled test images to use")
-    d.add_argument("--timeout", type=_nonneg_float, default=30.0, help="seconds per item")
+    d.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per item")
     return p
 
 
@@ -353,15 +374,18 @@ def _cuts(text: str) -> str:
 
 
 def _positive_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
 
 def _cmd_run(args) -> int:
     from .engine.store import ResultStore
-    from .runs import dataset_items, format_summary, load_dataset, read_instances, run_items, summarize
+    from .runs import dataset_items, format_summary, load_dataset, read_instances, run_description, run_items, summarize
 
     from .verify import VerifyConfig
 
@@ -378,47 +402,71 @@ def _cmd_run(args) -> int:
             raise InvalidInputError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: the lower end exceeds the upper end")
         from .io.onnx import from_onnx
 
-        if not Path(args.model).is_file():
-            raise InvalidInputError(f"network file not found: {args.model}")
+        require_file(args.model, "network")
         net = from_onnx(args.model)
         x, y = load_dataset(args.data, scale=args.scale)
         items = dataset_items(net, x, y, args.eps, timeout=args.timeout, clip=tuple(args.clip),
                               limit=args.limit, model_ref=str(Path(args.model).resolve()), config=config)
+        run = run_description("dataset", net, x, y, tuple(args.clip))
     else:
         if args.instances is None:
             raise InvalidInputError("give an instances CSV, or --model, --data and --eps")
         items = read_instances(args.instances, timeout_scale=args.timeout_scale, config=config)
+        run = None  # the keys name the files
     import torch
 
     torch.set_num_threads(1)  # the main process only orchestrates; the workers do the work
-    with ResultStore(args.results, resume=args.resume) as store:
-        for _ in run_items(items, store, workers=args.workers, progress=True, engine=args.engine):
+    with ResultStore(args.results, resume=args.resume, run=run) as store:
+        for _ in run_items(items, store, workers=_pool_workers(args.workers), progress=True, engine=args.engine):
             pass
-        print(format_summary(summarize(store.records())))
+        print(format_summary(summarize(_requested(store, items))))
     print(f"results: {args.results}")
     return 0
+
+
+def _requested(store, items) -> list[dict]:
+    """The records of ``items`` in ``store`` (a resumed file may hold others, e.g. from a run with a
+    larger ``--limit``; the summary is of this request, and says how many it leaves out)."""
+    keys = {it.key for it in items}
+    records = store.records()
+    mine = [r for r in records if r["key"] in keys]
+    if len(mine) < len(records):
+        print(f"(the summary leaves out {len(records) - len(mine)} records of the results file outside this "
+              "request; `gpuopt report` summarises them all)")
+    return mine
+
+
+def _pool_workers(requested: int | None) -> int | None:
+    """``--workers``, at most the CPUs this process may use: more workers than cores share them,
+    and each item's time limit (wall-clock) then buys only a fraction of a core."""
+    cpus = _usable_cpus()
+    if requested is not None and requested > cpus:
+        print(f"gpuopt: warning: --workers {requested} exceeds the {cpus} usable CPUs; using {cpus}",
+              file=sys.stderr)
+        return cpus
+    return requested
 
 
 def _cmd_radius(args) -> int:
     from .engine.store import ResultStore
     from .io.onnx import from_onnx
-    from .runs import load_dataset, radius_items, run_items, summarize_radii
+    from .runs import load_dataset, radius_items, run_description, run_items, summarize_radii
 
-    if not Path(args.model).is_file():
-        raise InvalidInputError(f"network file not found: {args.model}")
+    require_file(args.model, "network")
     if not args.clip[0] <= args.clip[1]:
         raise InvalidInputError(f"--clip {args.clip[0]:g} {args.clip[1]:g}: the lower end exceeds the upper end")
     net = from_onnx(args.model)
     x, y = load_dataset(args.data, scale=args.scale)
     items = radius_items(net, x, y, eps_max=args.eps_max, timeout=args.timeout, clip=tuple(args.clip), norm=args.norm,
                          limit=args.limit, model_ref=str(Path(args.model).resolve()))
+    run = run_description("radius", net, x, y, tuple(args.clip), eps_max=args.eps_max)
     import torch
 
     torch.set_num_threads(1)
-    with ResultStore(args.results, resume=args.resume) as store:
-        for _ in run_items(items, store, workers=args.workers, progress=True, engine="items"):
+    with ResultStore(args.results, resume=args.resume, run=run) as store:
+        for _ in run_items(items, store, workers=_pool_workers(args.workers), progress=True, engine="items"):
             pass
-        print(summarize_radii(store.records()))
+        print(summarize_radii(_requested(store, items)))
     return 0
 
 
@@ -426,8 +474,7 @@ def _cmd_report(args) -> int:
     from .engine.store import read_records
     from .runs import format_summary, summarize, summarize_radii
 
-    if not Path(args.results).is_file():
-        raise InvalidInputError(f"results file not found: {args.results}")
+    require_file(args.results, "results")
     records = list(read_records(args.results))
     if not records:
         raise InvalidInputError(f"no records in {args.results}")
@@ -452,7 +499,6 @@ def _cmd_report(args) -> int:
 def _cmd_verify(args, start_time: float) -> int:
     from dataclasses import replace
 
-    from .io.vnnlib import write_counterexample
     from .bab import SplitConfig
     from .milp.highs import SolverConfig
     from .verify import VerifyConfig, verify_instance
@@ -497,21 +543,29 @@ def _cmd_verify(args, start_time: float) -> int:
     if config.use_attack:
         warm_up(attack_device(config))  # CUDA's start-up overlaps loading and bounding
     verdict = verify_instance(args.onnx, args.vnnlib, timeout=args.timeout, config=config, start_time=start_time)
-    if args.out:
-        try:
-            write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
-        except OSError as exc:
-            raise InvalidInputError(f"--out {args.out!r}: cannot write the result file: {exc.strerror or exc}") from None
     detail = f"decided by {verdict.decided_by}" if verdict.decided_by else "undecided"
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in verdict.stage_seconds.items())
     print(f"# {detail} in {verdict.seconds:.2f}s ({stages}); {verdict.message}")
-    print(verdict.status.value)
+    return _answer(args, verdict)
+
+
+def _answer(args, verdict) -> int:
+    """Print the verdict, then write ``--out`` (printed first: a file that cannot be written
+    after all still leaves the answer on standard output)."""
+    from .io.vnnlib import write_counterexample
+
+    print(verdict.status.value, flush=True)
+    if args.out:
+        try:
+            write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
+        except (OSError, InvalidInputError) as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+            raise InvalidInputError(f"--out {args.out!r}: {text}") from None
     return 0
 
 
 def _cmd_attack(args, start_time: float) -> int:
     from .attacks import AttackConfig
-    from .io.vnnlib import write_counterexample
     from .verify import attack_instance
 
     import torch
@@ -524,14 +578,8 @@ def _cmd_attack(args, start_time: float) -> int:
     warm_up(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))  # overlaps loading
     verdict = attack_instance(args.onnx, args.vnnlib, timeout=args.timeout, attack=attack, device=args.device,
                               start_time=start_time)
-    if args.out:
-        try:
-            write_counterexample(args.out, verdict.counterexample, verdict.output, verdict.status.value)
-        except OSError as exc:
-            raise InvalidInputError(f"--out {args.out!r}: cannot write the result file: {exc.strerror or exc}") from None
     print(f"# {verdict.seconds:.2f}s; {verdict.message}")
-    print(verdict.status.value)
-    return 0
+    return _answer(args, verdict)
 
 
 def _cmd_bounds(args) -> int:
@@ -585,7 +633,7 @@ def _check_args(args) -> None:
             _check_device(args.device)
     if args.command in ("verify", "attack"):
         if args.out:
-            _check_out(args.out)
+            _check_out(args.out, (args.onnx, args.vnnlib))
 
 
 def main(argv=None) -> int:
@@ -639,7 +687,10 @@ def _run(argv, start_time: float) -> int:
             from .demo import run_demo
 
             return run_demo(n_images=args.images, timeout=args.timeout)
-    except (InvalidInputError, UnsupportedLayerError) as exc:
+    except KeyboardInterrupt:  # Ctrl-C: what a bulk run recorded stays in its results file
+        print("gpuopt: interrupted", file=sys.stderr)
+        return 130
+    except (InvalidInputError, UnsupportedLayerError, MissingDependencyError) as exc:
         print(f"gpuopt: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except GpuoptError as exc:

@@ -61,3 +61,14 @@ class SolverError(GpuoptError):
 
 class MissingDependencyError(GpuoptError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require_file(path, what: str) -> None:
+    """Raise :class:`InvalidInputError` unless ``path`` names an existing file: ``"{what} file not
+    found: path"``, or, for a directory, that it is one."""
+    import os
+
+    if os.path.isdir(path):
+        raise InvalidInputError(f"{what} file {path}: is a directory, not a file")
+    if not os.path.isfile(path):
+        raise InvalidInputError(f"{what} file not found: {path}")

@@ -459,6 +459,26 @@ class Network:
         ``None`` when every parameter is exact."""
         return self._param_errors
 
+    def digest(self) -> str:
+        """A SHA-256 hex digest of what the network computes: the input shape, the wiring, and each
+        layer's type and fields (arrays by dtype, shape and bytes). Equal networks give equal
+        digests in any process; a results file records it, so that a resumed run refuses to mix
+        the records of another network."""
+        import dataclasses
+        import hashlib
+
+        h = hashlib.sha256(repr((self._input_shape, self._inputs)).encode())
+        for layer in self._layers:
+            h.update(type(layer).__name__.encode())
+            for f in dataclasses.fields(layer):
+                v = getattr(layer, f.name)
+                if isinstance(v, np.ndarray):
+                    h.update(f"{f.name}:{v.dtype.str}{v.shape}".encode())
+                    h.update(np.ascontiguousarray(v).tobytes())
+                else:
+                    h.update(f"{f.name}={v!r}".encode())
+        return h.hexdigest()
+
     def __getstate__(self):
         return {"layers": self._layers, "input_shape": self.input_shape, "param_errors": self._param_errors,
                 "inputs": None if self._chain else self._inputs}

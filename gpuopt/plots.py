@@ -84,11 +84,11 @@ def plot_radii(records: list[dict], folder) -> list[Path]:
     :func:`gpuopt.runs.radius_curve`) into ``folder``."""
     import numpy as np
 
-    from .runs import radius_curve
+    from .runs import RADIUS_DONE, radius_curve
 
     plt = _pyplot()
     out = _folder(folder)
-    done = [r for r in records if r.get("status") in ("exact", "bracket")]
+    done = [r for r in records if r.get("status") in RADIUS_DONE]
     norm = next((r.get("norm") for r in records if r.get("norm")), "linf")
     written = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -97,12 +97,15 @@ def plot_radii(records: list[dict], folder) -> list[Path]:
         idx = np.arange(len(done))
         ax.vlines(idx, [r["lower"] for r in done], [r["upper"] for r in done], color="tab:blue", alpha=0.6)
         ax.plot(idx, [r["lower"] for r in done], "^", ms=3, label="certified lower")
-        ax.plot(idx, [r["upper"] for r in done], "v", ms=3, label="attacked upper")
+        found = [(k, r["upper"]) for k, r in zip(idx, done) if r.get("upper_found", True)]
+        if found:  # an upper end without a counterexample is only eps_max, the end of the search
+            ax.plot(*zip(*found), "v", ms=3, label="attacked upper")
         ax.legend()
     ax.set_xlabel("sample (sorted by upper)")
     ax.set_ylabel(f"radius ({norm})")
     written.append(_save(plt, fig, out / "radii.png"))
-    top = max([r["upper"] for r in done if np.isfinite(r["upper"])] or [1.0])
+    top = max([r["upper"] for r in done if r.get("upper_found", True) and np.isfinite(r["upper"])]
+              or [r["lower"] for r in done if r["lower"] > 0] or [1.0])
     curve = radius_curve(records, np.linspace(0.0, top * 1.05, 101))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(curve["eps"], curve["certified"], "-", label="certified (lower >= eps)")

@@ -16,14 +16,20 @@ For a network ``f``, an input ``x0`` with label ``c`` and an unsafe set ``U`` th
 - ``lower``: an ``eps`` at which the pipeline proved ``unsat`` on the ball ``B(x0, eps)`` (clipped),
   so ``r* > lower``;
 - ``upper``: the distance of a counterexample checked in float64 (rounded up), so ``r* <= upper``;
-  or ``eps_max`` (``upper_found`` False) when none was found within it.
+  or ``eps_max`` (``upper_found`` False) when none was found within it: then only the end of the
+  search, no bound on ``r*`` and no counterexample's distance;
+- ``status``: ``"exact"`` once ``upper - lower <= rtol * upper + atol`` (with a counterexample);
+  ``"beyond_eps_max"`` when the whole ball of radius ``eps_max`` is proven safe: ``lower ==
+  eps_max`` exactly, ``r* >= eps_max`` and the true radius may be larger (``upper`` is then
+  ``eps_max`` with ``upper_found`` False, ``x_adv`` None); else ``"bracket"``.
 
 It bisects between them: the attack first (:func:`gpuopt.attacks.pgd_attack` on the same unsafe
-set, cheap, it moves ``upper``), then :func:`gpuopt.verify` at the midpoint with a share of the
-time left (``unsat`` moves ``lower``, ``sat`` moves ``upper`` to the new point's distance,
-anything else ends the bisection). ``status`` is ``"exact"`` once ``upper - lower <= rtol *
-upper + atol``, else ``"bracket"`` (always ``"bracket"`` when no counterexample was found within
-``eps_max``). With a gap left, the counterexample is refined inside its own linear region: the
+set, cheap, it moves ``upper``); when it finds nothing within ``eps_max``, one proof on the whole
+ball of radius ``eps_max`` (:func:`gpuopt.verify` with a third of the time left; for L1 and L2
+the ball bounds below), which ends a robust sample's search at once (``"beyond_eps_max"``); then
+:func:`gpuopt.verify` at the midpoint with a share of the time left (``unsat`` moves ``lower``,
+``sat`` moves ``upper`` to the new point's distance, anything else ends the bisection). With a
+gap left, the counterexample is refined inside its own linear region: the
 minimum-distortion model below with every binary fixed to its activation pattern, an LP (the
 closest unsafe point of that region; it certifies nothing). Then the **minimum-distortion MILP**
 (:func:`min_distortion_milp`) closes the bracket where HiGHS does: per disjunct ``k`` of the
@@ -82,9 +88,13 @@ NORMS = ("linf", "l1", "l2")
 
 @dataclass(frozen=True, eq=False)
 class RadiusResult:
-    """``lower`` certified, ``upper`` attained (``upper_found``) or ``eps_max``; ``x_adv`` the
-    float64 counterexample at distance ``<= upper`` when found; ``status`` ``"exact"`` or
-    ``"bracket"``; ``seconds``; ``verify_calls`` the number of verification calls."""
+    """``lower`` certified (``r* >= lower``); ``upper`` attained, ``r* <= upper``, when
+    ``upper_found``, else ``eps_max``: the end of the search, no bound and no counterexample;
+    ``x_adv`` the float64 counterexample at distance ``<= upper`` when found; ``status``
+    ``"exact"`` (``upper`` found and within tolerance of ``lower``), ``"beyond_eps_max"`` (the
+    ball of radius ``eps_max`` proven safe: ``lower == eps_max``, no counterexample, the true radius
+    may be larger) or ``"bracket"``; ``seconds``; ``verify_calls`` the number of verification
+    calls (verifier runs for L-inf, ball-bound proofs for L1 and L2)."""
 
     lower: float
     upper: float
@@ -110,14 +120,69 @@ def _distance_up(x: np.ndarray, x0: np.ndarray, norm: str = "linf") -> float:
     return float(np.nextafter(total * (1.0 + (d.size + 2) * np.finfo(np.float64).eps), np.inf))
 
 
+def _clip_iv(clip, shape: tuple, n: int):
+    """``clip`` as ``(low, high)``: each None, a float or a flat float64 array of ``n`` entries;
+    ``InvalidInputError`` naming ``clip`` otherwise."""
+    if clip is None:
+        return None, None
+
+    def refuse(what: str):
+        return InvalidInputError("`clip` must be None or a pair (low, high) of numbers or arrays broadcastable to "
+                                 f"`x`, low <= high, no NaN: {what}")
+
+    if isinstance(clip, (str, bytes)) or not isinstance(clip, (tuple, list)):
+        raise refuse(f"got {type(clip).__name__}")
+    if len(clip) != 2:
+        raise refuse(f"got a {type(clip).__name__} of {len(clip)} entr{'y' if len(clip) == 1 else 'ies'}")
+    out = []
+    for v, side in zip(clip, ("low", "high")):
+        if v is None:  # unbounded on this side
+            out.append(None)
+            continue
+        try:
+            a = np.asarray(v)
+            ok = not isinstance(v, (bool, np.bool_)) and a.dtype.kind in "iuf"
+        except Exception:  # noqa: BLE001 - a ragged list and the like
+            ok = False
+        if not ok:
+            raise refuse(f"its {side} is a {type(v).__name__}, not real numbers")
+        a = a.astype(np.float64)
+        nan = np.flatnonzero(np.isnan(a))
+        if nan.size:
+            raise refuse(f"its {side} holds NaN" + (f" at index {int(nan[0])}" if a.ndim else ""))
+        if a.ndim == 0:
+            out.append(float(a))
+            continue
+        try:
+            a = np.broadcast_to(a, shape).reshape(-1)
+        except ValueError:
+            if a.size != n:
+                raise refuse(f"its {side} of shape {a.shape} does not broadcast to `x`'s shape {shape}") from None
+            a = a.reshape(-1)
+        out.append(np.array(a))
+    lo, hi = out
+    if lo is not None and hi is not None:
+        bad = np.flatnonzero(np.broadcast_to(np.asarray(lo) > np.asarray(hi), (n,)))
+        if bad.size:
+            raise refuse(f"low > high at index {int(bad[0])}")
+    return lo, hi
+
+
 def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_max: float = 1.0,
-                   clip=(0.0, 1.0), timeout: float = 60.0, rtol: float = 1e-3, atol: float = 1e-6,
+                   clip=None, timeout: float = 60.0, rtol: float = 1e-3, atol: float = 1e-6,
                    config=None, seed: int = 0, target: int | None = None, margin: float | None = None) -> RadiusResult:
-    """The bracket on the L-inf robustness radius of ``network`` at ``x`` (flattened or input
+    """The bracket on the ``norm`` robustness radius of ``network`` at ``x`` (flattened or input
     shaped) for class ``label`` (or towards ``target`` with ``margin``), searched in
-    ``[0, eps_max]`` within ``timeout`` seconds; ``clip`` the valid input range (``None``:
-    unbounded). A final Softmax or LogSoftmax that keeps the compared outputs' order is taken off
-    (:mod:`gpuopt.output_order`). See the module docstring."""
+    ``[0, eps_max]`` within ``timeout`` seconds.
+
+    ``clip`` is the valid input range, ``(low, high)``: numbers or arrays broadcastable to ``x``
+    (or of its size), ``low <= high``, no NaN, None for an unbounded side; ``x`` must lie inside
+    it. The default ``None`` leaves the inputs unbounded: give the range explicitly where inputs
+    have one (``clip=(0, 1)`` for images scaled to [0, 1]), else the radius counts points outside
+    it. A final Softmax or LogSoftmax that keeps the compared outputs' order is taken off
+    (:mod:`gpuopt.output_order`). ``status`` ``"beyond_eps_max"``: the whole ball of radius
+    ``eps_max`` is proven safe, ``lower == eps_max`` (the true radius may be larger). See the
+    module docstring."""
     from .bounds.smooth import smooth_chain
     from .errors import NotPiecewiseLinearError
     from .output_order import SOFTMAX_SPREAD, final_order_layer, reduce_output_order
@@ -131,9 +196,22 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     for name, v, low in (("eps_max", eps_max, 0.0), ("timeout", timeout, 0.0), ("rtol", rtol, 0.0), ("atol", atol, 0.0)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
             raise InvalidInputError(f"`{name}` must be a finite number >= {low:g}, got {v!r}")
-    x0 = np.asarray(x, dtype=np.float64).reshape(-1)
-    if x0.size != network.input_size or not np.all(np.isfinite(x0)):
-        raise InvalidInputError(f"`x` must hold {network.input_size} finite numbers, got {x0.size}")
+    try:
+        x_arr = np.asarray(x)
+        ok = x_arr.dtype.kind in "biuf"
+    except Exception:  # noqa: BLE001 - a ragged list and the like
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"`x` must be an array of {network.input_size} real numbers, got {type(x).__name__}")
+    x0 = x_arr.astype(np.float64).reshape(-1)
+    if x0.size != network.input_size:
+        raise InvalidInputError(f"`x` must hold {network.input_size} numbers (the network's input size), got {x0.size}")
+    bad = np.flatnonzero(~np.isfinite(x0))
+    if bad.size:
+        i = int(bad[0])
+        where = i if x_arr.ndim <= 1 else tuple(int(k) for k in np.unravel_index(i, x_arr.shape))
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise InvalidInputError(f"`x` must be finite, but holds {x0[i]} at index {where}{more}")
     n_cls = network.output_size
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < n_cls:
         raise InvalidInputError(f"`label` must be a class index in [0, {n_cls}), got {label!r}")
@@ -144,7 +222,12 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     if margin is not None and (target is None or isinstance(margin, bool) or not isinstance(margin, (int, float))
                                or not math.isfinite(margin) or margin <= 0):
         raise InvalidInputError(f"`margin` must be a finite number > 0 and needs a `target`, got {margin!r}")
-    lo_clip, hi_clip = (None, None) if clip is None else clip
+    lo_clip, hi_clip = _clip_iv(clip, x_arr.shape, x0.size)
+    for bound, side, outside in ((lo_clip, "below its low", np.less), (hi_clip, "above its high", np.greater)):
+        bad = np.flatnonzero(outside(x0, bound)) if bound is not None else ()
+        if len(bad):
+            raise InvalidInputError(f"`x` lies outside `clip` ({side} end) at index {int(bad[0])}: the clean input "
+                                    "must be a valid input")
     config = config if config is not None else VerifyConfig(device="cpu")
     if target is None:
         spec = robustness(label, n_cls)
@@ -240,6 +323,29 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
                 lo_t = t
         return best
 
+    def prove(eps: float) -> str:
+        """:func:`gpuopt.verify` on the ball of radius ``eps`` with a third of the time left: its
+        status; a counterexample moves ``upper``."""
+        nonlocal x_adv, upper, upper_found, calls
+        v = verify(network, ball(eps), spec, timeout=min(max(0.05, left() / 3), left()), config=config)
+        calls += 1
+        if v.status.value == "sat":
+            x_adv = np.asarray(v.counterexample, dtype=np.float64)
+            upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
+        return v.status.value
+
+    # eps_max itself when the attack found nothing there: one proof on the whole ball (the
+    # bisections below only probe points strictly inside their bracket), which ends a sample
+    # robust beyond eps_max at once; a failed proof leaves the bisections as they were
+    if not upper_found and left() > 0:
+        if norm == "linf":
+            proven = prove(float(eps_max)) == "unsat"
+        else:
+            proven = _ball_proves(network, x0, float(eps_max), (lo_clip, hi_clip), spec, config, deadline, norm)
+            calls += 1
+        if proven:
+            lower = float(eps_max)
+
     if norm != "linf" and x_adv is not None:
         # upper: the boundary along the segment to the attack's point (then, for L2, attack bisection)
         x_adv = closer(x_adv)
@@ -249,15 +355,10 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     # regions are boxes: L-inf only)
     while norm == "linf" and left() > 0 and upper - lower > rtol * upper + atol:
         mid = (lower + upper) / 2
-        budget = max(0.05, left() / 3)
-        v = verify(network, ball(mid), spec, timeout=min(budget, left()), config=config)
-        calls += 1
-        if v.status.value == "unsat":
+        status = prove(mid)
+        if status == "unsat":
             lower = mid
-        elif v.status.value == "sat":
-            x_adv = np.asarray(v.counterexample, dtype=np.float64)
-            upper, upper_found = min(upper, _distance_up(x_adv, x0)), True
-        else:
+        elif status != "sat":
             break
     # L1 and L2: bisection with the ball bounds of ball_row_bounds (a certified lower end)
     search = upper  # the bound bisection's own upper end (a failed proof is no counterexample)
@@ -289,7 +390,12 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
         lower = max(lower, min(m_lower, upper))
         if m_x is not None and _distance_up(m_x, x0, norm) < upper:
             x_adv, upper, upper_found = m_x, _distance_up(m_x, x0, norm), True
-    status = "exact" if upper_found and upper - lower <= rtol * upper + atol else "bracket"
+    if upper_found and upper - lower <= rtol * upper + atol:
+        status = "exact"
+    elif not upper_found and lower >= eps_max:  # the ball of eps_max proven safe (by a proof or the MILP)
+        status, lower = "beyond_eps_max", float(eps_max)
+    else:
+        status = "bracket"
     return RadiusResult(lower, upper, upper_found, status, x_adv, time.monotonic() - t0, calls)
 
 

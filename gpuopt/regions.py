@@ -162,6 +162,10 @@ class LinfBall:
             else:
                 clip.setflags(write=False)
             object.__setattr__(self, name, clip)
+        if self.clip_lower is not None and self.clip_upper is not None:
+            bad = np.flatnonzero(np.broadcast_to(np.asarray(self.clip_lower) > np.asarray(self.clip_upper), c.shape))
+            if bad.size:
+                raise InvalidInputError(f"`clip_lower` exceeds `clip_upper` (at index {int(bad[0])}): the clip box is empty")
         self.to_box()  # validates the clip box against the ball
 
     def to_box(self) -> Box:

@@ -31,10 +31,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, require_file
 
 __all__ = ["RunItem", "read_instances", "run_items", "dataset_items", "summarize", "format_summary",
-           "verify_dataset", "load_dataset"]
+           "verify_dataset", "load_dataset", "run_description"]
 
 log = logging.getLogger("gpuopt")
 
@@ -56,15 +56,19 @@ class RunItem:
     build: Callable | None = None  # builds the item's ItemState in this process (hybrid engine)
 
 
+#: the third cell of a header row an instances CSV may start with
+HEADER_TIMEOUTS = ("timeout", "timeout_s", "timeout (s)", "time_limit", "timelimit")
+
+
 def read_instances(csv_path, *, timeout_scale: float = 1.0, config=None) -> list[RunItem]:
     """Items of a VNN-COMP instances CSV (rows ``onnx,vnnlib,timeout``, paths relative to the CSV
-    or absolute). A row whose files are missing becomes an ``error`` item; a malformed CSV raises."""
+    or absolute; a first row whose timeout cell is a name such as ``timeout`` is a header, and is
+    skipped). A row whose files are missing becomes an ``error`` item; a malformed CSV raises."""
     from .engine.tasks import verify_instance_task
     from .verify import VerifyConfig
 
     path = Path(csv_path)
-    if not path.is_file():
-        raise InvalidInputError(f"instances file not found: {path}")
+    require_file(path, "instances")
     if not (math.isfinite(timeout_scale) and timeout_scale > 0):
         raise InvalidInputError(f"`timeout_scale` must be a finite number > 0, got {timeout_scale!r}")
     config = config or VerifyConfig(device="cpu")
@@ -81,6 +85,8 @@ def read_instances(csv_path, *, timeout_scale: float = 1.0, config=None) -> list
             try:
                 timeout = float(t) * timeout_scale
             except ValueError:
+                if not items and not seen and t.lower() in HEADER_TIMEOUTS:  # a header row
+                    continue
                 raise InvalidInputError(f"timeout must be a number, got {t!r}", path=str(path), line=line_no) from None
             if not (math.isfinite(timeout) and timeout > 0):
                 raise InvalidInputError(f"timeout must be > 0, got {t!r}", path=str(path), line=line_no)
@@ -107,8 +113,7 @@ def load_dataset(path, *, scale: float | None = None) -> tuple[np.ndarray, np.nd
     MNIST's CSVs) or an ``.npz`` with arrays ``x`` and ``y``. ``scale`` divides the features
     (255 for 0..255 pixels)."""
     p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"dataset file not found: {p}")
+    require_file(p, "dataset")
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
@@ -158,10 +163,34 @@ def _dataset_iv(network, x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(0.0, 1.0),
+def _clip_pair(clip, x: np.ndarray) -> tuple:
+    """``clip`` (``None``, or ``(low, high)`` numbers) as a pair with ``None`` for an open end;
+    every sample must lie in it, or each item's ball would be empty: a dataset in [0, 255] under
+    the clip box [0, 1] is refused once, here, rather than recorded as an error per item."""
+    if clip is None:
+        return (None, None)
+    try:
+        lo, hi = (None if c is None else float(c) for c in clip)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"`clip` must be None or a pair (low, high) of numbers, got {clip!r}") from None
+    if any(c is not None and math.isnan(c) for c in (lo, hi)) or (lo is not None and hi is not None and lo > hi):
+        raise InvalidInputError(f"`clip` must be a pair low <= high, got {clip!r}")
+    if x.size:
+        below = lo is not None and x.min() < lo
+        above = hi is not None and x.max() > hi
+        if below or above:
+            raise InvalidInputError(
+                f"the samples' features lie in [{x.min():g}, {x.max():g}], outside the clip box "
+                f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]: scale the data "
+                "(--scale, e.g. 255 for 8-bit images) or give the valid input range (--clip)")
+    return (lo, hi)
+
+
+def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=None,
                   limit: int | None = None, config=None, model_ref=None) -> list[RunItem]:
     """Robustness items ``(sample i, eps)``. A sample the network misclassifies is recorded
-    ``misclassified`` once per eps and never attacked. ``model_ref`` (an ONNX path) is what the
+    ``misclassified`` once per eps and never attacked. ``clip``: the valid input range, ``(low,
+    high)`` (``None``, the default: unbounded). ``model_ref`` (an ONNX path) is what the
     workers load; default: the Network itself is sent."""
     from .engine.tasks import verify_sample_task
     from .verify import VerifyConfig
@@ -173,6 +202,7 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
     if not (math.isfinite(timeout) and timeout > 0):
         raise InvalidInputError(f"`timeout` must be a finite number > 0, got {timeout!r}")
     n = len(x) if limit is None else min(int(limit), len(x))
+    clip = _clip_pair(clip, x[:n])
     pred = network.forward64(x[:n]).argmax(axis=1)
     config = config or VerifyConfig(device="cpu")
     ref = model_ref if model_ref is not None else network
@@ -191,7 +221,7 @@ def dataset_items(network, x, y, eps: Sequence[float], *, timeout: float, clip=(
     return items
 
 
-def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.0), limit: int | None = None,
+def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=None, limit: int | None = None,
                  config=None, model_ref=None, norm: str = "linf") -> list[RunItem]:
     """Certified-radius items, one per sample (:func:`gpuopt.radius.certify_radius`, run whole in
     a worker). A misclassified sample is recorded with radius 0 and never attacked."""
@@ -202,6 +232,7 @@ def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.
     if not (math.isfinite(eps_max) and eps_max > 0) or not (math.isfinite(timeout) and timeout > 0):
         raise InvalidInputError(f"`eps_max` and `timeout` must be finite numbers > 0, got {eps_max!r} and {timeout!r}")
     n = len(x) if limit is None else min(int(limit), len(x))
+    clip = _clip_pair(clip, x[:n])
     pred = network.forward64(x[:n]).argmax(axis=1)
     config = config or VerifyConfig(device="cpu")
     ref = model_ref if model_ref is not None else network
@@ -217,12 +248,32 @@ def radius_items(network, x, y, *, eps_max: float, timeout: float, clip=(0.0, 1.
     return items
 
 
+def run_description(kind: str, network, x, y, clip, **extra) -> dict:
+    """What every record of a dataset run answers, for a results file's ``run`` header
+    (:class:`~gpuopt.engine.store.ResultStore`): ``kind`` (``"dataset"`` or ``"radius"``), the
+    network's :meth:`~gpuopt.network.Network.digest`, a SHA-256 of the samples (as float64, after
+    any scaling) and labels, the clip box, and ``extra`` (e.g. ``eps_max``). A resumed run must
+    give the same; ``limit`` and the eps list only pick items, so they may change."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.int64)):
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return {"kind": kind, "network": network.digest(), "data": h.hexdigest(),
+            "clip": [None if c is None else float(c) for c in (clip or (None, None))], **extra}
+
+
+#: the statuses of :func:`gpuopt.radius.certify_radius`'s results
+RADIUS_DONE = ("exact", "bracket", "beyond_eps_max")
+
+
 def radius_curve(records: Iterable[dict], eps) -> dict:
     """Robust accuracy against ``eps`` from radius records (misclassified samples count as not
     robust): ``certified[i]`` is the fraction of samples whose certified ``lower`` is ``>= eps[i]``
     (``r* >= lower``), ``upper[i]`` the fraction not shown non-robust at ``eps[i]`` (no
     counterexample within it: ``upper > eps[i]``, or none found); ``n`` the samples counted."""
-    recs = [r for r in records if r.get("status") in ("exact", "bracket", "misclassified")]
+    recs = [r for r in records if r.get("status") in RADIUS_DONE + ("misclassified",)]
     eps = np.asarray(eps, dtype=np.float64).reshape(-1)
     if not recs:
         return {"eps": eps, "certified": np.zeros_like(eps), "upper": np.zeros_like(eps), "n": 0}
@@ -236,18 +287,26 @@ def radius_curve(records: Iterable[dict], eps) -> dict:
 
 
 def summarize_radii(records: Iterable[dict]) -> str:
-    """A readable summary of radius records: counts per status and the median bracket ends."""
+    """A readable summary of radius records: counts per status, the median certified lower end,
+    and the median upper end and gap over the samples with a counterexample (an ``upper`` without
+    one, ``upper_found`` False, is only ``eps_max``, the end of the search)."""
     recs = list(records)
     counts = Counter(r.get("status") for r in recs)
-    done = [r for r in recs if r.get("status") in ("exact", "bracket")]
+    done = [r for r in recs if r.get("status") in RADIUS_DONE]
     lines = [f"{len(recs)} samples: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
     if done:
-        lows = np.array([r["lower"] for r in done])
-        ups = np.array([r["upper"] for r in done])
+        found = [r for r in done if r.get("upper_found", True)]
         secs = np.array([r.get("seconds", 0.0) for r in done])
-        lines.append(f"median certified lower {np.median(lows):.4g}, median upper {np.median(ups):.4g}, "
-                     f"median gap {np.median(ups - lows):.3g}; seconds p50 {np.median(secs):.2f}, "
-                     f"p90 {np.percentile(secs, 90):.2f}")
+        text = f"median certified lower {np.median([r['lower'] for r in done]):.4g}"
+        if found:
+            ups = np.array([r["upper"] for r in found])
+            text += (f", median upper {np.median(ups):.4g}, median gap "
+                     f"{np.median(ups - np.array([r['lower'] for r in found])):.3g}")
+            if len(found) < len(done):
+                text += f" (of the {len(found)} with a counterexample)"
+        else:
+            text += ", no counterexample within eps_max"
+        lines.append(text + f"; seconds p50 {np.median(secs):.2f}, p90 {np.percentile(secs, 90):.2f}")
     return "\n".join(lines)
 
 
@@ -412,13 +471,15 @@ def _run_hybrid(pending: Sequence[RunItem], executor) -> Iterator[dict]:
         yield rec
 
 
-def verify_dataset(model, x, y, *, eps, timeout: float = 30.0, clip=(0.0, 1.0), limit: int | None = None,
+def verify_dataset(model, x, y, *, eps, timeout: float = 30.0, clip=None, limit: int | None = None,
                    results=None, resume: bool = False, workers: int | None = None, config=None,
                    progress: bool = False) -> Iterator[dict]:
     """Robustness of every sample of ``(x, y)`` at each ``eps``; yields one record per item as it
     is decided (see :func:`run_items`). ``model`` is a Network or a supported torch model (for a
-    torch model, ``x`` gives the input shape). ``results``: a JSONL path to record into (a
-    temporary file when ``None``)."""
+    torch model, ``x`` gives the input shape). ``clip``: the valid input range ``(low, high)``
+    (``None``: unbounded; give ``(0, 1)`` for images in [0, 1]). ``results``: a JSONL path to record
+    into (a temporary file when ``None``; a resumed file must hold this network's, data's and clip
+    box's records)."""
     import tempfile
 
     from .engine.store import ResultStore
@@ -431,13 +492,15 @@ def verify_dataset(model, x, y, *, eps, timeout: float = 30.0, clip=(0.0, 1.0), 
     else:
         net = from_torch(model, input_shape=x.shape[1:])
     eps = [eps] if np.isscalar(eps) else list(eps)
-    items = dataset_items(net, x.reshape(len(x), -1), y, eps, timeout=timeout, clip=clip, limit=limit, config=config)
+    x = x.reshape(len(x), -1)
+    items = dataset_items(net, x, y, eps, timeout=timeout, clip=clip, limit=limit, config=config)
+    run = run_description("dataset", net, x, y, clip)
     tmp = None
     if results is None:
         tmp = tempfile.TemporaryDirectory()
         results = Path(tmp.name) / "results.jsonl"
     try:
-        with ResultStore(results, resume=resume) as store:
+        with ResultStore(results, resume=resume, run=run) as store:
             yield from run_items(items, store, workers=workers, progress=progress)
     finally:
         if tmp is not None:

@@ -45,14 +45,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .attacks import AttackConfig
 from .bab import SplitConfig
-from .errors import InvalidInputError
+from .errors import InvalidInputError, require_file
 from .milp.cuts import cut_kinds
 from .milp.encode import Formulation
 from .milp.highs import SolverConfig
@@ -263,8 +262,7 @@ def load_instance(onnx_path, vnnlib_path) -> list[Problem]:
     from .io.vnnlib import load_vnnlib
 
     for what, path in (("network", onnx_path), ("property", vnnlib_path)):
-        if not Path(path).is_file():
-            raise InvalidInputError(f"{what} file not found: {path}")
+        require_file(path, what)
     net = from_onnx(onnx_path)
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
     return [Problem(net, p.box, p.spec, inner=p.inner) for p in props]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,17 @@ def test_the_model_is_left_untouched():
     assert not model.training
 
 
+def test_eps_as_a_0d_tensor_or_array_is_its_number():
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.rand(5, 6)
+    y = model(x).argmax(1)
+    ref = gpuopt.attack(model, x, y, eps=0.25, restarts=2, steps=8, seed=1)
+    for eps in (torch.tensor(0.25), torch.tensor(0.25, dtype=torch.float64), np.float64(0.25), np.array(0.25)):
+        got = gpuopt.attack(model, x, y, eps=eps, restarts=2, steps=8, seed=1)
+        assert torch.equal(got.x, ref.x) and torch.equal(got.success, ref.success), eps
+
+
 def test_same_seed_same_result_and_the_global_rng_is_not_used():
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
@@ -162,6 +174,9 @@ Y = torch.tensor([0, 1])
     (dict(eps=-0.1), "`eps` must be a finite number >= 0, got -0.1"),
     (dict(eps=math.inf), "`eps` must be a finite number >= 0, got inf"),
     (dict(eps="0.1"), "`eps` must be a finite number >= 0, got '0.1'"),
+    (dict(eps=torch.tensor(-0.1)), "`eps` must be a finite number >= 0, got -0.1"),
+    (dict(eps=torch.tensor([0.1, 0.2])), "`eps` must be a finite number >= 0, got tensor([0.1000, 0.2000])"),
+    (dict(eps=torch.tensor(True)), "`eps` must be a finite number >= 0, got tensor(True)"),
     (dict(norm="l3"), "`norm` must be one of linf, l2, l1, got 'l3'"),
     (dict(restarts=0), "`restarts` must be >= 1, got 0"),
     (dict(steps=1.5), "`steps` must be an integer, got 1.5"),

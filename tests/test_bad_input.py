@@ -278,6 +278,10 @@ CENTER = np.full(4, 0.5)
     (CENTER, {"eps": 0.1, "clip_upper": np.nan}, "`clip_upper` contains NaN"),
     (CENTER, {"eps": 0.1, "clip_lower": 0.7},
      "`clip_lower`/`clip_upper` leave the ball empty (the center lies outside the clip box by more than eps)"),
+    (CENTER, {"eps": 0.1, "clip_lower": 1.0, "clip_upper": 0.0},
+     "`clip_lower` exceeds `clip_upper` (at index 0): the clip box is empty"),
+    (CENTER, {"eps": 0.1, "clip_lower": [0.0, 0.0, 0.6, 0.0], "clip_upper": 0.5},
+     "`clip_lower` exceeds `clip_upper` (at index 2): the clip box is empty"),
 ])
 def test_linf_ball_validation(center, kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)):

@@ -185,6 +185,8 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
     (["extra"], 0, "unrecognized arguments: extra"),
     (["--out", "{tmp}"], 0, "--out '{tmp}': is a directory"),
     (["--out", "{tmp}/no/r.txt"], 0, "--out '{tmp}/no/r.txt': folder '{tmp}/no' does not exist"),
+    (["--out", "{tmp}/p.vnnlib"], 0, "--out '{tmp}/p.vnnlib': is an input file of this command; the result would "
+                                     "replace it"),
 ])
 def test_bad_options_exit_2_with_one_line_before_any_work(extra, n_cuda, expected, tiny, tmp_path, capsys,
                                                           monkeypatch, no_work):
@@ -203,7 +205,10 @@ def test_bad_options_exit_2_with_one_line_before_any_work(extra, n_cuda, expecte
     (["verify"], "the following arguments are required: onnx, vnnlib"),
     (["verify", "a.onnx"], "the following arguments are required: vnnlib"),
     (["demo", "--images", "0"], "argument --images: must be >= 1, got '0'"),
-    (["demo", "--timeout", "-1"], "argument --timeout: must be a finite number >= 0, got '-1'"),
+    (["demo", "--timeout", "-1"], "argument --timeout: must be a finite number > 0, got '-1'"),
+    (["demo", "--timeout", "0"], "argument --timeout: must be a finite number > 0, got '0'"),
+    (["run", "x.csv", "--results", "r.jsonl", "--timeout-scale", "-2"],
+     "argument --timeout-scale: must be a finite number > 0, got '-2'"),
 ])
 def test_usage_errors_are_one_line(argv, expected, capsys):
     assert _run(argv) == 2
@@ -645,3 +650,57 @@ def test_milp_condition_option_reaches_the_config(extra, want, tiny, tmp_path, m
     assert main(["verify", str(tiny), str(spec), "--timeout", "30"] + extra) == 0
     assert seen["config"].milp_condition_share == want
 
+
+
+def test_out_is_checked_before_the_work_and_a_stale_file_removed(tiny, tmp_path, capsys, monkeypatch, no_work):
+    """``--out`` that cannot be written is refused before any work (not after the run, losing the
+    verdict); an input file is never overwritten; a result file left by an earlier run is removed
+    first, so that a run failing on bad input leaves no stale verdict."""
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    before = spec.read_bytes()
+    assert _run(["verify", str(tiny), str(spec), "--out", str(spec)]) == 2
+    assert spec.read_bytes() == before and "is an input file" in capsys.readouterr().err
+    if Path("/proc").is_dir():  # a folder nobody may create files in, root included
+        assert _run(["verify", str(tiny), str(spec), "--out", "/proc/gpuopt-result.txt"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gpuopt: error: --out '/proc/gpuopt-result.txt': cannot write the result file")
+    assert no_work == []
+
+
+def test_a_stale_result_file_is_removed_before_the_work(tiny, tmp_path, capsys):
+    out = tmp_path / "result.txt"
+    out.write_text("unsat\n")  # stale, from an earlier run
+    assert _run(["verify", str(tiny), str(tmp_path / "missing.vnnlib"), "--out", str(out)]) == 2
+    assert "property file not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_directory_given_as_a_file_is_named_so(tiny, tmp_path, capsys):
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    assert _run(["verify", str(tmp_path), str(spec)]) == 2
+    assert capsys.readouterr().err == f"gpuopt: error: network file {tmp_path}: is a directory, not a file\n"
+    assert _run(["verify", str(tiny), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"gpuopt: error: property file {tmp_path}: is a directory, not a file\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tiny, tmp_path, capsys, monkeypatch):
+    import gpuopt.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_verify", interrupted)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(<= Y_0 Y_1)")
+    assert _run(["verify", str(tiny), str(spec)]) == 130
+    assert capsys.readouterr().err == "gpuopt: interrupted\n"
+
+
+def test_a_missing_optional_dependency_exits_2(tmp_path, capsys, monkeypatch):
+    from gpuopt.engine.store import ResultStore
+
+    results = tmp_path / "R.jsonl"
+    with ResultStore(results) as store:
+        store.append({"key": "0", "sample": 0, "eps": 0.1, "status": "unsat", "seconds": 0.1})
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert _run(["report", str(results), "--plots", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuopt: error: plots need matplotlib") and err.count("\n") == 1

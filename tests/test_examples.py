@@ -35,3 +35,21 @@ def test_adversarial_training_example_quick():
         clean, robust, seconds = float(clean), float(robust), float(seconds)
         assert 0 <= robust <= clean <= 1, (name, clean, robust)
         assert seconds >= 0
+
+
+def test_the_readmes_python_api_snippets_run():
+    """The README's "Python API" code blocks, run as written, one after the other in one
+    namespace (the second uses the first's ``net``, ``x`` and ``label``)."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 2
+    code = "\n".join(blocks[:2])
+    code = code.replace("timeout=60", "timeout=20").replace("timeout=30", "timeout=20")  # a bound on CI
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(EXAMPLES.parent)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip(), proc.stdout

@@ -189,3 +189,28 @@ def test_an_empty_block_is_dense_whatever_the_thresholds(monkeypatch):
     assert op.dense is not None
     assert op.rmatmul(torch.zeros(2, 3, 0, dtype=torch.float64)).shape == (2, 3, 5)
     assert op.abs_matvec(torch.ones(4, 5, dtype=torch.float64)).shape == (4, 0)
+
+
+def test_digest_names_what_the_network_computes():
+    """Equal networks (rebuilt, unpickled) share a digest; one weight one ulp off, another bias,
+    another wiring or input shape each give another."""
+    import pickle
+
+    from gpuopt.network import Dense, Flatten, Network, ReLU
+
+    rng = np.random.default_rng(0)
+    w1, b1, w2, b2 = rng.normal(size=(5, 4)), rng.normal(size=5), rng.normal(size=(3, 5)), rng.normal(size=3)
+
+    def build(w1=w1, b1=b1, shape=(4,), flatten=False):
+        layers = ([Flatten()] if flatten else []) + [Dense(w1, b1), ReLU(), Dense(w2, b2)]
+        return Network(layers, shape)
+
+    ref = build().digest()
+    assert len(ref) == 64 and build().digest() == ref and pickle.loads(pickle.dumps(build())).digest() == ref
+    w_ulp = w1.copy()
+    w_ulp[2, 1] = np.nextafter(w_ulp[2, 1], np.inf)
+    b_other = b1.copy()
+    b_other[0] += 1.0
+    others = {build(w1=w_ulp).digest(), build(b1=b_other).digest(), build(shape=(2, 2), flatten=True).digest(),
+              build(w1=w1.astype(np.float32).astype(np.float64)).digest()}
+    assert ref not in others and len(others) == 4

@@ -56,7 +56,7 @@ def _true_radius(net, x0, label, clip=(0.0, 1.0), hi=1.0, spec=None):
 def test_bracket_contains_the_brute_force_radius_on_relu_networks(seed):
     rng, net, x0, label = _classified(seed, 2, [5, 5], (0.2, 0.8))
     lo_t, hi_t = _true_radius(net, x0, label)
-    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0)
+    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0, clip=(0.0, 1.0))
     assert r.lower <= hi_t + 1e-9, (r, lo_t, hi_t)
     if r.upper_found:
         assert r.upper >= lo_t - 1e-9, (r, lo_t, hi_t)
@@ -77,7 +77,10 @@ def test_a_misclassified_input_has_radius_zero():
     (dict(label=2), "`label` must be a class index in [0, 2), got 2"),
     (dict(eps_max=-1.0), "`eps_max` must be a finite number >= 0, got -1.0"),
     (dict(timeout=float("nan")), "`timeout` must be a finite number >= 0, got nan"),
-    (dict(x=np.zeros(3)), "`x` must hold 2 finite numbers, got 3"),
+    (dict(x=np.zeros(3)), "`x` must hold 2 numbers (the network's input size), got 3"),
+    (dict(x=np.array([0.7, np.nan])), "`x` must be finite, but holds nan at index 1"),
+    (dict(x=np.array([[np.inf], [-np.inf]])), "`x` must be finite, but holds inf at index (0, 0) (and 1 more)"),
+    (dict(x=["a", "b"]), "`x` must be an array of 2 real numbers, got list"),
     (dict(network="net"), "`network` must be a gpuopt Network (see gpuopt.from_torch), got str"),
 ])
 def test_bad_arguments(kwargs, message):
@@ -99,7 +102,7 @@ def test_radius_command_on_a_benchmark_network(benchmarks_dir, tmp_path, capsys)
                  "--data", str(benchmarks_dir / "mnist" / "mnist_test_first100.csv"), "--scale", "255",
                  "--limit", "1", "--timeout", "60", "--eps-max", "0.1", "--results", str(out), "--workers", "1"]) == 0
     assert "1 samples:" in capsys.readouterr().out
-    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    (rec,) = [r for r in map(json.loads, out.read_text().splitlines()) if "key" in r]  # not the run header
     assert rec["status"] in ("exact", "bracket") and 0 <= rec["lower"] <= rec["upper"] <= 0.1
     if rec["upper_found"]:
         x = np.array(rec["counterexample"])
@@ -198,7 +201,7 @@ def test_certify_radius_uses_the_milp_to_close_the_bracket():
     rng, net, x0, label = _classified(7, 3, [8, 6], (0.3, 0.7))
     lo_t, hi_t = _true_radius(net, x0, label)
     config = gpuopt.VerifyConfig(device="cpu", use_input_split=False, use_relu_split=False, use_milp=False)
-    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0, config=config, rtol=1e-6)
+    r = gpuopt.certify_radius(net, x0, label, timeout=30, eps_max=1.0, config=config, rtol=1e-6, clip=(0.0, 1.0))
     assert r.lower <= hi_t + 1e-9 and (not r.upper_found or r.upper >= lo_t - 1e-9)
     if hi_t < 1.0 - 1e-9:
         assert r.status == "exact", r
@@ -222,7 +225,7 @@ def test_l1_radius_brackets_a_dense_grid_on_two_inputs():
         if not wrong.any():
             continue  # robust on the whole clip box
         d_grid = float(np.abs(X[wrong] - x0).sum(1).min())
-        r = gpuopt.certify_radius(net, x0, label, norm="l1", eps_max=2.0, timeout=30, rtol=1e-6)
+        r = gpuopt.certify_radius(net, x0, label, norm="l1", eps_max=2.0, timeout=30, rtol=1e-6, clip=(0.0, 1.0))
         assert r.lower <= d_grid + 1e-9, (seed, r, d_grid)
         assert r.upper_found and r.upper >= d_grid - 2 * h - 1e-9, (seed, r, d_grid)
         assert np.abs(r.x_adv - x0).sum() <= r.upper
@@ -277,7 +280,7 @@ def test_l2_bracket_is_sound_on_relu_networks(seed):
     """Nothing within ``lower`` (sampled) changes the class; the adversarial point lies within
     ``upper`` and is checked."""
     rng, net, x0, label = _classified(70 + seed, 3, [6, 5], (0.3, 0.7))
-    r = gpuopt.certify_radius(net, x0, label, norm="l2", timeout=20, eps_max=1.5)
+    r = gpuopt.certify_radius(net, x0, label, norm="l2", timeout=20, eps_max=1.5, clip=(0.0, 1.0))
     assert 0 < r.lower <= r.upper
     pts = _l2_ball_points(rng, x0, r.lower, 40000, (0.0, 1.0))
     y = net.forward64(pts)
@@ -398,7 +401,7 @@ def test_targeted_brackets_contain_the_brute_force_radius_on_relu_networks(norm,
             hi_t = float(np.abs(X[reach] - x0).sum(1).min())
             lo_t = hi_t - 2 * h
         r = gpuopt.certify_radius(net, x0, label, norm=norm, target=target, margin=margin, eps_max=2.0, timeout=30,
-                                  rtol=1e-6)
+                                  rtol=1e-6, clip=(0.0, 1.0))
         assert r.lower <= hi_t + 1e-9, (seed, r, lo_t, hi_t)
         assert r.upper_found and r.upper >= lo_t - 1e-9, (seed, r, lo_t, hi_t)
         dist = np.abs(r.x_adv - x0).max() if norm == "linf" else np.abs(r.x_adv - x0).sum()
@@ -449,7 +452,7 @@ def test_linf_radius_of_sigmoid_and_tanh_networks_brackets_a_dense_grid():
         if not wrong.any():
             continue
         d_grid = float(np.abs(X[wrong] - x0).max(1).min())
-        r = gpuopt.certify_radius(net, x0, label, eps_max=1.0, timeout=20, rtol=1e-3)
+        r = gpuopt.certify_radius(net, x0, label, eps_max=1.0, timeout=20, rtol=1e-3, clip=(0.0, 1.0))
         assert 0 < r.lower <= d_grid + 1e-9, (seed, r, d_grid)
         assert r.upper_found and r.upper >= d_grid - h - 1e-9, (seed, r, d_grid)
         y = net.forward64(r.x_adv[None])[0]
@@ -462,3 +465,109 @@ def test_linf_radius_of_sigmoid_and_tanh_networks_brackets_a_dense_grid():
     for norm in ("l1", "l2"):
         with pytest.raises(NotPiecewiseLinearError, match="its L-inf radius does not"):
             gpuopt.certify_radius(net, x0, label, norm=norm, timeout=5)
+
+
+def _kink_net():
+    """``y_0 = 1 - |x_1| - relu(x_2)``, ``y_1 = 0`` (``|x_1| = relu(x_1) + relu(-x_1)``): class 0
+    at ``x0 = (0.1, -0.2)`` (``y_0 = 0.9``), changed where ``|x_1| + relu(x_2) >= 1``. By hand,
+    unclipped: L-inf ``t = 0.55`` (``0.65 + 0.35``; ``x_1`` alone needs 0.9); L1 0.9 (``x_2``
+    first spends 0.2 to reach its kink); L2 ``0.55 sqrt(2)`` (``a + b = 1.1`` with ``b >= 0.2``,
+    at ``a = b``), below the 0.9 of ``x_1`` alone."""
+    net = Network([Dense(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]), np.zeros(3)), ReLU(),
+                   Dense(np.array([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]]), np.array([1.0, 0.0]))], (2,))
+    return net, np.array([0.1, -0.2]), {"linf": 0.55, "l1": 0.9, "l2": 0.55 * np.sqrt(2.0)}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2"])
+@pytest.mark.parametrize("eps_max", [0.5, 0.54])
+def test_a_sample_robust_beyond_eps_max_is_certified_at_eps_max_itself(norm, eps_max):
+    """The true radius exceeds ``eps_max`` (by hand, and the exact minimum margin over the ball's
+    box, which holds every ball, is positive): ``lower`` is ``eps_max`` exactly, the status says so,
+    and ``upper`` stays the end of the search with no counterexample claimed."""
+    net, x0, true = _kink_net()
+    assert true[norm] > eps_max
+    assert brute_force_min_margin(net, x0 - eps_max, x0 + eps_max, robustness(0, 2)).min_margin > 0
+    r = gpuopt.certify_radius(net, x0, 0, norm=norm, eps_max=eps_max, timeout=20)
+    assert r.lower == eps_max and r.status == "beyond_eps_max", r
+    assert r.upper == eps_max and not r.upper_found and r.x_adv is None, r
+    assert r.verify_calls == 1, r  # one proof on the whole ball, no bisection
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2"])
+def test_a_radius_inside_eps_max_is_bracketed_not_certified_at_eps_max(norm):
+    net, x0, true = _kink_net()
+    r = gpuopt.certify_radius(net, x0, 0, norm=norm, eps_max=1.0, timeout=20)
+    assert r.status in ("exact", "bracket") and r.upper_found, r
+    assert r.lower <= true[norm] + 1e-9 and r.upper >= true[norm] - 1e-9, r
+    if norm != "l2":  # the verifier (L-inf) and the MILP (L1) close it
+        assert r.status == "exact", r
+
+
+def test_the_reviewers_torch_net_is_certified_at_eps_max():
+    """The review's case: robust well beyond ``eps_max = 0.01`` at the origin (sampled points of
+    the ball keep the class); it used to end at ``lower = 0.01 (1 - 2^-9)``, ``"bracket"``."""
+    import torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    net = gpuopt.from_torch(m, input_shape=(4,))
+    x = np.zeros(4)
+    label = int(net.forward64(x[None]).argmax())
+    pts = np.random.default_rng(0).uniform(-0.01, 0.01, (20000, 4))
+    assert np.all(net.forward64(pts).argmax(axis=1) == label)
+    for norm in ("linf", "l1", "l2"):
+        r = gpuopt.certify_radius(net, x, label, eps_max=0.01, clip=None, norm=norm, timeout=20)
+        assert (r.lower, r.upper, r.upper_found, r.status) == (0.01, 0.01, False, "beyond_eps_max"), (norm, r)
+
+
+def test_clip_defaults_to_unbounded_and_is_honoured_when_given():
+    """``y_0 - y_1 = 1.05 - x`` at ``x0 = 0.9``: unbounded the class changes at ``x = 1.05`` (radius
+    0.15, outside [0, 1]); with ``clip=(0, 1)`` no valid input changes it."""
+    import inspect
+
+    assert inspect.signature(gpuopt.certify_radius).parameters["clip"].default is None
+    net = Network([Dense(np.array([[-1.0], [0.0]]), np.array([1.05, 0.0]))], (1,))
+    x0 = np.array([0.9])
+    r = gpuopt.certify_radius(net, x0, 0, eps_max=0.5, timeout=10)
+    assert r.status == "exact" and r.upper_found and r.lower <= 0.15 <= r.upper and r.x_adv[0] >= 1.05, r
+    r = gpuopt.certify_radius(net, x0, 0, eps_max=0.5, timeout=10, clip=(0, 1))
+    assert (r.lower, r.status, r.upper_found) == (0.5, "beyond_eps_max", False), r
+
+
+_CLIP = "`clip` must be None or a pair (low, high) of numbers or arrays broadcastable to `x`, low <= high, no NaN: "
+
+
+@pytest.mark.parametrize("clip, message", [
+    ((0.0,), _CLIP + "got a tuple of 1 entry"),
+    ([0.0, 1.0, 2.0], _CLIP + "got a list of 3 entries"),
+    ("01", _CLIP + "got str"),
+    (0.5, _CLIP + "got float"),
+    ((0.0, float("nan")), _CLIP + "its high holds NaN"),
+    ((np.array([0.0, np.nan]), 1.0), _CLIP + "its low holds NaN at index 1"),
+    ((1.0, 0.0), _CLIP + "low > high at index 0"),
+    ((np.array([0.0, 0.9]), np.array([1.0, 0.5])), _CLIP + "low > high at index 1"),
+    ((np.zeros(3), 1.0), _CLIP + "its low of shape (3,) does not broadcast to `x`'s shape (2,)"),
+    (("a", 1.0), _CLIP + "its low is a str, not real numbers"),
+    ((0.0, True), _CLIP + "its high is a bool, not real numbers"),
+    ((0.0, 0.5), "`x` lies outside `clip` (above its high end) at index 0: the clean input must be a valid input"),
+    ((np.array([0.0, 0.3]), None), "`x` lies outside `clip` (below its low end) at index 1"),
+])
+def test_bad_clip_arguments(clip, message):
+    net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        gpuopt.certify_radius(net, np.array([0.7, 0.2]), 0, clip=clip, timeout=5)
+
+
+def test_clip_takes_per_input_arrays_and_open_ends():
+    """``y_0 - y_1 = x_0 - x_1`` at (0.7, 0.2): L-inf radius 0.25 unbounded. ``x_0 >= 0.6`` and
+    ``x_1 <= 0.3`` leave no counterexample at all (per-input arrays, flat or of ``x``'s size in
+    another shape); with ``x_1`` unbounded above (a None end) the nearest is (0.6, 0.6), at 0.4."""
+    net = Network([Dense(np.eye(2), np.zeros(2))], (2,))
+    x0 = np.array([0.7, 0.2])
+    for clip in ((np.array([0.6, -1.0]), np.array([2.0, 0.3])), ([[0.6, -1.0]], [2.0, 0.3])):
+        r = gpuopt.certify_radius(net, x0, 0, clip=clip, eps_max=0.3, timeout=10)
+        assert (r.lower, r.status) == (0.3, "beyond_eps_max"), (clip, r)
+    r = gpuopt.certify_radius(net, x0, 0, clip=(np.array([0.6, -np.inf]), None), eps_max=0.3, timeout=10)
+    assert (r.lower, r.status) == (0.3, "beyond_eps_max"), r
+    r = gpuopt.certify_radius(net, x0, 0, clip=(np.array([0.6, -np.inf]), None), eps_max=1.0, timeout=10)
+    assert r.status == "exact" and r.lower <= 0.4 <= r.upper and r.x_adv[0] >= 0.6, r

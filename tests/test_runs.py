@@ -299,7 +299,9 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, files):
     text = _finish(_start_run(files, ref_path, tmp_path / "ref.log"), tmp_path / "ref.log")
     assert "robust acc" in text and f"results: {ref_path}" in text
     ref = {r["key"]: r["status"] for r in read_records(ref_path)}
-    assert set(ref) == keys and len(_lines(ref_path)) == n_items
+    assert set(ref) == keys and len(_lines(ref_path)) == 1 + n_items  # the run header, then the records
+    header = json.loads(_lines(ref_path)[0])["run"]
+    assert header["kind"] == "dataset" and header["clip"] == [0.0, 1.0] and len(header["network"]) == 64
     assert "misclassified" in ref.values() and {"sat", "unsat"} <= set(ref.values())
 
     # killed twice (SIGKILL to the whole process group) at seeded random moments, then resumed.
@@ -314,7 +316,7 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, files):
         proc = _start_run(files, path, log, *(["--resume"] if round_ else []))
         try:
             deadline = time.monotonic() + 90
-            while len(_lines(path)) < target:
+            while len(_lines(path)) < 1 + target:
                 assert proc.poll() is None, f"the run ended before its kill:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "no progress within 90 s"
                 time.sleep(0.002)
@@ -341,7 +343,8 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, files):
 
     lines = _lines(path)
     assert all(line.endswith(b"\n") for line in lines)
-    records = [json.loads(line) for line in lines]  # every line parses: nothing torn is left
+    assert json.loads(lines[0]) == {"run": header}
+    records = [json.loads(line) for line in lines[1:]]  # every line parses: nothing torn is left
     counts = Counter(r["key"] for r in records)
     assert set(counts) == keys and set(counts.values()) == {1}, counts
     assert {(r["sample"], r["eps"]) for r in records} == {(i, e) for i in range(len(SAMPLES)) for e in EPS}
@@ -480,7 +483,7 @@ def test_verify_dataset_one_record_per_sample_and_eps(tmp_path, demo):
     y[2] = (y[2] + 1) % 10  # a wrong label: the network "misclassifies" sample 2
     eps = [0.02, 0.05]
     results = tmp_path / "vd.jsonl"
-    recs = list(verify_dataset(net, x, y, eps=eps, timeout=5, workers=1, results=results))
+    recs = list(verify_dataset(net, x, y, eps=eps, timeout=5, workers=1, results=results, clip=(0, 1)))
     assert len(recs) == len(x) * len(eps)
     assert Counter((r["sample"], r["eps"]) for r in recs) == Counter((i, e) for i in range(4) for e in eps)
     for r in recs:
@@ -491,7 +494,8 @@ def test_verify_dataset_one_record_per_sample_and_eps(tmp_path, demo):
     assert {r["key"] for r in read_records(results)} == {r["key"] for r in recs}
     # resumed: everything is on disk already, so nothing is yielded (and nothing appended)
     before = results.read_bytes()
-    assert list(verify_dataset(net, x, y, eps=eps, timeout=5, workers=1, results=results, resume=True)) == []
+    assert list(verify_dataset(net, x, y, eps=eps, timeout=5, workers=1, results=results, resume=True,
+                               clip=(0, 1))) == []
     assert results.read_bytes() == before
     # without a results file: a temporary one
     again = list(verify_dataset(net, x[2:3], y[2:3], eps=0.1, timeout=5))
@@ -507,3 +511,95 @@ def test_an_empty_clip_range_is_refused_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["gpuopt: error: --clip 1 0: the lower end exceeds the upper end"]
     assert not results.exists()
+
+
+# ------------------------------------------------------------------- what a resume may mix
+def test_store_refuses_to_resume_another_runs_file(tmp_path):
+    path = tmp_path / "R.jsonl"
+    with ResultStore(path, run={"kind": "dataset", "network": "a" * 64, "clip": (0, 1)}) as store:
+        store.append({"key": "0@0.1", "status": "unsat"})
+    assert json.loads(_lines(path)[0]) == {"run": {"kind": "dataset", "network": "a" * 64, "clip": [0, 1]}}
+    assert [r["key"] for r in read_records(path)] == ["0@0.1"]  # the header is not a record
+    with ResultStore(path, resume=True, run={"kind": "dataset", "network": "a" * 64, "clip": [0, 1]}) as store:
+        assert store.keys() == {"0@0.1"}  # the same run (tuples read back as lists)
+    with pytest.raises(InvalidInputError, match=r"holds the records of another run \(network: 'aaa.*' there, "
+                                                r"'bbb.*' now\); choose another results file"):
+        ResultStore(path, resume=True, run={"kind": "dataset", "network": "b" * 64, "clip": [0, 1]})
+
+
+def _other_onnx(demo, path: Path) -> None:
+    """The demo network with its first layer's weights scaled: another network, same shapes."""
+    from gpuopt.network import Dense, Network
+
+    net = demo[0]
+    layers = list(net.layers)
+    k = next(i for i, layer in enumerate(layers) if isinstance(layer, Dense))
+    layers[k] = Dense(np.asarray(layers[k].weight) * 1.5, layers[k].bias)
+    _export_onnx(Network(layers, net.input_shape), path)
+
+
+def test_a_resumed_dataset_run_refuses_another_network_data_or_clip(tmp_path, files, demo, capsys):
+    """Records are keyed ``sample@eps``: a resume with another network, other data (or scale) or
+    another clip box would pass their records off as this run's. The results file's run header
+    refuses that; ``--limit`` and the eps list only pick items, so they may change, and the
+    summary is of the items asked for."""
+    results = tmp_path / "R.jsonl"
+    base = ["run", "--model", files["onnx"], "--data", files["data"], "--timeout", 10, "--workers", 1,
+            "--results", results]
+    code, out, err = _cli([*base, "--eps", 0.02, "--limit", 2], capsys)
+    assert code == 0, err
+    assert len(list(read_records(results))) == 2
+    before = results.read_bytes()
+    _other_onnx(demo, tmp_path / "other.onnx")
+    for swap, differs in [(("--model", tmp_path / "other.onnx"), "network"), (("--scale", 2), "data"),
+                          (("--clip", -1, 2), "clip")]:
+        argv = list(base) + ["--eps", 0.02, "--limit", 2, "--resume"]
+        if swap[0] in argv:
+            argv[argv.index(swap[0]) + 1] = swap[1]
+        else:
+            argv += list(swap)
+        code, out, err = _cli(argv, capsys)
+        assert code == 2 and "holds the records of another run" in err and f"({differs}: " in err, (swap, err)
+        assert results.read_bytes() == before
+    # the same question, fewer samples: nothing runs, and the summary counts the one asked for
+    code, out, err = _cli([*base, "--eps", 0.02, "--limit", 1, "--resume"], capsys)
+    assert code == 0, err
+    assert "(the summary leaves out 1 records" in out
+    row = [line for line in out.splitlines() if line.strip().startswith("0.02 |")]
+    assert len(row) == 1 and [c.strip() for c in row[0].split("|")][1] == "1", out
+    assert results.read_bytes() == before
+
+
+def test_a_dataset_outside_the_clip_box_is_refused_once(tmp_path, files, capsys):
+    """Pixels in 0..255 under the default clip box [0, 1] (a forgotten ``--scale 255``) would leave
+    every item's ball empty: one error, before any work, that says so."""
+    raw = tmp_path / "raw.csv"
+    np.savetxt(raw, np.column_stack([files["y"], files["x"] * 255]), delimiter=",", fmt="%.17g")
+    results = tmp_path / "R.jsonl"
+    code, out, err = _cli(["run", "--model", files["onnx"], "--data", raw, "--eps", 0.02, "--results", results],
+                          capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "outside the clip box [0, 1]" in err and "--scale" in err and not results.exists()
+
+
+def test_an_instances_csv_may_start_with_a_header_row(tmp_path, files, demo):
+    from gpuopt.runs import read_instances
+
+    net, images, labels = demo
+    _write_vnnlib(tmp_path / "p.vnnlib", images[0], int(labels[0]), 0.02, 10)
+    (tmp_path / "net.onnx").write_bytes(files["onnx"].read_bytes())
+    (tmp_path / "i.csv").write_text("onnx,vnnlib,timeout\nnet.onnx,p.vnnlib,10\n")
+    (item,) = read_instances(tmp_path / "i.csv")
+    assert item.key == "net.onnx::p.vnnlib" and item.timeout == 10
+    (tmp_path / "j.csv").write_text("net.onnx,p.vnnlib,10\nnet.onnx,p.vnnlib,timeout\n")  # not first: an error
+    with pytest.raises(InvalidInputError, match="timeout must be a number, got 'timeout'"):
+        read_instances(tmp_path / "j.csv")
+
+
+def test_workers_beyond_the_cpus_are_capped(capsys):
+    from gpuopt.cli import _pool_workers, _usable_cpus
+
+    n = _usable_cpus()
+    assert _pool_workers(None) is None and _pool_workers(n) == n
+    assert _pool_workers(n + 63) == n
+    assert capsys.readouterr().err == f"gpuopt: warning: --workers {n + 63} exceeds the {n} usable CPUs; using {n}\n"

@@ -26,6 +26,7 @@ import numbers
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -151,6 +152,8 @@ def attack(model, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf", 
     y = _labels_iv(y, "y", B, dev)
     if targeted is not None:
         targeted = _labels_iv(targeted, "targeted", B, dev)
+    if isinstance(eps, (torch.Tensor, np.ndarray)) and eps.ndim == 0 and not isinstance(eps.tolist(), bool):
+        eps = eps.item()  # a 0-d tensor or array holds one number
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise InvalidInputError(f"`eps` must be a finite number >= 0, got {eps!r}")
     if eps > torch.finfo(x.dtype).max:

@@ -7,11 +7,17 @@ returned record on disk and at most one torn last line. Opening the file again d
 line (it is truncated back to the last newline), so appends always start on a line boundary;
 :meth:`ResultStore.keys` tells a resumed run which items are done, and :meth:`append` refuses a
 key twice.
+
+A store opened with ``run`` (a JSON-able description of the question every record answers: the
+network's digest, the data's, the clip box, ...) writes it as the file's first line,
+``{"run": ...}`` (no ``key``, so readers of records skip it), and a resumed run must describe
+the same question: records keyed ``sample@eps`` of one network would otherwise pass as another's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Iterator
 
 from ..errors import InvalidInputError
 
-__all__ = ["ResultStore", "read_records"]
+__all__ = ["ResultStore", "read_records", "read_run_header"]
 
 
 def _json_safe(value):
@@ -50,14 +56,33 @@ def read_records(path) -> Iterator[dict]:
                 yield rec
 
 
+def read_run_header(path) -> dict | None:
+    """The ``run`` header of a results file (its first line, ``{"run": ...}``), or None."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    with open(p, "rb") as f:
+        first = f.readline()
+    if not first.endswith(b"\n"):
+        return None
+    try:
+        obj = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(obj, dict) and "key" not in obj and isinstance(obj.get("run"), dict):
+        return obj["run"]
+    return None
+
+
 class ResultStore:
     """Append-only JSONL results file (see the module docstring).
 
     ``resume=False`` refuses an existing non-empty file (so a new run never mixes with an old
-    one); ``resume=True`` keeps its records and appends after them.
+    one); ``resume=True`` keeps its records and appends after them, after checking that the
+    file's ``run`` header (if it has one) equals ``run`` (see the module docstring).
     """
 
-    def __init__(self, path, *, resume: bool = False):
+    def __init__(self, path, *, resume: bool = False, run: dict | None = None):
         self.path = Path(path)
         if self.path.is_dir():
             raise InvalidInputError(f"`results` must be a file, got the directory {self.path}")
@@ -70,7 +95,20 @@ class ResultStore:
         if exists:
             self._drop_torn_tail()
         self._records = {rec["key"]: rec for rec in read_records(self.path)}
+        run = None if run is None else json.loads(json.dumps(_json_safe(run)))  # as it reads back
+        header = read_run_header(self.path)
+        if run is not None and header is not None and header != run:
+            diff = sorted(k for k in set(run) | set(header) if run.get(k) != header.get(k))
+            what = "; ".join(f"{k}: {header.get(k)!r} there, {run.get(k)!r} now" for k in diff)
+            raise InvalidInputError(f"the results file {self.path} holds the records of another run ({what}); "
+                                    "choose another results file")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if run is not None and header is None:
+            if self._records:  # written before run headers existed: nothing to compare with
+                logging.getLogger("gpuopt").warning(
+                    "%s has no run header: cannot check that its records answer this run's question", self.path)
+            else:
+                self._write({"run": run})
 
     def _drop_torn_tail(self) -> None:
         with open(self.path, "rb+") as f:
@@ -98,10 +136,13 @@ class ResultStore:
         key = record["key"]
         if key in self._records:
             raise InvalidInputError(f"the results file already holds a record for {key!r}")
-        line = (json.dumps(_json_safe(record), separators=(",", ":")) + "\n").encode()
+        self._write(record)
+        self._records[key] = record
+
+    def _write(self, obj: dict) -> None:
+        line = (json.dumps(_json_safe(obj), separators=(",", ":")) + "\n").encode()
         os.write(self._fd, line)
         os.fsync(self._fd)
-        self._records[key] = record
 
     def close(self) -> None:
         if self._fd >= 0:
