@@ -4,7 +4,11 @@ Data flows one way: a model, an input region and an output spec become a :class:
 bounds and attacks produce Bounds and Candidates; the MILP stage produces :class:`Verdict`.
 """
 
-from .attacks.api import AttackResult, attack
+from .launch import prepare_command_line
+
+prepare_command_line()  # before torch loads (see gpuopt.launch)
+
+from .attacks.api import AttackResult, attack  # noqa: E402
 from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NetworkTooLargeError, NoLinearFormError,
                      NotPiecewiseLinearError, SolverError, UnsupportedLayerError)
 from .host_memory import keep_freed_memory

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import GpuoptError, InvalidInputError, MissingDependencyError, UnsupportedLayerError, require_file
+from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NotPiecewiseLinearError, UnsupportedLayerError,
+                     require_file)
 from .host_memory import keep_freed_memory
 
 __all__ = ["main", "process_start_monotonic"]
@@ -690,7 +691,7 @@ def _run(argv, start_time: float) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what a bulk run recorded stays in its results file
         print("gpuopt: interrupted", file=sys.stderr)
         return 130
-    except (InvalidInputError, UnsupportedLayerError, MissingDependencyError) as exc:
+    except (InvalidInputError, UnsupportedLayerError, MissingDependencyError, NotPiecewiseLinearError) as exc:
         print(f"gpuopt: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except GpuoptError as exc:

@@ -365,7 +365,8 @@ def bound_instance(onnx_path, vnnlib_path, *, method: str = "crown", alpha_steps
             lo, hi = lo_all[rows], hi_all[rows]
             b = np.asarray(b, dtype=np.float64)
             # a^T y - b, rounded outwards: the subtraction of b is itself rounded
-            low = np.nextafter(lo.numpy() - b, -np.inf)
-            high = np.nextafter(hi.numpy() - b, np.inf)
+            # a bound that overflowed float64 (NaN from inf - inf) bounds nothing: -inf / +inf
+            low = np.nan_to_num(np.nextafter(lo.numpy() - b, -np.inf), nan=-np.inf, neginf=-np.inf, posinf=np.inf)
+            high = np.nan_to_num(np.nextafter(hi.numpy() - b, np.inf), nan=np.inf, neginf=-np.inf, posinf=np.inf)
             out.append([{"lower": float(l), "upper": float(u)} for l, u in zip(low, high)])
     return {"method": method, "seconds": time.monotonic() - t0, "disjuncts": out}

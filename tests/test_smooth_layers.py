@@ -205,3 +205,41 @@ def test_softmax_check_bound_and_verify():
     v = verify(net, Box(-np.ones(3), np.ones(3)), OutputSpec([(np.array([[-1.0, 0, 0, 0]]), np.array([-top]))], 4),
                timeout=20)
     assert v.status.value == "sat" and net.forward64(np.asarray(v.counterexample)[None])[0][0] >= top
+
+
+def test_bounds_command_on_a_net_ending_in_softmax(tmp_path, capsys):
+    """`gpuopt bounds --method ibp` takes a ReLU net ending in Softmax (interval bounds layer by
+    layer; found by review: it failed with exit 1), its bounds hold the sampled values; a method
+    that needs a linear form says that 'ibp' applies, and exits 2."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gpuopt.cli import main
+    from helpers import onnx_model
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(size=(2, 6)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("MatMul", ["X", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "W2"], ["z"]), helper.make_node("Softmax", ["z"], ["Y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(onnx_model(graph), str(tmp_path / "n.onnx"))
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+                    "(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n(assert (>= X_0 -1))\n(assert (<= X_0 1))\n"
+                    "(assert (>= X_1 0))\n(assert (<= X_1 0.5))\n(assert (<= Y_0 Y_1))\n")
+    assert main(["bounds", str(tmp_path / "n.onnx"), str(spec), "--method", "ibp", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["disjuncts"][0]
+    session = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"])
+    xs = np.column_stack([rng.uniform(-1, 1, 400), rng.uniform(0, 0.5, 400)]).astype(np.float32)
+    ys = np.concatenate([session.run(None, {"X": x[None]})[0] for x in xs]).astype(np.float64)
+    values = ys[:, 0] - ys[:, 1]
+    assert row["lower"] - 1e-6 <= values.min() and values.max() <= row["upper"] + 1e-6
+    assert -1 <= row["lower"] < row["upper"] <= 1  # softmax outputs lie in [0, 1]
+    assert main(["bounds", str(tmp_path / "n.onnx"), str(spec), "--method", "crown", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuopt: error: ") and "'ibp' applies" in err and err.count("\n") == 1

@@ -280,3 +280,51 @@ def test_dropout_training_mode_is_refused(tmp_path):
         print(f"\ndropout(training_mode=True): refused: {err}")
         return
     pytest.fail(f"Dropout with training_mode=True was imported (as {net!r}) instead of refused")
+
+
+def test_bounds_that_overflow_float64_prove_nothing_and_crash_nothing(tmp_path):
+    """y = x0 on [0, 1] exactly (nine layers of relu(1e38 a - 1e38 b) with a == b, all zero in real
+    arithmetic), whose interval and CROWN bounds overflow float64 to inf and NaN. Found by review:
+    the padded proof spec got an inf/NaN right-hand side, refused as bad input (exit 2) on a sat
+    and an unsat property alike, and `bounds` printed NaN. Now the overflowing rows prove nothing:
+    the sat property is found, the unsat one is `unknown`, and `bounds` says -inf / +inf."""
+    import json
+
+    from gpuopt.cli import main
+    from gpuopt.verify import bound_instance
+
+    inits, nodes = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr, np.float32), name))
+        return name
+
+    nodes.append(helper.make_node("Gemm", ["X", const("W0", [[1e38], [1e38]]), const("b0", [0, 0])], ["z0"],
+                                  transB=1))
+    nodes.append(helper.make_node("Relu", ["z0"], ["h0"]))
+    for i in range(1, 10):
+        nodes.append(helper.make_node("Gemm", [f"h{i - 1}", const(f"W{i}", [[1e38, -1e38], [1e38, -1e38]]),
+                                               const(f"b{i}", [0, 0])], [f"z{i}"], transB=1))
+        nodes.append(helper.make_node("Relu", [f"z{i}"], [f"h{i}"]))
+    nodes.append(helper.make_node("Gemm", ["h9", const("Wo", [[1, 1]]), const("bo", [0])], ["s"], transB=1))
+    nodes.append(helper.make_node("Add", ["s", "X"], ["Y"]))
+    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])], inits)
+    import onnx
+
+    onnx.save(onnx_model(graph), str(tmp_path / "net.onnx"))
+    head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+    (tmp_path / "sat.vnnlib").write_text(head + "(assert (>= Y_0 0.5))\n")
+    (tmp_path / "unsat.vnnlib").write_text(head + "(assert (<= Y_0 -1))\n")
+    net = str(tmp_path / "net.onnx")
+    v = gpuopt.verify_instance(net, str(tmp_path / "sat.vnnlib"), timeout=20)
+    assert v.status is Status.SAT and v.output[0] >= 0.5
+    v = gpuopt.verify_instance(net, str(tmp_path / "unsat.vnnlib"), timeout=10)
+    assert v.status in (Status.UNKNOWN, Status.TIMEOUT), v
+    for method in ("ibp", "crown"):
+        res = bound_instance(net, str(tmp_path / "sat.vnnlib"), method=method)
+        (row,) = res["disjuncts"][0]
+        assert row["lower"] <= -0.5 and row["upper"] >= 0.5, (method, row)  # Y_0 - 0.5 lies in [-0.5, 0.5]
+        assert not (math.isnan(row["lower"]) or math.isnan(row["upper"]))
+    assert json.loads(json.dumps(res))["disjuncts"][0][0]["lower"] == -math.inf
+    assert main(["verify", net, str(tmp_path / "unsat.vnnlib"), "--timeout", "10"]) == 0

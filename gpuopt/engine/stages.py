@@ -98,6 +98,10 @@ def proof_problem(problem: Problem, y_abs_max: np.ndarray, deviation: np.ndarray
         n = spec.n_outputs
         rhs = [np.nextafter(b + (np.abs(A) @ deviation) * (1 + 4 * (n + 2) * np.finfo(float).eps), np.inf)
                for (A, _), b in zip(spec.disjuncts, rhs)]
+    # outputs whose bounds overflow float64 (|y| inf or NaN) leave no finite pad: such a row asks
+    # for a proof of ``a y > max float``, which no finite bound gives (nothing is proven, nothing
+    # crashes; counterexamples are checked against the original problem)
+    rhs = [np.where(np.isfinite(b), b, np.finfo(np.float64).max) for b in rhs]
     proof = OutputSpec([(A, b) for (A, _), b in zip(spec.disjuncts, rhs)], spec.n_outputs)
     return Problem(problem.network, problem.region, proof, inner=problem.inner)
 
