@@ -99,7 +99,7 @@ def run_demo(*, n_images: int = 20, timeout: float = 30.0,
     results: dict[float, list[tuple[int, dict]]] = {float(e): [] for e in eps_values}
     if n_ok:
         for rec in verify_dataset(net, images[chosen], labels[chosen], eps=[float(e) for e in eps_values],
-                                  timeout=timeout, workers=workers, progress=True):
+                                  timeout=timeout, workers=workers, progress=True, clip=(0.0, 1.0)):  # pixels in [0, 1]
             results[float(rec["eps"])].append((int(chosen[rec["sample"]]), rec))
     for items in results.values():
         items.sort(key=lambda pair: pair[0])
