@@ -4,9 +4,9 @@ Data flows one way: a model, an input region and an output spec become a :class:
 bounds and attacks produce Bounds and Candidates; the MILP stage produces :class:`Verdict`.
 """
 
-from .launch import prepare_command_line
+from .launch import mark_start
 
-prepare_command_line()  # before torch loads (see gpuopt.launch)
+mark_start()  # the command line's first CPU-load sample, before torch loads (see gpuopt.launch)
 
 from .attacks.api import AttackResult, attack  # noqa: E402
 from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NetworkTooLargeError, NoLinearFormError,

@@ -24,6 +24,7 @@ from . import __version__
 from .errors import (GpuoptError, InvalidInputError, MissingDependencyError, NotPiecewiseLinearError, UnsupportedLayerError,
                      require_file)
 from .host_memory import keep_freed_memory
+from .launch import free_cpus, usable_cpus as _usable_cpus
 
 __all__ = ["main", "process_start_monotonic"]
 
@@ -35,12 +36,6 @@ _MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats se
 _MAX_STEPS = 1_000_000
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the platform says; else all)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on this platform
-        return os.cpu_count() or 1
 
 
 def _process_age_seconds() -> float | None:
@@ -506,7 +501,10 @@ def _cmd_verify(args, start_time: float) -> int:
 
     import torch
 
-    torch.set_num_threads(args.threads or _usable_cpus())  # the CLI owns its process
+    # the CLI owns its process: by default the CPUs other jobs leave free (see gpuopt.launch)
+    threads = args.threads or free_cpus()
+    torch.set_num_threads(threads)
+    logging.getLogger("gpuopt").debug("torch threads: %d (%d usable CPUs)", threads, _usable_cpus())
     attack = replace(VerifyConfig().attack, seed=args.seed)  # the pipeline's default, new seed
     if args.restarts is not None:
         attack = replace(attack, restarts=args.restarts)

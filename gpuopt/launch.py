@@ -1,40 +1,76 @@
-"""What the command line settles before torch loads: OpenMP threads that sleep while they wait.
+"""How many CPU threads the command line gives torch: the CPUs that other jobs leave free.
 
-torch's CPU operations run on libgomp's thread pool. By default a waiting libgomp thread spins
-before it sleeps, and ``gpuopt verify`` uses every CPU the process may use. When another job
-keeps one of those CPUs busy, each parallel operation then waits for a thread that the other job
-holds: on this project's 2-core machine an ACAS Xu instance bounded 45 boxes in 30 s instead of
-351 in 4 s. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep at once, which costs nothing
-measurable on an idle machine (see the README) and removes that collapse.
+torch's CPU operations run on libgomp's thread pool, whose waiting threads spin before they
+sleep. That is right on an idle machine (``OMP_WAIT_POLICY=PASSIVE`` made mnist-net_256x4
+prop_3_0.05 take 16-23 s instead of 9.5-9.9 s with 2 threads on this project's 2-core machine),
+and ruinous when another job keeps one of the CPUs busy: each parallel operation then waits for a
+thread the other job holds, and an ACAS Xu instance bounded 45 boxes in 30 s instead of 351 in
+4 s. So the command line measures, while it starts (the interpreter and torch's import, about a
+second), how much CPU time other processes took on the CPUs it may use, and leaves those out:
+``threads = usable CPUs - round(other jobs' busy CPUs)``, at least 1.
 
-libgomp reads the variable once, when torch loads it, so it must be set before ``import torch``:
-``gpuopt/__init__.py`` calls :func:`prepare_command_line` first thing. It acts only in the
-``gpuopt`` command line's own process (the console script or ``python -m gpuopt``), never in a
-program that imports gpuopt as a library, and never over a value the user set. Standard library
-only.
+:func:`mark_start` runs first thing in ``gpuopt/__init__.py`` (standard library only, before
+torch loads); :func:`free_cpus` reads the second sample. Where ``/proc/stat`` is not there (not
+Linux), every usable CPU counts as free.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
+import time
 
-__all__ = ["is_command_line", "prepare_command_line"]
+__all__ = ["mark_start", "free_cpus", "usable_cpus"]
 
-
-def is_command_line() -> bool:
-    """Whether this process is the ``gpuopt`` command line: the console script (``argv[0]`` named
-    ``gpuopt``) or ``python [options] -m gpuopt``."""
-    if sys.argv and Path(sys.argv[0]).name == "gpuopt":
-        return True
-    argv = list(getattr(sys, "orig_argv", ()))  # Python 3.10+: the interpreter's own arguments
-    return any(a == "-m" and argv[i + 1:i + 2] == ["gpuopt"] for i, a in enumerate(argv[1:], 1))
+_START: tuple | None = None  # (monotonic seconds, busy jiffies of the usable CPUs, own CPU seconds)
 
 
-def prepare_command_line() -> None:
-    """In the command line's process, before torch loads: ``OMP_WAIT_POLICY=PASSIVE`` unless set
-    (``GPUOPT_OMP_PASSIVE=0`` leaves it alone)."""
-    if "torch" in sys.modules or os.environ.get("GPUOPT_OMP_PASSIVE", "1") == "0" or not is_command_line():
-        return
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform says; else all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on this platform
+        return os.cpu_count() or 1
+
+
+def _busy_jiffies() -> int | None:
+    """Busy clock ticks (all but idle and iowait) summed over the CPUs this process may use, from
+    ``/proc/stat``; None where unreadable."""
+    try:
+        mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        busy = 0
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in mine:
+                    ticks = [int(v) for v in parts[1:9]]  # user nice system idle iowait irq softirq steal
+                    busy += sum(ticks) - ticks[3] - ticks[4]
+        return busy
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def mark_start() -> None:
+    """Take the first sample (once per process)."""
+    global _START
+    if _START is None:
+        _START = (time.monotonic(), _busy_jiffies(), _own_cpu_seconds())
+
+
+def free_cpus(min_seconds: float = 0.2) -> int:
+    """The usable CPUs less those other processes kept busy since :func:`mark_start` (rounded), at
+    least 1; every usable CPU when there is no first sample, no ``/proc/stat``, or under
+    ``min_seconds`` between the samples (too short to tell)."""
+    n = usable_cpus()
+    if _START is None or _START[1] is None:
+        return n
+    t0, busy0, own0 = _START
+    busy1, wall = _busy_jiffies(), time.monotonic() - t0
+    if busy1 is None or wall < min_seconds:
+        return n
+    others = ((busy1 - busy0) / os.sysconf("SC_CLK_TCK") - (_own_cpu_seconds() - own0)) / wall
+    return max(1, n - max(0, int(round(others))))

@@ -33,6 +33,7 @@ def one_thread(request, monkeypatch):
     saved = torch.get_num_threads()
     if request.node.get_closest_marker("all_cpus") is None:
         monkeypatch.setattr(gpuopt.cli, "_usable_cpus", lambda: 1)
+        monkeypatch.setattr(gpuopt.cli, "free_cpus", lambda: 1)
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)

@@ -519,12 +519,13 @@ def test_split_milp_option_reaches_input_splitting(bab, n, tiny, tmp_path, monke
 
 
 @pytest.mark.all_cpus
-def test_verify_uses_every_usable_cpu_by_default_and_threads_overrides_it(tiny, tmp_path):
-    from gpuopt.cli import _usable_cpus
+def test_verify_uses_the_free_cpus_by_default_and_threads_overrides_it(tiny, tmp_path, monkeypatch):
+    import gpuopt.cli
 
     spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    monkeypatch.setattr(gpuopt.cli, "free_cpus", lambda: 3)  # what gpuopt.launch measured
     assert main(["verify", str(tiny), str(spec), "--timeout", "30"]) == 0
-    assert torch.get_num_threads() == _usable_cpus()
+    assert torch.get_num_threads() == 3
     assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--threads", "1"]) == 0
     assert torch.get_num_threads() == 1
 

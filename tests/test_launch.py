@@ -1,59 +1,61 @@
-"""gpuopt.launch: the command line's process asks libgomp for passive waits before torch loads;
-a program importing gpuopt as a library is left alone, and so is a value the user set."""
+"""gpuopt.launch: the command line's default torch threads are the CPUs other jobs leave free,
+measured from /proc/stat between the package's import and the choice."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 
 from gpuopt import launch
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _sampled(monkeypatch, busy_ticks: int, own_seconds: float, wall: float, n: int = 2):
+    """``free_cpus()`` after ``wall`` seconds in which the usable CPUs were busy ``busy_ticks``
+    clock ticks in all, ``own_seconds`` of them this process's."""
+    monkeypatch.setattr(launch, "usable_cpus", lambda: n)
+    monkeypatch.setattr(launch, "_START", (100.0, 1000, 5.0))
+    monkeypatch.setattr(launch, "_busy_jiffies", lambda: 1000 + busy_ticks)
+    monkeypatch.setattr(launch, "_own_cpu_seconds", lambda: 5.0 + own_seconds)
+    monkeypatch.setattr(launch.time, "monotonic", lambda: 100.0 + wall)
+    return launch.free_cpus()
 
 
-@pytest.mark.parametrize("argv, orig, expected", [
-    (["/venv/bin/gpuopt", "verify"], ["/venv/bin/python", "/venv/bin/gpuopt", "verify"], True),
-    (["/repo/gpuopt/__main__.py", "verify"], ["python3", "-m", "gpuopt", "verify"], True),
-    (["-m"], ["python3", "-X", "dev", "-m", "gpuopt"], True),  # while runpy imports the package
-    (["script.py"], ["python3", "script.py"], False),
-    (["-c"], ["python3", "-c", "import gpuopt"], False),
-    (["/x/pytest"], ["python3", "-m", "pytest", "-m", "gpu"], False),
-    (["-m"], ["python3", "-m", "gpuopt.cli"], False),
-])
-def test_is_command_line(argv, orig, expected, monkeypatch):
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
-    assert launch.is_command_line() is expected
+def test_free_cpus_leaves_out_what_other_jobs_keep_busy(monkeypatch):
+    hz = launch.os.sysconf("SC_CLK_TCK")
+    # alone: our import kept one CPU busy for the second
+    assert _sampled(monkeypatch, busy_ticks=hz, own_seconds=1.0, wall=1.0) == 2
+    # another job on the second CPU
+    assert _sampled(monkeypatch, busy_ticks=2 * hz, own_seconds=1.0, wall=1.0) == 1
+    # half a CPU of other work rounds to none ... 0.7 of one to one
+    assert _sampled(monkeypatch, busy_ticks=int(1.4 * hz), own_seconds=1.0, wall=1.0) == 2
+    assert _sampled(monkeypatch, busy_ticks=int(1.7 * hz), own_seconds=1.0, wall=1.0) == 1
+    # never fewer than one, however busy
+    assert _sampled(monkeypatch, busy_ticks=8 * hz, own_seconds=1.0, wall=1.0, n=4) == 1
+    # too short an interval to tell: every usable CPU
+    assert _sampled(monkeypatch, busy_ticks=2 * hz, own_seconds=0.05, wall=0.05) == 2
 
 
-def test_prepare_command_line_sets_passive_waits_only_where_it_may(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/gpuopt", "verify"])
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GPUOPT_OMP_PASSIVE", raising=False)
-    launch.prepare_command_line()  # torch is loaded in this process already: too late, nothing set
-    assert "OMP_WAIT_POLICY" not in os.environ
-    monkeypatch.delitem(sys.modules, "torch")
-    launch.prepare_command_line()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's value stays
-    launch.prepare_command_line()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    monkeypatch.setenv("GPUOPT_OMP_PASSIVE", "0")  # switched off
-    launch.prepare_command_line()
-    assert "OMP_WAIT_POLICY" not in os.environ
+def test_free_cpus_without_a_first_sample_or_proc_stat(monkeypatch):
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(launch, "_START", None)
+    assert launch.free_cpus() == 3
+    monkeypatch.setattr(launch, "_START", (0.0, None, 0.0))
+    assert launch.free_cpus() == 3
 
 
-def _policy_after_import(*cmd) -> str:
-    code = "import os, gpuopt, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {"PATH": "", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *cmd, code], capture_output=True, text=True, env=env,
-                          timeout=120).stdout.strip()
-
-
-def test_a_library_import_leaves_openmp_alone():
-    assert _policy_after_import("-c") == "None"
+@pytest.mark.skipif(launch._busy_jiffies() is None or launch.usable_cpus() < 2, reason="needs /proc/stat and 2 CPUs")
+def test_a_busy_process_beside_us_is_left_its_cpu(monkeypatch):
+    """A real busy loop in another process, on one of our CPUs: at least one CPU is left to it."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # under way
+        monkeypatch.setattr(launch, "_START", None)
+        launch.mark_start()
+        time.sleep(1.0)
+        assert launch.free_cpus() <= launch.usable_cpus() - 1
+    finally:
+        busy.kill()
+        busy.wait()
