@@ -36,8 +36,6 @@ _MAX_RESTARTS = 10_000  # the attack holds (items x restarts x inputs) floats se
 _MAX_STEPS = 1_000_000
 
 
-
-
 def _process_age_seconds() -> float | None:
     """Seconds since this process started, from Linux's ``/proc`` (None where unreadable)."""
     try:
