@@ -162,17 +162,22 @@ def _check_out(path: str, inputs=()) -> None:
         if os.path.exists(name) and os.path.exists(path) and os.path.samefile(name, path) \
                 or os.path.abspath(name) == os.path.abspath(path):
             raise InvalidInputError(f"--out {path!r}: is an input file of this command; the result would replace it")
-    existed = os.path.exists(path)
+    existed = os.path.lexists(path)
     try:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as exc:
         raise InvalidInputError(f"--out {path!r}: cannot write the result file: {exc.strerror or exc}") from None
-    try:
-        os.remove(path)  # stale (existed) or just created: the result is written at the end
-    except OSError:
-        if existed:  # a folder we may not change: empty the file instead
-            open(path, "w", encoding="utf-8").close()
+    if not existed:
+        os.remove(path)  # just created: the result is written at the end
+    elif os.path.isfile(path):  # a stale result (a device such as /dev/null, or a folder, is left as it is)
+        if os.path.islink(path):
+            open(path, "w", encoding="utf-8").close()  # emptied through the link, which stays
+        else:
+            try:
+                os.remove(path)
+            except OSError:  # a folder we may not change: empty the file instead
+                open(path, "w", encoding="utf-8").close()
 
 
 def _parser() -> argparse.ArgumentParser:

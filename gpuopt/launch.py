@@ -21,7 +21,7 @@ import time
 
 __all__ = ["mark_start", "free_cpus", "usable_cpus"]
 
-_START: tuple | None = None  # (monotonic seconds, busy jiffies of the usable CPUs, own CPU seconds)
+_START: tuple | None = None  # (monotonic seconds, busy jiffies of the CPUs, own CPU seconds, the CPUs)
 
 
 def usable_cpus() -> int:
@@ -32,11 +32,19 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _busy_jiffies() -> int | None:
-    """Busy clock ticks (all but idle and iowait) summed over the CPUs this process may use, from
-    ``/proc/stat``; None where unreadable."""
+def _affinity() -> frozenset | None:
     try:
-        mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:  # not on this platform
+        return None
+
+
+def _busy_jiffies(cpus=None) -> int | None:
+    """Busy clock ticks (all but idle and iowait) summed over ``cpus`` (default: those this process
+    may use), from ``/proc/stat``; None where unreadable."""
+    try:
+        cpus = _affinity() if cpus is None else cpus
+        mine = {f"cpu{c}" for c in cpus}
         busy = 0
         with open("/proc/stat", encoding="ascii") as f:
             for line in f:
@@ -58,7 +66,8 @@ def mark_start() -> None:
     """Take the first sample (once per process)."""
     global _START
     if _START is None:
-        _START = (time.monotonic(), _busy_jiffies(), _own_cpu_seconds())
+        cpus = _affinity()
+        _START = (time.monotonic(), None if cpus is None else _busy_jiffies(cpus), _own_cpu_seconds(), cpus)
 
 
 def free_cpus(min_seconds: float = 0.2) -> int:
@@ -68,9 +77,9 @@ def free_cpus(min_seconds: float = 0.2) -> int:
     n = usable_cpus()
     if _START is None or _START[1] is None:
         return n
-    t0, busy0, own0 = _START
-    busy1, wall = _busy_jiffies(), time.monotonic() - t0
-    if busy1 is None or wall < min_seconds:
+    t0, busy0, own0, cpus = _START
+    busy1, wall = _busy_jiffies(cpus), time.monotonic() - t0  # the same CPUs as the first sample
+    if busy1 is None or wall < min_seconds or busy1 < busy0:
         return n
     others = ((busy1 - busy0) / os.sysconf("SC_CLK_TCK") - (_own_cpu_seconds() - own0)) / wall
     return max(1, n - max(0, int(round(others))))

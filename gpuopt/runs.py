@@ -261,7 +261,8 @@ def run_description(kind: str, network, x, y, clip, **extra) -> dict:
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
     return {"kind": kind, "network": network.digest(), "data": h.hexdigest(),
-            "clip": [None if c is None else float(c) for c in (clip or (None, None))], **extra}
+            "clip": [None if c is None or math.isinf(float(c)) else float(c) for c in (clip or (None, None))],
+            **extra}  # an infinite end is an open one
 
 
 #: the statuses of :func:`gpuopt.radius.certify_radius`'s results

@@ -705,3 +705,17 @@ def test_a_missing_optional_dependency_exits_2(tmp_path, capsys, monkeypatch):
     assert _run(["report", str(results), "--plots", str(tmp_path / "plots")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gpuopt: error: plots need matplotlib") and err.count("\n") == 1
+
+
+def test_out_never_removes_a_device_or_a_link(tiny, tmp_path, capsys):
+    """``--out /dev/null`` (or ``/dev/stdout``) must stay a device, and a link stays a link (the
+    result goes through it): found by review, the stale-file removal deleted whatever was there."""
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("stale\n")
+    link.symlink_to(target)
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--out", str(link)]) == 0
+    assert link.is_symlink() and target.read_text().splitlines()[0] == capsys.readouterr().out.split()[-1]
+    if Path("/dev/null").exists():
+        assert main(["verify", str(tiny), str(spec), "--timeout", "30", "--out", "/dev/null"]) == 0
+        assert Path("/dev/null").is_char_device()

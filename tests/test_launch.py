@@ -16,8 +16,8 @@ def _sampled(monkeypatch, busy_ticks: int, own_seconds: float, wall: float, n: i
     """``free_cpus()`` after ``wall`` seconds in which the usable CPUs were busy ``busy_ticks``
     clock ticks in all, ``own_seconds`` of them this process's."""
     monkeypatch.setattr(launch, "usable_cpus", lambda: n)
-    monkeypatch.setattr(launch, "_START", (100.0, 1000, 5.0))
-    monkeypatch.setattr(launch, "_busy_jiffies", lambda: 1000 + busy_ticks)
+    monkeypatch.setattr(launch, "_START", (100.0, 1000, 5.0, frozenset(range(n))))
+    monkeypatch.setattr(launch, "_busy_jiffies", lambda cpus=None: 1000 + busy_ticks)
     monkeypatch.setattr(launch, "_own_cpu_seconds", lambda: 5.0 + own_seconds)
     monkeypatch.setattr(launch.time, "monotonic", lambda: 100.0 + wall)
     return launch.free_cpus()
@@ -34,15 +34,29 @@ def test_free_cpus_leaves_out_what_other_jobs_keep_busy(monkeypatch):
     assert _sampled(monkeypatch, busy_ticks=int(1.7 * hz), own_seconds=1.0, wall=1.0) == 1
     # never fewer than one, however busy
     assert _sampled(monkeypatch, busy_ticks=8 * hz, own_seconds=1.0, wall=1.0, n=4) == 1
-    # too short an interval to tell: every usable CPU
+    # too short an interval to tell, or counters that went back: every usable CPU
     assert _sampled(monkeypatch, busy_ticks=2 * hz, own_seconds=0.05, wall=0.05) == 2
+    assert _sampled(monkeypatch, busy_ticks=-5, own_seconds=1.0, wall=1.0) == 2
+
+
+@pytest.mark.skipif(launch._busy_jiffies() is None or launch.usable_cpus() < 2, reason="needs /proc/stat and 2 CPUs")
+def test_both_samples_read_the_same_cpus(monkeypatch):
+    """A CPU that joins the affinity between the samples would add its busy ticks since boot
+    (found by review): the second sample reads the first one's CPUs."""
+    cpus = sorted(launch.os.sched_getaffinity(0))
+    monkeypatch.setattr(launch, "_START", None)
+    monkeypatch.setattr(launch, "_affinity", lambda: frozenset(cpus[:1]))
+    launch.mark_start()
+    monkeypatch.setattr(launch, "_affinity", lambda: frozenset(cpus))
+    monkeypatch.setattr(launch.time, "monotonic", lambda: launch._START[0] + 0.5)
+    assert launch.free_cpus() >= len(cpus) - 1  # one CPU's half second at most, not its ticks since boot
 
 
 def test_free_cpus_without_a_first_sample_or_proc_stat(monkeypatch):
     monkeypatch.setattr(launch, "usable_cpus", lambda: 3)
     monkeypatch.setattr(launch, "_START", None)
     assert launch.free_cpus() == 3
-    monkeypatch.setattr(launch, "_START", (0.0, None, 0.0))
+    monkeypatch.setattr(launch, "_START", (0.0, None, 0.0, None))
     assert launch.free_cpus() == 3
 
 

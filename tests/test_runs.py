@@ -7,6 +7,7 @@ Runs use the bundled digits model (gpuopt.demo), exported to ONNX, so no downloa
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -525,6 +526,9 @@ def test_store_refuses_to_resume_another_runs_file(tmp_path):
     with pytest.raises(InvalidInputError, match=r"holds the records of another run \(network: 'aaa.*' there, "
                                                 r"'bbb.*' now\); choose another results file"):
         ResultStore(path, resume=True, run={"kind": "dataset", "network": "b" * 64, "clip": [0, 1]})
+    # a run that describes no question (an instances CSV's) may not append to a dataset run's file
+    with pytest.raises(InvalidInputError, match="holds the records of a dataset run; choose another results file"):
+        ResultStore(path, resume=True)
 
 
 def _other_onnx(demo, path: Path) -> None:
@@ -603,3 +607,15 @@ def test_workers_beyond_the_cpus_are_capped(capsys):
     assert _pool_workers(None) is None and _pool_workers(n) == n
     assert _pool_workers(n + 63) == n
     assert capsys.readouterr().err == f"gpuopt: warning: --workers {n + 63} exceeds the {n} usable CPUs; using {n}\n"
+
+
+def test_run_description_reads_an_infinite_clip_end_as_an_open_one(demo):
+    from gpuopt.runs import run_description
+
+    net, images, labels = demo
+    x, y = images[:3], labels[:3]
+    open_box = run_description("dataset", net, x, y, None)
+    assert open_box["clip"] == [None, None]
+    assert run_description("dataset", net, x, y, (-math.inf, math.inf)) == open_box
+    assert run_description("dataset", net, x, y, (0, math.inf))["clip"] == [0.0, None]
+    assert run_description("dataset", net, x * 2, y, None)["data"] != open_box["data"]

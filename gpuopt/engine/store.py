@@ -97,6 +97,9 @@ class ResultStore:
         self._records = {rec["key"]: rec for rec in read_records(self.path)}
         run = None if run is None else json.loads(json.dumps(_json_safe(run)))  # as it reads back
         header = read_run_header(self.path)
+        if run is None and header is not None:
+            raise InvalidInputError(f"the results file {self.path} holds the records of a {header.get('kind')} run; "
+                                    "choose another results file")
         if run is not None and header is not None and header != run:
             diff = sorted(k for k in set(run) | set(header) if run.get(k) != header.get(k))
             what = "; ".join(f"{k}: {header.get(k)!r} there, {run.get(k)!r} now" for k in diff)
