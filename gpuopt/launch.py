@@ -24,19 +24,18 @@ __all__ = ["mark_start", "free_cpus", "usable_cpus"]
 _START: tuple | None = None  # (monotonic seconds, busy jiffies of the CPUs, own CPU seconds, the CPUs)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the platform says; else all)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on this platform
-        return os.cpu_count() or 1
-
-
 def _affinity() -> frozenset | None:
+    """The CPUs this process may run on, where the platform says (else None)."""
     try:
         return frozenset(os.sched_getaffinity(0))
     except AttributeError:  # not on this platform
         return None
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity where the platform says; else all)."""
+    cpus = _affinity()
+    return max(1, len(cpus)) if cpus is not None else os.cpu_count() or 1
 
 
 def _busy_jiffies(cpus=None) -> int | None:

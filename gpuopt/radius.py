@@ -78,7 +78,7 @@ from .errors import InvalidInputError, SolverError
 from .problem import Problem
 from .network import Network
 from .lowering import check_lowering_size
-from .regions import Box, LinfBall
+from .regions import Box, LinfBall, clip_pair
 from .specs import OutputSpec, robustness
 
 __all__ = ["RadiusResult", "certify_radius", "min_distortion_milp", "ball_row_bounds"]
@@ -118,54 +118,6 @@ def _distance_up(x: np.ndarray, x0: np.ndarray, norm: str = "linf") -> float:
         return float(np.nextafter(math.sqrt(ss) * (1.0 + 2 * eps), np.inf))
     total = float(np.sum(d))
     return float(np.nextafter(total * (1.0 + (d.size + 2) * np.finfo(np.float64).eps), np.inf))
-
-
-def _clip_iv(clip, shape: tuple, n: int):
-    """``clip`` as ``(low, high)``: each None, a float or a flat float64 array of ``n`` entries;
-    ``InvalidInputError`` naming ``clip`` otherwise."""
-    if clip is None:
-        return None, None
-
-    def refuse(what: str):
-        return InvalidInputError("`clip` must be None or a pair (low, high) of numbers or arrays broadcastable to "
-                                 f"`x`, low <= high, no NaN: {what}")
-
-    if isinstance(clip, (str, bytes)) or not isinstance(clip, (tuple, list)):
-        raise refuse(f"got {type(clip).__name__}")
-    if len(clip) != 2:
-        raise refuse(f"got a {type(clip).__name__} of {len(clip)} entr{'y' if len(clip) == 1 else 'ies'}")
-    out = []
-    for v, side in zip(clip, ("low", "high")):
-        if v is None:  # unbounded on this side
-            out.append(None)
-            continue
-        try:
-            a = np.asarray(v)
-            ok = not isinstance(v, (bool, np.bool_)) and a.dtype.kind in "iuf"
-        except Exception:  # noqa: BLE001 - a ragged list and the like
-            ok = False
-        if not ok:
-            raise refuse(f"its {side} is a {type(v).__name__}, not real numbers")
-        a = a.astype(np.float64)
-        nan = np.flatnonzero(np.isnan(a))
-        if nan.size:
-            raise refuse(f"its {side} holds NaN" + (f" at index {int(nan[0])}" if a.ndim else ""))
-        if a.ndim == 0:
-            out.append(float(a))
-            continue
-        try:
-            a = np.broadcast_to(a, shape).reshape(-1)
-        except ValueError:
-            if a.size != n:
-                raise refuse(f"its {side} of shape {a.shape} does not broadcast to `x`'s shape {shape}") from None
-            a = a.reshape(-1)
-        out.append(np.array(a))
-    lo, hi = out
-    if lo is not None and hi is not None:
-        bad = np.flatnonzero(np.broadcast_to(np.asarray(lo) > np.asarray(hi), (n,)))
-        if bad.size:
-            raise refuse(f"low > high at index {int(bad[0])}")
-    return lo, hi
 
 
 def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_max: float = 1.0,
@@ -222,7 +174,7 @@ def certify_radius(network: Network, x, label: int, *, norm: str = "linf", eps_m
     if margin is not None and (target is None or isinstance(margin, bool) or not isinstance(margin, (int, float))
                                or not math.isfinite(margin) or margin <= 0):
         raise InvalidInputError(f"`margin` must be a finite number > 0 and needs a `target`, got {margin!r}")
-    lo_clip, hi_clip = _clip_iv(clip, x_arr.shape, x0.size)
+    lo_clip, hi_clip = clip_pair(clip, x_arr.shape, x0.size)
     for bound, side, outside in ((lo_clip, "below its low", np.less), (hi_clip, "above its high", np.greater)):
         bad = np.flatnonzero(outside(x0, bound)) if bound is not None else ()
         if len(bad):

@@ -128,6 +128,55 @@ class Box:
         return np.all((x >= self.lower - tol) & (x <= self.upper + tol), axis=1)
 
 
+def clip_pair(clip, shape: tuple, n: int):
+    """A valid input range ``clip`` (None, or ``(low, high)``: numbers or arrays broadcastable to
+    ``shape`` or of ``n`` entries, None for an open end) as ``(low, high)``, each None, a float or a
+    flat float64 array of ``n`` entries; ``InvalidInputError`` naming ``clip`` otherwise."""
+    if clip is None:
+        return None, None
+
+    def refuse(what: str):
+        return InvalidInputError("`clip` must be None or a pair (low, high) of numbers or arrays broadcastable to "
+                                 f"`x`, low <= high, no NaN: {what}")
+
+    if isinstance(clip, (str, bytes)) or not isinstance(clip, (tuple, list)):
+        raise refuse(f"got {type(clip).__name__}")
+    if len(clip) != 2:
+        raise refuse(f"got a {type(clip).__name__} of {len(clip)} entr{'y' if len(clip) == 1 else 'ies'}")
+    out = []
+    for v, side in zip(clip, ("low", "high")):
+        if v is None:  # unbounded on this side
+            out.append(None)
+            continue
+        try:
+            a = np.asarray(v)
+            ok = not isinstance(v, (bool, np.bool_)) and a.dtype.kind in "iuf"
+        except Exception:  # noqa: BLE001 - a ragged list and the like
+            ok = False
+        if not ok:
+            raise refuse(f"its {side} is a {type(v).__name__}, not real numbers")
+        a = a.astype(np.float64)
+        nan = np.flatnonzero(np.isnan(a))
+        if nan.size:
+            raise refuse(f"its {side} holds NaN" + (f" at index {int(nan[0])}" if a.ndim else ""))
+        if a.ndim == 0:
+            out.append(float(a))
+            continue
+        try:
+            a = np.broadcast_to(a, shape).reshape(-1)
+        except ValueError:
+            if a.size != n:
+                raise refuse(f"its {side} of shape {a.shape} does not broadcast to `x`'s shape {shape}") from None
+            a = a.reshape(-1)
+        out.append(np.array(a))
+    lo, hi = out
+    if lo is not None and hi is not None:
+        bad = np.flatnonzero(np.broadcast_to(np.asarray(lo) > np.asarray(hi), (n,)))
+        if bad.size:
+            raise refuse(f"low > high at index {int(bad[0])}")
+    return lo, hi
+
+
 @dataclass(frozen=True, eq=False)
 class LinfBall:
     """``{x : ||x - center||_inf <= eps}`` intersected with ``[clip_lower, clip_upper]`` if given."""

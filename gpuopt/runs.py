@@ -164,25 +164,21 @@ def _dataset_iv(network, x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clip_pair(clip, x: np.ndarray) -> tuple:
-    """``clip`` (``None``, or ``(low, high)`` numbers) as a pair with ``None`` for an open end;
-    every sample must lie in it, or each item's ball would be empty: a dataset in [0, 255] under
-    the clip box [0, 1] is refused once, here, rather than recorded as an error per item."""
-    if clip is None:
-        return (None, None)
-    try:
-        lo, hi = (None if c is None else float(c) for c in clip)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"`clip` must be None or a pair (low, high) of numbers, got {clip!r}") from None
-    if any(c is not None and math.isnan(c) for c in (lo, hi)) or (lo is not None and hi is not None and lo > hi):
-        raise InvalidInputError(f"`clip` must be a pair low <= high, got {clip!r}")
-    if x.size:
-        below = lo is not None and x.min() < lo
-        above = hi is not None and x.max() > hi
-        if below or above:
-            raise InvalidInputError(
-                f"the samples' features lie in [{x.min():g}, {x.max():g}], outside the clip box "
-                f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]: scale the data "
-                "(--scale, e.g. 255 for 8-bit images) or give the valid input range (--clip)")
+    """``clip`` (:func:`gpuopt.regions.clip_pair`: ``None``, or ``(low, high)`` numbers or
+    per-feature arrays) as a pair with ``None`` for an open end; every sample (a row of ``x``) must
+    lie in it, or each item's ball would be empty: a dataset in [0, 255] under the clip box [0, 1]
+    is refused once, here, rather than recorded as an error per item."""
+    from .regions import clip_pair
+
+    lo, hi = clip_pair(clip, (x.shape[1],), x.shape[1])
+    if x.size and (lo is not None and np.any(x < lo) or hi is not None and np.any(x > hi)):
+        def end(c, inf):
+            return inf if c is None else f"{c:g}" if np.ndim(c) == 0 else "per feature"
+
+        raise InvalidInputError(
+            f"the samples' features lie in [{x.min():g}, {x.max():g}], outside the clip box "
+            f"[{end(lo, '-inf')}, {end(hi, 'inf')}]: scale the data "
+            "(--scale, e.g. 255 for 8-bit images) or give the valid input range (--clip)")
     return (lo, hi)
 
 
@@ -256,13 +252,21 @@ def run_description(kind: str, network, x, y, clip, **extra) -> dict:
     give the same; ``limit`` and the eps list only pick items, so they may change."""
     import hashlib
 
+    from .regions import clip_pair
+
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(len(x), -1)
     h = hashlib.sha256()
-    for a in (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.int64)):
+    for a in (x, np.ascontiguousarray(y, dtype=np.int64)):
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
+
+    def end(c):  # an infinite end is an open one
+        if c is None or np.ndim(c) == 0:
+            return None if c is None or math.isinf(c) else float(c)
+        return [None if math.isinf(v) else float(v) for v in c]
+
     return {"kind": kind, "network": network.digest(), "data": h.hexdigest(),
-            "clip": [None if c is None or math.isinf(float(c)) else float(c) for c in (clip or (None, None))],
-            **extra}  # an infinite end is an open one
+            "clip": [end(c) for c in clip_pair(clip, (x.shape[1],), x.shape[1])], **extra}
 
 
 #: the statuses of :func:`gpuopt.radius.certify_radius`'s results

@@ -619,3 +619,25 @@ def test_run_description_reads_an_infinite_clip_end_as_an_open_one(demo):
     assert run_description("dataset", net, x, y, (-math.inf, math.inf)) == open_box
     assert run_description("dataset", net, x, y, (0, math.inf))["clip"] == [0.0, None]
     assert run_description("dataset", net, x * 2, y, None)["data"] != open_box["data"]
+
+
+def test_dataset_items_take_a_per_feature_clip_box(demo):
+    """``clip`` as per-feature arrays, as LinfBall and certify_radius take it (validated by
+    gpuopt.regions.clip_pair); a sample outside its own feature's range is refused."""
+    from gpuopt.runs import dataset_items, run_description
+
+    net, images, labels = demo
+    x, y = images[:2], labels[:2]
+    d = x.shape[1]
+    lo, hi = np.zeros(d), np.ones(d)
+    items = dataset_items(net, x, y, [0.02], timeout=5, clip=(lo, hi))
+    assert len(items) == 2 and np.array_equal(items[0].args[4][1], hi)
+    header = run_description("dataset", net, x, y, (lo, hi))
+    assert header["clip"] == [[0.0] * d, [1.0] * d]
+    tight = hi.copy()
+    k = int(np.argmax(x[0]))
+    tight[k] = x[0, k] / 2
+    with pytest.raises(InvalidInputError, match=r"outside the clip box \[0, per feature\]"):
+        dataset_items(net, x, y, [0.02], timeout=5, clip=(0.0, tight))
+    with pytest.raises(InvalidInputError, match="`clip` must be None or a pair"):
+        dataset_items(net, x, y, [0.02], timeout=5, clip=(0.0,))

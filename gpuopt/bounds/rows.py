@@ -55,16 +55,14 @@ def row_bounds(network: Network, lower, upper, A, *, method: str = "crown", alph
     if smooth_chain(network) is not None:
         return _smooth_rows(network, lo, hi, both, method, m)
     try:
-        base = ibp(network, lo, hi)
+        out = ibp(network, lo, hi).output
     except NotPiecewiseLinearError as exc:  # e.g. a final Softmax: interval bounds, layer by layer
         if method != "ibp":
             raise NotPiecewiseLinearError(f"{exc}; method {method!r} needs a piecewise linear network (or a chain "
                                           "of affine, ReLU, Sigmoid and Tanh layers): 'ibp' applies") from None
         out = interval_bounds(network, lo, hi)
-        rows = disjunct_lower_bounds(*out, both[:, None, :], torch.zeros(2 * m, 1, dtype=torch.float64))[0]
-        return rows[:m], -rows[m:]
     # IBP's row bounds: disjunct_lower_bounds with one row per "disjunct" and b = 0
-    rows = disjunct_lower_bounds(*base.output, both[:, None, :], torch.zeros(2 * m, 1, dtype=torch.float64))[0]
+    rows = disjunct_lower_bounds(*out, both[:, None, :], torch.zeros(2 * m, 1, dtype=torch.float64))[0]
     if method != "ibp":
         inter = intermediate_bounds(network, lo, hi, deadline=deadline)
         if method == "crown":
