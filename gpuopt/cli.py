@@ -181,6 +181,8 @@ def _check_out(path: str, inputs=()) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .milp.highs import IPM_ROOT_MIN_NONZEROS
+
     p = _Parser(prog="gpuopt", description="Attack and verify trained ReLU networks.")
     p.add_argument("--version", action="version", version=f"gpuopt {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log pipeline details to stderr")
@@ -212,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a MILP not decided in its first seconds tightens its last layer's and outputs' bounds by LP "
                         "over the points where its disjunct's margin is small, in at most this share of its time "
                         "left, and starts again on them (0 to 1; default 0, off)")
+    v.add_argument("--milp-root-lp", choices=("auto", "simplex", "ipm"), default="auto",
+                   help="how each MILP's first LP is solved: HiGHS's dual simplex, its interior point method "
+                        "(crossed over to a basis), or auto (the default: the interior point method on models with "
+                        f"{IPM_ROOT_MIN_NONZEROS:,} matrix entries or more)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
     v.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,
@@ -534,7 +540,7 @@ def _cmd_verify(args, start_time: float) -> int:
         relu = replace(relu, step_dtype=args.step_dtype)
     if relu != VerifyConfig().relu_split:
         bab["relu_split"] = relu
-    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31), device=args.device,
+    config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31, root_lp=args.milp_root_lp), device=args.device,
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
                           milp_refine_share=args.milp_refine, **bab,
                           **({} if args.refine_method is None else {"refine_method": args.refine_method}),

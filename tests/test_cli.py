@@ -652,6 +652,15 @@ def test_milp_condition_option_reaches_the_config(extra, want, tiny, tmp_path, m
     assert seen["config"].milp_condition_share == want
 
 
+@pytest.mark.parametrize("extra, want", [([], "auto"), (["--milp-root-lp", "ipm"], "ipm"),
+                                         (["--milp-root-lp", "simplex"], "simplex")])
+def test_milp_root_lp_option_reaches_the_solver_config(extra, want, tiny, tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    spec = _write_vnnlib(tmp_path / "p.vnnlib", 2, 2, -1, 1, "(>= (- Y_0 Y_1) 1000)")
+    assert main(["verify", str(tiny), str(spec), "--timeout", "30"] + extra) == 0
+    assert seen["config"].solver.root_lp == want
+
+
 
 def test_out_is_checked_before_the_work_and_a_stale_file_removed(tiny, tmp_path, capsys, monkeypatch, no_work):
     """``--out`` that cannot be written is refused before any work (not after the run, losing the

@@ -330,3 +330,49 @@ def test_recheck_branches_deepest_first_and_agrees_with_brute_force_in_every_for
             assert recheck_milp(model, true_min - 10 * tol - 1e-3 * abs(true_min)).proven
             assert not recheck_milp(model, true_min + tol).proven
     assert {1, 2, 3} <= seen  # binaries of every hidden layer were met
+
+
+@pytest.mark.parametrize("name, seed", [(n, s) for n in ARCHS for s in range(2)])
+def test_root_lp_by_interior_point_changes_no_optimum(name, seed, monkeypatch):
+    """``SolverConfig(root_lp="ipm")`` hands HiGHS ``mip_lp_solver=ipm`` (read back from the
+    instance) and the optimum and the dual bound still equal brute force; ``"auto"`` picks it only
+    from :data:`IPM_ROOT_MIN_NONZEROS` matrix entries up (these models are far smaller), and a
+    value outside the three is refused by name."""
+    import gpuopt.milp.highs as highs_mod
+    from gpuopt.milp.highs import IPM_ROOT_MIN_NONZEROS, SolverConfig, root_lp_solver
+
+    seen = []
+    make = highs_mod._new_highs
+
+    def spy(*args, **kwargs):
+        h = make(*args, **kwargs)
+        seen.append(h.getOptionValue("mip_lp_solver")[1])
+        return h
+
+    monkeypatch.setattr(highs_mod, "_new_highs", spy)
+    _, net, lo, hi, spec = _problem(name, seed)
+    blocks, pre, out = _milp_inputs(net, lo, hi)
+    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
+    tol = 1e-6 * _scale(net, lo, hi, spec)
+    for k, (A, b) in enumerate(spec.disjuncts):
+        model = encode_bigm(blocks, pre, out, lo, hi, A, b)
+        res = solve_milp(model, time_limit=60, threshold=np.inf, config=SolverConfig(root_lp="ipm"))
+        assert res.status is MilpStatus.OPTIMAL, (res.status, res.raw_status)
+        assert res.objective == pytest.approx(ref.per_disjunct[k], abs=tol)
+        assert res.dual_bound == pytest.approx(ref.per_disjunct[k], abs=tol)
+        below = solve_milp(model, time_limit=60, threshold=ref.per_disjunct[k] - 0.1 * tol - 1e-3,
+                           config=SolverConfig(root_lp="ipm"))
+        assert below.proves_above(ref.per_disjunct[k] - 0.1 * tol - 1e-3)
+        above = solve_milp(model, time_limit=60, threshold=ref.per_disjunct[k] + tol + 1e-3,
+                           config=SolverConfig(root_lp="ipm"))
+        assert not above.proves_above(ref.per_disjunct[k] + tol + 1e-3)
+    assert seen and set(seen) == {"ipm"}, seen
+    seen.clear()
+    solve_milp(encode_bigm(blocks, pre, out, lo, hi, *spec.disjuncts[0]), time_limit=60, threshold=np.inf)
+    assert seen == ["choose"]  # auto: a small model keeps the dual simplex
+    assert root_lp_solver(SolverConfig(), IPM_ROOT_MIN_NONZEROS) == "ipm"
+    assert root_lp_solver(SolverConfig(), IPM_ROOT_MIN_NONZEROS - 1) == "choose"
+    assert root_lp_solver(SolverConfig(root_lp="simplex"), 10 * IPM_ROOT_MIN_NONZEROS) == "choose"
+    assert root_lp_solver(SolverConfig(root_lp="ipm"), 1) == "ipm"
+    with pytest.raises(InvalidInputError, match="root_lp"):
+        SolverConfig(root_lp="barrier")

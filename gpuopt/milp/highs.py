@@ -84,6 +84,21 @@ class MilpStatus(enum.Enum):
 MIN_MIP_FEASIBILITY_TOLERANCE = 1e-9
 
 
+#: ``SolverConfig.root_lp``'s values
+ROOT_LP_CHOICES = ("auto", "simplex", "ipm")
+#: ``root_lp="auto"`` solves the first LP of a MILP with at least this many matrix entries by the
+#: interior point method (see :class:`SolverConfig`)
+IPM_ROOT_MIN_NONZEROS = 150_000
+
+
+def root_lp_solver(config: "SolverConfig", nonzeros: int) -> str:
+    """HiGHS's ``mip_lp_solver`` for a MILP with ``nonzeros`` matrix entries under ``config``:
+    ``"ipm"`` or ``"choose"`` (HiGHS's default, the dual simplex)."""
+    if config.root_lp == "ipm" or (config.root_lp == "auto" and nonzeros >= IPM_ROOT_MIN_NONZEROS):
+        return "ipm"
+    return "choose"
+
+
 @dataclass(frozen=True)
 class SolverConfig:
     """HiGHS settings built per call: ``threads`` (1 inside pool workers), ``seed``
@@ -92,7 +107,20 @@ class SolverConfig:
     ``feasibility_jump`` (HiGHS's feasibility-jump primal heuristic at the root) and
     ``sub_mips`` (HiGHS's sub-MIP primal heuristics: RINS, RENS and the root reduced-cost one;
     ``None``, the default: off when :func:`solve_milp` has a finite threshold, on when it
-    optimises). None of these changes what a result proves, only how fast HiGHS gets there.
+    optimises) and ``root_lp`` (how a MILP's first LP is solved: ``"simplex"``, ``"ipm"``, or
+    ``"auto"``, the default: HiGHS's interior point method, crossed over to a basis, on models with
+    at least :data:`IPM_ROOT_MIN_NONZEROS` matrix entries, the dual simplex on smaller ones; the
+    node LPs are always the dual simplex, warm-started). None of these changes what a result
+    proves, only how fast HiGHS gets there.
+
+    Why the interior point method at the root of a large model: the dual simplex from a slack basis
+    needs tens of thousands of iterations there. On the big-M MILPs over CROWN's bounds
+    (``benchmarks/milp_root.py``, one thread) the root LP took 31.7 s by simplex against 10.4 s by
+    IPM on mnist-net_256x6 (540k entries), 13.8 against 2.2 s on oval21's cifar_base_kw, 43.1
+    against 5.5 s on cifar_deep_kw, and on cifar_wide_kw (866k entries) 117 s of simplex against
+    about 1 s; on mnist-net_256x2 and 256x4 (270k and 400k entries, which presolve shrinks) and on
+    smaller models the two take the same time, and the 30 mnist_fc 256x2 instances took 139.5 s
+    with ``auto`` against 139.4 s with ``simplex``, the same verdicts.
 
     Why the sub-MIPs are off for a sign decision: below a finite threshold, the only incumbent a
     heuristic can find is a counterexample, and the attack and the walk have already looked for
@@ -109,12 +137,15 @@ class SolverConfig:
     objective_cutoff: bool = True
     feasibility_jump: bool = True
     sub_mips: bool | None = None
+    root_lp: str = "auto"
 
     def __post_init__(self):
         if not 1 <= int(self.threads) <= 1024:
             raise InvalidInputError(f"`threads` must be between 1 and 1024, got {self.threads!r}")
         if not 0 <= int(self.seed) <= 2**31 - 1:
             raise InvalidInputError(f"`seed` must be an integer in [0, 2**31 - 1] (HiGHS's random_seed), got {self.seed!r}")
+        if self.root_lp not in ROOT_LP_CHOICES:
+            raise InvalidInputError(f"`root_lp` must be one of {', '.join(ROOT_LP_CHOICES)}, got {self.root_lp!r}")
         if self.sub_mips is not None and not isinstance(self.sub_mips, bool):
             raise InvalidInputError(f"`sub_mips` must be True, False or None (auto), got {self.sub_mips!r}")
         for name in ("mip_feasibility_tolerance", "primal_feasibility_tolerance", "dual_feasibility_tolerance"):
@@ -357,6 +388,8 @@ def _new_highs(highspy, model: MilpModel, sc: "_Scaled", config: SolverConfig, t
         if msg.upper().startswith("WARNING") and not _BENIGN_WARNING.search(msg):
             warnings_seen.append(msg)
 
+    if integer and h.setOptionValue("mip_lp_solver", root_lp_solver(config, sc.A.nnz)) != highspy.HighsStatus.kOk:
+        raise SolverError("HiGHS refused the option mip_lp_solver")
     h.cbLogging.subscribe(on_log)
     _pass_model(h, highspy, sc.c, sc.col_lower, sc.col_upper, sc.row_lower, sc.row_upper, sc.A,
                 model.integrality if integer else None)
