@@ -218,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="how each MILP's first LP is solved: HiGHS's dual simplex, its interior point method "
                         "(crossed over to a basis), or auto (the default: the interior point method on models with "
                         f"{IPM_ROOT_MIN_NONZEROS:,} matrix entries or more)")
+    v.add_argument("--milp-beside", choices=("auto", "on", "off"), default="auto",
+                   help="run the MILPs of the open disjuncts in a thread beside activation splitting, which stops "
+                        "once they decide: on, off, or auto (the default: when a CPU is free beside torch's "
+                        "threads, e.g. --threads 1 on an idle 2-core machine)")
     v.add_argument("--no-walk", action="store_true", help="skip the Relax-and-Walk stage")
     v.add_argument("--no-lp", action="store_true", help="skip the LP stage (LP bound tightening and LP bounds)")
     v.add_argument("--refine", "--milp-refine", dest="milp_refine", type=_refine_share, default=None,
@@ -543,6 +547,7 @@ def _cmd_verify(args, start_time: float) -> int:
     config = VerifyConfig(attack=attack, solver=SolverConfig(seed=args.seed % 2**31, root_lp=args.milp_root_lp), device=args.device,
                           formulation=args.formulation, cuts=args.cut_kinds or args.cuts, use_walk=not args.no_walk, use_lp=not args.no_lp,
                           milp_refine_share=args.milp_refine, **bab,
+                          milp_beside={"auto": None, "on": True, "off": False}[args.milp_beside],
                           **({} if args.refine_method is None else {"refine_method": args.refine_method}),
                           **({} if args.milp_condition is None else {"milp_condition_share": args.milp_condition}))
     from .devices import warm_up

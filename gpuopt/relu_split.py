@@ -522,14 +522,16 @@ def _cast_context(ctx, dtype):
 
 
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
-               deadline: float | None = None, config: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitResult:
+               deadline: float | None = None, config: ReluSplitConfig = ReluSplitConfig(),
+               stop=None) -> ReluSplitResult:
     """Prove every disjunct unreachable on the box ``[lower, upper]`` (``(n_in,)``) by activation
     splitting, or find a counterexample (checked in float64 against ``problem``, whose unsafe
     region contains the disjuncts). ``disjuncts``: ``(C_k (m_k, n_out), d_k (m_k,), strict_k
     (m_k,) bool or None)``; disjunct ``k`` is closed once ``max_i (C_k f(x) - d_k)_i > 0`` is proven
     on all its domains. The domains of all disjuncts share one queue and are bounded together.
-    ``bounds``: sound pre-activation bounds on the box (batch 1). Works in the dtype/device of
-    ``lower``."""
+    ``bounds``: sound pre-activation bounds on the box (batch 1). ``stop``: a callable asked
+    before each step; once it answers true the search ends as at its deadline (another search
+    decided the item). Works in the dtype/device of ``lower``."""
     lo = torch.as_tensor(lower).reshape(1, -1)
     hi = torch.as_tensor(upper).reshape(1, -1).to(lo)
     dtype, dev = lo.dtype, lo.device
@@ -725,7 +727,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 left.append(child)
         return (_Domains.cat(left) if left else None), lps, progress, None
     while len(store):
-        if deadline is not None and time.monotonic() > deadline:
+        if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()):
             status = "timeout"
             break
         if len(store) > limit:

@@ -117,7 +117,10 @@ class VerifyConfig:
     the mnist_fc nets) for items with a timeout of at least :data:`AUTO_REFINE_MIN_SECONDS` (or
     none), 0 otherwise (see :meth:`refine_share`); 0 is off. With it on,
     activation splitting first runs in ``milp_refine_probe_share`` of the time left (0: not at
-    all), so that what it decides quickly does not wait for the refinement."""
+    all), so that what it decides quickly does not wait for the refinement. ``milp_beside``: the
+    MILPs of the open disjuncts run in a thread beside activation splitting, which stops once they
+    decide the item (:mod:`gpuopt.engine.beside`); ``None`` (auto) when a CPU is free beside
+    torch's threads, ``True``/``False`` always/never."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(patience=2))
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -145,6 +148,7 @@ class VerifyConfig:
     milp_refine_share: float | None = None
     milp_refine_neuron_time: float = 1.0
     milp_refine_probe_share: float = 0.1
+    milp_beside: bool | None = None
     refine_method: str = "split"
     milp_threshold_abs: float = 1e-6
     milp_threshold_rel: float = 1e-5
@@ -164,6 +168,8 @@ class VerifyConfig:
                      "use_walk", "use_lp", "milp_recheck"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+        if self.milp_beside is not None and not isinstance(self.milp_beside, bool):
+            raise InvalidInputError(f"`milp_beside` must be True, False or None (auto), got {self.milp_beside!r}")
         if not isinstance(self.alpha_steps, int) or isinstance(self.alpha_steps, bool):
             raise InvalidInputError(f"`alpha_steps` must be an integer, got {self.alpha_steps!r}")
         if self.alpha_steps < 0:

@@ -29,11 +29,14 @@ def one_thread(request, monkeypatch):
     import torch
 
     import gpuopt.cli
+    import gpuopt.engine.beside
 
     saved = torch.get_num_threads()
     if request.node.get_closest_marker("all_cpus") is None:
         monkeypatch.setattr(gpuopt.cli, "_usable_cpus", lambda: 1)
         monkeypatch.setattr(gpuopt.cli, "free_cpus", lambda: 1)
+        # no CPU to spare either: MILPs beside activation splitting only where a test asks for them
+        monkeypatch.setattr(gpuopt.engine.beside, "spare_cpus", lambda: 0)
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)

@@ -919,16 +919,72 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
             notes["leaf_lb"][(i, k)] = proven
         start = item.best_x.get(i)
         for n, region in regions:
-            label = f"milp p{i} d{k}" + ("" if n is None else f" leaf {n}")
             # a leaf's MILP starts from the best point only if that lies in the leaf (HiGHS warns
             # on an infeasible start, and a warning withholds the proof)
             seed = start if n is None or start is None or _in_region(item.network, start, region) else None
-            specs.append(TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk,
-                                              region, (ly, uy), seed, threshold, unchecked, config.solver,
-                                              config.formulation, config.cuts, config.milp_recheck,
-                                              config.milp_condition_share),
-                                  label, {"problem": i, "disjunct": k, "leaf": n}))
+            specs.append(_milp_spec(item, i, k, region, (ly, uy), seed, n, threshold, unchecked))
     return specs
+
+
+def _milp_spec(item: ItemState, i: int, k: int, region, out_bounds, seed, leaf, threshold, unchecked) -> TaskSpec:
+    """The MILP task of problem ``i``'s disjunct ``k`` over ``region`` (pre-activation bounds;
+    ``leaf``: the index of activation splitting's leaf it covers, or None), from ``seed``."""
+    config = item.config
+    Ak, bk = item.proof_problems[i].spec.disjuncts[k]
+    label = f"milp p{i} d{k}" + ("" if leaf is None else f" leaf {leaf}")
+    return TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, region, out_bounds,
+                                seed, threshold, unchecked, config.solver, config.formulation, config.cuts,
+                                config.milp_recheck, config.milp_condition_share),
+                    label, {"problem": i, "disjunct": k, "leaf": leaf})
+
+
+def _beside_applies(c, it) -> bool:
+    """MILPs beside activation splitting (:mod:`gpuopt.engine.beside`): the MILP stage on, and
+    ``milp_beside`` on, or auto with a CPU to spare; never in a pool worker."""
+    from ..devices import in_pool_worker
+    from .beside import spare_cpus
+
+    if not c.use_milp or c.milp_beside is False or in_pool_worker():
+        return False
+    return c.milp_beside is True or spare_cpus() >= 1
+
+
+def plan_milp_beside(item: ItemState) -> list[TaskSpec]:
+    """The MILP stage's task for each open disjunct, weakest bound first, over the item's bounds
+    as they stand when activation splitting begins (no leaves yet), seeded with the best point."""
+    config = item.config
+    specs = []
+    for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
+        mb = _milp_bounds(item, i)
+        if mb is None:
+            continue
+        pre, (ly, uy) = mb
+        Ak, bk = item.proof_problems[i].spec.disjuncts[k]
+        threshold, unchecked = proof_thresholds(Ak, bk, ly, uy, config.milp_threshold_abs, config.milp_threshold_rel,
+                                                config.solver)
+        specs.append(_milp_spec(item, i, k, pre, (ly, uy), item.best_x.get(i), None, threshold, unchecked))
+    return specs
+
+
+def merge_beside(item: ItemState, results) -> int:
+    """Fold the MILPs run beside activation splitting into ``item`` as the MILP stage's
+    (:func:`merge_milp`), proofs and counterexamples only (a MILP cancelled or out of time proves
+    nothing, and the item has time left); then, when no disjunct is left open, decide ``unsat``.
+    Returns how many disjuncts they closed."""
+    closed = 0
+    item.stage_notes.setdefault("milp", {"undecided": [], "leaves_left": {}, "leaf_lb": {}})  # as plan_milp's
+    for spec, value in results:
+        if item.verdict is not None:
+            break
+        ik = (spec.meta["problem"], spec.meta["disjunct"])
+        if value["kind"] == "sat" or (value["kind"] == "proven" and ik in item.open):
+            merge_milp(item, spec, value)
+            closed += value["kind"] == "proven"
+    if item.verdict is None and closed and not item.open:
+        item.decide(Status.UNSAT, margin_lower=min(item.closed_lower_bounds()), decided_by="milp",
+                    message=f"every open disjunct proven unreachable, {closed} of them by MILP beside activation "
+                            f"splitting ({_milp_how(item)})")
+    return closed
 
 
 def merge_milp(item: ItemState, spec: TaskSpec, value: dict) -> None:
@@ -972,21 +1028,26 @@ def _split_progress(item: ItemState) -> str:
     return out
 
 
+def _milp_how(item: ItemState) -> str:
+    """What the MILP proofs so far rest on (re-checked, Farkas certificates, HiGHS's tree)."""
+    notes = item.stage_notes.get("milp", {})
+    proven, rechecked, farkas = notes.get("proven", 0), notes.get("rechecked", 0), notes.get("farkas", 0)
+    # a conditioned LP's Farkas certificate rests on safe bounds alone, as the re-check does
+    by_lp = f", {farkas} by a conditioned LP's Farkas certificate on safe bounds" if farkas else ""
+    if item.config.milp_recheck:
+        return (f"{rechecked} of {proven} proofs re-checked independently by safe-bound branch and bound{by_lp}; the "
+                "others rest on HiGHS's tree within its tolerance margin")
+    return (f"{farkas} of {proven} proofs by a conditioned LP's Farkas certificate on safe bounds, the others"
+            if farkas else "the proofs") + " rest on HiGHS's tree within its tolerance margin; re-check off"
+
+
 def finish_milp(item: ItemState) -> str:
     notes = item.stage_notes.get("milp", {"undecided": []})
     if notes["undecided"] or item.open:  # unsat only when every open disjunct was closed by a proof
         unproven = [f"problem {i} disjunct {k} not proven" for i, k in sorted(item.open)]
         item.decide(Status.UNKNOWN, message="; ".join(notes["undecided"] or unproven) + _split_progress(item))
         return "open"
-    proven, rechecked, farkas = notes.get("proven", 0), notes.get("rechecked", 0), notes.get("farkas", 0)
-    # a conditioned LP's Farkas certificate rests on safe bounds alone, as the re-check does
-    by_lp = f", {farkas} by a conditioned LP's Farkas certificate on safe bounds" if farkas else ""
-    if item.config.milp_recheck:
-        how = (f"{rechecked} of {proven} proofs re-checked independently by safe-bound branch and bound{by_lp}; the "
-               "others rest on HiGHS's tree within its tolerance margin")
-    else:
-        how = (f"{farkas} of {proven} proofs by a conditioned LP's Farkas certificate on safe bounds, the others"
-               if farkas else "the proofs") + " rest on HiGHS's tree within its tolerance margin; re-check off"
+    how = _milp_how(item)
     leaves, tails = notes.get("leaves_proven", 0), notes.get("tail", 0)
     on = f", {leaves} of them on leaves activation splitting left" if leaves else ""
     on += f", {tails} by the network's tail after a narrow layer, over that layer's box" if tails else ""
@@ -1061,37 +1122,80 @@ def finalize(item: ItemState) -> ItemState:
 def run_stages(item: ItemState, stages=STAGES) -> ItemState:
     """Run the enabled stages on one item, in order and in this process, until one decides it; a
     task stage runs its tasks one after the other and stops at the first decision. Answers
-    ``timeout`` when the deadline passes between stages or tasks, ``unknown`` when every stage ran."""
-    for stage in map(_as_stage, stages):
-        if item.verdict is not None:
-            break
-        if stage.name != "bounds" and item.left() <= 0:
-            item.decide(Status.TIMEOUT, message=item.too_large or "")
-            break
-        if not stage.enabled(item.config, item):
-            continue
-        ts, wall = time.monotonic(), time.time()
-        if stage.kind == "batch":
-            outcome = stage.run([item])[0]
-        elif stage.kind == "item":
-            outcome = stage.run(item)
-        else:
-            outcome = None
-            for spec in stage.run(item):
-                if item.verdict is not None:
-                    break
-                if item.left() <= 0:
+    ``timeout`` when the deadline passes between stages or tasks, ``unknown`` when every stage ran.
+    MILPs beside activation splitting (:mod:`gpuopt.engine.beside`) start with it and run on
+    through the stages after it; their results are merged between stages, and they are stopped
+    (a proof's re-check cut short) when the MILP stage begins or the item is decided."""
+    beside = None
+    try:
+        for stage in map(_as_stage, stages):
+            if beside is not None:  # what the MILPs beside have decided meanwhile
+                _merge_beside_so_far(item, beside, stop=stage.name == "milp")
+                if stage.name == "milp":
+                    beside = None
+            if item.verdict is not None:
+                break
+            if stage.name != "bounds" and item.left() <= 0:
+                item.decide(Status.TIMEOUT, message=item.too_large or "")
+                break
+            if not stage.enabled(item.config, item):
+                continue
+            ts, wall = time.monotonic(), time.time()
+            if stage.kind == "batch":
+                outcome = stage.run([item])[0]
+            elif stage.kind == "item":
+                outcome = stage.run(item)
+            else:
+                outcome = None
+                if stage.name == "relu_split" and beside is None and _beside_applies(item.config, item):
+                    from .beside import BesideMilps
+
+                    specs = plan_milp_beside(item)
+                    beside = BesideMilps(specs, item.left).start() if specs else None
+                timed_out = False
+                with running(beside if stage.name == "relu_split" else None):  # splitting stops once they decide
+                    for spec in stage.run(item):
+                        if item.verdict is not None:
+                            break
+                        if item.left() <= 0:
+                            timed_out = True
+                            break
+                        stage.merge(item, spec, spec.fn(*spec.args, item.left(), time.time()))
+                if beside is not None:  # their proofs hold whatever the clock says
+                    _merge_beside_so_far(item, beside, stop=False)
+                if timed_out:
                     item.decide(Status.TIMEOUT)
-                    break
-                stage.merge(item, spec, spec.fn(*spec.args, item.left(), time.time()))
-            if item.verdict is None:
-                outcome = stage.finish(item)
-            outcome = outcome if item.verdict is None else ("timeout" if item.verdict.status is Status.TIMEOUT
-                                                            else "decided")
-        record_event(item, stage.name, wall, time.time(), outcome, time.monotonic() - ts)
+                if item.verdict is None:
+                    outcome = stage.finish(item)
+                outcome = outcome if item.verdict is None else ("timeout" if item.verdict.status is Status.TIMEOUT
+                                                                else "decided")
+            record_event(item, stage.name, wall, time.time(), outcome, time.monotonic() - ts)
+    finally:
+        if beside is not None:
+            _merge_beside_so_far(item, beside, stop=True, wait=1.0)
     return finalize(item)
 
 
+def _merge_beside_so_far(item: ItemState, beside, *, stop: bool, wait: float | None = None) -> None:
+    """Merge the MILPs beside activation splitting that finished since the last merge; with
+    ``stop``, first cancel what still runs and wait for it (up to ``wait`` seconds, by default
+    the item's time left: a HiGHS run stops at its next callback, a model being encoded takes
+    its seconds), then record their event."""
+    if stop:
+        beside.stop(max(0.0, min(item.left(), 3600.0)) if wait is None else wait)
+    if beside.error is not None:
+        error, beside.error = beside.error, None
+        raise error
+    results = list(beside.results)
+    merge_beside(item, results[beside.merged:])
+    beside.merged = len(results)
+    if stop:
+        decided = item.verdict is not None and item.verdict.decided_by == "milp"
+        record_event(item, "milp_beside", beside.started_wall, time.time(), "decided" if decided else "open",
+                     time.monotonic() - beside.started)
+
+
 # (the task functions import this module's helpers lazily)
+from .beside import running  # noqa: E402
 from .tasks import (interval_split_task, lp_task, milp_refine_task, milp_task, relu_split_task, tail_task,  # noqa: E402
                     split_task, walk_task)

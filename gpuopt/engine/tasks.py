@@ -128,6 +128,7 @@ def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float,
 
     from ..bounds.base import Bounds
     from ..relu_split import relu_split
+    from .beside import current_stop
 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
@@ -137,7 +138,7 @@ def relu_split_task(net_ref, problem_data, disjuncts, pre, config, share: float,
     box = problem.region
     res = relu_split(net, torch.tensor(np.array(box.lower)), torch.tensor(np.array(box.upper)),
                      [(C, d, strict) for _, C, d, strict in disjuncts], bounds, problem=problem, deadline=deadline,
-                     config=config)
+                     config=config, stop=current_stop())
     closed = {k: res.proven_bound[j] for j, (k, _, _, _) in enumerate(disjuncts) if res.closed[j]}
     leaves = {k: (res.proven_bound[j], res.leaves[j]) for j, (k, _, _, _) in enumerate(disjuncts)
               if j < len(res.leaves) and res.leaves[j]}

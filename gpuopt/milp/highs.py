@@ -49,6 +49,7 @@ import enum
 import math
 import logging
 import atexit
+import contextlib
 import os
 import re
 import sys
@@ -63,7 +64,7 @@ from ..errors import InvalidInputError, MissingDependencyError, SolverError
 from .encode import MilpModel
 
 __all__ = ["MilpStatus", "MilpResult", "SolverConfig", "solve_milp", "LpResult", "solve_lp", "unchecked_floor",
-           "proof_thresholds"]
+           "proof_thresholds", "cancellable", "cancelled"]
 
 log = logging.getLogger("gpuopt")
 
@@ -264,6 +265,28 @@ def _abandon(h, thread: threading.Thread) -> None:
     _ABANDONED.append((h, thread))
 
 
+_CANCEL: dict = {}  # thread ident -> threading.Event: that thread's HiGHS runs stop once it is set
+
+
+@contextlib.contextmanager
+def cancellable(event: threading.Event):
+    """Within this block, every :func:`solve_milp` (and :func:`gpuopt.milp.recheck.recheck_milp`)
+    run by the calling thread stops, as at its deadline, once ``event`` is set: a MILP run beside
+    another search (:mod:`gpuopt.engine.beside`) ends when that search has decided the item."""
+    ident = threading.get_ident()
+    _CANCEL[ident] = event
+    try:
+        yield event
+    finally:
+        _CANCEL.pop(ident, None)
+
+
+def cancelled() -> bool:
+    """Whether the calling thread's runs were cancelled (:func:`cancellable`)."""
+    event = _CANCEL.get(threading.get_ident())
+    return event is not None and event.is_set()
+
+
 def abandoned_runs() -> int:
     """How many HiGHS runs outlived their deadline and are still running (a CLI may ``os._exit``)."""
     return sum(t.is_alive() for _, t in _ABANDONED)
@@ -456,13 +479,17 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     stop = {"why": None, "solution": None, "objective": np.inf}
     # stop once the dual bound clears the threshold by the proof margin (in scaled units)
     scaled_threshold = (threshold + proof_margin - float(model.offset)) / sc.cost_scale
+    cancel = _CANCEL.get(threading.get_ident())  # the caller's cancellation (the callbacks run in HiGHS's thread)
+
+    def out_of_time() -> bool:
+        return (deadline is not None and time.monotonic() > deadline) or (cancel is not None and cancel.is_set())
 
     def on_interrupt(event):
         if event.data_out.mip_dual_bound > scaled_threshold:
             stop["why"] = MilpStatus.DUAL_BOUND_REACHED
             stop["dual"] = max(stop.get("dual", -np.inf), float(event.data_out.mip_dual_bound))
             event.interrupt()
-        elif deadline is not None and time.monotonic() > deadline:
+        elif out_of_time():
             stop["why"] = MilpStatus.TIME_LIMIT
             event.interrupt()
 
@@ -477,7 +504,7 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
 
     def on_lp_interrupt(event):
         # the root LP and the node LPs: HiGHS checks its own time limit too rarely on big models
-        if deadline is not None and time.monotonic() > deadline:
+        if out_of_time():
             stop["why"] = MilpStatus.TIME_LIMIT
             event.interrupt()
 
@@ -497,13 +524,18 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     hard_stop = None if deadline is None or not math.isfinite(deadline) else deadline + _DEADLINE_GRACE
     runner = threading.Thread(target=h.run, name="gpuopt-highs", daemon=True)
     runner.start()
-    runner.join(None if hard_stop is None else max(hard_stop - time.monotonic(), 0.0))
+    if cancel is None:
+        runner.join(None if hard_stop is None else max(hard_stop - time.monotonic(), 0.0))
+    else:  # a cancelled run is abandoned at once (its presolve reaches no callback)
+        while runner.is_alive() and not cancel.is_set() and (hard_stop is None or time.monotonic() < hard_stop):
+            runner.join(0.05 if hard_stop is None else max(min(0.05, hard_stop - time.monotonic()), 0.0))
     if runner.is_alive():
         _abandon(h, runner)
         solution, objective = stop["solution"], stop["objective"]
         status = MilpStatus.SOLUTION_ACCEPTED if solution is not None else MilpStatus.TIME_LIMIT
-        log.debug("HiGHS did not return by the deadline (presolve ignores time limits); abandoned")
-        return MilpResult(status=status, raw_status="abandoned at the deadline", objective=objective,
+        why = "cancelled" if cancel is not None and cancel.is_set() else "the deadline"
+        log.debug("HiGHS did not return by %s (presolve ignores time limits); abandoned", why)
+        return MilpResult(status=status, raw_status=f"abandoned at {why}", objective=objective,
                           dual_bound=-np.inf, solution=solution, nodes=0, seconds=time.monotonic() - t0,
                           proof_margin=proof_margin, warnings=tuple(warnings_seen))
     raw = h.getModelStatus()

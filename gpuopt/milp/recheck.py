@@ -30,7 +30,7 @@ import numpy as np
 
 from .encode import MilpModel
 from ..errors import SolverError
-from .highs import SolverConfig, _highspy, _pass_model, _scale
+from .highs import SolverConfig, _highspy, _pass_model, _scale, cancelled
 from .safe import SafeBounder
 
 __all__ = ["Recheck", "recheck_milp"]
@@ -76,7 +76,7 @@ def recheck_milp(model: MilpModel, threshold: float, *, deadline: float | None =
     smallest = np.inf
     while stack:
         left = None if deadline is None else deadline - time.monotonic()
-        if (left is not None and left <= 0) or nodes >= max_nodes:
+        if (left is not None and left <= 0) or nodes >= max_nodes or cancelled():
             return Recheck(False, -np.inf, nodes, f"stopped after {nodes} nodes ({len(stack)} open)")
         fixed = stack.pop()
         lo, hi = lo0.copy(), hi0.copy()
