@@ -26,6 +26,36 @@ ONLY_BESIDE = dict(device="cpu", split=VerifyConfig().split.__class__(max_input_
                    use_walk=False, use_lp=False, milp_refine_share=0.0, milp_beside=True)
 
 
+@pytest.fixture(autouse=True)
+def no_delay(monkeypatch):
+    """The MILPs start with splitting here (the default waits 10 s, a tenth of the item's time)."""
+    import gpuopt.engine.beside as beside
+
+    monkeypatch.setattr(beside, "DELAY_SECONDS", 0.0)
+
+
+def test_the_milps_wait_their_delay_and_a_stop_within_it_runs_none():
+    """``BesideMilps(..., delay)``: stopped within its delay, no task ran; without one, each ran in
+    turn with the time left, and ``decided`` reads their results."""
+    from gpuopt.engine.beside import BesideMilps
+    from gpuopt.engine.stages import TaskSpec
+
+    calls = []
+
+    def task(tag, budget, submitted):
+        calls.append((tag, budget))
+        return {"kind": "proven"}
+
+    specs = [TaskSpec(task, (k,), f"t{k}", {"problem": 0, "disjunct": k}) for k in range(2)]
+    late = BesideMilps(specs, lambda: 50.0, delay=5.0).start()
+    time.sleep(0.2)
+    assert late.stop(wait=2.0) == [] and calls == [] and not late.decided()
+    now = BesideMilps(specs, lambda: 50.0).start()
+    now._thread.join(5.0)
+    assert [c[0] for c in calls] == [0, 1] and all(b == 50.0 for _, b in calls) and now.decided()
+    assert BesideMilps([], lambda: 50.0).decided() is False  # nothing to run decides nothing
+
+
 def _splitting_that_waits(seen: dict):
     """A stand-in for activation splitting that decides nothing and waits until the MILPs beside
     it say they decided (or 30 s)."""

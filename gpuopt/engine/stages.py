@@ -1148,10 +1148,11 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
             else:
                 outcome = None
                 if stage.name == "relu_split" and beside is None and _beside_applies(item.config, item):
-                    from .beside import BesideMilps
+                    from .beside import DELAY_SECONDS, BesideMilps
 
                     specs = plan_milp_beside(item)
-                    beside = BesideMilps(specs, item.left).start() if specs else None
+                    delay = min(DELAY_SECONDS, 0.1 * item.left())
+                    beside = BesideMilps(specs, item.left, delay).start() if specs else None
                 timed_out = False
                 with running(beside if stage.name == "relu_split" else None):  # splitting stops once they decide
                     for spec in stage.run(item):
