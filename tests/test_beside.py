@@ -118,18 +118,6 @@ def test_off_by_default_where_no_cpu_is_spare_and_splitting_then_runs_alone(monk
         assert not any(e["stage"] == "milp_beside" for e in v.events)
 
 
-def test_real_splitting_beside_the_milps_agrees_with_brute_force():
-    """Activation splitting and the MILPs beside it, both real, racing: the verdicts still equal
-    brute force (whichever decides)."""
-    config = VerifyConfig(**dict(ONLY_BESIDE, use_walk=True, use_lp=True))
-    for seed in range(6):
-        net, lo, hi, spec = _case(seed + 400)
-        minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
-        for delta in (0.01, -0.01):
-            v = verify(net, Box(lo, hi), shifted_spec(spec, minima, delta), timeout=60, config=config)
-            assert v.status.value == ("unsat" if delta > 0 else "sat"), (seed, delta, v.status, v.message)
-
-
 def test_a_cancelled_milp_returns_at_once_and_proves_nothing():
     """A MILP run inside ``cancellable(event)`` stops within a second of ``event.set()`` and
     proves nothing; outside the block nothing is cancelled."""

@@ -264,28 +264,42 @@ def test_safe_branch_and_bound_recheck_agrees_with_brute_force(name, seed):
         assert not above.proven, above
 
 
-@pytest.mark.parametrize("name, seed", [(n, s) for n in ARCHS for s in range(2)])
-def test_sub_mip_heuristics_off_changes_no_optimum(name, seed, monkeypatch):
-    """``SolverConfig(sub_mips=False)`` turns HiGHS's RINS, RENS and root reduced-cost sub-MIPs off
-    (read back from the HiGHS instance) and the optimum still equals brute force; the default
-    (``None``) keeps them when optimising and drops them for a sign decision (finite threshold)."""
+def _exact_case(name: str, seed: int):
+    """``(blocks, lo, hi, spec, pre, out, ref, tol)``: the MILP inputs of ``_problem(name, seed)``
+    over IBP's bounds, its brute-force minima and the comparison tolerance."""
+    _, net, lo, hi, spec = _problem(name, seed)
+    blocks, pre, out = _milp_inputs(net, lo, hi)
+    return (blocks, lo, hi, spec, pre, out, brute_force_min_margin(net, lo, hi, spec, seed=seed),
+            1e-6 * _scale(net, lo, hi, spec))
+
+
+def _spy_options(monkeypatch, read) -> list:
+    """Every HiGHS instance :func:`solve_milp` builds from now on appends ``read(instance)`` to
+    the returned list (the options it was given)."""
     import gpuopt.milp.highs as highs_mod
-    from gpuopt.milp.highs import SolverConfig
 
     seen = []
     make = highs_mod._new_highs
 
     def spy(*args, **kwargs):
         h = make(*args, **kwargs)
-        seen.append({o: h.getOptionValue(o)[1] for o in ("mip_heuristic_run_rins", "mip_heuristic_run_rens",
-                                                          "mip_heuristic_run_root_reduced_cost")})
+        seen.append(read(h))
         return h
 
     monkeypatch.setattr(highs_mod, "_new_highs", spy)
-    _, net, lo, hi, spec = _problem(name, seed)
-    blocks, pre, out = _milp_inputs(net, lo, hi)
-    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
-    tol = 1e-6 * _scale(net, lo, hi, spec)
+    return seen
+
+
+@pytest.mark.parametrize("name, seed", [(n, s) for n in ARCHS for s in range(2)])
+def test_sub_mip_heuristics_off_changes_no_optimum(name, seed, monkeypatch):
+    """``SolverConfig(sub_mips=False)`` turns HiGHS's RINS, RENS and root reduced-cost sub-MIPs off
+    (read back from the HiGHS instance) and the optimum still equals brute force; the default
+    (``None``) keeps them when optimising and drops them for a sign decision (finite threshold)."""
+    from gpuopt.milp.highs import SolverConfig
+
+    seen = _spy_options(monkeypatch, lambda h: {o: h.getOptionValue(o)[1] for o in (
+        "mip_heuristic_run_rins", "mip_heuristic_run_rens", "mip_heuristic_run_root_reduced_cost")})
+    blocks, lo, hi, spec, pre, out, ref, tol = _exact_case(name, seed)
     for k, (A, b) in enumerate(spec.disjuncts):
         model = encode_bigm(blocks, pre, out, lo, hi, A, b)
         res = solve_milp(model, time_limit=60, threshold=np.inf, config=SolverConfig(sub_mips=False))
@@ -338,22 +352,10 @@ def test_root_lp_by_interior_point_changes_no_optimum(name, seed, monkeypatch):
     instance) and the optimum and the dual bound still equal brute force; ``"auto"`` picks it only
     from :data:`IPM_ROOT_MIN_NONZEROS` matrix entries up (these models are far smaller), and a
     value outside the three is refused by name."""
-    import gpuopt.milp.highs as highs_mod
     from gpuopt.milp.highs import IPM_ROOT_MIN_NONZEROS, SolverConfig, root_lp_solver
 
-    seen = []
-    make = highs_mod._new_highs
-
-    def spy(*args, **kwargs):
-        h = make(*args, **kwargs)
-        seen.append(h.getOptionValue("mip_lp_solver")[1])
-        return h
-
-    monkeypatch.setattr(highs_mod, "_new_highs", spy)
-    _, net, lo, hi, spec = _problem(name, seed)
-    blocks, pre, out = _milp_inputs(net, lo, hi)
-    ref = brute_force_min_margin(net, lo, hi, spec, seed=seed)
-    tol = 1e-6 * _scale(net, lo, hi, spec)
+    seen = _spy_options(monkeypatch, lambda h: h.getOptionValue("mip_lp_solver")[1])
+    blocks, lo, hi, spec, pre, out, ref, tol = _exact_case(name, seed)
     for k, (A, b) in enumerate(spec.disjuncts):
         model = encode_bigm(blocks, pre, out, lo, hi, A, b)
         res = solve_milp(model, time_limit=60, threshold=np.inf, config=SolverConfig(root_lp="ipm"))

@@ -137,9 +137,15 @@ def test_a_split_is_needed_and_closes_what_crown_alone_cannot():
     assert found
 
 
-def test_the_pipeline_decides_like_brute_force_with_activation_splitting():
-    """Input splitting off (``max_input_dim`` 1): activation splitting then the MILP decide."""
-    config = VerifyConfig(device="cpu", split=VerifyConfig().split.__class__(max_input_dim=1), use_attack=False)
+@pytest.mark.parametrize("beside", [False, True])
+def test_the_pipeline_decides_like_brute_force_with_activation_splitting(beside, monkeypatch):
+    """Input splitting off (``max_input_dim`` 1): activation splitting then the MILP decide; also
+    with the MILPs beside splitting (started at once), the two racing (:mod:`gpuopt.engine.beside`)."""
+    import gpuopt.engine.beside
+
+    monkeypatch.setattr(gpuopt.engine.beside, "DELAY_SECONDS", 0.0)
+    config = VerifyConfig(device="cpu", split=VerifyConfig().split.__class__(max_input_dim=1), use_attack=False,
+                          milp_beside=beside)
     for seed in range(8):
         net, lo, hi, spec = _case(seed + 100)
         minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
