@@ -54,6 +54,53 @@ def test_the_milps_wait_their_delay_and_a_stop_within_it_runs_none():
     now._thread.join(5.0)
     assert [c[0] for c in calls] == [0, 1] and all(b == 50.0 for _, b in calls) and now.decided()
     assert BesideMilps([], lambda: 50.0).decided() is False  # nothing to run decides nothing
+    partial = BesideMilps(specs, lambda: 50.0, complete=False).start()  # some open disjunct had no MILP
+    partial._thread.join(5.0)
+    assert len(partial.results) == 2 and not partial.decided()
+
+
+def test_a_milp_called_after_a_cancel_starts_no_highs_run():
+    """(Found by review: each call after a cancel built and started a HiGHS run, then abandoned
+    it, running on for seconds.) A cancelled caller's ``solve_milp`` returns before HiGHS starts."""
+    net, lo, hi, spec = _case(5)
+    from gpuopt.bounds import ibp
+    import torch
+
+    b = ibp(net, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))
+    model = encode_bigm(net.affine_blocks(), [(l[0].numpy(), u[0].numpy()) for l, u in b.pre_activation],
+                        (b.output[0][0].numpy(), b.output[1][0].numpy()), lo, hi, *spec.disjuncts[0])
+    event = threading.Event()
+    event.set()
+    before = sum(t.name == "gpuopt-highs" for t in threading.enumerate())
+    with cancellable(event):
+        res = solve_milp(model, time_limit=60, threshold=-1e9, deadline=time.monotonic() + 60)
+    assert res.raw_status == "cancelled before it began" and not res.proves_above(-1e9)
+    assert sum(t.name == "gpuopt-highs" for t in threading.enumerate()) == before
+    assert solve_milp(model, time_limit=60, threshold=-1e9).proves_above(-1e9)  # outside the block it runs
+
+
+def test_an_error_beside_splitting_leaves_its_verdict(monkeypatch):
+    """(Found by review: a MemoryError of the MILP thread replaced splitting's ``unsat``.) The
+    MILPs beside fail at once; activation splitting still decides, and its verdict stands."""
+    import gpuopt.engine.stages as stages
+
+    def broken(*args):
+        raise MemoryError("no room for the model")
+
+    config = VerifyConfig(**dict(ONLY_BESIDE, use_milp=True))
+    checked = 0
+    for seed in range(20):
+        net, lo, hi, spec = _case(seed + 500)
+        minima = brute_force_min_margin(net, lo, hi, spec).per_disjunct
+        shifted = shifted_spec(spec, minima, 0.01)
+        with monkeypatch.context() as m:
+            m.setattr(stages, "milp_task", broken)
+            v = verify(net, Box(lo, hi), shifted, timeout=60, config=config)
+        if not any(e["stage"] == "milp_beside" for e in v.events) or v.decided_by != "relu-split":
+            continue
+        assert v.status.value == "unsat", v.message
+        checked += 1
+    assert checked >= 2
 
 
 def _splitting_that_waits(seen: dict):

@@ -59,10 +59,11 @@ class BesideMilps:
     ``results`` collects ``(spec, value)`` as each ends. :meth:`decided` says whether they decided
     the item; :meth:`stop` cancels what still runs."""
 
-    def __init__(self, specs, left, delay: float = 0.0):
+    def __init__(self, specs, left, delay: float = 0.0, complete: bool = True):
         self.specs = list(specs)
         self.left = left
         self.delay = delay
+        self.complete = complete  # the specs cover every open disjunct (else "all proven" decides nothing)
         self.results: list = []
         self.merged = 0  # results already merged into the item
         self.error: BaseException | None = None
@@ -98,7 +99,8 @@ class BesideMilps:
         done = list(self.results)
         if any(v["kind"] == "sat" for _, v in done):
             return True
-        return bool(self.specs) and len(done) == len(self.specs) and all(v["kind"] == "proven" for _, v in done)
+        return (self.complete and bool(self.specs) and len(done) == len(self.specs)
+                and all(v["kind"] == "proven" for _, v in done))
 
     def stop(self, wait: float = 1.0) -> list:
         """Cancel what still runs, wait up to ``wait`` seconds for the thread (a model being

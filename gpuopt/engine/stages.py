@@ -1152,7 +1152,8 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
 
                     specs = plan_milp_beside(item)
                     delay = min(DELAY_SECONDS, 0.1 * item.left())
-                    beside = BesideMilps(specs, item.left, delay).start() if specs else None
+                    beside = (BesideMilps(specs, item.left, delay, complete=len(specs) == len(item.open)).start()
+                              if specs else None)
                 timed_out = False
                 with running(beside if stage.name == "relu_split" else None):  # splitting stops once they decide
                     for spec in stage.run(item):
@@ -1162,8 +1163,8 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
                             timed_out = True
                             break
                         stage.merge(item, spec, spec.fn(*spec.args, item.left(), time.time()))
-                if beside is not None:  # their proofs hold whatever the clock says
-                    _merge_beside_so_far(item, beside, stop=False)
+                if beside is not None:  # their proofs hold whatever the clock says (an error of theirs waits
+                    _merge_beside_so_far(item, beside, stop=False, raise_error=False)  # for the stage's finish)
                 if timed_out:
                     item.decide(Status.TIMEOUT)
                 if item.verdict is None:
@@ -1172,21 +1173,28 @@ def run_stages(item: ItemState, stages=STAGES) -> ItemState:
                                                                 else "decided")
             record_event(item, stage.name, wall, time.time(), outcome, time.monotonic() - ts)
     finally:
-        if beside is not None:
-            _merge_beside_so_far(item, beside, stop=True, wait=1.0)
+        if beside is not None:  # (an exception on its way out is not replaced by one of theirs)
+            _merge_beside_so_far(item, beside, stop=True, wait=1.0, raise_error=False)
     return finalize(item)
 
 
-def _merge_beside_so_far(item: ItemState, beside, *, stop: bool, wait: float | None = None) -> None:
+def _merge_beside_so_far(item: ItemState, beside, *, stop: bool, wait: float | None = None,
+                         raise_error: bool = True) -> None:
     """Merge the MILPs beside activation splitting that finished since the last merge; with
     ``stop``, first cancel what still runs and wait for it (up to ``wait`` seconds, by default
     the item's time left: a HiGHS run stops at its next callback, a model being encoded takes
-    its seconds), then record their event."""
+    its seconds), then record their event. An error of theirs is raised while the item is open
+    (and ``raise_error``); once it is decided it is logged, and the verdict stands (found by
+    review: a MemoryError of the MILP thread discarded splitting's ``unsat``)."""
     if stop:
         beside.stop(max(0.0, min(item.left(), 3600.0)) if wait is None else wait)
-    if beside.error is not None:
-        error, beside.error = beside.error, None
-        raise error
+    error = beside.error
+    if error is not None and (item.verdict is not None or raise_error or stop):
+        beside.error = None
+        if raise_error and item.verdict is None:
+            raise error
+        log.warning("the MILPs beside activation splitting failed (%s: %s); the verdict stands on the other stages",
+                    type(error).__name__, error)
     results = list(beside.results)
     merge_beside(item, results[beside.merged:])
     beside.merged = len(results)

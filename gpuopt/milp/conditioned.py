@@ -99,6 +99,8 @@ def solve_conditioned(blocks, pre, out_bounds, x_lower, x_upper, A, b, *, thresh
             model, info = strengthen(model, blocks, cuts, deadline=stop, config=config)
         return model, info
 
+    if highs.cancelled():  # a cancelled run (gpuopt.engine.beside) encodes nothing more
+        return ConditionedRun(result=None, model=None, first=None, first_model=None, tails=tails)
     t_build = time.monotonic()
     model, cut_info = build(pre, out_bounds)
     build_seconds = time.monotonic() - t_build

@@ -451,6 +451,9 @@ def solve_milp(model: MilpModel, *, time_limit: float, threshold: float,
     ``time.monotonic()`` value, checked in HiGHS's callbacks); see the module docstring."""
     highspy = _highspy()
     t0 = time.monotonic()
+    if cancelled():  # (found by review: each call after a cancel started a HiGHS run it then abandoned)
+        return MilpResult(status=MilpStatus.TIME_LIMIT, raw_status="cancelled before it began", objective=np.inf,
+                          dual_bound=-np.inf, solution=None, nodes=0, seconds=0.0)
     sc = _scale(model)
     # the Neumaier-Shcherbina correction for dual infeasibilities up to tau_d: on every column, and
     # on the slack of every inequality row (an equality row's dual is free), each times its range
