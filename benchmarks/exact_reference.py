@@ -61,6 +61,9 @@ def main(argv=None) -> int:
                     help="give every network the few-input path's intermediate bounds (forward bounds tightened by "
                          "the zonotope, gpuopt.bounds.zonotope) instead of CROWN's, as on few-input wide nets "
                          "(these cases are too narrow to take it by themselves); the verify calls run in this process")
+    ap.add_argument("--milp-beside", choices=("auto", "on", "off"), default="auto",
+                    help="the MILPs beside activation splitting (gpuopt.engine.beside); on: started with splitting, "
+                         "no delay, on every case that reaches it")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -91,6 +94,12 @@ def main(argv=None) -> int:
 
         config = replace(config, milp_condition_share=args.milp_condition)  # a share outside [0, 1] is refused here
         tasks.MILP_FIRST_SHARE = tasks.MILP_FIRST_SECONDS = 0.0
+    if args.milp_beside != "auto":
+        config = replace(config, milp_beside=args.milp_beside == "on")
+        if args.milp_beside == "on":
+            from gpuopt.engine import beside
+
+            beside.DELAY_SECONDS = 0.0
     if args.few_input_bounds:
         from gpuopt.bounds import forward
         from gpuopt.engine import stages

@@ -889,21 +889,17 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
     disjunct that activation splitting left as a few leaves gets one MILP per leaf instead, over
     the leaf's bounds intersected with the item's (its split neurons stable: no binary), weakest
     leaf first. A disjunct closes when every one of its tasks proves."""
-    config = item.config
     specs = []
     notes = item.stage_notes.setdefault("milp", {"undecided": [], "leaves_left": {}, "leaf_lb": {}})
     handed = _handed_leaves(item)
     # weakest bound first: the disjunct most likely to hold a counterexample
     for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
-        Ak, bk = item.proof_problems[i].spec.disjuncts[k]
         mb = _milp_bounds(item, i)
         if mb is None:
             notes["undecided"].append(f"MILP skipped on problem {i} disjunct {k}: the bounds overflow float64, "
                                       "so no big-M constants exist")
             continue
         pre, (ly, uy) = mb
-        threshold, unchecked = proof_thresholds(Ak, bk, ly, uy, config.milp_threshold_abs, config.milp_threshold_rel,
-                                                config.solver)
         regions = [(None, pre)]
         if (i, k) in handed:
             proven, leaves = handed[(i, k)]
@@ -922,15 +918,18 @@ def plan_milp(item: ItemState) -> list[TaskSpec]:
             # a leaf's MILP starts from the best point only if that lies in the leaf (HiGHS warns
             # on an infeasible start, and a warning withholds the proof)
             seed = start if n is None or start is None or _in_region(item.network, start, region) else None
-            specs.append(_milp_spec(item, i, k, region, (ly, uy), seed, n, threshold, unchecked))
+            specs.append(_milp_spec(item, i, k, region, (ly, uy), seed, n))
     return specs
 
 
-def _milp_spec(item: ItemState, i: int, k: int, region, out_bounds, seed, leaf, threshold, unchecked) -> TaskSpec:
+def _milp_spec(item: ItemState, i: int, k: int, region, out_bounds, seed, leaf) -> TaskSpec:
     """The MILP task of problem ``i``'s disjunct ``k`` over ``region`` (pre-activation bounds;
-    ``leaf``: the index of activation splitting's leaf it covers, or None), from ``seed``."""
+    ``leaf``: the index of activation splitting's leaf it covers, or None), from ``seed``, with
+    its proof thresholds over ``out_bounds``."""
     config = item.config
     Ak, bk = item.proof_problems[i].spec.disjuncts[k]
+    threshold, unchecked = proof_thresholds(Ak, bk, *out_bounds, config.milp_threshold_abs, config.milp_threshold_rel,
+                                            config.solver)
     label = f"milp p{i} d{k}" + ("" if leaf is None else f" leaf {leaf}")
     return TaskSpec(milp_task, (network_ref(item.network), _problem_data(item.problems[i]), Ak, bk, region, out_bounds,
                                 seed, threshold, unchecked, config.solver, config.formulation, config.cuts,
@@ -952,17 +951,11 @@ def _beside_applies(c, it) -> bool:
 def plan_milp_beside(item: ItemState) -> list[TaskSpec]:
     """The MILP stage's task for each open disjunct, weakest bound first, over the item's bounds
     as they stand when activation splitting begins (no leaves yet), seeded with the best point."""
-    config = item.config
     specs = []
     for i, k in sorted(item.open, key=lambda ik: item.disj_lb[ik[0], ik[1]]):
         mb = _milp_bounds(item, i)
-        if mb is None:
-            continue
-        pre, (ly, uy) = mb
-        Ak, bk = item.proof_problems[i].spec.disjuncts[k]
-        threshold, unchecked = proof_thresholds(Ak, bk, ly, uy, config.milp_threshold_abs, config.milp_threshold_rel,
-                                                config.solver)
-        specs.append(_milp_spec(item, i, k, pre, (ly, uy), item.best_x.get(i), None, threshold, unchecked))
+        if mb is not None:
+            specs.append(_milp_spec(item, i, k, mb[0], mb[1], item.best_x.get(i), None))
     return specs
 
 
