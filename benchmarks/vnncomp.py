@@ -1,7 +1,8 @@
 """VNN-COMP scoreboard. By default the first path's set: VNN-COMP 2022 mnist_fc (256x2) and acasxu
 (props 1-4, nets 1_1..1_9); ``--suites mnist_fc_all acasxu_all oval21`` runs every shared instance, and ``--suites
 sri_resnet_a sri_resnet_b cifar_biasfield yolo`` the graph networks under coverage/
-(``--limit N`` caps each suite at its first N instances).
+(``--limit N`` caps each suite at its first N instances; ``--only TEXT ...`` runs the instances whose
+name contains one of the texts).
 
 Each instance runs as ``gpuopt verify NET VNNLIB --timeout T`` in its own process (as VNN-COMP
 runs a tool), with the official timeout from instances.csv times ``--timeout-scale``. Every result
@@ -256,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-args", default="", help="--bulk: extra options for `gpuopt run`, e.g. '--device cuda'")
     ap.add_argument("--in-process", action="store_true", help="each instance through `gpuopt verify --threads 1` "
                     "called in this process, one after the other (no interpreter start-up per instance)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                    help="run only the instances whose name contains one of these texts")
     ap.add_argument("--shard", type=shard_of, default=(0, 1), metavar="K/N",
                     help="run the instances whose place in the suite is K modulo N (N processes side by side)")
     args = ap.parse_args(argv)
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
     for place, (s, o, v, t) in enumerate(instances(args.suites)):
         per_suite[s] = per_suite.get(s, 0) + 1
         if args.limit is not None and per_suite[s] > args.limit or place % args.shard[1] != args.shard[0]:
+            continue
+        if args.only is not None and not any(text in instance_name(o, v) for text in args.only):
             continue
         if (s, instance_name(o, v)) not in done:
             todo.append((s, o, v, t))

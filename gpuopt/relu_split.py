@@ -787,8 +787,13 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         live, empty, unsplittable, split_layer = _split(parents, choice)
         if gate.now() and live is not None and len(live):
             rebounded = int((split_layer < len(live.lower) - 1).sum())  # a split in the last layer: nothing after it
-            live, gone, stabilised = _refine(ops, live, split_layer, x_mid, x_rad, n_terms, deadline)
-            gate.record(gone + stabilised, rebounded)
+            t_refine = time.monotonic()
+            n_live = len(live)
+            live, gone, stabilised, opened = _refine(ops, live, split_layer, x_mid, x_rad, n_terms, deadline)
+            t_refine = time.monotonic() - t_refine
+            gate.record(gone + stabilised, rebounded, t_refine)
+            log.debug("relu_split: refine %d children (%d rebounded) in %.3f s: %d empty, %d of %d open stabilised",
+                      n_live, rebounded, t_refine, gone, stabilised, opened)
             empty += gone
         if unsplittable is not None:  # exact relaxation: converge the split multipliers
             bnd, al, be, sc, wd, cx, plain_b = bound_batch(unsplittable.lower, unsplittable.upper, unsplittable.sign,
@@ -824,8 +829,10 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
         stuck = _Domains.cat([stuck, unsplittable])
         explored += int(empty)
         if live is not None and len(live):
+            t_bound = time.monotonic()
             bnd, al, be, sc, wd, cx, plain_b = bound_batch(live.lower, live.upper, live.sign, live.alpha, live.beta,
                                                       live.tag, config.steps)
+            gate.bounded(len(live), time.monotonic() - t_bound)
             # on a plateau (the weakest bound stalled), within STALL_SHARE of the time
             stalled = ((config.stall_retry or config.stall_tighten) and plateau is not None and inherited
                        and stall_seconds <= STALL_SHARE * (time.monotonic() - search_start))
@@ -1189,10 +1196,11 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
     intersected with the bounds it had. Sound for the same reason as the domain's bound: on the
     domain every relaxation used holds. Past ``deadline`` the rows not reached keep their bounds
     (sound, only looser). Returns the domains
-    whose bounds do not cross, the number that cross (empty: no input lies there), and the number
-    of (domain, neuron) pairs that were unstable and are stable now."""
+    whose bounds do not cross, the number that cross (empty: no input lies there), the number
+    of (domain, neuron) pairs that were unstable and are stable now, and the number of those pairs
+    that were unstable before (re-bounded layers only)."""
     L = len(doms.lower)
-    stabilised = 0
+    stabilised = opened = 0
     lower, upper = list(doms.lower), list(doms.upper)
     for k in range(1, L):
         sel = torch.nonzero(split_layer < k).flatten()
@@ -1215,12 +1223,13 @@ def _refine(ops, doms: _Domains, split_layer, x_mid, x_rad, n_terms, deadline=No
         l_k, u_k, _, _ = tighten_layer(k, ops, relax, xm, xr, n_terms, hmax, l_k, u_k, rows=rows, deadline=deadline,
                                        boxes=boxes)
         stabilised += was_open - int(((l_k < 0) & (u_k > 0)).sum())
+        opened += was_open
         lower[k], upper[k] = lower[k].clone(), upper[k].clone()
         lower[k][sel], upper[k][sel] = l_k, u_k
     doms = _Domains(lower, upper, doms.sign, doms.alpha, doms.beta, doms.scores, doms.widths, doms.bound, doms.tag,
                     doms.plain)
     nonempty = _nonempty(lower, upper)
-    return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stabilised
+    return doms.take(torch.nonzero(nonempty).flatten()), int((~nonempty).sum()), stabilised, opened
 
 
 def _split_tighten(ops, doms: _Domains, x_mid, x_rad, n_terms, steps, lr_alpha, lr_beta,
@@ -1302,28 +1311,36 @@ class _RefineGate:
 
     With ``"auto"``, a refinement pays through what it changes for the search: children found
     empty, and neurons made stable (each one a split its subtree no longer needs). Its other
-    effect, a tighter but still unstable neuron, did not shorten searches measurably: on oval21's
-    conv nets refinement made at most a few neurons stable per hundred children and no domain
-    empty, and the search without it bounded about twice the domains per second and ended with
-    the same tree on the instances it decided (cifar_wide_kw img19: 2,859 and 2,869 domains);
-    on mnist_fc's dense nets it made 0.4-2.5 neurons stable per child and decided in 4-11 s what
-    30 s did not decide without it (mnist-net_256x4 prop_3_0.05, prop_8_0.03). So the steps
-    refine until :attr:`WINDOW` refinements (steps that re-bounded some layer: a split in the
-    last ReLU layer leaves nothing to re-bound and says nothing) have been seen, and go on while
-    those last ones yield at least :attr:`MIN_YIELD` (empty children plus stabilised neurons) per
-    child; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that yields that much on
-    its own turns refinement back on. Any choice keeps the search sound: refinement only tightens
-    bounds that hold."""
+    effect, a tighter but still unstable neuron, did not shorten searches measurably. Its price is
+    time that bounding more children could have used, so the yield (empty children plus stabilised
+    neurons, per re-bounded child) must reach :attr:`MIN_YIELD` times the cost ratio: the seconds
+    to refine one child over the seconds to bound one (at least 1). Measured: on mnist_fc's dense
+    nets refinement made 2-3 neurons stable per child at a ratio of about 1.4, and decided in 4-11
+    s what 30 s did not decide without it (mnist-net_256x4 prop_3_0.05, prop_8_0.03: 1,556
+    domains, and 12,492 where a gate turned it off after the first windows); on oval21's conv nets it made a few neurons stable per hundred
+    children and no domain empty, and the search without it ended with the same tree (cifar_wide_kw
+    img19); on SRI's CIFAR ResNet (sri_resnet_a) 0.9-2 per child at a ratio of 8-14, and the
+    search without it bounded 3 times the domains in the same time (idx 3612: worst open bound
+    -0.42 after 115 s against -0.77 after 183 s; idx 9101 unsat in 88 s against 146 s). So the
+    steps refine until :attr:`WINDOW` refinements (steps that re-bounded some layer: a split in
+    the last ReLU layer leaves nothing to re-bound and says nothing) have been seen, or from
+    :attr:`MIN_JUDGED` on where a child costs :attr:`COSTLY_RATIO` times as much to refine as to
+    bound (on the ResNet the first eight took 115 s), and go on while those last ones yield enough; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that
+    yields enough on its own turns refinement back on. Any choice keeps the search sound:
+    refinement only tightens bounds that hold."""
 
     MIN_YIELD = 0.2
     WINDOW = 8
+    MIN_JUDGED = 2
+    COSTLY_RATIO = 4.0
     PROBE_EVERY = 32
 
     def __init__(self, mode):
         self.mode = mode
-        self.recent = []  # (gain, children) of the last WINDOW refinements
+        self.recent = []  # (gain, re-bounded children, seconds) of the last WINDOW refinements
         self.on = True
         self.skipped = 0  # unrefined steps since the last refined one
+        self.bound_seconds, self.bounded_children = 0.0, 0  # every step's bounding so far
 
     def now(self) -> bool:
         if self.mode is True:
@@ -1335,18 +1352,38 @@ class _RefineGate:
         self.skipped += 1
         return self.skipped >= self.PROBE_EVERY
 
-    def record(self, gain: int, children: int):
-        """A refined step: ``gain`` empty children plus stabilised neurons over ``children``."""
+    def bounded(self, children: int, seconds: float):
+        """A step bounded ``children`` children in ``seconds``."""
+        self.bound_seconds += seconds
+        self.bounded_children += children
+
+    def cost_ratio(self, rows) -> float:
+        """Seconds to refine a child over seconds to bound one, over ``rows`` (at least 1; 1 before
+        any bounding was timed)."""
+        refined = sum(r[1] for r in rows)
+        if not refined or not self.bounded_children or self.bound_seconds <= 0:
+            return 1.0
+        per_refined = sum(r[2] for r in rows) / refined
+        return max(1.0, per_refined / (self.bound_seconds / self.bounded_children))
+
+    def _pays(self, rows) -> bool:
+        return sum(r[0] for r in rows) >= self.MIN_YIELD * self.cost_ratio(rows) * sum(r[1] for r in rows)
+
+    def record(self, gain: int, children: int, seconds: float = 0.0):
+        """A refined step: ``gain`` empty children plus stabilised neurons over ``children``
+        re-bounded children, in ``seconds``."""
         if self.mode != "auto" or children == 0:
             return
         self.skipped = 0
+        row = (gain, children, seconds)
         if not self.on:  # a probe
-            if gain >= self.MIN_YIELD * children:
-                self.on, self.recent = True, [(gain, children)]
+            if self._pays([row]):
+                self.on, self.recent = True, [row]
             return
-        self.recent = (self.recent + [(gain, children)])[-self.WINDOW:]
-        if len(self.recent) == self.WINDOW:
-            self.on = sum(g for g, _ in self.recent) >= self.MIN_YIELD * sum(n for _, n in self.recent)
+        self.recent = (self.recent + [row])[-self.WINDOW:]
+        costly = len(self.recent) >= self.MIN_JUDGED and self.cost_ratio(self.recent) >= self.COSTLY_RATIO
+        if len(self.recent) == self.WINDOW or costly:
+            self.on = self._pays(self.recent)
 
 
 def _nonempty(lower, upper) -> torch.Tensor:

@@ -66,9 +66,9 @@ def test_refined_bounds_hold_on_every_input_of_the_domain_and_only_tighten(seed)
     n_terms = len(lo) + sum(op.shape[0] for op in ops)
     open_before = sum(int(((lower[k][d] < 0) & (upper[k][d] > 0)).sum())
                       for k in range(1, len(lower)) for d in range(D) if split_layer[d] < k)
-    kept, empty, stabilised = _refine(ops, doms, split_layer, x_mid, x_rad, n_terms)
+    kept, empty, stabilised, opened = _refine(ops, doms, split_layer, x_mid, x_rad, n_terms)
     assert len(kept) + empty == D
-    assert stabilised >= 0
+    assert 0 <= stabilised <= opened == open_before
     if empty == 0:  # then every domain is kept, in order: the count is the drop in open neurons
         open_after = sum(int(((kept.lower[k][d] < 0) & (kept.upper[k][d] > 0)).sum())
                          for k in range(1, len(lower)) for d in range(D) if split_layer[d] < k)
@@ -119,7 +119,7 @@ def test_refinement_tightens_later_layers():
                         torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
                         torch.zeros(2, dtype=torch.float64))
         n_terms = len(lo) + sum(op.shape[0] for op in ops)
-        kept, _, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
+        kept, _, _, _ = _refine(ops, doms, torch.zeros(2, dtype=torch.long), torch.as_tensor((lo + hi) / 2)[None],
                           torch.as_tensor((hi - lo) / 2)[None], n_terms)
         cases += 1
         width_before = sum(float((u - l).clamp(min=0).sum()) for l, u in zip(lower[1:], upper[1:]))
@@ -224,8 +224,9 @@ def test_an_overflowing_rebound_is_no_evidence_of_an_empty_domain():
 
 def test_refine_gate_schedule():
     """``refine="auto"``: refined steps until WINDOW refinements are seen, on while they yield
-    MIN_YIELD per child together, then one probe every PROBE_EVERY steps; a probe that yields
-    turns refinement back on; steps that re-bounded nothing do not count."""
+    MIN_YIELD per child together (refining as cheap as bounding), then one probe every
+    PROBE_EVERY steps; a probe that yields turns refinement back on; steps that re-bounded nothing
+    do not count."""
     from gpuopt.relu_split import _RefineGate as Gate
 
     always, never = Gate(True), Gate(False)
@@ -248,6 +249,36 @@ def test_refine_gate_schedule():
     assert all(g.now() for _ in range(3 * Gate.WINDOW))
 
 
+def test_refine_gate_weighs_the_yield_by_the_cost_of_refining():
+    """A yield that pays where refining a child costs what bounding one does stops paying where
+    it costs ten times as much (at least COSTLY_RATIO), and such refinements are judged from
+    MIN_JUDGED on, before the window is full; a yield ten times as high pays at that cost."""
+    from gpuopt.relu_split import _RefineGate as Gate
+
+    modest = int(2 * Gate.MIN_YIELD * 100)  # twice the bare minimum per 100 children
+    assert 10.0 >= Gate.COSTLY_RATIO
+    cases = ((1.0, modest, True), (10.0, modest, False), (10.0, 10 * modest, True))
+    for refine_cost, gain, on in cases:
+        g = Gate("auto")
+        steps = 0
+        while g.now() and steps < 2 * Gate.WINDOW:
+            g.record(gain, 100, seconds=refine_cost * 100 * 0.01)  # 100 children refined
+            g.bounded(256, 256 * 0.01)  # bounding: 0.01 s a child
+            steps += 1
+        assert g.now() is on, (refine_cost, gain)
+        if not on:  # a costly refinement is judged early
+            assert steps == Gate.MIN_JUDGED, steps
+        assert g.cost_ratio(g.recent) == pytest.approx(refine_cost)
+    assert Gate("auto").cost_ratio([(1, 10, 5.0)]) == 1.0  # no bounding timed yet: no weighting
+    g = Gate("auto")  # refining at twice the cost with no yield: not judged before the window is full
+    for _ in range(Gate.WINDOW - 1):
+        g.bounded(100, 1.0)
+        g.record(0, 100, seconds=2.0)
+        assert g.now()
+    g.record(0, 100, seconds=2.0)
+    assert not g.now()
+
+
 def test_refine_auto_stops_refining_when_it_yields_nothing(monkeypatch):
     """With a refinement that changes nothing (the domains back as they came: sound), ``"auto"``
     calls it until WINDOW of its calls re-bounded something, and then only on probes; ``True``
@@ -258,7 +289,7 @@ def test_refine_auto_stops_refining_when_it_yields_nothing(monkeypatch):
 
     def idle_refine(ops, doms, split_layer, *args, **kwargs):
         calls.append(len(doms))
-        return doms, 0, 0
+        return doms, 0, 0, 0
 
     monkeypatch.setattr(rs, "_refine", idle_refine)
     # the first case that holds by a small margin and takes several steps (seed 0 takes too few)

@@ -104,7 +104,7 @@ def test_split_multipliers_tighten_what_crown_cannot():
                    Dense(np.array([[0.0, 1.0]]), np.array([-0.25])), ReLU(),
                    Dense(np.array([[1.0]]), np.zeros(1))], (1,))
     ops, _, doms, x_mid, x_rad, n_terms = _domains(net, np.array([-1.0]), np.array([1.0]), [[{0: -1}, {}]])
-    plain, _, _ = _refine(ops, doms, torch.zeros(1, dtype=torch.long), x_mid, x_rad, n_terms)
+    plain, _, _, _ = _refine(ops, doms, torch.zeros(1, dtype=torch.long), x_mid, x_rad, n_terms)
     assert float(plain.upper[1][0, 0]) > 0.74
     tight, _ = _split_tighten(ops, doms, x_mid, x_rad, n_terms, 100, 0.1, 0.1)
     assert 0.25 - 1e-9 <= float(tight.upper[1][0, 0]) <= 0.26
