@@ -383,3 +383,51 @@ def test_domain_store_keeps_every_row_through_pops_and_growth():
         assert ids_of(store.view()) == sorted(held)
     store.push(None)
     assert len(store) == len(held)
+
+
+def _scaled_pair(seed: int, power: int):
+    """A 4-12-12-2 net and its copy whose output layer is scaled by ``2^power`` (exact in floats),
+    with one spec row shifted to hold by 1e-3 on the first and the same spec scaled on the copy."""
+    from gpuopt.layers import Dense, ReLU
+    from gpuopt.network import Network
+
+    rng = np.random.default_rng(seed)
+    sizes = [4, 12, 12, 2]
+    weights = [(rng.normal(size=(m, n)) / math.sqrt(n), 0.5 * rng.normal(size=m)) for n, m in zip(sizes, sizes[1:])]
+
+    def build(factor):
+        layers = []
+        for i, (W, b) in enumerate(weights):
+            last = i == len(weights) - 1
+            layers += [Dense(W * factor if last else W, b * factor if last else b)] + ([] if last else [ReLU()])
+        return Network(layers, (4,))
+
+    net, scaled = build(1.0), build(2.0 ** power)
+    centre = rng.normal(size=4)
+    lo, hi = centre - 0.5, centre + 0.5
+    spec = OutputSpec([(rng.normal(size=(1, 2)), np.zeros(1))], 2)
+    minima = brute_force_min_margin(to_alternating_dense(net), lo, hi, spec).per_disjunct
+    spec = shifted_spec(spec, minima, 1e-3)
+    (A, b), = spec.disjuncts
+    return net, scaled, lo, hi, spec, OutputSpec([(A, b * 2.0 ** power)], 2)
+
+
+def test_the_search_is_the_same_when_the_outputs_are_scaled_down():
+    """Scaling a network's outputs (and the spec's right-hand sides) by 2^-12 changes no margin's
+    sign: the same verdict, and about the same number of domains, since the split multipliers'
+    steps shrink with the outputs (:func:`gpuopt.relu_split.beta_step_scale`); with the step
+    size as configured, the scaled searches needed several times the domains."""
+    checked = 0
+    for seed in range(30):
+        net, scaled, lo, hi, spec, spec_s = _scaled_pair(seed, -12)
+        config = ReluSplitConfig(batch_size=2, refine=False)
+        base = _run(net, lo, hi, spec, config=config)
+        if base.status != "unsat" or base.domains < 30:
+            continue  # the case must take a search
+        small = _run(scaled, lo, hi, spec_s, config=config)
+        assert small.status == "unsat", (seed, small)
+        assert small.domains <= 1.5 * base.domains + 8, (seed, base.domains, small.domains)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
