@@ -1362,17 +1362,19 @@ class _RefineGate:
     to refine one child over the seconds to bound one (at least 1). Measured: on mnist_fc's dense
     nets refinement made 2-3 neurons stable per child at a ratio of about 1.4, and decided in 4-11
     s what 30 s did not decide without it (mnist-net_256x4 prop_3_0.05, prop_8_0.03: 1,556
-    domains, and 12,492 where a gate turned it off after the first windows); on oval21's conv nets it made a few neurons stable per hundred
-    children and no domain empty, and the search without it ended with the same tree (cifar_wide_kw
-    img19); on SRI's CIFAR ResNet (sri_resnet_a) 0.9-2 per child at a ratio of 8-14, and the
-    search without it bounded 3 times the domains in the same time (idx 3612: worst open bound
-    -0.42 after 115 s against -0.77 after 183 s; idx 9101 unsat in 88 s against 146 s). So the
+    domains, and 12,492 where a gate turned it off after the first windows); on oval21's conv
+    nets it made a few neurons stable per hundred children and no domain empty, and the search
+    without it ended with the same tree (cifar_wide_kw img19); on SRI's CIFAR ResNet
+    (sri_resnet_a) 0.9-2 per child at a ratio of 8-14, and the search without it bounded 3 times
+    the domains in the same time (idx 3612: worst open bound -0.42 after 115 s against -0.77
+    after 183 s; idx 9101 unsat in 88 s against 146 s). So the
     steps refine until :attr:`WINDOW` refinements (steps that re-bounded some layer: a split in
     the last ReLU layer leaves nothing to re-bound and says nothing) have been seen, or from
     :attr:`MIN_JUDGED` on where a child costs :attr:`COSTLY_RATIO` times as much to refine as to
-    bound (on the ResNet the first eight took 115 s), and go on while those last ones yield enough; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that
-    yields enough on its own turns refinement back on. Any choice keeps the search sound:
-    refinement only tightens bounds that hold."""
+    bound (on the ResNet the first eight took 115 s), and go on while those last ones yield
+    enough; otherwise one step in :attr:`PROBE_EVERY` refines, and a probe that yields enough on
+    its own turns refinement back on. Any choice keeps the search sound: refinement only tightens
+    bounds that hold."""
 
     MIN_YIELD = 0.2
     WINDOW = 8
