@@ -524,6 +524,10 @@ def _cast_context(ctx, dtype):
             None if boxes_ is None else [None if bx is None else (cast(bx[0]), cast(bx[1])) for bx in boxes_])
 
 
+#: the least factor :func:`beta_step_scale` gives the split multipliers' step size
+BETA_SCALE_FLOOR = 2.0 ** -64
+
+
 def output_magnitude(network: Network, bounds: Bounds, device, dtype) -> torch.Tensor:
     """``(n_out,)``: a bound on ``|y_j|`` from the last ReLU layer's bounds ``[l, u]``:
     ``|M_L| h_max + |c_L|`` with ``h_max = max(u, 0)`` (``max(|l|, |u|)`` where the activation
@@ -552,13 +556,15 @@ def beta_step_scale(C: torch.Tensor, d: torch.Tensor, y_mag: torch.Tensor) -> to
     the gradients' scale. With the factor, a network whose outputs are ``2^-k`` times smaller
     takes the same steps in proportion (the same search, up to the rounding to a power of two):
     a net with outputs scaled by 2^-10 needed 1,579 domains where the unscaled one needed 157.
-    Outputs of magnitude 1 and more (classifier logits) keep the step size as configured."""
+    Outputs of magnitude 1 and more (classifier logits) keep the step size as configured; the
+    factor is at least :data:`BETA_SCALE_FLOOR` (a float32 step size of ``0.05 * 2^-160`` would be
+    0, and the multipliers would not move at all)."""
     ones = torch.ones(C.shape[0], dtype=C.dtype, device=C.device)
     real = torch.isfinite(d)  # padding rows have d = inf
     mag = torch.where(real, (C.abs() * y_mag.to(C)).sum(dim=-1), torch.zeros_like(d)).amax(dim=1)
     ok = torch.isfinite(mag) & (mag > 0)
     scale = torch.exp2(torch.round(torch.log2(torch.where(ok, mag, ones))))
-    return torch.where(ok, scale.clamp(max=1.0), ones)
+    return torch.where(ok, scale.clamp(min=BETA_SCALE_FLOOR, max=1.0), ones)
 
 
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
