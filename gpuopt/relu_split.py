@@ -569,7 +569,7 @@ def beta_step_scale(C: torch.Tensor, d: torch.Tensor, y_mag: torch.Tensor) -> to
 
 def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, problem=None,
                deadline: float | None = None, config: ReluSplitConfig = ReluSplitConfig(),
-               stop=None) -> ReluSplitResult:
+               stop=None, progress=None) -> ReluSplitResult:
     """Prove every disjunct unreachable on the box ``[lower, upper]`` (``(n_in,)``) by activation
     splitting, or find a counterexample (checked in float64 against ``problem``, whose unsafe
     region contains the disjuncts). ``disjuncts``: ``(C_k (m_k, n_out), d_k (m_k,), strict_k
@@ -577,7 +577,12 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
     on all its domains. The domains of all disjuncts share one queue and are bounded together.
     ``bounds``: sound pre-activation bounds on the box (batch 1). ``stop``: a callable asked
     before each step; once it answers true the search ends as at its deadline (another search
-    decided the item). Works in the dtype/device of ``lower``."""
+    decided the item). ``progress``: a callable asked before each step with a function of no
+    arguments that gives, per disjunct, the lowest bound of its domains so far (open, stuck, given
+    up or closed; what :attr:`ReluSplitResult.open_bound` and ``proven_bound`` give at the end,
+    combined by ``min``: ``min_x (C_k f(x) - d_k)`` over the box is at least it for the rows'
+    maximum); once it answers true the search ends as at its deadline. Works in the dtype/device of
+    ``lower``."""
     lo = torch.as_tensor(lower).reshape(1, -1)
     hi = torch.as_tensor(upper).reshape(1, -1).to(lo)
     dtype, dev = lo.dtype, lo.device
@@ -777,8 +782,18 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
                 child.plain[0] = max(float(child.plain[0]), b)
                 left.append(child)
         return (_Domains.cat(left) if left else None), lps, progress, None
+    def lowest() -> tuple:
+        """Per disjunct, the lowest bound of its domains so far (``progress``)."""
+        low = [min(proven[k], given_up.get(k, math.inf)) for k in range(K)]
+        for part in (store.view(), stuck):
+            if part is not None:
+                for k, v in zip(part.tag.tolist(), part.bound.tolist()):
+                    low[k] = min(low[k], _nan_low(v))
+        return tuple(low)
+
     while len(store):
-        if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()):
+        if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()) \
+                or (progress is not None and progress(lowest)):
             status = "timeout"
             break
         if len(store) > limit:

@@ -264,3 +264,86 @@ def test_an_unsat_on_lifted_bounds_says_so():
         assert v.status is Status.UNSAT, (seed, v.message)
         named += "lifted by activation splitting" in v.message
     assert named > 0
+
+
+def _lift_checked(net, pre, lo, hi, k, check, seconds=5.0):
+    """:func:`_lift` with a ``check``; returns ``(l, u)``."""
+    blocks = net.affine_blocks()
+    l, u = (a.copy() for a in pre[k])
+    live = np.flatnonzero(u > 0)
+    zmin, zmax = np.full(l.size, np.inf), np.full(l.size, -np.inf)
+    zmin[live], zmax[live] = _extremes(net.linear_ops("cpu", torch.float64), k, live, lo, hi, left=lambda: 1.0,
+                                       seed=k, starts=8)
+    prior = Bounds(tuple((torch.tensor(a[None]), torch.tensor(b[None])) for a, b in pre[:k]),
+                   (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
+    _lift_layer(BlockChain(blocks[:k + 1]), live, prior, torch.tensor(lo), torch.tensor(hi), l, u, zmin, zmax,
+                deadline=time.monotonic() + seconds, check=check)
+    return l, u
+
+
+def test_a_check_that_says_yes_ends_the_lifting_on_the_bounds_it_was_given(monkeypatch):
+    """``check`` is asked only with bounds that moved (and contain the exact range); the first yes
+    ends the search, whose bounds are then exactly the ones checked; a check that always says no
+    changes nothing about soundness, and is asked at doubling times (a few times in 3 s)."""
+    monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.05)
+    ended = 0
+    for seed in range(6):
+        _, net, lo, hi, pre = _case(seed)
+        for k in range(1, len(pre)):
+            emin, emax = _exact_layer(net, k, lo, hi)
+            asked = []
+
+            def yes(l_new, u_new, asked=asked):
+                assert np.any(l_new != pre[k][0]) or np.any(u_new != pre[k][1])
+                assert np.all(l_new <= emin + 1e-9) and np.all(u_new >= emax - 1e-9)
+                asked.append((l_new.copy(), u_new.copy()))
+                return True
+
+            t = time.monotonic()
+            l, u = _lift_checked(net, pre, lo, hi, k, yes, seconds=20.0)
+            if asked:
+                ended += 1
+                assert len(asked) == 1 and time.monotonic() - t < 10.0
+                np.testing.assert_array_equal(l, asked[0][0])
+                np.testing.assert_array_equal(u, asked[0][1])
+            no = []
+            l, u = _lift_checked(net, pre, lo, hi, k, lambda a, b: no.append(time.monotonic()) or False, seconds=3.0)
+            assert np.all(l <= emin + 1e-9) and np.all(u >= emax - 1e-9), (seed, k)
+            assert len(no) <= 8, len(no)  # 0.05, 0.1, 0.2, ... 1.6 s, and then 3.2 s is past the deadline
+    assert ended >= 3, ended
+
+
+def test_a_lift_whose_bounds_suffice_ends_the_refinement(monkeypatch):
+    """``enough`` saying yes to the bounds a lift has reached (a spy says yes only inside the lifting)
+    ends the refinement at once (``ended_early``), long before the lifting's share, and the bounds
+    it leaves (the lifted layer's and the later layers' re-bound on them) still contain every
+    neuron's exact range (brute force) and lie inside the bounds it started from."""
+    monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.05)
+    real, inside = milp_refine_module._lift_layer, [False]
+
+    def spy(*args, **kw):
+        inside[0] = True
+        try:
+            return real(*args, **kw)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(milp_refine_module, "_lift_layer", spy)
+    ended = 0
+    for seed in range(3):
+        _, net, lo, hi, pre = _case(seed)
+        loose = np.full(net.output_size, 1e6)  # (sound output bounds)
+        rebound = milp_refine_module.alpha_crown_rebound(net, lo, hi, (-loose, loose), steps=5)
+        t = time.monotonic()
+        res = milp_refine(net.affine_blocks(), pre, lo, hi, method="split", neuron_time=2.0,
+                          deadline=time.monotonic() + 60.0, lift_share=0.9, rebound=rebound,
+                          enough=lambda pre_: inside[0])
+        for k in range(1, len(pre)):
+            emin, emax = _exact_layer(net, k, lo, hi)
+            l, u = res.pre[k]
+            assert np.all(l >= pre[k][0]) and np.all(u <= pre[k][1]), (seed, k)
+            assert np.all(l <= emin + 1e-9) and np.all(u >= emax - 1e-9), (seed, k)
+        if res.ended_early:
+            ended += 1
+            assert res.lifted > 0 and time.monotonic() - t < 30.0, (seed, res)
+    assert ended >= 2, ended

@@ -431,3 +431,34 @@ def test_the_search_is_the_same_when_the_outputs_are_scaled_down():
         if checked == 3:
             break
     assert checked == 3
+
+
+def test_progress_sees_lower_bounds_of_every_disjunct_and_can_end_the_search():
+    """``progress`` gets, per disjunct, a value never above its true minimum margin (brute force),
+    at every step; answering true ends the search there (a timeout, not a verdict), and the
+    result's ``min(open_bound, proven_bound)`` is then exactly the last value it was given."""
+    ended = 0
+    for seed in range(12):
+        net, lo, hi, spec, minima = _solved_case(seed)
+        for delta in (0.02, 1e-3):
+            seen = []
+
+            def progress(lowest, seen=seen):
+                seen.append(lowest())
+                return len(seen) >= 3
+
+            problem = Problem(net, Box(lo, hi), shifted_spec(spec, minima, delta))
+            bounds = crown(net, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None])
+            res = relu_split(net, torch.as_tensor(lo), torch.as_tensor(hi),
+                             [(A, b, None) for A, b in problem.spec.disjuncts], bounds, problem=problem,
+                             config=ReluSplitConfig(batch_size=1, handoff=0), progress=progress)
+            for low in seen:
+                assert len(low) == len(spec.disjuncts)
+                assert all(v <= delta + 1e-9 for v in low), (seed, delta, low)
+            if len(seen) >= 3:
+                ended += 1
+                assert res.status == "timeout", (seed, delta, res.status)
+                assert tuple(min(a, b) for a, b in zip(res.open_bound, res.proven_bound)) == seen[-1]
+            else:
+                assert res.status == "unsat", (seed, delta, res.status)
+    assert ended >= 4, ended
