@@ -214,3 +214,36 @@ def test_digest_names_what_the_network_computes():
     others = {build(w1=w_ulp).digest(), build(b1=b_other).digest(), build(shape=(2, 2), flatten=True).digest(),
               build(w1=w1.astype(np.float32).astype(np.float64)).digest()}
     assert ref not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_row_products_in_chunks_equal_the_whole_product_exactly(dtype, monkeypatch):
+    """``_scipy_rows`` in chunks (forced small: 16 rows and a remainder) gives the very values of one
+    product over all the rows, for row counts around the chunk's size; and so do a sparse block's
+    products and gradients through it."""
+    import scipy.sparse as sp
+
+    import gpuopt.network as network_module
+    from gpuopt.network import LinearOp, _scipy_rows
+
+    rng = np.random.default_rng(3)
+    m = sp.random(300, 200, density=0.05, format="csr", random_state=4, dtype=dtype)
+    monkeypatch.setattr(network_module, "SCIPY_CHUNK_BYTES", 16 * 200 * np.dtype(dtype).itemsize)
+    for rows in (1, 15, 16, 17, 33, 100):
+        x = torch.from_numpy(rng.normal(size=(rows, 200)).astype(dtype))
+        whole = torch.from_numpy(np.ascontiguousarray((m @ x.numpy().T).T))
+        got = _scipy_rows(m, x)
+        assert got.dtype == whole.dtype and got.is_contiguous() and torch.equal(got, whole), rows
+    W = sp.random(400, 300, density=0.05, format="csr", random_state=5)
+    op = LinearOp(W, np.zeros(400), "cpu", torch.float64, None)
+    assert op.dense is None and op.conv is None  # a sparse block: its products go through scipy
+    monkeypatch.setattr(network_module, "SCIPY_CHUNK_BYTES", 16 * 400 * 8)
+    Wd = torch.from_numpy(W.toarray())
+    A = torch.from_numpy(rng.normal(size=(50, 400))).requires_grad_(True)
+    out = op.rmatmul(A)
+    torch.testing.assert_close(out, A.detach() @ Wd, rtol=1e-12, atol=1e-12)
+    G = torch.from_numpy(rng.normal(size=out.shape))
+    out.backward(G)
+    torch.testing.assert_close(A.grad, G @ Wd.T, rtol=1e-12, atol=1e-12)
+    v = torch.from_numpy(rng.normal(size=(70, 300)))
+    torch.testing.assert_close(op.linear(v), v @ Wd.T, rtol=1e-12, atol=1e-12)
