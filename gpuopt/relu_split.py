@@ -826,7 +826,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             parents = store.pop(at)
             domains = None
             until = t_lp + DIVE_SECONDS if deadline is None else min(deadline, t_lp + DIVE_SECONDS)
-            left, lps, progress, found = dive(parents, until)
+            left, lps, dived, found = dive(parents, until)
             explored += lps
             lp_seconds += time.monotonic() - t_lp
             if found is not None:
@@ -834,7 +834,7 @@ def relu_split(network: Network, lower, upper, disjuncts, bounds: Bounds, *, pro
             log.debug("relu_split: LP dives from %d domains at %.6g: %d LPs, %d open after them", len(parents),
                       plateau, lps, 0 if left is None else len(left))
             store.push(left)
-            if not progress:
+            if not dived:
                 # the dives closed and split nothing (their minimisers are network points the exact
                 # check rejects, at a margin of about 0): the steps take over until the next stall
                 plateau, weakest = None, []

@@ -347,3 +347,33 @@ def test_a_lift_whose_bounds_suffice_ends_the_refinement(monkeypatch):
             ended += 1
             assert res.lifted > 0 and time.monotonic() - t < 30.0, (seed, res)
     assert ended >= 2, ended
+
+
+def test_an_error_in_a_lifts_check_is_raised_as_outside_a_lift(monkeypatch):
+    """``enough`` raising a gpuopt error inside a lift's check (the review found it swallowed there,
+    the lift's bounds dropped) is raised by ``milp_refine``, as it is when asked after a layer."""
+    monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.0)
+    real, inside, raised = milp_refine_module._lift_layer, [False], 0
+
+    def spy(*args, **kw):
+        inside[0] = True
+        try:
+            return real(*args, **kw)
+        finally:
+            inside[0] = False
+
+    def enough(pre_):
+        if inside[0]:
+            raise InvalidInputError("enough: a bad row")
+        return False
+
+    monkeypatch.setattr(milp_refine_module, "_lift_layer", spy)
+    for seed in range(3):
+        _, net, lo, hi, pre = _case(seed)
+        try:
+            milp_refine(net.affine_blocks(), pre, lo, hi, method="split", neuron_time=2.0,
+                        deadline=time.monotonic() + 30.0, lift_share=0.9, enough=enough)
+        except InvalidInputError as e:
+            assert "a bad row" in str(e)
+            raised += 1
+    assert raised >= 2, raised

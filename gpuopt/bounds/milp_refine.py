@@ -721,17 +721,22 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                        (torch.tensor(l[None]), torch.tensor(u[None])), "prior")
         x_lo = torch.tensor(np.asarray(x_lower, dtype=np.float64).reshape(-1))
         x_hi = torch.tensor(np.asarray(x_upper, dtype=np.float64).reshape(-1))
-        sufficed = []  # the bounds of every layer on which ``enough`` said yes
+        trials, sufficed, failed = [], [], []  # the checks' bounds; whether one sufficed; an error in one
 
         def check(l_new, u_new) -> bool:
             """Whether the lifted bounds so far suffice: the layers after re-bound on them, and ``enough``."""
             trial = [(a.copy(), b.copy()) for a, b in pre_]
             trial[k] = (l_new, u_new)
-            if rebound is not None and k < len(trial) - 1 and phase_left() > 0:
-                _intersect_after(trial, k, rebound(trial, k))
-            if phase_left() <= 0 or not enough(trial):
-                return False
-            sufficed.append(trial)
+            try:
+                if rebound is not None and k < len(trial) - 1 and phase_left() > 0:
+                    _intersect_after(trial, k, rebound(trial, k))
+                trials.append(trial)
+                if phase_left() <= 0 or not enough(trial):
+                    return False
+            except GpuoptError as e:  # raised after the search, as outside a lift (not taken for a failed search)
+                failed.append(e)
+                return True
+            sufficed.append(True)
             return True
 
         sides = 0
@@ -740,16 +745,16 @@ def milp_refine(blocks, pre, x_lower, x_upper, *, deadline: float | None = None,
                                 step_dtype=step_dtype, check=None if enough is None else check)
         except GpuoptError as e:  # (a search that cannot start: the bounds stay as they were)
             log.debug("refine: lifting layer %d failed: %s", k, e)
+        if failed:
+            raise failed[0]
+        for trial in trials:  # every check's bounds hold on the box: each layer from k keeps the tighter
+            _intersect_after(pre_, k - 1, trial)
         moves = int(np.sum(l != before[0]) + np.sum(u != before[1]))
         lift_moves[0] += moves
-        log.debug("refine: layer %d lifted (%d live neurons, %d sides) in %.2f s%s: %s", k, live.size, sides,
-                  time.monotonic() - began, ", enough for the property" if sufficed else "",
+        log.debug("refine: layer %d lifted (%d live neurons, %d sides, %d checks) in %.2f s%s: %s", k, live.size,
+                  sides, len(trials), time.monotonic() - began, ", enough for the property" if sufficed else "",
                   "; ".join(f"z{j} [{before[0][j]:.4g}, {before[1][j]:.4g}] -> [{l[j]:.4g}, {u[j]:.4g}]" for j in live))
-        if sufficed:  # the layers after keep their re-bound from the check (the search ended on its bounds)
-            for (l_k, u_k), (l_t, u_t) in zip(pre_[k + 1:], sufficed[-1][k + 1:]):
-                l_k[...], u_k[...] = np.fmax(l_k, l_t), np.fmin(u_k, u_t)
-            return LIFT_ENOUGH
-        return moves > 0
+        return LIFT_ENOUGH if sufficed else moves > 0
 
     if last_share is not None and not 0.0 <= last_share <= 1.0:
         raise InvalidInputError(f"`last_share` must be between 0 and 1 (or None), got {last_share!r}")
