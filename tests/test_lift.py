@@ -313,12 +313,8 @@ def test_a_check_that_says_yes_ends_the_lifting_on_the_bounds_it_was_given(monke
     assert ended >= 3, ended
 
 
-def test_a_lift_whose_bounds_suffice_ends_the_refinement(monkeypatch):
-    """``enough`` saying yes to the bounds a lift has reached (a spy says yes only inside the lifting)
-    ends the refinement at once (``ended_early``), long before the lifting's share, and the bounds
-    it leaves (the lifted layer's and the later layers' re-bound on them) still contain every
-    neuron's exact range (brute force) and lie inside the bounds it started from."""
-    monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.05)
+def _inside_lifts(monkeypatch) -> list:
+    """A one-element list whose item is True while a lift (``_lift_layer``, spied on) runs."""
     real, inside = milp_refine_module._lift_layer, [False]
 
     def spy(*args, **kw):
@@ -329,6 +325,16 @@ def test_a_lift_whose_bounds_suffice_ends_the_refinement(monkeypatch):
             inside[0] = False
 
     monkeypatch.setattr(milp_refine_module, "_lift_layer", spy)
+    return inside
+
+
+def test_a_lift_whose_bounds_suffice_ends_the_refinement(monkeypatch):
+    """``enough`` saying yes to the bounds a lift has reached (a spy says yes only inside the lifting)
+    ends the refinement at once (``ended_early``), long before the lifting's share, and the bounds
+    it leaves (the lifted layer's and the later layers' re-bound on them) still contain every
+    neuron's exact range (brute force) and lie inside the bounds it started from."""
+    monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.05)
+    inside = _inside_lifts(monkeypatch)
     ended = 0
     for seed in range(3):
         _, net, lo, hi, pre = _case(seed)
@@ -353,21 +359,13 @@ def test_an_error_in_a_lifts_check_is_raised_as_outside_a_lift(monkeypatch):
     """``enough`` raising a gpuopt error inside a lift's check (the review found it swallowed there,
     the lift's bounds dropped) is raised by ``milp_refine``, as it is when asked after a layer."""
     monkeypatch.setattr(milp_refine_module, "LIFT_CHECK_FIRST", 0.0)
-    real, inside, raised = milp_refine_module._lift_layer, [False], 0
-
-    def spy(*args, **kw):
-        inside[0] = True
-        try:
-            return real(*args, **kw)
-        finally:
-            inside[0] = False
+    inside, raised = _inside_lifts(monkeypatch), 0
 
     def enough(pre_):
         if inside[0]:
             raise InvalidInputError("enough: a bad row")
         return False
 
-    monkeypatch.setattr(milp_refine_module, "_lift_layer", spy)
     for seed in range(3):
         _, net, lo, hi, pre = _case(seed)
         try:
