@@ -49,7 +49,9 @@ class PointCheck:
     """Outcome of checking one point: ``ok`` (a counterexample, decided soundly), the float64
     input ``x`` that was checked (clipped into the exact input set), its float64 output ``y``,
     the float64 ``margin`` and its error bound ``error``, and ``how`` it was decided
-    (``"float"``, ``"exact"``, ``"outside"`` when no float64 point lies in the input set, or
+    (``"float"``, ``"exact"``, ``"near"`` when no float64 point lies in the input set but every
+    exact point near ``x`` was decided in float64 (:attr:`~gpuopt.problem.Problem.near`),
+    ``"outside"`` when no float64 point lies in the input set, or
     ``"undecided"`` when the band could not be settled)."""
 
     ok: bool
@@ -70,15 +72,18 @@ def _row_terms(step) -> np.ndarray:
     return sum(np.diff(M.indptr) for M in step.matrices) + len(step.matrices)
 
 
-def _forward_with_error(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _forward_with_error(network: Network, x: np.ndarray, e0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Float64 output of one input and an upper bound on its distance to the exact output, over
     the network's steps (:func:`gpuopt.lowering.network_steps`), or layer by layer
-    (:func:`_forward_with_error_layers`) when those would not fit in memory."""
+    (:func:`_forward_with_error_layers`) when those would not fit in memory. With ``e0``, the
+    exact input may be any point within ``e0`` of ``x`` (per coordinate), and the bound holds for
+    the exact output of each (the propagation only asks ``|h - h_exact| <= e_h`` of a layer's
+    input)."""
     try:
         steps, out = network_steps(network)
     except NoLinearFormError:
-        return _forward_with_error_layers(network, x)
-    vals = {-1: (x.astype(np.float64), np.zeros(x.size))}
+        return _forward_with_error_layers(network, x, e0)
+    vals = {-1: (x.astype(np.float64), np.zeros(x.size) if e0 is None else np.asarray(e0, dtype=np.float64).reshape(-1))}
     for s, st in enumerate(steps):
         if st.kind == "relu":
             h, e = vals[st.inputs[0]]
@@ -131,7 +136,8 @@ def layer_terms(layer) -> int:
     raise TypeError(f"{type(layer).__name__} is not a linear layer")
 
 
-def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _forward_with_error_layers(network: Network, x: np.ndarray, e0: np.ndarray | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_forward_with_error` layer by layer in float64 torch operations, for networks whose
     step form would not fit in memory. A linear layer ``z = L(h) + c`` (Dense, Conv2d,
     ConvTranspose2d, ElementwiseAffine, AvgPool2d, Add) gets the same bound as a step, with
@@ -156,7 +162,7 @@ def _forward_with_error_layers(network: Network, x: np.ndarray) -> tuple[np.ndar
 
     errors = network.param_errors or (None,) * len(network.layers)
     x0 = tensor(x).reshape(1, *network.input_shape)
-    vals = {-1: (x0, torch.zeros_like(x0))}
+    vals = {-1: (x0, torch.zeros_like(x0) if e0 is None else tensor(e0).reshape(x0.shape))}
     with torch.no_grad():
         for i, (layer, ins) in enumerate(zip(network.layers, network.inputs)):
             hs, es = [vals[j][0] for j in ins], [vals[j][1] for j in ins]
@@ -321,15 +327,21 @@ def _exact_forward(network: Network, x: np.ndarray, max_weights: int) -> list[Fr
 def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGHTS) -> PointCheck:
     """Decide soundly whether the float64 point ``x`` (clipped into the problem's exact input set)
     is a counterexample of ``problem``; see the module docstring."""
-    box = problem.inner
+    box, e0 = problem.inner, None
     x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+    if box is None and problem.near is not None:
+        # no float64 point in the exact set (an input fixed at a decimal such as 0.1): ``x``
+        # clipped into ``near`` stands for the exact points within ``e0`` of it (the float
+        # hull's width on the coordinates with no float64 point), decided in float64 alone
+        box = problem.near.box
+        e0 = np.where(problem.near.hull, np.nextafter(box.upper - box.lower, np.inf), 0.0)
     if box is None:
         return PointCheck(False, x64, np.full(problem.spec.n_outputs, np.nan), np.inf, 0.0, "outside")
     if x64.size != box.size or not np.all(np.isfinite(x64)):
         return PointCheck(False, x64, np.full(problem.spec.n_outputs, np.nan), np.inf, 0.0, "undecided")
     x64 = np.clip(x64, box.lower, box.upper)
     with np.errstate(over="ignore", invalid="ignore"):
-        y, ey = _forward_with_error(problem.network, x64)
+        y, ey = _forward_with_error(problem.network, x64, e0)
     spec = problem.spec
     safe_all, unsafe_any = True, False
     margin, err_at_margin = np.inf, 0.0
@@ -352,9 +364,11 @@ def check_counterexample(problem, x, *, max_exact_weights: int = MAX_EXACT_WEIGH
         if not np.any(r - er > 0):
             safe_all = False
     if unsafe_any:
-        return PointCheck(True, x64, y, margin, err_at_margin, "float")
+        return PointCheck(True, x64, y, margin, err_at_margin, "float" if e0 is None else "near")
     if safe_all:
-        return PointCheck(False, x64, y, margin, err_at_margin, "float")
+        return PointCheck(False, x64, y, margin, err_at_margin, "float" if e0 is None else "near")
+    if e0 is not None:  # (the exact points are not dyadic: no exact evaluation of them here)
+        return PointCheck(False, x64, y, margin, err_at_margin, "undecided")
     y_exact = _exact_forward(problem.network, x64, max_exact_weights)
     if y_exact is None:
         return PointCheck(False, x64, y, margin, err_at_margin, "undecided")

@@ -189,7 +189,7 @@ def reduce_output_order(problems) -> OrderReduction | None:
         return None  # still no linear form: nothing gained
     if not log and compared and not _softmax_spread_ok(reduced, problems, sorted(compared), groups):
         return None
-    out = [Problem(reduced, p.region, p.spec, inner=p.inner) for p in problems]
+    out = [Problem(reduced, p.region, p.spec, inner=p.inner, near=p.near) for p in problems]
     return OrderReduction(out, network, type(layer).__name__)
 
 

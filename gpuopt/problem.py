@@ -16,7 +16,26 @@ from .network import Network
 from .regions import Box, LinfBall
 from .specs import OutputSpec
 
-__all__ = ["Problem"]
+__all__ = ["NearBox", "Problem"]
+
+
+@dataclass(frozen=True, eq=False)
+class NearBox:
+    """Where an exact input set holds no float64 point (an input fixed at a decimal such as
+    ``0.1``): ``box`` has, per coordinate, the float64 points of the exact set where there are
+    some, and the float hull of the exact set where there are none (``hull``, a bool mask; the
+    exact values lie within the hull's width of any float64 point in it). A point of ``box``
+    stands for the exact points within that width of it (:func:`gpuopt.check.check_counterexample`
+    decides them all at once, in float64)."""
+
+    box: Box
+    hull: np.ndarray
+
+    def __post_init__(self):
+        hull = np.asarray(self.hull, dtype=bool).reshape(-1)
+        if not isinstance(self.box, Box) or hull.size != self.box.size:
+            raise InvalidInputError("a NearBox needs a Box and a mask of its size")
+        object.__setattr__(self, "hull", hull)
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,13 +45,17 @@ class Problem:
     ``inner`` is the set of float64 points that may be reported as counterexamples: the points of
     the exact input set, when ``region`` is its outward-rounded hull (a VNNLIB bound such as
     ``3 X_0 <= 1``). It defaults to ``region``; ``None`` means no float64 point lies in the exact
-    set (so no counterexample can be reported, while proofs over ``region`` stay sound).
+    set (so no counterexample can be reported, while proofs over ``region`` stay sound), unless
+    ``near`` (:class:`NearBox`, only with ``inner`` None) says which float64 points stand for the
+    exact points next to them: a counterexample is then reported as such a point, every exact
+    point within its hull's width proven unsafe.
     """
 
     network: Network
     region: Box
     spec: OutputSpec
     inner: Box | None = "region"  # type: ignore[assignment]
+    near: NearBox | None = None
 
     def __post_init__(self):
         if not isinstance(self.network, Network):
@@ -61,3 +84,11 @@ class Problem:
             if inner.size != box.size or np.any(inner.lower < box.lower) or np.any(inner.upper > box.upper):
                 raise InvalidInputError("`inner` must lie inside `region`")
             object.__setattr__(self, "inner", inner)
+        if self.near is not None:
+            if not isinstance(self.near, NearBox):
+                raise InvalidInputError(f"`near` must be a NearBox or None, got {type(self.near).__name__}")
+            if self.inner is not None:
+                raise InvalidInputError("`near` applies only where `inner` is None (no float64 point in the exact set)")
+            near = self.near.box
+            if near.size != box.size or np.any(near.lower < box.lower) or np.any(near.upper > box.upper):
+                raise InvalidInputError("`near` must lie inside `region`")

@@ -400,3 +400,57 @@ def test_in_place_coefficients_only_for_slopes_that_broadcast_into_the_coefficie
     upper = torch.full((1, 1, 3), 0.75, dtype=torch.float64)
     got = _relaxed_coefficients(A, A.clamp(min=0), A.clamp(max=0), lower, upper)
     assert got.shape == (1, 2, 3) and torch.equal(got, A * torch.where(A >= 0, lower, upper))
+
+
+# ------------------------------------------------------------------------------------------------
+# an input fixed at a decimal that no float64 holds (the review of the command line found every
+# such ``sat`` answered ``unknown``)
+
+def _fixed_input_problem(net, rhs: str, second: str = "(assert (>= X_1 -1))\n(assert (<= X_1 1))"):
+    """``X_0`` fixed at the decimal 0.1 (no float64 equals it), unsafe ``Y_0 <= rhs``."""
+    from gpuopt.io.vnnlib import parse_vnnlib
+
+    text = ("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+            "(assert (>= X_0 0.1))\n(assert (<= X_0 0.1))\n" + second + f"\n(assert (<= Y_0 {rhs}))\n")
+    (prop,) = parse_vnnlib(text, n_inputs=2, n_outputs=1)
+    return Problem(net, prop.box, prop.spec, inner=prop.inner, near=prop.near)
+
+
+def test_an_input_fixed_at_a_decimal_stands_for_its_exact_value():
+    """y = x0 + 0 x1: with X_0 = 0.1 exactly, ``Y_0 <= 0.1 + 1e-3`` is reached, ``Y_0 <= 0.1 - 1e-3``
+    is not, and ``Y_0 <= 0.1`` is reached exactly at the margin 0, which float64 cannot see: the
+    check says ``near`` for the first (the float64 point next to 0.1 stands for it), never ok for
+    the second and undecided for the third; ``verify`` answers sat, unsat and never unsat."""
+    net = affine_net([[1.0, 0.0]], [0.0])
+    sat = _fixed_input_problem(net, "0.101")
+    assert sat.inner is None and sat.near is not None and list(sat.near.hull) == [True, False]
+    c = check_counterexample(sat, np.array([0.3, 0.5]))
+    assert c.ok and c.how == "near" and c.x[0] in (sat.region.lower[0], sat.region.upper[0])
+    assert Fraction(sat.region.lower[0]) <= Fraction("0.1") <= Fraction(sat.region.upper[0])
+    safe = _fixed_input_problem(net, "0.099")
+    assert not check_counterexample(safe, np.array([0.1, 0.0])).ok
+    edge = _fixed_input_problem(net, "0.1")
+    c = check_counterexample(edge, np.array([0.1, 0.0]))
+    assert not c.ok and c.how == "undecided"
+    config = VerifyConfig(device="cpu")
+    v = verify_problems_quick(sat, config)
+    assert v.status.value == "sat" and "no float64 point" in v.message, v.message
+    assert verify_problems_quick(safe, config).status.value == "unsat"
+    assert verify_problems_quick(edge, config).status.value != "unsat"
+
+
+def verify_problems_quick(problem, config):
+    from gpuopt.verify import verify_problems
+
+    return verify_problems([problem], timeout=20, config=config)
+
+
+def test_a_problem_checks_its_near_box():
+    net = affine_net([[1.0, 0.0]], [0.0])
+    p = _fixed_input_problem(net, "0.101")
+    from gpuopt.problem import NearBox
+
+    with pytest.raises(Exception, match="only where `inner` is None"):
+        Problem(net, p.region, p.spec, inner=p.region, near=p.near)
+    with pytest.raises(Exception, match="must lie inside `region`"):
+        Problem(net, p.region, p.spec, inner=None, near=NearBox(Box(p.region.lower - 1, p.region.upper), p.near.hull))

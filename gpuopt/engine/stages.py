@@ -103,7 +103,7 @@ def proof_problem(problem: Problem, y_abs_max: np.ndarray, deviation: np.ndarray
     # crashes; counterexamples are checked against the original problem)
     rhs = [np.where(np.isfinite(b), b, np.finfo(np.float64).max) for b in rhs]
     proof = OutputSpec([(A, b) for (A, _), b in zip(spec.disjuncts, rhs)], spec.n_outputs)
-    return Problem(problem.network, problem.region, proof, inner=problem.inner)
+    return Problem(problem.network, problem.region, proof, inner=problem.inner, near=problem.near)
 
 
 def stacked_strict(problems: Sequence[Problem], shape) -> torch.Tensor:
@@ -474,8 +474,8 @@ def _attack_rows(network, rows, config, deadline) -> None:
 
 # ---------------------------------------------------------------------------------- task stages
 def _problem_data(problem: Problem) -> tuple:
-    """A Problem without its network: ``(region, spec, inner)``, rebuilt by the task."""
-    return problem.region, problem.spec, problem.inner
+    """A Problem without its network: ``(region, spec, inner, near)``, rebuilt by the task."""
+    return problem.region, problem.spec, problem.inner, problem.near
 
 
 def _close(item: ItemState, i: int, k: int, lb: float) -> None:
@@ -769,6 +769,9 @@ TAIL_NOTE = ("; {proven} disjuncts proven before activation splitting by MILPs o
 #: the note when the refinement lifted a narrow layer's bounds past their signs (activation
 #: splitting: CROWN's padded arithmetic)
 LIFTED_NOTE = "; with {lifted} bounds of narrow layers lifted by activation splitting on the layers before"
+#: a ``sat`` whose exact input set holds no float64 point (:class:`~gpuopt.problem.NearBox`)
+NEAR_NOTE = ("; the exact input set holds no float64 point (an input fixed at a decimal float64 cannot hold): "
+             "the point given is the nearest, and every exact point within its float hull is proven unsafe")
 SPLIT_REFINED_NOTE = ("; on intermediate bounds refined by activation splitting ({stabilised} neurons made "
                       "stable, {tightened} more narrowed)")
 
@@ -1104,6 +1107,11 @@ def finalize(item: ItemState) -> ItemState:
             message += note.format(stabilised=refined["stabilised"], tightened=refined["tightened"])
         if refined.get("lifted"):
             message += LIFTED_NOTE.format(lifted=refined["lifted"])
+    x = item.verdict.counterexample
+    if item.verdict.status is Status.SAT and x is not None and not any(
+            p.inner is not None and np.all((p.inner.lower <= np.ravel(x)) & (np.ravel(x) <= p.inner.upper))
+            for p in item.problems):
+        message += NEAR_NOTE  # (a point of no problem's exact set: a near one)
     tails = item.stage_notes.get("tail", {})
     if item.verdict.status is Status.UNSAT and tails.get("proven") and not tails.get("decided"):
         message += TAIL_NOTE.format(proven=tails["proven"], rechecked=tails["rechecked"])

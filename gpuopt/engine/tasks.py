@@ -57,8 +57,8 @@ def _task_deadline(budget: float, submitted: float) -> float:
 def _problem(net, data):
     from ..problem import Problem
 
-    region, spec, inner = data
-    return Problem(net, region, spec, inner=inner)
+    region, spec, inner, near = data
+    return Problem(net, region, spec, inner=inner, near=near)
 
 
 def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_proof, root_bounds, budget: float,
@@ -72,7 +72,7 @@ def split_task(net_ref, problem_data, proof_spec, disjuncts, split_config, box_p
 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
-    proof = _problem(net, (problem.region, proof_spec, problem.inner))
+    proof = _problem(net, (problem.region, proof_spec, problem.inner, problem.near))
     res = input_split(proof, deadline=_task_deadline(budget, submitted), config=split_config,
                       open_disjuncts=disjuncts, milp=box_proof, root_bounds=root_bounds)
     return _split_result(problem, res, res.milp_boxes, start)
@@ -106,7 +106,7 @@ def interval_split_task(net_ref, problem_data, proof_spec, disjuncts, split_conf
 
     net = resolve_network(net_ref)
     problem = _problem(net, problem_data)
-    proof = _problem(net, (problem.region, proof_spec, problem.inner))
+    proof = _problem(net, (problem.region, proof_spec, problem.inner, problem.near))
     res = interval_split(problem, proof, disjuncts, deadline=_task_deadline(budget, submitted),
                          batch_size=split_config.batch_size, max_boxes=split_config.max_boxes)
     return _split_result(problem, res, 0, start)
@@ -468,7 +468,7 @@ def verify_instance_task(onnx_path: str, vnnlib_path: str, timeout: float, confi
 
     net = _network(onnx_path)
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
-    problems = [Problem(net, p.box, p.spec, inner=p.inner) for p in props]
+    problems = [Problem(net, p.box, p.spec, inner=p.inner, near=p.near) for p in props]
     verdict = verify_problems(problems, timeout=timeout, config=config, start_time=t0)
     return _record(verdict, t0)
 

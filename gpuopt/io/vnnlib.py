@@ -54,6 +54,7 @@ import struct
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..problem import NearBox
 from ..regions import Box
 from ..specs import OutputSpec, float_down, float_up
 
@@ -84,11 +85,14 @@ _BY_POSITION = itemgetter(1)
 class Property(tuple):
     """One ``(box, spec)`` pair of a VNNLIB file (it unpacks as a pair), with ``inner``: the
     float64 box of points that satisfy the exact input constraints (``box`` is its outward-rounded
-    hull), or ``None`` when no float64 point does."""
+    hull), or ``None`` when no float64 point does; then ``near`` (:class:`~gpuopt.problem.NearBox`)
+    has the float hull on the coordinates with no float64 point (an input fixed at a decimal
+    such as ``0.1``), else ``None``."""
 
-    def __new__(cls, box: Box, spec: OutputSpec, inner: Box | None):
+    def __new__(cls, box: Box, spec: OutputSpec, inner: Box | None, near: NearBox | None = None):
         obj = super().__new__(cls, (box, spec))
         obj.inner = inner
+        obj.near = near
         return obj
 
     @property
@@ -783,14 +787,18 @@ class _Parser:
                         r = rows[id(y)] = self.disjunct(y, n_out)
                     disjuncts.append(r)
             spec = OutputSpec._from_exact(disjuncts, n_out)
+            near = None
             if all(-_INF < a <= b < _INF for a, b in zip(lo, hi)):
                 box = _box(lo, hi)
                 # the inner bounds lie within the outer ones, so they are finite when ordered
                 inner = _box(lo_in, hi_in) if all(a <= b for a, b in zip(lo_in, hi_in)) else None
+                if inner is None:  # coordinates with no float64 point: their float hull stands in
+                    hull = np.array(lo_in) > np.array(hi_in)
+                    near = NearBox(Box(np.where(hull, lo, lo_in), np.where(hull, hi, hi_in)), hull)
             else:  # not expected: let Box report it
                 box = Box(np.array(lo), np.array(hi))
                 inner = Box(np.array(lo_in), np.array(hi_in)) if np.all(np.array(lo_in) <= np.array(hi_in)) else None
-            result.append(Property(box, spec, inner))
+            result.append(Property(box, spec, inner, near))
         return result
 
     def disjunct(self, y: tuple, n_out: int) -> tuple:
