@@ -21,6 +21,12 @@ Two steps decide that:
    rational ``m 2^k``, so each layer is evaluated exactly in Python integers over a common power
    of two. This costs about a microsecond per weight; networks above ``max_exact_weights`` weights
    leave the point undecided (it is then not reported).
+
+Where the exact input set holds no float64 point (an input fixed at a decimal such as ``0.1``),
+the problem's :class:`~gpuopt.problem.NearBox` gives float64 points that stand for it: step 1
+starts from an input error equal to the float hull's width on those coordinates, so that ``e_z``
+bounds the distance to the exact output of every exact point within that width, and decides them
+all at once (``how="near"``); there is no exact step (those points are not dyadic).
 """
 
 from __future__ import annotations
