@@ -90,7 +90,10 @@ def test_awkward_results_and_exceptions_are_errors_and_the_worker_survives(ex, f
     assert out.error.startswith(error), out.error
     assert out.attempts == 1
     assert (bystander.result(30).status, bystander.result().attempts) == (TaskStatus.OK, 1)
-    assert worker_pids() == before  # no worker died, the pool did not break
+    after = worker_pids()  # the pool still runs tasks
+    # no worker died: every one seen before is alive (not ``after == before``: on a loaded machine
+    # both of a round's tasks can go to one worker while the other is still starting, CI at 21038e6)
+    assert after and not any(_pid_gone(pid) for pid in before), (before, after)
 
 
 def test_runner_in_process():
