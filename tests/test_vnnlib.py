@@ -565,3 +565,31 @@ def test_oval21(benchmarks_dir):
         pytest.skip("oval21 vnnlib files not present")
     ((box, spec),) = load_vnnlib(files[0], n_inputs=3072, n_outputs=10)
     assert box.size == 3072 and spec.n_disjuncts == 9
+
+
+@pytest.mark.parametrize("number, message", [
+    ("1e-43429448190325", "is below 10^-10000"),   # (hung in Fraction, which writes out 10^n: the review)
+    ("123.45e-10010", "is below 10^-10000"),
+    ("1e43429448190325", "is out of the float64 range"),
+    ("0e-99999999999", "has an exponent of more than 9 digits"),
+])
+def test_numbers_with_enormous_exponents_are_refused_at_once(number, message):
+    import time
+
+    for text in (f"(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 {number}))\n"
+                 "(assert (<= X_0 0.1))\n(assert (<= Y_0 0))\n",
+                 "(declare-const X_0 Real)(declare-const Y_0 Real)(assert (>= X_0 0))(assert (<= X_0 0.1))"
+                 f"(assert (<= Y_0 {number}))"):
+        t = time.monotonic()
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            parse_vnnlib(text, n_inputs=1, n_outputs=1)
+        assert time.monotonic() - t < 5.0
+
+
+@pytest.mark.parametrize("number, value", [("0e-999999999", 0.0), ("-0.000e+999999999", 0.0), ("1e-10000", 0.0),
+                                           ("00012.5e-3", 0.0125), ("1E+2", 100.0)])
+def test_numbers_with_large_exponents_that_are_fine_keep_their_exact_value(number, value):
+    (prop,) = parse_vnnlib("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (>= X_0 -1))(assert (<= X_0 1))"
+                           f"(assert (<= Y_0 {number}))", n_inputs=1, n_outputs=1)
+    (A, b), = prop.spec.disjuncts
+    assert float(b[0]) == value or (value == 0.0 and 0.0 <= float(b[0]) <= 5e-324)

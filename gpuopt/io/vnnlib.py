@@ -72,6 +72,8 @@ _TOKEN = re.compile(r"\((<=|>=|<|>)[^\S\n]+([^\s();]+)[^\S\n]+([^\s();]+)[^\S\n]
                     r"|(;[^\n]*|\(|\)|[^\s();]+)")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _VAR_NAME = re.compile(r"([XY])_(0|[1-9]\d*)")
+#: numbers below ``10^-MAX_DECIMAL_EXPONENT`` in size are refused (their exact value would need that many digits)
+MAX_DECIMAL_EXPONENT = 10000
 _COMPARISONS = ("<=", ">=", "<", ">")
 _STRICT = ("<", ">")
 _CHUNK = 1 << 20  # characters tokenised at a time
@@ -456,13 +458,37 @@ class _Parser:
             return None
         whole, _, frac = tok.partition(".")
         if "e" in tok or "E" in tok or len(whole) > 300:
-            q = Fraction(tok)
+            q = _ZERO if self.check_exponent(tok, pos) else Fraction(tok)
             if not _fits_float(q):
                 raise self.error(f"number '{tok}' is out of the float64 range", pos)
         else:  # a plain decimal below 10^300: exactly int(digits) / 10^len(fraction digits)
             q = Fraction(int(whole + frac), 10 ** len(frac))
         self.numbers[tok] = q
         return q
+
+    def check_exponent(self, tok: str, pos: int) -> bool:
+        """Refuse a number whose decimal exponent is beyond :data:`MAX_DECIMAL_EXPONENT` in size
+        (the review found ``1e-43429448190325`` hanging in ``Fraction``, which writes out ``10^n``);
+        above the float64 range it is the range's error. Returns whether the number is zero
+        (whatever its exponent, up to 9 digits of it)."""
+        mantissa, e, exponent = tok.lower().partition("e")
+        digits = mantissa.lstrip("+-")
+        whole, _, frac = digits.partition(".")
+        if not (whole + frac).strip("0"):
+            if e and len(exponent.lstrip("+-")) > 9:
+                raise self.error(f"number '{tok}' has an exponent of more than 9 digits", pos)
+            return True
+        lead = len(whole.lstrip("0")) - 1 if whole.strip("0") else -(len(frac) - len(frac.lstrip("0")) + 1)
+        if len(exponent.lstrip("+-")) > 9:
+            size = math.inf if not exponent.startswith("-") else -math.inf
+        else:
+            size = (int(exponent) if e else 0) + lead  # the value is about 10^size
+        if size > 310:
+            raise self.error(f"number '{tok}' is out of the float64 range", pos)
+        if size < -MAX_DECIMAL_EXPONENT:
+            raise self.error(f"number '{tok}' is below 10^-{MAX_DECIMAL_EXPONENT}, far under the least float64 "
+                             "(4.9e-324); write 0 if that is meant", pos)
+        return False
 
     def term(self, node) -> tuple[dict, Fraction]:
         """A linear term as ``(coefficients by variable, constant)``, exactly."""
