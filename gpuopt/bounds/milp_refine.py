@@ -423,9 +423,9 @@ LIFT_SLACK_FLOOR = 1e-3
 #: beyond witnessed values), so without a check it runs its whole share (256x4 prop_5_0.05: 49 s
 #: lifted z74 to [11.1, 34.8], where 12.5 s, to [9.6, 36.3], already let the tails prove the property)
 LIFT_CHECK_FIRST = 2.0
+LIFT_CHECK_SHARE = 0.25
 #: what a lift returns when ``enough`` said yes during it (:func:`_refine_pass`)
 LIFT_ENOUGH = "enough"
-LIFT_CHECK_SHARE = 0.25
 
 
 def _lift_layer(chain, live, prior, lo, hi, l, u, zmin, zmax, *, deadline: float,
