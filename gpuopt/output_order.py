@@ -36,7 +36,7 @@ mapped to sound ones on the original outputs (:meth:`OrderReduction.margins`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -44,7 +44,6 @@ import torch
 
 from .layers import SMOOTH_TYPES, Flatten, LogSoftmax, Reshape, Softmax
 from .network import Network
-from .problem import Problem
 
 __all__ = ["OrderReduction", "reduce_output_order"]
 
@@ -189,7 +188,7 @@ def reduce_output_order(problems) -> OrderReduction | None:
         return None  # still no linear form: nothing gained
     if not log and compared and not _softmax_spread_ok(reduced, problems, sorted(compared), groups):
         return None
-    out = [Problem(reduced, p.region, p.spec, inner=p.inner, near=p.near) for p in problems]
+    out = [replace(p, network=reduced) for p in problems]
     return OrderReduction(out, network, type(layer).__name__)
 
 

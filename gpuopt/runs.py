@@ -337,7 +337,6 @@ def _build_instance(onnx_path: str, vnnlib_path: str, timeout: float, config):
     from .engine.item import ItemState
     from .io.onnx import from_onnx
     from .io.vnnlib import load_vnnlib
-    from .problem import Problem
     from .verdict import Status
 
     t0 = time.monotonic()
@@ -345,7 +344,7 @@ def _build_instance(onnx_path: str, vnnlib_path: str, timeout: float, config):
         _MAIN_NETWORKS[onnx_path] = _with_task_ref(from_onnx(onnx_path), f"onnx:{onnx_path}", onnx_path)
     net = _MAIN_NETWORKS[onnx_path]
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
-    problems = [Problem(net, p.box, p.spec, inner=p.inner, near=p.near) for p in props]
+    problems = [p.problem(net) for p in props]
     item = ItemState(config=config, t0=t0, deadline=t0 + timeout,
                      **_order_reduced(problems, f"onnx:{onnx_path}#logits"))
     if not problems:

@@ -271,7 +271,7 @@ def load_instance(onnx_path, vnnlib_path) -> list[Problem]:
         require_file(path, what)
     net = from_onnx(onnx_path)
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
-    return [Problem(net, p.box, p.spec, inner=p.inner, near=p.near) for p in props]
+    return [p.problem(net) for p in props]
 
 
 def verify_instance(onnx_path, vnnlib_path, *, timeout: float | None = None,

@@ -103,7 +103,7 @@ def proof_problem(problem: Problem, y_abs_max: np.ndarray, deviation: np.ndarray
     # crashes; counterexamples are checked against the original problem)
     rhs = [np.where(np.isfinite(b), b, np.finfo(np.float64).max) for b in rhs]
     proof = OutputSpec([(A, b) for (A, _), b in zip(spec.disjuncts, rhs)], spec.n_outputs)
-    return Problem(problem.network, problem.region, proof, inner=problem.inner, near=problem.near)
+    return replace(problem, spec=proof)
 
 
 def stacked_strict(problems: Sequence[Problem], shape) -> torch.Tensor:

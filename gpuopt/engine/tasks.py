@@ -463,12 +463,11 @@ def verify_instance_task(onnx_path: str, vnnlib_path: str, timeout: float, confi
     t0 = time.monotonic()
     _setup()
     from ..io.vnnlib import load_vnnlib
-    from ..problem import Problem
     from ..verify import verify_problems
 
     net = _network(onnx_path)
     props = load_vnnlib(vnnlib_path, n_inputs=net.input_size, n_outputs=net.output_size)
-    problems = [Problem(net, p.box, p.spec, inner=p.inner, near=p.near) for p in props]
+    problems = [p.problem(net) for p in props]
     verdict = verify_problems(problems, timeout=timeout, config=config, start_time=t0)
     return _record(verdict, t0)
 

@@ -54,7 +54,7 @@ import struct
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..problem import NearBox
+from ..problem import NearBox, Problem
 from ..regions import Box
 from ..specs import OutputSpec, float_down, float_up
 
@@ -100,6 +100,11 @@ class Property(tuple):
     @property
     def box(self) -> Box:
         return self[0]
+
+    def problem(self, network):
+        """The :class:`~gpuopt.problem.Problem` of ``network`` on this property (its ``inner`` and
+        ``near`` boxes carried along)."""
+        return Problem(network, self.box, self.spec, inner=self.inner, near=self.near)
 
     @property
     def spec(self) -> OutputSpec:
